@@ -1,0 +1,60 @@
+/*
+ * vocab.h - tokenizers: SentencePiece-style (SPM, "llama") and byte-level
+ * BPE ("gpt2") with the pre-tokenizers default, gpt-2, llama-bpe, qwen2,
+ * deepseek-llm. Built from GGUF tokenizer.ggml.* keys.
+ *
+ * A kiln_vocab is immutable after load; every function is thread-safe.
+ */
+#ifndef KILN_VOCAB_H
+#define KILN_VOCAB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+#include "kiln.h"
+
+typedef struct kiln_vocab kiln_vocab;
+
+/* Token attributes (from tokenizer.ggml.token_type). */
+enum {
+    KILN_TOKEN_NORMAL = 1,
+    KILN_TOKEN_UNKNOWN = 2,
+    KILN_TOKEN_CONTROL = 3,
+    KILN_TOKEN_USER_DEFINED = 4,
+    KILN_TOKEN_UNUSED = 5,
+    KILN_TOKEN_BYTE = 6,
+};
+
+/* Builds the tokenizer from g. KILN_E_UNSUPPORTED for an unknown
+ * tokenizer.ggml.model or .pre (message names it), KILN_E_FORMAT for
+ * inconsistent keys. */
+kiln_status kiln_vocab_load(const kiln_gguf *g, kiln_vocab **out);
+void kiln_vocab_free(kiln_vocab *v);
+
+int32_t kiln_vocab_n_tokens(const kiln_vocab *v);
+int32_t kiln_vocab_bos(const kiln_vocab *v);     /* -1 if none */
+int32_t kiln_vocab_eos(const kiln_vocab *v);     /* -1 if none */
+bool kiln_vocab_add_bos(const kiln_vocab *v);    /* tokenizer.ggml.add_bos_token */
+bool kiln_vocab_is_eog(const kiln_vocab *v, int32_t tok);
+int32_t kiln_vocab_token_type(const kiln_vocab *v, int32_t tok);
+/* The token's text as stored in the vocab (not decoded). */
+const char *kiln_vocab_token_text(const kiln_vocab *v, int32_t tok, size_t *len);
+
+/* Public semantics of kiln_tokenize (flags KILN_TOKENIZE_*; size protocol). */
+kiln_status kiln_vocab_tokenize(const kiln_vocab *v, const char *text, size_t text_len,
+                                uint32_t flags, int32_t *tokens, size_t capacity,
+                                size_t *n_out);
+/* The bytes a token stands for (SPM "▁" -> " ", byte tokens <0xNN> -> the
+ * byte, BPE byte-level unicode -> raw bytes). Control tokens give "" when
+ * KILN_DETOK_SKIP_SPECIAL is set, else their text. Size protocol. */
+kiln_status kiln_vocab_token_to_piece(const kiln_vocab *v, int32_t tok, uint32_t flags,
+                                      char *buf, size_t capacity, size_t *n_out);
+/* Public semantics of kiln_detokenize: pieces concatenated; for SPM the
+ * leading space of the first piece is removed when the vocab adds a BOS
+ * prefix space like llama.cpp does. Size protocol. */
+kiln_status kiln_vocab_detokenize(const kiln_vocab *v, const int32_t *tokens, size_t n,
+                                  uint32_t flags, char *buf, size_t capacity, size_t *n_out);
+
+#endif /* KILN_VOCAB_H */

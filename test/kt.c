@@ -1,0 +1,56 @@
+/* kt.c - the test harness (see kt.h). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kt.h"
+#include "kiln.h"
+
+int kt_case_failed;
+int kt_case_skipped;
+static int n_passed, n_failed, n_skipped;
+
+void kt_fail(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("  FAIL %s:%d: ", file, line);
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    kt_case_failed = 1;
+}
+
+void kt_run(const char *name, void (*fn)(void)) {
+    kt_case_failed = 0;
+    kt_case_skipped = 0;
+    fn();
+    if (kt_case_failed) {
+        n_failed++;
+        printf("FAIL %s\n", name);
+    } else if (kt_case_skipped) {
+        n_skipped++;
+        printf("SKIP %s\n", name);
+    } else {
+        n_passed++;
+        printf("ok   %s\n", name);
+    }
+    fflush(stdout);
+}
+
+int kt_finish(void) {
+    printf("kt: %d passed, %d failed, %d skipped\n", n_passed, n_failed, n_skipped);
+    return n_failed ? 1 : 0;
+}
+
+const char *kt_shared(const char *rel) {
+    static char paths[16][1024];
+    static int next;
+    const char *dir = getenv("KILN_SHARED");
+    if (!dir || !*dir) dir = "../shared";
+    char *p = paths[next++ % 16];
+    snprintf(p, 1024, "%s/%s", dir, rel);
+    return access(p, R_OK) == 0 ? p : NULL;
+}
