@@ -405,6 +405,9 @@ static bool text_is(const kiln_vocab *v, int32_t id, const char *lit) {
 }
 
 static bool text_in(const kiln_vocab *v, int32_t id, const char *const *list) {
+    /* Every name below starts with one of these bytes: skip the rest fast. */
+    char c = v->text[v->tok[id].text_off];
+    if (c != '<' && c != '[' && c != '_' && c != '\xE2') return false;
     for (; *list; list++)
         if (text_is(v, id, *list)) return true;
     return false;
@@ -419,16 +422,13 @@ static int32_t find_lit(const kiln_vocab *v, const char *lit) {
  * markers become control tokens (so plain text never matches them), and the
  * end-of-generation set is built. Candidates are scanned in id order. */
 static kiln_status load_specials(const kiln_gguf *g, kiln_vocab *v) {
-    int32_t sep = -1, mask = -1;
     int32_t fim[6] = {-1, -1, -1, -1, -1, -1}; /* pre suf mid pad rep sep */
     read_id(g, v, "tokenizer.ggml.bos_token_id", &v->bos);
     read_id(g, v, "tokenizer.ggml.eos_token_id", &v->eos);
     read_id(g, v, "tokenizer.ggml.eot_token_id", &v->eot);
     read_id(g, v, "tokenizer.ggml.eom_token_id", &v->eom);
     read_id(g, v, "tokenizer.ggml.unknown_token_id", &v->unk);
-    read_id(g, v, "tokenizer.ggml.seperator_token_id", &sep);
     read_id(g, v, "tokenizer.ggml.padding_token_id", &v->pad);
-    read_id(g, v, "tokenizer.ggml.mask_token_id", &mask);
     read_id(g, v, "tokenizer.ggml.fim_pre_token_id", &fim[0]);
     read_id(g, v, "tokenizer.ggml.fim_suf_token_id", &fim[1]);
     read_id(g, v, "tokenizer.ggml.fim_mid_token_id", &fim[2]);
@@ -515,8 +515,6 @@ static kiln_status load_specials(const kiln_gguf *g, kiln_vocab *v) {
     int32_t t_tool = find_lit(v, "<|tool_response>"), t_s = find_lit(v, "</s>");
     if (IS_EOG(t_tool) && IS_EOG(t_s)) v->tok[t_s].attr = KILN_ATTR_NORMAL;
 #undef IS_EOG
-    (void)sep;
-    (void)mask;
     return KILN_OK;
 }
 
@@ -892,7 +890,7 @@ kiln_status kiln_vocab_tokenize(const kiln_vocab *v, const char *text, size_t te
 
 /* The bytes token tok stands for; NULL with *len 0 when it renders as
  * nothing under these flags. */
-static const char *piece_of(const kiln_vocab *v, int32_t tok, uint32_t flags, size_t *len) {
+const char *kiln_vocab_piece(const kiln_vocab *v, int32_t tok, uint32_t flags, size_t *len) {
     const kiln_vtoken *t = &v->tok[tok];
     if ((flags & KILN_DETOK_SKIP_SPECIAL) && (t->attr & (KILN_ATTR_UNKNOWN | KILN_ATTR_CONTROL))) {
         *len = 0;
@@ -910,7 +908,7 @@ kiln_status kiln_vocab_token_to_piece(const kiln_vocab *v, int32_t tok, uint32_t
         return kiln_error(KILN_E_INVALID_ARG, "token_to_piece: token %d is not in [0, %d)", tok,
                           v->n_tokens);
     size_t n;
-    const char *p = piece_of(v, tok, flags, &n);
+    const char *p = kiln_vocab_piece(v, tok, flags, &n);
     *n_out = n;
     if (!buf) return KILN_OK;
     if (capacity < n)
@@ -946,7 +944,7 @@ kiln_status kiln_vocab_detokenize(const kiln_vocab *v, const int32_t *tokens, si
         size_t o = 0;
         for (size_t i = 0; i < n; i++) {
             size_t len;
-            const char *p = piece_of(v, tokens[i], flags, &len);
+            const char *p = kiln_vocab_piece(v, tokens[i], flags, &len);
             if (i == 0 && strip && len > 0 && p[0] == ' ') p++, len--;
             if (pass == 1 && len) memcpy(buf + o, p, len);
             o += len;

@@ -51,6 +51,10 @@ kiln_status kiln_vocab_tokenize(const kiln_vocab *v, const char *text, size_t te
  * KILN_DETOK_SKIP_SPECIAL is set, else their text. Size protocol. */
 kiln_status kiln_vocab_token_to_piece(const kiln_vocab *v, int32_t tok, uint32_t flags,
                                       char *buf, size_t capacity, size_t *n_out);
+/* The piece of token tok (0 <= tok < n_tokens) under flags KILN_DETOK_*,
+ * borrowed from the vocab (valid while it lives; not NUL-terminated).
+ * *len 0 (and maybe NULL) when the token renders as nothing. */
+const char *kiln_vocab_piece(const kiln_vocab *v, int32_t tok, uint32_t flags, size_t *len);
 /* Public semantics of kiln_detokenize: pieces concatenated; for SPM the
  * leading space of the first piece is removed when the vocab adds a BOS
  * prefix space like llama.cpp does. Size protocol. */
