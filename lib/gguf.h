@@ -107,7 +107,9 @@ typedef struct kiln_gguf_value {
     int32_t type;            /* KILN_GGUF_* */
     int32_t elem_type;       /* for arrays */
     uint64_t n;              /* for arrays: element count */
-    const uint8_t *p;        /* raw bytes of the value in the file */
+    const uint8_t *p;        /* raw bytes of the value in the file: a scalar's
+                              * bytes; a string's u64 length prefix; an
+                              * array's first element */
 } kiln_gguf_value;
 kiln_status kiln_gguf_key_value(const kiln_gguf *g, int64_t idx, kiln_gguf_value *out);
 /* Element i of an array value (nested arrays included). O(i) for string and
@@ -118,6 +120,10 @@ kiln_status kiln_gguf_value_elem(const kiln_gguf *g, const kiln_gguf_value *arr,
 kiln_status kiln_gguf_value_f64(const kiln_gguf_value *v, double *out);
 kiln_status kiln_gguf_value_i64(const kiln_gguf_value *v, int64_t *out);
 kiln_status kiln_gguf_value_str(const kiln_gguf_value *v, const char **s, uint64_t *len);
+/* The encoded value of key idx exactly as stored after its u32 value type
+ * (for arrays: u32 elem type, u64 count, elements). Points into the file;
+ * the writer's kiln_gguf_copy_keys copies it verbatim. */
+kiln_status kiln_gguf_key_raw(const kiln_gguf *g, int64_t idx, const void **raw, uint64_t *size);
 const char *kiln_gguf_type_name(int32_t gguf_type);
 
 /* ---- tensors ---- */
