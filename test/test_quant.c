@@ -574,7 +574,7 @@ static void test_dot_kernels(void) {
             if (!tr) continue;
             KT_CHECK(tr->weight_type == dot_types[t] && tr->dot_tile && tr->act_row_size);
             KT_CHECK(tr->tile_nr >= 1 && tr->tile_nc >= 1 && tr->k_multiple >= 1);
-            KT_CHECK((tr->quantize_act == NULL) == (tr->act_type == KILN_TYPE_F32));
+            KT_CHECK(tr->quantize_act != NULL || tr->act_type == KILN_TYPE_F32);
             int64_t m = tr->k_multiple;
             /* one block; an odd block count; a typical row; float tails */
             int64_t ks[4] = {m, 3 * m, m >= 256 ? 1536 : 512, m == 1 ? 67 : 7 * m};
@@ -597,6 +597,9 @@ static void test_dot_isas_agree(void) {
     for (int64_t i = 0; i < k; i++) x[i] = rng_gauss() * (i % 97 == 0 ? 50.f : 1.f);
     x[5] = 0x1p-20f; /* F16 subnormal */
     for (int i = 64; i < 96; i++) x[i] = 0.f; /* an all-zero block */
+    for (int i = 256; i < 512; i++) x[i] = 0.f; /* an all-zero super-block */
+    x[600] = -40.f; /* the largest magnitude twice, signs differing: the first sets the scale */
+    x[700] = 40.f;
     for (int isa = 1; isa < KILN_CPU_DOT_N_ISA; isa++) {
         for (size_t t = 0; t < KILN_ARRAY_LEN(dot_types); t++) {
             const kiln_cpu_dot_traits *tr = kiln_cpu_dot_get_isa(dot_types[t], isa);

@@ -33,7 +33,7 @@
 #define UNROLL _Pragma("GCC unroll 16")
 
 #define MAXR 8 /* largest register tile used below */
-#define MAXC 4
+#define MAXC 8
 
 /* A register-tile kernel: res[r * MAXC + c] = dot(w[r], a[c]). */
 typedef void (*micro_fn)(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res);
@@ -61,24 +61,29 @@ static void drive(int64_t k, float *out, size_t ldo, const void *w, size_t w_str
 
 /* Instantiates name_RxC for C = 1..4 from name_body(..., R, C) and the
  * tile entry point. */
-#define KILN_TILES(name, R, C, ATTR)                                                                        \
-    ATTR static void name##_m1(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, 1);                                                                \
-    }                                                                                                   \
-    ATTR static void name##_m2(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, C >= 2 ? 2 : 1);                                                   \
-    }                                                                                                   \
-    ATTR static void name##_m3(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, C >= 3 ? 3 : 1);                                                   \
-    }                                                                                                   \
-    ATTR static void name##_m4(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, C >= 4 ? 4 : 1);                                                   \
-    }                                                                                                   \
-    static const micro_fn name##_micro[4] = {name##_m1, name##_m2, name##_m3, name##_m4};             \
-    static void name##_tile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,        \
-                            const void *act, size_t as, int nc) {                                       \
-        drive(k, out, ldo, w, ws, nr, act, as, nc, R, C, name##_micro);                                \
+#define KILN_MICRO(name, R, C, n, ATTR)                                                                 \
+    ATTR static void name##_m##n(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
+        name##_body(k, w, a, res, R, (C) >= (n) ? (n) : 1);                                             \
     }
+#define KILN_TILE_ENTRY(name, R, C)                                                                   \
+    static void name##_tile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,      \
+                            const void *act, size_t as, int nc) {                                     \
+        drive(k, out, ldo, w, ws, nr, act, as, nc, R, C, name##_micro);                              \
+    }
+/* Instantiates name_m1..name_m4 (C <= 4) or name_m1..name_m8 (C <= 8) from
+ * name_body(..., R, c) and the tile entry point. */
+#define KILN_TILES(name, R, C, ATTR)                                                                     \
+    KILN_MICRO(name, R, C, 1, ATTR) KILN_MICRO(name, R, C, 2, ATTR) KILN_MICRO(name, R, C, 3, ATTR)     \
+    KILN_MICRO(name, R, C, 4, ATTR)                                                                     \
+    static const micro_fn name##_micro[4] = {name##_m1, name##_m2, name##_m3, name##_m4};              \
+    KILN_TILE_ENTRY(name, R, C)
+#define KILN_TILES8(name, R, C, ATTR)                                                                    \
+    KILN_MICRO(name, R, C, 1, ATTR) KILN_MICRO(name, R, C, 2, ATTR) KILN_MICRO(name, R, C, 3, ATTR)     \
+    KILN_MICRO(name, R, C, 4, ATTR) KILN_MICRO(name, R, C, 5, ATTR) KILN_MICRO(name, R, C, 6, ATTR)     \
+    KILN_MICRO(name, R, C, 7, ATTR) KILN_MICRO(name, R, C, 8, ATTR)                                     \
+    static const micro_fn name##_micro[8] = {name##_m1, name##_m2, name##_m3, name##_m4,                \
+                                             name##_m5, name##_m6, name##_m7, name##_m8};               \
+    KILN_TILE_ENTRY(name, R, C)
 
 /* ---- helpers -------------------------------------------------------------------- */
 
@@ -170,6 +175,9 @@ T512 INL __m512 ld_f16_mask(const uint8_t *p, int64_t i, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p + 2 * i));
 }
 
+/* F16 weights against F32 activations that hold F16-rounded values: the
+ * products are those of llama.cpp's F16 x F16 dot, but only the weights
+ * pay for a conversion in the inner loop (VCVTPH2PS is the bottleneck). */
 T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res, const int R, const int C) {
     __m512 acc[MAXR][MAXC];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
@@ -178,7 +186,7 @@ T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const 
         __m512 wv[MAXR];
         UNROLL for (int r = 0; r < R; r++) wv[r] = ld_f16(w[r], i);
         UNROLL for (int c = 0; c < C; c++) {
-            __m512 av = ld_f16(a[c], i);
+            __m512 av = _mm512_loadu_ps((const float *)a[c] + i);
             UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], av, acc[r][c]);
         }
     }
@@ -187,25 +195,23 @@ T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const 
         __m512 wv[MAXR];
         UNROLL for (int r = 0; r < R; r++) wv[r] = ld_f16_mask(w[r], i, m);
         UNROLL for (int c = 0; c < C; c++) {
-            __m512 av = ld_f16_mask(a[c], i, m);
+            __m512 av = _mm512_maskz_loadu_ps(m, (const float *)a[c] + i);
             UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], av, acc[r][c]);
         }
     }
     reduce_store(acc, res, R, C);
 }
-KILN_TILES(f16, 5, 4, T512)
+KILN_TILES8(f16, 5, 5, T512)
 
-/* F16 activations: vector conversion, identical to kiln_fp32_to_fp16 (both
- * round to nearest even, keep subnormals, inf and NaN). */
-T512 static void act_f16(const float *x, void *dst, int64_t k) {
-    uint8_t *h = dst;
+/* Activations for F16 weights: F32 rounded through F16 (as
+ * kiln_cpu_act_f16r_scalar: both round to nearest even, keep subnormals,
+ * inf and NaN). */
+T512 static void act_f16r(const float *x, void *dst, int64_t k) {
+    float *y = dst;
     int64_t i = 0;
     for (; i + 16 <= k; i += 16)
-        _mm256_storeu_si256((__m256i *)(h + 2 * i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < k; i++) {
-        uint16_t v = kiln_fp32_to_fp16(x[i]);
-        memcpy(h + 2 * i, &v, 2);
-    }
+        _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < k; i++) y[i] = kiln_fp16_to_fp32(kiln_fp32_to_fp16(x[i]));
 }
 
 /* ---- BF16 x BF16 (AVX512_BF16: VDPBF16PS, two products per lane) -------------------------- */
@@ -425,6 +431,44 @@ T512 static void act_q8_1(const float *x, void *dst, int64_t k) {
     }
 }
 
+/* Q8_K activations: ggml's reference Q8_K (as kiln_cpu_act_q8_K_scalar),
+ * vectorized: the scale comes from the first element of largest
+ * magnitude, q = round-half-even(-127 / max * x) capped at 127, and each
+ * vector of 16 values is one of the 16-element partial sums. */
+T512 static void act_q8_K(const float *x, void *dst, int64_t k) {
+    kiln_block_q8_K *y = dst;
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < k / 256; b++, x += 256) {
+        __m512 amax = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) amax = _mm512_max_ps(amax, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + 16 * j)));
+        float m = _mm512_reduce_max_ps(amax);
+        if (!(m > 0.f)) { /* all zero (or NaN): an all-zero block, like the reference */
+            memset(&y[b], 0, sizeof y[b]);
+            if (m != m) kiln_cpu_act_q8_K_scalar(x, &y[b], 256);
+            continue;
+        }
+        float max = 0.f;
+        __m512 vm = _mm512_set1_ps(m);
+        for (int j = 0; j < 16; j++) {
+            __mmask16 eq = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + 16 * j)), vm, _CMP_EQ_OQ);
+            if (eq) {
+                max = x[16 * j + __builtin_ctz(eq)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m512 vs = _mm512_set1_ps(iscale);
+        const __m512i hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-128);
+        for (int j = 0; j < 16; j++) {
+            __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m512i q = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(v), hi), lo);
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * j), _mm512_cvtepi32_epi8(q));
+            y[b].bsums[j] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        y[b].d = 1.f / iscale;
+    }
+}
+
 /* ---- K-quants x Q8_K ---------------------------------------------------------------------------------- */
 
 /* The 8 6-bit scales and mins of a Q4_K/Q5_K block as bytes. */
@@ -589,7 +633,7 @@ KILN_TILES(q6_K, 2, 4, T512)
 
 static const kiln_cpu_dot_traits avx512_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, f32_tile, 5, 4, "avx512"},
-    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 5, 4, "avx512"},
+    {KILN_TYPE_F16, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, act_f16r, f16_tile, 5, 5, "avx512"},
 #if defined(KILN_HAVE_BF16_INTRIN)
     {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, bf16_tile, 4, 4, "avx512bf16"},
 #endif
@@ -598,9 +642,9 @@ static const kiln_cpu_dot_traits avx512_traits[] = {
     {KILN_TYPE_Q5_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q5_0_tile, 4, 4, "avx512"},
     {KILN_TYPE_Q4_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q4_1_tile, 4, 4, "avx512"},
     {KILN_TYPE_Q5_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q5_1_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q4_K_tile, 2, 4, "avx512"},
-    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q5_K_tile, 2, 4, "avx512"},
-    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q6_K_tile, 2, 4, "avx512"},
+    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q4_K_tile, 2, 4, "avx512"},
+    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q5_K_tile, 2, 4, "avx512"},
+    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q6_K_tile, 2, 4, "avx512"},
 };
 
 const kiln_cpu_dot_traits *kiln_cpu_dot_avx512_table(int32_t type) {
