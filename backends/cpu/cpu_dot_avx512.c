@@ -32,58 +32,8 @@
 #define INL static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
 
-#define MAXR 8 /* largest register tile used below */
-#define MAXC 8
-
-/* A register-tile kernel: res[r * MAXC + c] = dot(w[r], a[c]). */
-typedef void (*micro_fn)(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res);
-
-/* Walks an nr x nc tile in MR x MC register tiles. Weight rows past nr
- * repeat the last row (their results are dropped), so one kernel shape
- * serves every nr; micro[c - 1] handles c activation rows. */
-static void drive(int64_t k, float *out, size_t ldo, const void *w, size_t w_stride, int nr, const void *act,
-                  size_t act_stride, int nc, int MR, int MC, const micro_fn *micro) {
-    for (int i = 0; i < nr; i += MR) {
-        const uint8_t *wp[MAXR];
-        int rn = nr - i < MR ? nr - i : MR;
-        for (int r = 0; r < MR; r++) wp[r] = (const uint8_t *)w + (size_t)(i + (r < rn ? r : rn - 1)) * w_stride;
-        for (int j = 0; j < nc; j += MC) {
-            int cn = nc - j < MC ? nc - j : MC;
-            const uint8_t *ap[MAXC];
-            for (int c = 0; c < cn; c++) ap[c] = (const uint8_t *)act + (size_t)(j + c) * act_stride;
-            float res[MAXR * MAXC];
-            micro[cn - 1](k, wp, ap, res);
-            for (int c = 0; c < cn; c++)
-                for (int r = 0; r < rn; r++) out[(size_t)(j + c) * ldo + i + r] = res[r * MAXC + c];
-        }
-    }
-}
-
-/* Instantiates name_RxC for C = 1..4 from name_body(..., R, C) and the
- * tile entry point. */
-#define KILN_MICRO(name, R, C, n, ATTR)                                                                 \
-    ATTR static void name##_m##n(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, (C) >= (n) ? (n) : 1);                                             \
-    }
-#define KILN_TILE_ENTRY(name, R, C)                                                                   \
-    static void name##_tile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,      \
-                            const void *act, size_t as, int nc) {                                     \
-        drive(k, out, ldo, w, ws, nr, act, as, nc, R, C, name##_micro);                              \
-    }
-/* Instantiates name_m1..name_m4 (C <= 4) or name_m1..name_m8 (C <= 8) from
- * name_body(..., R, c) and the tile entry point. */
-#define KILN_TILES(name, R, C, ATTR)                                                                     \
-    KILN_MICRO(name, R, C, 1, ATTR) KILN_MICRO(name, R, C, 2, ATTR) KILN_MICRO(name, R, C, 3, ATTR)     \
-    KILN_MICRO(name, R, C, 4, ATTR)                                                                     \
-    static const micro_fn name##_micro[4] = {name##_m1, name##_m2, name##_m3, name##_m4};              \
-    KILN_TILE_ENTRY(name, R, C)
-#define KILN_TILES8(name, R, C, ATTR)                                                                    \
-    KILN_MICRO(name, R, C, 1, ATTR) KILN_MICRO(name, R, C, 2, ATTR) KILN_MICRO(name, R, C, 3, ATTR)     \
-    KILN_MICRO(name, R, C, 4, ATTR) KILN_MICRO(name, R, C, 5, ATTR) KILN_MICRO(name, R, C, 6, ATTR)     \
-    KILN_MICRO(name, R, C, 7, ATTR) KILN_MICRO(name, R, C, 8, ATTR)                                     \
-    static const micro_fn name##_micro[8] = {name##_m1, name##_m2, name##_m3, name##_m4,                \
-                                             name##_m5, name##_m6, name##_m7, name##_m8};               \
-    KILN_TILE_ENTRY(name, R, C)
+#define MAXR KILN_DOT_MAXR
+#define MAXC KILN_DOT_MAXC
 
 /* ---- helpers -------------------------------------------------------------------- */
 
@@ -471,19 +421,6 @@ T512 static void act_q8_K(const float *x, void *dst, int64_t k) {
 
 /* ---- K-quants x Q8_K ---------------------------------------------------------------------------------- */
 
-/* The 8 6-bit scales and mins of a Q4_K/Q5_K block as bytes. */
-INL void k4_unpack(const uint8_t *s12, uint64_t *sc, uint64_t *mn) {
-    uint32_t u0, u1, u2;
-    memcpy(&u0, s12, 4);
-    memcpy(&u1, s12 + 4, 4);
-    memcpy(&u2, s12 + 8, 4);
-    uint32_t sc_lo = u0 & 0x3f3f3f3fu, mn_lo = u1 & 0x3f3f3f3fu;
-    uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
-    uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
-    *sc = (uint64_t)sc_lo | ((uint64_t)sc_hi << 32);
-    *mn = (uint64_t)mn_lo | ((uint64_t)mn_hi << 32);
-}
-
 /* Scale vector of 64-element chunk c for VPDPWSSD: 16-bit lanes, the first
  * 16 (elements 0..31) sub-block 2c's scale, the next 16 sub-block 2c + 1's. */
 T512 INL __m512i k4_chunk_scales(__m512i sc16, int c) {
@@ -509,7 +446,7 @@ T512 INL void q45_K_sb(__m512 acc[MAXR][MAXC], const uint8_t *const *w, const ui
         wd[r] = _cvtsh_ss(kiln_cpu_rd16(p));
         wdm[r] = _cvtsh_ss(kiln_cpu_rd16(p + 2));
         uint64_t sc, mn;
-        k4_unpack(p + 4, &sc, &mn);
+        kiln_cpu_k4_unpack(p + 4, &sc, &mn);
         sc16[r] = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
         __m128i m8 = _mm_cvtsi64_si128((long long)mn);
         mn16[r] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)); /* each min twice: one per 16-sum */
