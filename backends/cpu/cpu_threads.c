@@ -1,0 +1,230 @@
+/*
+ * cpu_threads.c - the CPU backend's thread pool (see cpu_threads.h).
+ *
+ * Protocol. The caller publishes a task (fn, ctx, nth), sets n_pending to
+ * the number of workers and bumps `gen`. Every worker acknowledges every
+ * task (those with ith >= nth do nothing but decrement n_pending), so the
+ * caller never rewrites the task while a worker may still read it.
+ *
+ * Waiting is spin-then-sleep on both sides. The sleeping side announces
+ * itself (n_sleeping / caller_sleeping) with a sequentially consistent
+ * store before re-checking the condition under the mutex; the waking side
+ * changes the condition with a sequentially consistent read-modify-write
+ * and then reads the announcement. One of the two always sees the other,
+ * and the mutex closes the window between the check and the wait, so no
+ * wake-up is lost and the fast path takes no lock at all.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define KILN_CPU_RELAX() _mm_pause()
+#elif defined(__aarch64__)
+#define KILN_CPU_RELAX() __asm__ __volatile__("yield")
+#else
+#define KILN_CPU_RELAX() ((void)0)
+#endif
+
+#include "cpu_threads.h"
+#include "internal.h"
+
+/* How long a thread spins before sleeping. Long enough to bridge the gap
+ * between two operations of a decode step, short enough not to burn a core
+ * while the application does something else. */
+#define KILN_CPU_SPIN_NS 200000ull
+
+typedef struct kiln_cpu_worker {
+    kiln_cpu_threads *tp;
+    int ith;
+} kiln_cpu_worker;
+
+struct kiln_cpu_threads {
+    int n;                       /* threads including the caller */
+    int n_started;               /* workers actually running */
+    pthread_t *threads;          /* [n - 1] */
+    kiln_cpu_worker *workers;    /* [n - 1] */
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work;      /* workers sleep here */
+    pthread_cond_t cv_done;      /* the caller sleeps here */
+    bool mu_ok, cv_work_ok, cv_done_ok;
+
+    /* the current task: written by the caller only while no worker runs */
+    kiln_cpu_task_fn fn;
+    void *ctx;
+    int nth;
+
+    /* separate cache lines: the caller writes gen, workers write pending */
+    char pad0[64];
+    _Atomic uint32_t gen;
+    _Atomic int stop;
+    _Atomic int n_sleeping;
+    char pad1[64];
+    _Atomic int n_pending;
+    _Atomic int caller_sleeping;
+    char pad2[64];
+};
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Waits until gen differs from `seen`; returns the new value. */
+static uint32_t worker_wait(kiln_cpu_threads *tp, uint32_t seen) {
+    uint32_t g = atomic_load_explicit(&tp->gen, memory_order_acquire);
+    if (g != seen) return g;
+    uint64_t t0 = now_ns();
+    for (unsigned it = 1;; it++) {
+        KILN_CPU_RELAX();
+        g = atomic_load_explicit(&tp->gen, memory_order_acquire);
+        if (g != seen) return g;
+        if ((it & 255u) == 0 && now_ns() - t0 > KILN_CPU_SPIN_NS) break;
+    }
+    pthread_mutex_lock(&tp->mu);
+    atomic_fetch_add(&tp->n_sleeping, 1);
+    while ((g = atomic_load(&tp->gen)) == seen) pthread_cond_wait(&tp->cv_work, &tp->mu);
+    atomic_fetch_sub(&tp->n_sleeping, 1);
+    pthread_mutex_unlock(&tp->mu);
+    return g;
+}
+
+static void *worker_main(void *arg) {
+    kiln_cpu_worker *w = arg;
+    kiln_cpu_threads *tp = w->tp;
+    uint32_t seen = 0;
+    for (;;) {
+        seen = worker_wait(tp, seen);
+        if (atomic_load_explicit(&tp->stop, memory_order_acquire)) break;
+        if (w->ith < tp->nth) tp->fn(tp->ctx, w->ith, tp->nth);
+        if (atomic_fetch_sub(&tp->n_pending, 1) == 1 && atomic_load(&tp->caller_sleeping)) {
+            pthread_mutex_lock(&tp->mu);
+            pthread_cond_signal(&tp->cv_done);
+            pthread_mutex_unlock(&tp->mu);
+        }
+    }
+    return NULL;
+}
+
+static void wake_workers(kiln_cpu_threads *tp) {
+    if (atomic_load(&tp->n_sleeping) > 0) {
+        pthread_mutex_lock(&tp->mu);
+        pthread_cond_broadcast(&tp->cv_work);
+        pthread_mutex_unlock(&tp->mu);
+    }
+}
+
+static void wait_done(kiln_cpu_threads *tp) {
+    if (atomic_load_explicit(&tp->n_pending, memory_order_acquire) == 0) return;
+    uint64_t t0 = now_ns();
+    for (unsigned it = 1;; it++) {
+        KILN_CPU_RELAX();
+        if (atomic_load_explicit(&tp->n_pending, memory_order_acquire) == 0) return;
+        if ((it & 255u) == 0 && now_ns() - t0 > KILN_CPU_SPIN_NS) break;
+    }
+    pthread_mutex_lock(&tp->mu);
+    atomic_store(&tp->caller_sleeping, 1);
+    while (atomic_load(&tp->n_pending) != 0) pthread_cond_wait(&tp->cv_done, &tp->mu);
+    atomic_store(&tp->caller_sleeping, 0);
+    pthread_mutex_unlock(&tp->mu);
+}
+
+static void stop_workers(kiln_cpu_threads *tp) {
+    if (tp->n_started == 0) return;
+    atomic_store(&tp->stop, 1);
+    atomic_fetch_add(&tp->gen, 1);
+    pthread_mutex_lock(&tp->mu);
+    pthread_cond_broadcast(&tp->cv_work);
+    pthread_mutex_unlock(&tp->mu);
+    for (int i = 0; i < tp->n_started; i++) pthread_join(tp->threads[i], NULL);
+    tp->n_started = 0;
+}
+
+void kiln_cpu_threads_free(kiln_cpu_threads *tp) {
+    if (!tp) return;
+    stop_workers(tp);
+    if (tp->cv_done_ok) pthread_cond_destroy(&tp->cv_done);
+    if (tp->cv_work_ok) pthread_cond_destroy(&tp->cv_work);
+    if (tp->mu_ok) pthread_mutex_destroy(&tp->mu);
+    kiln_free(tp->workers);
+    kiln_free(tp->threads);
+    kiln_free(tp);
+}
+
+static int online_cpus(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) return 1;
+    return n > 1024 ? 1024 : (int)n;
+}
+
+kiln_status kiln_cpu_threads_create(int32_t n_threads, kiln_cpu_threads **out) {
+    if (!out) return kiln_error(KILN_E_INVALID_ARG, "cpu threads: out is NULL");
+    *out = NULL;
+    int n = n_threads > 0 ? n_threads : online_cpus();
+    if (n > 1024) n = 1024;
+
+    kiln_cpu_threads *tp = kiln_calloc(1, sizeof *tp);
+    if (!tp) return kiln_error(KILN_E_OOM_HOST, "cpu threads: out of memory for the pool");
+    tp->n = n;
+    if (n > 1) {
+        tp->threads = kiln_calloc((size_t)(n - 1), sizeof *tp->threads);
+        tp->workers = kiln_calloc((size_t)(n - 1), sizeof *tp->workers);
+        if (!tp->threads || !tp->workers) {
+            kiln_cpu_threads_free(tp);
+            return kiln_error(KILN_E_OOM_HOST, "cpu threads: out of memory for %d workers", n - 1);
+        }
+    }
+    tp->mu_ok = pthread_mutex_init(&tp->mu, NULL) == 0;
+    tp->cv_work_ok = tp->mu_ok && pthread_cond_init(&tp->cv_work, NULL) == 0;
+    tp->cv_done_ok = tp->cv_work_ok && pthread_cond_init(&tp->cv_done, NULL) == 0;
+    if (!tp->cv_done_ok) {
+        kiln_cpu_threads_free(tp);
+        return kiln_error(KILN_E_BACKEND, "cpu threads: cannot create a mutex or condition variable");
+    }
+
+    /* Workers block every signal: the host application's handlers must run
+     * on its own threads, never on ours. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int err = 0;
+    for (int i = 0; i < n - 1; i++) {
+        tp->workers[i].tp = tp;
+        tp->workers[i].ith = i + 1;
+        err = pthread_create(&tp->threads[i], NULL, worker_main, &tp->workers[i]);
+        if (err != 0) break;
+        tp->n_started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err != 0) {
+        kiln_cpu_threads_free(tp);
+        return kiln_error(err == EAGAIN ? KILN_E_OOM_HOST : KILN_E_BACKEND,
+                          "cpu threads: cannot start worker thread (error %d)", err);
+    }
+    *out = tp;
+    return KILN_OK;
+}
+
+int kiln_cpu_threads_count(const kiln_cpu_threads *tp) { return tp ? tp->n : 1; }
+
+void kiln_cpu_threads_run(kiln_cpu_threads *tp, int n_use, kiln_cpu_task_fn fn, void *ctx) {
+    int nth = n_use <= 0 || n_use > tp->n ? tp->n : n_use;
+    if (nth <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    tp->fn = fn;
+    tp->ctx = ctx;
+    tp->nth = nth;
+    atomic_store_explicit(&tp->n_pending, tp->n - 1, memory_order_relaxed);
+    atomic_fetch_add(&tp->gen, 1); /* seq_cst: publishes the task */
+    wake_workers(tp);
+    fn(ctx, 0, nth);
+    wait_done(tp);
+}
