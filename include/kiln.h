@@ -316,7 +316,11 @@ typedef struct kiln_sampler_params {
 } kiln_sampler_params;
 
 KILN_API void kiln_sampler_params_init(kiln_sampler_params *p);
-/* Order: penalties, top-k, temperature... as documented in README. */
+/* Order: penalties (repeat, frequency, presence over the last penalty_last_n
+ * accepted tokens), then greedy argmax if temperature <= 0, else top-k ->
+ * top-p -> min-p -> temperature -> softmax -> seeded draw (llama.cpp common
+ * sampler order; top-p/min-p see the T = 1 distribution). NaN logits count
+ * as -inf; all NaN/-inf gives KILN_E_INVALID_ARG. */
 KILN_API kiln_status kiln_sampler_create(const kiln_sampler_params *params, kiln_sampler **out);
 KILN_API void kiln_sampler_free(kiln_sampler *s);
 /* Picks a token from n_vocab logits (not modified). Same seed and inputs ->
