@@ -27,8 +27,10 @@
 #include "cpu_simd.h"
 #include "quant.h"
 
-/* Positions per split when splitting a long context across threads. */
+/* Splitting positions: at least this many per split, and only while there
+ * are fewer (token, kv head) pairs than KILN_CPU_ATTN_SPLIT_PAIRS. */
 #define KILN_CPU_ATTN_SPLIT_MIN 256
+#define KILN_CPU_ATTN_SPLIT_PAIRS 8
 /* Target query rows per tile (T * group). */
 #define KILN_CPU_ATTN_ROWS 32
 
@@ -410,10 +412,15 @@ kiln_status kiln_cpu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q,
     a.n_tiles = make_tiles(ub, per, NULL);
     a.rows_max = per * a.group;
 
+    /* Few (token, kv head) pairs and a long context (decode): split the
+     * positions too. The split depends on the problem only, never on the
+     * thread count or the tiling, so results are identical for any number
+     * of threads. */
     const int64_t n_pairs = (int64_t)a.n_tiles * p.n_head_kv;
+    const int64_t n_tok_kv = (int64_t)ub->n_tokens * p.n_head_kv;
     a.n_split = 1;
-    if (n_pairs < nth && ub->max_n_kv >= 2 * KILN_CPU_ATTN_SPLIT_MIN) {
-        int64_t want = (nth + n_pairs - 1) / n_pairs;
+    if (n_tok_kv < KILN_CPU_ATTN_SPLIT_PAIRS && ub->max_n_kv >= 2 * KILN_CPU_ATTN_SPLIT_MIN) {
+        int64_t want = (KILN_CPU_ATTN_SPLIT_PAIRS + n_tok_kv - 1) / n_tok_kv;
         int64_t most = ub->max_n_kv / KILN_CPU_ATTN_SPLIT_MIN;
         a.n_split = (uint32_t)(want < most ? want : most);
     }

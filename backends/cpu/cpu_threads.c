@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -36,8 +37,12 @@
 
 /* How long a thread spins before sleeping. Long enough to bridge the gap
  * between two operations of a decode step, short enough not to burn a core
- * while the application does something else. */
+ * while the application does something else. After the first
+ * KILN_CPU_SPIN_PURE_NS the spinning thread yields between checks, so that
+ * on an oversubscribed machine it hands its core to a thread with work
+ * (often the very thread it waits for). */
 #define KILN_CPU_SPIN_NS 200000ull
+#define KILN_CPU_SPIN_PURE_NS 20000ull
 
 typedef struct kiln_cpu_worker {
     kiln_cpu_threads *tp;
@@ -81,11 +86,17 @@ static uint32_t worker_wait(kiln_cpu_threads *tp, uint32_t seen) {
     uint32_t g = atomic_load_explicit(&tp->gen, memory_order_acquire);
     if (g != seen) return g;
     uint64_t t0 = now_ns();
+    bool yield = false;
     for (unsigned it = 1;; it++) {
-        KILN_CPU_RELAX();
+        if (yield) sched_yield();
+        else KILN_CPU_RELAX();
         g = atomic_load_explicit(&tp->gen, memory_order_acquire);
         if (g != seen) return g;
-        if ((it & 255u) == 0 && now_ns() - t0 > KILN_CPU_SPIN_NS) break;
+        if (yield || (it & 63u) == 0) {
+            uint64_t dt = now_ns() - t0;
+            if (dt > KILN_CPU_SPIN_NS) break;
+            yield = dt > KILN_CPU_SPIN_PURE_NS;
+        }
     }
     pthread_mutex_lock(&tp->mu);
     atomic_fetch_add(&tp->n_sleeping, 1);
@@ -123,10 +134,16 @@ static void wake_workers(kiln_cpu_threads *tp) {
 static void wait_done(kiln_cpu_threads *tp) {
     if (atomic_load_explicit(&tp->n_pending, memory_order_acquire) == 0) return;
     uint64_t t0 = now_ns();
+    bool yield = false;
     for (unsigned it = 1;; it++) {
-        KILN_CPU_RELAX();
+        if (yield) sched_yield();
+        else KILN_CPU_RELAX();
         if (atomic_load_explicit(&tp->n_pending, memory_order_acquire) == 0) return;
-        if ((it & 255u) == 0 && now_ns() - t0 > KILN_CPU_SPIN_NS) break;
+        if (yield || (it & 63u) == 0) {
+            uint64_t dt = now_ns() - t0;
+            if (dt > KILN_CPU_SPIN_NS) break;
+            yield = dt > KILN_CPU_SPIN_PURE_NS;
+        }
     }
     pthread_mutex_lock(&tp->mu);
     atomic_store(&tp->caller_sleeping, 1);
