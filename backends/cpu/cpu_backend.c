@@ -22,6 +22,9 @@
 #include <string.h>
 #include <sys/sysinfo.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "cpu_backend.h"
 #include "cpu_internal.h"
@@ -104,14 +107,22 @@ static int32_t cpu_supports_type(int32_t index, int32_t type) {
 /* device handles                                                           */
 /* ------------------------------------------------------------------------ */
 
+/* AVX2 + FMA + F16C, and the OS saving YMM state (XCR0 bits 1-2). Read
+ * with cpuid directly: compilers disagree on __builtin_cpu_supports names. */
 static int detect_isa(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-        return KILN_CPU_ISA_AVX2;
-#endif
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return KILN_CPU_ISA_SCALAR;
+    const bool fma = c & (1u << 12), osxsave = c & (1u << 27), avx = c & (1u << 28), f16c = c & (1u << 29);
+    if (!(fma && osxsave && avx && f16c)) return KILN_CPU_ISA_SCALAR;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & 6u) != 6u) return KILN_CPU_ISA_SCALAR;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 5))) return KILN_CPU_ISA_SCALAR;
+    return KILN_CPU_ISA_AVX2;
+#else
     return KILN_CPU_ISA_SCALAR;
+#endif
 }
 
 void kiln_cpu_device_set_isa(kiln_bk_device *dev, int isa) {
