@@ -120,6 +120,22 @@ static double max_abs_diff(const float *a, const double *ref, size_t n) {
     return m;
 }
 
+/* Runs the enclosed block once per instruction set the processor has
+ * (AVX-512, AVX2, scalar), each on a fresh 2-thread handle `dev`. */
+#define ISA_LOOP_BEGIN                                                        \
+    for (int isa_ = KILN_CPU_ISA_AVX512; isa_ >= KILN_CPU_ISA_SCALAR; isa_--) { \
+        int failed_before_ = kt_case_failed;                                  \
+        kiln_bk_device *dev = open_dev(2);                                    \
+        kiln_cpu_device_set_isa(dev, isa_);                                   \
+        if (dev->isa != isa_) {                                               \
+            bk->device_close(dev);                                            \
+            continue;                                                         \
+        }
+#define ISA_LOOP_END                                                          \
+        bk->device_close(dev);                                                \
+        if (kt_case_failed && !failed_before_) printf("  ^ with isa %d\n", isa_); \
+    }
+
 /* ---- devices ---- */
 
 static void test_device_info(void) {
@@ -350,7 +366,7 @@ static uint32_t make_ubatch(ubatch_buf *u, uint32_t block_size, uint32_t n_block
 /* ---- rms_norm, add, swiglu ---- */
 
 static void test_rms_norm(void) {
-    kiln_bk_device *dev = open_dev(2);
+    ISA_LOOP_BEGIN
     const int64_t shapes[][2] = {{37, 5}, {512, 1}, {512, 70}, {1000, 3}};
     for (size_t si = 0; si < 4; si++) {
         int64_t n = shapes[si][0], m = shapes[si][1];
@@ -379,11 +395,11 @@ static void test_rms_norm(void) {
         free_t(&tx), free_t(&tw), free_t(&td);
         free(x), free(w), free(out), free(ref);
     }
-    bk->device_close(dev);
+    ISA_LOOP_END
 }
 
 static void test_add(void) {
-    kiln_bk_device *dev = open_dev(2);
+    ISA_LOOP_BEGIN
     const int64_t n = 129, m = 300;
     float *a = rnd_array((size_t)(n * m), 2.0f), *b = rnd_array((size_t)(n * m), 2.0f);
     float *out = xmalloc((size_t)(n * m) * 4);
@@ -405,11 +421,11 @@ static void test_add(void) {
     KT_CHECK(bk->add(dev, &ta.t, &b1, &ta.t) == KILN_E_INVALID_ARG);
     free_t(&ta), free_t(&tb), free_t(&td);
     free(a), free(b), free(out), free(ref);
-    bk->device_close(dev);
+    ISA_LOOP_END
 }
 
 static void test_swiglu(void) {
-    kiln_bk_device *dev = open_dev(2);
+    ISA_LOOP_BEGIN
     const int64_t shapes[][2] = {{13, 3}, {1536, 1}, {1536, 40}};
     for (size_t si = 0; si < 3; si++) {
         int64_t n = shapes[si][0], m = shapes[si][1];
@@ -435,27 +451,26 @@ static void test_swiglu(void) {
         free_t(&tg), free_t(&tu), free_t(&td);
         free(g), free(u), free(out), free(ref);
     }
-    bk->device_close(dev);
+    ISA_LOOP_END
 }
 
 /* ---- rope ---- */
 
-static void rope_case(kiln_bk_device *dev, int mode, uint32_t n_head, uint32_t head_dim, uint32_t n_rot,
-                      bool factors, float freq_scale) {
-    ubatch_buf u;
-    uint32_t n = make_ubatch(&u, 16, 192, 7, 1500, 4);
-    KT_CHECK_OK(bk->set_ubatch(dev, &u.ub));
+/* Ropes random rows with the ubatch u (already set on dev) and checks them
+ * against the double reference. ff: NULL or n_rot/2 frequency factors. */
+static void rope_check(kiln_bk_device *dev, const ubatch_buf *u_, int mode, uint32_t n_head, uint32_t head_dim,
+                       uint32_t n_rot, float base, float freq_scale, const float *ff) {
+    const ubatch_buf *u = u_;
+    const uint32_t n = u->ub.n_tokens;
+    const bool factors = ff != NULL;
     int64_t width = (int64_t)n_head * head_dim + 5; /* a few trailing values that rope must not touch */
     float *x = rnd_array((size_t)(width * n), 1.0f), *out = xmalloc((size_t)(width * n) * 4);
     double *ref = xmalloc((size_t)(width * n) * 8);
-    float ff[64];
-    for (int i = 0; i < 64; i++) ff[i] = 1.0f + (float)(i % 5) * 0.75f;
-    const float base = 10000.0f;
     for (uint32_t t = 0; t < n; t++) {
         for (int64_t i = 0; i < width; i++) ref[t * width + i] = x[t * width + i];
         for (uint32_t h = 0; h < n_head; h++) {
             for (uint32_t i = 0; i < n_rot / 2; i++) {
-                double theta = u.pos[t] * (double)freq_scale * pow(base, -2.0 * i / n_rot) / (factors ? ff[i] : 1.0);
+                double theta = u->pos[t] * (double)freq_scale * pow(base, -2.0 * i / n_rot) / (factors ? ff[i] : 1.0);
                 size_t i0 = mode == KILN_ROPE_NEOX ? i : 2 * i, i1 = mode == KILN_ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
                 size_t o = (size_t)t * width + (size_t)h * head_dim;
                 double x0 = x[o + i0], x1 = x[o + i1];
@@ -465,7 +480,7 @@ static void rope_case(kiln_bk_device *dev, int mode, uint32_t n_head, uint32_t h
         }
     }
     tens tx = mk_f32(dev, x, width, n, 0);
-    kiln_bk_rope r = {sizeof r, mode, n_head, head_dim, n_rot, base, freq_scale, factors ? ff : NULL};
+    kiln_bk_rope r = {sizeof r, mode, n_head, head_dim, n_rot, base, freq_scale, ff};
     KT_CHECK_OK(bk->rope(dev, &tx.t, &r));
     rd_f32(dev, &tx, out);
     /* float angles (as ggml builds them) at position 1500 are good to a few
@@ -473,7 +488,7 @@ static void rope_case(kiln_bk_device *dev, int mode, uint32_t n_head, uint32_t h
     double worst = 0;
     bool untouched = true;
     for (uint32_t t = 0; t < n; t++) {
-        double tol = 2e-6 + 3e-7 * u.pos[t];
+        double tol = 2e-6 + 3e-7 * u->pos[t];
         for (int64_t i = 0; i < width; i++) {
             double e = fabs(out[t * width + i] - ref[t * width + i]) / tol;
             if (!(e <= worst)) worst = e;
@@ -489,12 +504,45 @@ static void rope_case(kiln_bk_device *dev, int mode, uint32_t n_head, uint32_t h
     free(x), free(out), free(ref);
 }
 
+static void rope_case(kiln_bk_device *dev, int mode, uint32_t n_head, uint32_t head_dim, uint32_t n_rot,
+                      bool factors, float freq_scale) {
+    ubatch_buf u;
+    make_ubatch(&u, 16, 192, 7, 1500, 4);
+    KT_CHECK_OK(bk->set_ubatch(dev, &u.ub));
+    float ff[64];
+    for (int i = 0; i < 64; i++) ff[i] = 1.0f + (float)(i % 5) * 0.75f;
+    rope_check(dev, &u, mode, n_head, head_dim, n_rot, 10000.0f, freq_scale, factors ? ff : NULL);
+}
+
+/* The cos/sin table is reused across calls: it must follow every change of
+ * ubatch, parameters and factor values. */
+static void rope_cache_case(kiln_bk_device *dev) {
+    ubatch_buf u;
+    make_ubatch(&u, 16, 192, 7, 900, 4);
+    KT_CHECK_OK(bk->set_ubatch(dev, &u.ub));
+    float ff[32];
+    for (int i = 0; i < 32; i++) ff[i] = 1.0f + (float)(i % 3);
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 64, 10000.0f, 1.0f, NULL);
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 64, 10000.0f, 1.0f, NULL);  /* reused */
+    rope_check(dev, &u, KILN_ROPE_NEOX, 2, 64, 64, 10000.0f, 1.0f, NULL);  /* reused, other mode */
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 64, 500000.0f, 1.0f, NULL); /* base */
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 64, 500000.0f, 0.5f, NULL); /* scale */
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 32, 500000.0f, 0.5f, NULL); /* n_rot */
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 32, 500000.0f, 0.5f, ff);   /* factors */
+    ff[3] = 7.0f;
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 32, 500000.0f, 0.5f, ff);   /* factor values */
+    for (uint32_t i = 0; i < u.ub.n_tokens; i++) u.pos[i] += 5;
+    KT_CHECK_OK(bk->set_ubatch(dev, &u.ub));                              /* same shape, new positions */
+    rope_check(dev, &u, KILN_ROPE_NORM, 4, 64, 32, 500000.0f, 0.5f, ff);
+}
+
 static void test_rope(void) {
-    kiln_bk_device *dev = open_dev(2);
+    ISA_LOOP_BEGIN
     rope_case(dev, KILN_ROPE_NORM, 8, 64, 64, false, 1.0f);
     rope_case(dev, KILN_ROPE_NEOX, 4, 64, 64, false, 1.0f);
     rope_case(dev, KILN_ROPE_NORM, 3, 40, 24, true, 0.5f);
     rope_case(dev, KILN_ROPE_NEOX, 5, 48, 32, true, 0.25f);
+    rope_cache_case(dev);
     /* errors */
     ubatch_buf u;
     uint32_t n = make_ubatch(&u, 16, 12, 2, 3, 1);
@@ -509,13 +557,13 @@ static void test_rope(void) {
     tx.t.ne[1] = n - 1, r.n_head = 1;
     KT_CHECK(bk->rope(dev, &tx.t, &r) == KILN_E_INVALID_ARG); /* rows != tokens */
     free_t(&tx);
-    bk->device_close(dev);
+    ISA_LOOP_END
 }
 
 /* ---- get_rows, kv_store ---- */
 
 static void test_get_rows(void) {
-    kiln_bk_device *dev = open_dev(2);
+    ISA_LOOP_BEGIN
     const int32_t types[] = {KILN_TYPE_F32, KILN_TYPE_F16, KILN_TYPE_BF16, KILN_TYPE_Q8_0, KILN_TYPE_Q4_K};
     const int64_t n = 256, rows = 50;
     int32_t ids[300];
@@ -551,11 +599,11 @@ static void test_get_rows(void) {
         free_t(&tab);
     }
     free(src), free(out), free(want);
-    bk->device_close(dev);
+    ISA_LOOP_END
 }
 
 static void test_kv_store(void) {
-    kiln_bk_device *dev = open_dev(2);
+    ISA_LOOP_BEGIN
     ubatch_buf u;
     const uint32_t kv_dim = 72;
     uint32_t n = make_ubatch(&u, 16, 60, 20, 300, 9);
@@ -591,7 +639,7 @@ static void test_kv_store(void) {
     bk->buffer_free(kc), bk->buffer_free(vc);
     free_t(&tk), free_t(&tv);
     free(k), free(v);
-    bk->device_close(dev);
+    ISA_LOOP_END
 }
 
 /* ---- attention ---- */
@@ -685,11 +733,10 @@ static const attn_case attn_cases[] = {
 };
 
 static void test_attention(void) {
-    kiln_bk_device *dev = open_dev(2);
-    for (size_t i = 0; i < KILN_ARRAY_LEN(attn_cases); i++) free(attention_case(dev, &attn_cases[i], 1000 + i, true));
-    kiln_cpu_device_set_isa(dev, KILN_CPU_ISA_SCALAR);
-    for (size_t i = 0; i < KILN_ARRAY_LEN(attn_cases); i++) free(attention_case(dev, &attn_cases[i], 2000 + i, true));
-    bk->device_close(dev);
+    ISA_LOOP_BEGIN
+    for (size_t i = 0; i < KILN_ARRAY_LEN(attn_cases); i++)
+        free(attention_case(dev, &attn_cases[i], 1000 + 10 * i + (uint64_t)isa_, true));
+    ISA_LOOP_END
 }
 
 static void test_attention_errors(void) {

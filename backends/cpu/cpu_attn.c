@@ -31,8 +31,10 @@
  * are fewer (token, kv head) pairs than KILN_CPU_ATTN_SPLIT_PAIRS. */
 #define KILN_CPU_ATTN_SPLIT_MIN 256
 #define KILN_CPU_ATTN_SPLIT_PAIRS 8
-/* Target query rows per tile (T * group). */
+/* Target query rows per tile (T * group), and the number of items below
+ * which tiles get smaller. */
 #define KILN_CPU_ATTN_ROWS 32
+#define KILN_CPU_ATTN_MIN_ITEMS 16
 
 typedef struct {
     uint32_t first;  /* index into ub.order */
@@ -60,33 +62,48 @@ typedef struct {
     uint32_t rows_max;
 } attn_args;
 
-/* A thread's workspace, carved from attn_args.ws. */
+/* A thread's workspace, carved from attn_args.ws. Row arrays are padded
+ * to rp = rows_max rounded up to 16 (one AVX-512 vector of rows). */
 typedef struct {
     float *kc, *vc;   /* [chunk][D] converted K and V rows */
-    float *s;         /* [chunk] scores, then probabilities */
-    float *m, *l;     /* [rows] running max and sum */
+    float *s;         /* [chunk] scores, then probabilities (row kernels) */
+    float *m, *l;     /* [rp] running max and sum */
     float *o;         /* [rows][D] unnormalised output */
+    float *qt;        /* [D][rp] scaled queries, transposed (tile kernel) */
+    float *st;        /* [chunk][rp] scores, then probabilities (tile kernel) */
+    float *alpha;     /* [rp] rescale factors (tile kernel) */
+    int32_t *nkv;     /* [rp] positions each row attends to (tile kernel) */
 } attn_ws;
+
+#define KILN_ATTN_WS_REGIONS 10
+
+static uint32_t pad16(uint32_t n) { return (n + 15) & ~15u; }
 
 static size_t ws_floats(uint32_t chunk, uint32_t rows, uint32_t d, size_t *off) {
     /* offsets in floats, each region 64-byte aligned (16 floats) */
+    const uint32_t rp = pad16(rows);
     size_t n = 0;
 #define KILN_REGION(i, len) (off[i] = n, n += ((size_t)(len) + 15) & ~(size_t)15)
     KILN_REGION(0, (size_t)chunk * d);
     KILN_REGION(1, (size_t)chunk * d);
     KILN_REGION(2, chunk);
-    KILN_REGION(3, rows);
-    KILN_REGION(4, rows);
+    KILN_REGION(3, rp);
+    KILN_REGION(4, rp);
     KILN_REGION(5, (size_t)rows * d);
+    KILN_REGION(6, (size_t)d * rp);
+    KILN_REGION(7, (size_t)chunk * rp);
+    KILN_REGION(8, rp);
+    KILN_REGION(9, rp);
 #undef KILN_REGION
     return n;
 }
 
 static attn_ws ws_get(const attn_args *a, int ith) {
-    size_t off[6];
+    size_t off[KILN_ATTN_WS_REGIONS];
     ws_floats(a->chunk, a->rows_max, a->head_dim, off);
     float *base = (float *)(a->ws + (size_t)ith * a->ws_stride);
-    attn_ws w = {base + off[0], base + off[1], base + off[2], base + off[3], base + off[4], base + off[5]};
+    attn_ws w = {base + off[0], base + off[1], base + off[2], base + off[3], base + off[4],
+                 base + off[5], base + off[6], base + off[7], base + off[8], (int32_t *)(base + off[9])};
     return w;
 }
 
@@ -96,9 +113,14 @@ static void convert_rows(const attn_args *a, const uint8_t *cache, const int32_t
                          uint32_t p0, uint32_t n, float *out) {
     const kiln_cpu_ubatch *ub = &a->dev->ub;
     const uint32_t d = a->head_dim, bs = ub->block_size;
+    /* walk the block table without a division per position */
+    uint32_t blk = p0 / bs, in = p0 % bs;
     for (uint32_t c = 0; c < n; c++) {
-        uint32_t p = p0 + c;
-        size_t cell = (size_t)table[p / bs] * bs + p % bs;
+        size_t cell = (size_t)table[blk] * bs + in;
+        if (++in == bs) {
+            in = 0;
+            blk++;
+        }
         const uint16_t *src = (const uint16_t *)(cache + cell * a->kv_row_bytes) + (size_t)g * d;
         float *dst = out + (size_t)c * d;
 #ifdef KILN_CPU_X86
@@ -227,6 +249,151 @@ static KILN_AVX2 void row_chunk_avx2(const float *q, const float *kc, const floa
 }
 #endif
 
+/* ---- a tile of query rows against one chunk: AVX-512 (d % 16 == 0) ----
+ *
+ * Scores are computed transposed, S^T[c][r] = sum_i K[c][i] * Q^T[i][r]:
+ * broadcasting a K value against a vector of 16 rows needs no horizontal
+ * sums, and Q^T is built once per item. The softmax then runs down the
+ * columns (one lane per row), and O += P V uses the K/V chunk once for
+ * two rows at a time. */
+
+#ifdef KILN_CPU_X86
+/* S^T for four positions c..c+3 and 32 rows r0..r0+31 */
+static inline KILN_AVX512 __attribute__((always_inline)) void
+qk4x32(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, float *st) {
+    __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps(), a10 = _mm512_setzero_ps(),
+           a11 = _mm512_setzero_ps(), a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps(),
+           a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
+    const float *q = qt + r0;
+    for (uint32_t i = 0; i < d; i++, q += rp) {
+        const __m512 q0 = _mm512_load_ps(q), q1 = _mm512_load_ps(q + 16);
+        __m512 b = _mm512_set1_ps(k[i]);
+        a00 = _mm512_fmadd_ps(q0, b, a00), a01 = _mm512_fmadd_ps(q1, b, a01);
+        b = _mm512_set1_ps(k[d + i]);
+        a10 = _mm512_fmadd_ps(q0, b, a10), a11 = _mm512_fmadd_ps(q1, b, a11);
+        b = _mm512_set1_ps(k[2 * d + i]);
+        a20 = _mm512_fmadd_ps(q0, b, a20), a21 = _mm512_fmadd_ps(q1, b, a21);
+        b = _mm512_set1_ps(k[3 * d + i]);
+        a30 = _mm512_fmadd_ps(q0, b, a30), a31 = _mm512_fmadd_ps(q1, b, a31);
+    }
+    float *o = st + r0;
+    _mm512_store_ps(o, a00), _mm512_store_ps(o + 16, a01);
+    o += rp;
+    _mm512_store_ps(o, a10), _mm512_store_ps(o + 16, a11);
+    o += rp;
+    _mm512_store_ps(o, a20), _mm512_store_ps(o + 16, a21);
+    o += rp;
+    _mm512_store_ps(o, a30), _mm512_store_ps(o + 16, a31);
+}
+
+/* the same for 16 rows */
+static inline KILN_AVX512 __attribute__((always_inline)) void
+qk4x16(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, float *st) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    const float *q = qt + r0;
+    for (uint32_t i = 0; i < d; i++, q += rp) {
+        const __m512 q0 = _mm512_load_ps(q);
+        a0 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[i]), a0);
+        a1 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[d + i]), a1);
+        a2 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[2 * d + i]), a2);
+        a3 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[3 * d + i]), a3);
+    }
+    float *o = st + r0;
+    _mm512_store_ps(o, a0);
+    _mm512_store_ps(o + rp, a1);
+    _mm512_store_ps(o + 2 * (size_t)rp, a2);
+    _mm512_store_ps(o + 3 * (size_t)rp, a3);
+}
+
+static KILN_AVX512 void tile_chunk_avx512(attn_ws *w, uint32_t rp, uint32_t rows, uint32_t p0, uint32_t n,
+                                          uint32_t d) {
+    /* scores; K rows past n are zeros (convert_rows pads to 8) */
+    for (uint32_t c = 0; c < n; c += 4) {
+        const float *k = w->kc + (size_t)c * d;
+        float *st = w->st + (size_t)c * rp;
+        uint32_t r0 = 0;
+        for (; r0 + 32 <= rp; r0 += 32) qk4x32(w->qt, rp, r0, k, d, st);
+        if (r0 < rp) qk4x16(w->qt, rp, r0, k, d, st);
+    }
+    /* mask, running max, probabilities, running sum: one lane per row */
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
+    for (uint32_t r0 = 0; r0 < rp; r0 += 16) {
+        const __m512i nk = _mm512_load_si512((const void *)(w->nkv + r0));
+        __m512 vmax = ninf;
+        for (uint32_t c = 0; c < n; c++) {
+            float *sp = w->st + (size_t)c * rp + r0;
+            __mmask16 live = _mm512_cmpgt_epi32_mask(nk, _mm512_set1_epi32((int)(p0 + c)));
+            __m512 sc = _mm512_mask_mov_ps(ninf, live, _mm512_load_ps(sp));
+            _mm512_store_ps(sp, sc);
+            vmax = _mm512_max_ps(vmax, sc);
+        }
+        const __m512 m_old = _mm512_load_ps(w->m + r0);
+        const __m512 m_new = _mm512_max_ps(m_old, vmax);
+        const __mmask16 finite = _mm512_cmp_ps_mask(m_new, ninf, _CMP_NEQ_OQ);
+        const __m512 alpha = _mm512_mask_mov_ps(one, finite, kiln_avx512_exp(_mm512_sub_ps(m_old, m_new)));
+        __m512 sum = _mm512_setzero_ps();
+        for (uint32_t c = 0; c < n; c++) {
+            float *sp = w->st + (size_t)c * rp + r0;
+            const __m512 sc = _mm512_load_ps(sp);
+            const __mmask16 live = _mm512_cmp_ps_mask(sc, ninf, _CMP_NEQ_OQ);
+            const __m512 p = _mm512_maskz_mov_ps(live, kiln_avx512_exp(_mm512_sub_ps(sc, m_new)));
+            _mm512_store_ps(sp, p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        _mm512_store_ps(w->m + r0, m_new);
+        _mm512_store_ps(w->l + r0, _mm512_fmadd_ps(_mm512_load_ps(w->l + r0), alpha, sum));
+        _mm512_store_ps(w->alpha + r0, alpha);
+    }
+    /* O = O * alpha + P V, two rows at a time over positions they attend */
+    for (uint32_t r = 0; r < rows; r += 2) {
+        const bool pair = r + 1 < rows;
+        int32_t last = w->nkv[r];
+        if (pair && w->nkv[r + 1] > last) last = w->nkv[r + 1];
+        uint32_t ne = last <= (int32_t)p0 ? 0 : (uint32_t)last - p0 < n ? (uint32_t)last - p0 : n;
+        float *o0 = w->o + (size_t)r * d, *o1 = pair ? o0 + d : o0;
+        const __m512 al0 = _mm512_set1_ps(w->alpha[r]), al1 = _mm512_set1_ps(pair ? w->alpha[r + 1] : 1.0f);
+        const float *p0s = w->st + r, *p1s = w->st + (pair ? r + 1 : r);
+        uint32_t i = 0;
+        for (; i + 64 <= d; i += 64) {
+            __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
+            __m512 x1 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 16), al0);
+            __m512 x2 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 32), al0);
+            __m512 x3 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 48), al0);
+            __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
+            __m512 y1 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 16), al1);
+            __m512 y2 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 32), al1);
+            __m512 y3 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 48), al1);
+            for (uint32_t c = 0; c < ne; c++) {
+                const float *v = w->vc + (size_t)c * d + i;
+                const __m512 v0 = _mm512_load_ps(v), v1 = _mm512_load_ps(v + 16);
+                const __m512 v2 = _mm512_load_ps(v + 32), v3 = _mm512_load_ps(v + 48);
+                const __m512 pa = _mm512_set1_ps(p0s[(size_t)c * rp]), pb = _mm512_set1_ps(p1s[(size_t)c * rp]);
+                x0 = _mm512_fmadd_ps(pa, v0, x0), x1 = _mm512_fmadd_ps(pa, v1, x1);
+                x2 = _mm512_fmadd_ps(pa, v2, x2), x3 = _mm512_fmadd_ps(pa, v3, x3);
+                y0 = _mm512_fmadd_ps(pb, v0, y0), y1 = _mm512_fmadd_ps(pb, v1, y1);
+                y2 = _mm512_fmadd_ps(pb, v2, y2), y3 = _mm512_fmadd_ps(pb, v3, y3);
+            }
+            /* a lone last row (o1 == o0) is written twice with equal values */
+            _mm512_storeu_ps(o1 + i, y0), _mm512_storeu_ps(o1 + i + 16, y1);
+            _mm512_storeu_ps(o1 + i + 32, y2), _mm512_storeu_ps(o1 + i + 48, y3);
+            _mm512_storeu_ps(o0 + i, x0), _mm512_storeu_ps(o0 + i + 16, x1);
+            _mm512_storeu_ps(o0 + i + 32, x2), _mm512_storeu_ps(o0 + i + 48, x3);
+        }
+        for (; i < d; i += 16) {
+            __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
+            __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
+            for (uint32_t c = 0; c < ne; c++) {
+                const __m512 v0 = _mm512_load_ps(w->vc + (size_t)c * d + i);
+                x0 = _mm512_fmadd_ps(_mm512_set1_ps(p0s[(size_t)c * rp]), v0, x0);
+                y0 = _mm512_fmadd_ps(_mm512_set1_ps(p1s[(size_t)c * rp]), v0, y0);
+            }
+            _mm512_storeu_ps(o1 + i, y0);
+            _mm512_storeu_ps(o0 + i, x0);
+        }
+    }
+}
+#endif
+
 /* ---- one work item ---- */
 
 static void attn_item(attn_args *a, int64_t item, attn_ws *w) {
@@ -248,18 +415,42 @@ static void attn_item(attn_args *a, int64_t item, attn_ws *w) {
     uint32_t p_end = p_begin + a->split_len;
     if (p_end > (uint32_t)max_kv) p_end = (uint32_t)max_kv;
 
-    for (uint32_t r = 0; r < rows; r++) {
+    const uint32_t rp = pad16(rows);
+    for (uint32_t r = 0; r < rp; r++) {
         w->m[r] = -INFINITY;
         w->l[r] = 0.0f;
     }
     memset(w->o, 0, (size_t)rows * d * sizeof(float));
 #ifdef KILN_CPU_X86
     const bool simd = a->dev->isa >= KILN_CPU_ISA_AVX2 && d % 8 == 0;
+    /* the tile kernel pays off from 8 rows; padding rows attend to nothing */
+    const bool tile_kernel = a->dev->isa >= KILN_CPU_ISA_AVX512 && d % 16 == 0 && rows >= 8;
+    if (tile_kernel) {
+        for (uint32_t r = 0; r < rp; r++) {
+            float *qt = w->qt + r;
+            if (r >= rows) {
+                w->nkv[r] = 0;
+                for (uint32_t i = 0; i < d; i++) qt[(size_t)i * rp] = 0.0f;
+                continue;
+            }
+            const int32_t t = order[r / group];
+            const uint32_t h = g * group + r % group;
+            const float *q = (const float *)kiln_cpu_row(a->q, t) + (size_t)h * d;
+            w->nkv[r] = ub->attn_n_kv[t];
+            for (uint32_t i = 0; i < d; i++) qt[(size_t)i * rp] = q[i] * a->scale;
+        }
+    }
 #endif
     for (uint32_t p0 = p_begin; p0 < p_end; p0 += a->chunk) {
         uint32_t n = p_end - p0 < a->chunk ? p_end - p0 : a->chunk;
         convert_rows(a, a->k, table, g, p0, n, w->kc);
         convert_rows(a, a->v, table, g, p0, n, w->vc);
+#ifdef KILN_CPU_X86
+        if (tile_kernel) {
+            tile_chunk_avx512(w, rp, rows, p0, n, d);
+            continue;
+        }
+#endif
         for (uint32_t r = 0; r < rows; r++) {
             const int32_t t = order[r / group];
             const int32_t n_kv = ub->attn_n_kv[t];
@@ -404,11 +595,13 @@ kiln_status kiln_cpu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q,
     a.chunk = chunk < 8 ? 8 : chunk > 64 ? 64 : chunk & ~7u;
 
     /* tokens per tile: about KILN_CPU_ATTN_ROWS query rows, fewer when that
-     * would leave threads without items */
+     * would leave too few items to share. Never a function of the thread
+     * count: the tiling picks the kernel, and results must not depend on
+     * how many threads ran. */
     const int nth = dev->n_threads;
     uint32_t per = KILN_CPU_ATTN_ROWS / a.group;
     if (per < 1) per = 1;
-    while (per > 1 && (int64_t)make_tiles(ub, per, NULL) * p.n_head_kv < 4 * (int64_t)nth) per /= 2;
+    while (per > 1 && (int64_t)make_tiles(ub, per, NULL) * p.n_head_kv < KILN_CPU_ATTN_MIN_ITEMS) per /= 2;
     a.n_tiles = make_tiles(ub, per, NULL);
     a.rows_max = per * a.group;
 
@@ -430,7 +623,7 @@ kiln_status kiln_cpu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q,
     a.n_items = n_pairs * a.n_split;
 
     /* scratch: tiles | workspaces | partials */
-    size_t off[6];
+    size_t off[KILN_ATTN_WS_REGIONS];
     size_t tiles_bytes = kiln_cpu_align_up((size_t)a.n_tiles * sizeof(attn_tile));
     a.ws_stride = kiln_cpu_align_up(ws_floats(a.chunk, a.rows_max, p.head_dim, off) * sizeof(float));
     size_t partial_bytes = 0;

@@ -107,8 +107,9 @@ static int32_t cpu_supports_type(int32_t index, int32_t type) {
 /* device handles                                                           */
 /* ------------------------------------------------------------------------ */
 
-/* AVX2 + FMA + F16C, and the OS saving YMM state (XCR0 bits 1-2). Read
- * with cpuid directly: compilers disagree on __builtin_cpu_supports names. */
+/* AVX2 + FMA + F16C with the OS saving YMM state (XCR0 bits 1-2), then
+ * AVX-512 F/DQ/BW/VL with opmask and ZMM state (XCR0 bits 5-7). Read with
+ * cpuid directly: compilers disagree on __builtin_cpu_supports names. */
 static int detect_isa(void) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     unsigned a, b, c, d;
@@ -119,6 +120,8 @@ static int detect_isa(void) {
     __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
     if ((xlo & 6u) != 6u) return KILN_CPU_ISA_SCALAR;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 5))) return KILN_CPU_ISA_SCALAR;
+    const unsigned avx512 = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31); /* F, DQ, BW, VL */
+    if ((b & avx512) == avx512 && (xlo & 0xe0u) == 0xe0u) return KILN_CPU_ISA_AVX512;
     return KILN_CPU_ISA_AVX2;
 #else
     return KILN_CPU_ISA_SCALAR;
@@ -164,7 +167,8 @@ static kiln_status cpu_device_open(int32_t index, const kiln_bk_open_params *par
     }
     dev->n_threads = kiln_cpu_threads_count(dev->threads);
     kiln_log(&dev->log, KILN_LOG_INFO, "cpu backend: device open, %d threads, %s kernels",
-             dev->n_threads, dev->isa == KILN_CPU_ISA_AVX2 ? "avx2" : "scalar");
+             dev->n_threads,
+             dev->isa == KILN_CPU_ISA_AVX512 ? "avx512" : dev->isa == KILN_CPU_ISA_AVX2 ? "avx2" : "scalar");
     *out = dev;
     return KILN_OK;
 }
@@ -175,6 +179,7 @@ static void cpu_device_close(kiln_bk_device *dev) {
     pool_release_cached(&dev->pool);
     kiln_cpu_threads_free(dev->threads);
     ubatch_free(&dev->ub);
+    kiln_free(dev->rope.table);
     kiln_free(dev->scratch_raw);
     kiln_free(dev);
 }
@@ -616,6 +621,7 @@ static kiln_status cpu_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp
     }
 
     ub->set = true;
+    dev->ub_gen++;
     ub->n_tokens = n;
     ub->n_block_entries = u.n_block_entries;
     ub->block_size = u.block_size;

@@ -23,6 +23,7 @@
 /* Instruction-set levels, detected at device_open (tests may lower it). */
 #define KILN_CPU_ISA_SCALAR 0
 #define KILN_CPU_ISA_AVX2 1   /* AVX2 + FMA + F16C */
+#define KILN_CPU_ISA_AVX512 2 /* and AVX-512 F/BW/DQ/VL */
 
 /* Alignment of every buffer and scratch area the backend allocates. */
 #define KILN_CPU_ALIGN 64u
@@ -79,6 +80,19 @@ typedef struct kiln_cpu_ubatch {
     uint32_t cap_tokens, cap_blocks;                 /* allocated lengths */
 } kiln_cpu_ubatch;
 
+/* cos/sin of the current ubatch's rope angles, reused while the ubatch and
+ * the rope parameters stay the same (q and k of every layer share them). */
+typedef struct kiln_cpu_rope_cache {
+    float *table;             /* [n_tokens][n_rot]: n_rot/2 cos, then n_rot/2 sin */
+    size_t cap;               /* floats allocated */
+    bool valid;
+    uint64_t ub_gen;          /* ubatch the table belongs to */
+    uint32_t n_rot;
+    float freq_base, freq_scale;
+    bool has_factors;
+    float factors[1024];      /* copy of freq_factors[0..n_rot/2) */
+} kiln_cpu_rope_cache;
+
 struct kiln_bk_device {
     kiln_logger log;
     kiln_cpu_threads *threads;
@@ -87,6 +101,8 @@ struct kiln_bk_device {
     int isa_detected;         /* the best the processor has */
     kiln_cpu_pool pool;
     kiln_cpu_ubatch ub;
+    uint64_t ub_gen;          /* bumped by every set_ubatch */
+    kiln_cpu_rope_cache rope;
     void *scratch_raw;        /* kiln_malloc'd */
     uint8_t *scratch;         /* aligned into scratch_raw */
     size_t scratch_size;

@@ -140,6 +140,14 @@ static KILN_AVX2 double sum_squares_avx2(const float *x, int64_t n) {
     for (; i < n; i++) s += (double)(x[i] * x[i]);
     return s;
 }
+
+static KILN_AVX2 void scale_mul_avx2(const float *x, float scale, const float *w, float *y, int64_t n) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) y[i] = (x[i] * scale) * w[i];
+}
 #endif
 
 static void rms_norm_task(void *ctx, int ith, int nth) {
@@ -150,13 +158,14 @@ static void rms_norm_task(void *ctx, int ith, int nth) {
     for (int64_t r = r0; r < r1; r++) {
         const float *x = (const float *)kiln_cpu_row(a->x, r);
         float *y = (float *)kiln_cpu_row(a->dst, r);
-        double sum;
 #ifdef KILN_CPU_X86
-        if (a->dev->isa >= KILN_CPU_ISA_AVX2) sum = sum_squares_avx2(x, n);
-        else
+        if (a->dev->isa >= KILN_CPU_ISA_AVX2) {
+            const float mean = (float)(sum_squares_avx2(x, n) / (double)n);
+            scale_mul_avx2(x, 1.0f / sqrtf(mean + a->eps), w, y, n);
+            continue;
+        }
 #endif
-            sum = sum_squares_scalar(x, n);
-        const float mean = (float)(sum / (double)n);
+        const float mean = (float)(sum_squares_scalar(x, n) / (double)n);
         const float scale = 1.0f / sqrtf(mean + a->eps);
         /* (x * scale) * w: ggml scales, then multiplies by the weight */
         for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
@@ -187,9 +196,18 @@ kiln_status kiln_cpu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x,
 /* ------------------------------------------------------------------------ */
 
 typedef struct {
+    const kiln_bk_device *dev;
     const kiln_bk_tensor *a, *b;
     kiln_bk_tensor *dst;
 } add_args;
+
+#ifdef KILN_CPU_X86
+static KILN_AVX2 void add_row_avx2(const float *x, const float *y, float *z, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(z + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) z[i] = x[i] + y[i];
+}
+#endif
 
 static void add_task(void *ctx, int ith, int nth) {
     add_args *p = ctx;
@@ -200,6 +218,12 @@ static void add_task(void *ctx, int ith, int nth) {
         const float *x = (const float *)kiln_cpu_row(p->a, r);
         const float *y = (const float *)kiln_cpu_row(p->b, bcast ? 0 : r);
         float *z = (float *)kiln_cpu_row(p->dst, r);
+#ifdef KILN_CPU_X86
+        if (p->dev->isa >= KILN_CPU_ISA_AVX2) {
+            add_row_avx2(x, y, z, n);
+            continue;
+        }
+#endif
         for (int64_t i = 0; i < n; i++) z[i] = x[i] + y[i];
     }
 }
@@ -218,7 +242,7 @@ kiln_status kiln_cpu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kil
                           (long long)a->ne[0], (long long)a->ne[1], (long long)b->ne[0], (long long)b->ne[1],
                           (long long)dst->ne[0], (long long)dst->ne[1]);
     if (a->ne[0] == 0 || a->ne[1] == 0) return KILN_OK;
-    add_args p = {a, b, dst};
+    add_args p = {dev, a, b, dst};
     kiln_cpu_threads_run(dev->threads, threads_for(dev, a->ne[1], a->ne[1] * a->ne[0]), add_task, &p);
     return KILN_OK;
 }
@@ -234,44 +258,126 @@ typedef struct {
     kiln_bk_tensor *x;
     kiln_bk_rope r;
     float theta_scale;
+    float *table;   /* [n_tokens][n_rot]: cos of each pair, then sin */
+    bool fill;      /* compute the table rows first */
 } rope_args;
+
+static void rope_head_scalar(float *v, const float *cs, const float *sn, int64_t half, int mode) {
+    if (mode == KILN_ROPE_NEOX) {
+        for (int64_t i = 0; i < half; i++) {
+            const float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * cs[i] - x1 * sn[i];
+            v[i + half] = x0 * sn[i] + x1 * cs[i];
+        }
+    } else {
+        for (int64_t i = 0; i < half; i++) {
+            const float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * cs[i] - x1 * sn[i];
+            v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+
+#ifdef KILN_CPU_X86
+/* The same rotation, 4 pairs (NORM) or 8 pairs (NEOX) per step. Products
+ * are rounded before the add/sub, as in the scalar code. */
+static KILN_AVX2 void rope_head_avx2(float *v, const float *cs, const float *sn, int64_t half, int mode) {
+    int64_t i = 0;
+    if (mode == KILN_ROPE_NEOX) {
+        for (; i + 8 <= half; i += 8) {
+            const __m256 x0 = _mm256_loadu_ps(v + i), x1 = _mm256_loadu_ps(v + i + half);
+            const __m256 c = _mm256_loadu_ps(cs + i), s = _mm256_loadu_ps(sn + i);
+            _mm256_storeu_ps(v + i, _mm256_sub_ps(_mm256_mul_ps(x0, c), _mm256_mul_ps(x1, s)));
+            _mm256_storeu_ps(v + i + half, _mm256_add_ps(_mm256_mul_ps(x0, s), _mm256_mul_ps(x1, c)));
+        }
+    } else {
+        const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        for (; i + 4 <= half; i += 4) {
+            const __m256 x = _mm256_loadu_ps(v + 2 * i);                     /* x0 x1 x0' x1' ... */
+            const __m256 xs = _mm256_permute_ps(x, 0xb1);                    /* x1 x0 x1' x0' ... */
+            const __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cs + i)), dup);
+            const __m256 s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sn + i)), dup);
+            /* even lanes x0*c - x1*s, odd lanes x1*c + x0*s */
+            _mm256_storeu_ps(v + 2 * i, _mm256_addsub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(xs, s)));
+        }
+    }
+    if (i < half) {
+        /* the rest, pair by pair */
+        for (; i < half; i++) {
+            float *a = mode == KILN_ROPE_NEOX ? v + i : v + 2 * i;
+            float *b = mode == KILN_ROPE_NEOX ? v + i + half : v + 2 * i + 1;
+            const float x0 = *a, x1 = *b;
+            *a = x0 * cs[i] - x1 * sn[i];
+            *b = x0 * sn[i] + x1 * cs[i];
+        }
+    }
+}
+#endif
 
 static void rope_task(void *ctx, int ith, int nth) {
     rope_args *a = ctx;
     const kiln_bk_rope *r = &a->r;
     const int64_t half = r->n_rot / 2;
-    float cs[KILN_CPU_ROPE_MAX_PAIRS], sn[KILN_CPU_ROPE_MAX_PAIRS];
     int64_t r0, r1;
     split_rows(a->x->ne[1], ith, nth, &r0, &r1);
     for (int64_t t = r0; t < r1; t++) {
-        /* angles exactly as ggml builds them: theta_i = pos * theta_scale^i,
-         * iterated in float, divided by the frequency factor, then scaled */
-        float theta = (float)a->dev->ub.pos[t];
-        for (int64_t i = 0; i < half; i++) {
-            const float ff = r->freq_factors ? r->freq_factors[i] : 1.0f;
-            const float th = r->freq_scale * (theta / ff);
-            cs[i] = cosf(th);
-            sn[i] = sinf(th);
-            theta *= a->theta_scale;
+        float *cs = a->table + (size_t)t * (size_t)r->n_rot, *sn = cs + half;
+        if (a->fill) {
+            /* angles exactly as ggml builds them: theta_i = pos * theta_scale^i,
+             * iterated in float, divided by the frequency factor, then scaled */
+            float theta = (float)a->dev->ub.pos[t];
+            for (int64_t i = 0; i < half; i++) {
+                const float ff = r->freq_factors ? r->freq_factors[i] : 1.0f;
+                const float th = r->freq_scale * (theta / ff);
+                cs[i] = cosf(th);
+                sn[i] = sinf(th);
+                theta *= a->theta_scale;
+            }
         }
         float *row = (float *)kiln_cpu_row(a->x, t);
         for (uint32_t h = 0; h < r->n_head; h++) {
             float *v = row + (size_t)h * r->head_dim;
-            if (r->mode == KILN_ROPE_NEOX) {
-                for (int64_t i = 0; i < half; i++) {
-                    const float x0 = v[i], x1 = v[i + half];
-                    v[i] = x0 * cs[i] - x1 * sn[i];
-                    v[i + half] = x0 * sn[i] + x1 * cs[i];
-                }
-            } else {
-                for (int64_t i = 0; i < half; i++) {
-                    const float x0 = v[2 * i], x1 = v[2 * i + 1];
-                    v[2 * i] = x0 * cs[i] - x1 * sn[i];
-                    v[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
-                }
+#ifdef KILN_CPU_X86
+            if (a->dev->isa >= KILN_CPU_ISA_AVX2) {
+                rope_head_avx2(v, cs, sn, half, r->mode);
+                continue;
             }
+#endif
+            rope_head_scalar(v, cs, sn, half, r->mode);
         }
     }
+}
+
+/* Points a->table at the handle's cos/sin table for this ubatch and these
+ * parameters; a->fill says whether it must be computed. */
+static kiln_status rope_table(kiln_bk_device *dev, rope_args *a) {
+    kiln_cpu_rope_cache *c = &dev->rope;
+    const kiln_bk_rope *r = &a->r;
+    const size_t half = r->n_rot / 2;
+    bool same = c->valid && c->ub_gen == dev->ub_gen && c->n_rot == r->n_rot &&
+                c->freq_base == r->freq_base && c->freq_scale == r->freq_scale &&
+                c->has_factors == (r->freq_factors != NULL) &&
+                (!r->freq_factors || memcmp(c->factors, r->freq_factors, half * sizeof(float)) == 0);
+    a->fill = !same;
+    if (!same) {
+        size_t need = (size_t)dev->ub.n_tokens * r->n_rot;
+        if (need > c->cap) {
+            float *t = kiln_realloc(c->table, need * sizeof(float));
+            if (!t) return kiln_error(KILN_E_OOM_HOST, "cpu rope: out of memory for a %zu-value angle table", need);
+            c->table = t;
+            c->cap = need;
+        }
+        /* valid once this call has filled it (it cannot fail from here on) */
+        c->valid = true;
+        c->ub_gen = dev->ub_gen;
+        c->n_rot = r->n_rot;
+        c->freq_base = r->freq_base;
+        c->freq_scale = r->freq_scale;
+        c->has_factors = r->freq_factors != NULL;
+        if (r->freq_factors) memcpy(c->factors, r->freq_factors, half * sizeof(float));
+    }
+    a->table = c->table;
+    return KILN_OK;
 }
 
 kiln_status kiln_cpu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
@@ -298,7 +404,8 @@ kiln_status kiln_cpu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_
     a.dev = dev;
     a.x = x;
     a.theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
-    int64_t work = x->ne[1] * (int64_t)r->n_head * r->n_rot;
+    if ((st = rope_table(dev, &a))) return st;
+    int64_t work = x->ne[1] * (int64_t)r->n_head * r->n_rot * (a.fill ? 4 : 1);
     kiln_cpu_threads_run(dev->threads, threads_for(dev, x->ne[1], work), rope_task, &a);
     return KILN_OK;
 }
@@ -329,6 +436,18 @@ static KILN_AVX2 void swiglu_row_avx2(const float *g, const float *u, float *y, 
     }
     swiglu_row_scalar(g + i, u + i, y + i, n - i);
 }
+
+static KILN_AVX512 void swiglu_row_avx512(const float *g, const float *u, float *y, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(g + i);
+        __m512 e = kiln_avx512_exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        __m512 s = _mm512_div_ps(x, _mm512_add_ps(one, e));
+        _mm512_storeu_ps(y + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+    }
+    swiglu_row_avx2(g + i, u + i, y + i, n - i);
+}
 #endif
 
 static void swiglu_task(void *ctx, int ith, int nth) {
@@ -340,6 +459,10 @@ static void swiglu_task(void *ctx, int ith, int nth) {
         const float *u = (const float *)kiln_cpu_row(a->up, r);
         float *y = (float *)kiln_cpu_row(a->dst, r);
 #ifdef KILN_CPU_X86
+        if (a->dev->isa >= KILN_CPU_ISA_AVX512) {
+            swiglu_row_avx512(g, u, y, n);
+            continue;
+        }
         if (a->dev->isa >= KILN_CPU_ISA_AVX2) {
             swiglu_row_avx2(g, u, y, n);
             continue;
