@@ -1079,13 +1079,24 @@ static void test_fault_injection(void) {
 typedef struct {
     _Atomic int64_t sum;
     _Atomic int calls;
+    _Atomic int slot_mask;
+    int max_slot;
 } pool_ctx;
 
-static void count_task(void *p, int ith, int nth) {
+static void count_task(void *p, int slot, int64_t b, int64_t e) {
     pool_ctx *c = p;
-    atomic_fetch_add(&c->sum, ith + 1);
+    for (int64_t i = b; i < e; i++) atomic_fetch_add(&c->sum, i + 1);
     atomic_fetch_add(&c->calls, 1);
-    (void)nth;
+    atomic_fetch_or(&c->slot_mask, 1 << slot);
+    if (slot >= c->max_slot) c->max_slot = -1000; /* flags a slot out of range */
+}
+
+static void slow_task(void *p, int slot, int64_t b, int64_t e) {
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do clock_gettime(CLOCK_MONOTONIC, &t);
+    while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 20000L * (e - b));
+    count_task(p, slot, b, e);
 }
 
 static void test_thread_pool(void) {
@@ -1095,25 +1106,45 @@ static void test_thread_pool(void) {
     pool_ctx c;
     atomic_init(&c.sum, 0);
     atomic_init(&c.calls, 0);
+    atomic_init(&c.slot_mask, 0);
+    c.max_slot = 3;
     const int iters = 20000;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < iters; i++) kiln_cpu_threads_run(tp, 0, count_task, &c);
+    for (int i = 0; i < iters; i++) kiln_cpu_threads_for(tp, 0, 3, 1, count_task, &c);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    /* every item exactly once, whoever ran it */
     KT_CHECK(atomic_load(&c.calls) == 3 * iters && atomic_load(&c.sum) == 6LL * iters);
+    KT_CHECK(c.max_slot == 3 && (atomic_load(&c.slot_mask) & 1));
     double us = ((double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3) / iters;
-    printf("  thread pool: %.2f us per 3-thread dispatch\n", us);
-    /* fewer threads than the pool has */
+    printf("  thread pool: %.2f us per 3-thread loop (slots used: %#x)\n", us, (unsigned)atomic_load(&c.slot_mask));
+    /* items long enough that the workers join in */
+    atomic_store(&c.slot_mask, 0);
+    atomic_store(&c.sum, 0);
+    for (int i = 0; i < 200; i++) kiln_cpu_threads_for(tp, 0, 12, 1, slow_task, &c);
+    KT_CHECK(atomic_load(&c.sum) == 200LL * 12 * 13 / 2 && c.max_slot == 3);
+    printf("  slots used by slow loops: %#x\n", (unsigned)atomic_load(&c.slot_mask));
+    KT_CHECK(atomic_load(&c.slot_mask) & 6); /* some worker took part */
+    /* a long loop in uneven chunks */
+    atomic_store(&c.sum, 0);
+    kiln_cpu_threads_for(tp, 0, 100001, 7, count_task, &c);
+    KT_CHECK(atomic_load(&c.sum) == 100001LL * 100002 / 2);
+    /* fewer threads than the pool has: slots stay below n_use */
+    c.max_slot = 2;
+    atomic_store(&c.sum, 0);
+    for (int i = 0; i < 1000; i++) kiln_cpu_threads_for(tp, 2, 50, 1, count_task, &c);
+    KT_CHECK(atomic_load(&c.sum) == 1000LL * 50 * 51 / 2 && c.max_slot == 2);
     atomic_store(&c.calls, 0);
-    kiln_cpu_threads_run(tp, 2, count_task, &c);
-    KT_CHECK(atomic_load(&c.calls) == 2);
-    kiln_cpu_threads_run(tp, 1, count_task, &c);
-    KT_CHECK(atomic_load(&c.calls) == 3);
+    kiln_cpu_threads_for(tp, 1, 10, 1, count_task, &c); /* one thread: one call */
+    KT_CHECK(atomic_load(&c.calls) == 1);
+    kiln_cpu_threads_for(tp, 0, 0, 1, count_task, &c); /* nothing to do */
+    KT_CHECK(atomic_load(&c.calls) == 1);
     /* idle long enough for the workers to sleep, then wake them */
     struct timespec nap = {0, 5 * 1000 * 1000};
     nanosleep(&nap, NULL);
-    kiln_cpu_threads_run(tp, 0, count_task, &c);
-    KT_CHECK(atomic_load(&c.calls) == 6);
+    atomic_store(&c.sum, 0);
+    kiln_cpu_threads_for(tp, 0, 64, 1, count_task, &c);
+    KT_CHECK(atomic_load(&c.sum) == 64 * 65 / 2);
     kiln_cpu_threads_free(tp);
     kiln_cpu_threads_free(NULL);
 }

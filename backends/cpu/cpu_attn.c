@@ -20,7 +20,6 @@
  * Rows with attn_n_kv == 0 attend to nothing and produce zeros.
  */
 #include <math.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #include "cpu_internal.h"
@@ -55,7 +54,6 @@ typedef struct {
     uint32_t n_split;
     uint32_t split_len;     /* positions per split (multiple of chunk) */
     int64_t n_items;
-    _Atomic int64_t next;
     uint8_t *ws;            /* per-thread workspaces */
     size_t ws_stride;
     float *partial;         /* n_split > 1: [n_items][rows_max][2 + D] */
@@ -486,14 +484,10 @@ static void attn_item(attn_args *a, int64_t item, attn_ws *w) {
     }
 }
 
-static void attn_task(void *ctx, int ith, int nth) {
+static void attn_task(void *ctx, int slot, int64_t first, int64_t last) {
     attn_args *a = ctx;
-    attn_ws w = ws_get(a, ith);
-    for (;;) {
-        int64_t item = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed);
-        if (item >= a->n_items) break;
-        attn_item(a, item, &w);
-    }
+    attn_ws w = ws_get(a, slot);
+    for (int64_t item = first; item < last; item++) attn_item(a, item, &w);
 }
 
 /* Combines the splits of every (tile, kv head) pair into dst. */
@@ -636,9 +630,8 @@ kiln_status kiln_cpu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q,
     a.ws = dev->scratch + tiles_bytes;
     a.partial = a.n_split > 1 ? (float *)(a.ws + a.ws_stride * (size_t)nth) : NULL;
 
-    atomic_init(&a.next, 0);
     int use = a.n_items < nth ? (int)a.n_items : nth;
-    kiln_cpu_threads_run(dev->threads, use, attn_task, &a);
+    kiln_cpu_threads_for(dev->threads, use, a.n_items, 1, attn_task, &a);
     if (a.n_split > 1) attn_merge(&a);
     return KILN_OK;
 }

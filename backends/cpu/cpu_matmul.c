@@ -17,7 +17,6 @@
  *
  * dst must not overlap w or x.
  */
-#include <stdatomic.h>
 #include <string.h>
 
 #include "cpu_internal.h"
@@ -38,10 +37,8 @@ typedef struct {
     size_t act_stride;
 } quant_args;
 
-static void quant_task(void *ctx, int ith, int nth) {
+static void quant_task(void *ctx, int slot, int64_t r0, int64_t r1) {
     quant_args *a = ctx;
-    int64_t m = a->x->ne[1];
-    int64_t r0 = m * ith / nth, r1 = m * (ith + 1) / nth;
     for (int64_t r = r0; r < r1; r++)
         a->tr->quantize_act((const float *)kiln_cpu_row(a->x, r), a->act + (size_t)r * a->act_stride,
                             a->x->ne[0]);
@@ -58,15 +55,12 @@ typedef struct {
     int64_t k, n, m;
     int64_t bn, bm;         /* block shape */
     int64_t n_bn, n_items;  /* blocks along N, blocks in all */
-    _Atomic int64_t next;
 } mm_args;
 
-static void mm_task(void *ctx, int ith, int nth) {
+static void mm_task(void *ctx, int slot, int64_t first, int64_t last) {
     mm_args *a = ctx;
     const int nr = a->tr->tile_nr, nc = a->tr->tile_nc;
-    for (;;) {
-        int64_t item = atomic_fetch_add_explicit(&a->next, 1, memory_order_relaxed);
-        if (item >= a->n_items) break;
+    for (int64_t item = first; item < last; item++) {
         /* consecutive items share an activation block, so threads working
          * at the same time read the same activations */
         int64_t n0 = (item % a->n_bn) * a->bn, m0 = (item / a->n_bn) * a->bm;
@@ -128,7 +122,7 @@ kiln_status kiln_cpu_matmul_traits(kiln_bk_device *dev, const kiln_cpu_dot_trait
         if ((st = kiln_cpu_scratch_reserve(dev, bytes))) return st;
         quant_args qa = {tr, x, dev->scratch, act_stride};
         int use = m * k < 32768 ? 1 : (m < nth ? (int)m : nth);
-        kiln_cpu_threads_run(dev->threads, use, quant_task, &qa);
+        kiln_cpu_threads_for(dev->threads, use, m, (m + 4 * use - 1) / (4 * use), quant_task, &qa);
         act = dev->scratch;
     } else {
         act = kiln_cpu_row(x, 0);
@@ -157,12 +151,11 @@ kiln_status kiln_cpu_matmul_traits(kiln_bk_device *dev, const kiln_cpu_dot_trait
     a.bn = round_up(bn < 1 ? 1 : bn, nr);
     a.n_bn = (n + a.bn - 1) / a.bn;
     a.n_items = a.n_bn * n_bm;
-    atomic_init(&a.next, 0);
 
     /* tiny products (a 64x64 weight times one row) are not worth a dispatch */
     int64_t work = n * m * k;
     int use = work < 65536 ? 1 : (a.n_items < nth ? (int)a.n_items : nth);
-    kiln_cpu_threads_run(dev->threads, use, mm_task, &a);
+    kiln_cpu_threads_for(dev->threads, use, a.n_items, 1, mm_task, &a);
     return KILN_OK;
 }
 

@@ -32,9 +32,12 @@ static int threads_for(const kiln_bk_device *dev, int64_t rows, int64_t elems) {
     return n < 1 ? 1 : n;
 }
 
-static void split_rows(int64_t n, int ith, int nth, int64_t *r0, int64_t *r1) {
-    *r0 = n * ith / nth;
-    *r1 = n * (ith + 1) / nth;
+/* Runs fn over `rows` rows on as many threads as `elems` of work pays for,
+ * in chunks small enough (4 per thread) to balance uneven progress. */
+static void run_rows(kiln_bk_device *dev, int64_t rows, int64_t elems, kiln_cpu_range_fn fn, void *ctx) {
+    int nth = threads_for(dev, rows, elems);
+    int64_t grain = nth > 1 ? (rows + 4 * nth - 1) / (4 * nth) : rows;
+    kiln_cpu_threads_for(dev->threads, nth, rows, grain, fn, ctx);
 }
 
 static kiln_status need_ubatch(const kiln_bk_device *dev, const char *op) {
@@ -53,10 +56,9 @@ typedef struct {
     _Atomic int status; /* first failure of kiln_dequantize_row */
 } get_rows_args;
 
-static void get_rows_task(void *ctx, int ith, int nth) {
+static void get_rows_task(void *ctx, int slot, int64_t r0, int64_t r1) {
     get_rows_args *a = ctx;
-    int64_t r0, r1, n = a->table->ne[0];
-    split_rows(a->dst->ne[1], ith, nth, &r0, &r1);
+    const int64_t n = a->table->ne[0];
     for (int64_t r = r0; r < r1; r++) {
         const void *src = kiln_cpu_row(a->table, a->ids[r]);
         float *out = (float *)kiln_cpu_row(a->dst, r);
@@ -90,7 +92,7 @@ kiln_status kiln_cpu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table,
             return kiln_error(KILN_E_INVALID_ARG, "cpu get_rows: id %d (row %lld) outside [0, %lld)", ids[r],
                               (long long)r, (long long)table->ne[1]);
     get_rows_args a = {table, ids, dst, KILN_OK};
-    kiln_cpu_threads_run(dev->threads, threads_for(dev, dst->ne[1], dst->ne[1] * dst->ne[0]), get_rows_task, &a);
+    run_rows(dev, dst->ne[1], dst->ne[1] * dst->ne[0], get_rows_task, &a);
     st = atomic_load(&a.status);
     if (st != KILN_OK)
         return kiln_error(st, "cpu get_rows: cannot convert %s rows to f32", kiln_type_name(table->type));
@@ -150,10 +152,9 @@ static KILN_AVX2 void scale_mul_avx2(const float *x, float scale, const float *w
 }
 #endif
 
-static void rms_norm_task(void *ctx, int ith, int nth) {
+static void rms_norm_task(void *ctx, int slot, int64_t r0, int64_t r1) {
     rms_norm_args *a = ctx;
-    int64_t r0, r1, n = a->x->ne[0];
-    split_rows(a->x->ne[1], ith, nth, &r0, &r1);
+    const int64_t n = a->x->ne[0];
     const float *w = (const float *)kiln_cpu_row(a->w, 0);
     for (int64_t r = r0; r < r1; r++) {
         const float *x = (const float *)kiln_cpu_row(a->x, r);
@@ -187,7 +188,7 @@ kiln_status kiln_cpu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x,
     if (!(eps >= 0.0f)) return kiln_error(KILN_E_INVALID_ARG, "cpu rms_norm: eps %g", (double)eps);
     if (x->ne[0] == 0 || x->ne[1] == 0) return KILN_OK;
     rms_norm_args a = {dev, x, w, dst, eps};
-    kiln_cpu_threads_run(dev->threads, threads_for(dev, x->ne[1], x->ne[1] * x->ne[0]), rms_norm_task, &a);
+    run_rows(dev, x->ne[1], x->ne[1] * x->ne[0], rms_norm_task, &a);
     return KILN_OK;
 }
 
@@ -209,10 +210,9 @@ static KILN_AVX2 void add_row_avx2(const float *x, const float *y, float *z, int
 }
 #endif
 
-static void add_task(void *ctx, int ith, int nth) {
+static void add_task(void *ctx, int slot, int64_t r0, int64_t r1) {
     add_args *p = ctx;
-    int64_t r0, r1, n = p->a->ne[0];
-    split_rows(p->a->ne[1], ith, nth, &r0, &r1);
+    const int64_t n = p->a->ne[0];
     bool bcast = p->b->ne[1] == 1;
     for (int64_t r = r0; r < r1; r++) {
         const float *x = (const float *)kiln_cpu_row(p->a, r);
@@ -243,7 +243,7 @@ kiln_status kiln_cpu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kil
                           (long long)dst->ne[0], (long long)dst->ne[1]);
     if (a->ne[0] == 0 || a->ne[1] == 0) return KILN_OK;
     add_args p = {dev, a, b, dst};
-    kiln_cpu_threads_run(dev->threads, threads_for(dev, a->ne[1], a->ne[1] * a->ne[0]), add_task, &p);
+    run_rows(dev, a->ne[1], a->ne[1] * a->ne[0], add_task, &p);
     return KILN_OK;
 }
 
@@ -314,12 +314,10 @@ static KILN_AVX2 void rope_head_avx2(float *v, const float *cs, const float *sn,
 }
 #endif
 
-static void rope_task(void *ctx, int ith, int nth) {
+static void rope_task(void *ctx, int slot, int64_t r0, int64_t r1) {
     rope_args *a = ctx;
     const kiln_bk_rope *r = &a->r;
     const int64_t half = r->n_rot / 2;
-    int64_t r0, r1;
-    split_rows(a->x->ne[1], ith, nth, &r0, &r1);
     for (int64_t t = r0; t < r1; t++) {
         float *cs = a->table + (size_t)t * (size_t)r->n_rot, *sn = cs + half;
         if (a->fill) {
@@ -406,7 +404,7 @@ kiln_status kiln_cpu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_
     a.theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
     if ((st = rope_table(dev, &a))) return st;
     int64_t work = x->ne[1] * (int64_t)r->n_head * r->n_rot * (a.fill ? 4 : 1);
-    kiln_cpu_threads_run(dev->threads, threads_for(dev, x->ne[1], work), rope_task, &a);
+    run_rows(dev, x->ne[1], work, rope_task, &a);
     return KILN_OK;
 }
 
@@ -450,10 +448,9 @@ static KILN_AVX512 void swiglu_row_avx512(const float *g, const float *u, float 
 }
 #endif
 
-static void swiglu_task(void *ctx, int ith, int nth) {
+static void swiglu_task(void *ctx, int slot, int64_t r0, int64_t r1) {
     swiglu_args *a = ctx;
-    int64_t r0, r1, n = a->gate->ne[0];
-    split_rows(a->gate->ne[1], ith, nth, &r0, &r1);
+    const int64_t n = a->gate->ne[0];
     for (int64_t r = r0; r < r1; r++) {
         const float *g = (const float *)kiln_cpu_row(a->gate, r);
         const float *u = (const float *)kiln_cpu_row(a->up, r);
@@ -488,8 +485,7 @@ kiln_status kiln_cpu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate,
     if (gate->ne[0] == 0 || gate->ne[1] == 0) return KILN_OK;
     swiglu_args a = {dev, gate, up, dst};
     /* e^x costs several element-operations: weigh the work accordingly */
-    kiln_cpu_threads_run(dev->threads, threads_for(dev, gate->ne[1], 4 * gate->ne[1] * gate->ne[0]),
-                         swiglu_task, &a);
+    run_rows(dev, gate->ne[1], 4 * gate->ne[1] * gate->ne[0], swiglu_task, &a);
     return KILN_OK;
 }
 
@@ -504,10 +500,8 @@ typedef struct {
     uint32_t kv_dim;
 } kv_store_args;
 
-static void kv_store_task(void *ctx, int ith, int nth) {
+static void kv_store_task(void *ctx, int slot, int64_t r0, int64_t r1) {
     kv_store_args *a = ctx;
-    int64_t r0, r1;
-    split_rows(a->src[0]->ne[1], ith, nth, &r0, &r1);
     const size_t row_bytes = (size_t)a->kv_dim * sizeof(uint16_t);
     for (int j = 0; j < 2; j++) {
         for (int64_t r = r0; r < r1; r++) {
@@ -549,6 +543,6 @@ kiln_status kiln_cpu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k,
     if (k_cache->wrapped || v_cache->wrapped)
         return kiln_error(KILN_E_INVALID_ARG, "cpu kv_store: a cache wraps read-only caller memory");
     kv_store_args a = {dev, {k, v}, {k_cache, v_cache}, kv_dim};
-    kiln_cpu_threads_run(dev->threads, threads_for(dev, k->ne[1], 2 * k->ne[1] * kv_dim), kv_store_task, &a);
+    run_rows(dev, k->ne[1], 2 * k->ne[1] * kv_dim, kv_store_task, &a);
     return KILN_OK;
 }

@@ -1,10 +1,15 @@
 /*
  * cpu_threads.c - the CPU backend's thread pool (see cpu_threads.h).
  *
- * Protocol. The caller publishes a task (fn, ctx, nth), sets n_pending to
- * the number of workers and bumps `gen`. Every worker acknowledges every
- * task (those with ith >= nth do nothing but decrement n_pending), so the
- * caller never rewrites the task while a worker may still read it.
+ * Protocol. The caller publishes a loop (fn, ctx, n, grain; the claim
+ * counter `next` at 0), resets the join word to (gen, open, 0 joined) and
+ * bumps `gen`. A worker that sees the new generation joins by a CAS on the
+ * join word, which fails once the caller has closed it or when the loop
+ * already has its n_use threads; a joined worker claims chunks until none
+ * are left, then counts itself done. The caller claims chunks too, closes
+ * the join word when they run out, and waits only for the workers that had
+ * joined. The join word carries the generation, so a worker can never join
+ * a loop other than the one whose generation it saw.
  *
  * Waiting is spin-then-sleep on both sides. The sleeping side announces
  * itself (n_sleeping / caller_sleeping) with a sequentially consistent
@@ -46,8 +51,10 @@
 
 typedef struct kiln_cpu_worker {
     kiln_cpu_threads *tp;
-    int ith;
 } kiln_cpu_worker;
+
+#define KILN_JOIN_CLOSED (1ull << 31)
+#define KILN_JOIN_COUNT 0x7fffffffull
 
 struct kiln_cpu_threads {
     int n;                       /* threads including the caller */
@@ -59,20 +66,27 @@ struct kiln_cpu_threads {
     pthread_cond_t cv_done;      /* the caller sleeps here */
     bool mu_ok, cv_work_ok, cv_done_ok;
 
-    /* the current task: written by the caller only while no worker runs */
-    kiln_cpu_task_fn fn;
+    /* the current loop: written by the caller only while no worker is
+     * joined (every joined worker of the previous loop has counted itself
+     * done) */
+    kiln_cpu_range_fn fn;
     void *ctx;
-    int nth;
+    int64_t n_items, grain;
+    _Atomic int nth;             /* read by workers before they join */
 
-    /* separate cache lines: the caller writes gen, workers write pending */
+    /* separate cache lines for what the caller and the workers write */
     char pad0[64];
     _Atomic uint32_t gen;
     _Atomic int stop;
     _Atomic int n_sleeping;
     char pad1[64];
-    _Atomic int n_pending;
-    _Atomic int caller_sleeping;
+    _Atomic uint64_t join;       /* gen << 32 | closed | workers joined */
     char pad2[64];
+    _Atomic int64_t next;        /* next item to claim */
+    char pad3[64];
+    _Atomic int n_done;          /* joined workers that finished */
+    _Atomic int caller_sleeping;
+    char pad4[64];
 };
 
 static uint64_t now_ns(void) {
@@ -106,6 +120,16 @@ static uint32_t worker_wait(kiln_cpu_threads *tp, uint32_t seen) {
     return g;
 }
 
+/* Claims and runs chunks until the loop has none left. */
+static void run_chunks(kiln_cpu_threads *tp, int slot) {
+    const int64_t n = tp->n_items, grain = tp->grain;
+    for (;;) {
+        int64_t b = atomic_fetch_add_explicit(&tp->next, grain, memory_order_relaxed);
+        if (b >= n) break;
+        tp->fn(tp->ctx, slot, b, b + grain < n ? b + grain : n);
+    }
+}
+
 static void *worker_main(void *arg) {
     kiln_cpu_worker *w = arg;
     kiln_cpu_threads *tp = w->tp;
@@ -113,8 +137,22 @@ static void *worker_main(void *arg) {
     for (;;) {
         seen = worker_wait(tp, seen);
         if (atomic_load_explicit(&tp->stop, memory_order_acquire)) break;
-        if (w->ith < tp->nth) tp->fn(tp->ctx, w->ith, tp->nth);
-        if (atomic_fetch_sub(&tp->n_pending, 1) == 1 && atomic_load(&tp->caller_sleeping)) {
+        /* join loop `seen` unless it is closed, full, or already replaced */
+        uint64_t j = atomic_load_explicit(&tp->join, memory_order_acquire);
+        int slot = -1;
+        while ((uint32_t)(j >> 32) == seen && !(j & KILN_JOIN_CLOSED)) {
+            uint64_t count = j & KILN_JOIN_COUNT;
+            if ((int64_t)count + 1 >= atomic_load_explicit(&tp->nth, memory_order_relaxed)) break;
+            if (atomic_compare_exchange_weak_explicit(&tp->join, &j, j + 1, memory_order_acq_rel,
+                                                      memory_order_acquire)) {
+                slot = (int)count + 1;
+                break;
+            }
+        }
+        if (slot < 0) continue;
+        run_chunks(tp, slot);
+        atomic_fetch_add(&tp->n_done, 1);
+        if (atomic_load(&tp->caller_sleeping)) {
             pthread_mutex_lock(&tp->mu);
             pthread_cond_signal(&tp->cv_done);
             pthread_mutex_unlock(&tp->mu);
@@ -131,14 +169,15 @@ static void wake_workers(kiln_cpu_threads *tp) {
     }
 }
 
-static void wait_done(kiln_cpu_threads *tp) {
-    if (atomic_load_explicit(&tp->n_pending, memory_order_acquire) == 0) return;
+/* Waits until `joined` workers have counted themselves done. */
+static void wait_done(kiln_cpu_threads *tp, int joined) {
+    if (atomic_load_explicit(&tp->n_done, memory_order_acquire) == joined) return;
     uint64_t t0 = now_ns();
     bool yield = false;
     for (unsigned it = 1;; it++) {
         if (yield) sched_yield();
         else KILN_CPU_RELAX();
-        if (atomic_load_explicit(&tp->n_pending, memory_order_acquire) == 0) return;
+        if (atomic_load_explicit(&tp->n_done, memory_order_acquire) == joined) return;
         if (yield || (it & 63u) == 0) {
             uint64_t dt = now_ns() - t0;
             if (dt > KILN_CPU_SPIN_NS) break;
@@ -147,7 +186,7 @@ static void wait_done(kiln_cpu_threads *tp) {
     }
     pthread_mutex_lock(&tp->mu);
     atomic_store(&tp->caller_sleeping, 1);
-    while (atomic_load(&tp->n_pending) != 0) pthread_cond_wait(&tp->cv_done, &tp->mu);
+    while (atomic_load(&tp->n_done) != joined) pthread_cond_wait(&tp->cv_done, &tp->mu);
     atomic_store(&tp->caller_sleeping, 0);
     pthread_mutex_unlock(&tp->mu);
 }
@@ -155,7 +194,7 @@ static void wait_done(kiln_cpu_threads *tp) {
 static void stop_workers(kiln_cpu_threads *tp) {
     if (tp->n_started == 0) return;
     atomic_store(&tp->stop, 1);
-    atomic_fetch_add(&tp->gen, 1);
+    atomic_fetch_add(&tp->gen, 1); /* workers wake, see stop, exit */
     pthread_mutex_lock(&tp->mu);
     pthread_cond_broadcast(&tp->cv_work);
     pthread_mutex_unlock(&tp->mu);
@@ -213,7 +252,6 @@ kiln_status kiln_cpu_threads_create(int32_t n_threads, kiln_cpu_threads **out) {
     int err = 0;
     for (int i = 0; i < n - 1; i++) {
         tp->workers[i].tp = tp;
-        tp->workers[i].ith = i + 1;
         err = pthread_create(&tp->threads[i], NULL, worker_main, &tp->workers[i]);
         if (err != 0) break;
         tp->n_started++;
@@ -230,18 +268,28 @@ kiln_status kiln_cpu_threads_create(int32_t n_threads, kiln_cpu_threads **out) {
 
 int kiln_cpu_threads_count(const kiln_cpu_threads *tp) { return tp ? tp->n : 1; }
 
-void kiln_cpu_threads_run(kiln_cpu_threads *tp, int n_use, kiln_cpu_task_fn fn, void *ctx) {
+void kiln_cpu_threads_for(kiln_cpu_threads *tp, int n_use, int64_t n, int64_t grain, kiln_cpu_range_fn fn,
+                          void *ctx) {
+    if (n <= 0) return;
     int nth = n_use <= 0 || n_use > tp->n ? tp->n : n_use;
-    if (nth <= 1) {
-        fn(ctx, 0, 1);
+    if (grain < 1) grain = 1;
+    if (nth <= 1 || n <= grain) {
+        fn(ctx, 0, 0, n);
         return;
     }
     tp->fn = fn;
     tp->ctx = ctx;
-    tp->nth = nth;
-    atomic_store_explicit(&tp->n_pending, tp->n - 1, memory_order_relaxed);
-    atomic_fetch_add(&tp->gen, 1); /* seq_cst: publishes the task */
+    tp->n_items = n;
+    tp->grain = grain;
+    atomic_store_explicit(&tp->nth, nth, memory_order_relaxed);
+    atomic_store_explicit(&tp->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&tp->n_done, 0, memory_order_relaxed);
+    uint32_t g = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&tp->join, (uint64_t)g << 32, memory_order_release);
+    atomic_store(&tp->gen, g); /* seq_cst: publishes the loop */
     wake_workers(tp);
-    fn(ctx, 0, nth);
-    wait_done(tp);
+    run_chunks(tp, 0);
+    /* no chunk is left: close the loop to latecomers, wait for the rest */
+    uint64_t j = atomic_fetch_or(&tp->join, KILN_JOIN_CLOSED);
+    wait_done(tp, (int)(j & KILN_JOIN_COUNT));
 }
