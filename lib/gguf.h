@@ -56,7 +56,12 @@ typedef struct kiln_gguf_tensor {
     const void *data;        /* into the mapping (or memory image) */
 } kiln_gguf_tensor;
 
-/* Opens and validates a file. *out is NULL on failure. */
+/* Opens and validates a file. *out is NULL on failure. KILN_E_IO (open,
+ * stat, mmap; with strerror), KILN_E_FORMAT (message ends "in 'path'"),
+ * KILN_E_OOM_HOST, KILN_E_INVALID_ARG. Limits beyond the format: keys and
+ * tensor names 1..64 KiB without NUL bytes, arrays nested at most 8 deep,
+ * bools 0 or 1, general.alignment a u32 power of two, tensors inside the
+ * file, aligned and not overlapping. */
 kiln_status kiln_gguf_open(const char *path, kiln_gguf **out);
 /* Same over caller memory (not copied; must outlive the kiln_gguf). Used by
  * the fuzzer and by tests. */
@@ -67,7 +72,10 @@ uint32_t kiln_gguf_version(const kiln_gguf *g);
 uint32_t kiln_gguf_alignment(const kiln_gguf *g);
 /* Base of the mapping and its size (for zero-copy weight buffers). */
 const void *kiln_gguf_base(const kiln_gguf *g, size_t *size);
-uint64_t kiln_gguf_data_offset(const kiln_gguf *g); /* start of tensor data */
+/* Start of tensor data: the end of the tensor infos rounded up to the
+ * alignment. In a file without tensors it may lie past the end of the file
+ * (the padding is optional there). */
+uint64_t kiln_gguf_data_offset(const kiln_gguf *g);
 
 /* ---- metadata ---- */
 

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_dot.h"
 #include "cpu_quant.h"
 #include "internal.h"
 #include "kt.h"
@@ -442,12 +443,186 @@ static void test_model_q4_0(void) { check_model_file("models/tiny-target-q4_0.gg
 static void test_model_q6_k(void) { check_model_file("models/tiny-target-q6_k.gguf", 0.01, 0.05); }
 static void test_model_q4_k_m(void) { check_model_file("models/tiny-target-q4_k_m.gguf", 0.01, 0.15); }
 
+
+/* ---- dot kernels ---- */
+
+static const int32_t dot_types[] = {KILN_TYPE_F32,  KILN_TYPE_F16,  KILN_TYPE_BF16, KILN_TYPE_Q8_0,
+                                    KILN_TYPE_Q4_0, KILN_TYPE_Q5_0, KILN_TYPE_Q4_1, KILN_TYPE_Q5_1,
+                                    KILN_TYPE_Q4_K, KILN_TYPE_Q5_K, KILN_TYPE_Q6_K};
+static const char *isa_names[] = {"scalar", "avx2", "avx512"};
+
+/* Quantized weights and activations of one type, with their dequantized
+ * forms (the reference operands). */
+typedef struct {
+    int64_t k;
+    int nw, na;
+    uint8_t *w, *a;
+    size_t ws, as;
+    float *wf, *af;
+} dot_case;
+
+static void dot_case_free(dot_case *c) {
+    free(c->w);
+    free(c->a);
+    free(c->wf);
+    free(c->af);
+}
+
+static int dot_case_make(dot_case *c, const kiln_cpu_dot_traits *tr, int64_t k, int nw, int na) {
+    memset(c, 0, sizeof *c);
+    c->k = k;
+    c->nw = nw;
+    c->na = na;
+    c->ws = kiln_type_row_size(tr->weight_type, k) + 6; /* odd-ish strides: alignment must not matter */
+    c->as = tr->act_row_size(k) + 4;
+    c->w = xmalloc(c->ws * nw);
+    c->a = xmalloc(c->as * na);
+    c->wf = xmalloc(sizeof(float) * k * nw);
+    c->af = xmalloc(sizeof(float) * k * na);
+    float *x = xmalloc(sizeof(float) * k);
+    int ok = 1;
+    for (int r = 0; r < nw; r++) {
+        for (int64_t i = 0; i < k; i++) x[i] = rng_gauss() * (r % 3 == 0 ? 0.02f : 1.f) + (r % 4 == 1 ? 0.3f : 0.f);
+        ok &= kiln_quantize_row(tr->weight_type, x, c->w + c->ws * r, k) == KILN_OK;
+        ok &= kiln_dequantize_row(tr->weight_type, c->w + c->ws * r, c->wf + k * r, k) == KILN_OK;
+    }
+    for (int r = 0; r < na; r++) {
+        for (int64_t i = 0; i < k; i++) x[i] = rng_gauss() * (r % 2 ? 3.f : 0.5f) + (r % 3 == 2 ? -1.f : 0.f);
+        if (tr->quantize_act) tr->quantize_act(x, c->a + c->as * r, k);
+        else memcpy(c->a + c->as * r, x, sizeof(float) * k);
+        ok &= kiln_dequantize_row(tr->act_type, c->a + c->as * r, c->af + k * r, k) == KILN_OK;
+    }
+    free(x);
+    return ok;
+}
+
+/* |got - ref| within float-accumulation noise of the products' scale (and
+ * the fp16 rounding of Q8_1's stored block sums). */
+static int dot_close(const dot_case *c, int32_t act_type, int i, int j, float got, double *ref_out) {
+    double ref = 0, mag = 0;
+    const float *w = c->wf + c->k * i, *a = c->af + c->k * j;
+    for (int64_t q = 0; q < c->k; q++) {
+        double p = (double)w[q] * a[q];
+        ref += p;
+        mag += fabs(p);
+    }
+    if (act_type == KILN_TYPE_Q8_1) {
+        /* Q8_1 stores d * sum(q) as fp16: the min term m * sum(a) of each
+         * block carries that rounding, however much the terms cancel */
+        for (int64_t b = 0; b < c->k / 32; b++) {
+            double wmax = 0, asum = 0;
+            for (int q = 0; q < 32; q++) {
+                wmax = fmax(wmax, fabs(w[32 * b + q]));
+                asum += a[32 * b + q];
+            }
+            mag += wmax * fabs(asum) * 0.5;
+        }
+    }
+    *ref_out = ref;
+    return fabs((double)got - ref) <= 2e-3 * mag + 1e-5;
+}
+
+static void check_dot(const kiln_cpu_dot_traits *tr, int64_t k) {
+    const int nw = tr->tile_nr * 2 + 3, na = tr->tile_nc * 2 + 1;
+    dot_case c;
+    if (!dot_case_make(&c, tr, k, nw, na)) {
+        KT_CHECKF(0, "%s: cannot build operands", kiln_type_name(tr->weight_type));
+        dot_case_free(&c);
+        return;
+    }
+    const size_t ldo = (size_t)nw + 5;
+    float *out = xmalloc(sizeof(float) * ldo * na);
+    int bad = 0;
+    /* every shape up to one past the preferred tile, and the whole matrix */
+    for (int nr = 0; nr <= tr->tile_nr + 1; nr++) {
+        for (int nc = 0; nc <= tr->tile_nc + 1; nc++) {
+            int last = nr == tr->tile_nr + 1 && nc == tr->tile_nc + 1;
+            int tnr = last ? nw - 1 : nr, tnc = last ? na - 1 : nc;
+            int i0 = last ? 1 : nr % 3, j0 = last ? 1 : nc % 2; /* offsets into the operands */
+            for (size_t q = 0; q < ldo * na; q++) out[q] = -12345.f;
+            tr->dot_tile(k, out + j0 * ldo + i0, ldo, c.w + c.ws * i0, c.ws, tnr, c.a + c.as * j0, c.as, tnc);
+            for (int j = 0; j < na; j++) {
+                for (int i = 0; i < nw; i++) {
+                    float got = out[j * ldo + i];
+                    int inside = i >= i0 && i < i0 + tnr && j >= j0 && j < j0 + tnc;
+                    double ref = -12345.0;
+                    if (inside ? !dot_close(&c, tr->act_type, i, j, got, &ref) : got != -12345.f) {
+                        if (bad++ < 4)
+                            printf("  %s/%s k=%lld tile %dx%d: out[%d][%d] = %g, want %g\n", kiln_type_name(tr->weight_type),
+                                   tr->isa, (long long)k, tnr, tnc, j, i, got, ref);
+                    }
+                }
+            }
+        }
+    }
+    KT_CHECKF(bad == 0, "%s/%s k=%lld: %d wrong outputs", kiln_type_name(tr->weight_type), tr->isa, (long long)k, bad);
+    free(out);
+    dot_case_free(&c);
+}
+
+static void test_dot_kernels(void) {
+    int n_isa = 0;
+    for (int isa = 0; isa < KILN_CPU_DOT_N_ISA; isa++) {
+        if (!kiln_cpu_dot_get_isa(KILN_TYPE_F32, isa)) {
+            printf("  %s: not available on this processor\n", isa_names[isa]);
+            continue;
+        }
+        n_isa++;
+        for (size_t t = 0; t < KILN_ARRAY_LEN(dot_types); t++) {
+            const kiln_cpu_dot_traits *tr = kiln_cpu_dot_get_isa(dot_types[t], isa);
+            KT_CHECKF(tr != NULL, "%s has no %s kernel", isa_names[isa], kiln_type_name(dot_types[t]));
+            if (!tr) continue;
+            KT_CHECK(tr->weight_type == dot_types[t] && tr->dot_tile && tr->act_row_size);
+            KT_CHECK(tr->tile_nr >= 1 && tr->tile_nc >= 1 && tr->k_multiple >= 1);
+            KT_CHECK((tr->quantize_act == NULL) == (tr->act_type == KILN_TYPE_F32));
+            int64_t m = tr->k_multiple;
+            /* one block; an odd block count; a typical row; float tails */
+            int64_t ks[4] = {m, 3 * m, m >= 256 ? 1536 : 512, m == 1 ? 67 : 7 * m};
+            for (int q = 0; q < 4; q++) check_dot(tr, ks[q]);
+        }
+    }
+    KT_CHECK(n_isa >= 1);
+    /* the dispatcher hands out the best ISA's kernels */
+    const kiln_cpu_dot_traits *best = kiln_cpu_dot_get(KILN_TYPE_Q4_0);
+    KT_CHECK(best && best == kiln_cpu_dot_get_isa(KILN_TYPE_Q4_0, kiln_cpu_dot_best_isa()));
+    KT_CHECK(kiln_cpu_dot_get(KILN_TYPE_IQ2_XXS) == NULL && kiln_cpu_dot_get(KILN_TYPE_Q8_K) == NULL);
+    KT_CHECK(kiln_cpu_dot_get_scalar(KILN_TYPE_Q6_K) && strcmp(kiln_cpu_dot_get_scalar(KILN_TYPE_Q6_K)->isa, "scalar") == 0);
+}
+
+/* Every ISA's activation quantizer writes the scalar one's bytes, and its
+ * tile agrees with the scalar tile on the same operands. */
+static void test_dot_isas_agree(void) {
+    const int64_t k = 768;
+    float *x = xmalloc(sizeof(float) * k);
+    for (int64_t i = 0; i < k; i++) x[i] = rng_gauss() * (i % 97 == 0 ? 50.f : 1.f);
+    x[5] = 0x1p-20f; /* F16 subnormal */
+    for (int i = 64; i < 96; i++) x[i] = 0.f; /* an all-zero block */
+    for (int isa = 1; isa < KILN_CPU_DOT_N_ISA; isa++) {
+        for (size_t t = 0; t < KILN_ARRAY_LEN(dot_types); t++) {
+            const kiln_cpu_dot_traits *tr = kiln_cpu_dot_get_isa(dot_types[t], isa);
+            const kiln_cpu_dot_traits *sc = kiln_cpu_dot_get_scalar(dot_types[t]);
+            if (!tr || !sc || !tr->quantize_act) continue;
+            KT_CHECK(tr->act_type == sc->act_type);
+            size_t n = tr->act_row_size(k);
+            uint8_t *a1 = xmalloc(n), *a2 = xmalloc(n);
+            tr->quantize_act(x, a1, k);
+            sc->quantize_act(x, a2, k);
+            KT_CHECKF(memcmp(a1, a2, n) == 0, "%s: %s activation bytes differ from scalar", kiln_type_name(dot_types[t]), tr->isa);
+            free(a1);
+            free(a2);
+        }
+    }
+    free(x);
+}
+
 int main(void) {
     KT_RUN(test_fp16_edges);
     KT_RUN(test_fp16_vs_f16c);
     KT_RUN(test_bf16);
     KT_RUN(test_layouts);
     KT_RUN(test_quant_roundtrip);
+    KT_RUN(test_dot_kernels);
+    KT_RUN(test_dot_isas_agree);
     KT_RUN(test_model_q8_0);
     KT_RUN(test_model_q4_0);
     KT_RUN(test_model_q6_k);
