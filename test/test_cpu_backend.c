@@ -730,6 +730,7 @@ static const attn_case attn_cases[] = {
     {16, 2, 32, 16, 60, 40, 5, 33},   /* GQA 8, many prefill tokens */
     {2, 1, 64, 16, 400, 0, 3000, 0},  /* one long decode: positions split over items */
     {8, 2, 64, 16, 400, 0, 1000, 0},  /* decode, GQA */
+    {6, 6, 32, 16, 60, 3, 100, 2},    /* tiles of 1-3 tokens with their own lengths, few rows */
 };
 
 static void test_attention(void) {

@@ -48,7 +48,7 @@ typedef struct {
     uint32_t n_head_kv, group, head_dim;
     float scale;
     size_t kv_row_bytes;
-    uint32_t chunk;         /* positions per chunk (multiple of 8) */
+    uint32_t chunk;         /* positions per chunk (multiple of 16) */
     const attn_tile *tiles;
     uint32_t n_tiles;
     uint32_t n_split;
@@ -107,31 +107,63 @@ static attn_ws ws_get(const attn_args *a, int ith) {
 
 /* ---- K/V chunk conversion ---- */
 
+/* Cells of positions p0.. walked through the block table without a
+ * division per position. */
+typedef struct {
+    const int32_t *table;
+    uint32_t bs, blk, in;
+} cell_walk;
+
+static inline size_t cell_next(cell_walk *cw) {
+    size_t cell = (size_t)cw->table[cw->blk] * cw->bs + cw->in;
+    if (++cw->in == cw->bs) {
+        cw->in = 0;
+        cw->blk++;
+    }
+    return cell;
+}
+
+#ifdef KILN_CPU_X86
+static KILN_AVX2 void convert_avx2(const uint8_t *cache, size_t row_bytes, size_t off, cell_walk cw, uint32_t n,
+                                   uint32_t d, float *out) {
+    for (uint32_t c = 0; c < n; c++, out += d) {
+        const uint16_t *src = (const uint16_t *)(cache + cell_next(&cw) * row_bytes) + off;
+        uint32_t i = 0;
+        for (; i + 8 <= d; i += 8)
+            _mm256_store_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        for (; i < d; i++) out[i] = _cvtsh_ss(src[i]);
+    }
+}
+
+static KILN_AVX512 void convert_avx512(const uint8_t *cache, size_t row_bytes, size_t off, cell_walk cw,
+                                       uint32_t n, uint32_t d, float *out) {
+    for (uint32_t c = 0; c < n; c++, out += d) {
+        const uint16_t *src = (const uint16_t *)(cache + cell_next(&cw) * row_bytes) + off;
+        for (uint32_t i = 0; i < d; i += 16) /* d % 16 == 0 on this path */
+            _mm512_store_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+    }
+}
+#endif
+
+/* Converts K or V rows of positions p0..p0+n-1 (KV head g) to F32 rows of
+ * d values, then zeroes rows up to the next multiple of 16: the SIMD
+ * kernels read whole groups of positions. */
 static void convert_rows(const attn_args *a, const uint8_t *cache, const int32_t *table, uint32_t g,
                          uint32_t p0, uint32_t n, float *out) {
-    const kiln_cpu_ubatch *ub = &a->dev->ub;
-    const uint32_t d = a->head_dim, bs = ub->block_size;
-    /* walk the block table without a division per position */
-    uint32_t blk = p0 / bs, in = p0 % bs;
-    for (uint32_t c = 0; c < n; c++) {
-        size_t cell = (size_t)table[blk] * bs + in;
-        if (++in == bs) {
-            in = 0;
-            blk++;
-        }
-        const uint16_t *src = (const uint16_t *)(cache + cell * a->kv_row_bytes) + (size_t)g * d;
-        float *dst = out + (size_t)c * d;
+    const uint32_t d = a->head_dim, bs = a->dev->ub.block_size;
+    cell_walk cw = {table, bs, p0 / bs, p0 % bs};
+    const size_t off = (size_t)g * d;
 #ifdef KILN_CPU_X86
-        if (a->dev->isa >= KILN_CPU_ISA_AVX2) {
-            kiln_avx2_f16_to_f32(src, dst, d);
-            continue;
-        }
+    if (a->dev->isa >= KILN_CPU_ISA_AVX512 && d % 16 == 0) convert_avx512(cache, a->kv_row_bytes, off, cw, n, d, out);
+    else if (a->dev->isa >= KILN_CPU_ISA_AVX2 && d % 8 == 0) convert_avx2(cache, a->kv_row_bytes, off, cw, n, d, out);
+    else
 #endif
-        for (uint32_t i = 0; i < d; i++) dst[i] = kiln_fp16_to_fp32(src[i]);
-    }
-    /* zero the rows up to the next multiple of 8: SIMD reads whole groups */
-    uint32_t n8 = (n + 7) & ~7u;
-    if (n8 > n) memset(out + (size_t)n * d, 0, (size_t)(n8 - n) * d * sizeof(float));
+        for (uint32_t c = 0; c < n; c++) {
+            const uint16_t *src = (const uint16_t *)(cache + cell_next(&cw) * a->kv_row_bytes) + off;
+            for (uint32_t i = 0; i < d; i++) out[(size_t)c * d + i] = kiln_fp16_to_fp32(src[i]);
+        }
+    uint32_t n16 = (n + 15) & ~15u;
+    if (n16 > n) memset(out + (size_t)n * d, 0, (size_t)(n16 - n) * d * sizeof(float));
 }
 
 /* ---- one query row against one chunk: scalar ---- */
@@ -303,9 +335,149 @@ qk4x16(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, fl
     _mm512_store_ps(o + 3 * (size_t)rp, a3);
 }
 
+/* [sum(a0), ..., sum(a15)]: sixteen horizontal sums at once, by halving
+ * the vectors three times (256-bit, 128-bit, then within 128 bits). */
+#define KILN_HALF256(x, y) _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xee))
+#define KILN_HALF128(x, y) _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xdd))
+static inline KILN_AVX512 __attribute__((always_inline)) __m512
+hsum16(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m512 a4, __m512 a5, __m512 a6, __m512 a7, __m512 a8,
+       __m512 a9, __m512 a10, __m512 a11, __m512 a12, __m512 a13, __m512 a14, __m512 a15) {
+    /* b_i: low half from a_i, high half from a_(i+8) */
+    const __m512 b0 = KILN_HALF256(a0, a8), b1 = KILN_HALF256(a1, a9), b2 = KILN_HALF256(a2, a10),
+                 b3 = KILN_HALF256(a3, a11), b4 = KILN_HALF256(a4, a12), b5 = KILN_HALF256(a5, a13),
+                 b6 = KILN_HALF256(a6, a14), b7 = KILN_HALF256(a7, a15);
+    /* c_i quads: a_i, a_(i+8), a_(i+4), a_(i+12) */
+    const __m512 c0 = KILN_HALF128(b0, b4), c1 = KILN_HALF128(b1, b5), c2 = KILN_HALF128(b2, b6),
+                 c3 = KILN_HALF128(b3, b7);
+    const __m512 e0 = _mm512_add_ps(_mm512_unpacklo_ps(c0, c1), _mm512_unpackhi_ps(c0, c1));
+    const __m512 e1 = _mm512_add_ps(_mm512_unpacklo_ps(c2, c3), _mm512_unpackhi_ps(c2, c3));
+    /* quads: [a0..a3], [a8..a11], [a4..a7], [a12..a15] */
+    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(e0, e1, 0x44), _mm512_shuffle_ps(e0, e1, 0xee));
+    return _mm512_shuffle_f32x4(f, f, _MM_SHUFFLE(3, 1, 2, 0));
+}
+#undef KILN_HALF256
+#undef KILN_HALF128
+
+/* Scores of one query row (row-major, scaled) against 16 K rows, by dot
+ * products. The sixteen accumulators are spelled out so that they stay in
+ * registers. */
+static inline KILN_AVX512 __attribute__((always_inline)) __m512 qk_dot16(const float *q, const float *k, uint32_t d) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0,
+           a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+    for (uint32_t i = 0; i < d; i += 16) {
+        const __m512 qv = _mm512_loadu_ps(q + i);
+        const float *kk = k + i;
+#define KILN_ACC(j) a##j = _mm512_fmadd_ps(qv, _mm512_load_ps(kk + (size_t)(j) * d), a##j)
+        KILN_ACC(0), KILN_ACC(1), KILN_ACC(2), KILN_ACC(3), KILN_ACC(4), KILN_ACC(5), KILN_ACC(6), KILN_ACC(7);
+        KILN_ACC(8), KILN_ACC(9), KILN_ACC(10), KILN_ACC(11), KILN_ACC(12), KILN_ACC(13), KILN_ACC(14), KILN_ACC(15);
+#undef KILN_ACC
+    }
+    return hsum16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+}
+
+/* O_r = O_r * alpha_r + sum_c P[r][c] V[c] for rows 0..rows-1, two rows at
+ * a time so that each V row loaded serves both. P[r][c] is at
+ * p[r * p_row + c * p_pos]; a row pair walks the positions either attends
+ * to (ne), where the other's P is 0. */
+static inline KILN_AVX512 __attribute__((always_inline)) void
+pv_avx512(attn_ws *w, uint32_t rows, uint32_t p0, uint32_t n, uint32_t d, const float *p, size_t p_row,
+          size_t p_pos) {
+    for (uint32_t r = 0; r < rows; r += 2) {
+        const bool pair = r + 1 < rows;
+        int32_t last = w->nkv[r];
+        if (pair && w->nkv[r + 1] > last) last = w->nkv[r + 1];
+        uint32_t ne = last <= (int32_t)p0 ? 0 : (uint32_t)last - p0 < n ? (uint32_t)last - p0 : n;
+        float *o0 = w->o + (size_t)r * d, *o1 = pair ? o0 + d : o0;
+        const __m512 al0 = _mm512_set1_ps(w->alpha[r]), al1 = _mm512_set1_ps(pair ? w->alpha[r + 1] : 1.0f);
+        const float *p0s = p + (size_t)r * p_row, *p1s = pair ? p0s + p_row : p0s;
+        uint32_t i = 0;
+        for (; i + 64 <= d; i += 64) {
+            __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
+            __m512 x1 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 16), al0);
+            __m512 x2 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 32), al0);
+            __m512 x3 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 48), al0);
+            __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
+            __m512 y1 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 16), al1);
+            __m512 y2 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 32), al1);
+            __m512 y3 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 48), al1);
+            for (uint32_t c = 0; c < ne; c++) {
+                const float *v = w->vc + (size_t)c * d + i;
+                const __m512 v0 = _mm512_load_ps(v), v1 = _mm512_load_ps(v + 16);
+                const __m512 v2 = _mm512_load_ps(v + 32), v3 = _mm512_load_ps(v + 48);
+                const __m512 pa = _mm512_set1_ps(p0s[c * p_pos]), pb = _mm512_set1_ps(p1s[c * p_pos]);
+                x0 = _mm512_fmadd_ps(pa, v0, x0), x1 = _mm512_fmadd_ps(pa, v1, x1);
+                x2 = _mm512_fmadd_ps(pa, v2, x2), x3 = _mm512_fmadd_ps(pa, v3, x3);
+                y0 = _mm512_fmadd_ps(pb, v0, y0), y1 = _mm512_fmadd_ps(pb, v1, y1);
+                y2 = _mm512_fmadd_ps(pb, v2, y2), y3 = _mm512_fmadd_ps(pb, v3, y3);
+            }
+            /* a lone last row (o1 == o0) is written twice with equal values */
+            _mm512_storeu_ps(o1 + i, y0), _mm512_storeu_ps(o1 + i + 16, y1);
+            _mm512_storeu_ps(o1 + i + 32, y2), _mm512_storeu_ps(o1 + i + 48, y3);
+            _mm512_storeu_ps(o0 + i, x0), _mm512_storeu_ps(o0 + i + 16, x1);
+            _mm512_storeu_ps(o0 + i + 32, x2), _mm512_storeu_ps(o0 + i + 48, x3);
+        }
+        for (; i < d; i += 16) {
+            __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
+            __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
+            for (uint32_t c = 0; c < ne; c++) {
+                const __m512 v0 = _mm512_load_ps(w->vc + (size_t)c * d + i);
+                x0 = _mm512_fmadd_ps(_mm512_set1_ps(p0s[c * p_pos]), v0, x0);
+                y0 = _mm512_fmadd_ps(_mm512_set1_ps(p1s[c * p_pos]), v0, y0);
+            }
+            _mm512_storeu_ps(o1 + i, y0);
+            _mm512_storeu_ps(o0 + i, x0);
+        }
+    }
+}
+
+/* Fewer than 8 rows (decode): dot-product scores, softmax along each row
+ * (16 positions per vector), P row-major in w->st as [rows][chunk]. The
+ * queries are row-major and scaled in w->qt. */
+static KILN_AVX512 void rows_chunk_avx512(attn_ws *w, uint32_t chunk, uint32_t rows, uint32_t p0, uint32_t n,
+                                          uint32_t d) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (uint32_t r = 0; r < rows; r++) {
+        float *sr = w->st + (size_t)r * chunk;
+        const int32_t nk = w->nkv[r];
+        const uint32_t nv = nk <= (int32_t)p0 ? 0 : (uint32_t)nk - p0 < n ? (uint32_t)nk - p0 : n;
+        w->alpha[r] = 1.0f;
+        /* P is 0 where the row does not attend (its pair partner may) */
+        const uint32_t nv16 = (nv + 15) & ~15u;
+        if (nv16 < n) memset(sr + nv16, 0, (size_t)(n - nv16) * sizeof(float));
+        if (nv == 0) continue;
+        const float *q = w->qt + (size_t)r * d;
+        __m512 vmax = ninf;
+        for (uint32_t c = 0; c < nv; c += 16) {
+            __m512 sc = qk_dot16(q, w->kc + (size_t)c * d, d);
+            if (c + 16 > nv) sc = _mm512_mask_mov_ps(ninf, (__mmask16)((1u << (nv - c)) - 1), sc);
+            _mm512_store_ps(sr + c, sc);
+            vmax = _mm512_max_ps(vmax, sc);
+        }
+        const float mx = _mm512_reduce_max_ps(vmax);
+        if (mx > w->m[r]) {
+            w->alpha[r] = expf(w->m[r] - mx); /* 0 on the first chunk (m = -inf) */
+            w->l[r] *= w->alpha[r];
+            w->m[r] = mx;
+        }
+        const __m512 vm = _mm512_set1_ps(w->m[r]);
+        __m512 sum = _mm512_setzero_ps();
+        for (uint32_t c = 0; c < nv; c += 16) {
+            const __m512 sc = _mm512_load_ps(sr + c);
+            const __mmask16 live = _mm512_cmp_ps_mask(sc, ninf, _CMP_NEQ_OQ);
+            const __m512 pr = _mm512_maskz_mov_ps(live, kiln_avx512_exp(_mm512_sub_ps(sc, vm)));
+            _mm512_store_ps(sr + c, pr);
+            sum = _mm512_add_ps(sum, pr);
+        }
+        w->l[r] += _mm512_reduce_add_ps(sum);
+    }
+    pv_avx512(w, rows, p0, n, d, w->st, chunk, 1);
+}
+
+/* 8 rows or more: transposed scores (see above), softmax down the columns
+ * (one lane per row). Q^T is in w->qt. */
 static KILN_AVX512 void tile_chunk_avx512(attn_ws *w, uint32_t rp, uint32_t rows, uint32_t p0, uint32_t n,
                                           uint32_t d) {
-    /* scores; K rows past n are zeros (convert_rows pads to 8) */
+    /* scores; K rows past n are zeros (convert_rows pads to 16) */
     for (uint32_t c = 0; c < n; c += 4) {
         const float *k = w->kc + (size_t)c * d;
         float *st = w->st + (size_t)c * rp;
@@ -342,53 +514,7 @@ static KILN_AVX512 void tile_chunk_avx512(attn_ws *w, uint32_t rp, uint32_t rows
         _mm512_store_ps(w->l + r0, _mm512_fmadd_ps(_mm512_load_ps(w->l + r0), alpha, sum));
         _mm512_store_ps(w->alpha + r0, alpha);
     }
-    /* O = O * alpha + P V, two rows at a time over positions they attend */
-    for (uint32_t r = 0; r < rows; r += 2) {
-        const bool pair = r + 1 < rows;
-        int32_t last = w->nkv[r];
-        if (pair && w->nkv[r + 1] > last) last = w->nkv[r + 1];
-        uint32_t ne = last <= (int32_t)p0 ? 0 : (uint32_t)last - p0 < n ? (uint32_t)last - p0 : n;
-        float *o0 = w->o + (size_t)r * d, *o1 = pair ? o0 + d : o0;
-        const __m512 al0 = _mm512_set1_ps(w->alpha[r]), al1 = _mm512_set1_ps(pair ? w->alpha[r + 1] : 1.0f);
-        const float *p0s = w->st + r, *p1s = w->st + (pair ? r + 1 : r);
-        uint32_t i = 0;
-        for (; i + 64 <= d; i += 64) {
-            __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
-            __m512 x1 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 16), al0);
-            __m512 x2 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 32), al0);
-            __m512 x3 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 48), al0);
-            __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
-            __m512 y1 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 16), al1);
-            __m512 y2 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 32), al1);
-            __m512 y3 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 48), al1);
-            for (uint32_t c = 0; c < ne; c++) {
-                const float *v = w->vc + (size_t)c * d + i;
-                const __m512 v0 = _mm512_load_ps(v), v1 = _mm512_load_ps(v + 16);
-                const __m512 v2 = _mm512_load_ps(v + 32), v3 = _mm512_load_ps(v + 48);
-                const __m512 pa = _mm512_set1_ps(p0s[(size_t)c * rp]), pb = _mm512_set1_ps(p1s[(size_t)c * rp]);
-                x0 = _mm512_fmadd_ps(pa, v0, x0), x1 = _mm512_fmadd_ps(pa, v1, x1);
-                x2 = _mm512_fmadd_ps(pa, v2, x2), x3 = _mm512_fmadd_ps(pa, v3, x3);
-                y0 = _mm512_fmadd_ps(pb, v0, y0), y1 = _mm512_fmadd_ps(pb, v1, y1);
-                y2 = _mm512_fmadd_ps(pb, v2, y2), y3 = _mm512_fmadd_ps(pb, v3, y3);
-            }
-            /* a lone last row (o1 == o0) is written twice with equal values */
-            _mm512_storeu_ps(o1 + i, y0), _mm512_storeu_ps(o1 + i + 16, y1);
-            _mm512_storeu_ps(o1 + i + 32, y2), _mm512_storeu_ps(o1 + i + 48, y3);
-            _mm512_storeu_ps(o0 + i, x0), _mm512_storeu_ps(o0 + i + 16, x1);
-            _mm512_storeu_ps(o0 + i + 32, x2), _mm512_storeu_ps(o0 + i + 48, x3);
-        }
-        for (; i < d; i += 16) {
-            __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
-            __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
-            for (uint32_t c = 0; c < ne; c++) {
-                const __m512 v0 = _mm512_load_ps(w->vc + (size_t)c * d + i);
-                x0 = _mm512_fmadd_ps(_mm512_set1_ps(p0s[(size_t)c * rp]), v0, x0);
-                y0 = _mm512_fmadd_ps(_mm512_set1_ps(p1s[(size_t)c * rp]), v0, y0);
-            }
-            _mm512_storeu_ps(o1 + i, y0);
-            _mm512_storeu_ps(o0 + i, x0);
-        }
-    }
+    pv_avx512(w, rows, p0, n, d, w->st, 1, rp);
 }
 #endif
 
@@ -421,21 +547,26 @@ static void attn_item(attn_args *a, int64_t item, attn_ws *w) {
     memset(w->o, 0, (size_t)rows * d * sizeof(float));
 #ifdef KILN_CPU_X86
     const bool simd = a->dev->isa >= KILN_CPU_ISA_AVX2 && d % 8 == 0;
-    /* the tile kernel pays off from 8 rows; padding rows attend to nothing */
-    const bool tile_kernel = a->dev->isa >= KILN_CPU_ISA_AVX512 && d % 16 == 0 && rows >= 8;
+    /* AVX-512: queries scaled once per item, transposed from 8 rows up
+     * (the tile kernel broadcasts K values against 16 rows at a time),
+     * row-major below (dot products). Padding rows attend to nothing. */
+    const bool tile_kernel = a->dev->isa >= KILN_CPU_ISA_AVX512 && d % 16 == 0;
     if (tile_kernel) {
         for (uint32_t r = 0; r < rp; r++) {
-            float *qt = w->qt + r;
             if (r >= rows) {
                 w->nkv[r] = 0;
-                for (uint32_t i = 0; i < d; i++) qt[(size_t)i * rp] = 0.0f;
+                if (rows >= 8)
+                    for (uint32_t i = 0; i < d; i++) w->qt[(size_t)i * rp + r] = 0.0f;
                 continue;
             }
             const int32_t t = order[r / group];
             const uint32_t h = g * group + r % group;
             const float *q = (const float *)kiln_cpu_row(a->q, t) + (size_t)h * d;
             w->nkv[r] = ub->attn_n_kv[t];
-            for (uint32_t i = 0; i < d; i++) qt[(size_t)i * rp] = q[i] * a->scale;
+            if (rows >= 8)
+                for (uint32_t i = 0; i < d; i++) w->qt[(size_t)i * rp + r] = q[i] * a->scale;
+            else
+                for (uint32_t i = 0; i < d; i++) w->qt[(size_t)r * d + i] = q[i] * a->scale;
         }
     }
 #endif
@@ -445,7 +576,8 @@ static void attn_item(attn_args *a, int64_t item, attn_ws *w) {
         convert_rows(a, a->v, table, g, p0, n, w->vc);
 #ifdef KILN_CPU_X86
         if (tile_kernel) {
-            tile_chunk_avx512(w, rp, rows, p0, n, d);
+            if (rows < 8) rows_chunk_avx512(w, a->chunk, rows, p0, n, d);
+            else tile_chunk_avx512(w, rp, rows, p0, n, d);
             continue;
         }
 #endif
@@ -584,9 +716,9 @@ kiln_status kiln_cpu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q,
     a.head_dim = p.head_dim;
     a.scale = p.scale;
     a.kv_row_bytes = kv_row;
-    /* chunk: ~8 KiB of converted K (and as much V), a multiple of 8 */
+    /* chunk: ~8 KiB of converted K (and as much V), a multiple of 16 */
     uint32_t chunk = 2048 / p.head_dim;
-    a.chunk = chunk < 8 ? 8 : chunk > 64 ? 64 : chunk & ~7u;
+    a.chunk = chunk < 16 ? 16 : chunk > 64 ? 64 : chunk & ~15u;
 
     /* tokens per tile: about KILN_CPU_ATTN_ROWS query rows, fewer when that
      * would leave too few items to share. Never a function of the thread
