@@ -574,7 +574,7 @@ static void test_dot_kernels(void) {
             if (!tr) continue;
             KT_CHECK(tr->weight_type == dot_types[t] && tr->dot_tile && tr->act_row_size);
             KT_CHECK(tr->tile_nr >= 1 && tr->tile_nc >= 1 && tr->k_multiple >= 1);
-            KT_CHECK(tr->quantize_act != NULL || tr->act_type == KILN_TYPE_F32);
+            KT_CHECK((tr->quantize_act == NULL) == (tr->act_type == KILN_TYPE_F32));
             int64_t m = tr->k_multiple;
             /* one block; an odd block count; a typical row; float tails */
             int64_t ks[4] = {m, 3 * m, m >= 256 ? 1536 : 512, m == 1 ? 67 : 7 * m};

@@ -7,10 +7,7 @@
  * match llama.cpp's CPU backend so that kiln's logits stay closest to the
  * reference ones:
  *   F32 weights  - F32 rows (quantize_act is NULL: use x as is)
- *   F16 weights  - F32 rows holding the F16-rounded values (act_type F32,
- *                  but quantize_act is not NULL and must run): llama.cpp
- *                  rounds activations to F16 for F16 weights; keeping them
- *                  in F32 saves a conversion per use in the kernels
+ *   F16 weights  - F16 rows (round to nearest even)
  *   BF16 weights - BF16 rows (round to nearest even)
  *   Q4_0, Q5_0, Q8_0 - Q8_0 blocks; Q4_1, Q5_1 - Q8_1 blocks. Both with
  *                  d = absmax / 127 and q = round-half-even(x * 127 / absmax),
@@ -61,13 +58,13 @@ const kiln_cpu_dot_traits *kiln_cpu_dot_avx512_table(int32_t type);
 
 /* Activation row sizes (bytes for k elements). */
 uint64_t kiln_cpu_act_size_f32(int64_t k);
-uint64_t kiln_cpu_act_size_16(int64_t k); /* BF16 */
+uint64_t kiln_cpu_act_size_16(int64_t k); /* F16, BF16 */
 uint64_t kiln_cpu_act_size_q8_0(int64_t k);
 uint64_t kiln_cpu_act_size_q8_1(int64_t k);
 uint64_t kiln_cpu_act_size_q8_K(int64_t k);
 
 /* Scalar activation quantizers (the definition of the formats above). */
-void kiln_cpu_act_f16r_scalar(const float *x, void *dst, int64_t k); /* F32 rounded via F16 */
+void kiln_cpu_act_f16_scalar(const float *x, void *dst, int64_t k);
 void kiln_cpu_act_bf16_scalar(const float *x, void *dst, int64_t k);
 void kiln_cpu_act_q8_0_scalar(const float *x, void *dst, int64_t k);
 void kiln_cpu_act_q8_1_scalar(const float *x, void *dst, int64_t k);

@@ -72,15 +72,13 @@ T256 INL __m256i bit4_bytes(const uint8_t *qh_p) {
 
 /* ---- F32, F16 (F32 activations), BF16 ------------------------------------------------- */
 
-/* kind 0: F32 weights, 1: F16 weights (activations F32 for both), 2: BF16
- * weights and activations. */
+/* kind 0: F32, 1: F16, 2: BF16 (weights and activations alike). */
 T256 INL __m256 ld_w(const uint8_t *p, int64_t i, const int kind) {
     if (kind == 0) return _mm256_loadu_ps((const float *)p + i);
     if (kind == 1) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
     __m256i x = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
 }
-T256 INL __m256 ld_a(const uint8_t *p, int64_t i, const int kind) { return ld_w(p, i, kind == 2 ? 2 : 0); }
 INL float elem(const uint8_t *p, int64_t i, int kind) {
     if (kind == 0) {
         float f;
@@ -100,14 +98,14 @@ T256 INL void float_body(int64_t k, const uint8_t *const *w, const uint8_t *cons
         __m256 wv[MAXR];
         UNROLL for (int r = 0; r < R; r++) wv[r] = ld_w(w[r], i, kind);
         UNROLL for (int c = 0; c < C; c++) {
-            __m256 av = ld_a(a[c], i, kind);
+            __m256 av = ld_w(a[c], i, kind);
             UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], av, acc[r][c]);
         }
     }
     reduce_store(acc, res, R, C);
     for (; i < k; i++) /* tail */
         UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++)
-            res[r * MAXC + c] += elem(w[r], i, kind) * elem(a[c], i, kind == 2 ? 2 : 0);
+            res[r * MAXC + c] += elem(w[r], i, kind) * elem(a[c], i, kind);
 }
 
 T256 INL void f32_body(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res, const int R, const int C) {
@@ -123,14 +121,16 @@ KILN_TILES(f32, 3, 4, T256)
 KILN_TILES(f16, 3, 4, T256)
 KILN_TILES(bf16, 3, 4, T256)
 
-/* Activations for F16 weights: F32 rounded through F16 (bit-identical to
- * kiln_cpu_act_f16r_scalar). */
-T256 static void act_f16r(const float *x, void *dst, int64_t k) {
-    float *y = dst;
+/* F16 activations: bit-identical to kiln_cpu_act_f16_scalar. */
+T256 static void act_f16(const float *x, void *dst, int64_t k) {
+    uint8_t *h = dst;
     int64_t i = 0;
     for (; i + 8 <= k; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
-    for (; i < k; i++) y[i] = kiln_fp16_to_fp32(kiln_fp32_to_fp16(x[i]));
+        _mm_storeu_si128((__m128i *)(h + 2 * i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < k; i++) {
+        uint16_t v = kiln_fp32_to_fp16(x[i]);
+        memcpy(h + 2 * i, &v, 2);
+    }
 }
 
 /* ---- 32-element blocks ------------------------------------------------------------------ */
@@ -339,7 +339,7 @@ KILN_TILES(q6_K, 2, 2, T256)
 
 static const kiln_cpu_dot_traits avx2_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, f32_tile, 3, 4, "avx2"},
-    {KILN_TYPE_F16, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, act_f16r, f16_tile, 3, 4, "avx2"},
+    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 3, 4, "avx2"},
     {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, bf16_tile, 3, 4, "avx2"},
     {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, kiln_cpu_act_q8_0_scalar, q8_0_tile, 2, 3, "avx2"},
     {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, kiln_cpu_act_q8_0_scalar, q4_0_tile, 2, 3, "avx2"},

@@ -125,9 +125,8 @@ T512 INL __m512 ld_f16_mask(const uint8_t *p, int64_t i, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p + 2 * i));
 }
 
-/* F16 weights against F32 activations that hold F16-rounded values: the
- * products are those of llama.cpp's F16 x F16 dot, but only the weights
- * pay for a conversion in the inner loop (VCVTPH2PS is the bottleneck). */
+/* F16 x F16 (activations rounded to F16, as llama.cpp does), products and
+ * sums in F32. */
 T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res, const int R, const int C) {
     __m512 acc[MAXR][MAXC];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
@@ -136,7 +135,7 @@ T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const 
         __m512 wv[MAXR];
         UNROLL for (int r = 0; r < R; r++) wv[r] = ld_f16(w[r], i);
         UNROLL for (int c = 0; c < C; c++) {
-            __m512 av = _mm512_loadu_ps((const float *)a[c] + i);
+            __m512 av = ld_f16(a[c], i);
             UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], av, acc[r][c]);
         }
     }
@@ -145,7 +144,7 @@ T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const 
         __m512 wv[MAXR];
         UNROLL for (int r = 0; r < R; r++) wv[r] = ld_f16_mask(w[r], i, m);
         UNROLL for (int c = 0; c < C; c++) {
-            __m512 av = _mm512_maskz_loadu_ps(m, (const float *)a[c] + i);
+            __m512 av = ld_f16_mask(a[c], i, m);
             UNROLL for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(wv[r], av, acc[r][c]);
         }
     }
@@ -153,15 +152,17 @@ T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const 
 }
 KILN_TILES8(f16, 5, 5, T512)
 
-/* Activations for F16 weights: F32 rounded through F16 (as
- * kiln_cpu_act_f16r_scalar: both round to nearest even, keep subnormals,
- * inf and NaN). */
-T512 static void act_f16r(const float *x, void *dst, int64_t k) {
-    float *y = dst;
+/* F16 activations: bit-identical to kiln_cpu_act_f16_scalar (both round to
+ * nearest even, keep subnormals, inf and NaN). */
+T512 static void act_f16(const float *x, void *dst, int64_t k) {
+    uint8_t *h = dst;
     int64_t i = 0;
     for (; i + 16 <= k; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
-    for (; i < k; i++) y[i] = kiln_fp16_to_fp32(kiln_fp32_to_fp16(x[i]));
+        _mm256_storeu_si256((__m256i *)(h + 2 * i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < k; i++) {
+        uint16_t v = kiln_fp32_to_fp16(x[i]);
+        memcpy(h + 2 * i, &v, 2);
+    }
 }
 
 /* ---- BF16 x BF16 (AVX512_BF16: VDPBF16PS, two products per lane) -------------------------- */
@@ -570,7 +571,7 @@ KILN_TILES(q6_K, 2, 4, T512)
 
 static const kiln_cpu_dot_traits avx512_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, f32_tile, 5, 4, "avx512"},
-    {KILN_TYPE_F16, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, act_f16r, f16_tile, 5, 5, "avx512"},
+    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 5, 5, "avx512"},
 #if defined(KILN_HAVE_BF16_INTRIN)
     {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, bf16_tile, 4, 4, "avx512bf16"},
 #endif

@@ -24,9 +24,12 @@ static inline int round_even(float v) {
 }
 static inline int clamp127(int v) { return v < -127 ? -127 : v > 127 ? 127 : v; }
 
-void kiln_cpu_act_f16r_scalar(const float *x, void *dst, int64_t k) {
-    float *y = dst;
-    for (int64_t i = 0; i < k; i++) y[i] = kiln_fp16_to_fp32(kiln_fp32_to_fp16(x[i]));
+void kiln_cpu_act_f16_scalar(const float *x, void *dst, int64_t k) {
+    uint8_t *h = dst;
+    for (int64_t i = 0; i < k; i++) {
+        uint16_t v = kiln_fp32_to_fp16(x[i]);
+        memcpy(h + 2 * i, &v, 2);
+    }
 }
 
 void kiln_cpu_act_bf16_scalar(const float *x, void *dst, int64_t k) {
@@ -90,14 +93,9 @@ static float dot_f32(int64_t k, const uint8_t *w, const uint8_t *a) {
     return s;
 }
 
-/* activations: F32 holding F16-rounded values */
 static float dot_f16(int64_t k, const uint8_t *w, const uint8_t *a) {
     float s = 0.f;
-    for (int64_t i = 0; i < k; i++) {
-        float y;
-        memcpy(&y, a + 4 * i, 4);
-        s += h2f(w + 2 * i) * y;
-    }
+    for (int64_t i = 0; i < k; i++) s += h2f(w + 2 * i) * h2f(a + 2 * i);
     return s;
 }
 
@@ -288,7 +286,7 @@ KILN_SCALAR_TILE(q6_K)
 
 static const kiln_cpu_dot_traits scalar_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, tile_f32, 4, 4, "scalar"},
-    {KILN_TYPE_F16, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, kiln_cpu_act_f16r_scalar, tile_f16, 4, 4, "scalar"},
+    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, kiln_cpu_act_f16_scalar, tile_f16, 4, 4, "scalar"},
     {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, tile_bf16, 4, 4, "scalar"},
     {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, kiln_cpu_act_q8_0_scalar, tile_q8_0, 4, 4, "scalar"},
     {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, kiln_cpu_act_q8_0_scalar, tile_q4_0, 4, 4, "scalar"},
