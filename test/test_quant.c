@@ -496,30 +496,35 @@ static int dot_case_make(dot_case *c, const kiln_cpu_dot_traits *tr, int64_t k, 
     return ok;
 }
 
-/* |got - ref| within float-accumulation noise of the products' scale (and
- * the fp16 rounding of Q8_1's stored block sums). */
-static int dot_close(const dot_case *c, int32_t act_type, int i, int j, float got, double *ref_out) {
-    double ref = 0, mag = 0;
-    const float *w = c->wf + c->k * i, *a = c->af + c->k * j;
-    for (int64_t q = 0; q < c->k; q++) {
-        double p = (double)w[q] * a[q];
-        ref += p;
-        mag += fabs(p);
-    }
-    if (act_type == KILN_TYPE_Q8_1) {
-        /* Q8_1 stores d * sum(q) as fp16: the min term m * sum(a) of each
-         * block carries that rounding, however much the terms cancel */
-        for (int64_t b = 0; b < c->k / 32; b++) {
-            double wmax = 0, asum = 0;
-            for (int q = 0; q < 32; q++) {
-                wmax = fmax(wmax, fabs(w[32 * b + q]));
-                asum += a[32 * b + q];
+/* Reference dots (double) and the tolerance for each (weight row i,
+ * activation row j): float-accumulation noise of the products' scale, and
+ * the fp16 rounding of Q8_1's stored block sums. */
+static void dot_refs(const dot_case *c, int32_t act_type, double *ref, double *tol) {
+    for (int j = 0; j < c->na; j++) {
+        for (int i = 0; i < c->nw; i++) {
+            double sum = 0, mag = 0;
+            const float *w = c->wf + c->k * i, *a = c->af + c->k * j;
+            for (int64_t q = 0; q < c->k; q++) {
+                double p = (double)w[q] * a[q];
+                sum += p;
+                mag += fabs(p);
             }
-            mag += wmax * fabs(asum) * 0.5;
+            if (act_type == KILN_TYPE_Q8_1) {
+                /* the min term m * sum(a) of each block carries that
+                 * rounding, however much the terms cancel */
+                for (int64_t b = 0; b < c->k / 32; b++) {
+                    double wmax = 0, asum = 0;
+                    for (int q = 0; q < 32; q++) {
+                        wmax = fmax(wmax, fabs(w[32 * b + q]));
+                        asum += a[32 * b + q];
+                    }
+                    mag += wmax * fabs(asum) * 0.5;
+                }
+            }
+            ref[j * c->nw + i] = sum;
+            tol[j * c->nw + i] = 2e-3 * mag + 1e-5;
         }
     }
-    *ref_out = ref;
-    return fabs((double)got - ref) <= 2e-3 * mag + 1e-5;
 }
 
 static void check_dot(const kiln_cpu_dot_traits *tr, int64_t k) {
@@ -532,6 +537,8 @@ static void check_dot(const kiln_cpu_dot_traits *tr, int64_t k) {
     }
     const size_t ldo = (size_t)nw + 5;
     float *out = xmalloc(sizeof(float) * ldo * na);
+    double *ref = xmalloc(sizeof(double) * nw * na), *tol = xmalloc(sizeof(double) * nw * na);
+    dot_refs(&c, tr->act_type, ref, tol);
     int bad = 0;
     /* every shape up to one past the preferred tile, and the whole matrix */
     for (int nr = 0; nr <= tr->tile_nr + 1; nr++) {
@@ -545,11 +552,11 @@ static void check_dot(const kiln_cpu_dot_traits *tr, int64_t k) {
                 for (int i = 0; i < nw; i++) {
                     float got = out[j * ldo + i];
                     int inside = i >= i0 && i < i0 + tnr && j >= j0 && j < j0 + tnc;
-                    double ref = -12345.0;
-                    if (inside ? !dot_close(&c, tr->act_type, i, j, got, &ref) : got != -12345.f) {
+                    double want = inside ? ref[j * nw + i] : -12345.0;
+                    if (inside ? !(fabs((double)got - want) <= tol[j * nw + i]) : got != -12345.f) {
                         if (bad++ < 4)
                             printf("  %s/%s k=%lld tile %dx%d: out[%d][%d] = %g, want %g\n", kiln_type_name(tr->weight_type),
-                                   tr->isa, (long long)k, tnr, tnc, j, i, got, ref);
+                                   tr->isa, (long long)k, tnr, tnc, j, i, got, want);
                     }
                 }
             }
@@ -557,6 +564,8 @@ static void check_dot(const kiln_cpu_dot_traits *tr, int64_t k) {
     }
     KT_CHECKF(bad == 0, "%s/%s k=%lld: %d wrong outputs", kiln_type_name(tr->weight_type), tr->isa, (long long)k, bad);
     free(out);
+    free(ref);
+    free(tol);
     dot_case_free(&c);
 }
 
@@ -576,9 +585,10 @@ static void test_dot_kernels(void) {
             KT_CHECK(tr->tile_nr >= 1 && tr->tile_nc >= 1 && tr->k_multiple >= 1);
             KT_CHECK((tr->quantize_act == NULL) == (tr->act_type == KILN_TYPE_F32));
             int64_t m = tr->k_multiple;
-            /* one block; an odd block count; a typical row; float tails */
-            int64_t ks[4] = {m, 3 * m, m >= 256 ? 1536 : 512, m == 1 ? 67 : 7 * m};
-            for (int q = 0; q < 4; q++) check_dot(tr, ks[q]);
+            /* one block; an odd block count; a typical row; float tails; a
+             * row long enough for packed kernels to cut K into passes */
+            int64_t ks[5] = {m, 3 * m, m >= 256 ? 1536 : 512, m == 1 ? 67 : 7 * m, m == 1 ? 1000 : m == 32 ? 71 * 32 : 13 * 256};
+            for (int q = 0; q < 5; q++) check_dot(tr, ks[q]);
         }
     }
     KT_CHECK(n_isa >= 1);

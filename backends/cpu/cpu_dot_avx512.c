@@ -567,6 +567,294 @@ T512 INL void q6_K_body(int64_t k, const uint8_t *const *w, const uint8_t *const
 }
 KILN_TILES(q6_K, 2, 4, T512)
 
+/* ---- packed weight panels ------------------------------------------------------------
+ *
+ * When a call covers many activation rows, the weight rows are unpacked
+ * once into a panel on the stack (values ready for VPDPBUSD / VPMADDUBSW,
+ * scales as float or int16 vectors) and the activation rows then sweep
+ * over it in register tiles of many weight rows x few activation rows: the
+ * unpacking is paid once per call instead of once per register tile, and
+ * each prepared activation vector meets 8 (or 4) weight rows. K is cut into
+ * passes so that the panel stays in L1; later passes add to `out`. */
+
+#define PANEL_BYTES (24 * 1024) /* stack use: a fraction of even small thread stacks */
+
+typedef void (*pack_fn)(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k, uint8_t *panel);
+typedef void (*pmicro_fn)(const uint8_t *panel, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res);
+
+typedef struct {
+    int PR, MC;          /* weight rows per panel; activation rows per register tile */
+    int64_t step_elems;  /* elements per panel step (64, or 256 for K-quants) */
+    size_t entry;        /* panel bytes per (step, weight row) */
+    pack_fn pack;
+    const pmicro_fn *micro; /* micro[c - 1]: c activation rows */
+} panel_desc;
+
+static void panel_drive(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr, const void *act,
+                        size_t as, int nc, const panel_desc *pd) {
+    uint8_t panel[PANEL_BYTES] __attribute__((aligned(64)));
+    const int64_t nsteps = (k + pd->step_elems - 1) / pd->step_elems;
+    const int64_t max_steps = PANEL_BYTES / ((int64_t)pd->PR * (int64_t)pd->entry);
+    for (int i = 0; i < nr; i += pd->PR) {
+        int rn = nr - i < pd->PR ? nr - i : pd->PR;
+        for (int64_t s0 = 0; s0 < nsteps; s0 += max_steps) {
+            int64_t ns = nsteps - s0 < max_steps ? nsteps - s0 : max_steps;
+            pd->pack((const uint8_t *)w + (size_t)i * ws, ws, rn, s0, ns, k, panel);
+            for (int j = 0; j < nc; j += pd->MC) {
+                int cn = nc - j < pd->MC ? nc - j : pd->MC;
+                const uint8_t *ap[MAXC];
+                for (int c = 0; c < cn; c++) ap[c] = (const uint8_t *)act + (size_t)(j + c) * as;
+                float res[MAXR * MAXC];
+                pd->micro[cn - 1](panel, s0, ns, k, ap, res);
+                for (int c = 0; c < cn; c++) {
+                    float *o = out + (size_t)(j + c) * ldo + i;
+                    for (int r = 0; r < rn; r++) o[r] = s0 ? o[r] + res[r * MAXC + c] : res[r * MAXC + c];
+                }
+            }
+        }
+    }
+}
+
+/* -- 32-element blocks: kind 0 Q8_0, 1 Q4_0, 2 Q5_0 (Q8_0 activations), 3 Q4_1, 4 Q5_1 (Q8_1).
+ * Entry: [0, 64) the 64 quants of blocks 2s, 2s + 1 as u8 (Q8_0: w + 128,
+ * whose bias the activation's block sums take out, like the zero points of
+ * Q4_0/Q5_0); [64, 128) the float scales [d0 x 8, d1 x 8]; Q4_1/Q5_1:
+ * [128, 192) the mins. */
+#define BLK_PR 8
+static const unsigned blk_wbs[5] = {sizeof(kiln_block_q8_0), sizeof(kiln_block_q4_0), sizeof(kiln_block_q5_0),
+                                    sizeof(kiln_block_q4_1), sizeof(kiln_block_q5_1)};
+
+T512 INL void blk_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k, uint8_t *panel,
+                       const int kind) {
+    const size_t bs = blk_wbs[kind], entry = kind <= 2 ? 128 : 192;
+    const int64_t nblk = k / 32;
+    for (int64_t s = 0; s < ns; s++) {
+        int64_t b = 2 * (s0 + s);
+        int two = b + 1 < nblk;
+        for (int r = 0; r < BLK_PR; r++) {
+            const uint8_t *p = w + (size_t)(r < rows ? r : rows - 1) * ws + (size_t)b * bs;
+            uint8_t *e = panel + ((size_t)s * BLK_PR + (size_t)r) * entry;
+            __m512i q;
+            if (kind == 0) {
+                q = _mm512_xor_si512(load_q8x2(p, bs, 2, two), _mm512_set1_epi8((char)0x80)); /* w + 128 as u8 */
+                if (!two) q = _mm512_maskz_mov_epi8(0xffffffffull, q); /* an absent block stays zero */
+            } else {
+                const size_t qoff = kind == 1 ? 2 : kind == 2 ? 6 : kind == 3 ? 4 : 8;
+                q = nibbles_x2(p + qoff, p + bs + qoff, two);
+                if (kind == 2 || kind == 4) {
+                    const size_t hoff = kind == 2 ? 2 : 4;
+                    uint32_t h0, h1 = 0;
+                    memcpy(&h0, p + hoff, 4);
+                    if (two) memcpy(&h1, p + bs + hoff, 4);
+                    q = _mm512_mask_add_epi8(q, (__mmask64)((uint64_t)h0 | ((uint64_t)h1 << 32)), q, _mm512_set1_epi8(16));
+                }
+                if (kind >= 3) _mm512_store_ps(e + 128, halves_x2(p + 2, bs, two, 0));
+            }
+            _mm512_store_si512(e, q);
+            _mm512_store_ps(e + 64, halves_x2(p, bs, two, 0));
+        }
+    }
+}
+
+T512 INL void blk_pmicro(const uint8_t *panel, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res,
+                         const int kind, const int C) {
+    const size_t entry = kind <= 2 ? 128 : 192;
+    const size_t abs_ = kind >= 3 ? sizeof(kiln_block_q8_1) : sizeof(kiln_block_q8_0), aq_off = kind >= 3 ? 4 : 2;
+    const int64_t nblk = k / 32;
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc[MAXR][MAXC];
+    UNROLL for (int r = 0; r < BLK_PR; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; s++) {
+        int64_t b = 2 * (s0 + s);
+        int two = b + 1 < nblk;
+        __m512i aq[MAXC], ax[MAXC];
+        __m512 ad[MAXC], as[MAXC];
+        UNROLL for (int c = 0; c < C; c++) {
+            const uint8_t *p = a[c] + (size_t)b * abs_;
+            aq[c] = load_q8x2(p, abs_, aq_off, two);
+            ad[c] = halves_x2(p, abs_, two, 0);
+            if (kind <= 2) { /* -zp * sum(a) per int32 lane (zp: 128, 8, 16) */
+                const __m512i zp = _mm512_set1_epi8((char)(kind == 0 ? 0x80 : kind == 1 ? 8 : 16));
+                ax[c] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, zp, aq[c]));
+            }
+            if (kind >= 3) as[c] = halves_x2(p + 2, abs_, two, 1);
+        }
+        const uint8_t *e = panel + (size_t)s * BLK_PR * entry;
+        UNROLL for (int r = 0; r < BLK_PR; r++, e += entry) {
+            __m512i wq = _mm512_load_si512(e);
+            __m512 wd = _mm512_load_ps(e + 64);
+            UNROLL for (int c = 0; c < C; c++) {
+                __m512i sum;
+                if (kind <= 2) sum = _mm512_dpbusd_epi32(ax[c], wq, aq[c]);
+                else sum = _mm512_dpbusd_epi32(zero, wq, aq[c]);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(wd, ad[c]), acc[r][c]);
+                if (kind >= 3) acc[r][c] = _mm512_fmadd_ps(_mm512_load_ps(e + 128), as[c], acc[r][c]);
+            }
+        }
+    }
+    reduce_store(acc, res, BLK_PR, C);
+}
+
+#define KILN_BLK_PANEL(name, kind)                                                                             \
+    T512 static void name##_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k,      \
+                                 uint8_t *panel) {                                                              \
+        blk_pack(w, ws, rows, s0, ns, k, panel, kind);                                                          \
+    }                                                                                                           \
+    T512 static void name##_pm1(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        blk_pmicro(pn, s0, ns, k, a, res, kind, 1);                                                             \
+    }                                                                                                           \
+    T512 static void name##_pm2(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        blk_pmicro(pn, s0, ns, k, a, res, kind, 2);                                                             \
+    }                                                                                                           \
+    static const pmicro_fn name##_pmicro[2] = {name##_pm1, name##_pm2};                                         \
+    static const panel_desc name##_panel = {BLK_PR, 2, 64, kind <= 2 ? 128 : 192, name##_pack,    \
+                                            name##_pmicro};                                                     \
+    static void name##_ptile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,               \
+                             const void *act, size_t as, int nc) {                                              \
+        if (nc < 4) name##_tile(k, out, ldo, w, ws, nr, act, as, nc);                                           \
+        else panel_drive(k, out, ldo, w, ws, nr, act, as, nc, &name##_panel);                                   \
+    }
+KILN_BLK_PANEL(q8_0, 0)
+KILN_BLK_PANEL(q4_0, 1)
+KILN_BLK_PANEL(q5_0, 2)
+KILN_BLK_PANEL(q4_1, 3)
+KILN_BLK_PANEL(q5_1, 4)
+
+/* -- K-quants: kind 0 Q4_K, 1 Q5_K, 2 Q6_K. Entry per (super-block, row):
+ * [0, 256) the 256 u8 values in chunk order; [256, 512) the four chunks'
+ * 16-bit scale vectors for VPDPWSSD; [512, 544) Q4_K/Q5_K: each min twice
+ * (16 x s16), Q6_K: the 16 scales (s16); [544, 548) d; [548, 552) dmin. */
+#define K_PR 4
+#define K_ENTRY 576
+
+T512 INL void k_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k, uint8_t *panel,
+                     const int kind) {
+    (void)k;
+    const size_t wbs = kind == 0 ? sizeof(kiln_block_q4_K) : kind == 1 ? sizeof(kiln_block_q5_K) : sizeof(kiln_block_q6_K);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t s = 0; s < ns; s++) {
+        for (int r = 0; r < K_PR; r++) {
+            const uint8_t *p = w + (size_t)(r < rows ? r : rows - 1) * ws + (size_t)(s0 + s) * wbs;
+            uint8_t *e = panel + ((size_t)s * K_PR + (size_t)r) * K_ENTRY;
+            if (kind <= 1) {
+                float d = _cvtsh_ss(kiln_cpu_rd16(p)), dmin = _cvtsh_ss(kiln_cpu_rd16(p + 2));
+                uint64_t sc, mn;
+                kiln_cpu_k4_unpack(p + 4, &sc, &mn);
+                __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+                __m128i m8 = _mm_cvtsi64_si128((long long)mn);
+                _mm256_store_si256((__m256i *)(e + 512), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)));
+                memcpy(e + 544, &d, 4);
+                memcpy(e + 548, &dmin, 4);
+                __m512i qh = kind ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16))) : _mm512_setzero_si512();
+                const size_t qs_off = kind ? 48 : 16;
+                for (int ch = 0; ch < 4; ch++) {
+                    __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + qs_off + 32 * ch)));
+                    __m512i q = _mm512_and_si512(_mm512_srlv_epi64(x, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)), m4);
+                    if (kind) {
+                        const long long b0 = (long long)(0x0101010101010101ull << (2 * ch));
+                        const long long b1 = (long long)(0x0101010101010101ull << (2 * ch + 1));
+                        __mmask64 hb = _mm512_test_epi8_mask(qh, _mm512_set_epi64(b1, b1, b1, b1, b0, b0, b0, b0));
+                        q = _mm512_mask_add_epi8(q, hb, q, _mm512_set1_epi8(16));
+                    }
+                    _mm512_store_si512(e + 64 * ch, q);
+                    _mm512_store_si512(e + 256 + 64 * ch, k4_chunk_scales(sc16, ch));
+                }
+            } else {
+                const kiln_block_q6_K *x = (const kiln_block_q6_K *)p;
+                float d = _cvtsh_ss(kiln_cpu_rd16((const uint8_t *)&x->d));
+                __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+                _mm256_store_si256((__m256i *)(e + 512), sc16);
+                memcpy(e + 544, &d, 4);
+                for (int ch = 0; ch < 4; ch++) {
+                    const int h = ch / 2, odd = ch & 1;
+                    __m512i l = _mm512_loadu_si512(x->ql + 64 * h);
+                    __m512i hh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x->qh + 32 * h)));
+                    __m512i lo = odd ? _mm512_and_si512(_mm512_srli_epi16(l, 4), m4) : _mm512_and_si512(l, m4);
+                    __m512i hi = odd ? _mm512_srlv_epi64(hh, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0))
+                                     : _mm512_sllv_epi64(hh, _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4));
+                    _mm512_store_si512(e + 64 * ch, _mm512_or_si512(lo, _mm512_and_si512(hi, _mm512_set1_epi8(0x30))));
+                    const long long j0 = 0x0001000100010001ll * (4 * ch), j1 = 0x0001000100010001ll * (4 * ch + 1);
+                    const long long j2 = 0x0001000100010001ll * (4 * ch + 2), j3 = 0x0001000100010001ll * (4 * ch + 3);
+                    __m512i idx = _mm512_set_epi64(j3, j3, j2, j2, j1, j1, j0, j0);
+                    _mm512_store_si512(e + 256 + 64 * ch, _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(sc16)));
+                }
+            }
+        }
+    }
+}
+
+T512 INL void k_pmicro(const uint8_t *panel, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res,
+                       const int kind, const int C) {
+    (void)k;
+    const size_t abs_ = sizeof(kiln_block_q8_K);
+    __m512 acc[MAXR][MAXC];
+    UNROLL for (int r = 0; r < K_PR; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; s++) {
+        const uint8_t *eb = panel + (size_t)s * K_PR * K_ENTRY;
+        const size_t aoff = (size_t)(s0 + s) * abs_;
+        __m512i isum[MAXR][MAXC];
+        UNROLL for (int r = 0; r < K_PR; r++) UNROLL for (int c = 0; c < C; c++) isum[r][c] = _mm512_setzero_si512();
+        UNROLL for (int ch = 0; ch < 4; ch++) {
+            __m512i aq[MAXC];
+            UNROLL for (int c = 0; c < C; c++) aq[c] = _mm512_loadu_si512(a[c] + aoff + 4 + 64 * ch);
+            UNROLL for (int r = 0; r < K_PR; r++) {
+                const uint8_t *e = eb + (size_t)r * K_ENTRY;
+                __m512i wq = _mm512_load_si512(e + 64 * ch), sv = _mm512_load_si512(e + 256 + 64 * ch);
+                UNROLL for (int c = 0; c < C; c++)
+                    isum[r][c] = _mm512_dpwssd_epi32(isum[r][c], _mm512_maddubs_epi16(wq, aq[c]), sv);
+            }
+        }
+        UNROLL for (int c = 0; c < C; c++) {
+            float da;
+            memcpy(&da, a[c] + aoff, 4);
+            const __m256i bsums = _mm256_loadu_si256((const __m256i *)(a[c] + aoff + 4 + 256));
+            const __m512 vda = _mm512_set1_ps(da);
+            UNROLL for (int r = 0; r < K_PR; r++) {
+                const uint8_t *e = eb + (size_t)r * K_ENTRY;
+                __m256i t16 = _mm256_load_si256((const __m256i *)(e + 512));
+                __m512 dd = _mm512_mul_ps(_mm512_set1_ps(*(const float *)(e + 544)), vda);
+                if (kind <= 1) {
+                    __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r][c]), dd, acc[r][c]);
+                    __m512 dm = _mm512_mul_ps(_mm512_set1_ps(*(const float *)(e + 548)), vda);
+                    __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(t16, bsums));
+                    acc[r][c] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(m), dm, t);
+                } else { /* the -32 of every Q6_K value: 32 * sum_j scale_j * bsum_j */
+                    __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(t16, bsums), 5);
+                    __m512i sum = _mm512_sub_epi32(isum[r][c], _mm512_zextsi256_si512(corr));
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), dd, acc[r][c]);
+                }
+            }
+        }
+    }
+    reduce_store(acc, res, K_PR, C);
+}
+
+#define KILN_K_PANEL(name, kind)                                                                               \
+    T512 static void name##_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k,      \
+                                 uint8_t *panel) {                                                              \
+        k_pack(w, ws, rows, s0, ns, k, panel, kind);                                                            \
+    }                                                                                                           \
+    T512 static void name##_pm1(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        k_pmicro(pn, s0, ns, k, a, res, kind, 1);                                                               \
+    }                                                                                                           \
+    T512 static void name##_pm2(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        k_pmicro(pn, s0, ns, k, a, res, kind, 2);                                                               \
+    }                                                                                                           \
+    static const pmicro_fn name##_pmicro[2] = {name##_pm1, name##_pm2};                                         \
+    static const panel_desc name##_panel = {K_PR, 2, 256, K_ENTRY, name##_pack, name##_pmicro};               \
+    static void name##_ptile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,               \
+                             const void *act, size_t as, int nc) {                                              \
+        if (nc < 4) name##_tile(k, out, ldo, w, ws, nr, act, as, nc);                                           \
+        else panel_drive(k, out, ldo, w, ws, nr, act, as, nc, &name##_panel);                                   \
+    }
+KILN_K_PANEL(q4_K, 0)
+KILN_K_PANEL(q5_K, 1)
+KILN_K_PANEL(q6_K, 2)
+
 /* ---- the table ------------------------------------------------------------------------------------ */
 
 static const kiln_cpu_dot_traits avx512_traits[] = {
@@ -575,14 +863,14 @@ static const kiln_cpu_dot_traits avx512_traits[] = {
 #if defined(KILN_HAVE_BF16_INTRIN)
     {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, bf16_tile, 4, 4, "avx512bf16"},
 #endif
-    {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q8_0_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q4_0_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q5_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q5_0_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q4_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q4_1_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q5_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q5_1_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q4_K_tile, 2, 4, "avx512"},
-    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q5_K_tile, 2, 4, "avx512"},
-    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q6_K_tile, 2, 4, "avx512"},
+    {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q8_0_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q4_0_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q5_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q5_0_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q4_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q4_1_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q5_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q5_1_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q4_K_ptile, 4, 64, "avx512"},
+    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q5_K_ptile, 4, 64, "avx512"},
+    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q6_K_ptile, 4, 64, "avx512"},
 };
 
 const kiln_cpu_dot_traits *kiln_cpu_dot_avx512_table(int32_t type) {
