@@ -1,0 +1,339 @@
+/*
+ * kiln.h - the stable public C API of kiln, an embeddable inference library
+ * for large language models stored in GGUF files.
+ *
+ * ABI rules (a contract with every caller and binding):
+ *   - Handles are opaque. Only params/info/stats structs have a public layout.
+ *   - Every such struct starts with `uint32_t struct_size`. Fill it with the
+ *     matching `..._init()` function, then change fields. The library reads
+ *     only the first `struct_size` bytes and uses defaults for the rest, so a
+ *     caller compiled against an older header keeps working. Fields are only
+ *     ever appended. Structs are always passed by pointer.
+ *   - Status codes are pinned forever; new ones are only appended.
+ *   - Exported symbols are never renamed or removed; a changed behaviour gets
+ *     a new symbol (e.g. `_v2`).
+ *   - Only fixed-width types cross the ABI (friendly to FFI).
+ *
+ * Ownership: a `..._create`/`..._load` returns a handle the caller owns and
+ * releases with the matching `..._free`, which accepts NULL. Pointers
+ * returned by `const`-returning getters are borrowed: they stay valid for
+ * the lifetime stated on the getter.
+ *
+ * Thread-safety: distinct handles may be used from distinct threads at the
+ * same time (a model may be shared by contexts on several threads). A single
+ * context (and its kv and draft) must not be used from two threads at once.
+ * Functions marked "thread-safe" may be called from any thread at any time.
+ *
+ * Errors: every fallible function returns `kiln_status` (0 = KILN_OK,
+ * negative = error). A message for the last failure is available from
+ * kiln_last_error() (thread-local, any call) and, for calls on a context,
+ * kiln_context_last_error(). Nothing reachable from caller input, a file or
+ * a device failure aborts or exits the process.
+ *
+ * Variable-length output (tokenize, detokenize, export) follows one
+ * protocol: pass buf == NULL to learn the required size in *n_out (status
+ * KILN_OK); pass a buffer too small and get KILN_E_BUFFER_TOO_SMALL with the
+ * required size in *n_out and nothing written.
+ *
+ * Since: 0.1.0 unless marked otherwise.
+ */
+#ifndef KILN_H
+#define KILN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#  if defined(KILN_BUILD)
+#    define KILN_API __declspec(dllexport)
+#  else
+#    define KILN_API
+#  endif
+#elif defined(__GNUC__) || defined(__clang__)
+#  define KILN_API __attribute__((visibility("default")))
+#else
+#  define KILN_API
+#endif
+
+#define KILN_VERSION_MAJOR 0
+#define KILN_VERSION_MINOR 1
+#define KILN_VERSION_PATCH 0
+#define KILN_VERSION_NUMBER \
+    (KILN_VERSION_MAJOR * 10000 + KILN_VERSION_MINOR * 100 + KILN_VERSION_PATCH)
+
+/* ------------------------------------------------------------------------ */
+/* Status codes (pinned forever; append only)                               */
+/* ------------------------------------------------------------------------ */
+
+typedef int32_t kiln_status;
+
+#define KILN_OK                    0
+#define KILN_E_INVALID_ARG        -1  /* a bad argument: NULL, out of range */
+#define KILN_E_IO                 -2  /* open/read/write/mmap failed */
+#define KILN_E_FORMAT             -3  /* malformed file or byte stream */
+#define KILN_E_UNSUPPORTED        -4  /* valid but not supported (arch, type) */
+#define KILN_E_OOM_HOST           -5  /* host memory exhausted */
+#define KILN_E_OOM_DEVICE         -6  /* device memory exhausted */
+#define KILN_E_BACKEND            -7  /* backend or device error */
+#define KILN_E_CONTEXT_FULL       -8  /* no room left in the KV cache */
+#define KILN_E_BUSY               -9  /* the handle is in use */
+#define KILN_E_CANCELLED         -10  /* a callback asked to stop */
+#define KILN_E_NOT_FOUND         -11  /* no such key, tensor, sequence, device */
+#define KILN_E_BUFFER_TOO_SMALL  -12  /* see the size protocol above */
+#define KILN_E_INCOMPATIBLE      -13  /* e.g. state from another model */
+#define KILN_E_INTERNAL          -14  /* a bug in kiln; please report it */
+
+/* A static English description of a status ("ok", "invalid argument", ...).
+ * Never NULL; unknown values give "unknown status". Thread-safe. */
+KILN_API const char *kiln_status_str(kiln_status status);
+
+/* The message of the last failed kiln call on this thread ("" if none).
+ * Valid until the next kiln call on this thread. Thread-safe. */
+KILN_API const char *kiln_last_error(void);
+
+/* Library version: "MAJOR.MINOR.PATCH". Thread-safe. */
+KILN_API const char *kiln_version(void);
+/* KILN_VERSION_NUMBER of the library actually loaded. Thread-safe. */
+KILN_API uint32_t kiln_version_number(void);
+
+/* ------------------------------------------------------------------------ */
+/* Logging                                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define KILN_LOG_ERROR 0
+#define KILN_LOG_WARN  1
+#define KILN_LOG_INFO  2
+#define KILN_LOG_DEBUG 3
+
+/* A log sink. `msg` is one line without a trailing newline, valid only
+ * during the call. May be called from any thread that uses the handle. */
+typedef void (*kiln_log_fn)(int32_t level, const char *msg, void *user);
+
+/* Sets the process default sink, used by handles created without their own
+ * sink and by calls made before a handle exists. fn == NULL restores the
+ * built-in default: errors to stderr, nothing else. Messages above
+ * max_level are dropped. Thread-safe; affects handles created afterwards. */
+KILN_API void kiln_log_set_default(kiln_log_fn fn, void *user, int32_t max_level);
+
+/* ------------------------------------------------------------------------ */
+/* Handles                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kiln_model   kiln_model;   /* weights + tokenizer, immutable */
+typedef struct kiln_context kiln_context; /* KV cache + compute state */
+typedef struct kiln_draft   kiln_draft;   /* a draft context (speculative) */
+typedef struct kiln_kv      kiln_kv;      /* a context's KV cache (borrowed) */
+typedef struct kiln_sampler kiln_sampler; /* a sampling chain */
+typedef struct kiln_detokenizer kiln_detokenizer; /* streaming detokenizer */
+
+/* ------------------------------------------------------------------------ */
+/* Model                                                                    */
+/* ------------------------------------------------------------------------ */
+
+#define KILN_MODEL_NO_MMAP  (1u << 0)  /* read weights into memory instead */
+#define KILN_MODEL_VOCAB_ONLY (1u << 1) /* load the tokenizer only */
+
+typedef struct kiln_model_params {
+    uint32_t struct_size;
+    uint32_t flags;         /* KILN_MODEL_* (default 0) */
+    const char *backend;    /* "cpu" (default when NULL), "cuda", "vulkan" */
+    int32_t device;         /* device index within the backend (default 0) */
+    int32_t log_level;      /* max level for this handle (default ERROR) */
+    kiln_log_fn log_fn;     /* NULL: the process default sink */
+    void *log_user;
+} kiln_model_params;
+
+KILN_API void kiln_model_params_init(kiln_model_params *p);
+
+/* Loads a GGUF model. On success *out owns the model. On failure *out is
+ * NULL, nothing is leaked and kiln_last_error() says what and where.
+ * Returns KILN_E_INVALID_ARG, KILN_E_IO, KILN_E_FORMAT, KILN_E_UNSUPPORTED,
+ * KILN_E_OOM_HOST, KILN_E_OOM_DEVICE, KILN_E_BACKEND. Thread-safe. */
+KILN_API kiln_status kiln_model_load(const char *path, const kiln_model_params *params,
+                                     kiln_model **out);
+
+/* Releases the caller's reference. Contexts created from the model keep it
+ * alive until they are freed, so any free order is safe. NULL is a no-op. */
+KILN_API void kiln_model_free(kiln_model *model);
+
+typedef struct kiln_model_info {
+    uint32_t struct_size;
+    char arch[32];          /* "llama", "qwen2", "qwen3" */
+    char name[128];         /* general.name or "" */
+    uint32_t n_vocab;
+    uint32_t n_ctx_train;
+    uint32_t n_embd;
+    uint32_t n_layer;
+    uint32_t n_head;
+    uint32_t n_head_kv;
+    uint32_t n_ff;
+    uint32_t head_dim;
+    uint64_t n_params;      /* number of weights */
+    uint64_t size_bytes;    /* bytes of weight data */
+    int32_t bos;            /* -1 if none */
+    int32_t eos;            /* -1 if none */
+} kiln_model_info;
+
+KILN_API void kiln_model_info_init(kiln_model_info *info);
+/* Fills *info (up to info->struct_size bytes). Thread-safe. */
+KILN_API kiln_status kiln_model_get_info(const kiln_model *model, kiln_model_info *info);
+
+/* ------------------------------------------------------------------------ */
+/* Tokenizer                                                                */
+/* ------------------------------------------------------------------------ */
+
+#define KILN_TOKENIZE_ADD_BOS       (1u << 0) /* add BOS if the model wants one */
+#define KILN_TOKENIZE_PARSE_SPECIAL (1u << 1) /* "<|eos|>" in text -> its id */
+
+/* Tokenizes text[0..text_len). Size protocol: tokens == NULL -> *n_out =
+ * count, KILN_OK; capacity too small -> KILN_E_BUFFER_TOO_SMALL. Invalid
+ * UTF-8 is tokenized as bytes, never rejected. Thread-safe. */
+KILN_API kiln_status kiln_tokenize(const kiln_model *model, const char *text, size_t text_len,
+                                   uint32_t flags, int32_t *tokens, size_t capacity,
+                                   size_t *n_out);
+
+#define KILN_DETOK_SKIP_SPECIAL (1u << 0) /* do not render control tokens */
+
+/* Writes the bytes of tokens[0..n) (not NUL-terminated) to buf. Size
+ * protocol as above. KILN_E_INVALID_ARG for an out-of-range token.
+ * Thread-safe. */
+KILN_API kiln_status kiln_detokenize(const kiln_model *model, const int32_t *tokens, size_t n,
+                                     uint32_t flags, char *buf, size_t capacity, size_t *n_out);
+
+KILN_API int32_t kiln_token_bos(const kiln_model *model); /* -1 if none */
+KILN_API int32_t kiln_token_eos(const kiln_model *model); /* -1 if none */
+/* 1 if the token ends generation (EOS, EOT, ...), else 0. */
+KILN_API int32_t kiln_token_is_eog(const kiln_model *model, int32_t token);
+KILN_API int32_t kiln_model_n_vocab(const kiln_model *model);
+
+/* A streaming detokenizer: feed tokens one at a time and get only complete
+ * UTF-8 (a multi-byte character split across tokens is held back until it
+ * completes). Borrows the model (keeps it alive). */
+KILN_API kiln_status kiln_detokenizer_create(kiln_model *model, uint32_t flags,
+                                             kiln_detokenizer **out);
+KILN_API void kiln_detokenizer_free(kiln_detokenizer *d);
+/* Appends the text completed by `token` to buf; size protocol as above
+ * (state changes only when KILN_OK is returned with buf != NULL). */
+KILN_API kiln_status kiln_detokenizer_push(kiln_detokenizer *d, int32_t token, char *buf,
+                                           size_t capacity, size_t *n_out);
+/* Returns whatever is held back (invalid sequences as U+FFFD) and resets. */
+KILN_API kiln_status kiln_detokenizer_flush(kiln_detokenizer *d, char *buf, size_t capacity,
+                                            size_t *n_out);
+
+/* ------------------------------------------------------------------------ */
+/* Context and decoding                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kiln_context_params {
+    uint32_t struct_size;
+    uint32_t n_ctx;          /* KV capacity in tokens, all sequences (default 4096,
+                                capped to the model's training context) */
+    uint32_t n_ubatch;       /* max tokens per forward pass (default 512) */
+    uint32_t n_seq_max;      /* max distinct sequence ids (default 16) */
+    int32_t n_threads;       /* CPU threads; <= 0: number of cores (default 0) */
+    uint32_t kv_block_size;  /* tokens per KV block (default 32) */
+    uint32_t flags;          /* reserved, 0 */
+    int32_t log_level;       /* max level for this handle (default ERROR) */
+    kiln_log_fn log_fn;      /* NULL: the model's sink */
+    void *log_user;
+} kiln_context_params;
+
+KILN_API void kiln_context_params_init(kiln_context_params *p);
+
+/* Creates a context on the model's backend and device. Takes a reference to
+ * the model. Returns KILN_E_INVALID_ARG, KILN_E_OOM_HOST, KILN_E_OOM_DEVICE,
+ * KILN_E_BACKEND. Thread-safe with respect to other contexts. */
+KILN_API kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *params,
+                                         kiln_context **out);
+/* Frees the context, its KV cache and compute buffers; drops its model
+ * reference. NULL is a no-op. */
+KILN_API void kiln_context_free(kiln_context *ctx);
+
+/* The message of the last failure on this context ("" if none). Valid until
+ * the next call on the context. */
+KILN_API const char *kiln_context_last_error(const kiln_context *ctx);
+
+/* The context's KV cache, borrowed: valid while the context lives. */
+KILN_API kiln_kv *kiln_context_kv(kiln_context *ctx);
+
+typedef struct kiln_batch {
+    uint32_t struct_size;
+    uint32_t n_tokens;
+    const int32_t *tokens;   /* n_tokens ids */
+    const int32_t *pos;      /* positions; NULL: each token continues its sequence */
+    const int32_t *seq_id;   /* sequence ids in [0, n_seq_max); NULL: all 0 */
+    const int8_t *logits;    /* nonzero: return logits for this token;
+                                NULL: only the last token */
+} kiln_batch;
+
+KILN_API void kiln_batch_init(kiln_batch *b);
+
+/* Decodes a batch: tokens of several sequences may be mixed; each sequence's
+ * tokens must be in increasing, contiguous positions that continue the
+ * sequence (pos == current length). The batch is split into ubatches of
+ * n_ubatch tokens. On KILN_E_CONTEXT_FULL (or any other error) the KV cache
+ * is left as it was before the call. Returns KILN_E_INVALID_ARG,
+ * KILN_E_CONTEXT_FULL, KILN_E_OOM_HOST, KILN_E_OOM_DEVICE, KILN_E_BACKEND. */
+KILN_API kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch);
+
+/* Logits (n_vocab floats) of token i of the last decoded batch; i < 0 counts
+ * from the end (-1 = last). NULL if that token's logits were not requested.
+ * Valid until the next decode or free of ctx. */
+KILN_API const float *kiln_context_logits(kiln_context *ctx, int32_t i);
+
+/* ------------------------------------------------------------------------ */
+/* KV cache                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Removes every cell of every sequence. */
+KILN_API kiln_status kiln_kv_clear(kiln_kv *kv);
+/* Removes positions [p0, p1) of sequence seq (p1 < 0: to the end). Only a
+ * suffix can be removed in 0.1 (p1 < 0 or p1 >= length); other ranges give
+ * KILN_E_UNSUPPORTED. seq < 0: every sequence. */
+KILN_API kiln_status kiln_kv_seq_rm(kiln_kv *kv, int32_t seq, int32_t p0, int32_t p1);
+/* Highest position stored for seq, -1 if empty. */
+KILN_API int32_t kiln_kv_seq_pos_max(const kiln_kv *kv, int32_t seq);
+
+/* ------------------------------------------------------------------------ */
+/* Sampling                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct kiln_sampler_params {
+    uint32_t struct_size;
+    float temperature;       /* <= 0: greedy (default 0.8) */
+    int32_t top_k;           /* <= 0: off (default 40) */
+    float top_p;             /* >= 1: off (default 0.95) */
+    float min_p;             /* <= 0: off (default 0.05) */
+    float repeat_penalty;    /* 1: off (default 1) */
+    float freq_penalty;      /* 0: off (default 0) */
+    float presence_penalty;  /* 0: off (default 0) */
+    int32_t penalty_last_n;  /* tokens of history for penalties (default 64) */
+    uint64_t seed;           /* RNG seed (default 0xC0FFEE) */
+} kiln_sampler_params;
+
+KILN_API void kiln_sampler_params_init(kiln_sampler_params *p);
+/* Order: penalties (repeat, frequency, presence over the last penalty_last_n
+ * accepted tokens), then greedy argmax if temperature <= 0, else top-k ->
+ * top-p -> min-p -> temperature -> softmax -> seeded draw (llama.cpp common
+ * sampler order; top-p/min-p see the T = 1 distribution). NaN logits count
+ * as -inf; all NaN/-inf gives KILN_E_INVALID_ARG. */
+KILN_API kiln_status kiln_sampler_create(const kiln_sampler_params *params, kiln_sampler **out);
+KILN_API void kiln_sampler_free(kiln_sampler *s);
+/* Picks a token from n_vocab logits (not modified). Same seed and inputs ->
+ * same token sequence on every platform. */
+KILN_API kiln_status kiln_sampler_sample(kiln_sampler *s, const float *logits, int32_t n_vocab,
+                                         int32_t *token);
+/* Records a token in the penalty history (sample() does this itself for
+ * the tokens it returns; call it for prompt tokens). */
+KILN_API kiln_status kiln_sampler_accept(kiln_sampler *s, int32_t token);
+/* Clears history and reseeds. */
+KILN_API void kiln_sampler_reset(kiln_sampler *s, uint64_t seed);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KILN_H */
