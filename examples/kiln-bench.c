@@ -16,6 +16,8 @@
  *
  * Uses include/kiln.h only.
  */
+#define _POSIX_C_SOURCE 200809L /* readlink, access, getpid, clock_gettime */
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>

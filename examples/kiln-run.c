@@ -12,6 +12,8 @@
  *
  * Uses include/kiln.h only, as any application would.
  */
+#define _POSIX_C_SOURCE 200809L /* readlink, access, getpid, clock_gettime */
+
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
