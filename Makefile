@@ -47,9 +47,13 @@ WARN_CFLAGS += -Werror
 endif
 SAN_CFLAGS :=
 SAN_LDFLAGS :=
+# The shared library must resolve every symbol itself, except in a
+# sanitized build: clang leaves the sanitizer runtime to the executable.
+NO_UNDEFINED := -Wl,--no-undefined
 ifneq ($(SANITIZE),)
 SAN_CFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 SAN_LDFLAGS := -fsanitize=$(SANITIZE)
+NO_UNDEFINED :=
 endif
 
 # The library and its built-in CPU backend.
@@ -98,7 +102,7 @@ TEST_COMMON := $(wildcard test/kt.c)
 ABI_SNAPSHOTS := $(sort $(wildcard test/abi/kiln-*.h))
 ABI_CONSUMERS := $(ABI_SNAPSHOTS:test/abi/kiln-%.h=$(BUILD)/abi/consumer-%)
 
-DEPS := $(LIB_OBJS:.o=.d) $(EXAMPLES:=.d) $(TESTS:=.d)
+DEPS := $(LIB_OBJS:.o=.d) $(EXAMPLE_SRCS:examples/%.c=$(BUILD)/obj/examples/%.d) $(TESTS:=.d)
 
 FLAGS_STAMP := $(BUILD)/.flags
 FLAGS_TEXT := $(CC) $(CXX) | $(KILN_CFLAGS) | $(CPPFLAGS) $(CFLAGS) | $(LDFLAGS) $(SAN_LDFLAGS)
@@ -121,7 +125,7 @@ $(BUILD)/obj/%.o: %.c $(FLAGS_STAMP)
 
 $(SHLIB): $(LIB_OBJS) lib/kiln.map
 	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/kiln.map \
-		-Wl,--no-undefined $(CFLAGS) $(LDFLAGS) $(SAN_LDFLAGS) -o $@ $(LIB_OBJS) $(LIBS)
+		$(NO_UNDEFINED) $(CFLAGS) $(LDFLAGS) $(SAN_LDFLAGS) -o $@ $(LIB_OBJS) $(LIBS)
 
 # Both symlinks come from one rule so that -j never sees half of them.
 $(BUILD)/libkiln.so: $(SHLIB)
@@ -137,13 +141,13 @@ examples: $(EXAMPLES)
 # Shared examples find the library beside them in the build tree
 # ($ORIGIN/..) and in an installed tree ($ORIGIN/../lib).
 $(SHARED_EXAMPLES): $(BUILD)/bin/%: examples/%.c $(BUILD)/libkiln.so $(FLAGS_STAMP)
-	@mkdir -p $(@D)
-	$(CC) $(PUBLIC_CFLAGS) $(CPPFLAGS) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< \
+	@mkdir -p $(@D) $(BUILD)/obj/examples
+	$(CC) $(PUBLIC_CFLAGS) $(CPPFLAGS) $(CFLAGS) -MMD -MP -MF $(BUILD)/obj/examples/$*.d -o $@ $< \
 		-L$(BUILD) -lkiln -Wl,-rpath,'$$ORIGIN/..:$$ORIGIN/../lib' $(LDFLAGS) $(SAN_LDFLAGS) $(LIBS)
 
 $(STATIC_EXAMPLES): $(BUILD)/bin/%: examples/%.c $(STLIB) $(FLAGS_STAMP)
-	@mkdir -p $(@D)
-	$(CC) $(INTERNAL_CFLAGS) $(CPPFLAGS) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< \
+	@mkdir -p $(@D) $(BUILD)/obj/examples
+	$(CC) $(INTERNAL_CFLAGS) $(CPPFLAGS) $(CFLAGS) -MMD -MP -MF $(BUILD)/obj/examples/$*.d -o $@ $< \
 		$(STLIB) $(LDFLAGS) $(SAN_LDFLAGS) $(LIBS)
 
 $(STATIC_TESTS): $(BUILD)/test/%: test/%.c $(TEST_COMMON) test/kt.h $(STLIB) $(FLAGS_STAMP)

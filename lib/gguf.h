@@ -56,7 +56,12 @@ typedef struct kiln_gguf_tensor {
     const void *data;        /* into the mapping (or memory image) */
 } kiln_gguf_tensor;
 
-/* Opens and validates a file. *out is NULL on failure. */
+/* Opens and validates a file. *out is NULL on failure. KILN_E_IO (open,
+ * stat, mmap; with strerror), KILN_E_FORMAT (message ends "in 'path'"),
+ * KILN_E_OOM_HOST, KILN_E_INVALID_ARG. Limits beyond the format: keys and
+ * tensor names 1..64 KiB without NUL bytes, arrays nested at most 8 deep,
+ * bools 0 or 1, general.alignment a u32 power of two, tensors inside the
+ * file, aligned and not overlapping. */
 kiln_status kiln_gguf_open(const char *path, kiln_gguf **out);
 /* Same over caller memory (not copied; must outlive the kiln_gguf). Used by
  * the fuzzer and by tests. */
@@ -67,7 +72,10 @@ uint32_t kiln_gguf_version(const kiln_gguf *g);
 uint32_t kiln_gguf_alignment(const kiln_gguf *g);
 /* Base of the mapping and its size (for zero-copy weight buffers). */
 const void *kiln_gguf_base(const kiln_gguf *g, size_t *size);
-uint64_t kiln_gguf_data_offset(const kiln_gguf *g); /* start of tensor data */
+/* Start of tensor data: the end of the tensor infos rounded up to the
+ * alignment. In a file without tensors it may lie past the end of the file
+ * (the padding is optional there). */
+uint64_t kiln_gguf_data_offset(const kiln_gguf *g);
 
 /* ---- metadata ---- */
 
@@ -107,7 +115,9 @@ typedef struct kiln_gguf_value {
     int32_t type;            /* KILN_GGUF_* */
     int32_t elem_type;       /* for arrays */
     uint64_t n;              /* for arrays: element count */
-    const uint8_t *p;        /* raw bytes of the value in the file */
+    const uint8_t *p;        /* raw bytes of the value in the file: a scalar's
+                              * bytes; a string's u64 length prefix; an
+                              * array's first element */
 } kiln_gguf_value;
 kiln_status kiln_gguf_key_value(const kiln_gguf *g, int64_t idx, kiln_gguf_value *out);
 /* Element i of an array value (nested arrays included). O(i) for string and
@@ -118,6 +128,10 @@ kiln_status kiln_gguf_value_elem(const kiln_gguf *g, const kiln_gguf_value *arr,
 kiln_status kiln_gguf_value_f64(const kiln_gguf_value *v, double *out);
 kiln_status kiln_gguf_value_i64(const kiln_gguf_value *v, int64_t *out);
 kiln_status kiln_gguf_value_str(const kiln_gguf_value *v, const char **s, uint64_t *len);
+/* The encoded value of key idx exactly as stored after its u32 value type
+ * (for arrays: u32 elem type, u64 count, elements). Points into the file;
+ * the writer's kiln_gguf_copy_keys copies it verbatim. */
+kiln_status kiln_gguf_key_raw(const kiln_gguf *g, int64_t idx, const void **raw, uint64_t *size);
 const char *kiln_gguf_type_name(int32_t gguf_type);
 
 /* ---- tensors ---- */

@@ -63,7 +63,7 @@ const kiln_type_traits *kiln_type_traits_get(int32_t type);
 /* "q4_K" or "unknown" */
 const char *kiln_type_name(int32_t type);
 /* Bytes of a row of n elements; 0 if the type is unknown or n is not a
- * multiple of its block size. */
+ * multiple of its block size, or if the byte count would overflow. */
 uint64_t kiln_type_row_size(int32_t type, int64_t n);
 
 /* ---- half and bfloat16 ---- */

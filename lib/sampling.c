@@ -135,19 +135,19 @@ static double kiln_sampling_exp(double x) {
 
 /* ---- params ------------------------------------------------------------- */
 
-void kiln_sampler_params_init(kiln_sampler_params *p) {
-    if (!p) return;
-    memset(p, 0, sizeof *p);
-    p->struct_size = sizeof *p;
-    p->temperature = 0.8f;
-    p->top_k = 40;
-    p->top_p = 0.95f;
-    p->min_p = 0.05f;
-    p->repeat_penalty = 1.0f;
-    p->freq_penalty = 0.0f;
-    p->presence_penalty = 0.0f;
-    p->penalty_last_n = 64;
-    p->seed = 0xC0FFEE;
+void kiln_sampler_params_init_sized(kiln_sampler_params *p, uint32_t size) {
+    kiln_sampler_params d;
+    memset(&d, 0, sizeof d);
+    d.temperature = 0.8f;
+    d.top_k = 40;
+    d.top_p = 0.95f;
+    d.min_p = 0.05f;
+    d.repeat_penalty = 1.0f;
+    d.freq_penalty = 0.0f;
+    d.presence_penalty = 0.0f;
+    d.penalty_last_n = 64;
+    d.seed = 0xC0FFEE;
+    kiln_params_emit(p, size, &d, sizeof d);
 }
 
 static kiln_status kiln_sampling_check_params(const kiln_sampler_params *p) {

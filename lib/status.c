@@ -61,7 +61,7 @@ void kiln_error_clear(void) { tls_last_error[0] = '\0'; }
 /* The process default sink. Guarded by a spinlock-free snapshot: the three
  * fields are written together under a tiny mutex-free sequence (a handle
  * copies them at create time; kiln_log reads them at log time). */
-static _Atomic(kiln_log_fn) default_fn = NULL;
+static _Atomic(kiln_log_fn) default_fn; /* NULL (static); clang rejects "= NULL" here */
 static _Atomic(void *) default_user = NULL;
 static _Atomic int32_t default_level = KILN_LOG_ERROR;
 

@@ -53,5 +53,6 @@ const char *kiln_type_name(int32_t type) {
 uint64_t kiln_type_row_size(int32_t type, int64_t n) {
     const kiln_type_traits *t = kiln_type_traits_get(type);
     if (!t || n < 0 || n % t->block_size != 0) return 0;
+    if ((uint64_t)(n / t->block_size) > UINT64_MAX / t->type_size) return 0; /* would wrap */
     return (uint64_t)(n / t->block_size) * t->type_size;
 }

@@ -42,7 +42,12 @@ int32_t kiln_vocab_token_type(const kiln_vocab *v, int32_t tok);
 /* The token's text as stored in the vocab (not decoded). */
 const char *kiln_vocab_token_text(const kiln_vocab *v, int32_t tok, size_t *len);
 
-/* Public semantics of kiln_tokenize (flags KILN_TOKENIZE_*; size protocol). */
+/* Public semantics of kiln_tokenize (flags KILN_TOKENIZE_*; size protocol),
+ * token for token what llama.cpp's llama_tokenize gives with add_special =
+ * ADD_BOS (only BOS is ever added, never EOS) and parse_special =
+ * PARSE_SPECIAL. User-defined tokens are matched in the text even without
+ * PARSE_SPECIAL, as in llama.cpp. Invalid UTF-8 never fails. Texts over
+ * 512 MiB give KILN_E_INVALID_ARG. */
 kiln_status kiln_vocab_tokenize(const kiln_vocab *v, const char *text, size_t text_len,
                                 uint32_t flags, int32_t *tokens, size_t capacity,
                                 size_t *n_out);
@@ -51,9 +56,16 @@ kiln_status kiln_vocab_tokenize(const kiln_vocab *v, const char *text, size_t te
  * KILN_DETOK_SKIP_SPECIAL is set, else their text. Size protocol. */
 kiln_status kiln_vocab_token_to_piece(const kiln_vocab *v, int32_t tok, uint32_t flags,
                                       char *buf, size_t capacity, size_t *n_out);
-/* Public semantics of kiln_detokenize: pieces concatenated; for SPM the
- * leading space of the first piece is removed when the vocab adds a BOS
- * prefix space like llama.cpp does. Size protocol. */
+/* The piece of token tok (0 <= tok < n_tokens) under flags KILN_DETOK_*,
+ * borrowed from the vocab (valid while it lives; not NUL-terminated).
+ * *len 0 (and maybe NULL) when the token renders as nothing. */
+const char *kiln_vocab_piece(const kiln_vocab *v, int32_t tok, uint32_t flags, size_t *len);
+/* Public semantics of kiln_detokenize: pieces concatenated, as llama.cpp's
+ * llama_detokenize (without its clean-up of spaces): when the vocab adds a
+ * prefix space (SPM), one leading space of the first piece is removed.
+ * With KILN_DETOK_SKIP_SPECIAL a leading BOS (if the vocab adds one) is
+ * dropped, and then that space is kept, like llama.cpp's remove_special.
+ * Size protocol; KILN_E_INVALID_ARG for an out-of-range token. */
 kiln_status kiln_vocab_detokenize(const kiln_vocab *v, const int32_t *tokens, size_t n,
                                   uint32_t flags, char *buf, size_t capacity, size_t *n_out);
 

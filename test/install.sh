@@ -64,6 +64,11 @@ for e in "$build"/bin/*; do
     case $e in *.d) continue ;; esac
     [ -x "$stage$bindir/${e##*/}" ] || fail "example ${e##*/} not installed in $bindir"
 done
+plugindir=${KILN_PLUGINDIR:-$libdir/kiln}
+for p in "$build"/libkiln-*.so; do
+    [ -f "$p" ] || continue
+    [ -f "$stage$plugindir/${p##*/}" ] || fail "plugin ${p##*/} not installed in $plugindir"
+done
 finish
 
 if ! command -v "$pkg_config" >/dev/null 2>&1; then

@@ -42,6 +42,7 @@ void kt_run(const char *name, void (*fn)(void)) {
 
 int kt_finish(void) {
     printf("kt: %d passed, %d failed, %d skipped\n", n_passed, n_failed, n_skipped);
+    fflush(stdout); /* LeakSanitizer exits without flushing stdio */
     return n_failed ? 1 : 0;
 }
 
