@@ -18,7 +18,9 @@
  *
  * Tile kernels accept any nr >= 0, nc >= 0 (they loop over their register
  * tile internally) and any row alignment; k must be a multiple of the
- * traits' k_multiple.
+ * traits' k_multiple. tile_nr x tile_nc is the shape a caller should pass
+ * when it can: the AVX-512 quantized kernels take up to 64 activation rows
+ * per call and unpack the weights once for all of them.
  */
 #ifndef KILN_CPU_DOT_H
 #define KILN_CPU_DOT_H

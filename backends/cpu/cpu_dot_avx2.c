@@ -11,9 +11,10 @@
  *   - Q8_0 x Q8_0 uses |w| and sign(a, w) (both signed);
  *   - K-quants multiply the s16 pair sums by the sub-block scale in
  *     VPMADDWD and sum a super-block in int32 before scaling in float.
- * Activation quantizers are the scalar ones (their cost is O(M K) next to
- * the matmul's O(M N K)), except the trivial F16 rounding.
+ * Activation quantizers write the scalar ones' bytes exactly.
  */
+#include <math.h>
+
 #include "cpu_dot.h"
 #include "quant.h"
 #include "quant_blocks.h"
@@ -130,6 +131,126 @@ T256 static void act_f16(const float *x, void *dst, int64_t k) {
     for (; i < k; i++) {
         uint16_t v = kiln_fp32_to_fp16(x[i]);
         memcpy(h + 2 * i, &v, 2);
+    }
+}
+
+/* BF16 activations: round to nearest even in integer arithmetic, NaN kept
+ * quiet - bit-identical to kiln_fp32_to_bf16 (and so to the scalar
+ * quantizer). */
+T256 static void act_bf16(const float *x, void *dst, int64_t k) {
+    uint8_t *h = dst;
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff), absmask = _mm256_set1_epi32(0x7fffffff);
+    const __m256i inf = _mm256_set1_epi32(0x7f800000), quiet = _mm256_set1_epi32(0x40);
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m256i r[2];
+        for (int h2 = 0; h2 < 2; h2++) {
+            __m256i u = _mm256_loadu_si256((const __m256i *)(x + i + 8 * h2));
+            __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(u, 16), one))), 16);
+            __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absmask), inf);
+            __m256i qnan = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
+            r[h2] = _mm256_blendv_epi8(rounded, qnan, nan);
+        }
+        /* 16-bit results (all < 0x10000) packed in order */
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(r[0], r[1]), _MM_SHUFFLE(3, 1, 2, 0));
+        _mm256_storeu_si256((__m256i *)(h + 2 * i), p);
+    }
+    for (; i < k; i++) {
+        uint16_t v = kiln_fp32_to_bf16(x[i]);
+        memcpy(h + 2 * i, &v, 2);
+    }
+}
+
+/* Q8_0 / Q8_1 activations: the scalar quantizer's arithmetic (absmax,
+ * 127 / absmax, round half to even), 8 lanes at a time. */
+T256 INL float act_q8_block(const float *x, int8_t *q, int *sum_out) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], amax = _mm256_setzero_ps();
+    for (int j = 0; j < 4; j++) {
+        v[j] = _mm256_loadu_ps(x + 8 * j);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    float m = _mm_cvtss_f32(m4);
+    const __m256 s = _mm256_set1_ps(m != 0.f ? 127.f / m : 0.f);
+    const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
+    __m256i iv[4], sum = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(v[j], s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        iv[j] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(r), hi), lo);
+        sum = _mm256_add_epi32(sum, iv[j]);
+    }
+    __m256i p16 = _mm256_packs_epi32(iv[0], iv[1]), p16b = _mm256_packs_epi32(iv[2], iv[3]);
+    __m256i p8 = _mm256_packs_epi16(p16, p16b); /* lanes interleaved by the 128-bit packs */
+    p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p8);
+    if (sum_out) {
+        __m128i t = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+        *sum_out = _mm_cvtsi128_si32(t);
+    }
+    return m / 127.f;
+}
+
+T256 static void act_q8_0(const float *x, void *dst, int64_t k) {
+    kiln_block_q8_0 *y = dst;
+    for (int64_t b = 0; b < k / 32; b++) y[b].d = kiln_fp32_to_fp16(act_q8_block(x + 32 * b, y[b].qs, NULL));
+}
+
+T256 static void act_q8_1(const float *x, void *dst, int64_t k) {
+    kiln_block_q8_1 *y = dst;
+    for (int64_t b = 0; b < k / 32; b++) {
+        int sum;
+        float d = act_q8_block(x + 32 * b, y[b].qs, &sum);
+        y[b].d = kiln_fp32_to_fp16(d);
+        y[b].s = kiln_fp32_to_fp16(d * (float)sum);
+    }
+}
+
+/* Q8_K activations: ggml's reference Q8_K, vectorized (as the AVX-512 one). */
+T256 static void act_q8_K(const float *x, void *dst, int64_t k) {
+    kiln_block_q8_K *y = dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < k / 256; b++, x += 256) {
+        __m256 amax = _mm256_setzero_ps();
+        for (int j = 0; j < 32; j++) amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * j)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float m = _mm_cvtss_f32(m4);
+        if (!(m > 0.f)) { /* all zero (or NaN): as the reference */
+            kiln_cpu_act_q8_K_scalar(x, &y[b], 256);
+            continue;
+        }
+        float max = 0.f;
+        for (int j = 0; j < 256; j++)
+            if (fabsf(x[j]) == m) {
+                max = x[j];
+                break;
+            }
+        const float iscale = -127.f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-128);
+        for (int j = 0; j < 16; j++) {
+            __m256i q[2];
+            for (int h2 = 0; h2 < 2; h2++) {
+                __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 16 * j + 8 * h2), vs),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                q[h2] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(v), hi), lo);
+            }
+            __m256i p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), _MM_SHUFFLE(3, 1, 2, 0));
+            __m128i p8 = _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * j), p8);
+            __m256i s = _mm256_add_epi32(q[0], q[1]);
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(1, 0, 3, 2)));
+            t = _mm_add_epi32(t, _mm_shuffle_epi32(t, _MM_SHUFFLE(2, 3, 0, 1)));
+            y[b].bsums[j] = (int16_t)_mm_cvtsi128_si32(t);
+        }
+        y[b].d = 1.f / iscale;
     }
 }
 
@@ -340,15 +461,15 @@ KILN_TILES(q6_K, 2, 2, T256)
 static const kiln_cpu_dot_traits avx2_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, f32_tile, 3, 4, "avx2"},
     {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 3, 4, "avx2"},
-    {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, bf16_tile, 3, 4, "avx2"},
-    {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, kiln_cpu_act_q8_0_scalar, q8_0_tile, 2, 3, "avx2"},
-    {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, kiln_cpu_act_q8_0_scalar, q4_0_tile, 2, 3, "avx2"},
-    {KILN_TYPE_Q5_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, kiln_cpu_act_q8_0_scalar, q5_0_tile, 2, 3, "avx2"},
-    {KILN_TYPE_Q4_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, kiln_cpu_act_q8_1_scalar, q4_1_tile, 2, 3, "avx2"},
-    {KILN_TYPE_Q5_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, kiln_cpu_act_q8_1_scalar, q5_1_tile, 2, 3, "avx2"},
-    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q4_K_tile, 2, 2, "avx2"},
-    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q5_K_tile, 2, 2, "avx2"},
-    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q6_K_tile, 2, 2, "avx2"},
+    {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, act_bf16, bf16_tile, 3, 4, "avx2"},
+    {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q8_0_tile, 2, 3, "avx2"},
+    {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q4_0_tile, 2, 3, "avx2"},
+    {KILN_TYPE_Q5_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q5_0_tile, 2, 3, "avx2"},
+    {KILN_TYPE_Q4_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q4_1_tile, 2, 3, "avx2"},
+    {KILN_TYPE_Q5_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q5_1_tile, 2, 3, "avx2"},
+    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q4_K_tile, 2, 2, "avx2"},
+    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q5_K_tile, 2, 2, "avx2"},
+    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q6_K_tile, 2, 2, "avx2"},
 };
 
 const kiln_cpu_dot_traits *kiln_cpu_dot_avx2_table(int32_t type) {

@@ -19,6 +19,12 @@
  *     activation's 16-element partial sums.
  * Partial 32-blocks (an odd block count) run the same step with the upper
  * half of every vector zeroed.
+ *
+ * The quantized types advertise tile_nc = 64: a call with 4 or more
+ * activation rows unpacks its weight rows once into a stack panel (see
+ * "packed weight panels" below) and sweeps the activations over it, which
+ * is what makes prefill fast; a call with 1..3 rows (decode) streams the
+ * weights directly.
  */
 #include "cpu_dot.h"
 #include "quant.h"
@@ -161,6 +167,27 @@ T512 static void act_f16(const float *x, void *dst, int64_t k) {
         _mm256_storeu_si256((__m256i *)(h + 2 * i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < k; i++) {
         uint16_t v = kiln_fp32_to_fp16(x[i]);
+        memcpy(h + 2 * i, &v, 2);
+    }
+}
+
+/* BF16 activations: round to nearest even in integer arithmetic, NaN kept
+ * quiet - bit-identical to kiln_fp32_to_bf16. (VCVTNEPS2BF16 would flush
+ * subnormals.) */
+T512 static void act_bf16(const float *x, void *dst, int64_t k) {
+    uint8_t *h = dst;
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff), absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512i inf = _mm512_set1_epi32(0x7f800000), quiet = _mm512_set1_epi32(0x40);
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m512i u = _mm512_loadu_si512(x + i);
+        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one))), 16);
+        __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, absmask), inf);
+        __m512i r = _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), quiet);
+        _mm256_storeu_si256((__m256i *)(h + 2 * i), _mm512_cvtepi32_epi16(r));
+    }
+    for (; i < k; i++) {
+        uint16_t v = kiln_fp32_to_bf16(x[i]);
         memcpy(h + 2 * i, &v, 2);
     }
 }
@@ -861,7 +888,7 @@ static const kiln_cpu_dot_traits avx512_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, f32_tile, 5, 4, "avx512"},
     {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 5, 5, "avx512"},
 #if defined(KILN_HAVE_BF16_INTRIN)
-    {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, bf16_tile, 4, 4, "avx512bf16"},
+    {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, act_bf16, bf16_tile, 4, 4, "avx512bf16"},
 #endif
     {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q8_0_ptile, 8, 64, "avx512"},
     {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q4_0_ptile, 8, 64, "avx512"},
