@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "context.h"
+#include "draft.h"
 
 void kiln_context_params_init_sized(kiln_context_params *p, uint32_t size) {
     kiln_context_params d;
@@ -38,6 +39,7 @@ kiln_kv *kiln_context_kv(kiln_context *ctx) { return ctx ? ctx->kv : NULL; }
 
 void kiln_context_free(kiln_context *ctx) {
     if (!ctx) return;
+    if (ctx->draft) kiln_draft_detach(ctx->draft); /* a draft follows its target */
     kiln_kv_destroy(ctx->kv);
     if (ctx->dev) ctx->bk->device_close(ctx->dev);
     kiln_free(ctx->logits);

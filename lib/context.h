@@ -31,6 +31,10 @@ struct kiln_context {
     int32_t *seq_table_off;        /* [n_seq] offset of a seq's table in ub_blocks or -1 */
     uint32_t *seq_new;             /* [n_seq] tokens the batch adds */
     uint32_t *seq_next;            /* [n_seq] next position while planning */
+
+    /* the draft attached to this (target) context or NULL; not owned: the
+     * context's free detaches it (lib/draft.h) */
+    struct kiln_draft *draft;
 };
 
 /* Runs the model on one ubatch whose metadata was set with set_ubatch;
