@@ -740,6 +740,63 @@ static void test_attention(void) {
     ISA_LOOP_END
 }
 
+/* A token's attention output must not depend on the rest of its ubatch:
+ * each token of a mixed prefill/decode ubatch, run alone (and on handles
+ * of 1 and 3 threads, which split long contexts differently), gives the
+ * same bits. Speculative decoding relies on it: verifying drafted tokens
+ * in one ubatch must reproduce token-by-token decoding exactly. */
+static void attention_invariance_case(int isa, const attn_case *c, uint64_t seed) {
+    kiln_bk_device *devs[3] = {open_dev(2), open_dev(1), open_dev(3)};
+    for (int i = 0; i < 3; i++) kiln_cpu_device_set_isa(devs[i], isa);
+    rng_state = seed;
+    ubatch_buf u;
+    uint32_t n = make_ubatch(&u, c->block_size, c->n_blocks, c->n0, c->pos1, c->n2);
+    const uint32_t D = c->head_dim, kv_dim = c->n_head_kv * D, width = c->n_head * D;
+    const size_t cells = u.ub.n_cells;
+    kiln_bk_buffer *kc, *vc;
+    KT_CHECK_OK(bk->buffer_alloc(devs[0], cells * kv_dim * 2, KILN_BK_BUF_KV, &kc));
+    KT_CHECK_OK(bk->buffer_alloc(devs[0], cells * kv_dim * 2, KILN_BK_BUF_KV, &vc));
+    uint16_t *K = bk->buffer_host_ptr(kc), *V = bk->buffer_host_ptr(vc);
+    for (size_t i = 0; i < cells * kv_dim; i++) {
+        K[i] = kiln_fp32_to_fp16(rnd() * 2.0f);
+        V[i] = kiln_fp32_to_fp16(rnd());
+    }
+    float *q = rnd_array((size_t)width * n, 1.5f), *all = xmalloc((size_t)width * n * 4), *one = xmalloc((size_t)width * 4);
+    kiln_bk_attn at = {sizeof at, c->n_head, c->n_head_kv, D, 1.0f / sqrtf((float)D)};
+    tens tq = mk_f32(devs[0], q, width, n, 0), td = mk_f32(devs[0], NULL, width, n, 0);
+    KT_CHECK_OK(bk->set_ubatch(devs[0], &u.ub));
+    KT_CHECK_OK(bk->attention(devs[0], &tq.t, kc, vc, &at, &td.t));
+    rd_f32(devs[0], &td, all);
+    bool same = true;
+    for (uint32_t t = 0; t < n; t++) {
+        kiln_bk_ubatch u1 = u.ub;
+        u1.n_tokens = 1;
+        u1.pos = &u.pos[t], u1.kv_cell = &u.kv_cell[t], u1.attn_table = &u.attn_table[t], u1.attn_n_kv = &u.attn_n_kv[t];
+        tens q1 = mk_f32(devs[0], q + (size_t)t * width, width, 1, 0), d1 = mk_f32(devs[0], NULL, width, 1, 0);
+        for (int i = 0; i < 3; i++) {
+            KT_CHECK_OK(bk->set_ubatch(devs[i], &u1));
+            KT_CHECK_OK(bk->attention(devs[i], &q1.t, kc, vc, &at, &d1.t));
+            rd_f32(devs[i], &d1, one);
+            same &= memcmp(one, all + (size_t)t * width, (size_t)width * 4) == 0;
+        }
+        free_t(&q1), free_t(&d1);
+    }
+    KT_CHECKF(same, "attention isa %d heads %u/%u dim %u: a token alone differs from the batch", isa, c->n_head,
+              c->n_head_kv, D);
+    free_t(&tq), free_t(&td);
+    bk->buffer_free(kc), bk->buffer_free(vc);
+    free(q), free(all), free(one);
+    for (int i = 0; i < 3; i++) bk->device_close(devs[i]);
+}
+
+static void test_attention_invariance(void) {
+    kiln_bk_device *probe = open_dev(1);
+    int best = probe->isa;
+    bk->device_close(probe);
+    for (int isa = best; isa >= KILN_CPU_ISA_SCALAR; isa--)
+        for (size_t i = 0; i < KILN_ARRAY_LEN(attn_cases); i++) attention_invariance_case(isa, &attn_cases[i], 500 + i);
+}
+
 static void test_attention_errors(void) {
     kiln_bk_device *dev = open_dev(1);
     kiln_bk_buffer *kc, *vc;
@@ -1163,6 +1220,7 @@ int main(void) {
     KT_RUN(test_get_rows);
     KT_RUN(test_kv_store);
     KT_RUN(test_attention);
+    KT_RUN(test_attention_invariance);
     KT_RUN(test_attention_errors);
     KT_RUN(test_matmul_driver);
     KT_RUN(test_matmul_types);
