@@ -950,6 +950,18 @@ static void test_matmul_types(void) {
             rd_f32(devs, &td, os);
             KT_CHECKF(memcmp(o1, o2, (size_t)(n * m) * 4) == 0, "matmul %s: 1 vs 2 threads differ",
                       kiln_type_name(type));
+            /* each activation row alone gives the same bits as in the batch
+             * (decoding token by token must match a batched verify) */
+            bool alone_same = true;
+            for (int64_t j = 0; j < m && m > 1; j += 7) {
+                kiln_bk_tensor x1 = tx.t, d1 = td.t;
+                x1.offset = (uint64_t)j * tx.t.row_stride, x1.ne[1] = 1;
+                d1.offset = (uint64_t)j * td.t.row_stride, d1.ne[1] = 1;
+                KT_CHECK_OK(bk->matmul(dev2, &tw.t, &x1, &d1));
+                alone_same &= memcmp((uint8_t *)bk->buffer_host_ptr(td.buf) + d1.offset, o1 + j * n, (size_t)n * 4) == 0;
+            }
+            KT_CHECKF(alone_same, "matmul %s %lldx%lldx%lld: a row alone differs from the batch", kiln_type_name(type),
+                      (long long)k, (long long)n, (long long)m);
             double worst = 0, worst_s = 0, tol = act_tol(tr->act_type);
             for (int64_t j = 0; j < m; j++)
                 for (int64_t i = 0; i < n; i++) {
