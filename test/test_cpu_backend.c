@@ -318,8 +318,12 @@ typedef struct {
     kiln_bk_ubatch ub;
 } ubatch_buf;
 
+/* First position of sequence 0 in make_ubatch (a prefill continuing a
+ * cached prefix). */
+static int ubatch_start0 = 10;
+
 /* Three sequences with their own shuffled block tables, tokens
- * interleaved: seq 0 prefill at positions 10..10+n0-1, seq 1 one decode
+ * interleaved: seq 0 prefill at positions start0..start0+n0-1, seq 1 one decode
  * token at pos1, seq 2 from 0. Returns n_tokens. */
 static uint32_t make_ubatch(ubatch_buf *u, uint32_t block_size, uint32_t n_blocks_total, int n0, int pos1,
                             int n2) {
@@ -337,7 +341,7 @@ static uint32_t make_ubatch(ubatch_buf *u, uint32_t block_size, uint32_t n_block
     int per_seq = (int)n_blocks_total / 3;
     int32_t tab_off[3] = {0, per_seq, 2 * per_seq};
     memcpy(u->blocks, perm, n_blocks_total * sizeof(int32_t));
-    int start[3] = {10, pos1, 0}, count[3] = {n0, 1, n2}, done[3] = {0, 0, 0};
+    int start[3] = {ubatch_start0, pos1, 0}, count[3] = {n0, 1, n2}, done[3] = {0, 0, 0};
     uint32_t n = 0;
     while (done[0] < count[0] || done[1] < count[1] || done[2] < count[2]) {
         for (int s = 2; s >= 0; s--) { /* out of table order on purpose */
@@ -647,6 +651,7 @@ static void test_kv_store(void) {
 typedef struct {
     uint32_t n_head, n_head_kv, head_dim, block_size, n_blocks;
     int n0, pos1, n2;
+    int start0; /* first position of sequence 0 (0: 10) */
 } attn_case;
 
 /* Runs one attention case on dev; returns the output (caller frees) and
@@ -654,7 +659,9 @@ typedef struct {
 static float *attention_case(kiln_bk_device *dev, const attn_case *c, uint64_t seed, bool check) {
     rng_state = seed;
     ubatch_buf u;
+    ubatch_start0 = c->start0 ? c->start0 : 10;
     uint32_t n = make_ubatch(&u, c->block_size, c->n_blocks, c->n0, c->pos1, c->n2);
+    ubatch_start0 = 10;
     /* one token that attends to nothing */
     if (n > 1) u.attn_n_kv[n - 1] = 0;
     KT_CHECK_OK(bk->set_ubatch(dev, &u.ub));
@@ -723,14 +730,15 @@ static float *attention_case(kiln_bk_device *dev, const attn_case *c, uint64_t s
 }
 
 static const attn_case attn_cases[] = {
-    {8, 2, 64, 16, 120, 9, 700, 5},   /* the tiny model's shape, GQA 4 */
-    {4, 4, 24, 7, 300, 3, 650, 17},   /* no GQA, odd block size */
-    {6, 3, 20, 16, 90, 20, 400, 2},   /* head_dim not a multiple of 8: scalar path */
-    {2, 1, 128, 32, 96, 1, 2000, 1},  /* one KV head: few items, split positions */
-    {16, 2, 32, 16, 60, 40, 5, 33},   /* GQA 8, many prefill tokens */
-    {2, 1, 64, 16, 400, 0, 3000, 0},  /* one long decode: positions split over items */
-    {8, 2, 64, 16, 400, 0, 1000, 0},  /* decode, GQA */
-    {6, 6, 32, 16, 60, 3, 100, 2},    /* tiles of 1-3 tokens with their own lengths, few rows */
+    {8, 2, 64, 16, 120, 9, 700, 5, 0},   /* the tiny model's shape, GQA 4 */
+    {4, 4, 24, 7, 300, 3, 650, 17, 0},   /* no GQA, odd block size */
+    {6, 3, 20, 16, 90, 20, 400, 2, 0},   /* head_dim not a multiple of 8: scalar path */
+    {2, 1, 128, 32, 96, 1, 2000, 1, 0},  /* one KV head: few items, split positions */
+    {16, 2, 32, 16, 60, 40, 5, 33, 0},   /* GQA 8, many prefill tokens */
+    {2, 1, 64, 16, 400, 0, 3000, 0, 0},  /* one long decode: positions split over items */
+    {8, 2, 64, 16, 400, 0, 1000, 0, 0},  /* decode, GQA */
+    {6, 6, 32, 16, 60, 3, 100, 2, 0},    /* tiles of 1-3 tokens with their own lengths, few rows */
+    {8, 2, 64, 32, 200, 28, 5, 3, 1024}, /* a prefill ubatch deep in a long context */
 };
 
 static void test_attention(void) {
@@ -750,7 +758,9 @@ static void attention_invariance_case(int isa, const attn_case *c, uint64_t seed
     for (int i = 0; i < 3; i++) kiln_cpu_device_set_isa(devs[i], isa);
     rng_state = seed;
     ubatch_buf u;
+    ubatch_start0 = c->start0 ? c->start0 : 10;
     uint32_t n = make_ubatch(&u, c->block_size, c->n_blocks, c->n0, c->pos1, c->n2);
+    ubatch_start0 = 10;
     const uint32_t D = c->head_dim, kv_dim = c->n_head_kv * D, width = c->n_head * D;
     const size_t cells = u.ub.n_cells;
     kiln_bk_buffer *kc, *vc;
