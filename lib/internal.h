@@ -49,6 +49,18 @@ void kiln_logger_init(kiln_logger *lg, kiln_log_fn fn, void *user, int32_t level
 /* lg may be NULL (process default). */
 void kiln_log(const kiln_logger *lg, int32_t level, const char *fmt, ...) KILN_PRINTF(3, 4);
 
+/* ---- versioned params structs ---- */
+
+/* Writes the defaults in `full` (full_size bytes) to a caller's struct of
+ * `size` bytes: never more than the caller's size, and struct_size set to
+ * what was written. The body of every kiln_*_init_sized(). */
+void kiln_params_emit(void *dst, uint32_t size, void *full, size_t full_size);
+
+/* Copies a caller's versioned params struct over defaults: reads only the
+ * first src->struct_size bytes. KILN_E_INVALID_ARG if struct_size is too
+ * small to hold itself. `dst` must already hold the defaults. */
+kiln_status kiln_params_copy(void *dst, size_t dst_size, const void *src);
+
 /* ---- allocation --------------------------------------------------------- */
 
 /* All host allocations of the library go through these so that tests can

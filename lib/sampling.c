@@ -38,6 +38,7 @@
 typedef struct kiln_sampling_cand {
     int32_t id;
     float logit;
+    double w;       /* exp(logit - max), filled by the stages that need it */
 } kiln_sampling_cand;
 
 struct kiln_sampler {
@@ -134,19 +135,19 @@ static double kiln_sampling_exp(double x) {
 
 /* ---- params ------------------------------------------------------------- */
 
-void kiln_sampler_params_init(kiln_sampler_params *p) {
-    if (!p) return;
-    memset(p, 0, sizeof *p);
-    p->struct_size = sizeof *p;
-    p->temperature = 0.8f;
-    p->top_k = 40;
-    p->top_p = 0.95f;
-    p->min_p = 0.05f;
-    p->repeat_penalty = 1.0f;
-    p->freq_penalty = 0.0f;
-    p->presence_penalty = 0.0f;
-    p->penalty_last_n = 64;
-    p->seed = 0xC0FFEE;
+void kiln_sampler_params_init_sized(kiln_sampler_params *p, uint32_t size) {
+    kiln_sampler_params d;
+    memset(&d, 0, sizeof d);
+    d.temperature = 0.8f;
+    d.top_k = 40;
+    d.top_p = 0.95f;
+    d.min_p = 0.05f;
+    d.repeat_penalty = 1.0f;
+    d.freq_penalty = 0.0f;
+    d.presence_penalty = 0.0f;
+    d.penalty_last_n = 64;
+    d.seed = 0xC0FFEE;
+    kiln_params_emit(p, size, &d, sizeof d);
 }
 
 static kiln_status kiln_sampling_check_params(const kiln_sampler_params *p) {
@@ -331,6 +332,57 @@ static void kiln_sampling_top_k(kiln_sampling_cand *c, int32_t n, int32_t k) {
     qsort(c, (size_t)k, sizeof *c, kiln_sampling_cmp);
 }
 
+static inline void kiln_sampling_swap(kiln_sampling_cand *a, kiln_sampling_cand *b) {
+    kiln_sampling_cand t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Top-p without a prior sort: reorders c[0..n) (weights in .w) so that
+ * c[0..keep) is the smallest set of best candidates whose weight reaches
+ * target, and returns keep. A full sort of a large vocabulary costs
+ * milliseconds per token; this is a quickselect on the total order that only
+ * keeps partitioning the part holding the cut (expected O(n)) and sorts the
+ * last small window. The kept set comes back in a deterministic (partition)
+ * order, which is all the draw needs. */
+static int32_t kiln_sampling_nucleus(kiln_sampling_cand *c, int32_t n, double target) {
+    int32_t lo = 0, hi = n;   /* c[0..lo) kept, c[hi..n) dropped */
+    double acc = 0.0;         /* weight of c[0..lo) */
+    while (hi - lo > 32) {
+        /* median of three as the pivot, parked at hi - 1 */
+        int32_t a = lo, b = lo + (hi - lo) / 2, e = hi - 1;
+        if (kiln_sampling_better(&c[b], &c[a])) kiln_sampling_swap(&c[a], &c[b]);
+        if (kiln_sampling_better(&c[e], &c[b])) kiln_sampling_swap(&c[b], &c[e]);
+        if (kiln_sampling_better(&c[b], &c[a])) kiln_sampling_swap(&c[a], &c[b]);
+        kiln_sampling_swap(&c[b], &c[e]);
+        const kiln_sampling_cand pv = c[e];
+        int32_t j = lo;
+        double better_w = 0.0;
+        for (int32_t i = lo; i < e; i++) {
+            if (kiln_sampling_better(&c[i], &pv)) {
+                better_w += c[i].w;
+                kiln_sampling_swap(&c[i], &c[j]);
+                j++;
+            }
+        }
+        kiln_sampling_swap(&c[j], &c[e]);   /* pivot in its final place */
+        if (acc + better_w >= target) {
+            hi = j;                          /* the cut is among the better ones */
+        } else if (acc + better_w + c[j].w >= target) {
+            return j + 1;                    /* the pivot completes the nucleus */
+        } else {
+            acc += better_w + c[j].w;
+            lo = j + 1;
+        }
+    }
+    qsort(c + lo, (size_t)(hi - lo), sizeof *c, kiln_sampling_cmp);
+    for (int32_t i = lo; i < hi; i++) {
+        acc += c[i].w;
+        if (acc >= target) return i + 1;
+    }
+    return hi > 0 ? hi : 1;   /* rounding left the target just out of reach */
+}
+
 kiln_status kiln_sampler_sample(kiln_sampler *s, const float *logits, int32_t n_vocab,
                                 int32_t *token) {
     kiln_error_clear();
@@ -373,31 +425,34 @@ kiln_status kiln_sampler_sample(kiln_sampler *s, const float *logits, int32_t n_
         }
 
         if (p->top_p < 1.0f && n > 1) {
-            /* Probabilities over the current candidates (T = 1). */
+            /* Weights over the current candidates (T = 1) and their sum. */
             double z = 0.0;
-            for (int32_t i = 0; i < n; i++) z += kiln_sampling_exp((double)c[i].logit - lmax);
-            if (!sorted) {
-                /* Only the nucleus needs an order. When min-p follows, what it
-                 * would drop is a strict tail of the sorted order and does not
-                 * change z, so drop it before sorting the (usually few) rest. */
+            for (int32_t i = 0; i < n; i++) {
+                c[i].w = kiln_sampling_exp((double)c[i].logit - lmax);
+                z += c[i].w;
+            }
+            const double target = (double)p->top_p * z;
+            if (sorted) {
+                double cum = 0.0;
+                int32_t keep = n;
+                for (int32_t i = 0; i < n; i++) {
+                    cum += c[i].w;
+                    if (cum >= target) { keep = i + 1; break; }
+                }
+                n = keep;
+            } else {
+                /* What min-p will drop is a strict tail of the sorted order
+                 * and z is already known, so dropping it first changes
+                 * nothing but the work left for the nucleus search. */
                 if (p->min_p > 0.0f) {
                     int32_t m = 0;
                     for (int32_t i = 0; i < n; i++)
-                        if (kiln_sampling_exp((double)c[i].logit - lmax) >= (double)p->min_p)
-                            c[m++] = c[i];
-                    n = m > 0 ? m : 1;   /* m == 0 only if min_p > 1: keep the best */
-                    if (m == 0) c[0] = (kiln_sampling_cand){best, (float)lmax};
+                        if (c[i].w >= (double)p->min_p) c[m++] = c[i];
+                    if (m == 0) c[m++] = (kiln_sampling_cand){best, (float)lmax, 1.0};
+                    n = m;
                 }
-                qsort(c, (size_t)n, sizeof *c, kiln_sampling_cmp);
-                sorted = true;
+                n = kiln_sampling_nucleus(c, n, target);
             }
-            double target = (double)p->top_p * z, cum = 0.0;
-            int32_t keep = n;
-            for (int32_t i = 0; i < n; i++) {
-                cum += kiln_sampling_exp((double)c[i].logit - lmax);
-                if (cum >= target) { keep = i + 1; break; }
-            }
-            n = keep;
         }
 
         if (p->min_p > 0.0f && n > 1) {
@@ -405,7 +460,7 @@ kiln_status kiln_sampler_sample(kiln_sampler *s, const float *logits, int32_t n_
             for (int32_t i = 0; i < n; i++)
                 if (kiln_sampling_exp((double)c[i].logit - lmax) >= (double)p->min_p) c[m++] = c[i];
             if (m == 0) {   /* min_p > 1 removes even the best: keep it */
-                c[0] = (kiln_sampling_cand){best, (float)lmax};
+                c[0] = (kiln_sampling_cand){best, (float)lmax, 1.0};
                 m = 1;
             }
             n = m;
@@ -414,17 +469,18 @@ kiln_status kiln_sampler_sample(kiln_sampler *s, const float *logits, int32_t n_
         /* Temperature, softmax and the draw, in candidate order. */
         const double inv_t = 1.0 / (double)p->temperature;
         double sum = 0.0;
-        for (int32_t i = 0; i < n; i++)
-            sum += kiln_sampling_exp(((double)c[i].logit - lmax) * inv_t);
+        for (int32_t i = 0; i < n; i++) {
+            c[i].w = kiln_sampling_exp(((double)c[i].logit - lmax) * inv_t);
+            sum += c[i].w;
+        }
         double target = kiln_sampling_uniform(s) * sum, cum = 0.0;
         /* target < sum, so the walk ends inside; should rounding say
          * otherwise, take the last candidate that had any weight (never one
          * of weight 0, e.g. a -inf logit). The best one always has weight 1. */
         chosen = best;
         for (int32_t i = 0; i < n; i++) {
-            double w = kiln_sampling_exp(((double)c[i].logit - lmax) * inv_t);
-            if (w > 0.0) chosen = c[i].id;
-            cum += w;
+            if (c[i].w > 0.0) chosen = c[i].id;
+            cum += c[i].w;
             if (cum > target) break;
         }
     }

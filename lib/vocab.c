@@ -104,31 +104,43 @@ static const char *tok_text(const kiln_vocab *v, int32_t id, size_t *len) {
     return v->text + v->tok[id].text_off;
 }
 
-int32_t kiln_vocab_find(const kiln_vocab *v, const char *s, size_t n) {
+/* The slot of token text s[0..n) in the id table: its entry, or the empty
+ * slot where it would go. */
+static size_t token_slot(const kiln_vocab *v, const char *s, size_t n) {
     size_t i = (size_t)kiln_vocab_hash(s, n) & v->tmap_mask;
     for (uint32_t e; (e = v->tmap[i]) != 0; i = (i + 1) & v->tmap_mask) {
         const kiln_vtoken *t = &v->tok[e - 1];
-        if (t->text_len == n && memcmp(v->text + t->text_off, s, n) == 0) return (int32_t)(e - 1);
+        if (t->text_len == n && memcmp(v->text + t->text_off, s, n) == 0) break;
     }
-    return -1;
+    return i;
+}
+
+int32_t kiln_vocab_find(const kiln_vocab *v, const char *s, size_t n) {
+    return (int32_t)v->tmap[token_slot(v, s, n)] - 1;
 }
 
 static uint64_t pair_hash(const char *l, size_t ln, const char *r, size_t rn) {
     return mix64(kiln_vocab_hash(l, ln) * 0x9E3779B97F4A7C15ull + kiln_vocab_hash(r, rn));
 }
 
-int32_t kiln_vocab_merge_rank(const kiln_vocab *v, const char *l, size_t ln, const char *r,
-                              size_t rn) {
-    if (!v->mmap) return -1;
+/* The slot of the merge (l, r) in the rank table: its entry or an empty
+ * slot. */
+static size_t merge_slot(const kiln_vocab *v, const char *l, size_t ln, const char *r, size_t rn) {
     size_t i = (size_t)pair_hash(l, ln, r, rn) & v->mmap_mask;
     for (uint32_t e; (e = v->mmap[i]) != 0; i = (i + 1) & v->mmap_mask) {
         const kiln_merge *m = &v->merges[e - 1];
         const char *mt = v->merge_text + m->off;
         if (m->llen == ln && m->rlen == rn && memcmp(mt, l, ln) == 0 &&
             memcmp(mt + ln + 1, r, rn) == 0)
-            return (int32_t)(e - 1);
+            break;
     }
-    return -1;
+    return i;
+}
+
+int32_t kiln_vocab_merge_rank(const kiln_vocab *v, const char *l, size_t ln, const char *r,
+                              size_t rn) {
+    if (!v->mmap) return -1;
+    return (int32_t)v->mmap[merge_slot(v, l, ln, r, rn)] - 1;
 }
 
 /* Open-addressing table size for n entries (load <= 1/2). */
@@ -314,15 +326,14 @@ static kiln_status load_tokens(const kiln_gguf *g, kiln_vocab *v) {
         t->attr = types ? attr_of_type(type) : KILN_ATTR_NORMAL;
 
         const char *txt = v->text + t->text_off;
-        int32_t dup = kiln_vocab_find(v, txt, t->text_len);
-        if (dup >= 0) {
-            st = kiln_error(KILN_E_FORMAT, "vocab: duplicate token '%.*s' (ids %d and %llu)",
-                            (int)KILN_MIN(t->text_len, 64u), txt, dup, (unsigned long long)i);
+        size_t slot = token_slot(v, txt, t->text_len);
+        if (v->tmap[slot]) {
+            st = kiln_error(KILN_E_FORMAT, "vocab: duplicate token '%.*s' (ids %u and %llu)",
+                            (int)KILN_MIN(t->text_len, 64u), txt, v->tmap[slot] - 1,
+                            (unsigned long long)i);
             break;
         }
-        size_t h = (size_t)kiln_vocab_hash(txt, t->text_len) & v->tmap_mask;
-        while (v->tmap[h]) h = (h + 1) & v->tmap_mask;
-        v->tmap[h] = (uint32_t)i + 1;
+        v->tmap[slot] = (uint32_t)i + 1;
     }
     kiln_free(scores);
     kiln_free(types);
@@ -377,10 +388,8 @@ static kiln_status load_merges(const kiln_gguf *g, kiln_vocab *v) {
         m->llen = (uint32_t)(sp - s);
         m->rlen = (uint32_t)(len - m->llen - 1);
         const char *l = v->merge_text + m->off;
-        if (kiln_vocab_merge_rank(v, l, m->llen, l + m->llen + 1, m->rlen) >= 0) continue;
-        size_t h = (size_t)pair_hash(l, m->llen, l + m->llen + 1, m->rlen) & v->mmap_mask;
-        while (v->mmap[h]) h = (h + 1) & v->mmap_mask;
-        v->mmap[h] = (uint32_t)i + 1;
+        size_t slot = merge_slot(v, l, m->llen, l + m->llen + 1, m->rlen);
+        if (!v->mmap[slot]) v->mmap[slot] = (uint32_t)i + 1;
     }
     return KILN_OK;
 }

@@ -16,19 +16,19 @@
 #include "kiln.h"
 #include "kt.h"
 
-#pragma weak kiln_model_params_init
+#pragma weak kiln_model_params_init_sized
 #pragma weak kiln_model_load
 #pragma weak kiln_model_free
-#pragma weak kiln_model_info_init
+#pragma weak kiln_model_info_init_sized
 #pragma weak kiln_model_get_info
-#pragma weak kiln_context_params_init
+#pragma weak kiln_context_params_init_sized
 #pragma weak kiln_context_create
 #pragma weak kiln_context_free
-#pragma weak kiln_batch_init
+#pragma weak kiln_batch_init_sized
 #pragma weak kiln_decode
 #pragma weak kiln_context_logits
 #pragma weak kiln_model_n_vocab
-#pragma weak kiln_sampler_params_init
+#pragma weak kiln_sampler_params_init_sized
 #pragma weak kiln_sampler_create
 #pragma weak kiln_sampler_free
 #pragma weak kiln_sampler_sample
@@ -67,7 +67,7 @@ static void fill_garbage(garbage_buf *g) { memset(g, GARBAGE, sizeof *g); }
 
 /* Skips unless the library's _init functions are there and set struct_size. */
 static int params_functional(void) {
-    if (!kiln_context_params_init || !kiln_model_params_init || !kiln_model_load ||
+    if (!kiln_context_params_init_sized || !kiln_model_params_init_sized || !kiln_model_load ||
         !kiln_model_free)
         return 0;
     kiln_context_params p;
@@ -110,7 +110,7 @@ static void test_model_params_truncated(void) {
 
 static void test_model_info_written_up_to_struct_size(void) {
     if (!params_functional()) KT_SKIP("params _init functions not functional yet");
-    if (!kiln_model_get_info || !kiln_model_info_init) KT_SKIP("kiln_model_get_info missing");
+    if (!kiln_model_get_info || !kiln_model_info_init_sized) KT_SKIP("kiln_model_get_info missing");
     if (!kt_shared(MODEL)) KT_SKIP("../shared/" MODEL " not found");
     kiln_model *m = load_with(NULL);
     if (!m) return;
@@ -149,7 +149,7 @@ static int decode_logits(kiln_model *m, const void *params, float *out, int32_t 
 
 static void test_context_params_truncated(void) {
     if (!params_functional()) KT_SKIP("params _init functions not functional yet");
-    if (!kiln_context_create || !kiln_decode || !kiln_context_logits || !kiln_batch_init ||
+    if (!kiln_context_create || !kiln_decode || !kiln_context_logits || !kiln_batch_init_sized ||
         !kiln_model_n_vocab)
         KT_SKIP("context/decode functions missing");
     if (!kt_shared(MODEL)) KT_SKIP("../shared/" MODEL " not found");
@@ -196,7 +196,7 @@ static void test_context_params_truncated(void) {
 }
 
 static void test_sampler_params_truncated(void) {
-    if (!kiln_sampler_params_init || !kiln_sampler_create || !kiln_sampler_sample ||
+    if (!kiln_sampler_params_init_sized || !kiln_sampler_create || !kiln_sampler_sample ||
         !kiln_sampler_free)
         KT_SKIP("sampler functions missing");
     kiln_sampler_params full;

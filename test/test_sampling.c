@@ -222,10 +222,12 @@ static void test_chain_matches_reference(void) {
         }
         order[j + 1] = v;
     }
-    const int ks[3] = {0, 50, 5};
-    const float ps[3] = {0.9f, 0.5f, 1.0f};
-    const float mps[3] = {0.02f, 0.0f, 0.3f};
-    for (int c = 0; c < 3; c++) {
+    /* cases: top-p with the min-p shortcut, top-k then top-p, top-k then
+     * min-p, and top-p alone over hundreds of survivors (the quickselect) */
+    const int ks[5] = {0, 50, 5, 0, 0};
+    const float ps[5] = {0.9f, 0.5f, 1.0f, 0.99f, 0.6f};
+    const float mps[5] = {0.02f, 0.0f, 0.3f, 0.0f, 0.0f};
+    for (int c = 0; c < 5; c++) {
         int n = ks[c] > 0 ? ks[c] : N;
         double m = l[order[0]], z = 0;
         for (int i = 0; i < n; i++) z += exp(l[order[i]] - m);

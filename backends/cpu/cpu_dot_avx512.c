@@ -19,6 +19,12 @@
  *     activation's 16-element partial sums.
  * Partial 32-blocks (an odd block count) run the same step with the upper
  * half of every vector zeroed.
+ *
+ * The quantized types advertise tile_nc = 64: a call with 4 or more
+ * activation rows unpacks its weight rows once into a stack panel (see
+ * "packed weight panels" below) and sweeps the activations over it, which
+ * is what makes prefill fast; a call with 1..3 rows (decode) streams the
+ * weights directly.
  */
 #include "cpu_dot.h"
 #include "quant.h"
@@ -32,53 +38,8 @@
 #define INL static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 16")
 
-#define MAXR 8 /* largest register tile used below */
-#define MAXC 4
-
-/* A register-tile kernel: res[r * MAXC + c] = dot(w[r], a[c]). */
-typedef void (*micro_fn)(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res);
-
-/* Walks an nr x nc tile in MR x MC register tiles. Weight rows past nr
- * repeat the last row (their results are dropped), so one kernel shape
- * serves every nr; micro[c - 1] handles c activation rows. */
-static void drive(int64_t k, float *out, size_t ldo, const void *w, size_t w_stride, int nr, const void *act,
-                  size_t act_stride, int nc, int MR, int MC, const micro_fn *micro) {
-    for (int i = 0; i < nr; i += MR) {
-        const uint8_t *wp[MAXR];
-        int rn = nr - i < MR ? nr - i : MR;
-        for (int r = 0; r < MR; r++) wp[r] = (const uint8_t *)w + (size_t)(i + (r < rn ? r : rn - 1)) * w_stride;
-        for (int j = 0; j < nc; j += MC) {
-            int cn = nc - j < MC ? nc - j : MC;
-            const uint8_t *ap[MAXC];
-            for (int c = 0; c < cn; c++) ap[c] = (const uint8_t *)act + (size_t)(j + c) * act_stride;
-            float res[MAXR * MAXC];
-            micro[cn - 1](k, wp, ap, res);
-            for (int c = 0; c < cn; c++)
-                for (int r = 0; r < rn; r++) out[(size_t)(j + c) * ldo + i + r] = res[r * MAXC + c];
-        }
-    }
-}
-
-/* Instantiates name_RxC for C = 1..4 from name_body(..., R, C) and the
- * tile entry point. */
-#define KILN_TILES(name, R, C, ATTR)                                                                        \
-    ATTR static void name##_m1(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, 1);                                                                \
-    }                                                                                                   \
-    ATTR static void name##_m2(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, C >= 2 ? 2 : 1);                                                   \
-    }                                                                                                   \
-    ATTR static void name##_m3(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, C >= 3 ? 3 : 1);                                                   \
-    }                                                                                                   \
-    ATTR static void name##_m4(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res) { \
-        name##_body(k, w, a, res, R, C >= 4 ? 4 : 1);                                                   \
-    }                                                                                                   \
-    static const micro_fn name##_micro[4] = {name##_m1, name##_m2, name##_m3, name##_m4};             \
-    static void name##_tile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,        \
-                            const void *act, size_t as, int nc) {                                       \
-        drive(k, out, ldo, w, ws, nr, act, as, nc, R, C, name##_micro);                                \
-    }
+#define MAXR KILN_DOT_MAXR
+#define MAXC KILN_DOT_MAXC
 
 /* ---- helpers -------------------------------------------------------------------- */
 
@@ -170,6 +131,8 @@ T512 INL __m512 ld_f16_mask(const uint8_t *p, int64_t i, __mmask16 m) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p + 2 * i));
 }
 
+/* F16 x F16 (activations rounded to F16, as llama.cpp does), products and
+ * sums in F32. */
 T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const *a, float *res, const int R, const int C) {
     __m512 acc[MAXR][MAXC];
     UNROLL for (int r = 0; r < R; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
@@ -193,10 +156,10 @@ T512 INL void f16_body(int64_t k, const uint8_t *const *w, const uint8_t *const 
     }
     reduce_store(acc, res, R, C);
 }
-KILN_TILES(f16, 5, 4, T512)
+KILN_TILES8(f16, 5, 5, T512)
 
-/* F16 activations: vector conversion, identical to kiln_fp32_to_fp16 (both
- * round to nearest even, keep subnormals, inf and NaN). */
+/* F16 activations: bit-identical to kiln_cpu_act_f16_scalar (both round to
+ * nearest even, keep subnormals, inf and NaN). */
 T512 static void act_f16(const float *x, void *dst, int64_t k) {
     uint8_t *h = dst;
     int64_t i = 0;
@@ -204,6 +167,27 @@ T512 static void act_f16(const float *x, void *dst, int64_t k) {
         _mm256_storeu_si256((__m256i *)(h + 2 * i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
     for (; i < k; i++) {
         uint16_t v = kiln_fp32_to_fp16(x[i]);
+        memcpy(h + 2 * i, &v, 2);
+    }
+}
+
+/* BF16 activations: round to nearest even in integer arithmetic, NaN kept
+ * quiet - bit-identical to kiln_fp32_to_bf16. (VCVTNEPS2BF16 would flush
+ * subnormals.) */
+T512 static void act_bf16(const float *x, void *dst, int64_t k) {
+    uint8_t *h = dst;
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff), absmask = _mm512_set1_epi32(0x7fffffff);
+    const __m512i inf = _mm512_set1_epi32(0x7f800000), quiet = _mm512_set1_epi32(0x40);
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m512i u = _mm512_loadu_si512(x + i);
+        __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one))), 16);
+        __mmask16 nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, absmask), inf);
+        __m512i r = _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), quiet);
+        _mm256_storeu_si256((__m256i *)(h + 2 * i), _mm512_cvtepi32_epi16(r));
+    }
+    for (; i < k; i++) {
+        uint16_t v = kiln_fp32_to_bf16(x[i]);
         memcpy(h + 2 * i, &v, 2);
     }
 }
@@ -425,20 +409,45 @@ T512 static void act_q8_1(const float *x, void *dst, int64_t k) {
     }
 }
 
-/* ---- K-quants x Q8_K ---------------------------------------------------------------------------------- */
-
-/* The 8 6-bit scales and mins of a Q4_K/Q5_K block as bytes. */
-INL void k4_unpack(const uint8_t *s12, uint64_t *sc, uint64_t *mn) {
-    uint32_t u0, u1, u2;
-    memcpy(&u0, s12, 4);
-    memcpy(&u1, s12 + 4, 4);
-    memcpy(&u2, s12 + 8, 4);
-    uint32_t sc_lo = u0 & 0x3f3f3f3fu, mn_lo = u1 & 0x3f3f3f3fu;
-    uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | (((u0 >> 6) & 0x03030303u) << 4);
-    uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | (((u1 >> 6) & 0x03030303u) << 4);
-    *sc = (uint64_t)sc_lo | ((uint64_t)sc_hi << 32);
-    *mn = (uint64_t)mn_lo | ((uint64_t)mn_hi << 32);
+/* Q8_K activations: ggml's reference Q8_K (as kiln_cpu_act_q8_K_scalar),
+ * vectorized: the scale comes from the first element of largest
+ * magnitude, q = round-half-even(-127 / max * x) capped at 127, and each
+ * vector of 16 values is one of the 16-element partial sums. */
+T512 static void act_q8_K(const float *x, void *dst, int64_t k) {
+    kiln_block_q8_K *y = dst;
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < k / 256; b++, x += 256) {
+        __m512 amax = _mm512_setzero_ps();
+        for (int j = 0; j < 16; j++) amax = _mm512_max_ps(amax, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + 16 * j)));
+        float m = _mm512_reduce_max_ps(amax);
+        if (!(m > 0.f)) { /* all zero (or NaN): an all-zero block, like the reference */
+            memset(&y[b], 0, sizeof y[b]);
+            if (m != m) kiln_cpu_act_q8_K_scalar(x, &y[b], 256);
+            continue;
+        }
+        float max = 0.f;
+        __m512 vm = _mm512_set1_ps(m);
+        for (int j = 0; j < 16; j++) {
+            __mmask16 eq = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + 16 * j)), vm, _CMP_EQ_OQ);
+            if (eq) {
+                max = x[16 * j + __builtin_ctz(eq)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m512 vs = _mm512_set1_ps(iscale);
+        const __m512i hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-128);
+        for (int j = 0; j < 16; j++) {
+            __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            __m512i q = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(v), hi), lo);
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * j), _mm512_cvtepi32_epi8(q));
+            y[b].bsums[j] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        y[b].d = 1.f / iscale;
+    }
 }
+
+/* ---- K-quants x Q8_K ---------------------------------------------------------------------------------- */
 
 /* Scale vector of 64-element chunk c for VPDPWSSD: 16-bit lanes, the first
  * 16 (elements 0..31) sub-block 2c's scale, the next 16 sub-block 2c + 1's. */
@@ -465,7 +474,7 @@ T512 INL void q45_K_sb(__m512 acc[MAXR][MAXC], const uint8_t *const *w, const ui
         wd[r] = _cvtsh_ss(kiln_cpu_rd16(p));
         wdm[r] = _cvtsh_ss(kiln_cpu_rd16(p + 2));
         uint64_t sc, mn;
-        k4_unpack(p + 4, &sc, &mn);
+        kiln_cpu_k4_unpack(p + 4, &sc, &mn);
         sc16[r] = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
         __m128i m8 = _mm_cvtsi64_si128((long long)mn);
         mn16[r] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)); /* each min twice: one per 16-sum */
@@ -585,22 +594,310 @@ T512 INL void q6_K_body(int64_t k, const uint8_t *const *w, const uint8_t *const
 }
 KILN_TILES(q6_K, 2, 4, T512)
 
+/* ---- packed weight panels ------------------------------------------------------------
+ *
+ * When a call covers many activation rows, the weight rows are unpacked
+ * once into a panel on the stack (values ready for VPDPBUSD / VPMADDUBSW,
+ * scales as float or int16 vectors) and the activation rows then sweep
+ * over it in register tiles of many weight rows x few activation rows: the
+ * unpacking is paid once per call instead of once per register tile, and
+ * each prepared activation vector meets 8 (or 4) weight rows. K is cut into
+ * passes so that the panel stays in L1; later passes add to `out`. */
+
+#define PANEL_BYTES (24 * 1024) /* stack use: a fraction of even small thread stacks */
+
+typedef void (*pack_fn)(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k, uint8_t *panel);
+typedef void (*pmicro_fn)(const uint8_t *panel, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res);
+
+typedef struct {
+    int PR, MC;          /* weight rows per panel; activation rows per register tile */
+    int64_t step_elems;  /* elements per panel step (64, or 256 for K-quants) */
+    size_t entry;        /* panel bytes per (step, weight row) */
+    pack_fn pack;
+    const pmicro_fn *micro; /* micro[c - 1]: c activation rows */
+} panel_desc;
+
+static void panel_drive(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr, const void *act,
+                        size_t as, int nc, const panel_desc *pd) {
+    uint8_t panel[PANEL_BYTES] __attribute__((aligned(64)));
+    const int64_t nsteps = (k + pd->step_elems - 1) / pd->step_elems;
+    const int64_t max_steps = PANEL_BYTES / ((int64_t)pd->PR * (int64_t)pd->entry);
+    for (int i = 0; i < nr; i += pd->PR) {
+        int rn = nr - i < pd->PR ? nr - i : pd->PR;
+        for (int64_t s0 = 0; s0 < nsteps; s0 += max_steps) {
+            int64_t ns = nsteps - s0 < max_steps ? nsteps - s0 : max_steps;
+            pd->pack((const uint8_t *)w + (size_t)i * ws, ws, rn, s0, ns, k, panel);
+            for (int j = 0; j < nc; j += pd->MC) {
+                int cn = nc - j < pd->MC ? nc - j : pd->MC;
+                const uint8_t *ap[MAXC];
+                for (int c = 0; c < cn; c++) ap[c] = (const uint8_t *)act + (size_t)(j + c) * as;
+                float res[MAXR * MAXC];
+                pd->micro[cn - 1](panel, s0, ns, k, ap, res);
+                for (int c = 0; c < cn; c++) {
+                    float *o = out + (size_t)(j + c) * ldo + i;
+                    for (int r = 0; r < rn; r++) o[r] = s0 ? o[r] + res[r * MAXC + c] : res[r * MAXC + c];
+                }
+            }
+        }
+    }
+}
+
+/* -- 32-element blocks: kind 0 Q8_0, 1 Q4_0, 2 Q5_0 (Q8_0 activations), 3 Q4_1, 4 Q5_1 (Q8_1).
+ * Entry: [0, 64) the 64 quants of blocks 2s, 2s + 1 as u8 (Q8_0: w + 128,
+ * whose bias the activation's block sums take out, like the zero points of
+ * Q4_0/Q5_0); [64, 128) the float scales [d0 x 8, d1 x 8]; Q4_1/Q5_1:
+ * [128, 192) the mins. */
+#define BLK_PR 8
+static const unsigned blk_wbs[5] = {sizeof(kiln_block_q8_0), sizeof(kiln_block_q4_0), sizeof(kiln_block_q5_0),
+                                    sizeof(kiln_block_q4_1), sizeof(kiln_block_q5_1)};
+
+T512 INL void blk_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k, uint8_t *panel,
+                       const int kind) {
+    const size_t bs = blk_wbs[kind], entry = kind <= 2 ? 128 : 192;
+    const int64_t nblk = k / 32;
+    for (int64_t s = 0; s < ns; s++) {
+        int64_t b = 2 * (s0 + s);
+        int two = b + 1 < nblk;
+        for (int r = 0; r < BLK_PR; r++) {
+            const uint8_t *p = w + (size_t)(r < rows ? r : rows - 1) * ws + (size_t)b * bs;
+            uint8_t *e = panel + ((size_t)s * BLK_PR + (size_t)r) * entry;
+            __m512i q;
+            if (kind == 0) {
+                q = _mm512_xor_si512(load_q8x2(p, bs, 2, two), _mm512_set1_epi8((char)0x80)); /* w + 128 as u8 */
+                if (!two) q = _mm512_maskz_mov_epi8(0xffffffffull, q); /* an absent block stays zero */
+            } else {
+                const size_t qoff = kind == 1 ? 2 : kind == 2 ? 6 : kind == 3 ? 4 : 8;
+                q = nibbles_x2(p + qoff, p + bs + qoff, two);
+                if (kind == 2 || kind == 4) {
+                    const size_t hoff = kind == 2 ? 2 : 4;
+                    uint32_t h0, h1 = 0;
+                    memcpy(&h0, p + hoff, 4);
+                    if (two) memcpy(&h1, p + bs + hoff, 4);
+                    q = _mm512_mask_add_epi8(q, (__mmask64)((uint64_t)h0 | ((uint64_t)h1 << 32)), q, _mm512_set1_epi8(16));
+                }
+                if (kind >= 3) _mm512_store_ps(e + 128, halves_x2(p + 2, bs, two, 0));
+            }
+            _mm512_store_si512(e, q);
+            _mm512_store_ps(e + 64, halves_x2(p, bs, two, 0));
+        }
+    }
+}
+
+T512 INL void blk_pmicro(const uint8_t *panel, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res,
+                         const int kind, const int C) {
+    const size_t entry = kind <= 2 ? 128 : 192;
+    const size_t abs_ = kind >= 3 ? sizeof(kiln_block_q8_1) : sizeof(kiln_block_q8_0), aq_off = kind >= 3 ? 4 : 2;
+    const int64_t nblk = k / 32;
+    const __m512i zero = _mm512_setzero_si512();
+    __m512 acc[MAXR][MAXC];
+    UNROLL for (int r = 0; r < BLK_PR; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; s++) {
+        int64_t b = 2 * (s0 + s);
+        int two = b + 1 < nblk;
+        __m512i aq[MAXC], ax[MAXC];
+        __m512 ad[MAXC], as[MAXC];
+        UNROLL for (int c = 0; c < C; c++) {
+            const uint8_t *p = a[c] + (size_t)b * abs_;
+            aq[c] = load_q8x2(p, abs_, aq_off, two);
+            ad[c] = halves_x2(p, abs_, two, 0);
+            if (kind <= 2) { /* -zp * sum(a) per int32 lane (zp: 128, 8, 16) */
+                const __m512i zp = _mm512_set1_epi8((char)(kind == 0 ? 0x80 : kind == 1 ? 8 : 16));
+                ax[c] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, zp, aq[c]));
+            }
+            if (kind >= 3) as[c] = halves_x2(p + 2, abs_, two, 1);
+        }
+        const uint8_t *e = panel + (size_t)s * BLK_PR * entry;
+        UNROLL for (int r = 0; r < BLK_PR; r++, e += entry) {
+            __m512i wq = _mm512_load_si512(e);
+            __m512 wd = _mm512_load_ps(e + 64);
+            UNROLL for (int c = 0; c < C; c++) {
+                __m512i sum;
+                if (kind <= 2) sum = _mm512_dpbusd_epi32(ax[c], wq, aq[c]);
+                else sum = _mm512_dpbusd_epi32(zero, wq, aq[c]);
+                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(wd, ad[c]), acc[r][c]);
+                if (kind >= 3) acc[r][c] = _mm512_fmadd_ps(_mm512_load_ps(e + 128), as[c], acc[r][c]);
+            }
+        }
+    }
+    reduce_store(acc, res, BLK_PR, C);
+}
+
+#define KILN_BLK_PANEL(name, kind)                                                                             \
+    T512 static void name##_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k,      \
+                                 uint8_t *panel) {                                                              \
+        blk_pack(w, ws, rows, s0, ns, k, panel, kind);                                                          \
+    }                                                                                                           \
+    T512 static void name##_pm1(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        blk_pmicro(pn, s0, ns, k, a, res, kind, 1);                                                             \
+    }                                                                                                           \
+    T512 static void name##_pm2(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        blk_pmicro(pn, s0, ns, k, a, res, kind, 2);                                                             \
+    }                                                                                                           \
+    static const pmicro_fn name##_pmicro[2] = {name##_pm1, name##_pm2};                                         \
+    static const panel_desc name##_panel = {BLK_PR, 2, 64, kind <= 2 ? 128 : 192, name##_pack,    \
+                                            name##_pmicro};                                                     \
+    static void name##_ptile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,               \
+                             const void *act, size_t as, int nc) {                                              \
+        if (nc < 4) name##_tile(k, out, ldo, w, ws, nr, act, as, nc);                                           \
+        else panel_drive(k, out, ldo, w, ws, nr, act, as, nc, &name##_panel);                                   \
+    }
+KILN_BLK_PANEL(q8_0, 0)
+KILN_BLK_PANEL(q4_0, 1)
+KILN_BLK_PANEL(q5_0, 2)
+KILN_BLK_PANEL(q4_1, 3)
+KILN_BLK_PANEL(q5_1, 4)
+
+/* -- K-quants: kind 0 Q4_K, 1 Q5_K, 2 Q6_K. Entry per (super-block, row):
+ * [0, 256) the 256 u8 values in chunk order; [256, 512) the four chunks'
+ * 16-bit scale vectors for VPDPWSSD; [512, 544) Q4_K/Q5_K: each min twice
+ * (16 x s16), Q6_K: the 16 scales (s16); [544, 548) d; [548, 552) dmin. */
+#define K_PR 4
+#define K_ENTRY 576
+
+T512 INL void k_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k, uint8_t *panel,
+                     const int kind) {
+    (void)k;
+    const size_t wbs = kind == 0 ? sizeof(kiln_block_q4_K) : kind == 1 ? sizeof(kiln_block_q5_K) : sizeof(kiln_block_q6_K);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int64_t s = 0; s < ns; s++) {
+        for (int r = 0; r < K_PR; r++) {
+            const uint8_t *p = w + (size_t)(r < rows ? r : rows - 1) * ws + (size_t)(s0 + s) * wbs;
+            uint8_t *e = panel + ((size_t)s * K_PR + (size_t)r) * K_ENTRY;
+            if (kind <= 1) {
+                float d = _cvtsh_ss(kiln_cpu_rd16(p)), dmin = _cvtsh_ss(kiln_cpu_rd16(p + 2));
+                uint64_t sc, mn;
+                kiln_cpu_k4_unpack(p + 4, &sc, &mn);
+                __m512i sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)sc)));
+                __m128i m8 = _mm_cvtsi64_si128((long long)mn);
+                _mm256_store_si256((__m256i *)(e + 512), _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8)));
+                memcpy(e + 544, &d, 4);
+                memcpy(e + 548, &dmin, 4);
+                __m512i qh = kind ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + 16))) : _mm512_setzero_si512();
+                const size_t qs_off = kind ? 48 : 16;
+                for (int ch = 0; ch < 4; ch++) {
+                    __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + qs_off + 32 * ch)));
+                    __m512i q = _mm512_and_si512(_mm512_srlv_epi64(x, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0)), m4);
+                    if (kind) {
+                        const long long b0 = (long long)(0x0101010101010101ull << (2 * ch));
+                        const long long b1 = (long long)(0x0101010101010101ull << (2 * ch + 1));
+                        __mmask64 hb = _mm512_test_epi8_mask(qh, _mm512_set_epi64(b1, b1, b1, b1, b0, b0, b0, b0));
+                        q = _mm512_mask_add_epi8(q, hb, q, _mm512_set1_epi8(16));
+                    }
+                    _mm512_store_si512(e + 64 * ch, q);
+                    _mm512_store_si512(e + 256 + 64 * ch, k4_chunk_scales(sc16, ch));
+                }
+            } else {
+                const kiln_block_q6_K *x = (const kiln_block_q6_K *)p;
+                float d = _cvtsh_ss(kiln_cpu_rd16((const uint8_t *)&x->d));
+                __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x->scales));
+                _mm256_store_si256((__m256i *)(e + 512), sc16);
+                memcpy(e + 544, &d, 4);
+                for (int ch = 0; ch < 4; ch++) {
+                    const int h = ch / 2, odd = ch & 1;
+                    __m512i l = _mm512_loadu_si512(x->ql + 64 * h);
+                    __m512i hh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x->qh + 32 * h)));
+                    __m512i lo = odd ? _mm512_and_si512(_mm512_srli_epi16(l, 4), m4) : _mm512_and_si512(l, m4);
+                    __m512i hi = odd ? _mm512_srlv_epi64(hh, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0))
+                                     : _mm512_sllv_epi64(hh, _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4));
+                    _mm512_store_si512(e + 64 * ch, _mm512_or_si512(lo, _mm512_and_si512(hi, _mm512_set1_epi8(0x30))));
+                    const long long j0 = 0x0001000100010001ll * (4 * ch), j1 = 0x0001000100010001ll * (4 * ch + 1);
+                    const long long j2 = 0x0001000100010001ll * (4 * ch + 2), j3 = 0x0001000100010001ll * (4 * ch + 3);
+                    __m512i idx = _mm512_set_epi64(j3, j3, j2, j2, j1, j1, j0, j0);
+                    _mm512_store_si512(e + 256 + 64 * ch, _mm512_permutexvar_epi16(idx, _mm512_castsi256_si512(sc16)));
+                }
+            }
+        }
+    }
+}
+
+T512 INL void k_pmicro(const uint8_t *panel, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res,
+                       const int kind, const int C) {
+    (void)k;
+    const size_t abs_ = sizeof(kiln_block_q8_K);
+    __m512 acc[MAXR][MAXC];
+    UNROLL for (int r = 0; r < K_PR; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < ns; s++) {
+        const uint8_t *eb = panel + (size_t)s * K_PR * K_ENTRY;
+        const size_t aoff = (size_t)(s0 + s) * abs_;
+        __m512i isum[MAXR][MAXC];
+        UNROLL for (int r = 0; r < K_PR; r++) UNROLL for (int c = 0; c < C; c++) isum[r][c] = _mm512_setzero_si512();
+        UNROLL for (int ch = 0; ch < 4; ch++) {
+            __m512i aq[MAXC];
+            UNROLL for (int c = 0; c < C; c++) aq[c] = _mm512_loadu_si512(a[c] + aoff + 4 + 64 * ch);
+            UNROLL for (int r = 0; r < K_PR; r++) {
+                const uint8_t *e = eb + (size_t)r * K_ENTRY;
+                __m512i wq = _mm512_load_si512(e + 64 * ch), sv = _mm512_load_si512(e + 256 + 64 * ch);
+                UNROLL for (int c = 0; c < C; c++)
+                    isum[r][c] = _mm512_dpwssd_epi32(isum[r][c], _mm512_maddubs_epi16(wq, aq[c]), sv);
+            }
+        }
+        UNROLL for (int c = 0; c < C; c++) {
+            float da;
+            memcpy(&da, a[c] + aoff, 4);
+            const __m256i bsums = _mm256_loadu_si256((const __m256i *)(a[c] + aoff + 4 + 256));
+            const __m512 vda = _mm512_set1_ps(da);
+            UNROLL for (int r = 0; r < K_PR; r++) {
+                const uint8_t *e = eb + (size_t)r * K_ENTRY;
+                __m256i t16 = _mm256_load_si256((const __m256i *)(e + 512));
+                __m512 dd = _mm512_mul_ps(_mm512_set1_ps(*(const float *)(e + 544)), vda);
+                if (kind <= 1) {
+                    __m512 t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r][c]), dd, acc[r][c]);
+                    __m512 dm = _mm512_mul_ps(_mm512_set1_ps(*(const float *)(e + 548)), vda);
+                    __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(t16, bsums));
+                    acc[r][c] = _mm512_fnmadd_ps(_mm512_zextps256_ps512(m), dm, t);
+                } else { /* the -32 of every Q6_K value: 32 * sum_j scale_j * bsum_j */
+                    __m256i corr = _mm256_slli_epi32(_mm256_madd_epi16(t16, bsums), 5);
+                    __m512i sum = _mm512_sub_epi32(isum[r][c], _mm512_zextsi256_si512(corr));
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), dd, acc[r][c]);
+                }
+            }
+        }
+    }
+    reduce_store(acc, res, K_PR, C);
+}
+
+#define KILN_K_PANEL(name, kind)                                                                               \
+    T512 static void name##_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k,      \
+                                 uint8_t *panel) {                                                              \
+        k_pack(w, ws, rows, s0, ns, k, panel, kind);                                                            \
+    }                                                                                                           \
+    T512 static void name##_pm1(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        k_pmicro(pn, s0, ns, k, a, res, kind, 1);                                                               \
+    }                                                                                                           \
+    T512 static void name##_pm2(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a,  \
+                                float *res) {                                                                   \
+        k_pmicro(pn, s0, ns, k, a, res, kind, 2);                                                               \
+    }                                                                                                           \
+    static const pmicro_fn name##_pmicro[2] = {name##_pm1, name##_pm2};                                         \
+    static const panel_desc name##_panel = {K_PR, 2, 256, K_ENTRY, name##_pack, name##_pmicro};               \
+    static void name##_ptile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr,               \
+                             const void *act, size_t as, int nc) {                                              \
+        if (nc < 4) name##_tile(k, out, ldo, w, ws, nr, act, as, nc);                                           \
+        else panel_drive(k, out, ldo, w, ws, nr, act, as, nc, &name##_panel);                                   \
+    }
+KILN_K_PANEL(q4_K, 0)
+KILN_K_PANEL(q5_K, 1)
+KILN_K_PANEL(q6_K, 2)
+
 /* ---- the table ------------------------------------------------------------------------------------ */
 
 static const kiln_cpu_dot_traits avx512_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, f32_tile, 5, 4, "avx512"},
-    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 5, 4, "avx512"},
+    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 5, 5, "avx512"},
 #if defined(KILN_HAVE_BF16_INTRIN)
-    {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, kiln_cpu_act_bf16_scalar, bf16_tile, 4, 4, "avx512bf16"},
+    {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, act_bf16, bf16_tile, 4, 4, "avx512bf16"},
 #endif
-    {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q8_0_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q4_0_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q5_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q5_0_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q4_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q4_1_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q5_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q5_1_tile, 4, 4, "avx512"},
-    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q4_K_tile, 2, 4, "avx512"},
-    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q5_K_tile, 2, 4, "avx512"},
-    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, kiln_cpu_act_q8_K_scalar, q6_K_tile, 2, 4, "avx512"},
+    {KILN_TYPE_Q8_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q8_0_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q4_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q4_0_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q5_0, KILN_TYPE_Q8_0, 32, kiln_cpu_act_size_q8_0, act_q8_0, q5_0_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q4_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q4_1_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q5_1, KILN_TYPE_Q8_1, 32, kiln_cpu_act_size_q8_1, act_q8_1, q5_1_ptile, 8, 64, "avx512"},
+    {KILN_TYPE_Q4_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q4_K_ptile, 4, 64, "avx512"},
+    {KILN_TYPE_Q5_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q5_K_ptile, 4, 64, "avx512"},
+    {KILN_TYPE_Q6_K, KILN_TYPE_Q8_K, 256, kiln_cpu_act_size_q8_K, act_q8_K, q6_K_ptile, 4, 64, "avx512"},
 };
 
 const kiln_cpu_dot_traits *kiln_cpu_dot_avx512_table(int32_t type) {

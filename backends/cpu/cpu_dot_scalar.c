@@ -25,8 +25,11 @@ static inline int round_even(float v) {
 static inline int clamp127(int v) { return v < -127 ? -127 : v > 127 ? 127 : v; }
 
 void kiln_cpu_act_f16_scalar(const float *x, void *dst, int64_t k) {
-    uint16_t *h = dst;
-    for (int64_t i = 0; i < k; i++) h[i] = kiln_fp32_to_fp16(x[i]);
+    uint8_t *h = dst;
+    for (int64_t i = 0; i < k; i++) {
+        uint16_t v = kiln_fp32_to_fp16(x[i]);
+        memcpy(h + 2 * i, &v, 2);
+    }
 }
 
 void kiln_cpu_act_bf16_scalar(const float *x, void *dst, int64_t k) {

@@ -118,3 +118,23 @@ uint64_t kiln_cpu_act_size_16(int64_t k) { return k > 0 ? (uint64_t)k * 2 : 0; }
 uint64_t kiln_cpu_act_size_q8_0(int64_t k) { return kiln_type_row_size(KILN_TYPE_Q8_0, k); }
 uint64_t kiln_cpu_act_size_q8_1(int64_t k) { return kiln_type_row_size(KILN_TYPE_Q8_1, k); }
 uint64_t kiln_cpu_act_size_q8_K(int64_t k) { return kiln_type_row_size(KILN_TYPE_Q8_K, k); }
+
+/* ---- the tile walker (see cpu_dot.h) ---------------------------------------------- */
+
+void kiln_cpu_dot_drive(int64_t k, float *out, size_t ldo, const void *w, size_t w_stride, int nr, const void *act,
+                        size_t act_stride, int nc, int MR, int MC, const kiln_cpu_micro_fn *micro) {
+    for (int i = 0; i < nr; i += MR) {
+        const uint8_t *wp[KILN_DOT_MAXR];
+        int rn = nr - i < MR ? nr - i : MR;
+        for (int r = 0; r < MR; r++) wp[r] = (const uint8_t *)w + (size_t)(i + (r < rn ? r : rn - 1)) * w_stride;
+        for (int j = 0; j < nc; j += MC) {
+            int cn = nc - j < MC ? nc - j : MC;
+            const uint8_t *ap[KILN_DOT_MAXC];
+            for (int c = 0; c < cn; c++) ap[c] = (const uint8_t *)act + (size_t)(j + c) * act_stride;
+            float res[KILN_DOT_MAXR * KILN_DOT_MAXC];
+            micro[cn - 1](k, wp, ap, res);
+            for (int c = 0; c < cn; c++)
+                for (int r = 0; r < rn; r++) out[(size_t)(j + c) * ldo + i + r] = res[r * KILN_DOT_MAXC + c];
+        }
+    }
+}

@@ -33,20 +33,20 @@
 #pragma weak kiln_version
 #pragma weak kiln_version_number
 #pragma weak kiln_log_set_default
-#pragma weak kiln_model_params_init
+#pragma weak kiln_model_params_init_sized
 #pragma weak kiln_model_load
 #pragma weak kiln_model_free
-#pragma weak kiln_model_info_init
+#pragma weak kiln_model_info_init_sized
 #pragma weak kiln_model_get_info
 #pragma weak kiln_tokenize
 #pragma weak kiln_detokenize
-#pragma weak kiln_context_params_init
+#pragma weak kiln_context_params_init_sized
 #pragma weak kiln_context_create
 #pragma weak kiln_context_free
-#pragma weak kiln_batch_init
+#pragma weak kiln_batch_init_sized
 #pragma weak kiln_decode
 #pragma weak kiln_context_logits
-#pragma weak kiln_sampler_params_init
+#pragma weak kiln_sampler_params_init_sized
 
 static int n_failed;
 static int n_missing;
@@ -114,7 +114,7 @@ static char *read_file(const char *path) {
 #define GUARD 64
 #define CHECK_INIT(type, init_fn)                                              \
     do {                                                                       \
-        if (!HAVE(init_fn)) break;                                             \
+        if (!HAVE(init_fn##_sized)) break;                                     \
         unsigned char buf_[sizeof(type) + GUARD];                              \
         memset(buf_, 0xA5, sizeof buf_);                                       \
         type *p_ = (type *)(void *)buf_;                                       \
@@ -149,9 +149,9 @@ static int argmax(const float *x, int32_t n) {
  * detokenize; frees the model before the context (any order is safe). */
 static void check_generation(const char *model_path) {
     if (!HAVE(kiln_model_load) || !HAVE(kiln_model_free) || !HAVE(kiln_tokenize) ||
-        !HAVE(kiln_detokenize) || !HAVE(kiln_context_params_init) ||
-        !HAVE(kiln_context_create) || !HAVE(kiln_context_free) || !HAVE(kiln_batch_init) ||
-        !HAVE(kiln_decode) || !HAVE(kiln_context_logits) || !HAVE(kiln_model_params_init))
+        !HAVE(kiln_detokenize) || !HAVE(kiln_context_params_init_sized) ||
+        !HAVE(kiln_context_create) || !HAVE(kiln_context_free) || !HAVE(kiln_batch_init_sized) ||
+        !HAVE(kiln_decode) || !HAVE(kiln_context_logits) || !HAVE(kiln_model_params_init_sized))
         return;
     kiln_model_params mp;
     kiln_model_params_init(&mp);
@@ -162,7 +162,7 @@ static void check_generation(const char *model_path) {
         n_failed++;
         return;
     }
-    if (HAVE(kiln_model_info_init) && HAVE(kiln_model_get_info)) {
+    if (HAVE(kiln_model_info_init_sized) && HAVE(kiln_model_get_info)) {
         kiln_model_info info;
         kiln_model_info_init(&info);
         CHECK(kiln_model_get_info(model, &info) == KILN_OK);

@@ -147,7 +147,15 @@ typedef struct kiln_model_params {
     void *log_user;
 } kiln_model_params;
 
-KILN_API void kiln_model_params_init(kiln_model_params *p);
+/* Fills *p with defaults, writing only the first `size` bytes (the
+ * caller's sizeof: a caller built against an older, shorter struct is
+ * never overrun) and sets struct_size = min(size, the library's size).
+ * The inline kiln_model_params_init() passes sizeof for you; FFI bindings call
+ * this with their own struct size. */
+KILN_API void kiln_model_params_init_sized(kiln_model_params *p, uint32_t size);
+static inline void kiln_model_params_init(kiln_model_params *p) {
+    kiln_model_params_init_sized(p, (uint32_t)sizeof(*p));
+}
 
 /* Loads a GGUF model. On success *out owns the model. On failure *out is
  * NULL, nothing is leaked and kiln_last_error() says what and where.
@@ -178,7 +186,15 @@ typedef struct kiln_model_info {
     int32_t eos;            /* -1 if none */
 } kiln_model_info;
 
-KILN_API void kiln_model_info_init(kiln_model_info *info);
+/* Fills *info with defaults, writing only the first `size` bytes (the
+ * caller's sizeof: a caller built against an older, shorter struct is
+ * never overrun) and sets struct_size = min(size, the library's size).
+ * The inline kiln_model_info_init() passes sizeof for you; FFI bindings call
+ * this with their own struct size. */
+KILN_API void kiln_model_info_init_sized(kiln_model_info *info, uint32_t size);
+static inline void kiln_model_info_init(kiln_model_info *info) {
+    kiln_model_info_init_sized(info, (uint32_t)sizeof(*info));
+}
 /* Fills *info (up to info->struct_size bytes). Thread-safe. */
 KILN_API kiln_status kiln_model_get_info(const kiln_model *model, kiln_model_info *info);
 
@@ -242,7 +258,15 @@ typedef struct kiln_context_params {
     void *log_user;
 } kiln_context_params;
 
-KILN_API void kiln_context_params_init(kiln_context_params *p);
+/* Fills *p with defaults, writing only the first `size` bytes (the
+ * caller's sizeof: a caller built against an older, shorter struct is
+ * never overrun) and sets struct_size = min(size, the library's size).
+ * The inline kiln_context_params_init() passes sizeof for you; FFI bindings call
+ * this with their own struct size. */
+KILN_API void kiln_context_params_init_sized(kiln_context_params *p, uint32_t size);
+static inline void kiln_context_params_init(kiln_context_params *p) {
+    kiln_context_params_init_sized(p, (uint32_t)sizeof(*p));
+}
 
 /* Creates a context on the model's backend and device. Takes a reference to
  * the model. Returns KILN_E_INVALID_ARG, KILN_E_OOM_HOST, KILN_E_OOM_DEVICE,
@@ -270,7 +294,15 @@ typedef struct kiln_batch {
                                 NULL: only the last token */
 } kiln_batch;
 
-KILN_API void kiln_batch_init(kiln_batch *b);
+/* Fills *b with defaults, writing only the first `size` bytes (the
+ * caller's sizeof: a caller built against an older, shorter struct is
+ * never overrun) and sets struct_size = min(size, the library's size).
+ * The inline kiln_batch_init() passes sizeof for you; FFI bindings call
+ * this with their own struct size. */
+KILN_API void kiln_batch_init_sized(kiln_batch *b, uint32_t size);
+static inline void kiln_batch_init(kiln_batch *b) {
+    kiln_batch_init_sized(b, (uint32_t)sizeof(*b));
+}
 
 /* Decodes a batch: tokens of several sequences may be mixed; each sequence's
  * tokens must be in increasing, contiguous positions that continue the
@@ -315,7 +347,15 @@ typedef struct kiln_sampler_params {
     uint64_t seed;           /* RNG seed (default 0xC0FFEE) */
 } kiln_sampler_params;
 
-KILN_API void kiln_sampler_params_init(kiln_sampler_params *p);
+/* Fills *p with defaults, writing only the first `size` bytes (the
+ * caller's sizeof: a caller built against an older, shorter struct is
+ * never overrun) and sets struct_size = min(size, the library's size).
+ * The inline kiln_sampler_params_init() passes sizeof for you; FFI bindings call
+ * this with their own struct size. */
+KILN_API void kiln_sampler_params_init_sized(kiln_sampler_params *p, uint32_t size);
+static inline void kiln_sampler_params_init(kiln_sampler_params *p) {
+    kiln_sampler_params_init_sized(p, (uint32_t)sizeof(*p));
+}
 /* Order: penalties (repeat, frequency, presence over the last penalty_last_n
  * accepted tokens), then greedy argmax if temperature <= 0, else top-k ->
  * top-p -> min-p -> temperature -> softmax -> seeded draw (llama.cpp common

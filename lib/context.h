@@ -1,0 +1,41 @@
+/*
+ * context.h - a context: a model reference, a compute device handle of its
+ * own (its thread pool or stream and transient pool), the paged KV cache
+ * and the logits of the last batch.
+ */
+#ifndef KILN_CONTEXT_H
+#define KILN_CONTEXT_H
+
+#include "kv.h"
+#include "model.h"
+
+struct kiln_context {
+    kiln_model *model;             /* counted reference */
+    kiln_logger log;
+    kiln_context_params params;
+    const kiln_backend_iface *bk;
+    kiln_bk_device *dev;
+    kiln_kv *kv;
+    char last_error[512];
+
+    /* logits of the last batch: n_out rows of n_vocab */
+    float *logits;
+    uint64_t logits_rows_cap;
+    int32_t *logit_row;            /* [batch token] row or -1 */
+    uint32_t logit_row_cap;
+    uint32_t n_batch_last;
+
+    /* host scratch for building ubatches, sized at create */
+    int32_t *ub_pos, *ub_cell, *ub_table, *ub_nkv, *ub_out, *ub_blocks;
+    uint32_t ub_blocks_cap;
+    int32_t *seq_table_off;        /* [n_seq] offset of a seq's table in ub_blocks or -1 */
+    uint32_t *seq_new;             /* [n_seq] tokens the batch adds */
+    uint32_t *seq_next;            /* [n_seq] next position while planning */
+};
+
+/* Runs the model on one ubatch whose metadata was set with set_ubatch;
+ * writes n_out rows of logits (for ubatch rows out_idx[]) to logits. */
+kiln_status kiln_forward_ubatch(kiln_context *ctx, const int32_t *tokens, uint32_t n,
+                                const int32_t *out_idx, uint32_t n_out, float *logits);
+
+#endif

@@ -1,0 +1,336 @@
+/*
+ * model.c - loading a GGUF model: architecture and hyperparameters, the
+ * tokenizer, and the weights bound to a backend device (zero-copy over the
+ * mapping when the backend can use host memory).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "model.h"
+#include "quant.h"
+
+kiln_status kiln_params_copy(void *dst, size_t dst_size, const void *src) {
+    uint32_t n;
+    memcpy(&n, src, sizeof n);
+    if (n < sizeof(uint32_t))
+        return kiln_error(KILN_E_INVALID_ARG, "params struct_size %u is too small", n);
+    memcpy(dst, src, n < dst_size ? n : dst_size);
+    memcpy(dst, &(uint32_t){(uint32_t)dst_size}, sizeof(uint32_t));
+    return KILN_OK;
+}
+
+void kiln_params_emit(void *dst, uint32_t size, void *full, size_t full_size) {
+    if (!dst || size < sizeof(uint32_t)) return;
+    uint32_t n = size < full_size ? size : (uint32_t)full_size;
+    memcpy(full, &n, sizeof n);
+    memcpy(dst, full, n);
+}
+
+void kiln_model_params_init_sized(kiln_model_params *p, uint32_t size) {
+    kiln_model_params d;
+    memset(&d, 0, sizeof d);
+    d.log_level = KILN_LOG_ERROR;
+    kiln_params_emit(p, size, &d, sizeof d);
+}
+
+void kiln_model_info_init_sized(kiln_model_info *info, uint32_t size) {
+    kiln_model_info d;
+    memset(&d, 0, sizeof d);
+    d.bos = d.eos = -1;
+    kiln_params_emit(info, size, &d, sizeof d);
+}
+
+/* ---- architecture table ---- */
+
+typedef struct arch_desc {
+    const char *name;
+    kiln_arch arch;
+    int32_t rope_mode;
+} arch_desc;
+
+static const arch_desc archs[] = {
+    {"llama", KILN_ARCH_LLAMA, KILN_ROPE_NORM},
+    {"qwen2", KILN_ARCH_QWEN2, KILN_ROPE_NEOX},
+    {"qwen3", KILN_ARCH_QWEN3, KILN_ROPE_NEOX},
+};
+
+/* "<arch>.<suffix>" */
+static const char *akey(const kiln_model *m, const char *suffix, char *buf, size_t n) {
+    snprintf(buf, n, "%s.%s", m->arch_name, suffix);
+    return buf;
+}
+
+static kiln_status get_u32_req(const kiln_model *m, const char *suffix, uint32_t *out) {
+    char key[128];
+    kiln_status st = kiln_gguf_get_u32(m->gguf, akey(m, suffix, key, sizeof key), out);
+    if (st == KILN_E_NOT_FOUND) return kiln_error(KILN_E_FORMAT, "model: required key '%s' missing", key);
+    return st;
+}
+
+static kiln_status get_u32_opt(const kiln_model *m, const char *suffix, uint32_t *out) {
+    char key[128];
+    kiln_status st = kiln_gguf_get_u32(m->gguf, akey(m, suffix, key, sizeof key), out);
+    return st == KILN_E_NOT_FOUND ? KILN_OK : st;
+}
+
+static kiln_status get_f32_opt(const kiln_model *m, const char *suffix, float *out) {
+    char key[128];
+    kiln_status st = kiln_gguf_get_f32(m->gguf, akey(m, suffix, key, sizeof key), out);
+    return st == KILN_E_NOT_FOUND ? KILN_OK : st;
+}
+
+static kiln_status load_hparams(kiln_model *m) {
+    const char *s;
+    uint64_t len;
+    kiln_status st = kiln_gguf_get_str(m->gguf, "general.architecture", &s, &len);
+    if (st == KILN_E_NOT_FOUND) return kiln_error(KILN_E_FORMAT, "model: general.architecture missing");
+    if (st) return st;
+    const arch_desc *ad = NULL;
+    for (size_t i = 0; i < KILN_ARRAY_LEN(archs); i++)
+        if (strlen(archs[i].name) == len && memcmp(archs[i].name, s, len) == 0) ad = &archs[i];
+    if (!ad)
+        return kiln_error(KILN_E_UNSUPPORTED, "model: architecture '%.*s' is not supported (llama, qwen2, qwen3)",
+                          (int)(len > 64 ? 64 : len), s);
+    snprintf(m->arch_name, sizeof m->arch_name, "%s", ad->name);
+    if (kiln_gguf_get_str(m->gguf, "general.name", &s, &len) == KILN_OK)
+        snprintf(m->name, sizeof m->name, "%.*s", (int)(len > 127 ? 127 : len), s);
+
+    kiln_hparams *hp = &m->hp;
+    memset(hp, 0, sizeof *hp);
+    hp->arch = ad->arch;
+    hp->rope_mode = ad->rope_mode;
+    hp->rms_eps = 1e-5f;
+    hp->rope_freq_base = 10000.0f;
+    hp->rope_freq_scale = 1.0f;
+    hp->n_ctx_train = 2048;
+    if ((st = get_u32_req(m, "embedding_length", &hp->n_embd)) ||
+        (st = get_u32_req(m, "block_count", &hp->n_layer)) ||
+        (st = get_u32_req(m, "feed_forward_length", &hp->n_ff)) ||
+        (st = get_u32_req(m, "attention.head_count", &hp->n_head)) ||
+        (st = get_u32_opt(m, "context_length", &hp->n_ctx_train)))
+        return st;
+    hp->n_head_kv = hp->n_head;
+    if ((st = get_u32_opt(m, "attention.head_count_kv", &hp->n_head_kv))) return st;
+    if ((st = get_f32_opt(m, "attention.layer_norm_rms_epsilon", &hp->rms_eps))) return st;
+    if ((st = get_f32_opt(m, "rope.freq_base", &hp->rope_freq_base))) return st;
+    if (hp->n_head == 0 || hp->n_head_kv == 0 || hp->n_head % hp->n_head_kv != 0 || hp->n_layer == 0 ||
+        hp->n_embd == 0 || hp->n_ff == 0 || hp->n_layer > 4096 || hp->n_head > 4096)
+        return kiln_error(KILN_E_FORMAT, "model: inconsistent head counts (n_head %u, n_head_kv %u) or sizes",
+                          hp->n_head, hp->n_head_kv);
+    hp->head_dim = hp->n_embd / hp->n_head;
+    if ((st = get_u32_opt(m, "attention.key_length", &hp->head_dim))) return st;
+    uint32_t vlen = hp->head_dim;
+    if ((st = get_u32_opt(m, "attention.value_length", &vlen))) return st;
+    if (vlen != hp->head_dim)
+        return kiln_error(KILN_E_UNSUPPORTED, "model: key_length %u != value_length %u", hp->head_dim, vlen);
+    hp->n_rot = hp->head_dim;
+    if ((st = get_u32_opt(m, "rope.dimension_count", &hp->n_rot))) return st;
+    if (hp->head_dim == 0 || hp->head_dim > 1024 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
+        return kiln_error(KILN_E_FORMAT, "model: bad head_dim %u / rope dims %u", hp->head_dim, hp->n_rot);
+    float factor = 0.0f;
+    char key[128];
+    const char *stype;
+    uint64_t stlen;
+    if (kiln_gguf_get_str(m->gguf, akey(m, "rope.scaling.type", key, sizeof key), &stype, &stlen) == KILN_OK) {
+        if (stlen == 6 && memcmp(stype, "linear", 6) == 0) {
+            if ((st = get_f32_opt(m, "rope.scaling.factor", &factor))) return st;
+            if (factor > 0.0f) hp->rope_freq_scale = 1.0f / factor;
+        } else if (!(stlen == 4 && memcmp(stype, "none", 4) == 0)) {
+            return kiln_error(KILN_E_UNSUPPORTED, "model: rope scaling '%.*s' is not supported",
+                              (int)(stlen > 32 ? 32 : stlen), stype);
+        }
+    }
+    return KILN_OK;
+}
+
+/* ---- weights ---- */
+
+static kiln_status bind(kiln_model *m, kiln_weight *w, const char *name, int64_t ne0, int64_t ne1,
+                        bool required, bool f32_only) {
+    const kiln_gguf_tensor *t = kiln_gguf_find_tensor(m->gguf, name);
+    memset(w, 0, sizeof *w);
+    if (!t) {
+        if (required) return kiln_error(KILN_E_FORMAT, "model: tensor '%s' missing", name);
+        return KILN_OK;
+    }
+    int64_t rows = t->ne[1] * t->ne[2] * t->ne[3];
+    if (t->ne[0] != ne0 || rows != ne1)
+        return kiln_error(KILN_E_FORMAT, "model: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]",
+                          name, (long long)t->ne[0], (long long)rows, (long long)ne0, (long long)ne1);
+    if (f32_only ? t->type != KILN_TYPE_F32 : !m->bk->supports_type(m->device_index, t->type))
+        return kiln_error(KILN_E_UNSUPPORTED, "model: tensor '%s' has type %s, not supported %s", name,
+                          kiln_type_name(t->type), f32_only ? "(expected f32)" : "by this backend");
+    w->buf = m->weights;
+    w->offset = t->offset;
+    w->type = t->type;
+    w->ne[0] = ne0;
+    w->ne[1] = ne1;
+    w->row_stride = kiln_type_row_size(t->type, ne0);
+    m->n_params += (uint64_t)ne0 * (uint64_t)ne1;
+    m->weight_bytes += t->size;
+    return KILN_OK;
+}
+
+static kiln_status upload_weights(kiln_model *m) {
+    size_t map_size;
+    const uint8_t *base = kiln_gguf_base(m->gguf, &map_size);
+    uint64_t data_off = kiln_gguf_data_offset(m->gguf);
+    uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
+    if (data_size == 0) data_size = 1;
+    if (KILN_BK_HAS(m->bk, buffer_wrap_host)) {
+        kiln_status st = m->bk->buffer_wrap_host(m->dev, (void *)(base + data_off), data_size, &m->weights);
+        if (st == KILN_OK) return KILN_OK;
+        if (st != KILN_E_UNSUPPORTED) return kiln_error(st, "model: cannot map weights on %s", m->bk->name);
+    }
+    kiln_status st = m->bk->buffer_alloc(m->dev, data_size, KILN_BK_BUF_WEIGHTS, &m->weights);
+    if (st) return kiln_error(st, "model: cannot allocate %llu bytes of weights on %s",
+                              (unsigned long long)data_size, m->bk->name);
+    const uint64_t chunk = 64u << 20;
+    for (uint64_t off = 0; off < data_size && map_size > data_off; off += chunk) {
+        uint64_t n = KILN_MIN(chunk, data_size - off);
+        st = m->bk->buffer_upload(m->dev, m->weights, off, base + data_off + off, n);
+        if (st) return kiln_error(st, "model: weight upload failed");
+    }
+    return m->bk->synchronize(m->dev);
+}
+
+static kiln_status load_weights(kiln_model *m) {
+    const kiln_hparams *hp = &m->hp;
+    kiln_status st;
+    if ((st = upload_weights(m))) return st;
+    m->layers = kiln_calloc(hp->n_layer, sizeof *m->layers);
+    if (!m->layers) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+    const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
+    if ((st = bind(m, &m->tok_embd, "token_embd.weight", E, V, true, false)) ||
+        (st = bind(m, &m->output_norm, "output_norm.weight", E, 1, true, true)) ||
+        (st = bind(m, &m->output, "output.weight", E, V, false, false)))
+        return st;
+    if (!m->output.buf) m->output = m->tok_embd; /* tied embeddings */
+    const bool qwen2 = hp->arch == KILN_ARCH_QWEN2, qwen3 = hp->arch == KILN_ARCH_QWEN3;
+    for (uint32_t i = 0; i < hp->n_layer; i++) {
+        kiln_layer_weights *l = &m->layers[i];
+        char n[96];
+#define B(field, suffix, ne0, ne1, req, f32)                                   \
+        snprintf(n, sizeof n, "blk.%u.%s", i, suffix);                        \
+        if ((st = bind(m, &l->field, n, ne0, ne1, req, f32))) return st;
+        B(attn_norm, "attn_norm.weight", E, 1, true, true)
+        B(wq, "attn_q.weight", E, Q, true, false)
+        B(wk, "attn_k.weight", E, KV, true, false)
+        B(wv, "attn_v.weight", E, KV, true, false)
+        B(wo, "attn_output.weight", Q, E, true, false)
+        B(bq, "attn_q.bias", Q, 1, qwen2, true)
+        B(bk, "attn_k.bias", KV, 1, qwen2, true)
+        B(bv, "attn_v.bias", KV, 1, qwen2, true)
+        B(q_norm, "attn_q_norm.weight", hp->head_dim, 1, qwen3, true)
+        B(k_norm, "attn_k_norm.weight", hp->head_dim, 1, qwen3, true)
+        B(ffn_norm, "ffn_norm.weight", E, 1, true, true)
+        B(w_gate, "ffn_gate.weight", E, F, true, false)
+        B(w_up, "ffn_up.weight", E, F, true, false)
+        B(w_down, "ffn_down.weight", F, E, true, false)
+#undef B
+    }
+    const kiln_gguf_tensor *rf = kiln_gguf_find_tensor(m->gguf, "rope_freqs.weight");
+    if (rf) {
+        if (rf->type != KILN_TYPE_F32 || rf->ne[0] != hp->n_rot / 2)
+            return kiln_error(KILN_E_FORMAT, "model: rope_freqs.weight must be f32[%u]", hp->n_rot / 2);
+        m->rope_freqs = kiln_malloc(rf->size);
+        if (!m->rope_freqs) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+        memcpy(m->rope_freqs, rf->data, rf->size);
+    }
+    return KILN_OK;
+}
+
+static void model_destroy(kiln_model *m) {
+    if (!m) return;
+    if (m->bk) {
+        if (m->weights) m->bk->buffer_free(m->weights);
+        if (m->dev) m->bk->device_close(m->dev);
+    }
+    kiln_free(m->layers);
+    kiln_free(m->rope_freqs);
+    kiln_vocab_free(m->vocab);
+    kiln_gguf_close(m->gguf);
+    kiln_free(m);
+}
+
+void kiln_model_retain(kiln_model *m) { atomic_fetch_add(&m->refs, 1); }
+
+void kiln_model_release(kiln_model *m) {
+    if (m && atomic_fetch_sub(&m->refs, 1) == 1) model_destroy(m);
+}
+
+void kiln_model_free(kiln_model *m) { kiln_model_release(m); }
+
+kiln_status kiln_model_load(const char *path, const kiln_model_params *params, kiln_model **out) {
+    kiln_error_clear();
+    if (!out) return kiln_error(KILN_E_INVALID_ARG, "kiln_model_load: out is NULL");
+    *out = NULL;
+    if (!path) return kiln_error(KILN_E_INVALID_ARG, "kiln_model_load: path is NULL");
+    kiln_model_params p;
+    kiln_model_params_init(&p);
+    kiln_status st;
+    if (params && (st = kiln_params_copy(&p, sizeof p, params))) return st;
+
+    kiln_model *m = kiln_calloc(1, sizeof *m);
+    if (!m) return kiln_error(KILN_E_OOM_HOST, "kiln_model_load: out of memory");
+    atomic_init(&m->refs, 1);
+    kiln_logger_init(&m->log, p.log_fn, p.log_user, p.log_level);
+    m->device_index = p.device;
+
+    if ((st = kiln_gguf_open(path, &m->gguf))) goto fail;
+    if ((st = load_hparams(m))) goto fail;
+    if ((st = kiln_vocab_load(m->gguf, &m->vocab))) goto fail;
+    m->hp.n_vocab = (uint32_t)kiln_vocab_n_tokens(m->vocab);
+    if (p.flags & KILN_MODEL_VOCAB_ONLY) goto done;
+
+    if ((st = kiln_backend_find(p.backend, &m->bk))) goto fail;
+    if (p.device < 0 || p.device >= m->bk->device_count()) {
+        st = kiln_error(KILN_E_NOT_FOUND, "backend '%s' has no device %d", m->bk->name, p.device);
+        goto fail;
+    }
+    kiln_bk_open_params op = {sizeof op, 1, m->log.level, m->log.fn, m->log.user};
+    if ((st = m->bk->device_open(p.device, &op, &m->dev))) goto fail;
+    if ((st = load_weights(m))) goto fail;
+done:
+    kiln_log(&m->log, KILN_LOG_INFO, "loaded %s: %s, %u layers, %u embd, %llu params", path, m->arch_name,
+             m->hp.n_layer, m->hp.n_embd, (unsigned long long)m->n_params);
+    *out = m;
+    return KILN_OK;
+fail: {
+    /* keep the first error's message: teardown may not overwrite it */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", kiln_last_error());
+    model_destroy(m);
+    if (!msg[0]) snprintf(msg, sizeof msg, "%s", kiln_status_str(st));
+    if (strncmp(msg, path, strlen(path)) != 0) return kiln_error(st, "%s: %s", path, msg);
+    return kiln_error(st, "%s", msg);
+}
+}
+
+kiln_status kiln_model_get_info(const kiln_model *m, kiln_model_info *info) {
+    if (!m || !info) return kiln_error(KILN_E_INVALID_ARG, "kiln_model_get_info: NULL argument");
+    kiln_model_info full;
+    kiln_model_info_init(&full);
+    snprintf(full.arch, sizeof full.arch, "%s", m->arch_name);
+    snprintf(full.name, sizeof full.name, "%s", m->name);
+    full.n_vocab = m->hp.n_vocab;
+    full.n_ctx_train = m->hp.n_ctx_train;
+    full.n_embd = m->hp.n_embd;
+    full.n_layer = m->hp.n_layer;
+    full.n_head = m->hp.n_head;
+    full.n_head_kv = m->hp.n_head_kv;
+    full.n_ff = m->hp.n_ff;
+    full.head_dim = m->hp.head_dim;
+    full.n_params = m->n_params;
+    full.size_bytes = m->weight_bytes;
+    full.bos = kiln_vocab_bos(m->vocab);
+    full.eos = kiln_vocab_eos(m->vocab);
+    uint32_t n = info->struct_size;
+    if (n < sizeof(uint32_t)) return kiln_error(KILN_E_INVALID_ARG, "kiln_model_info: bad struct_size %u", n);
+    full.struct_size = n < sizeof full ? n : (uint32_t)sizeof full;
+    memcpy(info, &full, full.struct_size);
+    return KILN_OK;
+}
+
+int32_t kiln_model_n_vocab(const kiln_model *m) { return m ? (int32_t)m->hp.n_vocab : 0; }
