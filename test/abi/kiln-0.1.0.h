@@ -373,6 +373,148 @@ KILN_API kiln_status kiln_sampler_accept(kiln_sampler *s, int32_t token);
 /* Clears history and reseeds. */
 KILN_API void kiln_sampler_reset(kiln_sampler *s, uint64_t seed);
 
+/* ------------------------------------------------------------------------ */
+/* Speculative decoding                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* A draft (kiln_draft) pairs a target context with a small draft model of
+ * the same vocabulary. The draft proposes tokens greedily on a context of
+ * its own; the target checks all of them in one batch and keeps the longest
+ * prefix it agrees with, plus one token of its own. Sequence 0 of the
+ * target is the one spoken for; the draft mirrors it.
+ *
+ * Ownership: the draft holds a reference to the draft model (any free order
+ * of the models is safe) and belongs to its target: freeing the target
+ * first releases the draft's context and device memory at once, leaving a
+ * detached shell on which every call but kiln_draft_free and
+ * kiln_draft_get_stats returns KILN_E_INVALID_ARG; kiln_draft_free is still
+ * required and works before or after the target's free. A target has at
+ * most one draft at a time.
+ *
+ * Thread-safety: a draft is used together with its target: never from two
+ * threads at once, nor at the same time as the target context. */
+
+typedef struct kiln_draft_params {
+    uint32_t struct_size;
+    int32_t n_draft;     /* max tokens per proposal, 1..256 (default 8) */
+    uint32_t n_ctx;      /* the draft context's KV capacity in tokens;
+                            0: the target's n_ctx (default 0) */
+    int32_t n_threads;   /* CPU threads; <= 0: the target's (default 0) */
+    float p_min;         /* stop a proposal when the draft's greedy token has
+                            probability < p_min (default 0: never) */
+} kiln_draft_params;
+
+/* Fills *p with defaults, writing only the first `size` bytes (the
+ * caller's sizeof: a caller built against an older, shorter struct is
+ * never overrun) and sets struct_size = min(size, the library's size).
+ * The inline kiln_draft_params_init() passes sizeof for you; FFI bindings call
+ * this with their own struct size. */
+KILN_API void kiln_draft_params_init_sized(kiln_draft_params *p, uint32_t size);
+static inline void kiln_draft_params_init(kiln_draft_params *p) {
+    kiln_draft_params_init_sized(p, (uint32_t)sizeof(*p));
+}
+
+/* Creates a draft for `target` on `draft_model` (params NULL: defaults).
+ * The vocabularies must match: the same n_vocab and identical token texts,
+ * else KILN_E_INCOMPATIBLE naming the first differing token. Creates the
+ * draft's own context on the draft model's backend and device (taking a
+ * model reference). The draft's sequence 0 starts empty. On failure *out
+ * is NULL and nothing is leaked. Returns KILN_E_INVALID_ARG (NULL, bad
+ * params, a vocab-only model), KILN_E_BUSY (target already has a draft),
+ * KILN_E_INCOMPATIBLE, KILN_E_OOM_HOST, KILN_E_OOM_DEVICE, KILN_E_BACKEND. */
+KILN_API kiln_status kiln_draft_create(kiln_context *target, kiln_model *draft_model,
+                                       const kiln_draft_params *params, kiln_draft **out);
+/* Frees the draft (and its context, if its target has not freed it yet)
+ * and detaches it from its target. NULL is a no-op. */
+KILN_API void kiln_draft_free(kiln_draft *d);
+
+/* One call generate-with-draft on sequence 0. Removes sequence 0 from both
+ * caches (other sequences of the target are untouched), decodes the prompt
+ * (n_prompt >= 1 tokens, e.g. from kiln_tokenize with BOS) on the target
+ * and the draft, then alternates: the draft proposes up to n_draft tokens,
+ * the target verifies them in one batch, both caches are cut back to the
+ * accepted length. Stops after n_predict tokens or at an end-of-generation
+ * token (which is not written). The output, with smp == NULL (greedy,
+ * argmax with ties to the lowest id) or with any sampler, is the token
+ * sequence that plain decoding on the target alone gives with the same
+ * sampler: each output token is chosen by the target's logits for its
+ * position, one kiln_sampler_sample per output token in order (so the
+ * sampler's history and random draws match a plain loop; the prompt is not
+ * fed to the sampler: call kiln_sampler_accept for it first if penalties
+ * should see it). For a sampler at temperature > 0 this is the speculative
+ * rule "accept draft token x with probability min(1, p_t(x)/p_d(x)), on a
+ * reject draw from normalize(max(0, p_t - p_d)))" for a greedy draft, whose
+ * p_d is one-hot: the target's distribution is preserved exactly.
+ * out_tokens needs capacity >= n_predict (n_predict >= 1), else
+ * KILN_E_BUFFER_TOO_SMALL before anything is done. On an error the tokens
+ * generated so far are in out_tokens[0..*n_out) and sequence 0 holds the
+ * prompt and those tokens (less the newest one, which is never decoded).
+ * Returns KILN_E_INVALID_ARG, KILN_E_BUFFER_TOO_SMALL, KILN_E_CONTEXT_FULL
+ * (either cache is full), KILN_E_OOM_HOST, KILN_E_OOM_DEVICE,
+ * KILN_E_BACKEND. */
+KILN_API kiln_status kiln_draft_generate(kiln_draft *d, const int32_t *prompt, size_t n_prompt,
+                                         int32_t n_predict, kiln_sampler *smp, int32_t *out_tokens,
+                                         size_t capacity, size_t *n_out);
+
+/* The lower-level steps behind kiln_draft_generate, for callers that run
+ * their own loop. Invariant between steps: sequence 0 of the target and of
+ * the draft hold the same tokens (the history), and `last_token`, the
+ * newest token of the sequence, is in neither cache yet.
+ *
+ * kiln_draft_prefill decodes tokens[0..n) into the draft's sequence 0: the
+ * history the caller decoded on the target itself (e.g. the prompt).
+ * kiln_draft_reset empties the draft's sequence 0.
+ *
+ * kiln_draft_propose decodes last_token on the draft and continues greedily:
+ * writes up to min(max, n_draft) proposed tokens to tokens[0..*n) (fewer if
+ * p_min stops it; max == 0 gives none). The target's sequence 0 must be as
+ * long as the draft's history (else KILN_E_INVALID_ARG: out of sync).
+ *
+ * kiln_draft_verify decodes [last_token, tokens[0..n)] on the target in one
+ * batch with logits for every position, accepts the longest prefix of the
+ * proposal that the target chooses too (greedy when smp == NULL, else one
+ * kiln_sampler_sample per position in order, stopping at the first
+ * mismatch), writes the count to *n_accepted and the target's own choice
+ * after it to *next_token (the next last_token), and calls
+ * kiln_draft_accept(d, *n_accepted). tokens/n must be the last proposal
+ * (else KILN_E_INVALID_ARG).
+ *
+ * kiln_draft_accept, for callers that verify on the target themselves
+ * (after decoding last_token and the proposal on the target's sequence 0):
+ * keeps last_token and the first n_accepted proposed tokens in both caches
+ * and removes the rest (0 <= n_accepted <= the proposal's length).
+ *
+ * On any failure of propose or verify both caches are left as before the
+ * propose; the proposal is dropped. Return KILN_E_INVALID_ARG,
+ * KILN_E_CONTEXT_FULL, KILN_E_OOM_HOST, KILN_E_OOM_DEVICE, KILN_E_BACKEND. */
+KILN_API kiln_status kiln_draft_prefill(kiln_draft *d, const int32_t *tokens, size_t n);
+KILN_API kiln_status kiln_draft_reset(kiln_draft *d);
+KILN_API kiln_status kiln_draft_propose(kiln_draft *d, int32_t last_token, int32_t *tokens,
+                                        int32_t max, int32_t *n);
+KILN_API kiln_status kiln_draft_verify(kiln_draft *d, int32_t last_token, const int32_t *tokens,
+                                       int32_t n, kiln_sampler *smp, int32_t *n_accepted,
+                                       int32_t *next_token);
+KILN_API kiln_status kiln_draft_accept(kiln_draft *d, int32_t n_accepted);
+
+typedef struct kiln_draft_stats {
+    uint32_t struct_size;
+    uint64_t n_proposed;        /* draft tokens proposed */
+    uint64_t n_accepted;        /* of those, accepted by the target */
+    uint64_t n_target_batches;  /* target decodes made by the draft API
+                                   (prompts and verifications) */
+    uint64_t n_draft_batches;   /* draft decodes (prefills and proposal steps) */
+} kiln_draft_stats;
+
+/* Fills *s with zeros, writing only the first `size` bytes (see
+ * kiln_draft_params_init_sized). */
+KILN_API void kiln_draft_stats_init_sized(kiln_draft_stats *s, uint32_t size);
+static inline void kiln_draft_stats_init(kiln_draft_stats *s) {
+    kiln_draft_stats_init_sized(s, (uint32_t)sizeof(*s));
+}
+/* Fills *out (up to out->struct_size bytes) with the counts since create
+ * (kiln_draft_reset does not clear them). Works on a detached draft. */
+KILN_API kiln_status kiln_draft_get_stats(const kiln_draft *d, kiln_draft_stats *out);
+
 #ifdef __cplusplus
 }
 #endif
