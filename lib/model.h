@@ -63,6 +63,10 @@ struct kiln_model {
     kiln_layer_weights *layers;
     uint64_t n_params;
     uint64_t weight_bytes;
+    /* 64-bit FNV-1a hash of the architecture, hyperparameters and every
+     * tensor's name, shape and type: KV state exported from one model is
+     * only imported into a model with the same fingerprint (lib/kv_io.c). */
+    uint64_t fingerprint;
 };
 
 /* Reference counting: the model is destroyed when the last holder lets go. */

@@ -836,6 +836,21 @@ static void test_attention_errors(void) {
     KT_CHECK(bk->set_ubatch(dev, &ub) == KILN_E_INVALID_ARG);
     at.n_head_kv = 1;
     KT_CHECK_OK(bk->attention(dev, &tq.t, kc, vc, &at, &tq.t));
+    /* a token that attends to nothing may carry any table offset; its
+     * output is zeros */
+    nkv[1] = 2, tab[0] = -7, nkv[0] = 0;
+    KT_CHECK_OK(bk->set_ubatch(dev, &ub));
+    memset(bk->buffer_host_ptr(tq.buf), 0x7f, 64 * 2 * 4);
+    memset(bk->buffer_host_ptr(kc), 0, 64 * 32 * 2);
+    memset(bk->buffer_host_ptr(vc), 0, 64 * 32 * 2);
+    KT_CHECK_OK(bk->attention(dev, &tq.t, kc, vc, &at, &tq.t));
+    float row0[64];
+    KT_CHECK_OK(bk->buffer_download(dev, tq.buf, 0, row0, sizeof row0));
+    bool zeros = true;
+    for (int i = 0; i < 64; i++) zeros &= row0[i] == 0.0f;
+    KT_CHECK(zeros);
+    tab[0] = 0, nkv[0] = 1;
+    KT_CHECK_OK(bk->set_ubatch(dev, &ub));
     /* tensors outside their buffer */
     tq.t.ne[1] = 3;
     KT_CHECK(bk->attention(dev, &tq.t, kc, vc, &at, &tq.t) == KILN_E_INVALID_ARG);

@@ -684,11 +684,12 @@ static void attn_item(attn_args *a, int64_t item, attn_ws *w) {
     const attn_tile *tile = &a->tiles[a->n_tiles - 1 - (uint32_t)(pair / a->n_head_kv)];
     const uint32_t rows = tile->count * group, rp = pad16(rows);
     const int32_t *order = ub->order + tile->first;
-    const int32_t *table = ub->block_tables + ub->attn_table[order[0]];
-
     int32_t max_kv = 0;
     for (uint32_t j = 0; j < tile->count; j++)
         if (ub->attn_n_kv[order[j]] > max_kv) max_kv = ub->attn_n_kv[order[j]];
+    /* set_ubatch checked the table of every token that attends to something;
+     * a tile that attends to nothing may carry any table offset */
+    const int32_t *table = max_kv > 0 ? ub->block_tables + ub->attn_table[order[0]] : NULL;
     for (uint32_t r = 0; r < rp; r++) w->nkv[r] = r < rows ? ub->attn_n_kv[order[r / group]] : 0;
 
 #ifdef KILN_CPU_X86
