@@ -53,6 +53,10 @@ struct kiln_kv {
     int32_t *saved_cow;           /* [n_seq] block replaced by a copy-on-write, or -1 */
     uint8_t *saved_restored;      /* [n_seq] 1: restored from the host by the reservation */
     uint64_t fingerprint;         /* the model's (model.h), set by the context */
+    /* the model's RoPE of K (n_head = n_head_kv), set by the context: a
+     * middle removal re-rotates the K rows it shifts (lib/kv_shift.c);
+     * n_rot == 0 means unknown, and middle removal is unsupported */
+    kiln_bk_rope rope;
 };
 
 /* Allocates the cache (n_ctx rounded up to whole blocks). */
@@ -99,6 +103,15 @@ kiln_status kiln_kv_rows_upload(kiln_kv *kv, const int32_t *blocks, uint32_t n, 
 kiln_status kiln_kv_seq_upload_host(kiln_kv *kv, uint32_t s);
 /* Frees sequence s's host copy. */
 void kiln_kv_seq_free_host(kiln_kv *kv, uint32_t s);
+
+/* ---- lib/kv_shift.c ---- */
+
+/* Removes positions [p0, p1) from the middle of sequence s (p0 < p1 <
+ * len): positions >= p1 move down by p1 - p0 and their K rows are rotated
+ * back by that distance. The rewritten tail goes into fresh blocks, so
+ * KILN_E_CONTEXT_FULL, KILN_E_OOM_HOST or a backend error leave s as it
+ * was. */
+kiln_status kiln_kv_seq_remove_middle(kiln_kv *kv, uint32_t s, uint32_t p0, uint32_t p1);
 
 /* Cell index of position pos of sequence s (pos within the reservation). */
 static inline int32_t kiln_kv_cell(const kiln_kv *kv, uint32_t s, uint32_t pos) {
