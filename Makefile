@@ -27,6 +27,8 @@ LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 PLUGINDIR ?= $(LIBDIR)/kiln
+# the bundled default model (kiln-run finds it at bin/../share/kiln/models)
+MODELDIR ?= $(PREFIX)/share/kiln/models
 DESTDIR ?=
 
 BUILD ?= build
@@ -328,6 +330,8 @@ install: all $(BUILD)/kiln.pc
 	$(if $(strip $(PLUGINS)),install -d $(DESTDIR)$(PLUGINDIR))
 	$(if $(strip $(PLUGINS)),install -m 755 $(PLUGINS) $(DESTDIR)$(PLUGINDIR)/)
 	$(if $(strip $(EXAMPLES)),install -m 755 $(EXAMPLES) $(DESTDIR)$(BINDIR)/)
+	install -d $(DESTDIR)$(MODELDIR)
+	install -m 644 $(DEFAULT_MODEL) $(DESTDIR)$(MODELDIR)/
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/kiln.h $(DESTDIR)$(INCLUDEDIR)/kiln_backend.h
@@ -337,6 +341,8 @@ uninstall:
 	rm -f $(DESTDIR)$(PLUGINDIR)/libkiln-*.so
 	-rmdir $(DESTDIR)$(PLUGINDIR) 2>/dev/null || true
 	$(if $(strip $(EXAMPLES)),rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(EXAMPLES))))
+	rm -f $(DESTDIR)$(MODELDIR)/$(notdir $(DEFAULT_MODEL))
+	-rmdir $(DESTDIR)$(MODELDIR) $(DESTDIR)$(PREFIX)/share/kiln 2>/dev/null || true
 
 # ---- ABI baseline ----------------------------------------------------------------
 # Regenerates test/abi/kiln.symbols, test/abi/libkiln.abi and the header

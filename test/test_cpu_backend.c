@@ -318,8 +318,12 @@ typedef struct {
     kiln_bk_ubatch ub;
 } ubatch_buf;
 
+/* First position of sequence 0 in make_ubatch (a prefill continuing a
+ * cached prefix). */
+static int ubatch_start0 = 10;
+
 /* Three sequences with their own shuffled block tables, tokens
- * interleaved: seq 0 prefill at positions 10..10+n0-1, seq 1 one decode
+ * interleaved: seq 0 prefill at positions start0..start0+n0-1, seq 1 one decode
  * token at pos1, seq 2 from 0. Returns n_tokens. */
 static uint32_t make_ubatch(ubatch_buf *u, uint32_t block_size, uint32_t n_blocks_total, int n0, int pos1,
                             int n2) {
@@ -337,7 +341,7 @@ static uint32_t make_ubatch(ubatch_buf *u, uint32_t block_size, uint32_t n_block
     int per_seq = (int)n_blocks_total / 3;
     int32_t tab_off[3] = {0, per_seq, 2 * per_seq};
     memcpy(u->blocks, perm, n_blocks_total * sizeof(int32_t));
-    int start[3] = {10, pos1, 0}, count[3] = {n0, 1, n2}, done[3] = {0, 0, 0};
+    int start[3] = {ubatch_start0, pos1, 0}, count[3] = {n0, 1, n2}, done[3] = {0, 0, 0};
     uint32_t n = 0;
     while (done[0] < count[0] || done[1] < count[1] || done[2] < count[2]) {
         for (int s = 2; s >= 0; s--) { /* out of table order on purpose */
@@ -647,6 +651,7 @@ static void test_kv_store(void) {
 typedef struct {
     uint32_t n_head, n_head_kv, head_dim, block_size, n_blocks;
     int n0, pos1, n2;
+    int start0; /* first position of sequence 0 (0: 10) */
 } attn_case;
 
 /* Runs one attention case on dev; returns the output (caller frees) and
@@ -654,7 +659,9 @@ typedef struct {
 static float *attention_case(kiln_bk_device *dev, const attn_case *c, uint64_t seed, bool check) {
     rng_state = seed;
     ubatch_buf u;
+    ubatch_start0 = c->start0 ? c->start0 : 10;
     uint32_t n = make_ubatch(&u, c->block_size, c->n_blocks, c->n0, c->pos1, c->n2);
+    ubatch_start0 = 10;
     /* one token that attends to nothing */
     if (n > 1) u.attn_n_kv[n - 1] = 0;
     KT_CHECK_OK(bk->set_ubatch(dev, &u.ub));
@@ -723,14 +730,15 @@ static float *attention_case(kiln_bk_device *dev, const attn_case *c, uint64_t s
 }
 
 static const attn_case attn_cases[] = {
-    {8, 2, 64, 16, 120, 9, 700, 5},   /* the tiny model's shape, GQA 4 */
-    {4, 4, 24, 7, 300, 3, 650, 17},   /* no GQA, odd block size */
-    {6, 3, 20, 16, 90, 20, 400, 2},   /* head_dim not a multiple of 8: scalar path */
-    {2, 1, 128, 32, 96, 1, 2000, 1},  /* one KV head: few items, split positions */
-    {16, 2, 32, 16, 60, 40, 5, 33},   /* GQA 8, many prefill tokens */
-    {2, 1, 64, 16, 400, 0, 3000, 0},  /* one long decode: positions split over items */
-    {8, 2, 64, 16, 400, 0, 1000, 0},  /* decode, GQA */
-    {6, 6, 32, 16, 60, 3, 100, 2},    /* tiles of 1-3 tokens with their own lengths, few rows */
+    {8, 2, 64, 16, 120, 9, 700, 5, 0},   /* the tiny model's shape, GQA 4 */
+    {4, 4, 24, 7, 300, 3, 650, 17, 0},   /* no GQA, odd block size */
+    {6, 3, 20, 16, 90, 20, 400, 2, 0},   /* head_dim not a multiple of 8: scalar path */
+    {2, 1, 128, 32, 96, 1, 2000, 1, 0},  /* one KV head: few items, split positions */
+    {16, 2, 32, 16, 60, 40, 5, 33, 0},   /* GQA 8, many prefill tokens */
+    {2, 1, 64, 16, 400, 0, 3000, 0, 0},  /* one long decode: positions split over items */
+    {8, 2, 64, 16, 400, 0, 1000, 0, 0},  /* decode, GQA */
+    {6, 6, 32, 16, 60, 3, 100, 2, 0},    /* tiles of 1-3 tokens with their own lengths, few rows */
+    {8, 2, 64, 32, 200, 28, 5, 3, 1024}, /* a prefill ubatch deep in a long context */
 };
 
 static void test_attention(void) {
@@ -738,6 +746,65 @@ static void test_attention(void) {
     for (size_t i = 0; i < KILN_ARRAY_LEN(attn_cases); i++)
         free(attention_case(dev, &attn_cases[i], 1000 + 10 * i + (uint64_t)isa_, true));
     ISA_LOOP_END
+}
+
+/* A token's attention output must not depend on the rest of its ubatch:
+ * each token of a mixed prefill/decode ubatch, run alone (and on handles
+ * of 1 and 3 threads, which split long contexts differently), gives the
+ * same bits. Speculative decoding relies on it: verifying drafted tokens
+ * in one ubatch must reproduce token-by-token decoding exactly. */
+static void attention_invariance_case(int isa, const attn_case *c, uint64_t seed) {
+    kiln_bk_device *devs[3] = {open_dev(2), open_dev(1), open_dev(3)};
+    for (int i = 0; i < 3; i++) kiln_cpu_device_set_isa(devs[i], isa);
+    rng_state = seed;
+    ubatch_buf u;
+    ubatch_start0 = c->start0 ? c->start0 : 10;
+    uint32_t n = make_ubatch(&u, c->block_size, c->n_blocks, c->n0, c->pos1, c->n2);
+    ubatch_start0 = 10;
+    const uint32_t D = c->head_dim, kv_dim = c->n_head_kv * D, width = c->n_head * D;
+    const size_t cells = u.ub.n_cells;
+    kiln_bk_buffer *kc, *vc;
+    KT_CHECK_OK(bk->buffer_alloc(devs[0], cells * kv_dim * 2, KILN_BK_BUF_KV, &kc));
+    KT_CHECK_OK(bk->buffer_alloc(devs[0], cells * kv_dim * 2, KILN_BK_BUF_KV, &vc));
+    uint16_t *K = bk->buffer_host_ptr(kc), *V = bk->buffer_host_ptr(vc);
+    for (size_t i = 0; i < cells * kv_dim; i++) {
+        K[i] = kiln_fp32_to_fp16(rnd() * 2.0f);
+        V[i] = kiln_fp32_to_fp16(rnd());
+    }
+    float *q = rnd_array((size_t)width * n, 1.5f), *all = xmalloc((size_t)width * n * 4), *one = xmalloc((size_t)width * 4);
+    kiln_bk_attn at = {sizeof at, c->n_head, c->n_head_kv, D, 1.0f / sqrtf((float)D)};
+    tens tq = mk_f32(devs[0], q, width, n, 0), td = mk_f32(devs[0], NULL, width, n, 0);
+    KT_CHECK_OK(bk->set_ubatch(devs[0], &u.ub));
+    KT_CHECK_OK(bk->attention(devs[0], &tq.t, kc, vc, &at, &td.t));
+    rd_f32(devs[0], &td, all);
+    bool same = true;
+    for (uint32_t t = 0; t < n; t++) {
+        kiln_bk_ubatch u1 = u.ub;
+        u1.n_tokens = 1;
+        u1.pos = &u.pos[t], u1.kv_cell = &u.kv_cell[t], u1.attn_table = &u.attn_table[t], u1.attn_n_kv = &u.attn_n_kv[t];
+        tens q1 = mk_f32(devs[0], q + (size_t)t * width, width, 1, 0), d1 = mk_f32(devs[0], NULL, width, 1, 0);
+        for (int i = 0; i < 3; i++) {
+            KT_CHECK_OK(bk->set_ubatch(devs[i], &u1));
+            KT_CHECK_OK(bk->attention(devs[i], &q1.t, kc, vc, &at, &d1.t));
+            rd_f32(devs[i], &d1, one);
+            same &= memcmp(one, all + (size_t)t * width, (size_t)width * 4) == 0;
+        }
+        free_t(&q1), free_t(&d1);
+    }
+    KT_CHECKF(same, "attention isa %d heads %u/%u dim %u: a token alone differs from the batch", isa, c->n_head,
+              c->n_head_kv, D);
+    free_t(&tq), free_t(&td);
+    bk->buffer_free(kc), bk->buffer_free(vc);
+    free(q), free(all), free(one);
+    for (int i = 0; i < 3; i++) bk->device_close(devs[i]);
+}
+
+static void test_attention_invariance(void) {
+    kiln_bk_device *probe = open_dev(1);
+    int best = probe->isa;
+    bk->device_close(probe);
+    for (int isa = best; isa >= KILN_CPU_ISA_SCALAR; isa--)
+        for (size_t i = 0; i < KILN_ARRAY_LEN(attn_cases); i++) attention_invariance_case(isa, &attn_cases[i], 500 + i);
 }
 
 static void test_attention_errors(void) {
@@ -769,6 +836,21 @@ static void test_attention_errors(void) {
     KT_CHECK(bk->set_ubatch(dev, &ub) == KILN_E_INVALID_ARG);
     at.n_head_kv = 1;
     KT_CHECK_OK(bk->attention(dev, &tq.t, kc, vc, &at, &tq.t));
+    /* a token that attends to nothing may carry any table offset; its
+     * output is zeros */
+    nkv[1] = 2, tab[0] = -7, nkv[0] = 0;
+    KT_CHECK_OK(bk->set_ubatch(dev, &ub));
+    memset(bk->buffer_host_ptr(tq.buf), 0x7f, 64 * 2 * 4);
+    memset(bk->buffer_host_ptr(kc), 0, 64 * 32 * 2);
+    memset(bk->buffer_host_ptr(vc), 0, 64 * 32 * 2);
+    KT_CHECK_OK(bk->attention(dev, &tq.t, kc, vc, &at, &tq.t));
+    float row0[64];
+    KT_CHECK_OK(bk->buffer_download(dev, tq.buf, 0, row0, sizeof row0));
+    bool zeros = true;
+    for (int i = 0; i < 64; i++) zeros &= row0[i] == 0.0f;
+    KT_CHECK(zeros);
+    tab[0] = 0, nkv[0] = 1;
+    KT_CHECK_OK(bk->set_ubatch(dev, &ub));
     /* tensors outside their buffer */
     tq.t.ne[1] = 3;
     KT_CHECK(bk->attention(dev, &tq.t, kc, vc, &at, &tq.t) == KILN_E_INVALID_ARG);
@@ -893,6 +975,18 @@ static void test_matmul_types(void) {
             rd_f32(devs, &td, os);
             KT_CHECKF(memcmp(o1, o2, (size_t)(n * m) * 4) == 0, "matmul %s: 1 vs 2 threads differ",
                       kiln_type_name(type));
+            /* each activation row alone gives the same bits as in the batch
+             * (decoding token by token must match a batched verify) */
+            bool alone_same = true;
+            for (int64_t j = 0; j < m && m > 1; j += 7) {
+                kiln_bk_tensor x1 = tx.t, d1 = td.t;
+                x1.offset = (uint64_t)j * tx.t.row_stride, x1.ne[1] = 1;
+                d1.offset = (uint64_t)j * td.t.row_stride, d1.ne[1] = 1;
+                KT_CHECK_OK(bk->matmul(dev2, &tw.t, &x1, &d1));
+                alone_same &= memcmp((uint8_t *)bk->buffer_host_ptr(td.buf) + d1.offset, o1 + j * n, (size_t)n * 4) == 0;
+            }
+            KT_CHECKF(alone_same, "matmul %s %lldx%lldx%lld: a row alone differs from the batch", kiln_type_name(type),
+                      (long long)k, (long long)n, (long long)m);
             double worst = 0, worst_s = 0, tol = act_tol(tr->act_type);
             for (int64_t j = 0; j < m; j++)
                 for (int64_t i = 0; i < n; i++) {
@@ -1163,6 +1257,7 @@ int main(void) {
     KT_RUN(test_get_rows);
     KT_RUN(test_kv_store);
     KT_RUN(test_attention);
+    KT_RUN(test_attention_invariance);
     KT_RUN(test_attention_errors);
     KT_RUN(test_matmul_driver);
     KT_RUN(test_matmul_types);

@@ -7,17 +7,33 @@
  * block_tables[attn_table[t] + p / block_size] * block_size + p % block_size.
  * All arithmetic is F32 (K/V values are converted from F16 exactly).
  *
- * Work is split into items (tile, kv head[, split]). A tile is up to T
- * tokens of one block table (set_ubatch grouped them); an item computes the
- * whole query group of its KV head for those tokens, so every K/V chunk it
- * converts from F16 is used by T * group query rows. KV positions are
- * walked in chunks with an online softmax (running max m, running sum l,
- * unnormalised output O rescaled when m grows), so memory stays constant
- * in the context length. When there are fewer (tile, kv head) pairs than
- * threads (a single long decode), the positions are also split and the
- * partial (m, l, O) merged afterwards.
+ * One canonical computation per query row. Positions are cut into segments
+ * of KILN_CPU_ATTN_SEG positions and each segment into chunks (a power of
+ * two set by head_dim); every segment runs an online softmax over its
+ * chunks (running max m, running sum l, unnormalised output O rescaled
+ * when m grows), and the segments' (m, l, O) are folded left to right. On
+ * a given instruction set, a row's result is therefore the same bits
+ * whatever else is in the ubatch, however the work is tiled or split, and
+ * however many threads run: a prompt decoded in one ubatch or token by
+ * token, alone or beside other sequences, attends identically (greedy
+ * output with and without speculative drafts depends on it).
  *
- * Rows with attn_n_kv == 0 attend to nothing and produce zeros.
+ * Work is split into items (tile, kv head[, segment]). A tile is up to T
+ * tokens of one block table (set_ubatch grouped them); an item computes
+ * the whole query group of its KV head for those tokens, so every K/V chunk
+ * converted from F16 serves T * group query rows. When there are few
+ * (tile, kv head) pairs for the threads (a long decode), each segment is an
+ * item of its own; the partial (m, l, O) are then folded by a final pass,
+ * in the same order and with the same arithmetic.
+ *
+ * Kernels: scalar and AVX2 take one query row at a time (dot products);
+ * AVX-512 computes 8+ rows as a tile (scores transposed, K values
+ * broadcast against 16 rows) and fewer rows (decode) against a transposed
+ * K chunk; both of those accumulate each score over the head dimension in
+ * the same order, so the switch between them changes no bits.
+ *
+ * Rows with attn_n_kv == 0 attend to nothing and produce zeros. dst may be
+ * q itself (each item reads only the query rows it writes).
  */
 #include <math.h>
 #include <string.h>
@@ -26,10 +42,8 @@
 #include "cpu_simd.h"
 #include "quant.h"
 
-/* Splitting positions: at least this many per split, and only while there
- * are fewer (token, kv head) pairs than KILN_CPU_ATTN_SPLIT_PAIRS. */
-#define KILN_CPU_ATTN_SPLIT_MIN 256
-#define KILN_CPU_ATTN_SPLIT_PAIRS 8
+/* Positions per segment (a multiple of every chunk size). */
+#define KILN_CPU_ATTN_SEG 256
 /* Target query rows per tile (T * group), and the number of items below
  * which tiles get smaller. */
 #define KILN_CPU_ATTN_ROWS 32
@@ -48,15 +62,15 @@ typedef struct {
     uint32_t n_head_kv, group, head_dim;
     float scale;
     size_t kv_row_bytes;
-    uint32_t chunk;         /* positions per chunk (multiple of 16) */
+    uint32_t chunk;         /* positions per chunk: 16, 32 or 64 */
     const attn_tile *tiles;
     uint32_t n_tiles;
-    uint32_t n_split;
-    uint32_t split_len;     /* positions per split (multiple of chunk) */
+    uint32_t n_seg;         /* segments of the longest row */
+    bool split;             /* one segment per item, folded by attn_merge */
     int64_t n_items;
     uint8_t *ws;            /* per-thread workspaces */
     size_t ws_stride;
-    float *partial;         /* n_split > 1: [n_items][rows_max][2 + D] */
+    float *partial;         /* split: [n_items][rows_max][2 + D] */
     uint32_t rows_max;
 } attn_args;
 
@@ -64,16 +78,19 @@ typedef struct {
  * to rp = rows_max rounded up to 16 (one AVX-512 vector of rows). */
 typedef struct {
     float *kc, *vc;   /* [chunk][D] converted K and V rows */
+    float *kt;        /* [D][chunk] K transposed (AVX-512, few rows) */
     float *s;         /* [chunk] scores, then probabilities (row kernels) */
-    float *m, *l;     /* [rp] running max and sum */
-    float *o;         /* [rows][D] unnormalised output */
-    float *qt;        /* [D][rp] scaled queries, transposed (tile kernel) */
-    float *st;        /* [chunk][rp] scores, then probabilities (tile kernel) */
-    float *alpha;     /* [rp] rescale factors (tile kernel) */
-    int32_t *nkv;     /* [rp] positions each row attends to (tile kernel) */
+    float *m, *l;     /* [rp] the segment's running max and sum */
+    float *alpha;     /* [rp] rescale factors (AVX-512) */
+    int32_t *nkv;     /* [rp] positions each row attends to */
+    float *o;         /* [rows][D] the segment's unnormalised output */
+    float *qt;        /* [D][rp] scaled Q^T (tile) or [rows][D] scaled Q (few rows) */
+    float *st;        /* [chunk][rp] (tile) or [rows][chunk]: scores, then P */
+    float *mr, *lr;   /* [rp] folded over segments */
+    float *orun;      /* [rp][D] folded over segments (at item start: scratch for Q) */
 } attn_ws;
 
-#define KILN_ATTN_WS_REGIONS 10
+#define KILN_ATTN_WS_REGIONS 14
 
 static uint32_t pad16(uint32_t n) { return (n + 15) & ~15u; }
 
@@ -84,28 +101,31 @@ static size_t ws_floats(uint32_t chunk, uint32_t rows, uint32_t d, size_t *off) 
 #define KILN_REGION(i, len) (off[i] = n, n += ((size_t)(len) + 15) & ~(size_t)15)
     KILN_REGION(0, (size_t)chunk * d);
     KILN_REGION(1, (size_t)chunk * d);
-    KILN_REGION(2, chunk);
-    KILN_REGION(3, rp);
+    KILN_REGION(2, (size_t)d * chunk);
+    KILN_REGION(3, chunk);
     KILN_REGION(4, rp);
-    KILN_REGION(5, (size_t)rows * d);
-    KILN_REGION(6, (size_t)d * rp);
-    KILN_REGION(7, (size_t)chunk * rp);
-    KILN_REGION(8, rp);
-    KILN_REGION(9, rp);
+    KILN_REGION(5, rp);
+    KILN_REGION(6, rp);
+    KILN_REGION(7, rp);
+    KILN_REGION(8, (size_t)rows * d);
+    KILN_REGION(9, (size_t)d * rp);
+    KILN_REGION(10, (size_t)chunk * rp);
+    KILN_REGION(11, rp);
+    KILN_REGION(12, rp);
+    KILN_REGION(13, (size_t)rp * d);
 #undef KILN_REGION
     return n;
 }
 
-static attn_ws ws_get(const attn_args *a, int ith) {
+static attn_ws ws_get(const attn_args *a, int slot) {
     size_t off[KILN_ATTN_WS_REGIONS];
     ws_floats(a->chunk, a->rows_max, a->head_dim, off);
-    float *base = (float *)(a->ws + (size_t)ith * a->ws_stride);
-    attn_ws w = {base + off[0], base + off[1], base + off[2], base + off[3], base + off[4],
-                 base + off[5], base + off[6], base + off[7], base + off[8], (int32_t *)(base + off[9])};
+    float *b = (float *)(a->ws + (size_t)slot * a->ws_stride);
+    attn_ws w = {b + off[0], b + off[1], b + off[2], b + off[3], b + off[4],  b + off[5],
+                 b + off[6], (int32_t *)(b + off[7]), b + off[8], b + off[9], b + off[10],
+                 b + off[11], b + off[12], b + off[13]};
     return w;
 }
-
-/* ---- K/V chunk conversion ---- */
 
 /* Cells of positions p0.. walked through the block table without a
  * division per position. */
@@ -279,21 +299,22 @@ static KILN_AVX2 void row_chunk_avx2(const float *q, const float *kc, const floa
 }
 #endif
 
-/* ---- a tile of query rows against one chunk: AVX-512 (d % 16 == 0) ----
+/* ---- AVX-512 (d % 16 == 0) ----
  *
- * Scores are computed transposed, S^T[c][r] = sum_i K[c][i] * Q^T[i][r]:
- * broadcasting a K value against a vector of 16 rows needs no horizontal
- * sums, and Q^T is built once per item. The softmax then runs down the
- * columns (one lane per row), and O += P V uses the K/V chunk once for
- * two rows at a time. */
+ * Tiles of 8+ rows: scores are computed transposed, S^T[c][r] = sum_i
+ * K[c][i] * Q^T[i][r], broadcasting K values against 16 rows (no
+ * horizontal sums); the softmax runs down the columns, one lane per row.
+ * Fewer rows: S[r][c] = sum_i Q[r][i] * K^T[i][c], broadcasting Q values
+ * against 16 positions; the softmax runs along the rows. Either way each
+ * score is one FMA chain over i = 0..d-1 from 0, the running sums add the
+ * probabilities in position order, and the rescale factors come from the
+ * same vector code: the two kernels agree bit for bit. */
 
 #ifdef KILN_CPU_X86
 /* S^T for four positions c..c+3 and 32 rows r0..r0+31 */
 static inline KILN_AVX512 __attribute__((always_inline)) void
 qk4x32(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, float *st) {
-    __m512 a00 = _mm512_setzero_ps(), a01 = _mm512_setzero_ps(), a10 = _mm512_setzero_ps(),
-           a11 = _mm512_setzero_ps(), a20 = _mm512_setzero_ps(), a21 = _mm512_setzero_ps(),
-           a30 = _mm512_setzero_ps(), a31 = _mm512_setzero_ps();
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     const float *q = qt + r0;
     for (uint32_t i = 0; i < d; i++, q += rp) {
         const __m512 q0 = _mm512_load_ps(q), q1 = _mm512_load_ps(q + 16);
@@ -316,10 +337,10 @@ qk4x32(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, fl
     _mm512_store_ps(o, a30), _mm512_store_ps(o + 16, a31);
 }
 
-/* the same for 16 rows */
+/* S^T for eight positions c..c+7 and 16 rows r0..r0+15 */
 static inline KILN_AVX512 __attribute__((always_inline)) void
-qk4x16(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, float *st) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+qk8x16(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, float *st) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
     const float *q = qt + r0;
     for (uint32_t i = 0; i < d; i++, q += rp) {
         const __m512 q0 = _mm512_load_ps(q);
@@ -327,71 +348,119 @@ qk4x16(const float *qt, uint32_t rp, uint32_t r0, const float *k, uint32_t d, fl
         a1 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[d + i]), a1);
         a2 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[2 * d + i]), a2);
         a3 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[3 * d + i]), a3);
+        a4 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[4 * d + i]), a4);
+        a5 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[5 * d + i]), a5);
+        a6 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[6 * d + i]), a6);
+        a7 = _mm512_fmadd_ps(q0, _mm512_set1_ps(k[7 * d + i]), a7);
     }
     float *o = st + r0;
     _mm512_store_ps(o, a0);
     _mm512_store_ps(o + rp, a1);
     _mm512_store_ps(o + 2 * (size_t)rp, a2);
     _mm512_store_ps(o + 3 * (size_t)rp, a3);
+    _mm512_store_ps(o + 4 * (size_t)rp, a4);
+    _mm512_store_ps(o + 5 * (size_t)rp, a5);
+    _mm512_store_ps(o + 6 * (size_t)rp, a6);
+    _mm512_store_ps(o + 7 * (size_t)rp, a7);
 }
 
-/* [sum(a0), ..., sum(a15)]: sixteen horizontal sums at once, by halving
- * the vectors three times (256-bit, 128-bit, then within 128 bits). */
-#define KILN_HALF256(x, y) _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x44), _mm512_shuffle_f32x4(x, y, 0xee))
-#define KILN_HALF128(x, y) _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xdd))
-static inline KILN_AVX512 __attribute__((always_inline)) __m512
-hsum16(__m512 a0, __m512 a1, __m512 a2, __m512 a3, __m512 a4, __m512 a5, __m512 a6, __m512 a7, __m512 a8,
-       __m512 a9, __m512 a10, __m512 a11, __m512 a12, __m512 a13, __m512 a14, __m512 a15) {
-    /* b_i: low half from a_i, high half from a_(i+8) */
-    const __m512 b0 = KILN_HALF256(a0, a8), b1 = KILN_HALF256(a1, a9), b2 = KILN_HALF256(a2, a10),
-                 b3 = KILN_HALF256(a3, a11), b4 = KILN_HALF256(a4, a12), b5 = KILN_HALF256(a5, a13),
-                 b6 = KILN_HALF256(a6, a14), b7 = KILN_HALF256(a7, a15);
-    /* c_i quads: a_i, a_(i+8), a_(i+4), a_(i+12) */
-    const __m512 c0 = KILN_HALF128(b0, b4), c1 = KILN_HALF128(b1, b5), c2 = KILN_HALF128(b2, b6),
-                 c3 = KILN_HALF128(b3, b7);
-    const __m512 e0 = _mm512_add_ps(_mm512_unpacklo_ps(c0, c1), _mm512_unpackhi_ps(c0, c1));
-    const __m512 e1 = _mm512_add_ps(_mm512_unpacklo_ps(c2, c3), _mm512_unpackhi_ps(c2, c3));
-    /* quads: [a0..a3], [a8..a11], [a4..a7], [a12..a15] */
-    const __m512 f = _mm512_add_ps(_mm512_shuffle_ps(e0, e1, 0x44), _mm512_shuffle_ps(e0, e1, 0xee));
-    return _mm512_shuffle_f32x4(f, f, _MM_SHUFFLE(3, 1, 2, 0));
+/* out[j][i] = in[i][j] for a 16x16 block (leading dimensions in floats,
+ * multiples of 16). Spelled out so that the compiler keeps every vector
+ * in a register. */
+static inline KILN_AVX512 __attribute__((always_inline)) void
+transpose16(const float *in, size_t ld_in, float *out, size_t ld_out) {
+#define KILN_LD(i) const __m512 r##i = _mm512_load_ps(in + (size_t)(i) * ld_in)
+    KILN_LD(0); KILN_LD(1); KILN_LD(2); KILN_LD(3); KILN_LD(4); KILN_LD(5); KILN_LD(6); KILN_LD(7);
+    KILN_LD(8); KILN_LD(9); KILN_LD(10); KILN_LD(11); KILN_LD(12); KILN_LD(13); KILN_LD(14); KILN_LD(15);
+#undef KILN_LD
+    /* pairs of rows interleaved */
+#define KILN_UNPACK(a, b) const __m512 t##a = _mm512_unpacklo_ps(r##a, r##b), t##b = _mm512_unpackhi_ps(r##a, r##b)
+    KILN_UNPACK(0, 1); KILN_UNPACK(2, 3); KILN_UNPACK(4, 5); KILN_UNPACK(6, 7);
+    KILN_UNPACK(8, 9); KILN_UNPACK(10, 11); KILN_UNPACK(12, 13); KILN_UNPACK(14, 15);
+#undef KILN_UNPACK
+    /* groups of four rows: each 128-bit lane holds one column's four values */
+#define KILN_SHUF(a, b, c, d)                                                                    \
+    const __m512 u##a = _mm512_shuffle_ps(t##a, t##c, 0x44), u##b = _mm512_shuffle_ps(t##a, t##c, 0xee), \
+                 u##c = _mm512_shuffle_ps(t##b, t##d, 0x44), u##d = _mm512_shuffle_ps(t##b, t##d, 0xee)
+    KILN_SHUF(0, 1, 2, 3); KILN_SHUF(4, 5, 6, 7); KILN_SHUF(8, 9, 10, 11); KILN_SHUF(12, 13, 14, 15);
+#undef KILN_SHUF
+    /* groups of eight rows, then sixteen: 128-bit lanes move into place */
+#define KILN_LANE(a, b, x, y) \
+    const __m512 v##a = _mm512_shuffle_f32x4(u##x, u##y, 0x88), v##b = _mm512_shuffle_f32x4(u##x, u##y, 0xdd)
+    KILN_LANE(0, 4, 0, 4); KILN_LANE(1, 5, 1, 5); KILN_LANE(2, 6, 2, 6); KILN_LANE(3, 7, 3, 7);
+    KILN_LANE(8, 12, 8, 12); KILN_LANE(9, 13, 9, 13); KILN_LANE(10, 14, 10, 14); KILN_LANE(11, 15, 11, 15);
+#undef KILN_LANE
+#define KILN_ST(j, k)                                                                           \
+    _mm512_store_ps(out + (size_t)(j) * ld_out, _mm512_shuffle_f32x4(v##j, v##k, 0x88)),        \
+        _mm512_store_ps(out + (size_t)(k) * ld_out, _mm512_shuffle_f32x4(v##j, v##k, 0xdd))
+    KILN_ST(0, 8); KILN_ST(1, 9); KILN_ST(2, 10); KILN_ST(3, 11);
+    KILN_ST(4, 12); KILN_ST(5, 13); KILN_ST(6, 14); KILN_ST(7, 15);
+#undef KILN_ST
 }
-#undef KILN_HALF256
-#undef KILN_HALF128
 
-/* Scores of one query row (row-major, scaled) against 16 K rows, by dot
- * products. The sixteen accumulators are spelled out so that they stay in
- * registers. */
-static inline KILN_AVX512 __attribute__((always_inline)) __m512 qk_dot16(const float *q, const float *k, uint32_t d) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0,
-           a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
-    for (uint32_t i = 0; i < d; i += 16) {
-        const __m512 qv = _mm512_loadu_ps(q + i);
-        const float *kk = k + i;
-#define KILN_ACC(j) a##j = _mm512_fmadd_ps(qv, _mm512_load_ps(kk + (size_t)(j) * d), a##j)
-        KILN_ACC(0), KILN_ACC(1), KILN_ACC(2), KILN_ACC(3), KILN_ACC(4), KILN_ACC(5), KILN_ACC(6), KILN_ACC(7);
-        KILN_ACC(8), KILN_ACC(9), KILN_ACC(10), KILN_ACC(11), KILN_ACC(12), KILN_ACC(13), KILN_ACC(14), KILN_ACC(15);
-#undef KILN_ACC
+/* S for up to four rows (q0..q3, scaled, row-major) and 32 positions
+ * c..c+31 from K^T (eight independent FMA chains keep both FMA pipes
+ * busy); rows past nr are computed from q0 and dropped. */
+static inline KILN_AVX512 __attribute__((always_inline)) void
+qk_t4x32(const float *q0, const float *q1, const float *q2, const float *q3, uint32_t nr, const float *kt,
+         uint32_t chunk, uint32_t d, float *s, uint32_t ld_s) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (uint32_t i = 0; i < d; i++, kt += chunk) {
+        const __m512 k0 = _mm512_load_ps(kt), k1 = _mm512_load_ps(kt + 16);
+        __m512 q = _mm512_set1_ps(q0[i]);
+        a0 = _mm512_fmadd_ps(q, k0, a0), b0 = _mm512_fmadd_ps(q, k1, b0);
+        q = _mm512_set1_ps(q1[i]);
+        a1 = _mm512_fmadd_ps(q, k0, a1), b1 = _mm512_fmadd_ps(q, k1, b1);
+        q = _mm512_set1_ps(q2[i]);
+        a2 = _mm512_fmadd_ps(q, k0, a2), b2 = _mm512_fmadd_ps(q, k1, b2);
+        q = _mm512_set1_ps(q3[i]);
+        a3 = _mm512_fmadd_ps(q, k0, a3), b3 = _mm512_fmadd_ps(q, k1, b3);
     }
-    return hsum16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15);
+    _mm512_store_ps(s, a0), _mm512_store_ps(s + 16, b0);
+    if (nr > 1) _mm512_store_ps(s + ld_s, a1), _mm512_store_ps(s + ld_s + 16, b1);
+    if (nr > 2) _mm512_store_ps(s + 2 * (size_t)ld_s, a2), _mm512_store_ps(s + 2 * (size_t)ld_s + 16, b2);
+    if (nr > 3) _mm512_store_ps(s + 3 * (size_t)ld_s, a3), _mm512_store_ps(s + 3 * (size_t)ld_s + 16, b3);
 }
 
-/* O_r = O_r * alpha_r + sum_c P[r][c] V[c] for rows 0..rows-1, two rows at
- * a time so that each V row loaded serves both. P[r][c] is at
- * p[r * p_row + c * p_pos]; a row pair walks the positions either attends
- * to (ne), where the other's P is 0. */
+/* the same for 16 positions */
+static inline KILN_AVX512 __attribute__((always_inline)) void
+qk_t4(const float *q0, const float *q1, const float *q2, const float *q3, uint32_t nr, const float *kt,
+      uint32_t chunk, uint32_t d, float *s, uint32_t ld_s) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (uint32_t i = 0; i < d; i++, kt += chunk) {
+        const __m512 kv = _mm512_load_ps(kt);
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[i]), kv, a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[i]), kv, a1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[i]), kv, a2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[i]), kv, a3);
+    }
+    _mm512_store_ps(s, a0);
+    if (nr > 1) _mm512_store_ps(s + ld_s, a1);
+    if (nr > 2) _mm512_store_ps(s + 2 * (size_t)ld_s, a2);
+    if (nr > 3) _mm512_store_ps(s + 3 * (size_t)ld_s, a3);
+}
+
+static inline uint32_t attended(int32_t nkv, uint32_t p0, uint32_t n) {
+    return nkv <= (int32_t)p0 ? 0 : (uint32_t)nkv - p0 < n ? (uint32_t)nkv - p0 : n;
+}
+
+/* O_r = O_r * alpha_r + sum_c P[r][c] V[c] over the positions row r
+ * attends to, two rows at a time so that each V row loaded serves both.
+ * P[r][c] is at p[r * p_row + c * p_pos]. */
 static inline KILN_AVX512 __attribute__((always_inline)) void
 pv_avx512(attn_ws *w, uint32_t rows, uint32_t p0, uint32_t n, uint32_t d, const float *p, size_t p_row,
           size_t p_pos) {
     for (uint32_t r = 0; r < rows; r += 2) {
         const bool pair = r + 1 < rows;
-        int32_t last = w->nkv[r];
-        if (pair && w->nkv[r + 1] > last) last = w->nkv[r + 1];
-        uint32_t ne = last <= (int32_t)p0 ? 0 : (uint32_t)last - p0 < n ? (uint32_t)last - p0 : n;
+        const uint32_t n0 = attended(w->nkv[r], p0, n), n1 = pair ? attended(w->nkv[r + 1], p0, n) : 0;
+        if (n0 == 0 && n1 == 0) continue; /* alpha is 1 for both: nothing changes */
+        const uint32_t both = n0 < n1 ? n0 : n1;
         float *o0 = w->o + (size_t)r * d, *o1 = pair ? o0 + d : o0;
         const __m512 al0 = _mm512_set1_ps(w->alpha[r]), al1 = _mm512_set1_ps(pair ? w->alpha[r + 1] : 1.0f);
         const float *p0s = p + (size_t)r * p_row, *p1s = pair ? p0s + p_row : p0s;
         uint32_t i = 0;
         for (; i + 64 <= d; i += 64) {
+            const float *v = w->vc + i;
             __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
             __m512 x1 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 16), al0);
             __m512 x2 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i + 32), al0);
@@ -400,219 +469,283 @@ pv_avx512(attn_ws *w, uint32_t rows, uint32_t p0, uint32_t n, uint32_t d, const 
             __m512 y1 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 16), al1);
             __m512 y2 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 32), al1);
             __m512 y3 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i + 48), al1);
-            for (uint32_t c = 0; c < ne; c++) {
-                const float *v = w->vc + (size_t)c * d + i;
-                const __m512 v0 = _mm512_load_ps(v), v1 = _mm512_load_ps(v + 16);
-                const __m512 v2 = _mm512_load_ps(v + 32), v3 = _mm512_load_ps(v + 48);
+            uint32_t c = 0;
+            for (; c < both; c++) {
+                const float *vv = v + (size_t)c * d;
+                const __m512 v0 = _mm512_load_ps(vv), v1 = _mm512_load_ps(vv + 16);
+                const __m512 v2 = _mm512_load_ps(vv + 32), v3 = _mm512_load_ps(vv + 48);
                 const __m512 pa = _mm512_set1_ps(p0s[c * p_pos]), pb = _mm512_set1_ps(p1s[c * p_pos]);
                 x0 = _mm512_fmadd_ps(pa, v0, x0), x1 = _mm512_fmadd_ps(pa, v1, x1);
                 x2 = _mm512_fmadd_ps(pa, v2, x2), x3 = _mm512_fmadd_ps(pa, v3, x3);
                 y0 = _mm512_fmadd_ps(pb, v0, y0), y1 = _mm512_fmadd_ps(pb, v1, y1);
                 y2 = _mm512_fmadd_ps(pb, v2, y2), y3 = _mm512_fmadd_ps(pb, v3, y3);
             }
-            /* a lone last row (o1 == o0) is written twice with equal values */
-            _mm512_storeu_ps(o1 + i, y0), _mm512_storeu_ps(o1 + i + 16, y1);
-            _mm512_storeu_ps(o1 + i + 32, y2), _mm512_storeu_ps(o1 + i + 48, y3);
+            for (uint32_t c0 = c; c0 < n0; c0++) {
+                const float *vv = v + (size_t)c0 * d;
+                const __m512 pa = _mm512_set1_ps(p0s[c0 * p_pos]);
+                x0 = _mm512_fmadd_ps(pa, _mm512_load_ps(vv), x0), x1 = _mm512_fmadd_ps(pa, _mm512_load_ps(vv + 16), x1);
+                x2 = _mm512_fmadd_ps(pa, _mm512_load_ps(vv + 32), x2), x3 = _mm512_fmadd_ps(pa, _mm512_load_ps(vv + 48), x3);
+            }
+            for (uint32_t c1 = c; c1 < n1; c1++) {
+                const float *vv = v + (size_t)c1 * d;
+                const __m512 pb = _mm512_set1_ps(p1s[c1 * p_pos]);
+                y0 = _mm512_fmadd_ps(pb, _mm512_load_ps(vv), y0), y1 = _mm512_fmadd_ps(pb, _mm512_load_ps(vv + 16), y1);
+                y2 = _mm512_fmadd_ps(pb, _mm512_load_ps(vv + 32), y2), y3 = _mm512_fmadd_ps(pb, _mm512_load_ps(vv + 48), y3);
+            }
+            if (pair) {
+                _mm512_storeu_ps(o1 + i, y0), _mm512_storeu_ps(o1 + i + 16, y1);
+                _mm512_storeu_ps(o1 + i + 32, y2), _mm512_storeu_ps(o1 + i + 48, y3);
+            }
             _mm512_storeu_ps(o0 + i, x0), _mm512_storeu_ps(o0 + i + 16, x1);
             _mm512_storeu_ps(o0 + i + 32, x2), _mm512_storeu_ps(o0 + i + 48, x3);
         }
         for (; i < d; i += 16) {
-            __m512 x0 = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
-            __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
-            for (uint32_t c = 0; c < ne; c++) {
-                const __m512 v0 = _mm512_load_ps(w->vc + (size_t)c * d + i);
-                x0 = _mm512_fmadd_ps(_mm512_set1_ps(p0s[c * p_pos]), v0, x0);
-                y0 = _mm512_fmadd_ps(_mm512_set1_ps(p1s[c * p_pos]), v0, y0);
+            const float *v = w->vc + i;
+            __m512 x = _mm512_mul_ps(_mm512_loadu_ps(o0 + i), al0);
+            __m512 y = _mm512_mul_ps(_mm512_loadu_ps(o1 + i), al1);
+            uint32_t c = 0;
+            for (; c < both; c++) {
+                const __m512 vv = _mm512_load_ps(v + (size_t)c * d);
+                x = _mm512_fmadd_ps(_mm512_set1_ps(p0s[c * p_pos]), vv, x);
+                y = _mm512_fmadd_ps(_mm512_set1_ps(p1s[c * p_pos]), vv, y);
             }
-            _mm512_storeu_ps(o1 + i, y0);
-            _mm512_storeu_ps(o0 + i, x0);
+            for (uint32_t c0 = c; c0 < n0; c0++)
+                x = _mm512_fmadd_ps(_mm512_set1_ps(p0s[c0 * p_pos]), _mm512_load_ps(v + (size_t)c0 * d), x);
+            for (uint32_t c1 = c; c1 < n1; c1++)
+                y = _mm512_fmadd_ps(_mm512_set1_ps(p1s[c1 * p_pos]), _mm512_load_ps(v + (size_t)c1 * d), y);
+            if (pair) _mm512_storeu_ps(o1 + i, y);
+            _mm512_storeu_ps(o0 + i, x);
         }
     }
 }
 
-/* Fewer than 8 rows (decode): dot-product scores, softmax along each row
- * (16 positions per vector), P row-major in w->st as [rows][chunk]. The
- * queries are row-major and scaled in w->qt. */
+/* m, alpha and l of 16 rows from their chunk maxima and probability sums */
+static inline KILN_AVX512 __attribute__((always_inline)) __m512 update_max(attn_ws *w, uint32_t r0, __m512 vmax) {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    const __m512 m_old = _mm512_load_ps(w->m + r0);
+    const __m512 m_new = _mm512_max_ps(m_old, vmax);
+    const __mmask16 finite = _mm512_cmp_ps_mask(m_new, ninf, _CMP_NEQ_OQ);
+    _mm512_store_ps(w->alpha + r0,
+                    _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), finite, kiln_avx512_exp(_mm512_sub_ps(m_old, m_new))));
+    _mm512_store_ps(w->m + r0, m_new);
+    return m_new;
+}
+
+/* probabilities of one vector of scores: exactly 0 where masked (-inf) */
+static inline KILN_AVX512 __attribute__((always_inline)) __m512 probs(__m512 sc, __m512 m) {
+    const __mmask16 live = _mm512_cmp_ps_mask(sc, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+    return _mm512_maskz_mov_ps(live, kiln_avx512_exp(_mm512_sub_ps(sc, m)));
+}
+
+/* Fewer than 8 rows. w->qt holds the scaled rows, row-major; w->st gets
+ * S, then P, as [rows][chunk]. */
 static KILN_AVX512 void rows_chunk_avx512(attn_ws *w, uint32_t chunk, uint32_t rows, uint32_t p0, uint32_t n,
                                           uint32_t d) {
+    const uint32_t n16 = pad16(n); /* K rows past n are zeros */
+    for (uint32_t c = 0; c < n16; c += 16)
+        for (uint32_t i = 0; i < d; i += 16) transpose16(w->kc + (size_t)c * d + i, d, w->kt + (size_t)i * chunk + c, chunk);
+    for (uint32_t r0 = 0; r0 < rows; r0 += 4) {
+        const uint32_t nr = rows - r0 < 4 ? rows - r0 : 4;
+        const float *q0 = w->qt + (size_t)r0 * d;
+        const float *q1 = nr > 1 ? q0 + d : q0, *q2 = nr > 2 ? q0 + 2 * (size_t)d : q0;
+        const float *q3 = nr > 3 ? q0 + 3 * (size_t)d : q0;
+        uint32_t c = 0;
+        for (; c + 32 <= n16; c += 32)
+            qk_t4x32(q0, q1, q2, q3, nr, w->kt + c, chunk, d, w->st + (size_t)r0 * chunk + c, chunk);
+        if (c < n16) qk_t4(q0, q1, q2, q3, nr, w->kt + c, chunk, d, w->st + (size_t)r0 * chunk + c, chunk);
+    }
     const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    float mx[16] __attribute__((aligned(64)));
+    for (int r = 0; r < 16; r++) mx[r] = -INFINITY;
     for (uint32_t r = 0; r < rows; r++) {
         float *sr = w->st + (size_t)r * chunk;
-        const int32_t nk = w->nkv[r];
-        const uint32_t nv = nk <= (int32_t)p0 ? 0 : (uint32_t)nk - p0 < n ? (uint32_t)nk - p0 : n;
-        w->alpha[r] = 1.0f;
-        /* P is 0 where the row does not attend (its pair partner may) */
-        const uint32_t nv16 = (nv + 15) & ~15u;
-        if (nv16 < n) memset(sr + nv16, 0, (size_t)(n - nv16) * sizeof(float));
-        if (nv == 0) continue;
-        const float *q = w->qt + (size_t)r * d;
+        const uint32_t nv = attended(w->nkv[r], p0, n);
         __m512 vmax = ninf;
         for (uint32_t c = 0; c < nv; c += 16) {
-            __m512 sc = qk_dot16(q, w->kc + (size_t)c * d, d);
+            __m512 sc = _mm512_load_ps(sr + c);
             if (c + 16 > nv) sc = _mm512_mask_mov_ps(ninf, (__mmask16)((1u << (nv - c)) - 1), sc);
             _mm512_store_ps(sr + c, sc);
             vmax = _mm512_max_ps(vmax, sc);
         }
-        const float mx = _mm512_reduce_max_ps(vmax);
-        if (mx > w->m[r]) {
-            w->alpha[r] = expf(w->m[r] - mx); /* 0 on the first chunk (m = -inf) */
-            w->l[r] *= w->alpha[r];
-            w->m[r] = mx;
-        }
-        const __m512 vm = _mm512_set1_ps(w->m[r]);
-        __m512 sum = _mm512_setzero_ps();
-        for (uint32_t c = 0; c < nv; c += 16) {
-            const __m512 sc = _mm512_load_ps(sr + c);
-            const __mmask16 live = _mm512_cmp_ps_mask(sc, ninf, _CMP_NEQ_OQ);
-            const __m512 pr = _mm512_maskz_mov_ps(live, kiln_avx512_exp(_mm512_sub_ps(sc, vm)));
-            _mm512_store_ps(sr + c, pr);
-            sum = _mm512_add_ps(sum, pr);
-        }
-        w->l[r] += _mm512_reduce_add_ps(sum);
+        mx[r] = _mm512_reduce_max_ps(vmax);
     }
-    pv_avx512(w, rows, p0, n, d, w->st, chunk, 1);
+    update_max(w, 0, _mm512_load_ps(mx));
+    /* P, row by row (exactly 0 past each row's positions and for the
+     * padding rows), then transposed to [chunk][16] in w->kc, whose K rows
+     * are no longer needed: the sums then run down the columns in position
+     * order, as in the tile kernel */
+    for (uint32_t r = 0; r < 16; r++) {
+        float *sr = w->st + (size_t)r * chunk;
+        const uint32_t nv = r < rows ? attended(w->nkv[r], p0, n) : 0;
+        const __m512 m = _mm512_set1_ps(r < rows ? w->m[r] : 0.0f);
+        uint32_t c = 0;
+        for (; c < nv; c += 16) _mm512_store_ps(sr + c, probs(_mm512_load_ps(sr + c), m));
+        for (; c < n16; c += 16) _mm512_store_ps(sr + c, _mm512_setzero_ps());
+    }
+    float *pt = w->kc;
+    for (uint32_t c = 0; c < n16; c += 16) transpose16(w->st + c, chunk, pt + (size_t)c * 16, 16);
+    __m512 sum = _mm512_setzero_ps();
+    for (uint32_t c = 0; c < n; c++) sum = _mm512_add_ps(sum, _mm512_load_ps(pt + (size_t)c * 16));
+    _mm512_store_ps(w->l, _mm512_fmadd_ps(_mm512_load_ps(w->l), _mm512_load_ps(w->alpha), sum));
+    pv_avx512(w, rows, p0, n, d, pt, 1, 16);
 }
 
-/* 8 rows or more: transposed scores (see above), softmax down the columns
- * (one lane per row). Q^T is in w->qt. */
+/* 8 rows or more. w->qt holds Q^T [d][rp]; w->st gets S^T, then P^T. */
 static KILN_AVX512 void tile_chunk_avx512(attn_ws *w, uint32_t rp, uint32_t rows, uint32_t p0, uint32_t n,
                                           uint32_t d) {
-    /* scores; K rows past n are zeros (convert_rows pads to 16) */
-    for (uint32_t c = 0; c < n; c += 4) {
-        const float *k = w->kc + (size_t)c * d;
-        float *st = w->st + (size_t)c * rp;
-        uint32_t r0 = 0;
-        for (; r0 + 32 <= rp; r0 += 32) qk4x32(w->qt, rp, r0, k, d, st);
-        if (r0 < rp) qk4x16(w->qt, rp, r0, k, d, st);
-    }
-    /* mask, running max, probabilities, running sum: one lane per row */
-    const __m512 ninf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
+    uint32_t r0 = 0; /* K rows past n are zeros (to 16) */
+    for (; r0 + 32 <= rp; r0 += 32)
+        for (uint32_t c = 0; c < n; c += 4) qk4x32(w->qt, rp, r0, w->kc + (size_t)c * d, d, w->st + (size_t)c * rp);
+    if (r0 < rp)
+        for (uint32_t c = 0; c < n; c += 8) qk8x16(w->qt, rp, r0, w->kc + (size_t)c * d, d, w->st + (size_t)c * rp);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
     for (uint32_t r0 = 0; r0 < rp; r0 += 16) {
         const __m512i nk = _mm512_load_si512((const void *)(w->nkv + r0));
         __m512 vmax = ninf;
         for (uint32_t c = 0; c < n; c++) {
             float *sp = w->st + (size_t)c * rp + r0;
-            __mmask16 live = _mm512_cmpgt_epi32_mask(nk, _mm512_set1_epi32((int)(p0 + c)));
-            __m512 sc = _mm512_mask_mov_ps(ninf, live, _mm512_load_ps(sp));
+            const __mmask16 live = _mm512_cmpgt_epi32_mask(nk, _mm512_set1_epi32((int)(p0 + c)));
+            const __m512 sc = _mm512_mask_mov_ps(ninf, live, _mm512_load_ps(sp));
             _mm512_store_ps(sp, sc);
             vmax = _mm512_max_ps(vmax, sc);
         }
-        const __m512 m_old = _mm512_load_ps(w->m + r0);
-        const __m512 m_new = _mm512_max_ps(m_old, vmax);
-        const __mmask16 finite = _mm512_cmp_ps_mask(m_new, ninf, _CMP_NEQ_OQ);
-        const __m512 alpha = _mm512_mask_mov_ps(one, finite, kiln_avx512_exp(_mm512_sub_ps(m_old, m_new)));
+        const __m512 m = update_max(w, r0, vmax);
         __m512 sum = _mm512_setzero_ps();
         for (uint32_t c = 0; c < n; c++) {
             float *sp = w->st + (size_t)c * rp + r0;
-            const __m512 sc = _mm512_load_ps(sp);
-            const __mmask16 live = _mm512_cmp_ps_mask(sc, ninf, _CMP_NEQ_OQ);
-            const __m512 p = _mm512_maskz_mov_ps(live, kiln_avx512_exp(_mm512_sub_ps(sc, m_new)));
+            const __m512 p = probs(_mm512_load_ps(sp), m);
             _mm512_store_ps(sp, p);
             sum = _mm512_add_ps(sum, p);
         }
-        _mm512_store_ps(w->m + r0, m_new);
-        _mm512_store_ps(w->l + r0, _mm512_fmadd_ps(_mm512_load_ps(w->l + r0), alpha, sum));
-        _mm512_store_ps(w->alpha + r0, alpha);
+        _mm512_store_ps(w->l + r0, _mm512_fmadd_ps(_mm512_load_ps(w->l + r0), _mm512_load_ps(w->alpha + r0), sum));
     }
     pv_avx512(w, rows, p0, n, d, w->st, 1, rp);
 }
+/* The item's query rows, scaled: row-major in w->qt for fewer than 8 rows,
+ * else transposed to Q^T [d][rp] (padding rows zero) through w->orun,
+ * which the first segment fold overwrites anyway. */
+static KILN_AVX512 void prepare_q_avx512(const attn_args *a, attn_ws *w, const int32_t *order, uint32_t g,
+                                         uint32_t rows) {
+    const uint32_t d = a->head_dim, group = a->group, rp = pad16(rows);
+    const __m512 scale = _mm512_set1_ps(a->scale);
+    float *rm = rows < 8 ? w->qt : w->orun;
+    for (uint32_t r = 0; r < rp; r++) {
+        float *dst = rm + (size_t)r * d;
+        if (r >= rows) {
+            if (rows < 8) break;
+            memset(dst, 0, (size_t)d * sizeof(float));
+            continue;
+        }
+        const float *q = (const float *)kiln_cpu_row(a->q, order[r / group]) + (size_t)(g * group + r % group) * d;
+        for (uint32_t i = 0; i < d; i += 16) _mm512_store_ps(dst + i, _mm512_mul_ps(_mm512_loadu_ps(q + i), scale));
+    }
+    if (rows < 8) return;
+    for (uint32_t r0 = 0; r0 < rp; r0 += 16)
+        for (uint32_t i = 0; i < d; i += 16) transpose16(rm + (size_t)r0 * d + i, d, w->qt + (size_t)i * rp + r0, rp);
+}
 #endif
 
-/* ---- one work item ---- */
+/* ---- segments, items, the merge ---- */
+
+/* Folds a segment's (m, l, o) into a running (M, L, O). The same function
+ * serves items that walk all segments and the merge of split items, so
+ * both give the same bits. */
+static void fold_row(float *M, float *L, float *O, float m, float l, const float *o, uint32_t d) {
+    if (!(l > 0.0f)) return; /* the segment saw no position of this row */
+    if (!(*L > 0.0f)) {
+        *M = m;
+        *L = l;
+        memcpy(O, o, (size_t)d * sizeof(float));
+        return;
+    }
+    const float mn = m > *M ? m : *M;
+    const float a1 = expf(*M - mn), a2 = expf(m - mn);
+    *L = *L * a1 + l * a2;
+    for (uint32_t i = 0; i < d; i++) O[i] = O[i] * a1 + o[i] * a2;
+    *M = mn;
+}
+
+/* out = O / L (zeros when nothing was attended) */
+static void finish_row(float *out, const float *O, float L, uint32_t d) {
+    if (!(L > 0.0f)) { /* O was never written */
+        memset(out, 0, (size_t)d * sizeof(float));
+        return;
+    }
+    const float inv = 1.0f / L;
+    for (uint32_t i = 0; i < d; i++) out[i] = O[i] * inv;
+}
 
 static void attn_item(attn_args *a, int64_t item, attn_ws *w) {
     const kiln_cpu_ubatch *ub = &a->dev->ub;
     const uint32_t d = a->head_dim, group = a->group;
-    const uint32_t split = (uint32_t)(item % a->n_split);
-    const int64_t pair = item / a->n_split;
+    const int64_t pair = a->split ? item / a->n_seg : item;
     const uint32_t g = (uint32_t)(pair % a->n_head_kv);
     /* the latest tiles attend to the most positions: hand them out first */
     const attn_tile *tile = &a->tiles[a->n_tiles - 1 - (uint32_t)(pair / a->n_head_kv)];
-    const uint32_t rows = tile->count * group;
+    const uint32_t rows = tile->count * group, rp = pad16(rows);
     const int32_t *order = ub->order + tile->first;
-    const int32_t *table = ub->block_tables + ub->attn_table[order[0]];
-
     int32_t max_kv = 0;
     for (uint32_t j = 0; j < tile->count; j++)
         if (ub->attn_n_kv[order[j]] > max_kv) max_kv = ub->attn_n_kv[order[j]];
-    const uint32_t p_begin = split * a->split_len;
-    uint32_t p_end = p_begin + a->split_len;
-    if (p_end > (uint32_t)max_kv) p_end = (uint32_t)max_kv;
+    /* set_ubatch checked the table of every token that attends to something;
+     * a tile that attends to nothing may carry any table offset */
+    const int32_t *table = max_kv > 0 ? ub->block_tables + ub->attn_table[order[0]] : NULL;
+    for (uint32_t r = 0; r < rp; r++) w->nkv[r] = r < rows ? ub->attn_n_kv[order[r / group]] : 0;
 
-    const uint32_t rp = pad16(rows);
-    for (uint32_t r = 0; r < rp; r++) {
-        w->m[r] = -INFINITY;
-        w->l[r] = 0.0f;
-    }
-    memset(w->o, 0, (size_t)rows * d * sizeof(float));
 #ifdef KILN_CPU_X86
-    const bool simd = a->dev->isa >= KILN_CPU_ISA_AVX2 && d % 8 == 0;
-    /* AVX-512: queries scaled once per item, transposed from 8 rows up
-     * (the tile kernel broadcasts K values against 16 rows at a time),
-     * row-major below (dot products). Padding rows attend to nothing. */
-    const bool tile_kernel = a->dev->isa >= KILN_CPU_ISA_AVX512 && d % 16 == 0;
-    if (tile_kernel) {
-        for (uint32_t r = 0; r < rp; r++) {
-            if (r >= rows) {
-                w->nkv[r] = 0;
-                if (rows >= 8)
-                    for (uint32_t i = 0; i < d; i++) w->qt[(size_t)i * rp + r] = 0.0f;
-                continue;
-            }
-            const int32_t t = order[r / group];
-            const uint32_t h = g * group + r % group;
-            const float *q = (const float *)kiln_cpu_row(a->q, t) + (size_t)h * d;
-            w->nkv[r] = ub->attn_n_kv[t];
-            if (rows >= 8)
-                for (uint32_t i = 0; i < d; i++) w->qt[(size_t)i * rp + r] = q[i] * a->scale;
-            else
-                for (uint32_t i = 0; i < d; i++) w->qt[(size_t)r * d + i] = q[i] * a->scale;
-        }
-    }
+    const bool avx2 = a->dev->isa >= KILN_CPU_ISA_AVX2 && d % 8 == 0;
+    const bool avx512 = a->dev->isa >= KILN_CPU_ISA_AVX512 && d % 16 == 0;
+    if (avx512) prepare_q_avx512(a, w, order, g, rows);
 #endif
-    for (uint32_t p0 = p_begin; p0 < p_end; p0 += a->chunk) {
-        uint32_t n = p_end - p0 < a->chunk ? p_end - p0 : a->chunk;
-        convert_rows(a, a->k, table, g, p0, n, w->kc);
-        convert_rows(a, a->v, table, g, p0, n, w->vc);
+    const uint32_t s_first = a->split ? (uint32_t)(item % a->n_seg) : 0;
+    const uint32_t s_end = a->split ? s_first + 1 : a->n_seg;
+    for (uint32_t r = 0; r < rp; r++) w->mr[r] = -INFINITY, w->lr[r] = 0.0f;
+    for (uint32_t s = s_first; s < s_end; s++) {
+        const uint32_t p_begin = s * KILN_CPU_ATTN_SEG;
+        uint32_t p_end = p_begin + KILN_CPU_ATTN_SEG;
+        if (p_end > (uint32_t)max_kv) p_end = (uint32_t)max_kv;
+        for (uint32_t r = 0; r < rp; r++) w->m[r] = -INFINITY, w->l[r] = 0.0f;
+        memset(w->o, 0, (size_t)rows * d * sizeof(float));
+        for (uint32_t p0 = p_begin; p0 < p_end; p0 += a->chunk) {
+            const uint32_t n = p_end - p0 < a->chunk ? p_end - p0 : a->chunk;
+            convert_rows(a, a->k, table, g, p0, n, w->kc);
+            convert_rows(a, a->v, table, g, p0, n, w->vc);
 #ifdef KILN_CPU_X86
-        if (tile_kernel) {
-            if (rows < 8) rows_chunk_avx512(w, a->chunk, rows, p0, n, d);
-            else tile_chunk_avx512(w, rp, rows, p0, n, d);
-            continue;
-        }
-#endif
-        for (uint32_t r = 0; r < rows; r++) {
-            const int32_t t = order[r / group];
-            const int32_t n_kv = ub->attn_n_kv[t];
-            if ((int32_t)p0 >= n_kv) continue;
-            uint32_t nv = (uint32_t)n_kv - p0 < n ? (uint32_t)n_kv - p0 : n;
-            const uint32_t h = g * group + r % group;
-            const float *q = (const float *)kiln_cpu_row(a->q, t) + (size_t)h * d;
-            float *o = w->o + (size_t)r * d;
-#ifdef KILN_CPU_X86
-            if (simd) {
-                row_chunk_avx2(q, w->kc, w->vc, nv, d, a->scale, w->s, &w->m[r], &w->l[r], o);
+            if (avx512) {
+                if (rows < 8) rows_chunk_avx512(w, a->chunk, rows, p0, n, d);
+                else tile_chunk_avx512(w, rp, rows, p0, n, d);
                 continue;
             }
 #endif
-            row_chunk_scalar(q, w->kc, w->vc, nv, d, a->scale, w->s, &w->m[r], &w->l[r], o);
+            for (uint32_t r = 0; r < rows; r++) {
+                const uint32_t nv = w->nkv[r] <= (int32_t)p0 ? 0 : (uint32_t)w->nkv[r] - p0 < n ? (uint32_t)w->nkv[r] - p0 : n;
+                if (nv == 0) continue;
+                const float *q = (const float *)kiln_cpu_row(a->q, order[r / group]) + (size_t)(g * group + r % group) * d;
+                float *o = w->o + (size_t)r * d;
+#ifdef KILN_CPU_X86
+                if (avx2) {
+                    row_chunk_avx2(q, w->kc, w->vc, nv, d, a->scale, w->s, &w->m[r], &w->l[r], o);
+                    continue;
+                }
+#endif
+                row_chunk_scalar(q, w->kc, w->vc, nv, d, a->scale, w->s, &w->m[r], &w->l[r], o);
+            }
         }
+        if (a->split) { /* the merge folds it */
+            for (uint32_t r = 0; r < rows; r++) {
+                float *pt = a->partial + ((size_t)item * a->rows_max + r) * (2 + d);
+                pt[0] = w->m[r];
+                pt[1] = p_begin < p_end ? w->l[r] : 0.0f;
+                memcpy(pt + 2, w->o + (size_t)r * d, (size_t)d * sizeof(float));
+            }
+            return;
+        }
+        for (uint32_t r = 0; r < rows; r++)
+            fold_row(&w->mr[r], &w->lr[r], w->orun + (size_t)r * d, w->m[r], w->l[r], w->o + (size_t)r * d, d);
     }
-
     for (uint32_t r = 0; r < rows; r++) {
-        const float *o = w->o + (size_t)r * d;
-        if (a->n_split > 1) {
-            float *pt = a->partial + ((size_t)item * a->rows_max + r) * (2 + d);
-            pt[0] = w->m[r];
-            pt[1] = w->l[r];
-            memcpy(pt + 2, o, (size_t)d * sizeof(float));
-            continue;
-        }
-        const int32_t t = order[r / group];
-        const uint32_t h = g * group + r % group;
-        float *out = (float *)kiln_cpu_row(a->dst, t) + (size_t)h * d;
-        const float inv = w->l[r] > 0.0f ? 1.0f / w->l[r] : 0.0f;
-        for (uint32_t i = 0; i < d; i++) out[i] = o[i] * inv;
+        float *out = (float *)kiln_cpu_row(a->dst, order[r / group]) + (size_t)(g * group + r % group) * d;
+        finish_row(out, w->orun + (size_t)r * d, w->lr[r], d);
     }
 }
 
@@ -622,35 +755,23 @@ static void attn_task(void *ctx, int slot, int64_t first, int64_t last) {
     for (int64_t item = first; item < last; item++) attn_item(a, item, &w);
 }
 
-/* Combines the splits of every (tile, kv head) pair into dst. */
-static void attn_merge(attn_args *a) {
+/* Folds the split items' segments, in order, into dst. */
+static void attn_merge(attn_args *a, float *acc) {
     const kiln_cpu_ubatch *ub = &a->dev->ub;
     const uint32_t d = a->head_dim, group = a->group;
-    const int64_t n_pairs = a->n_items / a->n_split;
+    const int64_t n_pairs = a->n_items / a->n_seg;
     for (int64_t pair = 0; pair < n_pairs; pair++) {
         const uint32_t g = (uint32_t)(pair % a->n_head_kv);
         const attn_tile *tile = &a->tiles[a->n_tiles - 1 - (uint32_t)(pair / a->n_head_kv)];
         const int32_t *order = ub->order + tile->first;
         for (uint32_t r = 0; r < tile->count * group; r++) {
-            const int32_t t = order[r / group];
-            const uint32_t h = g * group + r % group;
-            float *out = (float *)kiln_cpu_row(a->dst, t) + (size_t)h * d;
-            float mx = -INFINITY;
-            for (uint32_t s = 0; s < a->n_split; s++) {
-                const float *pt = a->partial + ((size_t)(pair * a->n_split + s) * a->rows_max + r) * (2 + d);
-                if (pt[1] > 0.0f && pt[0] > mx) mx = pt[0];
+            float M = -INFINITY, L = 0.0f;
+            for (uint32_t s = 0; s < a->n_seg; s++) {
+                const float *pt = a->partial + ((size_t)(pair * a->n_seg + s) * a->rows_max + r) * (2 + d);
+                fold_row(&M, &L, acc, pt[0], pt[1], pt + 2, d);
             }
-            float l = 0.0f;
-            for (uint32_t i = 0; i < d; i++) out[i] = 0.0f;
-            for (uint32_t s = 0; s < a->n_split; s++) {
-                const float *pt = a->partial + ((size_t)(pair * a->n_split + s) * a->rows_max + r) * (2 + d);
-                if (!(pt[1] > 0.0f)) continue;
-                const float f = expf(pt[0] - mx);
-                l += pt[1] * f;
-                for (uint32_t i = 0; i < d; i++) out[i] += pt[2 + i] * f;
-            }
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            for (uint32_t i = 0; i < d; i++) out[i] *= inv;
+            float *out = (float *)kiln_cpu_row(a->dst, order[r / group]) + (size_t)(g * group + r % group) * d;
+            finish_row(out, acc, L, d);
         }
     }
 }
@@ -716,14 +837,13 @@ kiln_status kiln_cpu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q,
     a.head_dim = p.head_dim;
     a.scale = p.scale;
     a.kv_row_bytes = kv_row;
-    /* chunk: ~8 KiB of converted K (and as much V), a multiple of 16 */
-    uint32_t chunk = 2048 / p.head_dim;
-    a.chunk = chunk < 16 ? 16 : chunk > 64 ? 64 : chunk & ~15u;
+    /* chunk: about 8 KiB of converted K (and as much V); a power of two
+     * from 16 to 64, so that segments are whole chunks */
+    a.chunk = 64;
+    while (a.chunk > 16 && (size_t)a.chunk * p.head_dim > 2048) a.chunk /= 2;
 
     /* tokens per tile: about KILN_CPU_ATTN_ROWS query rows, fewer when that
-     * would leave too few items to share. Never a function of the thread
-     * count: the tiling picks the kernel, and results must not depend on
-     * how many threads ran. */
+     * would leave too few items to share */
     const int nth = dev->n_threads;
     uint32_t per = KILN_CPU_ATTN_ROWS / a.group;
     if (per < 1) per = 1;
@@ -731,39 +851,34 @@ kiln_status kiln_cpu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q,
     a.n_tiles = make_tiles(ub, per, NULL);
     a.rows_max = per * a.group;
 
-    /* Few (token, kv head) pairs and a long context (decode): split the
-     * positions too. The split depends on the problem only, never on the
-     * thread count or the tiling, so results are identical for any number
-     * of threads. */
+    /* few (tile, kv head) pairs for the threads and a long context (a
+     * decode): one item per segment, folded afterwards */
     const int64_t n_pairs = (int64_t)a.n_tiles * p.n_head_kv;
-    const int64_t n_tok_kv = (int64_t)ub->n_tokens * p.n_head_kv;
-    a.n_split = 1;
-    if (n_tok_kv < KILN_CPU_ATTN_SPLIT_PAIRS && ub->max_n_kv >= 2 * KILN_CPU_ATTN_SPLIT_MIN) {
-        int64_t want = (KILN_CPU_ATTN_SPLIT_PAIRS + n_tok_kv - 1) / n_tok_kv;
-        int64_t most = ub->max_n_kv / KILN_CPU_ATTN_SPLIT_MIN;
-        a.n_split = (uint32_t)(want < most ? want : most);
-    }
-    uint32_t len = ((uint32_t)ub->max_n_kv + a.n_split - 1) / a.n_split;
-    a.split_len = (len + a.chunk - 1) / a.chunk * a.chunk;
-    if (a.split_len == 0) a.split_len = a.chunk;
-    a.n_items = n_pairs * a.n_split;
+    a.n_seg = ((uint32_t)ub->max_n_kv + KILN_CPU_ATTN_SEG - 1) / KILN_CPU_ATTN_SEG;
+    if (a.n_seg == 0) a.n_seg = 1;
+    a.split = nth > 1 && n_pairs < 2 * (int64_t)nth && a.n_seg > 1;
+    a.n_items = a.split ? n_pairs * a.n_seg : n_pairs;
 
-    /* scratch: tiles | workspaces | partials */
+    /* scratch: tiles | workspaces | partials | a merge row */
     size_t off[KILN_ATTN_WS_REGIONS];
     size_t tiles_bytes = kiln_cpu_align_up((size_t)a.n_tiles * sizeof(attn_tile));
     a.ws_stride = kiln_cpu_align_up(ws_floats(a.chunk, a.rows_max, p.head_dim, off) * sizeof(float));
     size_t partial_bytes = 0;
-    if (a.n_split > 1) partial_bytes = (size_t)a.n_items * a.rows_max * (2 + p.head_dim) * sizeof(float);
+    if (a.split)
+        partial_bytes = kiln_cpu_align_up((size_t)a.n_items * a.rows_max * (2 + p.head_dim) * sizeof(float)) +
+                        (size_t)p.head_dim * sizeof(float);
     size_t total = tiles_bytes + a.ws_stride * (size_t)nth + partial_bytes;
     if ((st = kiln_cpu_scratch_reserve(dev, total))) return st;
     attn_tile *tiles = (attn_tile *)dev->scratch;
     make_tiles(ub, per, tiles);
     a.tiles = tiles;
     a.ws = dev->scratch + tiles_bytes;
-    a.partial = a.n_split > 1 ? (float *)(a.ws + a.ws_stride * (size_t)nth) : NULL;
+    a.partial = a.split ? (float *)(a.ws + a.ws_stride * (size_t)nth) : NULL;
 
     int use = a.n_items < nth ? (int)a.n_items : nth;
     kiln_cpu_threads_for(dev->threads, use, a.n_items, 1, attn_task, &a);
-    if (a.n_split > 1) attn_merge(&a);
+    if (a.split)
+        attn_merge(&a, a.partial + kiln_cpu_align_up((size_t)a.n_items * a.rows_max * (2 + p.head_dim) *
+                                                      sizeof(float)) / sizeof(float));
     return KILN_OK;
 }

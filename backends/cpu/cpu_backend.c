@@ -12,8 +12,10 @@
  * transient pool (cached and in-use blocks), its ubatch copy and its
  * scratch; device_close() frees all of it. Buffers other than transient ones
  * are independent of the handle that allocated them (the ABI lets any handle
- * of the device use them). A transient buffer still in use when its handle
- * closes is detached from the pool and freed by its own buffer_free().
+ * of the device use them). A transient buffer belongs to its handle's pool:
+ * free it on the thread that uses that handle (the pool has no lock, like
+ * the rest of the handle). One still in use when its handle closes is
+ * detached from the pool and freed by its own buffer_free().
  */
 #include <fcntl.h>
 #include <limits.h>

@@ -642,6 +642,62 @@ static void panel_drive(int64_t k, float *out, size_t ldo, const void *w, size_t
     }
 }
 
+/* -- F16: the panel holds the weights converted to F32, 16 elements of 8
+ * rows per step (zeros past k): the inner loop converts only the
+ * activations (VCVTPH2PS is what limits the direct kernel). */
+#define F16_PR 8 /* weight rows per panel */
+#define F16_MC 3 /* activation rows per register tile */
+T512 static void f16_pack(const uint8_t *w, size_t ws, int rows, int64_t s0, int64_t ns, int64_t k, uint8_t *panel) {
+    for (int64_t s = 0; s < ns; s++) {
+        int64_t i = 16 * (s0 + s);
+        __mmask16 m = k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - i)) - 1);
+        for (int r = 0; r < F16_PR; r++) {
+            const uint8_t *p = w + (size_t)(r < rows ? r : rows - 1) * ws;
+            _mm512_store_ps(panel + ((size_t)s * F16_PR + (size_t)r) * 64, ld_f16_mask(p, i, m));
+        }
+    }
+}
+
+T512 INL void f16_pmicro(const uint8_t *panel, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res,
+                         const int C) {
+    __m512 acc[MAXR][MAXC];
+    UNROLL for (int r = 0; r < F16_PR; r++) UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    int64_t s = 0;
+    for (; s < ns; s++) {
+        int64_t i = 16 * (s0 + s);
+        __m512 av[MAXC];
+        if (k - i >= 16) {
+            UNROLL for (int c = 0; c < C; c++) av[c] = ld_f16(a[c], i);
+        } else {
+            __mmask16 m = (__mmask16)((1u << (k - i)) - 1);
+            UNROLL for (int c = 0; c < C; c++) av[c] = ld_f16_mask(a[c], i, m);
+        }
+        const float *e = (const float *)(panel + (size_t)s * F16_PR * 64);
+        UNROLL for (int r = 0; r < F16_PR; r++) {
+            __m512 wv = _mm512_load_ps(e + 16 * r);
+            __asm__("" : "+v"(wv)); /* one load per weight vector, not one per FMA */
+            UNROLL for (int c = 0; c < C; c++) acc[r][c] = _mm512_fmadd_ps(wv, av[c], acc[r][c]);
+        }
+    }
+    reduce_store(acc, res, F16_PR, C);
+}
+T512 static void f16_pm1(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res) {
+    f16_pmicro(pn, s0, ns, k, a, res, 1);
+}
+T512 static void f16_pm2(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res) {
+    f16_pmicro(pn, s0, ns, k, a, res, 2);
+}
+T512 static void f16_pm3(const uint8_t *pn, int64_t s0, int64_t ns, int64_t k, const uint8_t *const *a, float *res) {
+    f16_pmicro(pn, s0, ns, k, a, res, 3);
+}
+static const pmicro_fn f16_pmicro_tab[3] = {f16_pm1, f16_pm2, f16_pm3};
+static const panel_desc f16_panel = {F16_PR, F16_MC, 16, 64, f16_pack, f16_pmicro_tab};
+static void f16_ptile(int64_t k, float *out, size_t ldo, const void *w, size_t ws, int nr, const void *act, size_t as,
+                      int nc) {
+    if (nc < 6) f16_tile(k, out, ldo, w, ws, nr, act, as, nc);
+    else panel_drive(k, out, ldo, w, ws, nr, act, as, nc, &f16_panel);
+}
+
 /* -- 32-element blocks: kind 0 Q8_0, 1 Q4_0, 2 Q5_0 (Q8_0 activations), 3 Q4_1, 4 Q5_1 (Q8_1).
  * Entry: [0, 64) the 64 quants of blocks 2s, 2s + 1 as u8 (Q8_0: w + 128,
  * whose bias the activation's block sums take out, like the zero points of
@@ -886,7 +942,7 @@ KILN_K_PANEL(q6_K, 2)
 
 static const kiln_cpu_dot_traits avx512_traits[] = {
     {KILN_TYPE_F32, KILN_TYPE_F32, 1, kiln_cpu_act_size_f32, NULL, f32_tile, 5, 4, "avx512"},
-    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_tile, 5, 5, "avx512"},
+    {KILN_TYPE_F16, KILN_TYPE_F16, 1, kiln_cpu_act_size_16, act_f16, f16_ptile, F16_PR, 64, "avx512"},
 #if defined(KILN_HAVE_BF16_INTRIN)
     {KILN_TYPE_BF16, KILN_TYPE_BF16, 1, kiln_cpu_act_size_16, act_bf16, bf16_tile, 4, 4, "avx512bf16"},
 #endif
