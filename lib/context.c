@@ -96,6 +96,9 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     if ((st = kiln_kv_create(ctx->bk, ctx->dev, hp->n_layer, hp->n_head_kv * hp->head_dim, p.n_ctx,
                              p.kv_block_size, ns, &ctx->kv)))
         goto fail;
+    ctx->kv->fingerprint = model->fingerprint; /* checked by kiln_kv_seq_import */
+    ctx->kv->resident = kiln_context_kv_resident;
+    ctx->kv->owner = ctx;
     ctx->ub_pos = kiln_calloc(ub, sizeof(int32_t));
     ctx->ub_cell = kiln_calloc(ub, sizeof(int32_t));
     ctx->ub_table = kiln_calloc(ub, sizeof(int32_t));

@@ -50,6 +50,8 @@ struct kiln_context {
 kiln_status kiln_context_hold_weights(kiln_context *ctx);
 void kiln_context_drop_weights(kiln_context *ctx);
 kiln_status kiln_context_resume_internal(kiln_context *ctx);
+/* The KV cache's resident() hook: resumes the context (an opaque owner). */
+kiln_status kiln_context_kv_resident(void *ctx);
 
 /* Runs the model on one ubatch whose metadata was set with set_ubatch;
  * writes n_out rows of logits (for ubatch rows out_idx[]) to logits. */

@@ -12,6 +12,16 @@
  * every block a batch will need up front (so a full cache is reported
  * before anything changes), and kiln_kv_rollback() undoes it when the
  * decode fails, leaving the cache exactly as before.
+ *
+ * Sequence copies share blocks by reference (refcount++). Full blocks are
+ * never written again, so only a shared, partially filled last block needs
+ * copying before an append: the reservation does that copy-on-write.
+ *
+ * Offload (lib/kv_offload.c): a sequence's rows move into one host buffer
+ * it owns (host, host_rows rows per layer and K/V) and its device blocks
+ * are released; len is kept. A reservation that appends to an offloaded
+ * sequence restores it first (the host copy is freed on commit and kept on
+ * rollback). Export/import/save/load live in lib/kv_io.c.
  */
 #ifndef KILN_KV_H
 #define KILN_KV_H
@@ -21,8 +31,12 @@
 
 typedef struct kiln_kv_seq {
     int32_t *blocks;     /* block table, capacity n_blocks */
-    uint32_t n_blocks;   /* entries used */
-    uint32_t len;        /* positions stored */
+    uint32_t n_blocks;   /* entries used (0 while offloaded) */
+    uint32_t len;        /* positions stored (on device or on the host) */
+    /* offloaded rows, owned: layout [layer][K, V][host_rows][kv_dim] F16;
+     * NULL when the sequence lives on the device */
+    uint16_t *host;
+    uint32_t host_rows;  /* rows per layer and K/V in host (>= len) */
 } kiln_kv_seq;
 
 struct kiln_kv {
@@ -36,6 +50,16 @@ struct kiln_kv {
     kiln_kv_seq *seqs;            /* [n_seq] */
     uint32_t *saved_len;          /* [n_seq] lengths before the reservation */
     uint32_t *saved_nblocks;      /* [n_seq] */
+    int32_t *saved_cow;           /* [n_seq] block replaced by a copy-on-write, or -1 */
+    uint8_t *saved_restored;      /* [n_seq] 1: restored from the host by the reservation */
+    uint64_t fingerprint;         /* the model's (model.h), set by the context */
+    /* Set by the context (lib/suspend.c): while the context is suspended
+     * the K/V buffers are NULL and their contents on the host; operations
+     * that move rows call resident(owner) first, which brings them back.
+     * suspended_host_bytes: size of that host copy (0 when active). */
+    kiln_status (*resident)(void *owner);
+    void *owner;
+    uint64_t suspended_host_bytes;
 };
 
 /* Allocates the cache (n_ctx rounded up to whole blocks). */
@@ -51,6 +75,37 @@ kiln_status kiln_kv_reserve(kiln_kv *kv, const uint32_t *new_tokens);
 void kiln_kv_commit(kiln_kv *kv, const uint32_t *new_tokens);
 /* Returns every block taken by the last reservation. */
 void kiln_kv_rollback(kiln_kv *kv);
+
+/* Takes a free block (refcount 1); the caller checked n_free > 0. */
+static inline int32_t kiln_kv_take_block(kiln_kv *kv) {
+    int32_t b = kv->free_blocks[--kv->n_free];
+    kv->block_refs[b] = 1;
+    return b;
+}
+/* Drops one reference; the block is free again at zero. */
+static inline void kiln_kv_release_block(kiln_kv *kv, int32_t b) {
+    if (--kv->block_refs[b] == 0) kv->free_blocks[kv->n_free++] = b;
+}
+/* Bytes of one F16 row. */
+static inline uint64_t kiln_kv_row_bytes(const kiln_kv *kv) { return (uint64_t)kv->kv_dim * 2; }
+/* Releases sequence s's device blocks and host copy; it becomes empty. */
+void kiln_kv_seq_drop(kiln_kv *kv, uint32_t s);
+
+/* ---- lib/kv_offload.c ---- */
+
+/* Moves rows [0, n) of layer buffers between the device blocks of table
+ * `blocks` and a host array laid out [layer][K, V][stride][kv_dim]. */
+kiln_status kiln_kv_rows_download(kiln_kv *kv, const int32_t *blocks, uint32_t n, void *host,
+                                  uint32_t stride);
+kiln_status kiln_kv_rows_upload(kiln_kv *kv, const int32_t *blocks, uint32_t n, const void *host,
+                                uint32_t stride);
+/* Brings offloaded sequence s back onto fresh device blocks, keeping the
+ * host copy (the caller frees it once it is sure). The caller checked
+ * that enough blocks are free. On failure the blocks are returned and s is
+ * offloaded as before. */
+kiln_status kiln_kv_seq_upload_host(kiln_kv *kv, uint32_t s);
+/* Frees sequence s's host copy. */
+void kiln_kv_seq_free_host(kiln_kv *kv, uint32_t s);
 
 /* Cell index of position pos of sequence s (pos within the reservation). */
 static inline int32_t kiln_kv_cell(const kiln_kv *kv, uint32_t s, uint32_t pos) {

@@ -244,6 +244,34 @@ static kiln_status load_weights(kiln_model *m) {
     return KILN_OK;
 }
 
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const uint8_t *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* The model fingerprint (see model.h). Hashes values field by field, in a
+ * fixed width, so padding and struct layout never change it. */
+static uint64_t model_fingerprint(const kiln_model *m) {
+    const kiln_hparams *hp = &m->hp;
+    uint64_t h = 0xcbf29ce484222325ull;
+    h = fnv1a(h, m->arch_name, strlen(m->arch_name) + 1);
+    const uint32_t u[] = {(uint32_t)hp->arch, hp->n_vocab, hp->n_ctx_train, hp->n_embd, hp->n_layer, hp->n_head,
+                          hp->n_head_kv, hp->n_ff, hp->head_dim, hp->n_rot, (uint32_t)hp->rope_mode};
+    h = fnv1a(h, u, sizeof u);
+    const float f[] = {hp->rms_eps, hp->rope_freq_base, hp->rope_freq_scale};
+    h = fnv1a(h, f, sizeof f);
+    int64_t nt = kiln_gguf_n_tensors(m->gguf);
+    for (int64_t i = 0; i < nt; i++) {
+        const kiln_gguf_tensor *t = kiln_gguf_tensor_at(m->gguf, i);
+        h = fnv1a(h, t->name, strlen(t->name) + 1);
+        h = fnv1a(h, t->ne, sizeof t->ne);
+        int32_t type = (int32_t)t->type;
+        h = fnv1a(h, &type, sizeof type);
+    }
+    return h;
+}
+
 static void model_destroy(kiln_model *m) {
     if (!m) return;
     if (m->bk) {
@@ -302,6 +330,7 @@ kiln_status kiln_model_load(const char *path, const kiln_model_params *params, k
     kiln_bk_open_params op = {sizeof op, 1, m->log.level, m->log.fn, m->log.user};
     if ((st = m->bk->device_open(p.device, &op, &m->dev))) goto fail;
     if ((st = load_weights(m))) goto fail;
+    m->fingerprint = model_fingerprint(m);
 done:
     kiln_log(&m->log, KILN_LOG_INFO, "loaded %s: %s, %u layers, %u embd, %llu params", path, m->arch_name,
              m->hp.n_layer, m->hp.n_embd, (unsigned long long)m->n_params);

@@ -78,6 +78,10 @@ struct kiln_model {
     uint32_t weights_holds;
     uint32_t weights_parked;
     uint32_t flags;                  /* KILN_MODEL_* it was loaded with */
+    /* 64-bit FNV-1a hash of the architecture, hyperparameters and every
+     * tensor's name, shape and type: KV state exported from one model is
+     * only imported into a model with the same fingerprint (lib/kv_io.c). */
+    uint64_t fingerprint;
 };
 
 /* Points every present weight tensor at buf (the model's single weights

@@ -161,6 +161,7 @@ static kiln_status kv_to_host(kiln_context *ctx) {
     }
     ctx->kv_host = host;
     ctx->kv_host_cells = cells;
+    kv->suspended_host_bytes = total;
     return KILN_OK;
 }
 
@@ -199,6 +200,7 @@ static kiln_status kv_to_device(kiln_context *ctx) {
     kiln_free(ctx->kv_host);
     ctx->kv_host = NULL;
     ctx->kv_host_cells = 0;
+    kv->suspended_host_bytes = 0;
     return KILN_OK;
 }
 
@@ -257,6 +259,11 @@ kiln_status kiln_context_resume(kiln_context *ctx) {
         return fail(ctx, kiln_error(KILN_E_BUSY, "kiln_context_resume: called from the ubatch callback"));
     kiln_status st = kiln_context_resume_internal(ctx);
     return st ? fail(ctx, st) : KILN_OK;
+}
+
+kiln_status kiln_context_kv_resident(void *owner) {
+    kiln_context *ctx = owner;
+    return ctx->suspended ? kiln_context_resume_internal(ctx) : KILN_OK;
 }
 
 int32_t kiln_context_suspended(const kiln_context *ctx) { return ctx ? ctx->suspended : 0; }

@@ -412,6 +412,31 @@ static void test_suspend_states(void) {
     KT_CHECK(kiln_kv_seq_pos_max(kiln_context_kv(c), 0) == 9);
     KT_CHECK_OK(decode_seq(c, t + 10, 10, 0));
     KT_CHECK(kiln_context_suspended(c) == 0);
+    /* KV statistics follow the cache to the host and back */
+    kiln_kv_stats ks;
+    kiln_kv_stats_init(&ks);
+    KT_CHECK_OK(kiln_kv_get_stats(kiln_context_kv(c), &ks));
+    const uint64_t dev_bytes = ks.bytes_device;
+    KT_CHECK(dev_bytes > 0 && ks.bytes_host == 0);
+    KT_CHECK_OK(kiln_context_suspend(c, 1));
+    KT_CHECK_OK(kiln_kv_get_stats(kiln_context_kv(c), &ks));
+    KT_CHECK(ks.bytes_device == 0 && ks.bytes_host > 0 && ks.bytes_host < dev_bytes);
+    /* operations that move KV rows resume the context first */
+    size_t n_exp = 0;
+    KT_CHECK_OK(kiln_kv_seq_export(kiln_context_kv(c), 0, NULL, 0, &n_exp));
+    void *exp = malloc(n_exp);
+    KT_CHECK_OK(kiln_kv_seq_export(kiln_context_kv(c), 0, exp, n_exp, &n_exp));
+    KT_CHECK(kiln_context_suspended(c) == 0);
+    KT_CHECK_OK(kiln_kv_get_stats(kiln_context_kv(c), &ks));
+    KT_CHECK(ks.bytes_device == dev_bytes && ks.bytes_host == 0);
+    KT_CHECK_OK(kiln_context_suspend(c, 2));
+    KT_CHECK_OK(kiln_kv_seq_import(kiln_context_kv(c), 1, exp, n_exp));
+    KT_CHECK(kiln_context_suspended(c) == 0);
+    KT_CHECK(kiln_kv_seq_pos_max(kiln_context_kv(c), 1) == 19);
+    KT_CHECK_OK(kiln_context_suspend(c, 1));
+    KT_CHECK_OK(kiln_kv_seq_offload(kiln_context_kv(c), 1));
+    KT_CHECK(kiln_context_suspended(c) == 0);
+    free(exp);
     /* freeing a suspended context is clean (ASan checks) */
     KT_CHECK_OK(kiln_context_suspend(c, 2));
     kiln_context_free(c);

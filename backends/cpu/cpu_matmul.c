@@ -6,9 +6,10 @@
  *    weight type is dotted against (e.g. Q8_0 blocks for Q4_0 weights),
  *    into the handle's scratch, rows split over the threads.
  * 2. The N x M output is cut into blocks of BN weight rows x BM activation
- *    rows; threads take blocks from an atomic counter. Inside a block the
- *    kernel's register tile (tile_nr x tile_nc) walks the weight rows in
- *    the outer loop, so a tile of weight rows stays in L1 while the block's
+ *    rows (multiples of the kernel's tile_nr x tile_nc); threads take
+ *    blocks from the pool's counter and hand each whole block to the
+ *    kernel, which walks it in register tiles with the weight rows in the
+ *    outer loop, so a tile of weight rows stays in L1 while the block's
  *    activation rows stream from L2.
  *
  * Decode (M == 1) is memory-bandwidth bound: the blocks are then runs of
@@ -59,22 +60,18 @@ typedef struct {
 
 static void mm_task(void *ctx, int slot, int64_t first, int64_t last) {
     mm_args *a = ctx;
-    const int nr = a->tr->tile_nr, nc = a->tr->tile_nc;
     for (int64_t item = first; item < last; item++) {
         /* consecutive items share an activation block, so threads working
          * at the same time read the same activations */
         int64_t n0 = (item % a->n_bn) * a->bn, m0 = (item / a->n_bn) * a->bm;
         int64_t n1 = n0 + a->bn < a->n ? n0 + a->bn : a->n;
         int64_t m1 = m0 + a->bm < a->m ? m0 + a->bm : a->m;
-        for (int64_t i = n0; i < n1; i += nr) {
-            int tnr = (int)(n1 - i < nr ? n1 - i : nr);
-            const uint8_t *w = a->w + (size_t)i * a->w_stride;
-            for (int64_t j = m0; j < m1; j += nc) {
-                int tnc = (int)(m1 - j < nc ? m1 - j : nc);
-                a->tr->dot_tile(a->k, a->out + (size_t)j * a->ldo + (size_t)i, a->ldo, w, a->w_stride, tnr,
-                                a->act + (size_t)j * a->act_stride, a->act_stride, tnc);
-            }
-        }
+        /* one call per block: the kernel walks it in register tiles, weight
+         * rows outermost, from the block's corner (a multiple of the tile
+         * shape, so the tiling never depends on the blocking) */
+        a->tr->dot_tile(a->k, a->out + (size_t)m0 * a->ldo + (size_t)n0, a->ldo, a->w + (size_t)n0 * a->w_stride,
+                        a->w_stride, (int)(n1 - n0), a->act + (size_t)m0 * a->act_stride, a->act_stride,
+                        (int)(m1 - m0));
     }
 }
 

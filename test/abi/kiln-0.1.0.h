@@ -388,7 +388,8 @@ KILN_API kiln_status kiln_context_pool_set_cap(kiln_context *ctx, uint64_t bytes
  * zero-copy over the file mapping (the CPU backend) have no device copy:
  * level 2 then releases nothing more than level 1. The KV handle, sequence
  * lengths, the last logits and the pool statistics' counters stay
- * available. Suspending a suspended context at a higher level deepens it;
+ * available; KV operations that move rows (export, import, offload,
+ * restore, save, load) resume the context first, as kiln_decode does. Suspending a suspended context at a higher level deepens it;
  * at the same or a lower level it is a no-op (KILN_OK).
  * On failure the context is still active, unchanged.
  * Returns KILN_E_INVALID_ARG, KILN_E_OOM_HOST, KILN_E_BACKEND, and
@@ -417,6 +418,92 @@ KILN_API kiln_status kiln_kv_clear(kiln_kv *kv);
 KILN_API kiln_status kiln_kv_seq_rm(kiln_kv *kv, int32_t seq, int32_t p0, int32_t p1);
 /* Highest position stored for seq, -1 if empty. */
 KILN_API int32_t kiln_kv_seq_pos_max(const kiln_kv *kv, int32_t seq);
+
+/* Makes dst_seq a copy of src_seq (dst_seq is cleared first). The copy
+ * shares src_seq's KV blocks by reference; when either sequence later
+ * appends into a shared, partially filled block, that block is copied first
+ * (copy-on-write), so each sequence decodes exactly as if it had been
+ * prefilled alone. A copy of an offloaded sequence is offloaded too (its
+ * host rows are duplicated). src_seq == dst_seq is a no-op. Returns
+ * KILN_E_INVALID_ARG, KILN_E_OOM_HOST (nothing changed). */
+KILN_API kiln_status kiln_kv_seq_cp(kiln_kv *kv, int32_t src_seq, int32_t dst_seq);
+/* Removes every sequence except seq (offloaded ones included). Returns
+ * KILN_E_INVALID_ARG. */
+KILN_API kiln_status kiln_kv_seq_keep(kiln_kv *kv, int32_t seq);
+
+/* Serializes sequence seq (its positions 0..len-1 of every layer's K and V,
+ * as F16, plus a header with the model's fingerprint) into buf, following
+ * the size protocol at the top of this file. The bytes do not depend on
+ * n_ctx, the block size or where the blocks live (an offloaded sequence
+ * exports the same bytes); they can be imported into any context of a
+ * model with the same architecture, hyperparameters and tensor shapes and
+ * types. Little-endian hosts. Returns KILN_E_INVALID_ARG,
+ * KILN_E_BUFFER_TOO_SMALL, KILN_E_BACKEND. */
+KILN_API kiln_status kiln_kv_seq_export(kiln_kv *kv, int32_t seq, void *buf, size_t capacity,
+                                        size_t *n_out);
+/* Replaces sequence seq with the state in buf[0..size) written by
+ * kiln_kv_seq_export. Everything is validated before anything changes:
+ * KILN_E_FORMAT for malformed or truncated bytes, KILN_E_INCOMPATIBLE for
+ * state from another model (fingerprint, layer count or KV width) or a
+ * newer format version, KILN_E_CONTEXT_FULL if the free blocks cannot hold
+ * it (the new rows are placed before the old ones are released), also
+ * KILN_E_INVALID_ARG, KILN_E_BACKEND. On any error the cache is unchanged.
+ * buf is only read during the call. */
+KILN_API kiln_status kiln_kv_seq_import(kiln_kv *kv, int32_t seq, const void *buf, size_t size);
+/* kiln_kv_seq_export to a file: written to "<path>.tmp" and renamed over
+ * path, so path never holds a partial state. Returns what export returns,
+ * KILN_E_OOM_HOST and KILN_E_IO. */
+KILN_API kiln_status kiln_kv_seq_save(kiln_kv *kv, int32_t seq, const char *path);
+/* kiln_kv_seq_import from a file. Returns what import returns, KILN_E_IO
+ * and KILN_E_OOM_HOST. */
+KILN_API kiln_status kiln_kv_seq_load(kiln_kv *kv, int32_t seq, const char *path);
+
+/* Moves sequence seq's KV rows into host memory owned by the cache and
+ * releases its device blocks (a block shared with other sequences keeps
+ * their reference; this sequence's rows are copied). The sequence keeps
+ * its length and positions; a decode that appends to it restores it
+ * automatically (KILN_E_CONTEXT_FULL from that decode if no blocks are
+ * free), and it then continues with bit-identical logits. Offloading an
+ * empty or already offloaded sequence is a no-op. Returns
+ * KILN_E_INVALID_ARG, KILN_E_OOM_HOST, KILN_E_BACKEND (nothing changed). */
+KILN_API kiln_status kiln_kv_seq_offload(kiln_kv *kv, int32_t seq);
+/* Brings an offloaded sequence back onto device blocks and frees its host
+ * copy; a no-op for a sequence on the device. Returns KILN_E_INVALID_ARG,
+ * KILN_E_CONTEXT_FULL (not enough free blocks), KILN_E_BACKEND (nothing
+ * changed). */
+KILN_API kiln_status kiln_kv_seq_restore(kiln_kv *kv, int32_t seq);
+
+typedef struct kiln_kv_stats {
+    uint32_t struct_size;
+    uint32_t block_size;       /* cells (token positions) per block */
+    uint32_t n_blocks_total;   /* blocks in the cache */
+    uint32_t n_blocks_used;    /* blocks held by at least one sequence */
+    uint32_t n_blocks_free;    /* n_blocks_total - n_blocks_used */
+    uint32_t n_blocks_shared;  /* blocks held by two or more sequences */
+    uint32_t n_seq_max;        /* sequence ids of the context */
+    uint32_t n_seq;            /* non-empty sequences (offloaded included) */
+    uint32_t n_seq_offloaded;  /* sequences whose rows are in host memory */
+    uint32_t reserved;         /* 0 */
+    uint64_t block_bytes;      /* device bytes of one block, all layers, K and V */
+    uint64_t bytes_device;     /* device bytes of the KV buffers (all blocks;
+                                  0 while the context is suspended) */
+    uint64_t bytes_host;       /* host bytes holding offloaded rows (and a
+                                  suspended context's cache) */
+} kiln_kv_stats;
+
+/* Fills *s with zeros, writing only the first `size` bytes (the caller's
+ * sizeof: a caller built against an older, shorter struct is never
+ * overrun) and sets struct_size = min(size, the library's size). The
+ * inline kiln_kv_stats_init() passes sizeof for you; FFI bindings call
+ * this with their own struct size. */
+KILN_API void kiln_kv_stats_init_sized(kiln_kv_stats *s, uint32_t size);
+static inline void kiln_kv_stats_init(kiln_kv_stats *s) {
+    kiln_kv_stats_init_sized(s, (uint32_t)sizeof(*s));
+}
+/* Fills *out (up to out->struct_size bytes) with the cache's statistics.
+ * (Named _get_stats because the struct owns the name kiln_kv_stats.)
+ * Returns KILN_E_INVALID_ARG. */
+KILN_API kiln_status kiln_kv_get_stats(const kiln_kv *kv, kiln_kv_stats *out);
 
 /* ------------------------------------------------------------------------ */
 /* Sampling                                                                 */
