@@ -412,9 +412,15 @@ KILN_API int32_t kiln_context_suspended(const kiln_context *ctx);
 
 /* Removes every cell of every sequence. */
 KILN_API kiln_status kiln_kv_clear(kiln_kv *kv);
-/* Removes positions [p0, p1) of sequence seq (p1 < 0: to the end). Only a
- * suffix can be removed in 0.1 (p1 < 0 or p1 >= length); other ranges give
- * KILN_E_UNSUPPORTED. seq < 0: every sequence. */
+/* Removes positions [p0, p1) of sequence seq (p1 < 0: to the end). seq < 0:
+ * every sequence. A range in the middle (p1 < length) is removed by
+ * shifting: later positions move down by p1 - p0 and their K rows are
+ * re-rotated for their new positions (like llama.cpp's context shift, the
+ * result is close to, not equal to, a fresh prefill without the removed
+ * tokens). A middle removal needs free KV blocks for the rewritten tail
+ * (KILN_E_CONTEXT_FULL otherwise, nothing changed) and a single seq >= 0
+ * (KILN_E_UNSUPPORTED for seq < 0). Before the KV sequence operations
+ * were added, middle ranges always gave KILN_E_UNSUPPORTED. */
 KILN_API kiln_status kiln_kv_seq_rm(kiln_kv *kv, int32_t seq, int32_t p0, int32_t p1);
 /* Highest position stored for seq, -1 if empty. */
 KILN_API int32_t kiln_kv_seq_pos_max(const kiln_kv *kv, int32_t seq);

@@ -99,6 +99,8 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     ctx->kv->fingerprint = model->fingerprint; /* checked by kiln_kv_seq_import */
     ctx->kv->resident = kiln_context_kv_resident;
     ctx->kv->owner = ctx;
+    ctx->kv->rope = (kiln_bk_rope){sizeof(kiln_bk_rope), hp->rope_mode, hp->n_head_kv, hp->head_dim, hp->n_rot,
+                                   hp->rope_freq_base, hp->rope_freq_scale, model->rope_freqs};
     ctx->ub_pos = kiln_calloc(ub, sizeof(int32_t));
     ctx->ub_cell = kiln_calloc(ub, sizeof(int32_t));
     ctx->ub_table = kiln_calloc(ub, sizeof(int32_t));

@@ -216,11 +216,15 @@ kiln_status kiln_kv_seq_rm(kiln_kv *kv, int32_t seq, int32_t p0, int32_t p1) {
     for (uint32_t s = s0; s < s1; s++) {
         const kiln_kv_seq *q = &kv->seqs[s];
         if ((uint32_t)p0 >= q->len) continue;
-        if (p1 >= 0 && (uint32_t)p1 < q->len && p1 > p0)
+        if (p1 >= 0 && (uint32_t)p1 < q->len && p1 > p0) {
+            /* a middle range: remove and shift (lib/kv_shift.c), one
+             * sequence at a time so that a failure changes nothing */
+            if (seq >= 0) return kiln_kv_seq_remove_middle(kv, s, (uint32_t)p0, (uint32_t)p1);
             return kiln_error(KILN_E_UNSUPPORTED,
-                              "kiln_kv_seq_rm: removing [%d, %d) from the middle of sequence %u (length %u) "
-                              "is not supported yet; remove a suffix",
+                              "kiln_kv_seq_rm: removing [%d, %d) from the middle of every sequence at once is "
+                              "not supported (sequence %u has length %u); remove it sequence by sequence",
                               p0, p1, s, q->len);
+        }
     }
     for (uint32_t s = s0; s < s1; s++)
         if (p1 < 0 || p1 > p0) seq_truncate(kv, s, (uint32_t)p0);

@@ -60,6 +60,10 @@ struct kiln_kv {
     kiln_status (*resident)(void *owner);
     void *owner;
     uint64_t suspended_host_bytes;
+    /* the model's RoPE of K (n_head = n_head_kv), set by the context: a
+     * middle removal re-rotates the K rows it shifts (lib/kv_shift.c);
+     * n_rot == 0 means unknown, and middle removal is unsupported */
+    kiln_bk_rope rope;
 };
 
 /* Allocates the cache (n_ctx rounded up to whole blocks). */
@@ -106,6 +110,15 @@ kiln_status kiln_kv_rows_upload(kiln_kv *kv, const int32_t *blocks, uint32_t n, 
 kiln_status kiln_kv_seq_upload_host(kiln_kv *kv, uint32_t s);
 /* Frees sequence s's host copy. */
 void kiln_kv_seq_free_host(kiln_kv *kv, uint32_t s);
+
+/* ---- lib/kv_shift.c ---- */
+
+/* Removes positions [p0, p1) from the middle of sequence s (p0 < p1 <
+ * len): positions >= p1 move down by p1 - p0 and their K rows are rotated
+ * back by that distance. The rewritten tail goes into fresh blocks, so
+ * KILN_E_CONTEXT_FULL, KILN_E_OOM_HOST or a backend error leave s as it
+ * was. */
+kiln_status kiln_kv_seq_remove_middle(kiln_kv *kv, uint32_t s, uint32_t p0, uint32_t p1);
 
 /* Cell index of position pos of sequence s (pos within the reservation). */
 static inline int32_t kiln_kv_cell(const kiln_kv *kv, uint32_t s, uint32_t pos) {

@@ -127,7 +127,7 @@ static void test_context_full(void) {
     decode_tokens(c, 1, 0, KILN_E_CONTEXT_FULL);
     KT_CHECK_OK(kiln_kv_seq_rm(kv, 0, 32, -1));
     KT_CHECK(kiln_kv_seq_pos_max(kv, 0) == 31);
-    KT_CHECK(kiln_kv_seq_rm(kv, 0, 4, 8) == KILN_E_UNSUPPORTED);
+    KT_CHECK(kiln_kv_seq_rm(kv, -1, 4, 8) == KILN_E_UNSUPPORTED); /* middle of every sequence */
     decode_tokens(c, 32, 1, KILN_OK);
     /* bad tokens, positions, sequence ids */
     int32_t bad = 1 << 30, pos = 5, seq = 9;

@@ -1,11 +1,13 @@
 /*
  * test_kv.c - the KV cache handle's sequence operations: copy (shared
  * blocks, copy-on-write), keep, export/import, save/load, offload/restore
- * (explicit and automatic on decode), statistics, and allocation failures
- * in all of them. Logits are compared bit for bit with a context that
+ * (explicit and automatic on decode), statistics, middle-range removal
+ * (shift with K re-rotation) and allocation failures in all of them.
+ * Logits are compared bit for bit with a context that
  * decoded the same token streams with the same batch shapes and never
  * copied, moved or offloaded anything.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -401,6 +403,158 @@ static void test_stats_struct(void) {
     kiln_context_free(c);
 }
 
+/* F16 -> float (the test's own conversion, normal numbers and zero). */
+static float h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 31, m = h & 1023, u;
+    if (e == 0) return (h >> 15 ? -1.0f : 1.0f) * (float)m / 16777216.0f;
+    u = sign | ((e + 112) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Row `pos` of layer l, K (c = 0) or V (c = 1), from exported bytes. */
+static const uint8_t *exp_row(const uint8_t *buf, uint32_t kv_dim, uint32_t n_pos, uint32_t l, uint32_t c,
+                              uint32_t pos) {
+    return buf + 40 + (((size_t)l * 2 + c) * n_pos + pos) * kv_dim * 2;
+}
+
+/* Largest |a - b| / (1 + |b|) over `rows` rows. */
+static double row_diff(const uint8_t *a, const uint8_t *b, uint32_t kv_dim, uint32_t rows) {
+    double worst = 0;
+    for (size_t i = 0; i < (size_t)kv_dim * rows; i++) {
+        uint16_t x, y;
+        memcpy(&x, a + 2 * i, 2);
+        memcpy(&y, b + 2 * i, 2);
+        double d = fabs((double)h2f(x) - h2f(y)) / (1.0 + fabs((double)h2f(y)));
+        if (d > worst) worst = d;
+    }
+    return worst;
+}
+
+static void test_rm_middle(void) {
+    if (!g_model) KT_SKIP("../shared models not found");
+    enum { P0 = 5, P1 = 9, D = P1 - P0, NQ = N_P - D };
+    kiln_context *c = make_ctx(g_model, 256, 16);
+    kiln_kv *kv = kiln_context_kv(c);
+    KT_CHECK_OK(dec(c, 0, P, N_P));
+    size_t n_before = 0;
+    uint8_t *before = export_seq(c, 0, &n_before);
+    KT_CHECK_OK(kiln_kv_seq_cp(kv, 0, 1));
+    KT_CHECK_OK(kiln_kv_seq_rm(kv, 0, P0, P1));
+    KT_CHECK(kiln_kv_seq_pos_max(kv, 0) == NQ - 1 && kiln_kv_seq_pos_max(kv, 1) == N_P - 1);
+    kiln_kv_stats s = stats(c);
+    KT_CHECK(s.n_blocks_used == 3 && s.n_blocks_shared == 0);
+    size_t n_after = 0, n1 = 0, nq = 0;
+    uint8_t *after = export_seq(c, 0, &n_after), *copy = export_seq(c, 1, &n1);
+    /* the copy that shared the blocks is untouched */
+    KT_CHECK(n1 == n_before && memcmp(copy, before, n1) == 0);
+
+    /* layer 0 K/V depend only on the token and its position: compare with a
+     * fresh prefill of the stream without the removed tokens */
+    int32_t q[NQ];
+    memcpy(q, P, P0 * sizeof *q);
+    memcpy(q + P0, P + P1, (N_P - P1) * sizeof *q);
+    kiln_context *r = make_ctx(g_model, 256, 16);
+    KT_CHECK_OK(dec(r, 0, q, NQ));
+    uint8_t *fresh = export_seq(r, 0, &nq);
+    KT_CHECK(nq == n_after);
+    uint32_t kv_dim = 0, n_layer = 0;
+    memcpy(&n_layer, fresh + 24, 4);
+    memcpy(&kv_dim, fresh + 28, 4);
+    double dk = row_diff(exp_row(after, kv_dim, NQ, 0, 0, 0), exp_row(fresh, kv_dim, NQ, 0, 0, 0), kv_dim, NQ);
+    double dv = row_diff(exp_row(after, kv_dim, NQ, 0, 1, 0), exp_row(fresh, kv_dim, NQ, 0, 1, 0), kv_dim, NQ);
+    /* without the re-rotation the shifted K rows would be far off */
+    double d_unrot = row_diff(exp_row(before, kv_dim, N_P, 0, 0, P1), exp_row(fresh, kv_dim, NQ, 0, 0, P0),
+                              kv_dim, N_P - P1);
+    printf("  layer 0 after shift: K %.2g, V %.2g (unrotated K %.2g)\n", dk, dv, d_unrot);
+    KT_CHECK(dk < 1e-2 && dv < 1e-2 && d_unrot > 0.1);
+    /* the sequence continues */
+    KT_CHECK_OK(dec(c, 0, &A, 1));
+    KT_CHECK(kiln_kv_seq_pos_max(kv, 0) == NQ);
+
+    /* an offloaded sequence shifts in its host copy, to the same bytes */
+    KT_CHECK_OK(kiln_kv_seq_offload(kv, 1));
+    KT_CHECK_OK(kiln_kv_seq_rm(kv, 1, P0, P1));
+    size_t n2 = 0;
+    uint8_t *off = export_seq(c, 1, &n2);
+    KT_CHECK(n2 == n_after && memcmp(off, after, n2) == 0);
+    free(off);
+
+    /* every sequence at once: unsupported, nothing changes */
+    KT_CHECK(kiln_kv_seq_rm(kv, -1, 1, 2) == KILN_E_UNSUPPORTED);
+    KT_CHECK(kiln_kv_seq_pos_max(kv, 0) == NQ && kiln_kv_seq_pos_max(kv, 1) == NQ - 1);
+
+    /* no free block for the rewritten tail: CONTEXT_FULL, unchanged */
+    kiln_context *sm = make_ctx(g_model, 32, 16);
+    KT_CHECK_OK(dec(sm, 0, P, N_P));
+    kiln_kv_stats s0 = stats(sm);
+    KT_CHECK(kiln_kv_seq_rm(kiln_context_kv(sm), 0, P0, P1) == KILN_E_CONTEXT_FULL);
+    kiln_kv_stats s1 = stats(sm);
+    KT_CHECK(memcmp(&s0, &s1, sizeof s0) == 0 && kiln_kv_seq_pos_max(kiln_context_kv(sm), 0) == N_P - 1);
+    kiln_context_free(sm);
+
+    /* allocation failures leave the sequence as it was */
+    int failures = 0;
+    for (uint64_t n = 1; n < 100; n++) {
+        KT_CHECK_OK(kiln_kv_clear(kv));
+        KT_CHECK_OK(dec(c, 0, P, N_P));
+        kiln_test_fail_alloc_after(n);
+        kiln_status st = kiln_kv_seq_rm(kv, 0, P0, P1);
+        uint64_t made = kiln_test_fail_alloc_after(0);
+        if (st == KILN_OK && made < n) break;
+        KT_CHECK(st == KILN_E_OOM_HOST && kiln_kv_seq_pos_max(kv, 0) == N_P - 1);
+        size_t nb = 0;
+        uint8_t *b = export_seq(c, 0, &nb);
+        KT_CHECK(nb == n_before && memcmp(b, before, nb) == 0);
+        free(b);
+        failures++;
+    }
+    KT_CHECK(failures >= 1);
+    free(before);
+    free(after);
+    free(copy);
+    free(fresh);
+    kiln_context_free(r);
+    kiln_context_free(c);
+}
+
+/* The re-rotation for the other RoPE layout (NEOX, qwen2/qwen3 models):
+ * layer 0 of a shifted sequence matches a fresh prefill. */
+static void test_rm_middle_neox(void) {
+    const char *names[2] = {"models/tiny-qwen2-f16.gguf", "models/tiny-qwen3-f16.gguf"};
+    int ran = 0;
+    for (int i = 0; i < 2; i++) {
+        const char *path = kt_shared(names[i]);
+        kiln_model *m = NULL;
+        if (!path || kiln_model_load(path, NULL, &m) != KILN_OK) continue;
+        enum { P0 = 3, P1 = 10, NQ = N_P - (P1 - P0) };
+        int32_t t[N_P], q[NQ];
+        for (int j = 0; j < N_P; j++) t[j] = P[j] % kiln_model_n_vocab(m);
+        memcpy(q, t, P0 * sizeof *q);
+        memcpy(q + P0, t + P1, (N_P - P1) * sizeof *q);
+        kiln_context *c = make_ctx(m, 256, 16), *r = make_ctx(m, 256, 16);
+        KT_CHECK_OK(dec(c, 0, t, N_P));
+        KT_CHECK_OK(kiln_kv_seq_rm(kiln_context_kv(c), 0, P0, P1));
+        KT_CHECK_OK(dec(r, 0, q, NQ));
+        size_t na = 0, nf = 0;
+        uint8_t *a = export_seq(c, 0, &na), *f = export_seq(r, 0, &nf);
+        uint32_t kv_dim = 0;
+        memcpy(&kv_dim, f + 28, 4);
+        double dk = na == nf ? row_diff(exp_row(a, kv_dim, NQ, 0, 0, 0), exp_row(f, kv_dim, NQ, 0, 0, 0), kv_dim, NQ)
+                             : 1e9;
+        printf("  %s: layer 0 K after shift %.2g\n", names[i], dk);
+        KT_CHECK(dk < 1e-2);
+        free(a);
+        free(f);
+        kiln_context_free(c);
+        kiln_context_free(r);
+        kiln_model_free(m);
+        ran++;
+    }
+    if (!ran) KT_SKIP("qwen models not found");
+}
+
 /* A snapshot of what the cache looks like from outside. */
 typedef struct {
     kiln_kv_stats s;
@@ -497,6 +651,8 @@ int main(void) {
     KT_RUN(test_save_load);
     KT_RUN(test_offload_restore);
     KT_RUN(test_stats_struct);
+    KT_RUN(test_rm_middle);
+    KT_RUN(test_rm_middle_neox);
     KT_RUN(test_alloc_failures);
     kiln_model_free(g_model);
     return kt_finish();

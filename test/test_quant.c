@@ -145,6 +145,23 @@ static void test_fp16_vs_f16c(void) {
 #endif
 }
 
+/* The scalar F16 kernel's inline conversion against kiln_fp16_to_fp32 for
+ * every half: the dot of [h] with [1.0] is h itself. */
+static void test_scalar_f16_conversion(void) {
+    const kiln_cpu_dot_traits *tr = kiln_cpu_dot_get_scalar(KILN_TYPE_F16);
+    KT_CHECK(tr != NULL);
+    if (!tr) return;
+    uint16_t one = 0x3c00;
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        uint16_t w = (uint16_t)h;
+        float got, want = kiln_fp16_to_fp32(w);
+        tr->dot_tile(1, &got, 1, &w, 2, 1, &one, 2, 1);
+        if (isnan(want) ? !isnan(got) : got != want) bad++; /* (the sum turns -0 into +0) */
+    }
+    KT_CHECKF(bad == 0, "%d halves converted differently", bad);
+}
+
 static void test_bf16(void) {
     KT_CHECK(kiln_fp32_to_bf16(1.f) == 0x3f80);
     KT_CHECK(kiln_fp32_to_bf16(-1.f) == 0xbf80);
@@ -550,6 +567,7 @@ int main(void) {
     KT_RUN(test_fp16_edges);
     KT_RUN(test_fp16_vs_f16c);
     KT_RUN(test_bf16);
+    KT_RUN(test_scalar_f16_conversion);
     KT_RUN(test_layouts);
     KT_RUN(test_quant_roundtrip);
     KT_RUN(test_dot_kernels);

@@ -80,30 +80,44 @@ void kiln_cpu_act_q8_K_scalar(const float *x, void *dst, int64_t k) {
 
 typedef float (*dot_fn)(int64_t k, const uint8_t *w, const uint8_t *a);
 
-static inline float h2f(const uint8_t *p) { return kiln_fp16_to_fp32(kiln_cpu_rd16(p)); }
+/* IEEE half -> float, exact (as kiln_fp16_to_fp32) but inline and
+ * branch-free (selects, so loops of it vectorize): move exponent and
+ * mantissa into place and rebias; inf/NaN get the top exponent;
+ * subnormals are renormalized by a float subtraction. */
+static inline float h2f_bits(uint16_t h) {
+    uint32_t o = ((uint32_t)(h & 0x7fff) << 13) + ((127u - 15u) << 23);
+    uint32_t exp = (uint32_t)h & 0x7c00u;
+    uint32_t big = o + ((128u - 16u) << 23);
+    float sub = kiln_fp32_from_bits(o + (1u << 23)) - kiln_fp32_from_bits(113u << 23);
+    uint32_t r = exp == 0x7c00u ? big : exp == 0 ? kiln_fp32_to_bits(sub) : o;
+    return kiln_fp32_from_bits(r | ((uint32_t)(h & 0x8000) << 16));
+}
+static inline float h2f(const uint8_t *p) { return h2f_bits(kiln_cpu_rd16(p)); }
 
-static float dot_f32(int64_t k, const uint8_t *w, const uint8_t *a) {
-    float s = 0.f;
-    for (int64_t i = 0; i < k; i++) {
-        float x, y;
-        memcpy(&x, w + 4 * i, 4);
-        memcpy(&y, a + 4 * i, 4);
-        s += x * y;
+/* The float types keep 8 partial sums (summed at the end): a single
+ * running sum would make every add wait for the previous one, and 8
+ * independent lanes let the compiler use whatever vector unit the target
+ * has. */
+#define KILN_FLOAT_DOT(name, load_w, load_a, wsz, asz)                    \
+    static float dot_##name(int64_t k, const uint8_t *w, const uint8_t *a) { \
+        float acc[8] = {0};                                                \
+        int64_t i = 0;                                                     \
+        for (; i + 8 <= k; i += 8)                                         \
+            for (int j = 0; j < 8; j++)                                    \
+                acc[j] += load_w(w + (wsz) * (i + j)) * load_a(a + (asz) * (i + j)); \
+        for (; i < k; i++) acc[0] += load_w(w + (wsz) * i) * load_a(a + (asz) * i); \
+        return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])); \
     }
-    return s;
-}
 
-static float dot_f16(int64_t k, const uint8_t *w, const uint8_t *a) {
-    float s = 0.f;
-    for (int64_t i = 0; i < k; i++) s += h2f(w + 2 * i) * h2f(a + 2 * i);
-    return s;
+static inline float ld_f32(const uint8_t *p) {
+    float f;
+    memcpy(&f, p, 4);
+    return f;
 }
-
-static float dot_bf16(int64_t k, const uint8_t *w, const uint8_t *a) {
-    float s = 0.f;
-    for (int64_t i = 0; i < k; i++) s += kiln_bf16_to_fp32(kiln_cpu_rd16(w + 2 * i)) * kiln_bf16_to_fp32(kiln_cpu_rd16(a + 2 * i));
-    return s;
-}
+static inline float ld_bf16(const uint8_t *p) { return kiln_bf16_to_fp32(kiln_cpu_rd16(p)); }
+KILN_FLOAT_DOT(f32, ld_f32, ld_f32, 4, 4)
+KILN_FLOAT_DOT(f16, h2f, h2f, 2, 2)
+KILN_FLOAT_DOT(bf16, ld_bf16, ld_bf16, 2, 2)
 
 static float dot_q8_0(int64_t k, const uint8_t *w, const uint8_t *a) {
     float s = 0.f;
@@ -128,18 +142,24 @@ static float dot_q4_0(int64_t k, const uint8_t *w, const uint8_t *a) {
     return s;
 }
 
+/* The 32 5-bit values of a Q5_0/Q5_1 block (nibbles at q, bit 4 in qh). */
+static inline void q5_values(const uint8_t *q, const uint8_t *qh_p, uint8_t v[32]) {
+    uint32_t qh;
+    memcpy(&qh, qh_p, 4);
+    for (int j = 0; j < 16; j++) {
+        v[j] = (uint8_t)((q[j] & 0xF) | (((qh >> j) << 4) & 0x10));
+        v[j + 16] = (uint8_t)((q[j] >> 4) | (((qh >> (j + 16)) << 4) & 0x10));
+    }
+}
+
 static float dot_q5_0(int64_t k, const uint8_t *w, const uint8_t *a) {
     float s = 0.f;
     for (int64_t b = 0; b < k / 32; b++, w += sizeof(kiln_block_q5_0), a += sizeof(kiln_block_q8_0)) {
-        uint32_t qh = (uint32_t)kiln_cpu_rd16(w + 2) | ((uint32_t)kiln_cpu_rd16(w + 4) << 16);
-        const uint8_t *q = w + 6;
+        uint8_t v[32];
+        q5_values(w + 6, w + 2, v);
         const int8_t *y = (const int8_t *)(a + 2);
         int sum = 0;
-        for (int j = 0; j < 16; j++) {
-            int lo = ((q[j] & 0xF) | (int)(((qh >> j) & 1) << 4)) - 16;
-            int hi = ((q[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4)) - 16;
-            sum += lo * y[j] + hi * y[j + 16];
-        }
+        for (int j = 0; j < 32; j++) sum += (v[j] - 16) * y[j];
         s += (float)sum * (h2f(w) * h2f(a));
     }
     return s;
@@ -160,15 +180,11 @@ static float dot_q4_1(int64_t k, const uint8_t *w, const uint8_t *a) {
 static float dot_q5_1(int64_t k, const uint8_t *w, const uint8_t *a) {
     float s = 0.f;
     for (int64_t b = 0; b < k / 32; b++, w += sizeof(kiln_block_q5_1), a += sizeof(kiln_block_q8_1)) {
-        uint32_t qh = (uint32_t)kiln_cpu_rd16(w + 4) | ((uint32_t)kiln_cpu_rd16(w + 6) << 16);
-        const uint8_t *q = w + 8;
+        uint8_t v[32];
+        q5_values(w + 8, w + 4, v);
         const int8_t *y = (const int8_t *)(a + 4);
         int sum = 0;
-        for (int j = 0; j < 16; j++) {
-            int lo = (q[j] & 0xF) | (int)(((qh >> j) & 1) << 4);
-            int hi = (q[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
-            sum += lo * y[j] + hi * y[j + 16];
-        }
+        for (int j = 0; j < 32; j++) sum += v[j] * y[j];
         s += (float)sum * (h2f(w) * h2f(a)) + h2f(w + 2) * h2f(a + 2);
     }
     return s;
@@ -197,7 +213,7 @@ static float dot_q4_K(int64_t k, const uint8_t *w, const uint8_t *a) {
             sumi += sc0 * s0 + sc1 * s1;
             summ += m0 * (y->bsums[4 * c] + y->bsums[4 * c + 1]) + m1 * (y->bsums[4 * c + 2] + y->bsums[4 * c + 3]);
         }
-        s += y->d * (kiln_fp16_to_fp32(x->d) * (float)sumi - kiln_fp16_to_fp32(x->dmin) * (float)summ);
+        s += y->d * (h2f_bits(x->d) * (float)sumi - h2f_bits(x->dmin) * (float)summ);
     }
     return s;
 }
@@ -224,7 +240,7 @@ static float dot_q5_K(int64_t k, const uint8_t *w, const uint8_t *a) {
             sumi += sc0 * s0 + sc1 * s1;
             summ += m0 * (y->bsums[4 * c] + y->bsums[4 * c + 1]) + m1 * (y->bsums[4 * c + 2] + y->bsums[4 * c + 3]);
         }
-        s += y->d * (kiln_fp16_to_fp32(x->d) * (float)sumi - kiln_fp16_to_fp32(x->dmin) * (float)summ);
+        s += y->d * (h2f_bits(x->d) * (float)sumi - h2f_bits(x->dmin) * (float)summ);
     }
     return s;
 }
@@ -234,25 +250,24 @@ static float dot_q6_K(int64_t k, const uint8_t *w, const uint8_t *a) {
     for (int64_t b = 0; b < k / 256; b++, w += sizeof(kiln_block_q6_K), a += sizeof(kiln_block_q8_K)) {
         const kiln_block_q6_K *x = (const kiln_block_q6_K *)w;
         const kiln_block_q8_K *y = (const kiln_block_q8_K *)a;
-        int sumi = 0;
+        int8_t v[256]; /* the values q - 32, in element order */
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
-            const int8_t *v = y->qs + 128 * h;
-            int sub[8] = {0};
+            int8_t *o = v + 128 * h;
             for (int l = 0; l < 32; l++) {
-                int q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
-                int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                int is = l / 16;
-                sub[is] += q1 * v[l];
-                sub[is + 2] += q2 * v[l + 32];
-                sub[is + 4] += q3 * v[l + 64];
-                sub[is + 6] += q4 * v[l + 96];
+                o[l] = (int8_t)(((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32);
+                o[l + 32] = (int8_t)(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
             }
-            for (int j = 0; j < 8; j++) sumi += x->scales[8 * h + j] * sub[j];
         }
-        s += kiln_fp16_to_fp32(x->d) * y->d * (float)sumi;
+        int sumi = 0;
+        for (int j = 0; j < 16; j++) {
+            int sub = 0;
+            for (int l = 0; l < 16; l++) sub += v[16 * j + l] * y->qs[16 * j + l];
+            sumi += x->scales[j] * sub;
+        }
+        s += h2f_bits(x->d) * y->d * (float)sumi;
     }
     return s;
 }
