@@ -40,7 +40,9 @@ kiln_kv *kiln_context_kv(kiln_context *ctx) { return ctx ? ctx->kv : NULL; }
 void kiln_context_free(kiln_context *ctx) {
     if (!ctx) return;
     if (ctx->draft) kiln_draft_detach(ctx->draft); /* a draft follows its target */
-    kiln_kv_destroy(ctx->kv);
+    kiln_kv_destroy(ctx->kv); /* NULL buffers while suspended are skipped */
+    kiln_free(ctx->kv_host);
+    if (ctx->model) kiln_context_drop_weights(ctx);
     if (ctx->dev) ctx->bk->device_close(ctx->dev);
     kiln_free(ctx->logits);
     kiln_free(ctx->logit_row);
@@ -90,11 +92,15 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     kiln_bk_open_params op = {sizeof op, p.n_threads, ctx->log.level, ctx->log.fn, ctx->log.user};
     const kiln_hparams *hp = &model->hp;
     uint32_t ub = p.n_ubatch, ns = p.n_seq_max;
+    if ((st = kiln_context_hold_weights(ctx))) goto fail;
     if ((st = ctx->bk->device_open(model->device_index, &op, &ctx->dev))) goto fail;
+    if (p.pool_cap) ctx->bk->pool_set_cap(ctx->dev, p.pool_cap);
     if ((st = kiln_kv_create(ctx->bk, ctx->dev, hp->n_layer, hp->n_head_kv * hp->head_dim, p.n_ctx,
                              p.kv_block_size, ns, &ctx->kv)))
         goto fail;
     ctx->kv->fingerprint = model->fingerprint; /* checked by kiln_kv_seq_import */
+    ctx->kv->resident = kiln_context_kv_resident;
+    ctx->kv->owner = ctx;
     ctx->kv->rope = (kiln_bk_rope){sizeof(kiln_bk_rope), hp->rope_mode, hp->n_head_kv, hp->head_dim, hp->n_rot,
                                    hp->rope_freq_base, hp->rope_freq_scale, model->rope_freqs};
     ctx->ub_pos = kiln_calloc(ub, sizeof(int32_t));
@@ -161,15 +167,36 @@ static kiln_status set_ubatch(kiln_context *ctx, const kiln_batch *b, const int3
     return ctx->bk->set_ubatch(ctx->dev, &ub);
 }
 
+/* Between ubatches: the automatic purge after a prefill ubatch, then the
+ * caller's callback, which may cancel the decode. */
+static kiln_status after_ubatch(kiln_context *ctx, uint32_t index, uint32_t n, const int32_t *pos) {
+    if ((ctx->params.flags & KILN_CONTEXT_AUTO_PURGE) && n > 1) {
+        kiln_status st = ctx->bk->pool_purge(ctx->dev);
+        if (st) return kiln_error(st, "decode: automatic pool purge after ubatch %u failed", index);
+    }
+    if (!ctx->params.ubatch_cb) return KILN_OK;
+    uint32_t kv_len = 0;
+    for (uint32_t i = 0; i < n; i++) kv_len = KILN_MAX(kv_len, (uint32_t)pos[i] + 1);
+    if (ctx->params.ubatch_cb(ctx, index, n, kv_len, ctx->params.ubatch_user) != 0)
+        return kiln_error(KILN_E_CANCELLED, "kiln_decode: cancelled by the ubatch callback after ubatch %u; the "
+                          "KV cache is as before the call", index);
+    return KILN_OK;
+}
+
 kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
     kiln_error_clear();
     if (!ctx) return kiln_error(KILN_E_INVALID_ARG, "kiln_decode: ctx is NULL");
     ctx->last_error[0] = '\0';
     if (!batch) return ctx_fail(ctx, kiln_error(KILN_E_INVALID_ARG, "kiln_decode: batch is NULL"));
+    if (ctx->in_decode)
+        return ctx_fail(ctx, kiln_error(KILN_E_BUSY, "kiln_decode: called from the ubatch callback"));
     kiln_batch b;
     kiln_batch_init(&b);
     kiln_status st = kiln_params_copy(&b, sizeof b, batch);
     if (st) return ctx_fail(ctx, st);
+    /* a suspended context comes back by itself (and stays suspended if it
+     * cannot: nothing else has changed yet) */
+    if ((st = kiln_context_resume_internal(ctx))) return ctx_fail(ctx, st);
     const kiln_model *m = ctx->model;
     kiln_kv *kv = ctx->kv;
     const uint32_t n = b.n_tokens, n_vocab = m->hp.n_vocab;
@@ -231,8 +258,9 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
     if ((st = kiln_kv_reserve(kv, ctx->seq_new))) goto out;
 
     ctx->n_batch_last = 0; /* logits are invalid until this decode succeeds */
-    uint32_t row = 0;
-    for (uint32_t i0 = 0; i0 < n; i0 += ctx->params.n_ubatch) {
+    ctx->in_decode = true;
+    uint32_t row = 0, ub_index = 0;
+    for (uint32_t i0 = 0; i0 < n; i0 += ctx->params.n_ubatch, ub_index++) {
         uint32_t i1 = KILN_MIN(n, i0 + ctx->params.n_ubatch), u_out = 0, row0 = row;
         for (uint32_t i = i0; i < i1; i++) {
             bool want = b.logits ? b.logits[i] != 0 : i == n - 1;
@@ -245,10 +273,15 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
             kiln_kv_rollback(kv);
             goto out;
         }
+        if ((st = after_ubatch(ctx, ub_index, i1 - i0, pos_of + i0))) {
+            kiln_kv_rollback(kv);
+            goto out;
+        }
     }
     kiln_kv_commit(kv, ctx->seq_new);
     ctx->n_batch_last = n;
 out:
+    ctx->in_decode = false;
     kiln_free(seq_of);
     return st ? ctx_fail(ctx, st) : KILN_OK;
 }

@@ -35,7 +35,27 @@ struct kiln_context {
     /* the draft attached to this (target) context or NULL; not owned: the
      * context's free detaches it (lib/draft.h) */
     struct kiln_draft *draft;
+
+    /* lifecycle (lib/suspend.c). While suspended (level >= 1) the KV
+     * cache's per-layer device buffers kv->k[l], kv->v[l] are NULL and their
+     * used prefix lives in kv_host; the block tables stay in kv. */
+    int32_t suspended;             /* 0 active, 1 KV on host, 2 also weights let go */
+    uint8_t *kv_host;              /* K then V of each layer, kv_host_cells rows each */
+    uint32_t kv_host_cells;        /* cells saved per buffer (a prefix of n_cells) */
+    bool weights_held;             /* counted in model->weights_holds */
+    bool in_decode;                /* inside kiln_decode (the ubatch callback may run) */
 };
+
+/* Suspend/resume internals (lib/suspend.c). kiln_context_hold_weights()
+ * makes the model's weights resident (re-uploading them if every holder had
+ * let go) and counts this context as a holder; kiln_context_drop_weights()
+ * undoes it at free. kiln_context_resume_internal() is kiln_context_resume
+ * without the public checks, for kiln_decode. */
+kiln_status kiln_context_hold_weights(kiln_context *ctx);
+void kiln_context_drop_weights(kiln_context *ctx);
+kiln_status kiln_context_resume_internal(kiln_context *ctx);
+/* The KV cache's resident() hook: resumes the context (an opaque owner). */
+kiln_status kiln_context_kv_resident(void *ctx);
 
 /* Runs the model on one ubatch whose metadata was set with set_ubatch;
  * writes n_out rows of logits (for ubatch rows out_idx[]) to logits. */

@@ -321,6 +321,8 @@ kiln_status kiln_kv_get_stats(const kiln_kv *kv, kiln_kv_stats *out) {
     }
     full.block_bytes = (uint64_t)kv->n_layer * 2 * kv->block_size * rb;
     full.bytes_device = (uint64_t)kv->n_layer * 2 * kv->n_cells * rb;
+    if (kv->n_layer && !kv->k[0]) full.bytes_device = 0; /* context suspended */
+    full.bytes_host += kv->suspended_host_bytes;
     full.struct_size = n < sizeof full ? n : (uint32_t)sizeof full;
     memcpy(out, &full, full.struct_size);
     return KILN_OK;

@@ -53,6 +53,13 @@ struct kiln_kv {
     int32_t *saved_cow;           /* [n_seq] block replaced by a copy-on-write, or -1 */
     uint8_t *saved_restored;      /* [n_seq] 1: restored from the host by the reservation */
     uint64_t fingerprint;         /* the model's (model.h), set by the context */
+    /* Set by the context (lib/suspend.c): while the context is suspended
+     * the K/V buffers are NULL and their contents on the host; operations
+     * that move rows call resident(owner) first, which brings them back.
+     * suspended_host_bytes: size of that host copy (0 when active). */
+    kiln_status (*resident)(void *owner);
+    void *owner;
+    uint64_t suspended_host_bytes;
     /* the model's RoPE of K (n_head = n_head_kv), set by the context: a
      * middle removal re-rotates the K rows it shifts (lib/kv_shift.c);
      * n_rot == 0 means unknown, and middle removal is unsupported */

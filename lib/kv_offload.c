@@ -24,6 +24,8 @@ static kiln_status rows_move(kiln_kv *kv, const int32_t *blocks, uint32_t n, uin
                              bool download) {
     const uint64_t rb = kiln_kv_row_bytes(kv);
     const uint32_t bs = kv->block_size;
+    kiln_status rst;
+    if (kv->resident && (rst = kv->resident(kv->owner))) return rst; /* a suspended context resumes */
     for (uint32_t l = 0; l < kv->n_layer; l++) {
         for (uint32_t c = 0; c < 2; c++) {
             kiln_bk_buffer *buf = c ? kv->v[l] : kv->k[l];

@@ -177,9 +177,12 @@ static kiln_status upload_weights(kiln_model *m) {
     uint64_t data_off = kiln_gguf_data_offset(m->gguf);
     uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
     if (data_size == 0) data_size = 1;
-    if (KILN_BK_HAS(m->bk, buffer_wrap_host)) {
+    if (!(m->flags & KILN_MODEL_NO_MMAP) && KILN_BK_HAS(m->bk, buffer_wrap_host)) {
         kiln_status st = m->bk->buffer_wrap_host(m->dev, (void *)(base + data_off), data_size, &m->weights);
-        if (st == KILN_OK) return KILN_OK;
+        if (st == KILN_OK) {
+            m->weights_zero_copy = true;
+            return KILN_OK;
+        }
         if (st != KILN_E_UNSUPPORTED) return kiln_error(st, "model: cannot map weights on %s", m->bk->name);
     }
     kiln_status st = m->bk->buffer_alloc(m->dev, data_size, KILN_BK_BUF_WEIGHTS, &m->weights);
@@ -279,6 +282,7 @@ static void model_destroy(kiln_model *m) {
     kiln_free(m->rope_freqs);
     kiln_vocab_free(m->vocab);
     kiln_gguf_close(m->gguf);
+    if (m->weights_lock_ok) pthread_mutex_destroy(&m->weights_lock);
     kiln_free(m);
 }
 
@@ -303,6 +307,12 @@ kiln_status kiln_model_load(const char *path, const kiln_model_params *params, k
     kiln_model *m = kiln_calloc(1, sizeof *m);
     if (!m) return kiln_error(KILN_E_OOM_HOST, "kiln_model_load: out of memory");
     atomic_init(&m->refs, 1);
+    m->flags = p.flags;
+    if (pthread_mutex_init(&m->weights_lock, NULL) != 0) {
+        kiln_free(m);
+        return kiln_error(KILN_E_INTERNAL, "kiln_model_load: cannot create a mutex");
+    }
+    m->weights_lock_ok = true;
     kiln_logger_init(&m->log, p.log_fn, p.log_user, p.log_level);
     m->device_index = p.device;
 

@@ -6,6 +6,7 @@
 #ifndef KILN_MODEL_H
 #define KILN_MODEL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "backend.h"
@@ -63,11 +64,29 @@ struct kiln_model {
     kiln_layer_weights *layers;
     uint64_t n_params;
     uint64_t weight_bytes;
+
+    /* Residency of the weights' device copy (lib/suspend.c). Contexts hold
+     * the weights while active or suspended at level 1; when the last holder
+     * lets go and at least one context is suspended at level 2 ("parked"),
+     * a device copy (not a zero-copy wrap of the mapping) is freed and
+     * `weights` is NULL until a holder comes back and re-uploads it from
+     * the mapping. Guarded by weights_lock (contexts may live on several
+     * threads). */
+    pthread_mutex_t weights_lock;
+    bool weights_lock_ok;            /* weights_lock was initialised */
+    bool weights_zero_copy;          /* weights wrap the mapping: nothing to release */
+    uint32_t weights_holds;
+    uint32_t weights_parked;
+    uint32_t flags;                  /* KILN_MODEL_* it was loaded with */
     /* 64-bit FNV-1a hash of the architecture, hyperparameters and every
      * tensor's name, shape and type: KV state exported from one model is
      * only imported into a model with the same fingerprint (lib/kv_io.c). */
     uint64_t fingerprint;
 };
+
+/* Points every present weight tensor at buf (the model's single weights
+ * buffer, after a re-upload). */
+void kiln_model_rebind_weights(kiln_model *m, kiln_bk_buffer *buf);
 
 /* Reference counting: the model is destroyed when the last holder lets go. */
 void kiln_model_retain(kiln_model *m);

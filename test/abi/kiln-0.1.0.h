@@ -244,6 +244,25 @@ KILN_API kiln_status kiln_detokenizer_flush(kiln_detokenizer *d, char *buf, size
 /* Context and decoding                                                     */
 /* ------------------------------------------------------------------------ */
 
+/* Called by kiln_decode after every ubatch has run (see ubatch_cb below):
+ * ubatch_index counts from 0 within the decode call, n_tokens is the
+ * ubatch's token count, kv_len the longest attention span in it (for a
+ * single sequence: its KV length after this ubatch). Return 0 to go on,
+ * nonzero to cancel the decode (KILN_E_CANCELLED, KV cache as before the
+ * call). Runs on the decoding thread. Inside the callback only these calls
+ * on ctx are allowed: kiln_context_pool_stats, kiln_context_pool_purge,
+ * kiln_context_pool_set_cap, kiln_context_last_error and the read-only
+ * kiln_kv_seq_pos_max (which reports lengths from before the call);
+ * kiln_decode, kiln_context_suspend and kiln_context_resume return
+ * KILN_E_BUSY there, and anything else (freeing ctx, changing its KV cache)
+ * is undefined. */
+typedef int32_t (*kiln_ubatch_fn)(kiln_context *ctx, uint32_t ubatch_index, uint32_t n_tokens,
+                                  uint32_t kv_len, void *user);
+
+/* kiln_context_params.flags */
+#define KILN_CONTEXT_AUTO_PURGE (1u << 0) /* purge the pool after every prefill
+                                              ubatch (one with > 1 token) */
+
 typedef struct kiln_context_params {
     uint32_t struct_size;
     uint32_t n_ctx;          /* KV capacity in tokens, all sequences (default 4096,
@@ -252,10 +271,14 @@ typedef struct kiln_context_params {
     uint32_t n_seq_max;      /* max distinct sequence ids (default 16) */
     int32_t n_threads;       /* CPU threads; <= 0: number of cores (default 0) */
     uint32_t kv_block_size;  /* tokens per KV block (default 32) */
-    uint32_t flags;          /* reserved, 0 */
+    uint32_t flags;          /* KILN_CONTEXT_* (default 0) */
     int32_t log_level;       /* max level for this handle (default ERROR) */
     kiln_log_fn log_fn;      /* NULL: the model's sink */
     void *log_user;
+    kiln_ubatch_fn ubatch_cb; /* NULL: none (default) */
+    void *ubatch_user;       /* passed to ubatch_cb */
+    uint64_t pool_cap;       /* max cached bytes of the context's transient
+                                pool; 0: the backend's default (default 0) */
 } kiln_context_params;
 
 /* Fills *p with defaults, writing only the first `size` bytes (the
@@ -316,6 +339,72 @@ KILN_API kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch);
  * from the end (-1 = last). NULL if that token's logits were not requested.
  * Valid until the next decode or free of ctx. */
 KILN_API const float *kiln_context_logits(kiln_context *ctx, int32_t i);
+
+/* Statistics of a context's transient pool (activation buffers of its
+ * device handle; weights and KV cache are not counted). See docs/memory.md. */
+typedef struct kiln_pool_stats {
+    uint32_t struct_size;
+    uint64_t bytes_in_use;    /* handed out to running work, not yet returned */
+    uint64_t bytes_cached;    /* returned and kept for reuse (purge frees them) */
+    uint64_t bytes_peak;      /* max of in_use + cached since the context began */
+    uint64_t cap;             /* max bytes_cached; 0: unlimited */
+    uint64_t n_allocs;        /* buffers handed out */
+    uint64_t n_frees;         /* buffers returned */
+    uint64_t n_device_allocs; /* handouts that had to allocate device memory */
+} kiln_pool_stats;
+
+/* Fills *s with zeros, writing only the first `size` bytes, and sets
+ * struct_size = min(size, the library's size). The inline
+ * kiln_pool_stats_init() passes sizeof for you. */
+KILN_API void kiln_pool_stats_init_sized(kiln_pool_stats *s, uint32_t size);
+static inline void kiln_pool_stats_init(kiln_pool_stats *s) {
+    kiln_pool_stats_init_sized(s, (uint32_t)sizeof(*s));
+}
+/* Fills *out (up to out->struct_size bytes) with the pool statistics of
+ * the context's device handle. Allowed inside the ubatch callback.
+ * Returns KILN_E_INVALID_ARG. */
+KILN_API kiln_status kiln_context_pool_stats(kiln_context *ctx, kiln_pool_stats *out);
+/* Waits for the context's queued work, then frees every cached pool buffer
+ * (bytes_cached becomes 0; buffers in use are never freed). Allowed inside
+ * the ubatch callback. Returns KILN_E_INVALID_ARG, KILN_E_BACKEND. */
+KILN_API kiln_status kiln_context_pool_purge(kiln_context *ctx);
+/* Sets the pool's cap on cached bytes (0: unlimited) and trims the cache
+ * down to it at once; a returned buffer larger than the cap is freed
+ * rather than cached. Allowed inside the ubatch callback.
+ * Returns KILN_E_INVALID_ARG. */
+KILN_API kiln_status kiln_context_pool_set_cap(kiln_context *ctx, uint64_t bytes);
+
+/* Suspend levels */
+#define KILN_SUSPEND_KV      1 /* KV cache to host memory, pool purged */
+#define KILN_SUSPEND_WEIGHTS 2 /* also the model's device copy of the weights */
+
+/* Releases a context's device memory while keeping its state. Level 1:
+ * the KV cache contents move to host memory (kiln_malloc'd copies of the
+ * used part of every layer's K and V) and the device KV buffers and the
+ * cached pool buffers are freed. Level 2: level 1, and the context stops
+ * holding the model's device copy of the weights; the model releases it
+ * when no context holds it (a model shared by contexts keeps its weights
+ * until every one of them is suspended at level 2). Weights that are
+ * zero-copy over the file mapping (the CPU backend) have no device copy:
+ * level 2 then releases nothing more than level 1. The KV handle, sequence
+ * lengths, the last logits and the pool statistics' counters stay
+ * available; KV operations that move rows (export, import, offload,
+ * restore, save, load) resume the context first, as kiln_decode does. Suspending a suspended context at a higher level deepens it;
+ * at the same or a lower level it is a no-op (KILN_OK).
+ * On failure the context is still active, unchanged.
+ * Returns KILN_E_INVALID_ARG, KILN_E_OOM_HOST, KILN_E_BACKEND, and
+ * KILN_E_BUSY inside the ubatch callback. */
+KILN_API kiln_status kiln_context_suspend(kiln_context *ctx, int32_t level);
+/* Brings a suspended context back: re-uploads the weights if they were
+ * released (from the mapped file) and the KV cache; every sequence then
+ * continues with the same logits as if never suspended. A no-op on an
+ * active context. kiln_decode resumes a suspended context by itself. On
+ * failure the context is still suspended, unchanged, and resume may be
+ * retried. Returns KILN_E_INVALID_ARG, KILN_E_OOM_HOST, KILN_E_OOM_DEVICE,
+ * KILN_E_BACKEND, and KILN_E_BUSY inside the ubatch callback. */
+KILN_API kiln_status kiln_context_resume(kiln_context *ctx);
+/* The context's suspend level: 0 active, 1 or 2. */
+KILN_API int32_t kiln_context_suspended(const kiln_context *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* KV cache                                                                 */
@@ -402,8 +491,10 @@ typedef struct kiln_kv_stats {
     uint32_t n_seq_offloaded;  /* sequences whose rows are in host memory */
     uint32_t reserved;         /* 0 */
     uint64_t block_bytes;      /* device bytes of one block, all layers, K and V */
-    uint64_t bytes_device;     /* device bytes of the KV buffers (all blocks) */
-    uint64_t bytes_host;       /* host bytes holding offloaded rows */
+    uint64_t bytes_device;     /* device bytes of the KV buffers (all blocks;
+                                  0 while the context is suspended) */
+    uint64_t bytes_host;       /* host bytes holding offloaded rows (and a
+                                  suspended context's cache) */
 } kiln_kv_stats;
 
 /* Fills *s with zeros, writing only the first `size` bytes (the caller's
@@ -464,6 +555,38 @@ KILN_API kiln_status kiln_sampler_accept(kiln_sampler *s, int32_t token);
 KILN_API void kiln_sampler_reset(kiln_sampler *s, uint64_t seed);
 
 /* ------------------------------------------------------------------------ */
+/* Devices                                                                  */
+/* ------------------------------------------------------------------------ */
+
+#define KILN_DEVICE_HOST_MEMORY (1u << 0) /* the device computes in host memory */
+
+typedef struct kiln_device_info {
+    uint32_t struct_size;
+    char name[128];          /* the device's name ("cpu", a GPU's product name) */
+    char backend[32];        /* the backend's name */
+    uint64_t mem_total;      /* bytes; 0 if unknown */
+    uint64_t mem_free;       /* bytes available now; 0 if unknown */
+    uint32_t flags;          /* KILN_DEVICE_* */
+} kiln_device_info;
+
+/* Fills *info with defaults, writing only the first `size` bytes, and sets
+ * struct_size = min(size, the library's size). The inline
+ * kiln_device_info_init() passes sizeof for you. */
+KILN_API void kiln_device_info_init_sized(kiln_device_info *info, uint32_t size);
+static inline void kiln_device_info_init(kiln_device_info *info) {
+    kiln_device_info_init_sized(info, (uint32_t)sizeof(*info));
+}
+
+/* Number of devices of a backend ("cpu" when NULL); loads a plugin backend
+ * if needed but creates no device context and allocates nothing on any
+ * device. -1 (with kiln_last_error()) if the backend is unknown or cannot
+ * be loaded. Thread-safe. */
+KILN_API int32_t kiln_backend_device_count(const char *backend);
+/* Describes device `index` of a backend (up to info->struct_size bytes)
+ * without creating a device context. Returns KILN_E_INVALID_ARG,
+ * KILN_E_NOT_FOUND (unknown backend or index), KILN_E_BACKEND. Thread-safe. */
+KILN_API kiln_status kiln_backend_device_info(const char *backend, int32_t index,
+                                              kiln_device_info *info);
 /* Speculative decoding                                                     */
 /* ------------------------------------------------------------------------ */
 

@@ -1,0 +1,269 @@
+/*
+ * suspend.c - kiln_context_suspend/resume and the residency of a model's
+ * weights.
+ *
+ * Level 1 moves the used part of the KV cache to host memory: the blocks
+ * are handed out from the low end of the cache, so the cells up to the
+ * highest referenced block form a prefix that holds every stored position;
+ * that prefix of each layer's K and V buffer is downloaded into one
+ * kiln_malloc'd array (ctx->kv_host), the device buffers are freed and the
+ * pool's cache purged. Block tables, sequence lengths and logits stay where
+ * they are (host memory), so resume only has to allocate the buffers again
+ * and upload the prefix: the cache holds the same bytes as before and every
+ * sequence continues bit for bit.
+ *
+ * Level 2 additionally stops holding the model's weights. A model counts
+ * its holders (active and level-1 contexts) and its parked contexts
+ * (level 2); the device copy is freed when the holders reach zero with at
+ * least one context parked, and re-uploaded from the file mapping by the
+ * first context that holds again (resume or create). Weights that wrap the
+ * mapping (zero-copy, the CPU backend by default) are never freed: there is
+ * no copy to release.
+ *
+ * Failure leaves the state unchanged: suspend allocates its host copy
+ * before freeing anything, resume allocates every device buffer (and takes
+ * the weights) before freeing the host copy.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "context.h"
+
+_Static_assert(sizeof(kiln_layer_weights) == 14 * sizeof(kiln_weight),
+               "kiln_model_rebind_weights must list every layer weight");
+
+static void rebind(kiln_weight *w, kiln_bk_buffer *buf) {
+    if (w->ne[0] != 0) w->buf = buf; /* absent optional weights are all-zero */
+}
+
+void kiln_model_rebind_weights(kiln_model *m, kiln_bk_buffer *buf) {
+    rebind(&m->tok_embd, buf);
+    rebind(&m->output_norm, buf);
+    rebind(&m->output, buf);
+    for (uint32_t i = 0; m->layers && i < m->hp.n_layer; i++) {
+        kiln_layer_weights *l = &m->layers[i];
+        kiln_weight *ws[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo, &l->bq, &l->bk,
+                             &l->bv, &l->q_norm, &l->k_norm, &l->ffn_norm, &l->w_gate, &l->w_up, &l->w_down};
+        for (size_t k = 0; k < KILN_ARRAY_LEN(ws); k++) rebind(ws[k], buf);
+    }
+}
+
+/* Re-creates the device copy of the weights from the mapping. Called with
+ * weights_lock held and no context using the weights. */
+static kiln_status weights_upload(kiln_model *m) {
+    size_t map_size;
+    const uint8_t *base = kiln_gguf_base(m->gguf, &map_size);
+    uint64_t data_off = kiln_gguf_data_offset(m->gguf);
+    uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
+    kiln_bk_buffer *buf = NULL;
+    kiln_status st = m->bk->buffer_alloc(m->dev, data_size ? data_size : 1, KILN_BK_BUF_WEIGHTS, &buf);
+    if (st)
+        return kiln_error(st, "resume: cannot allocate %llu bytes of weights on %s", (unsigned long long)data_size,
+                          m->bk->name);
+    const uint64_t chunk = 64u << 20;
+    for (uint64_t off = 0; off < data_size && st == KILN_OK; off += chunk)
+        st = m->bk->buffer_upload(m->dev, buf, off, base + data_off + off, KILN_MIN(chunk, data_size - off));
+    if (st == KILN_OK) st = m->bk->synchronize(m->dev);
+    if (st) {
+        m->bk->buffer_free(buf);
+        return kiln_error(st, "resume: weight upload to %s failed", m->bk->name);
+    }
+    m->weights = buf;
+    kiln_model_rebind_weights(m, buf);
+    return KILN_OK;
+}
+
+/* Frees the device copy if nobody holds it and somebody is parked.
+ * Called with weights_lock held. */
+static void weights_maybe_release(kiln_model *m) {
+    if (m->weights_holds == 0 && m->weights_parked > 0 && !m->weights_zero_copy && m->weights) {
+        m->bk->buffer_free(m->weights);
+        m->weights = NULL;
+        kiln_model_rebind_weights(m, NULL);
+        kiln_log(&m->log, KILN_LOG_INFO, "model %s: weights released (every context suspended)", m->name);
+    }
+}
+
+kiln_status kiln_context_hold_weights(kiln_context *ctx) {
+    kiln_model *m = ctx->model;
+    if (ctx->weights_held) return KILN_OK;
+    pthread_mutex_lock(&m->weights_lock);
+    kiln_status st = KILN_OK;
+    if (!m->weights) st = weights_upload(m);
+    if (st == KILN_OK) {
+        m->weights_holds++;
+        ctx->weights_held = true;
+    }
+    pthread_mutex_unlock(&m->weights_lock);
+    return st;
+}
+
+/* Lets go of the weights; parked: the context is suspended at level 2
+ * (counted until it resumes or is freed). */
+static void let_go(kiln_context *ctx, bool parked) {
+    kiln_model *m = ctx->model;
+    pthread_mutex_lock(&m->weights_lock);
+    if (ctx->weights_held) {
+        m->weights_holds--;
+        ctx->weights_held = false;
+    }
+    if (parked) m->weights_parked++;
+    weights_maybe_release(m);
+    pthread_mutex_unlock(&m->weights_lock);
+}
+
+static void unpark(kiln_context *ctx) {
+    kiln_model *m = ctx->model;
+    pthread_mutex_lock(&m->weights_lock);
+    m->weights_parked--;
+    pthread_mutex_unlock(&m->weights_lock);
+}
+
+void kiln_context_drop_weights(kiln_context *ctx) {
+    if (ctx->suspended == 2) unpark(ctx);
+    else if (ctx->weights_held) let_go(ctx, false);
+}
+
+/* Cells that hold every stored position: up to the highest used block. */
+static uint32_t used_cells(const kiln_kv *kv) {
+    uint32_t top = 0;
+    for (uint32_t b = 0; b < kv->n_blocks; b++)
+        if (kv->block_refs[b]) top = b + 1;
+    return top * kv->block_size;
+}
+
+static kiln_status kv_to_host(kiln_context *ctx) {
+    kiln_kv *kv = ctx->kv;
+    const kiln_backend_iface *bk = ctx->bk;
+    uint32_t cells = used_cells(kv);
+    size_t per = (size_t)cells * kv->kv_dim * 2, total;
+    if (!kiln_mul_size(per, (size_t)kv->n_layer * 2, &total))
+        return kiln_error(KILN_E_OOM_HOST, "suspend: KV cache too large for host memory");
+    uint8_t *host = NULL;
+    if (total) {
+        host = kiln_malloc(total);
+        if (!host)
+            return kiln_error(KILN_E_OOM_HOST, "suspend: out of host memory for %zu bytes of KV cache", total);
+        kiln_status st = KILN_OK;
+        for (uint32_t l = 0; l < kv->n_layer && st == KILN_OK; l++) {
+            st = bk->buffer_download(ctx->dev, kv->k[l], 0, host + (size_t)(2 * l) * per, per);
+            if (st == KILN_OK) st = bk->buffer_download(ctx->dev, kv->v[l], 0, host + (size_t)(2 * l + 1) * per, per);
+        }
+        if (st) {
+            kiln_free(host);
+            return kiln_error(st, "suspend: KV cache download from %s failed", bk->name);
+        }
+    }
+    for (uint32_t l = 0; l < kv->n_layer; l++) {
+        bk->buffer_free(kv->k[l]);
+        bk->buffer_free(kv->v[l]);
+        kv->k[l] = kv->v[l] = NULL;
+    }
+    ctx->kv_host = host;
+    ctx->kv_host_cells = cells;
+    kv->suspended_host_bytes = total;
+    return KILN_OK;
+}
+
+static void free_kv_buffers(kiln_context *ctx) {
+    kiln_kv *kv = ctx->kv;
+    for (uint32_t l = 0; l < kv->n_layer; l++) {
+        ctx->bk->buffer_free(kv->k[l]);
+        ctx->bk->buffer_free(kv->v[l]);
+        kv->k[l] = kv->v[l] = NULL;
+    }
+}
+
+static kiln_status kv_to_device(kiln_context *ctx) {
+    kiln_kv *kv = ctx->kv;
+    const kiln_backend_iface *bk = ctx->bk;
+    uint64_t bytes = (uint64_t)kv->n_cells * kv->kv_dim * 2;
+    size_t per = (size_t)ctx->kv_host_cells * kv->kv_dim * 2;
+    kiln_status st = KILN_OK;
+    for (uint32_t l = 0; l < kv->n_layer && st == KILN_OK; l++) {
+        if ((st = bk->buffer_alloc(ctx->dev, bytes, KILN_BK_BUF_KV, &kv->k[l])) ||
+            (st = bk->buffer_alloc(ctx->dev, bytes, KILN_BK_BUF_KV, &kv->v[l])))
+            st = kiln_error(st, "resume: cannot allocate %llu bytes of KV cache for layer %u on %s",
+                            (unsigned long long)bytes, l, bk->name);
+    }
+    for (uint32_t l = 0; l < kv->n_layer && st == KILN_OK && per; l++) {
+        if ((st = bk->buffer_upload(ctx->dev, kv->k[l], 0, ctx->kv_host + (size_t)(2 * l) * per, per)) ||
+            (st = bk->buffer_upload(ctx->dev, kv->v[l], 0, ctx->kv_host + (size_t)(2 * l + 1) * per, per)))
+            st = kiln_error(st, "resume: KV cache upload to %s failed", bk->name);
+    }
+    if (st == KILN_OK && (st = bk->synchronize(ctx->dev)))
+        st = kiln_error(st, "resume: %s failed to synchronize", bk->name);
+    if (st) {
+        free_kv_buffers(ctx);
+        return st;
+    }
+    kiln_free(ctx->kv_host);
+    ctx->kv_host = NULL;
+    ctx->kv_host_cells = 0;
+    kv->suspended_host_bytes = 0;
+    return KILN_OK;
+}
+
+static kiln_status fail(kiln_context *ctx, kiln_status st) {
+    snprintf(ctx->last_error, sizeof ctx->last_error, "%s", kiln_last_error());
+    return st;
+}
+
+kiln_status kiln_context_suspend(kiln_context *ctx, int32_t level) {
+    kiln_error_clear();
+    if (!ctx) return kiln_error(KILN_E_INVALID_ARG, "kiln_context_suspend: ctx is NULL");
+    ctx->last_error[0] = '\0';
+    if (level != KILN_SUSPEND_KV && level != KILN_SUSPEND_WEIGHTS)
+        return fail(ctx, kiln_error(KILN_E_INVALID_ARG, "kiln_context_suspend: level %d (1 or 2)", level));
+    if (ctx->in_decode)
+        return fail(ctx, kiln_error(KILN_E_BUSY, "kiln_context_suspend: called from the ubatch callback"));
+    if (level <= ctx->suspended) return KILN_OK;
+    kiln_status st;
+    if (ctx->suspended == 0) {
+        if ((st = ctx->bk->synchronize(ctx->dev)) || (st = kv_to_host(ctx))) return fail(ctx, st);
+        /* the pool only caches here (nothing runs): purging cannot fail on
+         * memory, and a failed purge leaves cached bytes, not bad state */
+        if (ctx->bk->pool_purge(ctx->dev) != KILN_OK)
+            kiln_log(&ctx->log, KILN_LOG_WARN, "suspend: pool purge failed: %s", kiln_last_error());
+        ctx->suspended = 1;
+    }
+    if (level == KILN_SUSPEND_WEIGHTS) {
+        let_go(ctx, true);
+        ctx->suspended = 2;
+    }
+    kiln_log(&ctx->log, KILN_LOG_DEBUG, "context suspended (level %d, %u KV cells on host)", ctx->suspended,
+             ctx->kv_host_cells);
+    return KILN_OK;
+}
+
+kiln_status kiln_context_resume_internal(kiln_context *ctx) {
+    if (ctx->suspended == 0) return KILN_OK;
+    kiln_status st;
+    const bool was_parked = ctx->suspended == 2;
+    if (was_parked && (st = kiln_context_hold_weights(ctx))) return st;
+    if ((st = kv_to_device(ctx))) {
+        if (was_parked) let_go(ctx, false); /* still parked: undo the hold only */
+        return st;
+    }
+    if (was_parked) unpark(ctx);
+    ctx->suspended = 0;
+    kiln_log(&ctx->log, KILN_LOG_DEBUG, "context resumed");
+    return KILN_OK;
+}
+
+kiln_status kiln_context_resume(kiln_context *ctx) {
+    kiln_error_clear();
+    if (!ctx) return kiln_error(KILN_E_INVALID_ARG, "kiln_context_resume: ctx is NULL");
+    ctx->last_error[0] = '\0';
+    if (ctx->in_decode)
+        return fail(ctx, kiln_error(KILN_E_BUSY, "kiln_context_resume: called from the ubatch callback"));
+    kiln_status st = kiln_context_resume_internal(ctx);
+    return st ? fail(ctx, st) : KILN_OK;
+}
+
+kiln_status kiln_context_kv_resident(void *owner) {
+    kiln_context *ctx = owner;
+    return ctx->suspended ? kiln_context_resume_internal(ctx) : KILN_OK;
+}
+
+int32_t kiln_context_suspended(const kiln_context *ctx) { return ctx ? ctx->suspended : 0; }
