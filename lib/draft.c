@@ -95,6 +95,12 @@ void kiln_draft_free(kiln_draft *d) {
     kiln_free(d);
 }
 
+kiln_status kiln_draft_suspend(kiln_draft *d, int32_t level) {
+    return d && d->ctx ? kiln_context_suspend(d->ctx, level) : KILN_OK;
+}
+
+kiln_context *kiln_draft_context(kiln_draft *d) { return d ? d->ctx : NULL; }
+
 /* KILN_E_INCOMPATIBLE unless both vocabularies have the same size and the
  * same text for every token. */
 static kiln_status check_vocab(const kiln_model *t, const kiln_model *m) {

@@ -16,4 +16,12 @@
  * holds except the kiln_draft itself and forgets the target. Never fails. */
 void kiln_draft_detach(kiln_draft *d);
 
+/* Called by kiln_context_suspend on the target: suspends the draft's own
+ * context at the same level (kiln_decode resumes it when the draft is used
+ * again). Statuses of kiln_context_suspend. */
+kiln_status kiln_draft_suspend(kiln_draft *d, int32_t level);
+
+/* The draft's own context (NULL once detached), for tests. */
+kiln_context *kiln_draft_context(kiln_draft *d);
+
 #endif

@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "draft.h"
 
 _Static_assert(sizeof(kiln_layer_weights) == 14 * sizeof(kiln_weight),
                "kiln_model_rebind_weights must list every layer weight");
@@ -219,6 +220,9 @@ kiln_status kiln_context_suspend(kiln_context *ctx, int32_t level) {
         return fail(ctx, kiln_error(KILN_E_BUSY, "kiln_context_suspend: called from the ubatch callback"));
     if (level <= ctx->suspended) return KILN_OK;
     kiln_status st;
+    /* a draft follows its target (it resumes by itself on its next decode);
+     * suspended first so that its failure leaves the target untouched */
+    if (ctx->draft && (st = kiln_draft_suspend(ctx->draft, level))) return fail(ctx, st);
     if (ctx->suspended == 0) {
         if ((st = ctx->bk->synchronize(ctx->dev)) || (st = kv_to_host(ctx))) return fail(ctx, st);
         /* the pool only caches here (nothing runs): purging cannot fail on

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "draft.h"
 #include "gguf.h"
 #include "internal.h"
 #include "kiln.h"
@@ -229,6 +230,51 @@ static void test_low_level_steps(void) {
     KT_CHECK(kiln_draft_verify(d, last, props, 0, NULL, &acc, &next) == KILN_E_INVALID_ARG);
     kiln_draft_free(d);
     kiln_context_free(tc);
+    kiln_model_free(dm);
+    kiln_model_free(tm);
+}
+
+/* Suspending the target mid-stream suspends the draft too; both resume by
+ * themselves and the output is still plain greedy's. */
+static void test_suspend_follows_target(void) {
+    if (!target_path() || !draft_path()) KT_SKIP("../shared not found");
+    kiln_model *tm = load(target_path()), *dm = load(draft_path());
+    kiln_context *tc = ctx_for(tm, 256);
+    kiln_draft *d = NULL;
+    KT_CHECK_OK(kiln_draft_create(tc, dm, NULL, &d));
+    int32_t prompt[32], ref[N_PREDICT], props[8], got[N_PREDICT + 8];
+    size_t np = tokenize(tm, prompts[1], prompt, 32), ng = 0;
+    size_t nref = plain_generate(tc, tm, prompt, np, NULL, ref);
+    KT_CHECK(nref >= 32);
+    KT_CHECK_OK(kiln_kv_seq_rm(kiln_context_kv(tc), 0, 0, -1));
+    kiln_batch b;
+    kiln_batch_init(&b);
+    b.n_tokens = (uint32_t)np;
+    b.tokens = prompt;
+    KT_CHECK_OK(kiln_decode(tc, &b));
+    int32_t last = argmax(kiln_context_logits(tc, -1), kiln_model_n_vocab(tm)), n, acc, next;
+    KT_CHECK_OK(kiln_draft_reset(d));
+    KT_CHECK_OK(kiln_draft_prefill(d, prompt, np));
+    for (int round = 0; ng < 32; round++) {
+        got[ng++] = last;
+        if (round == 2 || round == 5) {
+            int32_t level = round == 2 ? KILN_SUSPEND_KV : KILN_SUSPEND_WEIGHTS;
+            KT_CHECK_OK(kiln_context_suspend(tc, level));
+            KT_CHECK(kiln_context_suspended(tc) == level);
+            KT_CHECK(kiln_context_suspended(kiln_draft_context(d)) == level);
+        }
+        KT_CHECK_OK(kiln_draft_propose(d, last, props, 8, &n));
+        KT_CHECK(kiln_context_suspended(kiln_draft_context(d)) == 0);
+        KT_CHECK_OK(kiln_draft_verify(d, last, props, n, NULL, &acc, &next));
+        KT_CHECK(kiln_context_suspended(tc) == 0);
+        for (int32_t i = 0; i < acc; i++) got[ng++] = props[i];
+        last = next;
+    }
+    KT_CHECK(memcmp(got, ref, 32 * sizeof(int32_t)) == 0);
+    /* suspended, then freed in either order */
+    KT_CHECK_OK(kiln_context_suspend(tc, KILN_SUSPEND_WEIGHTS));
+    kiln_context_free(tc);
+    kiln_draft_free(d);
     kiln_model_free(dm);
     kiln_model_free(tm);
 }
@@ -462,6 +508,7 @@ int main(void) {
     KT_RUN(test_greedy_with_tiny_draft);
     KT_RUN(test_target_as_own_draft);
     KT_RUN(test_low_level_steps);
+    KT_RUN(test_suspend_follows_target);
     KT_RUN(test_args);
     KT_RUN(test_vocab_mismatch);
     KT_RUN(test_free_orders);
