@@ -602,7 +602,9 @@ KILN_API kiln_status kiln_backend_device_info(const char *backend, int32_t index
  * detached shell on which every call but kiln_draft_free and
  * kiln_draft_get_stats returns KILN_E_INVALID_ARG; kiln_draft_free is still
  * required and works before or after the target's free. A target has at
- * most one draft at a time.
+ * most one draft at a time. Suspending the target (kiln_context_suspend)
+ * suspends the draft's context at the same level; it resumes by itself when
+ * the draft is used again.
  *
  * Thread-safety: a draft is used together with its target: never from two
  * threads at once, nor at the same time as the target context. */
