@@ -52,6 +52,7 @@ void kiln_context_free(kiln_context *ctx) {
     kiln_free(ctx->ub_nkv);
     kiln_free(ctx->ub_out);
     kiln_free(ctx->ub_blocks);
+    kiln_free(ctx->batch_seq_pos);
     kiln_free(ctx->seq_table_off);
     kiln_free(ctx->seq_new);
     kiln_free(ctx->seq_next);
@@ -140,7 +141,7 @@ static bool grow(void **p, uint32_t *cap, uint32_t n, size_t elem) {
 
 /* Fills the ubatch tables for batch tokens [i0, i1) and sends them to the
  * backend. Positions were validated and reserved by kiln_decode. */
-static kiln_status set_ubatch(kiln_context *ctx, const kiln_batch *b, const int32_t *seq_of,
+static kiln_status set_ubatch(kiln_context *ctx, const int32_t *seq_of,
                               const int32_t *pos_of, uint32_t i0, uint32_t i1) {
     kiln_kv *kv = ctx->kv;
     uint32_t n = i1 - i0, n_entries = 0;
@@ -161,7 +162,6 @@ static kiln_status set_ubatch(kiln_context *ctx, const kiln_batch *b, const int3
         ctx->ub_table[i - i0] = ctx->seq_table_off[s];
         ctx->ub_nkv[i - i0] = p + 1;
     }
-    (void)b;
     kiln_bk_ubatch ub = {sizeof ub, n, ctx->ub_pos, ctx->ub_cell, ctx->ub_table, ctx->ub_nkv,
                          ctx->ub_blocks, n_entries, kv->block_size, kv->n_cells};
     return ctx->bk->set_ubatch(ctx->dev, &ub);
@@ -204,9 +204,17 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
         return ctx_fail(ctx, kiln_error(KILN_E_INVALID_ARG, "kiln_decode: empty batch"));
 
     /* host scratch for this batch: resolved seq and pos per token */
-    int32_t *seq_of = kiln_malloc((size_t)n * sizeof(int32_t) * 2);
-    if (!seq_of) return ctx_fail(ctx, kiln_error(KILN_E_OOM_HOST, "kiln_decode: out of memory"));
-    int32_t *pos_of = seq_of + n;
+    /* resolved seq and pos per token, in scratch kept across decodes (no
+     * allocation per token in steady state) */
+    if (n > ctx->batch_cap) {
+        if (n > UINT32_MAX / 2)
+            return ctx_fail(ctx, kiln_error(KILN_E_INVALID_ARG, "kiln_decode: batch of %u tokens is too large", n));
+        int32_t *p = kiln_realloc(ctx->batch_seq_pos, (size_t)n * 2 * sizeof(int32_t));
+        if (!p) return ctx_fail(ctx, kiln_error(KILN_E_OOM_HOST, "kiln_decode: out of memory"));
+        ctx->batch_seq_pos = p;
+        ctx->batch_cap = n;
+    }
+    int32_t *seq_of = ctx->batch_seq_pos, *pos_of = seq_of + n;
 
     memset(ctx->seq_new, 0, kv->n_seq * sizeof(uint32_t));
     for (uint32_t s = 0; s < kv->n_seq; s++) ctx->seq_next[s] = kv->seqs[s].len;
@@ -267,7 +275,7 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
             ctx->logit_row[i] = want ? (int32_t)row++ : -1;
             if (want) ctx->ub_out[u_out++] = (int32_t)(i - i0);
         }
-        if ((st = set_ubatch(ctx, &b, seq_of, pos_of, i0, i1)) ||
+        if ((st = set_ubatch(ctx, seq_of, pos_of, i0, i1)) ||
             (st = kiln_forward_ubatch(ctx, b.tokens + i0, i1 - i0, ctx->ub_out, u_out,
                                       ctx->logits + (size_t)row0 * n_vocab))) {
             kiln_kv_rollback(kv);
@@ -282,7 +290,6 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
     ctx->n_batch_last = n;
 out:
     ctx->in_decode = false;
-    kiln_free(seq_of);
     return st ? ctx_fail(ctx, st) : KILN_OK;
 }
 

@@ -28,6 +28,8 @@ struct kiln_context {
     /* host scratch for building ubatches, sized at create */
     int32_t *ub_pos, *ub_cell, *ub_table, *ub_nkv, *ub_out, *ub_blocks;
     uint32_t ub_blocks_cap;
+    int32_t *batch_seq_pos;        /* [2 * batch_cap]: resolved seq, then pos, per batch token */
+    uint32_t batch_cap;
     int32_t *seq_table_off;        /* [n_seq] offset of a seq's table in ub_blocks or -1 */
     uint32_t *seq_new;             /* [n_seq] tokens the batch adds */
     uint32_t *seq_next;            /* [n_seq] next position while planning */
