@@ -1,7 +1,14 @@
 /*
  * alloc.c - the library's host allocator: a thin layer over malloc that lets
  * tests fail the n-th allocation (fault injection) so that every error path
- * can be exercised.
+ * can be exercised, and counts the live bytes the library holds so that the
+ * lifecycle tests can prove every teardown returns them all.
+ *
+ * Every block carries a 16-byte header in front of the pointer handed out,
+ * holding the requested size (kiln_free needs it to decrement the counter).
+ * 16 bytes keep the returned pointer aligned as malloc's own (max_align_t on
+ * x86-64 and aarch64). Memory from kiln_malloc/calloc/realloc/strdup must be
+ * released with kiln_free (never free()), and kiln_free takes nothing else.
  */
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -9,8 +16,11 @@
 
 #include "internal.h"
 
+#define KILN_ALLOC_HEADER 16u
+
 static _Atomic uint64_t fail_countdown = 0; /* 0: never fail */
 static _Atomic uint64_t alloc_count = 0;
+static _Atomic uint64_t live_bytes = 0;
 
 static bool should_fail(void) {
     atomic_fetch_add(&alloc_count, 1);
@@ -26,23 +36,58 @@ uint64_t kiln_test_fail_alloc_after(uint64_t n) {
     return atomic_exchange(&alloc_count, 0);
 }
 
+uint64_t kiln_alloc_live_bytes(void) { return atomic_load(&live_bytes); }
+
+/* Header <-> user pointer. The size is stored as a size_t at the start. */
+static void *user_ptr(void *raw, size_t size) {
+    memcpy(raw, &size, sizeof size);
+    atomic_fetch_add(&live_bytes, (uint64_t)size);
+    return (unsigned char *)raw + KILN_ALLOC_HEADER;
+}
+
+static void *raw_ptr(void *p, size_t *size) {
+    unsigned char *raw = (unsigned char *)p - KILN_ALLOC_HEADER;
+    memcpy(size, raw, sizeof *size);
+    return raw;
+}
+
 void *kiln_malloc(size_t size) {
     if (should_fail()) return NULL;
-    return malloc(size ? size : 1);
+    if (size > SIZE_MAX - KILN_ALLOC_HEADER) return NULL;
+    void *raw = malloc(KILN_ALLOC_HEADER + (size ? size : 1));
+    return raw ? user_ptr(raw, size) : NULL;
 }
 
 void *kiln_calloc(size_t n, size_t size) {
     if (should_fail()) return NULL;
-    if (n == 0 || size == 0) return calloc(1, 1);
-    return calloc(n, size);
+    size_t total;
+    if (!kiln_mul_size(n, size, &total) || total > SIZE_MAX - KILN_ALLOC_HEADER) return NULL;
+    void *raw = calloc(1, KILN_ALLOC_HEADER + (total ? total : 1));
+    return raw ? user_ptr(raw, total) : NULL;
 }
 
 void *kiln_realloc(void *p, size_t size) {
     if (should_fail()) return NULL;
-    return realloc(p, size ? size : 1);
+    if (size > SIZE_MAX - KILN_ALLOC_HEADER) return NULL;
+    if (!p) {
+        void *raw = malloc(KILN_ALLOC_HEADER + (size ? size : 1));
+        return raw ? user_ptr(raw, size) : NULL;
+    }
+    size_t old;
+    void *raw = raw_ptr(p, &old);
+    void *nraw = realloc(raw, KILN_ALLOC_HEADER + (size ? size : 1));
+    if (!nraw) return NULL; /* p is untouched and still counted */
+    atomic_fetch_sub(&live_bytes, (uint64_t)old);
+    return user_ptr(nraw, size);
 }
 
-void kiln_free(void *p) { free(p); }
+void kiln_free(void *p) {
+    if (!p) return;
+    size_t size;
+    void *raw = raw_ptr(p, &size);
+    atomic_fetch_sub(&live_bytes, (uint64_t)size);
+    free(raw);
+}
 
 char *kiln_strdup(const char *s) {
     size_t n = strlen(s) + 1;

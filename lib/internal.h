@@ -89,4 +89,9 @@ static inline bool kiln_add_size(size_t a, size_t b, size_t *out) {
  * call. */
 uint64_t kiln_test_fail_alloc_after(uint64_t n);
 
+/* Bytes currently allocated through kiln_malloc/calloc/realloc/strdup and
+ * not yet freed (as requested, excluding the allocator's 16-byte headers).
+ * For the lifecycle tests: it returns to its baseline after every teardown. */
+uint64_t kiln_alloc_live_bytes(void);
+
 #endif /* KILN_INTERNAL_H */
