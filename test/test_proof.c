@@ -25,7 +25,11 @@
  *
  * KILN_PROOF_CYCLES sets the number of cycles (default 500, 40 in an ASan
  * build; CI's valgrind run uses 5). KILN_PROOF_FAULT_STRIDE (default 1) tests
- * every k-th N only, for slow runs such as valgrind.
+ * every k-th N only; KILN_PROOF_FAULT=0 skips the fault injection (the
+ * valgrind run: ~7 s per injected run there; ASan/LSan covers it in the
+ * sanitized suite); KILN_PROOF_THREADS
+ * (default 2) sets the contexts' threads (1 under valgrind, which runs
+ * threads one at a time).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,7 +161,7 @@ static kiln_status run_step(handles *h, int step, int32_t suspend_level) {
         cp.n_ctx = 256;
         cp.n_ubatch = 64;
         cp.n_seq_max = 2;
-        cp.n_threads = 2;
+        cp.n_threads = (int32_t)env_uint("KILN_PROOF_THREADS", 2);
         cp.kv_block_size = 16;
         return kiln_context_create(h->tm, &cp, &h->tc);
     }
@@ -372,6 +376,8 @@ done:;
  * handle NULL; later steps that need it are skipped. */
 static void test_fault_injection(void) {
     if (!kt_shared(TARGET) || !kt_shared(DRAFT)) KT_SKIP("tiny models missing");
+    const char *fault = getenv("KILN_PROOF_FAULT");
+    if (fault && strcmp(fault, "0") == 0) KT_SKIP("KILN_PROOF_FAULT=0");
     unsigned stride = env_uint("KILN_PROOF_FAULT_STRIDE", 1);
     uint64_t base = kiln_alloc_live_bytes();
     static const int order[4] = {1, 0, 3, 2};
