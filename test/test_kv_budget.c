@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "kiln.h"
 #include "kt.h"
 
@@ -206,6 +207,42 @@ static void test_host_budget(void) {
     kiln_context_free(c);
 }
 
+/* Allocation failures inside a decode that offloads automatically: each
+ * returns KILN_E_OOM_HOST, the failing sequence keeps its length, every
+ * other sequence is intact (on the device or offloaded), and decoding then
+ * continues with the reference logits (LeakSanitizer checks the frees). */
+static void test_alloc_failures(void) {
+    if (!g_model) KT_SKIP("../shared models not found");
+    const uint64_t bb = block_bytes();
+    int failures = 0;
+    for (uint64_t n = 1; n < 1000; n++) {
+        kiln_context *c = make_ctx(512, 4 * bb, 0, 0, NULL);
+        if (!c) return;
+        kiln_kv *kv = kiln_context_kv(c);
+        KT_CHECK_OK(dec_prompt(c, 0));
+        KT_CHECK_OK(dec_prompt(c, 1));
+        kiln_test_fail_alloc_after(n);
+        kiln_status st = dec_prompt(c, 2); /* offloads 0 */
+        uint64_t made = kiln_test_fail_alloc_after(0);
+        if (st) {
+            KT_CHECKF(st == KILN_E_OOM_HOST, "allocation %llu: status %d (%s)", (unsigned long long)n, st,
+                      kiln_last_error());
+            KT_CHECK(kiln_kv_seq_pos_max(kv, 2) == -1);
+            failures++;
+            KT_CHECK_OK(dec_prompt(c, 2));
+        }
+        KT_CHECK(same_as_ref(c, 2, 0));
+        for (int s = 0; s < 2; s++) KT_CHECK(kiln_kv_seq_pos_max(kv, s) == N_P - 1);
+        int32_t t = extra_tok(0, 0);
+        KT_CHECK_OK(dec(c, 0, &t, 1)); /* comes back */
+        KT_CHECK(same_as_ref(c, 0, 1));
+        kiln_context_free(c);
+        if (!st && made < n) break; /* the n-th allocation was never reached */
+    }
+    printf("  %d allocation failure points checked\n", failures);
+    KT_CHECK(failures >= 1);
+}
+
 int main(void) {
     if (target()) {
         kiln_model_params mp;
@@ -215,6 +252,7 @@ int main(void) {
     if (g_model) build_refs();
     KT_RUN(test_round_robin);
     KT_RUN(test_host_budget);
+    KT_RUN(test_alloc_failures);
     free(g_ref);
     kiln_model_free(g_model);
     return kt_finish();
