@@ -53,7 +53,6 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
     }
     for (uint32_t b = 0; b < kv->n_blocks; b++) kv->free_blocks[b] = (int32_t)(kv->n_blocks - 1 - b);
     kv->n_free = kv->n_blocks;
-    kv->budget_blocks = kv->n_blocks;
     uint64_t bytes = (uint64_t)kv->n_cells * kv_dim * 2;
     for (uint32_t l = 0; l < n_layer; l++) {
         if ((st = bk->buffer_alloc(dev, bytes, KILN_BK_BUF_KV, &kv->k[l])) ||
@@ -140,7 +139,7 @@ kiln_status kiln_kv_reserve(kiln_kv *kv, const uint32_t *new_tokens) {
          * overestimate by one block per shared block. */
         if (needs_cow(kv, q)) need++;
     }
-    if (need > kiln_kv_available(kv)) {
+    if (need > kiln_kv_available(kv) && kv->budget_blocks) {
         kiln_status st = kiln_kv_make_room(kv, new_tokens, need);
         if (st) return st;
     }

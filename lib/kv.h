@@ -66,7 +66,7 @@ struct kiln_kv {
     kiln_bk_rope rope;
     /* Automatic idle offload (set by the context, see kiln_kv_reserve):
      * the reservation keeps the device blocks in use at or under
-     * budget_blocks (n_blocks when no budget was asked) by offloading the
+     * budget_blocks (0: off, the default) by offloading the
      * least recently used idle sequences; their host rows may total at most
      * host_budget bytes (0: unlimited), past which drop_lru drops the least
      * recently used offloaded idle sequence instead of failing. */
@@ -86,8 +86,8 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
 void kiln_kv_destroy(kiln_kv *kv);
 
 /* Reserves room for new_tokens[s] more positions in each sequence s (array
- * of n_seq). When the blocks needed exceed the free blocks within the
- * device budget, least recently used idle sequences (new_tokens 0) are
+ * of n_seq). With a device budget (budget_blocks != 0), when the blocks
+ * needed exceed the free blocks within it, least recently used idle sequences (new_tokens 0) are
  * first offloaded to host memory (lib/kv_budget.c). Those offloads (and,
  * with drop_lru, drops) stay even if this reservation or the decode later
  * fails: an offloaded sequence is intact and comes back on its next decode.
@@ -133,7 +133,8 @@ void kiln_kv_seq_free_host(kiln_kv *kv, uint32_t s);
 
 /* ---- lib/kv_budget.c ---- */
 
-/* Free blocks a reservation may take: n_free, limited by budget_blocks. */
+/* Free blocks a reservation may take: n_free, limited by budget_blocks
+ * when that is set. */
 uint32_t kiln_kv_available(const kiln_kv *kv);
 /* Makes need blocks available (see kiln_kv_reserve) by offloading (or,
  * with drop_lru, dropping) least recently used sequences with

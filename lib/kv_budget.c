@@ -23,6 +23,7 @@
 enum { PLAN_NONE = 0, PLAN_OFFLOAD = 1, PLAN_DROP = 2 };
 
 uint32_t kiln_kv_available(const kiln_kv *kv) {
+    if (!kv->budget_blocks) return kv->n_free; /* automatic offload off */
     uint32_t used = kv->n_blocks - kv->n_free;
     uint32_t room = kv->budget_blocks > used ? kv->budget_blocks - used : 0;
     return room < kv->n_free ? room : kv->n_free;

@@ -8,6 +8,7 @@
  * used offloaded sequence.
  */
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,27 @@ static void test_host_budget(void) {
     kiln_context_free(c);
 }
 
+/* Budget 0 (default): no automatic offload, a full cache is
+ * KILN_E_CONTEXT_FULL; UINT64_MAX: offload only when the cache runs out. */
+static void test_off_and_whole_cache(void) {
+    if (!g_model) KT_SKIP("../shared models not found");
+    kiln_context *c = make_ctx(6 * BLOCK, 0, 0, 0, NULL); /* room for 3 prompts */
+    if (!c) return;
+    for (int s = 0; s < 3; s++) KT_CHECK_OK(dec_prompt(c, s));
+    KT_CHECK(dec_prompt(c, 3) == KILN_E_CONTEXT_FULL);
+    KT_CHECK(stats(c).n_auto_offloads == 0 && stats(c).n_seq_offloaded == 0);
+    kiln_context_free(c);
+    c = make_ctx(6 * BLOCK, UINT64_MAX, 0, 0, NULL);
+    if (!c) return;
+    for (int s = 0; s < 3; s++) KT_CHECK_OK(dec_prompt(c, s));
+    KT_CHECK(stats(c).n_auto_offloads == 0);
+    KT_CHECK_OK(dec_prompt(c, 3));
+    KT_CHECK(same_as_ref(c, 3, 0));
+    kiln_kv_stats st = stats(c);
+    KT_CHECK(st.n_auto_offloads == 1 && st.n_seq_offloaded == 1 && kiln_kv_seq_pos_max(kiln_context_kv(c), 0) == N_P - 1);
+    kiln_context_free(c);
+}
+
 /* Allocation failures inside a decode that offloads automatically: each
  * returns KILN_E_OOM_HOST, the failing sequence keeps its length, every
  * other sequence is intact (on the device or offloaded), and decoding then
@@ -252,6 +274,7 @@ int main(void) {
     if (g_model) build_refs();
     KT_RUN(test_round_robin);
     KT_RUN(test_host_budget);
+    KT_RUN(test_off_and_whole_cache);
     KT_RUN(test_alloc_failures);
     free(g_ref);
     kiln_model_free(g_model);
