@@ -39,8 +39,8 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
     kv->saved_restored = kiln_calloc(n_seq, sizeof *kv->saved_restored);
     kv->last_use = kiln_calloc(n_seq, sizeof *kv->last_use);
     kv->plan = kiln_calloc(n_seq, sizeof *kv->plan);
-    if (!kv->last_use || !kv->plan || !kv->k || !kv->v || !kv->block_refs || !kv->free_blocks || !kv->seqs || !kv->saved_len ||
-        !kv->saved_nblocks || !kv->saved_cow || !kv->saved_restored) {
+    if (!kv->k || !kv->v || !kv->block_refs || !kv->free_blocks || !kv->seqs || !kv->saved_len ||
+        !kv->saved_nblocks || !kv->saved_cow || !kv->saved_restored || !kv->last_use || !kv->plan) {
         st = kiln_error(KILN_E_OOM_HOST, "kv: out of memory");
         goto fail;
     }
