@@ -289,13 +289,16 @@ typedef struct kiln_context_params {
      * decode needs more blocks than the budget (or the cache) has free,
      * the least recently used sequences not in that batch are offloaded to
      * host memory first, and come back by themselves when decoded again,
-     * with identical logits. 0 (default): the whole cache of n_ctx, i.e.
-     * offload only when its blocks run out. Explicit kiln_kv_seq_restore,
+     * with identical logits. A budget at or above the whole cache
+     * (UINT64_MAX) offloads only when the cache's blocks run out. 0
+     * (default): no automatic offload; a decode that does not fit returns
+     * KILN_E_CONTEXT_FULL as before. Explicit kiln_kv_seq_restore,
      * copies and middle removals are bounded by the cache, not the
      * budget. */
     uint64_t kv_device_budget;
     /* bytes of offloaded rows the automatic offload may hold in host
-     * memory (explicit offloads are not limited but count); past it see
+     * memory (explicit offloads are not limited but count); only used
+     * with a kv_device_budget; past it see
      * KILN_CONTEXT_KV_DROP_LRU. 0 (default): unlimited. */
     uint64_t kv_host_budget;
 } kiln_context_params;
