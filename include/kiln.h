@@ -262,6 +262,10 @@ typedef int32_t (*kiln_ubatch_fn)(kiln_context *ctx, uint32_t ubatch_index, uint
 /* kiln_context_params.flags */
 #define KILN_CONTEXT_AUTO_PURGE (1u << 0) /* purge the pool after every prefill
                                               ubatch (one with > 1 token) */
+/* Past kv_host_budget, automatic idle offload drops the least recently used
+ * idle offloaded sequence (its positions are lost: pos_max becomes -1)
+ * instead of failing the decode with KILN_E_CONTEXT_FULL. */
+#define KILN_CONTEXT_KV_DROP_LRU (1u << 1)
 
 typedef struct kiln_context_params {
     uint32_t struct_size;
@@ -279,6 +283,24 @@ typedef struct kiln_context_params {
     void *ubatch_user;       /* passed to ubatch_cb */
     uint64_t pool_cap;       /* max cached bytes of the context's transient
                                 pool; 0: the backend's default (default 0) */
+    /* Automatic idle offload (docs/memory.md). kv_device_budget: bytes of
+     * KV blocks a decode may keep on the device (rounded down to whole
+     * blocks, at least one; kiln_kv_stats.block_bytes per block). When a
+     * decode needs more blocks than the budget (or the cache) has free,
+     * the least recently used sequences not in that batch are offloaded to
+     * host memory first, and come back by themselves when decoded again,
+     * with identical logits. A budget at or above the whole cache
+     * (UINT64_MAX) offloads only when the cache's blocks run out. 0
+     * (default): no automatic offload; a decode that does not fit returns
+     * KILN_E_CONTEXT_FULL as before. Explicit kiln_kv_seq_restore,
+     * copies and middle removals are bounded by the cache, not the
+     * budget. */
+    uint64_t kv_device_budget;
+    /* bytes of offloaded rows the automatic offload may hold in host
+     * memory (explicit offloads are not limited but count); only used
+     * with a kv_device_budget; past it see
+     * KILN_CONTEXT_KV_DROP_LRU. 0 (default): unlimited. */
+    uint64_t kv_host_budget;
 } kiln_context_params;
 
 /* Fills *p with defaults, writing only the first `size` bytes (the
@@ -495,6 +517,9 @@ typedef struct kiln_kv_stats {
                                   0 while the context is suspended) */
     uint64_t bytes_host;       /* host bytes holding offloaded rows (and a
                                   suspended context's cache) */
+    uint64_t n_auto_offloads;  /* sequences offloaded by automatic idle offload */
+    uint64_t n_auto_restores;  /* offloaded sequences brought back by a decode */
+    uint64_t n_dropped;        /* sequences dropped under KILN_CONTEXT_KV_DROP_LRU */
 } kiln_kv_stats;
 
 /* Fills *s with zeros, writing only the first `size` bytes (the caller's

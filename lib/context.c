@@ -102,6 +102,13 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     ctx->kv->fingerprint = model->fingerprint; /* checked by kiln_kv_seq_import */
     ctx->kv->resident = kiln_context_kv_resident;
     ctx->kv->owner = ctx;
+    if (p.kv_device_budget) { /* whole blocks, at least one, at most the cache */
+        uint64_t bb = (uint64_t)hp->n_layer * 2 * p.kv_block_size * kiln_kv_row_bytes(ctx->kv);
+        uint64_t nb = bb ? p.kv_device_budget / bb : ctx->kv->n_blocks;
+        ctx->kv->budget_blocks = (uint32_t)KILN_MIN(KILN_MAX(nb, 1), (uint64_t)ctx->kv->n_blocks);
+    }
+    ctx->kv->host_budget = p.kv_host_budget;
+    ctx->kv->drop_lru = (p.flags & KILN_CONTEXT_KV_DROP_LRU) != 0;
     ctx->kv->rope = (kiln_bk_rope){sizeof(kiln_bk_rope), hp->rope_mode, hp->n_head_kv, hp->head_dim, hp->n_rot,
                                    hp->rope_freq_base, hp->rope_freq_scale, model->rope_freqs};
     ctx->ub_pos = kiln_calloc(ub, sizeof(int32_t));

@@ -37,8 +37,10 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
     kv->saved_nblocks = kiln_calloc(n_seq, sizeof *kv->saved_nblocks);
     kv->saved_cow = kiln_calloc(n_seq, sizeof *kv->saved_cow);
     kv->saved_restored = kiln_calloc(n_seq, sizeof *kv->saved_restored);
+    kv->last_use = kiln_calloc(n_seq, sizeof *kv->last_use);
+    kv->plan = kiln_calloc(n_seq, sizeof *kv->plan);
     if (!kv->k || !kv->v || !kv->block_refs || !kv->free_blocks || !kv->seqs || !kv->saved_len ||
-        !kv->saved_nblocks || !kv->saved_cow || !kv->saved_restored) {
+        !kv->saved_nblocks || !kv->saved_cow || !kv->saved_restored || !kv->last_use || !kv->plan) {
         st = kiln_error(KILN_E_OOM_HOST, "kv: out of memory");
         goto fail;
     }
@@ -87,6 +89,8 @@ void kiln_kv_destroy(kiln_kv *kv) {
     kiln_free(kv->saved_nblocks);
     kiln_free(kv->saved_cow);
     kiln_free(kv->saved_restored);
+    kiln_free(kv->last_use);
+    kiln_free(kv->plan);
     kiln_free(kv);
 }
 
@@ -135,9 +139,14 @@ kiln_status kiln_kv_reserve(kiln_kv *kv, const uint32_t *new_tokens) {
          * overestimate by one block per shared block. */
         if (needs_cow(kv, q)) need++;
     }
-    if (need > kv->n_free)
-        return kiln_error(KILN_E_CONTEXT_FULL, "context full: %llu more KV blocks of %u tokens needed, %u free",
-                          (unsigned long long)need, kv->block_size, kv->n_free);
+    if (need > kiln_kv_available(kv) && kv->budget_blocks) {
+        kiln_status st = kiln_kv_make_room(kv, new_tokens, need);
+        if (st) return st;
+    }
+    if (need > kiln_kv_available(kv)) /* shared blocks freed less than planned */
+        return kiln_error(KILN_E_CONTEXT_FULL,
+                          "context full: %llu more KV blocks of %u tokens needed, %u free within the device budget",
+                          (unsigned long long)need, kv->block_size, kiln_kv_available(kv));
     for (uint32_t s = 0; s < kv->n_seq; s++) {
         kiln_kv_seq *q = &kv->seqs[s];
         if (new_tokens[s] == 0) continue;
@@ -159,9 +168,14 @@ kiln_status kiln_kv_reserve(kiln_kv *kv, const uint32_t *new_tokens) {
 }
 
 void kiln_kv_commit(kiln_kv *kv, const uint32_t *new_tokens) {
+    kv->use_clock++;
     for (uint32_t s = 0; s < kv->n_seq; s++) {
         kv->seqs[s].len += new_tokens[s];
-        if (kv->saved_restored[s]) kiln_kv_seq_free_host(kv, s);
+        if (new_tokens[s]) kv->last_use[s] = kv->use_clock;
+        if (kv->saved_restored[s]) {
+            kiln_kv_seq_free_host(kv, s);
+            kv->n_auto_restores++;
+        }
         kv->saved_restored[s] = 0;
         kv->saved_cow[s] = -1;
     }
@@ -323,6 +337,9 @@ kiln_status kiln_kv_get_stats(const kiln_kv *kv, kiln_kv_stats *out) {
     full.bytes_device = (uint64_t)kv->n_layer * 2 * kv->n_cells * rb;
     if (kv->n_layer && !kv->k[0]) full.bytes_device = 0; /* context suspended */
     full.bytes_host += kv->suspended_host_bytes;
+    full.n_auto_offloads = kv->n_auto_offloads;
+    full.n_auto_restores = kv->n_auto_restores;
+    full.n_dropped = kv->n_dropped;
     full.struct_size = n < sizeof full ? n : (uint32_t)sizeof full;
     memcpy(out, &full, full.struct_size);
     return KILN_OK;

@@ -64,6 +64,19 @@ struct kiln_kv {
      * middle removal re-rotates the K rows it shifts (lib/kv_shift.c);
      * n_rot == 0 means unknown, and middle removal is unsupported */
     kiln_bk_rope rope;
+    /* Automatic idle offload (set by the context, see kiln_kv_reserve):
+     * the reservation keeps the device blocks in use at or under
+     * budget_blocks (0: off, the default) by offloading the
+     * least recently used idle sequences; their host rows may total at most
+     * host_budget bytes (0: unlimited), past which drop_lru drops the least
+     * recently used offloaded idle sequence instead of failing. */
+    uint32_t budget_blocks;
+    uint64_t host_budget;
+    bool drop_lru;
+    uint64_t use_clock;           /* bumped by every committed decode */
+    uint64_t *last_use;           /* [n_seq] use_clock of its last decode */
+    uint8_t *plan;                /* [n_seq] scratch of the offload planner */
+    uint64_t n_auto_offloads, n_auto_restores, n_dropped; /* statistics */
 };
 
 /* Allocates the cache (n_ctx rounded up to whole blocks). */
@@ -73,7 +86,14 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
 void kiln_kv_destroy(kiln_kv *kv);
 
 /* Reserves room for new_tokens[s] more positions in each sequence s (array
- * of n_seq). KILN_E_CONTEXT_FULL (nothing changed) if blocks run out. */
+ * of n_seq). With a device budget (budget_blocks != 0), when the blocks
+ * needed exceed the free blocks within it, least recently used idle sequences (new_tokens 0) are
+ * first offloaded to host memory (lib/kv_budget.c). Those offloads (and,
+ * with drop_lru, drops) stay even if this reservation or the decode later
+ * fails: an offloaded sequence is intact and comes back on its next decode.
+ * KILN_E_CONTEXT_FULL (nothing changed) if no idle sequence can make room
+ * or the host budget forbids it; KILN_E_OOM_HOST or KILN_E_BACKEND from an
+ * offload (earlier offloads of this call kept). */
 kiln_status kiln_kv_reserve(kiln_kv *kv, const uint32_t *new_tokens);
 /* Keeps a reservation (sequence lengths grow by the reserved counts). */
 void kiln_kv_commit(kiln_kv *kv, const uint32_t *new_tokens);
@@ -110,6 +130,19 @@ kiln_status kiln_kv_rows_upload(kiln_kv *kv, const int32_t *blocks, uint32_t n, 
 kiln_status kiln_kv_seq_upload_host(kiln_kv *kv, uint32_t s);
 /* Frees sequence s's host copy. */
 void kiln_kv_seq_free_host(kiln_kv *kv, uint32_t s);
+
+/* ---- lib/kv_budget.c ---- */
+
+/* Free blocks a reservation may take: n_free, limited by budget_blocks
+ * when that is set. */
+uint32_t kiln_kv_available(const kiln_kv *kv);
+/* Makes need blocks available (see kiln_kv_reserve) by offloading (or,
+ * with drop_lru, dropping) least recently used sequences with
+ * new_tokens[s] == 0. Plans first, so KILN_E_CONTEXT_FULL changes
+ * nothing; KILN_E_OOM_HOST / KILN_E_BACKEND keep offloads already done. */
+kiln_status kiln_kv_make_room(kiln_kv *kv, const uint32_t *new_tokens, uint64_t need);
+/* Host bytes of sequence s's rows once offloaded (or now, if it is). */
+uint64_t kiln_kv_seq_host_bytes(const kiln_kv *kv, uint32_t s);
 
 /* ---- lib/kv_shift.c ---- */
 
