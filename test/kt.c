@@ -46,6 +46,14 @@ int kt_finish(void) {
     return n_failed ? 1 : 0;
 }
 
+int kt_model_load(const char *path, const kiln_model_params *params, kiln_model **out) {
+    kiln_model_params p;
+    kiln_model_params_init(&p);
+    if (params) memcpy(&p, params, params->struct_size < sizeof p ? params->struct_size : sizeof p);
+    if (!p.backend) p.backend = getenv("KILN_BACKEND");
+    return kiln_model_load(path, &p, out);
+}
+
 const char *kt_shared(const char *rel) {
     static char paths[16][1024];
     static int next;

@@ -23,6 +23,13 @@ void kt_fail(const char *file, int line, const char *fmt, ...);
  * if it does not exist. Returned string is static per call site use. */
 const char *kt_shared(const char *rel);
 
+/* kiln_model_load with the backend taken from $KILN_BACKEND when the
+ * params (NULL: defaults) name none, so every model test runs unchanged on
+ * any backend (KILN_BACKEND=cuda make check ...). */
+struct kiln_model_params;
+struct kiln_model;
+int kt_model_load(const char *path, const struct kiln_model_params *params, struct kiln_model **out);
+
 #define KT_RUN(fn) kt_run(#fn, fn)
 #define KT_CHECK(cond)                                                  \
     do {                                                                \

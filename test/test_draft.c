@@ -33,7 +33,7 @@ static const char *const prompts[] = {
 
 static kiln_model *load(const char *path) {
     kiln_model *m = NULL;
-    KT_CHECK_OK(kiln_model_load(path, NULL, &m));
+    KT_CHECK_OK(kt_model_load(path, NULL, &m));
     return m;
 }
 
@@ -395,7 +395,7 @@ static void test_vocab_mismatch(void) {
     kiln_model_params_init(&mp);
     mp.flags = KILN_MODEL_VOCAB_ONLY;
     kiln_model *vo = NULL;
-    KT_CHECK_OK(kiln_model_load(draft_path(), &mp, &vo));
+    KT_CHECK_OK(kt_model_load(draft_path(), &mp, &vo));
     KT_CHECK(kiln_draft_create(tc, vo, NULL, &d) == KILN_E_INVALID_ARG);
     /* the target still takes a matching draft afterwards */
     kiln_model *dm = load(draft_path());

@@ -244,7 +244,7 @@ static void test_export_import(void) {
     /* another model */
     if (draft()) {
         kiln_model *dm = NULL;
-        KT_CHECK_OK(kiln_model_load(draft(), NULL, &dm));
+        KT_CHECK_OK(kt_model_load(draft(), NULL, &dm));
         if (dm) {
             kiln_context *d = make_ctx(dm, 128, 16);
             KT_CHECK(kiln_kv_seq_import(kiln_context_kv(d), 0, buf, n) == KILN_E_INCOMPATIBLE);
@@ -527,7 +527,7 @@ static void test_rm_middle_neox(void) {
     for (int i = 0; i < 2; i++) {
         const char *path = kt_shared(names[i]);
         kiln_model *m = NULL;
-        if (!path || kiln_model_load(path, NULL, &m) != KILN_OK) continue;
+        if (!path || kt_model_load(path, NULL, &m) != KILN_OK) continue;
         enum { P0 = 3, P1 = 10, NQ = N_P - (P1 - P0) };
         int32_t t[N_P], q[NQ];
         for (int j = 0; j < N_P; j++) t[j] = P[j] % kiln_model_n_vocab(m);
@@ -643,7 +643,7 @@ int main(void) {
     if (target()) {
         kiln_model_params mp;
         kiln_model_params_init(&mp);
-        if (kiln_model_load(target(), &mp, &g_model) == KILN_OK) g_vocab = kiln_model_n_vocab(g_model);
+        if (kt_model_load(target(), &mp, &g_model) == KILN_OK) g_vocab = kiln_model_n_vocab(g_model);
     }
     KT_RUN(test_seq_cp_cow);
     KT_RUN(test_cow_context_full);

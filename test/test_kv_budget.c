@@ -270,7 +270,7 @@ int main(void) {
     if (target()) {
         kiln_model_params mp;
         kiln_model_params_init(&mp);
-        if (kiln_model_load(target(), &mp, &g_model) == KILN_OK) g_vocab = kiln_model_n_vocab(g_model);
+        if (kt_model_load(target(), &mp, &g_model) == KILN_OK) g_vocab = kiln_model_n_vocab(g_model);
     }
     if (g_model) build_refs();
     KT_RUN(test_round_robin);

@@ -28,7 +28,7 @@ static kiln_model *load(uint32_t flags) {
     kiln_model_params_init(&mp);
     mp.flags = flags;
     kiln_model *m = NULL;
-    KT_CHECK_OK(kiln_model_load(path, &mp, &m));
+    KT_CHECK_OK(kt_model_load(path, &mp, &m));
     return m;
 }
 

@@ -153,7 +153,7 @@ static kiln_status run_step(handles *h, int step, int32_t suspend_level) {
     prompt_tokens(t, N_PROMPT, (uint32_t)step);
     switch (step) {
     case STEP_LOAD_TARGET:
-        return kiln_model_load(kt_shared(TARGET), NULL, &h->tm);
+        return kt_model_load(kt_shared(TARGET), NULL, &h->tm);
     case STEP_CREATE_CONTEXT: {
         if (!h->tm) return KILN_OK;
         kiln_context_params cp;
@@ -166,7 +166,7 @@ static kiln_status run_step(handles *h, int step, int32_t suspend_level) {
         return kiln_context_create(h->tm, &cp, &h->tc);
     }
     case STEP_LOAD_DRAFT:
-        return kiln_model_load(kt_shared(DRAFT), NULL, &h->dm);
+        return kt_model_load(kt_shared(DRAFT), NULL, &h->dm);
     case STEP_CREATE_DRAFT: {
         if (!h->tc || !h->dm) return KILN_OK;
         kiln_draft_params dp;
