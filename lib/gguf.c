@@ -92,8 +92,7 @@ static inline uint64_t ld_u64(const uint8_t *p) {
     return (uint64_t)ld_u32(p) | ((uint64_t)ld_u32(p + 4) << 32);
 }
 
-/* Bytes of one scalar element of a value type, 0 for STRING/ARRAY/invalid. */
-static uint64_t scalar_size(int32_t t) {
+uint64_t kiln_gguf_scalar_size(int32_t t) {
     switch (t) {
     case KILN_GGUF_UINT8: case KILN_GGUF_INT8: case KILN_GGUF_BOOL: return 1;
     case KILN_GGUF_UINT16: case KILN_GGUF_INT16: return 2;
@@ -119,7 +118,7 @@ static bool is_float_type(int32_t t) { return t == KILN_GGUF_FLOAT32 || t == KIL
 static uint64_t min_elem_size(int32_t t) {
     if (t == KILN_GGUF_STRING) return 8;
     if (t == KILN_GGUF_ARRAY) return 12;
-    return scalar_size(t);
+    return kiln_gguf_scalar_size(t);
 }
 
 const char *kiln_gguf_type_name(int32_t t) {
@@ -281,11 +280,11 @@ static kiln_status skip_value(parser *ps, int32_t t, int depth) {
             if ((st = skip_value(ps, (int32_t)et, depth + 1))) return st;
         return KILN_OK;
     }
-    kiln_status st = need(ps, scalar_size(t), kiln_gguf_type_name(t));
+    kiln_status st = need(ps, kiln_gguf_scalar_size(t), kiln_gguf_type_name(t));
     if (st) return st;
     if (t == KILN_GGUF_BOOL && ps->base[ps->pos] > 1)
         return perr(ps, at, "bool value %u is neither 0 nor 1", ps->base[ps->pos]);
-    ps->pos += scalar_size(t);
+    ps->pos += kiln_gguf_scalar_size(t);
     return KILN_OK;
 }
 
@@ -860,7 +859,7 @@ static kiln_status numeric_arr(const kiln_gguf *g, const char *key, const void *
     NOT_NULL(out || n == 0);
     kiln_status st = lookup(g, key, kv);
     if (st) return st;
-    if ((*kv)->type != KILN_GGUF_ARRAY || scalar_size((*kv)->elem_type) == 0 ||
+    if ((*kv)->type != KILN_GGUF_ARRAY || kiln_gguf_scalar_size((*kv)->elem_type) == 0 ||
         (*kv)->elem_type == KILN_GGUF_BOOL)
         return kiln_error(KILN_E_FORMAT, "gguf: key '%s' is not a numeric array", key);
     if ((*kv)->n != n)
@@ -876,7 +875,7 @@ kiln_status kiln_gguf_arr_i32(const kiln_gguf *g, const char *key, int32_t *out,
     if (!is_integer_type(kv->elem_type))
         return kiln_error(KILN_E_FORMAT, "gguf: key '%s' is an array of %s, not of integers",
                           key, kiln_gguf_type_name(kv->elem_type));
-    uint64_t es = scalar_size(kv->elem_type);
+    uint64_t es = kiln_gguf_scalar_size(kv->elem_type);
     for (uint64_t i = 0; i < n; i++) {
         bool neg;
         uint64_t m;
@@ -893,7 +892,7 @@ kiln_status kiln_gguf_arr_f32(const kiln_gguf *g, const char *key, float *out, u
     const gguf_kv *kv;
     kiln_status st = numeric_arr(g, key, out, n, &kv);
     if (st) return st;
-    uint64_t es = scalar_size(kv->elem_type);
+    uint64_t es = kiln_gguf_scalar_size(kv->elem_type);
     if (kv->elem_type == KILN_GGUF_FLOAT32) {
         for (uint64_t i = 0; i < n; i++) out[i] = (float)load_float(kv->p + i * 4, kv->elem_type);
         return KILN_OK;
@@ -938,7 +937,7 @@ kiln_status kiln_gguf_value_elem(const kiln_gguf *g, const kiln_gguf_value *arr,
         arr->elem_type < 0 || arr->elem_type >= KILN_GGUF_TYPE_COUNT)
         return kiln_error(KILN_E_INVALID_ARG, "gguf: array value does not belong to this file");
     parser ps = {.base = g->base, .size = g->size, .pos = (uint64_t)(arr->p - g->base)};
-    uint64_t es = scalar_size(arr->elem_type);
+    uint64_t es = kiln_gguf_scalar_size(arr->elem_type);
     kiln_status st;
     if (es) {
         if (i >= (g->size - ps.pos) / es)

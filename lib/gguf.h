@@ -133,6 +133,9 @@ kiln_status kiln_gguf_value_str(const kiln_gguf_value *v, const char **s, uint64
  * the writer's kiln_gguf_copy_keys copies it verbatim. */
 kiln_status kiln_gguf_key_raw(const kiln_gguf *g, int64_t idx, const void **raw, uint64_t *size);
 const char *kiln_gguf_type_name(int32_t gguf_type);
+/* Bytes of one element of a scalar value type; 0 for STRING, ARRAY or an
+ * invalid type. Shared by the reader and the writer. */
+uint64_t kiln_gguf_scalar_size(int32_t gguf_type);
 
 /* ---- tensors ---- */
 

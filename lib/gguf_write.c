@@ -62,16 +62,6 @@ static void st_u64(uint8_t *p, uint64_t v) {
     for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static size_t elem_size(int32_t t) {
-    switch (t) {
-    case KILN_GGUF_UINT8: case KILN_GGUF_INT8: case KILN_GGUF_BOOL: return 1;
-    case KILN_GGUF_UINT16: case KILN_GGUF_INT16: return 2;
-    case KILN_GGUF_UINT32: case KILN_GGUF_INT32: case KILN_GGUF_FLOAT32: return 4;
-    case KILN_GGUF_UINT64: case KILN_GGUF_INT64: case KILN_GGUF_FLOAT64: return 8;
-    default: return 0;
-    }
-}
-
 kiln_status kiln_gguf_writer_create(kiln_gguf_writer **out) {
     if (!out) return kiln_error(KILN_E_INVALID_ARG, "gguf writer: out is NULL");
     *out = kiln_calloc(1, sizeof **out);
@@ -226,7 +216,7 @@ kiln_status kiln_gguf_set_str(kiln_gguf_writer *w, const char *key, const char *
 kiln_status kiln_gguf_set_arr(kiln_gguf_writer *w, const char *key, int32_t elem_type,
                               const void *data, uint64_t n) {
     if (!w || (!data && n)) return kiln_error(KILN_E_INVALID_ARG, "gguf writer: NULL argument");
-    size_t es = elem_size(elem_type), bytes;
+    size_t es = (size_t)kiln_gguf_scalar_size(elem_type), bytes;
     if (es == 0)
         return kiln_error(KILN_E_INVALID_ARG, "gguf writer: array element type %d is not a scalar",
                           (int)elem_type);
