@@ -163,7 +163,11 @@ static double mean_kl(const char *model_path, const ref_file *rf) {
     cp.n_threads = 2;
     if (m) KT_CHECK_OK(kiln_context_create(m, &cp, &c));
     const int nv = (int)rf->n_vocab;
-    for (uint32_t pi = 0; c && pi < rf->n_prompts; pi++) {
+    /* the sanitized build evaluates a few prompts only (same rows for the
+     * shared file and ours, so the comparison holds) */
+    const char *san = getenv("SANITIZE");
+    uint32_t n_prompts = san && *san ? KILN_MIN(rf->n_prompts, 4u) : rf->n_prompts;
+    for (uint32_t pi = 0; c && pi < n_prompts; pi++) {
         const ref_prompt *p = &rf->p[pi];
         int8_t *want = malloc(p->n_tokens + 1);
         memset(want, 1, p->n_tokens + 1);
