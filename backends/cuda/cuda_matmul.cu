@@ -186,7 +186,8 @@ static kiln_status matmul_cublas(kiln_bk_device *dev, const kiln_bk_tensor *w, c
     const float one = 1.0f, zero = 0.0f;
     float *yp = (float *)kcu_tensor_ptr(dst);
     const int ldc = (int)(dst->row_stride / 4);
-    kiln_status st;
+    kiln_status st = kcu_cublas(dev);
+    if (st) return st;
     if (w->type == KCU_F32) {
         return cublas_status(cublasSgemm(dev->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one,
                                          (const float *)kcu_tensor_ptr(w), (int)(w->row_stride / 4),
