@@ -63,9 +63,9 @@ class Batch:
 
 
 class KV:
-    """A context's KV cache (kiln_kv_*). Borrowed from its Context: every
-    call raises once the context is closed. Sequence ids are ints in
-    [0, n_seq_max)."""
+    """A context's KV cache (kiln_kv_*), from Context.kv. Borrowed from its
+    Context (and keeps it alive): every call raises once the context is
+    closed. Sequence ids are ints in [0, n_seq_max)."""
 
     def __init__(self, ctx):
         self._ctx = ctx
@@ -217,7 +217,12 @@ class Context:
         self._h = h.value
         self._n_vocab = model.n_vocab
         self._batch = _lib.Batch.new()
-        self.kv = KV(self)
+
+    @property
+    def kv(self):
+        """The context's KV cache (a KV; a new small view each time, so that
+        the context holds no reference cycle and is freed by refcounting)."""
+        return KV(self)
 
     # -- lifetime ----------------------------------------------------------
 

@@ -67,7 +67,9 @@ class Draft:
             pass
 
     def _check(self, st):
-        return check(st, self.target._h)
+        # the target's ubatch callback runs in verify/generate: an exception
+        # it caught becomes the __cause__, as in Context.decode
+        return self.target._raise_status(st)
 
     def _prompt(self, prompt, add_bos):
         return self.target._prompt_tokens(prompt, add_bos, False)
@@ -86,6 +88,7 @@ class Draft:
         out = (ctypes.c_int32 * max_tokens)()
         n = ctypes.c_size_t()
         smp = sampler.handle if sampler is not None else None
+        self.target._cb_exc = None
         self._check(_lib_.kiln_draft_generate(self.handle, arr, len(arr), int(max_tokens), smp,
                                               out, max_tokens, ctypes.byref(n)))
         return list(out[:n.value])
@@ -100,6 +103,7 @@ class Draft:
         target, model = self.target, self.target.model
         h = self.handle
         toks = self._prompt(prompt, add_bos)
+        target._cb_exc = None
         target.stop_reason = None
         target.kv.seq_rm(0)
         self._check(_lib_.kiln_draft_reset(h))

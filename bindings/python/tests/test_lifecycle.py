@@ -6,6 +6,7 @@ close or collection order)."""
 
 import gc
 import os
+import weakref
 
 import pytest
 
@@ -162,6 +163,18 @@ def test_ubatch_callback_cancel_and_exception(target):
             c.ubatch_callback = cb
 
 
+def test_ubatch_exception_in_draft_verify(target, draft_model):
+    def cb(ctx, index, n_tokens, kv_len):
+        if n_tokens > 1 and kv_len > 20:
+            raise RuntimeError("stop verifying")
+    with kiln.Context(target, n_ctx=256, n_threads=THREADS, ubatch_callback=cb) as c, \
+            kiln.Draft(c, draft_model, n_draft=4) as d:
+        for gen in (lambda: d.generate_all(PROMPT, 40), lambda: list(d.generate_tokens(PROMPT, 40))):
+            with pytest.raises(kiln.CancelledError) as e:
+                gen()
+            assert isinstance(e.value.__cause__, RuntimeError)
+
+
 def test_log_callback(target_path, tmp_path):
     seen = []
     with kiln.Model(target_path, log=lambda lvl, msg: seen.append((lvl, msg)),
@@ -210,6 +223,19 @@ def test_lifetimes_any_order(target_path, draft_path):
             c.box = box
             del m, dm, c, d, det, s, box
             gc.collect()
+    # no reference cycles: dropping the last reference frees at once
+    gc.disable()
+    try:
+        m = kiln.Model(target_path)
+        c = kiln.Context(m, n_ctx=64, n_threads=1, ubatch_callback=lambda *a: 0,
+                         log=lambda lvl, msg: None)
+        c.decode([0, 1])
+        d = kiln.Draft(c, m)
+        refs = [weakref.ref(o) for o in (m, c, d, c.kv)]
+        del m, c, d
+        assert [r() for r in refs] == [None] * 4
+    finally:
+        gc.enable()
     m = kiln.Model(target_path)
     m.close(); m.close()
     assert m.closed
