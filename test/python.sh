@@ -20,7 +20,8 @@ for cand in ${PYTHON:-} python3 /usr/bin/python3; do
 done
 [ -n "$py" ] || { echo "skip: no python3 with pytest (Debian: python3-pytest)"; exit 77; }
 
-export KILN_LIBRARY=$PWD/$LIB KILN_BUILD=$PWD/$BUILD PYTHONDONTWRITEBYTECODE=1
+case "$BUILD" in /*) ;; *) BUILD=$PWD/$BUILD;; esac
+export KILN_LIBRARY=$BUILD/libkiln.so.0 KILN_BUILD=$BUILD PYTHONDONTWRITEBYTECODE=1
 if [ -n "${SANITIZE:-}" ]; then
     cc=${CC:-cc}
     pre=
