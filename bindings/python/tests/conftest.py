@@ -25,6 +25,14 @@ import kiln  # noqa: E402
 
 SHARED = os.environ.get("KILN_SHARED") or os.path.join(REPO, "..", "shared")
 THREADS = 2
+# KILN_BACKEND picks the backend of every model the tests load ("cpu" when
+# unset), as it does for the C tests: KILN_BACKEND=cuda bash test/python.sh
+BACKEND = os.environ.get("KILN_BACKEND") or None
+
+
+def load(path, **kw):
+    """kiln.Model on the tests' backend."""
+    return kiln.Model(path, backend=BACKEND, **kw)
 
 
 def shared_path(rel):
@@ -47,13 +55,13 @@ def draft_path():
 
 @pytest.fixture(scope="session")
 def target(target_path):
-    with kiln.Model(target_path, backend=os.environ.get("KILN_BACKEND")) as m:
+    with load(target_path) as m:
         yield m
 
 
 @pytest.fixture(scope="session")
 def draft_model(draft_path):
-    with kiln.Model(draft_path, backend=os.environ.get("KILN_BACKEND")) as m:
+    with load(draft_path) as m:
         yield m
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import kiln
 
-from conftest import BUILD, THREADS
+from conftest import BACKEND, BUILD, THREADS
 
 PROMPT = "In the beginning"
 GREEDY = ("In the beginning of the year, in the day that the king of Egypt had made known "
@@ -21,7 +21,8 @@ def test_greedy_text_equals_kiln_run(target_path, ctx):
     if not os.path.exists(exe):
         pytest.skip("%s not built" % exe)
     run = subprocess.run([exe, "-m", target_path, "-p", PROMPT, "-n", "40", "--temp", "0",
-                          "-t", str(THREADS)], capture_output=True, check=True)
+                          "-t", str(THREADS)] + (["--backend", BACKEND] if BACKEND else []),
+                         capture_output=True, check=True)
     want = run.stdout.decode("utf-8")
     got = PROMPT + "".join(ctx.generate(PROMPT, max_tokens=40, temperature=0)) + "\n"
     assert got == want

@@ -12,7 +12,7 @@ import pytest
 
 import kiln
 
-from conftest import THREADS
+from conftest import THREADS, load
 
 PROMPT = "In the beginning God created the heaven and the earth."
 
@@ -177,7 +177,7 @@ def test_ubatch_exception_in_draft_verify(target, draft_model):
 
 def test_log_callback(target_path, tmp_path):
     seen = []
-    with kiln.Model(target_path, log=lambda lvl, msg: seen.append((lvl, msg)),
+    with load(target_path, log=lambda lvl, msg: seen.append((lvl, msg)),
                     log_level=kiln.LOG_INFO) as m:
         assert any("loaded" in msg for _, msg in seen)
         assert all(lvl <= kiln.LOG_INFO for lvl, _ in seen)
@@ -198,8 +198,8 @@ def test_log_callback(target_path, tmp_path):
 
 def test_lifetimes_any_order(target_path, draft_path):
     for order in range(4):
-        m = kiln.Model(target_path)
-        dm = kiln.Model(draft_path)
+        m = load(target_path)
+        dm = load(draft_path)
         c = kiln.Context(m, n_ctx=128, n_threads=THREADS)
         d = kiln.Draft(c, dm, n_draft=2)
         det = m.detokenizer()
@@ -226,7 +226,7 @@ def test_lifetimes_any_order(target_path, draft_path):
     # no reference cycles: dropping the last reference frees at once
     gc.disable()
     try:
-        m = kiln.Model(target_path)
+        m = load(target_path)
         c = kiln.Context(m, n_ctx=64, n_threads=1, ubatch_callback=lambda *a: 0,
                          log=lambda lvl, msg: None)
         c.decode([0, 1])
@@ -236,12 +236,12 @@ def test_lifetimes_any_order(target_path, draft_path):
         assert [r() for r in refs] == [None] * 4
     finally:
         gc.enable()
-    m = kiln.Model(target_path)
+    m = load(target_path)
     m.close(); m.close()
     assert m.closed
     with pytest.raises(kiln.InvalidArgumentError):
         kiln.Context(m)
-    with kiln.Model(target_path) as m2, kiln.Context(m2, n_ctx=64, n_threads=1) as c2:
+    with load(target_path) as m2, kiln.Context(m2, n_ctx=64, n_threads=1) as c2:
         kv = c2.kv
     with pytest.raises(kiln.InvalidArgumentError):
         kv.stats()

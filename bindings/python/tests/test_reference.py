@@ -15,7 +15,7 @@ import pytest
 
 import kiln
 
-from conftest import THREADS, shared_path
+from conftest import THREADS, load, shared_path
 
 
 def read_prompts(path):
@@ -91,7 +91,7 @@ def test_reference_logits(name, quantized):
     assert len(texts) == len(prompts)
     max_diff, kl_sum, rows, same, checked, checked_ok = 0.0, 0.0, 0, 0, 0, 0
     gen_ok = True
-    with kiln.Model(model_path) as m, \
+    with load(model_path) as m, \
             kiln.Context(m, n_ctx=2048, n_ubatch=512, n_seq_max=1, n_threads=THREADS) as c:
         assert m.n_vocab == n_vocab
         for text, (tokens, row_pos, ref_rows, gen) in zip(texts, prompts):
