@@ -79,6 +79,144 @@ static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
     }
 }
 
+/* ---- fast decode kernels for F16 and Q4_0 (the formats benchmarked
+ * against llama.cpp): lanes read consecutive 16-byte (F16) or 4-byte (Q4_0)
+ * pieces so that a warp's loads are contiguous, U steps of loads are issued
+ * before their use, and x comes from global memory through L1 (every warp
+ * of the SM reads the same x). A block of KCU_FAST_WARPS warps, one row
+ * each. Per token the sum order does not depend on the number of tokens. */
+#define KCU_FAST_WARPS 4
+#define KCU_FAST_U 4
+
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_f16_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
+                   int nt) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
+    const int K8 = K / 8;
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int i0 = lane; i0 < K8; i0 += 32 * U) {
+        uint4 wv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + 32 * u;
+            wv[u] = i < K8 ? __ldg(wr + i) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + 32 * u;
+            if (i >= K8) break;
+            float wf[8];
+            const __half2 *h = (const __half2 *)&wv[u];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float2 f = __half22float2(h[j]);
+                wf[2 * j] = f.x;
+                wf[2 * j + 1] = f.y;
+            }
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const float4 *xp = (const float4 *)(x + (uint64_t)t * xs) + 2 * i;
+                const float4 a = __ldg(xp), b = __ldg(xp + 1);
+                float sum = wf[0] * a.x;
+                sum = fmaf(wf[1], a.y, sum);
+                sum = fmaf(wf[2], a.z, sum);
+                sum = fmaf(wf[3], a.w, sum);
+                sum = fmaf(wf[4], b.x, sum);
+                sum = fmaf(wf[5], b.y, sum);
+                sum = fmaf(wf[6], b.z, sum);
+                sum = fmaf(wf[7], b.w, sum);
+                acc[t] += sum;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
+/* A nibble n (0..15) as the float n - 8, exactly, without a conversion
+ * instruction: 2^23 + n has n in its low mantissa bits. */
+static __device__ __forceinline__ float kcu_nib_m8(uint32_t n) {
+    return __int_as_float(0x4B000000 | n) - 8388616.0f;
+}
+
+/* Q4_0: 4 lanes per 18-byte block, lane quarter s holding qs bytes
+ * [4s, 4s + 4): elements 4s..4s+3 (low nibbles) and 16+4s..16+4s+3 (high). */
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4_0_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
+                    int nt) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2;
+    const uint8_t *wr = w + (uint64_t)row * ws;
+    const int nb = K / 32;
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int b0 = bl; b0 < nb; b0 += 8 * U) {
+        uint32_t qv[U];
+        float dv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b < nb) {
+                const uint16_t *p = (const uint16_t *)(wr + 18 * (uint64_t)b);
+                dv[u] = __half2float(__ushort_as_half(__ldg(p)));
+                qv[u] = (uint32_t)__ldg(p + 1 + 2 * s) | ((uint32_t)__ldg(p + 2 + 2 * s) << 16);
+            } else {
+                dv[u] = 0.0f;
+                qv[u] = 0x88888888u;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b >= nb) break;
+            float lo[4], hi[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                lo[j] = kcu_nib_m8((qv[u] >> (8 * j)) & 0xF);
+                hi[j] = kcu_nib_m8((qv[u] >> (8 * j + 4)) & 0xF);
+            }
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const float *xp = x + (uint64_t)t * xs + 32 * (uint64_t)b + 4 * s;
+                const float4 a = __ldg((const float4 *)xp), c = __ldg((const float4 *)(xp + 16));
+                float sum = lo[0] * a.x;
+                sum = fmaf(lo[1], a.y, sum);
+                sum = fmaf(lo[2], a.z, sum);
+                sum = fmaf(lo[3], a.w, sum);
+                sum = fmaf(hi[0], c.x, sum);
+                sum = fmaf(hi[1], c.y, sum);
+                sum = fmaf(hi[2], c.z, sum);
+                sum = fmaf(hi[3], c.w, sum);
+                acc[t] = fmaf(dv[u], sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
 /* Rows of w to dense F16, one group per thread. */
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
@@ -87,9 +225,14 @@ static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t
         const int64_t r = i / groups_per_row, g = i % groups_per_row;
         float v[32];
         kcu_dq32<T>(w + (uint64_t)r * ws, g, v);
-        __half2 *o = (__half2 *)(dst + 32 * i);
+        uint4 *o = (uint4 *)(dst + 32 * i); /* 64 bytes: four 16-byte stores */
 #pragma unroll
-        for (int j = 0; j < 16; j++) o[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+        for (int j = 0; j < 4; j++) {
+            __half2 h[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) h[k] = __floats2half2_rn(v[8 * j + 2 * k], v[8 * j + 2 * k + 1]);
+            o[j] = *(const uint4 *)h;
+        }
     }
 }
 
@@ -143,6 +286,20 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     const float *xp = (const float *)kcu_tensor_ptr(x);
     float *yp = (float *)kcu_tensor_ptr(dst);
     const uint64_t xs = x->row_stride / 4, ys = dst->row_stride / 4;
+    const bool x16 = ((uintptr_t)xp % 16 == 0) && (x->row_stride % 16 == 0);
+    const unsigned fast_grid = (unsigned)((N + KCU_FAST_WARPS - 1) / KCU_FAST_WARPS);
+    if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
+        mmv_f16_kernel<KCU_FAST_U><<<fast_grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(wp, w->row_stride, xp, xs, yp,
+                                                                                     ys, N, (int)K, nt);
+        KCU_LAUNCHED("matrix-vector product (f16)");
+        return KILN_OK;
+    }
+    if (x16 && w->type == KCU_Q4_0) {
+        mmv_q4_0_kernel<KCU_FAST_U><<<fast_grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(wp, w->row_stride, xp, xs, yp,
+                                                                                      ys, N, (int)K, nt);
+        KCU_LAUNCHED("matrix-vector product (q4_0)");
+        return KILN_OK;
+    }
 #define MMV(T_)                                                                                          \
     case T_:                                                                                             \
         if (smem > 48 * 1024)                                                                            \

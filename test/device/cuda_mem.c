@@ -98,13 +98,17 @@ static void test_baseline(const char *path, int cycles) {
     kiln_context *c = NULL;
     CHECK(load(path, 0, &m) == KILN_OK && make_ctx(m, 1024, &c) == KILN_OK);
     CHECK(decode_n(c, 40, 0) == KILN_OK);
+    CHECK(decode_n(c, 1, 40) == KILN_OK);
+    CHECK(kiln_kv_seq_rm(kiln_context_kv(c), 0, 40, -1) == KILN_OK);
+    CHECK(kiln_context_pool_purge(c) == KILN_OK);
     const size_t active = free_mem(0);
     for (int i = 0; i < cycles && c; i++) {
         CHECK(kiln_context_suspend(c, 1 + i % 2) == KILN_OK);
         CHECK(kiln_context_resume(c) == KILN_OK);
-        CHECK(decode_n(c, 1, 40 + i) == KILN_OK);
+        CHECK(decode_n(c, 1, 40) == KILN_OK);
         CHECK(kiln_kv_seq_rm(kiln_context_kv(c), 0, 40, -1) == KILN_OK);
     }
+    CHECK(kiln_context_pool_purge(c) == KILN_OK);
     const size_t after_suspend = free_mem(0);
     kiln_context_free(c);
     kiln_model_free(m);
@@ -141,6 +145,7 @@ static void test_oom(const char *path) {
     kiln_status st = load(path, 0, &m);
     printf("  model load with %zu MiB free: %s (%s)\n", filled >> 20, kiln_status_str(st), kiln_last_error());
     CHECK(st == KILN_E_OOM_DEVICE && m == NULL);
+    printf("  after the failed load: free %+lld vs filled\n", (long long)free_mem(0) - (long long)filled);
     CHECK(free_mem(0) == filled);
     /* give back enough for the model but not a big context */
     while (nf > 0 && free_mem(0) < (64u << 20)) cudaFree(fill[--nf]);
@@ -168,6 +173,7 @@ static void test_oom(const char *path) {
             kiln_context_free(c);
         } else {
             CHECK(st == KILN_E_OOM_DEVICE);
+            printf("  after the failed context: free %+lld vs before it\n", (long long)free_mem(0) - (long long)tight);
             CHECK(free_mem(0) == tight);
         }
         if (more) cudaFree(more);
