@@ -249,6 +249,10 @@ typedef struct kiln_bk_host {
     /* Sets the calling thread's kiln_last_error() to `message` and returns
      * `status`: plugins report errors through it. */
     kiln_status (*set_error)(kiln_status status, const char *message);
+    /* The core's host allocator: plugins allocate their host memory through
+     * it, so it is counted, tagged and fault-injected like the core's. */
+    void *(*host_malloc)(size_t size);
+    void (*host_free)(void *ptr);
 } kiln_bk_host;
 
 /* The entry point a plugin exports. */

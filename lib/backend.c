@@ -51,7 +51,10 @@ static kiln_status host_set_error(kiln_status status, const char *message) {
 
 /* What plugins may call back into (they cannot link libkiln's hidden
  * functions, and a statically linked libkiln exports nothing). */
-static const kiln_bk_host host_services = {sizeof(kiln_bk_host), host_set_error};
+static void *host_malloc(size_t n) { return kiln_malloc(n); }
+static void host_free(void *p) { kiln_free(p); }
+
+static const kiln_bk_host host_services = {sizeof(kiln_bk_host), host_set_error, host_malloc, host_free};
 
 /* Directory containing libkiln itself, for plugins built beside it. */
 static void self_dir(char *out, size_t n) {

@@ -54,6 +54,25 @@ void kcu_log(const kiln_bk_device *dev, int32_t level, const char *fmt, ...) {
 
 static void cuda_set_host(const kiln_bk_host *host) { g_host = host; }
 
+/* Host memory through the core's allocator when it offers one (counted and
+ * fault-injected with the rest of kiln's). */
+static bool host_has_alloc(void) {
+    return g_host && g_host->struct_size >= offsetof(kiln_bk_host, host_free) + sizeof(void *) &&
+           g_host->host_malloc && g_host->host_free;
+}
+
+void *kcu_calloc(size_t n) {
+    void *p = host_has_alloc() ? g_host->host_malloc(n) : malloc(n);
+    if (p) memset(p, 0, n);
+    return p;
+}
+
+void kcu_free(void *p) {
+    if (!p) return;
+    if (host_has_alloc()) g_host->host_free(p);
+    else free(p);
+}
+
 int kcu_type_block_bytes(int32_t type) {
     switch (type) {
     case KCU_F32: return 4;
@@ -168,7 +187,34 @@ static int32_t cuda_supports_type(int32_t index, int32_t type) {
 /* ------------------------------------------------------------------------ */
 
 #define KCU_CUBLAS_WS (32u << 20)
+/* Default cap on cached transient bytes: a 7B prefill ubatch uses a few
+ * hundred MiB; a lower cap would free and re-allocate every ubatch. */
+#define KCU_POOL_DEFAULT_CAP (1ull << 30)
 #define KCU_STAGE_MIN (256u << 10)
+
+/* cuBLAS is created on first use (prefill): a model's own handle, which
+ * only uploads weights, never pays for it. Never called while capturing. */
+kiln_status kcu_cublas(kiln_bk_device *dev) {
+    if (dev->cublas) return KILN_OK;
+    cublasStatus_t cs = cublasCreate(&dev->cublas);
+    if (cs != CUBLAS_STATUS_SUCCESS) {
+        dev->cublas = NULL;
+        return kcu_error(cs == CUBLAS_STATUS_ALLOC_FAILED ? KILN_E_OOM_DEVICE : KILN_E_BACKEND,
+                         "cuda backend: cublasCreate failed (%d)", (int)cs);
+    }
+    cudaError_t e = cudaMalloc(&dev->cublas_ws, KCU_CUBLAS_WS);
+    if (e != cudaSuccess) {
+        cublasDestroy(dev->cublas);
+        dev->cublas = NULL;
+        dev->cublas_ws = NULL;
+        return kcu_cuda_error(e, "cuBLAS workspace");
+    }
+    dev->cublas_ws_size = KCU_CUBLAS_WS;
+    cublasSetStream(dev->cublas, dev->stream);
+    cublasSetWorkspace(dev->cublas, dev->cublas_ws, dev->cublas_ws_size);
+    cublasSetMathMode(dev->cublas, CUBLAS_DEFAULT_MATH);
+    return KILN_OK;
+}
 
 kiln_status kcu_use(kiln_bk_device *dev) {
     if (!dev) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: device handle is NULL");
@@ -214,16 +260,19 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     p.log_level = KILN_LOG_ERROR;
     if (params) memcpy(&p, params, params->struct_size < sizeof p ? params->struct_size : sizeof p);
 
-    kiln_bk_device *dev = (kiln_bk_device *)calloc(1, sizeof *dev);
+    kiln_bk_device *dev = (kiln_bk_device *)kcu_calloc(sizeof *dev);
     if (!dev) return kcu_error(KILN_E_OOM_HOST, "cuda backend: out of memory for a device handle");
     dev->index = index;
     dev->log_fn = p.log_fn;
     dev->log_user = p.log_user;
     dev->log_level = p.log_level;
-    dev->pool.cap = 0; /* unlimited by default: the core sets the context's cap */
+    dev->pool.cap = KCU_POOL_DEFAULT_CAP; /* pool_set_cap changes it */
+    {
+        const char *v = getenv("KILN_CUDA_MMV");
+        dev->mmv_variant = v ? atoi(v) : 0;
+    }
     kiln_status st = KILN_OK;
     cudaError_t e;
-    cublasStatus_t cs;
     /* cudaSetDevice creates the primary context of this device only */
     if ((e = cudaSetDevice(index)) != cudaSuccess) { st = kcu_cuda_error(e, "cudaSetDevice"); goto fail; }
     if ((e = cudaStreamCreateWithFlags(&dev->stream, cudaStreamNonBlocking)) != cudaSuccess) {
@@ -231,21 +280,6 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
         goto fail;
     }
     cudaDeviceGetAttribute(&dev->sm_count, cudaDevAttrMultiProcessorCount, index);
-    if ((cs = cublasCreate(&dev->cublas)) != CUBLAS_STATUS_SUCCESS) {
-        dev->cublas = NULL;
-        st = kcu_error(cs == CUBLAS_STATUS_ALLOC_FAILED ? KILN_E_OOM_DEVICE : KILN_E_BACKEND,
-                       "cuda backend: cublasCreate failed (%d)", (int)cs);
-        goto fail;
-    }
-    if ((e = cudaMalloc(&dev->cublas_ws, KCU_CUBLAS_WS)) != cudaSuccess) {
-        dev->cublas_ws = NULL;
-        st = kcu_cuda_error(e, "cuBLAS workspace");
-        goto fail;
-    }
-    dev->cublas_ws_size = KCU_CUBLAS_WS;
-    cublasSetStream(dev->cublas, dev->stream);
-    cublasSetWorkspace(dev->cublas, dev->cublas_ws, dev->cublas_ws_size);
-    cublasSetMathMode(dev->cublas, CUBLAS_DEFAULT_MATH);
     if ((st = stage_reserve(dev, KCU_STAGE_MIN))) goto fail;
     {
         cudaDeviceProp prop;
@@ -281,7 +315,7 @@ static void cuda_device_close(kiln_bk_device *dev) {
     if (dev->cublas_ws) cudaFree(dev->cublas_ws);
     if (dev->stream) cudaStreamDestroy(dev->stream);
     (void)cudaGetLastError();
-    free(dev);
+    kcu_free(dev);
 }
 
 static kiln_status cuda_synchronize(kiln_bk_device *dev) {
@@ -332,7 +366,7 @@ static void pool_trim(kiln_bk_device *dev, uint64_t limit) {
         list_remove(&pool->cached, b);
         pool->bytes_cached -= b->capacity;
         cudaFree(b->ptr);
-        free(b);
+        kcu_free(b);
     }
 }
 
@@ -348,7 +382,7 @@ kiln_status kcu_pool_alloc(kiln_bk_device *dev, uint64_t size, kiln_bk_buffer **
         list_remove(&pool->cached, best);
         pool->bytes_cached -= best->capacity;
     } else {
-        best = (kiln_bk_buffer *)calloc(1, sizeof *best);
+        best = (kiln_bk_buffer *)kcu_calloc(sizeof *best);
         if (!best) return kcu_error(KILN_E_OOM_HOST, "cuda pool: out of host memory");
         cudaError_t e = cudaMalloc(&best->ptr, need);
         if (e == cudaErrorMemoryAllocation && pool->cached && dev->graph_mode != 1) {
@@ -357,7 +391,7 @@ kiln_status kcu_pool_alloc(kiln_bk_device *dev, uint64_t size, kiln_bk_buffer **
             e = cudaMalloc(&best->ptr, need);
         }
         if (e != cudaSuccess) {
-            free(best);
+            kcu_free(best);
             kiln_status st = kcu_cuda_error(e, "pool allocation");
             return kcu_error(st, "cuda pool: cannot allocate %llu bytes on device %d", (unsigned long long)need,
                              dev->index);
@@ -448,7 +482,7 @@ static kiln_status cuda_buffer_alloc(kiln_bk_device *dev, uint64_t size, uint32_
     if (st) return st;
     if (usage > KILN_BK_BUF_STAGING) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: unknown usage %u", usage);
     if (usage == KILN_BK_BUF_TRANSIENT) return kcu_pool_alloc(dev, size, out);
-    kiln_bk_buffer *b = (kiln_bk_buffer *)calloc(1, sizeof *b);
+    kiln_bk_buffer *b = (kiln_bk_buffer *)kcu_calloc(sizeof *b);
     if (!b) return kcu_error(KILN_E_OOM_HOST, "cuda backend: out of host memory for a buffer");
     if (size) {
         cudaError_t e = cudaMalloc(&b->ptr, size);
@@ -458,7 +492,7 @@ static kiln_status cuda_buffer_alloc(kiln_bk_device *dev, uint64_t size, uint32_
             e = cudaMalloc(&b->ptr, size);
         }
         if (e != cudaSuccess) {
-            free(b);
+            kcu_free(b);
             st = kcu_cuda_error(e, "buffer allocation");
             return kcu_error(st, "cuda backend: cannot allocate %llu bytes (%s) on device %d",
                              (unsigned long long)size, usage == KILN_BK_BUF_KV ? "kv" : "weights", dev->index);
@@ -482,7 +516,7 @@ static void cuda_buffer_free(kiln_bk_buffer *b) {
         cudaSetDevice(b->device);
         cudaFree(b->ptr); /* waits for work that may still use it */
     }
-    free(b);
+    kcu_free(b);
 }
 
 static bool range_ok(const kiln_bk_buffer *b, uint64_t off, uint64_t n) {

@@ -42,6 +42,10 @@ enum {
 int kcu_type_block_bytes(int32_t type);
 int kcu_type_block_elems(int32_t type);
 
+/* Host memory through the core's allocator (zeroed) and back. */
+void *kcu_calloc(size_t n);
+void kcu_free(void *p);
+
 /* Reports an error through the core (kiln_last_error) and returns st. */
 kiln_status kcu_error(kiln_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Maps a CUDA error to a status (out of memory: KILN_E_OOM_DEVICE) and
@@ -96,6 +100,7 @@ struct kiln_bk_device {
     void *cublas_ws;         /* cuBLAS workspace (fixed, so graphs never allocate) */
     size_t cublas_ws_size;
     int sm_count;
+    int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
     kiln_log_fn log_fn;
     void *log_user;
     int32_t log_level;
@@ -123,6 +128,8 @@ struct kiln_bk_device {
 /* ---- cuda_backend.cu ---- */
 void kcu_log(const kiln_bk_device *dev, int32_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Creates the handle's cuBLAS handle and workspace if not yet done. */
+kiln_status kcu_cublas(kiln_bk_device *dev);
 /* Makes the handle's device current on this thread. */
 kiln_status kcu_use(kiln_bk_device *dev);
 /* A transient buffer from the pool / back to it (stream-ordered). */

@@ -5,8 +5,9 @@
 #
 # Run from the repository root on the GPU machine:
 #   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
-# steps (default: build ref life bench): build, ref, life, san, bench, mem,
-# oom, big (random 7B-shaped models; needs the generator), vulkan.
+# steps (default: build ref life bench): build, ref, life, san, bench, mem
+# (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
+# synthetic 7B shapes), big (random 7B-shaped models; needs the generator).
 # Models and references are read from $KILN_SHARED (models/, reference/);
 # whatever is missing is skipped. Logs go to $OUT when set.
 set -u
@@ -67,6 +68,30 @@ if has san; then
         build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 8 -p "Once upon a time" >"$OUT/racecheck.log" 2>&1
     note "compute-sanitizer racecheck: rc $?"
     tail -n 3 "$OUT/racecheck.log"
+fi
+
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+if has mem; then
+    m=models/tiny-target-q4_k_m.gguf
+    cc -O2 -Wall -Wextra -Iinclude test/device/cuda_mem.c build/libkiln.a -I"$CUDA_HOME/include" \
+        -L"$CUDA_HOME/lib64" -lcudart -lm -lpthread -ldl -o build/cuda_mem 2>"$OUT/cuda_mem-build.log" ||
+        { cat "$OUT/cuda_mem-build.log"; note "cuda_mem: build failed"; }
+    if [ -x build/cuda_mem ]; then
+        build/cuda_mem "$m" "${KILN_MEM_CYCLES:-200}" 2>&1 | tee "$OUT/cuda_mem.log" | tail -n 20
+        note "cuda_mem: $(tail -n 1 "$OUT/cuda_mem.log")"
+    fi
+fi
+
+if has ops; then
+    mkdir -p build/bench
+    cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops &&
+        build/bench/backend_ops build/libkiln-cuda.so "${KILN_OPS_REPS:-50}" 2>&1 | tee "$OUT/ops.log"
+    for v in 1 2 3; do  # decode kernel variants, F16 and Q4_0, one token
+        echo "variant $v"
+        KILN_CUDA_MMV=$v BENCH_TYPES=f16,q4_0 BENCH_NS=,1,8, build/bench/backend_ops build/libkiln-cuda.so \
+            "${KILN_OPS_REPS:-50}" 2>&1 | grep -v 'rel. L2' | tee -a "$OUT/ops.log"
+    done
+    note "ops: see above"
 fi
 
 if has bench; then
