@@ -8,6 +8,7 @@
  *   build/bench/backend_ops build/libkiln-cuda.so [reps]
  */
 #include <dlfcn.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,7 @@ int main(int argc, char **argv) {
             bk->buffer_upload(dev, xb, 0, xh, sizeof(float) * 512 * K);
             free(xh);
             bk->buffer_alloc(dev, sizeof(float) * 512 * N, KILN_BK_BUF_KV, &yb);
+            float *y1 = malloc(sizeof(float) * N), *y512 = malloc(sizeof(float) * N);
             for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
                 const int n = ns[ni];
                 kiln_bk_tensor w = {wb, 0, t->id, 0, {K, N}, row};
@@ -102,7 +104,17 @@ int main(int argc, char **argv) {
                 }
                 printf("| %s | %lldx%lld | %d | %.1f | %.0f | %.1f |\n", t->name, (long long)K, (long long)N, n, us,
                        wbytes / us * 1e-3, 2.0 * K * N * n / us * 1e-6);
+                /* token 0's row from the decode kernel vs the prefill path */
+                bk->buffer_download(dev, yb, 0, n == 1 ? y1 : y512, sizeof(float) * N);
             }
+            double num = 0, den = 0;
+            for (int64_t i = 0; i < N; i++) {
+                num += (double)(y1[i] - y512[i]) * (y1[i] - y512[i]);
+                den += (double)y512[i] * y512[i];
+            }
+            printf("|   | decode vs prefill row 0: rel. L2 diff %.2e | | | | |\n", den > 0 ? sqrt(num / den) : -1.0);
+            free(y1);
+            free(y512);
             bk->buffer_free(wb);
             bk->buffer_free(xb);
             bk->buffer_free(yb);

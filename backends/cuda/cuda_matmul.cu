@@ -79,6 +79,150 @@ static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
     }
 }
 
+/* ---- fast decode kernels for F16 and Q4_0 (the formats benchmarked
+ * against llama.cpp): lanes read consecutive 16-byte (F16) or 4-byte (Q4_0)
+ * pieces so that a warp's loads are contiguous, U steps of loads are issued
+ * before their use, and x comes from global memory through L1 (every warp
+ * of the SM reads the same x). A block of KCU_FAST_WARPS warps, one row
+ * each. Per token the sum order does not depend on the number of tokens. */
+#define KCU_FAST_WARPS 4
+#define KCU_FAST_U 4
+#define KCU_F16_R 2  /* rows per warp: x read once for R rows */
+#define KCU_Q40_R 4
+
+template <int R>
+static __device__ __forceinline__ void kcu_mmv_store(float (&acc)[R][KCU_MMV_MAX], float *y, uint64_t ys, int row0,
+                                                     int N, int nt, int lane) {
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) {
+            if (t >= nt) break;
+            float v = acc[r][t];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0 && row0 + r < N) y[(uint64_t)t * ys + row0 + r] = v;
+        }
+}
+
+template <int U, int R>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_f16_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
+                   int nt) {
+    const int lane = threadIdx.x & 31, row0 = (blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= N) return;
+    const int K8 = K / 8;
+    float acc[R][KCU_MMV_MAX];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) acc[r][t] = 0.0f;
+    for (int i0 = lane; i0 < K8; i0 += 32 * U) {
+        uint4 wv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int i = i0 + 32 * u;
+                wv[u][r] = i < K8 && row0 + r < N ? __ldg((const uint4 *)(w + (uint64_t)(row0 + r) * ws) + i)
+                                                  : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + 32 * u;
+            if (i >= K8) break;
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const float4 *xp = (const float4 *)(x + (uint64_t)t * xs) + 2 * i;
+                const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const __half2 *h = (const __half2 *)&wv[u][r];
+                    const float2 f0 = __half22float2(h[0]), f1 = __half22float2(h[1]);
+                    const float2 f2 = __half22float2(h[2]), f3 = __half22float2(h[3]);
+                    float sum = f0.x * a.x;
+                    sum = fmaf(f0.y, a.y, sum);
+                    sum = fmaf(f1.x, a.z, sum);
+                    sum = fmaf(f1.y, a.w, sum);
+                    sum = fmaf(f2.x, b.x, sum);
+                    sum = fmaf(f2.y, b.y, sum);
+                    sum = fmaf(f3.x, b.z, sum);
+                    sum = fmaf(f3.y, b.w, sum);
+                    acc[r][t] += sum;
+                }
+            }
+        }
+    }
+    kcu_mmv_store<R>(acc, y, ys, row0, N, nt, lane);
+}
+
+/* A nibble n (0..15) as the float n - 8, exactly, without a conversion
+ * instruction: 2^23 + n has n in its low mantissa bits. */
+static __device__ __forceinline__ float kcu_nib_m8(uint32_t n) {
+    return __int_as_float(0x4B000000 | n) - 8388616.0f;
+}
+
+/* Q4_0: 4 lanes per 18-byte block, lane quarter s holding qs bytes
+ * [4s, 4s + 4): elements 4s..4s+3 (low nibbles) and 16+4s..16+4s+3 (high). */
+template <int U, int R>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4_0_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
+                    int nt) {
+    const int lane = threadIdx.x & 31, row0 = (blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= N) return;
+    const int s = lane & 3, bl = lane >> 2;
+    const int nb = K / 32;
+    float acc[R][KCU_MMV_MAX];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) acc[r][t] = 0.0f;
+    for (int b0 = bl; b0 < nb; b0 += 8 * U) {
+        uint32_t qv[U][R];
+        float dv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int b = b0 + 8 * u;
+                if (b < nb && row0 + r < N) {
+                    const uint16_t *p = (const uint16_t *)(w + (uint64_t)(row0 + r) * ws + 18 * (uint64_t)b);
+                    dv[u][r] = __half2float(__ushort_as_half(__ldg(p)));
+                    qv[u][r] = (uint32_t)__ldg(p + 1 + 2 * s) | ((uint32_t)__ldg(p + 2 + 2 * s) << 16);
+                } else {
+                    dv[u][r] = 0.0f;
+                    qv[u][r] = 0x88888888u;
+                }
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b >= nb) break;
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const float *xp = x + (uint64_t)t * xs + 32 * (uint64_t)b + 4 * s;
+                const float4 a = __ldg((const float4 *)xp), c = __ldg((const float4 *)(xp + 16));
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const uint32_t q = qv[u][r];
+                    float sum = kcu_nib_m8(q & 0xF) * a.x;
+                    sum = fmaf(kcu_nib_m8((q >> 8) & 0xF), a.y, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 16) & 0xF), a.z, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 24) & 0xF), a.w, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 4) & 0xF), c.x, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 12) & 0xF), c.y, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 20) & 0xF), c.z, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 28) & 0xF), c.w, sum);
+                    acc[r][t] = fmaf(dv[u][r], sum, acc[r][t]);
+                }
+            }
+        }
+    }
+    kcu_mmv_store<R>(acc, y, ys, row0, N, nt, lane);
+}
+
 /* Rows of w to dense F16, one group per thread. */
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
@@ -87,9 +231,14 @@ static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t
         const int64_t r = i / groups_per_row, g = i % groups_per_row;
         float v[32];
         kcu_dq32<T>(w + (uint64_t)r * ws, g, v);
-        __half2 *o = (__half2 *)(dst + 32 * i);
+        uint4 *o = (uint4 *)(dst + 32 * i); /* 64 bytes: four 16-byte stores */
 #pragma unroll
-        for (int j = 0; j < 16; j++) o[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+        for (int j = 0; j < 4; j++) {
+            __half2 h[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) h[k] = __floats2half2_rn(v[8 * j + 2 * k], v[8 * j + 2 * k + 1]);
+            o[j] = *(const uint4 *)h;
+        }
     }
 }
 
@@ -143,6 +292,21 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     const float *xp = (const float *)kcu_tensor_ptr(x);
     float *yp = (float *)kcu_tensor_ptr(dst);
     const uint64_t xs = x->row_stride / 4, ys = dst->row_stride / 4;
+    const bool x16 = ((uintptr_t)xp % 16 == 0) && (x->row_stride % 16 == 0);
+    if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
+        const int rpb = KCU_FAST_WARPS * KCU_F16_R;
+        mmv_f16_kernel<KCU_FAST_U, KCU_F16_R><<<(unsigned)((N + rpb - 1) / rpb), KCU_FAST_WARPS * 32, 0, dev->stream>>>(
+            wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt);
+        KCU_LAUNCHED("matrix-vector product (f16)");
+        return KILN_OK;
+    }
+    if (x16 && w->type == KCU_Q4_0) {
+        const int rpb = KCU_FAST_WARPS * KCU_Q40_R;
+        mmv_q4_0_kernel<KCU_FAST_U, KCU_Q40_R><<<(unsigned)((N + rpb - 1) / rpb), KCU_FAST_WARPS * 32, 0,
+                                                  dev->stream>>>(wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt);
+        KCU_LAUNCHED("matrix-vector product (q4_0)");
+        return KILN_OK;
+    }
 #define MMV(T_)                                                                                          \
     case T_:                                                                                             \
         if (smem > 48 * 1024)                                                                            \

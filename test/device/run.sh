@@ -84,7 +84,7 @@ fi
 
 if has ops; then
     mkdir -p build/bench
-    cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -o build/bench/backend_ops &&
+    cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops &&
         build/bench/backend_ops build/libkiln-cuda.so "${KILN_OPS_REPS:-50}" 2>&1 | tee "$OUT/ops.log"
     note "ops: see above"
 fi
