@@ -83,8 +83,12 @@ class Server:
             time.sleep(0.05)
         raise RuntimeError("kiln-server did not start: " + open(self.log).read())
 
-    def request(self, method, path, body=None, timeout=120):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+    def connect(self, timeout=120):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, conn=None):
+        """One request; on a new connection, or on conn (kept alive)."""
+        c = conn or self.connect()
         try:
             data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
             c.request(method, path, body=data, headers={"Content-Type": "application/json"})
@@ -92,15 +96,16 @@ class Server:
             raw = r.read()
             return r.status, raw
         finally:
-            c.close()
+            if not conn:
+                c.close()
 
     def json(self, method, path, body=None):
         st, raw = self.request(method, path, body)
         return st, json.loads(raw)
 
-    def stream(self, path, body):
+    def stream(self, path, body, conn=None):
         """Returns (status, text, final chunks) of a streamed generation."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        c = conn or self.connect()
         try:
             c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
             r = c.getresponse()
@@ -125,7 +130,8 @@ class Server:
                 raise RuntimeError("stream without [DONE]")
             return 200, text, events
         finally:
-            c.close()
+            if not conn:
+                c.close()
 
     def metrics(self):
         st, raw = self.request("GET", "/metrics")
@@ -138,10 +144,11 @@ class Server:
             out[name] = out.get(name, 0) + float(value)
         return out
 
-    def wait_sleeping(self, want=True, timeout=10):
+    def wait_sleeping(self, want=True, timeout=10, conn=None):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            st, h = self.json("GET", "/health")
+            st, raw = self.request("GET", "/health", conn=conn)
+            h = json.loads(raw)
             if all(m["sleeping"] == want for m in h["models"]):
                 return True
             time.sleep(0.01)
@@ -311,24 +318,29 @@ def main():
     # load_baseline: 1000 requests with offloads, 50 sleep cycles
     n_req = 1000
     srv.request("POST", "/slots/erase")
+    time.sleep(0.3)  # connections that just closed finish their cleanup
     base = srv.metrics()
     convs = ["%s %d" % (PROMPTS[i % 4], i) for i in range(8)]
     failures = []
     t0 = time.time()
 
     def loader(k):
+        conn = srv.connect()  # kept alive: one server thread per client
         for i in range(k, n_req, 4):
             try:
                 body = dict(prompt=convs[i % 8], max_tokens=2 + i % 3, temperature=0 if i % 2 else 0.7,
                             seed=i, stream=bool(i % 5 == 0))
                 if body["stream"]:
-                    st, _, _ = srv.stream("/v1/completions", body)
+                    st, _, _ = srv.stream("/v1/completions", body, conn)
                 else:
-                    st, _ = srv.request("POST", "/v1/completions", body)
+                    st, _ = srv.request("POST", "/v1/completions", body, conn)
                 if st != 200:
                     failures.append(st)
             except Exception as ex:  # noqa: BLE001
                 failures.append(repr(ex))
+                conn.close()
+                conn = srv.connect()
+        conn.close()
 
     ts = [threading.Thread(target=loader, args=(k,)) for k in range(4)]
     for t in ts:
@@ -339,19 +351,26 @@ def main():
     sleeps_before = srv.metrics()["kiln_suspends_total"]
     t0 = time.time()
     slept = 0
+    conn = srv.connect()
     for i in range(50):
-        if srv.wait_sleeping(True):
+        if srv.wait_sleeping(True, conn=conn):
             slept += 1
-        st, _ = srv.request("POST", "/v1/completions", dict(prompt=convs[i % 8], max_tokens=2, temperature=0))
+        st, _ = srv.request("POST", "/v1/completions", dict(prompt=convs[i % 8], max_tokens=2, temperature=0), conn)
         if st != 200:
             failures.append(st)
     t_sleep = time.time() - t0
+    conn.close()
     srv.request("POST", "/slots/erase")
-    final = srv.metrics()
     keys = ["kiln_server_alloc_bytes", "kiln_server_alloc_blocks", "kiln_kv_blocks_device", "kiln_kv_bytes_host",
             "kiln_kv_sequences_offloaded", "kiln_pool_bytes_in_use", "kiln_pool_bytes_cached", "kiln_slots_busy"]
-    diffs = ["%s %g -> %g" % (k, base[k], final[k]) for k in keys if base[k] != final[k]]
-    heap_growth = final["kiln_process_heap_bytes"] - base["kiln_process_heap_bytes"]
+    deadline = time.time() + 5  # a connection closing may still hold its request state for a moment
+    while True:
+        final = srv.metrics()
+        diffs = ["%s %g -> %g" % (k, base[k], final[k]) for k in keys if base[k] != final[k]]
+        heap_growth = final["kiln_process_heap_bytes"] - base["kiln_process_heap_bytes"]
+        if (not diffs and heap_growth <= 256 * 1024) or time.time() > deadline:
+            break
+        time.sleep(0.1)
     n_sleeps = final["kiln_suspends_total"] - sleeps_before
     n_off = final["kiln_offloads_total"] - base["kiln_offloads_total"]
     if heap_growth > 256 * 1024:

@@ -60,6 +60,8 @@ static int parse_num(const char *opt, const char *s, double lo, double hi, doubl
     return 1;
 }
 
+static void on_signal(int sig) { (void)sig; }
+
 static const char *base_name(const char *path) {
     const char *b = strrchr(path, '/');
     return b ? b + 1 : path;
@@ -195,6 +197,12 @@ int main(int argc, char **argv) {
 
     /* Signals are taken by sigwait in this thread only: block them before
      * any thread starts (threads inherit the mask). */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal; /* not SIG_IGN (a background job's SIGINT): sigwait must see it */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
