@@ -87,8 +87,6 @@ static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
  * each. Per token the sum order does not depend on the number of tokens. */
 #define KCU_FAST_WARPS 4
 #define KCU_FAST_U 4
-#define KCU_F16_R 2  /* rows per warp: x read once for R rows */
-#define KCU_Q40_R 4
 
 template <int R>
 static __device__ __forceinline__ void kcu_mmv_store(float (&acc)[R][KCU_MMV_MAX], float *y, uint64_t ys, int row0,
@@ -293,17 +291,27 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     float *yp = (float *)kcu_tensor_ptr(dst);
     const uint64_t xs = x->row_stride / 4, ys = dst->row_stride / 4;
     const bool x16 = ((uintptr_t)xp % 16 == 0) && (x->row_stride % 16 == 0);
+    /* kernel variants (U load steps in flight, R rows per warp), chosen by
+     * measurement (bench/NOTES.md); KILN_CUDA_MMV=0..3 picks one for
+     * benchmarking */
+    const int v = dev->mmv_variant;
+#define FAST(K_, U_, R_)                                                                                        \
+    K_<U_, R_><<<(unsigned)((N + KCU_FAST_WARPS * R_ - 1) / (KCU_FAST_WARPS * R_)), KCU_FAST_WARPS * 32, 0,    \
+                 dev->stream>>>(wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt)
     if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
-        const int rpb = KCU_FAST_WARPS * KCU_F16_R;
-        mmv_f16_kernel<KCU_FAST_U, KCU_F16_R><<<(unsigned)((N + rpb - 1) / rpb), KCU_FAST_WARPS * 32, 0, dev->stream>>>(
-            wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt);
+        if (v == 1) FAST(mmv_f16_kernel, 4, 1);
+        else if (v == 2) FAST(mmv_f16_kernel, 8, 1);
+        else if (v == 3) FAST(mmv_f16_kernel, 2, 2);
+        else FAST(mmv_f16_kernel, 4, 2);
         KCU_LAUNCHED("matrix-vector product (f16)");
         return KILN_OK;
     }
     if (x16 && w->type == KCU_Q4_0) {
-        const int rpb = KCU_FAST_WARPS * KCU_Q40_R;
-        mmv_q4_0_kernel<KCU_FAST_U, KCU_Q40_R><<<(unsigned)((N + rpb - 1) / rpb), KCU_FAST_WARPS * 32, 0,
-                                                  dev->stream>>>(wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt);
+        if (v == 1) FAST(mmv_q4_0_kernel, 8, 1);
+        else if (v == 2) FAST(mmv_q4_0_kernel, 4, 2);
+        else if (v == 3) FAST(mmv_q4_0_kernel, 2, 1);
+        else FAST(mmv_q4_0_kernel, 4, 1);
+#undef FAST
         KCU_LAUNCHED("matrix-vector product (q4_0)");
         return KILN_OK;
     }
