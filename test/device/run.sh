@@ -86,7 +86,7 @@ if has ops; then
     mkdir -p build/bench
     cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops &&
         build/bench/backend_ops build/libkiln-cuda.so "${KILN_OPS_REPS:-50}" 2>&1 | tee "$OUT/ops.log"
-    for v in 1 2 3; do  # decode kernel variants, F16 and Q4_0, one token
+    for v in 1 2 3 4; do  # decode kernel variants, F16 and Q4_0 (4: float x), one token
         echo "variant $v"
         KILN_CUDA_MMV=$v BENCH_TYPES=f16,q4_0 BENCH_NS=,1,8, build/bench/backend_ops build/libkiln-cuda.so \
             "${KILN_OPS_REPS:-50}" 2>&1 | grep -v 'rel. L2' | tee -a "$OUT/ops.log"
@@ -103,15 +103,21 @@ if has bench; then
 fi
 
 if has big; then
-    for spec in ${KILN_BIG:-mistral-7b:q4_0 mistral-7b:f16}; do
+    for spec in ${KILN_BIG:-mistral-7b:q4_0 mistral-7b:f16 mistral-7b:q4_k_m mistral-7b:q8_0}; do
         shape=${spec%%:*}; type=${spec##*:}
         f=/tmp/$shape-$type.gguf
+        t0=$(date +%s)
         if [ -x build/bin/kiln-gen-model ]; then
             [ -f "$f" ] || build/bin/kiln-gen-model --shape "$shape" --type "$type" \
                 --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" >"$OUT/gen-$shape-$type.log" 2>&1
         fi
-        [ -f "$f" ] || { note "big $spec: no model"; continue; }
-        build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 3 | tee -a "$OUT/bench-big.log"
+        [ -f "$f" ] || { note "big $spec: no model"; tail -n 3 "$OUT/gen-$shape-$type.log"; continue; }
+        note "big $spec: generated in $(( $(date +%s) - t0 )) s"
+        { build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+          build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
+          build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -s 8 -r 2 2>&1 | tail -n 1
+        } | tee -a "$OUT/bench-big.log"
+        [ -n "${KILN_BIG_KEEP:-}" ] || rm -f "$f"
     done
 fi
 
