@@ -407,7 +407,8 @@ int main(int argc, char **argv) {
             }
             double g_f64, g_ll, g_kn, g_ke;
             const int a_f64 = top2(NULL, ref, nv, &g_f64), a_ll = top2(ll, NULL, nv, &g_ll);
-            const int a_kn = top2(kn + (size_t)r * nv, NULL, nv, &g_kn), a_ke = top2(ke + (size_t)r * nv, NULL, nv, &g_ke);
+            const int a_kn = top2(kn + (size_t)r * nv, NULL, nv, &g_kn);
+            const int a_ke = top2(ke + (size_t)r * nv, NULL, nv, &g_ke);
             agree[0] += a_kn == a_f64;
             agree[1] += a_ke == a_f64;
             agree[2] += a_ll == a_f64;

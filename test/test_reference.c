@@ -192,7 +192,8 @@ static void check_model(const char *name, int quantized, int emulate) {
     double mean_kl = s.rows ? s.kl_sum / s.rows : 1;
     double agree = s.rows ? (double)s.argmax_same / s.rows : 0;
     printf("  %s%s: rows %ld, max |diff| %.4f, mean KL %.6f, argmax agree %.2f%%, top-2-gap argmax %ld/%ld\n",
-           name, emulate ? " (llama.cpp attention)" : "", s.rows, s.max_diff, mean_kl, 100 * agree, s.argmax_ok, s.argmax_checked);
+           name, emulate ? " (llama.cpp attention)" : "", s.rows, s.max_diff, mean_kl, 100 * agree, s.argmax_ok,
+           s.argmax_checked);
     /* The README's bounds. Where one is not met the case is reported as
      * "bound not met" (counted as skipped, the numbers printed) as long as
      * it stays inside a guard band five times wider; past the guard band it
