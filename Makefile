@@ -308,6 +308,8 @@ endif
 endif
 
 -include $(sort $(wildcard backends/*/plugin.mk))
+# kiln-server (examples/server): built when its HTTP and JSON libraries are found
+-include examples/server/server.mk
 
 plugins: $(PLUGINS)
 	$(if $(strip $(PLUGIN_NOTES)),@echo '$(strip $(PLUGIN_NOTES))')
