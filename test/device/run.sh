@@ -7,7 +7,8 @@
 #   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
 # steps (default: build ref life bench): build, ref, life, san, bench, mem
 # (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
-# synthetic 7B shapes), big (random 7B-shaped models; needs the generator).
+# synthetic 7B shapes), big (random 7B-shaped models; needs the generator),
+# pin (two GPUs: device pinning with GPU 0 nearly full).
 # Models and references are read from $KILN_SHARED (models/, reference/);
 # whatever is missing is skipped. Logs go to $OUT when set.
 set -u
@@ -80,6 +81,24 @@ if has mem; then
         build/cuda_mem "$m" "${KILN_MEM_CYCLES:-200}" 2>&1 | tee "$OUT/cuda_mem.log" | tail -n 20
         note "cuda_mem: $(tail -n 1 "$OUT/cuda_mem.log")"
     fi
+fi
+
+if has pin; then  # needs 2+ GPUs: another process holds ~95% of GPU 0, kiln runs on GPU 1
+    cc -O2 -Wall -Wextra -Iinclude test/device/cuda_pinning.c build/libkiln.a -lm -lpthread -ldl \
+        -o build/cuda_pinning || note "cuda_pinning: build failed"
+    python3 -c '
+import torch, time, sys
+f, t = torch.cuda.mem_get_info(0)
+x = torch.empty(int(t * 0.95) - (t - f), dtype=torch.uint8, device="cuda:0")
+f2, _ = torch.cuda.mem_get_info(0)
+print("hog: holds %d MiB of GPU 0, %d MiB free" % (x.numel() >> 20, f2 >> 20), flush=True)
+time.sleep(300)' >"$OUT/hog.log" 2>&1 &
+    hog=$!
+    for i in $(seq 60); do grep -q "hog:" "$OUT/hog.log" && break; sleep 1; done
+    cat "$OUT/hog.log"
+    build/cuda_pinning models/tiny-target-q4_k_m.gguf 1 2>&1 | tee "$OUT/pinning.log"
+    note "pinning: $(tail -n 1 "$OUT/pinning.log")"
+    kill $hog 2>/dev/null; wait $hog 2>/dev/null
 fi
 
 if has ops; then
