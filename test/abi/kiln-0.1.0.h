@@ -198,6 +198,15 @@ static inline void kiln_model_info_init(kiln_model_info *info) {
 /* Fills *info (up to info->struct_size bytes). Thread-safe. */
 KILN_API kiln_status kiln_model_get_info(const kiln_model *model, kiln_model_info *info);
 
+/* Copies the string value of the model file's GGUF metadata key `key`
+ * (e.g. "tokenizer.chat_template") into buf, NUL-terminated; *n_out is the
+ * size including the NUL. Size protocol as at the top of this file.
+ * Returns KILN_E_INVALID_ARG (NULL argument, or the key's value is not a
+ * string), KILN_E_NOT_FOUND (no such key), KILN_E_BUFFER_TOO_SMALL.
+ * Thread-safe. Since: 0.1.0 (added with kiln-server). */
+KILN_API kiln_status kiln_model_meta_str(const kiln_model *model, const char *key, char *buf,
+                                         size_t capacity, size_t *n_out);
+
 /* ------------------------------------------------------------------------ */
 /* Quantization (a model file to a model file)                              */
 /* ------------------------------------------------------------------------ */
