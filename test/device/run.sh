@@ -128,7 +128,7 @@ if has big; then
         t0=$(date +%s)
         if [ -x build/bin/kiln-gen-model ]; then
             [ -f "$f" ] || build/bin/kiln-gen-model --shape "$shape" --type "$type" \
-                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" >"$OUT/gen-$shape-$type.log" 2>&1
+                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" -q >"$OUT/gen-$shape-$type.log" 2>&1
         fi
         [ -f "$f" ] || { note "big $spec: no model"; tail -n 3 "$OUT/gen-$shape-$type.log"; continue; }
         note "big $spec: generated in $(( $(date +%s) - t0 )) s"
