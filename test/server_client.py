@@ -65,11 +65,25 @@ def skip(name, why):
     counts["skip"] += 1
 
 
+# KILN_BACKEND=cuda (the GPU machine, test/device/server.sh): every model
+# is pinned to device 0 of that backend, and kiln-run uses it too.
+BACKEND = os.environ.get("KILN_BACKEND", "")
+
+
+def pinned(args):
+    """-m FILE -> -m FILE@BACKEND:0 (unless already pinned) under KILN_BACKEND."""
+    args = list(args)
+    for i in range(len(args) - 1):
+        if BACKEND and args[i] == "-m" and "@" not in args[i + 1]:
+            args[i + 1] += "@%s:0" % BACKEND
+    return args
+
+
 class Server:
     def __init__(self, *args, name="server"):
         self.log = os.path.join(TMP, name + ".log")
         self.errf = open(self.log, "w")
-        self.proc = subprocess.Popen([SERVER] + list(args), stdout=subprocess.DEVNULL, stderr=self.errf)
+        self.proc = subprocess.Popen([SERVER] + pinned(args), stdout=subprocess.DEVNULL, stderr=self.errf)
         self.port = None
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -167,7 +181,8 @@ class Server:
 
 
 def kiln_run(model, prompt, n):
-    out = subprocess.run([RUN, "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "1"],
+    out = subprocess.run([RUN, "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "1"] +
+                         (["--backend", BACKEND] if BACKEND else []),
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True).stdout.decode()
     assert out.startswith(prompt) and out.endswith("\n"), out
     return out[len(prompt):-1]
@@ -586,7 +601,7 @@ def draft_multi_model():
     if not (SHARED and os.path.exists(target) and os.path.exists(draft)):
         skip("draft_multi_model", "../shared models not found")
         return
-    srv = Server("-m", target + "@cpu:0", "--draft", draft, "-m", MODEL, "--alias", "small", "--slots", "2",
+    srv = Server("-m", target + ("" if BACKEND else "@cpu:0"), "--draft", draft, "-m", MODEL, "--alias", "small", "--slots", "2",
                  "-c", "1024", "-t", "1", "--sleep-idle", "0.1", "--sleep-level", "2", name="draft")
     errs = []
     try:
