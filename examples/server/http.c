@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -794,6 +795,14 @@ static enum MHD_Result handle_metrics(srv_server *S, struct MHD_Connection *c) {
     bad |= srv_buf_printf(&o, "kiln_server_alloc_blocks %llu\n", U64(live_blocks));
     bad |= metric(&o, "kiln_process_heap_bytes", "gauge", "malloc'd bytes in use in the whole process (mallinfo2).");
     bad |= srv_buf_printf(&o, "kiln_process_heap_bytes %llu\n", U64(mi.uordblks + mi.hblkhd));
+    unsigned long long pages_total = 0, pages_rss = 0;
+    FILE *statm = fopen("/proc/self/statm", "r");
+    if (statm) {
+        if (fscanf(statm, "%llu %llu", &pages_total, &pages_rss) != 2) pages_rss = 0;
+        fclose(statm);
+    }
+    bad |= metric(&o, "kiln_process_resident_bytes", "gauge", "Resident memory of the process (/proc/self/statm).");
+    bad |= srv_buf_printf(&o, "kiln_process_resident_bytes %llu\n", pages_rss * (unsigned long long)sysconf(_SC_PAGESIZE));
     bad |= metric(&o, "kiln_uptime_seconds", "gauge", "Seconds since the server started.");
     bad |= srv_buf_printf(&o, "kiln_uptime_seconds %.3f\n", srv_now() - S->t_start);
 #undef U64
