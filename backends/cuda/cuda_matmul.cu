@@ -340,6 +340,80 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     }
 }
 
+/* The same products with the weights staged through shared memory: the
+ * warp reads 8*U blocks of its row with 16-byte loads (a row of K = 4096 in
+ * two steps), then each lane reads its quarter-block from shared memory.
+ * One 16-byte load replaces three 2-byte loads per lane and block (blocks
+ * of 18 and 34 bytes allow nothing wider in place). Needs rows that are a
+ * multiple of 8 blocks starting 16-byte aligned. */
+template <int T, int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q8x_staged_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys,
+                          int N, int K, int nt) {
+    constexpr int BB = T == KCU_Q4_0 ? 18 : 34; /* block bytes */
+    __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x * KCU_FAST_WARPS + warp;
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
+    uint8_t *my = sm[warp];
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int c0 = 0; c0 < nb; c0 += 8 * U) {
+        const int nblk = nb - c0 < 8 * U ? nb - c0 : 8 * U; /* a multiple of 8 */
+        const int n16 = nblk * BB / 16;
+        __syncwarp();
+        const uint4 *src = wr + (uint64_t)c0 * BB / 16;
+#pragma unroll
+        for (int i = 0; i < (8 * U * BB / 16 + 31) / 32; i++) {
+            const int j = lane + 32 * i;
+            if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int lb = bl + 8 * u, b = c0 + lb;
+            if (lb >= nblk) break;
+            const uint16_t *p = (const uint16_t *)(my + lb * BB);
+            const float dw = __half2float(__ushort_as_half(p[0]));
+            int w0, w1;
+            if (T == KCU_Q4_0) {
+                const uint32_t q = (uint32_t)p[1 + 2 * s] | ((uint32_t)p[2 + 2 * s] << 16);
+                w0 = (int)__vsub4(q & 0x0F0F0F0Fu, 0x08080808u);
+                w1 = (int)__vsub4((q >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+            } else {
+                w0 = (int)((uint32_t)p[1 + 4 * s] | ((uint32_t)p[2 + 4 * s] << 16));
+                w1 = (int)((uint32_t)p[3 + 4 * s] | ((uint32_t)p[4 + 4 * s] << 16));
+            }
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
+                int x0, x1;
+                if (T == KCU_Q4_0) {
+                    x0 = __ldg((const int *)(xp + 4 * s));
+                    x1 = __ldg((const int *)(xp + 16 + 4 * s));
+                } else {
+                    const int2 xv = __ldg((const int2 *)(xp + 8 * s));
+                    x0 = xv.x;
+                    x1 = xv.y;
+                }
+                const int sum = __dp4a(w1, x1, __dp4a(w0, x0, 0));
+                acc[t] = fmaf(dw * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
 /* Rows of w to dense F16, one group per thread. */
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
@@ -426,7 +500,14 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
         float *xd = (float *)(xq + (uint64_t)nt * K); /* K is a multiple of 32: aligned */
         quant_x_q8_kernel<<<dim3((unsigned)((nb + 3) / 4), (unsigned)nt), 128, 0, dev->stream>>>(xp, xs, (int)K, xq, xd);
         const unsigned grid = (unsigned)((N + KCU_FAST_WARPS - 1) / KCU_FAST_WARPS);
-        if (w->type == KCU_Q4_0)
+        const bool staged = v != 5 && nb % 8 == 0 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0;
+        if (staged && w->type == KCU_Q4_0)
+            mmv_q8x_staged_kernel<KCU_Q4_0, 8><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(
+                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
+        else if (staged)
+            mmv_q8x_staged_kernel<KCU_Q8_0, 4><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(
+                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
+        else if (w->type == KCU_Q4_0)
             mmv_q4_0_q8_kernel<8><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(wp, w->row_stride, xq, xd, yp, ys, N,
                                                                               (int)K, nt);
         else

@@ -105,7 +105,7 @@ if has ops; then
     mkdir -p build/bench
     cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops &&
         build/bench/backend_ops build/libkiln-cuda.so "${KILN_OPS_REPS:-50}" 2>&1 | tee "$OUT/ops.log"
-    for v in 1 2 3 4; do  # decode kernel variants, F16 and Q4_0 (4: float x), one token
+    for v in 1 3 4 5; do  # decode kernel variants, F16 and Q4_0 (4: float x, 5: unstaged int8), one token
         echo "variant $v"
         KILN_CUDA_MMV=$v BENCH_TYPES=f16,q4_0 BENCH_NS=,1,8, build/bench/backend_ops build/libkiln-cuda.so \
             "${KILN_OPS_REPS:-50}" 2>&1 | grep -v 'rel. L2' | tee -a "$OUT/ops.log"
@@ -128,7 +128,7 @@ if has big; then
         t0=$(date +%s)
         if [ -x build/bin/kiln-gen-model ]; then
             [ -f "$f" ] || build/bin/kiln-gen-model --shape "$shape" --type "$type" \
-                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" >"$OUT/gen-$shape-$type.log" 2>&1
+                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" -q >"$OUT/gen-$shape-$type.log" 2>&1
         fi
         [ -f "$f" ] || { note "big $spec: no model"; tail -n 3 "$OUT/gen-$shape-$type.log"; continue; }
         note "big $spec: generated in $(( $(date +%s) - t0 )) s"
