@@ -13,6 +13,8 @@ Cases (one "ok NAME" / "FAIL NAME: why" line each, then the kt: totals):
   returning               a conversation that comes back after its slot was offloaded
                           re-evaluates only its new tokens (usage.cached_tokens, /metrics)
                           and still gives kiln-run's text
+  shared_prefix           a new conversation sharing a long beginning with another slot's
+                          takes a copy of its KV blocks (kiln_kv_seq_cp), same text
   stop                    stop strings cut the text, finish_reason "stop"
   sleep_wake              the context sleeps after --sleep-idle and the next request
                           wakes it with the same text
@@ -266,6 +268,22 @@ def main():
         ok("returning (%d of %d prompt tokens cached, %d evaluated in 2 requests)" % (cached, n_p2, evaluated))
     else:
         bad("returning", "st %s text %r vs %r cached %s of %s restores %s" % (st2, t2, exp2, cached, n_p2, restores))
+
+    # shared_prefix: a new conversation that shares a long beginning with
+    # another slot's takes a copy of those KV blocks (its slot was offloaded)
+    system = ("The words of the Preacher, the son of David, king in Jerusalem. Vanity of vanities, saith the "
+              "Preacher, vanity of vanities; all is vanity.")
+    before = srv.metrics()
+    st1, _, j1 = completion(srv, system + " What profit hath a man", 48)
+    py = system + " One generation passeth away, and another"
+    st2, t2, j2 = completion(srv, py, N_GEN)
+    after = srv.metrics()
+    cached = j2["usage"]["prompt_tokens_details"]["cached_tokens"] if st2 == 200 else -1
+    copies = after["kiln_prefix_copies_total"] - before["kiln_prefix_copies_total"]
+    if st1 == 200 and st2 == 200 and t2 == kiln_run(MODEL, py, N_GEN) and cached >= 16 and copies == 1:
+        ok("shared_prefix (%d of %d prompt tokens from another slot)" % (cached, j2["usage"]["prompt_tokens"]))
+    else:
+        bad("shared_prefix", "st %s %s cached %s copies %s %r" % (st1, st2, cached, copies, t2))
 
     # stop strings
     exp = expected[PROMPTS[0]]
