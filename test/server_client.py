@@ -91,7 +91,9 @@ class Server:
     def __init__(self, *args, name="server"):
         self.log = os.path.join(TMP, name + ".log")
         self.errf = open(self.log, "w")
-        self.proc = subprocess.Popen([SERVER] + pinned(args), stdout=subprocess.DEVNULL, stderr=self.errf)
+        # --port 0: the kernel picks a free port; the server prints it
+        self.proc = subprocess.Popen([SERVER, "--port", "0"] + pinned(args), stdout=subprocess.DEVNULL,
+                                     stderr=self.errf)
         self.port = None
         deadline = time.time() + 60
         while time.time() < deadline:
