@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda_internal.cuh"
 
@@ -270,6 +271,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     {
         const char *v = getenv("KILN_CUDA_MMV");
         dev->mmv_variant = v ? atoi(v) : 0;
+        const char *pr = getenv("KILN_CUDA_PROFILE");
+        dev->profile = pr && *pr && strcmp(pr, "0") != 0;
     }
     kiln_status st = KILN_OK;
     cudaError_t e;
@@ -281,6 +284,10 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     }
     cudaDeviceGetAttribute(&dev->sm_count, cudaDevAttrMultiProcessorCount, index);
     if ((st = stage_reserve(dev, KCU_STAGE_MIN))) goto fail;
+    if (dev->profile && (cudaEventCreate(&dev->ev0) != cudaSuccess || cudaEventCreate(&dev->ev1) != cudaSuccess)) {
+        (void)cudaGetLastError();
+        dev->profile = false;
+    }
     {
         cudaDeviceProp prop;
         cudaGetDeviceProperties(&prop, index);
@@ -305,6 +312,16 @@ static void cuda_device_close(kiln_bk_device *dev) {
         if (g) cudaGraphDestroy(g);
     }
     if (dev->stream) cudaStreamSynchronize(dev->stream);
+    if (dev->profile) {
+        if (dev->prof_n)
+            kcu_log(dev, KILN_LOG_ERROR,
+                    "cuda profile: %llu graph launches of %llu nodes: GPU %.3f ms each, %.3f ms wall from one "
+                    "launch to the next",
+                    (unsigned long long)dev->prof_n, (unsigned long long)dev->prof_nodes,
+                    dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n);
+        if (dev->ev0) cudaEventDestroy(dev->ev0);
+        if (dev->ev1) cudaEventDestroy(dev->ev1);
+    }
     graphs_clear(dev);
     kcu_xq_release(dev);
     pool_detach_in_use(dev);
@@ -751,6 +768,12 @@ static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
     kcu_xq_release(dev);
     /* the staged inputs of the last launch must have been read */
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "graph_begin: synchronize");
+    if (dev->profile && dev->ev_pending) {
+        float ms = 0;
+        cudaEventElapsedTime(&ms, dev->ev0, dev->ev1);
+        dev->prof_gpu_ms += ms;
+        dev->ev_pending = false;
+    }
     if (dev->stage_cap < (1u << 20) && (st = stage_reserve(dev, 1u << 20))) return st;
     dev->stage_used = 0;
     dev->graph_failed = false;
@@ -791,7 +814,22 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
                 *redo = 1;
                 return KILN_OK;
             }
+            if (dev->profile) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                const double now = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+                if (dev->prof_last_end > 0) {
+                    dev->prof_wall_ms += now - dev->prof_last_end;
+                    dev->prof_n++;
+                }
+                dev->prof_last_end = now;
+                cudaEventRecord(dev->ev0, dev->stream);
+            }
             KCU_CHECK(cudaGraphLaunch(dev->graphs[i].exec, dev->stream), "graph launch");
+            if (dev->profile) {
+                cudaEventRecord(dev->ev1, dev->stream);
+                dev->ev_pending = true;
+            }
             return KILN_OK;
         }
         *redo = 1;
@@ -801,6 +839,11 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     cudaError_t e = cudaStreamEndCapture(dev->stream, &g);
     cudaGraphExec_t exec = NULL;
     if (e == cudaSuccess && !dev->graph_failed) e = cudaGraphInstantiate(&exec, g, 0);
+    if (e == cudaSuccess && g && dev->profile) {
+        size_t nn = 0;
+        cudaGraphGetNodes(g, NULL, &nn);
+        dev->prof_nodes = nn;
+    }
     if (g) cudaGraphDestroy(g);
     if (e != cudaSuccess || dev->graph_failed) {
         (void)cudaGetLastError();

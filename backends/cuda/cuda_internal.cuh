@@ -130,6 +130,13 @@ struct kiln_bk_device {
     struct kcu_graph graphs[KCU_MAX_GRAPHS];
     int n_graphs;
     bool graph_failed;       /* an operation failed while capturing */
+    /* KILN_CUDA_PROFILE=1: GPU time of graph launches and wall time between
+     * them, printed at close (how much of a decode step is host work) */
+    bool profile;
+    cudaEvent_t ev0, ev1;
+    bool ev_pending;
+    double prof_gpu_ms, prof_wall_ms, prof_last_end;
+    uint64_t prof_n, prof_nodes;
 };
 
 /* ---- launches ----
