@@ -128,13 +128,14 @@ if has big; then
         t0=$(date +%s)
         if [ -x build/bin/kiln-gen-model ]; then
             [ -f "$f" ] || build/bin/kiln-gen-model --shape "$shape" --type "$type" \
-                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" >"$OUT/gen-$shape-$type.log" 2>&1
+                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" -q >"$OUT/gen-$shape-$type.log" 2>&1
         fi
         [ -f "$f" ] || { note "big $spec: no model"; tail -n 3 "$OUT/gen-$shape-$type.log"; continue; }
         note "big $spec: generated in $(( $(date +%s) - t0 )) s"
         { build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -s 8 -r 2 2>&1 | tail -n 1
+          KILN_CUDA_PROFILE=1 build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -r 1 2>&1 | grep "cuda profile"
         } | tee -a "$OUT/bench-big.log"
         [ -n "${KILN_BIG_KEEP:-}" ] || rm -f "$f"
     done
