@@ -205,6 +205,9 @@ static void slot_finish(srv_engine *e, srv_slot *s, const char *reason, int flus
     pthread_mutex_unlock(&r->mu);
     e->work.n_requests++;
     e->work.n_prompt_tokens += r->n_prompt;
+    if (e->cfg.verbose)
+        fprintf(stderr, "kiln-server: %s: %s on slot %d: %zu prompt tokens (%u cached), %d generated, %s\n", e->name,
+                r->id, (int)s->id, r->n_prompt, r->n_cached, (int)s->n_gen, reason);
     slot_release(e, s);
 }
 
