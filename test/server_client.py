@@ -65,11 +65,25 @@ def skip(name, why):
     counts["skip"] += 1
 
 
+# KILN_BACKEND=cuda (the GPU machine, test/device/server.sh): every model
+# is pinned to device 0 of that backend, and kiln-run uses it too.
+BACKEND = os.environ.get("KILN_BACKEND", "")
+
+
+def pinned(args):
+    """-m FILE -> -m FILE@BACKEND:0 (unless already pinned) under KILN_BACKEND."""
+    args = list(args)
+    for i in range(len(args) - 1):
+        if BACKEND and args[i] == "-m" and "@" not in args[i + 1]:
+            args[i + 1] += "@%s:0" % BACKEND
+    return args
+
+
 class Server:
     def __init__(self, *args, name="server"):
         self.log = os.path.join(TMP, name + ".log")
         self.errf = open(self.log, "w")
-        self.proc = subprocess.Popen([SERVER] + list(args), stdout=subprocess.DEVNULL, stderr=self.errf)
+        self.proc = subprocess.Popen([SERVER] + pinned(args), stdout=subprocess.DEVNULL, stderr=self.errf)
         self.port = None
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -167,7 +181,8 @@ class Server:
 
 
 def kiln_run(model, prompt, n):
-    out = subprocess.run([RUN, "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "1"],
+    out = subprocess.run([RUN, "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "-t", "1"] +
+                         (["--backend", BACKEND] if BACKEND else []),
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=True).stdout.decode()
     assert out.startswith(prompt) and out.endswith("\n"), out
     return out[len(prompt):-1]
@@ -382,6 +397,29 @@ def main():
         bad("load_baseline", "failures %s, diffs %s, slept %d, suspends %d, offloads %d"
             % (failures[:5], diffs, slept, n_sleeps, n_off))
 
+    # disconnect: a client that leaves mid-stream frees its slot
+    g0 = srv.metrics()["kiln_generated_tokens_total"]
+    c = srv.connect()
+    c.request("POST", "/v1/completions", body=json.dumps(dict(prompt=PROMPTS[3], max_tokens=240, temperature=0.9,
+                                                              min_p=0, stream=True)))
+    r = c.getresponse()
+    stream_status = r.status
+    first = r.read(64)
+    r.close()
+    c.close()
+    deadline = time.time() + 10
+    idle = False
+    while time.time() < deadline and not idle:
+        st, slots = srv.json("GET", "/slots")
+        idle = all(x["state"] == "idle" for x in slots)
+        time.sleep(0.02)
+    st, t, j = completion(srv, PROMPTS[2], N_GEN)
+    n_left = srv.metrics()["kiln_generated_tokens_total"] - g0
+    if stream_status == 200 and first.startswith(b"data: ") and idle and st == 200 and t == expected[PROMPTS[2]]:
+        ok("disconnect (%d tokens generated for the stream that was left)" % (n_left - N_GEN))
+    else:
+        bad("disconnect", "stream %s %r idle %s st %s %r" % (stream_status, first, idle, st, t))
+
     # shutdown during a stream
     result = {}
 
@@ -401,7 +439,54 @@ def main():
         bad("shutdown_client", "the streaming client still waits")
 
     chat_template_cases()
+    kv_budget(expected)
     draft_multi_model()
+
+
+def kv_budget(expected):
+    """--kv-device-budget of 3 blocks for 4 slots: kiln offloads idle slots by
+    itself, restores them when they return, and 4 clients at once still get
+    kiln-run's text."""
+    probe = Server("-m", MODEL, "--slots", "1", "-c", "256", "-t", "1", name="probe")
+    block = int(probe.metrics()["kiln_kv_block_bytes"])
+    probe.stop()
+    srv = Server("-m", MODEL, "--slots", "4", "-c", "1024", "-t", "1", "--kv-device-budget", str(3 * block),
+                 name="budget")
+    errs = []
+    try:
+        for p in PROMPTS + [PROMPTS[0]]:
+            st, t, j = completion(srv, p, N_GEN)
+            if st != 200 or t != expected[p]:
+                errs.append("%r: %s %r" % (p, st, t))
+        if j["usage"]["prompt_tokens_details"]["cached_tokens"] < 3:
+            errs.append("the returning prompt was not cached: %s" % j["usage"])
+        results = {}
+
+        def client(i):
+            results[i] = completion(srv, PROMPTS[i] + " and", N_GEN)
+
+        ts = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for i in range(4):
+            want = expected_cache(PROMPTS[i] + " and")
+            if results[i][0] != 200 or results[i][1] != want:
+                errs.append("concurrent %d: %s %r != %r" % (i, results[i][0], results[i][1], want))
+        m = srv.metrics()
+        if not (m["kiln_kv_auto_offloads_total"] > 0 and m["kiln_kv_auto_restores_total"] > 0):
+            errs.append("auto offloads %g restores %g" % (m["kiln_kv_auto_offloads_total"],
+                                                        m["kiln_kv_auto_restores_total"]))
+        if m["kiln_kv_blocks_device"] > 3:
+            errs.append("%g device blocks held" % m["kiln_kv_blocks_device"])
+    finally:
+        rc, log = srv.stop()
+        if rc != 0:
+            errs.append("exit %s: %s" % (rc, log[-2000:]))
+    (bad("kv_budget", "; ".join(errs)) if errs else
+     ok("kv_budget (%d auto offloads, %d restores)" % (m["kiln_kv_auto_offloads_total"],
+                                                      m["kiln_kv_auto_restores_total"])))
 
 
 def gguf_with_template(src, dst, template):
@@ -516,8 +601,8 @@ def draft_multi_model():
     if not (SHARED and os.path.exists(target) and os.path.exists(draft)):
         skip("draft_multi_model", "../shared models not found")
         return
-    srv = Server("-m", target + "@cpu:0", "--draft", draft, "-m", MODEL, "--alias", "small", "--slots", "2",
-                 "-c", "1024", "-t", "1", name="draft")
+    srv = Server("-m", target + ("" if BACKEND else "@cpu:0"), "--draft", draft, "-m", MODEL, "--alias", "small", "--slots", "2",
+                 "-c", "1024", "-t", "1", "--sleep-idle", "0.1", "--sleep-level", "2", name="draft")
     errs = []
     try:
         results = {}
@@ -527,18 +612,23 @@ def draft_multi_model():
 
         jobs = [(0, "tiny-target-f16", PROMPTS[0]), (1, "tiny-target-f16.gguf", PROMPTS[1]),
                 (2, "small", PROMPTS[2]), (3, None, PROMPTS[3])]
-        ts = [threading.Thread(target=client, args=j) for j in jobs]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        for i, model, prompt in jobs:
-            want = expected_cache(prompt, MODEL if model == "small" else target)
-            if results[i][0] != 200 or results[i][1] != want:
-                errs.append("%s %r: %r != %r" % (model, prompt, results[i][1], want))
+        for rnd in range(2):
+            if rnd == 1 and not srv.wait_sleeping(True):  # --sleep-level 2: the draft sleeps too
+                errs.append("did not fall asleep")
+            ts = [threading.Thread(target=client, args=j) for j in jobs]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            for i, model, prompt in jobs:
+                want = expected_cache(prompt, MODEL if model == "small" else target)
+                if results[i][0] != 200 or results[i][1] != want:
+                    errs.append("round %d %s %r: %r != %r" % (rnd, model, prompt, results[i][1], want))
         m = srv.metrics()
         if not m["kiln_draft_accepted_total"] > 0:
             errs.append("no draft token accepted")
+        if not m["kiln_suspends_total"] >= 2 or not m["kiln_resumes_total"] >= 2:
+            errs.append("suspends %g resumes %g" % (m["kiln_suspends_total"], m["kiln_resumes_total"]))
     finally:
         rc, log = srv.stop()
         if rc != 0:

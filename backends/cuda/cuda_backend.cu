@@ -306,6 +306,7 @@ static void cuda_device_close(kiln_bk_device *dev) {
     }
     if (dev->stream) cudaStreamSynchronize(dev->stream);
     graphs_clear(dev);
+    kcu_xq_release(dev);
     pool_detach_in_use(dev);
     pool_release_cached(dev);
     ub_free(dev);
@@ -322,6 +323,7 @@ static kiln_status cuda_synchronize(kiln_bk_device *dev) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: synchronize inside a graph");
+    kcu_xq_release(dev);
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "stream synchronize");
     return KILN_OK;
 }
@@ -465,6 +467,7 @@ static kiln_status cuda_pool_purge(kiln_bk_device *dev) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: purge inside a graph");
+    kcu_xq_release(dev);
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "purge: stream synchronize");
     graphs_clear(dev);
     pool_release_cached(dev);
@@ -547,6 +550,7 @@ static kiln_status cuda_buffer_download(kiln_bk_device *dev, const kiln_bk_buffe
         return kcu_error(KILN_E_INVALID_ARG, "cuda backend: download [%llu, +%llu) outside %llu bytes",
                          (unsigned long long)off, (unsigned long long)n, (unsigned long long)src->size);
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: download inside a graph");
+    kcu_xq_release(dev);
     if (n) KCU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost, dev->stream),
                      "download");
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
@@ -653,6 +657,7 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
     if (st) return st;
     if (!ubp) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: set_ubatch: ubatch is NULL");
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: set_ubatch inside a graph");
+    kcu_xq_release(dev);
     kiln_bk_ubatch u;
     memset(&u, 0, sizeof u);
     memcpy(&u, ubp, ubp->struct_size < sizeof u ? ubp->struct_size : sizeof u);
@@ -720,7 +725,20 @@ static void graphs_clear(kiln_bk_device *dev) {
     dev->n_graphs = 0;
 }
 
+void kcu_xq_release(kiln_bk_device *dev) {
+    if (dev->xq_buf) kcu_pool_free(dev->xq_buf);
+    dev->xq_buf = NULL;
+    dev->xq_src = NULL;
+}
+
+bool kcu_op_matmul(kiln_bk_device *dev, const void *args, size_t n) {
+    if (!dev->graph_mode) return true;
+    dev->graph_hash = fnv(dev->graph_hash, args, n);
+    return dev->graph_mode == 1;
+}
+
 bool kcu_op(kiln_bk_device *dev, const void *args, size_t n) {
+    if (dev->graph_mode != 2) kcu_xq_release(dev);
     if (!dev->graph_mode) return true;
     dev->graph_hash = fnv(dev->graph_hash, args, n);
     return dev->graph_mode == 1;
@@ -730,6 +748,7 @@ static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: graph_begin inside a graph");
+    kcu_xq_release(dev);
     /* the staged inputs of the last launch must have been read */
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "graph_begin: synchronize");
     if (dev->stage_cap < (1u << 20) && (st = stage_reserve(dev, 1u << 20))) return st;
@@ -760,6 +779,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     int mode = dev->graph_mode;
+    if (mode == 1) kcu_xq_release(dev); /* recorded: its memory is the graph's now */
     dev->graph_mode = 0;
     if (mode == 0) return kcu_error(KILN_E_INTERNAL, "cuda backend: graph_end without graph_begin");
     if (mode == 2) {

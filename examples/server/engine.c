@@ -519,8 +519,13 @@ static void engine_step(srv_engine *e) {
                 slot_after_decode(e, s, idx < 0 ? 0 : idx);
             }
         } else {
-            /* decode the segments one at a time: one slot's failure (a
-             * full cache) must not fail the others */
+            /* decode the segments one at a time: one slot's failure must
+             * not fail the others. A slot that finds the cache full waits
+             * for the next step while others make progress (finishing
+             * frees their blocks, or lets kiln offload them); only when
+             * no slot can move does the first one give up. */
+            int progress = 0;
+            srv_slot *first_full = NULL;
             for (int32_t i = 0; i < e->n_slots; i++) {
                 srv_slot *s = &e->slots[i];
                 if (!s->in_batch) continue;
@@ -534,16 +539,26 @@ static void engine_step(srv_engine *e) {
                 st = kiln_decode(e->ctx, &one);
                 if (st == KILN_OK) {
                     e->work.n_decodes++;
+                    progress = 1;
                     /* b_tok is still this segment's: slot_after_decode reads it */
                     slot_after_decode(e, s, -1);
-                } else if (st == KILN_E_CONTEXT_FULL && s->state == SLOT_GEN) {
-                    slot_finish(e, s, "length", 1);
+                } else if (st == KILN_E_CONTEXT_FULL) {
+                    if (!first_full) first_full = s;
                 } else {
                     char msg[256];
                     snprintf(msg, sizeof msg, "decode failed: %s: %s", kiln_status_str(st),
                              kiln_context_last_error(e->ctx));
-                    slot_fail(e, s, st == KILN_E_CONTEXT_FULL ? 503 : 500,
-                              st == KILN_E_CONTEXT_FULL ? "server_busy" : "server_error", msg);
+                    slot_fail(e, s, 500, "server_error", msg);
+                }
+            }
+            if (!progress && first_full) {
+                srv_slot *s = first_full;
+                if (s->state == SLOT_GEN) {
+                    slot_finish(e, s, "length", 1);
+                } else {
+                    char msg[256];
+                    snprintf(msg, sizeof msg, "the KV cache is full: %s", kiln_context_last_error(e->ctx));
+                    slot_fail(e, s, 503, "server_busy", msg);
                 }
             }
         }

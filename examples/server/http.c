@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -357,6 +358,8 @@ static int parse_generation(srv_server *S, const char *body, size_t len, srv_req
     }
     r->kind = kind;
     r->model_name = srv_engine_name(e);
+    /* without a "seed", every request draws differently */
+    r->sp.seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (atomic_fetch_add(&S->next_id, 1) + 1) * 0xBF58476D1CE4E5B9ull;
     if ((rc = parse_options(root, r, S->cfg, pe))) goto done;
     if ((rc = kind == SRV_REQ_CHAT ? parse_messages(root, e, r, pe) : parse_prompt(root, e, r, pe))) goto done;
     if (r->n_prompt == 0) {
@@ -749,6 +752,8 @@ static enum MHD_Result handle_metrics(srv_server *S, struct MHD_Connection *c) {
     FAMILY("kiln_slots_busy", "gauge", "Slots generating.", "%d", s->n_busy);
     FAMILY("kiln_requests_queued", "gauge", "Requests waiting for a slot.", "%d", s->n_queued);
     FAMILY("kiln_kv_blocks_total", "gauge", "KV cache blocks of the context.", "%u", s->kv.n_blocks_total);
+    FAMILY("kiln_kv_block_bytes", "gauge", "Device bytes of one KV block (all layers, K and V).", "%llu",
+           U64(s->kv.block_bytes));
     FAMILY("kiln_kv_blocks_device", "gauge", "KV blocks held on the device by sequences.", "%u",
            s->kv.n_blocks_used);
     FAMILY("kiln_kv_blocks_host", "gauge", "KV blocks' worth of rows held in host memory (offloaded, suspended).",
@@ -790,6 +795,14 @@ static enum MHD_Result handle_metrics(srv_server *S, struct MHD_Connection *c) {
     bad |= srv_buf_printf(&o, "kiln_server_alloc_blocks %llu\n", U64(live_blocks));
     bad |= metric(&o, "kiln_process_heap_bytes", "gauge", "malloc'd bytes in use in the whole process (mallinfo2).");
     bad |= srv_buf_printf(&o, "kiln_process_heap_bytes %llu\n", U64(mi.uordblks + mi.hblkhd));
+    unsigned long long pages_total = 0, pages_rss = 0;
+    FILE *statm = fopen("/proc/self/statm", "r");
+    if (statm) {
+        if (fscanf(statm, "%llu %llu", &pages_total, &pages_rss) != 2) pages_rss = 0;
+        fclose(statm);
+    }
+    bad |= metric(&o, "kiln_process_resident_bytes", "gauge", "Resident memory of the process (/proc/self/statm).");
+    bad |= srv_buf_printf(&o, "kiln_process_resident_bytes %llu\n", pages_rss * (unsigned long long)sysconf(_SC_PAGESIZE));
     bad |= metric(&o, "kiln_uptime_seconds", "gauge", "Seconds since the server started.");
     bad |= srv_buf_printf(&o, "kiln_uptime_seconds %.3f\n", srv_now() - S->t_start);
 #undef U64
