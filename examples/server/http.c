@@ -739,6 +739,9 @@ static enum MHD_Result handle_metrics(srv_server *S, struct MHD_Connection *c) {
            "Prompt tokens found in a slot's KV cache and not evaluated again.", "%llu", U64(s->n_cached_tokens));
     FAMILY("kiln_prompt_tokens_evaluated_total", "counter", "Prompt tokens decoded (re-evaluated).", "%llu",
            U64(s->n_evaluated_tokens));
+    FAMILY("kiln_prefix_copies_total", "counter",
+           "Prompts that took a copy of another slot's common prefix (shared KV blocks).", "%llu",
+           U64(s->n_shared_prefixes));
     FAMILY("kiln_generated_tokens_total", "counter", "Tokens generated.", "%llu", U64(s->n_generated_tokens));
     FAMILY("kiln_decode_steps_total", "counter", "Batched decode steps.", "%llu", U64(s->n_decodes));
     FAMILY("kiln_prompt_seconds_total", "counter", "Seconds in decode steps that carried prompt tokens.", "%.6f",
