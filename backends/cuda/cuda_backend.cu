@@ -313,6 +313,11 @@ static void cuda_device_close(kiln_bk_device *dev) {
     }
     if (dev->stream) cudaStreamSynchronize(dev->stream);
     if (dev->profile) {
+        kcu_log(dev, KILN_LOG_ERROR,
+                "cuda profile: graphs: %llu captured, %llu captures failed (last error %d), %llu replays, %llu "
+                "replays that did not match",
+                (unsigned long long)dev->n_captures, (unsigned long long)dev->n_capture_fail,
+                dev->last_capture_error, (unsigned long long)dev->n_replays, (unsigned long long)dev->n_mismatch);
         if (dev->prof_n)
             kcu_log(dev, KILN_LOG_ERROR,
                     "cuda profile: %llu graph launches of %llu nodes: GPU %.3f ms each, %.3f ms wall from one "
@@ -809,11 +814,13 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
         for (int i = 0; i < dev->n_graphs; i++) {
             if (dev->graphs[i].key != dev->graph_key) continue;
             if (dev->graphs[i].hash != dev->graph_hash || dev->graph_failed) {
+                dev->n_mismatch++;
                 cudaGraphExecDestroy(dev->graphs[i].exec);
                 dev->graphs[i] = dev->graphs[--dev->n_graphs];
                 *redo = 1;
                 return KILN_OK;
             }
+            dev->n_replays++;
             if (dev->profile) {
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -846,6 +853,8 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     }
     if (g) cudaGraphDestroy(g);
     if (e != cudaSuccess || dev->graph_failed) {
+        dev->n_capture_fail++;
+        dev->last_capture_error = dev->graph_failed ? -1 : (int)e;
         (void)cudaGetLastError();
         if (exec) cudaGraphExecDestroy(exec);
         *redo = 1; /* nothing recorded ran: the caller issues the operations again */
@@ -857,6 +866,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
         memmove(dev->graphs, dev->graphs + 1, sizeof dev->graphs[0] * (KCU_MAX_GRAPHS - 1));
         dev->n_graphs--;
     }
+    dev->n_captures++;
     dev->graphs[dev->n_graphs].key = dev->graph_key;
     dev->graphs[dev->n_graphs].hash = dev->graph_hash;
     dev->graphs[dev->n_graphs].exec = exec;

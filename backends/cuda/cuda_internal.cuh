@@ -137,6 +137,8 @@ struct kiln_bk_device {
     bool ev_pending;
     double prof_gpu_ms, prof_wall_ms, prof_last_end;
     uint64_t prof_n, prof_nodes;
+    uint64_t n_captures, n_capture_fail, n_replays, n_mismatch;
+    int last_capture_error;
 };
 
 /* ---- launches ----
