@@ -194,8 +194,10 @@ static kiln_status build(text *t) {
         for (size_t i = 0; i < n_pur; i++) {
             const kiln_memory_entry *e = &pur[i];
             if (!same_place(e, D)) continue;
-            add(t, "%s %s %s (peak %s)", k++ ? "," : "", kiln_memory_purpose_str(e->purpose),
-                human(e->bytes, h1, sizeof h1), human(e->peak_bytes, h2, sizeof h2));
+            add(t, "%s%s %s (peak %s)", k == 0 ? " " : k % 3 ? ", " : ",\n             ",
+                kiln_memory_purpose_str(e->purpose), human(e->bytes, h1, sizeof h1),
+                human(e->peak_bytes, h2, sizeof h2));
+            k++;
         }
         add(t, "\n");
     }
