@@ -29,6 +29,8 @@ BINDIR ?= $(PREFIX)/bin
 PLUGINDIR ?= $(LIBDIR)/kiln
 # the bundled default model (kiln-run finds it at bin/../share/kiln/models)
 MODELDIR ?= $(PREFIX)/share/kiln/models
+# the Python binding (bindings/python/kiln; finds the library at ../../../../lib)
+PYTHONDIR ?= $(PREFIX)/share/kiln/python
 DESTDIR ?=
 
 BUILD ?= build
@@ -332,6 +334,8 @@ install: all $(BUILD)/kiln.pc
 	$(if $(strip $(EXAMPLES)),install -m 755 $(EXAMPLES) $(DESTDIR)$(BINDIR)/)
 	install -d $(DESTDIR)$(MODELDIR)
 	install -m 644 $(DEFAULT_MODEL) $(DESTDIR)$(MODELDIR)/
+	install -d $(DESTDIR)$(PYTHONDIR)/kiln
+	install -m 644 bindings/python/kiln/*.py $(DESTDIR)$(PYTHONDIR)/kiln/
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/kiln.h $(DESTDIR)$(INCLUDEDIR)/kiln_backend.h
@@ -342,6 +346,9 @@ uninstall:
 	-rmdir $(DESTDIR)$(PLUGINDIR) 2>/dev/null || true
 	$(if $(strip $(EXAMPLES)),rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(EXAMPLES))))
 	rm -f $(DESTDIR)$(MODELDIR)/$(notdir $(DEFAULT_MODEL))
+	rm -f $(addprefix $(DESTDIR)$(PYTHONDIR)/kiln/,$(notdir $(wildcard bindings/python/kiln/*.py)))
+	rm -rf $(DESTDIR)$(PYTHONDIR)/kiln/__pycache__
+	-rmdir $(DESTDIR)$(PYTHONDIR)/kiln $(DESTDIR)$(PYTHONDIR) 2>/dev/null || true
 	-rmdir $(DESTDIR)$(MODELDIR) $(DESTDIR)$(PREFIX)/share/kiln 2>/dev/null || true
 
 # ---- ABI baseline ----------------------------------------------------------------

@@ -1,0 +1,113 @@
+#!/bin/bash
+# test/device/run.sh - everything the CUDA backend needs a GPU for, in one
+# go (device time is scarce): build, the reference suite and the lifecycle
+# tests on the CUDA backend, compute-sanitizer, and kiln-bench.
+#
+# Run from the repository root on the GPU machine:
+#   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
+# steps (default: build ref life bench): build, ref, life, san, bench, mem
+# (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
+# synthetic 7B shapes), big (random 7B-shaped models; needs the generator).
+# Models and references are read from $KILN_SHARED (models/, reference/);
+# whatever is missing is skipped. Logs go to $OUT when set.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-build/device-out}
+mkdir -p "$OUT"
+export KILN_SHARED=${KILN_SHARED:-devdata/shared}
+export KILN_BACKEND_PATH=$PWD/build
+steps=${*:-build ref life bench}
+jobs=$(nproc)
+summary=()
+note() { summary+=("$*"); echo "### $*"; }
+
+has() { case " $steps " in *" $1 "*) return 0;; esac; return 1; }
+
+if has build; then
+    nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
+    nvcc --version | tail -n 2
+    t0=$(date +%s)
+    if make -j"$jobs" WERROR=1 all build/test/test_reference build/test/test_api build/test/test_kv \
+        build/test/test_kv_budget build/test/test_lifecycle build/test/test_draft build/test/test_proof \
+        >"$OUT/build.log" 2>&1; then
+        note "build ok ($(( $(date +%s) - t0 )) s)"
+    else
+        tail -n 40 "$OUT/build.log"; note "build FAILED"; printf '%s\n' "${summary[@]}"; exit 1
+    fi
+    [ -f build/libkiln-cuda.so ] || { note "no libkiln-cuda.so built"; exit 1; }
+fi
+
+run_suite() { # name, env..., tests...
+    local name=$1; shift
+    local log="$OUT/$name.log"
+    env "$@" >"$log" 2>&1
+    local rc=$?
+    local line; line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+    grep -E '^(FAIL|SKIP)|bound not met|max diff|KL' "$log" | head -n 40
+    note "$name: ${line:-no totals} (rc $rc)"
+}
+
+if has ref; then
+    run_suite ref-cuda KILN_BACKEND=cuda KILN_REF_VERBOSE=1 bash test/run.sh build/test/test_reference
+    run_suite ref-cpu KILN_BACKEND=cpu bash test/run.sh build/test/test_reference
+fi
+
+if has life; then
+    run_suite life-cuda KILN_BACKEND=cuda KILN_PROOF_CYCLES=${KILN_PROOF_CYCLES:-200} bash test/run.sh \
+        build/test/test_api build/test/test_kv build/test/test_kv_budget build/test/test_lifecycle \
+        build/test/test_draft build/test/test_proof
+fi
+
+if has san; then
+    m=$(ls "$KILN_SHARED"/models/tiny-target-q4_0.gguf models/tiny-target-q4_k_m.gguf 2>/dev/null | head -n 1)
+    compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 16 -p "Once upon a time" >"$OUT/memcheck.log" 2>&1
+    note "compute-sanitizer memcheck: rc $? ($(grep -c 'ERROR SUMMARY: 0' "$OUT/memcheck.log") clean summaries)"
+    tail -n 3 "$OUT/memcheck.log"
+    compute-sanitizer --tool racecheck --error-exitcode 9 \
+        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 8 -p "Once upon a time" >"$OUT/racecheck.log" 2>&1
+    note "compute-sanitizer racecheck: rc $?"
+    tail -n 3 "$OUT/racecheck.log"
+fi
+
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+if has mem; then
+    m=models/tiny-target-q4_k_m.gguf
+    cc -O2 -Wall -Wextra -Iinclude test/device/cuda_mem.c build/libkiln.a -I"$CUDA_HOME/include" \
+        -L"$CUDA_HOME/lib64" -lcudart -lm -lpthread -ldl -o build/cuda_mem 2>"$OUT/cuda_mem-build.log" ||
+        { cat "$OUT/cuda_mem-build.log"; note "cuda_mem: build failed"; }
+    if [ -x build/cuda_mem ]; then
+        build/cuda_mem "$m" "${KILN_MEM_CYCLES:-200}" 2>&1 | tee "$OUT/cuda_mem.log" | tail -n 20
+        note "cuda_mem: $(tail -n 1 "$OUT/cuda_mem.log")"
+    fi
+fi
+
+if has ops; then
+    mkdir -p build/bench
+    cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops &&
+        build/bench/backend_ops build/libkiln-cuda.so "${KILN_OPS_REPS:-50}" 2>&1 | tee "$OUT/ops.log"
+    note "ops: see above"
+fi
+
+if has bench; then
+    for f in "$KILN_SHARED"/models/*.gguf models/*.gguf; do
+        [ -f "$f" ] || continue
+        build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 3 | tee -a "$OUT/bench.log"
+    done
+    note "bench: see above"
+fi
+
+if has big; then
+    for spec in ${KILN_BIG:-mistral-7b:q4_0 mistral-7b:f16}; do
+        shape=${spec%%:*}; type=${spec##*:}
+        f=/tmp/$shape-$type.gguf
+        if [ -x build/bin/kiln-gen-model ]; then
+            [ -f "$f" ] || build/bin/kiln-gen-model --shape "$shape" --type "$type" \
+                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" >"$OUT/gen-$shape-$type.log" 2>&1
+        fi
+        [ -f "$f" ] || { note "big $spec: no model"; continue; }
+        build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 3 | tee -a "$OUT/bench-big.log"
+    done
+fi
+
+echo; echo "===== summary"; printf '%s\n' "${summary[@]}"
