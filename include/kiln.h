@@ -829,6 +829,14 @@ typedef struct kiln_memory_entry {
                                 adds their peaks (an upper bound) */
 } kiln_memory_entry;
 
+/* Fills *e with zeros, writing only the first `size` bytes, and sets
+ * struct_size = min(size, the library's size); for bindings that mirror
+ * the struct (kiln_memory_report_get needs no initialized entries). */
+KILN_API void kiln_memory_entry_init_sized(kiln_memory_entry *e, uint32_t size);
+static inline void kiln_memory_entry_init(kiln_memory_entry *e) {
+    kiln_memory_entry_init_sized(e, (uint32_t)sizeof(*e));
+}
+
 /* Fills entries[0..*n_out) with the rows of `view` (KILN_MEMORY_BY_*).
  * entry_size is the caller's sizeof(kiln_memory_entry): entry i is at
  * (char *)entries + i * entry_size, and only min(entry_size, the
@@ -878,6 +886,13 @@ typedef struct kiln_memory_event {
                                 (device buffers), else 0 */
     const char *file;        /* static string or NULL */
 } kiln_memory_event;
+
+/* Fills *ev with zeros, writing only the first `size` bytes, and sets
+ * struct_size = min(size, the library's size) (for bindings). */
+KILN_API void kiln_memory_event_init_sized(kiln_memory_event *ev, uint32_t size);
+static inline void kiln_memory_event_init(kiln_memory_event *ev) {
+    kiln_memory_event_init_sized(ev, (uint32_t)sizeof(*ev));
+}
 
 /* Called for each allocation and free of host blocks and device buffers
  * (a pool's transient buffers are not reported: they come and go with

@@ -26,6 +26,18 @@ const char *kiln_memory_owner_str(uint32_t kind) {
     return kind < KILN_ARRAY_LEN(names) ? names[kind] : "?";
 }
 
+void kiln_memory_entry_init_sized(kiln_memory_entry *e, uint32_t size) {
+    kiln_memory_entry d;
+    memset(&d, 0, sizeof d);
+    kiln_params_emit(e, size, &d, sizeof d);
+}
+
+void kiln_memory_event_init_sized(kiln_memory_event *ev, uint32_t size) {
+    kiln_memory_event d;
+    memset(&d, 0, sizeof d);
+    kiln_params_emit(ev, size, &d, sizeof d);
+}
+
 /* Rows of a view in a plain malloc'd array (labels too when wanted); free
  * with free(). Not kiln_malloc: the report must not count its own scratch
  * (the host rows would then exceed kiln_alloc_live_bytes() by it). */
