@@ -240,6 +240,7 @@ fuzz: $(FUZZ_BINS)
 # override the variables below (NVCCFLAGS, CUDA_LIBS, VULKAN_LIBS, ...).
 PLUGINS :=
 PLUGIN_NOTES :=
+COMMA := ,
 PLUGIN_CFLAGS := -std=c11 $(WARN_CFLAGS) -fPIC -fvisibility=hidden -D_GNU_SOURCE \
 	-DKILN_BUILD -Iinclude -Ilib $(SAN_CFLAGS)
 
@@ -258,8 +259,10 @@ $(BUILD)/obj/%.cu.o: %.cu $(FLAGS_STAMP)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -fPIC,-fvisibility=hidden -DKILN_BUILD -Iinclude -Ilib \
 		-MD -MP -MF $(@:.o=.d) -c $< -o $@
+# nvcc's -Xcompiler splits its argument at commas: one flag per sanitizer.
+NVCC_SAN_LDFLAGS := $(foreach s,$(subst $(COMMA), ,$(SANITIZE)),-Xcompiler -fsanitize=$(s))
 $(BUILD)/libkiln-cuda.so: $(CUDA_OBJS)
-	$(NVCC) -shared -Xlinker -soname=libkiln-cuda.so $(if $(SAN_LDFLAGS),-Xcompiler $(SAN_LDFLAGS)) \
+	$(NVCC) -shared -Xlinker -soname=libkiln-cuda.so $(NVCC_SAN_LDFLAGS) \
 		-o $@ $(CUDA_OBJS) $(CUDA_LIBS) $(LIBS)
 else
 PLUGIN_NOTES += kiln: skipping the CUDA backend: nvcc not found.
@@ -308,6 +311,8 @@ endif
 endif
 
 -include $(sort $(wildcard backends/*/plugin.mk))
+# kiln-server (examples/server): built when its HTTP and JSON libraries are found
+-include examples/server/server.mk
 
 plugins: $(PLUGINS)
 	$(if $(strip $(PLUGIN_NOTES)),@echo '$(strip $(PLUGIN_NOTES))')

@@ -69,6 +69,8 @@ int main(int argc, char **argv) {
     printf("| type | K x N | tokens | us/op | weight GB/s | TFLOP/s |\n|---|---|---:|---:|---:|---:|\n");
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const struct type *t = &types[ti];
+        const char *only = getenv("BENCH_TYPES");
+        if (only && !strstr(only, t->name)) continue;
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             const int64_t K = shapes[si][0], N = shapes[si][1];
             const size_t row = (size_t)(K / t->block_elems) * t->block_bytes, wbytes = row * N;
@@ -88,6 +90,10 @@ int main(int argc, char **argv) {
             float *y1 = malloc(sizeof(float) * N), *y512 = malloc(sizeof(float) * N);
             for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
                 const int n = ns[ni];
+                const char *nl = getenv("BENCH_NS");
+                char nbuf[16];
+                snprintf(nbuf, sizeof nbuf, ",%d,", n);
+                if (nl && !strstr(nl, nbuf)) continue;
                 kiln_bk_tensor w = {wb, 0, t->id, 0, {K, N}, row};
                 kiln_bk_tensor x = {xb, 0, 0, 0, {K, n}, (uint64_t)K * 4};
                 kiln_bk_tensor y = {yb, 0, 0, 0, {N, n}, (uint64_t)N * 4};

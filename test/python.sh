@@ -34,7 +34,7 @@ if [ -n "${SANITIZE:-}" ]; then
     done
     [ -n "$pre" ] || { echo "skip: sanitized build but no sanitizer runtime found via $cc"; exit 77; }
     export LD_PRELOAD=$pre
-    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"  # last one wins
 fi
 
 out=$("$py" -m pytest -q -rs -p no:cacheprovider bindings/python/tests 2>&1); rc=$?

@@ -267,6 +267,10 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     dev->log_user = p.log_user;
     dev->log_level = p.log_level;
     dev->pool.cap = KCU_POOL_DEFAULT_CAP; /* pool_set_cap changes it */
+    {
+        const char *v = getenv("KILN_CUDA_MMV");
+        dev->mmv_variant = v ? atoi(v) : 0;
+    }
     kiln_status st = KILN_OK;
     cudaError_t e;
     /* cudaSetDevice creates the primary context of this device only */

@@ -100,6 +100,7 @@ struct kiln_bk_device {
     void *cublas_ws;         /* cuBLAS workspace (fixed, so graphs never allocate) */
     size_t cublas_ws_size;
     int sm_count;
+    int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
     kiln_log_fn log_fn;
     void *log_user;
     int32_t log_level;

@@ -87,8 +87,6 @@ static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
  * each. Per token the sum order does not depend on the number of tokens. */
 #define KCU_FAST_WARPS 4
 #define KCU_FAST_U 4
-#define KCU_F16_R 2  /* rows per warp: x read once for R rows */
-#define KCU_Q40_R 4
 
 template <int R>
 static __device__ __forceinline__ void kcu_mmv_store(float (&acc)[R][KCU_MMV_MAX], float *y, uint64_t ys, int row0,
@@ -223,6 +221,199 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<R>(acc, y, ys, row0, N, nt, lane);
 }
 
+/* ---- int8 activations for Q4_0 and Q8_0 decode: x is quantized per
+ * 32-element block to int8 with one float scale (amax / 127, rounding to
+ * nearest, as ggml's Q8 activation blocks), then every 4 weights cost one
+ * dp4a and x traffic drops 4x. Per token the same blocks are summed in the
+ * same order whatever the number of tokens. */
+static __global__ void quant_x_q8_kernel(const float *x, uint64_t xs, int K, int8_t *xq, float *xd) {
+    const int lane = threadIdx.x & 31, b = blockIdx.x * 4 + (threadIdx.x >> 5), t = blockIdx.y;
+    if (b >= K / 32) return;
+    const float v = x[(uint64_t)t * xs + 32 * b + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    xq[(uint64_t)t * K + 32 * b + lane] = (int8_t)__float2int_rn(v * id);
+    if (lane == 0) xd[(uint64_t)t * (K / 32) + b] = d;
+}
+
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4_0_q8_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys, int N,
+                       int K, int nt) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint8_t *wr = w + (uint64_t)row * ws;
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int b0 = bl; b0 < nb; b0 += 8 * U) {
+        uint32_t qv[U];
+        float dv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b < nb) {
+                const uint16_t *p = (const uint16_t *)(wr + 18 * (uint64_t)b);
+                dv[u] = __half2float(__ushort_as_half(__ldg(p)));
+                qv[u] = (uint32_t)__ldg(p + 1 + 2 * s) | ((uint32_t)__ldg(p + 2 + 2 * s) << 16);
+            } else {
+                dv[u] = 0.0f;
+                qv[u] = 0x88888888u;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b >= nb) break;
+            const int lo = (int)__vsub4(qv[u] & 0x0F0F0F0Fu, 0x08080808u);
+            const int hi = (int)__vsub4((qv[u] >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b + 4 * s;
+                const int sum = __dp4a(hi, __ldg((const int *)(xp + 16)), __dp4a(lo, __ldg((const int *)xp), 0));
+                acc[t] = fmaf(dv[u] * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
+/* Q8_0: 4 lanes per 34-byte block, lane quarter s holding qs [8s, 8s + 8). */
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q8_0_q8_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys, int N,
+                       int K, int nt) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint8_t *wr = w + (uint64_t)row * ws;
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int b0 = bl; b0 < nb; b0 += 8 * U) {
+        uint32_t q0[U], q1[U];
+        float dv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b < nb) {
+                const uint16_t *p = (const uint16_t *)(wr + 34 * (uint64_t)b);
+                dv[u] = __half2float(__ushort_as_half(__ldg(p)));
+                q0[u] = (uint32_t)__ldg(p + 1 + 4 * s) | ((uint32_t)__ldg(p + 2 + 4 * s) << 16);
+                q1[u] = (uint32_t)__ldg(p + 3 + 4 * s) | ((uint32_t)__ldg(p + 4 + 4 * s) << 16);
+            } else {
+                dv[u] = 0.0f;
+                q0[u] = q1[u] = 0;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b >= nb) break;
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int2 xv = __ldg((const int2 *)(xq + (uint64_t)t * K + 32 * b + 8 * s));
+                const int sum = __dp4a((int)q1[u], xv.y, __dp4a((int)q0[u], xv.x, 0));
+                acc[t] = fmaf(dv[u] * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
+/* The same products with the weights staged through shared memory: the
+ * warp reads 8*U blocks of its row with 16-byte loads (a row of K = 4096 in
+ * two steps), then each lane reads its quarter-block from shared memory.
+ * One 16-byte load replaces three 2-byte loads per lane and block (blocks
+ * of 18 and 34 bytes allow nothing wider in place). Needs rows that are a
+ * multiple of 8 blocks starting 16-byte aligned. */
+template <int T, int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q8x_staged_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys,
+                          int N, int K, int nt) {
+    constexpr int BB = T == KCU_Q4_0 ? 18 : 34; /* block bytes */
+    __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x * KCU_FAST_WARPS + warp;
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
+    uint8_t *my = sm[warp];
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int c0 = 0; c0 < nb; c0 += 8 * U) {
+        const int nblk = nb - c0 < 8 * U ? nb - c0 : 8 * U; /* a multiple of 8 */
+        const int n16 = nblk * BB / 16;
+        __syncwarp();
+        const uint4 *src = wr + (uint64_t)c0 * BB / 16;
+#pragma unroll
+        for (int i = 0; i < (8 * U * BB / 16 + 31) / 32; i++) {
+            const int j = lane + 32 * i;
+            if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int lb = bl + 8 * u, b = c0 + lb;
+            if (lb >= nblk) break;
+            const uint16_t *p = (const uint16_t *)(my + lb * BB);
+            const float dw = __half2float(__ushort_as_half(p[0]));
+            int w0, w1;
+            if (T == KCU_Q4_0) {
+                const uint32_t q = (uint32_t)p[1 + 2 * s] | ((uint32_t)p[2 + 2 * s] << 16);
+                w0 = (int)__vsub4(q & 0x0F0F0F0Fu, 0x08080808u);
+                w1 = (int)__vsub4((q >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+            } else {
+                w0 = (int)((uint32_t)p[1 + 4 * s] | ((uint32_t)p[2 + 4 * s] << 16));
+                w1 = (int)((uint32_t)p[3 + 4 * s] | ((uint32_t)p[4 + 4 * s] << 16));
+            }
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
+                int x0, x1;
+                if (T == KCU_Q4_0) {
+                    x0 = __ldg((const int *)(xp + 4 * s));
+                    x1 = __ldg((const int *)(xp + 16 + 4 * s));
+                } else {
+                    const int2 xv = __ldg((const int2 *)(xp + 8 * s));
+                    x0 = xv.x;
+                    x1 = xv.y;
+                }
+                const int sum = __dp4a(w1, x1, __dp4a(w0, x0, 0));
+                acc[t] = fmaf(dw * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
 /* Rows of w to dense F16, one group per thread. */
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
@@ -293,17 +484,54 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     float *yp = (float *)kcu_tensor_ptr(dst);
     const uint64_t xs = x->row_stride / 4, ys = dst->row_stride / 4;
     const bool x16 = ((uintptr_t)xp % 16 == 0) && (x->row_stride % 16 == 0);
+    /* kernel variants (U load steps in flight, R rows per warp), chosen by
+     * measurement (bench/NOTES.md); KILN_CUDA_MMV=0..3 picks one for
+     * benchmarking */
+    const int v = dev->mmv_variant;
+#define FAST(K_, U_, R_)                                                                                        \
+    K_<U_, R_><<<(unsigned)((N + KCU_FAST_WARPS * R_ - 1) / (KCU_FAST_WARPS * R_)), KCU_FAST_WARPS * 32, 0,    \
+                 dev->stream>>>(wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt)
+    if ((w->type == KCU_Q4_0 || w->type == KCU_Q8_0) && v != 4) { /* KILN_CUDA_MMV=4: float x (comparison) */
+        const int nb = (int)(K / 32);
+        kiln_bk_buffer *qb = NULL;
+        kiln_status st = kcu_pool_alloc(dev, (uint64_t)nt * K + (uint64_t)nt * nb * sizeof(float), &qb);
+        if (st) return st;
+        int8_t *xq = (int8_t *)qb->ptr;
+        float *xd = (float *)(xq + (uint64_t)nt * K); /* K is a multiple of 32: aligned */
+        quant_x_q8_kernel<<<dim3((unsigned)((nb + 3) / 4), (unsigned)nt), 128, 0, dev->stream>>>(xp, xs, (int)K, xq, xd);
+        const unsigned grid = (unsigned)((N + KCU_FAST_WARPS - 1) / KCU_FAST_WARPS);
+        const bool staged = v != 5 && nb % 8 == 0 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0;
+        if (staged && w->type == KCU_Q4_0)
+            mmv_q8x_staged_kernel<KCU_Q4_0, 8><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(
+                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
+        else if (staged)
+            mmv_q8x_staged_kernel<KCU_Q8_0, 4><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(
+                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
+        else if (w->type == KCU_Q4_0)
+            mmv_q4_0_q8_kernel<8><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(wp, w->row_stride, xq, xd, yp, ys, N,
+                                                                              (int)K, nt);
+        else
+            mmv_q8_0_q8_kernel<4><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(wp, w->row_stride, xq, xd, yp, ys, N,
+                                                                              (int)K, nt);
+        cudaError_t e = cudaGetLastError();
+        kcu_pool_free(qb); /* stream-ordered */
+        if (e != cudaSuccess) return kcu_cuda_error(e, "matrix-vector product (int8)");
+        return KILN_OK;
+    }
     if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
-        const int rpb = KCU_FAST_WARPS * KCU_F16_R;
-        mmv_f16_kernel<KCU_FAST_U, KCU_F16_R><<<(unsigned)((N + rpb - 1) / rpb), KCU_FAST_WARPS * 32, 0, dev->stream>>>(
-            wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt);
+        if (v == 1) FAST(mmv_f16_kernel, 4, 1);
+        else if (v == 2) FAST(mmv_f16_kernel, 8, 1);
+        else if (v == 3) FAST(mmv_f16_kernel, 4, 2);
+        else FAST(mmv_f16_kernel, 2, 2); /* measured best on H100 (bench/NOTES.md) */
         KCU_LAUNCHED("matrix-vector product (f16)");
         return KILN_OK;
     }
     if (x16 && w->type == KCU_Q4_0) {
-        const int rpb = KCU_FAST_WARPS * KCU_Q40_R;
-        mmv_q4_0_kernel<KCU_FAST_U, KCU_Q40_R><<<(unsigned)((N + rpb - 1) / rpb), KCU_FAST_WARPS * 32, 0,
-                                                  dev->stream>>>(wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt);
+        if (v == 1) FAST(mmv_q4_0_kernel, 8, 1);
+        else if (v == 2) FAST(mmv_q4_0_kernel, 4, 2);
+        else if (v == 3) FAST(mmv_q4_0_kernel, 2, 1);
+        else FAST(mmv_q4_0_kernel, 4, 1);
+#undef FAST
         KCU_LAUNCHED("matrix-vector product (q4_0)");
         return KILN_OK;
     }

@@ -7,7 +7,8 @@
 #   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
 # steps (default: build ref life bench): build, ref, life, san, bench, mem
 # (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
-# synthetic 7B shapes), big (random 7B-shaped models; needs the generator).
+# synthetic 7B shapes), big (random 7B-shaped models; needs the generator),
+# pin (two GPUs: device pinning with GPU 0 nearly full).
 # Models and references are read from $KILN_SHARED (models/, reference/);
 # whatever is missing is skipped. Logs go to $OUT when set.
 set -u
@@ -82,10 +83,33 @@ if has mem; then
     fi
 fi
 
+if has pin; then  # needs 2+ GPUs: another process holds ~95% of GPU 0, kiln runs on GPU 1
+    cc -O2 -Wall -Wextra -Iinclude test/device/cuda_pinning.c build/libkiln.a -lm -lpthread -ldl \
+        -o build/cuda_pinning || note "cuda_pinning: build failed"
+    python3 -c '
+import torch, time, sys
+f, t = torch.cuda.mem_get_info(0)
+x = torch.empty(int(t * 0.95) - (t - f), dtype=torch.uint8, device="cuda:0")
+f2, _ = torch.cuda.mem_get_info(0)
+print("hog: holds %d MiB of GPU 0, %d MiB free" % (x.numel() >> 20, f2 >> 20), flush=True)
+time.sleep(300)' >"$OUT/hog.log" 2>&1 &
+    hog=$!
+    for i in $(seq 60); do grep -q "hog:" "$OUT/hog.log" && break; sleep 1; done
+    cat "$OUT/hog.log"
+    build/cuda_pinning models/tiny-target-q4_k_m.gguf 1 2>&1 | tee "$OUT/pinning.log"
+    note "pinning: $(tail -n 1 "$OUT/pinning.log")"
+    kill $hog 2>/dev/null; wait $hog 2>/dev/null
+fi
+
 if has ops; then
     mkdir -p build/bench
     cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops &&
         build/bench/backend_ops build/libkiln-cuda.so "${KILN_OPS_REPS:-50}" 2>&1 | tee "$OUT/ops.log"
+    for v in 1 3 4 5; do  # decode kernel variants, F16 and Q4_0 (4: float x, 5: unstaged int8), one token
+        echo "variant $v"
+        KILN_CUDA_MMV=$v BENCH_TYPES=f16,q4_0 BENCH_NS=,1,8, build/bench/backend_ops build/libkiln-cuda.so \
+            "${KILN_OPS_REPS:-50}" 2>&1 | grep -v 'rel. L2' | tee -a "$OUT/ops.log"
+    done
     note "ops: see above"
 fi
 
@@ -98,15 +122,21 @@ if has bench; then
 fi
 
 if has big; then
-    for spec in ${KILN_BIG:-mistral-7b:q4_0 mistral-7b:f16}; do
+    for spec in ${KILN_BIG:-mistral-7b:q4_0 mistral-7b:f16 mistral-7b:q4_k_m mistral-7b:q8_0}; do
         shape=${spec%%:*}; type=${spec##*:}
         f=/tmp/$shape-$type.gguf
+        t0=$(date +%s)
         if [ -x build/bin/kiln-gen-model ]; then
             [ -f "$f" ] || build/bin/kiln-gen-model --shape "$shape" --type "$type" \
-                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" >"$OUT/gen-$shape-$type.log" 2>&1
+                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" -q >"$OUT/gen-$shape-$type.log" 2>&1
         fi
-        [ -f "$f" ] || { note "big $spec: no model"; continue; }
-        build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 3 | tee -a "$OUT/bench-big.log"
+        [ -f "$f" ] || { note "big $spec: no model"; tail -n 3 "$OUT/gen-$shape-$type.log"; continue; }
+        note "big $spec: generated in $(( $(date +%s) - t0 )) s"
+        { build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+          build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
+          build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -s 8 -r 2 2>&1 | tail -n 1
+        } | tee -a "$OUT/bench-big.log"
+        [ -n "${KILN_BIG_KEEP:-}" ] || rm -f "$f"
     done
 fi
 

@@ -285,6 +285,7 @@ _PROTOTYPES = {
     "kiln_model_free": (None, [_h]),
     "kiln_model_info_init_sized": (None, [_p(ModelInfo), _u32]),
     "kiln_model_get_info": (_st, [_h, _p(ModelInfo)]),
+    "kiln_model_meta_str": (_st, [_h, _cs, ctypes.c_void_p, _sz, _szp]),
     # tokenizer
     "kiln_tokenize": (_st, [_h, _cs, _sz, _u32, _i32p, _sz, _szp]),
     "kiln_detokenize": (_st, [_h, _i32p, _sz, _u32, ctypes.c_void_p, _sz, _szp]),

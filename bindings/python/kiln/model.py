@@ -20,6 +20,7 @@ from . import _lib
 from .errors import check, closed, error
 
 _lib_ = _lib.lib
+_MISSING = object()
 
 # ---------------------------------------------------------------------------
 # Logging
@@ -138,6 +139,25 @@ class Model:
         info = _lib.ModelInfo.new()
         check(_lib_.kiln_model_get_info(self.handle, ctypes.byref(info)))
         return info
+
+    def meta(self, key, default=_MISSING):
+        """The string value of GGUF metadata key `key` (kiln_model_meta_str),
+        e.g. "tokenizer.chat_template". A missing key returns `default` if
+        given, else raises NotFoundError; a non-string value raises
+        InvalidArgumentError."""
+        h, k = self.handle, _lib.cstr(key)
+        n = ctypes.c_size_t()
+        for _ in range(3):
+            st = _lib_.kiln_model_meta_str(h, k, None, 0, ctypes.byref(n))
+            if st == _lib.E_NOT_FOUND and default is not _MISSING:
+                return default
+            check(st)
+            buf = ctypes.create_string_buffer(max(n.value, 1))
+            st = _lib_.kiln_model_meta_str(h, k, buf, len(buf), ctypes.byref(n))
+            if st != _lib.E_BUFFER_TOO_SMALL:
+                check(st)
+                return buf.value.decode("utf-8", "replace")
+        raise error(_lib.E_INTERNAL, "kiln_model_meta_str: size keeps changing")
 
     @property
     def n_vocab(self):

@@ -45,6 +45,18 @@ def test_tokenize_roundtrip(target):
     assert e.value.status == -1 and e.value.name == "KILN_E_INVALID_ARG"
 
 
+def test_model_info_and_metadata(target):
+    info = target.info()
+    assert info.arch == b"llama" and info.n_vocab == target.n_vocab == 4096
+    assert info.as_dict()["arch"] == "llama" and info.n_layer == 6
+    assert target.meta("general.architecture") == "llama"
+    assert target.meta("no.such.key", None) is None
+    with pytest.raises(kiln.NotFoundError):
+        target.meta("no.such.key")
+    with pytest.raises(kiln.InvalidArgumentError):
+        target.meta("llama.block_count")  # not a string
+
+
 def test_streaming_detokenizer_holds_split_characters(target):
     text = "caf\u00e9 \u2603 \U0001F600 done"
     toks = target.tokenize(text, add_bos=False)

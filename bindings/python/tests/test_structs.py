@@ -75,3 +75,14 @@ def test_every_header_struct_is_mirrored():
     mirrored = {cls._c_name_ for cls in STRUCTS}
     assert declared == mirrored
     assert kiln.ModelParams is _lib.ModelParams
+
+
+def test_every_exported_function_is_bound():
+    """Each KILN_API function of kiln.h has a prototype in kiln._lib (so a
+    function added to the header is noticed here)."""
+    import re
+    with open(os.path.join(REPO, "include", "kiln.h")) as f:
+        header = f.read()
+    declared = set(re.findall(r"KILN_API[^;(]*?\b(kiln_\w+)\s*\(", header))
+    assert declared - set(_lib._PROTOTYPES) == set()
+    assert set(_lib._PROTOTYPES) - declared == set()
