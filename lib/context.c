@@ -96,7 +96,8 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     if (p.log_fn) kiln_logger_init(&ctx->log, p.log_fn, p.log_user, p.log_level);
     else ctx->log = model->log;
 
-    kiln_bk_open_params op = {sizeof op, p.n_threads, ctx->log.level, ctx->log.fn, ctx->log.user};
+    /* the plugin logs through the context's logger (sink or process default) */
+    kiln_bk_open_params op = {sizeof op, p.n_threads, KILN_LOG_DEBUG, kiln_log_sink, &ctx->log};
     const kiln_hparams *hp = &model->hp;
     uint32_t ub = p.n_ubatch, ns = p.n_seq_max;
     if ((st = kiln_context_hold_weights(ctx))) goto fail;

@@ -347,7 +347,7 @@ kiln_status kiln_model_load(const char *path, const kiln_model_params *params, k
         st = kiln_error(KILN_E_NOT_FOUND, "backend '%s' has no device %d", m->bk->name, p.device);
         goto fail;
     }
-    kiln_bk_open_params op = {sizeof op, 1, m->log.level, m->log.fn, m->log.user};
+    kiln_bk_open_params op = {sizeof op, 1, KILN_LOG_DEBUG, kiln_log_sink, &m->log};
     if ((st = kiln_mem_device_open(m->bk, p.device, &op, m, &m->dev))) goto fail;
     if ((st = load_weights(m))) goto fail;
     m->fingerprint = model_fingerprint(m);

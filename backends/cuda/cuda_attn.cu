@@ -26,16 +26,18 @@
 
 #include "cuda_internal.cuh"
 
-#define KCU_ATTN_SPLIT 512
+#define KCU_ATTN_SPLIT 128     /* positions per split: a decode step at 4096 has 32 per head */
+#define KCU_ATTN_PART_MAX (64u << 20) /* scratch bytes of partial results per launch */
 #define KCU_ATTN_WARPS 4
 
 template <int DPL> /* head_dim / 32 */
 static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
     attn_split_kernel(const float *q, uint64_t qs, const __half *kc, const __half *vc, int kv_dim,
                       const int32_t *attn_table, const int32_t *attn_n_kv, const int32_t *block_tables,
-                      int block_size, int group, float scale, float *part, int n_splits) {
+                      int block_size, int group, float scale, float *part, int n_splits, int t0) {
+    kcu_pdl_wait();
     constexpr int D = DPL * 32;
-    const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+    const int t = t0 + blockIdx.x, h = blockIdx.y, split = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n_kv = attn_n_kv[t];
     const int p0 = split * KCU_ATTN_SPLIT;
@@ -51,22 +53,51 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
     }
     const int32_t *table = block_tables + attn_table[t];
     float m = -INFINITY, l = 0.0f;
-    for (int p = p0 + warp; p < p1; p += KCU_ATTN_WARPS) {
-        const uint64_t cell = (uint64_t)table[p / block_size] * block_size + p % block_size;
-        const __half *kr = kc + cell * kv_dim + (uint64_t)kvh * D;
-        const __half *vr = vc + cell * kv_dim + (uint64_t)kvh * D;
-        float s = 0.0f;
+    /* two positions per step, their loads issued together */
+    for (int p = p0 + warp; p < p1; p += 2 * KCU_ATTN_WARPS) {
+        const int pb = p + KCU_ATTN_WARPS;
+        const bool two = pb < p1;
+        const uint64_t ca = (uint64_t)table[p / block_size] * block_size + p % block_size;
+        const uint64_t cb = two ? (uint64_t)table[pb / block_size] * block_size + pb % block_size : ca;
+        const __half *ka = kc + ca * kv_dim + (uint64_t)kvh * D, *kb = kc + cb * kv_dim + (uint64_t)kvh * D;
+        const __half *va = vc + ca * kv_dim + (uint64_t)kvh * D, *vb = vc + cb * kv_dim + (uint64_t)kvh * D;
+        float kfa[DPL], kfb[DPL], vfa[DPL], vfb[DPL];
 #pragma unroll
-        for (int i = 0; i < DPL; i++) s = fmaf(qv[i], __half2float(kr[lane + 32 * i]), s);
+        for (int i = 0; i < DPL; i++) {
+            kfa[i] = __half2float(ka[lane + 32 * i]);
+            kfb[i] = __half2float(kb[lane + 32 * i]);
+            vfa[i] = __half2float(va[lane + 32 * i]);
+            vfb[i] = __half2float(vb[lane + 32 * i]);
+        }
+        float sa = 0.0f, sb = 0.0f;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        s *= scale;
-        const float mn = fmaxf(m, s);
-        const float corr = expf(m - mn), e = expf(s - mn);
+        for (int i = 0; i < DPL; i++) {
+            sa = fmaf(qv[i], kfa[i], sa);
+            sb = fmaf(qv[i], kfb[i], sb);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            sa += __shfl_xor_sync(0xffffffffu, sa, o);
+            sb += __shfl_xor_sync(0xffffffffu, sb, o);
+        }
+        sa *= scale;
+        sb *= scale;
+        /* position p, then position pb: the same order as one at a time */
+        float mn = fmaxf(m, sa);
+        float corr = expf(m - mn), e = expf(sa - mn);
         l = l * corr + e;
 #pragma unroll
-        for (int i = 0; i < DPL; i++) acc[i] = acc[i] * corr + e * __half2float(vr[lane + 32 * i]);
+        for (int i = 0; i < DPL; i++) acc[i] = acc[i] * corr + e * vfa[i];
         m = mn;
+        if (two) {
+            mn = fmaxf(m, sb);
+            corr = expf(m - mn);
+            e = expf(sb - mn);
+            l = l * corr + e;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[i] = acc[i] * corr + e * vfb[i];
+            m = mn;
+        }
     }
     __shared__ float sm[KCU_ATTN_WARPS], sl[KCU_ATTN_WARPS], so[KCU_ATTN_WARPS][D];
     if (lane == 0) {
@@ -79,7 +110,7 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
     float M = -INFINITY;
 #pragma unroll
     for (int w = 0; w < KCU_ATTN_WARPS; w++) M = fmaxf(M, sm[w]);
-    float *out = part + (((uint64_t)t * gridDim.y + h) * n_splits + split) * (D + 2);
+    float *out = part + (((uint64_t)blockIdx.x * gridDim.y + h) * n_splits + split) * (D + 2);
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float o = 0.0f;
 #pragma unroll
@@ -98,12 +129,13 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
 }
 
 static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n_kv, int n_splits, int D, float *dst,
-                                        uint64_t ds) {
-    const int t = blockIdx.x, h = blockIdx.y;
+                                        uint64_t ds, int t0) {
+    kcu_pdl_wait();
+    const int t = t0 + blockIdx.x, h = blockIdx.y;
     const int n_kv = attn_n_kv[t];
     const int ns = (n_kv + KCU_ATTN_SPLIT - 1) / KCU_ATTN_SPLIT;
     float *o = dst + (uint64_t)t * ds + (uint64_t)h * D;
-    const float *p = part + ((uint64_t)t * gridDim.y + h) * n_splits * (D + 2);
+    const float *p = part + ((uint64_t)blockIdx.x * gridDim.y + h) * n_splits * (D + 2);
     float M = -INFINITY;
     for (int s = 0; s < ns; s++) M = fmaxf(M, p[(uint64_t)s * (D + 2)]);
     float L = 0.0f;
@@ -152,30 +184,38 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     memset(&args, 0, sizeof args);
     args.q = *q, args.d = *dst, args.k = k_cache->ptr, args.v = v_cache->ptr, args.a = a, args.ns = n_splits;
     kiln_bk_buffer *part = NULL;
-    const uint64_t part_bytes = (uint64_t)ub->n_tokens * a.n_head * n_splits * (a.head_dim + 2) * sizeof(float);
+    const uint64_t per_token = (uint64_t)a.n_head * n_splits * (a.head_dim + 2) * sizeof(float);
+    uint32_t chunk = (uint32_t)(KCU_ATTN_PART_MAX / per_token);
+    if (chunk < 1) chunk = 1;
+    if (chunk > ub->n_tokens) chunk = ub->n_tokens;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
-    if ((st = kcu_pool_alloc(dev, part_bytes, &part))) return st;
-    dim3 grid(ub->n_tokens, a.n_head, n_splits);
+    if ((st = kcu_pool_alloc(dev, per_token * chunk, &part))) return st;
     const int group = (int)(a.n_head / a.n_head_kv);
     const float *qp = (const float *)kcu_tensor_ptr(q);
     const uint64_t qs = q->row_stride / 4;
     float *pp = (float *)part->ptr;
+    cudaError_t e = cudaSuccess;
+    /* tokens in chunks so that the partial results stay bounded; each
+     * (token, head) is computed the same way whatever the chunk */
+    for (uint32_t t0 = 0; t0 < ub->n_tokens && e == cudaSuccess; t0 += chunk) {
+        const uint32_t nt = ub->n_tokens - t0 < chunk ? ub->n_tokens - t0 : chunk;
+        dim3 grid(nt, a.n_head, n_splits);
 #define ATT(DPL_)                                                                                            \
     case DPL_:                                                                                               \
-        attn_split_kernel<DPL_><<<grid, KCU_ATTN_WARPS * 32, 0, dev->stream>>>(                              \
-            qp, qs, (const __half *)k_cache->ptr, (const __half *)v_cache->ptr, (int)kv_dim, ub->attn_table,  \
-            ub->attn_n_kv, ub->block_tables, (int)ub->block_size, group, a.scale, pp, n_splits);             \
+        e = kcu_launch(attn_split_kernel<DPL_>, grid, KCU_ATTN_WARPS * 32, 0, dev->stream, qp, qs,            \
+                       (const __half *)k_cache->ptr, (const __half *)v_cache->ptr, (int)kv_dim, ub->attn_table, \
+                       ub->attn_n_kv, ub->block_tables, (int)ub->block_size, group, a.scale, pp, n_splits,   \
+                       (int)t0);                                                                             \
         break;
-    switch (a.head_dim / 32) {
-        ATT(1) ATT(2) ATT(3) ATT(4) ATT(5) ATT(6) ATT(7) ATT(8)
-    }
+        switch (a.head_dim / 32) {
+            ATT(1) ATT(2) ATT(3) ATT(4) ATT(5) ATT(6) ATT(7) ATT(8)
+        }
 #undef ATT
-    cudaError_t e = cudaGetLastError();
-    if (e == cudaSuccess) {
-        dim3 g2(ub->n_tokens, a.n_head);
-        attn_fold_kernel<<<g2, a.head_dim < 128 ? 64 : 128, 0, dev->stream>>>(
-            pp, ub->attn_n_kv, n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4);
-        e = cudaGetLastError();
+        if (e == cudaSuccess) {
+            dim3 g2(nt, a.n_head);
+            e = kcu_launch(attn_fold_kernel, g2, a.head_dim < 128 ? 64 : 128, 0, dev->stream, pp, ub->attn_n_kv,
+                           n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)t0);
+        }
     }
     kcu_pool_free(part); /* stream-ordered: safe to hand out again */
     if (e != cudaSuccess) return kcu_cuda_error(e, "attention");

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda_internal.cuh"
 
@@ -270,6 +271,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     {
         const char *v = getenv("KILN_CUDA_MMV");
         dev->mmv_variant = v ? atoi(v) : 0;
+        const char *pr = getenv("KILN_CUDA_PROFILE");
+        dev->profile = pr && *pr && strcmp(pr, "0") != 0;
     }
     kiln_status st = KILN_OK;
     cudaError_t e;
@@ -281,6 +284,10 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     }
     cudaDeviceGetAttribute(&dev->sm_count, cudaDevAttrMultiProcessorCount, index);
     if ((st = stage_reserve(dev, KCU_STAGE_MIN))) goto fail;
+    if (dev->profile && (cudaEventCreate(&dev->ev0) != cudaSuccess || cudaEventCreate(&dev->ev1) != cudaSuccess)) {
+        (void)cudaGetLastError();
+        dev->profile = false;
+    }
     {
         cudaDeviceProp prop;
         cudaGetDeviceProperties(&prop, index);
@@ -305,7 +312,23 @@ static void cuda_device_close(kiln_bk_device *dev) {
         if (g) cudaGraphDestroy(g);
     }
     if (dev->stream) cudaStreamSynchronize(dev->stream);
+    if (dev->profile) {
+        kcu_log(dev, KILN_LOG_ERROR,
+                "cuda profile: graphs: %llu captured, %llu captures failed (last error %d), %llu replays, %llu "
+                "replays that did not match",
+                (unsigned long long)dev->n_captures, (unsigned long long)dev->n_capture_fail,
+                dev->last_capture_error, (unsigned long long)dev->n_replays, (unsigned long long)dev->n_mismatch);
+        if (dev->prof_n)
+            kcu_log(dev, KILN_LOG_ERROR,
+                    "cuda profile: %llu graph launches of %llu nodes: GPU %.3f ms each, %.3f ms wall from one "
+                    "launch to the next",
+                    (unsigned long long)dev->prof_n, (unsigned long long)dev->prof_nodes,
+                    dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n);
+        if (dev->ev0) cudaEventDestroy(dev->ev0);
+        if (dev->ev1) cudaEventDestroy(dev->ev1);
+    }
     graphs_clear(dev);
+    kcu_xq_release(dev);
     pool_detach_in_use(dev);
     pool_release_cached(dev);
     ub_free(dev);
@@ -322,6 +345,7 @@ static kiln_status cuda_synchronize(kiln_bk_device *dev) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: synchronize inside a graph");
+    kcu_xq_release(dev);
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "stream synchronize");
     return KILN_OK;
 }
@@ -465,6 +489,7 @@ static kiln_status cuda_pool_purge(kiln_bk_device *dev) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: purge inside a graph");
+    kcu_xq_release(dev);
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "purge: stream synchronize");
     graphs_clear(dev);
     pool_release_cached(dev);
@@ -547,6 +572,7 @@ static kiln_status cuda_buffer_download(kiln_bk_device *dev, const kiln_bk_buffe
         return kcu_error(KILN_E_INVALID_ARG, "cuda backend: download [%llu, +%llu) outside %llu bytes",
                          (unsigned long long)off, (unsigned long long)n, (unsigned long long)src->size);
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: download inside a graph");
+    kcu_xq_release(dev);
     if (n) KCU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost, dev->stream),
                      "download");
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
@@ -653,6 +679,7 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
     if (st) return st;
     if (!ubp) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: set_ubatch: ubatch is NULL");
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: set_ubatch inside a graph");
+    kcu_xq_release(dev);
     kiln_bk_ubatch u;
     memset(&u, 0, sizeof u);
     memcpy(&u, ubp, ubp->struct_size < sizeof u ? ubp->struct_size : sizeof u);
@@ -720,7 +747,20 @@ static void graphs_clear(kiln_bk_device *dev) {
     dev->n_graphs = 0;
 }
 
+void kcu_xq_release(kiln_bk_device *dev) {
+    if (dev->xq_buf) kcu_pool_free(dev->xq_buf);
+    dev->xq_buf = NULL;
+    dev->xq_src = NULL;
+}
+
+bool kcu_op_matmul(kiln_bk_device *dev, const void *args, size_t n) {
+    if (!dev->graph_mode) return true;
+    dev->graph_hash = fnv(dev->graph_hash, args, n);
+    return dev->graph_mode == 1;
+}
+
 bool kcu_op(kiln_bk_device *dev, const void *args, size_t n) {
+    if (dev->graph_mode != 2) kcu_xq_release(dev);
     if (!dev->graph_mode) return true;
     dev->graph_hash = fnv(dev->graph_hash, args, n);
     return dev->graph_mode == 1;
@@ -730,8 +770,15 @@ static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: graph_begin inside a graph");
+    kcu_xq_release(dev);
     /* the staged inputs of the last launch must have been read */
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "graph_begin: synchronize");
+    if (dev->profile && dev->ev_pending) {
+        float ms = 0;
+        cudaEventElapsedTime(&ms, dev->ev0, dev->ev1);
+        dev->prof_gpu_ms += ms;
+        dev->ev_pending = false;
+    }
     if (dev->stage_cap < (1u << 20) && (st = stage_reserve(dev, 1u << 20))) return st;
     dev->stage_used = 0;
     dev->graph_failed = false;
@@ -760,18 +807,36 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     int mode = dev->graph_mode;
+    if (mode == 1) kcu_xq_release(dev); /* recorded: its memory is the graph's now */
     dev->graph_mode = 0;
     if (mode == 0) return kcu_error(KILN_E_INTERNAL, "cuda backend: graph_end without graph_begin");
     if (mode == 2) {
         for (int i = 0; i < dev->n_graphs; i++) {
             if (dev->graphs[i].key != dev->graph_key) continue;
             if (dev->graphs[i].hash != dev->graph_hash || dev->graph_failed) {
+                dev->n_mismatch++;
                 cudaGraphExecDestroy(dev->graphs[i].exec);
                 dev->graphs[i] = dev->graphs[--dev->n_graphs];
                 *redo = 1;
                 return KILN_OK;
             }
+            dev->n_replays++;
+            if (dev->profile) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                const double now = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+                if (dev->prof_last_end > 0) {
+                    dev->prof_wall_ms += now - dev->prof_last_end;
+                    dev->prof_n++;
+                }
+                dev->prof_last_end = now;
+                cudaEventRecord(dev->ev0, dev->stream);
+            }
             KCU_CHECK(cudaGraphLaunch(dev->graphs[i].exec, dev->stream), "graph launch");
+            if (dev->profile) {
+                cudaEventRecord(dev->ev1, dev->stream);
+                dev->ev_pending = true;
+            }
             return KILN_OK;
         }
         *redo = 1;
@@ -781,8 +846,15 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     cudaError_t e = cudaStreamEndCapture(dev->stream, &g);
     cudaGraphExec_t exec = NULL;
     if (e == cudaSuccess && !dev->graph_failed) e = cudaGraphInstantiate(&exec, g, 0);
+    if (e == cudaSuccess && g && dev->profile) {
+        size_t nn = 0;
+        cudaGraphGetNodes(g, NULL, &nn);
+        dev->prof_nodes = nn;
+    }
     if (g) cudaGraphDestroy(g);
     if (e != cudaSuccess || dev->graph_failed) {
+        dev->n_capture_fail++;
+        dev->last_capture_error = dev->graph_failed ? -1 : (int)e;
         (void)cudaGetLastError();
         if (exec) cudaGraphExecDestroy(exec);
         *redo = 1; /* nothing recorded ran: the caller issues the operations again */
@@ -794,6 +866,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
         memmove(dev->graphs, dev->graphs + 1, sizeof dev->graphs[0] * (KCU_MAX_GRAPHS - 1));
         dev->n_graphs--;
     }
+    dev->n_captures++;
     dev->graphs[dev->n_graphs].key = dev->graph_key;
     dev->graphs[dev->n_graphs].hash = dev->graph_hash;
     dev->graphs[dev->n_graphs].exec = exec;

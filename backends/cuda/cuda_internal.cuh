@@ -117,13 +117,59 @@ struct kiln_bk_device {
     size_t ub_dev_cap;
 
 
+    /* int8 copy of the x of the last matmul, reused by the next matmul on
+     * the same x (q/k/v, gate/up); dropped by any other operation */
+    kiln_bk_buffer *xq_buf;
+    const void *xq_src;
+    uint64_t xq_stride;
+    int64_t xq_K, xq_nt;
+
     /* graphs */
     int graph_mode;          /* 0 eager, 1 capturing, 2 replaying */
     uint64_t graph_key, graph_hash;
     struct kcu_graph graphs[KCU_MAX_GRAPHS];
     int n_graphs;
     bool graph_failed;       /* an operation failed while capturing */
+    /* KILN_CUDA_PROFILE=1: GPU time of graph launches and wall time between
+     * them, printed at close (how much of a decode step is host work) */
+    bool profile;
+    cudaEvent_t ev0, ev1;
+    bool ev_pending;
+    double prof_gpu_ms, prof_wall_ms, prof_last_end;
+    uint64_t prof_n, prof_nodes;
+    uint64_t n_captures, n_capture_fail, n_replays, n_mismatch;
+    int last_capture_error;
 };
+
+/* ---- launches ----
+ * Every kernel is launched with programmatic dependent launch (Hopper):
+ * the next kernel of the stream may be scheduled while this one finishes,
+ * hiding most of the gap between the many small kernels of a decode step.
+ * Correctness rests on every kernel calling kcu_pdl_wait() before it reads
+ * or writes global memory (it returns once the previous grid has finished
+ * and its writes are visible), and on allowing the next launch at once. */
+static __device__ __forceinline__ void kcu_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+template <typename... KArgs, typename... Args>
+static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                     cudaStream_t stream, Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+}
 
 /* ---- cuda_backend.cu ---- */
 void kcu_log(const kiln_bk_device *dev, int32_t level, const char *fmt, ...)
@@ -141,6 +187,10 @@ kiln_status kcu_stage(kiln_bk_device *dev, const void *src, size_t bytes, const 
 /* In graph mode, folds an operation's arguments into the running hash and
  * says whether to launch (0: replaying, skip the launch). */
 bool kcu_op(kiln_bk_device *dev, const void *args, size_t n);
+/* Drops the cached int8 x (stream-ordered). */
+void kcu_xq_release(kiln_bk_device *dev);
+/* kcu_op for matmul: keeps the cached int8 x. */
+bool kcu_op_matmul(kiln_bk_device *dev, const void *args, size_t n);
 /* Device pointer of a tensor's first byte (NULL if no buffer). */
 static inline uint8_t *kcu_tensor_ptr(const kiln_bk_tensor *t) {
     return t && t->buf ? (uint8_t *)t->buf->ptr + t->offset : NULL;

@@ -30,6 +30,7 @@ template <int T>
 static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
     mmv_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int64_t K,
                int nt) {
+    kcu_pdl_wait();
     extern __shared__ float xsh[]; /* [nt][KCU_MMV_PITCH]: group g at 33 * g */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int row0 = (blockIdx.x * KCU_MMV_WARPS + warp) * KCU_MMV_ROWS;
@@ -107,6 +108,7 @@ template <int U, int R>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_f16_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
                    int nt) {
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, row0 = (blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
     if (row0 >= N) return;
     const int K8 = K / 8;
@@ -167,6 +169,7 @@ template <int U, int R>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q4_0_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
                     int nt) {
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, row0 = (blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
     if (row0 >= N) return;
     const int s = lane & 3, bl = lane >> 2;
@@ -227,6 +230,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
  * dp4a and x traffic drops 4x. Per token the same blocks are summed in the
  * same order whatever the number of tokens. */
 static __global__ void quant_x_q8_kernel(const float *x, uint64_t xs, int K, int8_t *xq, float *xd) {
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, b = blockIdx.x * 4 + (threadIdx.x >> 5), t = blockIdx.y;
     if (b >= K / 32) return;
     const float v = x[(uint64_t)t * xs + 32 * b + lane];
@@ -242,6 +246,7 @@ template <int U>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q4_0_q8_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys, int N,
                        int K, int nt) {
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
     const int s = lane & 3, bl = lane >> 2, nb = K / 32;
@@ -294,6 +299,7 @@ template <int U>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q8_0_q8_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys, int N,
                        int K, int nt) {
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
     const int s = lane & 3, bl = lane >> 2, nb = K / 32;
@@ -350,6 +356,7 @@ template <int T, int U>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q8x_staged_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys,
                           int N, int K, int nt) {
+    kcu_pdl_wait();
     constexpr int BB = T == KCU_Q4_0 ? 18 : 34; /* block bytes */
     __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x * KCU_FAST_WARPS + warp;
@@ -418,6 +425,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
                                           __half *dst) {
+    kcu_pdl_wait();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n_groups; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / groups_per_row, g = i % groups_per_row;
         float v[32];
@@ -434,11 +442,13 @@ static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t
 }
 
 static __global__ void to_f16_kernel(const float *x, uint64_t xs, __half *y, int64_t K, int64_t total) {
+    kcu_pdl_wait();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         y[i] = __float2half_rn(x[(i / K) * xs + i % K]);
 }
 
 static __global__ void to_bf16_kernel(const float *x, uint64_t xs, __nv_bfloat16 *y, int64_t K, int64_t total) {
+    kcu_pdl_wait();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
         y[i] = __float2bfloat16_rn(x[(i / K) * xs + i % K]);
 }
@@ -454,7 +464,7 @@ kiln_status kcu_dequant_f16(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_
     const unsigned grid = grid_for(total, 256);
 #define DQ(T_)                                                                                       \
     case T_:                                                                                         \
-        dequant_f16_kernel<T_><<<grid, 256, 0, dev->stream>>>(wp, w->row_stride, gpr, total, dst);   \
+        kcu_launch(dequant_f16_kernel<T_>, grid, 256, 0, dev->stream, wp, w->row_stride, gpr, total, dst);   \
         break;
     switch (w->type) {
         DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
@@ -489,33 +499,50 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
      * benchmarking */
     const int v = dev->mmv_variant;
 #define FAST(K_, U_, R_)                                                                                        \
-    K_<U_, R_><<<(unsigned)((N + KCU_FAST_WARPS * R_ - 1) / (KCU_FAST_WARPS * R_)), KCU_FAST_WARPS * 32, 0,    \
-                 dev->stream>>>(wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt)
+    kcu_launch(K_<U_, R_>, (unsigned)((N + KCU_FAST_WARPS * R_ - 1) / (KCU_FAST_WARPS * R_)), KCU_FAST_WARPS * 32, 0,    \
+                 dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt)
     if ((w->type == KCU_Q4_0 || w->type == KCU_Q8_0) && v != 4) { /* KILN_CUDA_MMV=4: float x (comparison) */
         const int nb = (int)(K / 32);
-        kiln_bk_buffer *qb = NULL;
-        kiln_status st = kcu_pool_alloc(dev, (uint64_t)nt * K + (uint64_t)nt * nb * sizeof(float), &qb);
-        if (st) return st;
-        int8_t *xq = (int8_t *)qb->ptr;
+        const bool reuse = dev->xq_buf && dev->xq_src == xp && dev->xq_stride == x->row_stride && dev->xq_K == K &&
+                           dev->xq_nt == nt;
+        if (!reuse) {
+            kcu_xq_release(dev);
+            kiln_status st = kcu_pool_alloc(dev, (uint64_t)nt * K + (uint64_t)nt * nb * sizeof(float), &dev->xq_buf);
+            if (st) return st;
+        }
+        int8_t *xq = (int8_t *)dev->xq_buf->ptr;
         float *xd = (float *)(xq + (uint64_t)nt * K); /* K is a multiple of 32: aligned */
-        quant_x_q8_kernel<<<dim3((unsigned)((nb + 3) / 4), (unsigned)nt), 128, 0, dev->stream>>>(xp, xs, (int)K, xq, xd);
+        if (!reuse) {
+            kcu_launch(quant_x_q8_kernel, dim3((unsigned)((nb + 3) / 4), (unsigned)nt), 128, 0, dev->stream, xp, xs,
+                       (int)K, xq, xd);
+            dev->xq_src = xp;
+            dev->xq_stride = x->row_stride;
+            dev->xq_K = K;
+            dev->xq_nt = nt;
+        }
         const unsigned grid = (unsigned)((N + KCU_FAST_WARPS - 1) / KCU_FAST_WARPS);
         const bool staged = v != 5 && nb % 8 == 0 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0;
         if (staged && w->type == KCU_Q4_0)
-            mmv_q8x_staged_kernel<KCU_Q4_0, 8><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(
+            kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, 
                 wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
         else if (staged)
-            mmv_q8x_staged_kernel<KCU_Q8_0, 4><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(
+            kcu_launch(mmv_q8x_staged_kernel<KCU_Q8_0, 4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, 
                 wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
         else if (w->type == KCU_Q4_0)
-            mmv_q4_0_q8_kernel<8><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(wp, w->row_stride, xq, xd, yp, ys, N,
+            kcu_launch(mmv_q4_0_q8_kernel<8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp, ys, N,
                                                                               (int)K, nt);
         else
-            mmv_q8_0_q8_kernel<4><<<grid, KCU_FAST_WARPS * 32, 0, dev->stream>>>(wp, w->row_stride, xq, xd, yp, ys, N,
+            kcu_launch(mmv_q8_0_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp, ys, N,
                                                                               (int)K, nt);
         cudaError_t e = cudaGetLastError();
-        kcu_pool_free(qb); /* stream-ordered */
-        if (e != cudaSuccess) return kcu_cuda_error(e, "matrix-vector product (int8)");
+        /* this product's output overlapping x would make the cached copy stale */
+        const uint8_t *d0 = (const uint8_t *)yp, *d1 = d0 + (uint64_t)(nt - 1) * dst->row_stride + (uint64_t)N * 4;
+        const uint8_t *x0 = (const uint8_t *)xp, *x1 = x0 + (uint64_t)(nt - 1) * x->row_stride + (uint64_t)K * 4;
+        if (d0 < x1 && x0 < d1) kcu_xq_release(dev);
+        if (e != cudaSuccess) {
+            kcu_xq_release(dev);
+            return kcu_cuda_error(e, "matrix-vector product (int8)");
+        }
         return KILN_OK;
     }
     if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
@@ -539,7 +566,7 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     case T_:                                                                                             \
         if (smem > 48 * 1024)                                                                            \
             cudaFuncSetAttribute(mmv_kernel<T_>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem); \
-        mmv_kernel<T_><<<grid, KCU_MMV_WARPS * 32, smem, dev->stream>>>(wp, w->row_stride, xp, xs, yp, ys, N, K, nt); \
+        kcu_launch(mmv_kernel<T_>, grid, KCU_MMV_WARPS * 32, smem, dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, K, nt); \
         break;
     switch (w->type) {
         MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
@@ -558,10 +585,10 @@ static kiln_status convert_x(kiln_bk_device *dev, const kiln_bk_tensor *x, int t
     if (st) return st;
     const float *xp = (const float *)kcu_tensor_ptr(x);
     if (type == KCU_BF16)
-        to_bf16_kernel<<<grid_for(M * K, 256), 256, 0, dev->stream>>>(xp, x->row_stride / 4,
+        kcu_launch(to_bf16_kernel, grid_for(M * K, 256), 256, 0, dev->stream, xp, x->row_stride / 4,
                                                                      (__nv_bfloat16 *)(*out)->ptr, K, M * K);
     else
-        to_f16_kernel<<<grid_for(M * K, 256), 256, 0, dev->stream>>>(xp, x->row_stride / 4, (__half *)(*out)->ptr, K,
+        kcu_launch(to_f16_kernel, grid_for(M * K, 256), 256, 0, dev->stream, xp, x->row_stride / 4, (__half *)(*out)->ptr, K,
                                                                     M * K);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) {
@@ -638,7 +665,10 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
     struct { kiln_bk_tensor w, x, d; } args;
     memset(&args, 0, sizeof args);
     args.w = *w, args.x = *x, args.d = *dst;
-    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
+    const bool int8_path = x->ne[1] <= KCU_MMV_MAX && (w->type == KCU_Q4_0 || w->type == KCU_Q8_0) &&
+                           dev->mmv_variant != 4;
+    if (!int8_path) kcu_xq_release(dev);
     if (x->ne[1] <= KCU_MMV_MAX) return matmul_mmv(dev, w, x, dst);
     return matmul_cublas(dev, w, x, dst);
 }

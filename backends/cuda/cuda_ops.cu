@@ -19,6 +19,7 @@
 template <int T>
 static __global__ void get_rows_kernel(const uint8_t *table, uint64_t rs, const int32_t *ids, float *dst,
                                        uint64_t ds, int64_t groups) {
+    kcu_pdl_wait();
     const int64_t r = blockIdx.y;
     const uint8_t *row = table + (uint64_t)ids[r] * rs;
     float *y = dst + r * ds;
@@ -33,6 +34,7 @@ static __global__ void get_rows_kernel(const uint8_t *table, uint64_t rs, const 
 /* Float tables whose rows are not a multiple of 32. */
 static __global__ void get_rows_f32_kernel(const uint8_t *table, uint64_t rs, const int32_t *ids, float *dst,
                                            uint64_t ds, int64_t n, int type) {
+    kcu_pdl_wait();
     const int64_t r = blockIdx.y;
     const uint8_t *row = table + (uint64_t)ids[r] * rs;
     for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -75,7 +77,7 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
     const bool float_type = table->type == KCU_F32 || table->type == KCU_F16 || table->type == KCU_BF16;
     if (float_type && K % 32) {
         dim3 grid((unsigned)((K + 255) / 256 < 64 ? (K + 255) / 256 : 64), (unsigned)n);
-        get_rows_f32_kernel<<<grid, 256, 0, dev->stream>>>(tp, table->row_stride, (const int32_t *)d_ids, dp, ds, K,
+        kcu_launch(get_rows_f32_kernel, grid, 256, 0, dev->stream, tp, table->row_stride, (const int32_t *)d_ids, dp, ds, K,
                                                             table->type);
         KCU_LAUNCHED("get_rows");
         return KILN_OK;
@@ -84,7 +86,7 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
     dim3 grid((unsigned)((groups + 127) / 128 < 64 ? (groups + 127) / 128 : 64), (unsigned)n);
 #define GR(T_)                                                                                                   \
     case T_:                                                                                                     \
-        get_rows_kernel<T_><<<grid, 128, 0, dev->stream>>>(tp, table->row_stride, (const int32_t *)d_ids, dp, ds, \
+        kcu_launch(get_rows_kernel<T_>, grid, 128, 0, dev->stream, tp, table->row_stride, (const int32_t *)d_ids, dp, ds, \
                                                            groups);                                              \
         break;
     switch (table->type) {
@@ -103,6 +105,7 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
 
 static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float *w, float *y, uint64_t ys, int64_t n,
                                        float eps) {
+    kcu_pdl_wait();
     const float *xr = x + blockIdx.x * xs;
     float *yr = y + blockIdx.x * ys;
     double s = 0.0;
@@ -140,7 +143,7 @@ kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kil
     args.a = *x, args.b = *w, args.c = *dst, args.eps = eps;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     const int threads = x->ne[0] >= 1024 ? 256 : x->ne[0] >= 256 ? 128 : 64;
-    rms_norm_kernel<<<(unsigned)x->ne[1], threads, 0, dev->stream>>>(
+    kcu_launch(rms_norm_kernel, (unsigned)x->ne[1], threads, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(x), x->row_stride / 4, (const float *)kcu_tensor_ptr(w),
         (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, x->ne[0], eps);
     KCU_LAUNCHED("rms_norm");
@@ -153,6 +156,7 @@ kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kil
 
 static __global__ void add_kernel(const float *a, uint64_t as, const float *b, uint64_t bs, float *y, uint64_t ys,
                                   int64_t n, int64_t rows) {
+    kcu_pdl_wait();
     const int64_t total = n * rows;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / n, c = i % n;
@@ -178,7 +182,7 @@ kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     const uint64_t bs = b->ne[1] == 1 ? 0 : b->row_stride / 4;
     const int64_t blocks = (total + 255) / 256;
-    add_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, dev->stream>>>(
+    kcu_launch(add_kernel, (unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(a), a->row_stride / 4, (const float *)kcu_tensor_ptr(b), bs,
         (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, a->ne[0], a->ne[1]);
     KCU_LAUNCHED("add");
@@ -194,6 +198,7 @@ kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_
  * pair is rotated in every head. */
 static __global__ void rope_kernel(float *x, uint64_t xs, const int32_t *pos, int n_head, int head_dim, int half,
                                    int neox, float theta_scale, float freq_scale, const float *ff) {
+    kcu_pdl_wait();
     const int t = blockIdx.x, i = threadIdx.x;
     if (i >= half) return;
     float theta = (float)pos[t];
@@ -243,7 +248,7 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
     args.ff = ff;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     const float theta_scale = powf(r.freq_base, -2.0f / (float)r.n_rot);
-    rope_kernel<<<(unsigned)x->ne[1], (unsigned)((half + 31) / 32 * 32), 0, dev->stream>>>(
+    kcu_launch(rope_kernel, (unsigned)x->ne[1], (unsigned)((half + 31) / 32 * 32), 0, dev->stream, 
         (float *)kcu_tensor_ptr(x), x->row_stride / 4, dev->ub.pos, (int)r.n_head, (int)r.head_dim, half,
         r.mode == KILN_ROPE_NEOX, theta_scale, r.freq_scale, (const float *)ff);
     KCU_LAUNCHED("rope");
@@ -256,6 +261,7 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
 
 static __global__ void swiglu_kernel(const float *g, uint64_t gs, const float *u, uint64_t us, float *y, uint64_t ys,
                                      int64_t n, int64_t rows) {
+    kcu_pdl_wait();
     const int64_t total = n * rows;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / n, c = i % n;
@@ -278,7 +284,7 @@ kiln_status kcu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const ki
     args.a = *gate, args.b = *up, args.c = *dst;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     const int64_t blocks = (total + 255) / 256;
-    swiglu_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, dev->stream>>>(
+    kcu_launch(swiglu_kernel, (unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(gate), gate->row_stride / 4, (const float *)kcu_tensor_ptr(up),
         up->row_stride / 4, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, gate->ne[0], gate->ne[1]);
     KCU_LAUNCHED("swiglu");
@@ -291,6 +297,7 @@ kiln_status kcu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const ki
 
 static __global__ void kv_store_kernel(const float *k, uint64_t ks, const float *v, uint64_t vs, __half *kc,
                                        __half *vc, const int32_t *cell, int kv_dim) {
+    kcu_pdl_wait();
     const int t = blockIdx.x;
     const uint64_t c = (uint64_t)cell[t] * (uint64_t)kv_dim;
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
@@ -320,7 +327,7 @@ kiln_status kcu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kil
     memset(&args, 0, sizeof args);
     args.k = *k, args.v = *v, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
-    kv_store_kernel<<<ub->n_tokens, 128, 0, dev->stream>>>(
+    kcu_launch(kv_store_kernel, ub->n_tokens, 128, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(k), k->row_stride / 4, (const float *)kcu_tensor_ptr(v), v->row_stride / 4,
         (__half *)k_cache->ptr, (__half *)v_cache->ptr, ub->kv_cell, (int)kv_dim);
     KCU_LAUNCHED("kv_store");

@@ -106,6 +106,11 @@ LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p
 UBATCH_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_uint32,
                              ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p)
 
+# int32_t (*kiln_quantize_progress_fn)(uint64_t i, uint64_t n, const char *name,
+#                                     int32_t type, void *user)
+QUANTIZE_PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_uint64, ctypes.c_uint64,
+                                        ctypes.c_char_p, ctypes.c_int32, ctypes.c_void_p)
+
 # ---------------------------------------------------------------------------
 # Structs
 # ---------------------------------------------------------------------------
@@ -239,11 +244,20 @@ class MemoryEvent(_Struct):
                 ("file", ctypes.c_char_p)]
 
 
-STRUCTS = (ModelParams, ModelInfo, ContextParams, Batch, PoolStats, KvStats,
-           SamplerParams, DeviceInfo, DraftParams, DraftStats, MemoryEntry, MemoryEvent)
-
 # void (*kiln_memory_fn)(const kiln_memory_event *ev, void *user)
 MEMORY_FN = ctypes.CFUNCTYPE(None, ctypes.POINTER(MemoryEvent), ctypes.c_void_p)
+
+
+class QuantizeParams(_Struct):
+    _c_name_, _init_ = "kiln_quantize_params", "kiln_quantize_params_init_sized"
+    _fields_ = [("struct_size", _u32), ("ftype", _i32), ("flags", _u32),
+                ("n_threads", _i32), ("progress", QUANTIZE_PROGRESS_FN),
+                ("progress_user", _ptr)]
+
+
+STRUCTS = (ModelParams, ModelInfo, ContextParams, Batch, PoolStats, KvStats,
+           SamplerParams, DeviceInfo, DraftParams, DraftStats, QuantizeParams,
+           MemoryEntry, MemoryEvent)
 
 # ---------------------------------------------------------------------------
 # Prototypes. Handles are void pointers (opaque); a NULL handle is None.
@@ -286,6 +300,9 @@ _PROTOTYPES = {
     "kiln_model_info_init_sized": (None, [_p(ModelInfo), _u32]),
     "kiln_model_get_info": (_st, [_h, _p(ModelInfo)]),
     "kiln_model_meta_str": (_st, [_h, _cs, ctypes.c_void_p, _sz, _szp]),
+    # quantization
+    "kiln_quantize_params_init_sized": (None, [_p(QuantizeParams), _u32]),
+    "kiln_model_quantize": (_st, [_cs, _cs, _p(QuantizeParams)]),
     # tokenizer
     "kiln_tokenize": (_st, [_h, _cs, _sz, _u32, _i32p, _sz, _szp]),
     "kiln_detokenize": (_st, [_h, _i32p, _sz, _u32, ctypes.c_void_p, _sz, _szp]),
