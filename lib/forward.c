@@ -17,6 +17,7 @@
 
 #include "context.h"
 #include "quant.h"
+#include "memtrack.h"
 
 static kiln_bk_tensor act(kiln_bk_buffer *buf, uint64_t off_floats, int64_t ne0, int64_t ne1) {
     kiln_bk_tensor t;
@@ -59,7 +60,8 @@ kiln_status kiln_forward_ubatch(kiln_context *ctx, const int32_t *tokens, uint32
     const uint64_t o_xo = o_u + n * F, o_lo = o_xo + (uint64_t)n_out * E, total = o_lo + (uint64_t)n_out * V;
 
     kiln_bk_buffer *buf = NULL;
-    kiln_status st = bk->buffer_alloc(dev, total * sizeof(float), KILN_BK_BUF_TRANSIENT, &buf);
+    kiln_status st = kiln_mem_buffer_alloc(bk, dev, total * sizeof(float), KILN_BK_BUF_TRANSIENT, KILN_MEM_POOL,
+                                           &buf);
     if (st) return kiln_error(st, "decode: cannot allocate %llu bytes of activations on %s",
                               (unsigned long long)(total * sizeof(float)), bk->name);
 
@@ -137,6 +139,6 @@ done:
         bk->graph_end(dev, &redo);
     }
     if (st != KILN_OK && !kiln_last_error()[0]) kiln_error(st, "decode: backend %s failed", bk->name);
-    bk->buffer_free(buf);
+    kiln_mem_buffer_free(bk, buf);
     return st;
 }
