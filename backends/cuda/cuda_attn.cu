@@ -129,7 +129,7 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
 }
 
 static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n_kv, int n_splits, int D, float *dst,
-                                        uint64_t ds, int t0) {
+                                        uint64_t ds, int t0, int8_t *xq, float *xd) {
     kcu_pdl_wait();
     const int t = t0 + blockIdx.x, h = blockIdx.y;
     const int n_kv = attn_n_kv[t];
@@ -143,7 +143,12 @@ static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float a = 0.0f;
         for (int s = 0; s < ns; s++) a += p[(uint64_t)s * (D + 2) + 2 + d] * expf(p[(uint64_t)s * (D + 2)] - M);
-        o[d] = ns > 0 && L > 0.0f ? a / L : 0.0f;
+        const float v = ns > 0 && L > 0.0f ? a / L : 0.0f;
+        o[d] = v;
+        if (xq) { /* D % 32 == 0: a warp holds one block of the row */
+            const int64_t K = (int64_t)gridDim.y * D;
+            kcu_q8_store(v, (int64_t)h * D + d, xq + (int64_t)t * K, xd + (int64_t)t * (K / 32));
+        }
     }
 }
 
@@ -189,6 +194,10 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     if (chunk < 1) chunk = 1;
     if (chunk > ub->n_tokens) chunk = ub->n_tokens;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    int8_t *xq;
+    float *xd;
+    if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, (int64_t)qw, ub->n_tokens, &xq, &xd)))
+        return st;
     if ((st = kcu_pool_alloc(dev, per_token * chunk, &part))) return st;
     const int group = (int)(a.n_head / a.n_head_kv);
     const float *qp = (const float *)kcu_tensor_ptr(q);
@@ -214,7 +223,8 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
         if (e == cudaSuccess) {
             dim3 g2(nt, a.n_head);
             e = kcu_launch(attn_fold_kernel, g2, a.head_dim < 128 ? 64 : 128, 0, dev->stream, pp, ub->attn_n_kv,
-                           n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)t0);
+                           n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)t0, xq,
+                           xd);
         }
     }
     kcu_pool_free(part); /* stream-ordered: safe to hand out again */

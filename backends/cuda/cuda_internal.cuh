@@ -123,6 +123,7 @@ struct kiln_bk_device {
     const void *xq_src;
     uint64_t xq_stride;
     int64_t xq_K, xq_nt;
+    bool int8_seen;          /* a decode product here took int8 x */
 
     /* graphs */
     int graph_mode;          /* 0 eager, 1 capturing, 2 replaying */
@@ -171,6 +172,20 @@ static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 b
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
 }
 
+/* Quantizes one value of a 32-element block held by the 32 lanes of a warp
+ * (lane i holds element i of the block; the whole warp must call it) to
+ * int8 with the block's scale amax / 127: the activation format of the
+ * Q4_0/Q8_0 decode kernels, written by the operations that produce x so
+ * that the products need no quantization pass of their own. */
+static __device__ __forceinline__ void kcu_q8_store(float v, int64_t i, int8_t *xq, float *xd) {
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    xq[i] = (int8_t)__float2int_rn(v * id);
+    if ((i & 31) == 0) xd[i / 32] = d;
+}
+
 /* ---- cuda_backend.cu ---- */
 void kcu_log(const kiln_bk_device *dev, int32_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -187,6 +202,12 @@ kiln_status kcu_stage(kiln_bk_device *dev, const void *src, size_t bytes, const 
 /* In graph mode, folds an operation's arguments into the running hash and
  * says whether to launch (0: replaying, skip the launch). */
 bool kcu_op(kiln_bk_device *dev, const void *args, size_t n);
+/* For an operation about to write x (rows of K floats at dst, row_stride
+ * apart): when this handle's decode products take int8 x and the rows are
+ * few enough, allocates the int8 copy, records it as the cached x and
+ * returns where the kernel writes it; else *xq = NULL. Call after kcu_op. */
+kiln_status kcu_xq_produce(kiln_bk_device *dev, const void *dst, uint64_t row_stride, int64_t K, int64_t rows,
+                           int8_t **xq, float **xd);
 /* Drops the cached int8 x (stream-ordered). */
 void kcu_xq_release(kiln_bk_device *dev);
 /* kcu_op for matmul: keeps the cached int8 x. */
@@ -202,6 +223,8 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
                          kiln_bk_tensor *dst);
 kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *w,
                          float eps, kiln_bk_tensor *dst);
+kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                             kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst);
 kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
                     kiln_bk_tensor *dst);
 kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope);
