@@ -26,6 +26,7 @@
 /* ------------------------------------------------------------------------ */
 
 static const kiln_bk_host *g_host;
+int kcu_pdl_mode = 1;
 
 kiln_status kcu_error(kiln_status st, const char *fmt, ...) {
     char msg[512];
@@ -271,6 +272,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     {
         const char *v = getenv("KILN_CUDA_MMV");
         dev->mmv_variant = v ? atoi(v) : 0;
+        const char *pdl = getenv("KILN_CUDA_PDL");
+        if (pdl && *pdl) kcu_pdl_mode = atoi(pdl);
         const char *pr = getenv("KILN_CUDA_PROFILE");
         dev->profile = pr && *pr && strcmp(pr, "0") != 0;
     }

@@ -149,12 +149,21 @@ struct kiln_bk_device {
  * Correctness rests on every kernel calling kcu_pdl_wait() before it reads
  * or writes global memory (it returns once the previous grid has finished
  * and its writes are visible), and on allowing the next launch at once. */
+#ifndef KCU_PDL_EARLY
+#define KCU_PDL_EARLY 0 /* 1: dependents may launch as soon as a grid starts */
+#endif
 static __device__ __forceinline__ void kcu_pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#if KCU_PDL_EARLY
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+#endif
 }
+
+/* KILN_CUDA_PDL=0 turns programmatic dependent launch off (comparison);
+ * read at the first device_open. */
+extern int kcu_pdl_mode;
 
 template <typename... KArgs, typename... Args>
 static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
@@ -168,7 +177,7 @@ static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 b
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = kcu_pdl_mode != 0;
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
 }
 
