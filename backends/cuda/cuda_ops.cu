@@ -147,7 +147,7 @@ kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kil
     memset(&args, 0, sizeof args);
     args.a = *x, args.b = *w, args.c = *dst, args.eps = eps;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
-    const int threads = x->ne[0] >= 1024 ? 256 : x->ne[0] >= 256 ? 128 : 64;
+    const int threads = x->ne[0] >= 4096 ? 1024 : x->ne[0] >= 1024 ? 256 : x->ne[0] >= 256 ? 128 : 64;
     int8_t *xq;
     float *xd;
     if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, dst->ne[0], dst->ne[1], &xq, &xd))) return st;
@@ -215,7 +215,7 @@ kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const
     int8_t *xq;
     float *xd;
     if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, n, rows, &xq, &xd))) return st;
-    const int threads = n >= 1024 ? 256 : n >= 256 ? 128 : 64;
+    const int threads = n >= 4096 ? 1024 : n >= 1024 ? 256 : n >= 256 ? 128 : 64;
     kcu_launch(add_rms_norm_kernel, (unsigned)rows, threads, 0, dev->stream, (const float *)kcu_tensor_ptr(a),
                a->row_stride / 4, (const float *)kcu_tensor_ptr(b), b->row_stride / 4, (float *)kcu_tensor_ptr(sum),
                sum->row_stride / 4, (const float *)kcu_tensor_ptr(w), (float *)kcu_tensor_ptr(dst),
@@ -270,17 +270,23 @@ kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_
 /* One thread per (token, pair): the angle is built by repeated
  * multiplication exactly as the CPU backend (and ggml) builds it, then the
  * pair is rotated in every head. */
+/* One block per token, one thread per (head, pair): every head's rotation
+ * is independent, so all of them are in flight at once (a thread per pair
+ * looping over 32 heads was a chain of 32 dependent memory round trips).
+ * The angle is built by repeated multiplication exactly as the CPU backend
+ * (and ggml) builds it. */
 static __global__ void rope_kernel(float *x, uint64_t xs, const int32_t *pos, int n_head, int head_dim, int half,
                                    int neox, float theta_scale, float freq_scale, const float *ff) {
     kcu_pdl_wait();
-    const int t = blockIdx.x, i = threadIdx.x;
-    if (i >= half) return;
-    float theta = (float)pos[t];
-    for (int j = 0; j < i; j++) theta = __fmul_rn(theta, theta_scale);
-    const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
-    const float c = cosf(th), s = sinf(th);
+    const int t = blockIdx.x;
+    const float p = (float)pos[t];
     float *row = x + (uint64_t)t * xs;
-    for (int h = 0; h < n_head; h++) {
+    for (int k = threadIdx.x; k < n_head * half; k += blockDim.x) {
+        const int h = k / half, i = k % half;
+        float theta = p;
+        for (int j = 0; j < i; j++) theta = __fmul_rn(theta, theta_scale);
+        const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
+        const float c = cosf(th), s = sinf(th);
         float *v = row + (int64_t)h * head_dim;
         float *a = neox ? v + i : v + 2 * i;
         float *b = neox ? v + i + half : v + 2 * i + 1;
@@ -322,7 +328,9 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
     args.ff = ff;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     const float theta_scale = powf(r.freq_base, -2.0f / (float)r.n_rot);
-    kcu_launch(rope_kernel, (unsigned)x->ne[1], (unsigned)((half + 31) / 32 * 32), 0, dev->stream, 
+    const int pairs = (int)r.n_head * half;
+    kcu_launch(rope_kernel, (unsigned)x->ne[1], (unsigned)(pairs >= 1024 ? 1024 : (pairs + 31) / 32 * 32), 0,
+               dev->stream, 
         (float *)kcu_tensor_ptr(x), x->row_stride / 4, dev->ub.pos, (int)r.n_head, (int)r.head_dim, half,
         r.mode == KILN_ROPE_NEOX, theta_scale, r.freq_scale, (const float *)ff);
     KCU_LAUNCHED("rope");
@@ -380,7 +388,7 @@ static __global__ void kv_store_kernel(const float *k, uint64_t ks, const float 
     kcu_pdl_wait();
     const int t = blockIdx.x;
     const uint64_t c = (uint64_t)cell[t] * (uint64_t)kv_dim;
-    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < kv_dim; i += gridDim.y * blockDim.x) {
         kc[c + i] = __float2half_rn(k[(uint64_t)t * ks + i]);
         vc[c + i] = __float2half_rn(v[(uint64_t)t * vs + i]);
     }
@@ -407,7 +415,7 @@ kiln_status kcu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kil
     memset(&args, 0, sizeof args);
     args.k = *k, args.v = *v, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
-    kcu_launch(kv_store_kernel, ub->n_tokens, 128, 0, dev->stream, 
+    kcu_launch(kv_store_kernel, dim3(ub->n_tokens, (kv_dim + 255) / 256), 256, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(k), k->row_stride / 4, (const float *)kcu_tensor_ptr(v), v->row_stride / 4,
         (__half *)k_cache->ptr, (__half *)v_cache->ptr, ub->kv_cell, (int)kv_dim);
     KCU_LAUNCHED("kv_store");
