@@ -133,6 +133,104 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
     }
 }
 
+/* Prefill: a block computes (tile of up to TT tokens of one sequence, head,
+ * split); every K/V row loaded serves all the tile's tokens, each with its
+ * own causal limit n_kv, online softmax state and output. */
+template <int DPL, int TT>
+static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
+    attn_tile_kernel(const float *q, uint64_t qs, const __half *kc, const __half *vc, int kv_dim,
+                     const int32_t *attn_table, const int32_t *attn_n_kv, const int32_t *block_tables, int block_size,
+                     int group, float scale, float *part, int n_splits, int tile0, int tok0, int split_len,
+                     const int32_t *tiles) {
+    kcu_pdl_wait();
+    constexpr int D = DPL * 32;
+    const int tile = tile0 + blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+    const int start = tiles[2 * tile], cnt = tiles[2 * tile + 1];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int nk[TT];
+    int maxkv = 0;
+#pragma unroll
+    for (int j = 0; j < TT; j++) {
+        nk[j] = j < cnt ? attn_n_kv[start + j] : 0;
+        maxkv = max(maxkv, nk[j]);
+    }
+    const int p0 = split * split_len;
+    if (p0 >= maxkv) return;
+    const int p1 = min(maxkv, p0 + split_len);
+    const int kvh = h / group;
+    float qv[TT][DPL], acc[TT][DPL], m[TT], l[TT];
+#pragma unroll
+    for (int j = 0; j < TT; j++) {
+        m[j] = -INFINITY;
+        l[j] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            qv[j][i] = j < cnt ? q[(uint64_t)(start + j) * qs + (uint64_t)h * D + lane + 32 * i] : 0.0f;
+            acc[j][i] = 0.0f;
+        }
+    }
+    const int32_t *table = block_tables + attn_table[start];
+    for (int p = p0 + warp; p < p1; p += KCU_ATTN_WARPS) {
+        const uint64_t cell = (uint64_t)table[p / block_size] * block_size + p % block_size;
+        const __half *kr = kc + cell * kv_dim + (uint64_t)kvh * D, *vr = vc + cell * kv_dim + (uint64_t)kvh * D;
+        float kf[DPL], vf[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            kf[i] = __half2float(kr[lane + 32 * i]);
+            vf[i] = __half2float(vr[lane + 32 * i]);
+        }
+#pragma unroll
+        for (int j = 0; j < TT; j++) {
+            if (p >= nk[j]) continue; /* warp-uniform */
+            float sc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) sc = fmaf(qv[j][i], kf[i], sc);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) sc += __shfl_xor_sync(0xffffffffu, sc, o);
+            sc *= scale;
+            const float mn = fmaxf(m[j], sc);
+            const float corr = expf(m[j] - mn), e = expf(sc - mn);
+            l[j] = l[j] * corr + e;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[j][i] = acc[j][i] * corr + e * vf[i];
+            m[j] = mn;
+        }
+    }
+    __shared__ float sm[KCU_ATTN_WARPS][TT], sl[KCU_ATTN_WARPS][TT], so[KCU_ATTN_WARPS][D];
+#pragma unroll
+    for (int j = 0; j < TT; j++) {
+        if (j >= cnt) break;
+        __syncthreads();
+        if (lane == 0) {
+            sm[warp][j] = m[j];
+            sl[warp][j] = l[j];
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; i++) so[warp][lane + 32 * i] = acc[j][i];
+        __syncthreads();
+        if (p0 >= nk[j]) continue; /* the fold reads only the splits below n_kv */
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < KCU_ATTN_WARPS; w++) M = fmaxf(M, sm[w][j]);
+        float *out = part + (((uint64_t)(start + j - tok0) * gridDim.y + h) * n_splits + split) * (D + 2);
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < KCU_ATTN_WARPS; w++)
+                if (sm[w][j] != -INFINITY) o += so[w][d] * expf(sm[w][j] - M);
+            out[2 + d] = o;
+        }
+        if (threadIdx.x == 0) {
+            float L = 0.0f;
+#pragma unroll
+            for (int w = 0; w < KCU_ATTN_WARPS; w++)
+                if (sm[w][j] != -INFINITY) L += sl[w][j] * expf(sm[w][j] - M);
+            out[0] = M;
+            out[1] = L;
+        }
+    }
+}
+
 static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n_kv, int n_splits, int D, float *dst,
                                         uint64_t ds, int t0, int8_t *xq, float *xd, int split_len) {
     kcu_pdl_wait();
@@ -198,6 +296,7 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     const uint64_t per_token = (uint64_t)a.n_head * n_splits * (a.head_dim + 2) * sizeof(float);
     uint32_t chunk = (uint32_t)(KCU_ATTN_PART_MAX / per_token);
     if (chunk < 1) chunk = 1;
+    if (!decode && chunk < 8) chunk = 8; /* a prefill tile has up to 8 tokens */
     if (chunk > ub->n_tokens) chunk = ub->n_tokens;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     int8_t *xq;
@@ -210,6 +309,39 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     const uint64_t qs = q->row_stride / 4;
     float *pp = (float *)part->ptr;
     cudaError_t e = cudaSuccess;
+    if (!decode && ub->n_tiles > 0) {
+        /* prefill: tiles of one sequence's consecutive tokens, in chunks of
+         * whole tiles whose partial results fit the scratch */
+        const int32_t *th = ub->tiles_host;
+        for (uint32_t f = 0; f < ub->n_tiles && e == cudaSuccess;) {
+            const uint32_t tok0 = (uint32_t)th[2 * f];
+            uint32_t l = f, ntok = 0;
+            while (l < ub->n_tiles && ntok + (uint32_t)th[2 * l + 1] <= chunk) ntok += (uint32_t)th[2 * l++ + 1];
+            if (l == f) ntok = (uint32_t)th[2 * l++ + 1]; /* chunk >= 8 >= a tile, but be safe */
+            dim3 grid(l - f, a.n_head, n_splits);
+#define ATT_T(DPL_)                                                                                           \
+    case DPL_:                                                                                                \
+        e = kcu_launch(attn_tile_kernel<DPL_, 8>, grid, KCU_ATTN_WARPS * 32, 0, dev->stream, qp, qs,           \
+                       (const __half *)k_cache->ptr, (const __half *)v_cache->ptr, (int)kv_dim, ub->attn_table, \
+                       ub->attn_n_kv, ub->block_tables, (int)ub->block_size, group, a.scale, pp, n_splits,   \
+                       (int)f, (int)tok0, split_len, (const int32_t *)ub->tiles);                            \
+        break;
+            switch (a.head_dim / 32) {
+                ATT_T(1) ATT_T(2) ATT_T(3) ATT_T(4) ATT_T(5) ATT_T(6) ATT_T(7) ATT_T(8)
+            }
+#undef ATT_T
+            if (e == cudaSuccess) {
+                dim3 g2(ntok, a.n_head);
+                e = kcu_launch(attn_fold_kernel, g2, a.head_dim < 128 ? 64 : 128, 0, dev->stream, pp, ub->attn_n_kv,
+                               n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)tok0,
+                               xq, xd, split_len);
+            }
+            f = l;
+        }
+        kcu_pool_free(part);
+        if (e != cudaSuccess) return kcu_cuda_error(e, "attention");
+        return KILN_OK;
+    }
     /* tokens in chunks so that the partial results stay bounded; each
      * (token, head) is computed the same way whatever the chunk */
     for (uint32_t t0 = 0; t0 < ub->n_tokens && e == cudaSuccess; t0 += chunk) {

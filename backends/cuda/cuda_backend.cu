@@ -638,6 +638,7 @@ static void ub_free(kiln_bk_device *dev) {
     if (dev->ub_dev) cudaFree(dev->ub_dev);
     dev->ub_dev = NULL;
     dev->ub_dev_cap = 0;
+    kcu_free(dev->ub.tiles_host);
     memset(&dev->ub, 0, sizeof dev->ub);
 }
 
@@ -688,7 +689,26 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
     memcpy(&u, ubp, ubp->struct_size < sizeof u ? ubp->struct_size : sizeof u);
     if ((st = ubatch_validate(&u))) return st;
     uint32_t n = u.n_tokens, nb = u.n_block_entries;
-    size_t need = ((size_t)4 * n + nb + 1) * sizeof(int32_t);
+    /* prefill attention tiles (see cuda_attn.cu) */
+    uint32_t n_tiles = 0;
+    if (u.attn_table && n > 8) {
+        if (2 * n > dev->ub.tiles_cap) {
+            int32_t *t = (int32_t *)kcu_calloc((size_t)4 * n * sizeof(int32_t));
+            if (!t) return kcu_error(KILN_E_OOM_HOST, "cuda backend: set_ubatch: out of memory for tiles");
+            kcu_free(dev->ub.tiles_host);
+            dev->ub.tiles_host = t;
+            dev->ub.tiles_cap = 4 * n;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            if (i == 0 || u.attn_table[i] != u.attn_table[i - 1] || dev->ub.tiles_host[2 * n_tiles - 1] == 8) {
+                dev->ub.tiles_host[2 * n_tiles] = (int32_t)i;
+                dev->ub.tiles_host[2 * n_tiles + 1] = 0;
+                n_tiles++;
+            }
+            dev->ub.tiles_host[2 * n_tiles - 1]++;
+        }
+    }
+    size_t need = ((size_t)4 * n + nb + 2 * n_tiles + 1) * sizeof(int32_t);
     if (need > dev->ub_dev_cap) {
         int32_t *d = NULL;
         size_t cap = need * 2;
@@ -716,6 +736,7 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
         for (uint32_t i = 0; i < n; i++) max_n_kv = u.attn_n_kv[i] > max_n_kv ? u.attn_n_kv[i] : max_n_kv;
     }
     if (nb) memcpy(h + 4 * n, u.block_tables, (size_t)nb * sizeof(int32_t));
+    if (n_tiles) memcpy(h + 4 * n + nb, dev->ub.tiles_host, (size_t)2 * n_tiles * sizeof(int32_t));
     KCU_CHECK(cudaMemcpyAsync(dev->ub_dev, h, need, cudaMemcpyHostToDevice, dev->stream), "set_ubatch: copy");
     dev->stage_used = (need + 255) & ~(size_t)255;
     struct kcu_ubatch *ub = &dev->ub;
@@ -732,6 +753,8 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
     ub->attn_table = dev->ub_dev + 2 * n;
     ub->attn_n_kv = dev->ub_dev + 3 * n;
     ub->block_tables = dev->ub_dev + 4 * n;
+    ub->tiles = dev->ub_dev + 4 * n + nb;
+    ub->n_tiles = n_tiles;
     return KILN_OK;
 }
 

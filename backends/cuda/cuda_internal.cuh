@@ -83,6 +83,11 @@ struct kcu_ubatch {
     bool has_kv, has_attn;
     int32_t max_n_kv;        /* host copy: largest attn_n_kv */
     int32_t *pos, *kv_cell, *attn_table, *attn_n_kv, *block_tables; /* device */
+    /* prefill attention tiles: runs of up to 8 consecutive tokens with the
+     * same block table, (first token, count) pairs; host and device */
+    uint32_t n_tiles;
+    int32_t *tiles_host, *tiles;
+    uint32_t tiles_cap;
 };
 
 #define KCU_MAX_GRAPHS 8
