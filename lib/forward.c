@@ -87,9 +87,11 @@ again:
         in_graph = true;
     }
     CHECK(bk->get_rows(dev, &m->tok_embd, tokens, &x));
+    /* residual add + the next norm in one operation where the backend has it */
+    const bool fused = KILN_BK_HAS(bk, add_rms_norm);
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const kiln_layer_weights *L = &m->layers[il];
-        CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
+        if (il == 0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
         CHECK(bk->matmul(dev, &L->wq, &h, &q));
         CHECK(bk->matmul(dev, &L->wk, &h, &k));
         CHECK(bk->matmul(dev, &L->wv, &h, &v));
@@ -106,13 +108,20 @@ again:
         CHECK(bk->kv_store(dev, &k, &v, ctx->kv->k[il], ctx->kv->v[il], (uint32_t)KV));
         CHECK(bk->attention(dev, &q, ctx->kv->k[il], ctx->kv->v[il], &at, &a));
         CHECK(bk->matmul(dev, &L->wo, &a, &h));
-        CHECK(bk->add(dev, &x, &h, &x));
-        CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
+        if (fused) {
+            CHECK(bk->add_rms_norm(dev, &x, &h, &x, &L->ffn_norm, hp->rms_eps, &h));
+        } else {
+            CHECK(bk->add(dev, &x, &h, &x));
+            CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
+        }
         CHECK(bk->matmul(dev, &L->w_gate, &h, &g));
         CHECK(bk->matmul(dev, &L->w_up, &h, &u));
         CHECK(bk->swiglu(dev, &g, &u, &g));
         CHECK(bk->matmul(dev, &L->w_down, &g, &h));
-        CHECK(bk->add(dev, &x, &h, &x));
+        if (fused && il + 1 < hp->n_layer) /* and the next layer's attention norm */
+            CHECK(bk->add_rms_norm(dev, &x, &h, &x, &m->layers[il + 1].attn_norm, hp->rms_eps, &h));
+        else
+            CHECK(bk->add(dev, &x, &h, &x));
     }
     if (n_out > 0) {
         CHECK(bk->get_rows(dev, &x, out_idx, &xo));

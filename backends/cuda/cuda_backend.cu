@@ -26,6 +26,7 @@
 /* ------------------------------------------------------------------------ */
 
 static const kiln_bk_host *g_host;
+int kcu_pdl_mode = 1;
 
 kiln_status kcu_error(kiln_status st, const char *fmt, ...) {
     char msg[512];
@@ -271,6 +272,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     {
         const char *v = getenv("KILN_CUDA_MMV");
         dev->mmv_variant = v ? atoi(v) : 0;
+        const char *pdl = getenv("KILN_CUDA_PDL");
+        if (pdl && *pdl) kcu_pdl_mode = atoi(pdl);
         const char *pr = getenv("KILN_CUDA_PROFILE");
         dev->profile = pr && *pr && strcmp(pr, "0") != 0;
     }
@@ -753,6 +756,23 @@ void kcu_xq_release(kiln_bk_device *dev) {
     dev->xq_src = NULL;
 }
 
+kiln_status kcu_xq_produce(kiln_bk_device *dev, const void *dst, uint64_t row_stride, int64_t K, int64_t rows,
+                           int8_t **xq, float **xd) {
+    *xq = NULL;
+    *xd = NULL;
+    if (!dev->int8_seen || rows > 8 || rows < 1 || K % 32 || dev->mmv_variant == 6) return KILN_OK;
+    kcu_xq_release(dev);
+    kiln_status st = kcu_pool_alloc(dev, (uint64_t)rows * K + (uint64_t)rows * (K / 32) * sizeof(float), &dev->xq_buf);
+    if (st) return st;
+    *xq = (int8_t *)dev->xq_buf->ptr;
+    *xd = (float *)(*xq + (uint64_t)rows * K);
+    dev->xq_src = dst;
+    dev->xq_stride = row_stride;
+    dev->xq_K = K;
+    dev->xq_nt = rows;
+    return KILN_OK;
+}
+
 bool kcu_op_matmul(kiln_bk_device *dev, const void *args, size_t n) {
     if (!dev->graph_mode) return true;
     dev->graph_hash = fnv(dev->graph_hash, args, n);
@@ -912,6 +932,7 @@ static const kiln_backend_iface cuda_iface = {
     cuda_set_host,
     cuda_graph_begin,
     cuda_graph_end,
+    kcu_add_rms_norm,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {
