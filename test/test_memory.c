@@ -8,6 +8,8 @@
  * (through the internal allocation hooks) are caught, logged with their
  * tag and site, and reported as belonging to a freed owner.
  */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -413,12 +415,59 @@ static void test_all_handles_clean(void) {
                   (unsigned long long)r[i].bytes, kiln_memory_purpose_str(r[i].purpose));
 }
 
+/* Two threads each run their own context while a third reads the report
+ * in a loop: the registry is thread-safe (run under ASan in the sanitized
+ * suite) and everything is back at zero afterwards. */
+static kiln_model *shared_model;
+static _Atomic int workers_done;
+
+static void *worker(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 3; i++) {
+        kiln_context *c = make_ctx(shared_model);
+        if (!c) break;
+        for (int k = 0; k < 4; k++) KT_CHECK_OK(decode(c, k ? 1 : 20, 0));
+        if (i == 1) KT_CHECK_OK(kiln_context_suspend(c, KILN_SUSPEND_KV));
+        kiln_context_free(c);
+    }
+    atomic_fetch_add(&workers_done, 1);
+    return NULL;
+}
+
+static void test_report_while_decoding_on_other_threads(void) {
+    shared_model = load(0);
+    if (!shared_model) KT_SKIP("../shared/" MODEL " not found");
+    uint64_t leaks0 = kiln_memory_leak_count();
+    atomic_store(&workers_done, 0);
+    pthread_t th[2];
+    int started = 0;
+    for (int i = 0; i < 2; i++)
+        if (pthread_create(&th[i], NULL, worker, NULL) == 0) started++;
+    int reports = 0;
+    while (atomic_load(&workers_done) < started) {
+        size_t len = 0;
+        KT_CHECK_OK(kiln_memory_report_str(0, NULL, 0, &len));
+        kiln_memory_entry r[MAX_ROWS];
+        size_t n = 0;
+        KT_CHECK_OK(kiln_memory_report_get(KILN_MEMORY_BY_OWNER, r, MAX_ROWS, sizeof r[0], &n));
+        reports++;
+    }
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    kiln_model_free(shared_model);
+    KT_CHECK(reports > 0);
+    KT_CHECK(kiln_memory_leak_count() == leaks0);
+    sums after = sum_rows(NULL, NULL);
+    KT_CHECK(after.device == 0 && after.other_owner_bytes == 0);
+    KT_CHECK(after.host == kiln_alloc_live_bytes());
+}
+
 int main(void) {
     setenv("KILN_LEAK_GUARD", "1", 1); /* before the registry reads it */
     KT_RUN(test_report_matches_accounting);
     KT_RUN(test_timeline_balanced);
     KT_RUN(test_leak_guard_catches_a_leak);
     KT_RUN(test_all_handles_clean);
+    KT_RUN(test_report_while_decoding_on_other_threads);
     KT_RUN(test_size_protocols); /* after the others: the host heap has a row */
     return kt_finish();
 }
