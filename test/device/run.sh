@@ -60,13 +60,15 @@ if has life; then
 fi
 
 if has san; then
+    # over 8 tokens, so that the prefill kernels (cuBLAS, attention tiles) run too
+    long_prompt="Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker who"
     m=$(ls "$KILN_SHARED"/models/tiny-target-q4_0.gguf models/tiny-target-q4_k_m.gguf 2>/dev/null | head -n 1)
     compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
-        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 16 -p "Once upon a time" >"$OUT/memcheck.log" 2>&1
+        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 16 -p "$long_prompt" >"$OUT/memcheck.log" 2>&1
     note "compute-sanitizer memcheck: rc $? ($(grep -c 'ERROR SUMMARY: 0' "$OUT/memcheck.log") clean summaries)"
     tail -n 3 "$OUT/memcheck.log"
     compute-sanitizer --tool racecheck --error-exitcode 9 \
-        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 8 -p "Once upon a time" >"$OUT/racecheck.log" 2>&1
+        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 8 -p "$long_prompt" >"$OUT/racecheck.log" 2>&1
     note "compute-sanitizer racecheck: rc $?"
     tail -n 3 "$OUT/racecheck.log"
 fi
