@@ -115,6 +115,16 @@ if has ops; then
     note "ops: see above"
 fi
 
+if has ncu; then  # Nsight Compute on the decode products of one 7B-shaped layer (clocks as found)
+    mkdir -p build/bench
+    cc -O2 -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops
+    BENCH_TYPES=${NCU_TYPES:-q4_0,f16} BENCH_NS=,1, ncu --clock-control none --kernel-name regex:'mmv_' \
+        --launch-skip 2 --launch-count 4 --section SpeedOfLight --section Occupancy --section LaunchStats \
+        build/bench/backend_ops build/libkiln-cuda.so 3 >"$OUT/ncu.log" 2>&1
+    note "ncu: rc $?"
+    grep -E "mmv_|Memory Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Duration|Block Size|Grid Size" "$OUT/ncu.log" | head -n 60
+fi
+
 if has bench; then
     for f in "$KILN_SHARED"/models/*.gguf models/*.gguf; do
         [ -f "$f" ] || continue
