@@ -223,6 +223,22 @@ typedef struct kiln_backend_iface {
 /* The entry point a plugin exports. */
 typedef const kiln_backend_iface *(*kiln_backend_entry_fn)(uint32_t abi_version);
 
+/* OPTIONAL second export of a plugin:
+ *
+ *     void kiln_backend_set_host(const kiln_backend_host *host);
+ *
+ * The core calls it once after loading the plugin, before any iface entry,
+ * with services of its own that a plugin cannot otherwise reach (the core's
+ * helpers are hidden). `error` records `message` as the calling thread's
+ * kiln_last_error() and returns `status`, so a plugin's failure messages
+ * reach the caller. Thread-safe; `host` stays valid for the process. */
+typedef kiln_status (*kiln_backend_error_fn)(kiln_status status, const char *message);
+typedef struct kiln_backend_host {
+    uint32_t struct_size;
+    kiln_backend_error_fn error;
+} kiln_backend_host;
+typedef void (*kiln_backend_set_host_fn)(const kiln_backend_host *host);
+
 #ifdef __cplusplus
 }
 #endif

@@ -45,6 +45,12 @@ static kiln_status check_iface(const char *name, const kiln_backend_iface *b) {
     return KILN_OK;
 }
 
+/* What a plugin may call back into (kiln_backend_set_host). */
+static kiln_status host_error(kiln_status status, const char *message) {
+    return kiln_error(status, "%s", message ? message : "");
+}
+static const kiln_backend_host plugin_host = {sizeof(kiln_backend_host), host_error};
+
 /* Directory containing libkiln itself, for plugins built beside it. */
 static void self_dir(char *out, size_t n) {
     Dl_info info;
@@ -86,6 +92,8 @@ static kiln_status load_plugin(const char *name, const kiln_backend_iface **out)
             dlclose(h);
             return st;
         }
+        kiln_backend_set_host_fn set_host = (kiln_backend_set_host_fn)dlsym(h, "kiln_backend_set_host");
+        if (set_host) set_host(&plugin_host);
         *out = b; /* the handle stays open for the life of the process */
         return KILN_OK;
     }
