@@ -319,6 +319,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     kiln_logger_init(&dev->log, p.log_fn, p.log_user, p.log_level);
     dev->pool.cap = KILN_VK_POOL_DEFAULT_CAP;
     dev->ring_epoch = 1;
+    dev->profile = getenv("KILN_VK_PROFILE") != NULL;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);
@@ -351,8 +352,21 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     return KILN_OK;
 }
 
+/* KILN_VK_PROFILE: the time each kernel took on this handle, on stderr. */
+static void profile_report(const kiln_bk_device *dev) {
+    double total = 0;
+    for (int i = 0; i < KILN_VK_P_COUNT; i++) total += dev->prof_ms[i];
+    if (total <= 0) return;
+    fprintf(stderr, "kiln vulkan profile (handle %p): %.1f ms in kernels\n", (const void *)dev, total);
+    for (int i = 0; i < KILN_VK_P_COUNT; i++)
+        if (dev->prof_n[i])
+            fprintf(stderr, "  %-16s %8llu calls %10.2f ms %8.3f ms/call\n", kiln_vk_pipeline_name(i),
+                    (unsigned long long)dev->prof_n[i], dev->prof_ms[i], dev->prof_ms[i] / (double)dev->prof_n[i]);
+}
+
 void kiln_vk_device_close(kiln_bk_device *dev) {
     if (!dev) return;
+    if (dev->profile) profile_report(dev);
     if (dev->sh) {
         (void)kiln_vk_finish(dev);
         kiln_vk_pool_close(dev);

@@ -211,6 +211,9 @@ struct kiln_bk_device {
     kiln_vk_pool pool;
     kiln_vk_ubatch ub;
     kiln_vk_rope_cache rope;
+    bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
+    double prof_ms[KILN_VK_P_COUNT];
+    uint64_t prof_n[KILN_VK_P_COUNT];
 };
 
 /* ---- vk_support.c ---- */
@@ -250,6 +253,7 @@ void kiln_vk_pool_close(kiln_bk_device *dev);
 /* ---- vk_pipeline.c ---- */
 kiln_status kiln_vk_layout_create(kiln_vk_shared *sh);
 void kiln_vk_pipelines_destroy(kiln_vk_shared *sh);
+const char *kiln_vk_pipeline_name(int which);
 /* The pipeline, created on first use and kept for the shared device's life. */
 kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out);
 

@@ -23,6 +23,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 
 #include "vk_internal.h"
 
@@ -57,6 +58,11 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
                           gx, gy, gz);
     VkPipeline pipe;
     kiln_status st = kiln_vk_pipeline(sh, which, &pipe);
+    struct timespec t0;
+    if (st == KILN_OK && dev->profile) {
+        st = kiln_vk_finish(dev);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+    }
     if (st == KILN_OK) st = kiln_vk_begin(dev);
     if (st != KILN_OK) return st;
     VkDescriptorBufferInfo bi[KILN_VK_MAX_BINDINGS];
@@ -78,6 +84,14 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     vkCmdDispatch(dev->cmd, gx, gy, gz);
     kiln_vk_barrier(dev);
     dev->n_ops++;
+    if (dev->profile) {
+        st = kiln_vk_finish(dev);
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        dev->prof_ms[which] += (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        dev->prof_n[which]++;
+        return st;
+    }
     return KILN_OK;
 }
 

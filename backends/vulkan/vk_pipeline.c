@@ -138,6 +138,10 @@ static const struct {
     {"getrows_q6_k", kiln_vk_spv_getrows_q6_k, &kiln_vk_spv_getrows_q6_k_size}
 };
 
+const char *kiln_vk_pipeline_name(int which) {
+    return which >= 0 && which < KILN_VK_P_COUNT ? shaders[which].name : "?";
+}
+
 kiln_status kiln_vk_layout_create(kiln_vk_shared *sh) {
     VkDescriptorSetLayoutBinding b[KILN_VK_MAX_BINDINGS];
     memset(b, 0, sizeof b);

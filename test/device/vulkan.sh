@@ -1,0 +1,46 @@
+#!/bin/bash
+# test/device/vulkan.sh [MODEL.gguf...] - the Vulkan backend on a GPU machine,
+# given a tree built elsewhere (carry build/ and, for the loader, .gl/).
+#
+#   1. makes the Vulkan loader available: if `ldconfig -p` has no
+#      libvulkan.so.1, unpacks .gl/*.deb (prepared as
+#      /work/.library/device/README.md describes) and points the loader at
+#      NVIDIA's ICD when it cannot find one itself;
+#   2. runs test/vulkan.sh (reference suite, lifecycle tests, proof with a
+#      few cycles, validation layer when installed, greedy text vs CPU);
+#   3. kiln-bench --backend vulkan (pp512, tg128, 3 repetitions) on each
+#      MODEL given, and the same with --backend cuda when libkiln-cuda.so
+#      was built, for the ratio.
+# Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
+# Example (from the repository root on the device machine):
+#   bash test/device/vulkan.sh /path/mistral-7b-q4_0.gguf /path/mistral-7b-f16.gguf
+set -u
+cd "$(dirname "$0")/../.."
+build=${KILN_BUILD:-build}
+out=${OUT:-/tmp/kiln-vulkan}
+mkdir -p "$out"
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then
+    export VK_DRIVER_FILES=$nv_icd
+fi
+export KILN_BACKEND_PATH=$build
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
+
+echo "== test/vulkan.sh"
+KILN_BUILD=$build KILN_VK_PROOF_CYCLES=${KILN_VK_PROOF_CYCLES:-20} bash test/vulkan.sh 2>&1 | tee "$out/tests.txt"
+
+for m in "$@"; do
+    name=$(basename "$m" .gguf)
+    echo "== kiln-bench vulkan $name"
+    "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-vulkan-$name.txt"
+    if [ -f "$build/libkiln-cuda.so" ]; then
+        echo "== kiln-bench cuda $name"
+        "$build/bin/kiln-bench" --backend cuda -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-cuda-$name.txt"
+    fi
+    KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 16 -r 1 > /dev/null 2> "$out/profile-$name.txt"
+done
+echo "logs in $out"
