@@ -3,9 +3,9 @@
  * by every handle of one physical device, device handles, command
  * recording and submission, the staging ring, and transfers.
  *
- * Enumeration (device_count, device_info) creates a VkInstance, lists the
- * physical devices and destroys the instance: no VkDevice is created and
- * nothing is allocated on any device. device_open() creates the VkDevice of
+ * Enumeration (device_count, device_info) creates the process's VkInstance
+ * (once) and lists the physical devices: no VkDevice is created and nothing
+ * is allocated on any device. device_open() creates the VkDevice of
  * that one device (or joins the one its other handles share).
  *
  * Device order: discrete GPUs first, then integrated, virtual, CPU
@@ -30,12 +30,12 @@
 #define KILN_VK_POOL_DEFAULT_CAP (256ull << 20)
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static VkInstance g_instance = VK_NULL_HANDLE; /* alive while g_shared is non-empty */
+/* The process's one VkInstance, created on first use and kept for the life
+ * of the process, like the plugin itself (the core never unloads it):
+ * creating an instance loads every installed Vulkan driver, which takes
+ * hundreds of milliseconds, and an instance holds nothing on any device. */
+static VkInstance g_instance = VK_NULL_HANDLE;
 static kiln_vk_shared *g_shared;
-
-/* ------------------------------------------------------------------------ */
-/* instance and enumeration                                                 */
-/* ------------------------------------------------------------------------ */
 
 static kiln_status instance_create(VkInstance *out) {
     VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO};
@@ -52,6 +52,14 @@ static kiln_status instance_create(VkInstance *out) {
         return kiln_vk_result(r, "vkCreateInstance");
     }
     return KILN_OK;
+}
+
+/* The process instance; call with g_lock held. */
+static kiln_status instance_get(VkInstance *out) {
+    kiln_status st = KILN_OK;
+    if (g_instance == VK_NULL_HANDLE) st = instance_create(&g_instance);
+    *out = g_instance;
+    return st;
 }
 
 static int kind_rank(VkPhysicalDeviceType t) {
@@ -113,12 +121,12 @@ static kiln_status list_devices(VkInstance inst, VkPhysicalDevice *out, uint32_t
 }
 
 int32_t kiln_vk_device_count(void) {
+    pthread_mutex_lock(&g_lock);
     VkInstance inst;
-    if (instance_create(&inst) != KILN_OK) return 0;
     VkPhysicalDevice pd[KILN_VK_MAX_DEVICES];
     uint32_t n = 0;
-    if (list_devices(inst, pd, &n) != KILN_OK) n = 0;
-    vkDestroyInstance(inst, NULL);
+    if (instance_get(&inst) != KILN_OK || list_devices(inst, pd, &n) != KILN_OK) n = 0;
+    pthread_mutex_unlock(&g_lock);
     return (int32_t)n;
 }
 
@@ -141,26 +149,25 @@ static void memory_figures(VkPhysicalDevice pd, uint64_t *total, uint64_t *free_
 kiln_status kiln_vk_device_info(int32_t index, kiln_bk_device_info *info) {
     if (!info || info->struct_size < sizeof(uint32_t))
         return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: device_info needs an info struct");
+    pthread_mutex_lock(&g_lock);
     VkInstance inst;
-    kiln_status st = instance_create(&inst);
-    if (st != KILN_OK) return st;
     VkPhysicalDevice pd[KILN_VK_MAX_DEVICES];
     uint32_t n = 0;
-    st = list_devices(inst, pd, &n);
+    kiln_status st = instance_get(&inst);
+    if (st == KILN_OK) st = list_devices(inst, pd, &n);
     if (st == KILN_OK && (index < 0 || (uint32_t)index >= n))
         st = kiln_error(KILN_E_NOT_FOUND, "vulkan backend: no device %d (%u devices)", index, n);
-    if (st != KILN_OK) {
-        vkDestroyInstance(inst, NULL);
-        return st;
-    }
     kiln_bk_device_info d;
     memset(&d, 0, sizeof d);
-    d.struct_size = sizeof d;
-    VkPhysicalDeviceProperties pr;
-    vkGetPhysicalDeviceProperties(pd[index], &pr);
-    snprintf(d.name, sizeof d.name, "%.127s", pr.deviceName);
-    memory_figures(pd[index], &d.mem_total, &d.mem_free);
-    vkDestroyInstance(inst, NULL);
+    if (st == KILN_OK) {
+        d.struct_size = sizeof d;
+        VkPhysicalDeviceProperties pr;
+        vkGetPhysicalDeviceProperties(pd[index], &pr);
+        snprintf(d.name, sizeof d.name, "%.127s", pr.deviceName);
+        memory_figures(pd[index], &d.mem_total, &d.mem_free);
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (st != KILN_OK) return st;
     uint32_t caller = info->struct_size;
     memcpy(info, &d, caller < sizeof d ? caller : sizeof d);
     info->struct_size = caller;
@@ -210,14 +217,16 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     vkGetPhysicalDeviceProperties2(sh->phys, &pr);
     const VkPhysicalDeviceLimits *lim = &pr.properties.limits;
     snprintf(sh->name, sizeof sh->name, "%.127s", pr.properties.deviceName);
+    sh->keep_open = pr.properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && !getenv("KILN_VK_CLOSE_CPU_DEVICE");
     sh->storage_align = lim->minStorageBufferOffsetAlignment ? lim->minStorageBufferOffsetAlignment : 16;
     sh->align = sh->storage_align > 256 ? sh->storage_align : 256;
     sh->max_range = lim->maxStorageBufferRange;
     sh->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : (1ull << 31);
     for (int i = 0; i < 3; i++) sh->max_groups[i] = lim->maxComputeWorkGroupCount[i];
-    const VkSubgroupFeatureFlags need = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT;
+    const VkSubgroupFeatureFlags need = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_CLUSTERED_BIT;
     sh->subgroup_arith = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (sg.supportedOperations & need) == need &&
-                         sg.subgroupSize >= 4 && sg.subgroupSize <= 128 && !getenv("KILN_VK_NO_SUBGROUP");
+                         sg.subgroupSize >= 8 && sg.subgroupSize <= 128 && !getenv("KILN_VK_NO_SUBGROUP");
+    sh->is_cpu = pr.properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
 
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
@@ -260,17 +269,10 @@ kiln_status kiln_vk_shared_get(int32_t index, kiln_vk_shared **out) {
             *out = s;
             goto done;
         }
-    bool new_instance = g_instance == VK_NULL_HANDLE;
-    if (new_instance && (st = instance_create(&g_instance)) != KILN_OK) goto done;
+    VkInstance inst;
+    if ((st = instance_get(&inst)) != KILN_OK) goto done;
     kiln_vk_shared *sh = NULL;
-    st = shared_create(g_instance, index, &sh);
-    if (st != KILN_OK) {
-        if (new_instance) {
-            vkDestroyInstance(g_instance, NULL);
-            g_instance = VK_NULL_HANDLE;
-        }
-        goto done;
-    }
+    if ((st = shared_create(inst, index, &sh)) != KILN_OK) goto done;
     sh->refs = 1;
     sh->next = g_shared;
     g_shared = sh;
@@ -289,15 +291,15 @@ void kiln_vk_shared_ref(kiln_vk_shared *sh) {
 void kiln_vk_shared_put(kiln_vk_shared *sh) {
     if (!sh) return;
     pthread_mutex_lock(&g_lock);
-    if (--sh->refs == 0) {
+    /* A CPU implementation (lavapipe) stays open once its last handle
+     * closes: its "device memory" is host memory, already freed, and a new
+     * VkDevice would compile every pipeline again (seconds with LLVM). A
+     * GPU's VkDevice goes, so that nothing stays on a GPU nobody uses. */
+    if (--sh->refs == 0 && !sh->keep_open) {
         kiln_vk_shared **pp = &g_shared;
         while (*pp && *pp != sh) pp = &(*pp)->next;
         if (*pp) *pp = sh->next;
         shared_destroy(sh);
-        if (!g_shared && g_instance) {
-            vkDestroyInstance(g_instance, NULL);
-            g_instance = VK_NULL_HANDLE;
-        }
     }
     pthread_mutex_unlock(&g_lock);
 }
@@ -320,6 +322,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->pool.cap = KILN_VK_POOL_DEFAULT_CAP;
     dev->ring_epoch = 1;
     dev->profile = getenv("KILN_VK_PROFILE") != NULL;
+    dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);
@@ -497,6 +500,13 @@ kiln_status kiln_vk_upload(kiln_bk_device *dev, kiln_bk_buffer *dst, uint64_t of
         return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: buffer_upload: [%llu, +%llu) outside a %llu-byte buffer",
                           (unsigned long long)offset, (unsigned long long)size, (unsigned long long)dst->size);
     kiln_vk_act_written(dev, dst, offset, size);
+    if (dst->chunk->map && size) {
+        /* mapped memory: once this handle's work is done, write it directly */
+        kiln_status st = kiln_vk_finish(dev);
+        if (st != KILN_OK) return st;
+        memcpy(dst->chunk->map + dst->blk->offset + offset, src, size);
+        return KILN_OK;
+    }
     for (uint64_t done = 0; done < size;) {
         uint64_t n = size - done < KILN_VK_XFER_CHUNK ? size - done : KILN_VK_XFER_CHUNK;
         kiln_vk_slice s;
@@ -519,6 +529,12 @@ kiln_status kiln_vk_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uin
                           "vulkan backend: buffer_download: [%llu, +%llu) outside a %llu-byte buffer",
                           (unsigned long long)offset, (unsigned long long)size, (unsigned long long)src->size);
     if (size == 0) return kiln_vk_finish(dev);
+    if (src->chunk->map) {
+        kiln_status st = kiln_vk_finish(dev);
+        if (st != KILN_OK) return st;
+        memcpy(dst, src->chunk->map + src->blk->offset + offset, size);
+        return KILN_OK;
+    }
     for (uint64_t done = 0; done < size;) {
         uint64_t n = size - done < KILN_VK_XFER_CHUNK ? size - done : KILN_VK_XFER_CHUNK;
         kiln_vk_slice s;

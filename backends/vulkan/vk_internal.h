@@ -13,9 +13,10 @@
  *  - kiln_vk_shared: one per physical device that has open handles: the
  *    VkDevice, its queue, memory heaps, pipelines. Every handle of that
  *    device shares it (the ABI lets a buffer allocated through one handle be
- *    used by operations of any handle of the same device), refcounted, freed
- *    when its last handle closes; the VkInstance likewise when the last
- *    shared device goes.
+ *    used by operations of any handle of the same device), refcounted (by
+ *    handles and buffers), freed when the last goes, except on a CPU
+ *    implementation (lavapipe), kept to spare recompiling its pipelines.
+ *    The VkInstance is created once per process.
  *  - kiln_bk_device (a handle): a command pool, one command buffer being
  *    recorded, a fence, the staging ring, the transient pool, the ubatch.
  *    Operations are recorded into the command buffer and submitted when the
@@ -66,7 +67,8 @@ enum {
     KILN_VK_P_MM_FIRST,                      /* mm_TYPE, in kiln_vk_type_slot order */
     KILN_VK_P_MMSG_FIRST = KILN_VK_P_MM_FIRST + 11,
     KILN_VK_P_GETROWS_FIRST = KILN_VK_P_MMSG_FIRST + 11,
-    KILN_VK_P_COUNT = KILN_VK_P_GETROWS_FIRST + 11
+    KILN_VK_P_MMT_FIRST = KILN_VK_P_GETROWS_FIRST + 11, /* tiled matmul for batches */
+    KILN_VK_P_COUNT = KILN_VK_P_MMT_FIRST + 11
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
@@ -145,7 +147,9 @@ struct kiln_vk_shared {
     uint64_t max_range;           /* maxStorageBufferRange */
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
-    bool subgroup_arith;          /* subgroup arithmetic in compute */
+    bool subgroup_arith;          /* clustered subgroup adds in compute (mmsg_ kernels) */
+    bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */
+    bool keep_open;               /* a CPU device: kept after its last handle closes */
     char name[128];
     kiln_vk_chunk *chunks[2];
     VkDescriptorSetLayout dsl;
@@ -211,6 +215,7 @@ struct kiln_bk_device {
     kiln_vk_pool pool;
     kiln_vk_ubatch ub;
     kiln_vk_rope_cache rope;
+    bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
     double prof_ms[KILN_VK_P_COUNT];
     uint64_t prof_n[KILN_VK_P_COUNT];

@@ -109,7 +109,11 @@ static kiln_status chunk_create(kiln_vk_shared *sh, int kind, uint64_t size, boo
         return kiln_vk_result(r, "vkAllocateMemory");
     }
     r = vkBindBufferMemory(sh->device, c->buf, c->mem, 0);
-    if (r == VK_SUCCESS && kind == KILN_VK_MEM_HOST) r = vkMapMemory(sh->device, c->mem, 0, VK_WHOLE_SIZE, 0, (void **)&c->map);
+    /* host-visible device memory (lavapipe, unified memory) is mapped too:
+     * transfers then copy directly instead of through the staging ring */
+    const VkMemoryPropertyFlags hv = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    if (r == VK_SUCCESS && (mp.memoryTypes[t].propertyFlags & hv) == hv)
+        r = vkMapMemory(sh->device, c->mem, 0, VK_WHOLE_SIZE, 0, (void **)&c->map);
     if (r != VK_SUCCESS) {
         c->map = NULL;
         chunk_destroy(sh, c);

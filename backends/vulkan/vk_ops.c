@@ -398,8 +398,8 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
     }
 }
 
-#define KILN_VK_MM_NR 4 /* weight rows per workgroup (mm.glsl NR) */
 #define KILN_VK_MM_MC 4 /* activation rows per workgroup (mm.glsl MC) */
+#define KILN_VK_MMT_TILE 64 /* weight and activation rows per workgroup (mmt.glsl BN, BM) */
 
 kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                            kiln_bk_tensor *dst) {
@@ -421,7 +421,8 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
 
     kiln_vk_bind b[3];
-    struct { uint32_t w_off, w_stride, a_off, a_stride, d_off, d_stride, K, N, M, n_base; } pc;
+    struct { uint32_t w_off, w_stride, a_off, a_stride, d_off, d_stride, K, N, M, n_base, passes, m_base; } pc;
+    memset(&pc, 0, sizeof pc);
     if (K == 0) {
         /* nothing to sum: zeros, through a matmul over an empty K would be
          * a degenerate dispatch; the CPU writes zeros too */
@@ -487,13 +488,32 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     pc.N = (uint32_t)N;
     pc.M = (uint32_t)M;
     const int slot = kiln_vk_type_slot(w->type);
-    const int pipe = (dev->sh->subgroup_arith ? KILN_VK_P_MMSG_FIRST : KILN_VK_P_MM_FIRST) + slot;
-    const uint32_t gy = div_up((uint64_t)M, KILN_VK_MM_MC);
-    const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MM_NR);
     const uint64_t max_x = dev->sh->max_groups[0];
+    if (M > KILN_VK_MM_MC && !dev->no_tiled) {
+        /* batches: 64 x 64 tiles through shared memory */
+        const uint32_t gy = div_up((uint64_t)M, KILN_VK_MMT_TILE);
+        const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMT_TILE);
+        for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
+            uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
+            pc.n_base = (uint32_t)(g0 * KILN_VK_MMT_TILE);
+            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_MMT_FIRST + slot, b, 3, &pc, 10 * sizeof(uint32_t),
+                                       (uint32_t)gx, gy, 1)))
+                return st;
+        }
+        return KILN_OK;
+    }
+    /* a few activation rows (decode, drafts): 8 invocations per weight row,
+     * every weight read once per group of 4 activation rows */
+    const int pipe = (dev->sh->subgroup_arith ? KILN_VK_P_MMSG_FIRST : KILN_VK_P_MM_FIRST) + slot;
+    const uint64_t row_groups = div_up((uint64_t)N, 8);
+    /* a CPU implementation pays per workgroup: about 32 of them */
+    pc.passes = dev->sh->is_cpu ? (uint32_t)(row_groups + 31) / 32 : 1;
+    if (pc.passes == 0) pc.passes = 1;
+    const uint64_t groups_n = div_up(row_groups, pc.passes);
+    const uint32_t gy = div_up((uint64_t)M, KILN_VK_MM_MC);
     for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
         uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
-        pc.n_base = (uint32_t)(g0 * KILN_VK_MM_NR);
+        pc.n_base = (uint32_t)(g0 * 8 * pc.passes);
         if ((st = kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, gy, 1))) return st;
     }
     return KILN_OK;

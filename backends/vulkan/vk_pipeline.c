@@ -91,6 +91,28 @@ extern const uint32_t kiln_vk_spv_getrows_q5_k[];
 extern const size_t kiln_vk_spv_getrows_q5_k_size;
 extern const uint32_t kiln_vk_spv_getrows_q6_k[];
 extern const size_t kiln_vk_spv_getrows_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmt_f32[];
+extern const size_t kiln_vk_spv_mmt_f32_size;
+extern const uint32_t kiln_vk_spv_mmt_f16[];
+extern const size_t kiln_vk_spv_mmt_f16_size;
+extern const uint32_t kiln_vk_spv_mmt_bf16[];
+extern const size_t kiln_vk_spv_mmt_bf16_size;
+extern const uint32_t kiln_vk_spv_mmt_q4_0[];
+extern const size_t kiln_vk_spv_mmt_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmt_q4_1[];
+extern const size_t kiln_vk_spv_mmt_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmt_q5_0[];
+extern const size_t kiln_vk_spv_mmt_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmt_q5_1[];
+extern const size_t kiln_vk_spv_mmt_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmt_q8_0[];
+extern const size_t kiln_vk_spv_mmt_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmt_q4_k[];
+extern const size_t kiln_vk_spv_mmt_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmt_q5_k[];
+extern const size_t kiln_vk_spv_mmt_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmt_q6_k[];
+extern const size_t kiln_vk_spv_mmt_q6_k_size;
 
 static const struct {
     const char *name;
@@ -135,7 +157,18 @@ static const struct {
     {"getrows_q8_0", kiln_vk_spv_getrows_q8_0, &kiln_vk_spv_getrows_q8_0_size},
     {"getrows_q4_k", kiln_vk_spv_getrows_q4_k, &kiln_vk_spv_getrows_q4_k_size},
     {"getrows_q5_k", kiln_vk_spv_getrows_q5_k, &kiln_vk_spv_getrows_q5_k_size},
-    {"getrows_q6_k", kiln_vk_spv_getrows_q6_k, &kiln_vk_spv_getrows_q6_k_size}
+    {"getrows_q6_k", kiln_vk_spv_getrows_q6_k, &kiln_vk_spv_getrows_q6_k_size},
+    {"mmt_f32", kiln_vk_spv_mmt_f32, &kiln_vk_spv_mmt_f32_size},
+    {"mmt_f16", kiln_vk_spv_mmt_f16, &kiln_vk_spv_mmt_f16_size},
+    {"mmt_bf16", kiln_vk_spv_mmt_bf16, &kiln_vk_spv_mmt_bf16_size},
+    {"mmt_q4_0", kiln_vk_spv_mmt_q4_0, &kiln_vk_spv_mmt_q4_0_size},
+    {"mmt_q4_1", kiln_vk_spv_mmt_q4_1, &kiln_vk_spv_mmt_q4_1_size},
+    {"mmt_q5_0", kiln_vk_spv_mmt_q5_0, &kiln_vk_spv_mmt_q5_0_size},
+    {"mmt_q5_1", kiln_vk_spv_mmt_q5_1, &kiln_vk_spv_mmt_q5_1_size},
+    {"mmt_q8_0", kiln_vk_spv_mmt_q8_0, &kiln_vk_spv_mmt_q8_0_size},
+    {"mmt_q4_k", kiln_vk_spv_mmt_q4_k, &kiln_vk_spv_mmt_q4_k_size},
+    {"mmt_q5_k", kiln_vk_spv_mmt_q5_k, &kiln_vk_spv_mmt_q5_k_size},
+    {"mmt_q6_k", kiln_vk_spv_mmt_q6_k, &kiln_vk_spv_mmt_q6_k_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {

@@ -291,18 +291,134 @@ float dot32(uint row, uint c, uint a, uint K) {
     uint b = row + BLK_BYTES * blk;
     uint aq = a + 8u * c;
     float ad = af(a + K / 4u + blk);
+    uint h = j >> 2, qq = j & 3u;
+    /* whole words: 4 values per load (b is even: rows of 210-byte blocks) */
+    uint ql = b + 64u * h + ((qq & 1u) != 0u ? 32u : 0u), qh = b + 128u + 32u * h;
+    uint lsh = qq >= 2u ? 4u : 0u, hsh = 2u * qq;
     int s0 = 0, s1 = 0;
     for (uint i = 0u; i < 8u; i++) {
-        uint a4 = A[aq + i];
+        uint l4 = w_u32_2(ql + 4u * i), h4 = w_u32_2(qh + 4u * i), a4 = A[aq + i];
+        int p4 = 0;
         for (uint k = 0u; k < 4u; k++) {
-            uint l = 4u * i + k;
-            int p = (int(q6_val(b, j, l)) - 32) * sb(a4, k);
-            if (l < 16u) s0 += p; else s1 += p;
+            int q = int(((ub(l4, k) >> lsh) & 0xfu) | (((ub(h4, k) >> hsh) & 3u) << 4)) - 32;
+            p4 += q * sb(a4, k);
         }
+        if (i < 4u) s0 += p4; else s1 += p4;
     }
-    int sc0 = sb(w_u8(b + 192u + 2u * j), 0u), sc1 = sb(w_u8(b + 193u + 2u * j), 0u);
+    uint sc2 = w_u16(b + 192u + 2u * j);
+    int sc0 = sb(sc2, 0u), sc1 = sb(sc2, 1u);
     float d = h2f(w_u16(b + 208u));
     return d * ad * float(sc0 * s0 + sc1 * s1);
+#endif
+}
+
+
+/*
+ * For the tiled matmul (mmt.glsl): the weights of a chunk as the integers
+ * the CPU's integer dot products use, in float (exact: every product sum
+ * of a chunk stays below 2^24), with the sub-block scale folded in where
+ * the CPU multiplies it into the integer sum (K formats); float formats
+ * give their values. wscale() gives the chunk's float factors:
+ * x = d (all quantized formats), y = m (Q4_1/Q5_1) or dmin (Q4_K/Q5_K),
+ * z = the 6-bit min (Q4_K/Q5_K).
+ */
+void wvals8(uint row, uint c, uint e0, inout float v[8]) {
+#if WTYPE == T_F32
+    for (uint i = 0u; i < 8u; i++) v[i] = uintBitsToFloat(w_u32(row + 4u * (32u * c + e0 + i)));
+#elif WTYPE == T_F16 || WTYPE == T_BF16
+    for (uint i = 0u; i < 8u; i += 2u) {
+        uint w2 = w_u32_2(row + 2u * (32u * c + e0 + i));
+#if WTYPE == T_F16
+        vec2 f = unpackHalf2x16(w2);
+#else
+        vec2 f = vec2(uintBitsToFloat(w2 << 16), uintBitsToFloat(w2 & 0xffff0000u));
+#endif
+        v[i] = f.x;
+        v[i + 1u] = f.y;
+    }
+#elif WTYPE == T_Q8_0
+    uint b = row + 34u * c + 2u + e0;
+    uint lo = w_u32_2(b), hi = w_u32_2(b + 4u);
+    for (uint i = 0u; i < 4u; i++) {
+        v[i] = float(sb(lo, i));
+        v[i + 4u] = float(sb(hi, i));
+    }
+#elif WTYPE == T_Q4_0 || WTYPE == T_Q4_1 || WTYPE == T_Q5_0 || WTYPE == T_Q5_1
+    uint b = row + BLK_BYTES * c;
+#if WTYPE == T_Q4_1 || WTYPE == T_Q5_1
+    uint qs = b + (WTYPE == T_Q4_1 ? 4u : 8u);
+#elif WTYPE == T_Q5_0
+    uint qs = b + 6u;
+#else
+    uint qs = b + 2u;
+#endif
+#if WTYPE == T_Q5_0 || WTYPE == T_Q5_1
+    uint qh = w_u32_2(b + (WTYPE == T_Q5_0 ? 2u : 4u));
+#endif
+    uint j0 = e0 & 15u, sh = e0 >= 16u ? 4u : 0u;
+    uint q4a = w_u32_2(qs + j0), q4b = w_u32_2(qs + j0 + 4u);
+    for (uint i = 0u; i < 8u; i++) {
+        uint q = (ub(i < 4u ? q4a : q4b, i & 3u) >> sh) & 0xfu;
+#if WTYPE == T_Q5_0 || WTYPE == T_Q5_1
+        q |= ((qh >> (e0 + i)) & 1u) << 4;
+#endif
+#if WTYPE == T_Q4_0
+        v[i] = float(int(q) - 8);
+#elif WTYPE == T_Q5_0
+        v[i] = float(int(q) - 16);
+#else
+        v[i] = float(q);
+#endif
+    }
+#elif WTYPE == T_Q4_K || WTYPE == T_Q5_K
+    uint b = row + BLK_BYTES * (c >> 3), j = c & 7u;
+    uint sc, mn;
+    q4k_sm(b, j, sc, mn);
+#if WTYPE == T_Q4_K
+    uint qs = b + 16u + 32u * (j >> 1) + e0;
+#else
+    uint qs = b + 48u + 32u * (j >> 1) + e0;
+    uint h0 = W[(b + 16u + e0) >> 2], h1 = W[((b + 16u + e0) >> 2) + 1u];
+#endif
+    uint q0 = W[qs >> 2], q1 = W[(qs >> 2) + 1u];
+    uint sh = (j & 1u) * 4u;
+    for (uint i = 0u; i < 8u; i++) {
+        uint q = (ub(i < 4u ? q0 : q1, i & 3u) >> sh) & 0xfu;
+#if WTYPE == T_Q5_K
+        q |= ((ub(i < 4u ? h0 : h1, i & 3u) >> j) & 1u) << 4;
+#endif
+        v[i] = float(int(sc) * int(q));
+    }
+#elif WTYPE == T_Q6_K
+    uint b = row + BLK_BYTES * (c >> 3), j = c & 7u;
+    int s = sb(w_u8(b + 192u + 2u * j + (e0 >= 16u ? 1u : 0u)), 0u);
+    uint h = j >> 2, qq = j & 3u;
+    uint ql = b + 64u * h + ((qq & 1u) != 0u ? 32u : 0u) + e0, qh = b + 128u + 32u * h + e0;
+    uint lsh = qq >= 2u ? 4u : 0u, hsh = 2u * qq;
+    uint l0 = w_u32_2(ql), l1 = w_u32_2(ql + 4u), h0 = w_u32_2(qh), h1 = w_u32_2(qh + 4u);
+    for (uint i = 0u; i < 8u; i++) {
+        uint lw = i < 4u ? l0 : l1, hw = i < 4u ? h0 : h1;
+        int q = int(((ub(lw, i & 3u) >> lsh) & 0xfu) | (((ub(hw, i & 3u) >> hsh) & 3u) << 4)) - 32;
+        v[i] = float(s * q);
+    }
+#endif
+}
+
+vec3 wscale(uint row, uint c) {
+#if WTYPE == T_F32 || WTYPE == T_F16 || WTYPE == T_BF16
+    return vec3(1.0, 0.0, 0.0);
+#elif WTYPE == T_Q4_1 || WTYPE == T_Q5_1
+    uint b = row + BLK_BYTES * c;
+    return vec3(h2f(w_u16(b)), h2f(w_u16(b + 2u)), 0.0);
+#elif WTYPE == T_Q4_K || WTYPE == T_Q5_K
+    uint b = row + BLK_BYTES * (c >> 3);
+    uint sc, mn;
+    q4k_sm(b, c & 7u, sc, mn);
+    return vec3(h2f(w_u16(b)), h2f(w_u16(b + 2u)), float(mn));
+#elif WTYPE == T_Q6_K
+    return vec3(h2f(w_u16(row + BLK_BYTES * (c >> 3) + 208u)), 0.0, 0.0);
+#else
+    return vec3(h2f(w_u16(row + BLK_BYTES * c)), 0.0, 0.0);
 #endif
 }
 
