@@ -13,7 +13,11 @@
 #   validation   a short decode under the Khronos validation layer (when
 #                installed) reports no error
 #   greedy       kiln-run's greedy text equals the CPU backend's
-# KILN_VK_TESTS="reference lifecycle ..." picks a subset.
+# KILN_VK_TESTS="reference lifecycle ..." picks a subset. lavapipe is slow,
+# so by default (CI) the reference suite runs on five models that cover
+# every kernel path (F16, BF16, NEOX rope with q/k norms, Q4_0, Q4_K + Q6_K)
+# with prompts of at most 160 tokens, and the lifecycle cycles are 10;
+# KILN_VK_FULL=1 (the GPU machine, test/device/vulkan.sh) runs everything.
 set -u
 cd "$(dirname "$0")/.."
 build=${KILN_BUILD:-build}
@@ -30,6 +34,11 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 export KILN_BACKEND_PATH=$build
+if [ -z "${KILN_VK_FULL:-}" ]; then
+    export KILN_REF_MODELS=${KILN_REF_MODELS-tiny-draft-f16,tiny-draft-bf16,tiny-qwen3-f16,tiny-target-q4_0,tiny-target-q4_k_m,batching}
+    export KILN_REF_MAX_TOKENS=${KILN_REF_MAX_TOKENS-160}
+    export KILN_LIFECYCLE_CYCLES=${KILN_LIFECYCLE_CYCLES-10}
+fi
 model=models/tiny-target-q4_k_m.gguf
 run=$build/bin/kiln-run
 
