@@ -29,6 +29,8 @@ BINDIR ?= $(PREFIX)/bin
 PLUGINDIR ?= $(LIBDIR)/kiln
 # the bundled default model (kiln-run finds it at bin/../share/kiln/models)
 MODELDIR ?= $(PREFIX)/share/kiln/models
+# the Python binding (bindings/python/kiln; finds the library at ../../../../lib)
+PYTHONDIR ?= $(PREFIX)/share/kiln/python
 DESTDIR ?=
 
 BUILD ?= build
@@ -238,6 +240,7 @@ fuzz: $(FUZZ_BINS)
 # override the variables below (NVCCFLAGS, CUDA_LIBS, VULKAN_LIBS, ...).
 PLUGINS :=
 PLUGIN_NOTES :=
+COMMA := ,
 PLUGIN_CFLAGS := -std=c11 $(WARN_CFLAGS) -fPIC -fvisibility=hidden -D_GNU_SOURCE \
 	-DKILN_BUILD -Iinclude -Ilib $(SAN_CFLAGS)
 
@@ -256,8 +259,10 @@ $(BUILD)/obj/%.cu.o: %.cu $(FLAGS_STAMP)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -Xcompiler -fPIC,-fvisibility=hidden -DKILN_BUILD -Iinclude -Ilib \
 		-MD -MP -MF $(@:.o=.d) -c $< -o $@
+# nvcc's -Xcompiler splits its argument at commas: one flag per sanitizer.
+NVCC_SAN_LDFLAGS := $(foreach s,$(subst $(COMMA), ,$(SANITIZE)),-Xcompiler -fsanitize=$(s))
 $(BUILD)/libkiln-cuda.so: $(CUDA_OBJS)
-	$(NVCC) -shared -Xlinker -soname=libkiln-cuda.so $(if $(SAN_LDFLAGS),-Xcompiler $(SAN_LDFLAGS)) \
+	$(NVCC) -shared -Xlinker -soname=libkiln-cuda.so $(NVCC_SAN_LDFLAGS) \
 		-o $@ $(CUDA_OBJS) $(CUDA_LIBS) $(LIBS)
 else
 PLUGIN_NOTES += kiln: skipping the CUDA backend: nvcc not found.
@@ -306,6 +311,8 @@ endif
 endif
 
 -include $(sort $(wildcard backends/*/plugin.mk))
+# kiln-server (examples/server): built when its HTTP and JSON libraries are found
+-include examples/server/server.mk
 
 plugins: $(PLUGINS)
 	$(if $(strip $(PLUGIN_NOTES)),@echo '$(strip $(PLUGIN_NOTES))')
@@ -332,6 +339,8 @@ install: all $(BUILD)/kiln.pc
 	$(if $(strip $(EXAMPLES)),install -m 755 $(EXAMPLES) $(DESTDIR)$(BINDIR)/)
 	install -d $(DESTDIR)$(MODELDIR)
 	install -m 644 $(DEFAULT_MODEL) $(DESTDIR)$(MODELDIR)/
+	install -d $(DESTDIR)$(PYTHONDIR)/kiln
+	install -m 644 bindings/python/kiln/*.py $(DESTDIR)$(PYTHONDIR)/kiln/
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/kiln.h $(DESTDIR)$(INCLUDEDIR)/kiln_backend.h
@@ -342,6 +351,9 @@ uninstall:
 	-rmdir $(DESTDIR)$(PLUGINDIR) 2>/dev/null || true
 	$(if $(strip $(EXAMPLES)),rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(EXAMPLES))))
 	rm -f $(DESTDIR)$(MODELDIR)/$(notdir $(DEFAULT_MODEL))
+	rm -f $(addprefix $(DESTDIR)$(PYTHONDIR)/kiln/,$(notdir $(wildcard bindings/python/kiln/*.py)))
+	rm -rf $(DESTDIR)$(PYTHONDIR)/kiln/__pycache__
+	-rmdir $(DESTDIR)$(PYTHONDIR)/kiln $(DESTDIR)$(PYTHONDIR) 2>/dev/null || true
 	-rmdir $(DESTDIR)$(MODELDIR) $(DESTDIR)$(PREFIX)/share/kiln 2>/dev/null || true
 
 # ---- ABI baseline ----------------------------------------------------------------

@@ -46,7 +46,11 @@ typedef struct bench_args {
     const char *backend;
     int32_t device;
     uint32_t n_ubatch;
+    uint32_t depth;  /* -d: tokens already in the cache of each sequence before a test */
+    uint32_t n_seq;  /* -s: sequences decoded together in tg tests */
 } bench_args;
+
+static const bench_args *g_args; /* depth and sequences for run_once */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -59,6 +63,8 @@ static void usage(FILE *f) {
         "  --backend NAME   cpu (default), cuda, vulkan\n"
         "  --device I       device index within the backend (default 0)\n"
         "  -ub N            max tokens per forward pass (default 512)\n"
+        "  -d N             context depth: N tokens already in the cache before each test (default 0)\n"
+        "  -s N             tg tests decode N sequences together, one token each per step (default 1)\n"
         "  --help           this text\n");
 }
 
@@ -139,6 +145,12 @@ static int parse_args(int argc, char **argv, bench_args *a, int *done) {
         else if (!strcmp(o, "--device")) {
             if (!parse_long(o, v, 0, INT32_MAX, &n)) return 2;
             a->device = (int32_t)n;
+        } else if (!strcmp(o, "-d")) {
+            if (!parse_long(o, v, 0, 1 << 20, &n)) return 2;
+            a->depth = (uint32_t)n;
+        } else if (!strcmp(o, "-s")) {
+            if (!parse_long(o, v, 1, 256, &n)) return 2;
+            a->n_seq = (uint32_t)n;
         } else if (!strcmp(o, "-ub")) {
             if (!parse_long(o, v, 1, 1 << 20, &n)) return 2;
             a->n_ubatch = (uint32_t)n;
@@ -203,13 +215,38 @@ static kiln_status run_once(kiln_context *ctx, const int32_t *toks, uint32_t n_t
                             double *seconds) {
     kiln_status st = kiln_kv_clear(kiln_context_kv(ctx));
     if (st != KILN_OK) return st;
+    const uint32_t ns = one_by_one && g_args->n_seq > 1 ? g_args->n_seq : 1, depth = g_args->depth;
+    int32_t seq[256];
     kiln_batch b;
+    kiln_batch_init(&b);
+    /* the context depth (not timed): each sequence gets `depth` tokens */
+    for (uint32_t s = 0; s < ns && depth > 0; s++) {
+        for (uint32_t done = 0; done < depth;) {
+            uint32_t n = depth - done < 512 ? depth - done : 512;
+            int32_t *sid = malloc(n * sizeof *sid);
+            if (!sid) return KILN_E_OOM_HOST;
+            for (uint32_t i = 0; i < n; i++) sid[i] = (int32_t)s;
+            kiln_batch_init(&b);
+            b.n_tokens = n;
+            b.tokens = toks;
+            b.seq_id = sid;
+            st = kiln_decode(ctx, &b);
+            free(sid);
+            if (st != KILN_OK) return st;
+            done += n;
+        }
+    }
+    if (depth > 0) (void)kiln_context_logits(ctx, -1); /* waits for the device */
     kiln_batch_init(&b);
     double t0 = now_s();
     if (one_by_one) {
+        int32_t step[256];
+        for (uint32_t s = 0; s < ns; s++) seq[s] = (int32_t)s;
         for (uint32_t i = 0; i < n_tokens; i++) {
-            b.n_tokens = 1;
-            b.tokens = &toks[i];
+            for (uint32_t s = 0; s < ns; s++) step[s] = toks[(i + s) % n_tokens];
+            b.n_tokens = ns;
+            b.tokens = step;
+            b.seq_id = ns > 1 ? seq : NULL;
             st = kiln_decode(ctx, &b);
             if (st != KILN_OK) return st;
         }
@@ -246,8 +283,11 @@ static const char *base_name(const char *path) {
 /* Runs warm-up + reps of one test and prints its table row. */
 static int bench_test(kiln_context *ctx, const int32_t *toks, uint32_t n_tokens, int one_by_one,
                       int reps, const char *row_prefix) {
-    char name[32];
-    snprintf(name, sizeof name, "%s%u", one_by_one ? "tg" : "pp", (unsigned)n_tokens);
+    char name[64];
+    const uint32_t ns = one_by_one && g_args->n_seq > 1 ? g_args->n_seq : 1;
+    int nl = snprintf(name, sizeof name, "%s%u", one_by_one ? "tg" : "pp", (unsigned)n_tokens);
+    if (ns > 1) nl += snprintf(name + nl, sizeof name - (size_t)nl, " x%u seq", (unsigned)ns);
+    if (g_args->depth) snprintf(name + nl, sizeof name - (size_t)nl, " @ d%u", (unsigned)g_args->depth);
     double secs;
     kiln_status st = run_once(ctx, toks, n_tokens, one_by_one, &secs);
     if (st != KILN_OK) {
@@ -267,7 +307,7 @@ static int bench_test(kiln_context *ctx, const int32_t *toks, uint32_t n_tokens,
             free(tps);
             return 0;
         }
-        tps[r] = secs > 0 ? (double)n_tokens / secs : 0.0;
+        tps[r] = secs > 0 ? (double)n_tokens * ns / secs : 0.0;
         sum += tps[r];
     }
     double mean = sum / reps, var = 0.0;
@@ -301,7 +341,8 @@ static int bench_model(const char *path, const bench_args *a, uint32_t max_token
         return 0;
     }
     int ok = 1;
-    int32_t *toks = malloc((size_t)max_tokens * sizeof *toks);
+    const uint32_t n_toks = max_tokens > 512 ? max_tokens : 512; /* -d fills the cache 512 at a time */
+    int32_t *toks = malloc((size_t)n_toks * sizeof *toks);
     if (!toks) {
         fprintf(stderr, "kiln-bench: out of memory\n");
         kiln_model_free(model);
@@ -309,7 +350,7 @@ static int bench_model(const char *path, const bench_args *a, uint32_t max_token
     }
     uint64_t rng = 0x5EEDull;
     uint32_t n_vocab = info.n_vocab ? info.n_vocab : 1;
-    for (uint32_t i = 0; i < max_tokens; i++) toks[i] = (int32_t)(rng_next(&rng) % n_vocab);
+    for (uint32_t i = 0; i < n_toks; i++) toks[i] = (int32_t)(rng_next(&rng) % n_vocab);
 
     char size[32], params[32];
     format_size(info.size_bytes, size, sizeof size);
@@ -319,9 +360,10 @@ static int bench_model(const char *path, const bench_args *a, uint32_t max_token
     for (int ti = 0; ti < n_threads; ti++) {
         kiln_context_params cp;
         kiln_context_params_init(&cp);
-        cp.n_ctx = max_tokens;
+        const uint32_t ns = a->n_seq > 1 ? a->n_seq : 1;
+        cp.n_ctx = (max_tokens + a->depth) * ns + 64;
         if (a->n_ubatch) cp.n_ubatch = a->n_ubatch;
-        cp.n_seq_max = 1;
+        cp.n_seq_max = ns;
         if (a->threads.n) cp.n_threads = (int32_t)a->threads.v[ti];
         kiln_context *ctx = NULL;
         st = kiln_context_create(model, &cp, &ctx);
@@ -362,6 +404,7 @@ int main(int argc, char **argv) {
     a.reps = 5;
     int done;
     int rc = parse_args(argc, argv, &a, &done);
+    g_args = &a;
     if (rc || done) {
         free(a.models);
         return rc;

@@ -198,6 +198,90 @@ static inline void kiln_model_info_init(kiln_model_info *info) {
 /* Fills *info (up to info->struct_size bytes). Thread-safe. */
 KILN_API kiln_status kiln_model_get_info(const kiln_model *model, kiln_model_info *info);
 
+/* Copies the string value of the model file's GGUF metadata key `key`
+ * (e.g. "tokenizer.chat_template") into buf, NUL-terminated; *n_out is the
+ * size including the NUL. Size protocol as at the top of this file.
+ * Returns KILN_E_INVALID_ARG (NULL argument, or the key's value is not a
+ * string), KILN_E_NOT_FOUND (no such key), KILN_E_BUFFER_TOO_SMALL.
+ * Thread-safe. Since: 0.1.0 (added with kiln-server). */
+KILN_API kiln_status kiln_model_meta_str(const kiln_model *model, const char *key, char *buf,
+                                         size_t capacity, size_t *n_out);
+
+/* ------------------------------------------------------------------------ */
+/* Quantization (a model file to a model file)                              */
+/* ------------------------------------------------------------------------ */
+
+/* Target file types. The values are those of GGUF's general.file_type
+ * (llama.cpp's llama_ftype), which the output file records. "Mostly":
+ * 1-D tensors (norms) keep their type, and the mixes choose per tensor. */
+#define KILN_FTYPE_F32     0
+#define KILN_FTYPE_F16     1
+#define KILN_FTYPE_Q4_0    2
+#define KILN_FTYPE_Q4_1    3
+#define KILN_FTYPE_Q8_0    7
+#define KILN_FTYPE_Q5_0    8
+#define KILN_FTYPE_Q5_1    9
+#define KILN_FTYPE_Q4_K   14 /* Q4_K weights (llama.cpp's file_type Q4_K_S) */
+#define KILN_FTYPE_Q4_K_M 15 /* Q4_K, with Q6_K for some attn_v / ffn_down */
+#define KILN_FTYPE_Q5_K   16 /* Q5_K weights (llama.cpp's file_type Q5_K_S) */
+#define KILN_FTYPE_Q5_K_M 17 /* Q5_K, with Q6_K for some attn_v / ffn_down */
+#define KILN_FTYPE_Q6_K   18
+#define KILN_FTYPE_BF16   32
+
+/* kiln_quantize_params.flags */
+#define KILN_QUANTIZE_PURE (1u << 0) /* every 2-D weight gets the ftype's
+                                      * type: no per-tensor mix, no Q6_K
+                                      * output.weight */
+#define KILN_QUANTIZE_ALLOW_REQUANTIZE (1u << 1) /* accept already quantized
+                                      * input tensors (dequantized first:
+                                      * quality suffers) */
+
+/* Called before each tensor is written: tensor i of n (from 0), its name,
+ * and the GGUF type id it is written in. Return 0 to go on, nonzero to
+ * cancel (KILN_E_CANCELLED, no output file). Runs on the calling thread. */
+typedef int32_t (*kiln_quantize_progress_fn)(uint64_t i, uint64_t n, const char *name,
+                                             int32_t type, void *user);
+
+typedef struct kiln_quantize_params {
+    uint32_t struct_size;
+    int32_t ftype;          /* KILN_FTYPE_* (default KILN_FTYPE_Q4_K_M) */
+    uint32_t flags;         /* KILN_QUANTIZE_* (default 0) */
+    int32_t n_threads;      /* worker threads; 0 (default): one per core */
+    kiln_quantize_progress_fn progress; /* NULL (default): none */
+    void *progress_user;
+} kiln_quantize_params;
+
+/* Fills *p with defaults, writing only the first `size` bytes (the
+ * caller's sizeof) and sets struct_size = min(size, the library's size).
+ * The inline kiln_quantize_params_init() passes sizeof for you. */
+KILN_API void kiln_quantize_params_init_sized(kiln_quantize_params *p, uint32_t size);
+static inline void kiln_quantize_params_init(kiln_quantize_params *p) {
+    kiln_quantize_params_init_sized(p, (uint32_t)sizeof(*p));
+}
+
+/* Writes the GGUF model at in_path with its weights converted to
+ * params->ftype (params NULL: defaults) as out_path. Every metadata key is
+ * copied (general.file_type and general.quantization_version are set);
+ * tensors are written in llama.cpp's order (by layer, then name), so the
+ * result matches llama-quantize's file byte for byte where the
+ * quantizers agree. The mixes choose types per tensor as llama.cpp does
+ * (output.weight Q6_K, attn_v / ffn_down Q6_K in the first and last eighth
+ * of the layers and every third between; tensors whose rows do not divide
+ * into the type's blocks fall back to Q5_0/Q5_1/Q8_0/F16). Input tensors
+ * may be F32, F16 or BF16 (or, with KILN_QUANTIZE_ALLOW_REQUANTIZE, any
+ * type kiln reads); a tensor already in its target type is copied.
+ * Memory stays bounded: the input is mapped and each tensor is converted
+ * in slices of rows and written sequentially. The output is written to a
+ * temporary file beside out_path and renamed at the end, so a failed or
+ * cancelled call leaves no partial file (and an existing out_path as it
+ * was). Returns KILN_E_INVALID_ARG (NULL path, unknown ftype or flags),
+ * KILN_E_IO (cannot read in_path, cannot write beside out_path, disk
+ * full), KILN_E_FORMAT (malformed input), KILN_E_UNSUPPORTED (an input
+ * tensor type it cannot convert), KILN_E_OOM_HOST, KILN_E_CANCELLED.
+ * Thread-safe (independent calls may run at once). */
+KILN_API kiln_status kiln_model_quantize(const char *in_path, const char *out_path,
+                                         const kiln_quantize_params *params);
+
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                */
 /* ------------------------------------------------------------------------ */

@@ -55,6 +55,7 @@ extern "C" {
 
 typedef struct kiln_bk_device kiln_bk_device; /* backend-defined */
 typedef struct kiln_bk_buffer kiln_bk_buffer; /* backend-defined */
+struct kiln_bk_host;
 
 typedef struct kiln_bk_device_info {
     uint32_t struct_size;
@@ -218,26 +219,44 @@ typedef struct kiln_backend_iface {
     kiln_status (*attention)(kiln_bk_device *dev, const kiln_bk_tensor *q,
                              const kiln_bk_buffer *k_cache, const kiln_bk_buffer *v_cache,
                              const kiln_bk_attn *attn, kiln_bk_tensor *dst);
+
+    /* ---- appended in ABI v1 (OPTIONAL; check with struct_size) ---- */
+
+    /* Called once by the core right after loading a plugin, before any
+     * other entry: the services the core offers plugins (a plugin cannot
+     * link libkiln's hidden functions). `host` stays valid for the life of
+     * the process. */
+    void (*set_host)(const struct kiln_bk_host *host);
+
+    /* Graph capture of a repeated sequence of operations (a decode step).
+     * graph_begin(key): if a graph recorded under `key` exists, the
+     * operations that follow until graph_end are not executed but only
+     * checked (arguments must be the same buffers and shapes) and their
+     * host inputs (ids, ubatch tables) staged; otherwise they execute while
+     * being recorded. graph_end launches the recorded or replayed graph;
+     * when the replayed operations did not match the recording it sets
+     * *redo = 1, forgets that graph and the caller must issue the same
+     * operations again without graph_begin. Nothing may synchronize,
+     * download or allocate outside the pool between the two. A purge or
+     * pool trim forgets every graph (they reference pool memory). */
+    kiln_status (*graph_begin)(kiln_bk_device *dev, uint64_t key);
+    kiln_status (*graph_end)(kiln_bk_device *dev, int32_t *redo);
 } kiln_backend_iface;
+
+/* Services of the core for plugins (see set_host). */
+typedef struct kiln_bk_host {
+    uint32_t struct_size;
+    /* Sets the calling thread's kiln_last_error() to `message` and returns
+     * `status`: plugins report errors through it. */
+    kiln_status (*set_error)(kiln_status status, const char *message);
+    /* The core's host allocator: plugins allocate their host memory through
+     * it, so it is counted, tagged and fault-injected like the core's. */
+    void *(*host_malloc)(size_t size);
+    void (*host_free)(void *ptr);
+} kiln_bk_host;
 
 /* The entry point a plugin exports. */
 typedef const kiln_backend_iface *(*kiln_backend_entry_fn)(uint32_t abi_version);
-
-/* OPTIONAL second export of a plugin:
- *
- *     void kiln_backend_set_host(const kiln_backend_host *host);
- *
- * The core calls it once after loading the plugin, before any iface entry,
- * with services of its own that a plugin cannot otherwise reach (the core's
- * helpers are hidden). `error` records `message` as the calling thread's
- * kiln_last_error() and returns `status`, so a plugin's failure messages
- * reach the caller. Thread-safe; `host` stays valid for the process. */
-typedef kiln_status (*kiln_backend_error_fn)(kiln_status status, const char *message);
-typedef struct kiln_backend_host {
-    uint32_t struct_size;
-    kiln_backend_error_fn error;
-} kiln_backend_host;
-typedef void (*kiln_backend_set_host_fn)(const kiln_backend_host *host);
 
 #ifdef __cplusplus
 }

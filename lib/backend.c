@@ -45,11 +45,16 @@ static kiln_status check_iface(const char *name, const kiln_backend_iface *b) {
     return KILN_OK;
 }
 
-/* What a plugin may call back into (kiln_backend_set_host). */
-static kiln_status host_error(kiln_status status, const char *message) {
-    return kiln_error(status, "%s", message ? message : "");
+static kiln_status host_set_error(kiln_status status, const char *message) {
+    return kiln_error(status, "%s", message ? message : "backend error");
 }
-static const kiln_backend_host plugin_host = {sizeof(kiln_backend_host), host_error};
+
+/* What plugins may call back into (they cannot link libkiln's hidden
+ * functions, and a statically linked libkiln exports nothing). */
+static void *host_malloc(size_t n) { return kiln_malloc(n); }
+static void host_free(void *p) { kiln_free(p); }
+
+static const kiln_bk_host host_services = {sizeof(kiln_bk_host), host_set_error, host_malloc, host_free};
 
 /* Directory containing libkiln itself, for plugins built beside it. */
 static void self_dir(char *out, size_t n) {
@@ -92,8 +97,7 @@ static kiln_status load_plugin(const char *name, const kiln_backend_iface **out)
             dlclose(h);
             return st;
         }
-        kiln_backend_set_host_fn set_host = (kiln_backend_set_host_fn)dlsym(h, "kiln_backend_set_host");
-        if (set_host) set_host(&plugin_host);
+        if (KILN_BK_HAS(b, set_host)) b->set_host(&host_services);
         *out = b; /* the handle stays open for the life of the process */
         return KILN_OK;
     }

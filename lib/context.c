@@ -3,6 +3,7 @@
  * splitting into ubatches, per-ubatch metadata for the backend, logits.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -96,6 +97,10 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     if ((st = kiln_context_hold_weights(ctx))) goto fail;
     if ((st = ctx->bk->device_open(model->device_index, &op, &ctx->dev))) goto fail;
     if (p.pool_cap) ctx->bk->pool_set_cap(ctx->dev, p.pool_cap);
+    {
+        const char *ng = getenv("KILN_NO_GRAPHS"); /* debugging: every op eager */
+        ctx->no_graphs = ng && *ng && strcmp(ng, "0") != 0;
+    }
     if ((st = kiln_kv_create(ctx->bk, ctx->dev, hp->n_layer, hp->n_head_kv * hp->head_dim, p.n_ctx,
                              p.kv_block_size, ns, &ctx->kv)))
         goto fail;

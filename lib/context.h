@@ -24,6 +24,7 @@ struct kiln_context {
     int32_t *logit_row;            /* [batch token] row or -1 */
     uint32_t logit_row_cap;
     uint32_t n_batch_last;
+    bool no_graphs;                /* KILN_NO_GRAPHS set: never record backend graphs */
 
     /* host scratch for building ubatches, sized at create */
     int32_t *ub_pos, *ub_cell, *ub_table, *ub_nkv, *ub_out, *ub_blocks;

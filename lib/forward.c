@@ -74,6 +74,16 @@ kiln_status kiln_forward_ubatch(kiln_context *ctx, const int32_t *tokens, uint32
     rk.n_head = hp->n_head_kv;
     kiln_bk_attn at = {sizeof at, hp->n_head, hp->n_head_kv, hp->head_dim, 1.0f / sqrtf((float)hp->head_dim)};
 
+    /* Small ubatches (decode steps) are recorded once per shape as a
+     * backend graph and replayed; if the replay finds different arguments
+     * the backend asks for the operations again, executed eagerly. */
+    bool graph = n <= 8 && !ctx->no_graphs && KILN_BK_HAS(bk, graph_begin) && KILN_BK_HAS(bk, graph_end);
+    bool in_graph = false;
+again:
+    if (graph) {
+        CHECK(bk->graph_begin(dev, ((uint64_t)n << 32) | n_out));
+        in_graph = true;
+    }
     CHECK(bk->get_rows(dev, &m->tok_embd, tokens, &x));
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const kiln_layer_weights *L = &m->layers[il];
@@ -106,11 +116,26 @@ kiln_status kiln_forward_ubatch(kiln_context *ctx, const int32_t *tokens, uint32
         CHECK(bk->get_rows(dev, &x, out_idx, &xo));
         CHECK(bk->rms_norm(dev, &xo, &m->output_norm, hp->rms_eps, &xo));
         CHECK(bk->matmul(dev, &m->output, &xo, &lo));
+    }
+    if (in_graph) {
+        int32_t redo = 0;
+        in_graph = false;
+        CHECK(bk->graph_end(dev, &redo));
+        if (redo) {
+            graph = false;
+            goto again;
+        }
+    }
+    if (n_out > 0) {
         CHECK(bk->buffer_download(dev, buf, o_lo * sizeof(float), logits, (uint64_t)n_out * V * sizeof(float)));
     } else {
         CHECK(bk->synchronize(dev));
     }
 done:
+    if (in_graph) { /* a failed operation inside a recording: close it, keep the error */
+        int32_t redo = 0;
+        bk->graph_end(dev, &redo);
+    }
     if (st != KILN_OK && !kiln_last_error()[0]) kiln_error(st, "decode: backend %s failed", bk->name);
     bk->buffer_free(buf);
     return st;

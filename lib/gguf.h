@@ -175,6 +175,27 @@ kiln_status kiln_gguf_add_tensor(kiln_gguf_writer *w, const char *name, int32_t 
                                  uint32_t n_dims, const int64_t *ne, const void *data,
                                  uint64_t size);
 kiln_status kiln_gguf_writer_write_file(kiln_gguf_writer *w, const char *path);
+/* Copies key idx of g (value verbatim), after the keys already set (or in
+ * place of one of the same name). */
+kiln_status kiln_gguf_copy_key(kiln_gguf_writer *w, const kiln_gguf *g, int64_t idx);
+
+/* Streaming: a tensor declared without data (its size follows from type and
+ * shape); write_file_stream asks `produce` for its bytes when the file
+ * reaches it. The producer must hand exactly the tensor's size to
+ * kiln_gguf_sink_write (in as many calls as it likes), else the write fails
+ * with KILN_E_INTERNAL; a status it returns stops the write (and no file is
+ * left behind). Tensors are produced in the order they were added, on the
+ * calling thread. write_memory and write_file refuse deferred tensors. */
+typedef struct kiln_gguf_sink kiln_gguf_sink;
+typedef kiln_status (*kiln_gguf_tensor_producer_fn)(void *user, size_t tensor_index,
+                                                    kiln_gguf_sink *sink);
+kiln_status kiln_gguf_add_tensor_info(kiln_gguf_writer *w, const char *name, int32_t type,
+                                      uint32_t n_dims, const int64_t *ne);
+/* Appends bytes to the file; returns the write's status so far (KILN_E_IO
+ * once a write failed, e.g. the disk is full). */
+kiln_status kiln_gguf_sink_write(kiln_gguf_sink *sink, const void *data, size_t n);
+kiln_status kiln_gguf_writer_write_file_stream(kiln_gguf_writer *w, const char *path,
+                                               kiln_gguf_tensor_producer_fn produce, void *user);
 /* *out is kiln_malloc'd; free with kiln_free. */
 kiln_status kiln_gguf_writer_write_memory(kiln_gguf_writer *w, void **out, size_t *size);
 

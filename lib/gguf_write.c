@@ -14,8 +14,14 @@
  * before failing). write_file never leaves a partial file at `path`: it
  * writes a temporary file in the same directory, syncs it and renames it.
  *
+ * Streaming: kiln_gguf_add_tensor_info declares a tensor without data; its
+ * bytes are asked from a producer callback of write_file_stream, in tensor
+ * order, while the file is written sequentially, so a file far larger than
+ * memory can be written (kiln_model_quantize, kiln-gen-model).
+ *
  * Statuses: KILN_E_INVALID_ARG (bad names, types, sizes, duplicate tensor
- * names), KILN_E_OOM_HOST, KILN_E_IO (write_file, with strerror).
+ * names), KILN_E_OOM_HOST, KILN_E_IO (write_file, with strerror), and
+ * whatever a producer returns.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -43,8 +49,9 @@ typedef struct wtensor {
     int32_t type;
     uint32_t n_dims;
     int64_t ne[KILN_GGUF_MAX_DIMS];
-    uint8_t *data;
+    uint8_t *data;           /* NULL when deferred */
     uint64_t size;
+    bool deferred;           /* bytes come from the write_file_stream producer */
 } wtensor;
 
 struct kiln_gguf_writer {
@@ -280,10 +287,12 @@ kiln_status kiln_gguf_copy_keys(kiln_gguf_writer *w, const kiln_gguf *g) {
     return KILN_OK;
 }
 
-kiln_status kiln_gguf_add_tensor(kiln_gguf_writer *w, const char *name, int32_t type,
-                                 uint32_t n_dims, const int64_t *ne, const void *data,
-                                 uint64_t size) {
-    if (!w || !ne || (!data && size))
+/* deferred: the data comes from the producer of write_file_stream; `size`
+ * is then computed here rather than checked. */
+static kiln_status add_tensor(kiln_gguf_writer *w, const char *name, int32_t type,
+                              uint32_t n_dims, const int64_t *ne, const void *data,
+                              uint64_t size, bool deferred) {
+    if (!w || !ne || (!deferred && !data && size))
         return kiln_error(KILN_E_INVALID_ARG, "gguf writer: NULL argument");
     kiln_status st = check_name(name, "tensor name");
     if (st) return st;
@@ -312,7 +321,8 @@ kiln_status kiln_gguf_add_tensor(kiln_gguf_writer *w, const char *name, int32_t 
                           "gguf writer: tensor '%.64s': row of %lld is too large or not a multiple of "
                           "the %s block",
                           name, (long long)ne[0], kiln_type_name(type));
-    if (rows > UINT64_MAX / row || row * rows != size || size > SIZE_MAX)
+    if (deferred && rows <= UINT64_MAX / row) size = row * rows;
+    if (rows > UINT64_MAX / row || row * rows != size || (!deferred && size > SIZE_MAX))
         return kiln_error(KILN_E_INVALID_ARG,
                           "gguf writer: tensor '%.64s': %llu bytes given, shape needs %llu", name,
                           (unsigned long long)size,
@@ -327,11 +337,11 @@ kiln_status kiln_gguf_add_tensor(kiln_gguf_writer *w, const char *name, int32_t 
         w->t = nt;
         w->cap_t = nc;
     }
-    wtensor t = {.type = type, .n_dims = n_dims, .size = size};
+    wtensor t = {.type = type, .n_dims = n_dims, .size = size, .deferred = deferred};
     for (int d = 0; d < KILN_GGUF_MAX_DIMS; d++) t.ne[d] = (uint32_t)d < n_dims ? ne[d] : 1;
     t.name = kiln_strdup(name);
-    t.data = dup_bytes(data, (size_t)size);
-    if (!t.name || !t.data) {
+    t.data = deferred ? NULL : dup_bytes(data, (size_t)size);
+    if (!t.name || (!deferred && !t.data)) {
         kiln_free(t.name);
         kiln_free(t.data);
         return kiln_error(KILN_E_OOM_HOST, "gguf writer: out of memory copying tensor '%.64s'",
@@ -341,18 +351,43 @@ kiln_status kiln_gguf_add_tensor(kiln_gguf_writer *w, const char *name, int32_t 
     return KILN_OK;
 }
 
+kiln_status kiln_gguf_add_tensor(kiln_gguf_writer *w, const char *name, int32_t type,
+                                 uint32_t n_dims, const int64_t *ne, const void *data,
+                                 uint64_t size) {
+    return add_tensor(w, name, type, n_dims, ne, data, size, false);
+}
+
+kiln_status kiln_gguf_add_tensor_info(kiln_gguf_writer *w, const char *name, int32_t type,
+                                      uint32_t n_dims, const int64_t *ne) {
+    return add_tensor(w, name, type, n_dims, ne, NULL, 0, true);
+}
+
+kiln_status kiln_gguf_copy_key(kiln_gguf_writer *w, const kiln_gguf *g, int64_t idx) {
+    if (!w || !g || idx < 0 || idx >= kiln_gguf_n_keys(g))
+        return kiln_error(KILN_E_INVALID_ARG, "gguf writer: bad key index");
+    const void *raw;
+    uint64_t size;
+    kiln_status st = kiln_gguf_key_raw(g, idx, &raw, &size);
+    if (st) return st;
+    uint8_t *v = dup_bytes(raw, (size_t)size); /* size <= the mapping's size_t */
+    if (!v) return kiln_error(KILN_E_OOM_HOST, "gguf writer: out of memory copying a key");
+    return put_kv(w, kiln_gguf_key_name(g, idx), kiln_gguf_key_type(g, idx), v, (size_t)size);
+}
+
 /* ---- serialization ---- */
 
 /* Where bytes go: a memory image of known size, or a buffered fd. */
-typedef struct sink {
+struct kiln_gguf_sink {
     uint8_t *mem;
     size_t pos;
+    uint64_t written;        /* bytes put so far (checks producers) */
     int fd;
     const char *path;
     kiln_status st;
     size_t blen;
     uint8_t buf[1 << 16];
-} sink;
+};
+typedef struct kiln_gguf_sink sink;
 
 static void sink_flush(sink *s) {
     size_t off = 0;
@@ -371,6 +406,7 @@ static void sink_flush(sink *s) {
 
 static void put(sink *s, const void *data, size_t n) {
     if (s->st) return;
+    s->written += n;
     if (s->mem) {
         if (n) memcpy(s->mem + s->pos, data, n);
         s->pos += n;
@@ -396,6 +432,12 @@ static void put_zeros(sink *s, size_t n) {
     }
 }
 
+kiln_status kiln_gguf_sink_write(kiln_gguf_sink *s, const void *data, size_t n) {
+    if (!s || (!data && n)) return kiln_error(KILN_E_INVALID_ARG, "gguf writer: NULL argument");
+    put(s, data, n);
+    return s->st;
+}
+
 static void put_u32(sink *s, uint32_t v) { uint8_t b[4]; st_u32(b, v); put(s, b, 4); }
 static void put_u64(sink *s, uint64_t v) { uint8_t b[8]; st_u64(b, v); put(s, b, 8); }
 static void put_str(sink *s, const char *str) {
@@ -413,6 +455,16 @@ typedef struct layout {
     uint64_t data_offset;
     uint64_t total;
 } layout;
+
+/* Deferred tensors need a producer to write them. */
+static kiln_status check_producer(const kiln_gguf_writer *w, kiln_gguf_tensor_producer_fn produce) {
+    for (size_t i = 0; i < w->n_t && !produce; i++)
+        if (w->t[i].deferred)
+            return kiln_error(KILN_E_INVALID_ARG,
+                              "gguf writer: tensor '%.64s' has no data and no producer was given",
+                              w->t[i].name);
+    return KILN_OK;
+}
 
 static kiln_status plan(const kiln_gguf_writer *w, layout *lo) {
     lo->alignment = KILN_GGUF_DEFAULT_ALIGNMENT;
@@ -446,7 +498,8 @@ static kiln_status plan(const kiln_gguf_writer *w, layout *lo) {
     return KILN_OK;
 }
 
-static kiln_status emit(const kiln_gguf_writer *w, const layout *lo, sink *s) {
+static kiln_status emit(const kiln_gguf_writer *w, const layout *lo, sink *s,
+                        kiln_gguf_tensor_producer_fn produce, void *user) {
     put(s, "GGUF", 4);
     put_u32(s, 3);
     put_u64(s, w->n_t);
@@ -467,9 +520,24 @@ static kiln_status emit(const kiln_gguf_writer *w, const layout *lo, sink *s) {
         off += align_up(t->size, lo->alignment);
     }
     put_zeros(s, (size_t)(lo->data_offset - lo->infos_end));
-    for (size_t i = 0; i < w->n_t; i++) {
-        put(s, w->t[i].data, (size_t)w->t[i].size);
-        put_zeros(s, (size_t)(align_up(w->t[i].size, lo->alignment) - w->t[i].size));
+    for (size_t i = 0; i < w->n_t && !s->st; i++) {
+        const wtensor *t = &w->t[i];
+        if (!t->deferred) {
+            put(s, t->data, (size_t)t->size);
+        } else {
+            uint64_t start = s->written;
+            kiln_status st = produce(user, i, s);
+            if (st) {
+                if (!s->st) s->st = st;
+                break;
+            }
+            if (!s->st && s->written - start != t->size)
+                s->st = kiln_error(KILN_E_INTERNAL,
+                                   "gguf writer: tensor '%.64s': producer wrote %llu bytes, not %llu",
+                                   t->name, (unsigned long long)(s->written - start),
+                                   (unsigned long long)t->size);
+        }
+        put_zeros(s, (size_t)(align_up(t->size, lo->alignment) - t->size));
     }
     if (!s->mem) sink_flush(s);
     return s->st;
@@ -480,8 +548,8 @@ kiln_status kiln_gguf_writer_write_memory(kiln_gguf_writer *w, void **out, size_
     *out = NULL;
     *size = 0;
     layout lo;
-    kiln_status st = plan(w, &lo);
-    if (st) return st;
+    kiln_status st = check_producer(w, NULL);
+    if (st || (st = plan(w, &lo))) return st;
     if (lo.total > SIZE_MAX) return kiln_error(KILN_E_OOM_HOST, "gguf writer: image too large");
     sink *s = kiln_calloc(1, sizeof *s);
     uint8_t *mem = kiln_malloc((size_t)lo.total);
@@ -492,7 +560,7 @@ kiln_status kiln_gguf_writer_write_memory(kiln_gguf_writer *w, void **out, size_
                           (unsigned long long)lo.total);
     }
     s->mem = mem;
-    st = emit(w, &lo, s);
+    st = emit(w, &lo, s, NULL, NULL);
     kiln_free(s);
     if (st) {
         kiln_free(mem);
@@ -504,10 +572,15 @@ kiln_status kiln_gguf_writer_write_memory(kiln_gguf_writer *w, void **out, size_
 }
 
 kiln_status kiln_gguf_writer_write_file(kiln_gguf_writer *w, const char *path) {
+    return kiln_gguf_writer_write_file_stream(w, path, NULL, NULL);
+}
+
+kiln_status kiln_gguf_writer_write_file_stream(kiln_gguf_writer *w, const char *path,
+                                               kiln_gguf_tensor_producer_fn produce, void *user) {
     if (!w || !path) return kiln_error(KILN_E_INVALID_ARG, "gguf writer: NULL argument");
     layout lo;
-    kiln_status st = plan(w, &lo);
-    if (st) return st;
+    kiln_status st = check_producer(w, produce);
+    if (st || (st = plan(w, &lo))) return st;
     size_t plen = strlen(path), tlen;
     static const char suffix[] = ".tmp-XXXXXX";
     if (!kiln_add_size(plen, sizeof suffix, &tlen))
@@ -529,7 +602,7 @@ kiln_status kiln_gguf_writer_write_file(kiln_gguf_writer *w, const char *path) {
     }
     s->fd = fd;
     s->path = tmp;
-    st = emit(w, &lo, s);
+    st = emit(w, &lo, s, produce, user);
     /* mkstemp makes 0600; a model file should be readable like any other. */
     if (!st && fchmod(fd, 0644) != 0)
         st = kiln_error(KILN_E_IO, "gguf writer: chmod '%s': %s", tmp, strerror(errno));

@@ -71,6 +71,21 @@ for p in "$build"/libkiln-*.so; do
 done
 finish
 
+# The Python binding finds the library of its own install tree.
+begin python
+pydir=$prefix/share/kiln/python
+if [ ! -f "$stage$pydir/kiln/__init__.py" ]; then
+    fail "the Python package is not installed in $pydir"
+elif [ -n "${SANITIZE:-}" ] || ! command -v python3 >/dev/null 2>&1 || [ "$libdir" != "$prefix/lib" ]; then
+    skip "sanitized build, no python3 or a LIBDIR outside PREFIX/lib"
+    case_failed=skip
+else
+    got=$(cd "$tmp" && env -u KILN_LIBRARY PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$stage$pydir" \
+          python3 -c 'import kiln; print(kiln.library_path, kiln.version())' 2>&1)
+    [ "$got" = "$stage$libdir/libkiln.so.$major $version" ] || fail "import kiln: $got"
+fi
+[ "$case_failed" = skip ] || finish
+
 if ! command -v "$pkg_config" >/dev/null 2>&1; then
     begin pkgconfig; skip "$pkg_config not installed"
     done_

@@ -63,3 +63,8 @@ const char *kt_shared(const char *rel) {
     snprintf(p, 1024, "%s/%s", dir, rel);
     return access(p, R_OK) == 0 ? p : NULL;
 }
+
+int kt_on_cpu(void) {
+    const char *b = getenv("KILN_BACKEND");
+    return !b || !*b || strcmp(b, "cpu") == 0;
+}

@@ -23,6 +23,10 @@ void kt_fail(const char *file, int line, const char *fmt, ...);
  * if it does not exist. Returned string is static per call site use. */
 const char *kt_shared(const char *rel);
 
+/* 1 when the model tests run on the CPU backend ($KILN_BACKEND unset,
+ * empty or "cpu"): some checks are about that backend's own choices
+ * (zero-copy mapped weights, one pool allocation per ubatch). */
+int kt_on_cpu(void);
 /* kiln_model_load with the backend taken from $KILN_BACKEND when the
  * params (NULL: defaults) name none, so every model test runs unchanged on
  * any backend (KILN_BACKEND=cuda make check ...). */

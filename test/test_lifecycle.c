@@ -133,7 +133,10 @@ static void test_pool_stats_and_purge(void) {
     /* a second decode of the same shape reuses the cached buffer */
     KT_CHECK_OK(decode_seq(c, t, 40, 1));
     kiln_pool_stats s2 = pool(c);
-    KT_CHECK(s2.n_allocs == s1.n_allocs + 1 && s2.n_device_allocs == s1.n_device_allocs);
+    /* (the CPU backend takes one pool buffer per ubatch; GPU backends also
+     * take scratch per operation, all of it from the cache) */
+    KT_CHECK(s2.n_device_allocs == s1.n_device_allocs);
+    KT_CHECK(kt_on_cpu() ? s2.n_allocs == s1.n_allocs + 1 : s2.n_allocs > s1.n_allocs);
     KT_CHECK_OK(kiln_context_pool_purge(c));
     kiln_pool_stats s3 = pool(c);
     KT_CHECK(s3.bytes_cached == 0 && s3.bytes_in_use == 0);
@@ -398,7 +401,7 @@ static void test_suspend_states(void) {
     KT_CHECK_OK(kiln_context_suspend(c, 2)); /* deepens */
     KT_CHECK_OK(kiln_context_suspend(c, 1)); /* shallower: no-op */
     KT_CHECK(kiln_context_suspended(c) == 2);
-    if (m->weights_zero_copy) KT_CHECK(m->weights != NULL); /* zero-copy: nothing to release */
+    if (kt_on_cpu()) KT_CHECK(m->weights != NULL); /* zero-copy: nothing to release */
     KT_CHECK_OK(kiln_context_resume(c));
     KT_CHECK_OK(kiln_context_resume(c));
     KT_CHECK(kiln_context_suspended(c) == 0);

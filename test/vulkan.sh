@@ -51,10 +51,17 @@ if [ "$rc" -ne 0 ]; then
 fi
 ok device
 
-"$run" -m "$model" -p "In the beginning" -n 24 --temp 0 -t 2 > "$tmp/cpu" 2> /dev/null
-"$run" -m "$model" -p "In the beginning" -n 24 --temp 0 --backend vulkan > "$tmp/vk" 2> "$tmp/err"; rc=$?
-if [ "$rc" -eq 0 ] && cmp -s "$tmp/cpu" "$tmp/vk"; then ok greedy
-else bad greedy "rc=$rc: '$(cat "$tmp/vk")' vs cpu '$(cat "$tmp/cpu")' $(tail -n 2 "$tmp/err")"; fi
+# Greedy text on an F16 model (a quantized one re-quantizes activations
+# before every matmul, so float-order differences can flip a late token).
+f16=${KILN_SHARED:-../shared}/models/tiny-target-f16.gguf
+if [ -f "$f16" ]; then
+    "$run" -m "$f16" -p "In the beginning" -n 24 --temp 0 -t 2 > "$tmp/cpu" 2> /dev/null
+    "$run" -m "$f16" -p "In the beginning" -n 24 --temp 0 --backend vulkan > "$tmp/vk" 2> "$tmp/err"; rc=$?
+    if [ "$rc" -eq 0 ] && cmp -s "$tmp/cpu" "$tmp/vk"; then ok greedy
+    else bad greedy "rc=$rc: '$(cat "$tmp/vk")' vs cpu '$(cat "$tmp/cpu")' $(tail -n 2 "$tmp/err")"; fi
+else
+    skipped greedy "../shared not found"
+fi
 
 # A C test under KILN_BACKEND=vulkan: its own kt line decides.
 ctest() {

@@ -1,7 +1,6 @@
 /*
  * vk_backend.c - the Vulkan backend's iface and the plugin's entry point
- * (kiln_backend_entry, the one symbol libkiln-vulkan.so exports besides the
- * optional kiln_backend_set_host of vk_support.c).
+ * (kiln_backend_entry, the one symbol libkiln-vulkan.so exports).
  */
 #include "vk_internal.h"
 
@@ -50,6 +49,9 @@ static const kiln_backend_iface vk_iface = {
     .swiglu = kiln_vk_swiglu,
     .kv_store = kiln_vk_kv_store,
     .attention = kiln_vk_attention,
+    .set_host = kiln_vk_set_host,
+    .graph_begin = NULL, /* not yet: a decode step is recorded afresh each time */
+    .graph_end = NULL,
 };
 
 KILN_API const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

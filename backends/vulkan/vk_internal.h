@@ -223,6 +223,8 @@ struct kiln_bk_device {
 
 /* ---- vk_support.c ---- */
 kiln_status kiln_vk_result(VkResult r, const char *what);
+/* The iface's set_host: the core's error sink. */
+void kiln_vk_set_host(const kiln_bk_host *host);
 
 /* ---- vk_device.c ---- */
 kiln_status kiln_vk_shared_get(int32_t index, kiln_vk_shared **out);

@@ -4,10 +4,12 @@
  * helpers hidden, so the plugin cannot call them; these have the same names
  * and contracts, hidden inside libkiln-vulkan.so.
  *
- * Errors: the message is kept in this thread's buffer and, when the core
- * registered its error sink (kiln_backend_set_host, see kiln_backend.h),
- * forwarded to it, so the caller's kiln_last_error() names what failed in
- * the plugin.
+ * Errors: the message is kept in this thread's buffer and, once the core
+ * has passed its services (the iface's set_host, kiln_bk_host), forwarded
+ * to its set_error, so the caller's kiln_last_error() names what failed in
+ * the plugin. Host memory stays the plugin's own (malloc): the process-wide
+ * state it keeps (the VkInstance, a CPU device kept open) must not count as
+ * live bytes of any handle.
  */
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -18,17 +20,18 @@
 #include "vk_internal.h"
 
 static _Thread_local char tls_error[512];
-static _Atomic(kiln_backend_error_fn) host_error;
+typedef kiln_status (*host_error_fn)(kiln_status status, const char *message);
+static _Atomic(host_error_fn) host_error;
 
-KILN_API void kiln_backend_set_host(const kiln_backend_host *host) {
-    kiln_backend_error_fn fn = NULL;
-    if (host && host->struct_size >= offsetof(kiln_backend_host, error) + sizeof host->error) fn = host->error;
+void kiln_vk_set_host(const kiln_bk_host *host) {
+    host_error_fn fn = NULL;
+    if (host && host->struct_size >= offsetof(kiln_bk_host, set_error) + sizeof host->set_error) fn = host->set_error;
     atomic_store(&host_error, fn);
 }
 
 kiln_status kiln_verror(kiln_status status, const char *fmt, va_list ap) {
     vsnprintf(tls_error, sizeof tls_error, fmt, ap);
-    kiln_backend_error_fn fn = atomic_load(&host_error);
+    host_error_fn fn = atomic_load(&host_error);
     if (fn) fn(status, tls_error);
     return status;
 }

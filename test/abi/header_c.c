@@ -18,6 +18,7 @@ KILN_ABI_CHECK(context_params_size_first, offsetof(kiln_context_params, struct_s
 KILN_ABI_CHECK(batch_size_first, offsetof(kiln_batch, struct_size) == 0);
 KILN_ABI_CHECK(sampler_params_size_first, offsetof(kiln_sampler_params, struct_size) == 0);
 KILN_ABI_CHECK(backend_iface_size_first, offsetof(kiln_backend_iface, struct_size) == 0);
+KILN_ABI_CHECK(quantize_params_size_first, offsetof(kiln_quantize_params, struct_size) == 0);
 KILN_ABI_CHECK(status_is_32_bits, sizeof(kiln_status) == 4);
 KILN_ABI_CHECK(version_number, KILN_VERSION_NUMBER ==
                KILN_VERSION_MAJOR * 10000 + KILN_VERSION_MINOR * 100 + KILN_VERSION_PATCH);

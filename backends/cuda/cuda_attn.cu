@@ -1,0 +1,223 @@
+/*
+ * cuda_attn.cu - causal attention over the paged F16 KV cache.
+ *
+ * For token t and head h: s_p = (q . k_p) * scale over the positions
+ * p < attn_n_kv[t] of its sequence, softmax, out = sum_p P_p v_p, with K/V
+ * row p of KV head h / (n_head / n_head_kv) in cell
+ * block_tables[attn_table[t] + p / block_size] * block_size + p % block_size.
+ *
+ * Split-KV ("flash decoding"): positions are cut into splits of
+ * KCU_ATTN_SPLIT; a block of 4 warps computes one (token, head, split):
+ * each warp runs an online softmax (running max m, sum l, unnormalised
+ * output) over every 4th position, the 4 warps are merged in order and the
+ * split's (m, l, O) written to scratch; a second kernel folds the splits of
+ * each (token, head) in order. The split length is fixed, so a row's result
+ * does not depend on the grid (number of splits launched), on the other
+ * tokens of the ubatch, or on the decode being replayed from a graph: a
+ * sequence attends identically alone or in a batch.
+ *
+ * Decode steps (at most 8 tokens) launch splits for the whole cache
+ * (n_cells), so the launch does not change as the sequence grows and the
+ * step can be replayed from a CUDA graph; splits past a token's n_kv exit
+ * at once. Prefill launches splits for the longest sequence of the ubatch.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cuda_internal.cuh"
+
+#define KCU_ATTN_SPLIT 128     /* positions per split: a decode step at 4096 has 32 per head */
+#define KCU_ATTN_PART_MAX (64u << 20) /* scratch bytes of partial results per launch */
+#define KCU_ATTN_WARPS 4
+
+template <int DPL> /* head_dim / 32 */
+static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
+    attn_split_kernel(const float *q, uint64_t qs, const __half *kc, const __half *vc, int kv_dim,
+                      const int32_t *attn_table, const int32_t *attn_n_kv, const int32_t *block_tables,
+                      int block_size, int group, float scale, float *part, int n_splits, int t0) {
+    kcu_pdl_wait();
+    constexpr int D = DPL * 32;
+    const int t = t0 + blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_kv = attn_n_kv[t];
+    const int p0 = split * KCU_ATTN_SPLIT;
+    if (p0 >= n_kv) return; /* the fold reads only the splits below n_kv */
+    const int p1 = min(n_kv, p0 + KCU_ATTN_SPLIT);
+    const int kvh = h / group;
+    const float *qr = q + (uint64_t)t * qs + (uint64_t)h * D;
+    float qv[DPL], acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) {
+        qv[i] = qr[lane + 32 * i];
+        acc[i] = 0.0f;
+    }
+    const int32_t *table = block_tables + attn_table[t];
+    float m = -INFINITY, l = 0.0f;
+    /* two positions per step, their loads issued together */
+    for (int p = p0 + warp; p < p1; p += 2 * KCU_ATTN_WARPS) {
+        const int pb = p + KCU_ATTN_WARPS;
+        const bool two = pb < p1;
+        const uint64_t ca = (uint64_t)table[p / block_size] * block_size + p % block_size;
+        const uint64_t cb = two ? (uint64_t)table[pb / block_size] * block_size + pb % block_size : ca;
+        const __half *ka = kc + ca * kv_dim + (uint64_t)kvh * D, *kb = kc + cb * kv_dim + (uint64_t)kvh * D;
+        const __half *va = vc + ca * kv_dim + (uint64_t)kvh * D, *vb = vc + cb * kv_dim + (uint64_t)kvh * D;
+        float kfa[DPL], kfb[DPL], vfa[DPL], vfb[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            kfa[i] = __half2float(ka[lane + 32 * i]);
+            kfb[i] = __half2float(kb[lane + 32 * i]);
+            vfa[i] = __half2float(va[lane + 32 * i]);
+            vfb[i] = __half2float(vb[lane + 32 * i]);
+        }
+        float sa = 0.0f, sb = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            sa = fmaf(qv[i], kfa[i], sa);
+            sb = fmaf(qv[i], kfb[i], sb);
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            sa += __shfl_xor_sync(0xffffffffu, sa, o);
+            sb += __shfl_xor_sync(0xffffffffu, sb, o);
+        }
+        sa *= scale;
+        sb *= scale;
+        /* position p, then position pb: the same order as one at a time */
+        float mn = fmaxf(m, sa);
+        float corr = expf(m - mn), e = expf(sa - mn);
+        l = l * corr + e;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) acc[i] = acc[i] * corr + e * vfa[i];
+        m = mn;
+        if (two) {
+            mn = fmaxf(m, sb);
+            corr = expf(m - mn);
+            e = expf(sb - mn);
+            l = l * corr + e;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[i] = acc[i] * corr + e * vfb[i];
+            m = mn;
+        }
+    }
+    __shared__ float sm[KCU_ATTN_WARPS], sl[KCU_ATTN_WARPS], so[KCU_ATTN_WARPS][D];
+    if (lane == 0) {
+        sm[warp] = m;
+        sl[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; i++) so[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < KCU_ATTN_WARPS; w++) M = fmaxf(M, sm[w]);
+    float *out = part + (((uint64_t)blockIdx.x * gridDim.y + h) * n_splits + split) * (D + 2);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < KCU_ATTN_WARPS; w++)
+            if (sm[w] != -INFINITY) o += so[w][d] * expf(sm[w] - M);
+        out[2 + d] = o;
+    }
+    if (threadIdx.x == 0) {
+        float L = 0.0f;
+#pragma unroll
+        for (int w = 0; w < KCU_ATTN_WARPS; w++)
+            if (sm[w] != -INFINITY) L += sl[w] * expf(sm[w] - M);
+        out[0] = M;
+        out[1] = L;
+    }
+}
+
+static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n_kv, int n_splits, int D, float *dst,
+                                        uint64_t ds, int t0) {
+    kcu_pdl_wait();
+    const int t = t0 + blockIdx.x, h = blockIdx.y;
+    const int n_kv = attn_n_kv[t];
+    const int ns = (n_kv + KCU_ATTN_SPLIT - 1) / KCU_ATTN_SPLIT;
+    float *o = dst + (uint64_t)t * ds + (uint64_t)h * D;
+    const float *p = part + ((uint64_t)blockIdx.x * gridDim.y + h) * n_splits * (D + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < ns; s++) M = fmaxf(M, p[(uint64_t)s * (D + 2)]);
+    float L = 0.0f;
+    for (int s = 0; s < ns; s++) L += p[(uint64_t)s * (D + 2) + 1] * expf(p[(uint64_t)s * (D + 2)] - M);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float a = 0.0f;
+        for (int s = 0; s < ns; s++) a += p[(uint64_t)s * (D + 2) + 2 + d] * expf(p[(uint64_t)s * (D + 2)] - M);
+        o[d] = ns > 0 && L > 0.0f ? a / L : 0.0f;
+    }
+}
+
+kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
+                          const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(q, KCU_F32, "attention", "q")) ||
+        (st = kcu_tensor_check(dst, KCU_F32, "attention", "dst")))
+        return st;
+    if (!attn || !k_cache || !v_cache) return kcu_error(KILN_E_INVALID_ARG, "cuda attention: NULL cache or parameters");
+    kiln_bk_attn a;
+    memset(&a, 0, sizeof a);
+    memcpy(&a, attn, attn->struct_size < sizeof a ? attn->struct_size : sizeof a);
+    const struct kcu_ubatch *ub = &dev->ub;
+    if (!ub->set || !ub->has_attn) return kcu_error(KILN_E_INVALID_ARG, "cuda attention: no ubatch with attention tables");
+    if (a.n_head == 0 || a.n_head_kv == 0 || a.n_head % a.n_head_kv || a.head_dim == 0 || a.head_dim % 32 ||
+        a.head_dim > 256)
+        return kcu_error(KILN_E_UNSUPPORTED, "cuda attention: %u heads, %u kv heads of %u", a.n_head, a.n_head_kv,
+                         a.head_dim);
+    const uint64_t qw = (uint64_t)a.n_head * a.head_dim, kv_dim = (uint64_t)a.n_head_kv * a.head_dim;
+    if ((uint64_t)q->ne[0] < qw || dst->ne[0] < (int64_t)qw || q->ne[1] != (int64_t)ub->n_tokens ||
+        dst->ne[1] != q->ne[1])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda attention: q %lldx%lld, dst %lldx%lld for %u heads of %u, %u tokens",
+                         (long long)q->ne[0], (long long)q->ne[1], (long long)dst->ne[0], (long long)dst->ne[1],
+                         a.n_head, a.head_dim, ub->n_tokens);
+    const uint64_t need = (uint64_t)ub->n_cells * kv_dim * 2;
+    if (k_cache->size < need || v_cache->size < need)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda attention: caches smaller than %u cells", ub->n_cells);
+    if (ub->n_tokens == 0) return KILN_OK;
+    if (a.n_head > 65535 || ub->n_tokens > 0x7fffffff)
+        return kcu_error(KILN_E_UNSUPPORTED, "cuda attention: too many heads or tokens");
+    /* decode: launch for the whole cache (graph-stable); prefill: the longest row */
+    const uint32_t span = ub->n_tokens <= 8 ? ub->n_cells : (uint32_t)ub->max_n_kv;
+    const int n_splits = (int)((span + KCU_ATTN_SPLIT - 1) / KCU_ATTN_SPLIT) > 0
+                             ? (int)((span + KCU_ATTN_SPLIT - 1) / KCU_ATTN_SPLIT) : 1;
+    if (n_splits > 65535) return kcu_error(KILN_E_UNSUPPORTED, "cuda attention: %u positions", span);
+    struct { kiln_bk_tensor q, d; const void *k, *v; kiln_bk_attn a; int ns; } args;
+    memset(&args, 0, sizeof args);
+    args.q = *q, args.d = *dst, args.k = k_cache->ptr, args.v = v_cache->ptr, args.a = a, args.ns = n_splits;
+    kiln_bk_buffer *part = NULL;
+    const uint64_t per_token = (uint64_t)a.n_head * n_splits * (a.head_dim + 2) * sizeof(float);
+    uint32_t chunk = (uint32_t)(KCU_ATTN_PART_MAX / per_token);
+    if (chunk < 1) chunk = 1;
+    if (chunk > ub->n_tokens) chunk = ub->n_tokens;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    if ((st = kcu_pool_alloc(dev, per_token * chunk, &part))) return st;
+    const int group = (int)(a.n_head / a.n_head_kv);
+    const float *qp = (const float *)kcu_tensor_ptr(q);
+    const uint64_t qs = q->row_stride / 4;
+    float *pp = (float *)part->ptr;
+    cudaError_t e = cudaSuccess;
+    /* tokens in chunks so that the partial results stay bounded; each
+     * (token, head) is computed the same way whatever the chunk */
+    for (uint32_t t0 = 0; t0 < ub->n_tokens && e == cudaSuccess; t0 += chunk) {
+        const uint32_t nt = ub->n_tokens - t0 < chunk ? ub->n_tokens - t0 : chunk;
+        dim3 grid(nt, a.n_head, n_splits);
+#define ATT(DPL_)                                                                                            \
+    case DPL_:                                                                                               \
+        e = kcu_launch(attn_split_kernel<DPL_>, grid, KCU_ATTN_WARPS * 32, 0, dev->stream, qp, qs,            \
+                       (const __half *)k_cache->ptr, (const __half *)v_cache->ptr, (int)kv_dim, ub->attn_table, \
+                       ub->attn_n_kv, ub->block_tables, (int)ub->block_size, group, a.scale, pp, n_splits,   \
+                       (int)t0);                                                                             \
+        break;
+        switch (a.head_dim / 32) {
+            ATT(1) ATT(2) ATT(3) ATT(4) ATT(5) ATT(6) ATT(7) ATT(8)
+        }
+#undef ATT
+        if (e == cudaSuccess) {
+            dim3 g2(nt, a.n_head);
+            e = kcu_launch(attn_fold_kernel, g2, a.head_dim < 128 ? 64 : 128, 0, dev->stream, pp, ub->attn_n_kv,
+                           n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)t0);
+        }
+    }
+    kcu_pool_free(part); /* stream-ordered: safe to hand out again */
+    if (e != cudaSuccess) return kcu_cuda_error(e, "attention");
+    return KILN_OK;
+}

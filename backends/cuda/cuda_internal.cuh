@@ -1,0 +1,210 @@
+/*
+ * cuda_internal.cuh - shared state of the CUDA backend (libkiln-cuda.so).
+ *
+ * Components: cuda_backend.cu (iface, devices, buffers, the transient pool,
+ * host staging, the ubatch, graphs), cuda_ops.cu (element-wise and row
+ * operations), cuda_matmul.cu (matrix-vector kernels and cuBLAS),
+ * cuda_attn.cu (paged attention), cuda_quant.cuh (weight block decoding).
+ *
+ * Execution model: each device handle owns one CUDA stream; every
+ * operation is enqueued on it and returns at once. Buffers are plain
+ * cudaMalloc memory; transient ones come from the handle's pool and go
+ * back to its cache when freed, which is safe without waiting because
+ * every later user of that memory is ordered after the free on the same
+ * stream. Host inputs of operations (token ids, ubatch tables) are copied
+ * into a pinned staging area and from there to a device area with async
+ * copies, so a call returns without waiting for the GPU.
+ *
+ * Threads: like every backend handle, a device handle is used by one thread
+ * at a time; the calls set the handle's device current on the calling
+ * thread (cudaSetDevice) so different handles may live on different
+ * threads and GPUs.
+ */
+#ifndef KILN_CUDA_INTERNAL_CUH
+#define KILN_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "kiln_backend.h"
+#include "kiln.h"
+
+/* ggml type ids this backend knows (lib/quant.h is C and internal). */
+enum {
+    KCU_F32 = 0, KCU_F16 = 1, KCU_Q4_0 = 2, KCU_Q4_1 = 3, KCU_Q5_0 = 6, KCU_Q5_1 = 7,
+    KCU_Q8_0 = 8, KCU_Q4_K = 12, KCU_Q5_K = 13, KCU_Q6_K = 14, KCU_BF16 = 30
+};
+
+/* Bytes of one block and elements per block of a type; 0 if unsupported. */
+int kcu_type_block_bytes(int32_t type);
+int kcu_type_block_elems(int32_t type);
+
+/* Host memory through the core's allocator (zeroed) and back. */
+void *kcu_calloc(size_t n);
+void kcu_free(void *p);
+
+/* Reports an error through the core (kiln_last_error) and returns st. */
+kiln_status kcu_error(kiln_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Maps a CUDA error to a status (out of memory: KILN_E_OOM_DEVICE) and
+ * reports it with `what`. Clears the sticky-free last error. */
+kiln_status kcu_cuda_error(cudaError_t e, const char *what);
+#define KCU_CHECK(call, what)                                   \
+    do {                                                        \
+        cudaError_t kcu_e_ = (call);                            \
+        if (kcu_e_ != cudaSuccess) return kcu_cuda_error(kcu_e_, what); \
+    } while (0)
+/* After a kernel launch: a launch error becomes a status. */
+#define KCU_LAUNCHED(what) KCU_CHECK(cudaGetLastError(), what)
+
+struct kcu_pool {
+    kiln_bk_buffer *in_use;  /* handed out */
+    kiln_bk_buffer *cached;  /* free for reuse, most recently freed first */
+    uint64_t bytes_in_use, bytes_cached, bytes_peak, cap;
+    uint64_t n_allocs, n_frees, n_device_allocs;
+};
+
+struct kiln_bk_buffer {
+    void *ptr;               /* device memory */
+    uint64_t size;           /* bytes asked for */
+    uint64_t capacity;       /* bytes allocated */
+    uint32_t usage;          /* KILN_BK_BUF_* */
+    int32_t device;          /* CUDA device index */
+    kiln_bk_device *owner;   /* transient: the handle whose pool it belongs to */
+    kiln_bk_buffer *prev, *next;
+};
+
+/* Device copies of the current ubatch's tables. */
+struct kcu_ubatch {
+    bool set;
+    uint32_t n_tokens, n_block_entries, block_size, n_cells;
+    bool has_kv, has_attn;
+    int32_t max_n_kv;        /* host copy: largest attn_n_kv */
+    int32_t *pos, *kv_cell, *attn_table, *attn_n_kv, *block_tables; /* device */
+};
+
+#define KCU_MAX_GRAPHS 8
+
+struct kcu_graph {
+    uint64_t key;
+    uint64_t hash;           /* of every recorded operation's arguments */
+    cudaGraphExec_t exec;
+};
+
+struct kiln_bk_device {
+    int32_t index;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    void *cublas_ws;         /* cuBLAS workspace (fixed, so graphs never allocate) */
+    size_t cublas_ws_size;
+    int sm_count;
+    int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
+    kiln_log_fn log_fn;
+    void *log_user;
+    int32_t log_level;
+
+    struct kcu_pool pool;
+
+    /* host inputs: pinned area -> device area, bump-allocated per ubatch */
+    uint8_t *stage_host;
+    uint8_t *stage_dev;
+    size_t stage_cap, stage_used;
+
+    struct kcu_ubatch ub;
+    int32_t *ub_dev;         /* the tables' device array */
+    size_t ub_dev_cap;
+
+
+    /* int8 copy of the x of the last matmul, reused by the next matmul on
+     * the same x (q/k/v, gate/up); dropped by any other operation */
+    kiln_bk_buffer *xq_buf;
+    const void *xq_src;
+    uint64_t xq_stride;
+    int64_t xq_K, xq_nt;
+
+    /* graphs */
+    int graph_mode;          /* 0 eager, 1 capturing, 2 replaying */
+    uint64_t graph_key, graph_hash;
+    struct kcu_graph graphs[KCU_MAX_GRAPHS];
+    int n_graphs;
+    bool graph_failed;       /* an operation failed while capturing */
+};
+
+/* ---- launches ----
+ * Every kernel is launched with programmatic dependent launch (Hopper):
+ * the next kernel of the stream may be scheduled while this one finishes,
+ * hiding most of the gap between the many small kernels of a decode step.
+ * Correctness rests on every kernel calling kcu_pdl_wait() before it reads
+ * or writes global memory (it returns once the previous grid has finished
+ * and its writes are visible), and on allowing the next launch at once. */
+static __device__ __forceinline__ void kcu_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+template <typename... KArgs, typename... Args>
+static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                     cudaStream_t stream, Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+}
+
+/* ---- cuda_backend.cu ---- */
+void kcu_log(const kiln_bk_device *dev, int32_t level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Creates the handle's cuBLAS handle and workspace if not yet done. */
+kiln_status kcu_cublas(kiln_bk_device *dev);
+/* Makes the handle's device current on this thread. */
+kiln_status kcu_use(kiln_bk_device *dev);
+/* A transient buffer from the pool / back to it (stream-ordered). */
+kiln_status kcu_pool_alloc(kiln_bk_device *dev, uint64_t size, kiln_bk_buffer **out);
+void kcu_pool_free(kiln_bk_buffer *b);
+/* Copies host bytes to the device through the staging area; *out is the
+ * device address, valid for operations enqueued after this call. */
+kiln_status kcu_stage(kiln_bk_device *dev, const void *src, size_t bytes, const void **out);
+/* In graph mode, folds an operation's arguments into the running hash and
+ * says whether to launch (0: replaying, skip the launch). */
+bool kcu_op(kiln_bk_device *dev, const void *args, size_t n);
+/* Drops the cached int8 x (stream-ordered). */
+void kcu_xq_release(kiln_bk_device *dev);
+/* kcu_op for matmul: keeps the cached int8 x. */
+bool kcu_op_matmul(kiln_bk_device *dev, const void *args, size_t n);
+/* Device pointer of a tensor's first byte (NULL if no buffer). */
+static inline uint8_t *kcu_tensor_ptr(const kiln_bk_tensor *t) {
+    return t && t->buf ? (uint8_t *)t->buf->ptr + t->offset : NULL;
+}
+kiln_status kcu_tensor_check(const kiln_bk_tensor *t, int32_t type, const char *op, const char *name);
+
+/* ---- operations ---- */
+kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const int32_t *ids,
+                         kiln_bk_tensor *dst);
+kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *w,
+                         float eps, kiln_bk_tensor *dst);
+kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                    kiln_bk_tensor *dst);
+kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope);
+kiln_status kcu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const kiln_bk_tensor *up,
+                       kiln_bk_tensor *dst);
+kiln_status kcu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                         kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim);
+kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                       kiln_bk_tensor *dst);
+kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
+                          const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst);
+/* Dequantizes rows [r0, r0 + n) of w to F16 into dst (n x K, dense). */
+kiln_status kcu_dequant_f16(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t r0, int64_t n, __half *dst);
+
+#endif

@@ -1,0 +1,674 @@
+/*
+ * cuda_matmul.cu - dst[m][n] = sum_k w[n][k] * x[m][k] on the GPU.
+ *
+ * Decode (at most KCU_MMV_MAX rows of x): matrix-vector kernels that read
+ * each weight byte once. A block of KCU_MMV_WARPS warps owns
+ * KCU_MMV_WARPS * KCU_MMV_ROWS weight rows; x is brought into shared
+ * memory 1024 columns at a time (padded so that the 32 lanes, each on its
+ * own 32-column group, read 32 different banks), every lane decodes one
+ * group of each of its rows per chunk and multiplies it with every token.
+ * Per token the sum runs over the same groups in the same order whatever
+ * the number of tokens, so a sequence decoded alone or in a batch of up to
+ * KCU_MMV_MAX gets the same bits.
+ *
+ * Prefill: cuBLAS. F16 and BF16 weights are used in place with x converted
+ * to the same type; other formats are dequantized to F16 in chunks of rows
+ * (scratch from the pool, at most ~64 MiB) and multiplied with cuBLAS,
+ * accumulating in F32.
+ */
+#include <string.h>
+
+#include "cuda_quant.cuh"
+
+#define KCU_MMV_MAX 8
+#define KCU_MMV_WARPS 8
+#define KCU_MMV_ROWS 2
+#define KCU_MMV_CHUNK 1024                 /* x columns per shared-memory chunk */
+#define KCU_MMV_PITCH (KCU_MMV_CHUNK + 32) /* floats per token row in shared memory */
+
+template <int T>
+static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
+    mmv_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int64_t K,
+               int nt) {
+    kcu_pdl_wait();
+    extern __shared__ float xsh[]; /* [nt][KCU_MMV_PITCH]: group g at 33 * g */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row0 = (blockIdx.x * KCU_MMV_WARPS + warp) * KCU_MMV_ROWS;
+    float acc[KCU_MMV_ROWS][KCU_MMV_MAX];
+#pragma unroll
+    for (int r = 0; r < KCU_MMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) acc[r][t] = 0.0f;
+
+    for (int64_t k0 = 0; k0 < K; k0 += KCU_MMV_CHUNK) {
+        const int kc = (int)(K - k0 < KCU_MMV_CHUNK ? K - k0 : KCU_MMV_CHUNK);
+        __syncthreads();
+        for (int t = 0; t < nt; t++)
+            for (int i = threadIdx.x; i < kc; i += blockDim.x)
+                xsh[t * KCU_MMV_PITCH + i + i / 32] = x[(uint64_t)t * xs + k0 + i];
+        __syncthreads();
+        const int g = lane; /* this lane's group within the chunk */
+        if (32 * g >= kc) continue;
+#pragma unroll
+        for (int r = 0; r < KCU_MMV_ROWS; r++) {
+            const int row = row0 + r;
+            if (row >= N) break;
+            float v[32];
+            kcu_dq32<T>(w + (uint64_t)row * ws, k0 / 32 + g, v);
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const float *xp = xsh + t * KCU_MMV_PITCH + 33 * g;
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 32; i++) s = fmaf(v[i], xp[i], s);
+                acc[r][t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < KCU_MMV_ROWS; r++) {
+        const int row = row0 + r;
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) {
+            if (t >= nt) break;
+            float s = acc[r][t];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0 && row < N) y[(uint64_t)t * ys + row] = s;
+        }
+    }
+}
+
+/* ---- fast decode kernels for F16 and Q4_0 (the formats benchmarked
+ * against llama.cpp): lanes read consecutive 16-byte (F16) or 4-byte (Q4_0)
+ * pieces so that a warp's loads are contiguous, U steps of loads are issued
+ * before their use, and x comes from global memory through L1 (every warp
+ * of the SM reads the same x). A block of KCU_FAST_WARPS warps, one row
+ * each. Per token the sum order does not depend on the number of tokens. */
+#define KCU_FAST_WARPS 4
+#define KCU_FAST_U 4
+
+template <int R>
+static __device__ __forceinline__ void kcu_mmv_store(float (&acc)[R][KCU_MMV_MAX], float *y, uint64_t ys, int row0,
+                                                     int N, int nt, int lane) {
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) {
+            if (t >= nt) break;
+            float v = acc[r][t];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0 && row0 + r < N) y[(uint64_t)t * ys + row0 + r] = v;
+        }
+}
+
+template <int U, int R>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_f16_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
+                   int nt) {
+    kcu_pdl_wait();
+    const int lane = threadIdx.x & 31, row0 = (blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= N) return;
+    const int K8 = K / 8;
+    float acc[R][KCU_MMV_MAX];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) acc[r][t] = 0.0f;
+    for (int i0 = lane; i0 < K8; i0 += 32 * U) {
+        uint4 wv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int i = i0 + 32 * u;
+                wv[u][r] = i < K8 && row0 + r < N ? __ldg((const uint4 *)(w + (uint64_t)(row0 + r) * ws) + i)
+                                                  : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int i = i0 + 32 * u;
+            if (i >= K8) break;
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const float4 *xp = (const float4 *)(x + (uint64_t)t * xs) + 2 * i;
+                const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const __half2 *h = (const __half2 *)&wv[u][r];
+                    const float2 f0 = __half22float2(h[0]), f1 = __half22float2(h[1]);
+                    const float2 f2 = __half22float2(h[2]), f3 = __half22float2(h[3]);
+                    float sum = f0.x * a.x;
+                    sum = fmaf(f0.y, a.y, sum);
+                    sum = fmaf(f1.x, a.z, sum);
+                    sum = fmaf(f1.y, a.w, sum);
+                    sum = fmaf(f2.x, b.x, sum);
+                    sum = fmaf(f2.y, b.y, sum);
+                    sum = fmaf(f3.x, b.z, sum);
+                    sum = fmaf(f3.y, b.w, sum);
+                    acc[r][t] += sum;
+                }
+            }
+        }
+    }
+    kcu_mmv_store<R>(acc, y, ys, row0, N, nt, lane);
+}
+
+/* A nibble n (0..15) as the float n - 8, exactly, without a conversion
+ * instruction: 2^23 + n has n in its low mantissa bits. */
+static __device__ __forceinline__ float kcu_nib_m8(uint32_t n) {
+    return __int_as_float(0x4B000000 | n) - 8388616.0f;
+}
+
+/* Q4_0: 4 lanes per 18-byte block, lane quarter s holding qs bytes
+ * [4s, 4s + 4): elements 4s..4s+3 (low nibbles) and 16+4s..16+4s+3 (high). */
+template <int U, int R>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4_0_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
+                    int nt) {
+    kcu_pdl_wait();
+    const int lane = threadIdx.x & 31, row0 = (blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
+    if (row0 >= N) return;
+    const int s = lane & 3, bl = lane >> 2;
+    const int nb = K / 32;
+    float acc[R][KCU_MMV_MAX];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < KCU_MMV_MAX; t++) acc[r][t] = 0.0f;
+    for (int b0 = bl; b0 < nb; b0 += 8 * U) {
+        uint32_t qv[U][R];
+        float dv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int b = b0 + 8 * u;
+                if (b < nb && row0 + r < N) {
+                    const uint16_t *p = (const uint16_t *)(w + (uint64_t)(row0 + r) * ws + 18 * (uint64_t)b);
+                    dv[u][r] = __half2float(__ushort_as_half(__ldg(p)));
+                    qv[u][r] = (uint32_t)__ldg(p + 1 + 2 * s) | ((uint32_t)__ldg(p + 2 + 2 * s) << 16);
+                } else {
+                    dv[u][r] = 0.0f;
+                    qv[u][r] = 0x88888888u;
+                }
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b >= nb) break;
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const float *xp = x + (uint64_t)t * xs + 32 * (uint64_t)b + 4 * s;
+                const float4 a = __ldg((const float4 *)xp), c = __ldg((const float4 *)(xp + 16));
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const uint32_t q = qv[u][r];
+                    float sum = kcu_nib_m8(q & 0xF) * a.x;
+                    sum = fmaf(kcu_nib_m8((q >> 8) & 0xF), a.y, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 16) & 0xF), a.z, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 24) & 0xF), a.w, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 4) & 0xF), c.x, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 12) & 0xF), c.y, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 20) & 0xF), c.z, sum);
+                    sum = fmaf(kcu_nib_m8((q >> 28) & 0xF), c.w, sum);
+                    acc[r][t] = fmaf(dv[u][r], sum, acc[r][t]);
+                }
+            }
+        }
+    }
+    kcu_mmv_store<R>(acc, y, ys, row0, N, nt, lane);
+}
+
+/* ---- int8 activations for Q4_0 and Q8_0 decode: x is quantized per
+ * 32-element block to int8 with one float scale (amax / 127, rounding to
+ * nearest, as ggml's Q8 activation blocks), then every 4 weights cost one
+ * dp4a and x traffic drops 4x. Per token the same blocks are summed in the
+ * same order whatever the number of tokens. */
+static __global__ void quant_x_q8_kernel(const float *x, uint64_t xs, int K, int8_t *xq, float *xd) {
+    kcu_pdl_wait();
+    const int lane = threadIdx.x & 31, b = blockIdx.x * 4 + (threadIdx.x >> 5), t = blockIdx.y;
+    if (b >= K / 32) return;
+    const float v = x[(uint64_t)t * xs + 32 * b + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    xq[(uint64_t)t * K + 32 * b + lane] = (int8_t)__float2int_rn(v * id);
+    if (lane == 0) xd[(uint64_t)t * (K / 32) + b] = d;
+}
+
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4_0_q8_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys, int N,
+                       int K, int nt) {
+    kcu_pdl_wait();
+    const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint8_t *wr = w + (uint64_t)row * ws;
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int b0 = bl; b0 < nb; b0 += 8 * U) {
+        uint32_t qv[U];
+        float dv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b < nb) {
+                const uint16_t *p = (const uint16_t *)(wr + 18 * (uint64_t)b);
+                dv[u] = __half2float(__ushort_as_half(__ldg(p)));
+                qv[u] = (uint32_t)__ldg(p + 1 + 2 * s) | ((uint32_t)__ldg(p + 2 + 2 * s) << 16);
+            } else {
+                dv[u] = 0.0f;
+                qv[u] = 0x88888888u;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b >= nb) break;
+            const int lo = (int)__vsub4(qv[u] & 0x0F0F0F0Fu, 0x08080808u);
+            const int hi = (int)__vsub4((qv[u] >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b + 4 * s;
+                const int sum = __dp4a(hi, __ldg((const int *)(xp + 16)), __dp4a(lo, __ldg((const int *)xp), 0));
+                acc[t] = fmaf(dv[u] * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
+/* Q8_0: 4 lanes per 34-byte block, lane quarter s holding qs [8s, 8s + 8). */
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q8_0_q8_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys, int N,
+                       int K, int nt) {
+    kcu_pdl_wait();
+    const int lane = threadIdx.x & 31, row = blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint8_t *wr = w + (uint64_t)row * ws;
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int b0 = bl; b0 < nb; b0 += 8 * U) {
+        uint32_t q0[U], q1[U];
+        float dv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b < nb) {
+                const uint16_t *p = (const uint16_t *)(wr + 34 * (uint64_t)b);
+                dv[u] = __half2float(__ushort_as_half(__ldg(p)));
+                q0[u] = (uint32_t)__ldg(p + 1 + 4 * s) | ((uint32_t)__ldg(p + 2 + 4 * s) << 16);
+                q1[u] = (uint32_t)__ldg(p + 3 + 4 * s) | ((uint32_t)__ldg(p + 4 + 4 * s) << 16);
+            } else {
+                dv[u] = 0.0f;
+                q0[u] = q1[u] = 0;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 8 * u;
+            if (b >= nb) break;
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int2 xv = __ldg((const int2 *)(xq + (uint64_t)t * K + 32 * b + 8 * s));
+                const int sum = __dp4a((int)q1[u], xv.y, __dp4a((int)q0[u], xv.x, 0));
+                acc[t] = fmaf(dv[u] * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
+/* The same products with the weights staged through shared memory: the
+ * warp reads 8*U blocks of its row with 16-byte loads (a row of K = 4096 in
+ * two steps), then each lane reads its quarter-block from shared memory.
+ * One 16-byte load replaces three 2-byte loads per lane and block (blocks
+ * of 18 and 34 bytes allow nothing wider in place). Needs rows that are a
+ * multiple of 8 blocks starting 16-byte aligned. */
+template <int T, int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q8x_staged_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys,
+                          int N, int K, int nt) {
+    kcu_pdl_wait();
+    constexpr int BB = T == KCU_Q4_0 ? 18 : 34; /* block bytes */
+    __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x * KCU_FAST_WARPS + warp;
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
+    uint8_t *my = sm[warp];
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int c0 = 0; c0 < nb; c0 += 8 * U) {
+        const int nblk = nb - c0 < 8 * U ? nb - c0 : 8 * U; /* a multiple of 8 */
+        const int n16 = nblk * BB / 16;
+        __syncwarp();
+        const uint4 *src = wr + (uint64_t)c0 * BB / 16;
+#pragma unroll
+        for (int i = 0; i < (8 * U * BB / 16 + 31) / 32; i++) {
+            const int j = lane + 32 * i;
+            if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int lb = bl + 8 * u, b = c0 + lb;
+            if (lb >= nblk) break;
+            const uint16_t *p = (const uint16_t *)(my + lb * BB);
+            const float dw = __half2float(__ushort_as_half(p[0]));
+            int w0, w1;
+            if (T == KCU_Q4_0) {
+                const uint32_t q = (uint32_t)p[1 + 2 * s] | ((uint32_t)p[2 + 2 * s] << 16);
+                w0 = (int)__vsub4(q & 0x0F0F0F0Fu, 0x08080808u);
+                w1 = (int)__vsub4((q >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+            } else {
+                w0 = (int)((uint32_t)p[1 + 4 * s] | ((uint32_t)p[2 + 4 * s] << 16));
+                w1 = (int)((uint32_t)p[3 + 4 * s] | ((uint32_t)p[4 + 4 * s] << 16));
+            }
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
+                int x0, x1;
+                if (T == KCU_Q4_0) {
+                    x0 = __ldg((const int *)(xp + 4 * s));
+                    x1 = __ldg((const int *)(xp + 16 + 4 * s));
+                } else {
+                    const int2 xv = __ldg((const int2 *)(xp + 8 * s));
+                    x0 = xv.x;
+                    x1 = xv.y;
+                }
+                const int sum = __dp4a(w1, x1, __dp4a(w0, x0, 0));
+                acc[t] = fmaf(dw * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) {
+        if (t >= nt) break;
+        float v = acc[t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) y[(uint64_t)t * ys + row] = v;
+    }
+}
+
+/* Rows of w to dense F16, one group per thread. */
+template <int T>
+static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
+                                          __half *dst) {
+    kcu_pdl_wait();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n_groups; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / groups_per_row, g = i % groups_per_row;
+        float v[32];
+        kcu_dq32<T>(w + (uint64_t)r * ws, g, v);
+        uint4 *o = (uint4 *)(dst + 32 * i); /* 64 bytes: four 16-byte stores */
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            __half2 h[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) h[k] = __floats2half2_rn(v[8 * j + 2 * k], v[8 * j + 2 * k + 1]);
+            o[j] = *(const uint4 *)h;
+        }
+    }
+}
+
+static __global__ void to_f16_kernel(const float *x, uint64_t xs, __half *y, int64_t K, int64_t total) {
+    kcu_pdl_wait();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __float2half_rn(x[(i / K) * xs + i % K]);
+}
+
+static __global__ void to_bf16_kernel(const float *x, uint64_t xs, __nv_bfloat16 *y, int64_t K, int64_t total) {
+    kcu_pdl_wait();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __float2bfloat16_rn(x[(i / K) * xs + i % K]);
+}
+
+static unsigned grid_for(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 65535 ? (b > 0 ? b : 1) : 65535);
+}
+
+kiln_status kcu_dequant_f16(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t r0, int64_t n, __half *dst) {
+    const int64_t gpr = w->ne[0] / 32, total = gpr * n;
+    const uint8_t *wp = kcu_tensor_ptr(w) + (uint64_t)r0 * w->row_stride;
+    const unsigned grid = grid_for(total, 256);
+#define DQ(T_)                                                                                       \
+    case T_:                                                                                         \
+        kcu_launch(dequant_f16_kernel<T_>, grid, 256, 0, dev->stream, wp, w->row_stride, gpr, total, dst);   \
+        break;
+    switch (w->type) {
+        DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
+        DQ(KCU_Q4_K) DQ(KCU_Q5_K) DQ(KCU_Q6_K)
+    default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
+    }
+#undef DQ
+    KCU_LAUNCHED("dequantize");
+    return KILN_OK;
+}
+
+static kiln_status cublas_status(cublasStatus_t s, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS) return KILN_OK;
+    return kcu_error(s == CUBLAS_STATUS_ALLOC_FAILED ? KILN_E_OOM_DEVICE : KILN_E_BACKEND, "cuda matmul: %s failed (%d)",
+                     what, (int)s);
+}
+
+static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                              kiln_bk_tensor *dst) {
+    const int N = (int)w->ne[1], nt = (int)x->ne[1];
+    const int64_t K = w->ne[0];
+    const int rows_per_block = KCU_MMV_WARPS * KCU_MMV_ROWS;
+    const unsigned grid = (unsigned)((N + rows_per_block - 1) / rows_per_block);
+    const size_t smem = (size_t)nt * KCU_MMV_PITCH * sizeof(float);
+    const uint8_t *wp = kcu_tensor_ptr(w);
+    const float *xp = (const float *)kcu_tensor_ptr(x);
+    float *yp = (float *)kcu_tensor_ptr(dst);
+    const uint64_t xs = x->row_stride / 4, ys = dst->row_stride / 4;
+    const bool x16 = ((uintptr_t)xp % 16 == 0) && (x->row_stride % 16 == 0);
+    /* kernel variants (U load steps in flight, R rows per warp), chosen by
+     * measurement (bench/NOTES.md); KILN_CUDA_MMV=0..3 picks one for
+     * benchmarking */
+    const int v = dev->mmv_variant;
+#define FAST(K_, U_, R_)                                                                                        \
+    kcu_launch(K_<U_, R_>, (unsigned)((N + KCU_FAST_WARPS * R_ - 1) / (KCU_FAST_WARPS * R_)), KCU_FAST_WARPS * 32, 0,    \
+                 dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt)
+    if ((w->type == KCU_Q4_0 || w->type == KCU_Q8_0) && v != 4) { /* KILN_CUDA_MMV=4: float x (comparison) */
+        const int nb = (int)(K / 32);
+        const bool reuse = dev->xq_buf && dev->xq_src == xp && dev->xq_stride == x->row_stride && dev->xq_K == K &&
+                           dev->xq_nt == nt;
+        if (!reuse) {
+            kcu_xq_release(dev);
+            kiln_status st = kcu_pool_alloc(dev, (uint64_t)nt * K + (uint64_t)nt * nb * sizeof(float), &dev->xq_buf);
+            if (st) return st;
+        }
+        int8_t *xq = (int8_t *)dev->xq_buf->ptr;
+        float *xd = (float *)(xq + (uint64_t)nt * K); /* K is a multiple of 32: aligned */
+        if (!reuse) {
+            kcu_launch(quant_x_q8_kernel, dim3((unsigned)((nb + 3) / 4), (unsigned)nt), 128, 0, dev->stream, xp, xs,
+                       (int)K, xq, xd);
+            dev->xq_src = xp;
+            dev->xq_stride = x->row_stride;
+            dev->xq_K = K;
+            dev->xq_nt = nt;
+        }
+        const unsigned grid = (unsigned)((N + KCU_FAST_WARPS - 1) / KCU_FAST_WARPS);
+        const bool staged = v != 5 && nb % 8 == 0 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0;
+        if (staged && w->type == KCU_Q4_0)
+            kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, 
+                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
+        else if (staged)
+            kcu_launch(mmv_q8x_staged_kernel<KCU_Q8_0, 4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, 
+                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
+        else if (w->type == KCU_Q4_0)
+            kcu_launch(mmv_q4_0_q8_kernel<8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp, ys, N,
+                                                                              (int)K, nt);
+        else
+            kcu_launch(mmv_q8_0_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp, ys, N,
+                                                                              (int)K, nt);
+        cudaError_t e = cudaGetLastError();
+        /* this product's output overlapping x would make the cached copy stale */
+        const uint8_t *d0 = (const uint8_t *)yp, *d1 = d0 + (uint64_t)(nt - 1) * dst->row_stride + (uint64_t)N * 4;
+        const uint8_t *x0 = (const uint8_t *)xp, *x1 = x0 + (uint64_t)(nt - 1) * x->row_stride + (uint64_t)K * 4;
+        if (d0 < x1 && x0 < d1) kcu_xq_release(dev);
+        if (e != cudaSuccess) {
+            kcu_xq_release(dev);
+            return kcu_cuda_error(e, "matrix-vector product (int8)");
+        }
+        return KILN_OK;
+    }
+    if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
+        if (v == 1) FAST(mmv_f16_kernel, 4, 1);
+        else if (v == 2) FAST(mmv_f16_kernel, 8, 1);
+        else if (v == 3) FAST(mmv_f16_kernel, 4, 2);
+        else FAST(mmv_f16_kernel, 2, 2); /* measured best on H100 (bench/NOTES.md) */
+        KCU_LAUNCHED("matrix-vector product (f16)");
+        return KILN_OK;
+    }
+    if (x16 && w->type == KCU_Q4_0) {
+        if (v == 1) FAST(mmv_q4_0_kernel, 8, 1);
+        else if (v == 2) FAST(mmv_q4_0_kernel, 4, 2);
+        else if (v == 3) FAST(mmv_q4_0_kernel, 2, 1);
+        else FAST(mmv_q4_0_kernel, 4, 1);
+#undef FAST
+        KCU_LAUNCHED("matrix-vector product (q4_0)");
+        return KILN_OK;
+    }
+#define MMV(T_)                                                                                          \
+    case T_:                                                                                             \
+        if (smem > 48 * 1024)                                                                            \
+            cudaFuncSetAttribute(mmv_kernel<T_>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem); \
+        kcu_launch(mmv_kernel<T_>, grid, KCU_MMV_WARPS * 32, smem, dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, K, nt); \
+        break;
+    switch (w->type) {
+        MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
+        MMV(KCU_Q4_K) MMV(KCU_Q5_K) MMV(KCU_Q6_K)
+    default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
+    }
+#undef MMV
+    KCU_LAUNCHED("matrix-vector product");
+    return KILN_OK;
+}
+
+/* x (M x K, F32) converted to `type` (F16 or BF16) in a pool buffer. */
+static kiln_status convert_x(kiln_bk_device *dev, const kiln_bk_tensor *x, int type, kiln_bk_buffer **out) {
+    const int64_t M = x->ne[1], K = x->ne[0];
+    kiln_status st = kcu_pool_alloc(dev, (uint64_t)M * K * 2, out);
+    if (st) return st;
+    const float *xp = (const float *)kcu_tensor_ptr(x);
+    if (type == KCU_BF16)
+        kcu_launch(to_bf16_kernel, grid_for(M * K, 256), 256, 0, dev->stream, xp, x->row_stride / 4,
+                                                                     (__nv_bfloat16 *)(*out)->ptr, K, M * K);
+    else
+        kcu_launch(to_f16_kernel, grid_for(M * K, 256), 256, 0, dev->stream, xp, x->row_stride / 4, (__half *)(*out)->ptr, K,
+                                                                    M * K);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) {
+        kcu_pool_free(*out);
+        *out = NULL;
+        return kcu_cuda_error(e, "convert activations");
+    }
+    return KILN_OK;
+}
+
+static kiln_status matmul_cublas(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                                 kiln_bk_tensor *dst) {
+    const int64_t N = w->ne[1], K = w->ne[0], M = x->ne[1];
+    const float one = 1.0f, zero = 0.0f;
+    float *yp = (float *)kcu_tensor_ptr(dst);
+    const int ldc = (int)(dst->row_stride / 4);
+    kiln_status st = kcu_cublas(dev);
+    if (st) return st;
+    if (w->type == KCU_F32) {
+        return cublas_status(cublasSgemm(dev->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one,
+                                         (const float *)kcu_tensor_ptr(w), (int)(w->row_stride / 4),
+                                         (const float *)kcu_tensor_ptr(x), (int)(x->row_stride / 4), &zero, yp, ldc),
+                             "sgemm");
+    }
+    const int xt = w->type == KCU_BF16 ? KCU_BF16 : KCU_F16;
+    const cudaDataType ct = xt == KCU_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    kiln_bk_buffer *xb = NULL;
+    if ((st = convert_x(dev, x, xt, &xb))) return st;
+    if (w->type == KCU_F16 || w->type == KCU_BF16) {
+        st = cublas_status(cublasGemmEx(dev->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one,
+                                        kcu_tensor_ptr(w), ct, (int)(w->row_stride / 2), xb->ptr, ct, (int)K, &zero, yp,
+                                        CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                           "gemm");
+        kcu_pool_free(xb);
+        return st;
+    }
+    /* quantized: dequantize chunks of rows to F16, then multiply */
+    int64_t chunk = ((int64_t)64 << 20) / (K * 2);
+    chunk = chunk < 256 ? 256 : chunk / 256 * 256;
+    if (chunk > N) chunk = N;
+    kiln_bk_buffer *wb = NULL;
+    if ((st = kcu_pool_alloc(dev, (uint64_t)chunk * K * 2, &wb))) {
+        kcu_pool_free(xb);
+        return st;
+    }
+    for (int64_t r0 = 0; r0 < N && !st; r0 += chunk) {
+        const int64_t n = N - r0 < chunk ? N - r0 : chunk;
+        if ((st = kcu_dequant_f16(dev, w, r0, n, (__half *)wb->ptr))) break;
+        st = cublas_status(cublasGemmEx(dev->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)M, (int)K, &one, wb->ptr,
+                                        CUDA_R_16F, (int)K, xb->ptr, CUDA_R_16F, (int)K, &zero, yp + r0, CUDA_R_32F, ldc,
+                                        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                           "gemm");
+    }
+    kcu_pool_free(wb);
+    kcu_pool_free(xb);
+    return st;
+}
+
+kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x, kiln_bk_tensor *dst) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(w, -1, "matmul", "w")) ||
+        (st = kcu_tensor_check(x, KCU_F32, "matmul", "x")) || (st = kcu_tensor_check(dst, KCU_F32, "matmul", "dst")))
+        return st;
+    if (x->ne[0] != w->ne[0] || dst->ne[0] != w->ne[1] || dst->ne[1] != x->ne[1])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda matmul: w %lldx%lld, x %lldx%lld, dst %lldx%lld",
+                         (long long)w->ne[0], (long long)w->ne[1], (long long)x->ne[0], (long long)x->ne[1],
+                         (long long)dst->ne[0], (long long)dst->ne[1]);
+    if (w->ne[0] % 32)
+        return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: rows of %lld elements (need a multiple of 32)",
+                         (long long)w->ne[0]);
+    if (w->ne[1] > 0x7fffffff || x->ne[1] > 0x7fffffff || w->ne[0] > 0x7fffffff)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda matmul: too large");
+    if (x->ne[1] == 0 || w->ne[1] == 0) return KILN_OK;
+    struct { kiln_bk_tensor w, x, d; } args;
+    memset(&args, 0, sizeof args);
+    args.w = *w, args.x = *x, args.d = *dst;
+    if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
+    const bool int8_path = x->ne[1] <= KCU_MMV_MAX && (w->type == KCU_Q4_0 || w->type == KCU_Q8_0) &&
+                           dev->mmv_variant != 4;
+    if (!int8_path) kcu_xq_release(dev);
+    if (x->ne[1] <= KCU_MMV_MAX) return matmul_mmv(dev, w, x, dst);
+    return matmul_cublas(dev, w, x, dst);
+}

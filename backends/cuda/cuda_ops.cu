@@ -1,0 +1,335 @@
+/*
+ * cuda_ops.cu - the row and element-wise operations of the CUDA backend:
+ * get_rows, rms_norm, add, rope, swiglu, kv_store. Each checks its
+ * arguments like the CPU backend (the reference), hashes them for graph
+ * replay (kcu_op) and enqueues one kernel on the handle's stream.
+ *
+ * Numerics follow the CPU backend: rms_norm sums squares in double, rope
+ * builds its angles by repeated multiplication in float, silu is
+ * x / (1 + e^-x), KV is stored as F16 rounded to nearest.
+ */
+#include <string.h>
+
+#include "cuda_quant.cuh"
+
+/* ------------------------------------------------------------------------ */
+/* get_rows                                                                 */
+/* ------------------------------------------------------------------------ */
+
+template <int T>
+static __global__ void get_rows_kernel(const uint8_t *table, uint64_t rs, const int32_t *ids, float *dst,
+                                       uint64_t ds, int64_t groups) {
+    kcu_pdl_wait();
+    const int64_t r = blockIdx.y;
+    const uint8_t *row = table + (uint64_t)ids[r] * rs;
+    float *y = dst + r * ds;
+    for (int64_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (int64_t)gridDim.x * blockDim.x) {
+        float v[32];
+        kcu_dq32<T>(row, g, v);
+#pragma unroll
+        for (int i = 0; i < 32; i++) y[32 * g + i] = v[i];
+    }
+}
+
+/* Float tables whose rows are not a multiple of 32. */
+static __global__ void get_rows_f32_kernel(const uint8_t *table, uint64_t rs, const int32_t *ids, float *dst,
+                                           uint64_t ds, int64_t n, int type) {
+    kcu_pdl_wait();
+    const int64_t r = blockIdx.y;
+    const uint8_t *row = table + (uint64_t)ids[r] * rs;
+    for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float v;
+        if (type == KCU_F32) v = ((const float *)row)[i];
+        else if (type == KCU_F16) v = __half2float(((const __half *)row)[i]);
+        else v = __uint_as_float((uint32_t)((const uint16_t *)row)[i] << 16);
+        dst[r * ds + i] = v;
+    }
+}
+
+kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const int32_t *ids, kiln_bk_tensor *dst) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(table, -1, "get_rows", "table")) ||
+        (st = kcu_tensor_check(dst, KCU_F32, "get_rows", "dst")))
+        return st;
+    if (dst->ne[0] != table->ne[0])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda get_rows: dst rows of %lld, table rows of %lld",
+                         (long long)dst->ne[0], (long long)table->ne[0]);
+    const int64_t n = dst->ne[1];
+    if (n == 0) return KILN_OK;
+    if (!ids) return kcu_error(KILN_E_INVALID_ARG, "cuda get_rows: ids is NULL");
+    if (n > 65535) return kcu_error(KILN_E_INVALID_ARG, "cuda get_rows: %lld rows at once", (long long)n);
+    for (int64_t r = 0; r < n; r++)
+        if (ids[r] < 0 || ids[r] >= table->ne[1])
+            return kcu_error(KILN_E_INVALID_ARG, "cuda get_rows: id %d (row %lld) outside [0, %lld)", ids[r],
+                             (long long)r, (long long)table->ne[1]);
+    const void *d_ids;
+    if ((st = kcu_stage(dev, ids, (size_t)n * sizeof(int32_t), &d_ids))) return st;
+    struct { kiln_bk_tensor a, b; const void *ids; } args;
+    memset(&args, 0, sizeof args);
+    args.a = *table;
+    args.b = *dst;
+    args.ids = d_ids;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    const uint8_t *tp = kcu_tensor_ptr(table);
+    float *dp = (float *)kcu_tensor_ptr(dst);
+    const uint64_t ds = dst->row_stride / sizeof(float);
+    const int64_t K = table->ne[0];
+    const bool float_type = table->type == KCU_F32 || table->type == KCU_F16 || table->type == KCU_BF16;
+    if (float_type && K % 32) {
+        dim3 grid((unsigned)((K + 255) / 256 < 64 ? (K + 255) / 256 : 64), (unsigned)n);
+        kcu_launch(get_rows_f32_kernel, grid, 256, 0, dev->stream, tp, table->row_stride, (const int32_t *)d_ids, dp, ds, K,
+                                                            table->type);
+        KCU_LAUNCHED("get_rows");
+        return KILN_OK;
+    }
+    const int64_t groups = K / 32;
+    dim3 grid((unsigned)((groups + 127) / 128 < 64 ? (groups + 127) / 128 : 64), (unsigned)n);
+#define GR(T_)                                                                                                   \
+    case T_:                                                                                                     \
+        kcu_launch(get_rows_kernel<T_>, grid, 128, 0, dev->stream, tp, table->row_stride, (const int32_t *)d_ids, dp, ds, \
+                                                           groups);                                              \
+        break;
+    switch (table->type) {
+        GR(KCU_F32) GR(KCU_F16) GR(KCU_BF16) GR(KCU_Q4_0) GR(KCU_Q4_1) GR(KCU_Q5_0) GR(KCU_Q5_1) GR(KCU_Q8_0)
+        GR(KCU_Q4_K) GR(KCU_Q5_K) GR(KCU_Q6_K)
+    default: return kcu_error(KILN_E_UNSUPPORTED, "cuda get_rows: type %d", table->type);
+    }
+#undef GR
+    KCU_LAUNCHED("get_rows");
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* rms_norm                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float *w, float *y, uint64_t ys, int64_t n,
+                                       float eps) {
+    kcu_pdl_wait();
+    const float *xr = x + blockIdx.x * xs;
+    float *yr = y + blockIdx.x * ys;
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)xr[i] * (double)xr[i];
+    __shared__ double part[32];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (threadIdx.x == 0) part[0] = s;
+    }
+    __syncthreads();
+    const float mean = (float)(part[0] / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+}
+
+kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *w, float eps,
+                         kiln_bk_tensor *dst) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(x, KCU_F32, "rms_norm", "x")) ||
+        (st = kcu_tensor_check(w, KCU_F32, "rms_norm", "w")) || (st = kcu_tensor_check(dst, KCU_F32, "rms_norm", "dst")))
+        return st;
+    if (w->ne[0] != x->ne[0] || w->ne[1] < 1 || dst->ne[0] != x->ne[0] || dst->ne[1] != x->ne[1])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rms_norm: shapes x %lldx%lld, w %lldx%lld, dst %lldx%lld",
+                         (long long)x->ne[0], (long long)x->ne[1], (long long)w->ne[0], (long long)w->ne[1],
+                         (long long)dst->ne[0], (long long)dst->ne[1]);
+    if (!(eps >= 0.0f)) return kcu_error(KILN_E_INVALID_ARG, "cuda rms_norm: eps %g", (double)eps);
+    if (x->ne[0] == 0 || x->ne[1] == 0) return KILN_OK;
+    if (x->ne[1] > 0x7fffffff) return kcu_error(KILN_E_INVALID_ARG, "cuda rms_norm: too many rows");
+    struct { kiln_bk_tensor a, b, c; float eps; } args;
+    memset(&args, 0, sizeof args);
+    args.a = *x, args.b = *w, args.c = *dst, args.eps = eps;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    const int threads = x->ne[0] >= 1024 ? 256 : x->ne[0] >= 256 ? 128 : 64;
+    kcu_launch(rms_norm_kernel, (unsigned)x->ne[1], threads, 0, dev->stream, 
+        (const float *)kcu_tensor_ptr(x), x->row_stride / 4, (const float *)kcu_tensor_ptr(w),
+        (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, x->ne[0], eps);
+    KCU_LAUNCHED("rms_norm");
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* add                                                                      */
+/* ------------------------------------------------------------------------ */
+
+static __global__ void add_kernel(const float *a, uint64_t as, const float *b, uint64_t bs, float *y, uint64_t ys,
+                                  int64_t n, int64_t rows) {
+    kcu_pdl_wait();
+    const int64_t total = n * rows;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / n, c = i % n;
+        y[r * ys + c] = a[r * as + c] + b[r * bs + c];
+    }
+}
+
+kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b, kiln_bk_tensor *dst) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(a, KCU_F32, "add", "a")) ||
+        (st = kcu_tensor_check(b, KCU_F32, "add", "b")) || (st = kcu_tensor_check(dst, KCU_F32, "add", "dst")))
+        return st;
+    if (b->ne[0] != a->ne[0] || (b->ne[1] != a->ne[1] && b->ne[1] != 1) || dst->ne[0] != a->ne[0] ||
+        dst->ne[1] != a->ne[1])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda add: shapes a %lldx%lld, b %lldx%lld, dst %lldx%lld",
+                         (long long)a->ne[0], (long long)a->ne[1], (long long)b->ne[0], (long long)b->ne[1],
+                         (long long)dst->ne[0], (long long)dst->ne[1]);
+    const int64_t total = a->ne[0] * a->ne[1];
+    if (total == 0) return KILN_OK;
+    struct { kiln_bk_tensor a, b, c; } args;
+    memset(&args, 0, sizeof args);
+    args.a = *a, args.b = *b, args.c = *dst;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    const uint64_t bs = b->ne[1] == 1 ? 0 : b->row_stride / 4;
+    const int64_t blocks = (total + 255) / 256;
+    kcu_launch(add_kernel, (unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, dev->stream, 
+        (const float *)kcu_tensor_ptr(a), a->row_stride / 4, (const float *)kcu_tensor_ptr(b), bs,
+        (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, a->ne[0], a->ne[1]);
+    KCU_LAUNCHED("add");
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* rope                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* One thread per (token, pair): the angle is built by repeated
+ * multiplication exactly as the CPU backend (and ggml) builds it, then the
+ * pair is rotated in every head. */
+static __global__ void rope_kernel(float *x, uint64_t xs, const int32_t *pos, int n_head, int head_dim, int half,
+                                   int neox, float theta_scale, float freq_scale, const float *ff) {
+    kcu_pdl_wait();
+    const int t = blockIdx.x, i = threadIdx.x;
+    if (i >= half) return;
+    float theta = (float)pos[t];
+    for (int j = 0; j < i; j++) theta = __fmul_rn(theta, theta_scale);
+    const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
+    const float c = cosf(th), s = sinf(th);
+    float *row = x + (uint64_t)t * xs;
+    for (int h = 0; h < n_head; h++) {
+        float *v = row + (int64_t)h * head_dim;
+        float *a = neox ? v + i : v + 2 * i;
+        float *b = neox ? v + i + half : v + 2 * i + 1;
+        const float x0 = *a, x1 = *b;
+        *a = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+        *b = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+    }
+}
+
+kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
+    kiln_status st;
+    if ((st = kcu_use(dev))) return st;
+    if (!rope) return kcu_error(KILN_E_INVALID_ARG, "cuda rope: parameters are NULL");
+    if ((st = kcu_tensor_check(x, KCU_F32, "rope", "x"))) return st;
+    kiln_bk_rope r;
+    memset(&r, 0, sizeof r);
+    memcpy(&r, rope, rope->struct_size < sizeof r ? rope->struct_size : sizeof r);
+    if (rope->struct_size < offsetof(kiln_bk_rope, freq_scale) + sizeof(float)) r.freq_scale = 1.0f;
+    if (!dev->ub.set) return kcu_error(KILN_E_INVALID_ARG, "cuda rope: no ubatch set");
+    if (r.mode != KILN_ROPE_NORM && r.mode != KILN_ROPE_NEOX)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: unknown mode %d", r.mode);
+    if (r.n_rot % 2 || r.n_rot > r.head_dim || r.n_rot > 2048)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: n_rot %u with head_dim %u", r.n_rot, r.head_dim);
+    if ((uint64_t)r.n_head * r.head_dim > (uint64_t)x->ne[0])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: %u heads of %u do not fit rows of %lld", r.n_head, r.head_dim,
+                         (long long)x->ne[0]);
+    if (x->ne[1] != (int64_t)dev->ub.n_tokens)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: %lld rows for a ubatch of %u tokens", (long long)x->ne[1],
+                         dev->ub.n_tokens);
+    if (r.n_rot == 0 || x->ne[1] == 0 || r.n_head == 0) return KILN_OK;
+    const int half = (int)r.n_rot / 2;
+    const void *ff = NULL;
+    if (r.freq_factors && (st = kcu_stage(dev, r.freq_factors, (size_t)half * sizeof(float), &ff))) return st;
+    struct { kiln_bk_tensor x; kiln_bk_rope r; const void *ff; } args;
+    memset(&args, 0, sizeof args);
+    args.x = *x;
+    args.r = r;
+    args.r.freq_factors = NULL;
+    args.ff = ff;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    const float theta_scale = powf(r.freq_base, -2.0f / (float)r.n_rot);
+    kcu_launch(rope_kernel, (unsigned)x->ne[1], (unsigned)((half + 31) / 32 * 32), 0, dev->stream, 
+        (float *)kcu_tensor_ptr(x), x->row_stride / 4, dev->ub.pos, (int)r.n_head, (int)r.head_dim, half,
+        r.mode == KILN_ROPE_NEOX, theta_scale, r.freq_scale, (const float *)ff);
+    KCU_LAUNCHED("rope");
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* swiglu                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static __global__ void swiglu_kernel(const float *g, uint64_t gs, const float *u, uint64_t us, float *y, uint64_t ys,
+                                     int64_t n, int64_t rows) {
+    kcu_pdl_wait();
+    const int64_t total = n * rows;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / n, c = i % n;
+        const float a = g[r * gs + c];
+        y[r * ys + c] = __fmul_rn(__fdiv_rn(a, 1.0f + expf(-a)), u[r * us + c]);
+    }
+}
+
+kiln_status kcu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const kiln_bk_tensor *up, kiln_bk_tensor *dst) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(gate, KCU_F32, "swiglu", "gate")) ||
+        (st = kcu_tensor_check(up, KCU_F32, "swiglu", "up")) || (st = kcu_tensor_check(dst, KCU_F32, "swiglu", "dst")))
+        return st;
+    if (up->ne[0] != gate->ne[0] || up->ne[1] != gate->ne[1] || dst->ne[0] != gate->ne[0] || dst->ne[1] != gate->ne[1])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda swiglu: shapes differ");
+    const int64_t total = gate->ne[0] * gate->ne[1];
+    if (total == 0) return KILN_OK;
+    struct { kiln_bk_tensor a, b, c; } args;
+    memset(&args, 0, sizeof args);
+    args.a = *gate, args.b = *up, args.c = *dst;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    const int64_t blocks = (total + 255) / 256;
+    kcu_launch(swiglu_kernel, (unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, dev->stream, 
+        (const float *)kcu_tensor_ptr(gate), gate->row_stride / 4, (const float *)kcu_tensor_ptr(up),
+        up->row_stride / 4, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, gate->ne[0], gate->ne[1]);
+    KCU_LAUNCHED("swiglu");
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* kv_store                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static __global__ void kv_store_kernel(const float *k, uint64_t ks, const float *v, uint64_t vs, __half *kc,
+                                       __half *vc, const int32_t *cell, int kv_dim) {
+    kcu_pdl_wait();
+    const int t = blockIdx.x;
+    const uint64_t c = (uint64_t)cell[t] * (uint64_t)kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kc[c + i] = __float2half_rn(k[(uint64_t)t * ks + i]);
+        vc[c + i] = __float2half_rn(v[(uint64_t)t * vs + i]);
+    }
+}
+
+kiln_status kcu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                         kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(k, KCU_F32, "kv_store", "k")) ||
+        (st = kcu_tensor_check(v, KCU_F32, "kv_store", "v")))
+        return st;
+    if (!k_cache || !v_cache) return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: cache buffer is NULL");
+    const struct kcu_ubatch *ub = &dev->ub;
+    if (!ub->set || !ub->has_kv) return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: no ubatch with kv cells");
+    if (k->ne[0] < kv_dim || v->ne[0] < kv_dim || k->ne[1] != (int64_t)ub->n_tokens || v->ne[1] != k->ne[1])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: k/v of %lldx%lld for kv_dim %u and %u tokens",
+                         (long long)k->ne[0], (long long)k->ne[1], kv_dim, ub->n_tokens);
+    const uint64_t need = (uint64_t)ub->n_cells * kv_dim * 2;
+    if (k_cache->size < need || v_cache->size < need)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: caches of %llu bytes, %u cells need %llu",
+                         (unsigned long long)k_cache->size, ub->n_cells, (unsigned long long)need);
+    if (ub->n_tokens == 0 || kv_dim == 0) return KILN_OK;
+    struct { kiln_bk_tensor k, v; const void *kc, *vc; uint32_t d; } args;
+    memset(&args, 0, sizeof args);
+    args.k = *k, args.v = *v, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    kcu_launch(kv_store_kernel, ub->n_tokens, 128, 0, dev->stream, 
+        (const float *)kcu_tensor_ptr(k), k->row_stride / 4, (const float *)kcu_tensor_ptr(v), v->row_stride / 4,
+        (__half *)k_cache->ptr, (__half *)v_cache->ptr, ub->kv_cell, (int)kv_dim);
+    KCU_LAUNCHED("kv_store");
+    return KILN_OK;
+}

@@ -1,0 +1,143 @@
+#!/bin/bash
+# test/device/run.sh - everything the CUDA backend needs a GPU for, in one
+# go (device time is scarce): build, the reference suite and the lifecycle
+# tests on the CUDA backend, compute-sanitizer, and kiln-bench.
+#
+# Run from the repository root on the GPU machine:
+#   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
+# steps (default: build ref life bench): build, ref, life, san, bench, mem
+# (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
+# synthetic 7B shapes), big (random 7B-shaped models; needs the generator),
+# pin (two GPUs: device pinning with GPU 0 nearly full).
+# Models and references are read from $KILN_SHARED (models/, reference/);
+# whatever is missing is skipped. Logs go to $OUT when set.
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-build/device-out}
+mkdir -p "$OUT"
+export KILN_SHARED=${KILN_SHARED:-devdata/shared}
+export KILN_BACKEND_PATH=$PWD/build
+steps=${*:-build ref life bench}
+jobs=$(nproc)
+summary=()
+note() { summary+=("$*"); echo "### $*"; }
+
+has() { case " $steps " in *" $1 "*) return 0;; esac; return 1; }
+
+if has build; then
+    nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
+    nvcc --version | tail -n 2
+    t0=$(date +%s)
+    if make -j"$jobs" WERROR=1 all build/test/test_reference build/test/test_api build/test/test_kv \
+        build/test/test_kv_budget build/test/test_lifecycle build/test/test_draft build/test/test_proof \
+        >"$OUT/build.log" 2>&1; then
+        note "build ok ($(( $(date +%s) - t0 )) s)"
+    else
+        tail -n 40 "$OUT/build.log"; note "build FAILED"; printf '%s\n' "${summary[@]}"; exit 1
+    fi
+    [ -f build/libkiln-cuda.so ] || { note "no libkiln-cuda.so built"; exit 1; }
+fi
+
+run_suite() { # name, env..., tests...
+    local name=$1; shift
+    local log="$OUT/$name.log"
+    env "$@" >"$log" 2>&1
+    local rc=$?
+    local line; line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+    grep -E '^(FAIL|SKIP)|bound not met|max diff|KL' "$log" | head -n 40
+    note "$name: ${line:-no totals} (rc $rc)"
+}
+
+if has ref; then
+    run_suite ref-cuda KILN_BACKEND=cuda KILN_REF_VERBOSE=1 bash test/run.sh build/test/test_reference
+    run_suite ref-cpu KILN_BACKEND=cpu bash test/run.sh build/test/test_reference
+fi
+
+if has life; then
+    run_suite life-cuda KILN_BACKEND=cuda KILN_PROOF_CYCLES=${KILN_PROOF_CYCLES:-200} bash test/run.sh \
+        build/test/test_api build/test/test_kv build/test/test_kv_budget build/test/test_lifecycle \
+        build/test/test_draft build/test/test_proof
+fi
+
+if has san; then
+    m=$(ls "$KILN_SHARED"/models/tiny-target-q4_0.gguf models/tiny-target-q4_k_m.gguf 2>/dev/null | head -n 1)
+    compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 16 -p "Once upon a time" >"$OUT/memcheck.log" 2>&1
+    note "compute-sanitizer memcheck: rc $? ($(grep -c 'ERROR SUMMARY: 0' "$OUT/memcheck.log") clean summaries)"
+    tail -n 3 "$OUT/memcheck.log"
+    compute-sanitizer --tool racecheck --error-exitcode 9 \
+        build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 8 -p "Once upon a time" >"$OUT/racecheck.log" 2>&1
+    note "compute-sanitizer racecheck: rc $?"
+    tail -n 3 "$OUT/racecheck.log"
+fi
+
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+if has mem; then
+    m=models/tiny-target-q4_k_m.gguf
+    cc -O2 -Wall -Wextra -Iinclude test/device/cuda_mem.c build/libkiln.a -I"$CUDA_HOME/include" \
+        -L"$CUDA_HOME/lib64" -lcudart -lm -lpthread -ldl -o build/cuda_mem 2>"$OUT/cuda_mem-build.log" ||
+        { cat "$OUT/cuda_mem-build.log"; note "cuda_mem: build failed"; }
+    if [ -x build/cuda_mem ]; then
+        build/cuda_mem "$m" "${KILN_MEM_CYCLES:-200}" 2>&1 | tee "$OUT/cuda_mem.log" | tail -n 20
+        note "cuda_mem: $(tail -n 1 "$OUT/cuda_mem.log")"
+    fi
+fi
+
+if has pin; then  # needs 2+ GPUs: another process holds ~95% of GPU 0, kiln runs on GPU 1
+    cc -O2 -Wall -Wextra -Iinclude test/device/cuda_pinning.c build/libkiln.a -lm -lpthread -ldl \
+        -o build/cuda_pinning || note "cuda_pinning: build failed"
+    python3 -c '
+import torch, time, sys
+f, t = torch.cuda.mem_get_info(0)
+x = torch.empty(int(t * 0.95) - (t - f), dtype=torch.uint8, device="cuda:0")
+f2, _ = torch.cuda.mem_get_info(0)
+print("hog: holds %d MiB of GPU 0, %d MiB free" % (x.numel() >> 20, f2 >> 20), flush=True)
+time.sleep(300)' >"$OUT/hog.log" 2>&1 &
+    hog=$!
+    for i in $(seq 60); do grep -q "hog:" "$OUT/hog.log" && break; sleep 1; done
+    cat "$OUT/hog.log"
+    build/cuda_pinning models/tiny-target-q4_k_m.gguf 1 2>&1 | tee "$OUT/pinning.log"
+    note "pinning: $(tail -n 1 "$OUT/pinning.log")"
+    kill $hog 2>/dev/null; wait $hog 2>/dev/null
+fi
+
+if has ops; then
+    mkdir -p build/bench
+    cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops &&
+        build/bench/backend_ops build/libkiln-cuda.so "${KILN_OPS_REPS:-50}" 2>&1 | tee "$OUT/ops.log"
+    for v in 1 3 4 5; do  # decode kernel variants, F16 and Q4_0 (4: float x, 5: unstaged int8), one token
+        echo "variant $v"
+        KILN_CUDA_MMV=$v BENCH_TYPES=f16,q4_0 BENCH_NS=,1,8, build/bench/backend_ops build/libkiln-cuda.so \
+            "${KILN_OPS_REPS:-50}" 2>&1 | grep -v 'rel. L2' | tee -a "$OUT/ops.log"
+    done
+    note "ops: see above"
+fi
+
+if has bench; then
+    for f in "$KILN_SHARED"/models/*.gguf models/*.gguf; do
+        [ -f "$f" ] || continue
+        build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 3 | tee -a "$OUT/bench.log"
+    done
+    note "bench: see above"
+fi
+
+if has big; then
+    for spec in ${KILN_BIG:-mistral-7b:q4_0 mistral-7b:f16 mistral-7b:q4_k_m mistral-7b:q8_0}; do
+        shape=${spec%%:*}; type=${spec##*:}
+        f=/tmp/$shape-$type.gguf
+        t0=$(date +%s)
+        if [ -x build/bin/kiln-gen-model ]; then
+            [ -f "$f" ] || build/bin/kiln-gen-model --shape "$shape" --type "$type" \
+                --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" -q >"$OUT/gen-$shape-$type.log" 2>&1
+        fi
+        [ -f "$f" ] || { note "big $spec: no model"; tail -n 3 "$OUT/gen-$shape-$type.log"; continue; }
+        note "big $spec: generated in $(( $(date +%s) - t0 )) s"
+        { build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+          build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
+          build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -s 8 -r 2 2>&1 | tail -n 1
+        } | tee -a "$OUT/bench-big.log"
+        [ -n "${KILN_BIG_KEEP:-}" ] || rm -f "$f"
+    done
+fi
+
+echo; echo "===== summary"; printf '%s\n' "${summary[@]}"
