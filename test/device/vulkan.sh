@@ -14,8 +14,23 @@
 # Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
 # Example (from the repository root on the device machine):
 #   bash test/device/vulkan.sh /path/mistral-7b-q4_0.gguf /path/mistral-7b-f16.gguf
+# build/ is larger than what travels to the device; on the build machine
+#   bash test/device/vulkan.sh --pack build-device
+# copies what these tests need, stripped (a few MiB), into build-device/;
+# carry it (and .gl) and run with KILN_BUILD=build-device.
 set -u
 cd "$(dirname "$0")/../.."
+if [ "${1:-}" = "--pack" ]; then
+    dst=${2:-build-device}; src=${KILN_BUILD:-build}
+    rm -rf "$dst"; mkdir -p "$dst/bin" "$dst/test"
+    cp -P "$src"/libkiln.so* "$dst/"
+    for f in "$src"/libkiln-*.so; do [ -f "$f" ] && cp "$f" "$dst/"; done
+    cp "$src"/bin/kiln-run "$src"/bin/kiln-bench "$dst/bin/"
+    for t in test_reference test_lifecycle test_kv test_draft test_proof test_vulkan_ops; do
+        cp "$src/test/$t" "$dst/test/"; done
+    strip "$dst"/bin/* "$dst"/test/* "$dst"/libkiln.so.*.*.* 2>/dev/null
+    du -sh "$dst"; exit 0
+fi
 build=${KILN_BUILD:-build}
 out=${OUT:-/tmp/kiln-vulkan}
 mkdir -p "$out"
@@ -28,8 +43,12 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then
     export VK_DRIVER_FILES=$nv_icd
 fi
 export KILN_BACKEND_PATH=$build
+# the device machine carries ../shared as shared/ inside the tree
+if [ -z "${KILN_SHARED:-}" ] && [ ! -d ../shared ] && [ -d shared ]; then export KILN_SHARED=$PWD/shared; fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
 
+echo "== test_vulkan_ops"
+KILN_VK_OPS_VERBOSE=1 "$build/test/test_vulkan_ops" 2>&1 | tee "$out/ops.txt"
 echo "== test/vulkan.sh"
 KILN_BUILD=$build KILN_VK_FULL=1 KILN_VK_PROOF_CYCLES=${KILN_VK_PROOF_CYCLES:-20} bash test/vulkan.sh 2>&1 | tee "$out/tests.txt"
 
