@@ -460,9 +460,9 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
             qc.K = (uint32_t)K;
             qc.M = (uint32_t)M;
             qc.mode = mode;
-            uint32_t per = mode <= 2 ? 1 : mode == 5 ? 256 : 32;
-            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_QUANT_ACT, qb, 2, &qc, sizeof qc, div_up((uint64_t)K / per, 64),
-                                       (uint32_t)M, 1)))
+            /* one invocation per element (F16/BF16), else a workgroup per 256 */
+            uint32_t gx = mode <= 2 ? div_up((uint64_t)K, 64) : div_up((uint64_t)K, 256);
+            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_QUANT_ACT, qb, 2, &qc, sizeof qc, gx, (uint32_t)M, 1)))
                 return st;
             c->valid = true;
             c->src = x->buf;
