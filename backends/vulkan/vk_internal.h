@@ -147,7 +147,7 @@ struct kiln_vk_shared {
     uint64_t max_range;           /* maxStorageBufferRange */
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
-    bool subgroup_arith;          /* clustered subgroup adds in compute (mmsg_ kernels) */
+    bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
     bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */
     bool keep_open;               /* a CPU device: kept after its last handle closes */
     char name[128];

@@ -7,15 +7,15 @@
  *
  * Eight invocations share a weight row, striding over its 32-element
  * chunks, so each weight byte is read once per dispatch and neighbouring
- * invocations read neighbouring bytes; each keeps MC partial sums (one per
- * activation row). The eight partials are summed with a clustered subgroup
- * add where the device has it (USE_SUBGROUP), through shared memory
- * otherwise. A workgroup of 64 covers 8 weight rows per pass and makes
+ * invocations read neighbouring bytes. The eight chunk results of a round
+ * are added to the row's sums in chunk order (subgroup shuffles where the
+ * device has them, USE_SUBGROUP; shared memory otherwise), the order the
+ * tiled kernel uses: decode and prefill give the same bits. A workgroup of 64 covers 8 weight rows per pass and makes
  * `passes` passes (the host picks more for CPU implementations, where
  * each workgroup costs more than its arithmetic).
  */
 #ifdef USE_SUBGROUP
-#extension GL_KHR_shader_subgroup_clustered : require
+#extension GL_KHR_shader_subgroup_shuffle : require
 #extension GL_KHR_shader_subgroup_basic : require
 #endif
 
@@ -52,29 +52,35 @@ void main() {
     uint mc = min(MC, p.M - m0);
     for (uint pass = 0u; pass < p.passes; pass++) {
         uint n = p.n_base + (gl_WorkGroupID.x * p.passes + pass) * 8u + slot;
-        float acc[MC];
+        uint row = p.w_off + min(n, p.N - 1u) * p.w_stride;
+        /* Chunk contributions are added in chunk order, one at a time, as
+         * the tiled kernel (mmt.glsl) adds them: a row's result has the
+         * same bits whatever the batch size (no fused multiply-adds:
+         * precise). Lane k computes chunk c0 + k of each round. */
+        precise float acc[MC];
         for (uint j = 0u; j < MC; j++) acc[j] = 0.0;
-        if (n < p.N) {
-            uint row = p.w_off + n * p.w_stride;
-            for (uint c = lane; c < nchunks; c += 8u) {
-                acc[0] += dot32(row, c, p.a_off + m0 * p.a_stride, p.K);
-                for (uint j = 1u; j < mc; j++) acc[j] += dot32(row, c, p.a_off + (m0 + j) * p.a_stride, p.K);
-            }
-        }
+        for (uint c0 = 0u; c0 < nchunks; c0 += 8u) {
+            uint c = c0 + lane;
+            float v[MC];
+            for (uint j = 0u; j < MC; j++)
+                v[j] = n < p.N && c < nchunks && j < mc ? dot32(row, c, p.a_off + (m0 + j) * p.a_stride, p.K) : 0.0;
+            uint nk = min(8u, nchunks - c0);
 #ifdef USE_SUBGROUP
-        for (uint j = 0u; j < MC; j++) acc[j] = subgroupClusteredAdd(acc[j], 8u);
+            uint base = gl_SubgroupInvocationID & ~7u;
+            for (uint k = 0u; k < 8u; k++)
+                for (uint j = 0u; j < MC; j++) {
+                    float t = subgroupShuffle(v[j], base + k);
+                    if (k < nk) acc[j] += t;
+                }
+#else
+            for (uint j = 0u; j < MC; j++) red[j][tid] = v[j];
+            barrier();
+            for (uint k = 0u; k < nk; k++)
+                for (uint j = 0u; j < MC; j++) acc[j] += red[j][tid - lane + k];
+            barrier();
+#endif
+        }
         if (lane == 0u && n < p.N)
             for (uint j = 0u; j < mc; j++) D[p.d_off + (m0 + j) * p.d_stride + n] = acc[j];
-#else
-        for (uint j = 0u; j < MC; j++) red[j][tid] = acc[j];
-        barrier();
-        if (lane == 0u && n < p.N)
-            for (uint j = 0u; j < mc; j++) {
-                float s = 0.0;
-                for (uint k = 0u; k < 8u; k++) s += red[j][tid + k];
-                D[p.d_off + (m0 + j) * p.d_stride + n] = s;
-            }
-        barrier();
-#endif
     }
 }

@@ -46,7 +46,9 @@ void main() {
     uint m0 = gl_WorkGroupID.y * BM;
     uint tx = tid % 16u, ty = tid / 16u;
     uint nchunks = (p.K + 31u) / 32u;
-    float acc[16];
+    /* precise: no fused multiply-adds, so that each chunk's contribution
+     * and its addition round exactly as in mm.glsl (same bits for any batch) */
+    precise float acc[16];
     for (uint i = 0u; i < 16u; i++) acc[i] = 0.0;
     /* this invocation loads 8 elements of weight row lr and of activation row lr */
     uint lr = tid / 4u, le = 8u * (tid % 4u);
@@ -82,7 +84,7 @@ void main() {
         }
 #endif
         barrier();
-        float s[16];
+        precise float s[16];
         for (uint i = 0u; i < 16u; i++) s[i] = 0.0;
         for (uint e = 0u; e < 32u; e++) {
             float w0 = Ws[e][tx], w1 = Ws[e][tx + 16u], w2 = Ws[e][tx + 32u], w3 = Ws[e][tx + 48u];
@@ -109,7 +111,7 @@ void main() {
 #elif WTYPE == T_Q4_1 || WTYPE == T_Q5_1
                 acc[4u * b + a] += is * (wf.x * af_.x) + wf.y * af_.y;
 #else
-                acc[4u * b + a] += is * (wf.x * af_.x);
+                acc[4u * b + a] += is * (af_.x * wf.x);
 #endif
 #endif
             }

@@ -171,7 +171,7 @@ void deq32(uint row, uint c, inout float v[32]) {
 
 float dot32(uint row, uint c, uint a, uint K) {
 #if WTYPE == T_F32 || WTYPE == T_F16 || WTYPE == T_BF16
-    float s = 0.0;
+    precise float s = 0.0;
     uint x = a + 32u * c;
     if (32u * c + 32u > K) { /* the tail of a row that is not whole chunks */
         for (uint i = 0u; 32u * c + i < K; i++) {
@@ -214,7 +214,8 @@ float dot32(uint row, uint c, uint a, uint K) {
         uint w4 = w_u32_2(b + 2u + 4u * i), a4 = A[aq + i];
         sum += sb(w4, 0u) * sb(a4, 0u) + sb(w4, 1u) * sb(a4, 1u) + sb(w4, 2u) * sb(a4, 2u) + sb(w4, 3u) * sb(a4, 3u);
     }
-    return float(sum) * (d * ad);
+    precise float r = float(sum) * (d * ad);
+    return r;
 #else
 #if WTYPE == T_Q4_1 || WTYPE == T_Q5_1
     uint qs = b + (WTYPE == T_Q4_1 ? 4u : 8u);
@@ -248,9 +249,11 @@ float dot32(uint row, uint c, uint a, uint K) {
 #if WTYPE == T_Q4_1 || WTYPE == T_Q5_1
     float m = h2f(w_u16(b + 2u));
     float as_ = af(a + K / 4u + K / 32u + c);
-    return float(sum) * (d * ad) + m * as_;
+    precise float r = float(sum) * (d * ad) + m * as_;
+    return r;
 #else
-    return float(sum) * (d * ad);
+    precise float r = float(sum) * (d * ad);
+    return r;
 #endif
 #endif
 #elif WTYPE == T_Q4_K || WTYPE == T_Q5_K
@@ -285,7 +288,8 @@ float dot32(uint row, uint c, uint a, uint K) {
         }
     }
     float d = h2f(w_u16(b)), dmin = h2f(w_u16(b + 2u));
-    return ad * (d * float(int(sc) * sum) - dmin * float(int(mn) * bsum));
+    precise float r = ad * (d * float(int(sc) * sum) - dmin * float(int(mn) * bsum));
+    return r;
 #elif WTYPE == T_Q6_K
     uint blk = c >> 3, j = c & 7u;
     uint b = row + BLK_BYTES * blk;
@@ -308,7 +312,8 @@ float dot32(uint row, uint c, uint a, uint K) {
     uint sc2 = w_u16(b + 192u + 2u * j);
     int sc0 = sb(sc2, 0u), sc1 = sb(sc2, 1u);
     float d = h2f(w_u16(b + 208u));
-    return d * ad * float(sc0 * s0 + sc1 * s1);
+    precise float r = (d * ad) * float(sc0 * s0 + sc1 * s1);
+    return r;
 #endif
 }
 
