@@ -13,7 +13,9 @@
 #      was built, for the ratio.
 # Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
 # Example (from the repository root on the device machine):
-#   bash test/device/vulkan.sh /path/mistral-7b-q4_0.gguf /path/mistral-7b-f16.gguf
+#   bash test/device/vulkan.sh mistral-7b:q4_0 mistral-7b:q4_k_m mistral-7b:f16
+# (SHAPE:TYPE arguments are generated with kiln-gen-model into /tmp; a path
+# to a .gguf is used as it is.)
 # build/ is larger than what travels to the device; on the build machine
 #   bash test/device/vulkan.sh --pack build-device
 # copies what these tests need, stripped (a few MiB), into build-device/;
@@ -25,7 +27,7 @@ if [ "${1:-}" = "--pack" ]; then
     rm -rf "$dst"; mkdir -p "$dst/bin" "$dst/test"
     cp -P "$src"/libkiln.so* "$dst/"
     for f in "$src"/libkiln-*.so; do [ -f "$f" ] && cp "$f" "$dst/"; done
-    cp "$src"/bin/kiln-run "$src"/bin/kiln-bench "$dst/bin/"
+    cp "$src"/bin/kiln-run "$src"/bin/kiln-bench "$src"/bin/kiln-gen-model "$dst/bin/"
     for t in test_reference test_lifecycle test_kv test_draft test_proof test_vulkan_ops; do
         cp "$src/test/$t" "$dst/test/"; done
     strip "$dst"/bin/* "$dst"/test/* "$dst"/libkiln.so.*.*.* 2>/dev/null
@@ -53,6 +55,15 @@ echo "== test/vulkan.sh"
 KILN_BUILD=$build KILN_VK_FULL=1 KILN_VK_PROOF_CYCLES=${KILN_VK_PROOF_CYCLES:-20} bash test/vulkan.sh 2>&1 | tee "$out/tests.txt"
 
 for m in "$@"; do
+    case "$m" in
+    *:*) # SHAPE:TYPE, e.g. mistral-7b:q4_0: a random model from kiln-gen-model
+        shape=${m%%:*}; type=${m##*:}; f=/tmp/$shape-$type.gguf
+        vocab=${KILN_SHARED:-../shared}/vocab/vocab-llama-spm.gguf
+        [ -f "$f" ] || "$build/bin/kiln-gen-model" --shape "$shape" --type "$type" --vocab "$vocab" -o "$f" -q \
+            > "$out/gen-$shape-$type.txt" 2>&1
+        [ -f "$f" ] || { echo "cannot generate $m: $(tail -n 2 "$out/gen-$shape-$type.txt")"; continue; }
+        m=$f ;;
+    esac
     name=$(basename "$m" .gguf)
     echo "== kiln-bench vulkan $name"
     "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-vulkan-$name.txt"
