@@ -585,7 +585,9 @@ static void fault_run(uint32_t model_flags, int32_t level) {
     const float *got = kiln_context_logits(c, -1);
     KT_CHECK(got && memcmp(got, want, (size_t)nv * sizeof(float)) == 0);
     printf("  level %d, %s weights: %d failure points\n", level, model_flags ? "copied" : "mapped", points);
-    KT_CHECK(points >= 2);
+    /* a plugin backend's own host allocations are its own (not injectable
+     * here), so it reaches fewer points than the built-in CPU backend */
+    KT_CHECK(points >= (kt_on_cpu() ? 2 : 1));
     free(want);
     kiln_context_free(c);
     kiln_model_free(m);

@@ -12,6 +12,7 @@
 #      MODEL given, and the same with --backend cuda when libkiln-cuda.so
 #      was built, for the ratio.
 # Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
+# KILN_VK_BENCH_ONLY=1 skips steps 2 (tests) and runs the benchmarks only.
 # Example (from the repository root on the device machine):
 #   bash test/device/vulkan.sh mistral-7b:q4_0 mistral-7b:q4_k_m mistral-7b:f16
 # (SHAPE:TYPE arguments are generated with kiln-gen-model into /tmp; a path
@@ -49,10 +50,12 @@ export KILN_BACKEND_PATH=$build
 if [ -z "${KILN_SHARED:-}" ] && [ ! -d ../shared ] && [ -d shared ]; then export KILN_SHARED=$PWD/shared; fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
 
+if [ -z "${KILN_VK_BENCH_ONLY:-}" ]; then
 echo "== test_vulkan_ops"
 KILN_VK_OPS_VERBOSE=1 "$build/test/test_vulkan_ops" 2>&1 | tee "$out/ops.txt"
 echo "== test/vulkan.sh"
 KILN_BUILD=$build KILN_VK_FULL=1 KILN_VK_PROOF_CYCLES=${KILN_VK_PROOF_CYCLES:-20} bash test/vulkan.sh 2>&1 | tee "$out/tests.txt"
+fi
 
 for m in "$@"; do
     case "$m" in

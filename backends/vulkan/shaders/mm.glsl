@@ -67,16 +67,17 @@ void main() {
             uint nk = min(8u, nchunks - c0);
 #ifdef USE_SUBGROUP
             uint base = gl_SubgroupInvocationID & ~7u;
+            /* mc is the same for the whole workgroup: uniform control flow */
             for (uint k = 0u; k < 8u; k++)
-                for (uint j = 0u; j < MC; j++) {
+                for (uint j = 0u; j < mc; j++) {
                     float t = subgroupShuffle(v[j], base + k);
                     if (k < nk) acc[j] += t;
                 }
 #else
-            for (uint j = 0u; j < MC; j++) red[j][tid] = v[j];
+            for (uint j = 0u; j < mc; j++) red[j][tid] = v[j];
             barrier();
             for (uint k = 0u; k < nk; k++)
-                for (uint j = 0u; j < MC; j++) acc[j] += red[j][tid - lane + k];
+                for (uint j = 0u; j < mc; j++) acc[j] += red[j][tid - lane + k];
             barrier();
 #endif
         }
