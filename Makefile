@@ -154,7 +154,8 @@ $(STATIC_EXAMPLES): $(BUILD)/bin/%: examples/%.c $(STLIB) $(FLAGS_STAMP)
 	$(CC) $(INTERNAL_CFLAGS) $(CPPFLAGS) $(CFLAGS) -MMD -MP -MF $(BUILD)/obj/examples/$*.d -o $@ $< \
 		$(STLIB) $(LDFLAGS) $(SAN_LDFLAGS) $(LIBS)
 
-$(STATIC_TESTS): $(BUILD)/test/%: test/%.c $(TEST_COMMON) test/kt.h $(STLIB) $(FLAGS_STAMP)
+# (every test header: the depfile only records test/kt.c's, the last source)
+$(STATIC_TESTS): $(BUILD)/test/%: test/%.c $(TEST_COMMON) $(wildcard test/*.h) $(STLIB) $(FLAGS_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(INTERNAL_CFLAGS) -Itest $(CPPFLAGS) $(CFLAGS) -MMD -MP -MF $@.d -o $@ $< \
 		$(TEST_COMMON) $(STLIB) $(LDFLAGS) $(SAN_LDFLAGS) $(LIBS)

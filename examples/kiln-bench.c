@@ -3,7 +3,7 @@
  * of llama-bench.
  *
  *   kiln-bench [-m FILE ...] [-p 512] [-n 128] [-r 5] [-t THREADS]
- *              [--backend NAME] [--device I] [-ub N]
+ *              [--backend NAME] [--device I] [-ub N] [--memory]
  *
  * For each model (repeat -m) and thread count (-t accepts a comma list, as
  * do -p and -n; 0 skips that test):
@@ -12,6 +12,9 @@
  * Each test runs once unmeasured (warm-up) and then r times; the table gives
  * tokens per second as mean ± sample standard deviation over the r runs.
  * Results go to stdout as a markdown table, progress and errors to stderr.
+ * With --memory, each model's run ends with a second table: the peak bytes
+ * per purpose on the host heap and each device (kiln_memory_report_get,
+ * view KILN_MEMORY_BY_PURPOSE; high-water marks since the process began).
  * Exit status: 0 success, 1 a model or test failed, 2 bad usage.
  *
  * Uses include/kiln.h only.
@@ -48,6 +51,7 @@ typedef struct bench_args {
     uint32_t n_ubatch;
     uint32_t depth;  /* -d: tokens already in the cache of each sequence before a test */
     uint32_t n_seq;  /* -s: sequences decoded together in tg tests */
+    int memory;
 } bench_args;
 
 static const bench_args *g_args; /* depth and sequences for run_once */
@@ -65,6 +69,7 @@ static void usage(FILE *f) {
         "  -ub N            max tokens per forward pass (default 512)\n"
         "  -d N             context depth: N tokens already in the cache before each test (default 0)\n"
         "  -s N             tg tests decode N sequences together, one token each per step (default 1)\n"
+        "  --memory         after each model, print the peak memory per purpose\n"
         "  --help           this text\n");
 }
 
@@ -123,6 +128,10 @@ static int parse_args(int argc, char **argv, bench_args *a, int *done) {
             usage(stdout);
             *done = 1;
             return 0;
+        }
+        if (!strcmp(o, "--memory")) {
+            a->memory = 1;
+            continue;
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "kiln-bench: unknown option or missing value: '%s'\n", o);
@@ -319,6 +328,42 @@ static int bench_test(kiln_context *ctx, const int32_t *toks, uint32_t n_tokens,
     return 1;
 }
 
+/* The high-water mark of every purpose on the host heap and each device,
+ * as a markdown table (pools: their contexts' pool statistics, so this runs
+ * before the last context is freed). */
+static int by_place_purpose(const void *pa, const void *pb) {
+    const kiln_memory_entry *a = pa, *b = pb;
+    if (a->space != b->space) return a->space < b->space ? -1 : 1;
+    int c = strcmp(a->backend, b->backend);
+    if (c) return c;
+    if (a->device != b->device) return a->device < b->device ? -1 : 1;
+    return a->purpose < b->purpose ? -1 : a->purpose > b->purpose;
+}
+
+static void print_memory_peaks(const char *model) {
+    size_t n = 0;
+    if (kiln_memory_report_get(KILN_MEMORY_BY_PURPOSE, NULL, 0, sizeof(kiln_memory_entry), &n) != KILN_OK) return;
+    n += 16;
+    kiln_memory_entry *r = calloc(n, sizeof *r);
+    if (!r || kiln_memory_report_get(KILN_MEMORY_BY_PURPOSE, r, n, sizeof *r, &n) != KILN_OK) {
+        fprintf(stderr, "kiln-bench: memory report: %s\n", kiln_last_error());
+        free(r);
+        return;
+    }
+    qsort(r, n, sizeof *r, by_place_purpose);
+    printf("\n| model | memory | purpose | peak MiB | now MiB |\n| --- | --- | --- | ---: | ---: |\n");
+    for (size_t i = 0; i < n; i++) {
+        char where[48];
+        if (r[i].space == KILN_MEM_HOST) snprintf(where, sizeof where, "host heap");
+        else snprintf(where, sizeof where, "%s:%d", r[i].backend, (int)r[i].device);
+        printf("| %s | %s | %s | %.3f | %.3f |\n", model, where, kiln_memory_purpose_str(r[i].purpose),
+               (double)r[i].peak_bytes / (1024.0 * 1024.0), (double)r[i].bytes / (1024.0 * 1024.0));
+    }
+    printf("\n");
+    fflush(stdout);
+    free(r);
+}
+
 /* Benchmarks one model at every thread count; returns 0 if anything failed. */
 static int bench_model(const char *path, const bench_args *a, uint32_t max_tokens) {
     kiln_model_params mp;
@@ -385,6 +430,7 @@ static int bench_model(const char *path, const bench_args *a, uint32_t max_token
             if (a->pp.v[i] > 0) ok &= bench_test(ctx, toks, (uint32_t)a->pp.v[i], 0, a->reps, prefix);
         for (int i = 0; i < a->tg.n; i++)
             if (a->tg.v[i] > 0) ok &= bench_test(ctx, toks, (uint32_t)a->tg.v[i], 1, a->reps, prefix);
+        if (a->memory && ti == n_threads - 1) print_memory_peaks(base_name(path));
         kiln_context_free(ctx);
     }
     free(toks);

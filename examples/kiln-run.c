@@ -4,7 +4,7 @@
  *   kiln-run [-m FILE] [-p TEXT | -f FILE] [-n N] [--temp T] [--top-k K]
  *            [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S]
  *            [-t THREADS] [-c N_CTX] [--backend NAME] [--device I]
- *            [--no-bos] [--parse-special] [--help]
+ *            [--no-bos] [--parse-special] [--memory] [--help]
  *
  * The prompt and then the generated text go to stdout as they are produced;
  * timings and errors go to stderr. Exit status: 0 success, 1 a runtime
@@ -45,6 +45,7 @@ typedef struct run_args {
     int32_t device;
     int no_bos;
     int parse_special;
+    int memory;
 } run_args;
 
 static void usage(FILE *f) {
@@ -66,6 +67,7 @@ static void usage(FILE *f) {
         "  --device I          device index within the backend (default 0)\n"
         "  --no-bos            do not add BOS to the prompt\n"
         "  --parse-special     turn special-token text like <|eos|> in the prompt into its id\n"
+        "  --memory            print kiln's memory report (stderr) after loading and after generation\n"
         "  --help              this text\n");
 }
 
@@ -125,6 +127,7 @@ static int parse_args(int argc, char **argv, run_args *a, int *done) {
         }
         if (!strcmp(o, "--no-bos")) { a->no_bos = 1; continue; }
         if (!strcmp(o, "--parse-special")) { a->parse_special = 1; continue; }
+        if (!strcmp(o, "--memory")) { a->memory = 1; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "kiln-run: unknown option or missing value: '%s'\n", o);
             usage(stderr);
@@ -369,6 +372,10 @@ int main(int argc, char **argv) {
     }
     double t_load = now_s() - t0;
     fprintf(stderr, "kiln-run: loaded %s in %.1f ms\n", model_path, t_load * 1e3);
+    if (a.memory) {
+        fprintf(stderr, "kiln-run: memory after loading:\n");
+        kiln_memory_report(stderr, 0);
+    }
 
     /* prompt */
     uint32_t tflags = (a.no_bos ? 0u : KILN_TOKENIZE_ADD_BOS) |
@@ -495,6 +502,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "kiln-run: generation   %10.2f ms / %5d tokens (%9.2f t/s)\n", t_gen * 1e3,
             (int)n_decoded, t_gen > 0 ? (double)n_decoded / t_gen : 0.0);
     fprintf(stderr, "kiln-run: sampling     %10.2f ms / %5d tokens\n", t_sample * 1e3, (int)n_gen);
+    if (a.memory) {
+        fprintf(stderr, "kiln-run: memory after generation:\n");
+        kiln_memory_report(stderr, 0);
+    }
     exit_code = 0;
 
 done:

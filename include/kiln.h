@@ -839,6 +839,168 @@ static inline void kiln_draft_stats_init(kiln_draft_stats *s) {
  * (kiln_draft_reset does not clear them). Works on a detached draft. */
 KILN_API kiln_status kiln_draft_get_stats(const kiln_draft *d, kiln_draft_stats *out);
 
+
+/* ------------------------------------------------------------------------ */
+/* Memory report (docs/memory.md "Finding where memory goes")               */
+/* ------------------------------------------------------------------------ */
+
+/* Every host allocation of the library and every device buffer it asks a
+ * backend for is tagged with its owner (the handle it belongs to), its
+ * purpose, and where it lives (the host heap, or a backend's device). The
+ * report below sums those tags; the pools of transient buffers are taken
+ * from each device handle's own pool statistics. All of it is thread-safe
+ * and may be called at any time from any thread; the figures are a
+ * snapshot (pool figures as of each context's last decode, purge, cap
+ * change or suspend). */
+
+/* kiln_memory_entry.space */
+#define KILN_MEM_HOST   0u /* the library's host heap (kiln's own allocations) */
+#define KILN_MEM_DEVICE 1u /* buffers on a backend device (on the CPU backend
+                              these are host memory too: see docs/memory.md) */
+
+/* kiln_memory_entry.owner_kind */
+#define KILN_MEM_OWNER_PROCESS     0u /* no handle: process-wide state */
+#define KILN_MEM_OWNER_MODEL       1u
+#define KILN_MEM_OWNER_CONTEXT     2u /* includes a draft's own context */
+#define KILN_MEM_OWNER_DRAFT       3u
+#define KILN_MEM_OWNER_SAMPLER     4u
+#define KILN_MEM_OWNER_DETOKENIZER 5u
+#define KILN_MEM_OWNER_ALL   0xffffffffu /* a total over every owner */
+
+/* kiln_memory_entry.purpose */
+#define KILN_MEM_OTHER        0u
+#define KILN_MEM_WEIGHTS      1u  /* model weights (mapped or a device copy) */
+#define KILN_MEM_KV           2u  /* the KV cache and its block tables */
+#define KILN_MEM_KV_HOST      3u  /* offloaded sequences, a suspended cache */
+#define KILN_MEM_POOL         4u  /* transient (activation) pools */
+#define KILN_MEM_STAGING      5u  /* export/import/save/load buffers */
+#define KILN_MEM_TOKENIZER    6u  /* vocabulary, merges, tries */
+#define KILN_MEM_METADATA     7u  /* GGUF tables, hyperparameters, bindings */
+#define KILN_MEM_SCRATCH      8u  /* per-context host scratch and logits */
+#define KILN_MEM_DEVICE_STATE 9u  /* backend handles: thread pools, streams */
+#define KILN_MEM_SAMPLER     10u
+#define KILN_MEM_DRAFT       11u  /* a draft's own state (its context is a
+                                     CONTEXT owner) */
+#define KILN_MEM_N_PURPOSES  12u
+#define KILN_MEM_ALL   0xffffffffu /* a total over every purpose */
+
+/* kiln_memory_entry.flags */
+#define KILN_MEM_ENTRY_OWNER_FREED (1u << 0) /* the owner was freed: a leak */
+
+/* Views of kiln_memory_report_get. Within one space and device, each
+ * view's rows add up to the same total. */
+#define KILN_MEMORY_BY_OWNER   0u /* per space, device, owner, purpose */
+#define KILN_MEMORY_BY_PURPOSE 1u /* per space, device, purpose (all owners) */
+#define KILN_MEMORY_BY_DEVICE  2u /* per space and device */
+
+typedef struct kiln_memory_entry {
+    uint32_t struct_size;
+    uint32_t space;          /* KILN_MEM_HOST or KILN_MEM_DEVICE */
+    char backend[16];        /* device rows: "cpu", "cuda", ...; host rows: "" */
+    int32_t device;          /* device index; -1 on host rows */
+    uint32_t owner_kind;     /* KILN_MEM_OWNER_* */
+    uint64_t owner_id;       /* 1, 2, ...: the owner's number in this process
+                                (0: the process, or all owners) */
+    uint64_t owner_handle;   /* the handle's address, (uint64_t)(uintptr_t)ctx;
+                                0 if none */
+    uint32_t purpose;        /* KILN_MEM_* */
+    uint32_t flags;          /* KILN_MEM_ENTRY_* */
+    uint64_t bytes;          /* live bytes */
+    uint64_t count;          /* live allocations (pools: buffers in use) */
+    uint64_t peak_bytes;     /* high-water mark of bytes. Exact for host rows
+                                and device buffers; a pool's is the backend's
+                                bytes_peak, and a total that includes pools
+                                adds their peaks (an upper bound) */
+} kiln_memory_entry;
+
+/* Fills *e with zeros, writing only the first `size` bytes, and sets
+ * struct_size = min(size, the library's size); for bindings that mirror
+ * the struct (kiln_memory_report_get needs no initialized entries). */
+KILN_API void kiln_memory_entry_init_sized(kiln_memory_entry *e, uint32_t size);
+static inline void kiln_memory_entry_init(kiln_memory_entry *e) {
+    kiln_memory_entry_init_sized(e, (uint32_t)sizeof(*e));
+}
+
+/* Fills entries[0..*n_out) with the rows of `view` (KILN_MEMORY_BY_*).
+ * entry_size is the caller's sizeof(kiln_memory_entry): entry i is at
+ * (char *)entries + i * entry_size, and only min(entry_size, the
+ * library's size) bytes of each are written (struct_size says how many).
+ * Size protocol: entries == NULL gives the row count in *n_out (KILN_OK);
+ * too small a capacity gives KILN_E_BUFFER_TOO_SMALL with the count in
+ * *n_out and nothing written (rows may come and go between two calls:
+ * leave room). Returns KILN_E_INVALID_ARG (bad view, n_out NULL,
+ * entry_size < 4). Thread-safe. */
+KILN_API kiln_status kiln_memory_report_get(uint32_t view, kiln_memory_entry *entries,
+                                            size_t capacity, uint32_t entry_size,
+                                            size_t *n_out);
+
+/* The report as text (per device and per owner, bytes and counts by
+ * purpose, peaks). flags: 0 (reserved). kiln_memory_report_str follows
+ * the size protocol: buf == NULL gives the length (without the NUL) in
+ * *n_out; otherwise the text and a NUL are written if capacity > length,
+ * else KILN_E_BUFFER_TOO_SMALL and nothing written. kiln_memory_report
+ * writes it to `stream`, a FILE * (void * keeps this header free of
+ * <stdio.h>); KILN_E_IO if writing fails. Thread-safe. */
+KILN_API kiln_status kiln_memory_report_str(uint32_t flags, char *buf, size_t capacity,
+                                            size_t *n_out);
+KILN_API kiln_status kiln_memory_report(void *stream, uint32_t flags);
+
+/* Names for the constants above ("weights", "context", ...); "?" for
+ * unknown values. Static strings. Thread-safe. */
+KILN_API const char *kiln_memory_purpose_str(uint32_t purpose);
+KILN_API const char *kiln_memory_owner_str(uint32_t owner_kind);
+
+/* One allocation or free, for the timeline callback. */
+typedef struct kiln_memory_event {
+    uint32_t struct_size;
+    int32_t sign;            /* +1 allocation, -1 free (a resize is a free
+                                and an allocation) */
+    uint64_t seq;            /* events since the process began (1, 2, ...) */
+    uint64_t time_ns;        /* CLOCK_MONOTONIC */
+    uint64_t size;           /* bytes allocated or freed */
+    uint64_t bytes_live;     /* live bytes of the same space and device
+                                after this event (pools not included) */
+    uint32_t space;          /* as in kiln_memory_entry */
+    char backend[16];
+    int32_t device;
+    uint32_t owner_kind;
+    uint64_t owner_id;
+    uint32_t purpose;
+    int32_t line;            /* allocation site in kiln's sources where cheap
+                                (device buffers), else 0 */
+    const char *file;        /* static string or NULL */
+} kiln_memory_event;
+
+/* Fills *ev with zeros, writing only the first `size` bytes, and sets
+ * struct_size = min(size, the library's size) (for bindings). */
+KILN_API void kiln_memory_event_init_sized(kiln_memory_event *ev, uint32_t size);
+static inline void kiln_memory_event_init(kiln_memory_event *ev) {
+    kiln_memory_event_init_sized(ev, (uint32_t)sizeof(*ev));
+}
+
+/* Called for each allocation and free of host blocks and device buffers
+ * (a pool's transient buffers are not reported: they come and go with
+ * every ubatch; the CPU pool's host blocks are). ev is valid during the
+ * call only. Calls are serialized (never two at once) but may come from
+ * any thread that allocates, including backend worker threads; the
+ * callback must be quick and must not call kiln (calls it makes are not
+ * reported). */
+typedef void (*kiln_memory_fn)(const kiln_memory_event *ev, void *user);
+
+/* Sets (fn != NULL) or removes (fn == NULL) the process's timeline
+ * callback. Events made after it returns go to the new callback; when it
+ * removes one, no call of the old callback is running any more (unless
+ * called from inside the callback). Thread-safe. */
+KILN_API void kiln_memory_set_callback(kiln_memory_fn fn, void *user);
+
+/* The leak guard: each handle's free checks that nothing is still tagged
+ * to it. Found leaks are always counted here; they are logged (at
+ * KILN_LOG_ERROR through the default sink, one line per group of
+ * allocations with its tag and allocation site) in builds with KILN_DEBUG
+ * defined and when the environment variable KILN_LEAK_GUARD=1 is set. A
+ * leak is a bug in kiln: please report it. Thread-safe. */
+KILN_API uint64_t kiln_memory_leak_count(void);
+
 #ifdef __cplusplus
 }
 #endif

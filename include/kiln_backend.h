@@ -241,6 +241,12 @@ typedef struct kiln_backend_iface {
      * pool trim forgets every graph (they reference pool memory). */
     kiln_status (*graph_begin)(kiln_bk_device *dev, uint64_t key);
     kiln_status (*graph_end)(kiln_bk_device *dev, int32_t *redo);
+
+    /* OPTIONAL fused residual + norm: sum = a + b (sum may alias a), then
+     * dst = rms_norm(sum) * w, per row, with rms_norm's arithmetic. Absent:
+     * the core calls add, then rms_norm. */
+    kiln_status (*add_rms_norm)(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                                kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

@@ -27,6 +27,7 @@ int32_t kiln_token_is_eog(const kiln_model *m, int32_t t) { return m && kiln_voc
 /* ---- streaming detokenizer: a kiln_detok plus a model reference ---- */
 
 #include "detok.h"
+#include "memtrack.h"
 
 struct kiln_detokenizer {
     kiln_model *model;
@@ -40,9 +41,12 @@ kiln_status kiln_detokenizer_create(kiln_model *model, uint32_t flags, kiln_deto
     if (!model) return kiln_error(KILN_E_INVALID_ARG, "kiln_detokenizer_create: model is NULL");
     kiln_detokenizer *d = kiln_calloc(1, sizeof *d);
     if (!d) return kiln_error(KILN_E_OOM_HOST, "kiln_detokenizer_create: out of memory");
+    kiln_mem_owner_open(KILN_MEM_OWNER_DETOKENIZER, d, NULL);
+    KILN_MEM_SCOPE(d, KILN_MEM_TOKENIZER);
     kiln_status st = kiln_detok_create_vocab(model->vocab, flags, &d->detok);
     if (st) {
         kiln_free(d);
+        kiln_mem_owner_close(d);
         return st;
     }
     kiln_model_retain(model);
@@ -56,6 +60,7 @@ void kiln_detokenizer_free(kiln_detokenizer *d) {
     kiln_detok_free(d->detok);
     kiln_model_release(d->model);
     kiln_free(d);
+    kiln_mem_owner_close(d); /* the leak guard */
 }
 
 kiln_status kiln_detokenizer_push(kiln_detokenizer *d, int32_t token, char *buf, size_t capacity,

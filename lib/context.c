@@ -9,6 +9,7 @@
 
 #include "context.h"
 #include "draft.h"
+#include "memtrack.h"
 
 void kiln_context_params_init_sized(kiln_context_params *p, uint32_t size) {
     kiln_context_params d;
@@ -44,7 +45,7 @@ void kiln_context_free(kiln_context *ctx) {
     kiln_kv_destroy(ctx->kv); /* NULL buffers while suspended are skipped */
     kiln_free(ctx->kv_host);
     if (ctx->model) kiln_context_drop_weights(ctx);
-    if (ctx->dev) ctx->bk->device_close(ctx->dev);
+    if (ctx->dev) kiln_mem_device_close(ctx->bk, ctx->dev);
     kiln_free(ctx->logits);
     kiln_free(ctx->logit_row);
     kiln_free(ctx->ub_pos);
@@ -59,6 +60,7 @@ void kiln_context_free(kiln_context *ctx) {
     kiln_free(ctx->seq_next);
     kiln_model_release(ctx->model);
     kiln_free(ctx);
+    kiln_mem_owner_close(ctx); /* the leak guard: nothing may still be tagged to ctx */
 }
 
 kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *params, kiln_context **out) {
@@ -84,6 +86,9 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
 
     kiln_context *ctx = kiln_calloc(1, sizeof *ctx);
     if (!ctx) return kiln_error(KILN_E_OOM_HOST, "kiln_context_create: out of memory");
+    /* everything allocated from here on is tagged to the context */
+    kiln_mem_owner_open(KILN_MEM_OWNER_CONTEXT, ctx, model->name[0] ? model->name : model->arch_name);
+    KILN_MEM_SCOPE(ctx, KILN_MEM_SCRATCH);
     kiln_model_retain(model);
     ctx->model = model;
     ctx->params = p;
@@ -91,19 +96,23 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     if (p.log_fn) kiln_logger_init(&ctx->log, p.log_fn, p.log_user, p.log_level);
     else ctx->log = model->log;
 
-    kiln_bk_open_params op = {sizeof op, p.n_threads, ctx->log.level, ctx->log.fn, ctx->log.user};
+    /* the plugin logs through the context's logger (sink or process default) */
+    kiln_bk_open_params op = {sizeof op, p.n_threads, KILN_LOG_DEBUG, kiln_log_sink, &ctx->log};
     const kiln_hparams *hp = &model->hp;
     uint32_t ub = p.n_ubatch, ns = p.n_seq_max;
     if ((st = kiln_context_hold_weights(ctx))) goto fail;
-    if ((st = ctx->bk->device_open(model->device_index, &op, &ctx->dev))) goto fail;
+    if ((st = kiln_mem_device_open(ctx->bk, model->device_index, &op, ctx, &ctx->dev))) goto fail;
     if (p.pool_cap) ctx->bk->pool_set_cap(ctx->dev, p.pool_cap);
     {
         const char *ng = getenv("KILN_NO_GRAPHS"); /* debugging: every op eager */
         ctx->no_graphs = ng && *ng && strcmp(ng, "0") != 0;
     }
-    if ((st = kiln_kv_create(ctx->bk, ctx->dev, hp->n_layer, hp->n_head_kv * hp->head_dim, p.n_ctx,
-                             p.kv_block_size, ns, &ctx->kv)))
-        goto fail;
+    {
+        KILN_MEM_SCOPE(NULL, KILN_MEM_KV);
+        st = kiln_kv_create(ctx->bk, ctx->dev, hp->n_layer, hp->n_head_kv * hp->head_dim, p.n_ctx,
+                            p.kv_block_size, ns, &ctx->kv);
+    }
+    if (st) goto fail;
     ctx->kv->fingerprint = model->fingerprint; /* checked by kiln_kv_seq_import */
     ctx->kv->resident = kiln_context_kv_resident;
     ctx->kv->owner = ctx;
@@ -129,6 +138,7 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
         st = kiln_error(KILN_E_OOM_HOST, "kiln_context_create: out of memory");
         goto fail;
     }
+    kiln_mem_pool_snapshot(ctx->bk, ctx->dev);
     *out = ctx;
     return KILN_OK;
 fail: {
@@ -199,6 +209,7 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
     kiln_error_clear();
     if (!ctx) return kiln_error(KILN_E_INVALID_ARG, "kiln_decode: ctx is NULL");
     ctx->last_error[0] = '\0';
+    KILN_MEM_SCOPE(ctx, KILN_MEM_SCRATCH);
     if (!batch) return ctx_fail(ctx, kiln_error(KILN_E_INVALID_ARG, "kiln_decode: batch is NULL"));
     if (ctx->in_decode)
         return ctx_fail(ctx, kiln_error(KILN_E_BUSY, "kiln_decode: called from the ubatch callback"));
@@ -302,6 +313,7 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
     ctx->n_batch_last = n;
 out:
     ctx->in_decode = false;
+    kiln_mem_pool_snapshot(ctx->bk, ctx->dev); /* for kiln_memory_report (any thread) */
     return st ? ctx_fail(ctx, st) : KILN_OK;
 }
 

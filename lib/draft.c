@@ -28,6 +28,7 @@
 
 #include "context.h"
 #include "draft.h"
+#include "memtrack.h"
 
 #define DRAFT_MAX_N 256
 
@@ -93,6 +94,7 @@ void kiln_draft_free(kiln_draft *d) {
     if (d->target && d->target->draft == d) d->target->draft = NULL;
     draft_release(d);
     kiln_free(d);
+    kiln_mem_owner_close(d); /* the leak guard: nothing may still be tagged to d */
 }
 
 kiln_status kiln_draft_suspend(kiln_draft *d, int32_t level) {
@@ -144,6 +146,8 @@ kiln_status kiln_draft_create(kiln_context *target, kiln_model *draft_model, con
 
     kiln_draft *d = kiln_calloc(1, sizeof *d);
     if (!d) return kiln_error(KILN_E_OOM_HOST, "kiln_draft_create: out of memory");
+    kiln_mem_owner_open(KILN_MEM_OWNER_DRAFT, d, draft_model->name[0] ? draft_model->name : draft_model->arch_name);
+    KILN_MEM_SCOPE(d, KILN_MEM_DRAFT);
     d->params = p;
     d->n_vocab = target->model->hp.n_vocab;
     d->props = kiln_calloc((size_t)p.n_draft, sizeof(int32_t));

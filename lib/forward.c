@@ -17,6 +17,7 @@
 
 #include "context.h"
 #include "quant.h"
+#include "memtrack.h"
 
 static kiln_bk_tensor act(kiln_bk_buffer *buf, uint64_t off_floats, int64_t ne0, int64_t ne1) {
     kiln_bk_tensor t;
@@ -59,7 +60,8 @@ kiln_status kiln_forward_ubatch(kiln_context *ctx, const int32_t *tokens, uint32
     const uint64_t o_xo = o_u + n * F, o_lo = o_xo + (uint64_t)n_out * E, total = o_lo + (uint64_t)n_out * V;
 
     kiln_bk_buffer *buf = NULL;
-    kiln_status st = bk->buffer_alloc(dev, total * sizeof(float), KILN_BK_BUF_TRANSIENT, &buf);
+    kiln_status st = kiln_mem_buffer_alloc(bk, dev, total * sizeof(float), KILN_BK_BUF_TRANSIENT, KILN_MEM_POOL,
+                                           &buf);
     if (st) return kiln_error(st, "decode: cannot allocate %llu bytes of activations on %s",
                               (unsigned long long)(total * sizeof(float)), bk->name);
 
@@ -85,9 +87,11 @@ again:
         in_graph = true;
     }
     CHECK(bk->get_rows(dev, &m->tok_embd, tokens, &x));
+    /* residual add + the next norm in one operation where the backend has it */
+    const bool fused = KILN_BK_HAS(bk, add_rms_norm);
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const kiln_layer_weights *L = &m->layers[il];
-        CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
+        if (il == 0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
         CHECK(bk->matmul(dev, &L->wq, &h, &q));
         CHECK(bk->matmul(dev, &L->wk, &h, &k));
         CHECK(bk->matmul(dev, &L->wv, &h, &v));
@@ -104,13 +108,20 @@ again:
         CHECK(bk->kv_store(dev, &k, &v, ctx->kv->k[il], ctx->kv->v[il], (uint32_t)KV));
         CHECK(bk->attention(dev, &q, ctx->kv->k[il], ctx->kv->v[il], &at, &a));
         CHECK(bk->matmul(dev, &L->wo, &a, &h));
-        CHECK(bk->add(dev, &x, &h, &x));
-        CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
+        if (fused) {
+            CHECK(bk->add_rms_norm(dev, &x, &h, &x, &L->ffn_norm, hp->rms_eps, &h));
+        } else {
+            CHECK(bk->add(dev, &x, &h, &x));
+            CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
+        }
         CHECK(bk->matmul(dev, &L->w_gate, &h, &g));
         CHECK(bk->matmul(dev, &L->w_up, &h, &u));
         CHECK(bk->swiglu(dev, &g, &u, &g));
         CHECK(bk->matmul(dev, &L->w_down, &g, &h));
-        CHECK(bk->add(dev, &x, &h, &x));
+        if (fused && il + 1 < hp->n_layer) /* and the next layer's attention norm */
+            CHECK(bk->add_rms_norm(dev, &x, &h, &x, &m->layers[il + 1].attn_norm, hp->rms_eps, &h));
+        else
+            CHECK(bk->add(dev, &x, &h, &x));
     }
     if (n_out > 0) {
         CHECK(bk->get_rows(dev, &x, out_idx, &xo));
@@ -137,6 +148,6 @@ done:
         bk->graph_end(dev, &redo);
     }
     if (st != KILN_OK && !kiln_last_error()[0]) kiln_error(st, "decode: backend %s failed", bk->name);
-    bk->buffer_free(buf);
+    kiln_mem_buffer_free(bk, buf);
     return st;
 }

@@ -46,6 +46,8 @@ typedef struct kiln_logger {
 
 /* Fills lg from (fn, user, level); fn == NULL means the process default. */
 void kiln_logger_init(kiln_logger *lg, kiln_log_fn fn, void *user, int32_t level);
+/* A kiln_log_fn whose user pointer is a kiln_logger (for backend plugins). */
+void kiln_log_sink(int32_t level, const char *msg, void *user);
 /* lg may be NULL (process default). */
 void kiln_log(const kiln_logger *lg, int32_t level, const char *fmt, ...) KILN_PRINTF(3, 4);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kv.h"
+#include "memtrack.h"
 
 #define release_block kiln_kv_release_block
 
@@ -55,8 +56,8 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
     kv->n_free = kv->n_blocks;
     uint64_t bytes = (uint64_t)kv->n_cells * kv_dim * 2;
     for (uint32_t l = 0; l < n_layer; l++) {
-        if ((st = bk->buffer_alloc(dev, bytes, KILN_BK_BUF_KV, &kv->k[l])) ||
-            (st = bk->buffer_alloc(dev, bytes, KILN_BK_BUF_KV, &kv->v[l]))) {
+        if ((st = kiln_mem_buffer_alloc(bk, dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->k[l])) ||
+            (st = kiln_mem_buffer_alloc(bk, dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->v[l]))) {
             st = kiln_error(st, "kv: cannot allocate %llu bytes for layer %u on %s", (unsigned long long)bytes,
                             l, bk->name);
             goto fail;
@@ -72,8 +73,8 @@ fail:
 void kiln_kv_destroy(kiln_kv *kv) {
     if (!kv) return;
     for (uint32_t l = 0; l < kv->n_layer; l++) {
-        if (kv->k && kv->k[l]) kv->bk->buffer_free(kv->k[l]);
-        if (kv->v && kv->v[l]) kv->bk->buffer_free(kv->v[l]);
+        if (kv->k && kv->k[l]) kiln_mem_buffer_free(kv->bk, kv->k[l]);
+        if (kv->v && kv->v[l]) kiln_mem_buffer_free(kv->bk, kv->v[l]);
     }
     if (kv->seqs)
         for (uint32_t s = 0; s < kv->n_seq; s++) {
@@ -274,6 +275,7 @@ kiln_status kiln_kv_seq_cp(kiln_kv *kv, int32_t src_seq, int32_t dst_seq) {
     if (src->host) {
         /* an offloaded source: the copy is offloaded too, with its own rows */
         size_t bytes = (size_t)kv->n_layer * 2 * src->host_rows * kiln_kv_row_bytes(kv);
+        KILN_MEM_SCOPE(kv->owner, KILN_MEM_KV_HOST);
         uint16_t *h = kiln_malloc(bytes ? bytes : 1);
         if (!h)
             return kiln_error(KILN_E_OOM_HOST, "kiln_kv_seq_cp: out of memory copying offloaded sequence %d",

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "kv.h"
+#include "memtrack.h"
 
 #define KV_MAGIC "KILNKV\0\0"
 #define KV_VERSION 1u
@@ -106,6 +107,7 @@ kiln_status kiln_kv_seq_export(kiln_kv *kv, int32_t seq, void *buf, size_t capac
 kiln_status kiln_kv_seq_import(kiln_kv *kv, int32_t seq, const void *buf, size_t size) {
     kiln_error_clear();
     if (!kv || (!buf && size > 0)) return kiln_error(KILN_E_INVALID_ARG, "kiln_kv_seq_import: NULL argument");
+    KILN_MEM_SCOPE(kv->owner, KILN_MEM_STAGING);
     if (seq < 0 || seq >= (int32_t)kv->n_seq)
         return kiln_error(KILN_E_INVALID_ARG, "kiln_kv_seq_import: sequence %d out of range (n_seq_max %u)", seq,
                           kv->n_seq);
@@ -167,6 +169,7 @@ kiln_status kiln_kv_seq_import(kiln_kv *kv, int32_t seq, const void *buf, size_t
 kiln_status kiln_kv_seq_save(kiln_kv *kv, int32_t seq, const char *path) {
     kiln_error_clear();
     if (!kv || !path) return kiln_error(KILN_E_INVALID_ARG, "kiln_kv_seq_save: NULL argument");
+    KILN_MEM_SCOPE(kv->owner, KILN_MEM_STAGING);
     size_t n = 0, plen = strlen(path);
     kiln_status st = kiln_kv_seq_export(kv, seq, NULL, 0, &n);
     if (st) return st;
@@ -201,6 +204,7 @@ out:
 kiln_status kiln_kv_seq_load(kiln_kv *kv, int32_t seq, const char *path) {
     kiln_error_clear();
     if (!kv || !path) return kiln_error(KILN_E_INVALID_ARG, "kiln_kv_seq_load: NULL argument");
+    KILN_MEM_SCOPE(kv->owner, KILN_MEM_STAGING);
     FILE *f = fopen(path, "rb");
     if (!f) return kiln_error(KILN_E_IO, "kiln_kv_seq_load: cannot open '%s'", path);
     kiln_status st = KILN_OK;

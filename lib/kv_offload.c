@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "kv.h"
+#include "memtrack.h"
 
 /* Byte offset of rows [row, ...) of (layer l, K or V c) in a host array. */
 static uint64_t host_off(const kiln_kv *kv, uint32_t l, uint32_t c, uint32_t stride, uint32_t row) {
@@ -85,6 +86,7 @@ kiln_status kiln_kv_seq_offload(kiln_kv *kv, int32_t seq) {
     size_t bytes;
     if (!kiln_mul_size((size_t)kv->n_layer * 2 * q->len, (size_t)kiln_kv_row_bytes(kv), &bytes))
         return kiln_error(KILN_E_OOM_HOST, "kiln_kv_seq_offload: sequence %d is too large for host memory", seq);
+    KILN_MEM_SCOPE(kv->owner, KILN_MEM_KV_HOST);
     uint16_t *h = kiln_malloc(bytes);
     if (!h)
         return kiln_error(KILN_E_OOM_HOST, "kiln_kv_seq_offload: out of memory for %zu bytes of sequence %d",

@@ -22,6 +22,7 @@
 
 #include "kv.h"
 #include "quant.h"
+#include "memtrack.h"
 
 #define MAX_PAIRS 1024
 
@@ -96,6 +97,7 @@ kiln_status kiln_kv_seq_remove_middle(kiln_kv *kv, uint32_t s, uint32_t p0, uint
         rows_bytes > SIZE_MAX - (size_t)nb * sizeof(int32_t))
         return kiln_error(KILN_E_OOM_HOST, "kiln_kv_seq_rm: sequence %u is too large to shift", s);
     /* one allocation: the new block ids, then the staging rows */
+    KILN_MEM_SCOPE(kv->owner, KILN_MEM_STAGING);
     int32_t *fresh = kiln_malloc((size_t)nb * sizeof(int32_t) + rows_bytes);
     if (!fresh) return kiln_error(KILN_E_OOM_HOST, "kiln_kv_seq_rm: out of memory shifting sequence %u", s);
     uint16_t *stage = (uint16_t *)(fresh + nb);

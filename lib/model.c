@@ -8,6 +8,7 @@
 
 #include "model.h"
 #include "quant.h"
+#include "memtrack.h"
 
 kiln_status kiln_params_copy(void *dst, size_t dst_size, const void *src) {
     uint32_t n;
@@ -178,14 +179,16 @@ static kiln_status upload_weights(kiln_model *m) {
     uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
     if (data_size == 0) data_size = 1;
     if (!(m->flags & KILN_MODEL_NO_MMAP) && KILN_BK_HAS(m->bk, buffer_wrap_host)) {
-        kiln_status st = m->bk->buffer_wrap_host(m->dev, (void *)(base + data_off), data_size, &m->weights);
+        kiln_status st = kiln_mem_buffer_wrap_host(m->bk, m->dev, (void *)(base + data_off), data_size,
+                                                   KILN_MEM_WEIGHTS, &m->weights);
         if (st == KILN_OK) {
             m->weights_zero_copy = true;
             return KILN_OK;
         }
         if (st != KILN_E_UNSUPPORTED) return kiln_error(st, "model: cannot map weights on %s", m->bk->name);
     }
-    kiln_status st = m->bk->buffer_alloc(m->dev, data_size, KILN_BK_BUF_WEIGHTS, &m->weights);
+    kiln_status st = kiln_mem_buffer_alloc(m->bk, m->dev, data_size, KILN_BK_BUF_WEIGHTS, KILN_MEM_WEIGHTS,
+                                           &m->weights);
     if (st) return kiln_error(st, "model: cannot allocate %llu bytes of weights on %s",
                               (unsigned long long)data_size, m->bk->name);
     const uint64_t chunk = 64u << 20;
@@ -200,7 +203,11 @@ static kiln_status upload_weights(kiln_model *m) {
 static kiln_status load_weights(kiln_model *m) {
     const kiln_hparams *hp = &m->hp;
     kiln_status st;
-    if ((st = upload_weights(m))) return st;
+    {
+        KILN_MEM_SCOPE(NULL, KILN_MEM_WEIGHTS);
+        st = upload_weights(m);
+    }
+    if (st) return st;
     m->layers = kiln_calloc(hp->n_layer, sizeof *m->layers);
     if (!m->layers) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim;
@@ -275,8 +282,8 @@ static uint64_t model_fingerprint(const kiln_model *m) {
 static void model_destroy(kiln_model *m) {
     if (!m) return;
     if (m->bk) {
-        if (m->weights) m->bk->buffer_free(m->weights);
-        if (m->dev) m->bk->device_close(m->dev);
+        if (m->weights) kiln_mem_buffer_free(m->bk, m->weights);
+        if (m->dev) kiln_mem_device_close(m->bk, m->dev);
     }
     kiln_free(m->layers);
     kiln_free(m->rope_freqs);
@@ -284,6 +291,7 @@ static void model_destroy(kiln_model *m) {
     kiln_gguf_close(m->gguf);
     if (m->weights_lock_ok) pthread_mutex_destroy(&m->weights_lock);
     kiln_free(m);
+    kiln_mem_owner_close(m); /* the leak guard: nothing may still be tagged to m */
 }
 
 void kiln_model_retain(kiln_model *m) { atomic_fetch_add(&m->refs, 1); }
@@ -313,12 +321,24 @@ kiln_status kiln_model_load(const char *path, const kiln_model_params *params, k
         return kiln_error(KILN_E_INTERNAL, "kiln_model_load: cannot create a mutex");
     }
     m->weights_lock_ok = true;
+    /* everything allocated from here on is tagged to the model */
+    const char *base_name = strrchr(path, '/');
+    char label[48];
+    snprintf(label, sizeof label, "%s", base_name ? base_name + 1 : path);
+    char *ext = strstr(label, ".gguf");
+    if (ext && ext[5] == '\0') *ext = '\0';
+    kiln_mem_owner_open(KILN_MEM_OWNER_MODEL, m, label);
+    KILN_MEM_SCOPE(m, KILN_MEM_METADATA);
     kiln_logger_init(&m->log, p.log_fn, p.log_user, p.log_level);
     m->device_index = p.device;
 
     if ((st = kiln_gguf_open(path, &m->gguf))) goto fail;
     if ((st = load_hparams(m))) goto fail;
-    if ((st = kiln_vocab_load(m->gguf, &m->vocab))) goto fail;
+    {
+        KILN_MEM_SCOPE(NULL, KILN_MEM_TOKENIZER);
+        st = kiln_vocab_load(m->gguf, &m->vocab);
+    }
+    if (st) goto fail;
     m->hp.n_vocab = (uint32_t)kiln_vocab_n_tokens(m->vocab);
     if (p.flags & KILN_MODEL_VOCAB_ONLY) goto done;
 
@@ -327,8 +347,8 @@ kiln_status kiln_model_load(const char *path, const kiln_model_params *params, k
         st = kiln_error(KILN_E_NOT_FOUND, "backend '%s' has no device %d", m->bk->name, p.device);
         goto fail;
     }
-    kiln_bk_open_params op = {sizeof op, 1, m->log.level, m->log.fn, m->log.user};
-    if ((st = m->bk->device_open(p.device, &op, &m->dev))) goto fail;
+    kiln_bk_open_params op = {sizeof op, 1, KILN_LOG_DEBUG, kiln_log_sink, &m->log};
+    if ((st = kiln_mem_device_open(m->bk, p.device, &op, m, &m->dev))) goto fail;
     if ((st = load_weights(m))) goto fail;
     m->fingerprint = model_fingerprint(m);
 done:

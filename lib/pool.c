@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "context.h"
+#include "memtrack.h"
 
 void kiln_pool_stats_init_sized(kiln_pool_stats *s, uint32_t size) {
     kiln_pool_stats d;
@@ -26,6 +27,7 @@ kiln_status kiln_context_pool_stats(kiln_context *ctx, kiln_pool_stats *out) {
     bs.struct_size = sizeof bs;
     kiln_status st = ctx->bk->pool_stats(ctx->dev, &bs);
     if (st) return st;
+    kiln_mem_pool_snapshot(ctx->bk, ctx->dev);
     kiln_pool_stats full;
     memset(&full, 0, sizeof full);
     full.bytes_in_use = bs.bytes_in_use;
@@ -45,6 +47,7 @@ kiln_status kiln_context_pool_purge(kiln_context *ctx) {
     kiln_error_clear();
     if (!ctx) return kiln_error(KILN_E_INVALID_ARG, "kiln_context_pool_purge: ctx is NULL");
     kiln_status st = ctx->bk->pool_purge(ctx->dev);
+    kiln_mem_pool_snapshot(ctx->bk, ctx->dev);
     if (st) {
         char msg[256];
         snprintf(msg, sizeof msg, "%s", kiln_last_error());
@@ -57,5 +60,6 @@ kiln_status kiln_context_pool_set_cap(kiln_context *ctx, uint64_t bytes) {
     kiln_error_clear();
     if (!ctx) return kiln_error(KILN_E_INVALID_ARG, "kiln_context_pool_set_cap: ctx is NULL");
     ctx->bk->pool_set_cap(ctx->dev, bytes);
+    kiln_mem_pool_snapshot(ctx->bk, ctx->dev);
     return KILN_OK;
 }

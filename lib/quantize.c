@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "gguf.h"
@@ -177,6 +178,7 @@ typedef struct qworker {
 
 struct qrun {
     const kiln_quantize_params *p;
+    const kiln_gguf *g;
     qjob *jobs;
     size_t n_jobs;
     int n_threads;
@@ -239,12 +241,36 @@ static kiln_status convert_slice(qrun *q, int64_t r0, int64_t r1) {
     return KILN_OK;
 }
 
+/* Drops the input pages of a tensor that is done from this process's
+ * resident set: the mapping is private and read-only, so they are only
+ * re-read from the file if touched again. Without this, converting a 14 GB
+ * model would leave 14 GB of its pages mapped in (reclaimable, but counted
+ * as the process's memory). Best effort: a failure changes nothing. */
+static void release_input(const qrun *q, const kiln_gguf_tensor *t) {
+    size_t map_size;
+    const uint8_t *base = kiln_gguf_base(q->g, &map_size);
+    long page = sysconf(_SC_PAGESIZE);
+    if (!base || page <= 0 || t->size == 0) return;
+    uintptr_t a = (uintptr_t)t->data, e = a + (uintptr_t)t->size, lo = (uintptr_t)base;
+    a -= (a - lo) % (uintptr_t)page; /* whole pages, inside the mapping */
+    e = KILN_MIN(e + ((uintptr_t)page - (e - lo) % (uintptr_t)page) % (uintptr_t)page, lo + map_size);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+static kiln_status produce_tensor(qrun *q, const qjob *j, kiln_gguf_sink *sink);
+
 static kiln_status produce(void *user, size_t index, kiln_gguf_sink *sink) {
     qrun *q = user;
     const qjob *j = &q->jobs[index];
-    const kiln_gguf_tensor *t = j->src;
     if (q->p->progress && q->p->progress(index, q->n_jobs, j->name, j->dst_type, q->p->progress_user))
         return kiln_error(KILN_E_CANCELLED, "quantize: cancelled at tensor '%.64s'", j->name);
+    kiln_status st = produce_tensor(q, j, sink);
+    release_input(q, j->src);
+    return st;
+}
+
+static kiln_status produce_tensor(qrun *q, const qjob *j, kiln_gguf_sink *sink) {
+    const kiln_gguf_tensor *t = j->src;
     if (j->dst_type == t->type) return kiln_gguf_sink_write(sink, t->data, (size_t)t->size);
     q->job = j;
     q->ne0 = t->ne[0];
@@ -368,6 +394,7 @@ kiln_status kiln_model_quantize(const char *in_path, const char *out_path,
     q.p = &p;
     q.n_threads = p.n_threads ? KILN_MIN(p.n_threads, QUANT_MAX_THREADS) : default_threads();
     if ((st = kiln_gguf_open(in_path, &g)) || (st = kiln_gguf_writer_create(&w))) goto out;
+    q.g = g;
     int64_t max_ne0 = 1;
     if ((st = plan_file(g, &p, w, &q, &max_ne0))) goto out;
 

@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "memtrack.h"
 
 typedef struct kiln_sampling_cand {
     int32_t id;
@@ -191,11 +192,14 @@ kiln_status kiln_sampler_create(const kiln_sampler_params *params, kiln_sampler 
 
     kiln_sampler *s = kiln_calloc(1, sizeof *s);
     if (!s) return kiln_error(KILN_E_OOM_HOST, "kiln_sampler_create: out of memory for the sampler");
+    kiln_mem_owner_open(KILN_MEM_OWNER_SAMPLER, s, NULL);
+    KILN_MEM_SCOPE(s, KILN_MEM_SAMPLER);
     s->params = p;
     if (p.penalty_last_n > 0) {
         s->hist = kiln_malloc((size_t)p.penalty_last_n * sizeof *s->hist);
         if (!s->hist) {
             kiln_free(s);
+            kiln_mem_owner_close(s);
             return kiln_error(KILN_E_OOM_HOST,
                               "kiln_sampler_create: out of memory for %d tokens of history",
                               (int)p.penalty_last_n);
@@ -212,6 +216,7 @@ void kiln_sampler_free(kiln_sampler *s) {
     kiln_free(s->cand);
     kiln_free(s->counts);
     kiln_free(s);
+    kiln_mem_owner_close(s); /* the leak guard */
 }
 
 void kiln_sampler_reset(kiln_sampler *s, uint64_t seed) {
@@ -392,6 +397,7 @@ kiln_status kiln_sampler_sample(kiln_sampler *s, const float *logits, int32_t n_
         return kiln_error(KILN_E_INVALID_ARG, "kiln_sampler_sample: n_vocab %d <= 0", (int)n_vocab);
     const kiln_sampler_params *p = &s->params;
     bool penalize = kiln_sampling_penalties_on(s);
+    KILN_MEM_SCOPE(s, KILN_MEM_SAMPLER); /* the scratch grows with n_vocab */
     kiln_status st = kiln_sampling_reserve(s, n_vocab, penalize);
     if (st != KILN_OK) return st;
 

@@ -109,3 +109,10 @@ void kiln_log(const kiln_logger *lg, int32_t level, const char *fmt, ...) {
     while (n > 0 && msg[n - 1] == '\n') msg[--n] = '\0';
     fn(level, msg, user);
 }
+
+/* A kiln_log_fn for backend plugins: `user` is the handle's kiln_logger, so
+ * a plugin's messages go where the handle's own go (its sink, or the
+ * process default, with the same level filter). */
+void kiln_log_sink(int32_t level, const char *msg, void *user) {
+    kiln_log((const kiln_logger *)user, level, "%s", msg ? msg : "");
+}

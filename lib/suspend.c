@@ -29,6 +29,7 @@
 
 #include "context.h"
 #include "draft.h"
+#include "memtrack.h"
 
 _Static_assert(sizeof(kiln_layer_weights) == 14 * sizeof(kiln_weight),
                "kiln_model_rebind_weights must list every layer weight");
@@ -57,7 +58,8 @@ static kiln_status weights_upload(kiln_model *m) {
     uint64_t data_off = kiln_gguf_data_offset(m->gguf);
     uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
     kiln_bk_buffer *buf = NULL;
-    kiln_status st = m->bk->buffer_alloc(m->dev, data_size ? data_size : 1, KILN_BK_BUF_WEIGHTS, &buf);
+    kiln_status st = kiln_mem_buffer_alloc(m->bk, m->dev, data_size ? data_size : 1, KILN_BK_BUF_WEIGHTS,
+                                           KILN_MEM_WEIGHTS, &buf);
     if (st)
         return kiln_error(st, "resume: cannot allocate %llu bytes of weights on %s", (unsigned long long)data_size,
                           m->bk->name);
@@ -66,7 +68,7 @@ static kiln_status weights_upload(kiln_model *m) {
         st = m->bk->buffer_upload(m->dev, buf, off, base + data_off + off, KILN_MIN(chunk, data_size - off));
     if (st == KILN_OK) st = m->bk->synchronize(m->dev);
     if (st) {
-        m->bk->buffer_free(buf);
+        kiln_mem_buffer_free(m->bk, buf);
         return kiln_error(st, "resume: weight upload to %s failed", m->bk->name);
     }
     m->weights = buf;
@@ -78,7 +80,7 @@ static kiln_status weights_upload(kiln_model *m) {
  * Called with weights_lock held. */
 static void weights_maybe_release(kiln_model *m) {
     if (m->weights_holds == 0 && m->weights_parked > 0 && !m->weights_zero_copy && m->weights) {
-        m->bk->buffer_free(m->weights);
+        kiln_mem_buffer_free(m->bk, m->weights);
         m->weights = NULL;
         kiln_model_rebind_weights(m, NULL);
         kiln_log(&m->log, KILN_LOG_INFO, "model %s: weights released (every context suspended)", m->name);
@@ -142,6 +144,7 @@ static kiln_status kv_to_host(kiln_context *ctx) {
         return kiln_error(KILN_E_OOM_HOST, "suspend: KV cache too large for host memory");
     uint8_t *host = NULL;
     if (total) {
+        KILN_MEM_SCOPE(ctx, KILN_MEM_KV_HOST);
         host = kiln_malloc(total);
         if (!host)
             return kiln_error(KILN_E_OOM_HOST, "suspend: out of host memory for %zu bytes of KV cache", total);
@@ -156,8 +159,8 @@ static kiln_status kv_to_host(kiln_context *ctx) {
         }
     }
     for (uint32_t l = 0; l < kv->n_layer; l++) {
-        bk->buffer_free(kv->k[l]);
-        bk->buffer_free(kv->v[l]);
+        kiln_mem_buffer_free(bk, kv->k[l]);
+        kiln_mem_buffer_free(bk, kv->v[l]);
         kv->k[l] = kv->v[l] = NULL;
     }
     ctx->kv_host = host;
@@ -169,8 +172,8 @@ static kiln_status kv_to_host(kiln_context *ctx) {
 static void free_kv_buffers(kiln_context *ctx) {
     kiln_kv *kv = ctx->kv;
     for (uint32_t l = 0; l < kv->n_layer; l++) {
-        ctx->bk->buffer_free(kv->k[l]);
-        ctx->bk->buffer_free(kv->v[l]);
+        kiln_mem_buffer_free(ctx->bk, kv->k[l]);
+        kiln_mem_buffer_free(ctx->bk, kv->v[l]);
         kv->k[l] = kv->v[l] = NULL;
     }
 }
@@ -182,8 +185,8 @@ static kiln_status kv_to_device(kiln_context *ctx) {
     size_t per = (size_t)ctx->kv_host_cells * kv->kv_dim * 2;
     kiln_status st = KILN_OK;
     for (uint32_t l = 0; l < kv->n_layer && st == KILN_OK; l++) {
-        if ((st = bk->buffer_alloc(ctx->dev, bytes, KILN_BK_BUF_KV, &kv->k[l])) ||
-            (st = bk->buffer_alloc(ctx->dev, bytes, KILN_BK_BUF_KV, &kv->v[l])))
+        if ((st = kiln_mem_buffer_alloc(bk, ctx->dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->k[l])) ||
+            (st = kiln_mem_buffer_alloc(bk, ctx->dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->v[l])))
             st = kiln_error(st, "resume: cannot allocate %llu bytes of KV cache for layer %u on %s",
                             (unsigned long long)bytes, l, bk->name);
     }
@@ -229,6 +232,7 @@ kiln_status kiln_context_suspend(kiln_context *ctx, int32_t level) {
          * memory, and a failed purge leaves cached bytes, not bad state */
         if (ctx->bk->pool_purge(ctx->dev) != KILN_OK)
             kiln_log(&ctx->log, KILN_LOG_WARN, "suspend: pool purge failed: %s", kiln_last_error());
+        kiln_mem_pool_snapshot(ctx->bk, ctx->dev);
         ctx->suspended = 1;
     }
     if (level == KILN_SUSPEND_WEIGHTS) {

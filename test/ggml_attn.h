@@ -58,7 +58,27 @@
 static const kiln_backend_iface *ggml_attn_orig;
 static kiln_backend_iface ggml_attn_iface;
 
-static inline float ggml_attn_f16r(float x) { return kiln_fp16_to_fp32(kiln_fp32_to_fp16(x)); }
+/* x rounded to the nearest F16 value (ties to even), as F32: the same
+ * result as kiln_fp16_to_fp32(kiln_fp32_to_fp16(x)), inline because the
+ * emulation rounds every accumulator update. */
+static inline float ggml_attn_f16r(float x) {
+    const float a = fabsf(x);
+    if (a < 6.103515625e-05f) /* F16 subnormal range: multiples of 2^-24 */
+        return nearbyintf(x * 16777216.0f) * 5.9604644775390625e-08f;
+    if (!(a < 65504.0f)) return kiln_fp16_to_fp32(kiln_fp32_to_fp16(x)); /* overflow, inf, nan */
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0xFFFu + ((u >> 13) & 1u); /* keep 10 mantissa bits, ties to even */
+    u &= ~0x1FFFu;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* F16 -> F32 by table (the K and V values of every attended cell) */
+static float ggml_attn_h2f[65536];
+static int ggml_attn_h2f_ready;
+
+static inline float ggml_attn_h(uint16_t h) { return ggml_attn_h2f[h]; }
 
 /* ggml_vec_dot_f16 on AVX-512, d % 64 == 0: lanes j*16+l of each 64-value
  * step go to accumulator j (one FMA chain each); then (a0+a2)+(a1+a3) and
@@ -69,7 +89,7 @@ static inline float ggml_attn_dot(const float *q, const uint16_t *k, uint32_t d)
     for (uint32_t i = 0; i < d; i += 64)
         for (int j = 0; j < 4; j++)
             for (int l = 0; l < 16; l++)
-                acc[j][l] = fmaf(q[i + 16 * j + l], kiln_fp16_to_fp32(k[i + 16 * j + l]), acc[j][l]);
+                acc[j][l] = fmaf(q[i + 16 * j + l], ggml_attn_h(k[i + 16 * j + l]), acc[j][l]);
     float x[16], t[8], u[4];
     for (int l = 0; l < 16; l++) x[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
     for (int l = 0; l < 8; l++) t[l] = x[l + 8] + x[l];
@@ -99,7 +119,7 @@ static void ggml_attn_range(const kiln_cpu_ubatch *ub, const uint8_t *kc, const 
         } else {
             vs = expf(s - M);
         }
-        for (uint32_t i = 0; i < d; i++) o[i] = ggml_attn_f16r(fmaf(kiln_fp16_to_fp32(vr[i]), vs, o[i]));
+        for (uint32_t i = 0; i < d; i++) o[i] = ggml_attn_f16r(fmaf(ggml_attn_h(vr[i]), vs, o[i]));
         S = S * ms + vs;
     }
     *M_out = M;
@@ -153,6 +173,10 @@ static kiln_status ggml_attn_op(kiln_bk_device *dev, const kiln_bk_tensor *q, co
 /* Replaces the attention operation of context c (a "cpu" context) with the
  * emulation above; the rest of the backend is unchanged. */
 static inline void ggml_attn_install(kiln_context *c) {
+    if (!ggml_attn_h2f_ready) {
+        for (uint32_t h = 0; h < 65536; h++) ggml_attn_h2f[h] = kiln_fp16_to_fp32((uint16_t)h);
+        ggml_attn_h2f_ready = 1;
+    }
     ggml_attn_orig = c->bk;
     ggml_attn_iface = *c->bk;
     ggml_attn_iface.attention = ggml_attn_op;

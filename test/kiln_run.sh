@@ -12,6 +12,14 @@ case "$got" in
     "$want"*) echo "ok   greedy continuation";;
     *) echo "FAIL greedy continuation: $got"; exit 1;;
 esac
+# --memory: the report after loading and after generation, on stderr
+mem=$("$BIN" -m "$MODEL" -p "In the beginning" -n 4 --temp 0 -t 2 --memory 2>&1 >/dev/null)
+n=$(printf '%s\n' "$mem" | grep -c '^kiln memory report')
+if [ "$n" -eq 2 ] && printf '%s\n' "$mem" | grep -q 'device cpu:0' && printf '%s\n' "$mem" | grep -q 'context #'; then
+    echo "ok   --memory report"
+else
+    echo "FAIL --memory report ($n reports)"; printf '%s\n' "$mem"; exit 1
+fi
 "$BIN" -m /nonexistent.gguf -p x -n 1 2>/tmp/kiln-run-err.$$; rc=$?
 [ $rc -eq 1 ] && grep -q nonexistent /tmp/kiln-run-err.$$ || { echo "FAIL missing file: rc $rc"; rm -f /tmp/kiln-run-err.$$; exit 1; }
 rm -f /tmp/kiln-run-err.$$

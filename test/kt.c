@@ -51,6 +51,14 @@ void kt_run(const char *name, void (*fn)(void)) {
 }
 
 int kt_finish(void) {
+    /* the leak guard (kiln_memory_leak_count): a handle freed with memory
+     * still tagged to it fails the program, whatever its cases said */
+    uint64_t leaks = kiln_memory_leak_count();
+    if (leaks) {
+        printf("FAIL leak guard: %llu allocations were still tagged to a freed handle (see the log above)\n",
+               (unsigned long long)leaks);
+        n_failed++;
+    }
     printf("kt: %d passed, %d failed, %d skipped\n", n_passed, n_failed, n_skipped);
     fflush(stdout); /* LeakSanitizer exits without flushing stdio */
     return n_failed ? 1 : 0;

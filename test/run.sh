@@ -13,6 +13,9 @@
 # Each test runs under `timeout` (KILN_TEST_TIMEOUT seconds, default 900) so
 # that a hang fails the run instead of stalling CI.
 passed=0; failed=0; skipped=0
+# The leak guard logs every allocation still tagged to a freed handle (the
+# harness fails the test on any: test/kt.c).
+export KILN_LEAK_GUARD=${KILN_LEAK_GUARD:-1}
 timeout_s=${KILN_TEST_TIMEOUT:-900}
 runner=()
 if command -v timeout >/dev/null 2>&1; then runner=(timeout "$timeout_s"); fi

@@ -13,23 +13,31 @@ Cases (one "ok NAME" / "FAIL NAME: why" line each, then the kt: totals):
   returning               a conversation that comes back after its slot was offloaded
                           re-evaluates only its new tokens (usage.cached_tokens, /metrics)
                           and still gives kiln-run's text
+  shared_prefix           a new conversation sharing a long beginning with another slot's
+                          takes a copy of its KV blocks (kiln_kv_seq_cp), same text
   stop                    stop strings cut the text, finish_reason "stop"
   sleep_wake              the context sleeps after --sleep-idle and the next request
                           wakes it with the same text
   malformed               bad requests get 4xx with {"error":{message,type}}; the
                           server still answers
+  fuzz_requests           ~150 mangled bodies (wrong types, truncation, deep nesting,
+                          invalid UTF-8, 9 MiB): 200 or 4xx, never a crash
   load_baseline           1000 requests with offloads and 50 sleep cycles: after
                           erasing the slots, /metrics memory is back at its baseline
+  disconnect              a client that leaves mid-stream frees its slot
   shutdown                SIGTERM during a stream: the client gets an end, the
                           server exits 0
   chat_template           a ChatML GGUF template is recognised; an unknown one gives
                           400 for chat (completions still work); --chat-template overrides
+  kv_budget               --kv-device-budget of 3 blocks for 4 slots: kiln offloads and
+                          restores by itself; concurrent clients still get kiln-run's text
   draft_multi_model       with ../shared: --draft gives kiln-run's text and accepts draft
                           tokens; a second -m is chosen by its alias
 """
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -83,7 +91,9 @@ class Server:
     def __init__(self, *args, name="server"):
         self.log = os.path.join(TMP, name + ".log")
         self.errf = open(self.log, "w")
-        self.proc = subprocess.Popen([SERVER] + pinned(args), stdout=subprocess.DEVNULL, stderr=self.errf)
+        # --port 0: the kernel picks a free port; the server prints it
+        self.proc = subprocess.Popen([SERVER, "--port", "0"] + pinned(args), stdout=subprocess.DEVNULL,
+                                     stderr=self.errf)
         self.port = None
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -261,6 +271,22 @@ def main():
     else:
         bad("returning", "st %s text %r vs %r cached %s of %s restores %s" % (st2, t2, exp2, cached, n_p2, restores))
 
+    # shared_prefix: a new conversation that shares a long beginning with
+    # another slot's takes a copy of those KV blocks (its slot was offloaded)
+    system = ("The words of the Preacher, the son of David, king in Jerusalem. Vanity of vanities, saith the "
+              "Preacher, vanity of vanities; all is vanity.")
+    before = srv.metrics()
+    st1, _, j1 = completion(srv, system + " What profit hath a man", 48)
+    py = system + " One generation passeth away, and another"
+    st2, t2, j2 = completion(srv, py, N_GEN)
+    after = srv.metrics()
+    cached = j2["usage"]["prompt_tokens_details"]["cached_tokens"] if st2 == 200 else -1
+    copies = after["kiln_prefix_copies_total"] - before["kiln_prefix_copies_total"]
+    if st1 == 200 and st2 == 200 and t2 == kiln_run(MODEL, py, N_GEN) and cached >= 16 and copies == 1:
+        ok("shared_prefix (%d of %d prompt tokens from another slot)" % (cached, j2["usage"]["prompt_tokens"]))
+    else:
+        bad("shared_prefix", "st %s %s cached %s copies %s %r" % (st1, st2, cached, copies, t2))
+
     # stop strings
     exp = expected[PROMPTS[0]]
     stop = " the"
@@ -329,6 +355,42 @@ def main():
         ok("malformed (%d bad requests)" % len(cases))
     else:
         bad("malformed", "; ".join(errs) + " health %s" % st)
+
+    # fuzz_requests: random and mangled bodies never crash the server
+    rng = random.Random(7)
+    valid = json.dumps({"prompt": "In the beginning", "max_tokens": 2, "temperature": 0.5, "stop": ["x"],
+                        "stream": False, "seed": 3, "top_k": 5, "top_p": 0.9})
+    chat_valid = json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+                             "max_tokens": 2})
+    weird = [None, True, -1, 0, 1e308, -1e308, 2 ** 70, "", "\u0000x", [], {}, [1, "a"], {"a": []}, "\ud800"]
+    keys = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop",
+            "stream", "stream_options", "model", "n", "repeat_penalty", "frequency_penalty"]
+    bodies = [b"\x00\xff" * 10, b"{" * 5000 + b"}" * 5000, b"[" * 2000, b'{"prompt": "' + b"\xc3" * 50 + b'"}',
+              b'{"prompt":"a\\u0000b","max_tokens":1}', b"x" * (9 << 20)]
+    for i in range(150):
+        base = json.loads(valid if i % 3 else chat_valid)
+        for _ in range(rng.randint(1, 3)):
+            base[rng.choice(keys)] = rng.choice(weird)
+        text = json.dumps(base)
+        if i % 5 == 0:
+            text = text[:rng.randint(0, len(text))]
+        bodies.append(text.encode())
+    errs = []
+    codes = {}
+    for i, b in enumerate(bodies):
+        path = "/v1/chat/completions" if i % 2 else "/v1/completions"
+        try:
+            st, raw = srv.request("POST", path, b)
+            codes[st] = codes.get(st, 0) + 1
+            if st not in (200, 400, 404, 413) or (st != 200 and "error" not in json.loads(raw)):
+                errs.append("%d: %s %r" % (i, st, raw[:200]))
+        except Exception as ex:  # noqa: BLE001
+            errs.append("%d: %r" % (i, ex))
+    st, h = srv.json("GET", "/health")
+    if not errs and st == 200:
+        ok("fuzz_requests (%d bodies: %s)" % (len(bodies), ", ".join("%s x%d" % kv for kv in sorted(codes.items()))))
+    else:
+        bad("fuzz_requests", "; ".join(errs[:5]))
 
     # load_baseline: 1000 requests with offloads, 50 sleep cycles
     n_req = 1000

@@ -282,10 +282,13 @@ static void test_speed(void) {
     double ms = ((double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6) / reps;
     printf("  %zu bytes -> %zu tokens in %.3f ms\n", best_len, n, ms);
     KT_CHECK(n == 1052);
+    /* Not a benchmark (speed is measured by kiln-bench, never asserted on a
+     * shared machine): the bound only catches a quadratic merge loop, which
+     * takes seconds here; ~0.1 ms per 1000 tokens when the machine is idle. */
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
-    const double limit = 100.0; /* instrumented builds are several times slower */
+    const double limit = 5000.0;
 #else
-    const double limit = 10.0;
+    const double limit = 1000.0;
 #endif
     KT_CHECKF(ms < limit, "tokenizing took %.3f ms", ms);
     free(prompts);

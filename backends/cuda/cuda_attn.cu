@@ -7,7 +7,7 @@
  * block_tables[attn_table[t] + p / block_size] * block_size + p % block_size.
  *
  * Split-KV ("flash decoding"): positions are cut into splits of
- * KCU_ATTN_SPLIT; a block of 4 warps computes one (token, head, split):
+ * KCU_ATTN_SPLIT_DECODE or _PREFILL positions; a block of 4 warps computes one (token, head, split):
  * each warp runs an online softmax (running max m, sum l, unnormalised
  * output) over every 4th position, the 4 warps are merged in order and the
  * split's (m, l, O) written to scratch; a second kernel folds the splits of
@@ -26,7 +26,12 @@
 
 #include "cuda_internal.cuh"
 
-#define KCU_ATTN_SPLIT 128     /* positions per split: a decode step at 4096 has 32 per head */
+/* positions per split: decode steps (at most 8 tokens) use short splits
+ * (many blocks in flight, each a short chain of loads), prefill longer ones
+ * (less scratch and folding). A row's result depends on the split length,
+ * so it is fixed per path: decode rows agree whatever the batch size. */
+#define KCU_ATTN_SPLIT_DECODE 32
+#define KCU_ATTN_SPLIT_PREFILL 128
 #define KCU_ATTN_PART_MAX (64u << 20) /* scratch bytes of partial results per launch */
 #define KCU_ATTN_WARPS 4
 
@@ -34,15 +39,15 @@ template <int DPL> /* head_dim / 32 */
 static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
     attn_split_kernel(const float *q, uint64_t qs, const __half *kc, const __half *vc, int kv_dim,
                       const int32_t *attn_table, const int32_t *attn_n_kv, const int32_t *block_tables,
-                      int block_size, int group, float scale, float *part, int n_splits, int t0) {
+                      int block_size, int group, float scale, float *part, int n_splits, int t0, int split_len) {
     kcu_pdl_wait();
     constexpr int D = DPL * 32;
     const int t = t0 + blockIdx.x, h = blockIdx.y, split = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n_kv = attn_n_kv[t];
-    const int p0 = split * KCU_ATTN_SPLIT;
+    const int p0 = split * split_len;
     if (p0 >= n_kv) return; /* the fold reads only the splits below n_kv */
-    const int p1 = min(n_kv, p0 + KCU_ATTN_SPLIT);
+    const int p1 = min(n_kv, p0 + split_len);
     const int kvh = h / group;
     const float *qr = q + (uint64_t)t * qs + (uint64_t)h * D;
     float qv[DPL], acc[DPL];
@@ -128,12 +133,110 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
     }
 }
 
+/* Prefill: a block computes (tile of up to TT tokens of one sequence, head,
+ * split); every K/V row loaded serves all the tile's tokens, each with its
+ * own causal limit n_kv, online softmax state and output. */
+template <int DPL, int TT>
+static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
+    attn_tile_kernel(const float *q, uint64_t qs, const __half *kc, const __half *vc, int kv_dim,
+                     const int32_t *attn_table, const int32_t *attn_n_kv, const int32_t *block_tables, int block_size,
+                     int group, float scale, float *part, int n_splits, int tile0, int tok0, int split_len,
+                     const int32_t *tiles) {
+    kcu_pdl_wait();
+    constexpr int D = DPL * 32;
+    const int tile = tile0 + blockIdx.x, h = blockIdx.y, split = blockIdx.z;
+    const int start = tiles[2 * tile], cnt = tiles[2 * tile + 1];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int nk[TT];
+    int maxkv = 0;
+#pragma unroll
+    for (int j = 0; j < TT; j++) {
+        nk[j] = j < cnt ? attn_n_kv[start + j] : 0;
+        maxkv = max(maxkv, nk[j]);
+    }
+    const int p0 = split * split_len;
+    if (p0 >= maxkv) return;
+    const int p1 = min(maxkv, p0 + split_len);
+    const int kvh = h / group;
+    float qv[TT][DPL], acc[TT][DPL], m[TT], l[TT];
+#pragma unroll
+    for (int j = 0; j < TT; j++) {
+        m[j] = -INFINITY;
+        l[j] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            qv[j][i] = j < cnt ? q[(uint64_t)(start + j) * qs + (uint64_t)h * D + lane + 32 * i] : 0.0f;
+            acc[j][i] = 0.0f;
+        }
+    }
+    const int32_t *table = block_tables + attn_table[start];
+    for (int p = p0 + warp; p < p1; p += KCU_ATTN_WARPS) {
+        const uint64_t cell = (uint64_t)table[p / block_size] * block_size + p % block_size;
+        const __half *kr = kc + cell * kv_dim + (uint64_t)kvh * D, *vr = vc + cell * kv_dim + (uint64_t)kvh * D;
+        float kf[DPL], vf[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            kf[i] = __half2float(kr[lane + 32 * i]);
+            vf[i] = __half2float(vr[lane + 32 * i]);
+        }
+#pragma unroll
+        for (int j = 0; j < TT; j++) {
+            if (p >= nk[j]) continue; /* warp-uniform */
+            float sc = 0.0f;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) sc = fmaf(qv[j][i], kf[i], sc);
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) sc += __shfl_xor_sync(0xffffffffu, sc, o);
+            sc *= scale;
+            const float mn = fmaxf(m[j], sc);
+            const float corr = expf(m[j] - mn), e = expf(sc - mn);
+            l[j] = l[j] * corr + e;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) acc[j][i] = acc[j][i] * corr + e * vf[i];
+            m[j] = mn;
+        }
+    }
+    __shared__ float sm[KCU_ATTN_WARPS][TT], sl[KCU_ATTN_WARPS][TT], so[KCU_ATTN_WARPS][D];
+#pragma unroll
+    for (int j = 0; j < TT; j++) {
+        if (j >= cnt) break;
+        __syncthreads();
+        if (lane == 0) {
+            sm[warp][j] = m[j];
+            sl[warp][j] = l[j];
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; i++) so[warp][lane + 32 * i] = acc[j][i];
+        __syncthreads();
+        if (p0 >= nk[j]) continue; /* the fold reads only the splits below n_kv */
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < KCU_ATTN_WARPS; w++) M = fmaxf(M, sm[w][j]);
+        float *out = part + (((uint64_t)(start + j - tok0) * gridDim.y + h) * n_splits + split) * (D + 2);
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < KCU_ATTN_WARPS; w++)
+                if (sm[w][j] != -INFINITY) o += so[w][d] * expf(sm[w][j] - M);
+            out[2 + d] = o;
+        }
+        if (threadIdx.x == 0) {
+            float L = 0.0f;
+#pragma unroll
+            for (int w = 0; w < KCU_ATTN_WARPS; w++)
+                if (sm[w][j] != -INFINITY) L += sl[w][j] * expf(sm[w][j] - M);
+            out[0] = M;
+            out[1] = L;
+        }
+    }
+}
+
 static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n_kv, int n_splits, int D, float *dst,
-                                        uint64_t ds, int t0) {
+                                        uint64_t ds, int t0, int8_t *xq, float *xd, int split_len) {
     kcu_pdl_wait();
     const int t = t0 + blockIdx.x, h = blockIdx.y;
     const int n_kv = attn_n_kv[t];
-    const int ns = (n_kv + KCU_ATTN_SPLIT - 1) / KCU_ATTN_SPLIT;
+    const int ns = (n_kv + split_len - 1) / split_len;
     float *o = dst + (uint64_t)t * ds + (uint64_t)h * D;
     const float *p = part + ((uint64_t)blockIdx.x * gridDim.y + h) * n_splits * (D + 2);
     float M = -INFINITY;
@@ -143,7 +246,12 @@ static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float a = 0.0f;
         for (int s = 0; s < ns; s++) a += p[(uint64_t)s * (D + 2) + 2 + d] * expf(p[(uint64_t)s * (D + 2)] - M);
-        o[d] = ns > 0 && L > 0.0f ? a / L : 0.0f;
+        const float v = ns > 0 && L > 0.0f ? a / L : 0.0f;
+        o[d] = v;
+        if (xq) { /* D % 32 == 0: a warp holds one block of the row */
+            const int64_t K = (int64_t)gridDim.y * D;
+            kcu_q8_store(v, (int64_t)h * D + d, xq + (int64_t)t * K, xd + (int64_t)t * (K / 32));
+        }
     }
 }
 
@@ -176,9 +284,10 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     if (a.n_head > 65535 || ub->n_tokens > 0x7fffffff)
         return kcu_error(KILN_E_UNSUPPORTED, "cuda attention: too many heads or tokens");
     /* decode: launch for the whole cache (graph-stable); prefill: the longest row */
-    const uint32_t span = ub->n_tokens <= 8 ? ub->n_cells : (uint32_t)ub->max_n_kv;
-    const int n_splits = (int)((span + KCU_ATTN_SPLIT - 1) / KCU_ATTN_SPLIT) > 0
-                             ? (int)((span + KCU_ATTN_SPLIT - 1) / KCU_ATTN_SPLIT) : 1;
+    const bool decode = ub->n_tokens <= 8;
+    const uint32_t span = decode ? ub->n_cells : (uint32_t)ub->max_n_kv;
+    const int split_len = decode ? KCU_ATTN_SPLIT_DECODE : KCU_ATTN_SPLIT_PREFILL;
+    const int n_splits = (int)((span + split_len - 1) / split_len) > 0 ? (int)((span + split_len - 1) / split_len) : 1;
     if (n_splits > 65535) return kcu_error(KILN_E_UNSUPPORTED, "cuda attention: %u positions", span);
     struct { kiln_bk_tensor q, d; const void *k, *v; kiln_bk_attn a; int ns; } args;
     memset(&args, 0, sizeof args);
@@ -187,14 +296,52 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     const uint64_t per_token = (uint64_t)a.n_head * n_splits * (a.head_dim + 2) * sizeof(float);
     uint32_t chunk = (uint32_t)(KCU_ATTN_PART_MAX / per_token);
     if (chunk < 1) chunk = 1;
+    if (!decode && chunk < 8) chunk = 8; /* a prefill tile has up to 8 tokens */
     if (chunk > ub->n_tokens) chunk = ub->n_tokens;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    int8_t *xq;
+    float *xd;
+    if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, (int64_t)qw, ub->n_tokens, &xq, &xd)))
+        return st;
     if ((st = kcu_pool_alloc(dev, per_token * chunk, &part))) return st;
     const int group = (int)(a.n_head / a.n_head_kv);
     const float *qp = (const float *)kcu_tensor_ptr(q);
     const uint64_t qs = q->row_stride / 4;
     float *pp = (float *)part->ptr;
     cudaError_t e = cudaSuccess;
+    if (!decode && ub->n_tiles > 0) {
+        /* prefill: tiles of one sequence's consecutive tokens, in chunks of
+         * whole tiles whose partial results fit the scratch */
+        const int32_t *th = ub->tiles_host;
+        for (uint32_t f = 0; f < ub->n_tiles && e == cudaSuccess;) {
+            const uint32_t tok0 = (uint32_t)th[2 * f];
+            uint32_t l = f, ntok = 0;
+            while (l < ub->n_tiles && ntok + (uint32_t)th[2 * l + 1] <= chunk) ntok += (uint32_t)th[2 * l++ + 1];
+            if (l == f) ntok = (uint32_t)th[2 * l++ + 1]; /* chunk >= 8 >= a tile, but be safe */
+            dim3 grid(l - f, a.n_head, n_splits);
+#define ATT_T(DPL_)                                                                                           \
+    case DPL_:                                                                                                \
+        e = kcu_launch(attn_tile_kernel<DPL_, 8>, grid, KCU_ATTN_WARPS * 32, 0, dev->stream, qp, qs,           \
+                       (const __half *)k_cache->ptr, (const __half *)v_cache->ptr, (int)kv_dim, ub->attn_table, \
+                       ub->attn_n_kv, ub->block_tables, (int)ub->block_size, group, a.scale, pp, n_splits,   \
+                       (int)f, (int)tok0, split_len, (const int32_t *)ub->tiles);                            \
+        break;
+            switch (a.head_dim / 32) {
+                ATT_T(1) ATT_T(2) ATT_T(3) ATT_T(4) ATT_T(5) ATT_T(6) ATT_T(7) ATT_T(8)
+            }
+#undef ATT_T
+            if (e == cudaSuccess) {
+                dim3 g2(ntok, a.n_head);
+                e = kcu_launch(attn_fold_kernel, g2, a.head_dim < 128 ? 64 : 128, 0, dev->stream, pp, ub->attn_n_kv,
+                               n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)tok0,
+                               xq, xd, split_len);
+            }
+            f = l;
+        }
+        kcu_pool_free(part);
+        if (e != cudaSuccess) return kcu_cuda_error(e, "attention");
+        return KILN_OK;
+    }
     /* tokens in chunks so that the partial results stay bounded; each
      * (token, head) is computed the same way whatever the chunk */
     for (uint32_t t0 = 0; t0 < ub->n_tokens && e == cudaSuccess; t0 += chunk) {
@@ -205,7 +352,7 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
         e = kcu_launch(attn_split_kernel<DPL_>, grid, KCU_ATTN_WARPS * 32, 0, dev->stream, qp, qs,            \
                        (const __half *)k_cache->ptr, (const __half *)v_cache->ptr, (int)kv_dim, ub->attn_table, \
                        ub->attn_n_kv, ub->block_tables, (int)ub->block_size, group, a.scale, pp, n_splits,   \
-                       (int)t0);                                                                             \
+                       (int)t0, split_len);                                                                  \
         break;
         switch (a.head_dim / 32) {
             ATT(1) ATT(2) ATT(3) ATT(4) ATT(5) ATT(6) ATT(7) ATT(8)
@@ -214,7 +361,8 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
         if (e == cudaSuccess) {
             dim3 g2(nt, a.n_head);
             e = kcu_launch(attn_fold_kernel, g2, a.head_dim < 128 ? 64 : 128, 0, dev->stream, pp, ub->attn_n_kv,
-                           n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)t0);
+                           n_splits, (int)a.head_dim, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, (int)t0, xq,
+                           xd, split_len);
         }
     }
     kcu_pool_free(part); /* stream-ordered: safe to hand out again */

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cuda_internal.cuh"
 
@@ -25,6 +26,7 @@
 /* ------------------------------------------------------------------------ */
 
 static const kiln_bk_host *g_host;
+int kcu_pdl_mode = 1;
 
 kiln_status kcu_error(kiln_status st, const char *fmt, ...) {
     char msg[512];
@@ -270,6 +272,10 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     {
         const char *v = getenv("KILN_CUDA_MMV");
         dev->mmv_variant = v ? atoi(v) : 0;
+        const char *pdl = getenv("KILN_CUDA_PDL");
+        if (pdl && *pdl) kcu_pdl_mode = atoi(pdl);
+        const char *pr = getenv("KILN_CUDA_PROFILE");
+        dev->profile = pr && *pr && strcmp(pr, "0") != 0;
     }
     kiln_status st = KILN_OK;
     cudaError_t e;
@@ -281,6 +287,10 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     }
     cudaDeviceGetAttribute(&dev->sm_count, cudaDevAttrMultiProcessorCount, index);
     if ((st = stage_reserve(dev, KCU_STAGE_MIN))) goto fail;
+    if (dev->profile && (cudaEventCreate(&dev->ev0) != cudaSuccess || cudaEventCreate(&dev->ev1) != cudaSuccess)) {
+        (void)cudaGetLastError();
+        dev->profile = false;
+    }
     {
         cudaDeviceProp prop;
         cudaGetDeviceProperties(&prop, index);
@@ -305,6 +315,21 @@ static void cuda_device_close(kiln_bk_device *dev) {
         if (g) cudaGraphDestroy(g);
     }
     if (dev->stream) cudaStreamSynchronize(dev->stream);
+    if (dev->profile) {
+        kcu_log(dev, KILN_LOG_ERROR,
+                "cuda profile: graphs: %llu captured, %llu captures failed (last error %d), %llu replays, %llu "
+                "replays that did not match",
+                (unsigned long long)dev->n_captures, (unsigned long long)dev->n_capture_fail,
+                dev->last_capture_error, (unsigned long long)dev->n_replays, (unsigned long long)dev->n_mismatch);
+        if (dev->prof_n)
+            kcu_log(dev, KILN_LOG_ERROR,
+                    "cuda profile: %llu graph launches of %llu nodes: GPU %.3f ms each, %.3f ms wall from one "
+                    "launch to the next",
+                    (unsigned long long)dev->prof_n, (unsigned long long)dev->prof_nodes,
+                    dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n);
+        if (dev->ev0) cudaEventDestroy(dev->ev0);
+        if (dev->ev1) cudaEventDestroy(dev->ev1);
+    }
     graphs_clear(dev);
     kcu_xq_release(dev);
     pool_detach_in_use(dev);
@@ -613,6 +638,7 @@ static void ub_free(kiln_bk_device *dev) {
     if (dev->ub_dev) cudaFree(dev->ub_dev);
     dev->ub_dev = NULL;
     dev->ub_dev_cap = 0;
+    kcu_free(dev->ub.tiles_host);
     memset(&dev->ub, 0, sizeof dev->ub);
 }
 
@@ -663,7 +689,26 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
     memcpy(&u, ubp, ubp->struct_size < sizeof u ? ubp->struct_size : sizeof u);
     if ((st = ubatch_validate(&u))) return st;
     uint32_t n = u.n_tokens, nb = u.n_block_entries;
-    size_t need = ((size_t)4 * n + nb + 1) * sizeof(int32_t);
+    /* prefill attention tiles (see cuda_attn.cu) */
+    uint32_t n_tiles = 0;
+    if (u.attn_table && n > 8) {
+        if (2 * n > dev->ub.tiles_cap) {
+            int32_t *t = (int32_t *)kcu_calloc((size_t)4 * n * sizeof(int32_t));
+            if (!t) return kcu_error(KILN_E_OOM_HOST, "cuda backend: set_ubatch: out of memory for tiles");
+            kcu_free(dev->ub.tiles_host);
+            dev->ub.tiles_host = t;
+            dev->ub.tiles_cap = 4 * n;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            if (i == 0 || u.attn_table[i] != u.attn_table[i - 1] || dev->ub.tiles_host[2 * n_tiles - 1] == 8) {
+                dev->ub.tiles_host[2 * n_tiles] = (int32_t)i;
+                dev->ub.tiles_host[2 * n_tiles + 1] = 0;
+                n_tiles++;
+            }
+            dev->ub.tiles_host[2 * n_tiles - 1]++;
+        }
+    }
+    size_t need = ((size_t)4 * n + nb + 2 * n_tiles + 1) * sizeof(int32_t);
     if (need > dev->ub_dev_cap) {
         int32_t *d = NULL;
         size_t cap = need * 2;
@@ -691,6 +736,7 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
         for (uint32_t i = 0; i < n; i++) max_n_kv = u.attn_n_kv[i] > max_n_kv ? u.attn_n_kv[i] : max_n_kv;
     }
     if (nb) memcpy(h + 4 * n, u.block_tables, (size_t)nb * sizeof(int32_t));
+    if (n_tiles) memcpy(h + 4 * n + nb, dev->ub.tiles_host, (size_t)2 * n_tiles * sizeof(int32_t));
     KCU_CHECK(cudaMemcpyAsync(dev->ub_dev, h, need, cudaMemcpyHostToDevice, dev->stream), "set_ubatch: copy");
     dev->stage_used = (need + 255) & ~(size_t)255;
     struct kcu_ubatch *ub = &dev->ub;
@@ -707,6 +753,8 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
     ub->attn_table = dev->ub_dev + 2 * n;
     ub->attn_n_kv = dev->ub_dev + 3 * n;
     ub->block_tables = dev->ub_dev + 4 * n;
+    ub->tiles = dev->ub_dev + 4 * n + nb;
+    ub->n_tiles = n_tiles;
     return KILN_OK;
 }
 
@@ -731,6 +779,23 @@ void kcu_xq_release(kiln_bk_device *dev) {
     dev->xq_src = NULL;
 }
 
+kiln_status kcu_xq_produce(kiln_bk_device *dev, const void *dst, uint64_t row_stride, int64_t K, int64_t rows,
+                           int8_t **xq, float **xd) {
+    *xq = NULL;
+    *xd = NULL;
+    if (!dev->int8_seen || rows > 8 || rows < 1 || K % 32 || dev->mmv_variant == 6) return KILN_OK;
+    kcu_xq_release(dev);
+    kiln_status st = kcu_pool_alloc(dev, (uint64_t)rows * K + (uint64_t)rows * (K / 32) * sizeof(float), &dev->xq_buf);
+    if (st) return st;
+    *xq = (int8_t *)dev->xq_buf->ptr;
+    *xd = (float *)(*xq + (uint64_t)rows * K);
+    dev->xq_src = dst;
+    dev->xq_stride = row_stride;
+    dev->xq_K = K;
+    dev->xq_nt = rows;
+    return KILN_OK;
+}
+
 bool kcu_op_matmul(kiln_bk_device *dev, const void *args, size_t n) {
     if (!dev->graph_mode) return true;
     dev->graph_hash = fnv(dev->graph_hash, args, n);
@@ -751,6 +816,12 @@ static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
     kcu_xq_release(dev);
     /* the staged inputs of the last launch must have been read */
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "graph_begin: synchronize");
+    if (dev->profile && dev->ev_pending) {
+        float ms = 0;
+        cudaEventElapsedTime(&ms, dev->ev0, dev->ev1);
+        dev->prof_gpu_ms += ms;
+        dev->ev_pending = false;
+    }
     if (dev->stage_cap < (1u << 20) && (st = stage_reserve(dev, 1u << 20))) return st;
     dev->stage_used = 0;
     dev->graph_failed = false;
@@ -786,12 +857,29 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
         for (int i = 0; i < dev->n_graphs; i++) {
             if (dev->graphs[i].key != dev->graph_key) continue;
             if (dev->graphs[i].hash != dev->graph_hash || dev->graph_failed) {
+                dev->n_mismatch++;
                 cudaGraphExecDestroy(dev->graphs[i].exec);
                 dev->graphs[i] = dev->graphs[--dev->n_graphs];
                 *redo = 1;
                 return KILN_OK;
             }
+            dev->n_replays++;
+            if (dev->profile) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                const double now = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+                if (dev->prof_last_end > 0) {
+                    dev->prof_wall_ms += now - dev->prof_last_end;
+                    dev->prof_n++;
+                }
+                dev->prof_last_end = now;
+                cudaEventRecord(dev->ev0, dev->stream);
+            }
             KCU_CHECK(cudaGraphLaunch(dev->graphs[i].exec, dev->stream), "graph launch");
+            if (dev->profile) {
+                cudaEventRecord(dev->ev1, dev->stream);
+                dev->ev_pending = true;
+            }
             return KILN_OK;
         }
         *redo = 1;
@@ -801,8 +889,15 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     cudaError_t e = cudaStreamEndCapture(dev->stream, &g);
     cudaGraphExec_t exec = NULL;
     if (e == cudaSuccess && !dev->graph_failed) e = cudaGraphInstantiate(&exec, g, 0);
+    if (e == cudaSuccess && g && dev->profile) {
+        size_t nn = 0;
+        cudaGraphGetNodes(g, NULL, &nn);
+        dev->prof_nodes = nn;
+    }
     if (g) cudaGraphDestroy(g);
     if (e != cudaSuccess || dev->graph_failed) {
+        dev->n_capture_fail++;
+        dev->last_capture_error = dev->graph_failed ? -1 : (int)e;
         (void)cudaGetLastError();
         if (exec) cudaGraphExecDestroy(exec);
         *redo = 1; /* nothing recorded ran: the caller issues the operations again */
@@ -814,6 +909,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
         memmove(dev->graphs, dev->graphs + 1, sizeof dev->graphs[0] * (KCU_MAX_GRAPHS - 1));
         dev->n_graphs--;
     }
+    dev->n_captures++;
     dev->graphs[dev->n_graphs].key = dev->graph_key;
     dev->graphs[dev->n_graphs].hash = dev->graph_hash;
     dev->graphs[dev->n_graphs].exec = exec;
@@ -859,6 +955,7 @@ static const kiln_backend_iface cuda_iface = {
     cuda_set_host,
     cuda_graph_begin,
     cuda_graph_end,
+    kcu_add_rms_norm,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

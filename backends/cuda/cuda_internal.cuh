@@ -83,6 +83,11 @@ struct kcu_ubatch {
     bool has_kv, has_attn;
     int32_t max_n_kv;        /* host copy: largest attn_n_kv */
     int32_t *pos, *kv_cell, *attn_table, *attn_n_kv, *block_tables; /* device */
+    /* prefill attention tiles: runs of up to 8 consecutive tokens with the
+     * same block table, (first token, count) pairs; host and device */
+    uint32_t n_tiles;
+    int32_t *tiles_host, *tiles;
+    uint32_t tiles_cap;
 };
 
 #define KCU_MAX_GRAPHS 8
@@ -123,6 +128,7 @@ struct kiln_bk_device {
     const void *xq_src;
     uint64_t xq_stride;
     int64_t xq_K, xq_nt;
+    bool int8_seen;          /* a decode product here took int8 x */
 
     /* graphs */
     int graph_mode;          /* 0 eager, 1 capturing, 2 replaying */
@@ -130,6 +136,15 @@ struct kiln_bk_device {
     struct kcu_graph graphs[KCU_MAX_GRAPHS];
     int n_graphs;
     bool graph_failed;       /* an operation failed while capturing */
+    /* KILN_CUDA_PROFILE=1: GPU time of graph launches and wall time between
+     * them, printed at close (how much of a decode step is host work) */
+    bool profile;
+    cudaEvent_t ev0, ev1;
+    bool ev_pending;
+    double prof_gpu_ms, prof_wall_ms, prof_last_end;
+    uint64_t prof_n, prof_nodes;
+    uint64_t n_captures, n_capture_fail, n_replays, n_mismatch;
+    int last_capture_error;
 };
 
 /* ---- launches ----
@@ -139,12 +154,21 @@ struct kiln_bk_device {
  * Correctness rests on every kernel calling kcu_pdl_wait() before it reads
  * or writes global memory (it returns once the previous grid has finished
  * and its writes are visible), and on allowing the next launch at once. */
+#ifndef KCU_PDL_EARLY
+#define KCU_PDL_EARLY 0 /* 1: dependents may launch as soon as a grid starts */
+#endif
 static __device__ __forceinline__ void kcu_pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#if KCU_PDL_EARLY
     asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+#endif
 }
+
+/* KILN_CUDA_PDL=0 turns programmatic dependent launch off (comparison);
+ * read at the first device_open. */
+extern int kcu_pdl_mode;
 
 template <typename... KArgs, typename... Args>
 static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
@@ -158,8 +182,22 @@ static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 b
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = kcu_pdl_mode != 0;
     return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+}
+
+/* Quantizes one value of a 32-element block held by the 32 lanes of a warp
+ * (lane i holds element i of the block; the whole warp must call it) to
+ * int8 with the block's scale amax / 127: the activation format of the
+ * Q4_0/Q8_0 decode kernels, written by the operations that produce x so
+ * that the products need no quantization pass of their own. */
+static __device__ __forceinline__ void kcu_q8_store(float v, int64_t i, int8_t *xq, float *xd) {
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    xq[i] = (int8_t)__float2int_rn(v * id);
+    if ((i & 31) == 0) xd[i / 32] = d;
 }
 
 /* ---- cuda_backend.cu ---- */
@@ -178,6 +216,12 @@ kiln_status kcu_stage(kiln_bk_device *dev, const void *src, size_t bytes, const 
 /* In graph mode, folds an operation's arguments into the running hash and
  * says whether to launch (0: replaying, skip the launch). */
 bool kcu_op(kiln_bk_device *dev, const void *args, size_t n);
+/* For an operation about to write x (rows of K floats at dst, row_stride
+ * apart): when this handle's decode products take int8 x and the rows are
+ * few enough, allocates the int8 copy, records it as the cached x and
+ * returns where the kernel writes it; else *xq = NULL. Call after kcu_op. */
+kiln_status kcu_xq_produce(kiln_bk_device *dev, const void *dst, uint64_t row_stride, int64_t K, int64_t rows,
+                           int8_t **xq, float **xd);
 /* Drops the cached int8 x (stream-ordered). */
 void kcu_xq_release(kiln_bk_device *dev);
 /* kcu_op for matmul: keeps the cached int8 x. */
@@ -193,6 +237,8 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
                          kiln_bk_tensor *dst);
 kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *w,
                          float eps, kiln_bk_tensor *dst);
+kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                             kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst);
 kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
                     kiln_bk_tensor *dst);
 kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope);

@@ -503,6 +503,7 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
                  dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt)
     if ((w->type == KCU_Q4_0 || w->type == KCU_Q8_0) && v != 4) { /* KILN_CUDA_MMV=4: float x (comparison) */
         const int nb = (int)(K / 32);
+        dev->int8_seen = true; /* producers of x write int8 copies from now on */
         const bool reuse = dev->xq_buf && dev->xq_src == xp && dev->xq_stride == x->row_stride && dev->xq_K == K &&
                            dev->xq_nt == nt;
         if (!reuse) {

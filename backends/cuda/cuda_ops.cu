@@ -104,7 +104,7 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
 /* ------------------------------------------------------------------------ */
 
 static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float *w, float *y, uint64_t ys, int64_t n,
-                                       float eps) {
+                                       float eps, int8_t *xq, float *xd) {
     kcu_pdl_wait();
     const float *xr = x + blockIdx.x * xs;
     float *yr = y + blockIdx.x * ys;
@@ -122,7 +122,12 @@ static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float 
     __syncthreads();
     const float mean = (float)(part[0] / (double)n);
     const float scale = 1.0f / sqrtf(mean + eps);
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
+        yr[i] = v;
+        /* n % 32 == 0 and blockDim % 32 == 0: a warp holds one whole block */
+        if (xq) kcu_q8_store(v, i, xq + blockIdx.x * n, xd + blockIdx.x * (n / 32));
+    }
 }
 
 kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *w, float eps,
@@ -142,11 +147,80 @@ kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kil
     memset(&args, 0, sizeof args);
     args.a = *x, args.b = *w, args.c = *dst, args.eps = eps;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
-    const int threads = x->ne[0] >= 1024 ? 256 : x->ne[0] >= 256 ? 128 : 64;
+    const int threads = x->ne[0] >= 4096 ? 1024 : x->ne[0] >= 1024 ? 256 : x->ne[0] >= 256 ? 128 : 64;
+    int8_t *xq;
+    float *xd;
+    if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, dst->ne[0], dst->ne[1], &xq, &xd))) return st;
     kcu_launch(rms_norm_kernel, (unsigned)x->ne[1], threads, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(x), x->row_stride / 4, (const float *)kcu_tensor_ptr(w),
-        (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, x->ne[0], eps);
+        (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, x->ne[0], eps, xq, xd);
     KCU_LAUNCHED("rms_norm");
+    return KILN_OK;
+}
+
+/* sum = a + b, then dst = rms_norm(sum) * w: one block per row. The sum is
+ * written first and read back by the same threads, so the arithmetic is
+ * exactly add's followed by rms_norm's. */
+static __global__ void add_rms_norm_kernel(const float *a, uint64_t as, const float *b, uint64_t bs, float *sum,
+                                           uint64_t ss, const float *w, float *y, uint64_t ys, int64_t n, float eps,
+                                           int8_t *xq, float *xd) {
+    kcu_pdl_wait();
+    const float *ar = a + blockIdx.x * as, *br = b + blockIdx.x * bs;
+    float *sr = sum + blockIdx.x * ss, *yr = y + blockIdx.x * ys;
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = ar[i] + br[i];
+        sr[i] = v;
+        s += (double)v * (double)v;
+    }
+    __shared__ double part[32];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (threadIdx.x == 0) part[0] = s;
+    }
+    __syncthreads();
+    const float mean = (float)(part[0] / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = __fmul_rn(__fmul_rn(sr[i], scale), w[i]);
+        yr[i] = v;
+        if (xq) kcu_q8_store(v, i, xq + blockIdx.x * n, xd + blockIdx.x * (n / 32));
+    }
+}
+
+kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                             kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst) {
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(a, KCU_F32, "add_rms_norm", "a")) ||
+        (st = kcu_tensor_check(b, KCU_F32, "add_rms_norm", "b")) ||
+        (st = kcu_tensor_check(sum, KCU_F32, "add_rms_norm", "sum")) ||
+        (st = kcu_tensor_check(w, KCU_F32, "add_rms_norm", "w")) ||
+        (st = kcu_tensor_check(dst, KCU_F32, "add_rms_norm", "dst")))
+        return st;
+    const int64_t n = a->ne[0], rows = a->ne[1];
+    if (b->ne[0] != n || b->ne[1] != rows || sum->ne[0] != n || sum->ne[1] != rows || w->ne[0] != n ||
+        dst->ne[0] != n || dst->ne[1] != rows)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda add_rms_norm: shapes differ");
+    if (!(eps >= 0.0f)) return kcu_error(KILN_E_INVALID_ARG, "cuda add_rms_norm: eps %g", (double)eps);
+    if (n == 0 || rows == 0) return KILN_OK;
+    if (rows > 0x7fffffff) return kcu_error(KILN_E_INVALID_ARG, "cuda add_rms_norm: too many rows");
+    struct { kiln_bk_tensor a, b, s, w, d; float eps; } args;
+    memset(&args, 0, sizeof args);
+    args.a = *a, args.b = *b, args.s = *sum, args.w = *w, args.d = *dst, args.eps = eps;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    int8_t *xq;
+    float *xd;
+    if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, n, rows, &xq, &xd))) return st;
+    const int threads = n >= 4096 ? 1024 : n >= 1024 ? 256 : n >= 256 ? 128 : 64;
+    kcu_launch(add_rms_norm_kernel, (unsigned)rows, threads, 0, dev->stream, (const float *)kcu_tensor_ptr(a),
+               a->row_stride / 4, (const float *)kcu_tensor_ptr(b), b->row_stride / 4, (float *)kcu_tensor_ptr(sum),
+               sum->row_stride / 4, (const float *)kcu_tensor_ptr(w), (float *)kcu_tensor_ptr(dst),
+               dst->row_stride / 4, n, eps, xq, xd);
+    KCU_LAUNCHED("add_rms_norm");
     return KILN_OK;
 }
 
@@ -196,17 +270,23 @@ kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_
 /* One thread per (token, pair): the angle is built by repeated
  * multiplication exactly as the CPU backend (and ggml) builds it, then the
  * pair is rotated in every head. */
+/* One block per token, one thread per (head, pair): every head's rotation
+ * is independent, so all of them are in flight at once (a thread per pair
+ * looping over 32 heads was a chain of 32 dependent memory round trips).
+ * The angle is built by repeated multiplication exactly as the CPU backend
+ * (and ggml) builds it. */
 static __global__ void rope_kernel(float *x, uint64_t xs, const int32_t *pos, int n_head, int head_dim, int half,
                                    int neox, float theta_scale, float freq_scale, const float *ff) {
     kcu_pdl_wait();
-    const int t = blockIdx.x, i = threadIdx.x;
-    if (i >= half) return;
-    float theta = (float)pos[t];
-    for (int j = 0; j < i; j++) theta = __fmul_rn(theta, theta_scale);
-    const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
-    const float c = cosf(th), s = sinf(th);
+    const int t = blockIdx.x;
+    const float p = (float)pos[t];
     float *row = x + (uint64_t)t * xs;
-    for (int h = 0; h < n_head; h++) {
+    for (int k = threadIdx.x; k < n_head * half; k += blockDim.x) {
+        const int h = k / half, i = k % half;
+        float theta = p;
+        for (int j = 0; j < i; j++) theta = __fmul_rn(theta, theta_scale);
+        const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
+        const float c = cosf(th), s = sinf(th);
         float *v = row + (int64_t)h * head_dim;
         float *a = neox ? v + i : v + 2 * i;
         float *b = neox ? v + i + half : v + 2 * i + 1;
@@ -248,7 +328,9 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
     args.ff = ff;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     const float theta_scale = powf(r.freq_base, -2.0f / (float)r.n_rot);
-    kcu_launch(rope_kernel, (unsigned)x->ne[1], (unsigned)((half + 31) / 32 * 32), 0, dev->stream, 
+    const int pairs = (int)r.n_head * half;
+    kcu_launch(rope_kernel, (unsigned)x->ne[1], (unsigned)(pairs >= 1024 ? 1024 : (pairs + 31) / 32 * 32), 0,
+               dev->stream, 
         (float *)kcu_tensor_ptr(x), x->row_stride / 4, dev->ub.pos, (int)r.n_head, (int)r.head_dim, half,
         r.mode == KILN_ROPE_NEOX, theta_scale, r.freq_scale, (const float *)ff);
     KCU_LAUNCHED("rope");
@@ -260,13 +342,16 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
 /* ------------------------------------------------------------------------ */
 
 static __global__ void swiglu_kernel(const float *g, uint64_t gs, const float *u, uint64_t us, float *y, uint64_t ys,
-                                     int64_t n, int64_t rows) {
+                                     int64_t n, int64_t rows, int8_t *xq, float *xd) {
     kcu_pdl_wait();
     const int64_t total = n * rows;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / n, c = i % n;
         const float a = g[r * gs + c];
-        y[r * ys + c] = __fmul_rn(__fdiv_rn(a, 1.0f + expf(-a)), u[r * us + c]);
+        const float v = __fmul_rn(__fdiv_rn(a, 1.0f + expf(-a)), u[r * us + c]);
+        y[r * ys + c] = v;
+        /* n % 32 == 0: a warp's 32 consecutive i are one block of one row */
+        if (xq) kcu_q8_store(v, i, xq, xd);
     }
 }
 
@@ -284,9 +369,12 @@ kiln_status kcu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const ki
     args.a = *gate, args.b = *up, args.c = *dst;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     const int64_t blocks = (total + 255) / 256;
+    int8_t *xq;
+    float *xd;
+    if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, dst->ne[0], dst->ne[1], &xq, &xd))) return st;
     kcu_launch(swiglu_kernel, (unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(gate), gate->row_stride / 4, (const float *)kcu_tensor_ptr(up),
-        up->row_stride / 4, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, gate->ne[0], gate->ne[1]);
+        up->row_stride / 4, (float *)kcu_tensor_ptr(dst), dst->row_stride / 4, gate->ne[0], gate->ne[1], xq, xd);
     KCU_LAUNCHED("swiglu");
     return KILN_OK;
 }
@@ -300,7 +388,7 @@ static __global__ void kv_store_kernel(const float *k, uint64_t ks, const float 
     kcu_pdl_wait();
     const int t = blockIdx.x;
     const uint64_t c = (uint64_t)cell[t] * (uint64_t)kv_dim;
-    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+    for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < kv_dim; i += gridDim.y * blockDim.x) {
         kc[c + i] = __float2half_rn(k[(uint64_t)t * ks + i]);
         vc[c + i] = __float2half_rn(v[(uint64_t)t * vs + i]);
     }
@@ -327,7 +415,7 @@ kiln_status kcu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kil
     memset(&args, 0, sizeof args);
     args.k = *k, args.v = *v, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
-    kcu_launch(kv_store_kernel, ub->n_tokens, 128, 0, dev->stream, 
+    kcu_launch(kv_store_kernel, dim3(ub->n_tokens, (kv_dim + 255) / 256), 256, 0, dev->stream, 
         (const float *)kcu_tensor_ptr(k), k->row_stride / 4, (const float *)kcu_tensor_ptr(v), v->row_stride / 4,
         (__half *)k_cache->ptr, (__half *)v_cache->ptr, ub->kv_cell, (int)kv_dim);
     KCU_LAUNCHED("kv_store");

@@ -205,6 +205,9 @@ static void slot_finish(srv_engine *e, srv_slot *s, const char *reason, int flus
     pthread_mutex_unlock(&r->mu);
     e->work.n_requests++;
     e->work.n_prompt_tokens += r->n_prompt;
+    if (e->cfg.verbose)
+        fprintf(stderr, "kiln-server: %s: %s on slot %d: %zu prompt tokens (%u cached), %d generated, %s\n", e->name,
+                r->id, (int)s->id, r->n_prompt, r->n_cached, (int)s->n_gen, reason);
     slot_release(e, s);
 }
 
@@ -366,6 +369,44 @@ static size_t common_prefix(const int32_t *a, size_t na, const int32_t *b, size_
     return i;
 }
 
+/* Another slot may hold a longer prefix of the prompt (a system prompt
+ * shared by conversations): the slot then takes a copy of that sequence,
+ * which shares its KV blocks (copy-on-write, kiln_kv_seq_cp), cut to the
+ * common prefix. Returns the slot's usable prefix (c if nothing better). */
+#define SHARE_MIN_GAIN 16 /* tokens: below this, decoding them is cheaper */
+static size_t slot_share_prefix(srv_engine *e, srv_slot *s, size_t c) {
+    srv_request *r = s->req;
+    srv_slot *donor = NULL;
+    size_t dc = 0;
+    for (int32_t i = 0; i < e->n_slots; i++) {
+        srv_slot *o = &e->slots[i];
+        if (o == s) continue;
+        size_t d = common_prefix(o->cache, o->n_cache, r->prompt, r->n_prompt);
+        if (d > dc) {
+            donor = o;
+            dc = d;
+        }
+    }
+    if (dc > r->n_prompt - 1) dc = r->n_prompt - 1;
+    if (!donor || dc < c + SHARE_MIN_GAIN) return c;
+    if (s->cap_cache < dc) {
+        int32_t *t = srv_realloc(s->cache, dc * sizeof *t);
+        if (!t) return c;
+        s->cache = t;
+        s->cap_cache = dc;
+    }
+    if (kiln_kv_seq_cp(e->kv, donor->id, s->id) != KILN_OK) return c; /* unchanged on failure */
+    if (kiln_kv_seq_rm(e->kv, s->id, (int32_t)dc, -1) != KILN_OK) {
+        kiln_kv_seq_rm(e->kv, s->id, 0, -1);
+        s->n_cache = 0;
+        return 0;
+    }
+    memcpy(s->cache, donor->cache, dc * sizeof *s->cache);
+    s->n_cache = dc;
+    e->work.n_shared_prefixes++;
+    return dc;
+}
+
 /* Prepares a slot for the request just assigned to it: keeps the longest
  * common prefix of its KV sequence and the prompt, creates the sampler and
  * detokenizer. */
@@ -385,6 +426,7 @@ static void slot_start(srv_engine *e, srv_slot *s) {
         if (c > 0 && kiln_kv_seq_restore(e->kv, s->id) == KILN_OK) e->work.n_restores++;
         s->offloaded = 0;
     }
+    c = slot_share_prefix(e, s, c);
     s->n_done = c;
     s->n_target = spec ? r->n_prompt - 1 : r->n_prompt;
     s->n_gen = 0;

@@ -41,7 +41,7 @@ struct srv_server {
     const srv_config *cfg;
     uint16_t port;
     double t_start;
-    atomic_uint_fast64_t n_http, n_4xx, n_5xx, next_id;
+    atomic_uint_fast64_t n_http, n_4xx, n_5xx, next_id, n_seeds;
 };
 
 typedef struct conn_state {
@@ -359,7 +359,7 @@ static int parse_generation(srv_server *S, const char *body, size_t len, srv_req
     r->kind = kind;
     r->model_name = srv_engine_name(e);
     /* without a "seed", every request draws differently */
-    r->sp.seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (atomic_fetch_add(&S->next_id, 1) + 1) * 0xBF58476D1CE4E5B9ull;
+    r->sp.seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (atomic_fetch_add(&S->n_seeds, 1) + 1) * 0xBF58476D1CE4E5B9ull;
     if ((rc = parse_options(root, r, S->cfg, pe))) goto done;
     if ((rc = kind == SRV_REQ_CHAT ? parse_messages(root, e, r, pe) : parse_prompt(root, e, r, pe))) goto done;
     if (r->n_prompt == 0) {
@@ -739,6 +739,9 @@ static enum MHD_Result handle_metrics(srv_server *S, struct MHD_Connection *c) {
            "Prompt tokens found in a slot's KV cache and not evaluated again.", "%llu", U64(s->n_cached_tokens));
     FAMILY("kiln_prompt_tokens_evaluated_total", "counter", "Prompt tokens decoded (re-evaluated).", "%llu",
            U64(s->n_evaluated_tokens));
+    FAMILY("kiln_prefix_copies_total", "counter",
+           "Prompts that took a copy of another slot's common prefix (shared KV blocks).", "%llu",
+           U64(s->n_shared_prefixes));
     FAMILY("kiln_generated_tokens_total", "counter", "Tokens generated.", "%llu", U64(s->n_generated_tokens));
     FAMILY("kiln_decode_steps_total", "counter", "Batched decode steps.", "%llu", U64(s->n_decodes));
     FAMILY("kiln_prompt_seconds_total", "counter", "Seconds in decode steps that carried prompt tokens.", "%.6f",

@@ -165,6 +165,7 @@ typedef struct srv_engine_stats {
     uint64_t n_suspends, n_resumes;
     uint64_t n_offloads, n_restores; /* explicit (idle) offloads, slots brought back */
     uint64_t n_erases;
+    uint64_t n_shared_prefixes;   /* prompts that took another slot's prefix (kiln_kv_seq_cp) */
     int suspended;                /* the context's suspend level */
     int n_busy, n_queued;
     kiln_kv_stats kv;

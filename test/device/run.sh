@@ -135,6 +135,7 @@ if has big; then
         { build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -s 8 -r 2 2>&1 | tail -n 1
+          KILN_CUDA_PROFILE=1 build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -r 1 2>&1 | grep "cuda profile"
         } | tee -a "$OUT/bench-big.log"
         [ -n "${KILN_BIG_KEEP:-}" ] || rm -f "$f"
     done

@@ -17,7 +17,7 @@ import ctypes as _ctypes
 
 from . import _lib
 from ._lib import (ContextParams, DeviceInfo, DraftParams, DraftStats, KvStats, ModelInfo,
-                   ModelParams, PoolStats, SamplerParams, library_path,
+                   ModelParams, PoolStats, QuantizeParams, SamplerParams, library_path,
                    LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG, SUSPEND_KV, SUSPEND_WEIGHTS,
                    DEVICE_HOST_MEMORY)
 from .errors import (KilnError, InvalidArgumentError, KilnIOError, FormatError,
@@ -29,6 +29,7 @@ from .model import Model, Detokenizer, set_log_handler
 from .sampling import Sampler
 from .context import Context, KV, Batch
 from .draft import Draft
+from .quantize import quantize, FTYPES, QUANTIZE_PURE, QUANTIZE_ALLOW_REQUANTIZE
 
 __version__ = _lib.lib.kiln_version().decode()
 

@@ -227,6 +227,27 @@ class DraftStats(_Struct):
                 ("n_target_batches", _u64), ("n_draft_batches", _u64)]
 
 
+class MemoryEntry(_Struct):
+    _c_name_, _init_ = "kiln_memory_entry", "kiln_memory_entry_init_sized"
+    _fields_ = [("struct_size", _u32), ("space", _u32), ("backend", ctypes.c_char * 16),
+                ("device", _i32), ("owner_kind", _u32), ("owner_id", _u64),
+                ("owner_handle", _u64), ("purpose", _u32), ("flags", _u32),
+                ("bytes", _u64), ("count", _u64), ("peak_bytes", _u64)]
+
+
+class MemoryEvent(_Struct):
+    _c_name_, _init_ = "kiln_memory_event", "kiln_memory_event_init_sized"
+    _fields_ = [("struct_size", _u32), ("sign", _i32), ("seq", _u64), ("time_ns", _u64),
+                ("size", _u64), ("bytes_live", _u64), ("space", _u32),
+                ("backend", ctypes.c_char * 16), ("device", _i32), ("owner_kind", _u32),
+                ("owner_id", _u64), ("purpose", _u32), ("line", _i32),
+                ("file", ctypes.c_char_p)]
+
+
+# void (*kiln_memory_fn)(const kiln_memory_event *ev, void *user)
+MEMORY_FN = ctypes.CFUNCTYPE(None, ctypes.POINTER(MemoryEvent), ctypes.c_void_p)
+
+
 class QuantizeParams(_Struct):
     _c_name_, _init_ = "kiln_quantize_params", "kiln_quantize_params_init_sized"
     _fields_ = [("struct_size", _u32), ("ftype", _i32), ("flags", _u32),
@@ -235,7 +256,8 @@ class QuantizeParams(_Struct):
 
 
 STRUCTS = (ModelParams, ModelInfo, ContextParams, Batch, PoolStats, KvStats,
-           SamplerParams, DeviceInfo, DraftParams, DraftStats, QuantizeParams)
+           SamplerParams, DeviceInfo, DraftParams, DraftStats, QuantizeParams,
+           MemoryEntry, MemoryEvent)
 
 # ---------------------------------------------------------------------------
 # Prototypes. Handles are void pointers (opaque); a NULL handle is None.
@@ -261,6 +283,16 @@ _PROTOTYPES = {
     "kiln_version": (_cs, []),
     "kiln_version_number": (_u32, []),
     "kiln_log_set_default": (None, [LOG_FN, _ptr, _i32]),
+    # memory report (docs/memory.md "Finding where memory goes")
+    "kiln_memory_entry_init_sized": (None, [_p(MemoryEntry), _u32]),
+    "kiln_memory_event_init_sized": (None, [_p(MemoryEvent), _u32]),
+    "kiln_memory_report_get": (_st, [_u32, _p(MemoryEntry), _sz, _u32, _szp]),
+    "kiln_memory_report_str": (_st, [_u32, ctypes.c_void_p, _sz, _szp]),
+    "kiln_memory_report": (_st, [ctypes.c_void_p, _u32]),
+    "kiln_memory_purpose_str": (_cs, [_u32]),
+    "kiln_memory_owner_str": (_cs, [_u32]),
+    "kiln_memory_set_callback": (None, [MEMORY_FN, _ptr]),
+    "kiln_memory_leak_count": (_u64, []),
     # model
     "kiln_model_params_init_sized": (None, [_p(ModelParams), _u32]),
     "kiln_model_load": (_st, [_cs, _p(ModelParams), _hp]),
