@@ -85,7 +85,7 @@ ctest() {
 }
 
 if want reference; then ctest test_reference; fi
-if want lifecycle-only; then ctest test_lifecycle; fi
+if [[ " ${KILN_VK_TESTS:-} " == *" lifecycle-only "* ]]; then ctest test_lifecycle; fi
 if want lifecycle; then
     ctest test_lifecycle
     ctest test_kv
