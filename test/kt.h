@@ -7,6 +7,8 @@
  * A test case passes if no KT_CHECK in it failed. kt_finish() prints
  * "kt: N passed, N failed" (read by test/run.sh) and returns the exit code.
  * KT_SKIP(reason) marks the case skipped (e.g. ../shared missing).
+ * KILN_TEST_SKIP="case,case" skips cases by name (test/vulkan.sh uses it to
+ * leave the slowest cases out on lavapipe).
  */
 #ifndef KILN_KT_H
 #define KILN_KT_H

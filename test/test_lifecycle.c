@@ -480,12 +480,20 @@ static void test_weights_residency(void) {
 
 /* ---- cycles ---- */
 
+/* KILN_LIFECYCLE_CYCLES (default 200): fewer for slow backends (lavapipe). */
+static int n_cycles(void) {
+    const char *s = getenv("KILN_LIFECYCLE_CYCLES");
+    int n = s && *s ? atoi(s) : 200;
+    return n > 0 ? n : 200;
+}
+
 static void test_cycles(void) {
     if (!kt_shared(MODEL)) KT_SKIP("../shared not found");
+    const int cycles = n_cycles();
     int32_t t[24];
     kiln_pool_stats first;
     memset(&first, 0, sizeof first);
-    for (int i = 0; i < 200; i++) {
+    for (int i = 0; i < cycles; i++) {
         kiln_model *m = load(0);
         if (!m) break;
         kiln_context_params cp = params();
@@ -508,7 +516,7 @@ static void test_cycles(void) {
     kiln_context_params cp = params();
     kiln_context *c = make_ctx(m, &cp);
     kiln_pool_stats base = pool(c);
-    for (int i = 0; i < 200; i++) {
+    for (int i = 0; i < cycles; i++) {
         tokens(m, t, 3, 12 + (uint32_t)i);
         KT_CHECK_OK(decode_seq(c, t, 3, i % 2));
         KT_CHECK_OK(kiln_context_suspend(c, 1 + i % 2));
@@ -577,7 +585,9 @@ static void fault_run(uint32_t model_flags, int32_t level) {
     const float *got = kiln_context_logits(c, -1);
     KT_CHECK(got && memcmp(got, want, (size_t)nv * sizeof(float)) == 0);
     printf("  level %d, %s weights: %d failure points\n", level, model_flags ? "copied" : "mapped", points);
-    KT_CHECK(points >= 2);
+    /* a plugin backend's own host allocations are its own (not injectable
+     * here), so it reaches fewer points than the built-in CPU backend */
+    KT_CHECK(points >= (kt_on_cpu() ? 2 : 1));
     free(want);
     kiln_context_free(c);
     kiln_model_free(m);

@@ -6,6 +6,9 @@
  *   quantized: mean KL(ref || kiln) <= 0.005, argmax agreement >= 97%.
  * Also: tokens identical, several sequences in one batch equal each alone,
  * n_ubatch 1 / 7 / 512 agree. KILN_BACKEND selects the backend.
+ * For slow backends (lavapipe in CI): KILN_REF_MODELS="name,name,..."
+ * runs only those models ("batching" names the batching test), and
+ * KILN_REF_MAX_TOKENS=N leaves out prompts of more than N tokens.
  *
  * Every model is checked twice:
  *   test_ref_N   kiln as built. Where a README bound is not met the case
@@ -31,6 +34,21 @@
 #include "ggml_attn.h"
 
 static const char *backend(void) { return getenv("KILN_BACKEND"); }
+
+/* KILN_REF_MODELS: a comma-separated subset of the cases to run. */
+static int selected(const char *name) {
+    const char *list = getenv("KILN_REF_MODELS");
+    if (!list || !*list) return 1;
+    size_t n = strlen(name);
+    for (const char *p = list; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return 1;
+    return 0;
+}
+
+static uint32_t max_tokens(void) {
+    const char *s = getenv("KILN_REF_MAX_TOKENS");
+    return s && *s ? (uint32_t)strtoul(s, NULL, 10) : 0;
+}
 
 static const struct {
     const char *name;
@@ -125,6 +143,7 @@ static void compare_row(const float *ref, const float *got, int nv, stats *s) {
 }
 
 static void check_model(const char *name, int quantized, int emulate) {
+    if (!selected(name)) KT_SKIP("not in KILN_REF_MODELS");
     char rel[256];
     snprintf(rel, sizeof rel, "reference/%s.logits", name);
     const char *rpath = kt_shared(rel);
@@ -158,6 +177,7 @@ static void check_model(const char *name, int quantized, int emulate) {
             KT_CHECKF(st == 0 && nt == p->n_tokens && memcmp(toks, p->tokens, nt * 4) == 0,
                       "%s prompt %u: tokens differ (%zu vs %u)", name, pi, nt, p->n_tokens);
         }
+        if (max_tokens() && p->n_tokens > max_tokens()) continue; /* KILN_REF_MAX_TOKENS */
         /* logits of the whole prompt in one batch */
         KT_CHECK_OK(decode_prompt(c, p->tokens, p->n_tokens));
         stats ps = {0};
@@ -234,6 +254,7 @@ MODEL_TEST(5) MODEL_TEST(6) MODEL_TEST(7) MODEL_TEST(8)
 /* Logits of the last token of each prompt: prompts decoded alone vs. all
  * in one batch as different sequences; and n_ubatch 1, 7, 512. */
 static void test_batching(void) {
+    if (!selected("batching")) KT_SKIP("not in KILN_REF_MODELS");
     const char *rpath = kt_shared("reference/tiny-target-f16.logits");
     kiln_model *m = load("tiny-target-f16");
     if (!m || !rpath) {

@@ -1,0 +1,4 @@
+/* get_rows, f16 table (see getrows.glsl) */
+#version 450
+#define WTYPE 1
+#include "getrows.glsl"

@@ -1,0 +1,4 @@
+/* get_rows, f32 table (see getrows.glsl) */
+#version 450
+#define WTYPE 0
+#include "getrows.glsl"

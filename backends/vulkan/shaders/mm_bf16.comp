@@ -1,0 +1,4 @@
+/* matmul, bf16 weights (see mm.glsl) */
+#version 450
+#define WTYPE 30
+#include "mm.glsl"

@@ -1,0 +1,4 @@
+/* matmul, q4_k weights (see mm.glsl) */
+#version 450
+#define WTYPE 12
+#include "mm.glsl"

@@ -1,0 +1,34 @@
+/*
+ * rms_norm.comp - dst = (x * 1/sqrt(mean(x^2) + eps)) * w, one workgroup
+ * per row; dst may alias x (each row is read completely before it is
+ * written).
+ */
+#version 450
+layout(local_size_x = 256) in;
+
+layout(binding = 0) readonly buffer XB { float X[]; };
+layout(binding = 1) readonly buffer WB { float Wt[]; };
+layout(binding = 2) buffer DB { float D[]; };
+
+layout(push_constant) uniform P {
+    uint x_off, x_stride, w_off, d_off, d_stride, n, rows;
+    float eps;
+} p;
+
+shared float red[256];
+
+void main() {
+    uint r = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
+    uint x = p.x_off + r * p.x_stride;
+    float s = 0.0;
+    for (uint i = tid; i < p.n; i += 256u) s += X[x + i] * X[x + i];
+    red[tid] = s;
+    barrier();
+    for (uint k = 128u; k > 0u; k >>= 1) {
+        if (tid < k) red[tid] += red[tid + k];
+        barrier();
+    }
+    float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
+    uint d = p.d_off + r * p.d_stride;
+    for (uint i = tid; i < p.n; i += 256u) D[d + i] = (X[x + i] * scale) * Wt[p.w_off + i];
+}

@@ -1,0 +1,582 @@
+/*
+ * vk_device.c - the Vulkan instance, device enumeration, the VkDevice shared
+ * by every handle of one physical device, device handles, command
+ * recording and submission, the staging ring, and transfers.
+ *
+ * Enumeration (device_count, device_info) creates the process's VkInstance
+ * (once) and lists the physical devices: no VkDevice is created and nothing
+ * is allocated on any device. device_open() creates the VkDevice of
+ * that one device (or joins the one its other handles share).
+ *
+ * Device order: discrete GPUs first, then integrated, virtual, CPU
+ * (lavapipe), others; stable within a kind. Only devices with a compute
+ * queue and VK_KHR_push_descriptor are listed.
+ *
+ * Submission: each handle records operations into one command buffer,
+ * with a full memory barrier after each command, and submits it when the
+ * caller synchronizes or downloads, or when the staging ring is full. The
+ * handles of a device share its one queue (under a lock); every command
+ * buffer starts with a barrier, so work a handle submits is ordered after
+ * everything submitted before it on any handle.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vk_internal.h"
+
+#define KILN_VK_RING_MIN (4ull << 20)     /* default staging ring */
+#define KILN_VK_XFER_CHUNK (16ull << 20)  /* transfers go through the ring in pieces of this */
+#define KILN_VK_POOL_DEFAULT_CAP (256ull << 20)
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+/* The process's one VkInstance, created on first use and kept for the life
+ * of the process, like the plugin itself (the core never unloads it):
+ * creating an instance loads every installed Vulkan driver, which takes
+ * hundreds of milliseconds, and an instance holds nothing on any device. */
+static VkInstance g_instance = VK_NULL_HANDLE;
+static kiln_vk_shared *g_shared;
+
+static kiln_status instance_create(VkInstance *out) {
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO};
+    app.pApplicationName = "kiln";
+    app.pEngineName = "kiln";
+    app.apiVersion = VK_API_VERSION_1_2;
+    VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO};
+    ci.pApplicationInfo = &app;
+    VkResult r = vkCreateInstance(&ci, NULL, out);
+    if (r != VK_SUCCESS) {
+        *out = VK_NULL_HANDLE;
+        if (r == VK_ERROR_INCOMPATIBLE_DRIVER)
+            return kiln_error(KILN_E_NOT_FOUND, "vulkan: no Vulkan 1.2 driver (vkCreateInstance: incompatible driver)");
+        return kiln_vk_result(r, "vkCreateInstance");
+    }
+    return KILN_OK;
+}
+
+/* The process instance; call with g_lock held. */
+static kiln_status instance_get(VkInstance *out) {
+    kiln_status st = KILN_OK;
+    if (g_instance == VK_NULL_HANDLE) st = instance_create(&g_instance);
+    *out = g_instance;
+    return st;
+}
+
+static int kind_rank(VkPhysicalDeviceType t) {
+    switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 0;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 1;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 3;
+    default: return 4;
+    }
+}
+
+/* Queue family with compute, or UINT32_MAX. */
+static uint32_t compute_family(VkPhysicalDevice pd) {
+    VkQueueFamilyProperties fam[32];
+    uint32_t n = 32;
+    vkGetPhysicalDeviceQueueFamilyProperties(pd, &n, fam);
+    for (uint32_t i = 0; i < n; i++)
+        if (fam[i].queueFlags & VK_QUEUE_COMPUTE_BIT) return i;
+    return UINT32_MAX;
+}
+
+static bool has_device_ext(VkPhysicalDevice pd, const char *name) {
+    uint32_t n = 0;
+    if (vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL) != VK_SUCCESS || n == 0) return false;
+    VkExtensionProperties *e = kiln_malloc((size_t)n * sizeof *e);
+    if (!e) return false;
+    bool found = false;
+    if (vkEnumerateDeviceExtensionProperties(pd, NULL, &n, e) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n && !found; i++) found = strcmp(e[i].extensionName, name) == 0;
+    kiln_free(e);
+    return found;
+}
+
+static bool usable(VkPhysicalDevice pd) {
+    VkPhysicalDeviceProperties pr;
+    vkGetPhysicalDeviceProperties(pd, &pr);
+    return pr.apiVersion >= VK_API_VERSION_1_2 && compute_family(pd) != UINT32_MAX &&
+           has_device_ext(pd, VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME);
+}
+
+#define KILN_VK_MAX_DEVICES 16
+
+/* The usable physical devices of `inst`, in kiln's order. */
+static kiln_status list_devices(VkInstance inst, VkPhysicalDevice *out, uint32_t *n_out) {
+    VkPhysicalDevice all[KILN_VK_MAX_DEVICES];
+    uint32_t n = KILN_VK_MAX_DEVICES;
+    VkResult r = vkEnumeratePhysicalDevices(inst, &n, all);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE) return kiln_vk_result(r, "vkEnumeratePhysicalDevices");
+    uint32_t k = 0;
+    for (int rank = 0; rank <= 4; rank++)
+        for (uint32_t i = 0; i < n; i++) {
+            VkPhysicalDeviceProperties pr;
+            vkGetPhysicalDeviceProperties(all[i], &pr);
+            if (kind_rank(pr.deviceType) == rank && usable(all[i])) out[k++] = all[i];
+        }
+    *n_out = k;
+    return KILN_OK;
+}
+
+int32_t kiln_vk_device_count(void) {
+    pthread_mutex_lock(&g_lock);
+    VkInstance inst;
+    VkPhysicalDevice pd[KILN_VK_MAX_DEVICES];
+    uint32_t n = 0;
+    if (instance_get(&inst) != KILN_OK || list_devices(inst, pd, &n) != KILN_OK) n = 0;
+    pthread_mutex_unlock(&g_lock);
+    return (int32_t)n;
+}
+
+/* Total and free device-local memory (VK_EXT_memory_budget where present). */
+static void memory_figures(VkPhysicalDevice pd, uint64_t *total, uint64_t *free_) {
+    VkPhysicalDeviceMemoryBudgetPropertiesEXT budget = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_BUDGET_PROPERTIES_EXT};
+    VkPhysicalDeviceMemoryProperties2 mp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MEMORY_PROPERTIES_2};
+    bool has_budget = has_device_ext(pd, VK_EXT_MEMORY_BUDGET_EXTENSION_NAME);
+    if (has_budget) mp.pNext = &budget;
+    vkGetPhysicalDeviceMemoryProperties2(pd, &mp);
+    *total = *free_ = 0;
+    for (uint32_t h = 0; h < mp.memoryProperties.memoryHeapCount; h++) {
+        if (!(mp.memoryProperties.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)) continue;
+        *total += mp.memoryProperties.memoryHeaps[h].size;
+        if (has_budget && budget.heapBudget[h] > budget.heapUsage[h])
+            *free_ += budget.heapBudget[h] - budget.heapUsage[h];
+    }
+}
+
+kiln_status kiln_vk_device_info(int32_t index, kiln_bk_device_info *info) {
+    if (!info || info->struct_size < sizeof(uint32_t))
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: device_info needs an info struct");
+    pthread_mutex_lock(&g_lock);
+    VkInstance inst;
+    VkPhysicalDevice pd[KILN_VK_MAX_DEVICES];
+    uint32_t n = 0;
+    kiln_status st = instance_get(&inst);
+    if (st == KILN_OK) st = list_devices(inst, pd, &n);
+    if (st == KILN_OK && (index < 0 || (uint32_t)index >= n))
+        st = kiln_error(KILN_E_NOT_FOUND, "vulkan backend: no device %d (%u devices)", index, n);
+    kiln_bk_device_info d;
+    memset(&d, 0, sizeof d);
+    if (st == KILN_OK) {
+        d.struct_size = sizeof d;
+        VkPhysicalDeviceProperties pr;
+        vkGetPhysicalDeviceProperties(pd[index], &pr);
+        snprintf(d.name, sizeof d.name, "%.127s", pr.deviceName);
+        memory_figures(pd[index], &d.mem_total, &d.mem_free);
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (st != KILN_OK) return st;
+    uint32_t caller = info->struct_size;
+    memcpy(info, &d, caller < sizeof d ? caller : sizeof d);
+    info->struct_size = caller;
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* the shared device                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void shared_destroy(kiln_vk_shared *sh) {
+    if (sh->device) {
+        vkDeviceWaitIdle(sh->device);
+        kiln_vk_pipelines_destroy(sh);
+        kiln_vk_mem_release_all(sh);
+        if (sh->layout) vkDestroyPipelineLayout(sh->device, sh->layout, NULL);
+        if (sh->dsl) vkDestroyDescriptorSetLayout(sh->device, sh->dsl, NULL);
+        vkDestroyDevice(sh->device, NULL);
+    }
+    pthread_mutex_destroy(&sh->queue_lock);
+    pthread_mutex_destroy(&sh->mem_lock);
+    pthread_mutex_destroy(&sh->pipe_lock);
+    kiln_free(sh);
+}
+
+static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared **out) {
+    VkPhysicalDevice pd[KILN_VK_MAX_DEVICES];
+    uint32_t n = 0;
+    kiln_status st = list_devices(inst, pd, &n);
+    if (st != KILN_OK) return st;
+    if (index < 0 || (uint32_t)index >= n)
+        return kiln_error(KILN_E_NOT_FOUND, "vulkan backend: no device %d (%u devices)", index, n);
+    kiln_vk_shared *sh = kiln_calloc(1, sizeof *sh);
+    if (!sh) return kiln_error(KILN_E_OOM_HOST, "vulkan backend: out of memory for a device");
+    pthread_mutex_init(&sh->queue_lock, NULL);
+    pthread_mutex_init(&sh->mem_lock, NULL);
+    pthread_mutex_init(&sh->pipe_lock, NULL);
+    sh->index = index;
+    sh->phys = pd[index];
+    sh->queue_family = compute_family(sh->phys);
+
+    VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+    sg.pNext = &m3;
+    VkPhysicalDeviceProperties2 pr = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    pr.pNext = &sg;
+    vkGetPhysicalDeviceProperties2(sh->phys, &pr);
+    const VkPhysicalDeviceLimits *lim = &pr.properties.limits;
+    snprintf(sh->name, sizeof sh->name, "%.127s", pr.properties.deviceName);
+    sh->keep_open = pr.properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU && !getenv("KILN_VK_CLOSE_CPU_DEVICE");
+    sh->storage_align = lim->minStorageBufferOffsetAlignment ? lim->minStorageBufferOffsetAlignment : 16;
+    sh->align = sh->storage_align > 256 ? sh->storage_align : 256;
+    sh->max_range = lim->maxStorageBufferRange;
+    sh->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : (1ull << 31);
+    for (int i = 0; i < 3; i++) sh->max_groups[i] = lim->maxComputeWorkGroupCount[i];
+    const VkSubgroupFeatureFlags need = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_SHUFFLE_BIT;
+    sh->subgroup_arith = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (sg.supportedOperations & need) == need &&
+                         sg.subgroupSize >= 8 && sg.subgroupSize <= 128 && !getenv("KILN_VK_NO_SUBGROUP");
+    sh->is_cpu = pr.properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
+
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO};
+    qci.queueFamilyIndex = sh->queue_family;
+    qci.queueCount = 1;
+    qci.pQueuePriorities = &prio;
+    const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+    VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
+    dci.queueCreateInfoCount = 1;
+    dci.pQueueCreateInfos = &qci;
+    dci.enabledExtensionCount = 1;
+    dci.ppEnabledExtensionNames = exts;
+    VkResult r = vkCreateDevice(sh->phys, &dci, NULL, &sh->device);
+    if (r != VK_SUCCESS) {
+        sh->device = VK_NULL_HANDLE;
+        st = kiln_vk_result(r, "vkCreateDevice");
+        shared_destroy(sh);
+        return st;
+    }
+    vkGetDeviceQueue(sh->device, sh->queue_family, 0, &sh->queue);
+    sh->push_descriptor = (PFN_vkCmdPushDescriptorSetKHR)vkGetDeviceProcAddr(sh->device, "vkCmdPushDescriptorSetKHR");
+    if (!sh->push_descriptor) {
+        shared_destroy(sh);
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan backend: vkCmdPushDescriptorSetKHR missing");
+    }
+    if ((st = kiln_vk_layout_create(sh)) != KILN_OK) {
+        shared_destroy(sh);
+        return st;
+    }
+    *out = sh;
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_shared_get(int32_t index, kiln_vk_shared **out) {
+    pthread_mutex_lock(&g_lock);
+    kiln_status st = KILN_OK;
+    for (kiln_vk_shared *s = g_shared; s; s = s->next)
+        if (s->index == index) {
+            s->refs++;
+            *out = s;
+            goto done;
+        }
+    VkInstance inst;
+    if ((st = instance_get(&inst)) != KILN_OK) goto done;
+    kiln_vk_shared *sh = NULL;
+    if ((st = shared_create(inst, index, &sh)) != KILN_OK) goto done;
+    sh->refs = 1;
+    sh->next = g_shared;
+    g_shared = sh;
+    *out = sh;
+done:
+    pthread_mutex_unlock(&g_lock);
+    return st;
+}
+
+void kiln_vk_shared_ref(kiln_vk_shared *sh) {
+    pthread_mutex_lock(&g_lock);
+    sh->refs++;
+    pthread_mutex_unlock(&g_lock);
+}
+
+void kiln_vk_shared_put(kiln_vk_shared *sh) {
+    if (!sh) return;
+    pthread_mutex_lock(&g_lock);
+    /* A CPU implementation (lavapipe) stays open once its last handle
+     * closes: its "device memory" is host memory, already freed, and a new
+     * VkDevice would compile every pipeline again (seconds with LLVM). A
+     * GPU's VkDevice goes, so that nothing stays on a GPU nobody uses. */
+    if (--sh->refs == 0 && !sh->keep_open) {
+        kiln_vk_shared **pp = &g_shared;
+        while (*pp && *pp != sh) pp = &(*pp)->next;
+        if (*pp) *pp = sh->next;
+        shared_destroy(sh);
+    }
+    pthread_mutex_unlock(&g_lock);
+}
+
+/* ------------------------------------------------------------------------ */
+/* handles                                                                  */
+/* ------------------------------------------------------------------------ */
+
+kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params, kiln_bk_device **out) {
+    if (!out) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: device_open: out is NULL");
+    *out = NULL;
+    kiln_bk_open_params p;
+    memset(&p, 0, sizeof p);
+    p.log_level = KILN_LOG_ERROR;
+    if (params) memcpy(&p, params, params->struct_size < sizeof p ? params->struct_size : sizeof p);
+
+    kiln_bk_device *dev = kiln_calloc(1, sizeof *dev);
+    if (!dev) return kiln_error(KILN_E_OOM_HOST, "vulkan backend: out of memory for a device handle");
+    kiln_logger_init(&dev->log, p.log_fn, p.log_user, p.log_level);
+    dev->pool.cap = KILN_VK_POOL_DEFAULT_CAP;
+    dev->ring_epoch = 1;
+    dev->profile = getenv("KILN_VK_PROFILE") != NULL;
+    dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
+    kiln_status st = kiln_vk_shared_get(index, &dev->sh);
+    if (st != KILN_OK) {
+        kiln_free(dev);
+        return st;
+    }
+    VkDevice d = dev->sh->device;
+    VkCommandPoolCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
+    pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
+    pci.queueFamilyIndex = dev->sh->queue_family;
+    VkResult r = vkCreateCommandPool(d, &pci, NULL, &dev->cmd_pool);
+    if (r == VK_SUCCESS) {
+        VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO};
+        ai.commandPool = dev->cmd_pool;
+        ai.level = VK_COMMAND_BUFFER_LEVEL_PRIMARY;
+        ai.commandBufferCount = 1;
+        r = vkAllocateCommandBuffers(d, &ai, &dev->cmd);
+    }
+    if (r == VK_SUCCESS) {
+        VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+        r = vkCreateFence(d, &fci, NULL, &dev->fence);
+    }
+    if (r != VK_SUCCESS) {
+        st = kiln_vk_result(r, "device_open: command pool, buffer or fence");
+        kiln_vk_device_close(dev);
+        return st;
+    }
+    kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: device %d open: %s%s", index, dev->sh->name,
+             dev->sh->subgroup_arith ? " (subgroup arithmetic)" : "");
+    *out = dev;
+    return KILN_OK;
+}
+
+/* KILN_VK_PROFILE: the time each kernel took on this handle, on stderr. */
+static void profile_report(const kiln_bk_device *dev) {
+    double total = 0;
+    for (int i = 0; i < KILN_VK_P_COUNT; i++) total += dev->prof_ms[i];
+    if (total <= 0) return;
+    fprintf(stderr, "kiln vulkan profile (handle %p): %.1f ms in kernels\n", (const void *)dev, total);
+    for (int i = 0; i < KILN_VK_P_COUNT; i++)
+        if (dev->prof_n[i])
+            fprintf(stderr, "  %-16s %8llu calls %10.2f ms %8.3f ms/call\n", kiln_vk_pipeline_name(i),
+                    (unsigned long long)dev->prof_n[i], dev->prof_ms[i], dev->prof_ms[i] / (double)dev->prof_n[i]);
+}
+
+void kiln_vk_device_close(kiln_bk_device *dev) {
+    if (!dev) return;
+    if (dev->profile) profile_report(dev);
+    if (dev->sh) {
+        (void)kiln_vk_finish(dev);
+        kiln_vk_pool_close(dev);
+        kiln_vk_buffer_free(dev->ring);
+        kiln_vk_buffer_free(dev->act);
+        VkDevice d = dev->sh->device;
+        if (dev->fence) vkDestroyFence(d, dev->fence, NULL);
+        if (dev->cmd_pool) vkDestroyCommandPool(d, dev->cmd_pool, NULL); /* frees dev->cmd */
+        kiln_vk_shared_put(dev->sh);
+    }
+    kiln_free(dev->ub.data);
+    kiln_free(dev->rope.host);
+    kiln_free(dev);
+}
+
+/* ------------------------------------------------------------------------ */
+/* recording and submission                                                 */
+/* ------------------------------------------------------------------------ */
+
+void kiln_vk_barrier(kiln_bk_device *dev) {
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_HOST_WRITE_BIT;
+    mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
+                       VK_ACCESS_TRANSFER_WRITE_BIT;
+    const VkPipelineStageFlags stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
+    vkCmdPipelineBarrier(dev->cmd, stages | VK_PIPELINE_STAGE_HOST_BIT, stages, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+static kiln_status wait_pending(kiln_bk_device *dev) {
+    if (!dev->pending) return KILN_OK;
+    VkResult r = vkWaitForFences(dev->sh->device, 1, &dev->fence, VK_TRUE, UINT64_MAX);
+    dev->pending = false;
+    vkResetFences(dev->sh->device, 1, &dev->fence);
+    vkResetCommandBuffer(dev->cmd, 0);
+    dev->ring_used = 0;
+    dev->ring_epoch++;
+    return r == VK_SUCCESS ? KILN_OK : kiln_vk_result(r, "vkWaitForFences");
+}
+
+kiln_status kiln_vk_begin(kiln_bk_device *dev) {
+    if (dev->recording) return KILN_OK;
+    kiln_status st = wait_pending(dev);
+    if (st != KILN_OK) return st;
+    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+    bi.flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT;
+    VkResult r = vkBeginCommandBuffer(dev->cmd, &bi);
+    if (r != VK_SUCCESS) return kiln_vk_result(r, "vkBeginCommandBuffer");
+    dev->recording = true;
+    dev->n_ops = 0;
+    /* orders this buffer after everything submitted before it, and makes
+     * host writes to the ring visible */
+    kiln_vk_barrier(dev);
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_finish(kiln_bk_device *dev) {
+    kiln_status st = KILN_OK;
+    if (dev->recording) {
+        dev->recording = false;
+        VkResult r = vkEndCommandBuffer(dev->cmd);
+        if (r == VK_SUCCESS) {
+            VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO};
+            si.commandBufferCount = 1;
+            si.pCommandBuffers = &dev->cmd;
+            pthread_mutex_lock(&dev->sh->queue_lock);
+            r = vkQueueSubmit(dev->sh->queue, 1, &si, dev->fence);
+            pthread_mutex_unlock(&dev->sh->queue_lock);
+        }
+        if (r != VK_SUCCESS) {
+            vkResetCommandBuffer(dev->cmd, 0);
+            dev->ring_used = 0;
+            dev->ring_epoch++;
+            return kiln_vk_result(r, "submitting recorded work");
+        }
+        dev->pending = true;
+    }
+    st = wait_pending(dev);
+    if (!dev->pending) {
+        dev->ring_used = 0;
+        dev->ring_epoch++;
+    }
+    return st;
+}
+
+kiln_status kiln_vk_ring_alloc(kiln_bk_device *dev, uint64_t size, kiln_vk_slice *out) {
+    const uint64_t a = dev->sh->align;
+    uint64_t need = (size + a - 1) / a * a;
+    if (need == 0) need = a;
+    kiln_status st;
+    if (!dev->ring || dev->ring_used + need > dev->ring->size) {
+        if ((st = kiln_vk_finish(dev)) != KILN_OK) return st;
+        if (!dev->ring || need > dev->ring->size) {
+            uint64_t want = need > KILN_VK_RING_MIN ? need : KILN_VK_RING_MIN;
+            kiln_bk_buffer *nb = NULL;
+            if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST, want, &nb)) != KILN_OK) return st;
+            kiln_vk_buffer_free(dev->ring);
+            dev->ring = nb;
+        }
+    }
+    out->buf = dev->ring;
+    out->offset = dev->ring_used;
+    out->ptr = dev->ring->chunk->map + dev->ring->blk->offset + dev->ring_used;
+    dev->ring_used += need;
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* transfers                                                                */
+/* ------------------------------------------------------------------------ */
+
+static bool range_ok(const kiln_bk_buffer *b, uint64_t offset, uint64_t size) {
+    return offset <= b->size && size <= b->size - offset;
+}
+
+static void record_copy(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t so, const kiln_bk_buffer *dst,
+                        uint64_t dof, uint64_t n) {
+    VkBufferCopy c = {src->blk->offset + so, dst->blk->offset + dof, n};
+    vkCmdCopyBuffer(dev->cmd, src->chunk->buf, dst->chunk->buf, 1, &c);
+    kiln_vk_barrier(dev);
+    dev->n_ops++;
+}
+
+kiln_status kiln_vk_upload(kiln_bk_device *dev, kiln_bk_buffer *dst, uint64_t offset, const void *src,
+                           uint64_t size) {
+    if (!dev || !dst || (!src && size))
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: buffer_upload: NULL device, buffer or source");
+    if (!range_ok(dst, offset, size))
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: buffer_upload: [%llu, +%llu) outside a %llu-byte buffer",
+                          (unsigned long long)offset, (unsigned long long)size, (unsigned long long)dst->size);
+    kiln_vk_act_written(dev, dst, offset, size);
+    if (dst->chunk->map && size) {
+        /* mapped memory: once this handle's work is done, write it directly */
+        kiln_status st = kiln_vk_finish(dev);
+        if (st != KILN_OK) return st;
+        memcpy(dst->chunk->map + dst->blk->offset + offset, src, size);
+        return KILN_OK;
+    }
+    for (uint64_t done = 0; done < size;) {
+        uint64_t n = size - done < KILN_VK_XFER_CHUNK ? size - done : KILN_VK_XFER_CHUNK;
+        kiln_vk_slice s;
+        kiln_status st = kiln_vk_ring_alloc(dev, n, &s);
+        if (st == KILN_OK) st = kiln_vk_begin(dev);
+        if (st != KILN_OK) return st;
+        memcpy(s.ptr, (const uint8_t *)src + done, n);
+        record_copy(dev, s.buf, s.offset, dst, offset + done, n);
+        done += n;
+    }
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t offset, void *dst,
+                             uint64_t size) {
+    if (!dev || !src || (!dst && size))
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: buffer_download: NULL device, buffer or destination");
+    if (!range_ok(src, offset, size))
+        return kiln_error(KILN_E_INVALID_ARG,
+                          "vulkan backend: buffer_download: [%llu, +%llu) outside a %llu-byte buffer",
+                          (unsigned long long)offset, (unsigned long long)size, (unsigned long long)src->size);
+    if (size == 0) return kiln_vk_finish(dev);
+    if (src->chunk->map) {
+        kiln_status st = kiln_vk_finish(dev);
+        if (st != KILN_OK) return st;
+        memcpy(dst, src->chunk->map + src->blk->offset + offset, size);
+        return KILN_OK;
+    }
+    for (uint64_t done = 0; done < size;) {
+        uint64_t n = size - done < KILN_VK_XFER_CHUNK ? size - done : KILN_VK_XFER_CHUNK;
+        kiln_vk_slice s;
+        kiln_status st = kiln_vk_ring_alloc(dev, n, &s);
+        if (st == KILN_OK) st = kiln_vk_begin(dev);
+        if (st != KILN_OK) return st;
+        record_copy(dev, src, offset + done, s.buf, s.offset, n);
+        if ((st = kiln_vk_finish(dev)) != KILN_OK) return st;
+        memcpy((uint8_t *)dst + done, s.ptr, n);
+        done += n;
+    }
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_copy(kiln_bk_device *dev, kiln_bk_buffer *dst, uint64_t dst_offset, const kiln_bk_buffer *src,
+                         uint64_t src_offset, uint64_t size) {
+    if (!dev || !dst || !src) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: buffer_copy: NULL argument");
+    if (!range_ok(src, src_offset, size) || !range_ok(dst, dst_offset, size))
+        return kiln_error(KILN_E_INVALID_ARG,
+                          "vulkan backend: buffer_copy: %llu bytes from %llu (of %llu) to %llu (of %llu) out of range",
+                          (unsigned long long)size, (unsigned long long)src_offset, (unsigned long long)src->size,
+                          (unsigned long long)dst_offset, (unsigned long long)dst->size);
+    if (size == 0) return KILN_OK;
+    kiln_vk_act_written(dev, dst, dst_offset, size);
+    uint64_t s0 = src->blk->offset + src_offset, d0 = dst->blk->offset + dst_offset;
+    bool overlap = src->chunk == dst->chunk && s0 < d0 + size && d0 < s0 + size;
+    kiln_status st;
+    if (!overlap) {
+        if ((st = kiln_vk_begin(dev)) != KILN_OK) return st;
+        record_copy(dev, src, src_offset, dst, dst_offset, size);
+        return KILN_OK;
+    }
+    /* Vulkan forbids overlapping regions in one copy: go through the ring,
+     * piece by piece in the direction that never overwrites unread bytes */
+    for (uint64_t done = 0; done < size;) {
+        uint64_t n = size - done < KILN_VK_XFER_CHUNK ? size - done : KILN_VK_XFER_CHUNK;
+        uint64_t at = d0 > s0 ? size - done - n : done;
+        kiln_vk_slice s;
+        if ((st = kiln_vk_ring_alloc(dev, n, &s)) != KILN_OK || (st = kiln_vk_begin(dev)) != KILN_OK) return st;
+        record_copy(dev, src, src_offset + at, s.buf, s.offset, n);
+        record_copy(dev, s.buf, s.offset, dst, dst_offset + at, n);
+        done += n;
+    }
+    return KILN_OK;
+}

@@ -1,0 +1,311 @@
+/*
+ * vk_internal.h - what the files of the Vulkan backend share. Not installed;
+ * nothing here is exported from libkiln-vulkan.so except the entry point.
+ *
+ * Files: vk_support.c (errors, logging, host allocation for the plugin),
+ * vk_device.c (instance, device enumeration, the shared VkDevice, handles,
+ * command recording and submission, the staging ring), vk_memory.c (the
+ * sub-allocator over VkDeviceMemory, buffers, the transient pool),
+ * vk_pipeline.c (shader modules and pipelines), vk_ops.c (the operations),
+ * vk_backend.c (the iface).
+ *
+ * Objects:
+ *  - kiln_vk_shared: one per physical device that has open handles: the
+ *    VkDevice, its queue, memory heaps, pipelines. Every handle of that
+ *    device shares it (the ABI lets a buffer allocated through one handle be
+ *    used by operations of any handle of the same device), refcounted (by
+ *    handles and buffers), freed when the last goes, except on a CPU
+ *    implementation (lavapipe), kept to spare recompiling its pipelines.
+ *    The VkInstance is created once per process.
+ *  - kiln_bk_device (a handle): a command pool, one command buffer being
+ *    recorded, a fence, the staging ring, the transient pool, the ubatch.
+ *    Operations are recorded into the command buffer and submitted when the
+ *    caller synchronizes or downloads (or the ring fills), not one submit
+ *    per operation.
+ *
+ * Thread-safety: a handle is used by one thread at a time (the ABI);
+ * shared state (queue submission, the sub-allocator, pipeline creation,
+ * the device list) is guarded by mutexes.
+ */
+#ifndef KILN_VK_INTERNAL_H
+#define KILN_VK_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <vulkan/vulkan.h>
+
+#include "internal.h"
+#include "kiln_backend.h"
+
+/* Weight types (ggml ids) the shaders know. */
+#define KILN_VK_T_F32 0
+#define KILN_VK_T_F16 1
+#define KILN_VK_T_Q4_0 2
+#define KILN_VK_T_Q4_1 3
+#define KILN_VK_T_Q5_0 6
+#define KILN_VK_T_Q5_1 7
+#define KILN_VK_T_Q8_0 8
+#define KILN_VK_T_Q4_K 12
+#define KILN_VK_T_Q5_K 13
+#define KILN_VK_T_Q6_K 14
+#define KILN_VK_T_BF16 30
+
+/* Block geometry of a type; false for a type the backend does not handle. */
+bool kiln_vk_type_geometry(int32_t type, uint32_t *block_elems, uint32_t *block_bytes);
+const char *kiln_vk_type_name(int32_t type);
+
+/* ---- pipelines ---- */
+
+enum {
+    KILN_VK_P_QUANT_ACT,
+    KILN_VK_P_RMS_NORM,
+    KILN_VK_P_BINARY,
+    KILN_VK_P_ROPE,
+    KILN_VK_P_KV_STORE,
+    KILN_VK_P_ATTENTION,
+    KILN_VK_P_MM_FIRST,                      /* mm_TYPE, in kiln_vk_type_slot order */
+    KILN_VK_P_MMSG_FIRST = KILN_VK_P_MM_FIRST + 11,
+    KILN_VK_P_GETROWS_FIRST = KILN_VK_P_MMSG_FIRST + 11,
+    KILN_VK_P_MMT_FIRST = KILN_VK_P_GETROWS_FIRST + 11, /* tiled matmul for batches */
+    KILN_VK_P_COUNT = KILN_VK_P_MMT_FIRST + 11
+};
+/* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
+int kiln_vk_type_slot(int32_t type);
+
+#define KILN_VK_MAX_BINDINGS 5
+#define KILN_VK_PUSH_BYTES 128
+
+/* ---- memory ---- */
+
+#define KILN_VK_MEM_DEVICE 0  /* device-local: weights, KV, transient */
+#define KILN_VK_MEM_HOST 1    /* host-visible, coherent: staging, ring */
+
+typedef struct kiln_vk_block kiln_vk_block;
+typedef struct kiln_vk_chunk kiln_vk_chunk;
+
+/* A range of a chunk, used or free; all of a chunk's blocks in address order. */
+struct kiln_vk_block {
+    uint64_t offset, size;
+    bool used;
+    kiln_vk_block *prev, *next;
+};
+
+/* One VkDeviceMemory allocation with one VkBuffer over all of it. */
+struct kiln_vk_chunk {
+    VkDeviceMemory mem;
+    VkBuffer buf;
+    uint64_t size, used;
+    uint8_t *map;            /* host kind: persistently mapped */
+    int kind;                /* KILN_VK_MEM_* */
+    bool dedicated;          /* made for one large buffer; freed with it */
+    kiln_vk_block *blocks;
+    kiln_vk_chunk *prev, *next;
+};
+
+typedef struct kiln_vk_shared kiln_vk_shared;
+struct kiln_vk_pool;
+
+struct kiln_bk_buffer {
+    kiln_vk_shared *sh;
+    kiln_vk_chunk *chunk;
+    kiln_vk_block *blk;
+    uint64_t size;           /* bytes usable by the caller */
+    uint64_t capacity;       /* bytes of the block (transient: pool granule) */
+    uint32_t usage;          /* KILN_BK_BUF_* */
+    int bucket;              /* transient: size class */
+    struct kiln_vk_pool *pool; /* transient: owner; NULL once detached */
+    kiln_bk_device *owner;   /* transient: the handle of the pool */
+    kiln_bk_buffer *prev, *next;
+    kiln_bk_buffer *lru_prev, *lru_next;
+};
+
+#define KILN_VK_POOL_BUCKETS 64
+
+typedef struct kiln_vk_pool {
+    kiln_bk_buffer *buckets[KILN_VK_POOL_BUCKETS];
+    kiln_bk_buffer *lru_head, *lru_tail;
+    kiln_bk_buffer *in_use;
+    uint64_t cap;
+    uint64_t bytes_in_use, bytes_cached, bytes_peak;
+    uint64_t n_allocs, n_frees, n_device_allocs;
+} kiln_vk_pool;
+
+struct kiln_vk_shared {
+    int32_t index;
+    int refs;
+    VkPhysicalDevice phys;
+    VkDevice device;
+    VkQueue queue;
+    uint32_t queue_family;
+    pthread_mutex_t queue_lock;   /* vkQueueSubmit / vkQueueWaitIdle */
+    pthread_mutex_t mem_lock;     /* chunks */
+    pthread_mutex_t pipe_lock;    /* pipelines[] */
+    uint32_t mem_type[2];         /* memory type index per kind */
+    uint64_t align;               /* block alignment (>= storage offset alignment) */
+    uint64_t storage_align;       /* minStorageBufferOffsetAlignment */
+    uint64_t max_range;           /* maxStorageBufferRange */
+    uint64_t max_alloc;           /* maxMemoryAllocationSize */
+    uint32_t max_groups[3];
+    bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
+    bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */
+    bool keep_open;               /* a CPU device: kept after its last handle closes */
+    char name[128];
+    kiln_vk_chunk *chunks[2];
+    VkDescriptorSetLayout dsl;
+    VkPipelineLayout layout;
+    VkPipeline pipelines[KILN_VK_P_COUNT];
+    PFN_vkCmdPushDescriptorSetKHR push_descriptor;
+    kiln_vk_shared *next;
+};
+
+/* A region of the handle's staging ring (host-visible; valid until the
+ * next wait resets the ring). */
+typedef struct kiln_vk_slice {
+    kiln_bk_buffer *buf;
+    uint64_t offset;
+    uint8_t *ptr;
+} kiln_vk_slice;
+
+typedef struct kiln_vk_ubatch {
+    bool set, has_kv_cell, has_attn;
+    uint32_t n_tokens, n_block_entries, block_size, n_cells;
+    int32_t *data;        /* host copy: pos, kv_cell, attn_table, attn_n_kv [n_tokens each], block tables */
+    size_t cap;           /* int32s allocated */
+    uint64_t gen;         /* bumped by every set_ubatch */
+    uint64_t ring_epoch;  /* ring epoch of the device copy, 0: none */
+    uint64_t ring_offset; /* where the device copy (kv_cell onwards) lives in the ring */
+} kiln_vk_ubatch;
+
+typedef struct kiln_vk_rope_cache {
+    bool valid;
+    uint64_t ub_gen, ring_epoch, ring_offset;
+    uint32_t n_rot;
+    float freq_base, freq_scale;
+    bool has_factors;
+    float factors[1024];
+    float *host;          /* [n_tokens][n_rot] */
+    size_t cap;
+} kiln_vk_rope_cache;
+
+/* The quantized copy of the last matmul's activations, reused while its
+ * source rows are not written (q, k, v share one; gate and up another). */
+typedef struct kiln_vk_act_cache {
+    bool valid;
+    const kiln_bk_buffer *src;
+    uint64_t offset, extent, row_stride;
+    int64_t k, m;
+    uint32_t mode;
+} kiln_vk_act_cache;
+
+struct kiln_bk_device {
+    kiln_vk_shared *sh;
+    kiln_logger log;
+    VkCommandPool cmd_pool;
+    VkCommandBuffer cmd;
+    VkFence fence;
+    bool recording;          /* cmd is between begin and end */
+    bool pending;            /* submitted, fence not yet waited on */
+    uint32_t n_ops;          /* commands recorded since begin */
+    kiln_bk_buffer *ring;    /* host-visible staging + small inputs */
+    uint64_t ring_used;
+    uint64_t ring_epoch;     /* bumped by every reset */
+    kiln_bk_buffer *act;     /* quantized activations (device) */
+    kiln_vk_act_cache act_cache;
+    kiln_vk_pool pool;
+    kiln_vk_ubatch ub;
+    kiln_vk_rope_cache rope;
+    bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
+    bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
+    double prof_ms[KILN_VK_P_COUNT];
+    uint64_t prof_n[KILN_VK_P_COUNT];
+};
+
+/* ---- vk_support.c ---- */
+kiln_status kiln_vk_result(VkResult r, const char *what);
+/* The iface's set_host: the core's error sink. */
+void kiln_vk_set_host(const kiln_bk_host *host);
+
+/* ---- vk_device.c ---- */
+kiln_status kiln_vk_shared_get(int32_t index, kiln_vk_shared **out);
+void kiln_vk_shared_put(kiln_vk_shared *sh);
+void kiln_vk_shared_ref(kiln_vk_shared *sh);
+int32_t kiln_vk_device_count(void);
+kiln_status kiln_vk_device_info(int32_t index, kiln_bk_device_info *info);
+kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params, kiln_bk_device **out);
+void kiln_vk_device_close(kiln_bk_device *dev);
+/* Makes sure dev->cmd is recording. */
+kiln_status kiln_vk_begin(kiln_bk_device *dev);
+/* Submits what was recorded (if anything) and waits for all of dev's work. */
+kiln_status kiln_vk_finish(kiln_bk_device *dev);
+/* A full memory barrier after a recorded command (compute and transfer). */
+void kiln_vk_barrier(kiln_bk_device *dev);
+/* `size` bytes of the staging ring (aligned); may finish() the handle to
+ * make room, which invalidates earlier slices. */
+kiln_status kiln_vk_ring_alloc(kiln_bk_device *dev, uint64_t size, kiln_vk_slice *out);
+
+/* ---- vk_memory.c ---- */
+kiln_status kiln_vk_mem_alloc(kiln_vk_shared *sh, int kind, uint64_t size, kiln_bk_buffer *b);
+void kiln_vk_mem_free(kiln_vk_shared *sh, kiln_bk_buffer *b);
+void kiln_vk_mem_release_all(kiln_vk_shared *sh);
+kiln_status kiln_vk_buffer_alloc(kiln_bk_device *dev, uint64_t size, uint32_t usage, kiln_bk_buffer **out);
+/* A buffer outside any pool (ring, activation scratch). */
+kiln_status kiln_vk_buffer_new(kiln_bk_device *dev, int kind, uint64_t size, kiln_bk_buffer **out);
+void kiln_vk_buffer_free(kiln_bk_buffer *buf);
+kiln_status kiln_vk_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stats);
+void kiln_vk_pool_set_cap(kiln_bk_device *dev, uint64_t cap);
+kiln_status kiln_vk_pool_purge(kiln_bk_device *dev);
+void kiln_vk_pool_close(kiln_bk_device *dev);
+
+/* ---- vk_pipeline.c ---- */
+kiln_status kiln_vk_layout_create(kiln_vk_shared *sh);
+void kiln_vk_pipelines_destroy(kiln_vk_shared *sh);
+const char *kiln_vk_pipeline_name(int which);
+/* The pipeline, created on first use and kept for the shared device's life. */
+kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out);
+
+/* ---- vk_ops.c ---- */
+/* A storage binding: the tensor's buffer from `offset` for `size` bytes. */
+typedef struct kiln_vk_bind {
+    const kiln_bk_buffer *buf;
+    uint64_t offset, size;
+} kiln_vk_bind;
+
+/* Binds [offset, offset + size) of buf at an aligned descriptor offset;
+ * *rem is where `offset` lands inside the binding (bytes). */
+kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size,
+                               kiln_vk_bind *out, uint32_t *rem, const char *op);
+/* Records a dispatch of pipeline `which` with n bindings and push constants
+ * (groups split into several dispatches where they exceed the device's
+ * limit along x is the caller's business), then a barrier. */
+kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind *binds, uint32_t n_binds,
+                             const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
+
+kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub);
+kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const int32_t *ids,
+                             kiln_bk_tensor *dst);
+kiln_status kiln_vk_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *w, float eps,
+                             kiln_bk_tensor *dst);
+kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                           kiln_bk_tensor *dst);
+kiln_status kiln_vk_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                        kiln_bk_tensor *dst);
+kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope);
+kiln_status kiln_vk_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const kiln_bk_tensor *up,
+                           kiln_bk_tensor *dst);
+kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                             kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim);
+kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
+                              const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst);
+/* Forget the quantized activations if [offset, +size) of buf overlaps them. */
+void kiln_vk_act_written(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size);
+
+/* ---- transfers (vk_device.c) ---- */
+kiln_status kiln_vk_upload(kiln_bk_device *dev, kiln_bk_buffer *dst, uint64_t offset, const void *src,
+                           uint64_t size);
+kiln_status kiln_vk_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t offset, void *dst,
+                             uint64_t size);
+kiln_status kiln_vk_copy(kiln_bk_device *dev, kiln_bk_buffer *dst, uint64_t dst_offset,
+                         const kiln_bk_buffer *src, uint64_t src_offset, uint64_t size);
+
+#endif /* KILN_VK_INTERNAL_H */

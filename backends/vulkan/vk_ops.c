@@ -1,0 +1,707 @@
+/*
+ * vk_ops.c - the operations: each checks its operands as the CPU backend
+ * does (same errors for the same mistakes), then records one or two
+ * compute dispatches into the handle's command buffer (vk_device.c submits
+ * them). Shaders: backends/vulkan/shaders/.
+ *
+ * Operands are bound as storage buffers at the largest offset the device's
+ * alignment allows at or below the tensor's offset; the push constants
+ * carry the rest of the offset and the strides, in bytes for byte-packed
+ * weights and in 32-bit words for F32 activations.
+ *
+ * Small per-call inputs (token ids, the ubatch tables, the rope cos/sin
+ * table) are written into the handle's staging ring, which shaders read
+ * directly; the ubatch tables and the rope table are written once per
+ * ubatch (and again only if the ring was reset meanwhile).
+ *
+ * Numerics match the CPU backend's: activations are quantized to the
+ * format the CPU dots each weight type with (quant_act.comp), integer sums
+ * per block scaled in float; rope angles come from the same host code;
+ * K/V are rounded to F16 the same way. What differs is only the order of
+ * float additions.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+#include <time.h>
+
+#include "vk_internal.h"
+
+/* ------------------------------------------------------------------------ */
+/* binding and dispatch                                                     */
+/* ------------------------------------------------------------------------ */
+
+kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size,
+                               kiln_vk_bind *out, uint32_t *rem, const char *op) {
+    const kiln_vk_shared *sh = dev->sh;
+    uint64_t abs_off = buf->blk->offset + offset;
+    uint64_t desc = abs_off / sh->storage_align * sh->storage_align;
+    uint64_t r = abs_off - desc;
+    uint64_t range = (r + size + 3) / 4 * 4 + 16; /* slack: unaligned word reads at the end */
+    if (range > buf->chunk->size - desc) range = buf->chunk->size - desc;
+    if (range > sh->max_range)
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan %s: an operand of %llu bytes exceeds the device's %llu-byte "
+                          "storage buffer range", op, (unsigned long long)size, (unsigned long long)sh->max_range);
+    out->buf = buf;
+    out->offset = desc;
+    out->size = range;
+    if (rem) *rem = (uint32_t)r;
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind *binds, uint32_t n_binds,
+                             const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz) {
+    kiln_vk_shared *sh = dev->sh;
+    if (gx == 0 || gy == 0 || gz == 0) return KILN_OK;
+    if (gx > sh->max_groups[0] || gy > sh->max_groups[1] || gz > sh->max_groups[2])
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan backend: %u x %u x %u workgroups exceed the device's limits",
+                          gx, gy, gz);
+    VkPipeline pipe;
+    kiln_status st = kiln_vk_pipeline(sh, which, &pipe);
+    struct timespec t0;
+    if (st == KILN_OK && dev->profile) {
+        st = kiln_vk_finish(dev);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+    }
+    if (st == KILN_OK) st = kiln_vk_begin(dev);
+    if (st != KILN_OK) return st;
+    VkDescriptorBufferInfo bi[KILN_VK_MAX_BINDINGS];
+    VkWriteDescriptorSet w[KILN_VK_MAX_BINDINGS];
+    memset(w, 0, sizeof w);
+    for (uint32_t i = 0; i < n_binds; i++) {
+        bi[i].buffer = binds[i].buf->chunk->buf;
+        bi[i].offset = binds[i].offset;
+        bi[i].range = binds[i].size;
+        w[i].sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET;
+        w[i].dstBinding = i;
+        w[i].descriptorCount = 1;
+        w[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+        w[i].pBufferInfo = &bi[i];
+    }
+    vkCmdBindPipeline(dev->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+    sh->push_descriptor(dev->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_binds, w);
+    vkCmdPushConstants(dev->cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
+    vkCmdDispatch(dev->cmd, gx, gy, gz);
+    kiln_vk_barrier(dev);
+    dev->n_ops++;
+    if (dev->profile) {
+        st = kiln_vk_finish(dev);
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        dev->prof_ms[which] += (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+        dev->prof_n[which]++;
+        return st;
+    }
+    return KILN_OK;
+}
+
+void kiln_vk_act_written(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size) {
+    kiln_vk_act_cache *c = &dev->act_cache;
+    if (!c->valid || c->src != buf) return;
+    if (offset < c->offset + c->extent && c->offset < offset + size) c->valid = false;
+}
+
+static uint32_t div_up(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
+
+/* ------------------------------------------------------------------------ */
+/* tensor checks                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* As the CPU backend's check: a readable 2-D view of `type` (any type the
+ * shaders know if type < 0), inside its buffer; *extent = bytes from
+ * offset to the end of the last row. Offsets and strides must be 4-byte
+ * aligned for F32 (word addressing) and 2-byte aligned otherwise. */
+static kiln_status tensor_check(const kiln_bk_tensor *t, int32_t type, const char *op, const char *what,
+                                uint64_t *extent) {
+    if (!t || !t->buf) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s is NULL", op, what);
+    if (type >= 0 && t->type != type)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s is %s, expected %s", op, what, kiln_vk_type_name(t->type),
+                          kiln_vk_type_name(type));
+    uint32_t be, bb;
+    if (!kiln_vk_type_geometry(t->type, &be, &bb))
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan %s: %s has type %d, which this backend does not handle", op,
+                          what, (int)t->type);
+    if (t->ne[0] < 0 || t->ne[1] < 0) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s has a negative shape", op, what);
+    if (t->ne[0] % be != 0)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s rows of %lld are not whole %s blocks", op, what,
+                          (long long)t->ne[0], kiln_vk_type_name(t->type));
+    *extent = 0;
+    if (t->ne[0] == 0 || t->ne[1] == 0) return KILN_OK;
+    uint64_t row = (uint64_t)t->ne[0] / be * bb;
+    if (t->ne[1] > 1 && t->row_stride < row)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s row stride %llu < row size %llu", op, what,
+                          (unsigned long long)t->row_stride, (unsigned long long)row);
+    uint64_t n1 = (uint64_t)t->ne[1] - 1;
+    if (t->ne[1] > 1 && t->row_stride > (UINT64_MAX - row) / n1)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s extent overflows", op, what);
+    uint64_t ext = n1 * (t->ne[1] > 1 ? t->row_stride : 0) + row;
+    if (t->offset > t->buf->size || ext > t->buf->size - t->offset)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s [%llu, +%llu) outside its %llu-byte buffer", op, what,
+                          (unsigned long long)t->offset, (unsigned long long)ext, (unsigned long long)t->buf->size);
+    unsigned align = (t->type == KILN_VK_T_F32 || t->type == KILN_VK_T_Q4_K || t->type == KILN_VK_T_Q5_K) ? 4 : 2;
+    if ((t->offset | (t->ne[1] > 1 ? t->row_stride : 0)) % align)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s rows are not %u-byte aligned", op, what, align);
+    if (ext > UINT32_MAX || (t->ne[1] > 1 && t->row_stride > UINT32_MAX))
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan %s: %s spans more than 4 GiB", op, what);
+    *extent = ext;
+    return KILN_OK;
+}
+
+/* Binds an F32 tensor; *off = its first element (words), *stride in words. */
+static kiln_status bind_f32(kiln_bk_device *dev, const kiln_bk_tensor *t, uint64_t extent, kiln_vk_bind *b,
+                            uint32_t *off, uint32_t *stride, const char *op) {
+    uint32_t rem = 0;
+    kiln_status st = kiln_vk_bind_range(dev, t->buf, t->offset, extent, b, &rem, op);
+    *off = rem / 4;
+    *stride = (uint32_t)(t->row_stride / 4);
+    return st;
+}
+
+static kiln_status need_ubatch(const kiln_bk_device *dev, const char *op) {
+    if (!dev->ub.set) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: no ubatch was set", op);
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* ubatch                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static kiln_status ubatch_validate(const kiln_bk_ubatch *u) {
+    uint32_t n = u->n_tokens;
+    if (n == 0) return KILN_OK;
+    if (u->kv_cell)
+        for (uint32_t i = 0; i < n; i++)
+            if (u->kv_cell[i] < 0 || (uint32_t)u->kv_cell[i] >= u->n_cells)
+                return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: set_ubatch: token %u: kv cell %d outside [0, %u)",
+                                  i, u->kv_cell[i], u->n_cells);
+    if (!u->attn_table != !u->attn_n_kv)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: set_ubatch: attn_table and attn_n_kv must come together");
+    if (!u->attn_table) return KILN_OK;
+    if (u->n_block_entries && !u->block_tables)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: set_ubatch: block_tables is NULL");
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t n_kv = u->attn_n_kv[i];
+        if (n_kv < 0) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: set_ubatch: token %u: attn_n_kv %d", i, n_kv);
+        if (n_kv == 0) continue;
+        if (u->block_size == 0) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: set_ubatch: block_size is 0");
+        uint64_t nb = ((uint64_t)n_kv + u->block_size - 1) / u->block_size;
+        int32_t t0 = u->attn_table[i];
+        if (t0 < 0 || (uint64_t)t0 + nb > u->n_block_entries)
+            return kiln_error(KILN_E_INVALID_ARG,
+                              "vulkan backend: set_ubatch: token %u: block table [%d, +%llu) outside %u entries", i, t0,
+                              (unsigned long long)nb, u->n_block_entries);
+        for (uint64_t j = 0; j < nb; j++) {
+            int32_t b = u->block_tables[(uint64_t)t0 + j];
+            if (b < 0 || ((uint64_t)b + 1) * u->block_size > u->n_cells)
+                return kiln_error(KILN_E_INVALID_ARG,
+                                  "vulkan backend: set_ubatch: token %u: block %d (entry %llu) outside %u cells", i, b,
+                                  (unsigned long long)((uint64_t)t0 + j), u->n_cells);
+        }
+    }
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
+    if (!dev || !ubp) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: set_ubatch: NULL device or ubatch");
+    kiln_bk_ubatch u;
+    memset(&u, 0, sizeof u);
+    memcpy(&u, ubp, ubp->struct_size < sizeof u ? ubp->struct_size : sizeof u);
+    if (u.n_tokens && !u.pos) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: set_ubatch: pos is NULL");
+    kiln_status st = ubatch_validate(&u);
+    if (st != KILN_OK) return st;
+    kiln_vk_ubatch *ub = &dev->ub;
+    size_t n = u.n_tokens;
+    size_t need = 4 * n + u.n_block_entries;
+    if (need > ub->cap) {
+        int32_t *d = kiln_realloc(ub->data, need * sizeof(int32_t));
+        if (!d) return kiln_error(KILN_E_OOM_HOST, "vulkan backend: set_ubatch: out of memory for %u tokens", u.n_tokens);
+        ub->data = d;
+        ub->cap = need;
+    }
+    int32_t *pos = ub->data, *cell = pos + n, *tab = cell + n, *nkv = tab + n, *bt = nkv + n;
+    if (n) memcpy(pos, u.pos, n * sizeof(int32_t));
+    if (n && u.kv_cell) memcpy(cell, u.kv_cell, n * sizeof(int32_t));
+    else if (n) memset(cell, 0, n * sizeof(int32_t));
+    if (n && u.attn_table) {
+        memcpy(tab, u.attn_table, n * sizeof(int32_t));
+        memcpy(nkv, u.attn_n_kv, n * sizeof(int32_t));
+    } else if (n) {
+        memset(tab, 0, 2 * n * sizeof(int32_t));
+    }
+    if (u.n_block_entries) memcpy(bt, u.block_tables, (size_t)u.n_block_entries * sizeof(int32_t));
+    ub->set = true;
+    ub->has_kv_cell = u.kv_cell != NULL;
+    ub->has_attn = u.attn_table != NULL;
+    ub->n_tokens = u.n_tokens;
+    ub->n_block_entries = u.n_block_entries;
+    ub->block_size = u.block_size;
+    ub->n_cells = u.n_cells;
+    ub->gen++;
+    ub->ring_epoch = 0;
+    return KILN_OK;
+}
+
+/* The ubatch tables (kv_cell, attn_table, attn_n_kv, block tables) in the
+ * ring; *b binds them, in this order, from word 0. */
+static kiln_status ubatch_bind(kiln_bk_device *dev, kiln_vk_bind *b, const char *op) {
+    kiln_vk_ubatch *ub = &dev->ub;
+    uint64_t bytes = (3ull * ub->n_tokens + ub->n_block_entries) * sizeof(int32_t);
+    if (ub->ring_epoch != dev->ring_epoch) {
+        kiln_vk_slice s;
+        kiln_status st = kiln_vk_ring_alloc(dev, bytes, &s);
+        if (st != KILN_OK) return st;
+        memcpy(s.ptr, ub->data + ub->n_tokens, bytes);
+        ub->ring_epoch = dev->ring_epoch;
+        ub->ring_offset = s.offset;
+    }
+    return kiln_vk_bind_range(dev, dev->ring, ub->ring_offset, bytes, b, NULL, op);
+}
+
+/* ------------------------------------------------------------------------ */
+/* get_rows, rms_norm, add, swiglu                                          */
+/* ------------------------------------------------------------------------ */
+
+kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const int32_t *ids,
+                             kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t te, de;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan get_rows: device is NULL");
+    if ((st = tensor_check(table, -1, "get_rows", "table", &te)) ||
+        (st = tensor_check(dst, KILN_VK_T_F32, "get_rows", "dst", &de)))
+        return st;
+    if (dst->ne[0] != table->ne[0])
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan get_rows: dst rows of %lld, table rows of %lld",
+                          (long long)dst->ne[0], (long long)table->ne[0]);
+    if (dst->ne[1] == 0 || dst->ne[0] == 0) return KILN_OK;
+    if (!ids) return kiln_error(KILN_E_INVALID_ARG, "vulkan get_rows: ids is NULL");
+    for (int64_t r = 0; r < dst->ne[1]; r++)
+        if (ids[r] < 0 || ids[r] >= table->ne[1])
+            return kiln_error(KILN_E_INVALID_ARG, "vulkan get_rows: id %d (row %lld) outside [0, %lld)", ids[r],
+                              (long long)r, (long long)table->ne[1]);
+    const int slot = kiln_vk_type_slot(table->type);
+    const uint64_t rows = (uint64_t)dst->ne[1];
+    kiln_vk_slice s;
+    if ((st = kiln_vk_ring_alloc(dev, rows * sizeof(int32_t), &s))) return st;
+    memcpy(s.ptr, ids, rows * sizeof(int32_t));
+    kiln_vk_bind b[4];
+    uint32_t t_rem;
+    struct { uint32_t t_off, t_stride, d_off, d_stride, n, rows, ids_off; } pc;
+    if ((st = kiln_vk_bind_range(dev, table->buf, table->offset, te, &b[0], &t_rem, "get_rows")) ||
+        (st = bind_f32(dev, dst, de, &b[1], &pc.d_off, &pc.d_stride, "get_rows")) ||
+        (st = kiln_vk_bind_range(dev, s.buf, s.offset, rows * sizeof(int32_t), &b[2], NULL, "get_rows")))
+        return st;
+    b[3] = b[0];
+    pc.t_off = t_rem;
+    pc.t_stride = (uint32_t)table->row_stride;
+    pc.n = (uint32_t)dst->ne[0];
+    pc.rows = (uint32_t)rows;
+    pc.ids_off = 0;
+    uint32_t be, bb;
+    kiln_vk_type_geometry(table->type, &be, &bb);
+    uint32_t gx = be == 1 ? div_up(pc.n, 64) : div_up(pc.n / 32, 64);
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    return kiln_vk_dispatch(dev, KILN_VK_P_GETROWS_FIRST + slot, b, 4, &pc, sizeof pc, gx, pc.rows, 1);
+}
+
+kiln_status kiln_vk_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *w, float eps,
+                             kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t xe, we, de;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm: device is NULL");
+    if ((st = tensor_check(x, KILN_VK_T_F32, "rms_norm", "x", &xe)) ||
+        (st = tensor_check(w, KILN_VK_T_F32, "rms_norm", "w", &we)) ||
+        (st = tensor_check(dst, KILN_VK_T_F32, "rms_norm", "dst", &de)))
+        return st;
+    if (w->ne[0] != x->ne[0] || w->ne[1] < 1 || dst->ne[0] != x->ne[0] || dst->ne[1] != x->ne[1])
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm: shapes x %lldx%lld, w %lldx%lld, dst %lldx%lld",
+                          (long long)x->ne[0], (long long)x->ne[1], (long long)w->ne[0], (long long)w->ne[1],
+                          (long long)dst->ne[0], (long long)dst->ne[1]);
+    if (!(eps >= 0.0f)) return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm: eps %g", (double)eps);
+    if (x->ne[0] == 0 || x->ne[1] == 0) return KILN_OK;
+    struct { uint32_t x_off, x_stride, w_off, d_off, d_stride, n, rows; float eps; } pc;
+    uint32_t dummy;
+    kiln_vk_bind b[3];
+    if ((st = bind_f32(dev, x, xe, &b[0], &pc.x_off, &pc.x_stride, "rms_norm")) ||
+        (st = bind_f32(dev, w, we, &b[1], &pc.w_off, &dummy, "rms_norm")) ||
+        (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "rms_norm")))
+        return st;
+    pc.n = (uint32_t)x->ne[0];
+    pc.rows = (uint32_t)x->ne[1];
+    pc.eps = eps;
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    return kiln_vk_dispatch(dev, KILN_VK_P_RMS_NORM, b, 3, &pc, sizeof pc, pc.rows, 1, 1);
+}
+
+static kiln_status binary(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *bt,
+                          kiln_bk_tensor *dst, uint32_t mode, const char *op) {
+    kiln_status st;
+    uint64_t ae, be, de;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: device is NULL", op);
+    if ((st = tensor_check(a, KILN_VK_T_F32, op, mode ? "gate" : "a", &ae)) ||
+        (st = tensor_check(bt, KILN_VK_T_F32, op, mode ? "up" : "b", &be)) ||
+        (st = tensor_check(dst, KILN_VK_T_F32, op, "dst", &de)))
+        return st;
+    bool shapes = bt->ne[0] == a->ne[0] && dst->ne[0] == a->ne[0] && dst->ne[1] == a->ne[1] &&
+                  (bt->ne[1] == a->ne[1] || (mode == 0 && bt->ne[1] == 1));
+    if (!shapes)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: shapes %lldx%lld, %lldx%lld, dst %lldx%lld", op,
+                          (long long)a->ne[0], (long long)a->ne[1], (long long)bt->ne[0], (long long)bt->ne[1],
+                          (long long)dst->ne[0], (long long)dst->ne[1]);
+    if (a->ne[0] == 0 || a->ne[1] == 0) return KILN_OK;
+    struct { uint32_t a_off, a_stride, b_off, b_stride, d_off, d_stride, n, rows, mode; } pc;
+    kiln_vk_bind b[3];
+    if ((st = bind_f32(dev, a, ae, &b[0], &pc.a_off, &pc.a_stride, op)) ||
+        (st = bind_f32(dev, bt, be, &b[1], &pc.b_off, &pc.b_stride, op)) ||
+        (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, op)))
+        return st;
+    if (bt->ne[1] == 1) pc.b_stride = 0;
+    pc.n = (uint32_t)a->ne[0];
+    pc.rows = (uint32_t)a->ne[1];
+    pc.mode = mode;
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    return kiln_vk_dispatch(dev, KILN_VK_P_BINARY, b, 3, &pc, sizeof pc, div_up(pc.n, 256), pc.rows, 1);
+}
+
+kiln_status kiln_vk_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b, kiln_bk_tensor *dst) {
+    return binary(dev, a, b, dst, 0, "add");
+}
+
+kiln_status kiln_vk_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const kiln_bk_tensor *up,
+                           kiln_bk_tensor *dst) {
+    return binary(dev, gate, up, dst, 1, "swiglu");
+}
+
+/* ------------------------------------------------------------------------ */
+/* matmul                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Activation format per weight type (see types.glsl): 0 the F32 rows as
+ * they are, 1 F16-rounded, 2 BF16-rounded, 3 Q8_0, 4 Q8_1, 5 Q8_K. */
+static uint32_t act_mode(int32_t type) {
+    switch (type) {
+    case KILN_VK_T_F32: return 0;
+    case KILN_VK_T_F16: return 1;
+    case KILN_VK_T_BF16: return 2;
+    case KILN_VK_T_Q4_0: case KILN_VK_T_Q5_0: case KILN_VK_T_Q8_0: return 3;
+    case KILN_VK_T_Q4_1: case KILN_VK_T_Q5_1: return 4;
+    default: return 5;
+    }
+}
+
+static uint64_t act_row_words(uint32_t mode, uint64_t k) {
+    switch (mode) {
+    case 1: case 2: return k;
+    case 3: return k / 4 + k / 32;
+    case 4: return k / 4 + 2 * (k / 32);
+    case 5: return k / 4 + k / 256 + k / 16;
+    default: return k;
+    }
+}
+
+#define KILN_VK_MM_MC 4 /* activation rows per workgroup (mm.glsl MC) */
+#define KILN_VK_MMT_TILE 64 /* weight and activation rows per workgroup (mmt.glsl BN, BM) */
+
+kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                           kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t we, xe, de;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul: device is NULL");
+    if ((st = tensor_check(w, -1, "matmul", "w", &we)) || (st = tensor_check(x, KILN_VK_T_F32, "matmul", "x", &xe)) ||
+        (st = tensor_check(dst, KILN_VK_T_F32, "matmul", "dst", &de)))
+        return st;
+    const int64_t K = w->ne[0], N = w->ne[1], M = x->ne[1];
+    if (x->ne[0] != K || dst->ne[0] != N || dst->ne[1] != M)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul: w %lldx%lld, x %lldx%lld, dst %lldx%lld",
+                          (long long)K, (long long)N, (long long)x->ne[0], (long long)M, (long long)dst->ne[0],
+                          (long long)dst->ne[1]);
+    if (N == 0 || M == 0) return KILN_OK;
+    const uint32_t mode = act_mode(w->type);
+    if (mode >= 3 && K % 32) /* not reachable: tensor_check saw whole blocks */
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul: K %lld", (long long)K);
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+
+    kiln_vk_bind b[3];
+    struct { uint32_t w_off, w_stride, a_off, a_stride, d_off, d_stride, K, N, M, n_base, passes, m_base; } pc;
+    memset(&pc, 0, sizeof pc);
+    if (K == 0) {
+        /* nothing to sum: zeros, through a matmul over an empty K would be
+         * a degenerate dispatch; the CPU writes zeros too */
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan matmul: K = 0");
+    }
+    if (mode == 0) {
+        if ((st = bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul"))) return st;
+    } else {
+        const uint64_t row_words = act_row_words(mode, (uint64_t)K);
+        const uint64_t bytes = (uint64_t)M * row_words * 4;
+        kiln_vk_act_cache *c = &dev->act_cache;
+        bool hit = c->valid && c->src == x->buf && c->offset == x->offset && c->row_stride == x->row_stride &&
+                   c->k == K && c->m == M && c->mode == mode;
+        if (!hit) {
+            c->valid = false;
+            if (!dev->act || dev->act->size < bytes) {
+                /* the old scratch may be read by recorded work: finish it first */
+                if (dev->act && (st = kiln_vk_finish(dev))) return st;
+                kiln_bk_buffer *nb = NULL;
+                uint64_t want = dev->act && dev->act->size * 2 > bytes ? dev->act->size * 2 : bytes;
+                if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, want, &nb)) &&
+                    (want == bytes || (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))))
+                    return st;
+                kiln_vk_buffer_free(dev->act);
+                dev->act = nb;
+            }
+            struct { uint32_t x_off, x_stride, a_off, a_stride, K, M, mode; } qc;
+            kiln_vk_bind qb[2];
+            uint32_t rem;
+            if ((st = bind_f32(dev, x, xe, &qb[0], &qc.x_off, &qc.x_stride, "matmul")) ||
+                (st = kiln_vk_bind_range(dev, dev->act, 0, bytes, &qb[1], &rem, "matmul")))
+                return st;
+            qc.a_off = 0;
+            qc.a_stride = (uint32_t)row_words;
+            qc.K = (uint32_t)K;
+            qc.M = (uint32_t)M;
+            qc.mode = mode;
+            /* one invocation per element (F16/BF16), else a workgroup per 256 */
+            uint32_t gx = mode <= 2 ? div_up((uint64_t)K, 64) : div_up((uint64_t)K, 256);
+            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_QUANT_ACT, qb, 2, &qc, sizeof qc, gx, (uint32_t)M, 1)))
+                return st;
+            c->valid = true;
+            c->src = x->buf;
+            c->offset = x->offset;
+            c->extent = xe;
+            c->row_stride = x->row_stride;
+            c->k = K;
+            c->m = M;
+            c->mode = mode;
+        }
+        uint32_t rem;
+        if ((st = kiln_vk_bind_range(dev, dev->act, 0, bytes, &b[1], &rem, "matmul"))) return st;
+        pc.a_off = 0;
+        pc.a_stride = (uint32_t)row_words;
+    }
+    uint32_t w_rem;
+    if ((st = kiln_vk_bind_range(dev, w->buf, w->offset, we, &b[0], &w_rem, "matmul")) ||
+        (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "matmul")))
+        return st;
+    pc.w_off = w_rem;
+    pc.w_stride = (uint32_t)w->row_stride;
+    pc.K = (uint32_t)K;
+    pc.N = (uint32_t)N;
+    pc.M = (uint32_t)M;
+    const int slot = kiln_vk_type_slot(w->type);
+    const uint64_t max_x = dev->sh->max_groups[0];
+    if (M > KILN_VK_MM_MC && !dev->no_tiled) {
+        /* batches: 64 x 64 tiles through shared memory */
+        const uint32_t gy = div_up((uint64_t)M, KILN_VK_MMT_TILE);
+        const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMT_TILE);
+        for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
+            uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
+            pc.n_base = (uint32_t)(g0 * KILN_VK_MMT_TILE);
+            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_MMT_FIRST + slot, b, 3, &pc, 10 * sizeof(uint32_t),
+                                       (uint32_t)gx, gy, 1)))
+                return st;
+        }
+        return KILN_OK;
+    }
+    /* a few activation rows (decode, drafts): 8 invocations per weight row,
+     * every weight read once per group of 4 activation rows */
+    const int pipe = (dev->sh->subgroup_arith ? KILN_VK_P_MMSG_FIRST : KILN_VK_P_MM_FIRST) + slot;
+    const uint64_t row_groups = div_up((uint64_t)N, 8);
+    /* a CPU implementation pays per workgroup: about 32 of them */
+    pc.passes = dev->sh->is_cpu ? (uint32_t)(row_groups + 31) / 32 : 1;
+    if (pc.passes == 0) pc.passes = 1;
+    const uint64_t groups_n = div_up(row_groups, pc.passes);
+    const uint32_t gy = div_up((uint64_t)M, KILN_VK_MM_MC);
+    for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
+        uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
+        pc.n_base = (uint32_t)(g0 * 8 * pc.passes);
+        if ((st = kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, gy, 1))) return st;
+    }
+    return KILN_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* rope                                                                     */
+/* ------------------------------------------------------------------------ */
+
+#define KILN_VK_ROPE_MAX_PAIRS 1024
+
+/* The cos/sin table of the current ubatch in the ring, built exactly as
+ * the CPU backend builds it (backends/cpu/cpu_ops.c), reused by q and k. */
+static kiln_status rope_table(kiln_bk_device *dev, const kiln_bk_rope *r, uint64_t *offset) {
+    kiln_vk_rope_cache *c = &dev->rope;
+    const size_t half = r->n_rot / 2;
+    bool same = c->valid && c->ub_gen == dev->ub.gen && c->ring_epoch == dev->ring_epoch && c->n_rot == r->n_rot &&
+                c->freq_base == r->freq_base && c->freq_scale == r->freq_scale &&
+                c->has_factors == (r->freq_factors != NULL) &&
+                (!r->freq_factors || memcmp(c->factors, r->freq_factors, half * sizeof(float)) == 0);
+    if (same) {
+        *offset = c->ring_offset;
+        return KILN_OK;
+    }
+    const size_t n = dev->ub.n_tokens, need = n * r->n_rot;
+    kiln_vk_slice s;
+    kiln_status st = kiln_vk_ring_alloc(dev, need * sizeof(float), &s);
+    if (st != KILN_OK) return st;
+    float *table = (float *)s.ptr;
+    const float theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
+    for (size_t t = 0; t < n; t++) {
+        float *cs = table + t * r->n_rot, *sn = cs + half;
+        float theta = (float)dev->ub.data[t];
+        for (size_t i = 0; i < half; i++) {
+            const float ff = r->freq_factors ? r->freq_factors[i] : 1.0f;
+            const float th = r->freq_scale * (theta / ff);
+            cs[i] = cosf(th);
+            sn[i] = sinf(th);
+            theta *= theta_scale;
+        }
+    }
+    c->valid = true;
+    c->ub_gen = dev->ub.gen;
+    c->ring_epoch = dev->ring_epoch;
+    c->ring_offset = s.offset;
+    c->n_rot = r->n_rot;
+    c->freq_base = r->freq_base;
+    c->freq_scale = r->freq_scale;
+    c->has_factors = r->freq_factors != NULL;
+    if (r->freq_factors) memcpy(c->factors, r->freq_factors, half * sizeof(float));
+    *offset = s.offset;
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
+    kiln_status st;
+    uint64_t xe;
+    if (!dev || !rope) return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: NULL device or parameters");
+    if ((st = need_ubatch(dev, "rope")) || (st = tensor_check(x, KILN_VK_T_F32, "rope", "x", &xe))) return st;
+    kiln_bk_rope r;
+    memset(&r, 0, sizeof r);
+    memcpy(&r, rope, rope->struct_size < sizeof r ? rope->struct_size : sizeof r);
+    if (rope->struct_size < offsetof(kiln_bk_rope, freq_scale) + sizeof(float)) r.freq_scale = 1.0f;
+    if (r.mode != KILN_ROPE_NORM && r.mode != KILN_ROPE_NEOX)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: unknown mode %d", r.mode);
+    if (r.n_rot % 2 || r.n_rot > r.head_dim || r.n_rot > 2 * KILN_VK_ROPE_MAX_PAIRS)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: n_rot %u with head_dim %u", r.n_rot, r.head_dim);
+    if ((uint64_t)r.n_head * r.head_dim > (uint64_t)x->ne[0])
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: %u heads of %u do not fit rows of %lld", r.n_head,
+                          r.head_dim, (long long)x->ne[0]);
+    if (x->ne[1] != (int64_t)dev->ub.n_tokens)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: %lld rows for a ubatch of %u tokens", (long long)x->ne[1],
+                          dev->ub.n_tokens);
+    if (r.n_rot == 0 || x->ne[1] == 0 || r.n_head == 0) return KILN_OK;
+    uint64_t toff;
+    if ((st = rope_table(dev, &r, &toff))) return st;
+    struct { uint32_t x_off, x_stride, n_head, head_dim, n_rot, mode, t_off, rows; } pc;
+    kiln_vk_bind b[2];
+    if ((st = bind_f32(dev, x, xe, &b[0], &pc.x_off, &pc.x_stride, "rope")) ||
+        (st = kiln_vk_bind_range(dev, dev->ring, toff, (uint64_t)x->ne[1] * r.n_rot * sizeof(float), &b[1], NULL,
+                                 "rope")))
+        return st;
+    pc.n_head = r.n_head;
+    pc.head_dim = r.head_dim;
+    pc.n_rot = r.n_rot;
+    pc.mode = (uint32_t)r.mode;
+    pc.t_off = 0;
+    pc.rows = (uint32_t)x->ne[1];
+    kiln_vk_act_written(dev, x->buf, x->offset, xe);
+    return kiln_vk_dispatch(dev, KILN_VK_P_ROPE, b, 2, &pc, sizeof pc, div_up((uint64_t)r.n_head * (r.n_rot / 2), 64),
+                            pc.rows, 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* kv_store, attention                                                      */
+/* ------------------------------------------------------------------------ */
+
+kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                             kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+    kiln_status st;
+    uint64_t ke, ve;
+    if (!dev || !k_cache || !v_cache) return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: NULL device or cache");
+    if ((st = need_ubatch(dev, "kv_store")) || (st = tensor_check(k, KILN_VK_T_F32, "kv_store", "k", &ke)) ||
+        (st = tensor_check(v, KILN_VK_T_F32, "kv_store", "v", &ve)))
+        return st;
+    const kiln_vk_ubatch *ub = &dev->ub;
+    if (k->ne[0] != kv_dim || v->ne[0] != kv_dim || k->ne[1] != ub->n_tokens || v->ne[1] != ub->n_tokens)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: k %lldx%lld, v %lldx%lld for kv_dim %u, %u tokens",
+                          (long long)k->ne[0], (long long)k->ne[1], (long long)v->ne[0], (long long)v->ne[1], kv_dim,
+                          ub->n_tokens);
+    if (ub->n_tokens == 0 || kv_dim == 0) return KILN_OK;
+    if (!ub->has_kv_cell) return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: the ubatch has no kv cells");
+    if (kv_dim % 2) return kiln_error(KILN_E_UNSUPPORTED, "vulkan kv_store: odd kv_dim %u", kv_dim);
+    uint64_t need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
+    if (k_cache->size < need || v_cache->size < need)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: caches of %llu/%llu bytes, %u cells need %llu",
+                          (unsigned long long)k_cache->size, (unsigned long long)v_cache->size, ub->n_cells,
+                          (unsigned long long)need);
+    kiln_vk_bind b[5];
+    struct { uint32_t k_off, k_stride, v_off, v_stride, kv_dim, rows, cell_off; } pc;
+    if ((st = ubatch_bind(dev, &b[4], "kv_store")) || (st = bind_f32(dev, k, ke, &b[0], &pc.k_off, &pc.k_stride, "kv_store")) ||
+        (st = bind_f32(dev, v, ve, &b[1], &pc.v_off, &pc.v_stride, "kv_store")) ||
+        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[2], NULL, "kv_store")) ||
+        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[3], NULL, "kv_store")))
+        return st;
+    pc.kv_dim = kv_dim;
+    pc.rows = ub->n_tokens;
+    pc.cell_off = 0;
+    kiln_vk_act_written(dev, k_cache, 0, need);
+    kiln_vk_act_written(dev, v_cache, 0, need);
+    return kiln_vk_dispatch(dev, KILN_VK_P_KV_STORE, b, 5, &pc, sizeof pc, div_up(kv_dim / 2, 64), pc.rows, 1);
+}
+
+#define KILN_VK_ATTN_MAX_HEAD_DIM 256 /* attention.comp MAXD */
+
+kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
+                              const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t qe, de;
+    if (!dev || !k_cache || !v_cache || !attn)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: NULL device, cache or parameters");
+    if ((st = need_ubatch(dev, "attention")) || (st = tensor_check(q, KILN_VK_T_F32, "attention", "q", &qe)) ||
+        (st = tensor_check(dst, KILN_VK_T_F32, "attention", "dst", &de)))
+        return st;
+    kiln_bk_attn a;
+    memset(&a, 0, sizeof a);
+    memcpy(&a, attn, attn->struct_size < sizeof a ? attn->struct_size : sizeof a);
+    const kiln_vk_ubatch *ub = &dev->ub;
+    if (a.n_head == 0 || a.n_head_kv == 0 || a.n_head % a.n_head_kv || a.head_dim == 0)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: %u heads, %u kv heads, head_dim %u", a.n_head,
+                          a.n_head_kv, a.head_dim);
+    const uint64_t qw = (uint64_t)a.n_head * a.head_dim;
+    if ((uint64_t)q->ne[0] < qw || dst->ne[0] != q->ne[0] || q->ne[1] != ub->n_tokens || dst->ne[1] != q->ne[1])
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: q %lldx%lld, dst %lldx%lld for %u heads of %u, %u tokens",
+                          (long long)q->ne[0], (long long)q->ne[1], (long long)dst->ne[0], (long long)dst->ne[1],
+                          a.n_head, a.head_dim, ub->n_tokens);
+    if (ub->n_tokens == 0) return KILN_OK;
+    if (!ub->has_attn) return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: the ubatch has no block tables");
+    if (a.head_dim > KILN_VK_ATTN_MAX_HEAD_DIM || a.head_dim % 2)
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan attention: head_dim %u (even, at most %d)", a.head_dim,
+                          KILN_VK_ATTN_MAX_HEAD_DIM);
+    const uint32_t kv_dim = a.n_head_kv * a.head_dim;
+    uint64_t need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
+    if (k_cache->size < need || v_cache->size < need)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: caches of %llu/%llu bytes, %u cells need %llu",
+                          (unsigned long long)k_cache->size, (unsigned long long)v_cache->size, ub->n_cells,
+                          (unsigned long long)need);
+    kiln_vk_bind b[5];
+    struct {
+        uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
+        float scale;
+        uint32_t block_size, tab_off, nkv_off, bt_off;
+    } pc;
+    if ((st = ubatch_bind(dev, &b[4], "attention")) ||
+        (st = bind_f32(dev, q, qe, &b[0], &pc.q_off, &pc.q_stride, "attention")) ||
+        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[1], NULL, "attention")) ||
+        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[2], NULL, "attention")) ||
+        (st = bind_f32(dev, dst, de, &b[3], &pc.d_off, &pc.d_stride, "attention")))
+        return st;
+    pc.n_head = a.n_head;
+    pc.n_head_kv = a.n_head_kv;
+    pc.head_dim = a.head_dim;
+    pc.kv_dim = kv_dim;
+    pc.scale = a.scale;
+    pc.block_size = ub->block_size ? ub->block_size : 1;
+    pc.tab_off = ub->n_tokens;
+    pc.nkv_off = 2 * ub->n_tokens;
+    pc.bt_off = 3 * ub->n_tokens;
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    return kiln_vk_dispatch(dev, KILN_VK_P_ATTENTION, b, 5, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
+}

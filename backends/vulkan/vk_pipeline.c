@@ -1,0 +1,248 @@
+/*
+ * vk_pipeline.c - the descriptor and pipeline layouts every shader shares
+ * (push descriptors, up to 5 storage buffers, 128 bytes of
+ * push constants) and the compute pipelines, built from the SPIR-V the
+ * build embedded (kiln_vk_spv_NAME[], from backends/vulkan/shaders/).
+ *
+ * A pipeline is created the first time an operation needs it and kept
+ * until the shared device goes away, so every handle of the device and
+ * every later call reuse it; a model that never meets a weight type never
+ * compiles its kernels.
+ */
+#include <string.h>
+
+#include "vk_internal.h"
+
+extern const uint32_t kiln_vk_spv_quant_act[];
+extern const size_t kiln_vk_spv_quant_act_size;
+extern const uint32_t kiln_vk_spv_rms_norm[];
+extern const size_t kiln_vk_spv_rms_norm_size;
+extern const uint32_t kiln_vk_spv_binary[];
+extern const size_t kiln_vk_spv_binary_size;
+extern const uint32_t kiln_vk_spv_rope[];
+extern const size_t kiln_vk_spv_rope_size;
+extern const uint32_t kiln_vk_spv_kv_store[];
+extern const size_t kiln_vk_spv_kv_store_size;
+extern const uint32_t kiln_vk_spv_attention[];
+extern const size_t kiln_vk_spv_attention_size;
+extern const uint32_t kiln_vk_spv_mm_f32[];
+extern const size_t kiln_vk_spv_mm_f32_size;
+extern const uint32_t kiln_vk_spv_mm_f16[];
+extern const size_t kiln_vk_spv_mm_f16_size;
+extern const uint32_t kiln_vk_spv_mm_bf16[];
+extern const size_t kiln_vk_spv_mm_bf16_size;
+extern const uint32_t kiln_vk_spv_mm_q4_0[];
+extern const size_t kiln_vk_spv_mm_q4_0_size;
+extern const uint32_t kiln_vk_spv_mm_q4_1[];
+extern const size_t kiln_vk_spv_mm_q4_1_size;
+extern const uint32_t kiln_vk_spv_mm_q5_0[];
+extern const size_t kiln_vk_spv_mm_q5_0_size;
+extern const uint32_t kiln_vk_spv_mm_q5_1[];
+extern const size_t kiln_vk_spv_mm_q5_1_size;
+extern const uint32_t kiln_vk_spv_mm_q8_0[];
+extern const size_t kiln_vk_spv_mm_q8_0_size;
+extern const uint32_t kiln_vk_spv_mm_q4_k[];
+extern const size_t kiln_vk_spv_mm_q4_k_size;
+extern const uint32_t kiln_vk_spv_mm_q5_k[];
+extern const size_t kiln_vk_spv_mm_q5_k_size;
+extern const uint32_t kiln_vk_spv_mm_q6_k[];
+extern const size_t kiln_vk_spv_mm_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmsg_f32[];
+extern const size_t kiln_vk_spv_mmsg_f32_size;
+extern const uint32_t kiln_vk_spv_mmsg_f16[];
+extern const size_t kiln_vk_spv_mmsg_f16_size;
+extern const uint32_t kiln_vk_spv_mmsg_bf16[];
+extern const size_t kiln_vk_spv_mmsg_bf16_size;
+extern const uint32_t kiln_vk_spv_mmsg_q4_0[];
+extern const size_t kiln_vk_spv_mmsg_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmsg_q4_1[];
+extern const size_t kiln_vk_spv_mmsg_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmsg_q5_0[];
+extern const size_t kiln_vk_spv_mmsg_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmsg_q5_1[];
+extern const size_t kiln_vk_spv_mmsg_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmsg_q8_0[];
+extern const size_t kiln_vk_spv_mmsg_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmsg_q4_k[];
+extern const size_t kiln_vk_spv_mmsg_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmsg_q5_k[];
+extern const size_t kiln_vk_spv_mmsg_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmsg_q6_k[];
+extern const size_t kiln_vk_spv_mmsg_q6_k_size;
+extern const uint32_t kiln_vk_spv_getrows_f32[];
+extern const size_t kiln_vk_spv_getrows_f32_size;
+extern const uint32_t kiln_vk_spv_getrows_f16[];
+extern const size_t kiln_vk_spv_getrows_f16_size;
+extern const uint32_t kiln_vk_spv_getrows_bf16[];
+extern const size_t kiln_vk_spv_getrows_bf16_size;
+extern const uint32_t kiln_vk_spv_getrows_q4_0[];
+extern const size_t kiln_vk_spv_getrows_q4_0_size;
+extern const uint32_t kiln_vk_spv_getrows_q4_1[];
+extern const size_t kiln_vk_spv_getrows_q4_1_size;
+extern const uint32_t kiln_vk_spv_getrows_q5_0[];
+extern const size_t kiln_vk_spv_getrows_q5_0_size;
+extern const uint32_t kiln_vk_spv_getrows_q5_1[];
+extern const size_t kiln_vk_spv_getrows_q5_1_size;
+extern const uint32_t kiln_vk_spv_getrows_q8_0[];
+extern const size_t kiln_vk_spv_getrows_q8_0_size;
+extern const uint32_t kiln_vk_spv_getrows_q4_k[];
+extern const size_t kiln_vk_spv_getrows_q4_k_size;
+extern const uint32_t kiln_vk_spv_getrows_q5_k[];
+extern const size_t kiln_vk_spv_getrows_q5_k_size;
+extern const uint32_t kiln_vk_spv_getrows_q6_k[];
+extern const size_t kiln_vk_spv_getrows_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmt_f32[];
+extern const size_t kiln_vk_spv_mmt_f32_size;
+extern const uint32_t kiln_vk_spv_mmt_f16[];
+extern const size_t kiln_vk_spv_mmt_f16_size;
+extern const uint32_t kiln_vk_spv_mmt_bf16[];
+extern const size_t kiln_vk_spv_mmt_bf16_size;
+extern const uint32_t kiln_vk_spv_mmt_q4_0[];
+extern const size_t kiln_vk_spv_mmt_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmt_q4_1[];
+extern const size_t kiln_vk_spv_mmt_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmt_q5_0[];
+extern const size_t kiln_vk_spv_mmt_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmt_q5_1[];
+extern const size_t kiln_vk_spv_mmt_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmt_q8_0[];
+extern const size_t kiln_vk_spv_mmt_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmt_q4_k[];
+extern const size_t kiln_vk_spv_mmt_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmt_q5_k[];
+extern const size_t kiln_vk_spv_mmt_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmt_q6_k[];
+extern const size_t kiln_vk_spv_mmt_q6_k_size;
+
+static const struct {
+    const char *name;
+    const uint32_t *code;
+    const size_t *size;
+} shaders[KILN_VK_P_COUNT] = {
+    {"quant_act", kiln_vk_spv_quant_act, &kiln_vk_spv_quant_act_size},
+    {"rms_norm", kiln_vk_spv_rms_norm, &kiln_vk_spv_rms_norm_size},
+    {"binary", kiln_vk_spv_binary, &kiln_vk_spv_binary_size},
+    {"rope", kiln_vk_spv_rope, &kiln_vk_spv_rope_size},
+    {"kv_store", kiln_vk_spv_kv_store, &kiln_vk_spv_kv_store_size},
+    {"attention", kiln_vk_spv_attention, &kiln_vk_spv_attention_size},
+    {"mm_f32", kiln_vk_spv_mm_f32, &kiln_vk_spv_mm_f32_size},
+    {"mm_f16", kiln_vk_spv_mm_f16, &kiln_vk_spv_mm_f16_size},
+    {"mm_bf16", kiln_vk_spv_mm_bf16, &kiln_vk_spv_mm_bf16_size},
+    {"mm_q4_0", kiln_vk_spv_mm_q4_0, &kiln_vk_spv_mm_q4_0_size},
+    {"mm_q4_1", kiln_vk_spv_mm_q4_1, &kiln_vk_spv_mm_q4_1_size},
+    {"mm_q5_0", kiln_vk_spv_mm_q5_0, &kiln_vk_spv_mm_q5_0_size},
+    {"mm_q5_1", kiln_vk_spv_mm_q5_1, &kiln_vk_spv_mm_q5_1_size},
+    {"mm_q8_0", kiln_vk_spv_mm_q8_0, &kiln_vk_spv_mm_q8_0_size},
+    {"mm_q4_k", kiln_vk_spv_mm_q4_k, &kiln_vk_spv_mm_q4_k_size},
+    {"mm_q5_k", kiln_vk_spv_mm_q5_k, &kiln_vk_spv_mm_q5_k_size},
+    {"mm_q6_k", kiln_vk_spv_mm_q6_k, &kiln_vk_spv_mm_q6_k_size},
+    {"mmsg_f32", kiln_vk_spv_mmsg_f32, &kiln_vk_spv_mmsg_f32_size},
+    {"mmsg_f16", kiln_vk_spv_mmsg_f16, &kiln_vk_spv_mmsg_f16_size},
+    {"mmsg_bf16", kiln_vk_spv_mmsg_bf16, &kiln_vk_spv_mmsg_bf16_size},
+    {"mmsg_q4_0", kiln_vk_spv_mmsg_q4_0, &kiln_vk_spv_mmsg_q4_0_size},
+    {"mmsg_q4_1", kiln_vk_spv_mmsg_q4_1, &kiln_vk_spv_mmsg_q4_1_size},
+    {"mmsg_q5_0", kiln_vk_spv_mmsg_q5_0, &kiln_vk_spv_mmsg_q5_0_size},
+    {"mmsg_q5_1", kiln_vk_spv_mmsg_q5_1, &kiln_vk_spv_mmsg_q5_1_size},
+    {"mmsg_q8_0", kiln_vk_spv_mmsg_q8_0, &kiln_vk_spv_mmsg_q8_0_size},
+    {"mmsg_q4_k", kiln_vk_spv_mmsg_q4_k, &kiln_vk_spv_mmsg_q4_k_size},
+    {"mmsg_q5_k", kiln_vk_spv_mmsg_q5_k, &kiln_vk_spv_mmsg_q5_k_size},
+    {"mmsg_q6_k", kiln_vk_spv_mmsg_q6_k, &kiln_vk_spv_mmsg_q6_k_size},
+    {"getrows_f32", kiln_vk_spv_getrows_f32, &kiln_vk_spv_getrows_f32_size},
+    {"getrows_f16", kiln_vk_spv_getrows_f16, &kiln_vk_spv_getrows_f16_size},
+    {"getrows_bf16", kiln_vk_spv_getrows_bf16, &kiln_vk_spv_getrows_bf16_size},
+    {"getrows_q4_0", kiln_vk_spv_getrows_q4_0, &kiln_vk_spv_getrows_q4_0_size},
+    {"getrows_q4_1", kiln_vk_spv_getrows_q4_1, &kiln_vk_spv_getrows_q4_1_size},
+    {"getrows_q5_0", kiln_vk_spv_getrows_q5_0, &kiln_vk_spv_getrows_q5_0_size},
+    {"getrows_q5_1", kiln_vk_spv_getrows_q5_1, &kiln_vk_spv_getrows_q5_1_size},
+    {"getrows_q8_0", kiln_vk_spv_getrows_q8_0, &kiln_vk_spv_getrows_q8_0_size},
+    {"getrows_q4_k", kiln_vk_spv_getrows_q4_k, &kiln_vk_spv_getrows_q4_k_size},
+    {"getrows_q5_k", kiln_vk_spv_getrows_q5_k, &kiln_vk_spv_getrows_q5_k_size},
+    {"getrows_q6_k", kiln_vk_spv_getrows_q6_k, &kiln_vk_spv_getrows_q6_k_size},
+    {"mmt_f32", kiln_vk_spv_mmt_f32, &kiln_vk_spv_mmt_f32_size},
+    {"mmt_f16", kiln_vk_spv_mmt_f16, &kiln_vk_spv_mmt_f16_size},
+    {"mmt_bf16", kiln_vk_spv_mmt_bf16, &kiln_vk_spv_mmt_bf16_size},
+    {"mmt_q4_0", kiln_vk_spv_mmt_q4_0, &kiln_vk_spv_mmt_q4_0_size},
+    {"mmt_q4_1", kiln_vk_spv_mmt_q4_1, &kiln_vk_spv_mmt_q4_1_size},
+    {"mmt_q5_0", kiln_vk_spv_mmt_q5_0, &kiln_vk_spv_mmt_q5_0_size},
+    {"mmt_q5_1", kiln_vk_spv_mmt_q5_1, &kiln_vk_spv_mmt_q5_1_size},
+    {"mmt_q8_0", kiln_vk_spv_mmt_q8_0, &kiln_vk_spv_mmt_q8_0_size},
+    {"mmt_q4_k", kiln_vk_spv_mmt_q4_k, &kiln_vk_spv_mmt_q4_k_size},
+    {"mmt_q5_k", kiln_vk_spv_mmt_q5_k, &kiln_vk_spv_mmt_q5_k_size},
+    {"mmt_q6_k", kiln_vk_spv_mmt_q6_k, &kiln_vk_spv_mmt_q6_k_size}
+};
+
+const char *kiln_vk_pipeline_name(int which) {
+    return which >= 0 && which < KILN_VK_P_COUNT ? shaders[which].name : "?";
+}
+
+kiln_status kiln_vk_layout_create(kiln_vk_shared *sh) {
+    VkDescriptorSetLayoutBinding b[KILN_VK_MAX_BINDINGS];
+    memset(b, 0, sizeof b);
+    for (uint32_t i = 0; i < KILN_VK_MAX_BINDINGS; i++) {
+        b[i].binding = i;
+        b[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+        b[i].descriptorCount = 1;
+        b[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
+    }
+    VkDescriptorSetLayoutCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO};
+    dci.flags = VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR;
+    dci.bindingCount = KILN_VK_MAX_BINDINGS;
+    dci.pBindings = b;
+    VkResult r = vkCreateDescriptorSetLayout(sh->device, &dci, NULL, &sh->dsl);
+    if (r != VK_SUCCESS) {
+        sh->dsl = VK_NULL_HANDLE;
+        return kiln_vk_result(r, "vkCreateDescriptorSetLayout");
+    }
+    VkPushConstantRange pc = {VK_SHADER_STAGE_COMPUTE_BIT, 0, KILN_VK_PUSH_BYTES};
+    VkPipelineLayoutCreateInfo lci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO};
+    lci.setLayoutCount = 1;
+    lci.pSetLayouts = &sh->dsl;
+    lci.pushConstantRangeCount = 1;
+    lci.pPushConstantRanges = &pc;
+    r = vkCreatePipelineLayout(sh->device, &lci, NULL, &sh->layout);
+    if (r != VK_SUCCESS) {
+        sh->layout = VK_NULL_HANDLE;
+        return kiln_vk_result(r, "vkCreatePipelineLayout");
+    }
+    return KILN_OK;
+}
+
+void kiln_vk_pipelines_destroy(kiln_vk_shared *sh) {
+    for (int i = 0; i < KILN_VK_P_COUNT; i++)
+        if (sh->pipelines[i]) {
+            vkDestroyPipeline(sh->device, sh->pipelines[i], NULL);
+            sh->pipelines[i] = VK_NULL_HANDLE;
+        }
+}
+
+kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
+    if (which < 0 || which >= KILN_VK_P_COUNT)
+        return kiln_error(KILN_E_INTERNAL, "vulkan backend: no pipeline %d", which);
+    pthread_mutex_lock(&sh->pipe_lock);
+    kiln_status st = KILN_OK;
+    if (!sh->pipelines[which]) {
+        VkShaderModuleCreateInfo mci = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO};
+        mci.codeSize = *shaders[which].size;
+        mci.pCode = shaders[which].code;
+        VkShaderModule mod;
+        VkResult r = vkCreateShaderModule(sh->device, &mci, NULL, &mod);
+        if (r == VK_SUCCESS) {
+            VkComputePipelineCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO};
+            ci.stage.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO;
+            ci.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
+            ci.stage.module = mod;
+            ci.stage.pName = "main";
+            ci.layout = sh->layout;
+            r = vkCreateComputePipelines(sh->device, VK_NULL_HANDLE, 1, &ci, NULL, &sh->pipelines[which]);
+            vkDestroyShaderModule(sh->device, mod, NULL);
+            if (r != VK_SUCCESS) sh->pipelines[which] = VK_NULL_HANDLE;
+        }
+        if (r != VK_SUCCESS) {
+            st = kiln_vk_result(r, "creating a compute pipeline");
+            st = kiln_error(st, "vulkan backend: cannot build the '%s' pipeline", shaders[which].name);
+        }
+    }
+    *out = sh->pipelines[which];
+    pthread_mutex_unlock(&sh->pipe_lock);
+    return st;
+}

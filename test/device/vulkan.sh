@@ -1,0 +1,79 @@
+#!/bin/bash
+# test/device/vulkan.sh [MODEL.gguf...] - the Vulkan backend on a GPU machine,
+# given a tree built elsewhere (carry build/ and, for the loader, .gl/).
+#
+#   1. makes the Vulkan loader available: if `ldconfig -p` has no
+#      libvulkan.so.1, unpacks .gl/*.deb (prepared as
+#      /work/.library/device/README.md describes) and points the loader at
+#      NVIDIA's ICD when it cannot find one itself;
+#   2. runs test/vulkan.sh (reference suite, lifecycle tests, proof with a
+#      few cycles, validation layer when installed, greedy text vs CPU);
+#   3. kiln-bench --backend vulkan (pp512, tg128, 3 repetitions) on each
+#      MODEL given, and the same with --backend cuda when libkiln-cuda.so
+#      was built, for the ratio.
+# Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
+# KILN_VK_BENCH_ONLY=1 skips steps 2 (tests) and runs the benchmarks only.
+# Example (from the repository root on the device machine):
+#   bash test/device/vulkan.sh mistral-7b:q4_0 mistral-7b:q4_k_m mistral-7b:f16
+# (SHAPE:TYPE arguments are generated with kiln-gen-model into /tmp; a path
+# to a .gguf is used as it is.)
+# build/ is larger than what travels to the device; on the build machine
+#   bash test/device/vulkan.sh --pack build-device
+# copies what these tests need, stripped (a few MiB), into build-device/;
+# carry it (and .gl) and run with KILN_BUILD=build-device.
+set -u
+cd "$(dirname "$0")/../.."
+if [ "${1:-}" = "--pack" ]; then
+    dst=${2:-build-device}; src=${KILN_BUILD:-build}
+    rm -rf "$dst"; mkdir -p "$dst/bin" "$dst/test"
+    cp -P "$src"/libkiln.so* "$dst/"
+    for f in "$src"/libkiln-*.so; do [ -f "$f" ] && cp "$f" "$dst/"; done
+    cp "$src"/bin/kiln-run "$src"/bin/kiln-bench "$src"/bin/kiln-gen-model "$dst/bin/"
+    for t in test_reference test_lifecycle test_kv test_draft test_proof test_vulkan_ops; do
+        cp "$src/test/$t" "$dst/test/"; done
+    strip "$dst"/bin/* "$dst"/test/* "$dst"/libkiln.so.*.*.* 2>/dev/null
+    du -sh "$dst"; exit 0
+fi
+build=${KILN_BUILD:-build}
+out=${OUT:-/tmp/kiln-vulkan}
+mkdir -p "$out"
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then
+    export VK_DRIVER_FILES=$nv_icd
+fi
+export KILN_BACKEND_PATH=$build
+# the device machine carries ../shared as shared/ inside the tree
+if [ -z "${KILN_SHARED:-}" ] && [ ! -d ../shared ] && [ -d shared ]; then export KILN_SHARED=$PWD/shared; fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu.txt"
+
+if [ -z "${KILN_VK_BENCH_ONLY:-}" ]; then
+echo "== test_vulkan_ops"
+KILN_VK_OPS_VERBOSE=1 "$build/test/test_vulkan_ops" 2>&1 | tee "$out/ops.txt"
+echo "== test/vulkan.sh"
+KILN_BUILD=$build KILN_VK_FULL=1 KILN_VK_PROOF_CYCLES=${KILN_VK_PROOF_CYCLES:-20} bash test/vulkan.sh 2>&1 | tee "$out/tests.txt"
+fi
+
+for m in "$@"; do
+    case "$m" in
+    *:*) # SHAPE:TYPE, e.g. mistral-7b:q4_0: a random model from kiln-gen-model
+        shape=${m%%:*}; type=${m##*:}; f=/tmp/$shape-$type.gguf
+        vocab=${KILN_SHARED:-../shared}/vocab/vocab-llama-spm.gguf
+        [ -f "$f" ] || "$build/bin/kiln-gen-model" --shape "$shape" --type "$type" --vocab "$vocab" -o "$f" -q \
+            > "$out/gen-$shape-$type.txt" 2>&1
+        [ -f "$f" ] || { echo "cannot generate $m: $(tail -n 2 "$out/gen-$shape-$type.txt")"; continue; }
+        m=$f ;;
+    esac
+    name=$(basename "$m" .gguf)
+    echo "== kiln-bench vulkan $name"
+    "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-vulkan-$name.txt"
+    if [ -f "$build/libkiln-cuda.so" ]; then
+        echo "== kiln-bench cuda $name"
+        "$build/bin/kiln-bench" --backend cuda -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-cuda-$name.txt"
+    fi
+    KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 16 -r 1 > /dev/null 2> "$out/profile-$name.txt"
+done
+echo "logs in $out"

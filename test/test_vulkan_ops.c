@@ -1,0 +1,230 @@
+/*
+ * test_vulkan_ops.c - every operation of the Vulkan backend against the CPU
+ * backend on random data: matmul for every weight type with 1, 3, 9 and 70
+ * activation rows (the row-group and the tiled kernels, partial tiles),
+ * get_rows for every type, rms_norm, add (with a broadcast row), swiglu,
+ * rope (NORM and NEOX, with frequency factors), kv_store + attention over a
+ * paged cache with GQA. The two backends do the same arithmetic (the same
+ * activation quantization and integer block sums), so results may differ
+ * only by the order of float additions. Skipped when libkiln-vulkan.so or
+ * a Vulkan device is missing (KILN_BACKEND_PATH names the plugin folder).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "kiln_backend.h"
+#include "kt.h"
+#include "quant.h"
+
+static const kiln_backend_iface *cpu, *vk;
+static kiln_bk_device *dcpu, *dvk;
+
+static uint32_t rng = 12345;
+static float frand(void) {
+    rng = rng * 1664525u + 1013904223u;
+    return (float)((rng >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+typedef struct {
+    kiln_bk_buffer *c, *v;
+} pair;
+
+static pair alloc_pair(uint64_t size, uint32_t usage) {
+    pair p = {NULL, NULL};
+    KT_CHECK_OK(cpu->buffer_alloc(dcpu, size, usage, &p.c));
+    KT_CHECK_OK(vk->buffer_alloc(dvk, size, usage, &p.v));
+    return p;
+}
+
+static void upload(pair p, const void *data, uint64_t size) {
+    KT_CHECK_OK(cpu->buffer_upload(dcpu, p.c, 0, data, size));
+    KT_CHECK_OK(vk->buffer_upload(dvk, p.v, 0, data, size));
+}
+
+static void free_pair(pair p) {
+    cpu->buffer_free(p.c);
+    vk->buffer_free(p.v);
+}
+
+static kiln_bk_tensor tensor(kiln_bk_buffer *b, int32_t type, int64_t ne0, int64_t ne1, uint64_t offset) {
+    kiln_bk_tensor t;
+    memset(&t, 0, sizeof t);
+    t.buf = b;
+    t.offset = offset;
+    t.type = type;
+    t.ne[0] = ne0;
+    t.ne[1] = ne1;
+    t.row_stride = kiln_type_row_size(type, ne0);
+    return t;
+}
+
+/* Downloads n floats of both and returns max |a - b| / max(1, max |a|). */
+static double compare(pair p, uint64_t offset, size_t n, const char *what) {
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    KT_CHECK_OK(cpu->buffer_download(dcpu, p.c, offset, a, n * sizeof(float)));
+    KT_CHECK_OK(vk->buffer_download(dvk, p.v, offset, b, n * sizeof(float)));
+    double md = 0, mx = 1;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= md)) md = d; /* NaN counts */
+        if (fabs(a[i]) > mx) mx = fabs(a[i]);
+    }
+    free(a);
+    free(b);
+    double rel = md / mx;
+    if (getenv("KILN_VK_OPS_VERBOSE")) printf("  %-28s rel diff %.3g\n", what, rel);
+    return rel;
+}
+
+static void test_matmul_and_get_rows(void) {
+    static const int32_t types[] = {KILN_TYPE_F32,  KILN_TYPE_F16,  KILN_TYPE_BF16, KILN_TYPE_Q4_0,
+                                    KILN_TYPE_Q4_1, KILN_TYPE_Q5_0, KILN_TYPE_Q5_1, KILN_TYPE_Q8_0,
+                                    KILN_TYPE_Q4_K, KILN_TYPE_Q5_K, KILN_TYPE_Q6_K};
+    const int64_t K = 512, N = 37;
+    const int64_t Ms[] = {1, 3, 9, 70};
+    float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * 70);
+    for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
+    for (int64_t i = 0; i < K * 70; i++) x[i] = frand() * 2.0f;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int32_t type = types[ti];
+        KT_CHECK(vk->supports_type(0, type));
+        const uint64_t row = kiln_type_row_size(type, K);
+        uint8_t *wq = malloc(row * N);
+        for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
+        pair w = alloc_pair(row * N + 64, KILN_BK_BUF_WEIGHTS), xa = alloc_pair(sizeof(float) * K * 70, KILN_BK_BUF_WEIGHTS);
+        pair out = alloc_pair(sizeof(float) * K * 70, KILN_BK_BUF_WEIGHTS);
+        upload(w, wq, row * N);
+        upload(xa, x, sizeof(float) * K * 70);
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+            const int64_t M = Ms[mi];
+            kiln_bk_tensor tw = tensor(w.c, type, K, N, 0), tx = tensor(xa.c, KILN_TYPE_F32, K, M, 0);
+            kiln_bk_tensor td = tensor(out.c, KILN_TYPE_F32, N, M, 0);
+            KT_CHECK_OK(cpu->matmul(dcpu, &tw, &tx, &td));
+            tw.buf = w.v, tx.buf = xa.v, td.buf = out.v;
+            KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &td));
+            char what[64];
+            snprintf(what, sizeof what, "matmul %s M=%lld", kiln_type_name(type), (long long)M);
+            double rel = compare(out, 0, (size_t)(N * M), what);
+            KT_CHECKF(rel < 2e-4, "%s: relative difference %.3g", what, rel);
+        }
+        /* get_rows: rows 5, 0, 36, 5 of the quantized table */
+        const int32_t ids[] = {5, 0, 36, 5};
+        kiln_bk_tensor tt = tensor(w.c, type, K, N, 0), td = tensor(out.c, KILN_TYPE_F32, K, 4, 0);
+        KT_CHECK_OK(cpu->get_rows(dcpu, &tt, ids, &td));
+        tt.buf = w.v, td.buf = out.v;
+        KT_CHECK_OK(vk->get_rows(dvk, &tt, ids, &td));
+        char what[64];
+        snprintf(what, sizeof what, "get_rows %s", kiln_type_name(type));
+        double rel = compare(out, 0, (size_t)(4 * K), what);
+        KT_CHECKF(rel == 0, "%s: relative difference %.3g", what, rel);
+        free_pair(w);
+        free_pair(xa);
+        free_pair(out);
+        free(wq);
+    }
+    free(wf);
+    free(x);
+}
+
+static void set_ubatch(const kiln_bk_ubatch *u) {
+    KT_CHECK_OK(cpu->set_ubatch(dcpu, u));
+    KT_CHECK_OK(vk->set_ubatch(dvk, u));
+}
+
+static void test_row_ops_and_attention(void) {
+    enum { T = 5, H = 4, HKV = 2, D = 64, E = H * D, KVD = HKV * D, BS = 4, CELLS = 32 };
+    float *x = malloc(sizeof(float) * T * E * 4);
+    for (int i = 0; i < T * E * 4; i++) x[i] = frand();
+    /* layout (floats): a [T][E], b [T][E], w [E], out [T][E] */
+    const uint64_t A = 0, B = T * E, Wt = 2 * T * E, O = 3 * T * E;
+    pair buf = alloc_pair(sizeof(float) * (O + T * E), KILN_BK_BUF_TRANSIENT);
+    upload(buf, x, sizeof(float) * O);
+    kiln_bk_tensor a = tensor(buf.c, KILN_TYPE_F32, E, T, A * 4), b = tensor(buf.c, KILN_TYPE_F32, E, T, B * 4);
+    kiln_bk_tensor w = tensor(buf.c, KILN_TYPE_F32, E, 1, Wt * 4), o = tensor(buf.c, KILN_TYPE_F32, E, T, O * 4);
+    kiln_bk_tensor b1 = tensor(buf.c, KILN_TYPE_F32, E, 1, B * 4);
+#define BOTH(call_cpu, call_vk)                                                         \
+    do {                                                                                \
+        KT_CHECK_OK(call_cpu);                                                          \
+        a.buf = b.buf = w.buf = o.buf = b1.buf = buf.v;                                 \
+        KT_CHECK_OK(call_vk);                                                           \
+        a.buf = b.buf = w.buf = o.buf = b1.buf = buf.c;                                 \
+    } while (0)
+    BOTH(cpu->rms_norm(dcpu, &a, &w, 1e-5f, &o), vk->rms_norm(dvk, &a, &w, 1e-5f, &o));
+    KT_CHECKF(compare(buf, O * 4, T * E, "rms_norm") < 1e-5, "rms_norm");
+    BOTH(cpu->add(dcpu, &a, &b1, &o), vk->add(dvk, &a, &b1, &o));
+    KT_CHECKF(compare(buf, O * 4, T * E, "add broadcast") == 0, "add");
+    BOTH(cpu->swiglu(dcpu, &a, &b, &o), vk->swiglu(dvk, &a, &b, &o));
+    KT_CHECKF(compare(buf, O * 4, T * E, "swiglu") < 1e-5, "swiglu");
+
+    /* ubatch: tokens of two sequences over a paged cache */
+    int32_t pos[T] = {0, 1, 2, 0, 5}, cell[T] = {8, 9, 10, 20, 17};
+    int32_t tab[T] = {0, 0, 0, 2, 4}, nkv[T] = {1, 2, 3, 1, 6};
+    int32_t blocks[6] = {2, 7, 5, 7, 3, 4}; /* seq 0: block 2; seq 1: 5; seq 2: blocks 3, 4 */
+    kiln_bk_ubatch u = {sizeof u, T, pos, cell, tab, nkv, blocks, 6, BS, CELLS};
+    set_ubatch(&u);
+    float ff[D / 2];
+    for (int i = 0; i < D / 2; i++) ff[i] = 1.0f + 0.05f * (float)i;
+    for (int mode = 0; mode <= 2; mode += 2) {
+        upload(buf, x, sizeof(float) * O);
+        kiln_bk_rope r = {sizeof r, mode, H, D, D, 10000.0f, 0.5f, mode ? ff : NULL};
+        BOTH(cpu->rope(dcpu, &a, &r), vk->rope(dvk, &a, &r));
+        KT_CHECKF(compare(buf, A * 4, T * E, mode ? "rope neox" : "rope norm") < 1e-5, "rope mode %d", mode);
+    }
+    /* kv_store of k = a's first KVD columns... as rows of KVD */
+    pair kc = alloc_pair((uint64_t)CELLS * KVD * 2, KILN_BK_BUF_KV), vc = alloc_pair((uint64_t)CELLS * KVD * 2, KILN_BK_BUF_KV);
+    uint16_t *zero = calloc(CELLS * KVD, 2);
+    upload(kc, zero, (uint64_t)CELLS * KVD * 2);
+    upload(vc, zero, (uint64_t)CELLS * KVD * 2);
+    kiln_bk_tensor k = tensor(buf.c, KILN_TYPE_F32, KVD, T, A * 4), v = tensor(buf.c, KILN_TYPE_F32, KVD, T, B * 4);
+    KT_CHECK_OK(cpu->kv_store(dcpu, &k, &v, kc.c, vc.c, KVD));
+    k.buf = v.buf = buf.v;
+    KT_CHECK_OK(vk->kv_store(dvk, &k, &v, kc.v, vc.v, KVD));
+    uint16_t *h1 = malloc((size_t)CELLS * KVD * 2), *h2 = malloc((size_t)CELLS * KVD * 2);
+    KT_CHECK_OK(cpu->buffer_download(dcpu, kc.c, 0, h1, (uint64_t)CELLS * KVD * 2));
+    KT_CHECK_OK(vk->buffer_download(dvk, kc.v, 0, h2, (uint64_t)CELLS * KVD * 2));
+    KT_CHECK(memcmp(h1, h2, (size_t)CELLS * KVD * 2) == 0);
+    kiln_bk_attn at = {sizeof at, H, HKV, D, 0.125f};
+    kiln_bk_tensor q = tensor(buf.c, KILN_TYPE_F32, E, T, Wt * 4);
+    /* all 32 cells hold something: fill the caches from random rows first */
+    for (int i = 0; i < CELLS * KVD; i++) zero[i] = kiln_fp32_to_fp16(frand());
+    upload(kc, zero, (uint64_t)CELLS * KVD * 2);
+    upload(vc, zero, (uint64_t)CELLS * KVD * 2);
+    KT_CHECK_OK(cpu->attention(dcpu, &q, kc.c, vc.c, &at, &o));
+    q.buf = o.buf = buf.v;
+    KT_CHECK_OK(vk->attention(dvk, &q, kc.v, vc.v, &at, &o));
+    o.buf = buf.c;
+    KT_CHECKF(compare(buf, O * 4, T * E, "attention") < 1e-5, "attention");
+    free(h1);
+    free(h2);
+    free(zero);
+    free_pair(kc);
+    free_pair(vc);
+    free_pair(buf);
+    free(x);
+#undef BOTH
+}
+
+/* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few
+ * allocations of its own past exit; they are not kiln's. */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void) { return "leak:libvulkan_lvp.so\nleak:libLLVM\nleak:libvulkan.so\n"; }
+
+int main(void) {
+    if (!getenv("KILN_BACKEND_PATH")) setenv("KILN_BACKEND_PATH", getenv("KILN_BUILD") ? getenv("KILN_BUILD") : "build", 0);
+    if (kiln_backend_find(NULL, &cpu) != KILN_OK || kiln_backend_find("vulkan", &vk) != KILN_OK ||
+        vk->device_count() < 1) {
+        printf("skip: no Vulkan backend or device (%s)\n", kiln_last_error());
+        return 77;
+    }
+    if (cpu->device_open(0, NULL, &dcpu) != KILN_OK || vk->device_open(0, NULL, &dvk) != KILN_OK) {
+        printf("cannot open devices: %s\n", kiln_last_error());
+        return 1;
+    }
+    KT_RUN(test_matmul_and_get_rows);
+    KT_RUN(test_row_ops_and_attention);
+    vk->device_close(dvk);
+    cpu->device_close(dcpu);
+    return kt_finish();
+}

@@ -1,0 +1,113 @@
+#!/bin/bash
+# test/vulkan.sh - the Vulkan backend (libkiln-vulkan.so) on whatever Vulkan
+# device the machine has (Mesa's lavapipe in CI). Run by make check from the
+# repository root; KILN_BUILD names the build.
+#   device       the plugin loads and decodes with the bundled model; the
+#                whole script skips (exit 77) when the plugin was not built
+#                (no glslc / Vulkan headers) or no Vulkan device exists
+#   reference    test_reference with KILN_BACKEND=vulkan: llama.cpp's logits
+#                within ../shared/README.md's bounds, like the CPU backend
+#   lifecycle    test_lifecycle, test_kv, test_draft on Vulkan
+#   proof        test_proof on Vulkan with few cycles (KILN_VK_PROOF_CYCLES,
+#                default 3) and no fault injection
+#   validation   a short decode under the Khronos validation layer (when
+#                installed) reports no error
+#   greedy       kiln-run's greedy text equals the CPU backend's
+# KILN_VK_TESTS="reference lifecycle ..." picks a subset. lavapipe is slow,
+# so by default (CI) the reference suite runs on three models (F16 llama,
+# qwen3's NEOX rope with q/k norms, Q4_K + Q6_K) with prompts of at most 32
+# tokens plus the batching test (test_vulkan_ops checks every weight type
+# against the CPU backend), the lifecycle cycles are 10 and test_draft
+# leaves out its fault-injection and free-order cases;
+# KILN_VK_FULL=1 (the GPU machine, test/device/vulkan.sh) runs everything.
+set -u
+cd "$(dirname "$0")/.."
+build=${KILN_BUILD:-build}
+pass=0; fail=0; skip=0
+ok() { echo "ok   $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail + 1)); }
+skipped() { echo "skip $1: $2"; skip=$((skip + 1)); }
+finish() { echo "kt: $pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit $?; }
+want() { [ -z "${KILN_VK_TESTS:-}" ] || [[ " $KILN_VK_TESTS " == *" $1 "* ]]; }
+
+if [ ! -f "$build/libkiln-vulkan.so" ]; then
+    echo "skip: $build/libkiln-vulkan.so was not built (needs glslc and vulkan/vulkan.h)"; exit 77
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export KILN_BACKEND_PATH=$build
+if [ -n "${SANITIZE:-}" ]; then
+    # the driver's own never-freed allocations are not kiln's leaks; under
+    # sanitizers (slower still) only the lifecycle test runs, briefly
+    export LSAN_OPTIONS="suppressions=$PWD/test/lsan-vulkan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+    export KILN_VK_TESTS=${KILN_VK_TESTS-lifecycle-only}
+    export KILN_LIFECYCLE_CYCLES=${KILN_LIFECYCLE_CYCLES-3}
+fi
+if [ -z "${KILN_VK_FULL:-}" ]; then
+    export KILN_REF_MODELS=${KILN_REF_MODELS-tiny-draft-f16,tiny-qwen3-f16,tiny-target-q4_k_m,batching}
+    export KILN_REF_MAX_TOKENS=${KILN_REF_MAX_TOKENS-32}
+    export KILN_LIFECYCLE_CYCLES=${KILN_LIFECYCLE_CYCLES-10}
+fi
+model=models/tiny-target-q4_k_m.gguf
+run=$build/bin/kiln-run
+
+"$run" -m "$model" -p "In the beginning" -n 4 --temp 0 --backend vulkan > "$tmp/out" 2> "$tmp/err"; rc=$?
+if [ "$rc" -ne 0 ]; then
+    if grep -q -e "no device" -e "not available" -e "no Vulkan" -e "incompatible driver" "$tmp/err"; then
+        echo "skip: no usable Vulkan device ($(tail -n 1 "$tmp/err"))"; exit 77
+    fi
+    bad device "rc=$rc: $(cat "$tmp/err")"; finish
+fi
+ok device
+
+# Greedy text on an F16 model (a quantized one re-quantizes activations
+# before every matmul, so float-order differences can flip a late token).
+f16=${KILN_SHARED:-../shared}/models/tiny-target-f16.gguf
+if [ -f "$f16" ]; then
+    "$run" -m "$f16" -p "In the beginning" -n 24 --temp 0 -t 2 > "$tmp/cpu" 2> /dev/null
+    "$run" -m "$f16" -p "In the beginning" -n 24 --temp 0 --backend vulkan > "$tmp/vk" 2> "$tmp/err"; rc=$?
+    if [ "$rc" -eq 0 ] && cmp -s "$tmp/cpu" "$tmp/vk"; then ok greedy
+    else bad greedy "rc=$rc: '$(cat "$tmp/vk")' vs cpu '$(cat "$tmp/cpu")' $(tail -n 2 "$tmp/err")"; fi
+else
+    skipped greedy "../shared not found"
+fi
+
+# A C test under KILN_BACKEND=vulkan: its own kt line decides.
+ctest() {
+    local name=$1; shift
+    if [ ! -x "$build/test/$name" ]; then bad "$name" "$build/test/$name is missing"; return; fi
+    env KILN_BACKEND=vulkan "$@" "$build/test/$name" > "$tmp/$name.log" 2>&1; local rc=$?
+    local line
+    line=$(grep -E '^kt: [0-9]+ passed, [0-9]+ failed' "$tmp/$name.log" | tail -n 1)
+    if [ "$rc" -eq 0 ]; then ok "$name ($line)"
+    elif [ "$rc" -eq 77 ]; then skipped "$name" "$(tail -n 1 "$tmp/$name.log")"
+    else bad "$name" "rc=$rc $line"; grep -E '^(FAIL|not ok)|: (FAIL|fail)' "$tmp/$name.log" | head -n 20; fi
+}
+
+if want reference; then ctest test_reference; fi
+if [[ " ${KILN_VK_TESTS:-} " == *" lifecycle-only "* ]]; then ctest test_lifecycle; fi
+if want lifecycle; then
+    ctest test_lifecycle
+    ctest test_kv
+    # every allocation fault point of a draft run is hundreds of
+    # generations: left out on lavapipe unless KILN_VK_FULL
+    if [ -n "${KILN_VK_FULL:-}" ]; then ctest test_draft
+    else ctest test_draft KILN_TEST_SKIP=test_alloc_failures,test_free_orders; fi
+fi
+if want proof; then ctest test_proof KILN_PROOF_CYCLES="${KILN_VK_PROOF_CYCLES:-3}" KILN_PROOF_FAULT=0; fi
+
+if want validation; then
+    if [ -n "${SANITIZE:-}" ]; then
+        skipped validation "not under sanitizers"
+    elif VK_LOADER_LAYERS_ENABLE='*validation*' VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation \
+         vulkaninfo --summary 2>/dev/null | grep -q VK_LAYER_KHRONOS_validation ||
+         [ -f /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ]; then
+        VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation VK_LOADER_LAYERS_ENABLE='*validation*' \
+            "$run" -m "$model" -p "In the beginning" -n 8 --temp 0 --backend vulkan > "$tmp/val" 2>&1; rc=$?
+        if [ "$rc" -eq 0 ] && ! grep -q -i -e "validation error" -e "VUID-" "$tmp/val"; then ok validation
+        else bad validation "rc=$rc: $(grep -i -m 5 -e 'validation' -e 'VUID' "$tmp/val")"; fi
+    else
+        skipped validation "VK_LAYER_KHRONOS_validation not installed (Debian: vulkan-validationlayers)"
+    fi
+fi
+finish
