@@ -67,9 +67,13 @@ if has san; then
         build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 16 -p "$long_prompt" >"$OUT/memcheck.log" 2>&1
     note "compute-sanitizer memcheck: rc $? ($(grep -c 'ERROR SUMMARY: 0' "$OUT/memcheck.log") clean summaries)"
     tail -n 3 "$OUT/memcheck.log"
-    compute-sanitizer --tool racecheck --error-exitcode 9 \
+    # racecheck reports hazards inside cuBLAS's Hopper kernels (nvjet_*, its
+    # own asynchronous copies); excluding them with --kernel-name-exclude
+    # crashed the sanitizer (2026-11-22), so kiln's kernels are judged by
+    # the hazards reported outside nvjet
+    compute-sanitizer --tool racecheck \
         build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 8 -p "$long_prompt" >"$OUT/racecheck.log" 2>&1
-    note "compute-sanitizer racecheck: rc $?"
+    note "compute-sanitizer racecheck: $(grep -A1 'Race reported' "$OUT/racecheck.log" | grep -c 'Write\|Read' ) hazard lines, $(grep -A1 'Race reported' "$OUT/racecheck.log" | grep 'Write\|Read' | grep -vc nvjet) outside cuBLAS (nvjet)"
     tail -n 3 "$OUT/racecheck.log"
 fi
 
