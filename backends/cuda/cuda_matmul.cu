@@ -89,15 +89,18 @@ static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
 #define KCU_FAST_WARPS 4
 #define KCU_FAST_U 4
 
+/* Sums each lane's partial results over the warp and stores them: acc holds
+ * R rows of KCU_MMV_MAX tokens (indices are compile-time after unrolling,
+ * so the array stays in registers). */
 template <int R>
-static __device__ __forceinline__ void kcu_mmv_store(float (&acc)[R][KCU_MMV_MAX], float *y, uint64_t ys, int row0,
-                                                     int N, int nt, int lane) {
+static __device__ __forceinline__ void kcu_mmv_store(const float *acc, float *y, uint64_t ys, int row0, int N, int nt,
+                                                     int lane) {
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < KCU_MMV_MAX; t++) {
             if (t >= nt) break;
-            float v = acc[r][t];
+            float v = acc[r * KCU_MMV_MAX + t];
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             if (lane == 0 && row0 + r < N) y[(uint64_t)t * ys + row0 + r] = v;
@@ -154,7 +157,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-    kcu_mmv_store<R>(acc, y, ys, row0, N, nt, lane);
+    kcu_mmv_store<R>(&acc[0][0], y, ys, row0, N, nt, lane);
 }
 
 /* A nibble n (0..15) as the float n - 8, exactly, without a conversion
@@ -221,7 +224,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-    kcu_mmv_store<R>(acc, y, ys, row0, N, nt, lane);
+    kcu_mmv_store<R>(&acc[0][0], y, ys, row0, N, nt, lane);
 }
 
 /* ---- int8 activations for Q4_0 and Q8_0 decode: x is quantized per
@@ -233,13 +236,7 @@ static __global__ void quant_x_q8_kernel(const float *x, uint64_t xs, int K, int
     kcu_pdl_wait();
     const int lane = threadIdx.x & 31, b = blockIdx.x * 4 + (threadIdx.x >> 5), t = blockIdx.y;
     if (b >= K / 32) return;
-    const float v = x[(uint64_t)t * xs + 32 * b + lane];
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-    xq[(uint64_t)t * K + 32 * b + lane] = (int8_t)__float2int_rn(v * id);
-    if (lane == 0) xd[(uint64_t)t * (K / 32) + b] = d;
+    kcu_q8_store(x[(uint64_t)t * xs + 32 * b + lane], 32 * b + lane, xq + (uint64_t)t * K, xd + (uint64_t)t * (K / 32));
 }
 
 template <int U>
@@ -284,14 +281,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) {
-        if (t >= nt) break;
-        float v = acc[t];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[(uint64_t)t * ys + row] = v;
-    }
+    kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
 }
 
 /* Q8_0: 4 lanes per 34-byte block, lane quarter s holding qs [8s, 8s + 8). */
@@ -336,14 +326,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) {
-        if (t >= nt) break;
-        float v = acc[t];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[(uint64_t)t * ys + row] = v;
-    }
+    kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
 }
 
 /* The same products with the weights staged through shared memory: the
@@ -411,14 +394,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-#pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) {
-        if (t >= nt) break;
-        float v = acc[t];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (lane == 0) y[(uint64_t)t * ys + row] = v;
-    }
+    kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
 }
 
 /* Rows of w to dense F16, one group per thread. */

@@ -103,13 +103,9 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
 /* rms_norm                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float *w, float *y, uint64_t ys, int64_t n,
-                                       float eps, int8_t *xq, float *xd) {
-    kcu_pdl_wait();
-    const float *xr = x + blockIdx.x * xs;
-    float *yr = y + blockIdx.x * ys;
-    double s = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)xr[i] * (double)xr[i];
+/* The sum of every thread's s over the block (blockDim a multiple of 32),
+ * returned to all threads. */
+static __device__ __forceinline__ double kcu_block_sum(double s) {
     __shared__ double part[32];
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = s;
@@ -120,7 +116,17 @@ static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float 
         if (threadIdx.x == 0) part[0] = s;
     }
     __syncthreads();
-    const float mean = (float)(part[0] / (double)n);
+    return part[0];
+}
+
+static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float *w, float *y, uint64_t ys, int64_t n,
+                                       float eps, int8_t *xq, float *xd) {
+    kcu_pdl_wait();
+    const float *xr = x + blockIdx.x * xs;
+    float *yr = y + blockIdx.x * ys;
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)xr[i] * (double)xr[i];
+    const float mean = (float)(kcu_block_sum(s) / (double)n);
     const float scale = 1.0f / sqrtf(mean + eps);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = __fmul_rn(__fmul_rn(xr[i], scale), w[i]);
@@ -173,17 +179,7 @@ static __global__ void add_rms_norm_kernel(const float *a, uint64_t as, const fl
         sr[i] = v;
         s += (double)v * (double)v;
     }
-    __shared__ double part[32];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x / 32] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        s = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (threadIdx.x == 0) part[0] = s;
-    }
-    __syncthreads();
-    const float mean = (float)(part[0] / (double)n);
+    const float mean = (float)(kcu_block_sum(s) / (double)n);
     const float scale = 1.0f / sqrtf(mean + eps);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = __fmul_rn(__fmul_rn(sr[i], scale), w[i]);
