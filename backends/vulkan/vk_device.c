@@ -226,6 +226,9 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     const VkSubgroupFeatureFlags need = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_SHUFFLE_BIT;
     sh->subgroup_arith = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (sg.supportedOperations & need) == need &&
                          sg.subgroupSize >= 8 && sg.subgroupSize <= 128 && !getenv("KILN_VK_NO_SUBGROUP");
+    const VkSubgroupFeatureFlags need_add = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT;
+    sh->subgroup_add = sh->subgroup_arith && (sg.supportedOperations & need_add) == need_add;
+    sh->subgroup_size = sg.subgroupSize;
     sh->is_cpu = pr.properties.deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU;
 
     float prio = 1.0f;
@@ -323,6 +326,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->ring_epoch = 1;
     dev->profile = getenv("KILN_VK_PROFILE") != NULL;
     dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
+    dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);

@@ -68,7 +68,8 @@ enum {
     KILN_VK_P_MMSG_FIRST = KILN_VK_P_MM_FIRST + 11,
     KILN_VK_P_GETROWS_FIRST = KILN_VK_P_MMSG_FIRST + 11,
     KILN_VK_P_MMT_FIRST = KILN_VK_P_GETROWS_FIRST + 11, /* tiled matmul for batches */
-    KILN_VK_P_COUNT = KILN_VK_P_MMT_FIRST + 11
+    KILN_VK_P_MMV_FIRST = KILN_VK_P_MMT_FIRST + 11,    /* matrix-vector (decode), subgroup arithmetic */
+    KILN_VK_P_COUNT = KILN_VK_P_MMV_FIRST + 11
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
@@ -148,6 +149,8 @@ struct kiln_vk_shared {
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
+    bool subgroup_add;            /* subgroup arithmetic in compute (mmv_ kernels) */
+    uint32_t subgroup_size;
     bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */
     bool keep_open;               /* a CPU device: kept after its last handle closes */
     char name[128];
@@ -216,6 +219,7 @@ struct kiln_bk_device {
     kiln_vk_ubatch ub;
     kiln_vk_rope_cache rope;
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
+    bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
     double prof_ms[KILN_VK_P_COUNT];
     uint64_t prof_n[KILN_VK_P_COUNT];

@@ -400,6 +400,14 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
 
 #define KILN_VK_MM_MC 4 /* activation rows per workgroup (mm.glsl MC) */
 #define KILN_VK_MMT_TILE 64 /* weight and activation rows per workgroup (mmt.glsl BN, BM) */
+/* Activation rows that take the matrix-vector kernel (mmv.glsl) where the
+ * device has subgroup arithmetic: decode steps and speculative verify
+ * batches (n_draft 8 + 1), so that a verified token gets the bits of a
+ * token decoded alone. */
+#define KILN_VK_MMV_MAX 16
+#define KILN_VK_MMV_MT 8     /* activation rows per workgroup row (mmv.glsl MT) */
+#define KILN_VK_MMV_ROWS 2   /* weight rows per subgroup pass (mmv.glsl ROWS) */
+#define KILN_VK_MMV_WG 128   /* invocations per workgroup (mmv.glsl local_size_x) */
 
 kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                            kiln_bk_tensor *dst) {
@@ -489,6 +497,23 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     pc.M = (uint32_t)M;
     const int slot = kiln_vk_type_slot(w->type);
     const uint64_t max_x = dev->sh->max_groups[0];
+    if (M <= KILN_VK_MMV_MAX && dev->sh->subgroup_add && !dev->no_mmv) {
+        /* decode: subgroups over row pairs with a grid stride; enough
+         * workgroups for every row pair at once on a GPU, about 32 on a CPU
+         * implementation (each workgroup costs more than its arithmetic) */
+        const kiln_vk_shared *sh = dev->sh;
+        const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
+        uint64_t gx = div_up(div_up((uint64_t)N, KILN_VK_MMV_ROWS), sgs_per_wg ? sgs_per_wg : 1);
+        if (sh->is_cpu && gx > 32) gx = 32;
+        if (gx > max_x) gx = max_x;
+        pc.n_base = 0;
+        pc.m_base = 0;
+        /* F16 rows and activations on 16-byte boundaries: 16-byte loads */
+        pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
+                    pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
+        return kiln_vk_dispatch(dev, KILN_VK_P_MMV_FIRST + slot, b, 3, &pc, sizeof pc, (uint32_t)gx,
+                                div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
+    }
     if (M > KILN_VK_MM_MC && !dev->no_tiled) {
         /* batches: 64 x 64 tiles through shared memory */
         const uint32_t gy = div_up((uint64_t)M, KILN_VK_MMT_TILE);

@@ -114,6 +114,29 @@ extern const size_t kiln_vk_spv_mmt_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmt_q6_k[];
 extern const size_t kiln_vk_spv_mmt_q6_k_size;
 
+extern const uint32_t kiln_vk_spv_mmv_f32[];
+extern const size_t kiln_vk_spv_mmv_f32_size;
+extern const uint32_t kiln_vk_spv_mmv_f16[];
+extern const size_t kiln_vk_spv_mmv_f16_size;
+extern const uint32_t kiln_vk_spv_mmv_bf16[];
+extern const size_t kiln_vk_spv_mmv_bf16_size;
+extern const uint32_t kiln_vk_spv_mmv_q4_0[];
+extern const size_t kiln_vk_spv_mmv_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmv_q4_1[];
+extern const size_t kiln_vk_spv_mmv_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmv_q5_0[];
+extern const size_t kiln_vk_spv_mmv_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmv_q5_1[];
+extern const size_t kiln_vk_spv_mmv_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmv_q8_0[];
+extern const size_t kiln_vk_spv_mmv_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmv_q4_k[];
+extern const size_t kiln_vk_spv_mmv_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmv_q5_k[];
+extern const size_t kiln_vk_spv_mmv_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmv_q6_k[];
+extern const size_t kiln_vk_spv_mmv_q6_k_size;
+
 static const struct {
     const char *name;
     const uint32_t *code;
@@ -168,7 +191,18 @@ static const struct {
     {"mmt_q8_0", kiln_vk_spv_mmt_q8_0, &kiln_vk_spv_mmt_q8_0_size},
     {"mmt_q4_k", kiln_vk_spv_mmt_q4_k, &kiln_vk_spv_mmt_q4_k_size},
     {"mmt_q5_k", kiln_vk_spv_mmt_q5_k, &kiln_vk_spv_mmt_q5_k_size},
-    {"mmt_q6_k", kiln_vk_spv_mmt_q6_k, &kiln_vk_spv_mmt_q6_k_size}
+    {"mmt_q6_k", kiln_vk_spv_mmt_q6_k, &kiln_vk_spv_mmt_q6_k_size},
+    {"mmv_f32", kiln_vk_spv_mmv_f32, &kiln_vk_spv_mmv_f32_size},
+    {"mmv_f16", kiln_vk_spv_mmv_f16, &kiln_vk_spv_mmv_f16_size},
+    {"mmv_bf16", kiln_vk_spv_mmv_bf16, &kiln_vk_spv_mmv_bf16_size},
+    {"mmv_q4_0", kiln_vk_spv_mmv_q4_0, &kiln_vk_spv_mmv_q4_0_size},
+    {"mmv_q4_1", kiln_vk_spv_mmv_q4_1, &kiln_vk_spv_mmv_q4_1_size},
+    {"mmv_q5_0", kiln_vk_spv_mmv_q5_0, &kiln_vk_spv_mmv_q5_0_size},
+    {"mmv_q5_1", kiln_vk_spv_mmv_q5_1, &kiln_vk_spv_mmv_q5_1_size},
+    {"mmv_q8_0", kiln_vk_spv_mmv_q8_0, &kiln_vk_spv_mmv_q8_0_size},
+    {"mmv_q4_k", kiln_vk_spv_mmv_q4_k, &kiln_vk_spv_mmv_q4_k_size},
+    {"mmv_q5_k", kiln_vk_spv_mmv_q5_k, &kiln_vk_spv_mmv_q5_k_size},
+    {"mmv_q6_k", kiln_vk_spv_mmv_q6_k, &kiln_vk_spv_mmv_q6_k_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {

@@ -1,0 +1,104 @@
+/*
+ * mmv.glsl - matrix-vector matmul for decode and short verify batches
+ * (at most MT activation rows per workgroup row, see vk_ops.c), one weight
+ * type (WTYPE, set by the including mmv_TYPE.comp), activations in the
+ * format types.glsl pairs with it (quant_act.comp). Needs subgroup
+ * arithmetic; mm.glsl is the portable path.
+ *
+ * A subgroup owns ROWS weight rows at a time; its lanes stride over the
+ * rows' 32-element chunks (lane l: chunks l, l + S, l + 2S...), so the
+ * lanes of one load read neighbouring blocks and every weight byte is read
+ * once per dispatch. Each lane keeps one partial sum per row and token;
+ * subgroupAdd reduces them at the end. Subgroups walk the row groups with
+ * a grid stride, so the dispatch is correct for any subgroup size and any
+ * workgroup count (the host sizes it to fill the device).
+ *
+ * Per token the arithmetic does not depend on how many tokens the
+ * dispatch has: a sequence decoded alone or inside a verify batch gets the
+ * same bits (speculative decoding compares them). It differs from the tiled
+ * kernel (mmt.glsl) only in the order of float additions.
+ *
+ * F16 weights with 16-byte aligned rows (push constant `vec`): each lane
+ * reads 8 halves per 16-byte load, lanes on consecutive loads.
+ */
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_EXT_control_flow_attributes : require
+
+#define MT 8u
+#define ROWS 2u
+layout(local_size_x = 128) in;
+
+layout(binding = 0) readonly buffer WB { uint W[]; };
+layout(binding = 0) readonly buffer WB4 { uvec4 W4[]; };
+layout(binding = 1) readonly buffer AB { uint A[]; };
+layout(binding = 1) readonly buffer AB4 { vec4 A4[]; };
+layout(binding = 2) writeonly buffer DB { float D[]; };
+
+layout(push_constant) uniform P {
+    uint w_off, w_stride;   /* bytes */
+    uint a_off, a_stride;   /* words */
+    uint d_off, d_stride;   /* words */
+    uint K, N, M;
+    uint n_base;            /* unused (0) */
+    uint vec;               /* F16: rows and activations 16-byte aligned, K % 8 == 0 */
+    uint m_base;            /* first activation row of this dispatch */
+} p;
+
+#define KILN_BYTES
+#include "common.glsl"
+#include "types.glsl"
+
+void main() {
+    const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
+    const uint nchunks = (p.K + 31u) / 32u;
+    const uint m0 = p.m_base + gl_WorkGroupID.y * MT;
+    const uint mc = min(MT, p.M - m0);
+    const uint groups = (p.N + ROWS - 1u) / ROWS;
+    const uint stride = gl_NumWorkGroups.x * gl_NumSubgroups;
+    /* g is the same for the whole subgroup: subgroupAdd sees every lane */
+    for (uint g = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; g < groups; g += stride) {
+        float acc[ROWS][MT];
+        [[unroll]] for (uint r = 0u; r < ROWS; r++)
+            [[unroll]] for (uint j = 0u; j < MT; j++) acc[r][j] = 0.0;
+        uint rowb[ROWS];
+        [[unroll]] for (uint r = 0u; r < ROWS; r++) rowb[r] = p.w_off + min(g * ROWS + r, p.N - 1u) * p.w_stride;
+#if WTYPE == T_F16
+        if (p.vec != 0u) {
+            const uint nv = p.K / 8u;
+            for (uint v = lane; v < nv; v += S) {
+                vec2 w[ROWS][4];
+                [[unroll]] for (uint r = 0u; r < ROWS; r++) {
+                    uvec4 q = W4[rowb[r] / 16u + v];
+                    w[r][0] = unpackHalf2x16(q.x);
+                    w[r][1] = unpackHalf2x16(q.y);
+                    w[r][2] = unpackHalf2x16(q.z);
+                    w[r][3] = unpackHalf2x16(q.w);
+                }
+                /* constant token indices (j < mc is uniform): the sums stay in registers */
+                [[unroll]] for (uint j = 0u; j < MT; j++) {
+                    if (j >= mc) break;
+                    uint a = (p.a_off + (m0 + j) * p.a_stride) / 4u + 2u * v;
+                    vec4 x0 = A4[a], x1 = A4[a + 1u];
+                    [[unroll]] for (uint r = 0u; r < ROWS; r++)
+                        acc[r][j] += dot(vec4(w[r][0], w[r][1]), x0) + dot(vec4(w[r][2], w[r][3]), x1);
+                }
+            }
+        } else
+#endif
+        for (uint c = lane; c < nchunks; c += S)
+            [[unroll]] for (uint j = 0u; j < MT; j++) {
+                if (j >= mc) break;
+                uint a = p.a_off + (m0 + j) * p.a_stride;
+                [[unroll]] for (uint r = 0u; r < ROWS; r++) acc[r][j] += dot32(rowb[r], c, a, p.K);
+            }
+        [[unroll]] for (uint r = 0u; r < ROWS; r++) {
+            uint n = g * ROWS + r;
+            [[unroll]] for (uint j = 0u; j < MT; j++) {
+                if (j >= mc) break;
+                float s = subgroupAdd(acc[r][j]);
+                if (lane == 0u && n < p.N) D[p.d_off + (m0 + j) * p.d_stride + n] = s;
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+/* matrix-vector matmul, f32 weights (see mmv.glsl) */
+#version 450
+#define WTYPE 0
+#include "mmv.glsl"
