@@ -50,8 +50,8 @@ static const kiln_backend_iface vk_iface = {
     .kv_store = kiln_vk_kv_store,
     .attention = kiln_vk_attention,
     .set_host = kiln_vk_set_host,
-    .graph_begin = NULL, /* not yet: a decode step is recorded afresh each time */
-    .graph_end = NULL,
+    .graph_begin = kiln_vk_graph_begin, /* vk_graph.c */
+    .graph_end = kiln_vk_graph_end,
 };
 
 KILN_API const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

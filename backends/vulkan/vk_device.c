@@ -324,6 +324,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     kiln_logger_init(&dev->log, p.log_fn, p.log_user, p.log_level);
     dev->pool.cap = KILN_VK_POOL_DEFAULT_CAP;
     dev->ring_epoch = 1;
+    dev->graph_cur = -1;
     dev->profile = getenv("KILN_VK_PROFILE") != NULL;
     dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
@@ -374,8 +375,13 @@ static void profile_report(const kiln_bk_device *dev) {
 void kiln_vk_device_close(kiln_bk_device *dev) {
     if (!dev) return;
     if (dev->profile) profile_report(dev);
+    if ((dev->profile || getenv("KILN_VK_STATS")) && dev->n_graph_records + dev->n_graph_redos)
+        fprintf(stderr, "kiln vulkan graphs (handle %p): %llu recorded, %llu replayed, %llu redone\n", (const void *)dev,
+                (unsigned long long)dev->n_graph_records, (unsigned long long)dev->n_graph_replays,
+                (unsigned long long)dev->n_graph_redos);
     if (dev->sh) {
         (void)kiln_vk_finish(dev);
+        kiln_vk_graphs_close(dev);
         kiln_vk_pool_close(dev);
         kiln_vk_buffer_free(dev->ring);
         kiln_vk_buffer_free(dev->act);
@@ -393,13 +399,15 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
 /* recording and submission                                                 */
 /* ------------------------------------------------------------------------ */
 
-void kiln_vk_barrier(kiln_bk_device *dev) {
+void kiln_vk_barrier(kiln_bk_device *dev) { kiln_vk_barrier_cmd(dev->cmd); }
+
+void kiln_vk_barrier_cmd(VkCommandBuffer cmd) {
     VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER};
     mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_HOST_WRITE_BIT;
     mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT |
                        VK_ACCESS_TRANSFER_WRITE_BIT;
     const VkPipelineStageFlags stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-    vkCmdPipelineBarrier(dev->cmd, stages | VK_PIPELINE_STAGE_HOST_BIT, stages, 0, 1, &mb, 0, NULL, 0, NULL);
+    vkCmdPipelineBarrier(cmd, stages | VK_PIPELINE_STAGE_HOST_BIT, stages, 0, 1, &mb, 0, NULL, 0, NULL);
 }
 
 static kiln_status wait_pending(kiln_bk_device *dev) {
@@ -414,6 +422,9 @@ static kiln_status wait_pending(kiln_bk_device *dev) {
 }
 
 kiln_status kiln_vk_begin(kiln_bk_device *dev) {
+    /* inside a graph only dispatches are recorded (into the graph): a
+     * transfer now would not be part of it */
+    if (dev->graph_mode == 1 || dev->graph_mode == 2) dev->graph_failed = true;
     if (dev->recording) return KILN_OK;
     kiln_status st = wait_pending(dev);
     if (st != KILN_OK) return st;
@@ -459,6 +470,7 @@ kiln_status kiln_vk_finish(kiln_bk_device *dev) {
 }
 
 kiln_status kiln_vk_ring_alloc(kiln_bk_device *dev, uint64_t size, kiln_vk_slice *out) {
+    if (dev->graph_mode == 1 || dev->graph_mode == 2) return kiln_vk_graph_stage(dev, size, out);
     const uint64_t a = dev->sh->align;
     uint64_t need = (size + a - 1) / a * a;
     if (need == 0) need = a;

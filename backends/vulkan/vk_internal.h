@@ -155,6 +155,7 @@ struct kiln_vk_shared {
     bool keep_open;               /* a CPU device: kept after its last handle closes */
     char name[128];
     kiln_vk_chunk *chunks[2];
+    uint64_t mem_gen;             /* bumped (atomically) whenever a chunk is destroyed */
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
     VkPipeline pipelines[KILN_VK_P_COUNT];
@@ -178,11 +179,13 @@ typedef struct kiln_vk_ubatch {
     uint64_t gen;         /* bumped by every set_ubatch */
     uint64_t ring_epoch;  /* ring epoch of the device copy, 0: none */
     uint64_t ring_offset; /* where the device copy (kv_cell onwards) lives in the ring */
+    const kiln_bk_buffer *ring_buf; /* the ring, or a graph's stage */
 } kiln_vk_ubatch;
 
 typedef struct kiln_vk_rope_cache {
     bool valid;
     uint64_t ub_gen, ring_epoch, ring_offset;
+    const kiln_bk_buffer *ring_buf;
     uint32_t n_rot;
     float freq_base, freq_scale;
     bool has_factors;
@@ -200,6 +203,14 @@ typedef struct kiln_vk_act_cache {
     int64_t k, m;
     uint32_t mode;
 } kiln_vk_act_cache;
+
+/* A recorded decode step (vk_graph.c). */
+#define KILN_VK_MAX_GRAPHS 8
+typedef struct kiln_vk_graph {
+    uint64_t key, hash;
+    VkCommandBuffer cmd;     /* recorded once, submitted at every replay */
+    kiln_bk_buffer *stage;   /* host-visible: the step's host inputs */
+} kiln_vk_graph;
 
 struct kiln_bk_device {
     kiln_vk_shared *sh;
@@ -221,6 +232,21 @@ struct kiln_bk_device {
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
+    uint64_t act_gen;        /* bumped when `act` is reallocated (graphs reference it) */
+    /* graphs (vk_graph.c): mode 0 none, 1 recording, 2 replaying, 3 open
+     * but executing eagerly (profiling, or no memory for a recording) */
+    int graph_mode;
+    bool graph_failed;       /* this step cannot be (or was not) the recorded one */
+    uint64_t graph_key, graph_hash;
+    uint64_t graph_mem_gen, graph_act_gen; /* what the recordings were made against */
+    int graph_cur;           /* replaying: index in graphs[] (-1: none) */
+    kiln_vk_graph graph_new; /* being recorded */
+    kiln_vk_graph graphs[KILN_VK_MAX_GRAPHS];
+    int n_graphs;
+    uint64_t stage_used;
+    uint8_t *stage_scratch;  /* host inputs of a step that overflowed its stage */
+    size_t stage_scratch_cap;
+    uint64_t n_graph_records, n_graph_replays, n_graph_redos;
     double prof_ms[KILN_VK_P_COUNT];
     uint64_t prof_n[KILN_VK_P_COUNT];
 };
@@ -244,9 +270,22 @@ kiln_status kiln_vk_begin(kiln_bk_device *dev);
 kiln_status kiln_vk_finish(kiln_bk_device *dev);
 /* A full memory barrier after a recorded command (compute and transfer). */
 void kiln_vk_barrier(kiln_bk_device *dev);
+void kiln_vk_barrier_cmd(VkCommandBuffer cmd);
 /* `size` bytes of the staging ring (aligned); may finish() the handle to
  * make room, which invalidates earlier slices. */
 kiln_status kiln_vk_ring_alloc(kiln_bk_device *dev, uint64_t size, kiln_vk_slice *out);
+
+/* ---- vk_graph.c ---- */
+kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key);
+kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo);
+/* Adds n bytes describing a dispatch to the open graph's hash. */
+void kiln_vk_graph_hash(kiln_bk_device *dev, const void *p, size_t n);
+/* A slice of the open graph's stage (kiln_vk_ring_alloc while a graph is open). */
+kiln_status kiln_vk_graph_stage(kiln_bk_device *dev, uint64_t size, kiln_vk_slice *out);
+/* Forgets every recording (waits for submitted work first). */
+void kiln_vk_graphs_forget(kiln_bk_device *dev);
+/* graphs_forget and the handle's graph memory, at close. */
+void kiln_vk_graphs_close(kiln_bk_device *dev);
 
 /* ---- vk_memory.c ---- */
 kiln_status kiln_vk_mem_alloc(kiln_vk_shared *sh, int kind, uint64_t size, kiln_bk_buffer *b);

@@ -44,6 +44,7 @@ static int find_type(const VkPhysicalDeviceMemoryProperties *mp, uint32_t bits, 
 }
 
 static void chunk_destroy(kiln_vk_shared *sh, kiln_vk_chunk *c) {
+    __atomic_fetch_add(&sh->mem_gen, 1, __ATOMIC_RELEASE); /* recorded graphs may name its VkBuffer */
     if (c->map) vkUnmapMemory(sh->device, c->mem);
     if (c->buf) vkDestroyBuffer(sh->device, c->buf, NULL);
     if (c->mem) vkFreeMemory(sh->device, c->mem, NULL);
@@ -307,6 +308,7 @@ static void buffer_release(kiln_bk_buffer *b) {
 static void pool_trim(kiln_bk_device *dev, uint64_t limit) {
     kiln_vk_pool *pool = &dev->pool;
     if (pool->bytes_cached <= limit) return;
+    kiln_vk_graphs_forget(dev); /* they may reference what goes */
     (void)kiln_vk_finish(dev);
     while (pool->bytes_cached > limit && pool->lru_head) {
         kiln_bk_buffer *b = pool->lru_head;
@@ -438,6 +440,7 @@ kiln_status kiln_vk_pool_purge(kiln_bk_device *dev) {
     if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: pool_purge: device is NULL");
     kiln_status st = kiln_vk_finish(dev); /* the fences of submitted work first */
     if (st != KILN_OK) return st;
+    kiln_vk_graphs_forget(dev);
     pool_trim(dev, 0);
     return KILN_OK;
 }

@@ -56,6 +56,23 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     if (gx > sh->max_groups[0] || gy > sh->max_groups[1] || gz > sh->max_groups[2])
         return kiln_error(KILN_E_UNSUPPORTED, "vulkan backend: %u x %u x %u workgroups exceed the device's limits",
                           gx, gy, gz);
+    VkCommandBuffer cmd = dev->cmd;
+    const bool in_graph = dev->graph_mode == 1 || dev->graph_mode == 2;
+    if (in_graph) {
+        /* everything the recorded command depends on: a replay with the
+         * same hash records the same commands */
+        struct { int32_t which; uint32_t n_binds, push_size, groups[3]; } head = {which, n_binds, push_size, {gx, gy, gz}};
+        kiln_vk_graph_hash(dev, &head, sizeof head);
+        kiln_vk_graph_hash(dev, push, push_size);
+        for (uint32_t i = 0; i < n_binds; i++) {
+            uint64_t d[3] = {0, binds[i].offset, binds[i].size};
+            VkBuffer vb = binds[i].buf->chunk->buf;
+            memcpy(d, &vb, sizeof vb < sizeof d[0] ? sizeof vb : sizeof d[0]);
+            kiln_vk_graph_hash(dev, d, sizeof d);
+        }
+        if (dev->graph_mode == 2 || dev->graph_failed) return KILN_OK; /* replay: checked and staged only */
+        cmd = dev->graph_new.cmd;
+    }
     VkPipeline pipe;
     kiln_status st = kiln_vk_pipeline(sh, which, &pipe);
     struct timespec t0;
@@ -63,7 +80,7 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
         st = kiln_vk_finish(dev);
         clock_gettime(CLOCK_MONOTONIC, &t0);
     }
-    if (st == KILN_OK) st = kiln_vk_begin(dev);
+    if (st == KILN_OK && !in_graph) st = kiln_vk_begin(dev);
     if (st != KILN_OK) return st;
     VkDescriptorBufferInfo bi[KILN_VK_MAX_BINDINGS];
     VkWriteDescriptorSet w[KILN_VK_MAX_BINDINGS];
@@ -78,11 +95,12 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
         w[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
         w[i].pBufferInfo = &bi[i];
     }
-    vkCmdBindPipeline(dev->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-    sh->push_descriptor(dev->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_binds, w);
-    vkCmdPushConstants(dev->cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
-    vkCmdDispatch(dev->cmd, gx, gy, gz);
-    kiln_vk_barrier(dev);
+    vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+    sh->push_descriptor(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_binds, w);
+    vkCmdPushConstants(cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
+    vkCmdDispatch(cmd, gx, gy, gz);
+    kiln_vk_barrier_cmd(cmd);
+    if (in_graph) return KILN_OK;
     dev->n_ops++;
     if (dev->profile) {
         st = kiln_vk_finish(dev);
@@ -253,8 +271,9 @@ static kiln_status ubatch_bind(kiln_bk_device *dev, kiln_vk_bind *b, const char 
         memcpy(s.ptr, ub->data + ub->n_tokens, bytes);
         ub->ring_epoch = dev->ring_epoch;
         ub->ring_offset = s.offset;
+        ub->ring_buf = s.buf;
     }
-    return kiln_vk_bind_range(dev, dev->ring, ub->ring_offset, bytes, b, NULL, op);
+    return kiln_vk_bind_range(dev, ub->ring_buf, ub->ring_offset, bytes, b, NULL, op);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -456,6 +475,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
                     return st;
                 kiln_vk_buffer_free(dev->act);
                 dev->act = nb;
+                dev->act_gen++; /* recorded graphs name the old one */
             }
             struct { uint32_t x_off, x_stride, a_off, a_stride, K, M, mode; } qc;
             kiln_vk_bind qb[2];
@@ -552,7 +572,8 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
 
 /* The cos/sin table of the current ubatch in the ring, built exactly as
  * the CPU backend builds it (backends/cpu/cpu_ops.c), reused by q and k. */
-static kiln_status rope_table(kiln_bk_device *dev, const kiln_bk_rope *r, uint64_t *offset) {
+static kiln_status rope_table(kiln_bk_device *dev, const kiln_bk_rope *r, uint64_t *offset,
+                              const kiln_bk_buffer **buf) {
     kiln_vk_rope_cache *c = &dev->rope;
     const size_t half = r->n_rot / 2;
     bool same = c->valid && c->ub_gen == dev->ub.gen && c->ring_epoch == dev->ring_epoch && c->n_rot == r->n_rot &&
@@ -561,6 +582,7 @@ static kiln_status rope_table(kiln_bk_device *dev, const kiln_bk_rope *r, uint64
                 (!r->freq_factors || memcmp(c->factors, r->freq_factors, half * sizeof(float)) == 0);
     if (same) {
         *offset = c->ring_offset;
+        *buf = c->ring_buf;
         return KILN_OK;
     }
     const size_t n = dev->ub.n_tokens, need = n * r->n_rot;
@@ -584,12 +606,14 @@ static kiln_status rope_table(kiln_bk_device *dev, const kiln_bk_rope *r, uint64
     c->ub_gen = dev->ub.gen;
     c->ring_epoch = dev->ring_epoch;
     c->ring_offset = s.offset;
+    c->ring_buf = s.buf;
     c->n_rot = r->n_rot;
     c->freq_base = r->freq_base;
     c->freq_scale = r->freq_scale;
     c->has_factors = r->freq_factors != NULL;
     if (r->freq_factors) memcpy(c->factors, r->freq_factors, half * sizeof(float));
     *offset = s.offset;
+    *buf = s.buf;
     return KILN_OK;
 }
 
@@ -614,11 +638,12 @@ kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_r
                           dev->ub.n_tokens);
     if (r.n_rot == 0 || x->ne[1] == 0 || r.n_head == 0) return KILN_OK;
     uint64_t toff;
-    if ((st = rope_table(dev, &r, &toff))) return st;
+    const kiln_bk_buffer *tbuf;
+    if ((st = rope_table(dev, &r, &toff, &tbuf))) return st;
     struct { uint32_t x_off, x_stride, n_head, head_dim, n_rot, mode, t_off, rows; } pc;
     kiln_vk_bind b[2];
     if ((st = bind_f32(dev, x, xe, &b[0], &pc.x_off, &pc.x_stride, "rope")) ||
-        (st = kiln_vk_bind_range(dev, dev->ring, toff, (uint64_t)x->ne[1] * r.n_rot * sizeof(float), &b[1], NULL,
+        (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)x->ne[1] * r.n_rot * sizeof(float), &b[1], NULL,
                                  "rope")))
         return st;
     pc.n_head = r.n_head;
