@@ -193,6 +193,41 @@ static void shared_destroy(kiln_vk_shared *sh) {
     kiln_free(sh);
 }
 
+/* Matrix cores for batches (mmc.glsl): VK_NV_cooperative_matrix (our
+ * glslc compiles GL_NV_cooperative_matrix, not the KHR extension) with a
+ * 16x16x16 F16 x F16 -> F32 subgroup shape, F16 arithmetic and the Vulkan
+ * memory model (the shaders' scope semantics), on 32-wide subgroups (the
+ * kernel's four subgroups of a 128-invocation workgroup).
+ * KILN_VK_NO_COOPMAT=1 keeps the portable tiled kernel. */
+static bool coopmat_usable(VkInstance inst, VkPhysicalDevice pd, uint32_t subgroup_size) {
+    if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || !has_device_ext(pd, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME))
+        return false;
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+    f12.pNext = &cmf;
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+    f2.pNext = &f12;
+    vkGetPhysicalDeviceFeatures2(pd, &f2);
+    if (!cmf.cooperativeMatrix || !f12.shaderFloat16 || !f12.vulkanMemoryModel) return false;
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV props =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)vkGetInstanceProcAddr(
+            inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+    uint32_t n = 0;
+    if (!props || props(pd, &n, NULL) != VK_SUCCESS || n == 0) return false;
+    VkCooperativeMatrixPropertiesNV *p = kiln_calloc(n, sizeof *p);
+    if (!p) return false;
+    for (uint32_t i = 0; i < n; i++) p[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+    bool found = false;
+    if (props(pd, &n, p) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n && !found; i++)
+            found = p[i].MSize == 16 && p[i].NSize == 16 && p[i].KSize == 16 &&
+                    p[i].AType == VK_COMPONENT_TYPE_FLOAT16_NV && p[i].BType == VK_COMPONENT_TYPE_FLOAT16_NV &&
+                    p[i].CType == VK_COMPONENT_TYPE_FLOAT32_NV && p[i].DType == VK_COMPONENT_TYPE_FLOAT32_NV &&
+                    p[i].scope == VK_SCOPE_SUBGROUP_NV;
+    kiln_free(p);
+    return found;
+}
+
 static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared **out) {
     VkPhysicalDevice pd[KILN_VK_MAX_DEVICES];
     uint32_t n = 0;
@@ -236,13 +271,30 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     qci.queueFamilyIndex = sh->queue_family;
     qci.queueCount = 1;
     qci.pQueuePriorities = &prio;
-    const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+    const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME};
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
     dci.queueCreateInfoCount = 1;
     dci.pQueueCreateInfos = &qci;
     dci.enabledExtensionCount = 1;
     dci.ppEnabledExtensionNames = exts;
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
+    cmf.cooperativeMatrix = VK_TRUE;
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+    f12.pNext = &cmf;
+    f12.shaderFloat16 = VK_TRUE;
+    f12.vulkanMemoryModel = VK_TRUE;
+    sh->coopmat = coopmat_usable(inst, sh->phys, sg.subgroupSize);
+    if (sh->coopmat) {
+        dci.enabledExtensionCount = 2;
+        dci.pNext = &f12;
+    }
     VkResult r = vkCreateDevice(sh->phys, &dci, NULL, &sh->device);
+    if (r != VK_SUCCESS && sh->coopmat) { /* without the matrix cores, then */
+        sh->coopmat = false;
+        dci.enabledExtensionCount = 1;
+        dci.pNext = NULL;
+        r = vkCreateDevice(sh->phys, &dci, NULL, &sh->device);
+    }
     if (r != VK_SUCCESS) {
         sh->device = VK_NULL_HANDLE;
         st = kiln_vk_result(r, "vkCreateDevice");
@@ -354,8 +406,9 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_vk_device_close(dev);
         return st;
     }
-    kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: device %d open: %s%s", index, dev->sh->name,
-             dev->sh->subgroup_arith ? " (subgroup arithmetic)" : "");
+    kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: device %d open: %s%s%s", index, dev->sh->name,
+             dev->sh->subgroup_arith ? " (subgroup arithmetic)" : "",
+             dev->sh->coopmat ? " (cooperative matrices, NV)" : "");
     *out = dev;
     return KILN_OK;
 }

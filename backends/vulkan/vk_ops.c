@@ -455,7 +455,20 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
          * a degenerate dispatch; the CPU writes zeros too */
         return kiln_error(KILN_E_UNSUPPORTED, "vulkan matmul: K = 0");
     }
-    if (mode == 0) {
+    const bool use_mmv = M <= KILN_VK_MMV_MAX && dev->sh->subgroup_add && !dev->no_mmv;
+    bool use_mmc = !use_mmv && M > KILN_VK_MM_MC && !dev->no_tiled && dev->sh->coopmat;
+    if (use_mmc) {
+        /* a driver that rejects the kernel: the portable path from now on */
+        VkPipeline pipe;
+        if (kiln_vk_pipeline(dev->sh, KILN_VK_P_MMC_FIRST + kiln_vk_type_slot(w->type), &pipe) != KILN_OK) {
+            kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the cooperative matrix kernel cannot be built: "
+                     "the portable tiled matmul from now on");
+            dev->sh->coopmat = false;
+            use_mmc = false;
+        }
+    }
+    if (mode == 0 || use_mmc) {
+        /* the F32 rows as they are (matrix cores convert them to F16 themselves) */
         if ((st = bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul"))) return st;
     } else {
         const uint64_t row_words = act_row_words(mode, (uint64_t)K);
@@ -517,7 +530,20 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     pc.M = (uint32_t)M;
     const int slot = kiln_vk_type_slot(w->type);
     const uint64_t max_x = dev->sh->max_groups[0];
-    if (M <= KILN_VK_MMV_MAX && dev->sh->subgroup_add && !dev->no_mmv) {
+    if (use_mmc) {
+        /* batches on matrix cores: 64 x 64 tiles, F16 x F16 -> F32 */
+        const uint32_t gy = div_up((uint64_t)M, KILN_VK_MMT_TILE);
+        const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMT_TILE);
+        for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
+            uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
+            pc.n_base = (uint32_t)(g0 * KILN_VK_MMT_TILE);
+            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_MMC_FIRST + slot, b, 3, &pc, 10 * sizeof(uint32_t),
+                                       (uint32_t)gx, gy, 1)))
+                return st;
+        }
+        return KILN_OK;
+    }
+    if (use_mmv) {
         /* decode: subgroups over row pairs with a grid stride; enough
          * workgroups for every row pair at once on a GPU, about 32 on a CPU
          * implementation (each workgroup costs more than its arithmetic) */

@@ -137,6 +137,29 @@ extern const size_t kiln_vk_spv_mmv_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmv_q6_k[];
 extern const size_t kiln_vk_spv_mmv_q6_k_size;
 
+extern const uint32_t kiln_vk_spv_mmc_f32[];
+extern const size_t kiln_vk_spv_mmc_f32_size;
+extern const uint32_t kiln_vk_spv_mmc_f16[];
+extern const size_t kiln_vk_spv_mmc_f16_size;
+extern const uint32_t kiln_vk_spv_mmc_bf16[];
+extern const size_t kiln_vk_spv_mmc_bf16_size;
+extern const uint32_t kiln_vk_spv_mmc_q4_0[];
+extern const size_t kiln_vk_spv_mmc_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmc_q4_1[];
+extern const size_t kiln_vk_spv_mmc_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmc_q5_0[];
+extern const size_t kiln_vk_spv_mmc_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmc_q5_1[];
+extern const size_t kiln_vk_spv_mmc_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmc_q8_0[];
+extern const size_t kiln_vk_spv_mmc_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmc_q4_k[];
+extern const size_t kiln_vk_spv_mmc_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmc_q5_k[];
+extern const size_t kiln_vk_spv_mmc_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmc_q6_k[];
+extern const size_t kiln_vk_spv_mmc_q6_k_size;
+
 static const struct {
     const char *name;
     const uint32_t *code;
@@ -202,7 +225,18 @@ static const struct {
     {"mmv_q8_0", kiln_vk_spv_mmv_q8_0, &kiln_vk_spv_mmv_q8_0_size},
     {"mmv_q4_k", kiln_vk_spv_mmv_q4_k, &kiln_vk_spv_mmv_q4_k_size},
     {"mmv_q5_k", kiln_vk_spv_mmv_q5_k, &kiln_vk_spv_mmv_q5_k_size},
-    {"mmv_q6_k", kiln_vk_spv_mmv_q6_k, &kiln_vk_spv_mmv_q6_k_size}
+    {"mmv_q6_k", kiln_vk_spv_mmv_q6_k, &kiln_vk_spv_mmv_q6_k_size},
+    {"mmc_f32", kiln_vk_spv_mmc_f32, &kiln_vk_spv_mmc_f32_size},
+    {"mmc_f16", kiln_vk_spv_mmc_f16, &kiln_vk_spv_mmc_f16_size},
+    {"mmc_bf16", kiln_vk_spv_mmc_bf16, &kiln_vk_spv_mmc_bf16_size},
+    {"mmc_q4_0", kiln_vk_spv_mmc_q4_0, &kiln_vk_spv_mmc_q4_0_size},
+    {"mmc_q4_1", kiln_vk_spv_mmc_q4_1, &kiln_vk_spv_mmc_q4_1_size},
+    {"mmc_q5_0", kiln_vk_spv_mmc_q5_0, &kiln_vk_spv_mmc_q5_0_size},
+    {"mmc_q5_1", kiln_vk_spv_mmc_q5_1, &kiln_vk_spv_mmc_q5_1_size},
+    {"mmc_q8_0", kiln_vk_spv_mmc_q8_0, &kiln_vk_spv_mmc_q8_0_size},
+    {"mmc_q4_k", kiln_vk_spv_mmc_q4_k, &kiln_vk_spv_mmc_q4_k_size},
+    {"mmc_q5_k", kiln_vk_spv_mmc_q5_k, &kiln_vk_spv_mmc_q5_k_size},
+    {"mmc_q6_k", kiln_vk_spv_mmc_q6_k, &kiln_vk_spv_mmc_q6_k_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {

@@ -1,0 +1,135 @@
+/*
+ * mmc.glsl - matmul for batches on matrix cores through
+ * GL_NV_cooperative_matrix (16 x 16 x 16, F16 inputs, F32 accumulation),
+ * the way CUDA's prefill uses cuBLAS: weights dequantized to F16, the F32
+ * activation rows converted to F16. (glslc of this toolchain, shaderc
+ * 2023.2, has no GL_KHR_cooperative_matrix; the NV extension is what
+ * NVIDIA's driver offers beside KHR.) Used only where the device reports
+ * the extension and the 16x16x16 F16/F32 subgroup shape and its subgroups
+ * are 32 wide (vk_ops.c); mmt.glsl is the portable path.
+ *
+ * A workgroup of 128 (four subgroups of 32) computes BM = 64 activation
+ * rows x BN = 64 weight rows; subgroup s owns a 32 x 32 quarter (2 x 2
+ * accumulators). Per 32-element chunk of K both tiles are staged in
+ * shared memory as F16: As[m][k] (row-major: the A operand) and Bs[n][k]
+ * (the weights as they are, which is the B operand, K x N, column-major).
+ * Elements past K (float formats: rows need not be whole chunks), weight
+ * rows past N and activation rows past M are zeros; the result goes
+ * through shared memory so that only rows < M and columns < N are written.
+ */
+#extension GL_NV_cooperative_matrix : require
+#extension GL_KHR_memory_scope_semantics : require
+#extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
+#extension GL_KHR_shader_subgroup_basic : require
+
+#define BN 64u
+#define BM 64u
+#define SK 40u  /* F16 elements per staged row: 32 + 8 (rows stay 16-byte aligned) */
+#define SC 64u  /* floats per row of the result tile */
+layout(local_size_x = 128) in;
+
+layout(binding = 0) readonly buffer WB { uint W[]; };
+layout(binding = 1) readonly buffer XB { float X[]; };
+layout(binding = 2) writeonly buffer DB { float D[]; };
+
+layout(push_constant) uniform P {
+    uint w_off, w_stride;   /* bytes */
+    uint x_off, x_stride;   /* words: F32 activations */
+    uint d_off, d_stride;   /* words */
+    uint K, N, M;
+    uint n_base;
+} p;
+
+/* types.glsl's dot products read A (not used here): the same binding as X */
+layout(binding = 1) readonly buffer AB { uint A[]; };
+#define KILN_BYTES
+#include "common.glsl"
+#include "types.glsl"
+
+#if WTYPE == T_F32 || WTYPE == T_F16 || WTYPE == T_BF16
+#define FLOAT_W 1
+#else
+#define FLOAT_W 0
+#endif
+
+shared float16_t As[BM * SK];
+shared float16_t Bs[BN * SK];
+shared float Cs[BM * SC];
+
+#define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
+#define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
+
+/* weight element e of the row at byte `row` (float formats), 0 past K */
+float wfloat(uint row, uint e) {
+    if (e >= p.K) return 0.0;
+#if WTYPE == T_F32
+    return uintBitsToFloat(w_u32(row + 4u * e));
+#elif WTYPE == T_F16
+    return h2f(w_u16(row + 2u * e));
+#elif WTYPE == T_BF16
+    return bf2f(w_u16(row + 2u * e));
+#else
+    return 0.0;
+#endif
+}
+
+void main() {
+    const uint tid = gl_LocalInvocationID.x;
+    const uint n0 = p.n_base + gl_WorkGroupID.x * BN;
+    const uint m0 = gl_WorkGroupID.y * BM;
+    const uint sg = gl_SubgroupID;                /* 0..3 */
+    const uint sm = (sg >> 1) * 32u, sn = (sg & 1u) * 32u;
+    const uint nchunks = (p.K + 31u) / 32u;
+    CM32 acc[2][2];
+    for (uint i = 0u; i < 2u; i++)
+        for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
+    for (uint c = 0u; c < nchunks; c++) {
+        /* weights: 64 rows x 4 parts of 8 elements, two per invocation */
+        for (uint t = tid; t < BN * 4u; t += 128u) {
+            uint r = t >> 2, e0 = 8u * (t & 3u);
+            uint n = n0 + r;
+            uint row = p.w_off + min(n, p.N - 1u) * p.w_stride;
+            float v[8];
+#if FLOAT_W
+            for (uint i = 0u; i < 8u; i++) v[i] = wfloat(row, 32u * c + e0 + i);
+#else
+            wvals8(row, c, e0, v);
+            vec3 f = wscale(row, c);
+            for (uint i = 0u; i < 8u; i++) {
+#if WTYPE == T_Q4_K || WTYPE == T_Q5_K
+                v[i] = f.x * v[i] - f.y * f.z;
+#elif WTYPE == T_Q4_1 || WTYPE == T_Q5_1
+                v[i] = v[i] * f.x + f.y;
+#else
+                v[i] = f.x * v[i];
+#endif
+            }
+#endif
+            for (uint i = 0u; i < 8u; i++) Bs[r * SK + e0 + i] = float16_t(n < p.N ? v[i] : 0.0);
+        }
+        /* activations: 64 rows x 32, sixteen per invocation */
+        for (uint t = tid; t < BM * 32u; t += 128u) {
+            uint r = t >> 5, e = t & 31u;
+            uint m = m0 + r, k = 32u * c + e;
+            float x = m < p.M && k < p.K ? X[p.x_off + m * p.x_stride + k] : 0.0;
+            As[r * SK + e] = float16_t(x);
+        }
+        barrier();
+        for (uint kk = 0u; kk < 32u; kk += 16u) {
+            CM16 a[2], b[2];
+            for (uint i = 0u; i < 2u; i++) coopMatLoadNV(a[i], As, (sm + 16u * i) * SK + kk, SK, false);
+            for (uint j = 0u; j < 2u; j++) coopMatLoadNV(b[j], Bs, (sn + 16u * j) * SK + kk, SK, true);
+            for (uint i = 0u; i < 2u; i++)
+                for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a[i], b[j], acc[i][j]);
+        }
+        barrier();
+    }
+    for (uint i = 0u; i < 2u; i++)
+        for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (sm + 16u * i) * SC + sn + 16u * j, SC, false);
+    barrier();
+    for (uint t = tid; t < BM * BN; t += 128u) {
+        uint r = t / BN, col = t % BN;
+        uint m = m0 + r, n = n0 + col;
+        if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = Cs[r * SC + col];
+    }
+}
