@@ -119,9 +119,11 @@ static void test_matmul_and_get_rows(void) {
             snprintf(what, sizeof what, "matmul %s M=%lld", kiln_type_name(type), (long long)M);
             double rel = compare(out, 0, (size_t)(N * M), what);
             /* matrix cores multiply F16 roundings of both operands (as
-             * CUDA's cuBLAS prefill): about 1e-3; otherwise the CPU's
-             * arithmetic in another order */
-            const double tol = M > 16 && vk_coopmat ? 5e-3 : 2e-4;
+             * CUDA's cuBLAS prefill) where the CPU dots quantized weights
+             * with Q8 activations (steps of 1/127 of a block's largest
+             * value): 3e-3 to 4e-3 here (lavapipe, KILN_VK_COOPMAT_EMULATE);
+             * otherwise the CPU's arithmetic in another order (~2e-7) */
+            const double tol = M > 16 && vk_coopmat ? 1e-2 : 2e-4;
             KT_CHECKF(rel < tol, "%s: relative difference %.3g", what, rel);
             /* decode invariance: token 0 has the same bits in any batch of
              * up to 16 (a verified draft token = the token decoded alone) */
@@ -182,7 +184,7 @@ static void test_matmul_float_tails(void) {
             char what[64];
             snprintf(what, sizeof what, "matmul %s K=100 M=%lld", kiln_type_name(type), (long long)m);
             double rel = compare(out, 0, (size_t)(N * m), what);
-            const double tol = m > 16 && vk_coopmat ? 5e-3 : 2e-4;
+            const double tol = m > 16 && vk_coopmat ? 1e-2 : 2e-4;
             KT_CHECKF(rel < tol, "%s: relative difference %.3g", what, rel);
         }
         free(wb);

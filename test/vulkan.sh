@@ -13,6 +13,8 @@
 #   validation   a short decode under the Khronos validation layer (when
 #                installed) reports no error
 #   greedy       kiln-run's greedy text equals the CPU backend's
+#   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
+#                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU)
 # KILN_VK_TESTS="reference lifecycle ..." picks a subset. lavapipe is slow,
 # so by default (CI) the reference suite runs on two models (F16 llama,
 # qwen3's NEOX rope with q/k norms) with prompts of at most 32 tokens plus
@@ -84,6 +86,10 @@ ctest() {
     else bad "$name" "rc=$rc $line"; grep -E '^(FAIL|not ok)|: (FAIL|fail)' "$tmp/$name.log" | head -n 20; fi
 }
 
+# the matrix-core batch kernel's staging, tails and output on this device,
+# with plain products in place of the cooperative matrix calls (lavapipe
+# has none); on a GPU with them test/device/vulkan.sh runs the real one
+if want coopmat; then ctest test_vulkan_ops KILN_VK_COOPMAT_EMULATE=1; fi
 if want reference; then ctest test_reference; fi
 if [[ " ${KILN_VK_TESTS:-} " == *" lifecycle-only "* ]]; then ctest test_lifecycle; fi
 if want lifecycle; then

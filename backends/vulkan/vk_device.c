@@ -284,6 +284,7 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     f12.shaderFloat16 = VK_TRUE;
     f12.vulkanMemoryModel = VK_TRUE;
     sh->coopmat = coopmat_usable(inst, sh->phys, sg.subgroupSize);
+    sh->coopmat_emulate = !sh->coopmat && getenv("KILN_VK_COOPMAT_EMULATE") && !getenv("KILN_VK_NO_COOPMAT");
     if (sh->coopmat) {
         dci.enabledExtensionCount = 2;
         dci.pNext = &f12;
@@ -408,7 +409,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     }
     kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: device %d open: %s%s%s", index, dev->sh->name,
              dev->sh->subgroup_arith ? " (subgroup arithmetic)" : "",
-             dev->sh->coopmat ? " (cooperative matrices, NV)" : "");
+             dev->sh->coopmat ? " (cooperative matrices, NV)" : dev->sh->coopmat_emulate ? " (cooperative matrices emulated)" : "");
     *out = dev;
     return KILN_OK;
 }

@@ -70,7 +70,8 @@ enum {
     KILN_VK_P_MMT_FIRST = KILN_VK_P_GETROWS_FIRST + 11, /* tiled matmul for batches */
     KILN_VK_P_MMV_FIRST = KILN_VK_P_MMT_FIRST + 11,    /* matrix-vector (decode), subgroup arithmetic */
     KILN_VK_P_MMC_FIRST = KILN_VK_P_MMV_FIRST + 11,    /* batches on matrix cores (NV cooperative matrix) */
-    KILN_VK_P_COUNT = KILN_VK_P_MMC_FIRST + 11
+    KILN_VK_P_MMCE_FIRST = KILN_VK_P_MMC_FIRST + 11,   /* mmc emulated without matrix cores (tests) */
+    KILN_VK_P_COUNT = KILN_VK_P_MMCE_FIRST + 11
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
@@ -152,6 +153,7 @@ struct kiln_vk_shared {
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
     bool subgroup_add;            /* subgroup arithmetic in compute (mmv_ kernels) */
     bool coopmat;                 /* VK_NV_cooperative_matrix enabled (mmc_ kernels for batches) */
+    bool coopmat_emulate;         /* KILN_VK_COOPMAT_EMULATE: mmce_ kernels (mmc's staging, plain products) */
     uint32_t subgroup_size;
     bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */
     bool keep_open;               /* a CPU device: kept after its last handle closes */

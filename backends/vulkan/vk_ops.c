@@ -456,14 +456,15 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         return kiln_error(KILN_E_UNSUPPORTED, "vulkan matmul: K = 0");
     }
     const bool use_mmv = M <= KILN_VK_MMV_MAX && dev->sh->subgroup_add && !dev->no_mmv;
-    bool use_mmc = !use_mmv && M > KILN_VK_MM_MC && !dev->no_tiled && dev->sh->coopmat;
+    bool use_mmc = !use_mmv && M > KILN_VK_MM_MC && !dev->no_tiled && (dev->sh->coopmat || dev->sh->coopmat_emulate);
+    const int mmc_first = dev->sh->coopmat ? KILN_VK_P_MMC_FIRST : KILN_VK_P_MMCE_FIRST;
     if (use_mmc) {
         /* a driver that rejects the kernel: the portable path from now on */
         VkPipeline pipe;
-        if (kiln_vk_pipeline(dev->sh, KILN_VK_P_MMC_FIRST + kiln_vk_type_slot(w->type), &pipe) != KILN_OK) {
+        if (kiln_vk_pipeline(dev->sh, mmc_first + kiln_vk_type_slot(w->type), &pipe) != KILN_OK) {
             kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the cooperative matrix kernel cannot be built: "
                      "the portable tiled matmul from now on");
-            dev->sh->coopmat = false;
+            dev->sh->coopmat = dev->sh->coopmat_emulate = false;
             use_mmc = false;
         }
     }
@@ -537,7 +538,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
             uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
             pc.n_base = (uint32_t)(g0 * KILN_VK_MMT_TILE);
-            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_MMC_FIRST + slot, b, 3, &pc, 10 * sizeof(uint32_t),
+            if ((st = kiln_vk_dispatch(dev, mmc_first + slot, b, 3, &pc, 10 * sizeof(uint32_t),
                                        (uint32_t)gx, gy, 1)))
                 return st;
         }

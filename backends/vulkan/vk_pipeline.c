@@ -160,6 +160,29 @@ extern const size_t kiln_vk_spv_mmc_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmc_q6_k[];
 extern const size_t kiln_vk_spv_mmc_q6_k_size;
 
+extern const uint32_t kiln_vk_spv_mmce_f32[];
+extern const size_t kiln_vk_spv_mmce_f32_size;
+extern const uint32_t kiln_vk_spv_mmce_f16[];
+extern const size_t kiln_vk_spv_mmce_f16_size;
+extern const uint32_t kiln_vk_spv_mmce_bf16[];
+extern const size_t kiln_vk_spv_mmce_bf16_size;
+extern const uint32_t kiln_vk_spv_mmce_q4_0[];
+extern const size_t kiln_vk_spv_mmce_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmce_q4_1[];
+extern const size_t kiln_vk_spv_mmce_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmce_q5_0[];
+extern const size_t kiln_vk_spv_mmce_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmce_q5_1[];
+extern const size_t kiln_vk_spv_mmce_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmce_q8_0[];
+extern const size_t kiln_vk_spv_mmce_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmce_q4_k[];
+extern const size_t kiln_vk_spv_mmce_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmce_q5_k[];
+extern const size_t kiln_vk_spv_mmce_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmce_q6_k[];
+extern const size_t kiln_vk_spv_mmce_q6_k_size;
+
 static const struct {
     const char *name;
     const uint32_t *code;
@@ -236,7 +259,18 @@ static const struct {
     {"mmc_q8_0", kiln_vk_spv_mmc_q8_0, &kiln_vk_spv_mmc_q8_0_size},
     {"mmc_q4_k", kiln_vk_spv_mmc_q4_k, &kiln_vk_spv_mmc_q4_k_size},
     {"mmc_q5_k", kiln_vk_spv_mmc_q5_k, &kiln_vk_spv_mmc_q5_k_size},
-    {"mmc_q6_k", kiln_vk_spv_mmc_q6_k, &kiln_vk_spv_mmc_q6_k_size}
+    {"mmc_q6_k", kiln_vk_spv_mmc_q6_k, &kiln_vk_spv_mmc_q6_k_size},
+    {"mmce_f32", kiln_vk_spv_mmce_f32, &kiln_vk_spv_mmce_f32_size},
+    {"mmce_f16", kiln_vk_spv_mmce_f16, &kiln_vk_spv_mmce_f16_size},
+    {"mmce_bf16", kiln_vk_spv_mmce_bf16, &kiln_vk_spv_mmce_bf16_size},
+    {"mmce_q4_0", kiln_vk_spv_mmce_q4_0, &kiln_vk_spv_mmce_q4_0_size},
+    {"mmce_q4_1", kiln_vk_spv_mmce_q4_1, &kiln_vk_spv_mmce_q4_1_size},
+    {"mmce_q5_0", kiln_vk_spv_mmce_q5_0, &kiln_vk_spv_mmce_q5_0_size},
+    {"mmce_q5_1", kiln_vk_spv_mmce_q5_1, &kiln_vk_spv_mmce_q5_1_size},
+    {"mmce_q8_0", kiln_vk_spv_mmce_q8_0, &kiln_vk_spv_mmce_q8_0_size},
+    {"mmce_q4_k", kiln_vk_spv_mmce_q4_k, &kiln_vk_spv_mmce_q4_k_size},
+    {"mmce_q5_k", kiln_vk_spv_mmce_q5_k, &kiln_vk_spv_mmce_q5_k_size},
+    {"mmce_q6_k", kiln_vk_spv_mmce_q6_k, &kiln_vk_spv_mmce_q6_k_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {

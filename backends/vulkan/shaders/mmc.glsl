@@ -17,10 +17,12 @@
  * rows past N and activation rows past M are zeros; the result goes
  * through shared memory so that only rows < M and columns < N are written.
  */
+#ifndef MMC_EMULATE
 #extension GL_NV_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
 #extension GL_EXT_shader_explicit_arithmetic_types_float16 : require
 #extension GL_KHR_shader_subgroup_basic : require
+#endif
 
 #define BN 64u
 #define BM 64u
@@ -52,12 +54,23 @@ layout(binding = 1) readonly buffer AB { uint A[]; };
 #define FLOAT_W 0
 #endif
 
-shared float16_t As[BM * SK];
-shared float16_t Bs[BN * SK];
-shared float Cs[BM * SC];
-
+/* MMC_EMULATE (mmce_TYPE.comp, KILN_VK_COOPMAT_EMULATE=1): the same
+ * staging, bounds and output with the 16x16 products done by plain
+ * arithmetic on F16-rounded floats, so that lavapipe tests everything but
+ * the cooperative matrix calls themselves. */
+#ifdef MMC_EMULATE
+#define HALF float
+float to_half(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
+#define TO_HALF(v) to_half(v)
+#else
+#define HALF float16_t
+#define TO_HALF(x) float16_t(x)
 #define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
 #define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
+#endif
+shared HALF As[BM * SK];
+shared HALF Bs[BN * SK];
+shared float Cs[BM * SC];
 
 /* weight element e of the row at byte `row` (float formats), 0 past K */
 float wfloat(uint row, uint e) {
@@ -77,12 +90,17 @@ void main() {
     const uint tid = gl_LocalInvocationID.x;
     const uint n0 = p.n_base + gl_WorkGroupID.x * BN;
     const uint m0 = gl_WorkGroupID.y * BM;
+    const uint nchunks = (p.K + 31u) / 32u;
+#ifdef MMC_EMULATE
+    float acc[32]; /* outputs tid + 128 i of the 64 x 64 tile */
+    for (uint i = 0u; i < 32u; i++) acc[i] = 0.0;
+#else
     const uint sg = gl_SubgroupID;                /* 0..3 */
     const uint sm = (sg >> 1) * 32u, sn = (sg & 1u) * 32u;
-    const uint nchunks = (p.K + 31u) / 32u;
     CM32 acc[2][2];
     for (uint i = 0u; i < 2u; i++)
         for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
+#endif
     for (uint c = 0u; c < nchunks; c++) {
         /* weights: 64 rows x 4 parts of 8 elements, two per invocation */
         for (uint t = tid; t < BN * 4u; t += 128u) {
@@ -105,16 +123,24 @@ void main() {
 #endif
             }
 #endif
-            for (uint i = 0u; i < 8u; i++) Bs[r * SK + e0 + i] = float16_t(n < p.N ? v[i] : 0.0);
+            for (uint i = 0u; i < 8u; i++) Bs[r * SK + e0 + i] = TO_HALF(n < p.N ? v[i] : 0.0);
         }
         /* activations: 64 rows x 32, sixteen per invocation */
         for (uint t = tid; t < BM * 32u; t += 128u) {
             uint r = t >> 5, e = t & 31u;
             uint m = m0 + r, k = 32u * c + e;
             float x = m < p.M && k < p.K ? X[p.x_off + m * p.x_stride + k] : 0.0;
-            As[r * SK + e] = float16_t(x);
+            As[r * SK + e] = TO_HALF(x);
         }
         barrier();
+#ifdef MMC_EMULATE
+        for (uint i = 0u; i < 32u; i++) {
+            uint t = tid + 128u * i, r = t / BN, col = t % BN;
+            float s = 0.0;
+            for (uint e = 0u; e < 32u; e++) s += As[r * SK + e] * Bs[col * SK + e];
+            acc[i] += s;
+        }
+#else
         for (uint kk = 0u; kk < 32u; kk += 16u) {
             CM16 a[2], b[2];
             for (uint i = 0u; i < 2u; i++) coopMatLoadNV(a[i], As, (sm + 16u * i) * SK + kk, SK, false);
@@ -122,10 +148,18 @@ void main() {
             for (uint i = 0u; i < 2u; i++)
                 for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a[i], b[j], acc[i][j]);
         }
+#endif
         barrier();
     }
+#ifdef MMC_EMULATE
+    for (uint i = 0u; i < 32u; i++) {
+        uint t = tid + 128u * i;
+        Cs[(t / BN) * SC + t % BN] = acc[i];
+    }
+#else
     for (uint i = 0u; i < 2u; i++)
         for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (sm + 16u * i) * SC + sn + 16u * j, SC, false);
+#endif
     barrier();
     for (uint t = tid; t < BM * BN; t += 128u) {
         uint r = t / BN, col = t % BN;
