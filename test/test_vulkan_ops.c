@@ -1,7 +1,9 @@
 /*
  * test_vulkan_ops.c - every operation of the Vulkan backend against the CPU
- * backend on random data: matmul for every weight type with 1, 3, 9 and 70
- * activation rows (the row-group and the tiled kernels, partial tiles),
+ * backend on random data: matmul for every weight type with 1, 3, 9, 16, 17
+ * and 70 activation rows (the matrix-vector, row-group and tiled or
+ * matrix-core kernels, partial tiles; a token's decode bits the same in
+ * any batch up to 16), float rows with tails,
  * get_rows for every type, rms_norm, add (with a broadcast row), swiglu,
  * rope (NORM and NEOX, with frequency factors), kv_store + attention over a
  * paged cache with GQA. The two backends do the same arithmetic (the same

@@ -6,11 +6,13 @@
 #      libvulkan.so.1, unpacks .gl/*.deb (prepared as
 #      /work/.library/device/README.md describes) and points the loader at
 #      NVIDIA's ICD when it cannot find one itself;
-#   2. runs test/vulkan.sh (reference suite, lifecycle tests, proof with a
+#   2. runs test_vulkan_ops (matrix-core and portable batch kernels), then
+#      test/vulkan.sh (reference suite, lifecycle tests, proof with a
 #      few cycles, validation layer when installed, greedy text vs CPU);
 #   3. kiln-bench --backend vulkan (pp512, tg128, 3 repetitions) on each
 #      MODEL given, and the same with --backend cuda when libkiln-cuda.so
-#      was built, for the ratio.
+#      was built, for the ratio; then KILN_VK_PROFILE=1 (per-kernel times,
+#      graphs off) into profile-NAME.txt.
 # Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
 # KILN_VK_BENCH_ONLY=1 skips steps 2 (tests) and runs the benchmarks only.
 # Example (from the repository root on the device machine):
@@ -52,7 +54,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee 
 
 if [ -z "${KILN_VK_BENCH_ONLY:-}" ]; then
 echo "== test_vulkan_ops"
+# by default batches go to the matrix-core kernel (VK_NV_cooperative_matrix)
+# where the driver has it; the last line says which path ran
 KILN_VK_OPS_VERBOSE=1 "$build/test/test_vulkan_ops" 2>&1 | tee "$out/ops.txt"
+echo "== test_vulkan_ops, portable batch kernel (KILN_VK_NO_COOPMAT=1)"
+KILN_VK_NO_COOPMAT=1 "$build/test/test_vulkan_ops" 2>&1 | tail -n 2 | tee "$out/ops-portable.txt"
 echo "== test/vulkan.sh"
 KILN_BUILD=$build KILN_VK_FULL=1 KILN_VK_PROOF_CYCLES=${KILN_VK_PROOF_CYCLES:-20} bash test/vulkan.sh 2>&1 | tee "$out/tests.txt"
 fi
@@ -69,7 +75,8 @@ for m in "$@"; do
     esac
     name=$(basename "$m" .gguf)
     echo "== kiln-bench vulkan $name"
-    "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-vulkan-$name.txt"
+    # KILN_VK_STATS: the decode graphs recorded/replayed/redone, at exit
+    KILN_VK_STATS=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-vulkan-$name.txt"
     if [ -f "$build/libkiln-cuda.so" ]; then
         echo "== kiln-bench cuda $name"
         "$build/bin/kiln-bench" --backend cuda -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-cuda-$name.txt"
