@@ -92,6 +92,15 @@ typedef struct kiln_bk_pool_stats {
     uint64_t n_allocs;       /* pool allocations served */
     uint64_t n_frees;        /* pool buffers returned */
     uint64_t n_device_allocs;/* allocations that reached the device */
+    /* Appended (a plugin that does not know them leaves them 0): memory the
+     * handle holds for itself outside buffers and the pool, so the memory
+     * report adds up to what the device says. bytes_internal: device memory
+     * (library handles and workspaces, staging and table areas, recorded
+     * graphs); bytes_internal_host: page-locked host memory (staging).
+     * Exact where the backend allocates it itself, measured (free memory
+     * before and after) where a library allocates on its behalf. */
+    uint64_t bytes_internal;
+    uint64_t bytes_internal_host;
 } kiln_bk_pool_stats;
 
 typedef struct kiln_bk_tensor {

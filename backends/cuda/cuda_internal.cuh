@@ -96,6 +96,7 @@ struct kcu_graph {
     uint64_t key;
     uint64_t hash;           /* of every recorded operation's arguments */
     cudaGraphExec_t exec;
+    uint64_t device_bytes;   /* device memory its instantiation took (measured) */
 };
 
 struct kiln_bk_device {
@@ -104,6 +105,7 @@ struct kiln_bk_device {
     cublasHandle_t cublas;
     void *cublas_ws;         /* cuBLAS workspace (fixed, so graphs never allocate) */
     size_t cublas_ws_size;
+    uint64_t cublas_bytes;   /* device memory cublasCreate took (measured) */
     int sm_count;
     int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
     kiln_log_fn log_fn;
