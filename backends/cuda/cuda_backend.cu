@@ -991,6 +991,8 @@ static const kiln_backend_iface cuda_iface = {
     cuda_graph_begin,
     cuda_graph_end,
     kcu_add_rms_norm,
+    kcu_matmul_multi,
+    kcu_rope_kv_store,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

@@ -250,6 +250,11 @@ kiln_status kcu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kil
                          kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim);
 kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                        kiln_bk_tensor *dst);
+kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                             const kiln_bk_tensor *x, kiln_bk_tensor *const *dst);
+kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                              const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                              kiln_bk_buffer *v_cache, uint32_t kv_dim);
 kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
                           const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst);
 /* Dequantizes rows [r0, r0 + n) of w to F16 into dst (n x K, dense). */
