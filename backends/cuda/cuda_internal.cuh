@@ -144,6 +144,7 @@ struct kiln_bk_device {
     cudaEvent_t ev0, ev1;
     bool ev_pending;
     double prof_gpu_ms, prof_wall_ms, prof_last_end;
+    double prof_issue_t0, prof_issue_ms; /* host time from graph_begin to a replay's launch */
     uint64_t prof_n, prof_nodes;
     uint64_t n_captures, n_capture_fail, n_replays, n_mismatch;
     int last_capture_error;
