@@ -89,12 +89,20 @@ again:
     CHECK(bk->get_rows(dev, &m->tok_embd, tokens, &x));
     /* residual add + the next norm in one operation where the backend has it */
     const bool fused = KILN_BK_HAS(bk, add_rms_norm);
+    const bool multi = KILN_BK_HAS(bk, matmul_multi);
+    const bool rope_store = KILN_BK_HAS(bk, rope_kv_store);
     for (uint32_t il = 0; il < hp->n_layer; il++) {
         const kiln_layer_weights *L = &m->layers[il];
         if (il == 0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
-        CHECK(bk->matmul(dev, &L->wq, &h, &q));
-        CHECK(bk->matmul(dev, &L->wk, &h, &k));
-        CHECK(bk->matmul(dev, &L->wv, &h, &v));
+        if (multi) { /* the three products of h in as few launches as the backend can */
+            const kiln_bk_tensor *w3[3] = {&L->wq, &L->wk, &L->wv};
+            kiln_bk_tensor *d3[3] = {&q, &k, &v};
+            CHECK(bk->matmul_multi(dev, 3, w3, &h, d3));
+        } else {
+            CHECK(bk->matmul(dev, &L->wq, &h, &q));
+            CHECK(bk->matmul(dev, &L->wk, &h, &k));
+            CHECK(bk->matmul(dev, &L->wv, &h, &v));
+        }
         if (L->bq.buf) CHECK(bk->add(dev, &q, &L->bq, &q));
         if (L->bk.buf) CHECK(bk->add(dev, &k, &L->bk, &k));
         if (L->bv.buf) CHECK(bk->add(dev, &v, &L->bv, &v));
@@ -103,9 +111,13 @@ again:
             CHECK(bk->rms_norm(dev, &qh, &L->q_norm, hp->rms_eps, &qh));
             CHECK(bk->rms_norm(dev, &kh, &L->k_norm, hp->rms_eps, &kh));
         }
-        CHECK(bk->rope(dev, &q, &rq));
-        CHECK(bk->rope(dev, &k, &rk));
-        CHECK(bk->kv_store(dev, &k, &v, ctx->kv->k[il], ctx->kv->v[il], (uint32_t)KV));
+        if (rope_store) {
+            CHECK(bk->rope_kv_store(dev, &q, &k, &v, &rq, &rk, ctx->kv->k[il], ctx->kv->v[il], (uint32_t)KV));
+        } else {
+            CHECK(bk->rope(dev, &q, &rq));
+            CHECK(bk->rope(dev, &k, &rk));
+            CHECK(bk->kv_store(dev, &k, &v, ctx->kv->k[il], ctx->kv->v[il], (uint32_t)KV));
+        }
         CHECK(bk->attention(dev, &q, ctx->kv->k[il], ctx->kv->v[il], &at, &a));
         CHECK(bk->matmul(dev, &L->wo, &a, &h));
         if (fused) {
@@ -114,8 +126,14 @@ again:
             CHECK(bk->add(dev, &x, &h, &x));
             CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
         }
-        CHECK(bk->matmul(dev, &L->w_gate, &h, &g));
-        CHECK(bk->matmul(dev, &L->w_up, &h, &u));
+        if (multi) {
+            const kiln_bk_tensor *w2[2] = {&L->w_gate, &L->w_up};
+            kiln_bk_tensor *d2[2] = {&g, &u};
+            CHECK(bk->matmul_multi(dev, 2, w2, &h, d2));
+        } else {
+            CHECK(bk->matmul(dev, &L->w_gate, &h, &g));
+            CHECK(bk->matmul(dev, &L->w_up, &h, &u));
+        }
         CHECK(bk->swiglu(dev, &g, &u, &g));
         CHECK(bk->matmul(dev, &L->w_down, &g, &h));
         if (fused && il + 1 < hp->n_layer) /* and the next layer's attention norm */

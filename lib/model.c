@@ -208,6 +208,7 @@ static kiln_status load_weights(kiln_model *m) {
         st = upload_weights(m);
     }
     if (st) return st;
+    kiln_mem_pool_snapshot(m->bk, m->dev); /* the handle's own staging, for the report */
     m->layers = kiln_calloc(hp->n_layer, sizeof *m->layers);
     if (!m->layers) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim;

@@ -196,9 +196,25 @@ static int32_t cuda_supports_type(int32_t index, int32_t type) {
 
 /* cuBLAS is created on first use (prefill): a model's own handle, which
  * only uploads weights, never pays for it. Never called while capturing. */
+/* Free device memory now (cudaMemGetInfo), for measuring what a library
+ * call allocates on the handle's behalf; 0 if the query fails. */
+static uint64_t device_free_bytes(void) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+    return free_b;
+}
+
+/* What a measured call took: before - after, 0 when memory grew back (a
+ * concurrent free elsewhere in the process) or the query failed. */
+static uint64_t measured_delta(uint64_t before, uint64_t after) {
+    return before && after && before > after ? before - after : 0;
+}
+
 kiln_status kcu_cublas(kiln_bk_device *dev) {
     if (dev->cublas) return KILN_OK;
+    uint64_t before = device_free_bytes();
     cublasStatus_t cs = cublasCreate(&dev->cublas);
+    dev->cublas_bytes = measured_delta(before, device_free_bytes());
     if (cs != CUBLAS_STATUS_SUCCESS) {
         dev->cublas = NULL;
         return kcu_error(cs == CUBLAS_STATUS_ALLOC_FAILED ? KILN_E_OOM_DEVICE : KILN_E_BACKEND,
@@ -220,6 +236,10 @@ kiln_status kcu_cublas(kiln_bk_device *dev) {
 
 kiln_status kcu_use(kiln_bk_device *dev) {
     if (!dev) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: device handle is NULL");
+    /* Between graph_begin and graph_end the caller is inside one forward
+     * pass on this thread and graph_begin made the device current: skip the
+     * call for each of the step's few hundred operations. */
+    if (dev->graph_mode) return KILN_OK;
     KCU_CHECK(cudaSetDevice(dev->index), "cudaSetDevice");
     return KILN_OK;
 }
@@ -324,9 +344,16 @@ static void cuda_device_close(kiln_bk_device *dev) {
         if (dev->prof_n)
             kcu_log(dev, KILN_LOG_ERROR,
                     "cuda profile: %llu graph launches of %llu nodes: GPU %.3f ms each, %.3f ms wall from one "
-                    "launch to the next",
+                    "launch to the next, %.3f ms of it issuing the replayed operations",
                     (unsigned long long)dev->prof_n, (unsigned long long)dev->prof_nodes,
-                    dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n);
+                    dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n,
+                    dev->prof_issue_ms / (double)dev->n_replays);
+        if (dev->prof_n)
+            kcu_log(dev, KILN_LOG_ERROR,
+                    "cuda profile: host ms per replay: set_ubatch %.3f, graph_begin %.3f, graph launch %.3f, "
+                    "download (incl. waiting for the GPU) %.3f",
+                    dev->prof_ub_ms / dev->prof_n, dev->prof_begin_ms / dev->prof_n,
+                    dev->prof_launch_ms / dev->prof_n, dev->prof_dl_ms / dev->prof_n);
         if (dev->ev0) cudaEventDestroy(dev->ev0);
         if (dev->ev1) cudaEventDestroy(dev->ev1);
     }
@@ -476,6 +503,11 @@ static kiln_status cuda_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stat
     s.n_allocs = dev->pool.n_allocs;
     s.n_frees = dev->pool.n_frees;
     s.n_device_allocs = dev->pool.n_device_allocs;
+    /* the handle's own memory outside buffers and the pool */
+    s.bytes_internal = (dev->cublas ? dev->cublas_bytes : 0) + (dev->cublas_ws ? dev->cublas_ws_size : 0) +
+                       (dev->stage_dev ? dev->stage_cap : 0) + (dev->ub_dev ? dev->ub_dev_cap : 0);
+    for (int i = 0; i < dev->n_graphs; i++) s.bytes_internal += dev->graphs[i].device_bytes;
+    s.bytes_internal_host = dev->stage_host ? dev->stage_cap : 0;
     uint32_t caller_size = stats->struct_size;
     memcpy(stats, &s, caller_size < sizeof s ? caller_size : sizeof s);
     stats->struct_size = caller_size;
@@ -566,8 +598,19 @@ static kiln_status cuda_buffer_upload(kiln_bk_device *dev, kiln_bk_buffer *dst, 
     return KILN_OK;
 }
 
+static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t off, void *dst,
+                                   uint64_t n);
 static kiln_status cuda_buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t off, void *dst,
                                         uint64_t n) {
+    if (!dev || !dev->profile) return buffer_download(dev, src, off, dst, n);
+    const double t0 = kcu_now_ms();
+    kiln_status st = buffer_download(dev, src, off, dst, n);
+    dev->prof_dl_ms += kcu_now_ms() - t0;
+    return st;
+}
+
+static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t off, void *dst,
+                                   uint64_t n) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (!src || (!dst && n)) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: download: NULL buffer or destination");
@@ -576,6 +619,19 @@ static kiln_status cuda_buffer_download(kiln_bk_device *dev, const kiln_bk_buffe
                          (unsigned long long)off, (unsigned long long)n, (unsigned long long)src->size);
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: download inside a graph");
     kcu_xq_release(dev);
+    /* A small download (a step's logits) goes through the pinned staging
+     * area past what this step staged: a copy from pageable memory would be
+     * staged by the driver, synchronously, at a lower rate. The stream
+     * orders it after the step's copies out of the area. */
+    const size_t used = (dev->stage_used + 255) & ~(size_t)255;
+    if (n && dev->stage_host && used <= dev->stage_cap && n <= dev->stage_cap - used) {
+        KCU_CHECK(cudaMemcpyAsync(dev->stage_host + used, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost,
+                                  dev->stream),
+                  "download");
+        KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
+        memcpy(dst, dev->stage_host + used, n);
+        return KILN_OK;
+    }
     if (n) KCU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost, dev->stream),
                      "download");
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
@@ -678,7 +734,16 @@ static kiln_status ubatch_validate(const kiln_bk_ubatch *u) {
 /* The tables go to one device array [pos | kv_cell | attn_table | attn_n_kv
  * | block_tables], replaced only when it must grow (graphs hold its
  * address), through the pinned staging area. */
+static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp);
 static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
+    if (!dev || !dev->profile) return set_ubatch(dev, ubp);
+    const double t0 = kcu_now_ms();
+    kiln_status st = set_ubatch(dev, ubp);
+    dev->prof_ub_ms += kcu_now_ms() - t0;
+    return st;
+}
+
+static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (!ubp) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: set_ubatch: ubatch is NULL");
@@ -818,7 +883,16 @@ bool kcu_op(kiln_bk_device *dev, const void *args, size_t n) {
     return dev->graph_mode == 1;
 }
 
+static kiln_status graph_begin(kiln_bk_device *dev, uint64_t key);
 static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
+    if (!dev || !dev->profile) return graph_begin(dev, key);
+    const double t0 = kcu_now_ms();
+    kiln_status st = graph_begin(dev, key);
+    dev->prof_begin_ms += kcu_now_ms() - t0;
+    return st;
+}
+
+static kiln_status graph_begin(kiln_bk_device *dev, uint64_t key) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: graph_begin inside a graph");
@@ -832,6 +906,11 @@ static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
         dev->ev_pending = false;
     }
     if (dev->stage_cap < (1u << 20) && (st = stage_reserve(dev, 1u << 20))) return st;
+    if (dev->profile) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        dev->prof_issue_t0 = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    }
     dev->stage_used = 0;
     dev->graph_failed = false;
     dev->graph_key = key;
@@ -877,6 +956,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
                 const double now = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+                dev->prof_issue_ms += now - dev->prof_issue_t0;
                 if (dev->prof_last_end > 0) {
                     dev->prof_wall_ms += now - dev->prof_last_end;
                     dev->prof_n++;
@@ -884,7 +964,9 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
                 dev->prof_last_end = now;
                 cudaEventRecord(dev->ev0, dev->stream);
             }
+            const double tl = dev->profile ? kcu_now_ms() : 0.0;
             KCU_CHECK(cudaGraphLaunch(dev->graphs[i].exec, dev->stream), "graph launch");
+            if (dev->profile) dev->prof_launch_ms += kcu_now_ms() - tl;
             if (dev->profile) {
                 cudaEventRecord(dev->ev1, dev->stream);
                 dev->ev_pending = true;
@@ -897,7 +979,11 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     cudaGraph_t g = NULL;
     cudaError_t e = cudaStreamEndCapture(dev->stream, &g);
     cudaGraphExec_t exec = NULL;
+    uint64_t before = device_free_bytes();
     if (e == cudaSuccess && !dev->graph_failed) e = cudaGraphInstantiate(&exec, g, 0);
+    /* instantiating and uploading a graph takes device memory of its own */
+    if (e == cudaSuccess && exec) e = cudaGraphUpload(exec, dev->stream);
+    uint64_t graph_bytes = e == cudaSuccess ? measured_delta(before, device_free_bytes()) : 0;
     if (e == cudaSuccess && g && dev->profile) {
         size_t nn = 0;
         cudaGraphGetNodes(g, NULL, &nn);
@@ -922,6 +1008,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     dev->graphs[dev->n_graphs].key = dev->graph_key;
     dev->graphs[dev->n_graphs].hash = dev->graph_hash;
     dev->graphs[dev->n_graphs].exec = exec;
+    dev->graphs[dev->n_graphs].device_bytes = graph_bytes;
     dev->n_graphs++;
     KCU_CHECK(cudaGraphLaunch(exec, dev->stream), "graph launch");
     if (dev->pool.cap) pool_trim(dev, dev->pool.cap); /* deferred while capturing */
@@ -965,6 +1052,8 @@ static const kiln_backend_iface cuda_iface = {
     cuda_graph_begin,
     cuda_graph_end,
     kcu_add_rms_norm,
+    kcu_matmul_multi,
+    kcu_rope_kv_store,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {
