@@ -424,6 +424,13 @@ kiln_status kiln_vk_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stats) {
     s.n_allocs = pool->n_allocs;
     s.n_frees = pool->n_frees;
     s.n_device_allocs = pool->n_device_allocs;
+    /* the handle's own buffers outside the pool: activation scratch (device),
+     * ring and recorded graphs' stages (host-visible; a recording's command
+     * buffer is the driver's host memory) */
+    s.bytes_internal = dev->act ? dev->act->capacity : 0;
+    s.bytes_internal_host = dev->ring ? dev->ring->capacity : 0;
+    for (int i = 0; i < dev->n_graphs; i++)
+        if (dev->graphs[i].stage) s.bytes_internal_host += dev->graphs[i].stage->capacity;
     uint32_t caller = stats->struct_size;
     memcpy(stats, &s, caller < sizeof s ? caller : sizeof s);
     stats->struct_size = caller;
