@@ -10,8 +10,9 @@
 #   lifecycle    test_lifecycle, test_kv, test_draft on Vulkan
 #   proof        test_proof on Vulkan with few cycles (KILN_VK_PROOF_CYCLES,
 #                default 3) and no fault injection
-#   validation   a short decode under the Khronos validation layer (when
-#                installed) reports no error
+#   validation   a short prefill + decode under the Khronos validation layer
+#                (when installed), synchronization validation on, reports no
+#                error
 #   greedy       kiln-run's greedy text equals the CPU backend's
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
 #                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU)
@@ -109,9 +110,14 @@ if want validation; then
     elif VK_LOADER_LAYERS_ENABLE='*validation*' VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation \
          vulkaninfo --summary 2>/dev/null | grep -q VK_LAYER_KHRONOS_validation ||
          [ -f /usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json ]; then
+        # with synchronization validation: the backend records only the
+        # barriers it needs (hazard tracking); a prompt over 8 tokens takes
+        # the batch kernels, the decode steps the recorded graphs
         VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation VK_LOADER_LAYERS_ENABLE='*validation*' \
-            "$run" -m "$model" -p "In the beginning" -n 8 --temp 0 --backend vulkan > "$tmp/val" 2>&1; rc=$?
-        if [ "$rc" -eq 0 ] && ! grep -q -i -e "validation error" -e "VUID-" "$tmp/val"; then ok validation
+        VK_LAYER_ENABLES=VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT \
+            "$run" -m "$model" -p "In the beginning God created the heaven and the earth, and the earth was" \
+            -n 8 --temp 0 --backend vulkan > "$tmp/val" 2>&1; rc=$?
+        if [ "$rc" -eq 0 ] && ! grep -q -i -e "validation error" -e "VUID-" -e "SYNC-HAZARD" "$tmp/val"; then ok validation
         else bad validation "rc=$rc: $(grep -i -m 5 -e 'validation' -e 'VUID' "$tmp/val")"; fi
     else
         skipped validation "VK_LAYER_KHRONOS_validation not installed (Debian: vulkan-validationlayers)"

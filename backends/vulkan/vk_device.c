@@ -199,8 +199,9 @@ static void shared_destroy(kiln_vk_shared *sh) {
  * memory model (the shaders' scope semantics), on 32-wide subgroups (the
  * kernel's four subgroups of a 128-invocation workgroup).
  * KILN_VK_NO_COOPMAT=1 keeps the portable tiled kernel. */
-static bool coopmat_usable(VkInstance inst, VkPhysicalDevice pd, uint32_t subgroup_size) {
-    if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || !has_device_ext(pd, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME))
+static bool coopmat_usable(VkInstance inst, VkPhysicalDevice pd, uint32_t subgroup_size, uint32_t max_shared) {
+    if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || max_shared < 26624 /* mmc.glsl's shared memory */ ||
+        !has_device_ext(pd, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME))
         return false;
     VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
@@ -283,7 +284,7 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     f12.pNext = &cmf;
     f12.shaderFloat16 = VK_TRUE;
     f12.vulkanMemoryModel = VK_TRUE;
-    sh->coopmat = coopmat_usable(inst, sh->phys, sg.subgroupSize);
+    sh->coopmat = coopmat_usable(inst, sh->phys, sg.subgroupSize, lim->maxComputeSharedMemorySize);
     sh->coopmat_emulate = !sh->coopmat && getenv("KILN_VK_COOPMAT_EMULATE") && !getenv("KILN_VK_NO_COOPMAT");
     if (sh->coopmat) {
         dci.enabledExtensionCount = 2;
@@ -381,6 +382,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->profile = getenv("KILN_VK_PROFILE") != NULL;
     dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
+    dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);
@@ -453,7 +455,10 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
 /* recording and submission                                                 */
 /* ------------------------------------------------------------------------ */
 
-void kiln_vk_barrier(kiln_bk_device *dev) { kiln_vk_barrier_cmd(dev->cmd); }
+void kiln_vk_barrier(kiln_bk_device *dev) {
+    kiln_vk_barrier_cmd(dev->cmd);
+    dev->n_pend = 0;
+}
 
 void kiln_vk_barrier_cmd(VkCommandBuffer cmd) {
     VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER};
@@ -557,6 +562,7 @@ static bool range_ok(const kiln_bk_buffer *b, uint64_t offset, uint64_t size) {
 static void record_copy(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t so, const kiln_bk_buffer *dst,
                         uint64_t dof, uint64_t n) {
     VkBufferCopy c = {src->blk->offset + so, dst->blk->offset + dof, n};
+    if (dev->n_pend) kiln_vk_barrier(dev); /* dispatches recorded since the last barrier */
     vkCmdCopyBuffer(dev->cmd, src->chunk->buf, dst->chunk->buf, 1, &c);
     kiln_vk_barrier(dev);
     dev->n_ops++;

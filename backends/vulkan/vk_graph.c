@@ -172,6 +172,7 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     }
     /* orders the step after earlier submissions; host writes (the stage) visible */
     kiln_vk_barrier_cmd(g->cmd);
+    dev->n_pend = 0;
     dev->graph_mode = 1;
     return KILN_OK;
 }

@@ -216,6 +216,15 @@ typedef struct kiln_vk_graph {
     kiln_bk_buffer *stage;   /* host-visible: the step's host inputs */
 } kiln_vk_graph;
 
+/* A binding recorded since the last barrier of the command buffer being
+ * recorded (hazard tracking, kiln_vk_dispatch). */
+#define KILN_VK_MAX_PENDING 32
+typedef struct kiln_vk_pending {
+    VkBuffer buf;
+    uint64_t lo, hi;         /* bytes of the chunk's VkBuffer */
+    bool write;
+} kiln_vk_pending;
+
 struct kiln_bk_device {
     kiln_vk_shared *sh;
     kiln_logger log;
@@ -235,6 +244,9 @@ struct kiln_bk_device {
     kiln_vk_rope_cache rope;
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
+    bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
+    kiln_vk_pending pend[KILN_VK_MAX_PENDING];
+    uint32_t n_pend;         /* bindings since the last barrier */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
     uint64_t act_gen;        /* bumped when `act` is reallocated (graphs reference it) */
     /* graphs (vk_graph.c): mode 0 none, 1 recording, 2 replaying, 3 open
@@ -315,7 +327,8 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out);
 /* A storage binding: the tensor's buffer from `offset` for `size` bytes. */
 typedef struct kiln_vk_bind {
     const kiln_bk_buffer *buf;
-    uint64_t offset, size;
+    uint64_t offset, size;   /* the descriptor's range (aligned, with slack) */
+    uint64_t lo, len;        /* the operand's own bytes of the chunk's VkBuffer (hazard tracking) */
 } kiln_vk_bind;
 
 /* Binds [offset, offset + size) of buf at an aligned descriptor offset;

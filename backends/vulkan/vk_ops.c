@@ -45,8 +45,58 @@ kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, u
     out->buf = buf;
     out->offset = desc;
     out->size = range;
+    out->lo = abs_off;
+    out->len = size;
     if (rem) *rem = (uint32_t)r;
     return KILN_OK;
+}
+
+/* The bindings a pipeline writes (bit i: binding i), from the shaders'
+ * declarations; anything not listed is taken to write all of them. */
+static uint32_t written_bindings(int which) {
+    if (which == KILN_VK_P_QUANT_ACT) return 1u << 1;
+    if (which == KILN_VK_P_ROPE) return 1u << 0;
+    if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
+    if (which == KILN_VK_P_ATTENTION) return 1u << 3;
+    if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + 11) return 1u << 1;
+    if (which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY) return 1u << 2;
+    if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
+        (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_COUNT))
+        return 1u << 2; /* every matmul: D */
+    return (1u << KILN_VK_MAX_BINDINGS) - 1;
+}
+
+/* Only the barriers that are needed: one before a dispatch that reads or
+ * writes what a dispatch since the last barrier wrote, or writes what one
+ * read (q, k and v, or gate and up, or the two ropes run side by side).
+ * Ranges are the operands' own bytes (reads 16 more): a shader touches
+ * nothing else of its bindings. */
+static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, const kiln_vk_bind *binds,
+                           uint32_t n_binds) {
+    const uint32_t wmask = written_bindings(which);
+    bool need = dev->barrier_all ? dev->n_pend > 0 : dev->n_pend + n_binds > KILN_VK_MAX_PENDING;
+    for (uint32_t i = 0; i < n_binds && !need; i++) {
+        const VkBuffer vb = binds[i].buf->chunk->buf;
+        const bool w = (wmask >> i) & 1u;
+        /* writes: the operand's bytes; reads: 16 bytes more (word reads
+         * past an unaligned end) */
+        const uint64_t lo = binds[i].lo, hi = lo + binds[i].len + (w ? 0 : 16);
+        for (uint32_t j = 0; j < dev->n_pend && !need; j++) {
+            const kiln_vk_pending *pp = &dev->pend[j];
+            need = pp->buf == vb && lo < pp->hi && pp->lo < hi && (pp->write || w);
+        }
+    }
+    if (need) {
+        kiln_vk_barrier_cmd(cmd);
+        dev->n_pend = 0;
+    }
+    for (uint32_t i = 0; i < n_binds; i++) {
+        kiln_vk_pending *pp = &dev->pend[dev->n_pend++];
+        pp->buf = binds[i].buf->chunk->buf;
+        pp->write = (wmask >> i) & 1u;
+        pp->lo = binds[i].lo;
+        pp->hi = binds[i].lo + binds[i].len + (pp->write ? 0 : 16);
+    }
 }
 
 kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind *binds, uint32_t n_binds,
@@ -95,11 +145,11 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
         w[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
         w[i].pBufferInfo = &bi[i];
     }
+    hazard_barrier(dev, cmd, which, binds, n_binds);
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
     sh->push_descriptor(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_binds, w);
     vkCmdPushConstants(cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
     vkCmdDispatch(cmd, gx, gy, gz);
-    kiln_vk_barrier_cmd(cmd);
     if (in_graph) return KILN_OK;
     dev->n_ops++;
     if (dev->profile) {

@@ -17,6 +17,7 @@
  * rows past N and activation rows past M are zeros; the result goes
  * through shared memory so that only rows < M and columns < N are written.
  */
+#extension GL_EXT_control_flow_attributes : require
 #ifndef MMC_EMULATE
 #extension GL_NV_cooperative_matrix : require
 #extension GL_KHR_memory_scope_semantics : require
@@ -70,7 +71,9 @@ float to_half(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
 #endif
 shared HALF As[BM * SK];
 shared HALF Bs[BN * SK];
-shared float Cs[BM * SC];
+#ifndef MMC_EMULATE
+shared float Cs[BM * SC]; /* 26 KiB in all (the host checks the device's limit) */
+#endif
 
 /* weight element e of the row at byte `row` (float formats), 0 past K */
 float wfloat(uint row, uint e) {
@@ -93,7 +96,7 @@ void main() {
     const uint nchunks = (p.K + 31u) / 32u;
 #ifdef MMC_EMULATE
     float acc[32]; /* outputs tid + 128 i of the 64 x 64 tile */
-    for (uint i = 0u; i < 32u; i++) acc[i] = 0.0;
+    [[dont_unroll]] for (uint i = 0u; i < 32u; i++) acc[i] = 0.0;
 #else
     const uint sg = gl_SubgroupID;                /* 0..3 */
     const uint sm = (sg >> 1) * 32u, sn = (sg & 1u) * 32u;
@@ -134,10 +137,11 @@ void main() {
         }
         barrier();
 #ifdef MMC_EMULATE
-        for (uint i = 0u; i < 32u; i++) {
+        /* loops kept (lavapipe's LLVM takes minutes over the unrolled form) */
+        [[dont_unroll]] for (uint i = 0u; i < 32u; i++) {
             uint t = tid + 128u * i, r = t / BN, col = t % BN;
             float s = 0.0;
-            for (uint e = 0u; e < 32u; e++) s += As[r * SK + e] * Bs[col * SK + e];
+            [[dont_unroll]] for (uint e = 0u; e < 32u; e++) s += As[r * SK + e] * Bs[col * SK + e];
             acc[i] += s;
         }
 #else
@@ -152,18 +156,19 @@ void main() {
         barrier();
     }
 #ifdef MMC_EMULATE
-    for (uint i = 0u; i < 32u; i++) {
-        uint t = tid + 128u * i;
-        Cs[(t / BN) * SC + t % BN] = acc[i];
+    [[dont_unroll]] for (uint i = 0u; i < 32u; i++) {
+        uint t = tid + 128u * i, r = t / BN, col = t % BN;
+        uint m = m0 + r, n = n0 + col;
+        if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = acc[i];
     }
 #else
     for (uint i = 0u; i < 2u; i++)
         for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (sm + 16u * i) * SC + sn + 16u * j, SC, false);
-#endif
     barrier();
     for (uint t = tid; t < BM * BN; t += 128u) {
         uint r = t / BN, col = t % BN;
         uint m = m0 + r, n = n0 + col;
         if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = Cs[r * SC + col];
     }
+#endif
 }
