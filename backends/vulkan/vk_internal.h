@@ -337,7 +337,9 @@ kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, u
                                kiln_vk_bind *out, uint32_t *rem, const char *op);
 /* Records a dispatch of pipeline `which` with n bindings and push constants
  * (groups split into several dispatches where they exceed the device's
- * limit along x is the caller's business), then a barrier. */
+ * limit along x is the caller's business), after a barrier where it
+ * depends on a dispatch recorded since the last one (hazard tracking). In
+ * a graph: into the recording, or (replaying) only hashed. */
 kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind *binds, uint32_t n_binds,
                              const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
 
