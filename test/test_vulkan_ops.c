@@ -131,8 +131,11 @@ static void test_matmul_and_get_rows(void) {
              * up to 16 (a verified draft token = the token decoded alone) */
             float row0[64];
             KT_CHECK_OK(vk->buffer_download(dvk, out.v, 0, row0, sizeof(float) * N));
+            /* (not when the matrix-vector kernel is switched off on a
+             * device with matrix cores: 5..16 rows go to those then) */
+            const int mmv_off = getenv("KILN_VK_NO_MMV") || getenv("KILN_VK_NO_SUBGROUP");
             if (M == 1) memcpy(alone, row0, sizeof(float) * N);
-            else if (M <= 16)
+            else if (M <= 16 && !(mmv_off && vk_coopmat))
                 KT_CHECKF(memcmp(alone, row0, sizeof(float) * N) == 0, "%s: token 0 differs from M=1", what);
         }
         /* get_rows: rows 5, 0, 36, 5 of the quantized table */
