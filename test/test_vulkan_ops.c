@@ -24,6 +24,13 @@ static const kiln_backend_iface *cpu, *vk;
 static kiln_bk_device *dcpu, *dvk;
 static int vk_coopmat; /* the device said it multiplies batches on matrix cores */
 
+/* Whether a matmul of m activation rows may go to the matrix cores: past
+ * 16 rows, or past 4 when the matrix-vector kernel is switched off. */
+static int on_matrix_cores(int64_t m) {
+    const int mmv_off = getenv("KILN_VK_NO_MMV") || getenv("KILN_VK_NO_SUBGROUP");
+    return vk_coopmat && m > (mmv_off ? 4 : 16);
+}
+
 static void vk_log(int32_t level, const char *msg, void *user) {
     (void)level;
     (void)user;
@@ -125,17 +132,14 @@ static void test_matmul_and_get_rows(void) {
              * with Q8 activations (steps of 1/127 of a block's largest
              * value): 3e-3 to 4e-3 here (lavapipe, KILN_VK_COOPMAT_EMULATE);
              * otherwise the CPU's arithmetic in another order (~2e-7) */
-            const double tol = M > 16 && vk_coopmat ? 1e-2 : 2e-4;
+            const double tol = on_matrix_cores(M) ? 1e-2 : 2e-4;
             KT_CHECKF(rel < tol, "%s: relative difference %.3g", what, rel);
             /* decode invariance: token 0 has the same bits in any batch of
              * up to 16 (a verified draft token = the token decoded alone) */
             float row0[64];
             KT_CHECK_OK(vk->buffer_download(dvk, out.v, 0, row0, sizeof(float) * N));
-            /* (not when the matrix-vector kernel is switched off on a
-             * device with matrix cores: 5..16 rows go to those then) */
-            const int mmv_off = getenv("KILN_VK_NO_MMV") || getenv("KILN_VK_NO_SUBGROUP");
             if (M == 1) memcpy(alone, row0, sizeof(float) * N);
-            else if (M <= 16 && !(mmv_off && vk_coopmat))
+            else if (M <= 16 && !on_matrix_cores(M))
                 KT_CHECKF(memcmp(alone, row0, sizeof(float) * N) == 0, "%s: token 0 differs from M=1", what);
         }
         /* get_rows: rows 5, 0, 36, 5 of the quantized table */
@@ -189,7 +193,7 @@ static void test_matmul_float_tails(void) {
             char what[64];
             snprintf(what, sizeof what, "matmul %s K=100 M=%lld", kiln_type_name(type), (long long)m);
             double rel = compare(out, 0, (size_t)(N * m), what);
-            const double tol = m > 16 && vk_coopmat ? 1e-2 : 2e-4;
+            const double tol = on_matrix_cores(m) ? 1e-2 : 2e-4;
             KT_CHECKF(rel < tol, "%s: relative difference %.3g", what, rel);
         }
         free(wb);
