@@ -21,6 +21,7 @@
  *                       0: bit for bit); above 0 the argmax must agree too
  *   KILN_SPLIT_MODELS   comma-separated model paths (default the shared
  *                       tiny-target-q4_k_m and tiny-qwen3-f16)
+ *   KILN_SPLIT_UBATCHES comma-separated n_ubatch values (default 1,7,512)
  * test/vulkan.sh runs it with "cpu:0,vulkan:0", test/device/run.sh with
  * "cuda:0,cuda:1".
  */
@@ -253,8 +254,17 @@ static void test_logits(void) {
             kiln_model *sm = load_split(model_paths[mi], specs[si], 0);
             if (!sm) continue;
             KT_CHECK(sm->n_splits >= 2);
-            const uint32_t ubs[] = {1, 7, 512};
-            for (size_t ui = 0; ui < KILN_ARRAY_LEN(ubs); ui++) {
+            uint32_t ubs[8] = {1, 7, 512};
+            size_t n_ubs = 3;
+            const char *ue = getenv("KILN_SPLIT_UBATCHES");
+            if (ue && *ue) {
+                n_ubs = 0;
+                for (const char *q = ue; *q && n_ubs < 8; q += strcspn(q, ","), q += *q == ',') {
+                    int v = atoi(q);
+                    if (v > 0) ubs[n_ubs++] = (uint32_t)v;
+                }
+            }
+            for (size_t ui = 0; ui < n_ubs; ui++) {
                 char what[1024];
                 snprintf(what, sizeof what, "%s split '%s' n_ubatch %u", model_paths[mi], specs[si], ubs[ui]);
                 kiln_context *a = make_ctx(base, ubs[ui]), *b = make_ctx(sm, ubs[ui]);
@@ -640,7 +650,9 @@ int main(void) {
     KT_RUN(test_lifecycle);
     KT_RUN(test_draft);
     KT_RUN(test_free_orders);
-    if (strcmp(dev_backend[0], "cpu") == 0) { /* about the CPU spelling and host allocations */
+    bool all_cpu = strcmp(base_backend, "cpu") == 0;
+    for (int i = 0; i < n_dev; i++) all_cpu &= strcmp(dev_backend[i], "cpu") == 0;
+    if (all_cpu) { /* about the CPU spelling and host allocations */
         KT_RUN(test_bad_specs);
         KT_RUN(test_alloc_failures);
     }
