@@ -273,8 +273,28 @@ kiln_status kiln_model_split_upload(kiln_model *m, uint32_t s) {
     return KILN_OK;
 }
 
+/* The span [lo, hi) of the file's tensor data that a split's weights use. */
+typedef struct span {
+    uint64_t lo, hi;
+} span;
+
+static kiln_status span_add(kiln_model_split *sp, kiln_weight *w, void *user) {
+    (void)sp;
+    span *r = user;
+    r->lo = KILN_MIN(r->lo, w->offset);
+    r->hi = KILN_MAX(r->hi, w->offset + w->row_stride * (uint64_t)w->ne[1]);
+    return KILN_OK;
+}
+
+static kiln_status span_shift(kiln_model_split *sp, kiln_weight *w, void *user) {
+    (void)sp;
+    w->offset -= *(const uint64_t *)user;
+    return KILN_OK;
+}
+
 /* Gives split s its weights: a wrap of the mapping where the backend can
- * use host memory (zero-copy), else a device copy. */
+ * use host memory (zero-copy; a split wraps only the span of the file its
+ * tensors lie in), else a device copy. */
 static kiln_status place_split(kiln_model *m, uint32_t s) {
     kiln_model_split *sp = &m->splits[s];
     size_t map_size;
@@ -282,11 +302,18 @@ static kiln_status place_split(kiln_model *m, uint32_t s) {
     uint64_t data_off = kiln_gguf_data_offset(m->gguf);
     uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
     if (!(m->flags & KILN_MODEL_NO_MMAP) && KILN_BK_HAS(sp->bk, buffer_wrap_host)) {
+        span r = {0, data_size};
+        if (m->n_splits > 1) {
+            r = (span){UINT64_MAX, 0};
+            (void)for_split_weights(m, s, span_add, &r);
+            if (r.hi <= r.lo) r = (span){0, 0};
+        }
         kiln_bk_buffer *buf = NULL;
-        kiln_status st = kiln_mem_buffer_wrap_host(sp->bk, sp->dev, (void *)(base + data_off),
-                                                   data_size ? data_size : 1, KILN_MEM_WEIGHTS, &buf);
+        kiln_status st = kiln_mem_buffer_wrap_host(sp->bk, sp->dev, (void *)(base + data_off + r.lo),
+                                                   r.hi > r.lo ? r.hi - r.lo : 1, KILN_MEM_WEIGHTS, &buf);
         if (st == KILN_OK) {
             sp->zero_copy = true;
+            if (r.lo) (void)for_split_weights(m, s, span_shift, &r.lo);
             kiln_model_rebind_split(m, s, buf);
             return KILN_OK;
         }
