@@ -145,7 +145,25 @@ typedef struct kiln_model_params {
     int32_t log_level;      /* max level for this handle (default ERROR) */
     kiln_log_fn log_fn;     /* NULL: the process default sink */
     void *log_user;
+    /* Layers split across devices (NULL or "": all on backend/device).
+     * Comma-separated entries "BACKEND:DEVICE[:N_LAYERS]" in layer order,
+     * at most KILN_SPLIT_MAX and at most one per layer, e.g.
+     * "cuda:0:16,cuda:1": the first 16 layers on cuda:0, the rest on
+     * cuda:1. An entry without N_LAYERS gets an even share of the layers
+     * the counted entries leave (earlier entries take the remainder); every
+     * entry gets at least one layer and the counts must add up to the
+     * model's n_layer. The same device may be named more than once (each
+     * entry opens its own device handle). When set, backend and device are
+     * ignored. Token embeddings live with the first entry, the output norm
+     * and matrix with the last; each context of the model opens a device
+     * handle per entry, keeps each layer's KV cache on that layer's device,
+     * and copies the activations between devices through host memory.
+     * Errors: KILN_E_INVALID_ARG (syntax, counts), KILN_E_NOT_FOUND
+     * (unknown backend, no such device). Copied during kiln_model_load. */
+    const char *split;
 } kiln_model_params;
+
+#define KILN_SPLIT_MAX 16 /* entries of kiln_model_params.split */
 
 /* Fills *p with defaults, writing only the first `size` bytes (the
  * caller's sizeof: a caller built against an older, shorter struct is
