@@ -384,9 +384,12 @@ typedef struct kiln_context_params {
     kiln_ubatch_fn ubatch_cb; /* NULL: none (default) */
     void *ubatch_user;       /* passed to ubatch_cb */
     uint64_t pool_cap;       /* max cached bytes of the context's transient
-                                pool; 0: the backend's default (default 0) */
+                                pool (of each, for a split model); 0: the
+                                backend's default (default 0) */
     /* Automatic idle offload (docs/memory.md). kv_device_budget: bytes of
-     * KV blocks a decode may keep on the device (rounded down to whole
+     * KV blocks a decode may keep on the device (for a split model: on all
+     * its devices together, a block holding its layers' rows on each
+     * layer's device; rounded down to whole
      * blocks, at least one; kiln_kv_stats.block_bytes per block). When a
      * decode needs more blocks than the budget (or the cache) has free,
      * the least recently used sequences not in that batch are offloaded to
@@ -485,15 +488,17 @@ static inline void kiln_pool_stats_init(kiln_pool_stats *s) {
     kiln_pool_stats_init_sized(s, (uint32_t)sizeof(*s));
 }
 /* Fills *out (up to out->struct_size bytes) with the pool statistics of
- * the context's device handle. Allowed inside the ubatch callback.
+ * the context's device handle (of a split model: the sums over the
+ * context's handle per split; bytes_peak is then the sum of the pools'
+ * peaks). Allowed inside the ubatch callback.
  * Returns KILN_E_INVALID_ARG. */
 KILN_API kiln_status kiln_context_pool_stats(kiln_context *ctx, kiln_pool_stats *out);
 /* Waits for the context's queued work, then frees every cached pool buffer
  * (bytes_cached becomes 0; buffers in use are never freed). Allowed inside
  * the ubatch callback. Returns KILN_E_INVALID_ARG, KILN_E_BACKEND. */
 KILN_API kiln_status kiln_context_pool_purge(kiln_context *ctx);
-/* Sets the pool's cap on cached bytes (0: unlimited) and trims the cache
- * down to it at once; a returned buffer larger than the cap is freed
+/* Sets the pool's cap on cached bytes (0: unlimited; a split model's
+ * context: each device's pool) and trims the cache down to it at once; a returned buffer larger than the cap is freed
  * rather than cached. Allowed inside the ubatch callback.
  * Returns KILN_E_INVALID_ARG. */
 KILN_API kiln_status kiln_context_pool_set_cap(kiln_context *ctx, uint64_t bytes);
