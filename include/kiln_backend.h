@@ -92,6 +92,15 @@ typedef struct kiln_bk_pool_stats {
     uint64_t n_allocs;       /* pool allocations served */
     uint64_t n_frees;        /* pool buffers returned */
     uint64_t n_device_allocs;/* allocations that reached the device */
+    /* Appended (a plugin that does not know them leaves them 0): memory the
+     * handle holds for itself outside buffers and the pool, so the memory
+     * report adds up to what the device says. bytes_internal: device memory
+     * (library handles and workspaces, staging and table areas, recorded
+     * graphs); bytes_internal_host: page-locked host memory (staging).
+     * Exact where the backend allocates it itself, measured (free memory
+     * before and after) where a library allocates on its behalf. */
+    uint64_t bytes_internal;
+    uint64_t bytes_internal_host;
 } kiln_bk_pool_stats;
 
 typedef struct kiln_bk_tensor {
@@ -247,6 +256,20 @@ typedef struct kiln_backend_iface {
      * the core calls add, then rms_norm. */
     kiln_status (*add_rms_norm)(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
                                 kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst);
+
+    /* OPTIONAL: n (1..3) products sharing one x, dst[i] = matmul(w[i], x),
+     * each with matmul's arithmetic and checks, in as few launches as the
+     * backend can (q/k/v and gate/up of a decode step). The dst must not
+     * overlap x. Absent: the core calls matmul n times. */
+    kiln_status (*matmul_multi)(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                                const kiln_bk_tensor *x, kiln_bk_tensor *const *dst);
+
+    /* OPTIONAL: rope(q, rq), rope(k, rk), then kv_store(k, v, k_cache,
+     * v_cache, kv_dim), with those operations' arithmetic and checks, in
+     * one launch where the backend can. Absent: the core calls the three. */
+    kiln_status (*rope_kv_store)(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                                 const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                                 kiln_bk_buffer *v_cache, uint32_t kv_dim);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

@@ -96,12 +96,20 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
     /* residual add + the next norm in one operation where the backend has
      * it; a segment starts with a plain norm of the x it was given */
     const bool fused = KILN_BK_HAS(bk, add_rms_norm);
+    const bool multi = KILN_BK_HAS(bk, matmul_multi);
+    const bool rope_store = KILN_BK_HAS(bk, rope_kv_store);
     for (uint32_t il = g->l0; il < g->l1; il++) {
         const kiln_layer_weights *L = &m->layers[il];
         if (il == g->l0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
-        CHECK(bk->matmul(dev, &L->wq, &h, &q));
-        CHECK(bk->matmul(dev, &L->wk, &h, &k));
-        CHECK(bk->matmul(dev, &L->wv, &h, &v));
+        if (multi) { /* the three products of h in as few launches as the backend can */
+            const kiln_bk_tensor *w3[3] = {&L->wq, &L->wk, &L->wv};
+            kiln_bk_tensor *d3[3] = {&q, &k, &v};
+            CHECK(bk->matmul_multi(dev, 3, w3, &h, d3));
+        } else {
+            CHECK(bk->matmul(dev, &L->wq, &h, &q));
+            CHECK(bk->matmul(dev, &L->wk, &h, &k));
+            CHECK(bk->matmul(dev, &L->wv, &h, &v));
+        }
         if (L->bq.buf) CHECK(bk->add(dev, &q, &L->bq, &q));
         if (L->bk.buf) CHECK(bk->add(dev, &k, &L->bk, &k));
         if (L->bv.buf) CHECK(bk->add(dev, &v, &L->bv, &v));
@@ -110,9 +118,13 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             CHECK(bk->rms_norm(dev, &qh, &L->q_norm, hp->rms_eps, &qh));
             CHECK(bk->rms_norm(dev, &kh, &L->k_norm, hp->rms_eps, &kh));
         }
-        CHECK(bk->rope(dev, &q, &rq));
-        CHECK(bk->rope(dev, &k, &rk));
-        CHECK(bk->kv_store(dev, &k, &v, kv->k[il], kv->v[il], (uint32_t)KV));
+        if (rope_store) {
+            CHECK(bk->rope_kv_store(dev, &q, &k, &v, &rq, &rk, kv->k[il], kv->v[il], (uint32_t)KV));
+        } else {
+            CHECK(bk->rope(dev, &q, &rq));
+            CHECK(bk->rope(dev, &k, &rk));
+            CHECK(bk->kv_store(dev, &k, &v, kv->k[il], kv->v[il], (uint32_t)KV));
+        }
         CHECK(bk->attention(dev, &q, kv->k[il], kv->v[il], &at, &a));
         CHECK(bk->matmul(dev, &L->wo, &a, &h));
         if (fused) {
@@ -121,8 +133,14 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             CHECK(bk->add(dev, &x, &h, &x));
             CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
         }
-        CHECK(bk->matmul(dev, &L->w_gate, &h, &gt));
-        CHECK(bk->matmul(dev, &L->w_up, &h, &u));
+        if (multi) {
+            const kiln_bk_tensor *w2[2] = {&L->w_gate, &L->w_up};
+            kiln_bk_tensor *d2[2] = {&gt, &u};
+            CHECK(bk->matmul_multi(dev, 2, w2, &h, d2));
+        } else {
+            CHECK(bk->matmul(dev, &L->w_gate, &h, &gt));
+            CHECK(bk->matmul(dev, &L->w_up, &h, &u));
+        }
         CHECK(bk->swiglu(dev, &gt, &u, &gt));
         CHECK(bk->matmul(dev, &L->w_down, &gt, &h));
         if (fused && il + 1 < g->l1) /* and the next layer's attention norm */

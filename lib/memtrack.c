@@ -715,40 +715,81 @@ static void put(row_sink *k, const kiln_memory_entry *e, const char *label) {
     k->n++;
 }
 
-/* Pool totals per (backend, device) for the aggregate views: added to the
- * matching row, or a row of their own. */
-static void add_pools(row_sink *k, size_t first, uint32_t view) {
+/* Adds bytes to the aggregate row of (space, backend, device[, purpose in
+ * the purpose view]), or puts a row of its own when there is none. */
+static void add_to_aggregate(row_sink *k, uint32_t view, uint32_t space, const char *backend, int32_t device,
+                             uint32_t purpose, uint64_t bytes, uint64_t count, uint64_t peak) {
+    for (size_t r = 0; r < k->n && r < k->cap; r++) {
+        kiln_memory_entry *e = &k->rows[r];
+        if (e->space != space || e->device != device || strncmp(e->backend, backend, sizeof e->backend) != 0)
+            continue;
+        if (view == KILN_MEMORY_BY_PURPOSE && e->purpose != purpose) continue;
+        e->bytes += bytes;
+        e->count += count;
+        e->peak_bytes += peak;
+        return;
+    }
+    kiln_memory_entry e;
+    memset(&e, 0, sizeof e);
+    e.struct_size = sizeof e;
+    e.space = space;
+    snprintf(e.backend, sizeof e.backend, "%s", backend);
+    e.device = device;
+    e.owner_kind = KILN_MEM_OWNER_ALL;
+    e.purpose = view == KILN_MEMORY_BY_PURPOSE ? purpose : KILN_MEM_ALL;
+    e.bytes = bytes;
+    e.count = count;
+    e.peak_bytes = peak;
+    put(k, &e, NULL);
+}
+
+/* A device handle's own rows for the owner view: its pool, and the memory
+ * the backend holds for the handle outside buffers (device and pinned host). */
+static void put_handle_rows(row_sink *k, const mem_dev *d) {
+    kiln_memory_entry e;
+    memset(&e, 0, sizeof e);
+    e.struct_size = sizeof e;
+    e.space = KILN_MEM_DEVICE;
+    snprintf(e.backend, sizeof e.backend, "%s", d->bk->name);
+    e.device = d->index;
+    e.owner_kind = d->owner ? d->owner->kind : KILN_MEM_OWNER_PROCESS;
+    e.owner_id = d->owner ? d->owner->serial : 0;
+    e.owner_handle = d->owner ? (uint64_t)(uintptr_t)d->owner->handle : 0;
+    const char *label = d->owner ? d->owner->label : NULL;
+    e.purpose = KILN_MEM_POOL;
+    e.bytes = d->pool.bytes_in_use + d->pool.bytes_cached;
+    e.count = d->pool.n_allocs - d->pool.n_frees;
+    e.peak_bytes = d->pool.bytes_peak;
+    put(k, &e, label);
+    e.purpose = KILN_MEM_DEVICE_STATE;
+    e.count = 1;
+    if (d->pool.bytes_internal) {
+        e.bytes = e.peak_bytes = d->pool.bytes_internal;
+        put(k, &e, label);
+    }
+    if (d->pool.bytes_internal_host) {
+        e.space = KILN_MEM_HOST;
+        e.backend[0] = '\0';
+        e.device = -1;
+        e.bytes = e.peak_bytes = d->pool.bytes_internal_host;
+        put(k, &e, label);
+    }
+}
+
+/* Pool and backend-internal totals per (backend, device) for the aggregate
+ * views (the pool's peak is its own; internal memory has no history). */
+static void add_pools(row_sink *k, uint32_t view) {
     for (mem_dev *d = devs; d; d = d->next) {
         if (!d->have_pool) continue;
-        uint64_t bytes = d->pool.bytes_in_use + d->pool.bytes_cached;
-        uint64_t count = d->pool.n_allocs - d->pool.n_frees;
-        bool done = false;
-        for (size_t r = first; r < k->n && r < k->cap; r++) {
-            kiln_memory_entry *e = &k->rows[r];
-            if (e->space != KILN_MEM_DEVICE || e->device != d->index ||
-                strncmp(e->backend, d->bk->name, sizeof e->backend) != 0)
-                continue;
-            if (view == KILN_MEMORY_BY_PURPOSE && e->purpose != KILN_MEM_POOL) continue;
-            e->bytes += bytes;
-            e->count += count;
-            e->peak_bytes += d->pool.bytes_peak;
-            done = true;
-            break;
-        }
-        if (!done) {
-            kiln_memory_entry e;
-            memset(&e, 0, sizeof e);
-            e.struct_size = sizeof e;
-            e.space = KILN_MEM_DEVICE;
-            snprintf(e.backend, sizeof e.backend, "%s", d->bk->name);
-            e.device = d->index;
-            e.owner_kind = KILN_MEM_OWNER_ALL;
-            e.purpose = view == KILN_MEMORY_BY_PURPOSE ? KILN_MEM_POOL : KILN_MEM_ALL;
-            e.bytes = bytes;
-            e.count = count;
-            e.peak_bytes = d->pool.bytes_peak;
-            put(k, &e, NULL);
-        }
+        add_to_aggregate(k, view, KILN_MEM_DEVICE, d->bk->name, d->index, KILN_MEM_POOL,
+                         d->pool.bytes_in_use + d->pool.bytes_cached, d->pool.n_allocs - d->pool.n_frees,
+                         d->pool.bytes_peak);
+        if (d->pool.bytes_internal)
+            add_to_aggregate(k, view, KILN_MEM_DEVICE, d->bk->name, d->index, KILN_MEM_DEVICE_STATE,
+                             d->pool.bytes_internal, 1, d->pool.bytes_internal);
+        if (d->pool.bytes_internal_host)
+            add_to_aggregate(k, view, KILN_MEM_HOST, "", -1, KILN_MEM_DEVICE_STATE, d->pool.bytes_internal_host, 1,
+                             d->pool.bytes_internal_host);
     }
 }
 
@@ -767,25 +808,10 @@ size_t kiln_mem_rows(uint32_t view, kiln_memory_entry *rows, char (*labels)[48],
         put(&k, &e, s->owner ? s->owner->label : NULL);
     }
     if (view == KILN_MEMORY_BY_OWNER) {
-        for (mem_dev *d = devs; d; d = d->next) {
-            if (!d->have_pool) continue;
-            kiln_memory_entry e;
-            memset(&e, 0, sizeof e);
-            e.struct_size = sizeof e;
-            e.space = KILN_MEM_DEVICE;
-            snprintf(e.backend, sizeof e.backend, "%s", d->bk->name);
-            e.device = d->index;
-            e.owner_kind = d->owner ? d->owner->kind : KILN_MEM_OWNER_PROCESS;
-            e.owner_id = d->owner ? d->owner->serial : 0;
-            e.owner_handle = d->owner ? (uint64_t)(uintptr_t)d->owner->handle : 0;
-            e.purpose = KILN_MEM_POOL;
-            e.bytes = d->pool.bytes_in_use + d->pool.bytes_cached;
-            e.count = d->pool.n_allocs - d->pool.n_frees;
-            e.peak_bytes = d->pool.bytes_peak;
-            put(&k, &e, d->owner ? d->owner->label : NULL);
-        }
+        for (mem_dev *d = devs; d; d = d->next)
+            if (d->have_pool) put_handle_rows(&k, d);
     } else {
-        add_pools(&k, 0, view);
+        add_pools(&k, view);
     }
     pthread_mutex_unlock(&reg_lock);
     return k.n;

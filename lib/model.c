@@ -383,6 +383,7 @@ static kiln_status load_weights(kiln_model *m) {
     for (uint32_t s = 0; s < m->n_splits; s++) {
         KILN_MEM_SCOPE(NULL, KILN_MEM_WEIGHTS);
         if ((st = place_split(m, s))) return st;
+        kiln_mem_pool_snapshot(m->splits[s].bk, m->splits[s].dev); /* the handle's own staging, for the report */
     }
     return KILN_OK;
 }

@@ -12,10 +12,12 @@
 #          weights + KV + every pool's in-use and cached bytes)
 # It prints both, the report, and the difference, then frees everything
 # and checks that the report's cuda:0 total is 0 and the free memory is
-# back within the tolerance. The difference should be the backend's own
-# overhead (cuBLAS workspaces, a context of its own if it does not use the
-# primary context, allocator granularity): exit 1 if it is above
-# KILN_CUDA_TOL_MIB (default 64) MiB plus 5% of kiln's total.
+# back within the tolerance. The report includes the CUDA backend's own
+# memory (cuBLAS handle and workspace, staging and ubatch tables, recorded
+# graphs: the device_state rows), so what is left is code the CUDA runtime
+# loads lazily on first use (kiln's and cuBLAS's kernel images, kept until
+# the process exits) and allocator granularity: exit 1 if the difference is
+# above KILN_CUDA_TOL_MIB (default 12) MiB plus 2% of kiln's total.
 # libcudart is loaded with dlopen, so only the C compiler is needed here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +69,7 @@ int main(int argc, char **argv) {
     size_t used = base - free_now();
     uint64_t k = kiln_cuda_total();
     kiln_memory_report(stderr, 0);
-    double diff = (double)used - (double)k, tol = 64.0 * 1048576 * (getenv("KILN_CUDA_TOL_MIB") ? atof(getenv("KILN_CUDA_TOL_MIB")) / 64.0 : 1.0) + 0.05 * (double)k;
+    double diff = (double)used - (double)k, tol = 1048576.0 * (getenv("KILN_CUDA_TOL_MIB") ? atof(getenv("KILN_CUDA_TOL_MIB")) : 12.0) + 0.02 * (double)k;
     printf("cudaMemGetInfo used %.2f MiB, kiln report cuda:0 %.2f MiB, difference %.2f MiB (tolerance %.2f MiB)\n",
            used / 1048576.0, k / 1048576.0, diff / 1048576.0, tol / 1048576.0);
     kiln_context_free(c);

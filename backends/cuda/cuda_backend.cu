@@ -196,9 +196,25 @@ static int32_t cuda_supports_type(int32_t index, int32_t type) {
 
 /* cuBLAS is created on first use (prefill): a model's own handle, which
  * only uploads weights, never pays for it. Never called while capturing. */
+/* Free device memory now (cudaMemGetInfo), for measuring what a library
+ * call allocates on the handle's behalf; 0 if the query fails. */
+static uint64_t device_free_bytes(void) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+    return free_b;
+}
+
+/* What a measured call took: before - after, 0 when memory grew back (a
+ * concurrent free elsewhere in the process) or the query failed. */
+static uint64_t measured_delta(uint64_t before, uint64_t after) {
+    return before && after && before > after ? before - after : 0;
+}
+
 kiln_status kcu_cublas(kiln_bk_device *dev) {
     if (dev->cublas) return KILN_OK;
+    uint64_t before = device_free_bytes();
     cublasStatus_t cs = cublasCreate(&dev->cublas);
+    dev->cublas_bytes = measured_delta(before, device_free_bytes());
     if (cs != CUBLAS_STATUS_SUCCESS) {
         dev->cublas = NULL;
         return kcu_error(cs == CUBLAS_STATUS_ALLOC_FAILED ? KILN_E_OOM_DEVICE : KILN_E_BACKEND,
@@ -220,6 +236,10 @@ kiln_status kcu_cublas(kiln_bk_device *dev) {
 
 kiln_status kcu_use(kiln_bk_device *dev) {
     if (!dev) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: device handle is NULL");
+    /* Between graph_begin and graph_end the caller is inside one forward
+     * pass on this thread and graph_begin made the device current: skip the
+     * call for each of the step's few hundred operations. */
+    if (dev->graph_mode) return KILN_OK;
     KCU_CHECK(cudaSetDevice(dev->index), "cudaSetDevice");
     return KILN_OK;
 }
@@ -324,9 +344,10 @@ static void cuda_device_close(kiln_bk_device *dev) {
         if (dev->prof_n)
             kcu_log(dev, KILN_LOG_ERROR,
                     "cuda profile: %llu graph launches of %llu nodes: GPU %.3f ms each, %.3f ms wall from one "
-                    "launch to the next",
+                    "launch to the next, %.3f ms of it issuing the replayed operations",
                     (unsigned long long)dev->prof_n, (unsigned long long)dev->prof_nodes,
-                    dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n);
+                    dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n,
+                    dev->prof_issue_ms / (double)dev->n_replays);
         if (dev->ev0) cudaEventDestroy(dev->ev0);
         if (dev->ev1) cudaEventDestroy(dev->ev1);
     }
@@ -476,6 +497,11 @@ static kiln_status cuda_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stat
     s.n_allocs = dev->pool.n_allocs;
     s.n_frees = dev->pool.n_frees;
     s.n_device_allocs = dev->pool.n_device_allocs;
+    /* the handle's own memory outside buffers and the pool */
+    s.bytes_internal = (dev->cublas ? dev->cublas_bytes : 0) + (dev->cublas_ws ? dev->cublas_ws_size : 0) +
+                       (dev->stage_dev ? dev->stage_cap : 0) + (dev->ub_dev ? dev->ub_dev_cap : 0);
+    for (int i = 0; i < dev->n_graphs; i++) s.bytes_internal += dev->graphs[i].device_bytes;
+    s.bytes_internal_host = dev->stage_host ? dev->stage_cap : 0;
     uint32_t caller_size = stats->struct_size;
     memcpy(stats, &s, caller_size < sizeof s ? caller_size : sizeof s);
     stats->struct_size = caller_size;
@@ -832,6 +858,11 @@ static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
         dev->ev_pending = false;
     }
     if (dev->stage_cap < (1u << 20) && (st = stage_reserve(dev, 1u << 20))) return st;
+    if (dev->profile) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        dev->prof_issue_t0 = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    }
     dev->stage_used = 0;
     dev->graph_failed = false;
     dev->graph_key = key;
@@ -877,6 +908,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
                 const double now = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+                dev->prof_issue_ms += now - dev->prof_issue_t0;
                 if (dev->prof_last_end > 0) {
                     dev->prof_wall_ms += now - dev->prof_last_end;
                     dev->prof_n++;
@@ -897,7 +929,11 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     cudaGraph_t g = NULL;
     cudaError_t e = cudaStreamEndCapture(dev->stream, &g);
     cudaGraphExec_t exec = NULL;
+    uint64_t before = device_free_bytes();
     if (e == cudaSuccess && !dev->graph_failed) e = cudaGraphInstantiate(&exec, g, 0);
+    /* instantiating and uploading a graph takes device memory of its own */
+    if (e == cudaSuccess && exec) e = cudaGraphUpload(exec, dev->stream);
+    uint64_t graph_bytes = e == cudaSuccess ? measured_delta(before, device_free_bytes()) : 0;
     if (e == cudaSuccess && g && dev->profile) {
         size_t nn = 0;
         cudaGraphGetNodes(g, NULL, &nn);
@@ -922,6 +958,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
     dev->graphs[dev->n_graphs].key = dev->graph_key;
     dev->graphs[dev->n_graphs].hash = dev->graph_hash;
     dev->graphs[dev->n_graphs].exec = exec;
+    dev->graphs[dev->n_graphs].device_bytes = graph_bytes;
     dev->n_graphs++;
     KCU_CHECK(cudaGraphLaunch(exec, dev->stream), "graph launch");
     if (dev->pool.cap) pool_trim(dev, dev->pool.cap); /* deferred while capturing */
@@ -965,6 +1002,8 @@ static const kiln_backend_iface cuda_iface = {
     cuda_graph_begin,
     cuda_graph_end,
     kcu_add_rms_norm,
+    kcu_matmul_multi,
+    kcu_rope_kv_store,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

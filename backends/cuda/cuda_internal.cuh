@@ -96,6 +96,7 @@ struct kcu_graph {
     uint64_t key;
     uint64_t hash;           /* of every recorded operation's arguments */
     cudaGraphExec_t exec;
+    uint64_t device_bytes;   /* device memory its instantiation took (measured) */
 };
 
 struct kiln_bk_device {
@@ -104,6 +105,7 @@ struct kiln_bk_device {
     cublasHandle_t cublas;
     void *cublas_ws;         /* cuBLAS workspace (fixed, so graphs never allocate) */
     size_t cublas_ws_size;
+    uint64_t cublas_bytes;   /* device memory cublasCreate took (measured) */
     int sm_count;
     int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
     kiln_log_fn log_fn;
@@ -142,6 +144,7 @@ struct kiln_bk_device {
     cudaEvent_t ev0, ev1;
     bool ev_pending;
     double prof_gpu_ms, prof_wall_ms, prof_last_end;
+    double prof_issue_t0, prof_issue_ms; /* host time from graph_begin to a replay's launch */
     uint64_t prof_n, prof_nodes;
     uint64_t n_captures, n_capture_fail, n_replays, n_mismatch;
     int last_capture_error;
@@ -248,6 +251,11 @@ kiln_status kcu_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kil
                          kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim);
 kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                        kiln_bk_tensor *dst);
+kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                             const kiln_bk_tensor *x, kiln_bk_tensor *const *dst);
+kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                              const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                              kiln_bk_buffer *v_cache, uint32_t kv_dim);
 kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
                           const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst);
 /* Dequantizes rows [r0, r0 + n) of w to F16 into dst (n x K, dense). */

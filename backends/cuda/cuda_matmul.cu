@@ -107,12 +107,51 @@ static __device__ __forceinline__ void kcu_mmv_store(const float *acc, float *y,
         }
 }
 
+/* Up to three products over the same x in one launch (q/k/v, gate/up):
+ * blocks [blk_end[i-1], blk_end[i]) compute product i. One product is a set
+ * of one. */
+#define KCU_MULTI_MAX 3
+struct kcu_mm_set {
+    const uint8_t *w[KCU_MULTI_MAX];
+    float *y[KCU_MULTI_MAX];
+    uint64_t ws[KCU_MULTI_MAX], ys[KCU_MULTI_MAX];
+    int N[KCU_MULTI_MAX];
+    unsigned blk_end[KCU_MULTI_MAX];
+};
+
+/* This block's product: its weights, output and rows, and the block's
+ * index within it (selects, not indexing, so the set stays in the
+ * parameter space). */
+struct kcu_mm_one {
+    const uint8_t *w;
+    float *y;
+    uint64_t ws, ys;
+    int N;
+    unsigned blk;
+};
+static __device__ __forceinline__ kcu_mm_one kcu_mm_pick(const kcu_mm_set &s) {
+    const unsigned b = blockIdx.x;
+    kcu_mm_one o;
+    if (b < s.blk_end[0]) {
+        o = {s.w[0], s.y[0], s.ws[0], s.ys[0], s.N[0], b};
+    } else if (b < s.blk_end[1]) {
+        o = {s.w[1], s.y[1], s.ws[1], s.ys[1], s.N[1], b - s.blk_end[0]};
+    } else {
+        o = {s.w[2], s.y[2], s.ws[2], s.ys[2], s.N[2], b - s.blk_end[1]};
+    }
+    return o;
+}
+
 template <int U, int R>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_f16_kernel(const uint8_t *w, uint64_t ws, const float *x, uint64_t xs, float *y, uint64_t ys, int N, int K,
-                   int nt) {
+    mmv_f16_kernel(const kcu_mm_set set, const float *x, uint64_t xs, int K, int nt) {
     kcu_pdl_wait();
-    const int lane = threadIdx.x & 31, row0 = (blockIdx.x * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
+    const kcu_mm_one m = kcu_mm_pick(set);
+    const uint8_t *w = m.w;
+    float *y = m.y;
+    const uint64_t ws = m.ws, ys = m.ys;
+    const int N = m.N;
+    const int lane = threadIdx.x & 31, row0 = (m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
     if (row0 >= N) return;
     const int K8 = K / 8;
     float acc[R][KCU_MMV_MAX];
@@ -337,12 +376,16 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
  * multiple of 8 blocks starting 16-byte aligned. */
 template <int T, int U>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_q8x_staged_kernel(const uint8_t *w, uint64_t ws, const int8_t *xq, const float *xd, float *y, uint64_t ys,
-                          int N, int K, int nt) {
+    mmv_q8x_staged_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
     kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_pick(set);
+    const uint8_t *w = m.w;
+    float *y = m.y;
+    const uint64_t ws = m.ws, ys = m.ys;
+    const int N = m.N;
     constexpr int BB = T == KCU_Q4_0 ? 18 : 34; /* block bytes */
     __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = blockIdx.x * KCU_FAST_WARPS + warp;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
     if (row >= N) return;
     const int s = lane & 3, bl = lane >> 2, nb = K / 32;
     const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
@@ -361,6 +404,98 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
         }
         __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int lb = bl + 8 * u, b = c0 + lb;
+            if (lb >= nblk) break;
+            const uint16_t *p = (const uint16_t *)(my + lb * BB);
+            const float dw = __half2float(__ushort_as_half(p[0]));
+            int w0, w1;
+            if (T == KCU_Q4_0) {
+                const uint32_t q = (uint32_t)p[1 + 2 * s] | ((uint32_t)p[2 + 2 * s] << 16);
+                w0 = (int)__vsub4(q & 0x0F0F0F0Fu, 0x08080808u);
+                w1 = (int)__vsub4((q >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+            } else {
+                w0 = (int)((uint32_t)p[1 + 4 * s] | ((uint32_t)p[2 + 4 * s] << 16));
+                w1 = (int)((uint32_t)p[3 + 4 * s] | ((uint32_t)p[4 + 4 * s] << 16));
+            }
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
+                int x0, x1;
+                if (T == KCU_Q4_0) {
+                    x0 = __ldg((const int *)(xp + 4 * s));
+                    x1 = __ldg((const int *)(xp + 16 + 4 * s));
+                } else {
+                    const int2 xv = __ldg((const int2 *)(xp + 8 * s));
+                    x0 = xv.x;
+                    x1 = xv.y;
+                }
+                const int sum = __dp4a(w1, x1, __dp4a(w0, x0, 0));
+                acc[t] = fmaf(dw * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+    kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
+}
+
+/* The staged products with the next chunk's loads in flight while this
+ * chunk is multiplied: each lane keeps its share of chunk c + 1 in
+ * registers (L16 16-byte loads) and moves it to shared memory when chunk c
+ * is done. With U = 16 a Q4_0 row of K = 4096 is one chunk (every load of
+ * the row issued at once); longer rows overlap load and compute. Each lane
+ * visits its blocks in the same order as the staged kernel, so the results
+ * are the same bits. */
+template <int T, int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q8x_pipe_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_pick(set);
+    const uint8_t *w = m.w;
+    float *y = m.y;
+    const uint64_t ws = m.ws, ys = m.ys;
+    const int N = m.N;
+    constexpr int BB = T == KCU_Q4_0 ? 18 : 34; /* block bytes */
+    constexpr int CH = 8 * U;                   /* blocks per chunk */
+    constexpr int L16 = (CH * BB / 16 + 31) / 32;
+    __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][CH * BB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
+    if (row >= N) return;
+    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
+    const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
+    uint8_t *my = sm[warp];
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    uint4 next[L16];
+    {
+        const int n16 = (nb < CH ? nb : CH) * BB / 16;
+#pragma unroll
+        for (int i = 0; i < L16; i++) {
+            const int j = lane + 32 * i;
+            if (j < n16) next[i] = __ldg(wr + j);
+        }
+    }
+    for (int c0 = 0; c0 < nb; c0 += CH) {
+        const int nblk = nb - c0 < CH ? nb - c0 : CH; /* a multiple of 8 */
+        const int n16 = nblk * BB / 16;
+        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < L16; i++) {
+            const int j = lane + 32 * i;
+            if (j < n16) ((uint4 *)my)[j] = next[i];
+        }
+        __syncwarp();
+        if (c0 + CH < nb) {
+            const int c1 = c0 + CH, m16 = (nb - c1 < CH ? nb - c1 : CH) * BB / 16;
+            const uint4 *src = wr + (uint64_t)c1 * BB / 16;
+#pragma unroll
+            for (int i = 0; i < L16; i++) {
+                const int j = lane + 32 * i;
+                if (j < m16) next[i] = __ldg(src + j);
+            }
+        }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int lb = bl + 8 * u, b = c0 + lb;
@@ -458,8 +593,129 @@ static kiln_status cublas_status(cublasStatus_t s, const char *what) {
                      what, (int)s);
 }
 
+/* The set for products w[0..n) over one x: rows_per_block rows per block. */
+static kcu_mm_set mm_set(uint32_t n, const kiln_bk_tensor *const *w, kiln_bk_tensor *const *dst, int rows_per_block,
+                         unsigned *grid) {
+    kcu_mm_set set;
+    memset(&set, 0, sizeof set);
+    unsigned end = 0;
+    for (uint32_t i = 0; i < KCU_MULTI_MAX; i++) {
+        if (i < n) {
+            set.w[i] = kcu_tensor_ptr(w[i]);
+            set.y[i] = (float *)kcu_tensor_ptr(dst[i]);
+            set.ws[i] = w[i]->row_stride;
+            set.ys[i] = dst[i]->row_stride / 4;
+            set.N[i] = (int)w[i]->ne[1];
+            end += (unsigned)((set.N[i] + rows_per_block - 1) / rows_per_block);
+        }
+        set.blk_end[i] = end;
+    }
+    *grid = end;
+    return set;
+}
+
+/* Whether the products w[0..n) over x can share one launch of the int8
+ * (Q4_0/Q8_0) or F16 decode kernels: one type, 16-byte aligned rows. */
+static bool mmv_can_share(const kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                          const kiln_bk_tensor *x) {
+    const int32_t type = w[0]->type;
+    const int64_t K = w[0]->ne[0];
+    if (type == KCU_F16) {
+        const uintptr_t xp = (uintptr_t)kcu_tensor_ptr(x);
+        if (xp % 16 || x->row_stride % 16 || K % 8 || (dev->mmv_variant >= 1 && dev->mmv_variant <= 3)) return false;
+    } else if (type == KCU_Q4_0 || type == KCU_Q8_0) {
+        if (dev->mmv_variant == 4 || dev->mmv_variant == 5 || (K / 32) % 8) return false;
+    } else {
+        return false;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        if (w[i]->type != type || w[i]->ne[0] != K || (uintptr_t)kcu_tensor_ptr(w[i]) % 16 || w[i]->row_stride % 16)
+            return false;
+    return true;
+}
+
+/* The int8 copy of x (quantized here unless the last product's copy or its
+ * producer's is still valid). */
+static kiln_status mmv_int8_x(kiln_bk_device *dev, const kiln_bk_tensor *x, int8_t **xq_out, float **xd_out) {
+    const int nt = (int)x->ne[1];
+    const int64_t K = x->ne[0];
+    const int nb = (int)(K / 32);
+    const float *xp = (const float *)kcu_tensor_ptr(x);
+    dev->int8_seen = true; /* producers of x write int8 copies from now on */
+    const bool reuse = dev->xq_buf && dev->xq_src == xp && dev->xq_stride == x->row_stride && dev->xq_K == K &&
+                       dev->xq_nt == nt;
+    if (!reuse) {
+        kcu_xq_release(dev);
+        kiln_status st = kcu_pool_alloc(dev, (uint64_t)nt * K + (uint64_t)nt * nb * sizeof(float), &dev->xq_buf);
+        if (st) return st;
+    }
+    int8_t *xq = (int8_t *)dev->xq_buf->ptr;
+    float *xd = (float *)(xq + (uint64_t)nt * K); /* K is a multiple of 32: aligned */
+    if (!reuse) {
+        kcu_launch(quant_x_q8_kernel, dim3((unsigned)((nb + 3) / 4), (unsigned)nt), 128, 0, dev->stream, xp,
+                   x->row_stride / 4, (int)K, xq, xd);
+        dev->xq_src = xp;
+        dev->xq_stride = x->row_stride;
+        dev->xq_K = K;
+        dev->xq_nt = nt;
+    }
+    *xq_out = xq;
+    *xd_out = xd;
+    return KILN_OK;
+}
+
+/* Products that mmv_can_share() accepted, in one launch. */
+static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                              const kiln_bk_tensor *x, kiln_bk_tensor *const *dst) {
+    const int nt = (int)x->ne[1], K = (int)w[0]->ne[0], v = dev->mmv_variant;
+    unsigned grid = 0;
+    if (w[0]->type == KCU_F16) {
+        /* 2 rows per warp, 2 load steps in flight: measured best on H100 */
+        const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * 2, &grid);
+        kcu_launch(mmv_f16_kernel<2, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
+                   (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
+        KCU_LAUNCHED("matrix-vector product (f16)");
+        return KILN_OK;
+    }
+    int8_t *xq;
+    float *xd;
+    kiln_status st = mmv_int8_x(dev, x, &xq, &xd);
+    if (st) return st;
+    const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS, &grid);
+    const bool q4 = w[0]->type == KCU_Q4_0;
+    if (v == 9 && q4)
+        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q4_0, 16>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (v == 9)
+        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q8_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (v == 7 && q4)
+        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q4_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (v == 7)
+        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q8_0, 4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (v == 8 && q4)
+        kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 16>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (q4)
+        kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else
+        kcu_launch(mmv_q8x_staged_kernel<KCU_Q8_0, 4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    cudaError_t e = cudaGetLastError();
+    /* an output overlapping x would make the cached int8 copy stale */
+    const uint8_t *x0 = (const uint8_t *)kcu_tensor_ptr(x);
+    const uint8_t *x1 = x0 + (uint64_t)(nt - 1) * x->row_stride + (uint64_t)K * 4;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *d0 = (const uint8_t *)kcu_tensor_ptr(dst[i]);
+        const uint8_t *d1 = d0 + (uint64_t)(nt - 1) * dst[i]->row_stride + (uint64_t)w[i]->ne[1] * 4;
+        if (d0 < x1 && x0 < d1) kcu_xq_release(dev);
+    }
+    if (e != cudaSuccess) {
+        kcu_xq_release(dev);
+        return kcu_cuda_error(e, "matrix-vector product (int8)");
+    }
+    return KILN_OK;
+}
+
 static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                               kiln_bk_tensor *dst) {
+    if (mmv_can_share(dev, 1, &w, x)) return mmv_shared(dev, 1, &w, x, &dst);
     const int N = (int)w->ne[1], nt = (int)x->ne[1];
     const int64_t K = w->ne[0];
     const int rows_per_block = KCU_MMV_WARPS * KCU_MMV_ROWS;
@@ -471,48 +727,25 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     const uint64_t xs = x->row_stride / 4, ys = dst->row_stride / 4;
     const bool x16 = ((uintptr_t)xp % 16 == 0) && (x->row_stride % 16 == 0);
     /* kernel variants (U load steps in flight, R rows per warp), chosen by
-     * measurement (bench/NOTES.md); KILN_CUDA_MMV=0..3 picks one for
+     * measurement (bench/NOTES.md); KILN_CUDA_MMV=1..9 picks one for
      * benchmarking */
     const int v = dev->mmv_variant;
 #define FAST(K_, U_, R_)                                                                                        \
     kcu_launch(K_<U_, R_>, (unsigned)((N + KCU_FAST_WARPS * R_ - 1) / (KCU_FAST_WARPS * R_)), KCU_FAST_WARPS * 32, 0,    \
                  dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, (int)K, nt)
-    if ((w->type == KCU_Q4_0 || w->type == KCU_Q8_0) && v != 4) { /* KILN_CUDA_MMV=4: float x (comparison) */
-        const int nb = (int)(K / 32);
-        dev->int8_seen = true; /* producers of x write int8 copies from now on */
-        const bool reuse = dev->xq_buf && dev->xq_src == xp && dev->xq_stride == x->row_stride && dev->xq_K == K &&
-                           dev->xq_nt == nt;
-        if (!reuse) {
-            kcu_xq_release(dev);
-            kiln_status st = kcu_pool_alloc(dev, (uint64_t)nt * K + (uint64_t)nt * nb * sizeof(float), &dev->xq_buf);
-            if (st) return st;
-        }
-        int8_t *xq = (int8_t *)dev->xq_buf->ptr;
-        float *xd = (float *)(xq + (uint64_t)nt * K); /* K is a multiple of 32: aligned */
-        if (!reuse) {
-            kcu_launch(quant_x_q8_kernel, dim3((unsigned)((nb + 3) / 4), (unsigned)nt), 128, 0, dev->stream, xp, xs,
-                       (int)K, xq, xd);
-            dev->xq_src = xp;
-            dev->xq_stride = x->row_stride;
-            dev->xq_K = K;
-            dev->xq_nt = nt;
-        }
+    if ((w->type == KCU_Q4_0 || w->type == KCU_Q8_0) && v != 4) { /* unaligned rows, or KILN_CUDA_MMV=5 */
+        int8_t *xq;
+        float *xd;
+        kiln_status st = mmv_int8_x(dev, x, &xq, &xd);
+        if (st) return st;
         const unsigned grid = (unsigned)((N + KCU_FAST_WARPS - 1) / KCU_FAST_WARPS);
-        const bool staged = v != 5 && nb % 8 == 0 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0;
-        if (staged && w->type == KCU_Q4_0)
-            kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, 
-                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
-        else if (staged)
-            kcu_launch(mmv_q8x_staged_kernel<KCU_Q8_0, 4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, 
-                wp, w->row_stride, xq, xd, yp, ys, N, (int)K, nt);
-        else if (w->type == KCU_Q4_0)
-            kcu_launch(mmv_q4_0_q8_kernel<8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp, ys, N,
-                                                                              (int)K, nt);
+        if (w->type == KCU_Q4_0)
+            kcu_launch(mmv_q4_0_q8_kernel<8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp,
+                       ys, N, (int)K, nt);
         else
-            kcu_launch(mmv_q8_0_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp, ys, N,
-                                                                              (int)K, nt);
+            kcu_launch(mmv_q8_0_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp,
+                       ys, N, (int)K, nt);
         cudaError_t e = cudaGetLastError();
-        /* this product's output overlapping x would make the cached copy stale */
         const uint8_t *d0 = (const uint8_t *)yp, *d1 = d0 + (uint64_t)(nt - 1) * dst->row_stride + (uint64_t)N * 4;
         const uint8_t *x0 = (const uint8_t *)xp, *x1 = x0 + (uint64_t)(nt - 1) * x->row_stride + (uint64_t)K * 4;
         if (d0 < x1 && x0 < d1) kcu_xq_release(dev);
@@ -523,10 +756,12 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
         return KILN_OK;
     }
     if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
-        if (v == 1) FAST(mmv_f16_kernel, 4, 1);
-        else if (v == 2) FAST(mmv_f16_kernel, 8, 1);
-        else if (v == 3) FAST(mmv_f16_kernel, 4, 2);
-        else FAST(mmv_f16_kernel, 2, 2); /* measured best on H100 (bench/NOTES.md) */
+        /* KILN_CUDA_MMV=1..3: other (U, R) for comparison */
+        unsigned g = 0;
+        const kcu_mm_set set = mm_set(1, &w, &dst, KCU_FAST_WARPS * (v == 3 ? 2 : 1), &g);
+        if (v == 1) kcu_launch(mmv_f16_kernel<4, 1>, g, KCU_FAST_WARPS * 32, 0, dev->stream, set, xp, xs, (int)K, nt);
+        else if (v == 2) kcu_launch(mmv_f16_kernel<8, 1>, g, KCU_FAST_WARPS * 32, 0, dev->stream, set, xp, xs, (int)K, nt);
+        else kcu_launch(mmv_f16_kernel<4, 2>, g, KCU_FAST_WARPS * 32, 0, dev->stream, set, xp, xs, (int)K, nt);
         KCU_LAUNCHED("matrix-vector product (f16)");
         return KILN_OK;
     }
@@ -649,3 +884,35 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
     if (x->ne[1] <= KCU_MMV_MAX) return matmul_mmv(dev, w, x, dst);
     return matmul_cublas(dev, w, x, dst);
 }
+
+kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                             const kiln_bk_tensor *x, kiln_bk_tensor *const *dst) {
+    if (!w || !dst || n == 0 || n > KCU_MULTI_MAX)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda matmul_multi: %u products (1..%d)", n, KCU_MULTI_MAX);
+    for (uint32_t i = 0; i < n; i++)
+        if (!w[i] || !dst[i]) return kcu_error(KILN_E_INVALID_ARG, "cuda matmul_multi: NULL tensor");
+    kiln_status st;
+    if ((st = kcu_use(dev)) || (st = kcu_tensor_check(x, KCU_F32, "matmul_multi", "x"))) return st;
+    bool shared = n > 1 && x->ne[1] > 0 && x->ne[1] <= KCU_MMV_MAX && mmv_can_share(dev, n, w, x);
+    for (uint32_t i = 0; shared && i < n; i++) {
+        if ((st = kcu_tensor_check(w[i], -1, "matmul_multi", "w")) ||
+            (st = kcu_tensor_check(dst[i], KCU_F32, "matmul_multi", "dst")))
+            return st;
+        if (dst[i]->ne[0] != w[i]->ne[1] || dst[i]->ne[1] != x->ne[1] || w[i]->ne[1] == 0 ||
+            w[i]->ne[1] > 0x7fffffff || w[i]->ne[0] > 0x7fffffff)
+            shared = false; /* matmul reports the shape */
+    }
+    if (!shared) {
+        for (uint32_t i = 0; i < n; i++)
+            if ((st = kcu_matmul(dev, w[i], x, dst[i]))) return st;
+        return KILN_OK;
+    }
+    struct { kiln_bk_tensor w[KCU_MULTI_MAX], x, d[KCU_MULTI_MAX]; uint32_t n; } args;
+    memset(&args, 0, sizeof args);
+    for (uint32_t i = 0; i < n; i++) args.w[i] = *w[i], args.d[i] = *dst[i];
+    args.x = *x;
+    args.n = n;
+    if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
+    return mmv_shared(dev, n, w, x, dst);
+}
+

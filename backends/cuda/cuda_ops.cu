@@ -292,26 +292,35 @@ static __global__ void rope_kernel(float *x, uint64_t xs, const int32_t *pos, in
     }
 }
 
-kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
+/* Checks rope's arguments and fills r with them (defaults for fields an
+ * older caller's struct lacks). */
+static kiln_status rope_args(const kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_rope *rope,
+                             kiln_bk_rope *r) {
     kiln_status st;
-    if ((st = kcu_use(dev))) return st;
     if (!rope) return kcu_error(KILN_E_INVALID_ARG, "cuda rope: parameters are NULL");
     if ((st = kcu_tensor_check(x, KCU_F32, "rope", "x"))) return st;
-    kiln_bk_rope r;
-    memset(&r, 0, sizeof r);
-    memcpy(&r, rope, rope->struct_size < sizeof r ? rope->struct_size : sizeof r);
-    if (rope->struct_size < offsetof(kiln_bk_rope, freq_scale) + sizeof(float)) r.freq_scale = 1.0f;
+    memset(r, 0, sizeof *r);
+    memcpy(r, rope, rope->struct_size < sizeof *r ? rope->struct_size : sizeof *r);
+    if (rope->struct_size < offsetof(kiln_bk_rope, freq_scale) + sizeof(float)) r->freq_scale = 1.0f;
     if (!dev->ub.set) return kcu_error(KILN_E_INVALID_ARG, "cuda rope: no ubatch set");
-    if (r.mode != KILN_ROPE_NORM && r.mode != KILN_ROPE_NEOX)
-        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: unknown mode %d", r.mode);
-    if (r.n_rot % 2 || r.n_rot > r.head_dim || r.n_rot > 2048)
-        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: n_rot %u with head_dim %u", r.n_rot, r.head_dim);
-    if ((uint64_t)r.n_head * r.head_dim > (uint64_t)x->ne[0])
-        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: %u heads of %u do not fit rows of %lld", r.n_head, r.head_dim,
-                         (long long)x->ne[0]);
+    if (r->mode != KILN_ROPE_NORM && r->mode != KILN_ROPE_NEOX)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: unknown mode %d", r->mode);
+    if (r->n_rot % 2 || r->n_rot > r->head_dim || r->n_rot > 2048)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: n_rot %u with head_dim %u", r->n_rot, r->head_dim);
+    if ((uint64_t)r->n_head * r->head_dim > (uint64_t)x->ne[0])
+        return kcu_error(KILN_E_INVALID_ARG, "cuda rope: %u heads of %u do not fit rows of %lld", r->n_head,
+                         r->head_dim, (long long)x->ne[0]);
     if (x->ne[1] != (int64_t)dev->ub.n_tokens)
         return kcu_error(KILN_E_INVALID_ARG, "cuda rope: %lld rows for a ubatch of %u tokens", (long long)x->ne[1],
                          dev->ub.n_tokens);
+    return KILN_OK;
+}
+
+kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
+    kiln_status st;
+    if ((st = kcu_use(dev))) return st;
+    kiln_bk_rope r;
+    if ((st = rope_args(dev, x, rope, &r))) return st;
     if (r.n_rot == 0 || x->ne[1] == 0 || r.n_head == 0) return KILN_OK;
     const int half = (int)r.n_rot / 2;
     const void *ff = NULL;
@@ -330,6 +339,99 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
         (float *)kcu_tensor_ptr(x), x->row_stride / 4, dev->ub.pos, (int)r.n_head, (int)r.head_dim, half,
         r.mode == KILN_ROPE_NEOX, theta_scale, r.freq_scale, (const float *)ff);
     KCU_LAUNCHED("rope");
+    return KILN_OK;
+}
+
+/* rope of q and k and the store of k and v into the cache, one block per
+ * token: threads take q's pairs, then k's (writing the rotated pair to k and,
+ * rounded to F16, to the cache), then v's elements. The same arithmetic as
+ * rope_kernel and kv_store_kernel, so the same bits. */
+static __global__ void rope_kv_store_kernel(float *q, uint64_t qs, float *k, uint64_t ks, const float *v,
+                                            uint64_t vs, __half *kc, __half *vc, const int32_t *pos,
+                                            const int32_t *cell, int n_head, int n_head_kv, int head_dim, int half,
+                                            int neox, float theta_scale, float freq_scale, const float *ff,
+                                            int kv_dim) {
+    kcu_pdl_wait();
+    const int t = blockIdx.x;
+    const float p = (float)pos[t];
+    const int nq = n_head * half, nk = n_head_kv * half, total = nq + nk + kv_dim;
+    const uint64_t c = (uint64_t)cell[t] * (uint64_t)kv_dim;
+    for (int j = threadIdx.x; j < total; j += blockDim.x) {
+        if (j >= nq + nk) { /* v */
+            const int i = j - nq - nk;
+            vc[c + i] = __float2half_rn(v[(uint64_t)t * vs + i]);
+            continue;
+        }
+        const bool is_q = j < nq;
+        const int kk = is_q ? j : j - nq, h = kk / half, i = kk % half;
+        float theta = p;
+        for (int m = 0; m < i; m++) theta = __fmul_rn(theta, theta_scale);
+        const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
+        const float cs = cosf(th), sn = sinf(th);
+        float *row = is_q ? q + (uint64_t)t * qs : k + (uint64_t)t * ks;
+        const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
+        float *vh = row + (int64_t)h * head_dim;
+        const float x0 = vh[ia], x1 = vh[ib];
+        const float a = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+        const float b = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
+        vh[ia] = a;
+        vh[ib] = b;
+        if (!is_q) {
+            kc[c + (uint64_t)h * head_dim + ia] = __float2half_rn(a);
+            kc[c + (uint64_t)h * head_dim + ib] = __float2half_rn(b);
+        }
+    }
+    /* k's elements past the rotated part of each head (n_rot < head_dim) */
+    const int rot = 2 * half;
+    if (rot < head_dim)
+        for (int j = threadIdx.x; j < n_head_kv * head_dim; j += blockDim.x)
+            if (j % head_dim >= rot) kc[c + j] = __float2half_rn(k[(uint64_t)t * ks + j]);
+}
+
+kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                              const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                              kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+    kiln_status st;
+    if ((st = kcu_use(dev))) return st;
+    kiln_bk_rope a, b;
+    if ((st = rope_args(dev, q, rq, &a)) || (st = rope_args(dev, k, rk, &b))) return st;
+    /* the fused kernel covers the forward pass's case: the same rotation
+     * for q and k, k's heads exactly kv_dim wide; anything else in steps */
+    const bool same = a.mode == b.mode && a.n_rot == b.n_rot && a.head_dim == b.head_dim &&
+                      a.freq_base == b.freq_base && a.freq_scale == b.freq_scale &&
+                      a.freq_factors == b.freq_factors && (uint64_t)b.n_head * b.head_dim == kv_dim;
+    if (!same || a.n_rot == 0 || a.n_head == 0 || !v || v->ne[1] != k->ne[1] || q->ne[1] == 0) {
+        if ((st = kcu_rope(dev, q, rq)) || (st = kcu_rope(dev, k, rk))) return st;
+        return kcu_kv_store(dev, k, v, k_cache, v_cache, kv_dim);
+    }
+    if ((st = kcu_tensor_check(v, KCU_F32, "kv_store", "v"))) return st;
+    if (!k_cache || !v_cache) return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: cache buffer is NULL");
+    const struct kcu_ubatch *ub = &dev->ub;
+    if (!ub->has_kv) return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: no ubatch with kv cells");
+    if (k->ne[0] < kv_dim || v->ne[0] < kv_dim)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: k/v of %lld/%lld for kv_dim %u", (long long)k->ne[0],
+                         (long long)v->ne[0], kv_dim);
+    const uint64_t need = (uint64_t)ub->n_cells * kv_dim * 2;
+    if (k_cache->size < need || v_cache->size < need)
+        return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: caches of %llu bytes, %u cells need %llu",
+                         (unsigned long long)k_cache->size, ub->n_cells, (unsigned long long)need);
+    const int half = (int)a.n_rot / 2;
+    const void *ff = NULL;
+    if (a.freq_factors && (st = kcu_stage(dev, a.freq_factors, (size_t)half * sizeof(float), &ff))) return st;
+    struct { kiln_bk_tensor q, k, v; kiln_bk_rope a, b; const void *ff, *kc, *vc; uint32_t d; } args;
+    memset(&args, 0, sizeof args);
+    args.q = *q, args.k = *k, args.v = *v, args.a = a, args.b = b;
+    args.a.freq_factors = args.b.freq_factors = NULL;
+    args.ff = ff, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
+    if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    const float theta_scale = powf(a.freq_base, -2.0f / (float)a.n_rot);
+    const int items = (int)(a.n_head + b.n_head) * half + (int)kv_dim;
+    kcu_launch(rope_kv_store_kernel, (unsigned)q->ne[1], (unsigned)(items >= 1024 ? 1024 : (items + 31) / 32 * 32), 0,
+               dev->stream, (float *)kcu_tensor_ptr(q), q->row_stride / 4, (float *)kcu_tensor_ptr(k),
+               k->row_stride / 4, (const float *)kcu_tensor_ptr(v), v->row_stride / 4, (__half *)k_cache->ptr,
+               (__half *)v_cache->ptr, ub->pos, ub->kv_cell, (int)a.n_head, (int)b.n_head, (int)a.head_dim, half,
+               a.mode == KILN_ROPE_NEOX, theta_scale, a.freq_scale, (const float *)ff, (int)kv_dim);
+    KCU_LAUNCHED("rope_kv_store");
     return KILN_OK;
 }
 

@@ -5,7 +5,8 @@
 #
 # Run from the repository root on the GPU machine:
 #   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
-# steps (default: build ref life bench): build, ref, life, san, bench, mem
+# steps (default: build ref life bench): build, ref, life, san, bench, mem,
+# report (memory report vs cudaMemGetInfo), opsv (int8 decode kernel variants)
 # (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
 # synthetic 7B shapes), big (random 7B-shaped models; needs the generator),
 # pin (two GPUs: device pinning with GPU 0 nearly full), split (two GPUs:
@@ -169,6 +170,22 @@ if has ops; then
     note "ops: see above"
 fi
 
+if has opsv; then  # the int8 decode kernels: staged (0), pipelined U=8/4 (7), staged U=16 (8), pipelined U=16/8 (9)
+    mkdir -p build/bench
+    cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops
+    for v in 0 7 8 9; do
+        echo "variant $v"
+        KILN_CUDA_MMV=$v BENCH_TYPES=q4_0,q8_0 BENCH_NS=,1,8, build/bench/backend_ops build/libkiln-cuda.so \
+            "${KILN_OPS_REPS:-50}" 2>&1 | grep -v 'rel. L2' | tee -a "$OUT/opsv.log"
+    done
+    note "opsv: see above"
+fi
+
+if has report; then  # the memory report against cudaMemGetInfo (issue 8)
+    bash scripts/cuda-memory-check.sh models/tiny-target-q4_k_m.gguf 2>&1 | tee "$OUT/report.log" | tail -n 40
+    note "report: $(tail -n 1 "$OUT/report.log")"
+fi
+
 if has ncu; then  # Nsight Compute on the decode products of one 7B-shaped layer (clocks as found)
     mkdir -p build/bench
     cc -O2 -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops
@@ -202,6 +219,10 @@ if has big; then
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -s 8 -r 2 2>&1 | tail -n 1
           KILN_CUDA_PROFILE=1 build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -r 1 2>&1 | grep "cuda profile"
+          for v in ${KILN_BIG_MMV:-}; do  # decode kernel variants to compare (KILN_CUDA_MMV)
+              echo "KILN_CUDA_MMV=$v"
+              KILN_CUDA_MMV=$v build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -r 3 2>&1 | tail -n 1
+          done
         } | tee -a "$OUT/bench-big.log"
         [ -n "${KILN_BIG_KEEP:-}" ] || rm -f "$f"
     done
