@@ -1,7 +1,7 @@
 /*
- * context.h - a context: a model reference, a compute device handle of its
- * own (its thread pool or stream and transient pool), the paged KV cache
- * and the logits of the last batch.
+ * context.h - a context: a model reference, compute device handles of its
+ * own (one per split of the model: its thread pool or stream and transient
+ * pool), the paged KV cache and the logits of the last batch.
  */
 #ifndef KILN_CONTEXT_H
 #define KILN_CONTEXT_H
@@ -67,9 +67,11 @@ kiln_status kiln_context_resume_internal(kiln_context *ctx);
 /* The KV cache's resident() hook: resumes the context (an opaque owner). */
 kiln_status kiln_context_kv_resident(void *ctx);
 
-/* The backend of split s of the context's model. */
+/* The backend of split s of the context's model. Split 0's is read from
+ * ctx->bk, so that a test may run a context on a wrapped iface (one
+ * operation replaced: test/ggml_attn.h) by setting ctx->bk alone. */
 static inline const kiln_backend_iface *kiln_context_split_bk(const kiln_context *ctx, uint32_t s) {
-    return ctx->model->splits[s].bk;
+    return s == 0 ? ctx->bk : ctx->model->splits[s].bk;
 }
 /* Records every device handle's pool statistics for the memory report. */
 void kiln_context_pool_snapshot(kiln_context *ctx);

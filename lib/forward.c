@@ -208,12 +208,12 @@ kiln_status kiln_forward_ubatch(kiln_context *ctx, const int32_t *tokens, uint32
     }
     for (uint32_t s = 0; s <= last; s++) {
         const kiln_model_split *sp = &m->splits[s];
-        segment g = {m, ctx, sp->bk, ctx->sdev[s], s, sp->layer0, sp->layer0 + sp->n_layers, s == 0, s == last,
+        segment g = {m, ctx, kiln_context_split_bk(ctx, s), ctx->sdev[s], s, sp->layer0, sp->layer0 + sp->n_layers, s == 0, s == last,
                      bufs[s], tokens, out_idx, n, n_out};
         if (s > 0) { /* x continues on this device (through the host: no cross-device copy in the interface) */
             const kiln_backend_iface *pbk = kiln_context_split_bk(ctx, s - 1);
             if ((st = pbk->buffer_download(ctx->sdev[s - 1], bufs[s - 1], 0, ctx->stage, n * E * sizeof(float))) ||
-                (st = sp->bk->buffer_upload(g.dev, bufs[s], 0, ctx->stage, n * E * sizeof(float)))) {
+                (st = g.bk->buffer_upload(g.dev, bufs[s], 0, ctx->stage, n * E * sizeof(float)))) {
                 kiln_error(st, "decode: copying the activations from split %u to split %u failed", s - 1, s);
                 goto out;
             }
