@@ -348,6 +348,12 @@ static void cuda_device_close(kiln_bk_device *dev) {
                     (unsigned long long)dev->prof_n, (unsigned long long)dev->prof_nodes,
                     dev->prof_gpu_ms / dev->prof_n, dev->prof_wall_ms / dev->prof_n,
                     dev->prof_issue_ms / (double)dev->n_replays);
+        if (dev->prof_n)
+            kcu_log(dev, KILN_LOG_ERROR,
+                    "cuda profile: host ms per replay: set_ubatch %.3f, graph_begin %.3f, graph launch %.3f, "
+                    "download (incl. waiting for the GPU) %.3f",
+                    dev->prof_ub_ms / dev->prof_n, dev->prof_begin_ms / dev->prof_n,
+                    dev->prof_launch_ms / dev->prof_n, dev->prof_dl_ms / dev->prof_n);
         if (dev->ev0) cudaEventDestroy(dev->ev0);
         if (dev->ev1) cudaEventDestroy(dev->ev1);
     }
@@ -592,8 +598,19 @@ static kiln_status cuda_buffer_upload(kiln_bk_device *dev, kiln_bk_buffer *dst, 
     return KILN_OK;
 }
 
+static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t off, void *dst,
+                                   uint64_t n);
 static kiln_status cuda_buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t off, void *dst,
                                         uint64_t n) {
+    if (!dev || !dev->profile) return buffer_download(dev, src, off, dst, n);
+    const double t0 = kcu_now_ms();
+    kiln_status st = buffer_download(dev, src, off, dst, n);
+    dev->prof_dl_ms += kcu_now_ms() - t0;
+    return st;
+}
+
+static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uint64_t off, void *dst,
+                                   uint64_t n) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (!src || (!dst && n)) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: download: NULL buffer or destination");
@@ -602,6 +619,19 @@ static kiln_status cuda_buffer_download(kiln_bk_device *dev, const kiln_bk_buffe
                          (unsigned long long)off, (unsigned long long)n, (unsigned long long)src->size);
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: download inside a graph");
     kcu_xq_release(dev);
+    /* A small download (a step's logits) goes through the pinned staging
+     * area past what this step staged: a copy from pageable memory would be
+     * staged by the driver, synchronously, at a lower rate. The stream
+     * orders it after the step's copies out of the area. */
+    const size_t used = (dev->stage_used + 255) & ~(size_t)255;
+    if (n && dev->stage_host && used <= dev->stage_cap && n <= dev->stage_cap - used) {
+        KCU_CHECK(cudaMemcpyAsync(dev->stage_host + used, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost,
+                                  dev->stream),
+                  "download");
+        KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
+        memcpy(dst, dev->stage_host + used, n);
+        return KILN_OK;
+    }
     if (n) KCU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost, dev->stream),
                      "download");
     KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
@@ -704,7 +734,16 @@ static kiln_status ubatch_validate(const kiln_bk_ubatch *u) {
 /* The tables go to one device array [pos | kv_cell | attn_table | attn_n_kv
  * | block_tables], replaced only when it must grow (graphs hold its
  * address), through the pinned staging area. */
+static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp);
 static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
+    if (!dev || !dev->profile) return set_ubatch(dev, ubp);
+    const double t0 = kcu_now_ms();
+    kiln_status st = set_ubatch(dev, ubp);
+    dev->prof_ub_ms += kcu_now_ms() - t0;
+    return st;
+}
+
+static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (!ubp) return kcu_error(KILN_E_INVALID_ARG, "cuda backend: set_ubatch: ubatch is NULL");
@@ -844,7 +883,16 @@ bool kcu_op(kiln_bk_device *dev, const void *args, size_t n) {
     return dev->graph_mode == 1;
 }
 
+static kiln_status graph_begin(kiln_bk_device *dev, uint64_t key);
 static kiln_status cuda_graph_begin(kiln_bk_device *dev, uint64_t key) {
+    if (!dev || !dev->profile) return graph_begin(dev, key);
+    const double t0 = kcu_now_ms();
+    kiln_status st = graph_begin(dev, key);
+    dev->prof_begin_ms += kcu_now_ms() - t0;
+    return st;
+}
+
+static kiln_status graph_begin(kiln_bk_device *dev, uint64_t key) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: graph_begin inside a graph");
@@ -916,7 +964,9 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
                 dev->prof_last_end = now;
                 cudaEventRecord(dev->ev0, dev->stream);
             }
+            const double tl = dev->profile ? kcu_now_ms() : 0.0;
             KCU_CHECK(cudaGraphLaunch(dev->graphs[i].exec, dev->stream), "graph launch");
+            if (dev->profile) dev->prof_launch_ms += kcu_now_ms() - tl;
             if (dev->profile) {
                 cudaEventRecord(dev->ev1, dev->stream);
                 dev->ev_pending = true;

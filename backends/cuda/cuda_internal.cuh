@@ -99,6 +99,13 @@ struct kcu_graph {
     uint64_t device_bytes;   /* device memory its instantiation took (measured) */
 };
 
+/* Wall-clock milliseconds (KILN_CUDA_PROFILE timings). */
+static inline double kcu_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 struct kiln_bk_device {
     int32_t index;
     cudaStream_t stream;
@@ -145,6 +152,7 @@ struct kiln_bk_device {
     bool ev_pending;
     double prof_gpu_ms, prof_wall_ms, prof_last_end;
     double prof_issue_t0, prof_issue_ms; /* host time from graph_begin to a replay's launch */
+    double prof_ub_ms, prof_begin_ms, prof_launch_ms, prof_dl_ms; /* host time in those calls */
     uint64_t prof_n, prof_nodes;
     uint64_t n_captures, n_capture_fail, n_replays, n_mismatch;
     int last_capture_error;

@@ -532,6 +532,170 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
 }
 
+/* Byte k (0..11) of the 12 scale bytes held in three words, by selects
+ * (an indexed register array would go to local memory). */
+static __device__ __forceinline__ int kcu_byte12(uint32_t s0, uint32_t s1, uint32_t s2, int k) {
+    const uint32_t w = k < 4 ? s0 : k < 8 ? s1 : s2;
+    return (int)((w >> (8 * (k & 3))) & 0xFF);
+}
+
+/* Q4_K with int8 x: 8 lanes per 144-byte block; lane (c, h) owns 16 bytes
+ * of the quants, i.e. elements 64c + 16h + [0, 16) (low nibbles, sub-block
+ * 2c) and 64c + 32 + 16h + [0, 16) (high nibbles, sub-block 2c + 1). Blocks
+ * of 144 bytes keep every row 16-byte aligned, so the weights are read with
+ * 16-byte loads and no staging: the block's header (d, dmin, scales) and the
+ * lane's quants, U blocks per lane in flight. Per sub-block:
+ *   sum_i (d sc q_i - dmin m) x_i = xd (d sc dot(q, xq) - dmin m sum(xq)). */
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_pick(set);
+    const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= m.N) return;
+    const int bi = lane >> 3, c = (lane >> 1) & 3, hh = lane & 1, nb = K / 256, nb32 = K / 32;
+    const uint8_t *wr = m.w + (uint64_t)row * m.ws;
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int b0 = bi; b0 < nb; b0 += 4 * U) {
+        uint4 hd[U], qv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 4 * u;
+            if (b < nb) {
+                const uint4 *blk = (const uint4 *)(wr + (uint64_t)b * 144);
+                hd[u] = __ldg(blk);
+                qv[u] = __ldg(blk + 1 + 2 * c + hh);
+            } else {
+                hd[u] = qv[u] = make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 4 * u;
+            if (b >= nb) break;
+            const float d = __half2float(__ushort_as_half((unsigned short)(hd[u].x & 0xFFFF)));
+            const float dmin = __half2float(__ushort_as_half((unsigned short)(hd[u].x >> 16)));
+            const uint32_t s0 = hd[u].y, s1 = hd[u].z, s2 = hd[u].w;
+            int sc[2], mn[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int j = 2 * c + e;
+                if (j < 4) {
+                    sc[e] = kcu_byte12(s0, s1, s2, j) & 63;
+                    mn[e] = kcu_byte12(s0, s1, s2, j + 4) & 63;
+                } else {
+                    sc[e] = (kcu_byte12(s0, s1, s2, j + 4) & 0xF) | ((kcu_byte12(s0, s1, s2, j - 4) >> 6) << 4);
+                    mn[e] = (kcu_byte12(s0, s1, s2, j + 4) >> 4) | ((kcu_byte12(s0, s1, s2, j) >> 6) << 4);
+                }
+            }
+            const float dl = d * (float)sc[0], ml = dmin * (float)mn[0];
+            const float dh = d * (float)sc[1], mh = dmin * (float)mn[1];
+            const uint32_t q[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 64 * c + 16 * hh;
+                const int4 xl = __ldg((const int4 *)xp), xh = __ldg((const int4 *)(xp + 32));
+                const int xlv[4] = {xl.x, xl.y, xl.z, xl.w}, xhv[4] = {xh.x, xh.y, xh.z, xh.w};
+                int dotl = 0, doth = 0, suml = 0, sumh = 0;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    dotl = __dp4a((int)(q[i] & 0x0F0F0F0Fu), xlv[i], dotl);
+                    doth = __dp4a((int)((q[i] >> 4) & 0x0F0F0F0Fu), xhv[i], doth);
+                    suml = __dp4a(0x01010101, xlv[i], suml);
+                    sumh = __dp4a(0x01010101, xhv[i], sumh);
+                }
+                const float *xdp = xd + (uint64_t)t * nb32 + 8 * b + 2 * c;
+                acc[t] = fmaf(__ldg(xdp), dl * (float)dotl - ml * (float)suml, acc[t]);
+                acc[t] = fmaf(__ldg(xdp + 1), dh * (float)doth - mh * (float)sumh, acc[t]);
+            }
+        }
+    }
+    kcu_mmv_store<1>(acc, m.y, m.ys, row, m.N, nt, lane);
+}
+
+/* Q6_K with int8 x. Blocks of 210 bytes are only 2-byte aligned, so the
+ * warp stages 8 * U blocks of its row through shared memory with 16-byte
+ * loads (8 blocks are 1680 bytes: rows with a multiple of 8 blocks keep
+ * every chunk aligned), then 4 lanes share a block: lane s takes half
+ * hf = s / 2 and positions l in 16 (s & 1) + [0, 16) of its 32, i.e. the
+ * elements 128 hf + 32 g + l of the four groups g (quants: low or high
+ * nibbles of ql[64 hf + l] or ql[64 hf + 32 + l], two bits of qh[32 hf + l];
+ * scale sc[8 hf + (s & 1) + 2 g]). */
+static __device__ __forceinline__ uint32_t kcu_sm_u32(const uint8_t *p) { /* 2-byte aligned */
+    const uint16_t *q = (const uint16_t *)p;
+    return (uint32_t)q[0] | ((uint32_t)q[1] << 16);
+}
+
+template <int U>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q6k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_pick(set);
+    constexpr int BB = 210;
+    __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
+    if (row >= m.N) return;
+    const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256, nb32 = K / 32;
+    const uint4 *wr = (const uint4 *)(m.w + (uint64_t)row * m.ws);
+    uint8_t *my = sm[warp];
+    float acc[KCU_MMV_MAX];
+#pragma unroll
+    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int c0 = 0; c0 < nb; c0 += 8 * U) {
+        const int nblk = nb - c0 < 8 * U ? nb - c0 : 8 * U; /* a multiple of 8 */
+        const int n16 = nblk * BB / 16;
+        __syncwarp();
+        const uint4 *src = wr + (uint64_t)c0 * BB / 16;
+#pragma unroll
+        for (int i = 0; i < (8 * U * BB / 16 + 31) / 32; i++) {
+            const int j = lane + 32 * i;
+            if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int lb = bl + 8 * u, b = c0 + lb;
+            if (lb >= nblk) break;
+            const uint8_t *blk = my + lb * BB;
+            const float d = __half2float(__ushort_as_half(*(const uint16_t *)(blk + 208)));
+            const int8_t *sc = (const int8_t *)(blk + 192 + 8 * hf + (s & 1));
+            const uint8_t *ql = blk + 64 * hf + l0, *qh = blk + 128 + 32 * hf + l0;
+            int w[4][4]; /* [group][word]: 4 signed quants per word */
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t a = kcu_sm_u32(ql + 4 * i), bq = kcu_sm_u32(ql + 32 + 4 * i);
+                const uint32_t h = kcu_sm_u32(qh + 4 * i);
+                w[0][i] = (int)__vsub4((a & 0x0F0F0F0Fu) | ((h & 0x03030303u) << 4), 0x20202020u);
+                w[1][i] = (int)__vsub4((bq & 0x0F0F0F0Fu) | (((h >> 2) & 0x03030303u) << 4), 0x20202020u);
+                w[2][i] = (int)__vsub4(((a >> 4) & 0x0F0F0F0Fu) | (((h >> 4) & 0x03030303u) << 4), 0x20202020u);
+                w[3][i] = (int)__vsub4(((bq >> 4) & 0x0F0F0F0Fu) | (((h >> 6) & 0x03030303u) << 4), 0x20202020u);
+            }
+            float ds[4];
+#pragma unroll
+            for (int g = 0; g < 4; g++) ds[g] = d * (float)sc[2 * g];
+#pragma unroll
+            for (int t = 0; t < KCU_MMV_MAX; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 128 * hf + l0;
+                const float *xdp = xd + (uint64_t)t * nb32 + 8 * b + 4 * hf;
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+                    const int4 xv = __ldg((const int4 *)(xp + 32 * g));
+                    int dot = __dp4a(w[g][0], xv.x, 0);
+                    dot = __dp4a(w[g][1], xv.y, dot);
+                    dot = __dp4a(w[g][2], xv.z, dot);
+                    dot = __dp4a(w[g][3], xv.w, dot);
+                    acc[t] = fmaf(__ldg(xdp + g) * ds[g], (float)dot, acc[t]);
+                }
+            }
+        }
+    }
+    kcu_mmv_store<1>(acc, m.y, m.ys, row, m.N, nt, lane);
+}
+
 /* Rows of w to dense F16, one group per thread. */
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
@@ -625,6 +789,10 @@ static bool mmv_can_share(const kiln_bk_device *dev, uint32_t n, const kiln_bk_t
         if (xp % 16 || x->row_stride % 16 || K % 8 || (dev->mmv_variant >= 1 && dev->mmv_variant <= 3)) return false;
     } else if (type == KCU_Q4_0 || type == KCU_Q8_0) {
         if (dev->mmv_variant == 4 || dev->mmv_variant == 5 || (K / 32) % 8) return false;
+    } else if (type == KCU_Q4_K) {
+        if (dev->mmv_variant == 4 || K % 256) return false; /* KILN_CUDA_MMV=4: the generic float-x kernel */
+    } else if (type == KCU_Q6_K) {
+        if (dev->mmv_variant == 4 || K % 256 || (K / 256) % 8) return false;
     } else {
         return false;
     }
@@ -683,7 +851,11 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     if (st) return st;
     const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS, &grid);
     const bool q4 = w[0]->type == KCU_Q4_0;
-    if (v == 9 && q4)
+    if (w[0]->type == KCU_Q4_K)
+        kcu_launch(mmv_q4k_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (w[0]->type == KCU_Q6_K)
+        kcu_launch(mmv_q6k_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (v == 9 && q4)
         kcu_launch(mmv_q8x_pipe_kernel<KCU_Q4_0, 16>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (v == 9)
         kcu_launch(mmv_q8x_pipe_kernel<KCU_Q8_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
@@ -878,7 +1050,9 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
     memset(&args, 0, sizeof args);
     args.w = *w, args.x = *x, args.d = *dst;
     if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
-    const bool int8_path = x->ne[1] <= KCU_MMV_MAX && (w->type == KCU_Q4_0 || w->type == KCU_Q8_0) &&
+    const bool int8_path = x->ne[1] <= KCU_MMV_MAX &&
+                           (w->type == KCU_Q4_0 || w->type == KCU_Q8_0 || w->type == KCU_Q4_K ||
+                            w->type == KCU_Q6_K) &&
                            dev->mmv_variant != 4;
     if (!int8_path) kcu_xq_release(dev);
     if (x->ne[1] <= KCU_MMV_MAX) return matmul_mmv(dev, w, x, dst);
