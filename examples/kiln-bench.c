@@ -3,7 +3,7 @@
  * of llama-bench.
  *
  *   kiln-bench [-m FILE ...] [-p 512] [-n 128] [-r 5] [-t THREADS]
- *              [--backend NAME] [--device I] [-ub N] [--memory]
+ *              [--backend NAME] [--device I] [--split SPEC] [-ub N] [--memory]
  *
  * For each model (repeat -m) and thread count (-t accepts a comma list, as
  * do -p and -n; 0 skips that test):
@@ -48,6 +48,7 @@ typedef struct bench_args {
     int reps;
     const char *backend;
     int32_t device;
+    const char *split;
     uint32_t n_ubatch;
     uint32_t depth;  /* -d: tokens already in the cache of each sequence before a test */
     uint32_t n_seq;  /* -s: sequences decoded together in tg tests */
@@ -66,6 +67,8 @@ static void usage(FILE *f) {
         "  -t N[,N...]      CPU threads (default: number of cores)\n"
         "  --backend NAME   cpu (default), cuda, vulkan\n"
         "  --device I       device index within the backend (default 0)\n"
+        "  --split SPEC     layers across devices, BACKEND:DEVICE[:N_LAYERS],... in layer order\n"
+        "                   (e.g. cuda:0:16,cuda:1); overrides --backend/--device\n"
         "  -ub N            max tokens per forward pass (default 512)\n"
         "  -d N             context depth: N tokens already in the cache before each test (default 0)\n"
         "  -s N             tg tests decode N sequences together, one token each per step (default 1)\n"
@@ -151,6 +154,7 @@ static int parse_args(int argc, char **argv, bench_args *a, int *done) {
             if (!parse_long(o, v, 1, 100000, &n)) return 2;
             a->reps = (int)n;
         } else if (!strcmp(o, "--backend")) a->backend = v;
+        else if (!strcmp(o, "--split")) a->split = v;
         else if (!strcmp(o, "--device")) {
             if (!parse_long(o, v, 0, INT32_MAX, &n)) return 2;
             a->device = (int32_t)n;
@@ -370,6 +374,7 @@ static int bench_model(const char *path, const bench_args *a, uint32_t max_token
     kiln_model_params_init(&mp);
     mp.backend = a->backend;
     mp.device = a->device;
+    mp.split = a->split;
     kiln_model *model = NULL;
     kiln_status st = kiln_model_load(path, &mp, &model);
     if (st != KILN_OK) {
@@ -425,7 +430,7 @@ static int bench_model(const char *path, const bench_args *a, uint32_t max_token
         }
         char prefix[512];
         snprintf(prefix, sizeof prefix, "| %s | %s | %s | %s | %s |", base_name(path), size, params,
-                 a->backend ? a->backend : "cpu", threads);
+                 a->split ? a->split : a->backend ? a->backend : "cpu", threads);
         for (int i = 0; i < a->pp.n; i++)
             if (a->pp.v[i] > 0) ok &= bench_test(ctx, toks, (uint32_t)a->pp.v[i], 0, a->reps, prefix);
         for (int i = 0; i < a->tg.n; i++)

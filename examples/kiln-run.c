@@ -4,7 +4,7 @@
  *   kiln-run [-m FILE] [-p TEXT | -f FILE] [-n N] [--temp T] [--top-k K]
  *            [--top-p P] [--min-p P] [--repeat-penalty R] [--seed S]
  *            [-t THREADS] [-c N_CTX] [--backend NAME] [--device I]
- *            [--no-bos] [--parse-special] [--memory] [--help]
+ *            [--split SPEC] [--no-bos] [--parse-special] [--memory] [--help]
  *
  * The prompt and then the generated text go to stdout as they are produced;
  * timings and errors go to stderr. Exit status: 0 success, 1 a runtime
@@ -43,6 +43,7 @@ typedef struct run_args {
     uint32_t n_ctx;
     const char *backend;
     int32_t device;
+    const char *split;
     int no_bos;
     int parse_special;
     int memory;
@@ -65,6 +66,8 @@ static void usage(FILE *f) {
         "  -c N_CTX            context size in tokens (default 4096, capped to the model's)\n"
         "  --backend NAME      cpu (default), cuda, vulkan\n"
         "  --device I          device index within the backend (default 0)\n"
+        "  --split SPEC        layers across devices, BACKEND:DEVICE[:N_LAYERS],... in layer order\n"
+        "                      (e.g. cuda:0:16,cuda:1); overrides --backend/--device\n"
         "  --no-bos            do not add BOS to the prompt\n"
         "  --parse-special     turn special-token text like <|eos|> in the prompt into its id\n"
         "  --memory            print kiln's memory report (stderr) after loading and after generation\n"
@@ -165,6 +168,7 @@ static int parse_args(int argc, char **argv, run_args *a, int *done) {
             if (!parse_long(o, v, 1, INT32_MAX, &n)) return 2;
             a->n_ctx = (uint32_t)n;
         } else if (!strcmp(o, "--backend")) a->backend = v;
+        else if (!strcmp(o, "--split")) a->split = v;
         else if (!strcmp(o, "--device")) {
             if (!parse_long(o, v, 0, INT32_MAX, &n)) return 2;
             a->device = (int32_t)n;
@@ -354,6 +358,7 @@ int main(int argc, char **argv) {
     kiln_model_params_init(&mp);
     mp.backend = a.backend;
     mp.device = a.device;
+    mp.split = a.split;
     double t0 = now_s();
     st = kiln_model_load(model_path, &mp, &model);
     if (st != KILN_OK) {

@@ -145,7 +145,25 @@ typedef struct kiln_model_params {
     int32_t log_level;      /* max level for this handle (default ERROR) */
     kiln_log_fn log_fn;     /* NULL: the process default sink */
     void *log_user;
+    /* Layers split across devices (NULL or "": all on backend/device).
+     * Comma-separated entries "BACKEND:DEVICE[:N_LAYERS]" in layer order,
+     * at most KILN_SPLIT_MAX and at most one per layer, e.g.
+     * "cuda:0:16,cuda:1": the first 16 layers on cuda:0, the rest on
+     * cuda:1. An entry without N_LAYERS gets an even share of the layers
+     * the counted entries leave (earlier entries take the remainder); every
+     * entry gets at least one layer and the counts must add up to the
+     * model's n_layer. The same device may be named more than once (each
+     * entry opens its own device handle). When set, backend and device are
+     * ignored. Token embeddings live with the first entry, the output norm
+     * and matrix with the last; each context of the model opens a device
+     * handle per entry, keeps each layer's KV cache on that layer's device,
+     * and copies the activations between devices through host memory.
+     * Errors: KILN_E_INVALID_ARG (syntax, counts), KILN_E_NOT_FOUND
+     * (unknown backend, no such device). Copied during kiln_model_load. */
+    const char *split;
 } kiln_model_params;
+
+#define KILN_SPLIT_MAX 16 /* entries of kiln_model_params.split */
 
 /* Fills *p with defaults, writing only the first `size` bytes (the
  * caller's sizeof: a caller built against an older, shorter struct is
@@ -366,9 +384,12 @@ typedef struct kiln_context_params {
     kiln_ubatch_fn ubatch_cb; /* NULL: none (default) */
     void *ubatch_user;       /* passed to ubatch_cb */
     uint64_t pool_cap;       /* max cached bytes of the context's transient
-                                pool; 0: the backend's default (default 0) */
+                                pool (of each, for a split model); 0: the
+                                backend's default (default 0) */
     /* Automatic idle offload (docs/memory.md). kv_device_budget: bytes of
-     * KV blocks a decode may keep on the device (rounded down to whole
+     * KV blocks a decode may keep on the device (for a split model: on all
+     * its devices together, a block holding its layers' rows on each
+     * layer's device; rounded down to whole
      * blocks, at least one; kiln_kv_stats.block_bytes per block). When a
      * decode needs more blocks than the budget (or the cache) has free,
      * the least recently used sequences not in that batch are offloaded to
@@ -467,15 +488,17 @@ static inline void kiln_pool_stats_init(kiln_pool_stats *s) {
     kiln_pool_stats_init_sized(s, (uint32_t)sizeof(*s));
 }
 /* Fills *out (up to out->struct_size bytes) with the pool statistics of
- * the context's device handle. Allowed inside the ubatch callback.
+ * the context's device handle (of a split model: the sums over the
+ * context's handle per split; bytes_peak is then the sum of the pools'
+ * peaks). Allowed inside the ubatch callback.
  * Returns KILN_E_INVALID_ARG. */
 KILN_API kiln_status kiln_context_pool_stats(kiln_context *ctx, kiln_pool_stats *out);
 /* Waits for the context's queued work, then frees every cached pool buffer
  * (bytes_cached becomes 0; buffers in use are never freed). Allowed inside
  * the ubatch callback. Returns KILN_E_INVALID_ARG, KILN_E_BACKEND. */
 KILN_API kiln_status kiln_context_pool_purge(kiln_context *ctx);
-/* Sets the pool's cap on cached bytes (0: unlimited) and trims the cache
- * down to it at once; a returned buffer larger than the cap is freed
+/* Sets the pool's cap on cached bytes (0: unlimited; a split model's
+ * context: each device's pool) and trims the cache down to it at once; a returned buffer larger than the cap is freed
  * rather than cached. Allowed inside the ubatch callback.
  * Returns KILN_E_INVALID_ARG. */
 KILN_API kiln_status kiln_context_pool_set_cap(kiln_context *ctx, uint64_t bytes);

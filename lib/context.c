@@ -45,7 +45,10 @@ void kiln_context_free(kiln_context *ctx) {
     kiln_kv_destroy(ctx->kv); /* NULL buffers while suspended are skipped */
     kiln_free(ctx->kv_host);
     if (ctx->model) kiln_context_drop_weights(ctx);
-    if (ctx->dev) kiln_mem_device_close(ctx->bk, ctx->dev);
+    for (uint32_t s = 0; ctx->sdev && s < ctx->n_splits; s++)
+        if (ctx->sdev[s]) kiln_mem_device_close(kiln_context_split_bk(ctx, s), ctx->sdev[s]);
+    kiln_free(ctx->sdev);
+    kiln_free(ctx->stage);
     kiln_free(ctx->logits);
     kiln_free(ctx->logit_row);
     kiln_free(ctx->ub_pos);
@@ -101,16 +104,43 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
     const kiln_hparams *hp = &model->hp;
     uint32_t ub = p.n_ubatch, ns = p.n_seq_max;
     if ((st = kiln_context_hold_weights(ctx))) goto fail;
-    if ((st = kiln_mem_device_open(ctx->bk, model->device_index, &op, ctx, &ctx->dev))) goto fail;
-    if (p.pool_cap) ctx->bk->pool_set_cap(ctx->dev, p.pool_cap);
+    ctx->sdev = kiln_calloc(model->n_splits, sizeof *ctx->sdev);
+    if (!ctx->sdev) {
+        st = kiln_error(KILN_E_OOM_HOST, "kiln_context_create: out of memory");
+        goto fail;
+    }
+    ctx->n_splits = model->n_splits;
+    for (uint32_t s = 0; s < model->n_splits; s++) {
+        const kiln_model_split *sp = &model->splits[s];
+        if ((st = kiln_mem_device_open(sp->bk, sp->device_index, &op, ctx, &ctx->sdev[s]))) goto fail;
+        if (p.pool_cap) sp->bk->pool_set_cap(ctx->sdev[s], p.pool_cap);
+    }
+    ctx->dev = ctx->sdev[0];
+    if (model->n_splits > 1 && !(ctx->stage = kiln_calloc((size_t)ub * hp->n_embd, sizeof(float)))) {
+        st = kiln_error(KILN_E_OOM_HOST, "kiln_context_create: out of memory");
+        goto fail;
+    }
     {
         const char *ng = getenv("KILN_NO_GRAPHS"); /* debugging: every op eager */
         ctx->no_graphs = ng && *ng && strcmp(ng, "0") != 0;
     }
     {
         KILN_MEM_SCOPE(NULL, KILN_MEM_KV);
-        st = kiln_kv_create(ctx->bk, ctx->dev, hp->n_layer, hp->n_head_kv * hp->head_dim, p.n_ctx,
-                            p.kv_block_size, ns, &ctx->kv);
+        /* each layer's KV cache on the layer's device */
+        const kiln_backend_iface **lbk = kiln_calloc(hp->n_layer, sizeof *lbk);
+        kiln_bk_device **ldev = kiln_calloc(hp->n_layer, sizeof *ldev);
+        if (lbk && ldev) {
+            for (uint32_t l = 0; l < hp->n_layer; l++) {
+                lbk[l] = kiln_context_split_bk(ctx, model->layer_split[l]);
+                ldev[l] = ctx->sdev[model->layer_split[l]];
+            }
+            st = kiln_kv_create(lbk, ldev, hp->n_layer, hp->n_head_kv * hp->head_dim, p.n_ctx, p.kv_block_size,
+                                ns, &ctx->kv);
+        } else {
+            st = kiln_error(KILN_E_OOM_HOST, "kiln_context_create: out of memory");
+        }
+        kiln_free(lbk);
+        kiln_free(ldev);
     }
     if (st) goto fail;
     ctx->kv->fingerprint = model->fingerprint; /* checked by kiln_kv_seq_import */
@@ -138,7 +168,7 @@ kiln_status kiln_context_create(kiln_model *model, const kiln_context_params *pa
         st = kiln_error(KILN_E_OOM_HOST, "kiln_context_create: out of memory");
         goto fail;
     }
-    kiln_mem_pool_snapshot(ctx->bk, ctx->dev);
+    kiln_context_pool_snapshot(ctx);
     *out = ctx;
     return KILN_OK;
 fail: {
@@ -186,15 +216,20 @@ static kiln_status set_ubatch(kiln_context *ctx, const int32_t *seq_of,
     }
     kiln_bk_ubatch ub = {sizeof ub, n, ctx->ub_pos, ctx->ub_cell, ctx->ub_table, ctx->ub_nkv,
                          ctx->ub_blocks, n_entries, kv->block_size, kv->n_cells};
-    return ctx->bk->set_ubatch(ctx->dev, &ub);
+    kiln_status st = KILN_OK;
+    for (uint32_t s = 0; s < ctx->n_splits && st == KILN_OK; s++) /* every split's layers use it */
+        st = kiln_context_split_bk(ctx, s)->set_ubatch(ctx->sdev[s], &ub);
+    return st;
 }
 
 /* Between ubatches: the automatic purge after a prefill ubatch, then the
  * caller's callback, which may cancel the decode. */
 static kiln_status after_ubatch(kiln_context *ctx, uint32_t index, uint32_t n, const int32_t *pos) {
     if ((ctx->params.flags & KILN_CONTEXT_AUTO_PURGE) && n > 1) {
-        kiln_status st = ctx->bk->pool_purge(ctx->dev);
-        if (st) return kiln_error(st, "decode: automatic pool purge after ubatch %u failed", index);
+        for (uint32_t s = 0; s < ctx->n_splits; s++) {
+            kiln_status st = kiln_context_split_bk(ctx, s)->pool_purge(ctx->sdev[s]);
+            if (st) return kiln_error(st, "decode: automatic pool purge after ubatch %u failed", index);
+        }
     }
     if (!ctx->params.ubatch_cb) return KILN_OK;
     uint32_t kv_len = 0;
@@ -313,7 +348,7 @@ kiln_status kiln_decode(kiln_context *ctx, const kiln_batch *batch) {
     ctx->n_batch_last = n;
 out:
     ctx->in_decode = false;
-    kiln_mem_pool_snapshot(ctx->bk, ctx->dev); /* for kiln_memory_report (any thread) */
+    kiln_context_pool_snapshot(ctx); /* for kiln_memory_report (any thread) */
     return st ? ctx_fail(ctx, st) : KILN_OK;
 }
 

@@ -1,7 +1,7 @@
 /*
- * context.h - a context: a model reference, a compute device handle of its
- * own (its thread pool or stream and transient pool), the paged KV cache
- * and the logits of the last batch.
+ * context.h - a context: a model reference, compute device handles of its
+ * own (one per split of the model: its thread pool or stream and transient
+ * pool), the paged KV cache and the logits of the last batch.
  */
 #ifndef KILN_CONTEXT_H
 #define KILN_CONTEXT_H
@@ -13,8 +13,15 @@ struct kiln_context {
     kiln_model *model;             /* counted reference */
     kiln_logger log;
     kiln_context_params params;
+    /* A compute device handle per split of the model (model->splits[s]:
+     * its backend and device index), each with its own stream or thread
+     * pool and transient pool; bk/dev are split 0's (the only one of an
+     * unsplit model). */
     const kiln_backend_iface *bk;
     kiln_bk_device *dev;
+    kiln_bk_device **sdev;         /* [model->n_splits] */
+    uint32_t n_splits;
+    float *stage;                  /* host staging of the activations between splits, n_ubatch rows */
     kiln_kv *kv;
     char last_error[512];
 
@@ -59,6 +66,17 @@ void kiln_context_drop_weights(kiln_context *ctx);
 kiln_status kiln_context_resume_internal(kiln_context *ctx);
 /* The KV cache's resident() hook: resumes the context (an opaque owner). */
 kiln_status kiln_context_kv_resident(void *ctx);
+
+/* The backend of split s of the context's model. Split 0's is read from
+ * ctx->bk, so that a test may run a context on a wrapped iface (one
+ * operation replaced: test/ggml_attn.h) by setting ctx->bk alone. */
+static inline const kiln_backend_iface *kiln_context_split_bk(const kiln_context *ctx, uint32_t s) {
+    return s == 0 ? ctx->bk : ctx->model->splits[s].bk;
+}
+/* Records every device handle's pool statistics for the memory report. */
+void kiln_context_pool_snapshot(kiln_context *ctx);
+/* Waits for every device handle's queued work; the first error. */
+kiln_status kiln_context_synchronize(kiln_context *ctx);
 
 /* Runs the model on one ubatch whose metadata was set with set_ubatch;
  * writes n_out rows of logits (for ubatch rows out_idx[]) to logits. */

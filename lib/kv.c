@@ -11,7 +11,7 @@
 
 #define release_block kiln_kv_release_block
 
-kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, uint32_t n_layer,
+kiln_status kiln_kv_create(const kiln_backend_iface *const *bks, kiln_bk_device *const *devs, uint32_t n_layer,
                            uint32_t kv_dim, uint32_t n_ctx, uint32_t block_size, uint32_t n_seq,
                            kiln_kv **out) {
     *out = NULL;
@@ -20,8 +20,8 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
                           n_ctx, n_seq);
     kiln_kv *kv = kiln_calloc(1, sizeof *kv);
     if (!kv) return kiln_error(KILN_E_OOM_HOST, "kv: out of memory");
-    kv->bk = bk;
-    kv->dev = dev;
+    kv->bk = bks[0];
+    kv->dev = devs[0];
     kv->n_layer = n_layer;
     kv->kv_dim = kv_dim;
     kv->block_size = block_size;
@@ -40,8 +40,10 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
     kv->saved_restored = kiln_calloc(n_seq, sizeof *kv->saved_restored);
     kv->last_use = kiln_calloc(n_seq, sizeof *kv->last_use);
     kv->plan = kiln_calloc(n_seq, sizeof *kv->plan);
-    if (!kv->k || !kv->v || !kv->block_refs || !kv->free_blocks || !kv->seqs || !kv->saved_len ||
-        !kv->saved_nblocks || !kv->saved_cow || !kv->saved_restored || !kv->last_use || !kv->plan) {
+    kv->layer_bk = kiln_calloc(n_layer, sizeof *kv->layer_bk);
+    kv->layer_dev = kiln_calloc(n_layer, sizeof *kv->layer_dev);
+    if (!kv->layer_bk || !kv->layer_dev || !kv->k || !kv->v || !kv->block_refs || !kv->free_blocks ||
+        !kv->seqs || !kv->saved_len || !kv->saved_nblocks || !kv->saved_cow || !kv->saved_restored || !kv->last_use || !kv->plan) {
         st = kiln_error(KILN_E_OOM_HOST, "kv: out of memory");
         goto fail;
     }
@@ -52,12 +54,15 @@ kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, ui
             goto fail;
         }
     }
+    memcpy(kv->layer_bk, bks, n_layer * sizeof *bks);
+    memcpy(kv->layer_dev, devs, n_layer * sizeof *devs);
     for (uint32_t b = 0; b < kv->n_blocks; b++) kv->free_blocks[b] = (int32_t)(kv->n_blocks - 1 - b);
     kv->n_free = kv->n_blocks;
     uint64_t bytes = (uint64_t)kv->n_cells * kv_dim * 2;
     for (uint32_t l = 0; l < n_layer; l++) {
-        if ((st = kiln_mem_buffer_alloc(bk, dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->k[l])) ||
-            (st = kiln_mem_buffer_alloc(bk, dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->v[l]))) {
+        const kiln_backend_iface *bk = bks[l];
+        if ((st = kiln_mem_buffer_alloc(bk, devs[l], bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->k[l])) ||
+            (st = kiln_mem_buffer_alloc(bk, devs[l], bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->v[l]))) {
             st = kiln_error(st, "kv: cannot allocate %llu bytes for layer %u on %s", (unsigned long long)bytes,
                             l, bk->name);
             goto fail;
@@ -73,9 +78,11 @@ fail:
 void kiln_kv_destroy(kiln_kv *kv) {
     if (!kv) return;
     for (uint32_t l = 0; l < kv->n_layer; l++) {
-        if (kv->k && kv->k[l]) kiln_mem_buffer_free(kv->bk, kv->k[l]);
-        if (kv->v && kv->v[l]) kiln_mem_buffer_free(kv->bk, kv->v[l]);
+        if (kv->k && kv->k[l]) kiln_mem_buffer_free(kv->layer_bk[l], kv->k[l]);
+        if (kv->v && kv->v[l]) kiln_mem_buffer_free(kv->layer_bk[l], kv->v[l]);
     }
+    kiln_free(kv->layer_bk);
+    kiln_free(kv->layer_dev);
     if (kv->seqs)
         for (uint32_t s = 0; s < kv->n_seq; s++) {
             kiln_free(kv->seqs[s].blocks);
@@ -111,8 +118,9 @@ static kiln_status cow_last_block(kiln_kv *kv, uint32_t s) {
     uint64_t src = (uint64_t)old * kv->block_size * rb, dst = (uint64_t)copy * kv->block_size * rb;
     for (uint32_t l = 0; l < kv->n_layer; l++) {
         kiln_status st;
-        if ((st = kv->bk->buffer_copy(kv->dev, kv->k[l], dst, kv->k[l], src, n)) ||
-            (st = kv->bk->buffer_copy(kv->dev, kv->v[l], dst, kv->v[l], src, n))) {
+        const kiln_backend_iface *bk = kv->layer_bk[l];
+        if ((st = bk->buffer_copy(kv->layer_dev[l], kv->k[l], dst, kv->k[l], src, n)) ||
+            (st = bk->buffer_copy(kv->layer_dev[l], kv->v[l], dst, kv->v[l], src, n))) {
             release_block(kv, copy);
             return kiln_error(st, "kv: copy-on-write of block %d of sequence %u failed in layer %u", old, s, l);
         }

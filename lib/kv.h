@@ -40,8 +40,12 @@ typedef struct kiln_kv_seq {
 } kiln_kv_seq;
 
 struct kiln_kv {
+    /* each layer's K/V buffers live on that layer's device (the context's
+     * handle for the layer's split, lib/context.h); bk/dev are layer 0's */
     const kiln_backend_iface *bk;
     kiln_bk_device *dev;
+    const kiln_backend_iface **layer_bk;  /* [n_layer] */
+    kiln_bk_device **layer_dev;           /* [n_layer] */
     uint32_t n_layer, kv_dim, block_size, n_blocks, n_cells, n_seq;
     kiln_bk_buffer **k, **v;      /* [n_layer] */
     uint16_t *block_refs;         /* [n_blocks] */
@@ -79,8 +83,9 @@ struct kiln_kv {
     uint64_t n_auto_offloads, n_auto_restores, n_dropped; /* statistics */
 };
 
-/* Allocates the cache (n_ctx rounded up to whole blocks). */
-kiln_status kiln_kv_create(const kiln_backend_iface *bk, kiln_bk_device *dev, uint32_t n_layer,
+/* Allocates the cache (n_ctx rounded up to whole blocks), layer l's
+ * buffers through (bks[l], devs[l]) (arrays of n_layer, copied). */
+kiln_status kiln_kv_create(const kiln_backend_iface *const *bks, kiln_bk_device *const *devs, uint32_t n_layer,
                            uint32_t kv_dim, uint32_t n_ctx, uint32_t block_size, uint32_t n_seq,
                            kiln_kv **out);
 void kiln_kv_destroy(kiln_kv *kv);

@@ -34,12 +34,13 @@ static kiln_status rows_move(kiln_kv *kv, const int32_t *blocks, uint32_t n, uin
                 uint32_t rows = KILN_MIN(bs, n - r0);
                 uint64_t dev_off = (uint64_t)blocks[r0 / bs] * bs * rb;
                 uint8_t *h = host + host_off(kv, l, c, stride, r0);
-                kiln_status st = download ? kv->bk->buffer_download(kv->dev, buf, dev_off, h, rows * rb)
-                                          : kv->bk->buffer_upload(kv->dev, buf, dev_off, h, rows * rb);
+                const kiln_backend_iface *bk = kv->layer_bk[l];
+                kiln_status st = download ? bk->buffer_download(kv->layer_dev[l], buf, dev_off, h, rows * rb)
+                                          : bk->buffer_upload(kv->layer_dev[l], buf, dev_off, h, rows * rb);
                 if (st)
                     return kiln_error(st, "kv: %s of layer %u %c rows %u..%u failed on %s",
                                       download ? "download" : "upload", l, c ? 'V' : 'K', r0, r0 + rows - 1,
-                                      kv->bk->name);
+                                      bk->name);
             }
         }
     }

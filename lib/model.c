@@ -9,6 +9,7 @@
 #include "model.h"
 #include "quant.h"
 #include "memtrack.h"
+#include "split.h"
 
 kiln_status kiln_params_copy(void *dst, size_t dst_size, const void *src) {
     uint32_t n;
@@ -146,9 +147,15 @@ static kiln_status load_hparams(kiln_model *m) {
 
 /* ---- weights ---- */
 
-static kiln_status bind(kiln_model *m, kiln_weight *w, const char *name, int64_t ne0, int64_t ne1,
-                        bool required, bool f32_only) {
+/* Checks and describes tensor `name` in *w for split `split`: shape, type
+ * (supported by that split's backend), and its offset in the file's tensor
+ * data; the buffer is bound once the split's weights are placed. count:
+ * add it to n_params and weight_bytes (not for a second copy of a tied
+ * embedding). */
+static kiln_status bind(kiln_model *m, uint32_t split, kiln_weight *w, const char *name, int64_t ne0, int64_t ne1,
+                        bool required, bool f32_only, bool count) {
     const kiln_gguf_tensor *t = kiln_gguf_find_tensor(m->gguf, name);
+    const kiln_model_split *sp = &m->splits[split];
     memset(w, 0, sizeof *w);
     if (!t) {
         if (required) return kiln_error(KILN_E_FORMAT, "model: tensor '%s' missing", name);
@@ -158,73 +165,197 @@ static kiln_status bind(kiln_model *m, kiln_weight *w, const char *name, int64_t
     if (t->ne[0] != ne0 || rows != ne1)
         return kiln_error(KILN_E_FORMAT, "model: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]",
                           name, (long long)t->ne[0], (long long)rows, (long long)ne0, (long long)ne1);
-    if (f32_only ? t->type != KILN_TYPE_F32 : !m->bk->supports_type(m->device_index, t->type))
-        return kiln_error(KILN_E_UNSUPPORTED, "model: tensor '%s' has type %s, not supported %s", name,
-                          kiln_type_name(t->type), f32_only ? "(expected f32)" : "by this backend");
-    w->buf = m->weights;
+    if (f32_only ? t->type != KILN_TYPE_F32 : !sp->bk->supports_type(sp->device_index, t->type))
+        return kiln_error(KILN_E_UNSUPPORTED, "model: tensor '%s' has type %s, not supported %s%s", name,
+                          kiln_type_name(t->type), f32_only ? "(expected f32)" : "by backend ",
+                          f32_only ? "" : sp->bk->name);
     w->offset = t->offset;
     w->type = t->type;
     w->ne[0] = ne0;
     w->ne[1] = ne1;
     w->row_stride = kiln_type_row_size(t->type, ne0);
-    m->n_params += (uint64_t)ne0 * (uint64_t)ne1;
-    m->weight_bytes += t->size;
+    if (count) {
+        m->n_params += (uint64_t)ne0 * (uint64_t)ne1;
+        m->weight_bytes += t->size;
+    }
     return KILN_OK;
 }
 
-static kiln_status upload_weights(kiln_model *m) {
+/* Calls fn on every present weight of split s (its layers; the token
+ * embeddings on split 0; the output norm and matrix on the last). */
+static kiln_status for_split_weights(kiln_model *m, uint32_t s, kiln_status (*fn)(kiln_model_split *, kiln_weight *,
+                                                                                void *), void *user) {
+    kiln_model_split *sp = &m->splits[s];
+    kiln_status st = KILN_OK;
+#define VISIT(w) if ((w)->ne[0] != 0 && (st = fn(sp, (w), user))) return st;
+    if (s == 0) VISIT(&m->tok_embd)
+    for (uint32_t i = sp->layer0; m->layers && i < sp->layer0 + sp->n_layers; i++) {
+        kiln_layer_weights *l = &m->layers[i];
+        VISIT(&l->attn_norm) VISIT(&l->wq) VISIT(&l->wk) VISIT(&l->wv) VISIT(&l->wo) VISIT(&l->bq)
+        VISIT(&l->bk) VISIT(&l->bv) VISIT(&l->q_norm) VISIT(&l->k_norm) VISIT(&l->ffn_norm) VISIT(&l->w_gate)
+        VISIT(&l->w_up) VISIT(&l->w_down)
+    }
+    if (s == kiln_model_last_split(m)) {
+        VISIT(&m->output_norm)
+        VISIT(&m->output)
+    }
+#undef VISIT
+    return st;
+}
+
+static kiln_status set_buf(kiln_model_split *sp, kiln_weight *w, void *buf) {
+    (void)sp;
+    w->buf = buf;
+    return KILN_OK;
+}
+
+_Static_assert(sizeof(kiln_layer_weights) == 14 * sizeof(kiln_weight),
+               "for_split_weights must list every layer weight");
+
+void kiln_model_rebind_split(kiln_model *m, uint32_t s, kiln_bk_buffer *buf) {
+    (void)for_split_weights(m, s, set_buf, buf);
+    m->splits[s].weights = buf;
+    if (s == 0) m->weights = buf;
+}
+
+/* Packs weight w into split sp's device copy: appends (or extends) a copy
+ * from its file offset and moves w->offset to its place in the copy. The
+ * same file bytes packed twice (tied tensors) are copied once. */
+static kiln_status pack_weight(kiln_model_split *sp, kiln_weight *w, void *user) {
+    (void)user;
+    const uint64_t size = w->row_stride * (uint64_t)w->ne[1], align = 256;
+    for (uint32_t i = 0; i < sp->n_copies; i++) {
+        const kiln_weight_copy *c = &sp->copies[i];
+        if (w->offset >= c->src && w->offset + size <= c->src + c->size) {
+            w->offset = c->dst + (w->offset - c->src);
+            return KILN_OK;
+        }
+    }
+    kiln_weight_copy *last = sp->n_copies ? &sp->copies[sp->n_copies - 1] : NULL;
+    if (last && last->src + last->size == w->offset && last->dst + last->size == sp->buffer_bytes) {
+        last->size += size; /* adjacent in the file and in the copy: one upload */
+        w->offset = sp->buffer_bytes;
+        sp->buffer_bytes += size;
+        return KILN_OK;
+    }
+    kiln_weight_copy *c = kiln_realloc(sp->copies, (sp->n_copies + 1) * sizeof *c);
+    if (!c) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+    sp->copies = c;
+    uint64_t dst = (sp->buffer_bytes + align - 1) / align * align;
+    c[sp->n_copies++] = (kiln_weight_copy){w->offset, dst, size};
+    w->offset = dst;
+    sp->buffer_bytes = dst + size;
+    return KILN_OK;
+}
+
+kiln_status kiln_model_split_upload(kiln_model *m, uint32_t s) {
+    kiln_model_split *sp = &m->splits[s];
+    size_t map_size;
+    const uint8_t *data = kiln_gguf_base(m->gguf, &map_size) + kiln_gguf_data_offset(m->gguf);
+    kiln_bk_buffer *buf = NULL;
+    kiln_status st = kiln_mem_buffer_alloc(sp->bk, sp->dev, sp->buffer_bytes ? sp->buffer_bytes : 1,
+                                           KILN_BK_BUF_WEIGHTS, KILN_MEM_WEIGHTS, &buf);
+    if (st)
+        return kiln_error(st, "model: cannot allocate %llu bytes of weights on %s:%d",
+                          (unsigned long long)sp->buffer_bytes, sp->bk->name, sp->device_index);
+    const uint64_t chunk = 64u << 20;
+    for (uint32_t i = 0; i < sp->n_copies && st == KILN_OK; i++) {
+        const kiln_weight_copy *c = &sp->copies[i];
+        for (uint64_t off = 0; off < c->size && st == KILN_OK; off += chunk)
+            st = sp->bk->buffer_upload(sp->dev, buf, c->dst + off, data + c->src + off, KILN_MIN(chunk, c->size - off));
+    }
+    if (st == KILN_OK) st = sp->bk->synchronize(sp->dev);
+    if (st) {
+        kiln_mem_buffer_free(sp->bk, buf);
+        return kiln_error(st, "model: weight upload to %s:%d failed", sp->bk->name, sp->device_index);
+    }
+    kiln_model_rebind_split(m, s, buf);
+    return KILN_OK;
+}
+
+/* The span [lo, hi) of the file's tensor data that a split's weights use. */
+typedef struct span {
+    uint64_t lo, hi;
+} span;
+
+static kiln_status span_add(kiln_model_split *sp, kiln_weight *w, void *user) {
+    (void)sp;
+    span *r = user;
+    r->lo = KILN_MIN(r->lo, w->offset);
+    r->hi = KILN_MAX(r->hi, w->offset + w->row_stride * (uint64_t)w->ne[1]);
+    return KILN_OK;
+}
+
+static kiln_status span_shift(kiln_model_split *sp, kiln_weight *w, void *user) {
+    (void)sp;
+    w->offset -= *(const uint64_t *)user;
+    return KILN_OK;
+}
+
+/* Gives split s its weights: a wrap of the mapping where the backend can
+ * use host memory (zero-copy; a split wraps only the span of the file its
+ * tensors lie in), else a device copy. */
+static kiln_status place_split(kiln_model *m, uint32_t s) {
+    kiln_model_split *sp = &m->splits[s];
     size_t map_size;
     const uint8_t *base = kiln_gguf_base(m->gguf, &map_size);
     uint64_t data_off = kiln_gguf_data_offset(m->gguf);
     uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
-    if (data_size == 0) data_size = 1;
-    if (!(m->flags & KILN_MODEL_NO_MMAP) && KILN_BK_HAS(m->bk, buffer_wrap_host)) {
-        kiln_status st = kiln_mem_buffer_wrap_host(m->bk, m->dev, (void *)(base + data_off), data_size,
-                                                   KILN_MEM_WEIGHTS, &m->weights);
+    if (!(m->flags & KILN_MODEL_NO_MMAP) && KILN_BK_HAS(sp->bk, buffer_wrap_host)) {
+        span r = {0, data_size};
+        if (m->n_splits > 1) {
+            r = (span){UINT64_MAX, 0};
+            (void)for_split_weights(m, s, span_add, &r);
+            if (r.hi <= r.lo) r = (span){0, 0};
+        }
+        kiln_bk_buffer *buf = NULL;
+        kiln_status st = kiln_mem_buffer_wrap_host(sp->bk, sp->dev, (void *)(base + data_off + r.lo),
+                                                   r.hi > r.lo ? r.hi - r.lo : 1, KILN_MEM_WEIGHTS, &buf);
         if (st == KILN_OK) {
-            m->weights_zero_copy = true;
+            sp->zero_copy = true;
+            if (r.lo) (void)for_split_weights(m, s, span_shift, &r.lo);
+            kiln_model_rebind_split(m, s, buf);
             return KILN_OK;
         }
-        if (st != KILN_E_UNSUPPORTED) return kiln_error(st, "model: cannot map weights on %s", m->bk->name);
+        if (st != KILN_E_UNSUPPORTED)
+            return kiln_error(st, "model: cannot map weights on %s:%d", sp->bk->name, sp->device_index);
     }
-    kiln_status st = kiln_mem_buffer_alloc(m->bk, m->dev, data_size, KILN_BK_BUF_WEIGHTS, KILN_MEM_WEIGHTS,
-                                           &m->weights);
-    if (st) return kiln_error(st, "model: cannot allocate %llu bytes of weights on %s",
-                              (unsigned long long)data_size, m->bk->name);
-    const uint64_t chunk = 64u << 20;
-    for (uint64_t off = 0; off < data_size && map_size > data_off; off += chunk) {
-        uint64_t n = KILN_MIN(chunk, data_size - off);
-        st = m->bk->buffer_upload(m->dev, m->weights, off, base + data_off + off, n);
-        if (st) return kiln_error(st, "model: weight upload failed");
+    kiln_status st;
+    if (m->n_splits == 1) { /* the whole data region, offsets as in the file */
+        sp->copies = kiln_malloc(sizeof *sp->copies);
+        if (!sp->copies) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+        sp->copies[0] = (kiln_weight_copy){0, 0, data_size};
+        sp->n_copies = 1;
+        sp->buffer_bytes = data_size;
+    } else if ((st = for_split_weights(m, s, pack_weight, NULL))) {
+        return st;
     }
-    return m->bk->synchronize(m->dev);
+    return kiln_model_split_upload(m, s);
 }
 
 static kiln_status load_weights(kiln_model *m) {
     const kiln_hparams *hp = &m->hp;
     kiln_status st;
-    {
-        KILN_MEM_SCOPE(NULL, KILN_MEM_WEIGHTS);
-        st = upload_weights(m);
-    }
-    if (st) return st;
-    kiln_mem_pool_snapshot(m->bk, m->dev); /* the handle's own staging, for the report */
     m->layers = kiln_calloc(hp->n_layer, sizeof *m->layers);
     if (!m->layers) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+    const uint32_t last = kiln_model_last_split(m);
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim;
     const int64_t KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
-    if ((st = bind(m, &m->tok_embd, "token_embd.weight", E, V, true, false)) ||
-        (st = bind(m, &m->output_norm, "output_norm.weight", E, 1, true, true)) ||
-        (st = bind(m, &m->output, "output.weight", E, V, false, false)))
+    if ((st = bind(m, 0, &m->tok_embd, "token_embd.weight", E, V, true, false, true)) ||
+        (st = bind(m, last, &m->output_norm, "output_norm.weight", E, 1, true, true, true)) ||
+        (st = bind(m, last, &m->output, "output.weight", E, V, false, false, true)))
         return st;
-    if (!m->output.buf) m->output = m->tok_embd; /* tied embeddings */
+    /* tied embeddings: the last split reads (its own copy of) token_embd */
+    if (!m->output.ne[0] && (st = bind(m, last, &m->output, "token_embd.weight", E, V, true, false, false)))
+        return st;
     const bool qwen2 = hp->arch == KILN_ARCH_QWEN2, qwen3 = hp->arch == KILN_ARCH_QWEN3;
     for (uint32_t i = 0; i < hp->n_layer; i++) {
         kiln_layer_weights *l = &m->layers[i];
+        uint32_t sp = m->layer_split[i];
         char n[96];
 #define B(field, suffix, ne0, ne1, req, f32)                                   \
         snprintf(n, sizeof n, "blk.%u.%s", i, suffix);                        \
-        if ((st = bind(m, &l->field, n, ne0, ne1, req, f32))) return st;
+        if ((st = bind(m, sp, &l->field, n, ne0, ne1, req, f32, true))) return st;
         B(attn_norm, "attn_norm.weight", E, 1, true, true)
         B(wq, "attn_q.weight", E, Q, true, false)
         B(wk, "attn_k.weight", E, KV, true, false)
@@ -249,6 +380,61 @@ static kiln_status load_weights(kiln_model *m) {
         if (!m->rope_freqs) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
         memcpy(m->rope_freqs, rf->data, rf->size);
     }
+    for (uint32_t s = 0; s < m->n_splits; s++) {
+        KILN_MEM_SCOPE(NULL, KILN_MEM_WEIGHTS);
+        if ((st = place_split(m, s))) return st;
+        kiln_mem_pool_snapshot(m->splits[s].bk, m->splits[s].dev); /* the handle's own staging, for the report */
+    }
+    return KILN_OK;
+}
+
+/* Resolves the split entries (or the one implied by backend/device) into
+ * m->splits: finds each backend, checks the device and opens the model's
+ * handle on it. */
+static kiln_status open_splits(kiln_model *m, const kiln_model_params *p) {
+    kiln_split_entry ents[KILN_SPLIT_MAX];
+    uint32_t n = 1;
+    kiln_status st;
+    if (p->split && p->split[0]) {
+        if ((st = kiln_split_parse(p->split, m->hp.n_layer, ents, &n))) return st;
+    } else {
+        memset(&ents[0], 0, sizeof ents[0]);
+        ents[0].device = p->device;
+        ents[0].n_layers = m->hp.n_layer;
+    }
+    m->splits = kiln_calloc(n, sizeof *m->splits);
+    m->layer_split = kiln_calloc(m->hp.n_layer, sizeof *m->layer_split);
+    if (!m->splits || !m->layer_split) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+    m->n_splits = n;
+    for (uint32_t s = 0; s < n; s++) {
+        kiln_model_split *sp = &m->splits[s];
+        const bool named = p->split && p->split[0];
+        if ((st = kiln_backend_find(named ? ents[s].backend : p->backend, &sp->bk))) {
+            if (!named) return st;
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s", kiln_last_error());
+            return kiln_error(st, "split '%s': entry %u: %s", p->split, s + 1, msg);
+        }
+        if (ents[s].device < 0 || ents[s].device >= sp->bk->device_count())
+            return named ? kiln_error(KILN_E_NOT_FOUND, "split '%s': entry %u: backend '%s' has no device %d",
+                                      p->split, s + 1, sp->bk->name, ents[s].device)
+                         : kiln_error(KILN_E_NOT_FOUND, "backend '%s' has no device %d", sp->bk->name,
+                                      ents[s].device);
+        sp->device_index = ents[s].device;
+        sp->layer0 = ents[s].layer0;
+        sp->n_layers = ents[s].n_layers;
+        for (uint32_t l = sp->layer0; l < sp->layer0 + sp->n_layers; l++) m->layer_split[l] = (uint16_t)s;
+        kiln_bk_open_params op = {sizeof op, 1, KILN_LOG_DEBUG, kiln_log_sink, &m->log};
+        if ((st = kiln_mem_device_open(sp->bk, sp->device_index, &op, m, &sp->dev))) return st;
+    }
+    m->bk = m->splits[0].bk;
+    m->device_index = m->splits[0].device_index;
+    m->dev = m->splits[0].dev;
+    if (n > 1)
+        for (uint32_t s = 0; s < n; s++)
+            kiln_log(&m->log, KILN_LOG_INFO, "split %u: layers %u..%u on %s:%d", s, m->splits[s].layer0,
+                     m->splits[s].layer0 + m->splits[s].n_layers - 1, m->splits[s].bk->name,
+                     m->splits[s].device_index);
     return KILN_OK;
 }
 
@@ -282,10 +468,14 @@ static uint64_t model_fingerprint(const kiln_model *m) {
 
 static void model_destroy(kiln_model *m) {
     if (!m) return;
-    if (m->bk) {
-        if (m->weights) kiln_mem_buffer_free(m->bk, m->weights);
-        if (m->dev) kiln_mem_device_close(m->bk, m->dev);
+    for (uint32_t s = 0; m->splits && s < m->n_splits; s++) {
+        kiln_model_split *sp = &m->splits[s];
+        if (sp->weights) kiln_mem_buffer_free(sp->bk, sp->weights);
+        if (sp->dev) kiln_mem_device_close(sp->bk, sp->dev);
+        kiln_free(sp->copies);
     }
+    kiln_free(m->splits);
+    kiln_free(m->layer_split);
     kiln_free(m->layers);
     kiln_free(m->rope_freqs);
     kiln_vocab_free(m->vocab);
@@ -343,13 +533,7 @@ kiln_status kiln_model_load(const char *path, const kiln_model_params *params, k
     m->hp.n_vocab = (uint32_t)kiln_vocab_n_tokens(m->vocab);
     if (p.flags & KILN_MODEL_VOCAB_ONLY) goto done;
 
-    if ((st = kiln_backend_find(p.backend, &m->bk))) goto fail;
-    if (p.device < 0 || p.device >= m->bk->device_count()) {
-        st = kiln_error(KILN_E_NOT_FOUND, "backend '%s' has no device %d", m->bk->name, p.device);
-        goto fail;
-    }
-    kiln_bk_open_params op = {sizeof op, 1, KILN_LOG_DEBUG, kiln_log_sink, &m->log};
-    if ((st = kiln_mem_device_open(m->bk, p.device, &op, m, &m->dev))) goto fail;
+    if ((st = open_splits(m, &p))) goto fail;
     if ((st = load_weights(m))) goto fail;
     m->fingerprint = model_fingerprint(m);
 done:

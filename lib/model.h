@@ -47,6 +47,32 @@ typedef struct kiln_layer_weights {
     kiln_weight ffn_norm, w_gate, w_up, w_down;
 } kiln_layer_weights;
 
+/* One piece of the weights' device copy: size bytes from offset src of the
+ * file's tensor data to offset dst of a split's weights buffer. */
+typedef struct kiln_weight_copy {
+    uint64_t src, dst, size;
+} kiln_weight_copy;
+
+/* The layers [layer0, layer0 + n_layers) of a model and the weights they
+ * use, on one backend device (lib/split.c). An unsplit model has one split
+ * with every layer. Split 0 also holds the token embeddings, the last split
+ * the output norm and matrix. */
+typedef struct kiln_model_split {
+    const kiln_backend_iface *bk;
+    int32_t device_index;
+    kiln_bk_device *dev;             /* the model's handle for this split's weights */
+    kiln_bk_buffer *weights;         /* NULL while released (lib/suspend.c) */
+    bool zero_copy;                  /* weights wrap the file mapping */
+    uint32_t layer0, n_layers;
+    /* how the device copy is filled from the mapping (empty when
+     * zero_copy): an unsplit model copies the whole data region as one
+     * piece (tensor offsets as in the file); a split packs only the
+     * tensors of its own layers */
+    kiln_weight_copy *copies;
+    uint32_t n_copies;
+    uint64_t buffer_bytes;           /* size of the device copy */
+} kiln_model_split;
+
 struct kiln_model {
     atomic_int refs;                 /* the caller's + one per context */
     kiln_logger log;
@@ -55,10 +81,15 @@ struct kiln_model {
     kiln_hparams hp;
     kiln_gguf *gguf;                 /* keeps the mapping alive */
     kiln_vocab *vocab;
+    /* Split 0's backend, device and weights buffer (the whole model's
+     * when unsplit): kept equal to splits[0]'s. */
     const kiln_backend_iface *bk;
     int32_t device_index;
-    kiln_bk_device *dev;             /* the weights' device handle */
-    kiln_bk_buffer *weights;         /* all tensor data in one buffer */
+    kiln_bk_device *dev;
+    kiln_bk_buffer *weights;
+    kiln_model_split *splits;        /* [n_splits], in layer order */
+    uint32_t n_splits;               /* 1 unless loaded with params.split */
+    uint16_t *layer_split;           /* [n_layer] split of each layer */
     kiln_weight tok_embd, output_norm, output;
     float *rope_freqs;               /* host copy of rope_freqs.weight or NULL */
     kiln_layer_weights *layers;
@@ -74,7 +105,7 @@ struct kiln_model {
      * threads). */
     pthread_mutex_t weights_lock;
     bool weights_lock_ok;            /* weights_lock was initialised */
-    bool weights_zero_copy;          /* weights wrap the mapping: nothing to release */
+    bool weights_released;           /* the non-zero-copy splits' weights are freed */
     uint32_t weights_holds;
     uint32_t weights_parked;
     uint32_t flags;                  /* KILN_MODEL_* it was loaded with */
@@ -84,9 +115,15 @@ struct kiln_model {
     uint64_t fingerprint;
 };
 
-/* Points every present weight tensor at buf (the model's single weights
- * buffer, after a re-upload). */
-void kiln_model_rebind_weights(kiln_model *m, kiln_bk_buffer *buf);
+/* Points every present weight tensor of split s at buf (its weights
+ * buffer after a re-upload, or NULL once released); keeps m->weights equal
+ * to split 0's. */
+void kiln_model_rebind_split(kiln_model *m, uint32_t s, kiln_bk_buffer *buf);
+/* Allocates split s's weights buffer and fills it from the mapping (its
+ * copy list); on failure nothing is kept. */
+kiln_status kiln_model_split_upload(kiln_model *m, uint32_t s);
+/* The split that holds the output norm and matrix. */
+static inline uint32_t kiln_model_last_split(const kiln_model *m) { return m->n_splits - 1; }
 
 /* Reference counting: the model is destroyed when the last holder lets go. */
 void kiln_model_retain(kiln_model *m);

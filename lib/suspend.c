@@ -31,58 +31,43 @@
 #include "draft.h"
 #include "memtrack.h"
 
-_Static_assert(sizeof(kiln_layer_weights) == 14 * sizeof(kiln_weight),
-               "kiln_model_rebind_weights must list every layer weight");
-
-static void rebind(kiln_weight *w, kiln_bk_buffer *buf) {
-    if (w->ne[0] != 0) w->buf = buf; /* absent optional weights are all-zero */
-}
-
-void kiln_model_rebind_weights(kiln_model *m, kiln_bk_buffer *buf) {
-    rebind(&m->tok_embd, buf);
-    rebind(&m->output_norm, buf);
-    rebind(&m->output, buf);
-    for (uint32_t i = 0; m->layers && i < m->hp.n_layer; i++) {
-        kiln_layer_weights *l = &m->layers[i];
-        kiln_weight *ws[] = {&l->attn_norm, &l->wq, &l->wk, &l->wv, &l->wo, &l->bq, &l->bk,
-                             &l->bv, &l->q_norm, &l->k_norm, &l->ffn_norm, &l->w_gate, &l->w_up, &l->w_down};
-        for (size_t k = 0; k < KILN_ARRAY_LEN(ws); k++) rebind(ws[k], buf);
-    }
-}
-
-/* Re-creates the device copy of the weights from the mapping. Called with
- * weights_lock held and no context using the weights. */
+/* Re-creates the device copy of every released split's weights from the
+ * mapping. Called with weights_lock held and no context using the
+ * weights. All or nothing: a failure frees what this call uploaded. */
 static kiln_status weights_upload(kiln_model *m) {
-    size_t map_size;
-    const uint8_t *base = kiln_gguf_base(m->gguf, &map_size);
-    uint64_t data_off = kiln_gguf_data_offset(m->gguf);
-    uint64_t data_size = map_size > data_off ? map_size - data_off : 0;
-    kiln_bk_buffer *buf = NULL;
-    kiln_status st = kiln_mem_buffer_alloc(m->bk, m->dev, data_size ? data_size : 1, KILN_BK_BUF_WEIGHTS,
-                                           KILN_MEM_WEIGHTS, &buf);
-    if (st)
-        return kiln_error(st, "resume: cannot allocate %llu bytes of weights on %s", (unsigned long long)data_size,
-                          m->bk->name);
-    const uint64_t chunk = 64u << 20;
-    for (uint64_t off = 0; off < data_size && st == KILN_OK; off += chunk)
-        st = m->bk->buffer_upload(m->dev, buf, off, base + data_off + off, KILN_MIN(chunk, data_size - off));
-    if (st == KILN_OK) st = m->bk->synchronize(m->dev);
+    kiln_status st = KILN_OK;
+    uint32_t s = 0;
+    for (; s < m->n_splits && st == KILN_OK; s++)
+        if (!m->splits[s].zero_copy && !m->splits[s].weights) st = kiln_model_split_upload(m, s);
     if (st) {
-        kiln_mem_buffer_free(m->bk, buf);
-        return kiln_error(st, "resume: weight upload to %s failed", m->bk->name);
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", kiln_last_error());
+        for (uint32_t u = 0; u + 1 < s; u++) {
+            kiln_model_split *sp = &m->splits[u];
+            if (sp->zero_copy || !sp->weights) continue;
+            kiln_mem_buffer_free(sp->bk, sp->weights);
+            kiln_model_rebind_split(m, u, NULL);
+        }
+        return kiln_error(st, "resume: %s", msg);
     }
-    m->weights = buf;
-    kiln_model_rebind_weights(m, buf);
+    m->weights_released = false;
     return KILN_OK;
 }
 
-/* Frees the device copy if nobody holds it and somebody is parked.
+/* Frees the device copies if nobody holds them and somebody is parked.
  * Called with weights_lock held. */
 static void weights_maybe_release(kiln_model *m) {
-    if (m->weights_holds == 0 && m->weights_parked > 0 && !m->weights_zero_copy && m->weights) {
-        kiln_mem_buffer_free(m->bk, m->weights);
-        m->weights = NULL;
-        kiln_model_rebind_weights(m, NULL);
+    if (m->weights_holds != 0 || m->weights_parked == 0 || m->weights_released) return;
+    bool any = false;
+    for (uint32_t s = 0; s < m->n_splits; s++) {
+        kiln_model_split *sp = &m->splits[s];
+        if (sp->zero_copy || !sp->weights) continue; /* a wrap of the mapping: nothing to release */
+        kiln_mem_buffer_free(sp->bk, sp->weights);
+        kiln_model_rebind_split(m, s, NULL);
+        any = true;
+    }
+    if (any) {
+        m->weights_released = true;
         kiln_log(&m->log, KILN_LOG_INFO, "model %s: weights released (every context suspended)", m->name);
     }
 }
@@ -92,7 +77,7 @@ kiln_status kiln_context_hold_weights(kiln_context *ctx) {
     if (ctx->weights_held) return KILN_OK;
     pthread_mutex_lock(&m->weights_lock);
     kiln_status st = KILN_OK;
-    if (!m->weights) st = weights_upload(m);
+    if (m->weights_released) st = weights_upload(m);
     if (st == KILN_OK) {
         m->weights_holds++;
         ctx->weights_held = true;
@@ -137,7 +122,6 @@ static uint32_t used_cells(const kiln_kv *kv) {
 
 static kiln_status kv_to_host(kiln_context *ctx) {
     kiln_kv *kv = ctx->kv;
-    const kiln_backend_iface *bk = ctx->bk;
     uint32_t cells = used_cells(kv);
     size_t per = (size_t)cells * kv->kv_dim * 2, total;
     if (!kiln_mul_size(per, (size_t)kv->n_layer * 2, &total))
@@ -149,18 +133,21 @@ static kiln_status kv_to_host(kiln_context *ctx) {
         if (!host)
             return kiln_error(KILN_E_OOM_HOST, "suspend: out of host memory for %zu bytes of KV cache", total);
         kiln_status st = KILN_OK;
-        for (uint32_t l = 0; l < kv->n_layer && st == KILN_OK; l++) {
-            st = bk->buffer_download(ctx->dev, kv->k[l], 0, host + (size_t)(2 * l) * per, per);
-            if (st == KILN_OK) st = bk->buffer_download(ctx->dev, kv->v[l], 0, host + (size_t)(2 * l + 1) * per, per);
+        uint32_t l = 0;
+        for (; l < kv->n_layer && st == KILN_OK; l++) { /* each layer from its own device */
+            const kiln_backend_iface *bk = kv->layer_bk[l];
+            st = bk->buffer_download(kv->layer_dev[l], kv->k[l], 0, host + (size_t)(2 * l) * per, per);
+            if (st == KILN_OK)
+                st = bk->buffer_download(kv->layer_dev[l], kv->v[l], 0, host + (size_t)(2 * l + 1) * per, per);
         }
         if (st) {
             kiln_free(host);
-            return kiln_error(st, "suspend: KV cache download from %s failed", bk->name);
+            return kiln_error(st, "suspend: KV cache download from %s failed", kv->layer_bk[l - 1]->name);
         }
     }
     for (uint32_t l = 0; l < kv->n_layer; l++) {
-        kiln_mem_buffer_free(bk, kv->k[l]);
-        kiln_mem_buffer_free(bk, kv->v[l]);
+        kiln_mem_buffer_free(kv->layer_bk[l], kv->k[l]);
+        kiln_mem_buffer_free(kv->layer_bk[l], kv->v[l]);
         kv->k[l] = kv->v[l] = NULL;
     }
     ctx->kv_host = host;
@@ -172,31 +159,35 @@ static kiln_status kv_to_host(kiln_context *ctx) {
 static void free_kv_buffers(kiln_context *ctx) {
     kiln_kv *kv = ctx->kv;
     for (uint32_t l = 0; l < kv->n_layer; l++) {
-        kiln_mem_buffer_free(ctx->bk, kv->k[l]);
-        kiln_mem_buffer_free(ctx->bk, kv->v[l]);
+        kiln_mem_buffer_free(kv->layer_bk[l], kv->k[l]);
+        kiln_mem_buffer_free(kv->layer_bk[l], kv->v[l]);
         kv->k[l] = kv->v[l] = NULL;
     }
 }
 
 static kiln_status kv_to_device(kiln_context *ctx) {
     kiln_kv *kv = ctx->kv;
-    const kiln_backend_iface *bk = ctx->bk;
     uint64_t bytes = (uint64_t)kv->n_cells * kv->kv_dim * 2;
     size_t per = (size_t)ctx->kv_host_cells * kv->kv_dim * 2;
     kiln_status st = KILN_OK;
+    /* each layer's buffers on its own device (a split model's second
+     * device failing frees what the first took, below) */
     for (uint32_t l = 0; l < kv->n_layer && st == KILN_OK; l++) {
-        if ((st = kiln_mem_buffer_alloc(bk, ctx->dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->k[l])) ||
-            (st = kiln_mem_buffer_alloc(bk, ctx->dev, bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->v[l])))
+        const kiln_backend_iface *bk = kv->layer_bk[l];
+        if ((st = kiln_mem_buffer_alloc(bk, kv->layer_dev[l], bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->k[l])) ||
+            (st = kiln_mem_buffer_alloc(bk, kv->layer_dev[l], bytes, KILN_BK_BUF_KV, KILN_MEM_KV, &kv->v[l])))
             st = kiln_error(st, "resume: cannot allocate %llu bytes of KV cache for layer %u on %s",
                             (unsigned long long)bytes, l, bk->name);
     }
     for (uint32_t l = 0; l < kv->n_layer && st == KILN_OK && per; l++) {
-        if ((st = bk->buffer_upload(ctx->dev, kv->k[l], 0, ctx->kv_host + (size_t)(2 * l) * per, per)) ||
-            (st = bk->buffer_upload(ctx->dev, kv->v[l], 0, ctx->kv_host + (size_t)(2 * l + 1) * per, per)))
+        const kiln_backend_iface *bk = kv->layer_bk[l];
+        kiln_bk_device *dev = kv->layer_dev[l];
+        if ((st = bk->buffer_upload(dev, kv->k[l], 0, ctx->kv_host + (size_t)(2 * l) * per, per)) ||
+            (st = bk->buffer_upload(dev, kv->v[l], 0, ctx->kv_host + (size_t)(2 * l + 1) * per, per)))
             st = kiln_error(st, "resume: KV cache upload to %s failed", bk->name);
     }
-    if (st == KILN_OK && (st = bk->synchronize(ctx->dev)))
-        st = kiln_error(st, "resume: %s failed to synchronize", bk->name);
+    if (st == KILN_OK && (st = kiln_context_synchronize(ctx)))
+        st = kiln_error(st, "resume: a device failed to synchronize");
     if (st) {
         free_kv_buffers(ctx);
         return st;
@@ -227,12 +218,13 @@ kiln_status kiln_context_suspend(kiln_context *ctx, int32_t level) {
      * suspended first so that its failure leaves the target untouched */
     if (ctx->draft && (st = kiln_draft_suspend(ctx->draft, level))) return fail(ctx, st);
     if (ctx->suspended == 0) {
-        if ((st = ctx->bk->synchronize(ctx->dev)) || (st = kv_to_host(ctx))) return fail(ctx, st);
-        /* the pool only caches here (nothing runs): purging cannot fail on
+        if ((st = kiln_context_synchronize(ctx)) || (st = kv_to_host(ctx))) return fail(ctx, st);
+        /* the pools only cache here (nothing runs): purging cannot fail on
          * memory, and a failed purge leaves cached bytes, not bad state */
-        if (ctx->bk->pool_purge(ctx->dev) != KILN_OK)
-            kiln_log(&ctx->log, KILN_LOG_WARN, "suspend: pool purge failed: %s", kiln_last_error());
-        kiln_mem_pool_snapshot(ctx->bk, ctx->dev);
+        for (uint32_t s = 0; s < ctx->n_splits; s++)
+            if (kiln_context_split_bk(ctx, s)->pool_purge(ctx->sdev[s]) != KILN_OK)
+                kiln_log(&ctx->log, KILN_LOG_WARN, "suspend: pool purge failed: %s", kiln_last_error());
+        kiln_context_pool_snapshot(ctx);
         ctx->suspended = 1;
     }
     if (level == KILN_SUSPEND_WEIGHTS) {

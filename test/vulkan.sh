@@ -16,6 +16,12 @@
 #   greedy       kiln-run's greedy text equals the CPU backend's
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
 #                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU)
+#   split        test_split with the layers on "cpu:0:N,vulkan:0" against
+#                the CPU backend alone, F16 models (a quantized model's
+#                re-quantized activations turn float-order differences into
+#                logit differences of ~0.3 on Vulkan alone), |diff| <= 0.05
+#                and the same argmax (lavapipe measured 0.005); CI: n_ubatch
+#                512 and no draft case
 # KILN_VK_TESTS="reference lifecycle ..." picks a subset. lavapipe is slow,
 # so by default (CI) the reference suite runs on two models (F16 llama,
 # qwen3's NEOX rope with q/k norms) with prompts of at most 32 tokens plus
@@ -101,6 +107,22 @@ if want lifecycle; then
     # argument and vocabulary checks, unless KILN_VK_FULL
     if [ -n "${KILN_VK_FULL:-}" ]; then ctest test_draft
     else ctest test_draft KILN_TEST_SKIP=test_greedy_with_tiny_draft,test_target_as_own_draft,test_low_level_steps,test_suspend_follows_target,test_free_orders,test_alloc_failures; fi
+fi
+if want split; then
+    sdir=${KILN_SHARED:-../shared}/models
+    if [ -f "$sdir/tiny-target-f16.gguf" ]; then
+        smodels=$sdir/tiny-target-f16.gguf
+        [ -f "$sdir/tiny-qwen3-f16.gguf" ] && smodels=$smodels,$sdir/tiny-qwen3-f16.gguf
+        if [ -n "${KILN_VK_FULL:-}" ]; then
+            ctest test_split KILN_SPLIT_DEVICES=cpu:0,vulkan:0 KILN_SPLIT_BASE=cpu:0 KILN_SPLIT_TOL=0.05 \
+                KILN_SPLIT_MODELS="$smodels"
+        else
+            ctest test_split KILN_SPLIT_DEVICES=cpu:0,vulkan:0 KILN_SPLIT_BASE=cpu:0 KILN_SPLIT_TOL=0.05 \
+                KILN_SPLIT_MODELS="$smodels" KILN_SPLIT_UBATCHES=512 KILN_TEST_SKIP=test_draft
+        fi
+    else
+        skipped split "tiny-target-f16 not found"
+    fi
 fi
 if want proof; then ctest test_proof KILN_PROOF_CYCLES="${KILN_VK_PROOF_CYCLES:-3}" KILN_PROOF_FAULT=0; fi
 

@@ -9,7 +9,9 @@
 # report (memory report vs cudaMemGetInfo), opsv (int8 decode kernel variants)
 # (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
 # synthetic 7B shapes), big (random 7B-shaped models; needs the generator),
-# pin (two GPUs: device pinning with GPU 0 nearly full).
+# pin (two GPUs: device pinning with GPU 0 nearly full), split (two GPUs:
+# one model's layers on cuda:0 and cuda:1; builds what it needs, so
+# `bash test/device/run.sh split` is the whole step).
 # Models and references are read from $KILN_SHARED (models/, reference/);
 # whatever is missing is skipped. Logs go to $OUT when set.
 set -u
@@ -31,6 +33,7 @@ if has build; then
     t0=$(date +%s)
     if make -j"$jobs" WERROR=1 all build/test/test_reference build/test/test_api build/test/test_kv \
         build/test/test_kv_budget build/test/test_lifecycle build/test/test_draft build/test/test_proof \
+        build/test/test_split \
         >"$OUT/build.log" 2>&1; then
         note "build ok ($(( $(date +%s) - t0 )) s)"
     else
@@ -106,6 +109,54 @@ time.sleep(300)' >"$OUT/hog.log" 2>&1 &
     build/cuda_pinning models/tiny-target-q4_k_m.gguf 1 2>&1 | tee "$OUT/pinning.log"
     note "pinning: $(tail -n 1 "$OUT/pinning.log")"
     kill $hog 2>/dev/null; wait $hog 2>/dev/null
+fi
+
+if has split; then  # needs 2+ GPUs: layers split across cuda:0 and cuda:1
+    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    if [ "$ngpu" -lt 2 ]; then
+        note "split: needs 2 GPUs, found $ngpu"
+    elif ! make -j"$jobs" all build/test/test_split >"$OUT/split-build.log" 2>&1; then
+        tail -n 20 "$OUT/split-build.log"; note "split: build FAILED"
+    else
+        # the split's logits against cuda:0 alone: bit for bit (the same
+        # kernels on the same kind of GPU; the activations cross through
+        # the host unchanged), batches of 4 sequences at n_ubatch 1/7/512,
+        # decode steps (CUDA graphs per split), the lifecycle, a draft
+        smodels=$(ls "$KILN_SHARED"/models/tiny-target-q4_k_m.gguf "$KILN_SHARED"/models/tiny-qwen2-f16.gguf \
+            "$KILN_SHARED"/models/tiny-qwen3-f16.gguf 2>/dev/null | paste -sd, -)
+        [ -f "$KILN_SHARED"/models/tiny-target-q4_k_m.gguf ] || smodels=models/tiny-target-q4_k_m.gguf${smodels:+,$smodels}
+        run_suite split-cuda KILN_SPLIT_DEVICES=cuda:0,cuda:1 KILN_SPLIT_BASE=cuda:0 KILN_SPLIT_TOL=0 \
+            KILN_SPLIT_MODELS="$smodels" bash test/run.sh build/test/test_split
+        grep -E "agree|points" "$OUT/split-cuda.log" | head -n 12
+        # a 7B-shaped random model with and without --split
+        f=/tmp/mistral-7b-q4_0.gguf
+        [ -f "$f" ] || build/bin/kiln-gen-model --shape mistral-7b --type q4_0 \
+            --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" -o "$f" -q >"$OUT/gen-split.log" 2>&1
+        if [ ! -f "$f" ]; then
+            note "split bench: no 7B model"; tail -n 3 "$OUT/gen-split.log"
+        else
+            { build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+              build/bin/kiln-bench --split cuda:0:16,cuda:1 -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+            } | tee "$OUT/bench-split.log"
+            # which GPUs the split process has a context on, sampled while it runs
+            build/bin/kiln-bench --split cuda:0:16,cuda:1 -m "$f" -p 512 -n 512 -r 2 >/dev/null 2>&1 &
+            bp=$!
+            apps=; all=
+            for i in $(seq 60); do
+                sleep 1
+                all=$(nvidia-smi --query-compute-apps=pid,gpu_uuid,used_memory --format=csv,noheader)
+                apps=$(printf '%s\n' "$all" | grep "^$bp,")
+                [ "$(printf '%s\n' "$apps" | grep -c .)" -ge 2 ] && break
+                kill -0 $bp 2>/dev/null || break
+            done
+            nvidia-smi --query-gpu=index,uuid --format=csv,noheader
+            printf 'all compute apps:\n%s\n' "$all" | tee "$OUT/split-apps.log"
+            wait $bp
+            note "split: kiln-bench process $bp on $(printf '%s\n' "$apps" | grep -c .) GPU(s)"
+            note "split bench: $(grep -c 't/s\|±' "$OUT/bench-split.log") rows, see above"
+            [ -n "${KILN_BIG_KEEP:-}" ] || rm -f "$f"
+        fi
+    fi
 fi
 
 if has ops; then

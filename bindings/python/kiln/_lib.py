@@ -155,7 +155,7 @@ class ModelParams(_Struct):
     _c_name_, _init_ = "kiln_model_params", "kiln_model_params_init_sized"
     _fields_ = [("struct_size", _u32), ("flags", _u32), ("backend", ctypes.c_char_p),
                 ("device", _i32), ("log_level", _i32), ("log_fn", LOG_FN),
-                ("log_user", _ptr)]
+                ("log_user", _ptr), ("split", ctypes.c_char_p)]
 
 
 class ModelInfo(_Struct):

@@ -68,15 +68,17 @@ class Model:
     """A GGUF model loaded with kiln_model_load.
 
     Model(path, backend=None, device=0, no_mmap=False, vocab_only=False,
-          log=None, log_level=LOG_ERROR)
+          log=None, log_level=LOG_ERROR, split=None)
 
-    backend: "cpu" (None), "cuda", "vulkan". log: fn(level, message), this
+    backend: "cpu" (None), "cuda", "vulkan". split: the layers across
+    devices, "BACKEND:DEVICE[:N_LAYERS],..." in layer order (e.g.
+    "cuda:0:16,cuda:1"; overrides backend/device). log: fn(level, message), this
     model's sink (its contexts use it too unless they have their own).
     Raises a KilnError (KilnIOError, FormatError, ...) on failure.
     """
 
     def __init__(self, path, backend=None, device=0, no_mmap=False, vocab_only=False,
-                 log=None, log_level=_lib.LOG_ERROR):
+                 log=None, log_level=_lib.LOG_ERROR, split=None):
         self._h = None
         self.path = path
         p = _lib.ModelParams.new()
@@ -85,6 +87,8 @@ class Model:
         self._backend = _lib.cstr(backend)  # referenced by p during the call
         p.backend = self._backend
         p.device = int(device)
+        self._split = _lib.cstr(split)  # referenced by p during the call
+        p.split = self._split
         p.log_level = int(log_level)
         # Kept for the model's whole C lifetime: contexts log through it and
         # hold this object, so it outlives every C user.

@@ -147,3 +147,20 @@ def test_speculative_equals_plain(target, draft_model):
         d.generate_all(PROMPT, max_tokens=3)
     d.close()
     d.close()
+
+
+def test_split_model_logits_equal_unsplit(target_path, target):
+    # the same device named twice: two device handles, the activations
+    # copied between them through the host; on the CPU bit for bit
+    if BACKEND not in (None, "", "cpu"):
+        pytest.skip("the split test names cpu:0")
+    toks = target.tokenize(PROMPT)
+    with kiln.Model(target_path, split="cpu:0:2,cpu:0") as sm:
+        with kiln.Context(target, n_threads=THREADS) as a, kiln.Context(sm, n_threads=THREADS) as b:
+            a.decode(toks)
+            b.decode(toks)
+            assert a.logits() == b.logits()
+    with pytest.raises(kiln.InvalidArgumentError):
+        kiln.Model(target_path, split="cpu:0:1")
+    with pytest.raises(kiln.NotFoundError):
+        kiln.Model(target_path, split="nosuch:0,cpu:0")
