@@ -468,7 +468,12 @@ static void test_rm_middle(void) {
     double d_unrot = row_diff(exp_row(before, kv_dim, N_P, 0, 0, P1), exp_row(fresh, kv_dim, NQ, 0, 0, P0),
                               kv_dim, N_P - P1);
     printf("  layer 0 after shift: K %.2g, V %.2g (unrotated K %.2g)\n", dk, dv, d_unrot);
-    KT_CHECK(dk < 1e-2 && dv < 1e-2 && d_unrot > 0.1);
+    /* The 20-token prefill and the 16-token one may take different matrix
+     * kernels on a GPU (Vulkan with matrix cores: F16 activations past 16
+     * rows, int8 below), which alone moves V by up to ~0.7% (measured on an
+     * H100); the CPU and lavapipe stay under 1e-3. A missing re-rotation is
+     * 50x larger. */
+    KT_CHECK(dk < 3e-2 && dv < 3e-2 && d_unrot > 0.1);
     /* the sequence continues */
     KT_CHECK_OK(dec(c, 0, &A, 1));
     KT_CHECK(kiln_kv_seq_pos_max(kv, 0) == NQ);
