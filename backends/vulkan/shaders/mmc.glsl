@@ -89,6 +89,62 @@ float wfloat(uint row, uint e) {
 #endif
 }
 
+/* Staging, per invocation: WT weight parts of 8 elements and XT activation
+ * elements of a 32-wide chunk of K. Each invocation issues all its global
+ * loads of a chunk at once, into registers, and does so for the next chunk
+ * before the matrix products of the current one, so that the loads' latency
+ * overlaps arithmetic instead of being paid once per element (the first
+ * form's loop of dependent load/store pairs was ~50x below the hardware). */
+#define WT (BN * 4u / 128u)
+#define XT (BM * 32u / 128u)
+
+void load_w(uint c, uint n0, uint tid, inout float wv[WT * 8u]) {
+    [[unroll]] for (uint j = 0u; j < WT; j++) {
+        uint t = tid + 128u * j;
+        uint r = t >> 2, e0 = 8u * (t & 3u);
+        uint n = n0 + r;
+        uint row = p.w_off + min(n, p.N - 1u) * p.w_stride;
+        float v[8];
+#if FLOAT_W
+        [[unroll]] for (uint i = 0u; i < 8u; i++) v[i] = wfloat(row, 32u * c + e0 + i);
+#else
+        wvals8(row, c, e0, v);
+        vec3 f = wscale(row, c);
+        [[unroll]] for (uint i = 0u; i < 8u; i++) {
+#if WTYPE == T_Q4_K || WTYPE == T_Q5_K
+            v[i] = f.x * v[i] - f.y * f.z;
+#elif WTYPE == T_Q4_1 || WTYPE == T_Q5_1
+            v[i] = v[i] * f.x + f.y;
+#else
+            v[i] = f.x * v[i];
+#endif
+        }
+#endif
+        [[unroll]] for (uint i = 0u; i < 8u; i++) wv[8u * j + i] = n < p.N ? v[i] : 0.0;
+    }
+}
+
+void load_x(uint c, uint m0, uint tid, inout float xv[XT]) {
+    [[unroll]] for (uint j = 0u; j < XT; j++) {
+        uint t = tid + 128u * j;
+        uint r = t >> 5, e = t & 31u;
+        uint m = m0 + r, k = 32u * c + e;
+        xv[j] = m < p.M && k < p.K ? X[p.x_off + m * p.x_stride + k] : 0.0;
+    }
+}
+
+void store_tiles(uint tid, float wv[WT * 8u], float xv[XT]) {
+    [[unroll]] for (uint j = 0u; j < WT; j++) {
+        uint t = tid + 128u * j;
+        uint r = t >> 2, e0 = 8u * (t & 3u);
+        [[unroll]] for (uint i = 0u; i < 8u; i++) Bs[r * SK + e0 + i] = TO_HALF(wv[8u * j + i]);
+    }
+    [[unroll]] for (uint j = 0u; j < XT; j++) {
+        uint t = tid + 128u * j;
+        As[(t >> 5) * SK + (t & 31u)] = TO_HALF(xv[j]);
+    }
+}
+
 void main() {
     const uint tid = gl_LocalInvocationID.x;
     const uint n0 = p.n_base + gl_WorkGroupID.x * BN;
@@ -101,41 +157,20 @@ void main() {
     const uint sg = gl_SubgroupID;                /* 0..3 */
     const uint sm = (sg >> 1) * 32u, sn = (sg & 1u) * 32u;
     CM32 acc[2][2];
-    for (uint i = 0u; i < 2u; i++)
-        for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
+    [[unroll]] for (uint i = 0u; i < 2u; i++)
+        [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
 #endif
+    float wv[WT * 8u], xv[XT];
+    load_x(0u, m0, tid, xv);
+    load_w(0u, n0, tid, wv);
     for (uint c = 0u; c < nchunks; c++) {
-        /* weights: 64 rows x 4 parts of 8 elements, two per invocation */
-        for (uint t = tid; t < BN * 4u; t += 128u) {
-            uint r = t >> 2, e0 = 8u * (t & 3u);
-            uint n = n0 + r;
-            uint row = p.w_off + min(n, p.N - 1u) * p.w_stride;
-            float v[8];
-#if FLOAT_W
-            for (uint i = 0u; i < 8u; i++) v[i] = wfloat(row, 32u * c + e0 + i);
-#else
-            wvals8(row, c, e0, v);
-            vec3 f = wscale(row, c);
-            for (uint i = 0u; i < 8u; i++) {
-#if WTYPE == T_Q4_K || WTYPE == T_Q5_K
-                v[i] = f.x * v[i] - f.y * f.z;
-#elif WTYPE == T_Q4_1 || WTYPE == T_Q5_1
-                v[i] = v[i] * f.x + f.y;
-#else
-                v[i] = f.x * v[i];
-#endif
-            }
-#endif
-            for (uint i = 0u; i < 8u; i++) Bs[r * SK + e0 + i] = TO_HALF(n < p.N ? v[i] : 0.0);
-        }
-        /* activations: 64 rows x 32, sixteen per invocation */
-        for (uint t = tid; t < BM * 32u; t += 128u) {
-            uint r = t >> 5, e = t & 31u;
-            uint m = m0 + r, k = 32u * c + e;
-            float x = m < p.M && k < p.K ? X[p.x_off + m * p.x_stride + k] : 0.0;
-            As[r * SK + e] = TO_HALF(x);
-        }
+        store_tiles(tid, wv, xv);
         barrier();
+        /* the next chunk's loads are in flight during this chunk's products */
+        if (c + 1u < nchunks) {
+            load_x(c + 1u, m0, tid, xv);
+            load_w(c + 1u, n0, tid, wv);
+        }
 #ifdef MMC_EMULATE
         /* loops kept (lavapipe's LLVM takes minutes over the unrolled form) */
         [[dont_unroll]] for (uint i = 0u; i < 32u; i++) {
@@ -145,12 +180,12 @@ void main() {
             acc[i] += s;
         }
 #else
-        for (uint kk = 0u; kk < 32u; kk += 16u) {
+        [[unroll]] for (uint kk = 0u; kk < 32u; kk += 16u) {
             CM16 a[2], b[2];
-            for (uint i = 0u; i < 2u; i++) coopMatLoadNV(a[i], As, (sm + 16u * i) * SK + kk, SK, false);
-            for (uint j = 0u; j < 2u; j++) coopMatLoadNV(b[j], Bs, (sn + 16u * j) * SK + kk, SK, true);
-            for (uint i = 0u; i < 2u; i++)
-                for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a[i], b[j], acc[i][j]);
+            [[unroll]] for (uint i = 0u; i < 2u; i++) coopMatLoadNV(a[i], As, (sm + 16u * i) * SK + kk, SK, false);
+            [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(b[j], Bs, (sn + 16u * j) * SK + kk, SK, true);
+            [[unroll]] for (uint i = 0u; i < 2u; i++)
+                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a[i], b[j], acc[i][j]);
         }
 #endif
         barrier();
@@ -162,8 +197,8 @@ void main() {
         if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = acc[i];
     }
 #else
-    for (uint i = 0u; i < 2u; i++)
-        for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (sm + 16u * i) * SC + sn + 16u * j, SC, false);
+    [[unroll]] for (uint i = 0u; i < 2u; i++)
+        [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (sm + 16u * i) * SC + sn + 16u * j, SC, false);
     barrier();
     for (uint t = tid; t < BM * BN; t += 128u) {
         uint r = t / BN, col = t % BN;
