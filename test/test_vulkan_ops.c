@@ -1,8 +1,9 @@
 /*
  * test_vulkan_ops.c - every operation of the Vulkan backend against the CPU
- * backend on random data: matmul for every weight type with 1, 3, 9, 16, 17
- * and 70 activation rows (the matrix-vector, row-group and tiled or
- * matrix-core kernels, partial tiles; a token's decode bits the same in
+ * backend on random data: matmul for every weight type with 1, 3, 9, 16, 17,
+ * 70 and 150 activation rows and 101 weight rows (the matrix-vector,
+ * row-group and tiled or matrix-core kernels, several tiles each way with
+ * partial ones; a token's decode bits the same in
  * any batch up to 16), float rows with tails,
  * get_rows for every type, rms_norm, add (with a broadcast row), swiglu,
  * rope (NORM and NEOX, with frequency factors), kv_store + attention over a
@@ -99,24 +100,27 @@ static void test_matmul_and_get_rows(void) {
     static const int32_t types[] = {KILN_TYPE_F32,  KILN_TYPE_F16,  KILN_TYPE_BF16, KILN_TYPE_Q4_0,
                                     KILN_TYPE_Q4_1, KILN_TYPE_Q5_0, KILN_TYPE_Q5_1, KILN_TYPE_Q8_0,
                                     KILN_TYPE_Q4_K, KILN_TYPE_Q5_K, KILN_TYPE_Q6_K};
-    const int64_t K = 512, N = 37;
+    const int64_t K = 512, N = 101;
+    /* N and 150 rows: more than one tile each way with tails (128 x 64
+     * matrix-core tiles, 64 x 64 portable ones) */
     /* 1..16 rows take the matrix-vector kernel where the device has
      * subgroup arithmetic (two workgroup rows from 9), more the tiled one */
-    const int64_t Ms[] = {1, 3, 9, 16, 17, 70};
-    float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * 70);
+    const int64_t Ms[] = {1, 3, 9, 16, 17, 70, 150};
+    enum { MMAX = 150 };
+    float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * MMAX);
     for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
-    for (int64_t i = 0; i < K * 70; i++) x[i] = frand() * 2.0f;
-    float alone[64];
+    for (int64_t i = 0; i < K * MMAX; i++) x[i] = frand() * 2.0f;
+    float alone[128];
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const int32_t type = types[ti];
         KT_CHECK(vk->supports_type(0, type));
         const uint64_t row = kiln_type_row_size(type, K);
         uint8_t *wq = malloc(row * N);
         for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
-        pair w = alloc_pair(row * N + 64, KILN_BK_BUF_WEIGHTS), xa = alloc_pair(sizeof(float) * K * 70, KILN_BK_BUF_WEIGHTS);
-        pair out = alloc_pair(sizeof(float) * K * 70, KILN_BK_BUF_WEIGHTS);
+        pair w = alloc_pair(row * N + 64, KILN_BK_BUF_WEIGHTS), xa = alloc_pair(sizeof(float) * K * MMAX, KILN_BK_BUF_WEIGHTS);
+        pair out = alloc_pair(sizeof(float) * K * MMAX, KILN_BK_BUF_WEIGHTS);
         upload(w, wq, row * N);
-        upload(xa, x, sizeof(float) * K * 70);
+        upload(xa, x, sizeof(float) * K * MMAX);
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
             const int64_t M = Ms[mi];
             kiln_bk_tensor tw = tensor(w.c, type, K, N, 0), tx = tensor(xa.c, KILN_TYPE_F32, K, M, 0);
@@ -136,7 +140,7 @@ static void test_matmul_and_get_rows(void) {
             KT_CHECKF(rel < tol, "%s: relative difference %.3g", what, rel);
             /* decode invariance: token 0 has the same bits in any batch of
              * up to 16 (a verified draft token = the token decoded alone) */
-            float row0[64];
+            float row0[128];
             KT_CHECK_OK(vk->buffer_download(dvk, out.v, 0, row0, sizeof(float) * N));
             if (M == 1) memcpy(alone, row0, sizeof(float) * N);
             else if (M <= 16 && !on_matrix_cores(M))

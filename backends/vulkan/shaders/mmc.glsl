@@ -8,14 +8,17 @@
  * the extension and the 16x16x16 F16/F32 subgroup shape and its subgroups
  * are 32 wide (vk_ops.c); mmt.glsl is the portable path.
  *
- * A workgroup of 128 (four subgroups of 32) computes BM = 64 activation
- * rows x BN = 64 weight rows; subgroup s owns a 32 x 32 quarter (2 x 2
- * accumulators). Per 32-element chunk of K both tiles are staged in
+ * A workgroup of 256 (eight subgroups of 32) computes BM = 128 activation
+ * rows x BN = 64 weight rows; subgroup s owns a 32 x 32 eighth (2 x 2
+ * accumulators, rows 32 (s / 2), columns 32 (s % 2)). 128 activation rows
+ * per tile: each dequantized weight element serves 128 rows (the
+ * dequantization is the costly part of the staging for quantized weights). Per 32-element chunk of K both tiles are staged in
  * shared memory as F16: As[m][k] (row-major: the A operand) and Bs[n][k]
  * (the weights as they are, which is the B operand, K x N, column-major).
  * Elements past K (float formats: rows need not be whole chunks), weight
- * rows past N and activation rows past M are zeros; the result goes
- * through shared memory so that only rows < M and columns < N are written.
+ * rows past N and activation rows past M are zeros; each 16 x 16 result
+ * goes through a per-subgroup patch of shared memory so that only rows < M
+ * and columns < N are written.
  */
 #extension GL_EXT_control_flow_attributes : require
 #ifndef MMC_EMULATE
@@ -26,10 +29,10 @@
 #endif
 
 #define BN 64u
-#define BM 64u
+#define BM 128u
 #define SK 40u  /* F16 elements per staged row: 32 + 8 (rows stay 16-byte aligned) */
-#define SC 64u  /* floats per row of the result tile */
-layout(local_size_x = 128) in;
+#define WG 256u /* invocations: eight subgroups of 32 */
+layout(local_size_x = 256) in;
 
 layout(binding = 0) readonly buffer WB { uint W[]; };
 layout(binding = 1) readonly buffer XB { float X[]; };
@@ -72,7 +75,7 @@ float to_half(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
 shared HALF As[BM * SK];
 shared HALF Bs[BN * SK];
 #ifndef MMC_EMULATE
-shared float Cs[BM * SC]; /* 26 KiB in all (the host checks the device's limit) */
+shared float Cs[8u * 256u]; /* a 16 x 16 patch per subgroup; 23 KiB in all (the host checks the device's limit) */
 #endif
 
 /* weight element e of the row at byte `row` (float formats), 0 past K */
@@ -95,12 +98,12 @@ float wfloat(uint row, uint e) {
  * before the matrix products of the current one, so that the loads' latency
  * overlaps arithmetic instead of being paid once per element (the first
  * form's loop of dependent load/store pairs was ~50x below the hardware). */
-#define WT (BN * 4u / 128u)
-#define XT (BM * 32u / 128u)
+#define WT (BN * 4u / WG)
+#define XT (BM * 32u / WG)
 
 void load_w(uint c, uint n0, uint tid, inout float wv[WT * 8u]) {
     [[unroll]] for (uint j = 0u; j < WT; j++) {
-        uint t = tid + 128u * j;
+        uint t = tid + WG * j;
         uint r = t >> 2, e0 = 8u * (t & 3u);
         uint n = n0 + r;
         uint row = p.w_off + min(n, p.N - 1u) * p.w_stride;
@@ -126,7 +129,7 @@ void load_w(uint c, uint n0, uint tid, inout float wv[WT * 8u]) {
 
 void load_x(uint c, uint m0, uint tid, inout float xv[XT]) {
     [[unroll]] for (uint j = 0u; j < XT; j++) {
-        uint t = tid + 128u * j;
+        uint t = tid + WG * j;
         uint r = t >> 5, e = t & 31u;
         uint m = m0 + r, k = 32u * c + e;
         xv[j] = m < p.M && k < p.K ? X[p.x_off + m * p.x_stride + k] : 0.0;
@@ -135,12 +138,12 @@ void load_x(uint c, uint m0, uint tid, inout float xv[XT]) {
 
 void store_tiles(uint tid, float wv[WT * 8u], float xv[XT]) {
     [[unroll]] for (uint j = 0u; j < WT; j++) {
-        uint t = tid + 128u * j;
+        uint t = tid + WG * j;
         uint r = t >> 2, e0 = 8u * (t & 3u);
         [[unroll]] for (uint i = 0u; i < 8u; i++) Bs[r * SK + e0 + i] = TO_HALF(wv[8u * j + i]);
     }
     [[unroll]] for (uint j = 0u; j < XT; j++) {
-        uint t = tid + 128u * j;
+        uint t = tid + WG * j;
         As[(t >> 5) * SK + (t & 31u)] = TO_HALF(xv[j]);
     }
 }
@@ -151,10 +154,10 @@ void main() {
     const uint m0 = gl_WorkGroupID.y * BM;
     const uint nchunks = (p.K + 31u) / 32u;
 #ifdef MMC_EMULATE
-    float acc[32]; /* outputs tid + 128 i of the 64 x 64 tile */
+    float acc[32]; /* outputs tid + 256 i of the 128 x 64 tile */
     [[dont_unroll]] for (uint i = 0u; i < 32u; i++) acc[i] = 0.0;
 #else
-    const uint sg = gl_SubgroupID;                /* 0..3 */
+    const uint sg = gl_SubgroupID;                /* 0..7 */
     const uint sm = (sg >> 1) * 32u, sn = (sg & 1u) * 32u;
     CM32 acc[2][2];
     [[unroll]] for (uint i = 0u; i < 2u; i++)
@@ -174,7 +177,7 @@ void main() {
 #ifdef MMC_EMULATE
         /* loops kept (lavapipe's LLVM takes minutes over the unrolled form) */
         [[dont_unroll]] for (uint i = 0u; i < 32u; i++) {
-            uint t = tid + 128u * i, r = t / BN, col = t % BN;
+            uint t = tid + WG * i, r = t / BN, col = t % BN;
             float s = 0.0;
             [[dont_unroll]] for (uint e = 0u; e < 32u; e++) s += As[r * SK + e] * Bs[col * SK + e];
             acc[i] += s;
@@ -192,18 +195,25 @@ void main() {
     }
 #ifdef MMC_EMULATE
     [[dont_unroll]] for (uint i = 0u; i < 32u; i++) {
-        uint t = tid + 128u * i, r = t / BN, col = t % BN;
+        uint t = tid + WG * i, r = t / BN, col = t % BN;
         uint m = m0 + r, n = n0 + col;
         if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = acc[i];
     }
 #else
+    /* each accumulator through the subgroup's own patch: no workgroup barrier */
+    const uint lane = gl_SubgroupInvocationID;
     [[unroll]] for (uint i = 0u; i < 2u; i++)
-        [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatStoreNV(acc[i][j], Cs, (sm + 16u * i) * SC + sn + 16u * j, SC, false);
-    barrier();
-    for (uint t = tid; t < BM * BN; t += 128u) {
-        uint r = t / BN, col = t % BN;
-        uint m = m0 + r, n = n0 + col;
-        if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = Cs[r * SC + col];
-    }
+        [[unroll]] for (uint j = 0u; j < 2u; j++) {
+            coopMatStoreNV(acc[i][j], Cs, 256u * sg, 16u, false);
+            subgroupMemoryBarrierShared();
+            subgroupBarrier();
+            [[unroll]] for (uint q = 0u; q < 8u; q++) {
+                uint t = lane + 32u * q, r = t >> 4, col = t & 15u;
+                uint m = m0 + sm + 16u * i + r, n = n0 + sn + 16u * j + col;
+                if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = Cs[256u * sg + t];
+            }
+            subgroupMemoryBarrierShared();
+            subgroupBarrier();
+        }
 #endif
 }
