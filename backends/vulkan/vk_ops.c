@@ -469,8 +469,8 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
 
 #define KILN_VK_MM_MC 4 /* activation rows per workgroup (mm.glsl MC) */
 #define KILN_VK_MMT_TILE 64 /* weight and activation rows per workgroup (mmt.glsl BN, BM) */
-#define KILN_VK_MMC_BM 128 /* activation rows per workgroup (mmc.glsl BM) */
-#define KILN_VK_MMC_BN 64  /* weight rows per workgroup (mmc.glsl BN) */
+#define KILN_VK_MMC_BM 64  /* activation rows per workgroup (mmc.glsl BM) */
+#define KILN_VK_MMC_BN 128 /* weight rows per workgroup (mmc.glsl BN) */
 /* Activation rows that take the matrix-vector kernel (mmv.glsl) where the
  * device has subgroup arithmetic: decode steps and speculative verify
  * batches (n_draft 8 + 1), so that a verified token gets the bits of a
@@ -584,7 +584,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     const int slot = kiln_vk_type_slot(w->type);
     const uint64_t max_x = dev->sh->max_groups[0];
     if (use_mmc) {
-        /* batches on matrix cores: 128 x 64 tiles, F16 x F16 -> F32 */
+        /* batches on matrix cores: 64 x 128 tiles, F16 x F16 -> F32 */
         const uint32_t gy = div_up((uint64_t)M, KILN_VK_MMC_BM);
         const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMC_BN);
         for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {

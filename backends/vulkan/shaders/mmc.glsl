@@ -8,11 +8,12 @@
  * the extension and the 16x16x16 F16/F32 subgroup shape and its subgroups
  * are 32 wide (vk_ops.c); mmt.glsl is the portable path.
  *
- * A workgroup of 256 (eight subgroups of 32) computes BM = 128 activation
- * rows x BN = 64 weight rows; subgroup s owns a 32 x 32 eighth (2 x 2
- * accumulators, rows 32 (s / 2), columns 32 (s % 2)). 128 activation rows
- * per tile: each dequantized weight element serves 128 rows (the
- * dequantization is the costly part of the staging for quantized weights). Per 32-element chunk of K both tiles are staged in
+ * A workgroup of 256 (eight subgroups of 32) computes BM = 64 activation
+ * rows x BN = 128 weight rows; subgroup s owns a 32 x 32 eighth (2 x 2
+ * accumulators, rows 32 (s / 4), columns 32 (s % 4)). The wide side is
+ * the weights' because the F32 activations are the larger traffic: each
+ * activation tile is read N / BN times (512 x 4096 x 4096, Q4_0: ~270 MB of
+ * activation reads per call at BN = 128 against ~75 MB of weights). Per 32-element chunk of K both tiles are staged in
  * shared memory as F16: As[m][k] (row-major: the A operand) and Bs[n][k]
  * (the weights as they are, which is the B operand, K x N, column-major).
  * Elements past K (float formats: rows need not be whole chunks), weight
@@ -28,8 +29,8 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #endif
 
-#define BN 64u
-#define BM 128u
+#define BN 128u
+#define BM 64u
 #define SK 40u  /* F16 elements per staged row: 32 + 8 (rows stay 16-byte aligned) */
 #define WG 256u /* invocations: eight subgroups of 32 */
 layout(local_size_x = 256) in;
@@ -154,11 +155,11 @@ void main() {
     const uint m0 = gl_WorkGroupID.y * BM;
     const uint nchunks = (p.K + 31u) / 32u;
 #ifdef MMC_EMULATE
-    float acc[32]; /* outputs tid + 256 i of the 128 x 64 tile */
+    float acc[32]; /* outputs tid + 256 i of the 64 x 128 tile */
     [[dont_unroll]] for (uint i = 0u; i < 32u; i++) acc[i] = 0.0;
 #else
     const uint sg = gl_SubgroupID;                /* 0..7 */
-    const uint sm = (sg >> 1) * 32u, sn = (sg & 1u) * 32u;
+    const uint sm = (sg >> 2) * 32u, sn = (sg & 3u) * 32u;
     CM32 acc[2][2];
     [[unroll]] for (uint i = 0u; i < 2u; i++)
         [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
