@@ -284,8 +284,10 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     f12.pNext = &cmf;
     f12.shaderFloat16 = VK_TRUE;
     f12.vulkanMemoryModel = VK_TRUE;
-    sh->coopmat = coopmat_usable(inst, sh->phys, sg.subgroupSize, lim->maxComputeSharedMemorySize);
-    sh->coopmat_emulate = !sh->coopmat && getenv("KILN_VK_COOPMAT_EMULATE") && !getenv("KILN_VK_NO_COOPMAT");
+    /* mmc.glsl's workgroup is 256 invocations (Vulkan guarantees only 128) */
+    const bool mmc_fits = lim->maxComputeWorkGroupInvocations >= 256 && lim->maxComputeWorkGroupSize[0] >= 256;
+    sh->coopmat = mmc_fits && coopmat_usable(inst, sh->phys, sg.subgroupSize, lim->maxComputeSharedMemorySize);
+    sh->coopmat_emulate = mmc_fits && !sh->coopmat && getenv("KILN_VK_COOPMAT_EMULATE") && !getenv("KILN_VK_NO_COOPMAT");
     if (sh->coopmat) {
         dci.enabledExtensionCount = 2;
         dci.pNext = &f12;
