@@ -696,100 +696,6 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1>(acc, m.y, m.ys, row, m.N, nt, lane);
 }
 
-/* Q4_0 with int8 x, no staging: a half-warp per row, each lane owning
- * super-blocks of 8 blocks (144 bytes = 9 aligned 16-byte loads, all in
- * flight at once); inside a super-block every block sits at a compile-time
- * byte offset (18 i), so unpacking is shifts of registers. Rows need a
- * multiple of 8 blocks and 16-byte alignment. Each lane adds its blocks in
- * order and the half-warp's tree is fixed, so a token's result does not
- * depend on the number of tokens. */
-template <int OFF> /* 4 bytes at byte OFF (even) of the 36 words w */
-static __device__ __forceinline__ uint32_t kcu_w32(const uint32_t *w) {
-    return OFF % 4 == 0 ? w[OFF / 4] : (w[OFF / 4] >> 16) | (w[OFF / 4 + 1] << 16);
-}
-
-template <int I> /* block I of the super-block: its scale and 4 words of quants */
-static __device__ __forceinline__ float kcu_q4_0_sb(const uint32_t *w, uint32_t q[4]) {
-    constexpr int O = 18 * I;
-    const uint32_t h = O % 4 == 0 ? w[O / 4] & 0xFFFFu : w[O / 4] >> 16;
-    q[0] = kcu_w32<O + 2>(w);
-    q[1] = kcu_w32<O + 6>(w);
-    q[2] = kcu_w32<O + 10>(w);
-    q[3] = kcu_w32<O + 14>(w);
-    return __half2float(__ushort_as_half((unsigned short)h));
-}
-
-template <int I>
-static __device__ __forceinline__ void kcu_q4_0_sb_dot(const uint32_t *w, const int8_t *xq, const float *xd, int K,
-                                                        int nb, int b0, int nt, float *acc) {
-    uint32_t q[4];
-    const float d = kcu_q4_0_sb<I>(w, q);
-    int lo[4], hi[4];
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        lo[k] = (int)__vsub4(q[k] & 0x0F0F0F0Fu, 0x08080808u);
-        hi[k] = (int)__vsub4((q[k] >> 4) & 0x0F0F0F0Fu, 0x08080808u);
-    }
-    const int b = b0 + I;
-#pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) {
-        if (t >= nt) break;
-        const int4 *xp = (const int4 *)(xq + (uint64_t)t * K + 32 * b);
-        const int4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
-        int sum = __dp4a(lo[0], x0.x, 0);
-        sum = __dp4a(lo[1], x0.y, sum);
-        sum = __dp4a(lo[2], x0.z, sum);
-        sum = __dp4a(lo[3], x0.w, sum);
-        sum = __dp4a(hi[0], x1.x, sum);
-        sum = __dp4a(hi[1], x1.y, sum);
-        sum = __dp4a(hi[2], x1.z, sum);
-        sum = __dp4a(hi[3], x1.w, sum);
-        acc[t] = fmaf(d * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
-    }
-}
-
-static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_q4_0_sb_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
-    const kcu_mm_one m = kcu_mm_pick(set);
-    const int lane = threadIdx.x & 31, sl = lane & 15;
-    const int row = (m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5)) * 2 + (lane >> 4);
-    const bool live = row < m.N;
-    const int nb = K / 32, nsb = nb / 8;
-    float acc[KCU_MMV_MAX];
-#pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
-    if (live) {
-        const uint4 *wr = (const uint4 *)(m.w + (uint64_t)row * m.ws);
-        for (int sb = sl; sb < nsb; sb += 16) {
-            uint32_t w[36];
-#pragma unroll
-            for (int j = 0; j < 9; j++) {
-                const uint4 v = __ldg(wr + 9 * (uint64_t)sb + j);
-                w[4 * j] = v.x, w[4 * j + 1] = v.y, w[4 * j + 2] = v.z, w[4 * j + 3] = v.w;
-            }
-            const int b0 = 8 * sb;
-            kcu_q4_0_sb_dot<0>(w, xq, xd, K, nb, b0, nt, acc);
-            kcu_q4_0_sb_dot<1>(w, xq, xd, K, nb, b0, nt, acc);
-            kcu_q4_0_sb_dot<2>(w, xq, xd, K, nb, b0, nt, acc);
-            kcu_q4_0_sb_dot<3>(w, xq, xd, K, nb, b0, nt, acc);
-            kcu_q4_0_sb_dot<4>(w, xq, xd, K, nb, b0, nt, acc);
-            kcu_q4_0_sb_dot<5>(w, xq, xd, K, nb, b0, nt, acc);
-            kcu_q4_0_sb_dot<6>(w, xq, xd, K, nb, b0, nt, acc);
-            kcu_q4_0_sb_dot<7>(w, xq, xd, K, nb, b0, nt, acc);
-        }
-    }
-    /* the half-warp's sum (both halves take part in every shuffle) */
-#pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) {
-        if (t >= nt) break;
-        float v = acc[t];
-#pragma unroll
-        for (int o = 8; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (sl == 0 && live) m.y[(uint64_t)t * m.ys + row] = v;
-    }
-}
-
 /* Rows of w to dense F16, one group per thread. */
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
@@ -945,10 +851,7 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     if (st) return st;
     const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS, &grid);
     const bool q4 = w[0]->type == KCU_Q4_0;
-    if (q4 && (v == 0 || v == 6)) { /* two rows per warp */
-        const kcu_mm_set set2 = mm_set(n, w, dst, KCU_FAST_WARPS * 2, &grid);
-        kcu_launch(mmv_q4_0_sb_kernel, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set2, xq, xd, K, nt);
-    } else if (w[0]->type == KCU_Q4_K)
+    if (w[0]->type == KCU_Q4_K)
         kcu_launch(mmv_q4k_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (w[0]->type == KCU_Q6_K)
         kcu_launch(mmv_q6k_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
