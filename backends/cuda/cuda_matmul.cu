@@ -440,98 +440,6 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
 }
 
-/* The staged products with the next chunk's loads in flight while this
- * chunk is multiplied: each lane keeps its share of chunk c + 1 in
- * registers (L16 16-byte loads) and moves it to shared memory when chunk c
- * is done. With U = 16 a Q4_0 row of K = 4096 is one chunk (every load of
- * the row issued at once); longer rows overlap load and compute. Each lane
- * visits its blocks in the same order as the staged kernel, so the results
- * are the same bits. */
-template <int T, int U>
-static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_q8x_pipe_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
-    const kcu_mm_one m = kcu_mm_pick(set);
-    const uint8_t *w = m.w;
-    float *y = m.y;
-    const uint64_t ws = m.ws, ys = m.ys;
-    const int N = m.N;
-    constexpr int BB = T == KCU_Q4_0 ? 18 : 34; /* block bytes */
-    constexpr int CH = 8 * U;                   /* blocks per chunk */
-    constexpr int L16 = (CH * BB / 16 + 31) / 32;
-    __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][CH * BB];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
-    if (row >= N) return;
-    const int s = lane & 3, bl = lane >> 2, nb = K / 32;
-    const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
-    uint8_t *my = sm[warp];
-    float acc[KCU_MMV_MAX];
-#pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
-    uint4 next[L16];
-    {
-        const int n16 = (nb < CH ? nb : CH) * BB / 16;
-#pragma unroll
-        for (int i = 0; i < L16; i++) {
-            const int j = lane + 32 * i;
-            if (j < n16) next[i] = __ldg(wr + j);
-        }
-    }
-    for (int c0 = 0; c0 < nb; c0 += CH) {
-        const int nblk = nb - c0 < CH ? nb - c0 : CH; /* a multiple of 8 */
-        const int n16 = nblk * BB / 16;
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < L16; i++) {
-            const int j = lane + 32 * i;
-            if (j < n16) ((uint4 *)my)[j] = next[i];
-        }
-        __syncwarp();
-        if (c0 + CH < nb) {
-            const int c1 = c0 + CH, m16 = (nb - c1 < CH ? nb - c1 : CH) * BB / 16;
-            const uint4 *src = wr + (uint64_t)c1 * BB / 16;
-#pragma unroll
-            for (int i = 0; i < L16; i++) {
-                const int j = lane + 32 * i;
-                if (j < m16) next[i] = __ldg(src + j);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int lb = bl + 8 * u, b = c0 + lb;
-            if (lb >= nblk) break;
-            const uint16_t *p = (const uint16_t *)(my + lb * BB);
-            const float dw = __half2float(__ushort_as_half(p[0]));
-            int w0, w1;
-            if (T == KCU_Q4_0) {
-                const uint32_t q = (uint32_t)p[1 + 2 * s] | ((uint32_t)p[2 + 2 * s] << 16);
-                w0 = (int)__vsub4(q & 0x0F0F0F0Fu, 0x08080808u);
-                w1 = (int)__vsub4((q >> 4) & 0x0F0F0F0Fu, 0x08080808u);
-            } else {
-                w0 = (int)((uint32_t)p[1 + 4 * s] | ((uint32_t)p[2 + 4 * s] << 16));
-                w1 = (int)((uint32_t)p[3 + 4 * s] | ((uint32_t)p[4 + 4 * s] << 16));
-            }
-#pragma unroll
-            for (int t = 0; t < KCU_MMV_MAX; t++) {
-                if (t >= nt) break;
-                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
-                int x0, x1;
-                if (T == KCU_Q4_0) {
-                    x0 = __ldg((const int *)(xp + 4 * s));
-                    x1 = __ldg((const int *)(xp + 16 + 4 * s));
-                } else {
-                    const int2 xv = __ldg((const int2 *)(xp + 8 * s));
-                    x0 = xv.x;
-                    x1 = xv.y;
-                }
-                const int sum = __dp4a(w1, x1, __dp4a(w0, x0, 0));
-                acc[t] = fmaf(dw * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
-            }
-        }
-    }
-    kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
-}
-
 /* Byte k (0..11) of the 12 scale bytes held in three words, by selects
  * (an indexed register array would go to local memory). */
 static __device__ __forceinline__ int kcu_byte12(uint32_t s0, uint32_t s1, uint32_t s2, int k) {
@@ -855,14 +763,6 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
         kcu_launch(mmv_q4k_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (w[0]->type == KCU_Q6_K)
         kcu_launch(mmv_q6k_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-    else if (v == 9 && q4)
-        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q4_0, 16>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-    else if (v == 9)
-        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q8_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-    else if (v == 7 && q4)
-        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q4_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-    else if (v == 7)
-        kcu_launch(mmv_q8x_pipe_kernel<KCU_Q8_0, 4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (v == 8 && q4)
         kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 16>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (q4)
@@ -899,7 +799,7 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     const uint64_t xs = x->row_stride / 4, ys = dst->row_stride / 4;
     const bool x16 = ((uintptr_t)xp % 16 == 0) && (x->row_stride % 16 == 0);
     /* kernel variants (U load steps in flight, R rows per warp), chosen by
-     * measurement (bench/NOTES.md); KILN_CUDA_MMV=1..9 picks one for
+     * measurement (bench/NOTES.md); KILN_CUDA_MMV=1..8 picks one for
      * benchmarking */
     const int v = dev->mmv_variant;
 #define FAST(K_, U_, R_)                                                                                        \

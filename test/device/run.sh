@@ -171,10 +171,10 @@ if has ops; then
     note "ops: see above"
 fi
 
-if has opsv; then  # the int8 decode kernels: staged (0), pipelined U=8/4 (7), staged U=16 (8), pipelined U=16/8 (9)
+if has opsv; then  # the int8 decode kernels: staged with 8 (0) or 16 (8) blocks per lane step
     mkdir -p build/bench
     cc -O2 -Wall -Wextra -Iinclude bench/backend_ops.c -ldl -lm -o build/bench/backend_ops
-    for v in 0 7 8 9; do
+    for v in 0 8; do
         echo "variant $v"
         KILN_CUDA_MMV=$v BENCH_TYPES=q4_0,q8_0 BENCH_NS=,1,8, build/bench/backend_ops build/libkiln-cuda.so \
             "${KILN_OPS_REPS:-50}" 2>&1 | grep -v 'rel. L2' | tee -a "$OUT/opsv.log"
