@@ -368,6 +368,25 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
 }
 
+/* The staged kernels' load step: the warp copies blocks [c0, c0 + 8 U) of
+ * its row (BB bytes each, fewer at the row's end) into its shared-memory
+ * area with 16-byte loads and returns how many it copied (a multiple of 8,
+ * so the chunk stays 16-byte aligned). */
+template <int BB, int U>
+static __device__ __forceinline__ int kcu_stage_chunk(const uint4 *wr, int c0, int nb, int lane, uint8_t *my) {
+    const int nblk = nb - c0 < 8 * U ? nb - c0 : 8 * U;
+    const int n16 = nblk * BB / 16;
+    __syncwarp();
+    const uint4 *src = wr + (uint64_t)c0 * BB / 16;
+#pragma unroll
+    for (int i = 0; i < (8 * U * BB / 16 + 31) / 32; i++) {
+        const int j = lane + 32 * i;
+        if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
+    }
+    __syncwarp();
+    return nblk;
+}
+
 /* The same products with the weights staged through shared memory: the
  * warp reads 8*U blocks of its row with 16-byte loads (a row of K = 4096 in
  * two steps), then each lane reads its quarter-block from shared memory.
@@ -394,16 +413,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 #pragma unroll
     for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
     for (int c0 = 0; c0 < nb; c0 += 8 * U) {
-        const int nblk = nb - c0 < 8 * U ? nb - c0 : 8 * U; /* a multiple of 8 */
-        const int n16 = nblk * BB / 16;
-        __syncwarp();
-        const uint4 *src = wr + (uint64_t)c0 * BB / 16;
-#pragma unroll
-        for (int i = 0; i < (8 * U * BB / 16 + 31) / 32; i++) {
-            const int j = lane + 32 * i;
-            if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
-        }
-        __syncwarp();
+        const int nblk = kcu_stage_chunk<BB, U>(wr, c0, nb, lane, my);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int lb = bl + 8 * u, b = c0 + lb;
@@ -553,16 +563,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 #pragma unroll
     for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
     for (int c0 = 0; c0 < nb; c0 += 8 * U) {
-        const int nblk = nb - c0 < 8 * U ? nb - c0 : 8 * U; /* a multiple of 8 */
-        const int n16 = nblk * BB / 16;
-        __syncwarp();
-        const uint4 *src = wr + (uint64_t)c0 * BB / 16;
-#pragma unroll
-        for (int i = 0; i < (8 * U * BB / 16 + 31) / 32; i++) {
-            const int j = lane + 32 * i;
-            if (j < n16) ((uint4 *)my)[j] = __ldg(src + j);
-        }
-        __syncwarp();
+        const int nblk = kcu_stage_chunk<BB, U>(wr, c0, nb, lane, my);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int lb = bl + 8 * u, b = c0 + lb;
@@ -740,6 +741,25 @@ static kiln_status mmv_int8_x(kiln_bk_device *dev, const kiln_bk_tensor *x, int8
     return KILN_OK;
 }
 
+/* After launching int8 products: an output overlapping x makes the cached
+ * int8 copy of x stale, and a failed launch drops it too. */
+static kiln_status int8_launched(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                                 const kiln_bk_tensor *x, kiln_bk_tensor *const *dst) {
+    const cudaError_t e = cudaGetLastError();
+    const uint8_t *x0 = (const uint8_t *)kcu_tensor_ptr(x);
+    const uint8_t *x1 = x0 + (uint64_t)(x->ne[1] - 1) * x->row_stride + (uint64_t)x->ne[0] * 4;
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *d0 = (const uint8_t *)kcu_tensor_ptr(dst[i]);
+        const uint8_t *d1 = d0 + (uint64_t)(dst[i]->ne[1] - 1) * dst[i]->row_stride + (uint64_t)w[i]->ne[1] * 4;
+        if (d0 < x1 && x0 < d1) kcu_xq_release(dev);
+    }
+    if (e != cudaSuccess) {
+        kcu_xq_release(dev);
+        return kcu_cuda_error(e, "matrix-vector product (int8)");
+    }
+    return KILN_OK;
+}
+
 /* Products that mmv_can_share() accepted, in one launch. */
 static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
                               const kiln_bk_tensor *x, kiln_bk_tensor *const *dst) {
@@ -769,20 +789,7 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
         kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 8>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else
         kcu_launch(mmv_q8x_staged_kernel<KCU_Q8_0, 4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-    cudaError_t e = cudaGetLastError();
-    /* an output overlapping x would make the cached int8 copy stale */
-    const uint8_t *x0 = (const uint8_t *)kcu_tensor_ptr(x);
-    const uint8_t *x1 = x0 + (uint64_t)(nt - 1) * x->row_stride + (uint64_t)K * 4;
-    for (uint32_t i = 0; i < n; i++) {
-        const uint8_t *d0 = (const uint8_t *)kcu_tensor_ptr(dst[i]);
-        const uint8_t *d1 = d0 + (uint64_t)(nt - 1) * dst[i]->row_stride + (uint64_t)w[i]->ne[1] * 4;
-        if (d0 < x1 && x0 < d1) kcu_xq_release(dev);
-    }
-    if (e != cudaSuccess) {
-        kcu_xq_release(dev);
-        return kcu_cuda_error(e, "matrix-vector product (int8)");
-    }
-    return KILN_OK;
+    return int8_launched(dev, n, w, x, dst);
 }
 
 static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
@@ -817,15 +824,7 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
         else
             kcu_launch(mmv_q8_0_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, wp, w->row_stride, xq, xd, yp,
                        ys, N, (int)K, nt);
-        cudaError_t e = cudaGetLastError();
-        const uint8_t *d0 = (const uint8_t *)yp, *d1 = d0 + (uint64_t)(nt - 1) * dst->row_stride + (uint64_t)N * 4;
-        const uint8_t *x0 = (const uint8_t *)xp, *x1 = x0 + (uint64_t)(nt - 1) * x->row_stride + (uint64_t)K * 4;
-        if (d0 < x1 && x0 < d1) kcu_xq_release(dev);
-        if (e != cudaSuccess) {
-            kcu_xq_release(dev);
-            return kcu_cuda_error(e, "matrix-vector product (int8)");
-        }
-        return KILN_OK;
+        return int8_launched(dev, 1, &w, x, &dst);
     }
     if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
         /* KILN_CUDA_MMV=1..3: other (U, R) for comparison */

@@ -41,20 +41,6 @@ static __device__ __forceinline__ void kcu_q4k_scale_min(const uint8_t *s, int j
     }
 }
 
-/* 32 bytes as eight words: two 16-byte loads where p is 16-byte aligned
- * (Q4_K and Q5_K blocks are 144 and 176 bytes, so their quants always are
- * in a tensor whose rows start aligned), else 2-byte loads. */
-static __device__ __forceinline__ void kcu_load32(const uint8_t *p, uint32_t w[8]) {
-    if (((uintptr_t)p & 15) == 0) {
-        const uint4 a = *(const uint4 *)p, b = *(const uint4 *)(p + 16);
-        w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w;
-        w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
-    } else {
-        kcu_load16(p, w);
-        kcu_load16(p + 16, w + 4);
-    }
-}
-
 /* Group g of a row starting at `row`, into y[32]. */
 template <int T> static __device__ __forceinline__ void kcu_dq32(const uint8_t *row, int64_t g, float *y);
 
@@ -156,7 +142,8 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_K>(const uint8_t *ro
     kcu_q4k_scale_min(b + 4, j, &sc, &mn);
     const float d1 = d * (float)sc, m1 = dmin * (float)mn;
     uint32_t w[8];
-    kcu_load32(b + 16 + 32 * c, w);
+    kcu_load16(b + 16 + 32 * c, w);
+    kcu_load16(b + 32 + 32 * c, w + 4);
     const int shift = (j & 1) * 4;
 #pragma unroll
     for (int l = 0; l < 32; l++) y[l] = d1 * (float)((w[l / 4] >> (8 * (l % 4) + shift)) & 0xF) - m1;
@@ -170,8 +157,10 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_K>(const uint8_t *ro
     kcu_q4k_scale_min(b + 4, j, &sc, &mn);
     const float d1 = d * (float)sc, m1 = dmin * (float)mn;
     uint32_t w[8], h[8];
-    kcu_load32(b + 48 + 32 * c, w);
-    kcu_load32(b + 16, h);
+    kcu_load16(b + 48 + 32 * c, w);
+    kcu_load16(b + 64 + 32 * c, w + 4);
+    kcu_load16(b + 16, h);
+    kcu_load16(b + 32, h + 4);
     const int shift = (j & 1) * 4;
 #pragma unroll
     for (int l = 0; l < 32; l++) {
