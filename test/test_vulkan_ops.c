@@ -7,7 +7,8 @@
  * any batch up to 16), float rows with tails,
  * get_rows for every type, rms_norm, add (with a broadcast row), swiglu,
  * rope (NORM and NEOX, with frequency factors), kv_store + attention over a
- * paged cache with GQA. The two backends do the same arithmetic (the same
+ * paged cache with GQA; the fused entries (add_rms_norm, matmul_multi,
+ * rope_kv_store) bit for bit against the separate operations. The two backends do the same arithmetic (the same
  * activation quantization and integer block sums), so results may differ
  * only by the order of float additions. Skipped when libkiln-vulkan.so or
  * a Vulkan device is missing (KILN_BACKEND_PATH names the plugin folder).
@@ -285,6 +286,180 @@ static void test_row_ops_and_attention(void) {
 #undef BOTH
 }
 
+/* ------------------------------------------------------------------------ */
+/* the fused entries give the separate operations' bits                     */
+/* ------------------------------------------------------------------------ */
+
+static kiln_bk_buffer *vk_buf(uint64_t size, const void *data) {
+    kiln_bk_buffer *b = NULL;
+    KT_CHECK_OK(vk->buffer_alloc(dvk, size, KILN_BK_BUF_TRANSIENT, &b));
+    if (b && data) KT_CHECK_OK(vk->buffer_upload(dvk, b, 0, data, size));
+    return b;
+}
+
+/* Whether [off, off + size) of two Vulkan buffers holds the same bytes. */
+static int vk_same(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, uint64_t size) {
+    uint8_t *ha = malloc(size), *hb = malloc(size);
+    KT_CHECK_OK(vk->buffer_download(dvk, a, off, ha, size));
+    KT_CHECK_OK(vk->buffer_download(dvk, b, off, hb, size));
+    int same = memcmp(ha, hb, size) == 0;
+    free(ha);
+    free(hb);
+    return same;
+}
+
+/* add_rms_norm as the core calls it (sum aliases a, dst another row block)
+ * and with every operand apart, 1 and 5 rows, against add then rms_norm. */
+static void test_fused_add_rms_norm(void) {
+    enum { E = 320, T = 5 };
+    const uint64_t X = 0, Hh = T * E, Wt = 2 * T * E, S = 3 * T * E, D = 4 * T * E, TOTAL = 5 * T * E;
+    float *data = malloc(sizeof(float) * TOTAL);
+    for (uint64_t i = 0; i < TOTAL; i++) data[i] = frand() * 3.0f;
+    for (int rows = 1; rows <= T; rows += T - 1)
+        for (int apart = 0; apart < 2; apart++) {
+            kiln_bk_buffer *b1 = vk_buf(sizeof(float) * TOTAL, data), *b2 = vk_buf(sizeof(float) * TOTAL, data);
+            kiln_bk_tensor x = tensor(b1, KILN_TYPE_F32, E, rows, X * 4), h = tensor(b1, KILN_TYPE_F32, E, rows, Hh * 4);
+            kiln_bk_tensor w = tensor(b1, KILN_TYPE_F32, E, 1, Wt * 4);
+            kiln_bk_tensor sum = apart ? tensor(b1, KILN_TYPE_F32, E, rows, S * 4) : x;
+            kiln_bk_tensor dst = apart ? tensor(b1, KILN_TYPE_F32, E, rows, D * 4) : h;
+            KT_CHECK_OK(vk->add(dvk, &x, &h, &sum));
+            KT_CHECK_OK(vk->rms_norm(dvk, &sum, &w, 1e-5f, &dst));
+            x.buf = h.buf = w.buf = sum.buf = dst.buf = b2;
+            KT_CHECK_OK(vk->add_rms_norm(dvk, &x, &h, &sum, &w, 1e-5f, &dst));
+            KT_CHECKF(vk_same(b1, b2, 0, sizeof(float) * TOTAL), "add_rms_norm rows %d apart %d: bits differ", rows,
+                      apart);
+            vk->buffer_free(b1);
+            vk->buffer_free(b2);
+        }
+    free(data);
+}
+
+/* matmul_multi: three and two products of one x for every weight type,
+ * decode (1, 3 and 9 rows: one dispatch) and a batch (20: matmul each),
+ * weights one after the other in one buffer (the second F16 one not
+ * 16-byte aligned), against matmul three times; and products of two
+ * types (matmul each). */
+static void test_fused_matmul_multi(void) {
+    static const int32_t types[] = {KILN_TYPE_F32,  KILN_TYPE_F16,  KILN_TYPE_BF16, KILN_TYPE_Q4_0,
+                                    KILN_TYPE_Q4_1, KILN_TYPE_Q5_0, KILN_TYPE_Q5_1, KILN_TYPE_Q8_0,
+                                    KILN_TYPE_Q4_K, KILN_TYPE_Q5_K, KILN_TYPE_Q6_K};
+    const int64_t K = 512, Ns[3] = {133, 64, 37};
+    static const int64_t Ms[] = {1, 3, 9, 20};
+    enum { MMAX = 20 };
+    float *wf = malloc(sizeof(float) * K * 133), *x = malloc(sizeof(float) * K * MMAX);
+    for (int64_t i = 0; i < K * 133; i++) wf[i] = frand();
+    for (int64_t i = 0; i < K * MMAX; i++) x[i] = frand() * 2.0f;
+    const uint64_t DSZ = sizeof(float) * (133 + 64 + 37) * MMAX + 64;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int32_t type = types[ti];
+        const int32_t type2 = ti == 0 ? types[1] : types[ti - 1]; /* the mixed case */
+        const uint64_t row = kiln_type_row_size(type, K), row2 = kiln_type_row_size(type2, K);
+        /* w0 at 0, w1 right after it + 2 bytes, w2 (type2 in the mixed case) after that, 4-aligned */
+        const uint64_t o1 = row * Ns[0] + 2 + (type == KILN_TYPE_F16 || type == KILN_TYPE_BF16 ? 0 : 2);
+        const uint64_t o2 = (o1 + row * Ns[1] + 3) / 4 * 4;
+        const uint64_t wsize = o2 + (row > row2 ? row : row2) * Ns[2] + 64;
+        uint8_t *wq = calloc(1, wsize), *wq2 = calloc(1, wsize);
+        for (int p = 0; p < 3; p++) {
+            const uint64_t o = p == 0 ? 0 : p == 1 ? o1 : o2;
+            for (int64_t r = 0; r < Ns[p]; r++) {
+                KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + o + r * row, K));
+                KT_CHECK_OK(kiln_quantize_row(p == 2 ? type2 : type, wf + r * K,
+                                              wq2 + o + r * (p == 2 ? row2 : row), K));
+            }
+        }
+        for (int mixed = 0; mixed < 2; mixed++) {
+            kiln_bk_buffer *wb = vk_buf(wsize, mixed ? wq2 : wq), *xb = vk_buf(sizeof(float) * K * MMAX, x);
+            for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+                const int64_t M = Ms[mi];
+                for (uint32_t n = 2; n <= 3; n++) {
+                    kiln_bk_buffer *d1 = vk_buf(DSZ, NULL), *d2 = vk_buf(DSZ, NULL);
+                    kiln_bk_tensor tw[3], td[3];
+                    uint64_t doff = 0;
+                    for (int p = 0; p < 3; p++) {
+                        const int32_t t = mixed && p == 2 ? type2 : type;
+                        tw[p] = tensor(wb, t, K, Ns[p], p == 0 ? 0 : p == 1 ? o1 : o2);
+                        td[p] = tensor(d1, KILN_TYPE_F32, Ns[p], M, doff);
+                        doff += sizeof(float) * (uint64_t)(Ns[p] * M);
+                    }
+                    kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
+                    uint8_t zero[256] = {0};
+                    for (uint64_t o = 0; o < DSZ; o += sizeof zero) {
+                        const uint64_t c = DSZ - o < sizeof zero ? DSZ - o : sizeof zero;
+                        KT_CHECK_OK(vk->buffer_upload(dvk, d1, o, zero, c));
+                        KT_CHECK_OK(vk->buffer_upload(dvk, d2, o, zero, c));
+                    }
+                    for (uint32_t p = 0; p < n; p++) KT_CHECK_OK(vk->matmul(dvk, &tw[p], &tx, &td[p]));
+                    const kiln_bk_tensor *wp[3] = {&tw[0], &tw[1], &tw[2]};
+                    kiln_bk_tensor *dp[3] = {&td[0], &td[1], &td[2]};
+                    for (int p = 0; p < 3; p++) td[p].buf = d2;
+                    KT_CHECK_OK(vk->matmul_multi(dvk, n, wp, &tx, dp));
+                    KT_CHECKF(vk_same(d1, d2, 0, DSZ), "matmul_multi %s%s M=%lld n=%u: bits differ",
+                              kiln_type_name(type), mixed ? " mixed" : "", (long long)M, n);
+                    vk->buffer_free(d1);
+                    vk->buffer_free(d2);
+                }
+            }
+            vk->buffer_free(wb);
+            vk->buffer_free(xb);
+        }
+        free(wq);
+        free(wq2);
+    }
+    free(wf);
+    free(x);
+}
+
+/* rope_kv_store against rope, rope, kv_store: q, k, v rows of one buffer
+ * (as the core lays them out), NORM and NEOX, with frequency factors and
+ * with a partial rotation, 1 and 5 tokens; and q, k, v in separate
+ * buffers (the three operations). */
+static void test_fused_rope_kv_store(void) {
+    enum { T = 5, H = 4, HKV = 2, D = 64, Q = H * D, KVD = HKV * D, BS = 4, CELLS = 32 };
+    const uint64_t OQ = 0, OK_ = T * Q, OV = T * Q + T * KVD, TOTAL = T * Q + 2 * T * KVD;
+    float *data = malloc(sizeof(float) * TOTAL);
+    for (uint64_t i = 0; i < TOTAL; i++) data[i] = frand() * 2.0f;
+    uint16_t *zero = calloc((size_t)CELLS * KVD, 2);
+    float ff[D / 2];
+    for (int i = 0; i < D / 2; i++) ff[i] = 1.0f + 0.05f * (float)i;
+    int32_t pos[T] = {3, 17, 2, 0, 250}, cell[T] = {8, 9, 10, 20, 17};
+    for (int tokens = 1; tokens <= T; tokens += T - 1)
+        for (int mode = 0; mode <= 2; mode += 2)
+            for (int variant = 0; variant < 3; variant++) { /* 0 factors, 1 partial rotation, 2 apart */
+                kiln_bk_ubatch u = {sizeof u, (uint32_t)tokens, pos, cell, NULL, NULL, NULL, 0, BS, CELLS};
+                KT_CHECK_OK(vk->set_ubatch(dvk, &u));
+                kiln_bk_buffer *b1 = vk_buf(sizeof(float) * TOTAL, data), *b2 = vk_buf(sizeof(float) * TOTAL, data);
+                kiln_bk_buffer *kc1 = vk_buf((uint64_t)CELLS * KVD * 2, zero), *vc1 = vk_buf((uint64_t)CELLS * KVD * 2, zero);
+                kiln_bk_buffer *kc2 = vk_buf((uint64_t)CELLS * KVD * 2, zero), *vc2 = vk_buf((uint64_t)CELLS * KVD * 2, zero);
+                kiln_bk_buffer *vsep = variant == 2 ? vk_buf(sizeof(float) * TOTAL, data) : NULL;
+                kiln_bk_rope rq = {sizeof rq, mode, H, D, variant == 1 ? D / 2 : D, 10000.0f, 0.5f,
+                                   variant == 0 ? ff : NULL};
+                kiln_bk_rope rk = rq;
+                rk.n_head = HKV;
+                kiln_bk_tensor q = tensor(b1, KILN_TYPE_F32, Q, tokens, OQ * 4);
+                kiln_bk_tensor k = tensor(b1, KILN_TYPE_F32, KVD, tokens, OK_ * 4);
+                kiln_bk_tensor v = tensor(b1, KILN_TYPE_F32, KVD, tokens, OV * 4);
+                KT_CHECK_OK(vk->rope(dvk, &q, &rq));
+                KT_CHECK_OK(vk->rope(dvk, &k, &rk));
+                KT_CHECK_OK(vk->kv_store(dvk, &k, &v, kc1, vc1, KVD));
+                q.buf = k.buf = v.buf = b2;
+                if (vsep) v.buf = vsep;
+                KT_CHECK_OK(vk->rope_kv_store(dvk, &q, &k, &v, &rq, &rk, kc2, vc2, KVD));
+                KT_CHECKF(vk_same(b1, b2, 0, sizeof(float) * TOTAL), "rope_kv_store tokens %d mode %d variant %d: q/k bits differ",
+                          tokens, mode, variant);
+                KT_CHECKF(vk_same(kc1, kc2, 0, (uint64_t)CELLS * KVD * 2) && vk_same(vc1, vc2, 0, (uint64_t)CELLS * KVD * 2),
+                          "rope_kv_store tokens %d mode %d variant %d: caches differ", tokens, mode, variant);
+                vk->buffer_free(b1);
+                vk->buffer_free(b2);
+                vk->buffer_free(kc1);
+                vk->buffer_free(vc1);
+                vk->buffer_free(kc2);
+                vk->buffer_free(vc2);
+                vk->buffer_free(vsep);
+            }
+    free(zero);
+    free(data);
+}
+
 /* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few
  * allocations of its own past exit; they are not kiln's. */
 const char *__lsan_default_suppressions(void);
@@ -305,6 +480,9 @@ int main(void) {
     KT_RUN(test_matmul_and_get_rows);
     KT_RUN(test_matmul_float_tails);
     KT_RUN(test_row_ops_and_attention);
+    KT_RUN(test_fused_add_rms_norm);
+    KT_RUN(test_fused_matmul_multi);
+    KT_RUN(test_fused_rope_kv_store);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");
     vk->device_close(dvk);
     cpu->device_close(dcpu);

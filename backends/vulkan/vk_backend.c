@@ -52,6 +52,9 @@ static const kiln_backend_iface vk_iface = {
     .set_host = kiln_vk_set_host,
     .graph_begin = kiln_vk_graph_begin, /* vk_graph.c */
     .graph_end = kiln_vk_graph_end,
+    .add_rms_norm = kiln_vk_add_rms_norm, /* vk_ops.c */
+    .matmul_multi = kiln_vk_matmul_multi,
+    .rope_kv_store = kiln_vk_rope_kv_store,
 };
 
 KILN_API const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

@@ -385,6 +385,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
+    dev->no_fused = getenv("KILN_VK_NO_FUSED") != NULL;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);
@@ -437,6 +438,9 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
         fprintf(stderr, "kiln vulkan graphs (handle %p): %llu recorded, %llu replayed, %llu redone\n", (const void *)dev,
                 (unsigned long long)dev->n_graph_records, (unsigned long long)dev->n_graph_replays,
                 (unsigned long long)dev->n_graph_redos);
+    if ((dev->profile || getenv("KILN_VK_STATS")) && dev->max_dispatches)
+        fprintf(stderr, "kiln vulkan graphs (handle %p): the largest recorded %u dispatches, %u barriers\n",
+                (const void *)dev, dev->max_dispatches, dev->max_barriers);
     if (dev->sh) {
         (void)kiln_vk_finish(dev);
         kiln_vk_graphs_close(dev);

@@ -173,6 +173,7 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     /* orders the step after earlier submissions; host writes (the stage) visible */
     kiln_vk_barrier_cmd(g->cmd);
     dev->n_pend = 0;
+    dev->rec_dispatches = dev->rec_barriers = 0;
     dev->graph_mode = 1;
     return KILN_OK;
 }
@@ -200,6 +201,10 @@ kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo) {
             return KILN_OK;
         }
         g->hash = dev->graph_hash;
+        if (dev->rec_dispatches > dev->max_dispatches) {
+            dev->max_dispatches = dev->rec_dispatches;
+            dev->max_barriers = dev->rec_barriers;
+        }
         if (dev->n_graphs == KILN_VK_MAX_GRAPHS) { /* the oldest goes */
             graph_free(dev, &dev->graphs[0]);
             memmove(dev->graphs, dev->graphs + 1, sizeof dev->graphs[0] * (KILN_VK_MAX_GRAPHS - 1));

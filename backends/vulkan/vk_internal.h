@@ -71,7 +71,10 @@ enum {
     KILN_VK_P_MMV_FIRST = KILN_VK_P_MMT_FIRST + 11,    /* matrix-vector (decode), subgroup arithmetic */
     KILN_VK_P_MMC_FIRST = KILN_VK_P_MMV_FIRST + 11,    /* batches on matrix cores (NV cooperative matrix) */
     KILN_VK_P_MMCE_FIRST = KILN_VK_P_MMC_FIRST + 11,   /* mmc emulated without matrix cores (tests) */
-    KILN_VK_P_COUNT = KILN_VK_P_MMCE_FIRST + 11
+    KILN_VK_P_MMVM_FIRST = KILN_VK_P_MMCE_FIRST + 11,  /* mmv of up to 3 products of one x (matmul_multi) */
+    KILN_VK_P_ADD_RMS_NORM = KILN_VK_P_MMVM_FIRST + 11, /* residual add + norm (add_rms_norm) */
+    KILN_VK_P_ROPE_KV,                                 /* rope q, rope k, store k and v (rope_kv_store) */
+    KILN_VK_P_COUNT
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
@@ -245,6 +248,7 @@ struct kiln_bk_device {
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
+    bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store run the separate ops */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
@@ -263,6 +267,8 @@ struct kiln_bk_device {
     uint8_t *stage_scratch;  /* host inputs of a step that overflowed its stage */
     size_t stage_scratch_cap;
     uint64_t n_graph_records, n_graph_replays, n_graph_redos;
+    uint32_t rec_dispatches, rec_barriers;    /* of the graph being recorded */
+    uint32_t max_dispatches, max_barriers;    /* of the largest graph recorded (KILN_VK_STATS) */
     double prof_ms[KILN_VK_P_COUNT];
     uint64_t prof_n[KILN_VK_P_COUNT];
 };
@@ -359,6 +365,15 @@ kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const
                              kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim);
 kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
                               const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst);
+/* The OPTIONAL fused entries (kiln_backend.h): one dispatch each where the
+ * operands allow (decode steps), else the separate operations. */
+kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                                 kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst);
+kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                                 const kiln_bk_tensor *x, kiln_bk_tensor *const *dst);
+kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                                  const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                                  kiln_bk_buffer *v_cache, uint32_t kv_dim);
 /* Forget the quantized activations if [offset, +size) of buf overlaps them. */
 void kiln_vk_act_written(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size);
 

@@ -60,6 +60,9 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_ATTENTION) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + 11) return 1u << 1;
     if (which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY) return 1u << 2;
+    if (which == KILN_VK_P_ADD_RMS_NORM) return (1u << 2) | (1u << 4);
+    if (which == KILN_VK_P_ROPE_KV) return (1u << 0) | (1u << 2) | (1u << 3);
+    if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + 11) return 1u << 2;
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
         (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_COUNT))
         return 1u << 2; /* every matmul: D */
@@ -89,6 +92,7 @@ static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, 
     if (need) {
         kiln_vk_barrier_cmd(cmd);
         dev->n_pend = 0;
+        if (dev->graph_mode == 1) dev->rec_barriers++;
     }
     for (uint32_t i = 0; i < n_binds; i++) {
         kiln_vk_pending *pp = &dev->pend[dev->n_pend++];
@@ -150,7 +154,10 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     sh->push_descriptor(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_binds, w);
     vkCmdPushConstants(cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
     vkCmdDispatch(cmd, gx, gy, gz);
-    if (in_graph) return KILN_OK;
+    if (in_graph) {
+        dev->rec_dispatches++;
+        return KILN_OK;
+    }
     dev->n_ops++;
     if (dev->profile) {
         st = kiln_vk_finish(dev);
@@ -480,6 +487,64 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
 #define KILN_VK_MMV_ROWS 2   /* weight rows per subgroup pass (mmv.glsl ROWS) */
 #define KILN_VK_MMV_WG 128   /* invocations per workgroup (mmv.glsl local_size_x) */
 
+/* The activations x in format `mode` (act_mode) in the handle's scratch,
+ * quantized by one quant_act dispatch unless the scratch already holds
+ * them (act_cache: q, k and v, or gate and up, share one); *b binds them,
+ * *a_off and *a_stride (words) address them. */
+static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, uint64_t xe, uint32_t mode,
+                                kiln_vk_bind *b, uint32_t *a_off, uint32_t *a_stride) {
+    kiln_status st;
+    const int64_t K = x->ne[0], M = x->ne[1];
+    const uint64_t row_words = act_row_words(mode, (uint64_t)K);
+    const uint64_t bytes = (uint64_t)M * row_words * 4;
+    kiln_vk_act_cache *c = &dev->act_cache;
+    bool hit = c->valid && c->src == x->buf && c->offset == x->offset && c->row_stride == x->row_stride &&
+               c->k == K && c->m == M && c->mode == mode;
+    if (!hit) {
+        c->valid = false;
+        if (!dev->act || dev->act->size < bytes) {
+            /* the old scratch may be read by recorded work: finish it first */
+            if (dev->act && (st = kiln_vk_finish(dev))) return st;
+            kiln_bk_buffer *nb = NULL;
+            uint64_t want = dev->act && dev->act->size * 2 > bytes ? dev->act->size * 2 : bytes;
+            if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, want, &nb)) &&
+                (want == bytes || (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))))
+                return st;
+            kiln_vk_buffer_free(dev->act);
+            dev->act = nb;
+            dev->act_gen++; /* recorded graphs name the old one */
+        }
+        struct { uint32_t x_off, x_stride, a_off, a_stride, K, M, mode; } qc;
+        kiln_vk_bind qb[2];
+        uint32_t rem;
+        if ((st = bind_f32(dev, x, xe, &qb[0], &qc.x_off, &qc.x_stride, "matmul")) ||
+            (st = kiln_vk_bind_range(dev, dev->act, 0, bytes, &qb[1], &rem, "matmul")))
+            return st;
+        qc.a_off = 0;
+        qc.a_stride = (uint32_t)row_words;
+        qc.K = (uint32_t)K;
+        qc.M = (uint32_t)M;
+        qc.mode = mode;
+        /* one invocation per element (F16/BF16), else a workgroup per 256 */
+        uint32_t gx = mode <= 2 ? div_up((uint64_t)K, 64) : div_up((uint64_t)K, 256);
+        if ((st = kiln_vk_dispatch(dev, KILN_VK_P_QUANT_ACT, qb, 2, &qc, sizeof qc, gx, (uint32_t)M, 1)))
+            return st;
+        c->valid = true;
+        c->src = x->buf;
+        c->offset = x->offset;
+        c->extent = xe;
+        c->row_stride = x->row_stride;
+        c->k = K;
+        c->m = M;
+        c->mode = mode;
+    }
+    uint32_t rem;
+    if ((st = kiln_vk_bind_range(dev, dev->act, 0, bytes, b, &rem, "matmul"))) return st;
+    *a_off = 0;
+    *a_stride = (uint32_t)row_words;
+    return KILN_OK;
+}
+
 kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                            kiln_bk_tensor *dst) {
     kiln_status st;
@@ -524,53 +589,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* the F32 rows as they are (matrix cores convert them to F16 themselves) */
         if ((st = bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul"))) return st;
     } else {
-        const uint64_t row_words = act_row_words(mode, (uint64_t)K);
-        const uint64_t bytes = (uint64_t)M * row_words * 4;
-        kiln_vk_act_cache *c = &dev->act_cache;
-        bool hit = c->valid && c->src == x->buf && c->offset == x->offset && c->row_stride == x->row_stride &&
-                   c->k == K && c->m == M && c->mode == mode;
-        if (!hit) {
-            c->valid = false;
-            if (!dev->act || dev->act->size < bytes) {
-                /* the old scratch may be read by recorded work: finish it first */
-                if (dev->act && (st = kiln_vk_finish(dev))) return st;
-                kiln_bk_buffer *nb = NULL;
-                uint64_t want = dev->act && dev->act->size * 2 > bytes ? dev->act->size * 2 : bytes;
-                if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, want, &nb)) &&
-                    (want == bytes || (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))))
-                    return st;
-                kiln_vk_buffer_free(dev->act);
-                dev->act = nb;
-                dev->act_gen++; /* recorded graphs name the old one */
-            }
-            struct { uint32_t x_off, x_stride, a_off, a_stride, K, M, mode; } qc;
-            kiln_vk_bind qb[2];
-            uint32_t rem;
-            if ((st = bind_f32(dev, x, xe, &qb[0], &qc.x_off, &qc.x_stride, "matmul")) ||
-                (st = kiln_vk_bind_range(dev, dev->act, 0, bytes, &qb[1], &rem, "matmul")))
-                return st;
-            qc.a_off = 0;
-            qc.a_stride = (uint32_t)row_words;
-            qc.K = (uint32_t)K;
-            qc.M = (uint32_t)M;
-            qc.mode = mode;
-            /* one invocation per element (F16/BF16), else a workgroup per 256 */
-            uint32_t gx = mode <= 2 ? div_up((uint64_t)K, 64) : div_up((uint64_t)K, 256);
-            if ((st = kiln_vk_dispatch(dev, KILN_VK_P_QUANT_ACT, qb, 2, &qc, sizeof qc, gx, (uint32_t)M, 1)))
-                return st;
-            c->valid = true;
-            c->src = x->buf;
-            c->offset = x->offset;
-            c->extent = xe;
-            c->row_stride = x->row_stride;
-            c->k = K;
-            c->m = M;
-            c->mode = mode;
-        }
-        uint32_t rem;
-        if ((st = kiln_vk_bind_range(dev, dev->act, 0, bytes, &b[1], &rem, "matmul"))) return st;
-        pc.a_off = 0;
-        pc.a_stride = (uint32_t)row_words;
+        if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) return st;
     }
     uint32_t w_rem;
     if ((st = kiln_vk_bind_range(dev, w->buf, w->offset, we, &b[0], &w_rem, "matmul")) ||
@@ -696,11 +715,13 @@ static kiln_status rope_table(kiln_bk_device *dev, const kiln_bk_rope *r, uint64
     return KILN_OK;
 }
 
-kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
+/* rope's checks; *r: the parameters (defaults for fields the caller's
+ * struct lacks), *xe: x's extent. */
+static kiln_status rope_check(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_rope *rope, kiln_bk_rope *r_out,
+                              uint64_t *xe) {
     kiln_status st;
-    uint64_t xe;
     if (!dev || !rope) return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: NULL device or parameters");
-    if ((st = need_ubatch(dev, "rope")) || (st = tensor_check(x, KILN_VK_T_F32, "rope", "x", &xe))) return st;
+    if ((st = need_ubatch(dev, "rope")) || (st = tensor_check(x, KILN_VK_T_F32, "rope", "x", xe))) return st;
     kiln_bk_rope r;
     memset(&r, 0, sizeof r);
     memcpy(&r, rope, rope->struct_size < sizeof r ? rope->struct_size : sizeof r);
@@ -715,6 +736,15 @@ kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_r
     if (x->ne[1] != (int64_t)dev->ub.n_tokens)
         return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: %lld rows for a ubatch of %u tokens", (long long)x->ne[1],
                           dev->ub.n_tokens);
+    *r_out = r;
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
+    kiln_status st;
+    uint64_t xe;
+    kiln_bk_rope r;
+    if ((st = rope_check(dev, x, rope, &r, &xe))) return st;
     if (r.n_rot == 0 || x->ne[1] == 0 || r.n_head == 0) return KILN_OK;
     uint64_t toff;
     const kiln_bk_buffer *tbuf;
@@ -740,13 +770,16 @@ kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_r
 /* kv_store, attention                                                      */
 /* ------------------------------------------------------------------------ */
 
-kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
-                             kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+/* kv_store's checks: *ke, *ve the extents of k and v, *need the bytes of
+ * each cache the ubatch's cells span; *noop when there is nothing to store. */
+static kiln_status kv_store_check(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                                  const kiln_bk_buffer *k_cache, const kiln_bk_buffer *v_cache, uint32_t kv_dim,
+                                  uint64_t *ke, uint64_t *ve, uint64_t *need, bool *noop) {
     kiln_status st;
-    uint64_t ke, ve;
+    *noop = true;
     if (!dev || !k_cache || !v_cache) return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: NULL device or cache");
-    if ((st = need_ubatch(dev, "kv_store")) || (st = tensor_check(k, KILN_VK_T_F32, "kv_store", "k", &ke)) ||
-        (st = tensor_check(v, KILN_VK_T_F32, "kv_store", "v", &ve)))
+    if ((st = need_ubatch(dev, "kv_store")) || (st = tensor_check(k, KILN_VK_T_F32, "kv_store", "k", ke)) ||
+        (st = tensor_check(v, KILN_VK_T_F32, "kv_store", "v", ve)))
         return st;
     const kiln_vk_ubatch *ub = &dev->ub;
     if (k->ne[0] != kv_dim || v->ne[0] != kv_dim || k->ne[1] != ub->n_tokens || v->ne[1] != ub->n_tokens)
@@ -756,11 +789,22 @@ kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const
     if (ub->n_tokens == 0 || kv_dim == 0) return KILN_OK;
     if (!ub->has_kv_cell) return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: the ubatch has no kv cells");
     if (kv_dim % 2) return kiln_error(KILN_E_UNSUPPORTED, "vulkan kv_store: odd kv_dim %u", kv_dim);
-    uint64_t need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
-    if (k_cache->size < need || v_cache->size < need)
+    *need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
+    if (k_cache->size < *need || v_cache->size < *need)
         return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: caches of %llu/%llu bytes, %u cells need %llu",
                           (unsigned long long)k_cache->size, (unsigned long long)v_cache->size, ub->n_cells,
-                          (unsigned long long)need);
+                          (unsigned long long)*need);
+    *noop = false;
+    return KILN_OK;
+}
+
+kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                             kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+    kiln_status st;
+    uint64_t ke, ve, need;
+    bool noop;
+    if ((st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke, &ve, &need, &noop)) || noop) return st;
+    const kiln_vk_ubatch *ub = &dev->ub;
     kiln_vk_bind b[5];
     struct { uint32_t k_off, k_stride, v_off, v_stride, kv_dim, rows, cell_off; } pc;
     if ((st = ubatch_bind(dev, &b[4], "kv_store")) || (st = bind_f32(dev, k, ke, &b[0], &pc.k_off, &pc.k_stride, "kv_store")) ||
@@ -833,4 +877,227 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     pc.bt_off = 3 * ub->n_tokens;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
     return kiln_vk_dispatch(dev, KILN_VK_P_ATTENTION, b, 5, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* fused entries (decode): add_rms_norm, matmul_multi, rope_kv_store        */
+/* ------------------------------------------------------------------------ */
+
+kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
+                                 kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t ae, be, se, we, de;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: device is NULL");
+    if ((st = tensor_check(a, KILN_VK_T_F32, "add_rms_norm", "a", &ae)) ||
+        (st = tensor_check(b, KILN_VK_T_F32, "add_rms_norm", "b", &be)) ||
+        (st = tensor_check(sum, KILN_VK_T_F32, "add_rms_norm", "sum", &se)) ||
+        (st = tensor_check(w, KILN_VK_T_F32, "add_rms_norm", "w", &we)) ||
+        (st = tensor_check(dst, KILN_VK_T_F32, "add_rms_norm", "dst", &de)))
+        return st;
+    const int64_t n = a->ne[0], rows = a->ne[1];
+    if (b->ne[0] != n || b->ne[1] != rows || sum->ne[0] != n || sum->ne[1] != rows || w->ne[0] != n || w->ne[1] < 1 ||
+        dst->ne[0] != n || dst->ne[1] != rows)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: shapes a %lldx%lld, b %lldx%lld, sum %lldx%lld, "
+                          "w %lldx%lld, dst %lldx%lld", (long long)n, (long long)rows, (long long)b->ne[0],
+                          (long long)b->ne[1], (long long)sum->ne[0], (long long)sum->ne[1], (long long)w->ne[0],
+                          (long long)w->ne[1], (long long)dst->ne[0], (long long)dst->ne[1]);
+    if (!(eps >= 0.0f)) return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: eps %g", (double)eps);
+    if (n == 0 || rows == 0) return KILN_OK;
+    if (dev->no_fused) {
+        if ((st = kiln_vk_add(dev, a, b, sum))) return st;
+        return kiln_vk_rms_norm(dev, sum, w, eps, dst);
+    }
+    struct { uint32_t a_off, a_stride, b_off, b_stride, s_off, s_stride, w_off, d_off, d_stride, n, rows; float eps; } pc;
+    uint32_t dummy;
+    kiln_vk_bind bd[5];
+    if ((st = bind_f32(dev, a, ae, &bd[0], &pc.a_off, &pc.a_stride, "add_rms_norm")) ||
+        (st = bind_f32(dev, b, be, &bd[1], &pc.b_off, &pc.b_stride, "add_rms_norm")) ||
+        (st = bind_f32(dev, sum, se, &bd[2], &pc.s_off, &pc.s_stride, "add_rms_norm")) ||
+        (st = bind_f32(dev, w, we, &bd[3], &pc.w_off, &dummy, "add_rms_norm")) ||
+        (st = bind_f32(dev, dst, de, &bd[4], &pc.d_off, &pc.d_stride, "add_rms_norm")))
+        return st;
+    pc.n = (uint32_t)n;
+    pc.rows = (uint32_t)rows;
+    pc.eps = eps;
+    kiln_vk_act_written(dev, sum->buf, sum->offset, se);
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    return kiln_vk_dispatch(dev, KILN_VK_P_ADD_RMS_NORM, bd, 5, &pc, sizeof pc, pc.rows, 1, 1);
+}
+
+/* matmul_multi in one matrix-vector dispatch (mmvm_TYPE): decode batches
+ * on a device with the mmv kernels, every weight of one type in one
+ * buffer, every result in one buffer. Anything else: matmul n times. */
+kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                                 const kiln_bk_tensor *x, kiln_bk_tensor *const *dst) {
+    kiln_status st;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: device is NULL");
+    if (n < 1 || n > 3 || !w || !dst)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: %u products (1..3) or NULL arrays", n);
+    uint64_t we[3], de[3], xe;
+    if ((st = tensor_check(x, KILN_VK_T_F32, "matmul_multi", "x", &xe))) return st;
+    const int64_t K = x->ne[0], M = x->ne[1];
+    bool fuse = n > 1 && M >= 1 && M <= KILN_VK_MMV_MAX && K > 0 && dev->sh->subgroup_add && !dev->no_mmv &&
+                !dev->no_fused;
+    for (uint32_t i = 0; i < n; i++) {
+        if ((st = tensor_check(w[i], -1, "matmul_multi", "w", &we[i])) ||
+            (st = tensor_check(dst[i], KILN_VK_T_F32, "matmul_multi", "dst", &de[i])))
+            return st;
+        if (w[i]->ne[0] != K || dst[i]->ne[0] != w[i]->ne[1] || dst[i]->ne[1] != M)
+            return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: w %lldx%lld, x %lldx%lld, dst %lldx%lld",
+                              (long long)w[i]->ne[0], (long long)w[i]->ne[1], (long long)K, (long long)M,
+                              (long long)dst[i]->ne[0], (long long)dst[i]->ne[1]);
+        fuse = fuse && w[i]->ne[1] > 0 && w[i]->type == w[0]->type && w[i]->buf == w[0]->buf &&
+               dst[i]->buf == dst[0]->buf;
+    }
+    /* the spans the two shared bindings cover */
+    uint64_t wlo = UINT64_MAX, whi = 0, dlo = UINT64_MAX, dhi = 0;
+    for (uint32_t i = 0; i < n && fuse; i++) {
+        if (w[i]->offset < wlo) wlo = w[i]->offset;
+        if (w[i]->offset + we[i] > whi) whi = w[i]->offset + we[i];
+        if (dst[i]->offset < dlo) dlo = dst[i]->offset;
+        if (dst[i]->offset + de[i] > dhi) dhi = dst[i]->offset + de[i];
+    }
+    if (fuse) fuse = whi - wlo <= UINT32_MAX - 64 && dhi - dlo <= UINT32_MAX - 64;
+    /* The F16 kernel's 16-byte loads where matmul would take them for that
+     * product alone (the weight's own binding aligned), so that each
+     * product gets matmul's bits; they need the shared binding aligned. */
+    kiln_vk_bind b[3];
+    uint32_t w_rem = 0, d_rem = 0, wvec = 0;
+    if (fuse && ((st = kiln_vk_bind_range(dev, w[0]->buf, wlo, whi - wlo, &b[0], &w_rem, "matmul_multi")) ||
+                 (st = kiln_vk_bind_range(dev, dst[0]->buf, dlo, dhi - dlo, &b[2], &d_rem, "matmul_multi"))))
+        fuse = false;
+    for (uint32_t i = 0; i < n && fuse && w[0]->type == KILN_VK_T_F16; i++) {
+        kiln_vk_bind own;
+        uint32_t rem;
+        if (kiln_vk_bind_range(dev, w[i]->buf, w[i]->offset, we[i], &own, &rem, "matmul_multi")) {
+            fuse = false;
+            break;
+        }
+        if (rem % 16 == 0 && w[i]->row_stride % 16 == 0 && own.offset % 16 == 0) {
+            wvec |= 1u << i;
+            if (b[0].offset % 16 || (w_rem + (w[i]->offset - wlo)) % 16) fuse = false;
+        }
+    }
+    if (!fuse) {
+        for (uint32_t i = 0; i < n; i++)
+            if ((st = kiln_vk_matmul(dev, w[i], x, dst[i]))) return st;
+        return KILN_OK;
+    }
+    const uint32_t mode = act_mode(w[0]->type);
+    for (uint32_t i = 0; i < n; i++) kiln_vk_act_written(dev, dst[i]->buf, dst[i]->offset, de[i]);
+    struct {
+        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
+        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
+    } pc;
+    memset(&pc, 0, sizeof pc);
+    if (mode == 0) {
+        if ((st = bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_multi"))) return st;
+    } else if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) {
+        return st;
+    }
+    pc.K = (uint32_t)K;
+    pc.M = (uint32_t)M;
+    pc.m_base = 0;
+    pc.n_prod = n;
+    const bool avec = K % 8 == 0 && pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[1].offset % 16 == 0;
+    pc.vec = avec ? wvec : 0;
+    uint64_t groups = 0;
+    for (uint32_t i = 0; i < 3; i++) {
+        const uint32_t j = i < n ? i : n - 1;
+        pc.w_off[i] = (uint32_t)(w_rem + (w[j]->offset - wlo));
+        pc.w_stride[i] = (uint32_t)w[j]->row_stride;
+        pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
+        pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
+        pc.N[i] = (uint32_t)w[j]->ne[1];
+        if (i < n) groups += div_up((uint64_t)pc.N[i], KILN_VK_MMV_ROWS);
+        pc.g_end[i] = (uint32_t)groups;
+    }
+    /* as matmul's decode kernel sizes its grid, for all products' rows */
+    const kiln_vk_shared *sh = dev->sh;
+    const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
+    uint64_t gx = div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
+    if (sh->is_cpu && gx > 32) gx = 32;
+    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    return kiln_vk_dispatch(dev, KILN_VK_P_MMVM_FIRST + kiln_vk_type_slot(w[0]->type), b, 3, &pc, sizeof pc,
+                            (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
+}
+
+#define KILN_VK_ROPE_KV_MAX_HEAD_DIM 256 /* rope_kv.comp MAXD */
+
+/* rope(q), rope(k), kv_store(k, v) in one dispatch (rope_kv.comp) where q,
+ * k and v are rows of one buffer and both ropes use one table; otherwise
+ * the three operations. Every check runs before anything is recorded. */
+kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                                  const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                                  kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+    kiln_status st;
+    kiln_bk_rope r1, r2;
+    uint64_t qe, ke, ke2, ve, need;
+    bool noop;
+    if ((st = rope_check(dev, q, rq, &r1, &qe)) || (st = rope_check(dev, k, rk, &r2, &ke)) ||
+        (st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke2, &ve, &need, &noop)))
+        return st;
+    const uint32_t half = r1.n_rot / 2;
+    bool fuse = !noop && !dev->no_fused && q->buf == k->buf && v->buf == k->buf && r1.mode == r2.mode && r1.head_dim == r2.head_dim &&
+                r1.n_rot == r2.n_rot && r1.freq_base == r2.freq_base && r1.freq_scale == r2.freq_scale &&
+                !r1.freq_factors == !r2.freq_factors &&
+                (!r1.freq_factors || r1.freq_factors == r2.freq_factors ||
+                 memcmp(r1.freq_factors, r2.freq_factors, half * sizeof(float)) == 0) &&
+                r1.n_rot > 0 && r1.n_head > 0 && r1.head_dim % 2 == 0 && r1.head_dim <= KILN_VK_ROPE_KV_MAX_HEAD_DIM &&
+                (uint64_t)r2.n_head * r2.head_dim == kv_dim;
+    uint64_t lo = UINT64_MAX, hi = 0;
+    const kiln_bk_tensor *t3[3] = {q, k, v};
+    const uint64_t e3[3] = {qe, ke, ve};
+    for (int i = 0; i < 3 && fuse; i++) {
+        if (t3[i]->offset < lo) lo = t3[i]->offset;
+        if (t3[i]->offset + e3[i] > hi) hi = t3[i]->offset + e3[i];
+    }
+    if (fuse) fuse = hi - lo <= UINT32_MAX - 64;
+    if (!fuse) {
+        if ((st = kiln_vk_rope(dev, q, rq)) || (st = kiln_vk_rope(dev, k, rk))) return st;
+        return kiln_vk_kv_store(dev, k, v, k_cache, v_cache, kv_dim);
+    }
+    /* the rope table and the ubatch tables in the ring; a ring reset by
+     * the second (full ring) drops the first: stage both again */
+    uint64_t toff = 0;
+    const kiln_bk_buffer *tbuf = NULL;
+    kiln_vk_bind b[5];
+    for (int tries = 0; tries < 2; tries++) {
+        if ((st = rope_table(dev, &r1, &toff, &tbuf)) || (st = ubatch_bind(dev, &b[4], "rope_kv_store"))) return st;
+        if (dev->rope.ring_epoch == dev->ring_epoch) break;
+    }
+    if (dev->rope.ring_epoch != dev->ring_epoch)
+        return kiln_error(KILN_E_INTERNAL, "vulkan rope_kv_store: the staging ring cannot hold the ubatch's tables");
+    const uint32_t rows = dev->ub.n_tokens;
+    struct {
+        uint32_t q_off, q_stride, k_off, k_stride, v_off, v_stride;
+        uint32_t n_head, head_dim, n_rot, mode, t_off, q_groups;
+        uint32_t kv_dim, cell_off;
+    } pc;
+    uint32_t rem;
+    if ((st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_store")) ||
+        (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)rows * r1.n_rot * sizeof(float), &b[1], NULL,
+                                 "rope_kv_store")) ||
+        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[2], NULL, "rope_kv_store")) ||
+        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[3], NULL, "rope_kv_store")))
+        return st;
+    pc.q_off = (uint32_t)((rem + (q->offset - lo)) / 4);
+    pc.k_off = (uint32_t)((rem + (k->offset - lo)) / 4);
+    pc.v_off = (uint32_t)((rem + (v->offset - lo)) / 4);
+    pc.q_stride = (uint32_t)(q->row_stride / 4);
+    pc.k_stride = (uint32_t)(k->row_stride / 4);
+    pc.v_stride = (uint32_t)(v->row_stride / 4);
+    pc.n_head = r1.n_head;
+    pc.head_dim = r1.head_dim;
+    pc.n_rot = r1.n_rot;
+    pc.mode = (uint32_t)r1.mode;
+    pc.t_off = 0;
+    pc.q_groups = div_up((uint64_t)r1.n_head * half, 64);
+    pc.kv_dim = kv_dim;
+    pc.cell_off = 0;
+    kiln_vk_act_written(dev, q->buf, q->offset, qe);
+    kiln_vk_act_written(dev, k->buf, k->offset, ke);
+    kiln_vk_act_written(dev, k_cache, 0, need);
+    kiln_vk_act_written(dev, v_cache, 0, need);
+    return kiln_vk_dispatch(dev, KILN_VK_P_ROPE_KV, b, 5, &pc, sizeof pc, pc.q_groups + r2.n_head, rows, 1);
 }

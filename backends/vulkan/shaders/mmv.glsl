@@ -20,6 +20,13 @@
  *
  * F16 weights with 16-byte aligned rows (push constant `vec`): each lane
  * reads 8 halves per 16-byte load, lanes on consecutive loads.
+ *
+ * MULTI (mmvm_TYPE.comp, matmul_multi): up to three products of one
+ * activation (q/k/v, gate/up) in one dispatch. Their weights lie in the
+ * one binding W and their results in the one binding D, each at its own
+ * offsets; the row groups of the products are numbered one after the
+ * other and a subgroup's group picks its product, so every product's rows
+ * get exactly the arithmetic of a dispatch of their own.
  */
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -35,6 +42,19 @@ layout(binding = 1) readonly buffer AB { uint A[]; };
 layout(binding = 1) readonly buffer AB4 { vec4 A4[]; };
 layout(binding = 2) writeonly buffer DB { float D[]; };
 
+#ifdef MULTI
+layout(push_constant) uniform P {
+    uint a_off, a_stride;   /* words */
+    uint K, M;
+    uint vec;               /* bit i: product i as `vec` below */
+    uint m_base;
+    uint n_prod;            /* 1..3 */
+    uint g_end[3];          /* row groups of products 0..i */
+    uint w_off[3], w_stride[3]; /* bytes */
+    uint d_off[3], d_stride[3]; /* words */
+    uint N[3];
+} p;
+#else
 layout(push_constant) uniform P {
     uint w_off, w_stride;   /* bytes */
     uint a_off, a_stride;   /* words */
@@ -44,6 +64,7 @@ layout(push_constant) uniform P {
     uint vec;               /* F16: rows and activations 16-byte aligned, K % 8 == 0 */
     uint m_base;            /* first activation row of this dispatch */
 } p;
+#endif
 
 #define KILN_BYTES
 #include "common.glsl"
@@ -54,17 +75,34 @@ void main() {
     const uint nchunks = (p.K + 31u) / 32u;
     const uint m0 = p.m_base + gl_WorkGroupID.y * MT;
     const uint mc = min(MT, p.M - m0);
+#ifdef MULTI
+    const uint groups = p.g_end[p.n_prod - 1u];
+#else
     const uint groups = (p.N + ROWS - 1u) / ROWS;
+    const uint w_off = p.w_off, w_stride = p.w_stride, d_off = p.d_off, d_stride = p.d_stride, N = p.N;
+#endif
     const uint stride = gl_NumWorkGroups.x * gl_NumSubgroups;
     /* g is the same for the whole subgroup: subgroupAdd sees every lane */
-    for (uint g = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; g < groups; g += stride) {
+    for (uint gg = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; gg < groups; gg += stride) {
+#ifdef MULTI
+        const uint pi = gg < p.g_end[0] ? 0u : gg < p.g_end[1] ? 1u : 2u;
+        const uint g = gg - (pi == 0u ? 0u : p.g_end[pi - 1u]);
+        const uint w_off = p.w_off[pi], w_stride = p.w_stride[pi], d_off = p.d_off[pi], d_stride = p.d_stride[pi];
+        const uint N = p.N[pi];
+#else
+        const uint g = gg;
+#endif
         float acc[ROWS][MT];
         [[unroll]] for (uint r = 0u; r < ROWS; r++)
             [[unroll]] for (uint j = 0u; j < MT; j++) acc[r][j] = 0.0;
         uint rowb[ROWS];
-        [[unroll]] for (uint r = 0u; r < ROWS; r++) rowb[r] = p.w_off + min(g * ROWS + r, p.N - 1u) * p.w_stride;
+        [[unroll]] for (uint r = 0u; r < ROWS; r++) rowb[r] = w_off + min(g * ROWS + r, N - 1u) * w_stride;
 #if WTYPE == T_F16
+#ifdef MULTI
+        if (((p.vec >> pi) & 1u) != 0u) {
+#else
         if (p.vec != 0u) {
+#endif
             const uint nv = p.K / 8u;
             for (uint v = lane; v < nv; v += S) {
                 vec2 w[ROWS][4];
@@ -97,7 +135,7 @@ void main() {
             [[unroll]] for (uint j = 0u; j < MT; j++) {
                 if (j >= mc) break;
                 float s = subgroupAdd(acc[r][j]);
-                if (lane == 0u && n < p.N) D[p.d_off + (m0 + j) * p.d_stride + n] = s;
+                if (lane == 0u && n < N) D[d_off + (m0 + j) * d_stride + n] = s;
             }
         }
     }

@@ -25,6 +25,9 @@ void main() {
     uint ib = p.mode == 2u ? base + i + half_ : base + 2u * i + 1u;
     float c = T[p.t_off + r * p.n_rot + i], s = T[p.t_off + r * p.n_rot + half_ + i];
     float x0 = X[ia], x1 = X[ib];
-    X[ia] = x0 * c - x1 * s;
-    X[ib] = x0 * s + x1 * c;
+    /* precise: no fused multiply-add, as the CPU rounds (and rope_kv.comp) */
+    precise float y0 = x0 * c - x1 * s;
+    precise float y1 = x0 * s + x1 * c;
+    X[ia] = y0;
+    X[ib] = y1;
 }
