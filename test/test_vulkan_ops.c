@@ -8,7 +8,8 @@
  * get_rows for every type, rms_norm, add (with a broadcast row), swiglu,
  * rope (NORM and NEOX, with frequency factors), kv_store + attention over a
  * paged cache with GQA; the fused entries (add_rms_norm, matmul_multi,
- * rope_kv_store) bit for bit against the separate operations. The two backends do the same arithmetic (the same
+ * rope_kv_store) and the activations quantized by the operations that
+ * produce them bit for bit against the separate operations. The two backends do the same arithmetic (the same
  * activation quantization and integer block sums), so results may differ
  * only by the order of float additions. Skipped when libkiln-vulkan.so or
  * a Vulkan device is missing (KILN_BACKEND_PATH names the plugin folder).
@@ -460,6 +461,70 @@ static void test_fused_rope_kv_store(void) {
     free(data);
 }
 
+/* The producers of a matmul's activations (rms_norm, add_rms_norm,
+ * swiglu) quantize them themselves once a matmul has read those rows
+ * quantized (no quant_act dispatch): the products equal those of the same
+ * rows uploaded into another buffer (quantized by quant_act), bit for bit,
+ * for every activation format (F16, BF16, Q8_0, Q8_1, Q8_K), rows that
+ * are not whole 256-element chunks, 1 and 3 tokens. */
+static void test_fused_quant_producers(void) {
+    static const int32_t types[] = {KILN_TYPE_F16, KILN_TYPE_BF16, KILN_TYPE_Q4_0, KILN_TYPE_Q4_1,
+                                    KILN_TYPE_Q8_0, KILN_TYPE_Q4_K, KILN_TYPE_Q6_K};
+    enum { N = 40, MM = 3 };
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (int64_t K = 320; K <= 512; K += 192) {
+            const int32_t type = types[ti];
+            if (K % 256 && (type == KILN_TYPE_Q4_K || type == KILN_TYPE_Q6_K)) continue;
+            const uint64_t row = kiln_type_row_size(type, K);
+            float *wf = malloc(sizeof(float) * K * N), *in = malloc(sizeof(float) * K * (2 * MM + 1));
+            uint8_t *wq = malloc(row * N);
+            for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
+            for (int64_t i = 0; i < K * (2 * MM + 1); i++) in[i] = frand() * 2.0f;
+            for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
+            kiln_bk_buffer *wb = vk_buf(row * N, wq), *ib = vk_buf(sizeof(float) * K * (2 * MM + 1), in);
+            for (int64_t M = 1; M <= MM; M += MM - 1)
+                for (int prod = 0; prod < 3; prod++) { /* rms_norm, add_rms_norm, swiglu */
+                    kiln_bk_buffer *hb = vk_buf(sizeof(float) * K * MM * 2, NULL), *href = vk_buf(sizeof(float) * K * MM, NULL);
+                    kiln_bk_buffer *db = vk_buf(sizeof(float) * N * MM * 3, NULL);
+                    kiln_bk_tensor a = tensor(ib, KILN_TYPE_F32, K, M, 0);
+                    kiln_bk_tensor b = tensor(ib, KILN_TYPE_F32, K, M, sizeof(float) * K * MM);
+                    kiln_bk_tensor nw = tensor(ib, KILN_TYPE_F32, K, 1, sizeof(float) * K * 2 * MM);
+                    kiln_bk_tensor h = tensor(hb, KILN_TYPE_F32, K, M, 0);
+                    kiln_bk_tensor sum = tensor(hb, KILN_TYPE_F32, K, M, sizeof(float) * K * MM);
+                    kiln_bk_tensor hr = tensor(href, KILN_TYPE_F32, K, M, 0), tw = tensor(wb, type, K, N, 0);
+                    kiln_bk_tensor d[3];
+                    for (int i = 0; i < 3; i++) d[i] = tensor(db, KILN_TYPE_F32, N, M, sizeof(float) * N * MM * i);
+                    for (int pass = 0; pass < 2; pass++) { /* the second: the producer quantizes */
+                        if (prod == 0) KT_CHECK_OK(vk->rms_norm(dvk, &a, &nw, 1e-5f, &h));
+                        else if (prod == 1) KT_CHECK_OK(vk->add_rms_norm(dvk, &a, &b, &sum, &nw, 1e-5f, &h));
+                        else KT_CHECK_OK(vk->swiglu(dvk, &a, &b, &h));
+                        KT_CHECK_OK(vk->matmul(dvk, &tw, &h, &d[1 + pass]));
+                    }
+                    /* the reference: the same rows quantized by quant_act */
+                    float *hh = malloc(sizeof(float) * K * M);
+                    KT_CHECK_OK(vk->buffer_download(dvk, hb, 0, hh, sizeof(float) * K * M));
+                    KT_CHECK_OK(vk->buffer_upload(dvk, href, 0, hh, sizeof(float) * K * M));
+                    KT_CHECK_OK(vk->matmul(dvk, &tw, &hr, &d[0]));
+                    float *dd = malloc(sizeof(float) * N * MM * 3);
+                    KT_CHECK_OK(vk->buffer_download(dvk, db, 0, dd, sizeof(float) * N * MM * 3));
+                    for (int i = 1; i < 3; i++)
+                        KT_CHECKF(memcmp(dd, dd + N * MM * i, sizeof(float) * N * M) == 0,
+                                  "%s K=%lld M=%lld producer %d pass %d: products differ", kiln_type_name(type),
+                                  (long long)K, (long long)M, prod, i - 1);
+                    free(hh);
+                    free(dd);
+                    vk->buffer_free(hb);
+                    vk->buffer_free(href);
+                    vk->buffer_free(db);
+                }
+            vk->buffer_free(wb);
+            vk->buffer_free(ib);
+            free(wf);
+            free(in);
+            free(wq);
+        }
+}
+
 /* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few
  * allocations of its own past exit; they are not kiln's. */
 const char *__lsan_default_suppressions(void);
@@ -483,6 +548,7 @@ int main(void) {
     KT_RUN(test_fused_add_rms_norm);
     KT_RUN(test_fused_matmul_multi);
     KT_RUN(test_fused_rope_kv_store);
+    KT_RUN(test_fused_quant_producers);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");
     vk->device_close(dvk);
     cpu->device_close(dcpu);

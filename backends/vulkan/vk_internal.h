@@ -79,7 +79,7 @@ enum {
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
 
-#define KILN_VK_MAX_BINDINGS 5
+#define KILN_VK_MAX_BINDINGS 6
 #define KILN_VK_PUSH_BYTES 128
 
 /* ---- memory ---- */
@@ -211,6 +211,17 @@ typedef struct kiln_vk_act_cache {
     uint32_t mode;
 } kiln_vk_act_cache;
 
+/* Activations a matmul quantized lately (format `mode`): the operation
+ * that next produces the same rows (rms_norm, add_rms_norm, swiglu)
+ * quantizes them itself, so a decode step has no quant_act dispatch. */
+#define KILN_VK_ACT_WANTS 8
+typedef struct kiln_vk_act_want {
+    const kiln_bk_buffer *buf;
+    uint64_t offset, row_stride;
+    int64_t k, m;
+    uint32_t mode;           /* 0: an empty entry */
+} kiln_vk_act_want;
+
 /* A recorded decode step (vk_graph.c). */
 #define KILN_VK_MAX_GRAPHS 8
 typedef struct kiln_vk_graph {
@@ -242,6 +253,8 @@ struct kiln_bk_device {
     uint64_t ring_epoch;     /* bumped by every reset */
     kiln_bk_buffer *act;     /* quantized activations (device) */
     kiln_vk_act_cache act_cache;
+    kiln_vk_act_want act_want[KILN_VK_ACT_WANTS];
+    uint32_t act_want_next;  /* the entry replaced next */
     kiln_vk_pool pool;
     kiln_vk_ubatch ub;
     kiln_vk_rope_cache rope;

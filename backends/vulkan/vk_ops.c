@@ -59,8 +59,9 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + 11) return 1u << 1;
-    if (which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY) return 1u << 2;
-    if (which == KILN_VK_P_ADD_RMS_NORM) return (1u << 2) | (1u << 4);
+    /* and the quantized activations (act_produce) */
+    if (which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY) return (1u << 2) | (1u << 3);
+    if (which == KILN_VK_P_ADD_RMS_NORM) return (1u << 2) | (1u << 4) | (1u << 5);
     if (which == KILN_VK_P_ROPE_KV) return (1u << 0) | (1u << 2) | (1u << 3);
     if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + 11) return 1u << 2;
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
@@ -177,6 +178,10 @@ void kiln_vk_act_written(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_
 }
 
 static uint32_t div_up(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
+
+static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, kiln_vk_bind *qb,
+                               uint32_t *qmode, uint32_t *q_stride, const char *op);
+static void act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t qmode);
 
 /* ------------------------------------------------------------------------ */
 /* tensor checks                                                            */
@@ -394,9 +399,9 @@ kiln_status kiln_vk_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const
                           (long long)dst->ne[0], (long long)dst->ne[1]);
     if (!(eps >= 0.0f)) return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm: eps %g", (double)eps);
     if (x->ne[0] == 0 || x->ne[1] == 0) return KILN_OK;
-    struct { uint32_t x_off, x_stride, w_off, d_off, d_stride, n, rows; float eps; } pc;
+    struct { uint32_t x_off, x_stride, w_off, d_off, d_stride, n, rows; float eps; uint32_t qmode, q_stride; } pc;
     uint32_t dummy;
-    kiln_vk_bind b[3];
+    kiln_vk_bind b[4];
     if ((st = bind_f32(dev, x, xe, &b[0], &pc.x_off, &pc.x_stride, "rms_norm")) ||
         (st = bind_f32(dev, w, we, &b[1], &pc.w_off, &dummy, "rms_norm")) ||
         (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "rms_norm")))
@@ -405,7 +410,10 @@ kiln_status kiln_vk_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const
     pc.rows = (uint32_t)x->ne[1];
     pc.eps = eps;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    return kiln_vk_dispatch(dev, KILN_VK_P_RMS_NORM, b, 3, &pc, sizeof pc, pc.rows, 1, 1);
+    if ((st = act_produce(dev, dst, de, &b[3], &pc.qmode, &pc.q_stride, "rms_norm"))) return st;
+    st = kiln_vk_dispatch(dev, KILN_VK_P_RMS_NORM, b, 4, &pc, sizeof pc, pc.rows, 1, 1);
+    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    return st;
 }
 
 static kiln_status binary(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *bt,
@@ -424,8 +432,8 @@ static kiln_status binary(kiln_bk_device *dev, const kiln_bk_tensor *a, const ki
                           (long long)a->ne[0], (long long)a->ne[1], (long long)bt->ne[0], (long long)bt->ne[1],
                           (long long)dst->ne[0], (long long)dst->ne[1]);
     if (a->ne[0] == 0 || a->ne[1] == 0) return KILN_OK;
-    struct { uint32_t a_off, a_stride, b_off, b_stride, d_off, d_stride, n, rows, mode; } pc;
-    kiln_vk_bind b[3];
+    struct { uint32_t a_off, a_stride, b_off, b_stride, d_off, d_stride, n, rows, mode, qmode, q_stride; } pc;
+    kiln_vk_bind b[4];
     if ((st = bind_f32(dev, a, ae, &b[0], &pc.a_off, &pc.a_stride, op)) ||
         (st = bind_f32(dev, bt, be, &b[1], &pc.b_off, &pc.b_stride, op)) ||
         (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, op)))
@@ -435,7 +443,10 @@ static kiln_status binary(kiln_bk_device *dev, const kiln_bk_tensor *a, const ki
     pc.rows = (uint32_t)a->ne[1];
     pc.mode = mode;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    return kiln_vk_dispatch(dev, KILN_VK_P_BINARY, b, 3, &pc, sizeof pc, div_up(pc.n, 256), pc.rows, 1);
+    if ((st = act_produce(dev, dst, de, &b[3], &pc.qmode, &pc.q_stride, op))) return st;
+    st = kiln_vk_dispatch(dev, KILN_VK_P_BINARY, b, 4, &pc, sizeof pc, div_up(pc.n, 256), pc.rows, 1);
+    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    return st;
 }
 
 kiln_status kiln_vk_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b, kiln_bk_tensor *dst) {
@@ -487,6 +498,84 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
 #define KILN_VK_MMV_ROWS 2   /* weight rows per subgroup pass (mmv.glsl ROWS) */
 #define KILN_VK_MMV_WG 128   /* invocations per workgroup (mmv.glsl local_size_x) */
 
+/* The handle's activation scratch (dev->act), at least `bytes`. */
+static kiln_status act_scratch(kiln_bk_device *dev, uint64_t bytes) {
+    kiln_status st;
+    if (dev->act && dev->act->size >= bytes) return KILN_OK;
+    /* the old scratch may be read by recorded work: finish it first */
+    if (dev->act && (st = kiln_vk_finish(dev))) return st;
+    kiln_bk_buffer *nb = NULL;
+    uint64_t want = dev->act && dev->act->size * 2 > bytes ? dev->act->size * 2 : bytes;
+    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, want, &nb)) &&
+        (want == bytes || (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))))
+        return st;
+    kiln_vk_buffer_free(dev->act);
+    dev->act = nb;
+    dev->act_gen++; /* recorded graphs name the old one */
+    return KILN_OK;
+}
+
+static bool act_want_is(const kiln_vk_act_want *e, const kiln_bk_tensor *t) {
+    return e->mode && e->buf == t->buf && e->offset == t->offset && e->row_stride == t->row_stride &&
+           e->k == t->ne[0] && e->m == t->ne[1];
+}
+
+/* Remembers that a matmul read x in format `mode` (act_want). */
+static void act_want_note(kiln_bk_device *dev, const kiln_bk_tensor *x, uint32_t mode) {
+    for (uint32_t i = 0; i < KILN_VK_ACT_WANTS; i++)
+        if (act_want_is(&dev->act_want[i], x)) {
+            dev->act_want[i].mode = mode;
+            return;
+        }
+    kiln_vk_act_want *e = &dev->act_want[dev->act_want_next];
+    dev->act_want_next = (dev->act_want_next + 1) % KILN_VK_ACT_WANTS;
+    e->buf = x->buf;
+    e->offset = x->offset;
+    e->row_stride = x->row_stride;
+    e->k = x->ne[0];
+    e->m = x->ne[1];
+    e->mode = mode;
+}
+
+/* For an operation that writes dst (rms_norm, add_rms_norm, swiglu): if a
+ * matmul read those rows quantized lately, *qmode is that format and *qb
+ * binds the scratch to quantize them into (the dispatch's last binding),
+ * *q_stride its row words; otherwise *qmode = 0 and *qb binds dst again
+ * (the shader does not touch it). Call act_produced after the dispatch. */
+static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, kiln_vk_bind *qb,
+                               uint32_t *qmode, uint32_t *q_stride, const char *op) {
+    kiln_status st;
+    *qmode = 0;
+    *q_stride = 0;
+    const int64_t K = dst->ne[0], M = dst->ne[1];
+    for (uint32_t i = 0; i < KILN_VK_ACT_WANTS && !dev->no_fused; i++) {
+        const uint32_t mode = dev->act_want[i].mode;
+        if (!act_want_is(&dev->act_want[i], dst) || (mode >= 3 && K % (mode == 5 ? 256 : 32))) continue;
+        const uint64_t row_words = act_row_words(mode, (uint64_t)K);
+        const uint64_t bytes = (uint64_t)M * row_words * 4;
+        if ((st = act_scratch(dev, bytes))) return st;
+        dev->act_cache.valid = false; /* overwritten */
+        *qmode = mode;
+        *q_stride = (uint32_t)row_words;
+        return kiln_vk_bind_range(dev, dev->act, 0, bytes, qb, NULL, op);
+    }
+    return kiln_vk_bind_range(dev, dst->buf, dst->offset, de, qb, NULL, op);
+}
+
+/* After the dispatch act_produce prepared: the scratch holds dst's rows. */
+static void act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t qmode) {
+    if (!qmode) return;
+    kiln_vk_act_cache *c = &dev->act_cache;
+    c->valid = true;
+    c->src = dst->buf;
+    c->offset = dst->offset;
+    c->extent = de;
+    c->row_stride = dst->row_stride;
+    c->k = dst->ne[0];
+    c->m = dst->ne[1];
+    c->mode = qmode;
+}
+
 /* The activations x in format `mode` (act_mode) in the handle's scratch,
  * quantized by one quant_act dispatch unless the scratch already holds
  * them (act_cache: q, k and v, or gate and up, share one); *b binds them,
@@ -498,22 +587,12 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
     const uint64_t row_words = act_row_words(mode, (uint64_t)K);
     const uint64_t bytes = (uint64_t)M * row_words * 4;
     kiln_vk_act_cache *c = &dev->act_cache;
+    act_want_note(dev, x, mode);
     bool hit = c->valid && c->src == x->buf && c->offset == x->offset && c->row_stride == x->row_stride &&
                c->k == K && c->m == M && c->mode == mode;
     if (!hit) {
         c->valid = false;
-        if (!dev->act || dev->act->size < bytes) {
-            /* the old scratch may be read by recorded work: finish it first */
-            if (dev->act && (st = kiln_vk_finish(dev))) return st;
-            kiln_bk_buffer *nb = NULL;
-            uint64_t want = dev->act && dev->act->size * 2 > bytes ? dev->act->size * 2 : bytes;
-            if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, want, &nb)) &&
-                (want == bytes || (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))))
-                return st;
-            kiln_vk_buffer_free(dev->act);
-            dev->act = nb;
-            dev->act_gen++; /* recorded graphs name the old one */
-        }
+        if ((st = act_scratch(dev, bytes))) return st;
         struct { uint32_t x_off, x_stride, a_off, a_stride, K, M, mode; } qc;
         kiln_vk_bind qb[2];
         uint32_t rem;
@@ -907,9 +986,13 @@ kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, c
         if ((st = kiln_vk_add(dev, a, b, sum))) return st;
         return kiln_vk_rms_norm(dev, sum, w, eps, dst);
     }
-    struct { uint32_t a_off, a_stride, b_off, b_stride, s_off, s_stride, w_off, d_off, d_stride, n, rows; float eps; } pc;
+    struct {
+        uint32_t a_off, a_stride, b_off, b_stride, s_off, s_stride, w_off, d_off, d_stride, n, rows;
+        float eps;
+        uint32_t qmode, q_stride;
+    } pc;
     uint32_t dummy;
-    kiln_vk_bind bd[5];
+    kiln_vk_bind bd[6];
     if ((st = bind_f32(dev, a, ae, &bd[0], &pc.a_off, &pc.a_stride, "add_rms_norm")) ||
         (st = bind_f32(dev, b, be, &bd[1], &pc.b_off, &pc.b_stride, "add_rms_norm")) ||
         (st = bind_f32(dev, sum, se, &bd[2], &pc.s_off, &pc.s_stride, "add_rms_norm")) ||
@@ -921,7 +1004,10 @@ kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, c
     pc.eps = eps;
     kiln_vk_act_written(dev, sum->buf, sum->offset, se);
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    return kiln_vk_dispatch(dev, KILN_VK_P_ADD_RMS_NORM, bd, 5, &pc, sizeof pc, pc.rows, 1, 1);
+    if ((st = act_produce(dev, dst, de, &bd[5], &pc.qmode, &pc.q_stride, "add_rms_norm"))) return st;
+    st = kiln_vk_dispatch(dev, KILN_VK_P_ADD_RMS_NORM, bd, 6, &pc, sizeof pc, pc.rows, 1, 1);
+    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    return st;
 }
 
 /* matmul_multi in one matrix-vector dispatch (mmvm_TYPE): decode batches

@@ -6,6 +6,9 @@
  *
  * S may alias A, D may alias S or A: element i of a row is read and written
  * only by invocation i % 256, in program order.
+ *
+ * qmode != 0: also the activations quantized for the matmul that reads
+ * dst next (quant_chunk.glsl) into AQ, rows a_stride words apart.
  */
 #version 450
 layout(local_size_x = 256) in;
@@ -15,11 +18,16 @@ layout(binding = 1) readonly buffer BB { float Bv[]; };
 layout(binding = 2) buffer SB { float S[]; };
 layout(binding = 3) readonly buffer WB { float Wt[]; };
 layout(binding = 4) buffer DB { float D[]; };
+layout(binding = 5) buffer QB { uint AQ[]; };
 
 layout(push_constant) uniform P {
     uint a_off, a_stride, b_off, b_stride, s_off, s_stride, w_off, d_off, d_stride, n, rows;
     float eps;
+    uint qmode, q_stride;
 } p;
+
+#include "common.glsl"
+#include "quant_chunk.glsl"
 
 shared float red[256];
 
@@ -41,4 +49,8 @@ void main() {
     float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
     uint d = p.d_off + r * p.d_stride;
     for (uint i = tid; i < p.n; i += 256u) D[d + i] = (S[s + i] * scale) * Wt[p.w_off + i];
+    if (p.qmode == 0u) return;
+    /* element c0 + tid was written by this invocation above */
+    for (uint c0 = 0u; c0 < p.n; c0 += 256u)
+        quant_chunk(c0 + tid < p.n ? D[d + c0 + tid] : 0.0, tid, c0, r * p.q_stride, p.n, p.qmode);
 }

@@ -2,6 +2,9 @@
  * rms_norm.comp - dst = (x * 1/sqrt(mean(x^2) + eps)) * w, one workgroup
  * per row; dst may alias x (each row is read completely before it is
  * written).
+ *
+ * qmode != 0: also the activations quantized for the matmul that reads
+ * dst next (quant_chunk.glsl) into AQ, rows a_stride words apart.
  */
 #version 450
 layout(local_size_x = 256) in;
@@ -9,11 +12,16 @@ layout(local_size_x = 256) in;
 layout(binding = 0) readonly buffer XB { float X[]; };
 layout(binding = 1) readonly buffer WB { float Wt[]; };
 layout(binding = 2) buffer DB { float D[]; };
+layout(binding = 3) buffer QB { uint AQ[]; };
 
 layout(push_constant) uniform P {
     uint x_off, x_stride, w_off, d_off, d_stride, n, rows;
     float eps;
+    uint qmode, a_stride;
 } p;
+
+#include "common.glsl"
+#include "quant_chunk.glsl"
 
 shared float red[256];
 
@@ -31,4 +39,8 @@ void main() {
     float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
     uint d = p.d_off + r * p.d_stride;
     for (uint i = tid; i < p.n; i += 256u) D[d + i] = (X[x + i] * scale) * Wt[p.w_off + i];
+    if (p.qmode == 0u) return;
+    /* element c0 + tid was written by this invocation above */
+    for (uint c0 = 0u; c0 < p.n; c0 += 256u)
+        quant_chunk(c0 + tid < p.n ? D[d + c0 + tid] : 0.0, tid, c0, r * p.a_stride, p.n, p.qmode);
 }
