@@ -462,7 +462,7 @@ static void test_fused_rope_kv_store(void) {
 }
 
 /* The producers of a matmul's activations (rms_norm, add_rms_norm,
- * swiglu) quantize them themselves once a matmul has read those rows
+ * swiglu, attention: F16, BF16, Q8_0, Q8_1 only) quantize them themselves once a matmul has read those rows
  * quantized (no quant_act dispatch): the products equal those of the same
  * rows uploaded into another buffer (quantized by quant_act), bit for bit,
  * for every activation format (F16, BF16, Q8_0, Q8_1, Q8_K), rows that
@@ -483,7 +483,7 @@ static void test_fused_quant_producers(void) {
             for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
             kiln_bk_buffer *wb = vk_buf(row * N, wq), *ib = vk_buf(sizeof(float) * K * (2 * MM + 1), in);
             for (int64_t M = 1; M <= MM; M += MM - 1)
-                for (int prod = 0; prod < 3; prod++) { /* rms_norm, add_rms_norm, swiglu */
+                for (int prod = 0; prod < 4; prod++) { /* rms_norm, add_rms_norm, swiglu, attention */
                     kiln_bk_buffer *hb = vk_buf(sizeof(float) * K * MM * 2, NULL), *href = vk_buf(sizeof(float) * K * MM, NULL);
                     kiln_bk_buffer *db = vk_buf(sizeof(float) * N * MM * 3, NULL);
                     kiln_bk_tensor a = tensor(ib, KILN_TYPE_F32, K, M, 0);
@@ -494,10 +494,21 @@ static void test_fused_quant_producers(void) {
                     kiln_bk_tensor hr = tensor(href, KILN_TYPE_F32, K, M, 0), tw = tensor(wb, type, K, N, 0);
                     kiln_bk_tensor d[3];
                     for (int i = 0; i < 3; i++) d[i] = tensor(db, KILN_TYPE_F32, N, M, sizeof(float) * N * MM * i);
+                    /* attention: K / 64 heads of 64 over one KV head, 4 + t positions for token t */
+                    enum { CELLS = 16, HD = 64 };
+                    int32_t pos[MM], cell[MM], tab[MM] = {0}, nkv[MM], blocks[4] = {0, 1, 2, 3};
+                    for (int t = 0; t < MM; t++) pos[t] = 3 + t, cell[t] = 3 + t, nkv[t] = 4 + t;
+                    kiln_bk_ubatch u = {sizeof u, (uint32_t)M, pos, cell, tab, nkv, blocks, 4, 4, CELLS};
+                    KT_CHECK_OK(vk->set_ubatch(dvk, &u));
+                    uint16_t kvh[CELLS * HD];
+                    for (int i = 0; i < CELLS * HD; i++) kvh[i] = kiln_fp32_to_fp16(frand());
+                    kiln_bk_buffer *kc = vk_buf(sizeof kvh, kvh), *vc = vk_buf(sizeof kvh, kvh);
+                    kiln_bk_attn at = {sizeof at, (uint32_t)(K / HD), 1, HD, 0.125f};
                     for (int pass = 0; pass < 2; pass++) { /* the second: the producer quantizes */
                         if (prod == 0) KT_CHECK_OK(vk->rms_norm(dvk, &a, &nw, 1e-5f, &h));
                         else if (prod == 1) KT_CHECK_OK(vk->add_rms_norm(dvk, &a, &b, &sum, &nw, 1e-5f, &h));
-                        else KT_CHECK_OK(vk->swiglu(dvk, &a, &b, &h));
+                        else if (prod == 2) KT_CHECK_OK(vk->swiglu(dvk, &a, &b, &h));
+                        else KT_CHECK_OK(vk->attention(dvk, &a, kc, vc, &at, &h));
                         KT_CHECK_OK(vk->matmul(dvk, &tw, &h, &d[1 + pass]));
                     }
                     /* the reference: the same rows quantized by quant_act */
@@ -513,6 +524,8 @@ static void test_fused_quant_producers(void) {
                                   (long long)K, (long long)M, prod, i - 1);
                     free(hh);
                     free(dd);
+                    vk->buffer_free(kc);
+                    vk->buffer_free(vc);
                     vk->buffer_free(hb);
                     vk->buffer_free(href);
                     vk->buffer_free(db);

@@ -57,7 +57,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_QUANT_ACT) return 1u << 1;
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
-    if (which == KILN_VK_P_ATTENTION) return 1u << 3;
+    if (which == KILN_VK_P_ATTENTION) return (1u << 3) | (1u << 5);
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + 11) return 1u << 1;
     /* and the quantized activations (act_produce) */
     if (which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY) return (1u << 2) | (1u << 3);
@@ -179,8 +179,9 @@ void kiln_vk_act_written(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_
 
 static uint32_t div_up(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
-static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, kiln_vk_bind *qb,
-                               uint32_t *qmode, uint32_t *q_stride, const char *op);
+static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t modes,
+                               kiln_vk_bind *qb, uint32_t *qmode, uint32_t *q_stride, const char *op);
+#define KILN_VK_QMODES_ALL 0x3eu /* F16, BF16, Q8_0, Q8_1, Q8_K (act_mode 1..5) */
 static void act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t qmode);
 
 /* ------------------------------------------------------------------------ */
@@ -410,7 +411,7 @@ kiln_status kiln_vk_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const
     pc.rows = (uint32_t)x->ne[1];
     pc.eps = eps;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, &b[3], &pc.qmode, &pc.q_stride, "rms_norm"))) return st;
+    if ((st = act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[3], &pc.qmode, &pc.q_stride, "rms_norm"))) return st;
     st = kiln_vk_dispatch(dev, KILN_VK_P_RMS_NORM, b, 4, &pc, sizeof pc, pc.rows, 1, 1);
     if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
     return st;
@@ -443,7 +444,7 @@ static kiln_status binary(kiln_bk_device *dev, const kiln_bk_tensor *a, const ki
     pc.rows = (uint32_t)a->ne[1];
     pc.mode = mode;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, &b[3], &pc.qmode, &pc.q_stride, op))) return st;
+    if ((st = act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[3], &pc.qmode, &pc.q_stride, op))) return st;
     st = kiln_vk_dispatch(dev, KILN_VK_P_BINARY, b, 4, &pc, sizeof pc, div_up(pc.n, 256), pc.rows, 1);
     if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
     return st;
@@ -537,20 +538,22 @@ static void act_want_note(kiln_bk_device *dev, const kiln_bk_tensor *x, uint32_t
     e->mode = mode;
 }
 
-/* For an operation that writes dst (rms_norm, add_rms_norm, swiglu): if a
- * matmul read those rows quantized lately, *qmode is that format and *qb
+/* For an operation that writes dst (rms_norm, add_rms_norm, swiglu,
+ * attention): if a matmul read those rows quantized lately in a format
+ * the operation can write (bit m of `modes`: format m), *qmode is that format and *qb
  * binds the scratch to quantize them into (the dispatch's last binding),
  * *q_stride its row words; otherwise *qmode = 0 and *qb binds dst again
  * (the shader does not touch it). Call act_produced after the dispatch. */
-static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, kiln_vk_bind *qb,
-                               uint32_t *qmode, uint32_t *q_stride, const char *op) {
+static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t modes,
+                               kiln_vk_bind *qb, uint32_t *qmode, uint32_t *q_stride, const char *op) {
     kiln_status st;
     *qmode = 0;
     *q_stride = 0;
     const int64_t K = dst->ne[0], M = dst->ne[1];
     for (uint32_t i = 0; i < KILN_VK_ACT_WANTS && !dev->no_fused; i++) {
         const uint32_t mode = dev->act_want[i].mode;
-        if (!act_want_is(&dev->act_want[i], dst) || (mode >= 3 && K % (mode == 5 ? 256 : 32))) continue;
+        if (!act_want_is(&dev->act_want[i], dst) || !((modes >> mode) & 1u) || (mode >= 3 && K % (mode == 5 ? 256 : 32)))
+            continue;
         const uint64_t row_words = act_row_words(mode, (uint64_t)K);
         const uint64_t bytes = (uint64_t)M * row_words * 4;
         if ((st = act_scratch(dev, bytes))) return st;
@@ -933,11 +936,12 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
         return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: caches of %llu/%llu bytes, %u cells need %llu",
                           (unsigned long long)k_cache->size, (unsigned long long)v_cache->size, ub->n_cells,
                           (unsigned long long)need);
-    kiln_vk_bind b[5];
+    kiln_vk_bind b[6];
     struct {
         uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
         float scale;
         uint32_t block_size, tab_off, nkv_off, bt_off;
+        uint32_t qmode, q_words, row_k;
     } pc;
     if ((st = ubatch_bind(dev, &b[4], "attention")) ||
         (st = bind_f32(dev, q, qe, &b[0], &pc.q_off, &pc.q_stride, "attention")) ||
@@ -955,7 +959,15 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     pc.nkv_off = 2 * ub->n_tokens;
     pc.bt_off = 3 * ub->n_tokens;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    return kiln_vk_dispatch(dev, KILN_VK_P_ATTENTION, b, 5, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
+    /* the output quantized for the next matmul where a head holds whole
+     * blocks (F16/BF16 rounding; Q8_0/Q8_1 with head_dim % 32 == 0) and the
+     * heads fill the row */
+    const uint32_t modes = (uint64_t)dst->ne[0] != qw ? 0u : a.head_dim % 32 ? 0x6u : 0x1eu;
+    if ((st = act_produce(dev, dst, de, modes, &b[5], &pc.qmode, &pc.q_words, "attention"))) return st;
+    pc.row_k = (uint32_t)qw;
+    st = kiln_vk_dispatch(dev, KILN_VK_P_ATTENTION, b, 6, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
+    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    return st;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1004,7 +1016,7 @@ kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, c
     pc.eps = eps;
     kiln_vk_act_written(dev, sum->buf, sum->offset, se);
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, &bd[5], &pc.qmode, &pc.q_stride, "add_rms_norm"))) return st;
+    if ((st = act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &bd[5], &pc.qmode, &pc.q_stride, "add_rms_norm"))) return st;
     st = kiln_vk_dispatch(dev, KILN_VK_P_ADD_RMS_NORM, bd, 6, &pc, sizeof pc, pc.rows, 1, 1);
     if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
     return st;

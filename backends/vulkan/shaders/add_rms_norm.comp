@@ -34,7 +34,7 @@ shared float red[256];
 void main() {
     uint r = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
     uint a = p.a_off + r * p.a_stride, b = p.b_off + r * p.b_stride, s = p.s_off + r * p.s_stride;
-    float acc = 0.0;
+    precise float acc = 0.0; /* as rms_norm.comp */
     for (uint i = tid; i < p.n; i += 256u) {
         float v = Av[a + i] + Bv[b + i];
         S[s + i] = v;

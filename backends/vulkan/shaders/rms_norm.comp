@@ -28,7 +28,9 @@ shared float red[256];
 void main() {
     uint r = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
     uint x = p.x_off + r * p.x_stride;
-    float s = 0.0;
+    /* precise: no fused multiply-add (as the CPU rounds, and the same bits
+     * as add_rms_norm.comp's) */
+    precise float s = 0.0;
     for (uint i = tid; i < p.n; i += 256u) s += X[x + i] * X[x + i];
     red[tid] = s;
     barrier();
