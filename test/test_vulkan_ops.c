@@ -538,6 +538,66 @@ static void test_fused_quant_producers(void) {
         }
 }
 
+/* KILN_VK_MMV_UNROLL=1 (a handle opened with it: the decode kernels issue
+ * four chunks' loads at once) gives the same bits as without, through
+ * matmul and matmul_multi, for every type; K = 4352: the unrolled loop
+ * and a remainder with 8- to 32-wide subgroups. */
+static void test_mmv_unroll_bits(void) {
+    static const int32_t types[] = {KILN_TYPE_F32,  KILN_TYPE_F16,  KILN_TYPE_BF16, KILN_TYPE_Q4_0,
+                                    KILN_TYPE_Q4_1, KILN_TYPE_Q5_0, KILN_TYPE_Q5_1, KILN_TYPE_Q8_0,
+                                    KILN_TYPE_Q4_K, KILN_TYPE_Q5_K, KILN_TYPE_Q6_K};
+    const int64_t K = 4352, N = 67;
+    enum { MM = 9 };
+    setenv("KILN_VK_MMV_UNROLL", "1", 1);
+    kiln_bk_device *d2 = NULL;
+    kiln_bk_open_params op = {sizeof op, 0, KILN_LOG_ERROR, vk_log, NULL};
+    KT_CHECK_OK(vk->device_open(0, &op, &d2));
+    unsetenv("KILN_VK_MMV_UNROLL");
+    if (!d2) return;
+    float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * MM);
+    for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
+    for (int64_t i = 0; i < K * MM; i++) x[i] = frand() * 2.0f;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const int32_t type = types[ti];
+        const uint64_t row = kiln_type_row_size(type, K);
+        uint8_t *wq = malloc(row * N);
+        for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
+        kiln_bk_buffer *wb = vk_buf(row * N, wq), *xb = vk_buf(sizeof(float) * K * MM, x);
+        float *zero = calloc((size_t)N * MM * 2, sizeof(float));
+        kiln_bk_buffer *d1 = vk_buf(sizeof(float) * N * MM * 2, zero), *db2 = vk_buf(sizeof(float) * N * MM * 2, zero);
+        free(zero);
+        KT_CHECK_OK(vk->synchronize(dvk));
+        for (int64_t M = 1; M <= MM; M += 4) {
+            /* two products: rows [0, 40) and [40, 67) of the matrix */
+            kiln_bk_tensor w0 = tensor(wb, type, K, 40, 0), w1 = tensor(wb, type, K, N - 40, 40 * row);
+            kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
+            kiln_bk_tensor o0 = tensor(d1, KILN_TYPE_F32, 40, M, 0), o1 = tensor(d1, KILN_TYPE_F32, N - 40, M, 4 * 40 * MM);
+            KT_CHECK_OK(vk->matmul(dvk, &w0, &tx, &o0));
+            KT_CHECK_OK(vk->matmul(dvk, &w1, &tx, &o1));
+            KT_CHECK_OK(vk->synchronize(dvk));
+            o0.buf = o1.buf = db2;
+            const kiln_bk_tensor *wp[2] = {&w0, &w1};
+            kiln_bk_tensor *dp[2] = {&o0, &o1};
+            KT_CHECK_OK(vk->matmul_multi(d2, 2, wp, &tx, dp));
+            KT_CHECK_OK(vk->synchronize(d2));
+            KT_CHECKF(vk_same(d1, db2, 0, sizeof(float) * N * MM * 2), "unroll %s M=%lld (multi): bits differ",
+                      kiln_type_name(type), (long long)M);
+            KT_CHECK_OK(vk->matmul(d2, &w0, &tx, &o0));
+            KT_CHECK_OK(vk->synchronize(d2));
+            KT_CHECKF(vk_same(d1, db2, 0, sizeof(float) * N * MM * 2), "unroll %s M=%lld: bits differ",
+                      kiln_type_name(type), (long long)M);
+        }
+        vk->buffer_free(wb);
+        vk->buffer_free(xb);
+        vk->buffer_free(d1);
+        vk->buffer_free(db2);
+        free(wq);
+    }
+    free(wf);
+    free(x);
+    vk->device_close(d2);
+}
+
 /* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few
  * allocations of its own past exit; they are not kiln's. */
 const char *__lsan_default_suppressions(void);
@@ -562,6 +622,7 @@ int main(void) {
     KT_RUN(test_fused_matmul_multi);
     KT_RUN(test_fused_rope_kv_store);
     KT_RUN(test_fused_quant_producers);
+    KT_RUN(test_mmv_unroll_bits);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");
     vk->device_close(dvk);
     cpu->device_close(dcpu);

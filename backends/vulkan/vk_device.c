@@ -386,6 +386,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
     dev->no_fused = getenv("KILN_VK_NO_FUSED") != NULL;
+    dev->mmv_unroll = getenv("KILN_VK_MMV_UNROLL") && atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);

@@ -262,6 +262,7 @@ struct kiln_bk_device {
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store run the separate ops */
+    uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */

@@ -706,7 +706,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         uint64_t gx = div_up(div_up((uint64_t)N, KILN_VK_MMV_ROWS), sgs_per_wg ? sgs_per_wg : 1);
         if (sh->is_cpu && gx > 32) gx = 32;
         if (gx > max_x) gx = max_x;
-        pc.n_base = 0;
+        pc.n_base = dev->mmv_unroll; /* mmv.glsl: `unroll` */
         pc.m_base = 0;
         /* F16 rows and activations on 16-byte boundaries: 16-byte loads */
         pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
@@ -1086,6 +1086,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     struct {
         uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
         uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
+        uint32_t unroll;
     } pc;
     memset(&pc, 0, sizeof pc);
     if (mode == 0) {
@@ -1097,6 +1098,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     pc.M = (uint32_t)M;
     pc.m_base = 0;
     pc.n_prod = n;
+    pc.unroll = dev->mmv_unroll;
     const bool avec = K % 8 == 0 && pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[1].offset % 16 == 0;
     pc.vec = avec ? wvec : 0;
     uint64_t groups = 0;

@@ -27,6 +27,12 @@
  * offsets; the row groups of the products are numbered one after the
  * other and a subgroup's group picks its product, so every product's rows
  * get exactly the arithmetic of a dispatch of their own.
+ *
+ * `unroll` (KILN_VK_MMV_UNROLL=1), one activation row (a decode step):
+ * each lane issues the loads of 4 of its chunks (16-byte groups for F16)
+ * before it adds any of them, for more loads in flight; the sums are added
+ * in the same order, so the bits do not change. (One row only: unrolled
+ * over the rows too the kernel takes minutes to compile on lavapipe.)
  */
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -53,6 +59,7 @@ layout(push_constant) uniform P {
     uint w_off[3], w_stride[3]; /* bytes */
     uint d_off[3], d_stride[3]; /* words */
     uint N[3];
+    uint unroll;
 } p;
 #else
 layout(push_constant) uniform P {
@@ -60,7 +67,7 @@ layout(push_constant) uniform P {
     uint a_off, a_stride;   /* words */
     uint d_off, d_stride;   /* words */
     uint K, N, M;
-    uint n_base;            /* unused (0) */
+    uint unroll;            /* see above (n_base of the other kernels) */
     uint vec;               /* F16: rows and activations 16-byte aligned, K % 8 == 0 */
     uint m_base;            /* first activation row of this dispatch */
 } p;
@@ -104,7 +111,23 @@ void main() {
         if (p.vec != 0u) {
 #endif
             const uint nv = p.K / 8u;
-            for (uint v = lane; v < nv; v += S) {
+            uint v = lane;
+            if (p.unroll != 0u && mc == 1u)
+                for (; v + 3u * S < nv; v += 4u * S) {
+                    uvec4 q[4][ROWS];
+                    vec4 x[4][2];
+                    const uint a = (p.a_off + m0 * p.a_stride) / 4u + 2u * v;
+                    [[unroll]] for (uint u = 0u; u < 4u; u++) {
+                        [[unroll]] for (uint r = 0u; r < ROWS; r++) q[u][r] = W4[rowb[r] / 16u + v + u * S];
+                        x[u][0] = A4[a + 2u * u * S];
+                        x[u][1] = A4[a + 2u * u * S + 1u];
+                    }
+                    [[unroll]] for (uint u = 0u; u < 4u; u++)
+                        [[unroll]] for (uint r = 0u; r < ROWS; r++)
+                            acc[r][0] += dot(vec4(unpackHalf2x16(q[u][r].x), unpackHalf2x16(q[u][r].y)), x[u][0]) +
+                                         dot(vec4(unpackHalf2x16(q[u][r].z), unpackHalf2x16(q[u][r].w)), x[u][1]);
+                }
+            for (; v < nv; v += S) {
                 vec2 w[ROWS][4];
                 [[unroll]] for (uint r = 0u; r < ROWS; r++) {
                     uvec4 q = W4[rowb[r] / 16u + v];
@@ -124,12 +147,24 @@ void main() {
             }
         } else
 #endif
-        for (uint c = lane; c < nchunks; c += S)
+        {
+        uint c = lane;
+        if (p.unroll != 0u && mc == 1u)
+            for (; c + 3u * S < nchunks; c += 4u * S) {
+                const uint a = p.a_off + m0 * p.a_stride;
+                float t[4][ROWS];
+                [[unroll]] for (uint u = 0u; u < 4u; u++)
+                    [[unroll]] for (uint r = 0u; r < ROWS; r++) t[u][r] = dot32(rowb[r], c + u * S, a, p.K);
+                [[unroll]] for (uint u = 0u; u < 4u; u++)
+                    [[unroll]] for (uint r = 0u; r < ROWS; r++) acc[r][0] += t[u][r];
+            }
+        for (; c < nchunks; c += S)
             [[unroll]] for (uint j = 0u; j < MT; j++) {
                 if (j >= mc) break;
                 uint a = p.a_off + (m0 + j) * p.a_stride;
                 [[unroll]] for (uint r = 0u; r < ROWS; r++) acc[r][j] += dot32(rowb[r], c, a, p.K);
             }
+        }
         [[unroll]] for (uint r = 0u; r < ROWS; r++) {
             uint n = g * ROWS + r;
             [[unroll]] for (uint j = 0u; j < MT; j++) {
