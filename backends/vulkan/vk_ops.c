@@ -599,10 +599,11 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     const uint64_t max_x = dev->sh->max_groups[0];
     if (use_mmc) {
         /* batches on matrix cores: 128 x 128 tiles (the previous kernel 64 x
-         * 128), F16 x F16 -> F32; F16 weights on 16-byte boundaries are read
-         * as 16-byte vectors */
+         * 128), F16 x F16 -> F32; F16 weights on 16-byte boundaries, whole
+         * chunks, are read as 16-byte vectors */
         const uint32_t gy = div_up((uint64_t)M, mmc_old ? KILN_VK_MMC1_BM : KILN_VK_MMC_BM);
-        pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && b[0].offset % 16 == 0;
+        pc.passes = w->type == KILN_VK_T_F16 && K % 32 == 0 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 &&
+                    b[0].offset % 16 == 0;
         const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMC_BN);
         for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
             uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;

@@ -115,14 +115,31 @@ uvec4 pack8(float v[8]) {
  * tile; part t is row t / 4, elements 8 (t % 4) .. + 7 of the chunk. */
 #define PARTS 2u
 
-/* elements 32c + e0 .. + 7 of weight row n as eight F16 */
+/* A weight part is fetched (global loads only, into registers) before the
+ * current chunk's products and decoded to F16 after them, so that the
+ * loads' latency is hidden behind the matrix cores instead of stalling the
+ * decode in front of them. Q4_0, Q4_K and Q6_K (the usual prefill weights)
+ * fetch the aligned words that hold the part's bytes; the other formats
+ * decode at fetch time (types.glsl's wvals8/wscale), F16 weights on 16-byte
+ * boundaries are one 16-byte load. */
+struct WRaw { uvec4 a, b; };
+
+/* bytes o & 3 .. + 3 of the two words lo, hi (o's word and the next) */
+uint funnel(uint lo, uint hi, uint o) {
+    uint sh = 8u * (o & 3u);
+    return sh == 0u ? lo : (lo >> sh) | (hi << (32u - sh));
+}
+
+uint wrow(uint n) { return p.w_off + min(n, p.N - 1u) * p.w_stride; }
+
+/* elements 32c + e0 .. + 7 of weight row n as eight F16, decoded now */
 uvec4 load_w8(uint c, uint n, uint e0) {
-    uint row = p.w_off + min(n, p.N - 1u) * p.w_stride;
+    uint row = wrow(n);
     uint k0 = 32u * c + e0;
     float v[8];
 #if FLOAT_W
 #if WTYPE == T_F16
-    if ((p.flags & 1u) != 0u && k0 + 8u <= p.K) return W4[(row + 2u * k0) >> 4];
+    if ((p.flags & 1u) != 0u) return W4[(row + 2u * k0) >> 4]; /* the host saw K % 32 == 0 */
 #endif
     [[unroll]] for (uint i = 0u; i < 8u; i++) v[i] = wfloat(row, k0 + i);
 #else
@@ -141,23 +158,105 @@ uvec4 load_w8(uint c, uint n, uint e0) {
     return pack8(v);
 }
 
-void load_parts(uint c, uint m0, uint n0, uint tid, inout uvec4 xr[PARTS], inout uvec4 wr[PARTS]) {
+WRaw fetch_w(uint c, uint n, uint e0) {
+    WRaw r;
+    uint row = wrow(n);
+#if WTYPE == T_Q4_0
+    /* d at b, the part's 8 bytes of nibbles at b + 2 + (e0 % 16) */
+    uint b = row + 18u * c, q = (b + 2u + (e0 & 15u)) >> 2;
+    r.a = uvec4(W[b >> 2], W[q], W[q + 1u], W[q + 2u]);
+    r.b = uvec4(0u);
+#elif WTYPE == T_Q4_K
+    /* d/dmin, the 12 scale bytes, the part's 8 bytes of nibbles (blocks
+     * are 144 bytes on 4-byte boundaries, as types.glsl reads them) */
+    uint b = (row + 144u * (c >> 3)) >> 2, q = b + 4u + 8u * ((c & 7u) >> 1) + (e0 >> 2);
+    r.a = uvec4(W[b], W[b + 1u], W[b + 2u], W[b + 3u]);
+    r.b = uvec4(W[q], W[q + 1u], 0u, 0u);
+#elif WTYPE == T_Q6_K
+    /* low and high bits of the part (3 words each: 2-byte aligned), the
+     * sub-block's scale byte, d */
+    uint b = row + 210u * (c >> 3), j = c & 7u;
+    uint ql = (b + 64u * (j >> 2) + ((j & 1u) != 0u ? 32u : 0u) + e0) >> 2;
+    uint qh = (b + 128u + 32u * (j >> 2) + e0) >> 2;
+    r.a = uvec4(W[ql], W[ql + 1u], W[ql + 2u], W[qh]);
+    r.b = uvec4(W[qh + 1u], W[qh + 2u], W[(b + 192u + 2u * j + (e0 >= 16u ? 1u : 0u)) >> 2], W[(b + 208u) >> 2]);
+#else
+    r.a = load_w8(c, n, e0);
+    r.b = uvec4(0u);
+#endif
+    return r;
+}
+
+/* the fetched part as eight F16 (the arithmetic of types.glsl's wvals8 and
+ * wscale, so the values are those of the other formats' path) */
+uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
+#if WTYPE == T_Q4_0 || WTYPE == T_Q4_K || WTYPE == T_Q6_K
+    uint row = wrow(n);
+    float v[8];
+#if WTYPE == T_Q4_0
+    uint b = row + 18u * c, o = b + 2u + (e0 & 15u);
+    uint lo = funnel(r.a.y, r.a.z, o), hi = funnel(r.a.z, r.a.w, o);
+    float d = h2f((r.a.x >> (8u * (b & 2u))) & 0xffffu);
+    uint sh = e0 >= 16u ? 4u : 0u;
+    [[unroll]] for (uint i = 0u; i < 8u; i++)
+        v[i] = d * float(int((ub(i < 4u ? lo : hi, i & 3u) >> sh) & 0xfu) - 8);
+#elif WTYPE == T_Q4_K
+    uint j = c & 7u;
+    /* kiln_q4k_scale_min over the scale words r.a.y (bytes 0-3), r.a.z (4-7), r.a.w (8-11) */
+    uint sc, mn;
+    if (j < 4u) {
+        sc = ub(r.a.y, j) & 63u;
+        mn = ub(r.a.z, j) & 63u;
+    } else {
+        sc = (ub(r.a.w, j - 4u) & 0xfu) | ((ub(r.a.y, j - 4u) >> 6) << 4);
+        mn = (ub(r.a.w, j - 4u) >> 4) | ((ub(r.a.z, j - 4u) >> 6) << 4);
+    }
+    vec2 dm = unpackHalf2x16(r.a.x); /* d, dmin */
+    float m = dm.y * float(mn);
+    uint sh = (j & 1u) * 4u;
+    [[unroll]] for (uint i = 0u; i < 8u; i++) {
+        uint q = (ub(i < 4u ? r.b.x : r.b.y, i & 3u) >> sh) & 0xfu;
+        v[i] = dm.x * float(int(sc) * int(q)) - m;
+    }
+#else /* Q6_K */
+    uint b = row + 210u * (c >> 3), j = c & 7u;
+    uint ql = b + 64u * (j >> 2) + ((j & 1u) != 0u ? 32u : 0u) + e0, qh = b + 128u + 32u * (j >> 2) + e0;
+    uint so = b + 192u + 2u * j + (e0 >= 16u ? 1u : 0u);
+    int s = bitfieldExtract(int(r.b.z), int(8u * (so & 3u)), 8);
+    float d = h2f((r.b.w >> (8u * ((b + 208u) & 2u))) & 0xffffu);
+    uint l0 = funnel(r.a.x, r.a.y, ql), l1 = funnel(r.a.y, r.a.z, ql);
+    uint h0 = funnel(r.a.w, r.b.x, qh), h1 = funnel(r.b.x, r.b.y, qh);
+    uint lsh = (j & 3u) >= 2u ? 4u : 0u, hsh = 2u * (j & 3u);
+    [[unroll]] for (uint i = 0u; i < 8u; i++) {
+        uint lw = i < 4u ? l0 : l1, hw = i < 4u ? h0 : h1;
+        int q = int(((ub(lw, i & 3u) >> lsh) & 0xfu) | (((ub(hw, i & 3u) >> hsh) & 3u) << 4)) - 32;
+        v[i] = d * float(s * q);
+    }
+#endif
+    return pack8(v);
+#else
+    return r.a;
+#endif
+}
+
+void load_parts(uint c, uint m0, uint n0, uint tid, inout uvec4 xr[PARTS], inout WRaw wr[PARTS]) {
     [[unroll]] for (uint j = 0u; j < PARTS; j++) {
         uint t = tid + WG * j, r = t >> 2, q = t & 3u;
         xr[j] = X4[p.x_off + min(m0 + r, p.M - 1u) * p.x_stride + 4u * c + q];
     }
     [[unroll]] for (uint j = 0u; j < PARTS; j++) {
         uint t = tid + WG * j;
-        wr[j] = load_w8(c, n0 + (t >> 2), 8u * (t & 3u));
+        wr[j] = fetch_w(c, n0 + (t >> 2), 8u * (t & 3u));
     }
 }
 
-void store_parts(uint half_, uint tid, uvec4 xr[PARTS], uvec4 wr[PARTS]) {
-    uint base = half_ * BM * SK8; /* BM == BN */
+/* chunk c's parts into tile half h */
+void store_parts(uint h, uint c, uint n0, uint tid, uvec4 xr[PARTS], WRaw wr[PARTS]) {
+    uint base = h * BM * SK8; /* BM == BN */
     [[unroll]] for (uint j = 0u; j < PARTS; j++) {
         uint t = tid + WG * j, i = base + (t >> 2) * SK8 + (t & 3u);
         As[i] = xr[j];
-        Bs[i] = wr[j];
+        Bs[i] = decode_w(c, n0 + (t >> 2), 8u * (t & 3u), wr[j]);
     }
 }
 
@@ -176,15 +275,18 @@ void main() {
     [[unroll]] for (uint i = 0u; i < 4u; i++)
         [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
 #endif
-    uvec4 xr[PARTS], wr[PARTS];
+    uvec4 xr[PARTS];
+    WRaw wr[PARTS];
     load_parts(0u, m0, n0, tid, xr, wr);
-    store_parts(0u, tid, xr, wr);
+    store_parts(0u, 0u, n0, tid, xr, wr);
     barrier();
     for (uint c = 0u; c < nchunks; c++) {
         const uint cur = (c & 1u) * BM * SK8;
-        /* the next chunk's loads are in flight during this chunk's products */
-        const bool more = c + 1u < nchunks;
-        if (more) load_parts(c + 1u, m0, n0, tid, xr, wr);
+        /* the next chunk's loads are in flight during this chunk's products;
+         * no branch around them (the last iteration loads and stores its own
+         * chunk again into the unused half), so the compiler sees one block */
+        const uint next = min(c + 1u, nchunks - 1u);
+        load_parts(next, m0, n0, tid, xr, wr);
 #ifdef MMC_EMULATE
         /* loops kept (lavapipe's LLVM takes minutes over the unrolled form) */
         [[dont_unroll]] for (uint i = 0u; i < 64u; i++) {
@@ -201,15 +303,19 @@ void main() {
         }
 #else
         [[unroll]] for (uint kk = 0u; kk < 4u; kk += 2u) { /* 16 elements = 2 vectors */
-            CM16 a[4], b[2];
-            [[unroll]] for (uint i = 0u; i < 4u; i++) coopMatLoadNV(a[i], As, cur + (sm + 16u * i) * SK8 + kk, SK8, false);
+            /* the two B fragments held, one A fragment at a time (registers:
+             * the accumulators take 64 per invocation already) */
+            CM16 b[2];
             [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(b[j], Bs, cur + (sn + 16u * j) * SK8 + kk, SK8, true);
-            [[unroll]] for (uint i = 0u; i < 4u; i++)
-                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a[i], b[j], acc[i][j]);
+            [[unroll]] for (uint i = 0u; i < 4u; i++) {
+                CM16 a;
+                coopMatLoadNV(a, As, cur + (sm + 16u * i) * SK8 + kk, SK8, false);
+                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a, b[j], acc[i][j]);
+            }
         }
 #endif
         /* the other half was last read before the previous barrier */
-        if (more) store_parts((c + 1u) & 1u, tid, xr, wr);
+        store_parts((c + 1u) & 1u, next, n0, tid, xr, wr);
         barrier();
     }
 #ifdef MMC_EMULATE
