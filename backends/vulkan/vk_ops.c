@@ -515,13 +515,21 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     bool use_mmc = !use_mmv && M > KILN_VK_MM_MC && !dev->no_tiled && (dev->sh->coopmat || dev->sh->coopmat_emulate);
     /* KILN_VK_MMC_OLD: the previous matrix-core kernel (F32 activations
      * converted per tile), to compare both in one run */
-    const bool mmc_old = use_mmc && dev->sh->coopmat && dev->mmc_old;
-    const int mmc_first = mmc_old ? KILN_VK_P_MMC1_FIRST
-                          : dev->sh->coopmat ? KILN_VK_P_MMC_FIRST : KILN_VK_P_MMCE_FIRST;
+    bool mmc_old = use_mmc && dev->sh->coopmat && dev->mmc_old;
+    int mmc_first = mmc_old ? KILN_VK_P_MMC1_FIRST : dev->sh->coopmat ? KILN_VK_P_MMC_FIRST : KILN_VK_P_MMCE_FIRST;
     if (use_mmc) {
-        /* a driver that rejects the kernel: the portable path from now on */
+        /* a driver that rejects the kernel: the previous matrix-core kernel
+         * for this handle if it builds, else the portable path from now on */
         VkPipeline pipe;
-        if (kiln_vk_pipeline(dev->sh, mmc_first + kiln_vk_type_slot(w->type), &pipe) != KILN_OK) {
+        const int ws = kiln_vk_type_slot(w->type);
+        if (kiln_vk_pipeline(dev->sh, mmc_first + ws, &pipe) != KILN_OK && !mmc_old && dev->sh->coopmat &&
+            kiln_vk_pipeline(dev->sh, KILN_VK_P_MMC1_FIRST + ws, &pipe) == KILN_OK) {
+            kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the cooperative matrix kernel cannot be built: "
+                     "the previous one (mmc1) for this handle");
+            dev->mmc_old = mmc_old = true;
+            mmc_first = KILN_VK_P_MMC1_FIRST;
+        }
+        if (kiln_vk_pipeline(dev->sh, mmc_first + ws, &pipe) != KILN_OK) {
             kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the cooperative matrix kernel cannot be built: "
                      "the portable tiled matmul from now on");
             dev->sh->coopmat = dev->sh->coopmat_emulate = false;

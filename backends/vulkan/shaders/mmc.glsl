@@ -6,7 +6,7 @@
  * has no GL_KHR_cooperative_matrix; the NV extension is what NVIDIA's
  * driver offers beside KHR.) Used only where the device reports the
  * extension and the 16x16x16 F16/F32 subgroup shape, its subgroups are 32
- * wide and a workgroup may have 48 KiB of shared memory (vk_ops.c);
+ * wide and a workgroup may have 40 KiB of shared memory (vk_device.c);
  * mmt.glsl is the portable path, mmc1.glsl the previous form of this one
  * (KILN_VK_MMC_OLD=1).
  *
@@ -28,7 +28,8 @@
  * weight rows past N are clamped to the last one (their results are never
  * stored), float weight elements past K are zeros (the activations are
  * too); each 16 x 16 result goes through a per-subgroup patch of shared
- * memory so that only rows < M and columns < N are written.
+ * memory (in the A tile, after the K loop) so that only rows < M and
+ * columns < N are written. 40 KiB of shared memory.
  */
 #extension GL_EXT_control_flow_attributes : require
 #ifndef MMC_EMULATE
@@ -89,9 +90,8 @@ uint pack2(float a, float b) { return packFloat2x16(f16vec2(float16_t(a), float1
 /* two halves of each tile: the chunk being multiplied, the next one */
 shared uvec4 As[2u * BM * SK8];
 shared uvec4 Bs[2u * BN * SK8];
-#ifndef MMC_EMULATE
-shared float Cs[8u * 256u]; /* a 16 x 16 patch per subgroup; 48 KiB in all (the host checks the device's limit) */
-#endif
+/* 40 KiB in all (the host checks the device's limit); the results leave
+ * through As after the K loop */
 
 /* weight element e of the row at byte `row` (float formats), 0 past K */
 float wfloat(uint row, uint e) {
@@ -325,17 +325,19 @@ void main() {
         if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = acc[i];
     }
 #else
-    /* each accumulator through the subgroup's own patch: no workgroup barrier */
-    const uint lane = gl_SubgroupInvocationID;
+    /* each accumulator through the subgroup's own 16 x 16 F32 patch of As
+     * (64 vectors; the loop's last barrier ended all reads of the tiles):
+     * no workgroup barrier */
+    const uint lane = gl_SubgroupInvocationID, pbase = 64u * sg;
     [[unroll]] for (uint i = 0u; i < 4u; i++)
         [[unroll]] for (uint j = 0u; j < 2u; j++) {
-            coopMatStoreNV(acc[i][j], Cs, 256u * sg, 16u, false);
+            coopMatStoreNV(acc[i][j], As, pbase, 4u, false);
             subgroupMemoryBarrierShared();
             subgroupBarrier();
             [[unroll]] for (uint q = 0u; q < 8u; q++) {
                 uint t = lane + 32u * q, r = t >> 4, col = t & 15u;
                 uint m = m0 + sm + 16u * i + r, n = n0 + sn + 16u * j + col;
-                if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = Cs[256u * sg + t];
+                if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = uintBitsToFloat(As[pbase + (t >> 2)][t & 3u]);
             }
             subgroupMemoryBarrierShared();
             subgroupBarrier();
