@@ -71,7 +71,8 @@ enum {
     KILN_VK_P_MMV_FIRST = KILN_VK_P_MMT_FIRST + 11,    /* matrix-vector (decode), subgroup arithmetic */
     KILN_VK_P_MMC_FIRST = KILN_VK_P_MMV_FIRST + 11,    /* batches on matrix cores (NV cooperative matrix) */
     KILN_VK_P_MMCE_FIRST = KILN_VK_P_MMC_FIRST + 11,   /* mmc emulated without matrix cores (tests) */
-    KILN_VK_P_COUNT = KILN_VK_P_MMCE_FIRST + 11
+    KILN_VK_P_MMC1_FIRST = KILN_VK_P_MMCE_FIRST + 11,  /* the previous matrix-core kernel (KILN_VK_MMC_OLD) */
+    KILN_VK_P_COUNT = KILN_VK_P_MMC1_FIRST + 11
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
@@ -244,6 +245,7 @@ struct kiln_bk_device {
     kiln_vk_rope_cache rope;
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
+    bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */

@@ -12,7 +12,9 @@
 #   3. kiln-bench --backend vulkan (pp512, tg128, 3 repetitions) on each
 #      MODEL given, and the same with --backend cuda when libkiln-cuda.so
 #      was built, for the ratio; then KILN_VK_PROFILE=1 (per-kernel times,
-#      graphs off) into profile-NAME.txt.
+#      graphs off) into profile-NAME.txt; where the matrix-core kernel ran,
+#      pp512 and the profile again with the previous one (KILN_VK_MMC_OLD=1)
+#      into bench-vulkan-mmcold-NAME.txt / profile-mmcold-NAME.txt.
 # Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
 # KILN_VK_BENCH_ONLY=1 skips steps 2 (tests) and runs the benchmarks only.
 # Example (from the repository root on the device machine):
@@ -60,7 +62,14 @@ KILN_VK_OPS_VERBOSE=1 "$build/test/test_vulkan_ops" 2>&1 | tee "$out/ops.txt"
 ops_rc=${PIPESTATUS[0]}
 echo "== test_vulkan_ops, portable batch kernel (KILN_VK_NO_COOPMAT=1)"
 KILN_VK_NO_COOPMAT=1 "$build/test/test_vulkan_ops" 2>&1 | tail -n 2 | tee "$out/ops-portable.txt"
-if [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && grep -q "0 failed" "$out/ops-portable.txt"; then
+echo "== test_vulkan_ops, previous matrix-core kernel (KILN_VK_MMC_OLD=1)"
+KILN_VK_MMC_OLD=1 "$build/test/test_vulkan_ops" 2>&1 | tail -n 2 | tee "$out/ops-mmcold.txt"
+if [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && grep -q " 0 failed" "$out/ops-mmcold.txt"; then
+    # the new matrix-core kernel is wrong on this driver, the previous one
+    # is not: measure the rest with the previous one
+    echo "!! test_vulkan_ops fails with the new matrix-core kernel only: KILN_VK_MMC_OLD=1 from here on" | tee -a "$out/ops.txt"
+    export KILN_VK_MMC_OLD=1
+elif [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && grep -q "0 failed" "$out/ops-portable.txt"; then
     # the matrix-core kernel is wrong on this driver: say so, and let the
     # rest of the run measure everything else on the portable kernel
     echo "!! test_vulkan_ops fails with cooperative matrices only: KILN_VK_NO_COOPMAT=1 from here on" | tee -a "$out/ops.txt"
@@ -89,5 +98,12 @@ for m in "$@"; do
         "$build/bin/kiln-bench" --backend cuda -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-cuda-$name.txt"
     fi
     KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 16 -r 1 > /dev/null 2> "$out/profile-$name.txt"
+    if [ -z "${KILN_VK_MMC_OLD:-}" ] && grep -q "mmc_" "$out/profile-$name.txt"; then
+        echo "== kiln-bench vulkan $name, previous matrix-core kernel (KILN_VK_MMC_OLD=1)"
+        KILN_VK_MMC_OLD=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 3 2>&1 | tee "$out/bench-vulkan-mmcold-$name.txt"
+        KILN_VK_MMC_OLD=1 KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 1 > /dev/null \
+            2> "$out/profile-mmcold-$name.txt"
+    fi
+    grep -h "mmc" "$out/profile-$name.txt" "$out/profile-mmcold-$name.txt" 2>/dev/null
 done
 echo "logs in $out"
