@@ -39,7 +39,12 @@ if [ "${1:-}" = "--pack" ]; then
     du -sh "$dst"; exit 0
 fi
 build=${KILN_BUILD:-build}
-out=${OUT:-/tmp/kiln-vulkan}
+# the device tool brings back only a few files from $OUT: the logs are
+# written to a folder of their own and gathered into $OUT/vulkan-logs.txt
+final=${OUT:-}
+out=${final:+/tmp/kiln-vulkan-logs}
+out=${out:-/tmp/kiln-vulkan}
+rm -rf /tmp/kiln-vulkan-logs
 mkdir -p "$out"
 if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -106,4 +111,8 @@ for m in "$@"; do
     fi
     grep -h "mmc" "$out/profile-$name.txt" "$out/profile-mmcold-$name.txt" 2>/dev/null
 done
+if [ -n "$final" ]; then
+    for f in "$out"/*; do echo "=== $(basename "$f")"; cat "$f"; done > "$final/vulkan-logs.txt"
+    out=$final/vulkan-logs.txt
+fi
 echo "logs in $out"
