@@ -103,7 +103,7 @@ static void test_matmul_and_get_rows(void) {
                                     KILN_TYPE_Q4_1, KILN_TYPE_Q5_0, KILN_TYPE_Q5_1, KILN_TYPE_Q8_0,
                                     KILN_TYPE_Q4_K, KILN_TYPE_Q5_K, KILN_TYPE_Q6_K};
     const int64_t K = 512, N = 133;
-    /* N and 150 rows: more than one tile each way with tails (64 x 128
+    /* N and 150 rows: more than one tile each way with tails (128 x 128
      * matrix-core tiles, 64 x 64 portable ones) */
     /* 1..16 rows take the matrix-vector kernel where the device has
      * subgroup arithmetic (two workgroup rows from 9), more the tiled one */

@@ -19,7 +19,12 @@
  * Decode steps (at most 8 tokens) launch splits for the whole cache
  * (n_cells), so the launch does not change as the sequence grows and the
  * step can be replayed from a CUDA graph; splits past a token's n_kv exit
- * at once. Prefill launches splits for the longest sequence of the ubatch.
+ * at once. Ubatches of up to KCU_ATTN_MMA_MIN tokens (speculative verify
+ * batches) use the same kernel and split length over the longest sequence,
+ * so their rows are bit for bit the rows decode steps compute. Larger
+ * ubatches go to the tensor-core kernel (cuda_attn_mma.cu), or where it
+ * does not apply (head sizes, KILN_CUDA_ATTN=tile) to tiles of 8 tokens
+ * with 128-position splits (attn_tile_kernel).
  */
 #include <math.h>
 #include <string.h>
@@ -34,6 +39,7 @@
 #define KCU_ATTN_SPLIT_PREFILL 128
 #define KCU_ATTN_PART_MAX (64u << 20) /* scratch bytes of partial results per launch */
 #define KCU_ATTN_WARPS 4
+#define KCU_ATTN_MMA_MIN 32 /* larger ubatches: tensor-core prefill kernel (cuda_attn_mma.cu) */
 
 template <int DPL> /* head_dim / 32 */
 static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
@@ -285,8 +291,11 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
         return kcu_error(KILN_E_UNSUPPORTED, "cuda attention: too many heads or tokens");
     /* decode: launch for the whole cache (graph-stable); prefill: the longest row */
     const bool decode = ub->n_tokens <= 8;
+    /* up to KCU_ATTN_MMA_MIN tokens (a speculative verify batch) with the
+     * decode kernel's split length: each row gets its decode bits */
+    const bool small = ub->n_tokens <= KCU_ATTN_MMA_MIN;
     const uint32_t span = decode ? ub->n_cells : (uint32_t)ub->max_n_kv;
-    const int split_len = decode ? KCU_ATTN_SPLIT_DECODE : KCU_ATTN_SPLIT_PREFILL;
+    const int split_len = small ? KCU_ATTN_SPLIT_DECODE : KCU_ATTN_SPLIT_PREFILL;
     const int n_splits = (int)((span + split_len - 1) / split_len) > 0 ? (int)((span + split_len - 1) / split_len) : 1;
     if (n_splits > 65535) return kcu_error(KILN_E_UNSUPPORTED, "cuda attention: %u positions", span);
     struct { kiln_bk_tensor q, d; const void *k, *v; kiln_bk_attn a; int ns; } args;
@@ -296,20 +305,28 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     const uint64_t per_token = (uint64_t)a.n_head * n_splits * (a.head_dim + 2) * sizeof(float);
     uint32_t chunk = (uint32_t)(KCU_ATTN_PART_MAX / per_token);
     if (chunk < 1) chunk = 1;
-    if (!decode && chunk < 8) chunk = 8; /* a prefill tile has up to 8 tokens */
+    if (!small && chunk < 8) chunk = 8; /* a prefill tile has up to 8 tokens */
     if (chunk > ub->n_tokens) chunk = ub->n_tokens;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     int8_t *xq;
     float *xd;
     if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, (int64_t)qw, ub->n_tokens, &xq, &xd)))
         return st;
-    if ((st = kcu_pool_alloc(dev, per_token * chunk, &part))) return st;
     const int group = (int)(a.n_head / a.n_head_kv);
     const float *qp = (const float *)kcu_tensor_ptr(q);
     const uint64_t qs = q->row_stride / 4;
+    /* prefill ubatches on tensor cores */
+    if (!small && !xq && ub->n_tiles64 > 0 && !dev->attn_tile_only &&
+        kcu_attn_mma_supported(a.head_dim)) {
+        cudaError_t me = kcu_attn_mma(dev, qp, qs, (const __half *)k_cache->ptr, (const __half *)v_cache->ptr,
+                                      (int)kv_dim, a.n_head, a.head_dim, group, a.scale,
+                                      (float *)kcu_tensor_ptr(dst), dst->row_stride / 4);
+        return me == cudaSuccess ? KILN_OK : kcu_cuda_error(me, "attention");
+    }
+    if ((st = kcu_pool_alloc(dev, per_token * chunk, &part))) return st;
     float *pp = (float *)part->ptr;
     cudaError_t e = cudaSuccess;
-    if (!decode && ub->n_tiles > 0) {
+    if (!small && ub->n_tiles > 0) {
         /* prefill: tiles of one sequence's consecutive tokens, in chunks of
          * whole tiles whose partial results fit the scratch */
         const int32_t *th = ub->tiles_host;

@@ -296,6 +296,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
         if (pdl && *pdl) kcu_pdl_mode = atoi(pdl);
         const char *pr = getenv("KILN_CUDA_PROFILE");
         dev->profile = pr && *pr && strcmp(pr, "0") != 0;
+        const char *at = getenv("KILN_CUDA_ATTN");
+        dev->attn_tile_only = at && strcmp(at, "tile") == 0;
     }
     kiln_status st = KILN_OK;
     cudaError_t e;
@@ -469,6 +471,7 @@ kiln_status kcu_pool_alloc(kiln_bk_device *dev, uint64_t size, kiln_bk_buffer **
 /* Stream-ordered: the block may be handed out again at once, since its next
  * user is enqueued on the same stream after everything that used it. */
 void kcu_pool_free(kiln_bk_buffer *b) {
+    if (!b) return;
     kiln_bk_device *dev = b->owner;
     struct kcu_pool *pool = &dev->pool;
     list_remove(&pool->in_use, b);
@@ -754,26 +757,37 @@ static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     memcpy(&u, ubp, ubp->struct_size < sizeof u ? ubp->struct_size : sizeof u);
     if ((st = ubatch_validate(&u))) return st;
     uint32_t n = u.n_tokens, nb = u.n_block_entries;
-    /* prefill attention tiles (see cuda_attn.cu) */
-    uint32_t n_tiles = 0;
+    /* prefill attention tiles (see cuda_attn.cu, cuda_attn_mma.cu): runs
+     * of up to 8 and up to 64 consecutive tokens with the same block table */
+    uint32_t n_tiles = 0, n_tiles64 = 0;
     if (u.attn_table && n > 8) {
-        if (2 * n > dev->ub.tiles_cap) {
+        if (4 * n > dev->ub.tiles_cap) {
             int32_t *t = (int32_t *)kcu_calloc((size_t)4 * n * sizeof(int32_t));
             if (!t) return kcu_error(KILN_E_OOM_HOST, "cuda backend: set_ubatch: out of memory for tiles");
             kcu_free(dev->ub.tiles_host);
             dev->ub.tiles_host = t;
             dev->ub.tiles_cap = 4 * n;
         }
+        int32_t *t8 = dev->ub.tiles_host;
         for (uint32_t i = 0; i < n; i++) {
-            if (i == 0 || u.attn_table[i] != u.attn_table[i - 1] || dev->ub.tiles_host[2 * n_tiles - 1] == 8) {
-                dev->ub.tiles_host[2 * n_tiles] = (int32_t)i;
-                dev->ub.tiles_host[2 * n_tiles + 1] = 0;
+            if (i == 0 || u.attn_table[i] != u.attn_table[i - 1] || t8[2 * n_tiles - 1] == 8) {
+                t8[2 * n_tiles] = (int32_t)i;
+                t8[2 * n_tiles + 1] = 0;
                 n_tiles++;
             }
-            dev->ub.tiles_host[2 * n_tiles - 1]++;
+            t8[2 * n_tiles - 1]++;
+        }
+        int32_t *t64 = t8 + 2 * n_tiles;
+        for (uint32_t i = 0; i < n; i++) {
+            if (i == 0 || u.attn_table[i] != u.attn_table[i - 1] || t64[2 * n_tiles64 - 1] == 64) {
+                t64[2 * n_tiles64] = (int32_t)i;
+                t64[2 * n_tiles64 + 1] = 0;
+                n_tiles64++;
+            }
+            t64[2 * n_tiles64 - 1]++;
         }
     }
-    size_t need = ((size_t)4 * n + nb + 2 * n_tiles + 1) * sizeof(int32_t);
+    size_t need = ((size_t)4 * n + nb + 2 * n_tiles + 2 * n_tiles64 + 1) * sizeof(int32_t);
     if (need > dev->ub_dev_cap) {
         int32_t *d = NULL;
         size_t cap = need * 2;
@@ -801,7 +815,7 @@ static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
         for (uint32_t i = 0; i < n; i++) max_n_kv = u.attn_n_kv[i] > max_n_kv ? u.attn_n_kv[i] : max_n_kv;
     }
     if (nb) memcpy(h + 4 * n, u.block_tables, (size_t)nb * sizeof(int32_t));
-    if (n_tiles) memcpy(h + 4 * n + nb, dev->ub.tiles_host, (size_t)2 * n_tiles * sizeof(int32_t));
+    if (n_tiles) memcpy(h + 4 * n + nb, dev->ub.tiles_host, (size_t)2 * (n_tiles + n_tiles64) * sizeof(int32_t));
     KCU_CHECK(cudaMemcpyAsync(dev->ub_dev, h, need, cudaMemcpyHostToDevice, dev->stream), "set_ubatch: copy");
     dev->stage_used = (need + 255) & ~(size_t)255;
     struct kcu_ubatch *ub = &dev->ub;
@@ -820,6 +834,8 @@ static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     ub->block_tables = dev->ub_dev + 4 * n;
     ub->tiles = dev->ub_dev + 4 * n + nb;
     ub->n_tiles = n_tiles;
+    ub->tiles64 = ub->tiles + 2 * n_tiles;
+    ub->n_tiles64 = n_tiles64;
     return KILN_OK;
 }
 

@@ -88,6 +88,10 @@ struct kcu_ubatch {
     uint32_t n_tiles;
     int32_t *tiles_host, *tiles;
     uint32_t tiles_cap;
+    /* the same with up to 64 tokens (tensor-core kernel, cuda_attn_mma.cu);
+     * host copy after the 8-token list in tiles_host */
+    uint32_t n_tiles64;
+    int32_t *tiles64;
 };
 
 #define KCU_MAX_GRAPHS 8
@@ -115,6 +119,7 @@ struct kiln_bk_device {
     uint64_t cublas_bytes;   /* device memory cublasCreate took (measured) */
     int sm_count;
     int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
+    bool attn_tile_only;     /* KILN_CUDA_ATTN=tile: prefill attention on CUDA cores only */
     kiln_log_fn log_fn;
     void *log_user;
     int32_t log_level;
@@ -220,7 +225,7 @@ kiln_status kcu_cublas(kiln_bk_device *dev);
 kiln_status kcu_use(kiln_bk_device *dev);
 /* A transient buffer from the pool / back to it (stream-ordered). */
 kiln_status kcu_pool_alloc(kiln_bk_device *dev, uint64_t size, kiln_bk_buffer **out);
-void kcu_pool_free(kiln_bk_buffer *b);
+void kcu_pool_free(kiln_bk_buffer *b); /* NULL-safe */
 /* Copies host bytes to the device through the staging area; *out is the
  * device address, valid for operations enqueued after this call. */
 kiln_status kcu_stage(kiln_bk_device *dev, const void *src, size_t bytes, const void **out);
@@ -266,6 +271,14 @@ kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_te
                               kiln_bk_buffer *v_cache, uint32_t kv_dim);
 kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
                           const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst);
+/* ---- cuda_attn_mma.cu ---- */
+/* Whether the tensor-core prefill kernel handles heads of this size. */
+bool kcu_attn_mma_supported(uint32_t head_dim);
+/* Prefill attention of the current ubatch (its 64-token tiles) on tensor
+ * cores; arguments as kcu_attention resolved them. */
+cudaError_t kcu_attn_mma(kiln_bk_device *dev, const float *q, uint64_t qs, const __half *kc, const __half *vc,
+                         int kv_dim, uint32_t n_head, uint32_t head_dim, int group, float scale, float *dst,
+                         uint64_t ds);
 /* Dequantizes rows [r0, r0 + n) of w to F16 into dst (n x K, dense). */
 kiln_status kcu_dequant_f16(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t r0, int64_t n, __half *dst);
 

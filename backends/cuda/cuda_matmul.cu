@@ -21,6 +21,7 @@
 #include "cuda_quant.cuh"
 
 #define KCU_MMV_MAX 8
+#define KCU_MMV_CHUNKED_MAX 16 /* 9..16 rows: the decode kernels, 8 rows at a time */
 #define KCU_MMV_WARPS 8
 #define KCU_MMV_ROWS 2
 #define KCU_MMV_CHUNK 1024                 /* x columns per shared-memory chunk */
@@ -882,8 +883,15 @@ static kiln_status convert_x(kiln_bk_device *dev, const kiln_bk_tensor *x, int t
     return KILN_OK;
 }
 
+/* x's type for a product with w on cuBLAS (F32 weights take x as it is). */
+static int cublas_x_type(const kiln_bk_tensor *w) {
+    return w->type == KCU_F32 ? KCU_F32 : w->type == KCU_BF16 ? KCU_BF16 : KCU_F16;
+}
+
+/* dst = w x on cuBLAS; xh: x already converted to cublas_x_type(w) (dense
+ * rows of K), or NULL to convert it here. */
 static kiln_status matmul_cublas(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
-                                 kiln_bk_tensor *dst) {
+                                 kiln_bk_tensor *dst, const void *xh) {
     const int64_t N = w->ne[1], K = w->ne[0], M = x->ne[1];
     const float one = 1.0f, zero = 0.0f;
     float *yp = (float *)kcu_tensor_ptr(dst);
@@ -896,13 +904,16 @@ static kiln_status matmul_cublas(kiln_bk_device *dev, const kiln_bk_tensor *w, c
                                          (const float *)kcu_tensor_ptr(x), (int)(x->row_stride / 4), &zero, yp, ldc),
                              "sgemm");
     }
-    const int xt = w->type == KCU_BF16 ? KCU_BF16 : KCU_F16;
+    const int xt = cublas_x_type(w);
     const cudaDataType ct = xt == KCU_BF16 ? CUDA_R_16BF : CUDA_R_16F;
     kiln_bk_buffer *xb = NULL;
-    if ((st = convert_x(dev, x, xt, &xb))) return st;
+    if (!xh) {
+        if ((st = convert_x(dev, x, xt, &xb))) return st;
+        xh = xb->ptr;
+    }
     if (w->type == KCU_F16 || w->type == KCU_BF16) {
         st = cublas_status(cublasGemmEx(dev->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one,
-                                        kcu_tensor_ptr(w), ct, (int)(w->row_stride / 2), xb->ptr, ct, (int)K, &zero, yp,
+                                        kcu_tensor_ptr(w), ct, (int)(w->row_stride / 2), xh, ct, (int)K, &zero, yp,
                                         CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                            "gemm");
         kcu_pool_free(xb);
@@ -921,7 +932,7 @@ static kiln_status matmul_cublas(kiln_bk_device *dev, const kiln_bk_tensor *w, c
         const int64_t n = N - r0 < chunk ? N - r0 : chunk;
         if ((st = kcu_dequant_f16(dev, w, r0, n, (__half *)wb->ptr))) break;
         st = cublas_status(cublasGemmEx(dev->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)M, (int)K, &one, wb->ptr,
-                                        CUDA_R_16F, (int)K, xb->ptr, CUDA_R_16F, (int)K, &zero, yp + r0, CUDA_R_32F, ldc,
+                                        CUDA_R_16F, (int)K, xh, CUDA_R_16F, (int)K, &zero, yp + r0, CUDA_R_32F, ldc,
                                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                            "gemm");
     }
@@ -955,7 +966,21 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
                            dev->mmv_variant != 4;
     if (!int8_path) kcu_xq_release(dev);
     if (x->ne[1] <= KCU_MMV_MAX) return matmul_mmv(dev, w, x, dst);
-    return matmul_cublas(dev, w, x, dst);
+    if (x->ne[1] <= KCU_MMV_CHUNKED_MAX) {
+        /* a speculative verify batch: the decode kernels, KCU_MMV_MAX rows
+         * at a time, so that each row gets the bits it gets when decoded
+         * (greedy speculative output = plain greedy output); cheaper than
+         * dequantizing the weights for cuBLAS at these sizes too */
+        for (int64_t t0 = 0; t0 < x->ne[1] && !st; t0 += KCU_MMV_MAX) {
+            kiln_bk_tensor xs = *x, ds = *dst;
+            xs.offset += (uint64_t)t0 * x->row_stride;
+            ds.offset += (uint64_t)t0 * dst->row_stride;
+            xs.ne[1] = ds.ne[1] = x->ne[1] - t0 < KCU_MMV_MAX ? x->ne[1] - t0 : KCU_MMV_MAX;
+            st = matmul_mmv(dev, w, &xs, &ds);
+        }
+        return st;
+    }
+    return matmul_cublas(dev, w, x, dst, NULL);
 }
 
 kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
@@ -966,6 +991,24 @@ kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tens
         if (!w[i] || !dst[i]) return kcu_error(KILN_E_INVALID_ARG, "cuda matmul_multi: NULL tensor");
     kiln_status st;
     if ((st = kcu_use(dev)) || (st = kcu_tensor_check(x, KCU_F32, "matmul_multi", "x"))) return st;
+    if (x->ne[1] > KCU_MMV_MAX && x->ne[1] <= KCU_MMV_CHUNKED_MAX) {
+        /* as kcu_matmul: KCU_MMV_MAX rows at a time through the decode kernels */
+        for (int64_t t0 = 0; t0 < x->ne[1] && !st; t0 += KCU_MMV_MAX) {
+            const int64_t m = x->ne[1] - t0 < KCU_MMV_MAX ? x->ne[1] - t0 : KCU_MMV_MAX;
+            kiln_bk_tensor xs = *x, ds[KCU_MULTI_MAX];
+            kiln_bk_tensor *dp[KCU_MULTI_MAX];
+            xs.offset += (uint64_t)t0 * x->row_stride;
+            xs.ne[1] = m;
+            for (uint32_t i = 0; i < n; i++) {
+                ds[i] = *dst[i];
+                ds[i].offset += (uint64_t)t0 * dst[i]->row_stride;
+                ds[i].ne[1] = m;
+                dp[i] = &ds[i];
+            }
+            st = kcu_matmul_multi(dev, n, w, &xs, dp);
+        }
+        return st;
+    }
     bool shared = n > 1 && x->ne[1] > 0 && x->ne[1] <= KCU_MMV_MAX && mmv_can_share(dev, n, w, x);
     for (uint32_t i = 0; shared && i < n; i++) {
         if ((st = kcu_tensor_check(w[i], -1, "matmul_multi", "w")) ||
@@ -976,9 +1019,30 @@ kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tens
             shared = false; /* matmul reports the shape */
     }
     if (!shared) {
-        for (uint32_t i = 0; i < n; i++)
-            if ((st = kcu_matmul(dev, w[i], x, dst[i]))) return st;
-        return KILN_OK;
+        /* batches: x converted once for all the products that take the
+         * same type on cuBLAS (q/k/v, gate/up of a prefill) */
+        const bool batch = n > 1 && x->ne[1] > KCU_MMV_MAX;
+        const int xt = batch ? cublas_x_type(w[0]) : KCU_F32;
+        bool same = batch && xt != KCU_F32 && x->ne[0] <= 0x7fffffff && !dev->graph_mode; /* graphs: per product */
+        for (uint32_t i = 0; same && i < n; i++) {
+            if ((st = kcu_tensor_check(w[i], -1, "matmul_multi", "w")) ||
+                (st = kcu_tensor_check(dst[i], KCU_F32, "matmul_multi", "dst")))
+                return st;
+            same = cublas_x_type(w[i]) == xt && w[i]->ne[0] == x->ne[0] && w[i]->ne[0] % 32 == 0 &&
+                   dst[i]->ne[0] == w[i]->ne[1] && dst[i]->ne[1] == x->ne[1] && w[i]->ne[1] > 0 &&
+                   w[i]->ne[1] <= 0x7fffffff;
+        }
+        if (!same) {
+            for (uint32_t i = 0; i < n; i++)
+                if ((st = kcu_matmul(dev, w[i], x, dst[i]))) return st;
+            return KILN_OK;
+        }
+        kcu_xq_release(dev);
+        kiln_bk_buffer *xb = NULL;
+        if ((st = convert_x(dev, x, xt, &xb))) return st;
+        for (uint32_t i = 0; i < n && !st; i++) st = matmul_cublas(dev, w[i], x, dst[i], xb->ptr);
+        kcu_pool_free(xb);
+        return st;
     }
     struct { kiln_bk_tensor w[KCU_MULTI_MAX], x, d[KCU_MULTI_MAX]; uint32_t n; } args;
     memset(&args, 0, sizeof args);

@@ -188,6 +188,46 @@ static __global__ void add_rms_norm_kernel(const float *a, uint64_t as, const fl
     }
 }
 
+/* The same with each thread's (at most VPT) values kept in registers and
+ * every load issued before the reduction: one memory round trip instead of
+ * three in a row of a decode step (the same sums in the same order, so the
+ * same bits as add_rms_norm_kernel). */
+template <int VPT>
+static __global__ void add_rms_norm_reg_kernel(const float *a, uint64_t as, const float *b, uint64_t bs, float *sum,
+                                               uint64_t ss, const float *w, float *y, uint64_t ys, int64_t n, float eps,
+                                               int8_t *xq, float *xd) {
+    kcu_pdl_wait();
+    const float *ar = a + blockIdx.x * as, *br = b + blockIdx.x * bs;
+    float *sr = sum + blockIdx.x * ss, *yr = y + blockIdx.x * ys;
+    float v[VPT], wv[VPT];
+#pragma unroll
+    for (int k = 0; k < VPT; k++) {
+        const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+        v[k] = i < n ? ar[i] + br[i] : 0.0f;
+        wv[k] = i < n ? w[i] : 0.0f;
+    }
+    double s = 0.0;
+#pragma unroll
+    for (int k = 0; k < VPT; k++) {
+        const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+        if (i < n) {
+            sr[i] = v[k];
+            s += (double)v[k] * (double)v[k];
+        }
+    }
+    const float mean = (float)(kcu_block_sum(s) / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+#pragma unroll
+    for (int k = 0; k < VPT; k++) {
+        const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+        if (i < n) {
+            const float o = __fmul_rn(__fmul_rn(v[k], scale), wv[k]);
+            yr[i] = o;
+            if (xq) kcu_q8_store(o, i, xq + blockIdx.x * n, xd + blockIdx.x * (n / 32));
+        }
+    }
+}
+
 kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
                              kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst) {
     kiln_status st;
@@ -212,6 +252,14 @@ kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const
     float *xd;
     if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, n, rows, &xq, &xd))) return st;
     const int threads = n >= 4096 ? 1024 : n >= 1024 ? 256 : n >= 256 ? 128 : 64;
+    if (n <= 4 * threads && (!xq || n % 32 == 0)) {
+        kcu_launch(add_rms_norm_reg_kernel<4>, (unsigned)rows, threads, 0, dev->stream, (const float *)kcu_tensor_ptr(a),
+                   a->row_stride / 4, (const float *)kcu_tensor_ptr(b), b->row_stride / 4, (float *)kcu_tensor_ptr(sum),
+                   sum->row_stride / 4, (const float *)kcu_tensor_ptr(w), (float *)kcu_tensor_ptr(dst),
+                   dst->row_stride / 4, n, eps, xq, xd);
+        KCU_LAUNCHED("add_rms_norm");
+        return KILN_OK;
+    }
     kcu_launch(add_rms_norm_kernel, (unsigned)rows, threads, 0, dev->stream, (const float *)kcu_tensor_ptr(a),
                a->row_stride / 4, (const float *)kcu_tensor_ptr(b), b->row_stride / 4, (float *)kcu_tensor_ptr(sum),
                sum->row_stride / 4, (const float *)kcu_tensor_ptr(w), (float *)kcu_tensor_ptr(dst),
@@ -346,6 +394,7 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
  * token: threads take q's pairs, then k's (writing the rotated pair to k and,
  * rounded to F16, to the cache), then v's elements. The same arithmetic as
  * rope_kernel and kv_store_kernel, so the same bits. */
+#define KCU_ROPE_HALF_MAX 128 /* head_dim <= 256 */
 static __global__ void rope_kv_store_kernel(float *q, uint64_t qs, float *k, uint64_t ks, const float *v,
                                             uint64_t vs, __half *kc, __half *vc, const int32_t *pos,
                                             const int32_t *cell, int n_head, int n_head_kv, int head_dim, int half,
@@ -356,6 +405,18 @@ static __global__ void rope_kv_store_kernel(float *q, uint64_t qs, float *k, uin
     const float p = (float)pos[t];
     const int nq = n_head * half, nk = n_head_kv * half, total = nq + nk + kv_dim;
     const uint64_t c = (uint64_t)cell[t] * (uint64_t)kv_dim;
+    /* the rotation of pair i is the same for every head of q and k: each
+     * computed once (the dependent chain of multiplications and the
+     * sine/cosine are most of this kernel's time) */
+    __shared__ float rcs[KCU_ROPE_HALF_MAX], rsn[KCU_ROPE_HALF_MAX];
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float theta = p;
+        for (int m = 0; m < i; m++) theta = __fmul_rn(theta, theta_scale);
+        const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
+        rcs[i] = cosf(th);
+        rsn[i] = sinf(th);
+    }
+    __syncthreads();
     for (int j = threadIdx.x; j < total; j += blockDim.x) {
         if (j >= nq + nk) { /* v */
             const int i = j - nq - nk;
@@ -364,10 +425,7 @@ static __global__ void rope_kv_store_kernel(float *q, uint64_t qs, float *k, uin
         }
         const bool is_q = j < nq;
         const int kk = is_q ? j : j - nq, h = kk / half, i = kk % half;
-        float theta = p;
-        for (int m = 0; m < i; m++) theta = __fmul_rn(theta, theta_scale);
-        const float th = __fmul_rn(freq_scale, __fdiv_rn(theta, ff ? ff[i] : 1.0f));
-        const float cs = cosf(th), sn = sinf(th);
+        const float cs = rcs[i], sn = rsn[i];
         float *row = is_q ? q + (uint64_t)t * qs : k + (uint64_t)t * ks;
         const int ia = neox ? i : 2 * i, ib = neox ? i + half : 2 * i + 1;
         float *vh = row + (int64_t)h * head_dim;
@@ -399,7 +457,8 @@ kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_te
      * for q and k, k's heads exactly kv_dim wide; anything else in steps */
     const bool same = a.mode == b.mode && a.n_rot == b.n_rot && a.head_dim == b.head_dim &&
                       a.freq_base == b.freq_base && a.freq_scale == b.freq_scale &&
-                      a.freq_factors == b.freq_factors && (uint64_t)b.n_head * b.head_dim == kv_dim;
+                      a.freq_factors == b.freq_factors && (uint64_t)b.n_head * b.head_dim == kv_dim &&
+                      a.n_rot / 2 <= KCU_ROPE_HALF_MAX;
     if (!same || a.n_rot == 0 || a.n_head == 0 || !v || v->ne[1] != k->ne[1] || q->ne[1] == 0) {
         if ((st = kcu_rope(dev, q, rq)) || (st = kcu_rope(dev, k, rk))) return st;
         return kcu_kv_store(dev, k, v, k_cache, v_cache, kv_dim);

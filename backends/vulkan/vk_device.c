@@ -200,7 +200,7 @@ static void shared_destroy(kiln_vk_shared *sh) {
  * kernel's eight subgroups of a 256-invocation workgroup).
  * KILN_VK_NO_COOPMAT=1 keeps the portable tiled kernel. */
 static bool coopmat_usable(VkInstance inst, VkPhysicalDevice pd, uint32_t subgroup_size, uint32_t max_shared) {
-    if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || max_shared < 23552 /* mmc.glsl's shared memory */ ||
+    if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || max_shared < 40960 /* mmc.glsl's shared memory */ ||
         !has_device_ext(pd, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME))
         return false;
     VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
@@ -384,6 +384,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->profile = getenv("KILN_VK_PROFILE") != NULL;
     dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
+    dev->mmc_old = getenv("KILN_VK_MMC_OLD") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
     dev->no_fused = getenv("KILN_VK_NO_FUSED") != NULL;
     dev->mmv_unroll = getenv("KILN_VK_MMV_UNROLL") && atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;

@@ -71,7 +71,8 @@ enum {
     KILN_VK_P_MMV_FIRST = KILN_VK_P_MMT_FIRST + 11,    /* matrix-vector (decode), subgroup arithmetic */
     KILN_VK_P_MMC_FIRST = KILN_VK_P_MMV_FIRST + 11,    /* batches on matrix cores (NV cooperative matrix) */
     KILN_VK_P_MMCE_FIRST = KILN_VK_P_MMC_FIRST + 11,   /* mmc emulated without matrix cores (tests) */
-    KILN_VK_P_MMVM_FIRST = KILN_VK_P_MMCE_FIRST + 11,  /* mmv of up to 3 products of one x (matmul_multi) */
+    KILN_VK_P_MMC1_FIRST = KILN_VK_P_MMCE_FIRST + 11,  /* the previous matrix-core kernel (KILN_VK_MMC_OLD) */
+    KILN_VK_P_MMVM_FIRST = KILN_VK_P_MMC1_FIRST + 11,  /* mmv of up to 3 products of one x (matmul_multi) */
     KILN_VK_P_ADD_RMS_NORM = KILN_VK_P_MMVM_FIRST + 11, /* residual add + norm (add_rms_norm) */
     KILN_VK_P_ROPE_KV,                                 /* rope q, rope k, store k and v (rope_kv_store) */
     KILN_VK_P_COUNT
@@ -260,6 +261,7 @@ struct kiln_bk_device {
     kiln_vk_rope_cache rope;
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
+    bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store run the separate ops */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */

@@ -464,7 +464,9 @@ kiln_status kiln_vk_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, cons
 /* ------------------------------------------------------------------------ */
 
 /* Activation format per weight type (see types.glsl): 0 the F32 rows as
- * they are, 1 F16-rounded, 2 BF16-rounded, 3 Q8_0, 4 Q8_1, 5 Q8_K. */
+ * they are, 1 F16-rounded, 2 BF16-rounded, 3 Q8_0, 4 Q8_1, 5 Q8_K; and 6,
+ * for the matrix cores whatever the weights: F16 packed in pairs, rows
+ * padded to whole 32-element chunks (quant_act.comp). */
 static uint32_t act_mode(int32_t type) {
     switch (type) {
     case KILN_VK_T_F32: return 0;
@@ -482,14 +484,16 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
     case 3: return k / 4 + k / 32;
     case 4: return k / 4 + 2 * (k / 32);
     case 5: return k / 4 + k / 256 + k / 16;
+    case 6: return (k + 31) / 32 * 16;
     default: return k;
     }
 }
 
 #define KILN_VK_MM_MC 4 /* activation rows per workgroup (mm.glsl MC) */
 #define KILN_VK_MMT_TILE 64 /* weight and activation rows per workgroup (mmt.glsl BN, BM) */
-#define KILN_VK_MMC_BM 64  /* activation rows per workgroup (mmc.glsl BM) */
-#define KILN_VK_MMC_BN 128 /* weight rows per workgroup (mmc.glsl BN) */
+#define KILN_VK_MMC_BM 128 /* activation rows per workgroup (mmc.glsl BM) */
+#define KILN_VK_MMC_BN 128 /* weight rows per workgroup (mmc.glsl BN, mmc1.glsl BN) */
+#define KILN_VK_MMC1_BM 64 /* activation rows per workgroup of the previous kernel (mmc1.glsl BM) */
 /* Activation rows that take the matrix-vector kernel (mmv.glsl) where the
  * device has subgroup arithmetic: decode steps and speculative verify
  * batches (n_draft 8 + 1), so that a verified token gets the bits of a
@@ -590,7 +594,7 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
     const uint64_t row_words = act_row_words(mode, (uint64_t)K);
     const uint64_t bytes = (uint64_t)M * row_words * 4;
     kiln_vk_act_cache *c = &dev->act_cache;
-    act_want_note(dev, x, mode);
+    if (mode <= 5) act_want_note(dev, x, mode); /* not the matrix cores' F16 pairs */
     bool hit = c->valid && c->src == x->buf && c->offset == x->offset && c->row_stride == x->row_stride &&
                c->k == K && c->m == M && c->mode == mode;
     if (!hit) {
@@ -607,8 +611,9 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
         qc.K = (uint32_t)K;
         qc.M = (uint32_t)M;
         qc.mode = mode;
-        /* one invocation per element (F16/BF16), else a workgroup per 256 */
-        uint32_t gx = mode <= 2 ? div_up((uint64_t)K, 64) : div_up((uint64_t)K, 256);
+        /* one invocation per element (F16/BF16) or packed pair (mode 6),
+         * else a workgroup per 256 */
+        uint32_t gx = mode == 6 ? div_up(row_words, 64) : mode <= 2 ? div_up((uint64_t)K, 64) : div_up((uint64_t)K, 256);
         if ((st = kiln_vk_dispatch(dev, KILN_VK_P_QUANT_ACT, qb, 2, &qc, sizeof qc, gx, (uint32_t)M, 1)))
             return st;
         c->valid = true;
@@ -656,22 +661,39 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     }
     const bool use_mmv = M <= KILN_VK_MMV_MAX && dev->sh->subgroup_add && !dev->no_mmv;
     bool use_mmc = !use_mmv && M > KILN_VK_MM_MC && !dev->no_tiled && (dev->sh->coopmat || dev->sh->coopmat_emulate);
-    const int mmc_first = dev->sh->coopmat ? KILN_VK_P_MMC_FIRST : KILN_VK_P_MMCE_FIRST;
+    /* KILN_VK_MMC_OLD: the previous matrix-core kernel (F32 activations
+     * converted per tile), to compare both in one run */
+    bool mmc_old = use_mmc && dev->sh->coopmat && dev->mmc_old;
+    int mmc_first = mmc_old ? KILN_VK_P_MMC1_FIRST : dev->sh->coopmat ? KILN_VK_P_MMC_FIRST : KILN_VK_P_MMCE_FIRST;
     if (use_mmc) {
-        /* a driver that rejects the kernel: the portable path from now on */
+        /* a driver that rejects the kernel: the previous matrix-core kernel
+         * for this handle if it builds, else the portable path from now on */
         VkPipeline pipe;
-        if (kiln_vk_pipeline(dev->sh, mmc_first + kiln_vk_type_slot(w->type), &pipe) != KILN_OK) {
+        const int ws = kiln_vk_type_slot(w->type);
+        if (kiln_vk_pipeline(dev->sh, mmc_first + ws, &pipe) != KILN_OK && !mmc_old && dev->sh->coopmat &&
+            kiln_vk_pipeline(dev->sh, KILN_VK_P_MMC1_FIRST + ws, &pipe) == KILN_OK) {
+            kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the cooperative matrix kernel cannot be built: "
+                     "the previous one (mmc1) for this handle");
+            dev->mmc_old = mmc_old = true;
+            mmc_first = KILN_VK_P_MMC1_FIRST;
+        }
+        if (kiln_vk_pipeline(dev->sh, mmc_first + ws, &pipe) != KILN_OK) {
             kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the cooperative matrix kernel cannot be built: "
                      "the portable tiled matmul from now on");
             dev->sh->coopmat = dev->sh->coopmat_emulate = false;
             use_mmc = false;
         }
     }
-    if (mode == 0 || use_mmc) {
-        /* the F32 rows as they are (matrix cores convert them to F16 themselves) */
+    /* the matrix cores take F16 rows, converted once per product (and
+     * shared by q/k/v, gate/up like the quantized ones) */
+    const uint32_t amode = use_mmc && !mmc_old ? 6 : mode;
+    if (amode == 0 || mmc_old) {
+        /* the F32 rows as they are (the previous matrix-core kernel converts them per tile) */
         if ((st = bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul"))) return st;
     } else {
-        if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) return st;
+        if ((st = quantize_act(dev, x, xe, amode, &b[1], &pc.a_off, &pc.a_stride))) return st;
+        /* mmc.glsl reads 16-byte vectors (the scratch starts aligned) */
+        if (amode == 6) pc.a_stride /= 4;
     }
     uint32_t w_rem;
     if ((st = kiln_vk_bind_range(dev, w->buf, w->offset, we, &b[0], &w_rem, "matmul")) ||
@@ -685,13 +707,17 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     const int slot = kiln_vk_type_slot(w->type);
     const uint64_t max_x = dev->sh->max_groups[0];
     if (use_mmc) {
-        /* batches on matrix cores: 64 x 128 tiles, F16 x F16 -> F32 */
-        const uint32_t gy = div_up((uint64_t)M, KILN_VK_MMC_BM);
+        /* batches on matrix cores: 128 x 128 tiles (the previous kernel 64 x
+         * 128), F16 x F16 -> F32; F16 weights on 16-byte boundaries, whole
+         * chunks, are read as 16-byte vectors */
+        const uint32_t gy = div_up((uint64_t)M, mmc_old ? KILN_VK_MMC1_BM : KILN_VK_MMC_BM);
+        pc.passes = w->type == KILN_VK_T_F16 && K % 32 == 0 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 &&
+                    b[0].offset % 16 == 0;
         const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMC_BN);
         for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
             uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
             pc.n_base = (uint32_t)(g0 * KILN_VK_MMC_BN);
-            if ((st = kiln_vk_dispatch(dev, mmc_first + slot, b, 3, &pc, 10 * sizeof(uint32_t),
+            if ((st = kiln_vk_dispatch(dev, mmc_first + slot, b, 3, &pc, (mmc_old ? 10 : 11) * sizeof(uint32_t),
                                        (uint32_t)gx, gy, 1)))
                 return st;
         }

@@ -209,6 +209,28 @@ extern const uint32_t kiln_vk_spv_mmce_q5_k[];
 extern const size_t kiln_vk_spv_mmce_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmce_q6_k[];
 extern const size_t kiln_vk_spv_mmce_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmc1_f32[];
+extern const size_t kiln_vk_spv_mmc1_f32_size;
+extern const uint32_t kiln_vk_spv_mmc1_f16[];
+extern const size_t kiln_vk_spv_mmc1_f16_size;
+extern const uint32_t kiln_vk_spv_mmc1_bf16[];
+extern const size_t kiln_vk_spv_mmc1_bf16_size;
+extern const uint32_t kiln_vk_spv_mmc1_q4_0[];
+extern const size_t kiln_vk_spv_mmc1_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmc1_q4_1[];
+extern const size_t kiln_vk_spv_mmc1_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmc1_q5_0[];
+extern const size_t kiln_vk_spv_mmc1_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmc1_q5_1[];
+extern const size_t kiln_vk_spv_mmc1_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmc1_q8_0[];
+extern const size_t kiln_vk_spv_mmc1_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmc1_q4_k[];
+extern const size_t kiln_vk_spv_mmc1_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmc1_q5_k[];
+extern const size_t kiln_vk_spv_mmc1_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmc1_q6_k[];
+extern const size_t kiln_vk_spv_mmc1_q6_k_size;
 
 static const struct {
     const char *name;
@@ -298,6 +320,17 @@ static const struct {
     {"mmce_q4_k", kiln_vk_spv_mmce_q4_k, &kiln_vk_spv_mmce_q4_k_size},
     {"mmce_q5_k", kiln_vk_spv_mmce_q5_k, &kiln_vk_spv_mmce_q5_k_size},
     {"mmce_q6_k", kiln_vk_spv_mmce_q6_k, &kiln_vk_spv_mmce_q6_k_size},
+    {"mmc1_f32", kiln_vk_spv_mmc1_f32, &kiln_vk_spv_mmc1_f32_size},
+    {"mmc1_f16", kiln_vk_spv_mmc1_f16, &kiln_vk_spv_mmc1_f16_size},
+    {"mmc1_bf16", kiln_vk_spv_mmc1_bf16, &kiln_vk_spv_mmc1_bf16_size},
+    {"mmc1_q4_0", kiln_vk_spv_mmc1_q4_0, &kiln_vk_spv_mmc1_q4_0_size},
+    {"mmc1_q4_1", kiln_vk_spv_mmc1_q4_1, &kiln_vk_spv_mmc1_q4_1_size},
+    {"mmc1_q5_0", kiln_vk_spv_mmc1_q5_0, &kiln_vk_spv_mmc1_q5_0_size},
+    {"mmc1_q5_1", kiln_vk_spv_mmc1_q5_1, &kiln_vk_spv_mmc1_q5_1_size},
+    {"mmc1_q8_0", kiln_vk_spv_mmc1_q8_0, &kiln_vk_spv_mmc1_q8_0_size},
+    {"mmc1_q4_k", kiln_vk_spv_mmc1_q4_k, &kiln_vk_spv_mmc1_q4_k_size},
+    {"mmc1_q5_k", kiln_vk_spv_mmc1_q5_k, &kiln_vk_spv_mmc1_q5_k_size},
+    {"mmc1_q6_k", kiln_vk_spv_mmc1_q6_k, &kiln_vk_spv_mmc1_q6_k_size},
     {"mmvm_f32", kiln_vk_spv_mmvm_f32, &kiln_vk_spv_mmvm_f32_size},
     {"mmvm_f16", kiln_vk_spv_mmvm_f16, &kiln_vk_spv_mmvm_f16_size},
     {"mmvm_bf16", kiln_vk_spv_mmvm_bf16, &kiln_vk_spv_mmvm_bf16_size},

@@ -5,7 +5,7 @@
 #
 # Run from the repository root on the GPU machine:
 #   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
-# steps (default: build ref life bench): build, ref, life, san, bench, mem,
+# steps (default: build ref life bench): build, attn, ref, life, san, bench, mem,
 # report (memory report vs cudaMemGetInfo), opsv (int8 decode kernel variants)
 # (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
 # synthetic 7B shapes), big (random 7B-shaped models; needs the generator),
@@ -33,7 +33,7 @@ if has build; then
     t0=$(date +%s)
     if make -j"$jobs" WERROR=1 all build/test/test_reference build/test/test_api build/test/test_kv \
         build/test/test_kv_budget build/test/test_lifecycle build/test/test_draft build/test/test_proof \
-        build/test/test_split \
+        build/test/test_split build/test/test_backend_attn \
         >"$OUT/build.log" 2>&1; then
         note "build ok ($(( $(date +%s) - t0 )) s)"
     else
@@ -51,6 +51,13 @@ run_suite() { # name, env..., tests...
     grep -E '^(FAIL|SKIP)|bound not met|max diff|KL' "$log" | head -n 40
     note "$name: ${line:-no totals} (rc $rc)"
 }
+
+if has attn; then  # attention kernels against the CPU backend (tensor-core prefill, then CUDA-core)
+    run_suite attn-mma bash test/run.sh build/test/test_backend_attn
+    grep "rel diff" "$OUT/attn-mma.log"
+    run_suite attn-tile KILN_CUDA_ATTN=tile bash test/run.sh build/test/test_backend_attn
+    grep "rel diff" "$OUT/attn-tile.log"
+fi
 
 if has ref; then
     run_suite ref-cuda KILN_BACKEND=cuda KILN_REF_VERBOSE=1 bash test/run.sh build/test/test_reference

@@ -14,8 +14,10 @@
 #      was built, for the ratio, and tg128 with KILN_VK_NO_FUSED=1 (the
 #      decode step's separate operations: before/after the fusions) and
 #      with KILN_VK_MMV_UNROLL=1 (more loads in flight in mmv.glsl); then
-#      KILN_VK_PROFILE=1 (per-kernel times,
-#      graphs off) into profile-NAME.txt.
+#      KILN_VK_PROFILE=1 (per-kernel times, graphs off) into
+#      profile-NAME.txt; where the matrix-core kernel ran, pp512 and the
+#      profile again with the previous one (KILN_VK_MMC_OLD=1) into
+#      bench-vulkan-mmcold-NAME.txt / profile-mmcold-NAME.txt.
 # Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
 # KILN_VK_BENCH_ONLY=1 skips steps 2 (tests) and runs the benchmarks only.
 # Example (from the repository root on the device machine):
@@ -40,7 +42,12 @@ if [ "${1:-}" = "--pack" ]; then
     du -sh "$dst"; exit 0
 fi
 build=${KILN_BUILD:-build}
-out=${OUT:-/tmp/kiln-vulkan}
+# the device tool brings back only a few files from $OUT: the logs are
+# written to a folder of their own and gathered into $OUT/vulkan-logs.txt
+final=${OUT:-}
+out=${final:+/tmp/kiln-vulkan-logs}
+out=${out:-/tmp/kiln-vulkan}
+rm -rf /tmp/kiln-vulkan-logs
 mkdir -p "$out"
 if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -63,7 +70,14 @@ KILN_VK_OPS_VERBOSE=1 "$build/test/test_vulkan_ops" 2>&1 | tee "$out/ops.txt"
 ops_rc=${PIPESTATUS[0]}
 echo "== test_vulkan_ops, portable batch kernel (KILN_VK_NO_COOPMAT=1)"
 KILN_VK_NO_COOPMAT=1 "$build/test/test_vulkan_ops" 2>&1 | tail -n 2 | tee "$out/ops-portable.txt"
-if [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && grep -q "0 failed" "$out/ops-portable.txt"; then
+echo "== test_vulkan_ops, previous matrix-core kernel (KILN_VK_MMC_OLD=1)"
+KILN_VK_MMC_OLD=1 "$build/test/test_vulkan_ops" 2>&1 | tail -n 2 | tee "$out/ops-mmcold.txt"
+if [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && grep -q " 0 failed" "$out/ops-mmcold.txt"; then
+    # the new matrix-core kernel is wrong on this driver, the previous one
+    # is not: measure the rest with the previous one
+    echo "!! test_vulkan_ops fails with the new matrix-core kernel only: KILN_VK_MMC_OLD=1 from here on" | tee -a "$out/ops.txt"
+    export KILN_VK_MMC_OLD=1
+elif [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && grep -q "0 failed" "$out/ops-portable.txt"; then
     # the matrix-core kernel is wrong on this driver: say so, and let the
     # rest of the run measure everything else on the portable kernel
     echo "!! test_vulkan_ops fails with cooperative matrices only: KILN_VK_NO_COOPMAT=1 from here on" | tee -a "$out/ops.txt"
@@ -98,5 +112,16 @@ for m in "$@"; do
         "$build/bin/kiln-bench" --backend cuda -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-cuda-$name.txt"
     fi
     KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 16 -r 1 > /dev/null 2> "$out/profile-$name.txt"
+    if [ -z "${KILN_VK_MMC_OLD:-}" ] && grep -q "mmc_" "$out/profile-$name.txt"; then
+        echo "== kiln-bench vulkan $name, previous matrix-core kernel (KILN_VK_MMC_OLD=1)"
+        KILN_VK_MMC_OLD=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 3 2>&1 | tee "$out/bench-vulkan-mmcold-$name.txt"
+        KILN_VK_MMC_OLD=1 KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 1 > /dev/null \
+            2> "$out/profile-mmcold-$name.txt"
+    fi
+    grep -h "mmc" "$out/profile-$name.txt" "$out/profile-mmcold-$name.txt" 2>/dev/null
 done
+if [ -n "$final" ]; then
+    for f in "$out"/*; do echo "=== $(basename "$f")"; cat "$f"; done > "$final/vulkan-logs.txt"
+    out=$final/vulkan-logs.txt
+fi
 echo "logs in $out"

@@ -1,25 +1,35 @@
 /*
  * mmc.glsl - matmul for batches on matrix cores through
  * GL_NV_cooperative_matrix (16 x 16 x 16, F16 inputs, F32 accumulation),
- * the way CUDA's prefill uses cuBLAS: weights dequantized to F16, the F32
- * activation rows converted to F16. (glslc of this toolchain, shaderc
- * 2023.2, has no GL_KHR_cooperative_matrix; the NV extension is what
- * NVIDIA's driver offers beside KHR.) Used only where the device reports
- * the extension and the 16x16x16 F16/F32 subgroup shape and its subgroups
- * are 32 wide (vk_ops.c); mmt.glsl is the portable path.
+ * the way CUDA's prefill uses cuBLAS: weights dequantized to F16, the
+ * activations converted to F16. (glslc of this toolchain, shaderc 2023.2,
+ * has no GL_KHR_cooperative_matrix; the NV extension is what NVIDIA's
+ * driver offers beside KHR.) Used only where the device reports the
+ * extension and the 16x16x16 F16/F32 subgroup shape, its subgroups are 32
+ * wide and a workgroup may have 40 KiB of shared memory (vk_device.c);
+ * mmt.glsl is the portable path, mmc1.glsl the previous form of this one
+ * (KILN_VK_MMC_OLD=1).
  *
- * A workgroup of 256 (eight subgroups of 32) computes BM = 64 activation
- * rows x BN = 128 weight rows; subgroup s owns a 32 x 32 eighth (2 x 2
- * accumulators, rows 32 (s / 4), columns 32 (s % 4)). The wide side is
- * the weights' because the F32 activations are the larger traffic: each
- * activation tile is read N / BN times (512 x 4096 x 4096, Q4_0: ~270 MB of
- * activation reads per call at BN = 128 against ~75 MB of weights). Per 32-element chunk of K both tiles are staged in
- * shared memory as F16: As[m][k] (row-major: the A operand) and Bs[n][k]
- * (the weights as they are, which is the B operand, K x N, column-major).
- * Elements past K (float formats: rows need not be whole chunks), weight
- * rows past N and activation rows past M are zeros; each 16 x 16 result
- * goes through a per-subgroup patch of shared memory so that only rows < M
- * and columns < N are written.
+ * The activations come as F16 rows already (quant_act.comp mode 6, once
+ * per product and shared by q/k/v or gate/up): padded with zeros to whole
+ * 32-element chunks, so they are read as 16-byte vectors with no bounds
+ * on K. A workgroup of 256 (eight subgroups of 32) computes BM = 128
+ * activation rows x BN = 128 weight rows; subgroup s owns 64 x 32 of it
+ * (4 x 2 accumulators kept over the whole K loop, rows 64 (s / 4),
+ * columns 32 (s % 4)): per 16-wide step of K six fragment loads feed eight
+ * products. Per 32-element chunk of K each invocation loads two 8-element
+ * parts of each operand (consecutive invocations read consecutive 16
+ * bytes of a row), into registers, for the next chunk while the matrix
+ * cores work on the current one; the parts go to the other half of a
+ * double-buffered shared tile after the products, so there is one barrier
+ * per chunk. Tiles are As[m][k] (A, row-major) and Bs[n][k] (the weights
+ * as they are, which is B, K x N, column-major), rows padded to 80 bytes
+ * (fragment loads of eight rows hit distinct banks). Rows past M and
+ * weight rows past N are clamped to the last one (their results are never
+ * stored), float weight elements past K are zeros (the activations are
+ * too); each 16 x 16 result goes through a per-subgroup patch of shared
+ * memory (in the A tile, after the K loop) so that only rows < M and
+ * columns < N are written. 40 KiB of shared memory.
  */
 #extension GL_EXT_control_flow_attributes : require
 #ifndef MMC_EMULATE
@@ -30,21 +40,22 @@
 #endif
 
 #define BN 128u
-#define BM 64u
-#define SK 40u  /* F16 elements per staged row: 32 + 8 (rows stay 16-byte aligned) */
+#define BM 128u
 #define WG 256u /* invocations: eight subgroups of 32 */
 layout(local_size_x = 256) in;
 
 layout(binding = 0) readonly buffer WB { uint W[]; };
-layout(binding = 1) readonly buffer XB { float X[]; };
+layout(binding = 0) readonly buffer WB4 { uvec4 W4[]; };
+layout(binding = 1) readonly buffer XB { uvec4 X4[]; }; /* F16 activation rows, 8 per vector */
 layout(binding = 2) writeonly buffer DB { float D[]; };
 
 layout(push_constant) uniform P {
     uint w_off, w_stride;   /* bytes */
-    uint x_off, x_stride;   /* words: F32 activations */
+    uint x_off, x_stride;   /* 16-byte vectors: F16 rows of whole chunks */
     uint d_off, d_stride;   /* words */
     uint K, N, M;
     uint n_base;
+    uint flags;             /* bit 0: F16 weights on 16-byte boundaries (vector loads) */
 } p;
 
 /* types.glsl's dot products read A (not used here): the same binding as X */
@@ -60,24 +71,27 @@ layout(binding = 1) readonly buffer AB { uint A[]; };
 #endif
 
 /* MMC_EMULATE (mmce_TYPE.comp, KILN_VK_COOPMAT_EMULATE=1): the same
- * staging, bounds and output with the 16x16 products done by plain
- * arithmetic on F16-rounded floats, so that lavapipe tests everything but
- * the cooperative matrix calls themselves. */
+ * loads, staging, bounds and output with the 16x16 products done by plain
+ * arithmetic on the F16 values, so that lavapipe tests everything but the
+ * cooperative matrix calls themselves; its staged rows are unpadded
+ * (lavapipe allows 32 KiB of shared memory). The tiles hold F16 bits as
+ * uvec4 (eight halves): GL_NV_cooperative_matrix loads F16 matrices from
+ * uvec4 arrays (element and stride in vectors), and a part is stored with
+ * one 16-byte write. */
 #ifdef MMC_EMULATE
-#define HALF float
-float to_half(float v) { return unpackHalf2x16(packHalf2x16(vec2(v, 0.0))).x; }
-#define TO_HALF(v) to_half(v)
+#define SK8 4u   /* vectors per staged row: 32 elements */
+uint pack2(float a, float b) { return packHalf2x16(vec2(a, b)); }
 #else
-#define HALF float16_t
-#define TO_HALF(x) float16_t(x)
+#define SK8 5u   /* vectors per staged row: 32 + 8 elements, 80 bytes */
 #define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
 #define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
+uint pack2(float a, float b) { return packFloat2x16(f16vec2(float16_t(a), float16_t(b))); }
 #endif
-shared HALF As[BM * SK];
-shared HALF Bs[BN * SK];
-#ifndef MMC_EMULATE
-shared float Cs[8u * 256u]; /* a 16 x 16 patch per subgroup; 23 KiB in all (the host checks the device's limit) */
-#endif
+/* two halves of each tile: the chunk being multiplied, the next one */
+shared uvec4 As[2u * BM * SK8];
+shared uvec4 Bs[2u * BN * SK8];
+/* 40 KiB in all (the host checks the device's limit); the results leave
+ * through As after the K loop */
 
 /* weight element e of the row at byte `row` (float formats), 0 past K */
 float wfloat(uint row, uint e) {
@@ -93,59 +107,156 @@ float wfloat(uint row, uint e) {
 #endif
 }
 
-/* Staging, per invocation: WT weight parts of 8 elements and XT activation
- * elements of a 32-wide chunk of K. Each invocation issues all its global
- * loads of a chunk at once, into registers, and does so for the next chunk
- * before the matrix products of the current one, so that the loads' latency
- * overlaps arithmetic instead of being paid once per element (the first
- * form's loop of dependent load/store pairs was ~50x below the hardware). */
-#define WT (BN * 4u / WG)
-#define XT (BM * 32u / WG)
+uvec4 pack8(float v[8]) {
+    return uvec4(pack2(v[0], v[1]), pack2(v[2], v[3]), pack2(v[4], v[5]), pack2(v[6], v[7]));
+}
 
-void load_w(uint c, uint n0, uint tid, inout float wv[WT * 8u]) {
-    [[unroll]] for (uint j = 0u; j < WT; j++) {
-        uint t = tid + WG * j;
-        uint r = t >> 2, e0 = 8u * (t & 3u);
-        uint n = n0 + r;
-        uint row = p.w_off + min(n, p.N - 1u) * p.w_stride;
-        float v[8];
+/* Per invocation and chunk: parts t = tid and tid + 256 of each 128-row
+ * tile; part t is row t / 4, elements 8 (t % 4) .. + 7 of the chunk. */
+#define PARTS 2u
+
+/* A weight part is fetched (global loads only, into registers) before the
+ * current chunk's products and decoded to F16 after them, so that the
+ * loads' latency is hidden behind the matrix cores instead of stalling the
+ * decode in front of them. Q4_0, Q4_K and Q6_K (the usual prefill weights)
+ * fetch the aligned words that hold the part's bytes; the other formats
+ * decode at fetch time (types.glsl's wvals8/wscale), F16 weights on 16-byte
+ * boundaries are one 16-byte load. */
+struct WRaw { uvec4 a, b; };
+
+/* bytes o & 3 .. + 3 of the two words lo, hi (o's word and the next) */
+uint funnel(uint lo, uint hi, uint o) {
+    uint sh = 8u * (o & 3u);
+    return sh == 0u ? lo : (lo >> sh) | (hi << (32u - sh));
+}
+
+uint wrow(uint n) { return p.w_off + min(n, p.N - 1u) * p.w_stride; }
+
+/* elements 32c + e0 .. + 7 of weight row n as eight F16, decoded now */
+uvec4 load_w8(uint c, uint n, uint e0) {
+    uint row = wrow(n);
+    uint k0 = 32u * c + e0;
+    float v[8];
 #if FLOAT_W
-        [[unroll]] for (uint i = 0u; i < 8u; i++) v[i] = wfloat(row, 32u * c + e0 + i);
+#if WTYPE == T_F16
+    if ((p.flags & 1u) != 0u) return W4[(row + 2u * k0) >> 4]; /* the host saw K % 32 == 0 */
+#endif
+    [[unroll]] for (uint i = 0u; i < 8u; i++) v[i] = wfloat(row, k0 + i);
 #else
-        wvals8(row, c, e0, v);
-        vec3 f = wscale(row, c);
-        [[unroll]] for (uint i = 0u; i < 8u; i++) {
+    wvals8(row, c, e0, v);
+    vec3 f = wscale(row, c);
+    [[unroll]] for (uint i = 0u; i < 8u; i++) {
 #if WTYPE == T_Q4_K || WTYPE == T_Q5_K
-            v[i] = f.x * v[i] - f.y * f.z;
+        v[i] = f.x * v[i] - f.y * f.z;
 #elif WTYPE == T_Q4_1 || WTYPE == T_Q5_1
-            v[i] = v[i] * f.x + f.y;
+        v[i] = v[i] * f.x + f.y;
 #else
-            v[i] = f.x * v[i];
+        v[i] = f.x * v[i];
 #endif
-        }
+    }
 #endif
-        [[unroll]] for (uint i = 0u; i < 8u; i++) wv[8u * j + i] = n < p.N ? v[i] : 0.0;
+    return pack8(v);
+}
+
+WRaw fetch_w(uint c, uint n, uint e0) {
+    WRaw r;
+    uint row = wrow(n);
+#if WTYPE == T_Q4_0
+    /* d at b, the part's 8 bytes of nibbles at b + 2 + (e0 % 16) */
+    uint b = row + 18u * c, q = (b + 2u + (e0 & 15u)) >> 2;
+    r.a = uvec4(W[b >> 2], W[q], W[q + 1u], W[q + 2u]);
+    r.b = uvec4(0u);
+#elif WTYPE == T_Q4_K
+    /* d/dmin, the 12 scale bytes, the part's 8 bytes of nibbles (blocks
+     * are 144 bytes on 4-byte boundaries, as types.glsl reads them) */
+    uint b = (row + 144u * (c >> 3)) >> 2, q = b + 4u + 8u * ((c & 7u) >> 1) + (e0 >> 2);
+    r.a = uvec4(W[b], W[b + 1u], W[b + 2u], W[b + 3u]);
+    r.b = uvec4(W[q], W[q + 1u], 0u, 0u);
+#elif WTYPE == T_Q6_K
+    /* low and high bits of the part (3 words each: 2-byte aligned), the
+     * sub-block's scale byte, d */
+    uint b = row + 210u * (c >> 3), j = c & 7u;
+    uint ql = (b + 64u * (j >> 2) + ((j & 1u) != 0u ? 32u : 0u) + e0) >> 2;
+    uint qh = (b + 128u + 32u * (j >> 2) + e0) >> 2;
+    r.a = uvec4(W[ql], W[ql + 1u], W[ql + 2u], W[qh]);
+    r.b = uvec4(W[qh + 1u], W[qh + 2u], W[(b + 192u + 2u * j + (e0 >= 16u ? 1u : 0u)) >> 2], W[(b + 208u) >> 2]);
+#else
+    r.a = load_w8(c, n, e0);
+    r.b = uvec4(0u);
+#endif
+    return r;
+}
+
+/* the fetched part as eight F16 (the arithmetic of types.glsl's wvals8 and
+ * wscale, so the values are those of the other formats' path) */
+uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
+#if WTYPE == T_Q4_0 || WTYPE == T_Q4_K || WTYPE == T_Q6_K
+    uint row = wrow(n);
+    float v[8];
+#if WTYPE == T_Q4_0
+    uint b = row + 18u * c, o = b + 2u + (e0 & 15u);
+    uint lo = funnel(r.a.y, r.a.z, o), hi = funnel(r.a.z, r.a.w, o);
+    float d = h2f((r.a.x >> (8u * (b & 2u))) & 0xffffu);
+    uint sh = e0 >= 16u ? 4u : 0u;
+    [[unroll]] for (uint i = 0u; i < 8u; i++)
+        v[i] = d * float(int((ub(i < 4u ? lo : hi, i & 3u) >> sh) & 0xfu) - 8);
+#elif WTYPE == T_Q4_K
+    uint j = c & 7u;
+    /* kiln_q4k_scale_min over the scale words r.a.y (bytes 0-3), r.a.z (4-7), r.a.w (8-11) */
+    uint sc, mn;
+    if (j < 4u) {
+        sc = ub(r.a.y, j) & 63u;
+        mn = ub(r.a.z, j) & 63u;
+    } else {
+        sc = (ub(r.a.w, j - 4u) & 0xfu) | ((ub(r.a.y, j - 4u) >> 6) << 4);
+        mn = (ub(r.a.w, j - 4u) >> 4) | ((ub(r.a.z, j - 4u) >> 6) << 4);
+    }
+    vec2 dm = unpackHalf2x16(r.a.x); /* d, dmin */
+    float m = dm.y * float(mn);
+    uint sh = (j & 1u) * 4u;
+    [[unroll]] for (uint i = 0u; i < 8u; i++) {
+        uint q = (ub(i < 4u ? r.b.x : r.b.y, i & 3u) >> sh) & 0xfu;
+        v[i] = dm.x * float(int(sc) * int(q)) - m;
+    }
+#else /* Q6_K */
+    uint b = row + 210u * (c >> 3), j = c & 7u;
+    uint ql = b + 64u * (j >> 2) + ((j & 1u) != 0u ? 32u : 0u) + e0, qh = b + 128u + 32u * (j >> 2) + e0;
+    uint so = b + 192u + 2u * j + (e0 >= 16u ? 1u : 0u);
+    int s = bitfieldExtract(int(r.b.z), int(8u * (so & 3u)), 8);
+    float d = h2f((r.b.w >> (8u * ((b + 208u) & 2u))) & 0xffffu);
+    uint l0 = funnel(r.a.x, r.a.y, ql), l1 = funnel(r.a.y, r.a.z, ql);
+    uint h0 = funnel(r.a.w, r.b.x, qh), h1 = funnel(r.b.x, r.b.y, qh);
+    uint lsh = (j & 3u) >= 2u ? 4u : 0u, hsh = 2u * (j & 3u);
+    [[unroll]] for (uint i = 0u; i < 8u; i++) {
+        uint lw = i < 4u ? l0 : l1, hw = i < 4u ? h0 : h1;
+        int q = int(((ub(lw, i & 3u) >> lsh) & 0xfu) | (((ub(hw, i & 3u) >> hsh) & 3u) << 4)) - 32;
+        v[i] = d * float(s * q);
+    }
+#endif
+    return pack8(v);
+#else
+    return r.a;
+#endif
+}
+
+void load_parts(uint c, uint m0, uint n0, uint tid, inout uvec4 xr[PARTS], inout WRaw wr[PARTS]) {
+    [[unroll]] for (uint j = 0u; j < PARTS; j++) {
+        uint t = tid + WG * j, r = t >> 2, q = t & 3u;
+        xr[j] = X4[p.x_off + min(m0 + r, p.M - 1u) * p.x_stride + 4u * c + q];
+    }
+    [[unroll]] for (uint j = 0u; j < PARTS; j++) {
+        uint t = tid + WG * j;
+        wr[j] = fetch_w(c, n0 + (t >> 2), 8u * (t & 3u));
     }
 }
 
-void load_x(uint c, uint m0, uint tid, inout float xv[XT]) {
-    [[unroll]] for (uint j = 0u; j < XT; j++) {
-        uint t = tid + WG * j;
-        uint r = t >> 5, e = t & 31u;
-        uint m = m0 + r, k = 32u * c + e;
-        xv[j] = m < p.M && k < p.K ? X[p.x_off + m * p.x_stride + k] : 0.0;
-    }
-}
-
-void store_tiles(uint tid, float wv[WT * 8u], float xv[XT]) {
-    [[unroll]] for (uint j = 0u; j < WT; j++) {
-        uint t = tid + WG * j;
-        uint r = t >> 2, e0 = 8u * (t & 3u);
-        [[unroll]] for (uint i = 0u; i < 8u; i++) Bs[r * SK + e0 + i] = TO_HALF(wv[8u * j + i]);
-    }
-    [[unroll]] for (uint j = 0u; j < XT; j++) {
-        uint t = tid + WG * j;
-        As[(t >> 5) * SK + (t & 31u)] = TO_HALF(xv[j]);
+/* chunk c's parts into tile half h */
+void store_parts(uint h, uint c, uint n0, uint tid, uvec4 xr[PARTS], WRaw wr[PARTS]) {
+    uint base = h * BM * SK8; /* BM == BN */
+    [[unroll]] for (uint j = 0u; j < PARTS; j++) {
+        uint t = tid + WG * j, i = base + (t >> 2) * SK8 + (t & 3u);
+        As[i] = xr[j];
+        Bs[i] = decode_w(c, n0 + (t >> 2), 8u * (t & 3u), wr[j]);
     }
 }
 
@@ -155,63 +266,78 @@ void main() {
     const uint m0 = gl_WorkGroupID.y * BM;
     const uint nchunks = (p.K + 31u) / 32u;
 #ifdef MMC_EMULATE
-    float acc[32]; /* outputs tid + 256 i of the 64 x 128 tile */
-    [[dont_unroll]] for (uint i = 0u; i < 32u; i++) acc[i] = 0.0;
+    float acc[64]; /* outputs tid + 256 i of the 128 x 128 tile */
+    [[dont_unroll]] for (uint i = 0u; i < 64u; i++) acc[i] = 0.0;
 #else
     const uint sg = gl_SubgroupID;                /* 0..7 */
-    const uint sm = (sg >> 2) * 32u, sn = (sg & 3u) * 32u;
-    CM32 acc[2][2];
-    [[unroll]] for (uint i = 0u; i < 2u; i++)
+    const uint sm = (sg >> 2) * 64u, sn = (sg & 3u) * 32u;
+    CM32 acc[4][2];
+    [[unroll]] for (uint i = 0u; i < 4u; i++)
         [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
 #endif
-    float wv[WT * 8u], xv[XT];
-    load_x(0u, m0, tid, xv);
-    load_w(0u, n0, tid, wv);
+    uvec4 xr[PARTS];
+    WRaw wr[PARTS];
+    load_parts(0u, m0, n0, tid, xr, wr);
+    store_parts(0u, 0u, n0, tid, xr, wr);
+    barrier();
     for (uint c = 0u; c < nchunks; c++) {
-        store_tiles(tid, wv, xv);
-        barrier();
-        /* the next chunk's loads are in flight during this chunk's products */
-        if (c + 1u < nchunks) {
-            load_x(c + 1u, m0, tid, xv);
-            load_w(c + 1u, n0, tid, wv);
-        }
+        const uint cur = (c & 1u) * BM * SK8;
+        /* the next chunk's loads are in flight during this chunk's products;
+         * no branch around them (the last iteration loads and stores its own
+         * chunk again into the unused half), so the compiler sees one block */
+        const uint next = min(c + 1u, nchunks - 1u);
+        load_parts(next, m0, n0, tid, xr, wr);
 #ifdef MMC_EMULATE
         /* loops kept (lavapipe's LLVM takes minutes over the unrolled form) */
-        [[dont_unroll]] for (uint i = 0u; i < 32u; i++) {
+        [[dont_unroll]] for (uint i = 0u; i < 64u; i++) {
             uint t = tid + WG * i, r = t / BN, col = t % BN;
             float s = 0.0;
-            [[dont_unroll]] for (uint e = 0u; e < 32u; e++) s += As[r * SK + e] * Bs[col * SK + e];
+            [[dont_unroll]] for (uint e = 0u; e < 4u; e++) {
+                uvec4 a = As[cur + r * SK8 + e], b = Bs[cur + col * SK8 + e];
+                [[unroll]] for (uint h = 0u; h < 4u; h++) {
+                    vec2 av = unpackHalf2x16(a[h]), bv = unpackHalf2x16(b[h]);
+                    s += av.x * bv.x + av.y * bv.y;
+                }
+            }
             acc[i] += s;
         }
 #else
-        [[unroll]] for (uint kk = 0u; kk < 32u; kk += 16u) {
-            CM16 a[2], b[2];
-            [[unroll]] for (uint i = 0u; i < 2u; i++) coopMatLoadNV(a[i], As, (sm + 16u * i) * SK + kk, SK, false);
-            [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(b[j], Bs, (sn + 16u * j) * SK + kk, SK, true);
-            [[unroll]] for (uint i = 0u; i < 2u; i++)
-                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a[i], b[j], acc[i][j]);
+        [[unroll]] for (uint kk = 0u; kk < 4u; kk += 2u) { /* 16 elements = 2 vectors */
+            /* the two B fragments held, one A fragment at a time (registers:
+             * the accumulators take 64 per invocation already) */
+            CM16 b[2];
+            [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(b[j], Bs, cur + (sn + 16u * j) * SK8 + kk, SK8, true);
+            [[unroll]] for (uint i = 0u; i < 4u; i++) {
+                CM16 a;
+                coopMatLoadNV(a, As, cur + (sm + 16u * i) * SK8 + kk, SK8, false);
+                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a, b[j], acc[i][j]);
+            }
         }
 #endif
+        /* the other half was last read before the previous barrier */
+        store_parts((c + 1u) & 1u, next, n0, tid, xr, wr);
         barrier();
     }
 #ifdef MMC_EMULATE
-    [[dont_unroll]] for (uint i = 0u; i < 32u; i++) {
+    [[dont_unroll]] for (uint i = 0u; i < 64u; i++) {
         uint t = tid + WG * i, r = t / BN, col = t % BN;
         uint m = m0 + r, n = n0 + col;
         if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = acc[i];
     }
 #else
-    /* each accumulator through the subgroup's own patch: no workgroup barrier */
-    const uint lane = gl_SubgroupInvocationID;
-    [[unroll]] for (uint i = 0u; i < 2u; i++)
+    /* each accumulator through the subgroup's own 16 x 16 F32 patch of As
+     * (64 vectors; the loop's last barrier ended all reads of the tiles):
+     * no workgroup barrier */
+    const uint lane = gl_SubgroupInvocationID, pbase = 64u * sg;
+    [[unroll]] for (uint i = 0u; i < 4u; i++)
         [[unroll]] for (uint j = 0u; j < 2u; j++) {
-            coopMatStoreNV(acc[i][j], Cs, 256u * sg, 16u, false);
+            coopMatStoreNV(acc[i][j], As, pbase, 4u, false);
             subgroupMemoryBarrierShared();
             subgroupBarrier();
             [[unroll]] for (uint q = 0u; q < 8u; q++) {
                 uint t = lane + 32u * q, r = t >> 4, col = t & 15u;
                 uint m = m0 + sm + 16u * i + r, n = n0 + sn + 16u * j + col;
-                if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = Cs[256u * sg + t];
+                if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = uintBitsToFloat(As[pbase + (t >> 2)][t & 3u]);
             }
             subgroupMemoryBarrierShared();
             subgroupBarrier();

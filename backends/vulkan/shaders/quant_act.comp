@@ -5,7 +5,9 @@
  * lib/quant.c's Q8_K), so that both backends multiply the same numbers.
  *
  * mode 1/2: F16/BF16 (the rounded values stored as F32), one invocation
- * per element. mode 3/4 (Q8_0/Q8_1): a workgroup per 256 elements, eight
+ * per element. mode 6: F16 packed two to a word, rows padded with zeros to
+ * whole 32-element chunks (a_stride words: the matrix-core batch kernel,
+ * mmc.glsl, reads them as 16-byte vectors), one invocation per word. mode 3/4 (Q8_0/Q8_1): a workgroup per 256 elements, eight
  * 32-blocks of eight invocations, four values (one packed word) each;
  * mode 5 (Q8_K): a workgroup per 256-element super-block. The block's
  * maximum and sums are reduced in shared memory; maxima and integer sums
@@ -33,6 +35,13 @@ void main() {
     uint r = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
     uint x = p.x_off + r * p.x_stride;
     uint a = p.a_off + r * p.a_stride;
+    if (p.mode == 6u) {
+        uint i = gl_GlobalInvocationID.x, e = 2u * i;
+        if (i >= p.a_stride) return;
+        float v0 = e < p.K ? X[x + e] : 0.0, v1 = e + 1u < p.K ? X[x + e + 1u] : 0.0;
+        A[a + i] = f2h(v0) | (f2h(v1) << 16);
+        return;
+    }
     if (p.mode == 1u || p.mode == 2u) {
         uint i = gl_GlobalInvocationID.x;
         if (i >= p.K) return;
