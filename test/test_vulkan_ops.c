@@ -538,8 +538,9 @@ static void test_fused_quant_producers(void) {
         }
 }
 
-/* KILN_VK_MMV_UNROLL=1 (a handle opened with it: the decode kernels issue
- * four chunks' loads at once) gives the same bits as without, through
+/* KILN_VK_MMV_UNROLL=1 (a handle opened with it: one row through the
+ * one-row kernels, mmv1_/mmvm1_, and the decode kernels issue four chunks'
+ * loads at once) gives the same bits as without, through
  * matmul and matmul_multi, for every type; K = 4352: the unrolled loop
  * and a remainder with 8- to 32-wide subgroups. */
 static void test_mmv_unroll_bits(void) {

@@ -75,7 +75,9 @@ enum {
     KILN_VK_P_MMVM_FIRST = KILN_VK_P_MMC1_FIRST + 11,  /* mmv of up to 3 products of one x (matmul_multi) */
     KILN_VK_P_ADD_RMS_NORM = KILN_VK_P_MMVM_FIRST + 11, /* residual add + norm (add_rms_norm) */
     KILN_VK_P_ROPE_KV,                                 /* rope q, rope k, store k and v (rope_kv_store) */
-    KILN_VK_P_COUNT
+    KILN_VK_P_MMV1_FIRST,                              /* mmv for one activation row (KILN_VK_MMV_UNROLL) */
+    KILN_VK_P_MMVM1_FIRST = KILN_VK_P_MMV1_FIRST + 11, /* mmvm for one activation row (KILN_VK_MMV_UNROLL) */
+    KILN_VK_P_COUNT = KILN_VK_P_MMVM1_FIRST + 11
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);

@@ -64,6 +64,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_ADD_RMS_NORM) return (1u << 2) | (1u << 4) | (1u << 5);
     if (which == KILN_VK_P_ROPE_KV) return (1u << 0) | (1u << 2) | (1u << 3);
     if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + 11) return 1u << 2;
+    if (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + 11) return 1u << 2;
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
         (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_COUNT))
         return 1u << 2; /* every matmul: D */
@@ -737,7 +738,9 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* F16 rows and activations on 16-byte boundaries: 16-byte loads */
         pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
                     pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
-        return kiln_vk_dispatch(dev, KILN_VK_P_MMV_FIRST + slot, b, 3, &pc, sizeof pc, (uint32_t)gx,
+        /* KILN_VK_MMV_UNROLL: one row through the kernel built for one row */
+        const int mmv_first = dev->mmv_unroll && M == 1 ? KILN_VK_P_MMV1_FIRST : KILN_VK_P_MMV_FIRST;
+        return kiln_vk_dispatch(dev, mmv_first + slot, b, 3, &pc, sizeof pc, (uint32_t)gx,
                                 div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
     }
     if (M > KILN_VK_MM_MC && !dev->no_tiled) {
@@ -1144,7 +1147,8 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     uint64_t gx = div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    return kiln_vk_dispatch(dev, KILN_VK_P_MMVM_FIRST + kiln_vk_type_slot(w[0]->type), b, 3, &pc, sizeof pc,
+    const int first = dev->mmv_unroll && M == 1 ? KILN_VK_P_MMVM1_FIRST : KILN_VK_P_MMVM_FIRST;
+    return kiln_vk_dispatch(dev, first + kiln_vk_type_slot(w[0]->type), b, 3, &pc, sizeof pc,
                             (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }
 

@@ -160,6 +160,50 @@ extern const size_t kiln_vk_spv_mmc_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmc_q6_k[];
 extern const size_t kiln_vk_spv_mmc_q6_k_size;
 
+extern const uint32_t kiln_vk_spv_mmv1_f32[];
+extern const size_t kiln_vk_spv_mmv1_f32_size;
+extern const uint32_t kiln_vk_spv_mmv1_f16[];
+extern const size_t kiln_vk_spv_mmv1_f16_size;
+extern const uint32_t kiln_vk_spv_mmv1_bf16[];
+extern const size_t kiln_vk_spv_mmv1_bf16_size;
+extern const uint32_t kiln_vk_spv_mmv1_q4_0[];
+extern const size_t kiln_vk_spv_mmv1_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmv1_q4_1[];
+extern const size_t kiln_vk_spv_mmv1_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmv1_q5_0[];
+extern const size_t kiln_vk_spv_mmv1_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmv1_q5_1[];
+extern const size_t kiln_vk_spv_mmv1_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmv1_q8_0[];
+extern const size_t kiln_vk_spv_mmv1_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmv1_q4_k[];
+extern const size_t kiln_vk_spv_mmv1_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmv1_q5_k[];
+extern const size_t kiln_vk_spv_mmv1_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmv1_q6_k[];
+extern const size_t kiln_vk_spv_mmv1_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmvm1_f32[];
+extern const size_t kiln_vk_spv_mmvm1_f32_size;
+extern const uint32_t kiln_vk_spv_mmvm1_f16[];
+extern const size_t kiln_vk_spv_mmvm1_f16_size;
+extern const uint32_t kiln_vk_spv_mmvm1_bf16[];
+extern const size_t kiln_vk_spv_mmvm1_bf16_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q4_0[];
+extern const size_t kiln_vk_spv_mmvm1_q4_0_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q4_1[];
+extern const size_t kiln_vk_spv_mmvm1_q4_1_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q5_0[];
+extern const size_t kiln_vk_spv_mmvm1_q5_0_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q5_1[];
+extern const size_t kiln_vk_spv_mmvm1_q5_1_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q8_0[];
+extern const size_t kiln_vk_spv_mmvm1_q8_0_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q4_k[];
+extern const size_t kiln_vk_spv_mmvm1_q4_k_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q5_k[];
+extern const size_t kiln_vk_spv_mmvm1_q5_k_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q6_k[];
+extern const size_t kiln_vk_spv_mmvm1_q6_k_size;
 extern const uint32_t kiln_vk_spv_add_rms_norm[];
 extern const size_t kiln_vk_spv_add_rms_norm_size;
 extern const uint32_t kiln_vk_spv_rope_kv[];
@@ -343,7 +387,29 @@ static const struct {
     {"mmvm_q5_k", kiln_vk_spv_mmvm_q5_k, &kiln_vk_spv_mmvm_q5_k_size},
     {"mmvm_q6_k", kiln_vk_spv_mmvm_q6_k, &kiln_vk_spv_mmvm_q6_k_size},
     {"add_rms_norm", kiln_vk_spv_add_rms_norm, &kiln_vk_spv_add_rms_norm_size},
-    {"rope_kv", kiln_vk_spv_rope_kv, &kiln_vk_spv_rope_kv_size}
+    {"rope_kv", kiln_vk_spv_rope_kv, &kiln_vk_spv_rope_kv_size},
+    {"mmv1_f32", kiln_vk_spv_mmv1_f32, &kiln_vk_spv_mmv1_f32_size},
+    {"mmv1_f16", kiln_vk_spv_mmv1_f16, &kiln_vk_spv_mmv1_f16_size},
+    {"mmv1_bf16", kiln_vk_spv_mmv1_bf16, &kiln_vk_spv_mmv1_bf16_size},
+    {"mmv1_q4_0", kiln_vk_spv_mmv1_q4_0, &kiln_vk_spv_mmv1_q4_0_size},
+    {"mmv1_q4_1", kiln_vk_spv_mmv1_q4_1, &kiln_vk_spv_mmv1_q4_1_size},
+    {"mmv1_q5_0", kiln_vk_spv_mmv1_q5_0, &kiln_vk_spv_mmv1_q5_0_size},
+    {"mmv1_q5_1", kiln_vk_spv_mmv1_q5_1, &kiln_vk_spv_mmv1_q5_1_size},
+    {"mmv1_q8_0", kiln_vk_spv_mmv1_q8_0, &kiln_vk_spv_mmv1_q8_0_size},
+    {"mmv1_q4_k", kiln_vk_spv_mmv1_q4_k, &kiln_vk_spv_mmv1_q4_k_size},
+    {"mmv1_q5_k", kiln_vk_spv_mmv1_q5_k, &kiln_vk_spv_mmv1_q5_k_size},
+    {"mmv1_q6_k", kiln_vk_spv_mmv1_q6_k, &kiln_vk_spv_mmv1_q6_k_size},
+    {"mmvm1_f32", kiln_vk_spv_mmvm1_f32, &kiln_vk_spv_mmvm1_f32_size},
+    {"mmvm1_f16", kiln_vk_spv_mmvm1_f16, &kiln_vk_spv_mmvm1_f16_size},
+    {"mmvm1_bf16", kiln_vk_spv_mmvm1_bf16, &kiln_vk_spv_mmvm1_bf16_size},
+    {"mmvm1_q4_0", kiln_vk_spv_mmvm1_q4_0, &kiln_vk_spv_mmvm1_q4_0_size},
+    {"mmvm1_q4_1", kiln_vk_spv_mmvm1_q4_1, &kiln_vk_spv_mmvm1_q4_1_size},
+    {"mmvm1_q5_0", kiln_vk_spv_mmvm1_q5_0, &kiln_vk_spv_mmvm1_q5_0_size},
+    {"mmvm1_q5_1", kiln_vk_spv_mmvm1_q5_1, &kiln_vk_spv_mmvm1_q5_1_size},
+    {"mmvm1_q8_0", kiln_vk_spv_mmvm1_q8_0, &kiln_vk_spv_mmvm1_q8_0_size},
+    {"mmvm1_q4_k", kiln_vk_spv_mmvm1_q4_k, &kiln_vk_spv_mmvm1_q4_k_size},
+    {"mmvm1_q5_k", kiln_vk_spv_mmvm1_q5_k, &kiln_vk_spv_mmvm1_q5_k_size},
+    {"mmvm1_q6_k", kiln_vk_spv_mmvm1_q6_k, &kiln_vk_spv_mmvm1_q6_k_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {

@@ -13,7 +13,8 @@
 #      MODEL given, and the same with --backend cuda when libkiln-cuda.so
 #      was built, for the ratio, and tg128 with KILN_VK_NO_FUSED=1 (the
 #      decode step's separate operations: before/after the fusions) and
-#      with KILN_VK_MMV_UNROLL=1 (more loads in flight in mmv.glsl); then
+#      with KILN_VK_MMV_UNROLL=1 (one-row decode kernels, more loads in
+#      flight); then
 #      KILN_VK_PROFILE=1 (per-kernel times, graphs off) into
 #      profile-NAME.txt; where the matrix-core kernel ran, pp512 and the
 #      profile again with the previous one (KILN_VK_MMC_OLD=1) into
@@ -104,7 +105,7 @@ for m in "$@"; do
     echo "== kiln-bench vulkan $name, KILN_VK_NO_FUSED=1 (decode with the separate operations)"
     KILN_VK_NO_FUSED=1 KILN_VK_STATS=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 0 -n 128 -r 3 2>&1 \
         | tee "$out/bench-vulkan-nofused-$name.txt"
-    echo "== kiln-bench vulkan $name, KILN_VK_MMV_UNROLL=1 (decode kernels issue 4 chunks' loads at once)"
+    echo "== kiln-bench vulkan $name, KILN_VK_MMV_UNROLL=1 (one-row decode kernels, 4 chunks' loads at once)"
     KILN_VK_MMV_UNROLL=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 0 -n 128 -r 3 2>&1 \
         | tee "$out/bench-vulkan-unroll-$name.txt"
     if [ -f "$build/libkiln-cuda.so" ]; then

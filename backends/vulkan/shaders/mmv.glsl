@@ -38,7 +38,9 @@
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_EXT_control_flow_attributes : require
 
-#define MT 8u
+#ifndef MT
+#define MT 8u /* activation rows per workgroup row (mmv1_, mmvm1_: 1, fewer registers) */
+#endif
 #define ROWS 2u
 layout(local_size_x = 128) in;
 

@@ -1,0 +1,5 @@
+/* matrix-vector matmul of one activation row (decode, KILN_VK_MMV_UNROLL), f16 weights (see mmv.glsl) */
+#version 450
+#define WTYPE 1
+#define MT 1u
+#include "mmv.glsl"
