@@ -788,9 +788,7 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     const bool q4 = w[0]->type == KCU_Q4_0;
     /* one token: kernels with one accumulator (KILN_CUDA_MMV=13: not) */
     const bool one = nt == 1 && v != 13;
-    if (one && w[0]->type == KCU_Q4_K && v == 17) /* one block per lane step (comparison; same bits) */
-        kcu_launch(mmv_q4k_q8_kernel<1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-    else if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: measured 332 vs 313 t/s with four */
+    if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: 329-332 t/s vs 313 (four), 302 (one) */
         kcu_launch(mmv_q4k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (one && w[0]->type == KCU_Q6_K)
         kcu_launch(mmv_q6k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
