@@ -771,13 +771,7 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
         const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * 2, &grid);
         /* one token (the decode step): a kernel with one accumulator per
          * row (fewer registers, more warps in flight; the same sums) */
-        if (nt == 1 && v != 13 && K >= 8192) {
-            /* long rows (the FFN's down product): one row per warp measured
-             * better there (14336x4096: 2575 vs 2412 GB/s), two elsewhere */
-            const kcu_mm_set s1 = mm_set(n, w, dst, KCU_FAST_WARPS, &grid);
-            kcu_launch(mmv_f16_kernel<2, 1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, s1,
-                       (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
-        } else if (nt == 1 && v != 13)
+        if (nt == 1 && v != 13)
             kcu_launch(mmv_f16_kernel<2, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
                        (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
         else
@@ -794,8 +788,8 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     const bool q4 = w[0]->type == KCU_Q4_0;
     /* one token: kernels with one accumulator (KILN_CUDA_MMV=13: not) */
     const bool one = nt == 1 && v != 13;
-    if (one && w[0]->type == KCU_Q4_K)
-        kcu_launch(mmv_q4k_q8_kernel<4, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: 329-332 t/s vs 313 (four), 302 (one) */
+        kcu_launch(mmv_q4k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (one && w[0]->type == KCU_Q6_K)
         kcu_launch(mmv_q6k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (one && q4 && v != 8)
