@@ -72,7 +72,8 @@ enum {
     KILN_VK_P_MMC_FIRST = KILN_VK_P_MMV_FIRST + 11,    /* batches on matrix cores (NV cooperative matrix) */
     KILN_VK_P_MMCE_FIRST = KILN_VK_P_MMC_FIRST + 11,   /* mmc emulated without matrix cores (tests) */
     KILN_VK_P_MMC1_FIRST = KILN_VK_P_MMCE_FIRST + 11,  /* the previous matrix-core kernel (KILN_VK_MMC_OLD) */
-    KILN_VK_P_COUNT = KILN_VK_P_MMC1_FIRST + 11
+    KILN_VK_P_ATTN_TILE_FIRST = KILN_VK_P_MMC1_FIRST + 11, /* prefill attention: mc_64, mc_128, mce_64, mce_128 */
+    KILN_VK_P_COUNT = KILN_VK_P_ATTN_TILE_FIRST + 4
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
@@ -149,6 +150,7 @@ struct kiln_vk_shared {
     uint64_t align;               /* block alignment (>= storage offset alignment) */
     uint64_t storage_align;       /* minStorageBufferOffsetAlignment */
     uint64_t max_range;           /* maxStorageBufferRange */
+    uint32_t max_shared;          /* maxComputeSharedMemorySize */
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
@@ -179,7 +181,9 @@ typedef struct kiln_vk_slice {
 typedef struct kiln_vk_ubatch {
     bool set, has_kv_cell, has_attn;
     uint32_t n_tokens, n_block_entries, block_size, n_cells;
-    int32_t *data;        /* host copy: pos, kv_cell, attn_table, attn_n_kv [n_tokens each], block tables */
+    uint32_t n_tiles;     /* prefill attention tiles (ubatches of more than 32 tokens), 0: none */
+    int32_t *data;        /* host copy: pos, kv_cell, attn_table, attn_n_kv [n_tokens each], block tables,
+                           * tiles [n_tiles][3]: first token, tokens, largest n_kv */
     size_t cap;           /* int32s allocated */
     uint64_t gen;         /* bumped by every set_ubatch */
     uint64_t ring_epoch;  /* ring epoch of the device copy, 0: none */
@@ -246,6 +250,8 @@ struct kiln_bk_device {
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
+    bool attn_old;           /* KILN_VK_ATTN_OLD: prefill attention on attention.comp too (comparisons) */
+    bool attn_mc_broken;     /* the matrix-core attention pipeline failed to build: attn_mce instead */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */
