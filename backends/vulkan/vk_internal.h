@@ -251,7 +251,7 @@ struct kiln_bk_device {
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
     bool attn_old;           /* KILN_VK_ATTN_OLD: prefill attention on attention.comp too (comparisons) */
-    bool attn_mc_broken;     /* the matrix-core attention pipeline failed to build: attn_mce instead */
+    bool attn_no_mc;         /* KILN_VK_ATTN_PORTABLE, or the matrix-core attention did not build: attn_mce */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */

@@ -883,13 +883,13 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
         const int d = a.head_dim == 128 ? 1 : 0;
         VkPipeline pipe;
         tile_pipe = KILN_VK_P_ATTN_TILE_FIRST + 2 + d; /* without matrix cores */
-        if (dev->sh->coopmat && !dev->attn_mc_broken) {
+        if (dev->sh->coopmat && !dev->attn_no_mc) {
             if (kiln_vk_pipeline(dev->sh, KILN_VK_P_ATTN_TILE_FIRST + d, &pipe) == KILN_OK) {
                 tile_pipe = KILN_VK_P_ATTN_TILE_FIRST + d;
             } else {
                 kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the matrix-core attention kernel cannot be "
                          "built: prefill attention without matrix cores for this handle");
-                dev->attn_mc_broken = true;
+                dev->attn_no_mc = true;
             }
         }
     }
