@@ -20,7 +20,9 @@
 #                prefill attention (attn_tile.glsl; on lavapipe its form
 #                without matrix cores, which is also what
 #                KILN_VK_COOPMAT_EMULATE=1 runs) and the decode kernel, then
-#                with KILN_VK_ATTN_OLD=1 (attention.comp for prefill too)
+#                with KILN_VK_ATTN_EAGER=1 (its output rescaled whenever a
+#                row's max grows: the rescale path) and KILN_VK_ATTN_OLD=1
+#                (attention.comp for prefill too)
 #   split        test_split with the layers on "cpu:0:N,vulkan:0" against
 #                the CPU backend alone, F16 models (a quantized model's
 #                re-quantized activations turn float-order differences into
@@ -104,6 +106,7 @@ ctest() {
 if want coopmat; then ctest test_vulkan_ops KILN_VK_COOPMAT_EMULATE=1; fi
 if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan
+    ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_EAGER=1
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_OLD=1
 fi
 if want reference; then ctest test_reference; fi

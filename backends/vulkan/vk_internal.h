@@ -251,6 +251,7 @@ struct kiln_bk_device {
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
     bool attn_old;           /* KILN_VK_ATTN_OLD: prefill attention on attention.comp too (comparisons) */
+    bool attn_eager;         /* KILN_VK_ATTN_EAGER: attn_tile rescales whenever a row's max grows (tests) */
     bool attn_no_mc;         /* KILN_VK_ATTN_PORTABLE, or the matrix-core attention did not build: attn_mce */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];

@@ -898,6 +898,7 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
             uint32_t q_off, q_stride, d_off, d_stride, group, kv_dim;
             float scale;
             uint32_t block_size, nkv_off, bt_off, tab_off, tiles_off;
+            float lazy;
         } tc;
         tc.q_off = pc.q_off;
         tc.q_stride = pc.q_stride;
@@ -911,6 +912,7 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
         tc.bt_off = 3 * ub->n_tokens;
         tc.tab_off = ub->n_tokens;
         tc.tiles_off = 3 * ub->n_tokens + ub->n_block_entries;
+        tc.lazy = dev->attn_eager ? 0.0f : 8.0f;
         kiln_vk_act_written(dev, dst->buf, dst->offset, de);
         return kiln_vk_dispatch(dev, tile_pipe, b, 5, &tc, sizeof tc, ub->n_tiles, a.n_head, 1);
     }

@@ -85,8 +85,11 @@ elif [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && gre
     echo "!! test_vulkan_ops fails with cooperative matrices only: KILN_VK_NO_COOPMAT=1 from here on" | tee -a "$out/ops.txt"
     export KILN_VK_NO_COOPMAT=1
 fi
-echo "== test_backend_attn: prefill attention (matrix cores where the driver has them), then without matrix cores (KILN_VK_ATTN_PORTABLE=1), then the previous kernel (KILN_VK_ATTN_OLD=1)"
-for mode in "" KILN_VK_ATTN_PORTABLE=1 KILN_VK_ATTN_OLD=1; do
+# prefill attention (matrix cores where the driver has them), with the
+# rescale path taken whenever a max grows, without matrix cores, and the
+# previous kernel; per-kernel times at the end of each (KILN_VK_PROFILE)
+echo "== test_backend_attn: default, KILN_VK_ATTN_EAGER=1, KILN_VK_ATTN_PORTABLE=1, KILN_VK_ATTN_OLD=1"
+for mode in "" KILN_VK_ATTN_EAGER=1 KILN_VK_ATTN_PORTABLE=1 KILN_VK_ATTN_OLD=1; do
     echo "-- ${mode:-default}"
     env $mode KILN_ATTN_BACKEND=vulkan KILN_VK_PROFILE=1 "$build/test/test_backend_attn" 2>&1
 done | tee "$out/attn.txt"

@@ -10,7 +10,8 @@
  * tokens 16 sg .. 16 sg + 15 of the tile. The tile's queries are rounded to
  * F16 once (staged in shared memory, kept in registers). The workgroup
  * walks the positions 32 at a time: the 32 K and V rows (F16, found through
- * the block table) are copied to shared memory, each subgroup computes
+ * the block table) are copied to shared memory (fetched into registers
+ * during the previous step's products), each subgroup computes
  * S = Q K^T for its 16 tokens (16 x 32, F32), goes through S in shared
  * memory for the per-token mask (position < n_kv of the token) and the
  * online softmax (F32; running max m, sum l), writes P as F16 in place and
@@ -19,7 +20,9 @@
  * The running max is lazy: a row keeps its reference max until a step's
  * scores exceed it by more than 2^8 (the probabilities, up to 256, stay
  * exact enough in F16), so the output is rescaled (through shared memory,
- * 16 x 16 at a time: accumulators are opaque) only then, not every step.
+ * 16 x 16 at a time: accumulators are opaque) only then, not every step
+ * (KILN_VK_ATTN_EAGER=1: whenever the max grows, as the textbook online
+ * softmax does; tests reach the rescale path that way).
  * A row's result depends only on its own positions (each is visited in the
  * same order whatever else the tile holds), not on the other tokens.
  *
@@ -61,6 +64,7 @@ layout(push_constant) uniform P {
     uint group, kv_dim;
     float scale;
     uint block_size, nkv_off, bt_off, tab_off, tiles_off;
+    float lazy; /* log2 of the growth of a row's max that triggers a rescale: 8, 0 (KILN_VK_ATTN_EAGER) */
 } p;
 
 /* K rows 0..31 then V rows 0..31 of a step; the 64 query rows before the
@@ -79,6 +83,24 @@ shared uint needf[4];
 #define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
 #define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
 #endif
+
+#define NLD (STEP * (D / 8u) / 128u) /* K (and V) vectors per invocation and step */
+
+/* the K and V vectors of positions p0 .. p0 + 31 this invocation stages
+ * (zeros past maxkv: never NaN times a zero probability) */
+void fetch_kv(uint p0, uint maxkv, uint tab, uint kvb, uint tid, out uvec4 kr[NLD], out uvec4 vr[NLD]) {
+    [[unroll]] for (uint j = 0u; j < NLD; j++) {
+        uint i = tid + 128u * j, r = i / (D / 8u), v = i % (D / 8u), pos = p0 + r;
+        kr[j] = uvec4(0u);
+        vr[j] = uvec4(0u);
+        if (pos < maxkv) {
+            uint cell = uint(U[p.bt_off + tab + pos / p.block_size]) * p.block_size + pos % p.block_size;
+            uint a = cell * (p.kv_dim / 8u) + kvb + v;
+            kr[j] = K4[a];
+            vr[j] = V4[a];
+        }
+    }
+}
 
 void main() {
     const uint tid = gl_LocalInvocationID.x, sg = tid >> 5, lane = tid & 31u;
@@ -123,22 +145,20 @@ void main() {
     const float sl2 = p.scale * 1.4426950408889634; /* exp(x) = exp2(x log2 e) */
     const uint kvb = (hk * D) / 8u;
 
+    /* the K and V rows of a step are fetched into registers during the
+     * previous step's products, stored after its barrier */
+    uvec4 kr[NLD], vr[NLD];
+    fetch_kv(0u, maxkv, tab, kvb, tid, kr, vr);
     for (uint p0 = 0u; p0 < maxkv; p0 += STEP) {
         barrier(); /* the previous step's (or the queries') readers are done */
-        for (uint i = tid; i < STEP * (D / 8u); i += 128u) {
-            uint r = i / (D / 8u), v = i % (D / 8u), pos = p0 + r;
-            uvec4 kw = uvec4(0u), vw = uvec4(0u);
-            if (pos < maxkv) {
-                uint cell = uint(U[p.bt_off + tab + pos / p.block_size]) * p.block_size + pos % p.block_size;
-                uint a = cell * (p.kv_dim / 8u) + kvb + v;
-                kw = K4[a];
-                vw = V4[a];
-            }
-            KV[r * RV + v] = kw;
-            KV[(STEP + r) * RV + v] = vw;
+        [[unroll]] for (uint j = 0u; j < NLD; j++) {
+            uint i = tid + 128u * j, r = i / (D / 8u), v = i % (D / 8u);
+            KV[r * RV + v] = kr[j];
+            KV[(STEP + r) * RV + v] = vr[j];
         }
         if (lane == 0u) needf[sg] = 0u;
         barrier();
+        fetch_kv(p0 + STEP, maxkv, tab, kvb, tid, kr, vr);
 #ifdef ATTN_EMULATE
         if (true) { /* workgroup-uniform */
 #else
@@ -147,7 +167,10 @@ void main() {
             /* S = Q K^T into the subgroup's patch: 16 tokens x 32 positions */
 #ifdef ATTN_EMULATE
             [[unroll]] for (uint j = 0u; j < 2u; j++) {
-                float s[8];
+                /* element (row, 16 j + 8 half_ + e) of the 16 x 32 patch,
+                 * written as it is computed (no per-element array: its
+                 * dynamic index would live in memory) */
+                const uint b = pbase + row * 8u + 4u * j + 2u * half_;
                 [[dont_unroll]] for (uint e = 0u; e < 8u; e++) {
                     uint pr = 16u * j + 8u * half_ + e;
                     float acc = 0.0;
@@ -158,12 +181,8 @@ void main() {
                             acc += a.x * b.x + a.y * b.y;
                         }
                     }
-                    s[e] = acc;
+                    SP[b + (e >> 2)][e & 3u] = floatBitsToUint(acc);
                 }
-                /* element (row, 16 j + 8 half_ + e) of the 16 x 32 patch */
-                uint b = pbase + row * 8u + 4u * j + 2u * half_;
-                SP[b] = floatBitsToUint(vec4(s[0], s[1], s[2], s[3]));
-                SP[b + 1u] = floatBitsToUint(vec4(s[4], s[5], s[6], s[7]));
             }
 #else
             [[unroll]] for (uint j = 0u; j < 2u; j++) {
@@ -192,7 +211,7 @@ void main() {
             SYNC();
             mx = max(mx, red[tid ^ 1u]);
             float mnew = m;
-            if (m == NEG || mx > m + 8.0) mnew = max(m, mx);
+            if (m == NEG || mx > m + p.lazy) mnew = max(m, mx);
             const bool resc = m != NEG && mnew != m; /* the row's output so far must shrink */
             const float corr = resc ? exp2(m - mnew) : 1.0;
             m = mnew;
@@ -212,7 +231,7 @@ void main() {
             if (resc) atomicOr(needf[sg], 1u);
             SYNC();
 #ifdef ATTN_EMULATE
-            if (true) { /* workgroup-uniform: the rescale path is always tested */
+            if ((needf[0] | needf[1] | needf[2] | needf[3]) != 0u) { /* workgroup-uniform */
 #else
             if (needf[sg] != 0u) {
 #endif
