@@ -103,7 +103,15 @@ void fetch_kv(uint p0, uint maxkv, uint tab, uint kvb, uint tid, out uvec4 kr[NL
 }
 
 void main() {
-    const uint tid = gl_LocalInvocationID.x, sg = tid >> 5, lane = tid & 31u;
+    const uint tid = gl_LocalInvocationID.x;
+#ifdef ATTN_EMULATE
+    const uint sg = tid >> 5, lane = tid & 31u;
+#else
+    /* the hardware's subgroups (32 wide: the host checked), whatever their
+     * invocations */
+    const uint sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
+#endif
+    const uint slot = 32u * sg + lane; /* this invocation's word of red[] */
     const uint tile = gl_WorkGroupID.x, h = gl_WorkGroupID.y;
     const uint start = uint(U[p.tiles_off + 3u * tile]), cnt = uint(U[p.tiles_off + 3u * tile + 1u]);
     const uint maxkv = uint(U[p.tiles_off + 3u * tile + 2u]);
@@ -207,9 +215,9 @@ void main() {
                     mx = max(mx, x[4u * c4 + c]);
                 }
             }
-            red[tid] = mx;
+            red[slot] = mx;
             SYNC();
-            mx = max(mx, red[tid ^ 1u]);
+            mx = max(mx, red[slot ^ 1u]);
             float mnew = m;
             if (m == NEG || mx > m + p.lazy) mnew = max(m, mx);
             const bool resc = m != NEG && mnew != m; /* the row's output so far must shrink */
@@ -290,9 +298,9 @@ void main() {
      * the patch (rows past cnt are not written; rows that attend to
      * nothing give zeros) */
     barrier();
-    red[tid] = l;
+    red[slot] = l;
     barrier();
-    l += red[tid ^ 1u];
+    l += red[slot ^ 1u];
     const float inv = l > 0.0 ? 1.0 / l : 0.0;
     const uint fb = pbase + 64u + 2u * lane;
     const uint od = p.d_off + (start + trow) * p.d_stride + h * D + 8u * half_;
