@@ -309,7 +309,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     }
     cudaDeviceGetAttribute(&dev->sm_count, cudaDevAttrMultiProcessorCount, index);
     if ((st = stage_reserve(dev, KCU_STAGE_MIN))) goto fail;
-    if (dev->profile && (cudaEventCreate(&dev->ev0) != cudaSuccess || cudaEventCreate(&dev->ev1) != cudaSuccess)) {
+    if (dev->profile && (cudaEventCreate(&dev->ev0) != cudaSuccess || cudaEventCreate(&dev->ev1) != cudaSuccess ||
+                         cudaEventCreate(&dev->ev2) != cudaSuccess)) {
         (void)cudaGetLastError();
         dev->profile = false;
     }
@@ -353,11 +354,18 @@ static void cuda_device_close(kiln_bk_device *dev) {
         if (dev->prof_n)
             kcu_log(dev, KILN_LOG_ERROR,
                     "cuda profile: host ms per replay: set_ubatch %.3f, graph_begin %.3f, graph launch %.3f, "
-                    "download (incl. waiting for the GPU) %.3f",
+                    "download (incl. waiting for the GPU) %.3f; outside the backend from a download to the "
+                    "next set_ubatch %.3f",
                     dev->prof_ub_ms / dev->prof_n, dev->prof_begin_ms / dev->prof_n,
-                    dev->prof_launch_ms / dev->prof_n, dev->prof_dl_ms / dev->prof_n);
+                    dev->prof_launch_ms / dev->prof_n, dev->prof_dl_ms / dev->prof_n, dev->prof_core_ms / dev->prof_n);
+        if (dev->prof_dl_n)
+            kcu_log(dev, KILN_LOG_ERROR,
+                    "cuda profile: per download after a replay: graph end to copy end on the GPU %.3f ms, "
+                    "host copy out of the staging %.3f ms",
+                    dev->prof_copy_gpu_ms / dev->prof_dl_n, dev->prof_after_sync_ms / dev->prof_dl_n);
         if (dev->ev0) cudaEventDestroy(dev->ev0);
         if (dev->ev1) cudaEventDestroy(dev->ev1);
+        if (dev->ev2) cudaEventDestroy(dev->ev2);
     }
     graphs_clear(dev);
     kcu_xq_release(dev);
@@ -608,7 +616,8 @@ static kiln_status cuda_buffer_download(kiln_bk_device *dev, const kiln_bk_buffe
     if (!dev || !dev->profile) return buffer_download(dev, src, off, dst, n);
     const double t0 = kcu_now_ms();
     kiln_status st = buffer_download(dev, src, off, dst, n);
-    dev->prof_dl_ms += kcu_now_ms() - t0;
+    dev->prof_dl_end = kcu_now_ms();
+    dev->prof_dl_ms += dev->prof_dl_end - t0;
     return st;
 }
 
@@ -631,8 +640,17 @@ static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *sr
         KCU_CHECK(cudaMemcpyAsync(dev->stage_host + used, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost,
                                   dev->stream),
                   "download");
+        if (dev->profile && dev->ev_pending) cudaEventRecord(dev->ev2, dev->stream);
         KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
+        const double t1 = dev->profile ? kcu_now_ms() : 0.0;
         memcpy(dst, dev->stage_host + used, n);
+        if (dev->profile && dev->ev_pending) {
+            float ms = 0;
+            cudaEventElapsedTime(&ms, dev->ev1, dev->ev2);
+            dev->prof_copy_gpu_ms += ms;
+            dev->prof_after_sync_ms += kcu_now_ms() - t1;
+            dev->prof_dl_n++;
+        }
         return KILN_OK;
     }
     if (n) KCU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)src->ptr + off, n, cudaMemcpyDeviceToHost, dev->stream),
@@ -741,6 +759,10 @@ static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp);
 static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     if (!dev || !dev->profile) return set_ubatch(dev, ubp);
     const double t0 = kcu_now_ms();
+    if (dev->prof_dl_end > 0) { /* the caller's time between a step's logits and the next step */
+        dev->prof_core_ms += t0 - dev->prof_dl_end;
+        dev->prof_dl_end = 0;
+    }
     kiln_status st = set_ubatch(dev, ubp);
     dev->prof_ub_ms += kcu_now_ms() - t0;
     return st;

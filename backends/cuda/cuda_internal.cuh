@@ -153,11 +153,13 @@ struct kiln_bk_device {
     /* KILN_CUDA_PROFILE=1: GPU time of graph launches and wall time between
      * them, printed at close (how much of a decode step is host work) */
     bool profile;
-    cudaEvent_t ev0, ev1;
+    cudaEvent_t ev0, ev1, ev2; /* ev2: after a profiled download's copy */
+    double prof_copy_gpu_ms, prof_after_sync_ms; uint64_t prof_dl_n;
     bool ev_pending;
     double prof_gpu_ms, prof_wall_ms, prof_last_end;
     double prof_issue_t0, prof_issue_ms; /* host time from graph_begin to a replay's launch */
     double prof_ub_ms, prof_begin_ms, prof_launch_ms, prof_dl_ms; /* host time in those calls */
+    double prof_dl_end, prof_core_ms; /* the caller's time between a download and the next set_ubatch */
     uint64_t prof_n, prof_nodes;
     uint64_t n_captures, n_capture_fail, n_replays, n_mismatch;
     int last_capture_error;

@@ -71,8 +71,10 @@ if has life; then
 fi
 
 if has san; then
-    # over 8 tokens, so that the prefill kernels (cuBLAS, attention tiles) run too
+    # over 8 tokens, so that the prefill kernels (cuBLAS, attention) run too
+    # (more than 32 tokens: the tensor-core prefill attention runs too)
     long_prompt="Once upon a time, in a small village at the edge of a great forest, there lived an old clockmaker who"
+    long_prompt="$long_prompt mended every clock in the valley, and each evening he walked to the river to listen to the water, the wind and the bells of the distant town"
     m=$(ls "$KILN_SHARED"/models/tiny-target-q4_0.gguf models/tiny-target-q4_k_m.gguf 2>/dev/null | head -n 1)
     compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
         build/bin/kiln-run --backend cuda --temp 0 -m "$m" -n 16 -p "$long_prompt" >"$OUT/memcheck.log" 2>&1
