@@ -877,7 +877,7 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
      * size has a kernel, the caches are bound from their first byte
      * (16-byte rows) and the shared memory fits */
     int tile_pipe = -1;
-    const uint32_t tile_shared = (a.head_dim == 128 ? 17 * 64 * 16 : 9 * 64 * 16) + 4 * 128 * 16 + 128 * 4 + 16;
+    const uint32_t tile_shared = (a.head_dim == 128 ? 17 * 64 * 16 : 9 * 64 * 16) + 4 * 192 * 16 + 128 * 4 + 16;
     if (ub->n_tiles > 0 && !dev->attn_old && (a.head_dim == 64 || a.head_dim == 128) && b[1].lo == b[1].offset &&
         b[2].lo == b[2].offset && dev->sh->max_shared >= tile_shared) {
         const int d = a.head_dim == 128 ? 1 : 0;
