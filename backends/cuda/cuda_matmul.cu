@@ -93,15 +93,15 @@ static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
 /* Sums each lane's partial results over the warp and stores them: acc holds
  * R rows of KCU_MMV_MAX tokens (indices are compile-time after unrolling,
  * so the array stays in registers). */
-template <int R>
+template <int R, int NT = KCU_MMV_MAX>
 static __device__ __forceinline__ void kcu_mmv_store(const float *acc, float *y, uint64_t ys, int row0, int N, int nt,
                                                      int lane) {
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
-        for (int t = 0; t < KCU_MMV_MAX; t++) {
+        for (int t = 0; t < NT; t++) {
             if (t >= nt) break;
-            float v = acc[r * KCU_MMV_MAX + t];
+            float v = acc[r * NT + t];
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
             if (lane == 0 && row0 + r < N) y[(uint64_t)t * ys + row0 + r] = v;
@@ -143,7 +143,7 @@ static __device__ __forceinline__ kcu_mm_one kcu_mm_pick(const kcu_mm_set &s) {
     return o;
 }
 
-template <int U, int R>
+template <int U, int R, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_f16_kernel(const kcu_mm_set set, const float *x, uint64_t xs, int K, int nt) {
     kcu_pdl_wait();
@@ -155,11 +155,11 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     const int lane = threadIdx.x & 31, row0 = (m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5)) * R;
     if (row0 >= N) return;
     const int K8 = K / 8;
-    float acc[R][KCU_MMV_MAX];
+    float acc[R][NT];
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
-        for (int t = 0; t < KCU_MMV_MAX; t++) acc[r][t] = 0.0f;
+        for (int t = 0; t < NT; t++) acc[r][t] = 0.0f;
     for (int i0 = lane; i0 < K8; i0 += 32 * U) {
         uint4 wv[U][R];
 #pragma unroll
@@ -175,7 +175,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             const int i = i0 + 32 * u;
             if (i >= K8) break;
 #pragma unroll
-            for (int t = 0; t < KCU_MMV_MAX; t++) {
+            for (int t = 0; t < NT; t++) {
                 if (t >= nt) break;
                 const float4 *xp = (const float4 *)(x + (uint64_t)t * xs) + 2 * i;
                 const float4 a = __ldg(xp), b = __ldg(xp + 1);
@@ -197,7 +197,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-    kcu_mmv_store<R>(&acc[0][0], y, ys, row0, N, nt, lane);
+    kcu_mmv_store<R, NT>(&acc[0][0], y, ys, row0, N, nt, lane);
 }
 
 /* A nibble n (0..15) as the float n - 8, exactly, without a conversion
@@ -394,7 +394,7 @@ static __device__ __forceinline__ int kcu_stage_chunk(const uint4 *wr, int c0, i
  * One 16-byte load replaces three 2-byte loads per lane and block (blocks
  * of 18 and 34 bytes allow nothing wider in place). Needs rows that are a
  * multiple of 8 blocks starting 16-byte aligned. */
-template <int T, int U>
+template <int T, int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q8x_staged_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
     kcu_pdl_wait();
@@ -410,9 +410,9 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     const int s = lane & 3, bl = lane >> 2, nb = K / 32;
     const uint4 *wr = (const uint4 *)(w + (uint64_t)row * ws);
     uint8_t *my = sm[warp];
-    float acc[KCU_MMV_MAX];
+    float acc[NT];
 #pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     for (int c0 = 0; c0 < nb; c0 += 8 * U) {
         const int nblk = kcu_stage_chunk<BB, U>(wr, c0, nb, lane, my);
 #pragma unroll
@@ -431,7 +431,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
                 w1 = (int)((uint32_t)p[3 + 4 * s] | ((uint32_t)p[4 + 4 * s] << 16));
             }
 #pragma unroll
-            for (int t = 0; t < KCU_MMV_MAX; t++) {
+            for (int t = 0; t < NT; t++) {
                 if (t >= nt) break;
                 const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
                 int x0, x1;
@@ -448,7 +448,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-    kcu_mmv_store<1>(acc, y, ys, row, N, nt, lane);
+    kcu_mmv_store<1, NT>(acc, y, ys, row, N, nt, lane);
 }
 
 /* Byte k (0..11) of the 12 scale bytes held in three words, by selects
@@ -465,7 +465,7 @@ static __device__ __forceinline__ int kcu_byte12(uint32_t s0, uint32_t s1, uint3
  * 16-byte loads and no staging: the block's header (d, dmin, scales) and the
  * lane's quants, U blocks per lane in flight. Per sub-block:
  *   sum_i (d sc q_i - dmin m) x_i = xd (d sc dot(q, xq) - dmin m sum(xq)). */
-template <int U>
+template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q4k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
     kcu_pdl_wait();
@@ -474,9 +474,9 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     if (row >= m.N) return;
     const int bi = lane >> 3, c = (lane >> 1) & 3, hh = lane & 1, nb = K / 256, nb32 = K / 32;
     const uint8_t *wr = m.w + (uint64_t)row * m.ws;
-    float acc[KCU_MMV_MAX];
+    float acc[NT];
 #pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     for (int b0 = bi; b0 < nb; b0 += 4 * U) {
         uint4 hd[U], qv[U];
 #pragma unroll
@@ -513,7 +513,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             const float dh = d * (float)sc[1], mh = dmin * (float)mn[1];
             const uint32_t q[4] = {qv[u].x, qv[u].y, qv[u].z, qv[u].w};
 #pragma unroll
-            for (int t = 0; t < KCU_MMV_MAX; t++) {
+            for (int t = 0; t < NT; t++) {
                 if (t >= nt) break;
                 const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 64 * c + 16 * hh;
                 const int4 xl = __ldg((const int4 *)xp), xh = __ldg((const int4 *)(xp + 32));
@@ -532,7 +532,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-    kcu_mmv_store<1>(acc, m.y, m.ys, row, m.N, nt, lane);
+    kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
 }
 
 /* Q6_K with int8 x. Blocks of 210 bytes are only 2-byte aligned, so the
@@ -548,7 +548,7 @@ static __device__ __forceinline__ uint32_t kcu_sm_u32(const uint8_t *p) { /* 2-b
     return (uint32_t)q[0] | ((uint32_t)q[1] << 16);
 }
 
-template <int U>
+template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q6k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
     kcu_pdl_wait();
@@ -560,9 +560,9 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256, nb32 = K / 32;
     const uint4 *wr = (const uint4 *)(m.w + (uint64_t)row * m.ws);
     uint8_t *my = sm[warp];
-    float acc[KCU_MMV_MAX];
+    float acc[NT];
 #pragma unroll
-    for (int t = 0; t < KCU_MMV_MAX; t++) acc[t] = 0.0f;
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     for (int c0 = 0; c0 < nb; c0 += 8 * U) {
         const int nblk = kcu_stage_chunk<BB, U>(wr, c0, nb, lane, my);
 #pragma unroll
@@ -587,7 +587,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 #pragma unroll
             for (int g = 0; g < 4; g++) ds[g] = d * (float)sc[2 * g];
 #pragma unroll
-            for (int t = 0; t < KCU_MMV_MAX; t++) {
+            for (int t = 0; t < NT; t++) {
                 if (t >= nt) break;
                 const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 128 * hf + l0;
                 const float *xdp = xd + (uint64_t)t * nb32 + 8 * b + 4 * hf;
@@ -603,7 +603,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             }
         }
     }
-    kcu_mmv_store<1>(acc, m.y, m.ys, row, m.N, nt, lane);
+    kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
 }
 
 /* Rows of w to dense F16, one group per thread. */
@@ -769,8 +769,14 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     if (w[0]->type == KCU_F16) {
         /* 2 rows per warp, 2 load steps in flight: measured best on H100 */
         const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * 2, &grid);
-        kcu_launch(mmv_f16_kernel<2, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
-                   (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
+        /* one token (the decode step): a kernel with one accumulator per
+         * row (fewer registers, more warps in flight; the same sums) */
+        if (nt == 1 && v != 13)
+            kcu_launch(mmv_f16_kernel<2, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
+                       (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
+        else
+            kcu_launch(mmv_f16_kernel<2, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
+                       (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
         KCU_LAUNCHED("matrix-vector product (f16)");
         return KILN_OK;
     }
@@ -780,7 +786,17 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     if (st) return st;
     const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS, &grid);
     const bool q4 = w[0]->type == KCU_Q4_0;
-    if (w[0]->type == KCU_Q4_K)
+    /* one token: kernels with one accumulator (KILN_CUDA_MMV=13: not) */
+    const bool one = nt == 1 && v != 13;
+    if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: 329-332 t/s vs 313 (four), 302 (one) */
+        kcu_launch(mmv_q4k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (one && w[0]->type == KCU_Q6_K)
+        kcu_launch(mmv_q6k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (one && q4 && v != 8)
+        kcu_launch(mmv_q8x_staged_kernel<KCU_Q4_0, 8, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (one && w[0]->type == KCU_Q8_0)
+        kcu_launch(mmv_q8x_staged_kernel<KCU_Q8_0, 4, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    else if (w[0]->type == KCU_Q4_K)
         kcu_launch(mmv_q4k_q8_kernel<4>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (w[0]->type == KCU_Q6_K)
         kcu_launch(mmv_q6k_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
