@@ -16,6 +16,13 @@
 #   greedy       kiln-run's greedy text equals the CPU backend's
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
 #                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU)
+#   attn         test_backend_attn against the CPU backend: the tiled
+#                prefill attention (attn_tile.glsl; on lavapipe its form
+#                without matrix cores, which is also what
+#                KILN_VK_COOPMAT_EMULATE=1 runs) and the decode kernel, then
+#                with KILN_VK_ATTN_EAGER=1 (its output rescaled whenever a
+#                row's max grows: the rescale path) and KILN_VK_ATTN_OLD=1
+#                (attention.comp for prefill too)
 #   split        test_split with the layers on "cpu:0:N,vulkan:0" against
 #                the CPU backend alone, F16 models (a quantized model's
 #                re-quantized activations turn float-order differences into
@@ -97,6 +104,11 @@ ctest() {
 # with plain products in place of the cooperative matrix calls (lavapipe
 # has none); on a GPU with them test/device/vulkan.sh runs the real one
 if want coopmat; then ctest test_vulkan_ops KILN_VK_COOPMAT_EMULATE=1; fi
+if want attn; then
+    ctest test_backend_attn KILN_ATTN_BACKEND=vulkan
+    ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_EAGER=1
+    ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_OLD=1
+fi
 if want reference; then ctest test_reference; fi
 if [[ " ${KILN_VK_TESTS:-} " == *" lifecycle-only "* ]]; then ctest test_lifecycle; fi
 if want lifecycle; then

@@ -257,6 +257,7 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     sh->storage_align = lim->minStorageBufferOffsetAlignment ? lim->minStorageBufferOffsetAlignment : 16;
     sh->align = sh->storage_align > 256 ? sh->storage_align : 256;
     sh->max_range = lim->maxStorageBufferRange;
+    sh->max_shared = lim->maxComputeSharedMemorySize;
     sh->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : (1ull << 31);
     for (int i = 0; i < 3; i++) sh->max_groups[i] = lim->maxComputeWorkGroupCount[i];
     const VkSubgroupFeatureFlags need = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_SHUFFLE_BIT;
@@ -385,6 +386,9 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->no_tiled = getenv("KILN_VK_NO_TILED") != NULL;
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
     dev->mmc_old = getenv("KILN_VK_MMC_OLD") != NULL;
+    dev->attn_old = getenv("KILN_VK_ATTN_OLD") != NULL;
+    dev->attn_no_mc = getenv("KILN_VK_ATTN_PORTABLE") != NULL;
+    dev->attn_eager = getenv("KILN_VK_ATTN_EAGER") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
     dev->no_fused = getenv("KILN_VK_NO_FUSED") != NULL;
     dev->mmv_unroll = getenv("KILN_VK_MMV_UNROLL") && atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;

@@ -77,7 +77,8 @@ enum {
     KILN_VK_P_ROPE_KV,                                 /* rope q, rope k, store k and v (rope_kv_store) */
     KILN_VK_P_MMV1_FIRST,                              /* mmv for one activation row (KILN_VK_MMV_UNROLL) */
     KILN_VK_P_MMVM1_FIRST = KILN_VK_P_MMV1_FIRST + 11, /* mmvm for one activation row (KILN_VK_MMV_UNROLL) */
-    KILN_VK_P_COUNT = KILN_VK_P_MMVM1_FIRST + 11
+    KILN_VK_P_ATTN_TILE_FIRST = KILN_VK_P_MMVM1_FIRST + 11, /* prefill attention: mc_64, mc_128, mce_64, mce_128 */
+    KILN_VK_P_COUNT = KILN_VK_P_ATTN_TILE_FIRST + 4
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
@@ -154,6 +155,7 @@ struct kiln_vk_shared {
     uint64_t align;               /* block alignment (>= storage offset alignment) */
     uint64_t storage_align;       /* minStorageBufferOffsetAlignment */
     uint64_t max_range;           /* maxStorageBufferRange */
+    uint32_t max_shared;          /* maxComputeSharedMemorySize */
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
@@ -184,7 +186,9 @@ typedef struct kiln_vk_slice {
 typedef struct kiln_vk_ubatch {
     bool set, has_kv_cell, has_attn;
     uint32_t n_tokens, n_block_entries, block_size, n_cells;
-    int32_t *data;        /* host copy: pos, kv_cell, attn_table, attn_n_kv [n_tokens each], block tables */
+    uint32_t n_tiles;     /* prefill attention tiles (ubatches of more than 32 tokens), 0: none */
+    int32_t *data;        /* host copy: pos, kv_cell, attn_table, attn_n_kv [n_tokens each], block tables,
+                           * tiles [n_tiles][3]: first token, tokens, largest n_kv */
     size_t cap;           /* int32s allocated */
     uint64_t gen;         /* bumped by every set_ubatch */
     uint64_t ring_epoch;  /* ring epoch of the device copy, 0: none */
@@ -264,6 +268,9 @@ struct kiln_bk_device {
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
+    bool attn_old;           /* KILN_VK_ATTN_OLD: prefill attention on attention.comp too (comparisons) */
+    bool attn_eager;         /* KILN_VK_ATTN_EAGER: attn_tile rescales whenever a row's max grows (tests) */
+    bool attn_no_mc;         /* KILN_VK_ATTN_PORTABLE, or the matrix-core attention did not build: attn_mce */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store run the separate ops */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */

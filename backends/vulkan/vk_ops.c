@@ -58,6 +58,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION) return (1u << 3) | (1u << 5);
+    if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + 11) return 1u << 1;
     /* and the quantized activations (act_produce) */
     if (which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY) return (1u << 2) | (1u << 3);
@@ -66,7 +67,7 @@ static uint32_t written_bindings(int which) {
     if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + 11) return 1u << 2;
     if (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + 11) return 1u << 2;
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
-        (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_COUNT))
+        (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST))
         return 1u << 2; /* every matmul: D */
     return (1u << KILN_VK_MAX_BINDINGS) - 1;
 }
@@ -248,6 +249,11 @@ static kiln_status need_ubatch(const kiln_bk_device *dev, const char *op) {
 /* ubatch                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/* Ubatches of more than this many tokens take the tiled prefill attention
+ * (attn_tile.glsl); decode and speculative verify batches keep
+ * attention.comp (their rows keep the decode kernel's bits). */
+#define KILN_VK_ATTN_TILE_MIN 32
+
 static kiln_status ubatch_validate(const kiln_bk_ubatch *u) {
     uint32_t n = u->n_tokens;
     if (n == 0) return KILN_OK;
@@ -293,7 +299,9 @@ kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     if (st != KILN_OK) return st;
     kiln_vk_ubatch *ub = &dev->ub;
     size_t n = u.n_tokens;
-    size_t need = 4 * n + u.n_block_entries;
+    /* tiles of the prefill attention: at most one per token, 3 ints each */
+    const bool tiles = n > KILN_VK_ATTN_TILE_MIN && u.attn_table;
+    size_t need = 4 * n + u.n_block_entries + (tiles ? 3 * n : 0);
     if (need > ub->cap) {
         int32_t *d = kiln_realloc(ub->data, need * sizeof(int32_t));
         if (!d) return kiln_error(KILN_E_OOM_HOST, "vulkan backend: set_ubatch: out of memory for %u tokens", u.n_tokens);
@@ -311,6 +319,23 @@ kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
         memset(tab, 0, 2 * n * sizeof(int32_t));
     }
     if (u.n_block_entries) memcpy(bt, u.block_tables, (size_t)u.n_block_entries * sizeof(int32_t));
+    /* runs of up to 64 consecutive tokens with the same block table (as
+     * the CUDA backend's tiles64), with the run's largest n_kv */
+    uint32_t n_tiles = 0;
+    if (tiles) {
+        int32_t *t = bt + u.n_block_entries;
+        for (uint32_t i = 0; i < n; i++) {
+            if (i == 0 || tab[i] != tab[i - 1] || t[3 * n_tiles - 2] == 64) {
+                t[3 * n_tiles] = (int32_t)i;
+                t[3 * n_tiles + 1] = 0;
+                t[3 * n_tiles + 2] = 0;
+                n_tiles++;
+            }
+            t[3 * n_tiles - 2]++;
+            if (nkv[i] > t[3 * n_tiles - 1]) t[3 * n_tiles - 1] = nkv[i];
+        }
+    }
+    ub->n_tiles = n_tiles;
     ub->set = true;
     ub->has_kv_cell = u.kv_cell != NULL;
     ub->has_attn = u.attn_table != NULL;
@@ -323,11 +348,11 @@ kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     return KILN_OK;
 }
 
-/* The ubatch tables (kv_cell, attn_table, attn_n_kv, block tables) in the
- * ring; *b binds them, in this order, from word 0. */
+/* The ubatch tables (kv_cell, attn_table, attn_n_kv, block tables, tiles)
+ * in the ring; *b binds them, in this order, from word 0. */
 static kiln_status ubatch_bind(kiln_bk_device *dev, kiln_vk_bind *b, const char *op) {
     kiln_vk_ubatch *ub = &dev->ub;
-    uint64_t bytes = (3ull * ub->n_tokens + ub->n_block_entries) * sizeof(int32_t);
+    uint64_t bytes = (3ull * ub->n_tokens + ub->n_block_entries + 3ull * ub->n_tiles) * sizeof(int32_t);
     if (ub->ring_epoch != dev->ring_epoch) {
         kiln_vk_slice s;
         kiln_status st = kiln_vk_ring_alloc(dev, bytes, &s);
@@ -978,6 +1003,49 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
         (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[2], NULL, "attention")) ||
         (st = bind_f32(dev, dst, de, &b[3], &pc.d_off, &pc.d_stride, "attention")))
         return st;
+    /* prefill: tiles of up to 64 tokens (attn_tile.glsl) where the head
+     * size has a kernel, the caches are bound from their first byte
+     * (16-byte rows) and the shared memory fits */
+    int tile_pipe = -1;
+    const uint32_t tile_shared = (a.head_dim == 128 ? 17 * 64 * 16 : 9 * 64 * 16) + 4 * 192 * 16 + 128 * 4 + 16;
+    if (ub->n_tiles > 0 && !dev->attn_old && (a.head_dim == 64 || a.head_dim == 128) && b[1].lo == b[1].offset &&
+        b[2].lo == b[2].offset && dev->sh->max_shared >= tile_shared) {
+        const int d = a.head_dim == 128 ? 1 : 0;
+        VkPipeline pipe;
+        tile_pipe = KILN_VK_P_ATTN_TILE_FIRST + 2 + d; /* without matrix cores */
+        if (dev->sh->coopmat && !dev->attn_no_mc) {
+            if (kiln_vk_pipeline(dev->sh, KILN_VK_P_ATTN_TILE_FIRST + d, &pipe) == KILN_OK) {
+                tile_pipe = KILN_VK_P_ATTN_TILE_FIRST + d;
+            } else {
+                kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the matrix-core attention kernel cannot be "
+                         "built: prefill attention without matrix cores for this handle");
+                dev->attn_no_mc = true;
+            }
+        }
+    }
+    if (tile_pipe >= 0) {
+        struct {
+            uint32_t q_off, q_stride, d_off, d_stride, group, kv_dim;
+            float scale;
+            uint32_t block_size, nkv_off, bt_off, tab_off, tiles_off;
+            float lazy;
+        } tc;
+        tc.q_off = pc.q_off;
+        tc.q_stride = pc.q_stride;
+        tc.d_off = pc.d_off;
+        tc.d_stride = pc.d_stride;
+        tc.group = a.n_head / a.n_head_kv;
+        tc.kv_dim = kv_dim;
+        tc.scale = a.scale;
+        tc.block_size = ub->block_size ? ub->block_size : 1;
+        tc.nkv_off = 2 * ub->n_tokens;
+        tc.bt_off = 3 * ub->n_tokens;
+        tc.tab_off = ub->n_tokens;
+        tc.tiles_off = 3 * ub->n_tokens + ub->n_block_entries;
+        tc.lazy = dev->attn_eager ? 0.0f : 8.0f;
+        kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+        return kiln_vk_dispatch(dev, tile_pipe, b, 5, &tc, sizeof tc, ub->n_tiles, a.n_head, 1);
+    }
     pc.n_head = a.n_head;
     pc.n_head_kv = a.n_head_kv;
     pc.head_dim = a.head_dim;

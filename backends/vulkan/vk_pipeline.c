@@ -275,6 +275,14 @@ extern const uint32_t kiln_vk_spv_mmc1_q5_k[];
 extern const size_t kiln_vk_spv_mmc1_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmc1_q6_k[];
 extern const size_t kiln_vk_spv_mmc1_q6_k_size;
+extern const uint32_t kiln_vk_spv_attn_mc_64[];
+extern const size_t kiln_vk_spv_attn_mc_64_size;
+extern const uint32_t kiln_vk_spv_attn_mc_128[];
+extern const size_t kiln_vk_spv_attn_mc_128_size;
+extern const uint32_t kiln_vk_spv_attn_mce_64[];
+extern const size_t kiln_vk_spv_attn_mce_64_size;
+extern const uint32_t kiln_vk_spv_attn_mce_128[];
+extern const size_t kiln_vk_spv_attn_mce_128_size;
 
 static const struct {
     const char *name;
@@ -409,7 +417,11 @@ static const struct {
     {"mmvm1_q8_0", kiln_vk_spv_mmvm1_q8_0, &kiln_vk_spv_mmvm1_q8_0_size},
     {"mmvm1_q4_k", kiln_vk_spv_mmvm1_q4_k, &kiln_vk_spv_mmvm1_q4_k_size},
     {"mmvm1_q5_k", kiln_vk_spv_mmvm1_q5_k, &kiln_vk_spv_mmvm1_q5_k_size},
-    {"mmvm1_q6_k", kiln_vk_spv_mmvm1_q6_k, &kiln_vk_spv_mmvm1_q6_k_size}
+    {"mmvm1_q6_k", kiln_vk_spv_mmvm1_q6_k, &kiln_vk_spv_mmvm1_q6_k_size},
+    {"attn_mc_64", kiln_vk_spv_attn_mc_64, &kiln_vk_spv_attn_mc_64_size},
+    {"attn_mc_128", kiln_vk_spv_attn_mc_128, &kiln_vk_spv_attn_mc_128_size},
+    {"attn_mce_64", kiln_vk_spv_attn_mce_64, &kiln_vk_spv_attn_mce_64_size},
+    {"attn_mce_128", kiln_vk_spv_attn_mce_128, &kiln_vk_spv_attn_mce_128_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {

@@ -19,6 +19,11 @@
 #      profile-NAME.txt; where the matrix-core kernel ran, pp512 and the
 #      profile again with the previous one (KILN_VK_MMC_OLD=1) into
 #      bench-vulkan-mmcold-NAME.txt / profile-mmcold-NAME.txt.
+#      Also pp512 and the profile with the previous prefill attention
+#      (KILN_VK_ATTN_OLD=1) into bench-vulkan-attnold-NAME.txt /
+#      profile-attnold-NAME.txt; where the matrix-core attention ran, the
+#      profile with the portable one (KILN_VK_ATTN_PORTABLE=1) into
+#      profile-attnportable-NAME.txt.
 # Logs go to $OUT (the device tool's output folder) or /tmp/kiln-vulkan.
 # KILN_VK_BENCH_ONLY=1 skips steps 2 (tests) and runs the benchmarks only.
 # Example (from the repository root on the device machine):
@@ -37,7 +42,7 @@ if [ "${1:-}" = "--pack" ]; then
     cp -P "$src"/libkiln.so* "$dst/"
     for f in "$src"/libkiln-*.so; do [ -f "$f" ] && cp "$f" "$dst/"; done
     cp "$src"/bin/kiln-run "$src"/bin/kiln-bench "$src"/bin/kiln-gen-model "$dst/bin/"
-    for t in test_reference test_lifecycle test_kv test_draft test_proof test_vulkan_ops test_split; do
+    for t in test_reference test_lifecycle test_kv test_draft test_proof test_vulkan_ops test_split test_backend_attn; do
         cp "$src/test/$t" "$dst/test/"; done
     strip "$dst"/bin/* "$dst"/test/* "$dst"/libkiln.so.*.*.* 2>/dev/null
     du -sh "$dst"; exit 0
@@ -84,6 +89,30 @@ elif [ "$ops_rc" -ne 0 ] && grep -q "cooperative matrices" "$out/ops.txt" && gre
     echo "!! test_vulkan_ops fails with cooperative matrices only: KILN_VK_NO_COOPMAT=1 from here on" | tee -a "$out/ops.txt"
     export KILN_VK_NO_COOPMAT=1
 fi
+# prefill attention (matrix cores where the driver has them), with the
+# rescale path taken whenever a max grows, without matrix cores, and the
+# previous kernel; per-kernel times at the end of each (KILN_VK_PROFILE)
+echo "== test_backend_attn: default, KILN_VK_ATTN_EAGER=1, KILN_VK_ATTN_PORTABLE=1, KILN_VK_ATTN_OLD=1"
+attn_ok=""
+for mode in "" KILN_VK_ATTN_EAGER=1 KILN_VK_ATTN_PORTABLE=1 KILN_VK_ATTN_OLD=1; do
+    echo "-- ${mode:-default}" | tee -a "$out/attn.txt"
+    env $mode KILN_ATTN_BACKEND=vulkan KILN_VK_PROFILE=1 "$build/test/test_backend_attn" > "$out/attn-run.txt" 2>&1
+    rc=$?
+    cat "$out/attn-run.txt" | tee -a "$out/attn.txt"
+    [ "$rc" -eq 0 ] && attn_ok="$attn_ok ${mode:-default}"
+done
+rm -f "$out/attn-run.txt"
+# a prefill attention kernel that is wrong on this driver: the rest of the
+# run measures the next one that passed
+if [[ " $attn_ok " != *" default "* ]]; then
+    if [[ " $attn_ok " == *" KILN_VK_ATTN_PORTABLE=1 "* ]]; then
+        echo "!! test_backend_attn fails with the matrix-core attention: KILN_VK_ATTN_PORTABLE=1 from here on" | tee -a "$out/attn.txt"
+        export KILN_VK_ATTN_PORTABLE=1
+    else
+        echo "!! test_backend_attn fails with the tiled attention: KILN_VK_ATTN_OLD=1 from here on" | tee -a "$out/attn.txt"
+        export KILN_VK_ATTN_OLD=1
+    fi
+fi
 echo "== test/vulkan.sh"
 KILN_BUILD=$build KILN_VK_FULL=1 KILN_VK_PROOF_CYCLES=${KILN_VK_PROOF_CYCLES:-20} bash test/vulkan.sh 2>&1 | tee "$out/tests.txt"
 fi
@@ -119,7 +148,19 @@ for m in "$@"; do
         KILN_VK_MMC_OLD=1 KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 1 > /dev/null \
             2> "$out/profile-mmcold-$name.txt"
     fi
-    grep -h "mmc" "$out/profile-$name.txt" "$out/profile-mmcold-$name.txt" 2>/dev/null
+    # the prefill attention's previous kernel (attention.comp for every ubatch)
+    echo "== kiln-bench vulkan $name, previous prefill attention (KILN_VK_ATTN_OLD=1)"
+    KILN_VK_ATTN_OLD=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 3 2>&1 | tee "$out/bench-vulkan-attnold-$name.txt"
+    KILN_VK_ATTN_OLD=1 KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 1 > /dev/null \
+        2> "$out/profile-attnold-$name.txt"
+    if grep -q "attn_mc_" "$out/profile-$name.txt"; then
+        # the tiled attention without matrix cores (the products keep
+        # them): its per-call time in the profile
+        KILN_VK_ATTN_PORTABLE=1 KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 0 -r 1 > /dev/null \
+            2> "$out/profile-attnportable-$name.txt"
+    fi
+    grep -h -e "mmc" -e "attn" -e "attention" "$out/profile-$name.txt" "$out/profile-mmcold-$name.txt" \
+        "$out/profile-attnold-$name.txt" "$out/profile-attnportable-$name.txt" 2>/dev/null
 done
 if [ -n "$final" ]; then
     for f in "$out"/*; do echo "=== $(basename "$f")"; cat "$f"; done > "$final/vulkan-logs.txt"

@@ -1,0 +1,5 @@
+/* prefill attention without matrix cores (portable; KILN_VK_COOPMAT_EMULATE), head_dim 64 (see attn_tile.glsl) */
+#version 450
+#define HEAD_DIM 64u
+#define ATTN_EMULATE
+#include "attn_tile.glsl"
