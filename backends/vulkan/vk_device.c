@@ -390,7 +390,18 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->attn_no_mc = getenv("KILN_VK_ATTN_PORTABLE") != NULL;
     dev->attn_eager = getenv("KILN_VK_ATTN_EAGER") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
-    dev->no_fused = getenv("KILN_VK_NO_FUSED") != NULL;
+    {   /* KILN_VK_NO_FUSED=1 (or any non-number): every fusion off; a number
+         * > 1: a mask of the ones to turn off (2 the quantization in the
+         * producers, 4 matmul_multi, 8 add_rms_norm, 16 rope_kv_store).
+         * Default: 2, the quantization in the producers off — on the H100
+         * it cost more than the quant_act dispatches it saves (Q4_0 tg128
+         * 152 with it, 157 without; Q4_K_M 104 / 107); KILN_VK_NO_FUSED=0
+         * turns everything on. */
+        const char *nf = getenv("KILN_VK_NO_FUSED");
+        const long m = nf ? strtol(nf, NULL, 10) : 2;
+        dev->no_fused_mask = nf && !*nf ? 2u : m > 1 ? (uint32_t)m : m == 0 && nf && nf[0] == '0' ? 0u : 0x1eu;
+        dev->no_fused = dev->no_fused_mask == 0x1eu;
+    }
     dev->mmv_unroll = getenv("KILN_VK_MMV_UNROLL") && atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {

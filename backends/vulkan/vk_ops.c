@@ -580,7 +580,7 @@ static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, u
     *qmode = 0;
     *q_stride = 0;
     const int64_t K = dst->ne[0], M = dst->ne[1];
-    for (uint32_t i = 0; i < KILN_VK_ACT_WANTS && !dev->no_fused; i++) {
+    for (uint32_t i = 0; i < KILN_VK_ACT_WANTS && !(dev->no_fused_mask & 2u); i++) {
         const uint32_t mode = dev->act_want[i].mode;
         if (!act_want_is(&dev->act_want[i], dst) || !((modes >> mode) & 1u) || (mode >= 3 && K % (mode == 5 ? 256 : 32)))
             continue;
@@ -1091,7 +1091,7 @@ kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, c
                           (long long)w->ne[1], (long long)dst->ne[0], (long long)dst->ne[1]);
     if (!(eps >= 0.0f)) return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: eps %g", (double)eps);
     if (n == 0 || rows == 0) return KILN_OK;
-    if (dev->no_fused) {
+    if (dev->no_fused_mask & 8u) {
         if ((st = kiln_vk_add(dev, a, b, sum))) return st;
         return kiln_vk_rms_norm(dev, sum, w, eps, dst);
     }
@@ -1132,7 +1132,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     if ((st = tensor_check(x, KILN_VK_T_F32, "matmul_multi", "x", &xe))) return st;
     const int64_t K = x->ne[0], M = x->ne[1];
     bool fuse = n > 1 && M >= 1 && M <= KILN_VK_MMV_MAX && K > 0 && dev->sh->subgroup_add && !dev->no_mmv &&
-                !dev->no_fused;
+                !(dev->no_fused_mask & 4u);
     for (uint32_t i = 0; i < n; i++) {
         if ((st = tensor_check(w[i], -1, "matmul_multi", "w", &we[i])) ||
             (st = tensor_check(dst[i], KILN_VK_T_F32, "matmul_multi", "dst", &de[i])))
@@ -1236,7 +1236,7 @@ kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_b
         (st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke2, &ve, &need, &noop)))
         return st;
     const uint32_t half = r1.n_rot / 2;
-    bool fuse = !noop && !dev->no_fused && q->buf == k->buf && v->buf == k->buf && r1.mode == r2.mode && r1.head_dim == r2.head_dim &&
+    bool fuse = !noop && !(dev->no_fused_mask & 16u) && q->buf == k->buf && v->buf == k->buf && r1.mode == r2.mode && r1.head_dim == r2.head_dim &&
                 r1.n_rot == r2.n_rot && r1.freq_base == r2.freq_base && r1.freq_scale == r2.freq_scale &&
                 !r1.freq_factors == !r2.freq_factors &&
                 (!r1.freq_factors || r1.freq_factors == r2.freq_factors ||
