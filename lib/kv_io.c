@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "hash64.h"
 #include "kv.h"
 #include "memtrack.h"
 
@@ -47,15 +48,7 @@ static uint64_t get64(const uint8_t *p) {
 /* A fast 64-bit checksum (8 bytes per step, FNV-style multiply with a
  * rotation); catches truncation and corruption, not adversaries. */
 static uint64_t checksum(const uint8_t *p, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ull ^ n;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    const uint64_t h = kiln_hash64(0xcbf29ce484222325ull ^ n, p, n);
     return h ^ (h >> 32);
 }
 

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "cuda_internal.cuh"
+#include "hash64.h"
 
 /* ------------------------------------------------------------------------ */
 /* errors and logging                                                       */
@@ -768,6 +769,21 @@ static kiln_status cuda_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub
     return st;
 }
 
+/* Runs of up to `max` consecutive tokens with the same block table, as
+ * (first token, count) pairs into out; returns how many. */
+static uint32_t build_tiles(const int32_t *attn_table, uint32_t n, int32_t max, int32_t *out) {
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (i == 0 || attn_table[i] != attn_table[i - 1] || out[2 * k - 1] == max) {
+            out[2 * k] = (int32_t)i;
+            out[2 * k + 1] = 0;
+            k++;
+        }
+        out[2 * k - 1]++;
+    }
+    return k;
+}
+
 static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     kiln_status st = kcu_use(dev);
     if (st) return st;
@@ -790,24 +806,8 @@ static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
             dev->ub.tiles_host = t;
             dev->ub.tiles_cap = 4 * n;
         }
-        int32_t *t8 = dev->ub.tiles_host;
-        for (uint32_t i = 0; i < n; i++) {
-            if (i == 0 || u.attn_table[i] != u.attn_table[i - 1] || t8[2 * n_tiles - 1] == 8) {
-                t8[2 * n_tiles] = (int32_t)i;
-                t8[2 * n_tiles + 1] = 0;
-                n_tiles++;
-            }
-            t8[2 * n_tiles - 1]++;
-        }
-        int32_t *t64 = t8 + 2 * n_tiles;
-        for (uint32_t i = 0; i < n; i++) {
-            if (i == 0 || u.attn_table[i] != u.attn_table[i - 1] || t64[2 * n_tiles64 - 1] == 64) {
-                t64[2 * n_tiles64] = (int32_t)i;
-                t64[2 * n_tiles64 + 1] = 0;
-                n_tiles64++;
-            }
-            t64[2 * n_tiles64 - 1]++;
-        }
+        n_tiles = build_tiles(u.attn_table, n, 8, dev->ub.tiles_host);
+        n_tiles64 = build_tiles(u.attn_table, n, 64, dev->ub.tiles_host + 2 * n_tiles);
     }
     size_t need = ((size_t)4 * n + nb + 2 * n_tiles + 2 * n_tiles64 + 1) * sizeof(int32_t);
     if (need > dev->ub_dev_cap) {
@@ -865,21 +865,8 @@ static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
 /* graphs                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Hash of operation arguments, 8 bytes per step (a decode step hashes
- * ~500 operations on the host between two graph launches). */
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-    const uint8_t *b = (const uint8_t *)p;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, b + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
+/* Operation arguments are hashed with kiln_hash64 (hash64.h: 8 bytes per
+ * step; a decode step hashes ~300 operations between two launches). */
 static void graphs_clear(kiln_bk_device *dev) {
     for (int i = 0; i < dev->n_graphs; i++) cudaGraphExecDestroy(dev->graphs[i].exec);
     dev->n_graphs = 0;
@@ -910,14 +897,14 @@ kiln_status kcu_xq_produce(kiln_bk_device *dev, const void *dst, uint64_t row_st
 
 bool kcu_op_matmul(kiln_bk_device *dev, const void *args, size_t n) {
     if (!dev->graph_mode) return true;
-    dev->graph_hash = fnv(dev->graph_hash, args, n);
+    dev->graph_hash = kiln_hash64(dev->graph_hash, args, n);
     return dev->graph_mode == 1;
 }
 
 bool kcu_op(kiln_bk_device *dev, const void *args, size_t n) {
     if (dev->graph_mode != 2) kcu_xq_release(dev);
     if (!dev->graph_mode) return true;
-    dev->graph_hash = fnv(dev->graph_hash, args, n);
+    dev->graph_hash = kiln_hash64(dev->graph_hash, args, n);
     return dev->graph_mode == 1;
 }
 
@@ -952,12 +939,12 @@ static kiln_status graph_begin(kiln_bk_device *dev, uint64_t key) {
     dev->stage_used = 0;
     dev->graph_failed = false;
     dev->graph_key = key;
-    uint64_t h = fnv(0xcbf29ce484222325ull, &key, sizeof key);
+    uint64_t h = kiln_hash64(0xcbf29ce484222325ull, &key, sizeof key);
     const struct kcu_ubatch *ub = &dev->ub;
     const void *ptrs[2] = {dev->ub_dev, dev->stage_dev};
-    h = fnv(h, ptrs, sizeof ptrs);
+    h = kiln_hash64(h, ptrs, sizeof ptrs);
     uint32_t shape[4] = {ub->n_tokens, ub->n_block_entries, ub->block_size, ub->n_cells};
-    h = fnv(h, shape, sizeof shape);
+    h = kiln_hash64(h, shape, sizeof shape);
     dev->graph_hash = h;
     for (int i = 0; i < dev->n_graphs; i++)
         if (dev->graphs[i].key == key) {

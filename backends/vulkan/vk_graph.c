@@ -29,23 +29,13 @@
 #include <string.h>
 
 #include "vk_internal.h"
+#include "hash64.h"
 
 #define KILN_VK_STAGE_BYTES (1u << 20)
 
-static uint64_t mix(uint64_t h, const void *p, size_t n) {
-    const uint8_t *b = (const uint8_t *)p;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, b + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
+void kiln_vk_graph_hash(kiln_bk_device *dev, const void *p, size_t n) {
+    dev->graph_hash = kiln_hash64(dev->graph_hash, p, n);
 }
-
-void kiln_vk_graph_hash(kiln_bk_device *dev, const void *p, size_t n) { dev->graph_hash = mix(dev->graph_hash, p, n); }
 
 static uint64_t mem_gen(const kiln_vk_shared *sh) { return __atomic_load_n(&sh->mem_gen, __ATOMIC_ACQUIRE); }
 
@@ -139,7 +129,7 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     const kiln_vk_ubatch *ub = &dev->ub;
     uint32_t shape[7] = {ub->n_tokens, ub->n_block_entries, ub->block_size, ub->n_cells, ub->set, ub->has_kv_cell,
                          ub->has_attn};
-    dev->graph_hash = mix(mix(0xcbf29ce484222325ull, &key, sizeof key), shape, sizeof shape);
+    dev->graph_hash = kiln_hash64(kiln_hash64(0xcbf29ce484222325ull, &key, sizeof key), shape, sizeof shape);
     for (int i = 0; i < dev->n_graphs; i++)
         if (dev->graphs[i].key == key) {
             dev->graph_cur = i;
