@@ -8,6 +8,7 @@
  *   build/bench/backend_ops build/libkiln-cuda.so [reps]
  */
 #include <dlfcn.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,13 @@ int main(int argc, char **argv) {
                 bk->buffer_upload(dev, wb, 0, host, wbytes))
                 return 1;
             free(host);
+            /* the plugin's own weight layout, as a model load gives it */
+            int32_t layout = 0;
+            if (bk->struct_size >= offsetof(kiln_backend_iface, weight_prepare) + sizeof bk->weight_prepare &&
+                bk->weight_prepare) {
+                kiln_bk_tensor w0 = {wb, 0, t->id, 0, {K, N}, row};
+                if (bk->weight_prepare(dev, &w0, &layout) || bk->synchronize(dev)) return 1;
+            }
             float *xh = malloc(sizeof(float) * 512 * K);
             for (int64_t i = 0; i < 512 * K; i++) xh[i] = (float)((int)(rnd() % 2001) - 1000) / 1000.0f;
             bk->buffer_alloc(dev, sizeof(float) * 512 * K, KILN_BK_BUF_KV, &xb);
@@ -94,7 +102,7 @@ int main(int argc, char **argv) {
                 char nbuf[16];
                 snprintf(nbuf, sizeof nbuf, ",%d,", n);
                 if (nl && !strstr(nl, nbuf)) continue;
-                kiln_bk_tensor w = {wb, 0, t->id, 0, {K, N}, row};
+                kiln_bk_tensor w = {wb, 0, t->id, layout, {K, N}, row};
                 kiln_bk_tensor x = {xb, 0, 0, 0, {K, n}, (uint64_t)K * 4};
                 kiln_bk_tensor y = {yb, 0, 0, 0, {N, n}, (uint64_t)N * 4};
                 int r = n >= 512 ? reps / 5 + 1 : reps;

@@ -107,7 +107,9 @@ typedef struct kiln_bk_tensor {
     kiln_bk_buffer *buf;
     uint64_t offset;         /* bytes from the start of buf */
     int32_t type;            /* a ggml type id (KILN_TYPE_* in lib/quant.h) */
-    int32_t reserved;
+    int32_t layout;          /* 0: the GGUF block layout; a weight that
+                                weight_prepare rearranged: the value it
+                                returned (meaningful to that backend only) */
     int64_t ne[2];           /* ne[0] elements per row, ne[1] rows */
     uint64_t row_stride;     /* bytes between rows */
 } kiln_bk_tensor;
@@ -270,6 +272,16 @@ typedef struct kiln_backend_iface {
     kiln_status (*rope_kv_store)(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                                  const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
                                  kiln_bk_buffer *v_cache, uint32_t kv_dim);
+
+    /* OPTIONAL: called by the core once per weight tensor right after its
+     * GGUF bytes were uploaded into a KILN_BK_BUF_WEIGHTS buffer (w->layout
+     * is 0). The backend may rearrange the tensor's bytes in place into a
+     * layout its kernels read faster, keeping its size, and returns in
+     * *layout what every later operation on that tensor will see in
+     * w->layout (0: left as it was). Tensors sharing bytes are prepared
+     * once. On failure the bytes may be half rearranged: the core frees the
+     * buffer. Absent: weights keep the GGUF layout. */
+    kiln_status (*weight_prepare)(kiln_bk_device *dev, const kiln_bk_tensor *w, int32_t *layout);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

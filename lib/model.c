@@ -248,8 +248,49 @@ static kiln_status pack_weight(kiln_model_split *sp, kiln_weight *w, void *user)
     return KILN_OK;
 }
 
+static kiln_status reset_layout(kiln_model_split *sp, kiln_weight *w, void *user) {
+    (void)sp, (void)user;
+    w->layout = 0;
+    return KILN_OK;
+}
+
+/* Weights already prepared (by offset in the split's copy: tied tensors
+ * share their bytes and must be rearranged once). */
+typedef struct prepared {
+    uint64_t *offset;
+    int32_t *layout;
+    uint32_t n, cap;
+} prepared;
+
+static kiln_status prepare_weight(kiln_model_split *sp, kiln_weight *w, void *user) {
+    prepared *p = user;
+    for (uint32_t i = 0; i < p->n; i++)
+        if (p->offset[i] == w->offset) {
+            w->layout = p->layout[i];
+            return KILN_OK;
+        }
+    if (p->n == p->cap) {
+        const uint32_t cap = p->cap ? 2 * p->cap : 64;
+        uint64_t *o = kiln_realloc(p->offset, cap * sizeof *o);
+        if (!o) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+        p->offset = o;
+        int32_t *l = kiln_realloc(p->layout, cap * sizeof *l);
+        if (!l) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+        p->layout = l;
+        p->cap = cap;
+    }
+    int32_t layout = 0;
+    kiln_status st = sp->bk->weight_prepare(sp->dev, w, &layout);
+    if (st) return st;
+    w->layout = layout;
+    p->offset[p->n] = w->offset;
+    p->layout[p->n++] = layout;
+    return KILN_OK;
+}
+
 kiln_status kiln_model_split_upload(kiln_model *m, uint32_t s) {
     kiln_model_split *sp = &m->splits[s];
+    (void)for_split_weights(m, s, reset_layout, NULL);
     size_t map_size;
     const uint8_t *data = kiln_gguf_base(m->gguf, &map_size) + kiln_gguf_data_offset(m->gguf);
     kiln_bk_buffer *buf = NULL;
@@ -265,6 +306,21 @@ kiln_status kiln_model_split_upload(kiln_model *m, uint32_t s) {
             st = sp->bk->buffer_upload(sp->dev, buf, c->dst + off, data + c->src + off, KILN_MIN(chunk, c->size - off));
     }
     if (st == KILN_OK) st = sp->bk->synchronize(sp->dev);
+    if (st == KILN_OK && KILN_BK_HAS(sp->bk, weight_prepare)) {
+        /* the backend's own layouts, on the uploaded bytes; the weights
+         * point at buf while it runs and go back below if it fails */
+        kiln_bk_buffer *old = sp->weights;
+        kiln_model_rebind_split(m, s, buf);
+        prepared p = {0};
+        st = for_split_weights(m, s, prepare_weight, &p);
+        if (st == KILN_OK) st = sp->bk->synchronize(sp->dev);
+        kiln_free(p.offset);
+        kiln_free(p.layout);
+        if (st) {
+            (void)for_split_weights(m, s, reset_layout, NULL);
+            kiln_model_rebind_split(m, s, old);
+        }
+    }
     if (st) {
         kiln_mem_buffer_free(sp->bk, buf);
         return kiln_error(st, "model: weight upload to %s:%d failed", sp->bk->name, sp->device_index);

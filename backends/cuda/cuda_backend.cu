@@ -293,6 +293,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
     {
         const char *v = getenv("KILN_CUDA_MMV");
         dev->mmv_variant = v ? atoi(v) : 0;
+        const char *lay = getenv("KILN_CUDA_LAYOUT");
+        dev->no_weight_layout = lay && strcmp(lay, "0") == 0;
         const char *pdl = getenv("KILN_CUDA_PDL");
         if (pdl && *pdl) kcu_pdl_mode = atoi(pdl);
         const char *pr = getenv("KILN_CUDA_PROFILE");
@@ -1079,6 +1081,7 @@ static const kiln_backend_iface cuda_iface = {
     kcu_add_rms_norm,
     kcu_matmul_multi,
     kcu_rope_kv_store,
+    kcu_weight_prepare,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

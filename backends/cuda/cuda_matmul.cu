@@ -55,7 +55,7 @@ static __global__ void __launch_bounds__(KCU_MMV_WARPS * 32)
             const int row = row0 + r;
             if (row >= N) break;
             float v[32];
-            kcu_dq32<T>(w + (uint64_t)row * ws, k0 / 32 + g, v);
+            kcu_dq32<T>(w + (uint64_t)row * ws, k0 / 32 + g, K / 32, v);
 #pragma unroll
             for (int t = 0; t < KCU_MMV_MAX; t++) {
                 if (t >= nt) break;
@@ -451,6 +451,105 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1, NT>(acc, y, ys, row, N, nt, lane);
 }
 
+/* One Q4_0 block's integer dot product from its 16 quant bytes (element j
+ * in the low nibble of byte j, element 16 + j in the high one) and its 32
+ * int8 x: sum (q - 8) x = sum q x - 8 sum x, exact in int32. */
+static __device__ __forceinline__ int kcu_q4_0_dot(const uint4 q, const int4 xa, const int4 xb) {
+    const uint32_t qw[4] = {q.x, q.y, q.z, q.w};
+    const int xl[4] = {xa.x, xa.y, xa.z, xa.w}, xh[4] = {xb.x, xb.y, xb.z, xb.w};
+    int s = 0, sx = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        s = __dp4a((int)(qw[i] & 0x0F0F0F0Fu), xl[i], s);
+        s = __dp4a((int)((qw[i] >> 4) & 0x0F0F0F0Fu), xh[i], s);
+        sx = __dp4a(0x01010101, xl[i], sx);
+        sx = __dp4a(0x01010101, xh[i], sx);
+    }
+    return s - 8 * sx;
+}
+
+/* Q4_0 in the split layout (KCU_LAYOUT_Q4_0_SPLIT) with int8 x: a warp per
+ * row, lane l takes whole blocks l, l + 32, ..., reading a block's quants
+ * with one 16-byte load and its scale with one 2-byte load, U blocks in
+ * flight (measured: U = 2, one warp per row, beat 1 and 4, two rows per
+ * warp and half-warp rows; bench/q4_0_layout.cu). Per token each lane adds
+ * its blocks in order, then the warp's lanes are summed: the same order
+ * whatever the number of tokens. */
+template <int U, int NT = KCU_MMV_MAX>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4_0s_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_pick(set);
+    const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= m.N) return;
+    const int nb = K / 32;
+    const uint8_t *wr = m.w + (uint64_t)row * m.ws;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int b0 = lane; b0 < nb; b0 += 32 * U) {
+        uint4 q[U];
+        float d[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 32 * u;
+            if (b < nb) {
+                q[u] = __ldg((const uint4 *)wr + b);
+                d[u] = __half2float(__ldg((const __half *)(wr + 16 * nb) + b));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 32 * u;
+            if (b >= nb) break;
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
+                const int4 xa = __ldg((const int4 *)xp), xb = __ldg((const int4 *)(xp + 16));
+                acc[t] = fmaf(d[u] * __ldg(xd + (uint64_t)t * nb + b), (float)kcu_q4_0_dot(q[u], xa, xb), acc[t]);
+            }
+        }
+    }
+    kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
+}
+
+/* Rearranges Q4_0 rows in place into the split layout: a block per row
+ * reads the whole row into shared memory, then writes it back. */
+static __global__ void q4_0_split_kernel(uint8_t *w, uint64_t ws, int nb) {
+    extern __shared__ __align__(16) uint8_t row_sm[];
+    uint8_t *row = w + (uint64_t)blockIdx.x * ws;
+    const int n16 = nb * 18 / 16;
+    for (int i = threadIdx.x; i < n16; i += blockDim.x) ((uint4 *)row_sm)[i] = ((const uint4 *)row)[i];
+    __syncthreads();
+    for (int b = threadIdx.x; b < nb; b += blockDim.x) {
+        const uint16_t *src = (const uint16_t *)(row_sm + 18 * b);
+        uint32_t q[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) q[i] = (uint32_t)src[1 + 2 * i] | ((uint32_t)src[2 + 2 * i] << 16);
+        ((uint4 *)row)[b] = make_uint4(q[0], q[1], q[2], q[3]);
+        ((uint16_t *)(row + 16 * nb))[b] = src[0];
+    }
+}
+
+kiln_status kcu_weight_prepare(kiln_bk_device *dev, const kiln_bk_tensor *w, int32_t *layout) {
+    *layout = KCU_LAYOUT_GGUF;
+    kiln_status st;
+    if ((st = kcu_use(dev))) return st;
+    /* KILN_CUDA_MMV variants benchmark the kernels of the GGUF layout */
+    if (w->type != KCU_Q4_0 || dev->mmv_variant != 0 || dev->no_weight_layout) return KILN_OK;
+    const int64_t K = w->ne[0], N = w->ne[1], nb = K / 32;
+    uint8_t *p = kcu_tensor_ptr(w);
+    if (K % 256 || w->row_stride != (uint64_t)nb * 18 || (uintptr_t)p % 16 || N <= 0 || N > 0x7fffffff ||
+        nb * 18 > 48 * 1024)
+        return KILN_OK;
+    if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: weight_prepare inside a graph");
+    kcu_launch(q4_0_split_kernel, (unsigned)N, 256, (size_t)nb * 18, dev->stream, p, w->row_stride, (int)nb);
+    KCU_LAUNCHED("weight_prepare (q4_0)");
+    *layout = KCU_LAYOUT_Q4_0_SPLIT;
+    return KILN_OK;
+}
+
 /* Byte k (0..11) of the 12 scale bytes held in three words, by selects
  * (an indexed register array would go to local memory). */
 static __device__ __forceinline__ int kcu_byte12(uint32_t s0, uint32_t s1, uint32_t s2, int k) {
@@ -614,7 +713,7 @@ static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n_groups; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / groups_per_row, g = i % groups_per_row;
         float v[32];
-        kcu_dq32<T>(w + (uint64_t)r * ws, g, v);
+        kcu_dq32<T>(w + (uint64_t)r * ws, g, groups_per_row, v);
         uint4 *o = (uint4 *)(dst + 32 * i); /* 64 bytes: four 16-byte stores */
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -651,8 +750,8 @@ kiln_status kcu_dequant_f16(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_
     case T_:                                                                                         \
         kcu_launch(dequant_f16_kernel<T_>, grid, 256, 0, dev->stream, wp, w->row_stride, gpr, total, dst);   \
         break;
-    switch (w->type) {
-        DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
+    switch (kcu_wtype(w)) {
+        DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_0S) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
         DQ(KCU_Q4_K) DQ(KCU_Q5_K) DQ(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
     }
@@ -697,6 +796,8 @@ static bool mmv_can_share(const kiln_bk_device *dev, uint32_t n, const kiln_bk_t
     if (type == KCU_F16) {
         const uintptr_t xp = (uintptr_t)kcu_tensor_ptr(x);
         if (xp % 16 || x->row_stride % 16 || K % 8 || (dev->mmv_variant >= 1 && dev->mmv_variant <= 3)) return false;
+    } else if (type == KCU_Q4_0 && w[0]->layout == KCU_LAYOUT_Q4_0_SPLIT) {
+        /* only this kernel reads the layout (prepared rows are aligned) */
     } else if (type == KCU_Q4_0 || type == KCU_Q8_0) {
         if (dev->mmv_variant == 4 || dev->mmv_variant == 5 || (K / 32) % 8) return false;
     } else if (type == KCU_Q4_K) {
@@ -707,7 +808,8 @@ static bool mmv_can_share(const kiln_bk_device *dev, uint32_t n, const kiln_bk_t
         return false;
     }
     for (uint32_t i = 0; i < n; i++)
-        if (w[i]->type != type || w[i]->ne[0] != K || (uintptr_t)kcu_tensor_ptr(w[i]) % 16 || w[i]->row_stride % 16)
+        if (w[i]->type != type || w[i]->layout != w[0]->layout || w[i]->ne[0] != K ||
+            (uintptr_t)kcu_tensor_ptr(w[i]) % 16 || w[i]->row_stride % 16)
             return false;
     return true;
 }
@@ -788,7 +890,10 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     const bool q4 = w[0]->type == KCU_Q4_0;
     /* one token: kernels with one accumulator (KILN_CUDA_MMV=13: not) */
     const bool one = nt == 1 && v != 13;
-    if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: 329-332 t/s vs 313 (four), 302 (one) */
+    if (w[0]->layout == KCU_LAYOUT_Q4_0_SPLIT) {
+        if (one) kcu_launch(mmv_q4_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        else kcu_launch(mmv_q4_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    } else if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: 329-332 t/s vs 313 (four), 302 (one) */
         kcu_launch(mmv_q4k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (one && w[0]->type == KCU_Q6_K)
         kcu_launch(mmv_q6k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
@@ -868,8 +973,8 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
             cudaFuncSetAttribute(mmv_kernel<T_>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem); \
         kcu_launch(mmv_kernel<T_>, grid, KCU_MMV_WARPS * 32, smem, dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, K, nt); \
         break;
-    switch (w->type) {
-        MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
+    switch (kcu_wtype(w)) {
+        MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_0S) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
         MMV(KCU_Q4_K) MMV(KCU_Q5_K) MMV(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
     }

@@ -25,7 +25,7 @@ static __global__ void get_rows_kernel(const uint8_t *table, uint64_t rs, const 
     float *y = dst + r * ds;
     for (int64_t g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += (int64_t)gridDim.x * blockDim.x) {
         float v[32];
-        kcu_dq32<T>(row, g, v);
+        kcu_dq32<T>(row, g, groups, v);
 #pragma unroll
         for (int i = 0; i < 32; i++) y[32 * g + i] = v[i];
     }
@@ -89,8 +89,8 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
         kcu_launch(get_rows_kernel<T_>, grid, 128, 0, dev->stream, tp, table->row_stride, (const int32_t *)d_ids, dp, ds, \
                                                            groups);                                              \
         break;
-    switch (table->type) {
-        GR(KCU_F32) GR(KCU_F16) GR(KCU_BF16) GR(KCU_Q4_0) GR(KCU_Q4_1) GR(KCU_Q5_0) GR(KCU_Q5_1) GR(KCU_Q8_0)
+    switch (kcu_wtype(table)) {
+        GR(KCU_F32) GR(KCU_F16) GR(KCU_BF16) GR(KCU_Q4_0) GR(KCU_Q4_0S) GR(KCU_Q4_1) GR(KCU_Q5_0) GR(KCU_Q5_1) GR(KCU_Q8_0)
         GR(KCU_Q4_K) GR(KCU_Q5_K) GR(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda get_rows: type %d", table->type);
     }

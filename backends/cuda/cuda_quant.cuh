@@ -8,7 +8,7 @@
  *
  * Alignment: every block size is even and tensors start 32-byte aligned,
  * so 16-bit loads are always aligned; wider fields are read 16 bits at a
- * time.
+ * time (the split Q4_0 layout keeps quants 16-byte aligned: one load).
  */
 #ifndef KILN_CUDA_QUANT_CUH
 #define KILN_CUDA_QUANT_CUH
@@ -41,16 +41,16 @@ static __device__ __forceinline__ void kcu_q4k_scale_min(const uint8_t *s, int j
     }
 }
 
-/* Group g of a row starting at `row`, into y[32]. */
-template <int T> static __device__ __forceinline__ void kcu_dq32(const uint8_t *row, int64_t g, float *y);
+/* Group g of a row starting at `row` (ng groups per row), into y[32]. */
+template <int T> static __device__ __forceinline__ void kcu_dq32(const uint8_t *row, int64_t g, int64_t ng, float *y);
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_F32>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_F32>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const float *p = (const float *)row + 32 * g;
 #pragma unroll
     for (int i = 0; i < 32; i++) y[i] = p[i];
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_F16>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_F16>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const __half2 *p = (const __half2 *)row + 16 * g;
 #pragma unroll
     for (int i = 0; i < 16; i++) {
@@ -60,13 +60,13 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_F16>(const uint8_t *row
     }
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_BF16>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_BF16>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint16_t *p = (const uint16_t *)row + 32 * g;
 #pragma unroll
     for (int i = 0; i < 32; i++) y[i] = __uint_as_float((uint32_t)p[i] << 16);
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 18 * g;
     const float d = kcu_h(b);
     uint32_t w[4];
@@ -79,7 +79,21 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0>(const uint8_t *ro
     }
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_1>(const uint8_t *row, int64_t g, float *y) {
+/* Q4_0 in this backend's split layout (KCU_LAYOUT_Q4_0_SPLIT): the 16
+ * quant bytes of block g at 16 g, its scale at 16 ng + 2 g. */
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0S>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
+    const float d = kcu_h(row + 16 * ng + 2 * g);
+    const uint4 q = *(const uint4 *)(row + 16 * g);
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const int b = (w[j / 4] >> (8 * (j % 4))) & 0xFF;
+        y[j] = (float)((b & 0xF) - 8) * d;
+        y[j + 16] = (float)((b >> 4) - 8) * d;
+    }
+}
+
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_1>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 20 * g;
     const float d = kcu_h(b), m = kcu_h(b + 2);
     uint32_t w[4];
@@ -92,7 +106,7 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_1>(const uint8_t *ro
     }
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_0>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_0>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 22 * g;
     const float d = kcu_h(b);
     const uint32_t qh = kcu_u32(b + 2);
@@ -108,7 +122,7 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_0>(const uint8_t *ro
     }
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_1>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_1>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 24 * g;
     const float d = kcu_h(b), m = kcu_h(b + 2);
     const uint32_t qh = kcu_u32(b + 4);
@@ -124,7 +138,7 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_1>(const uint8_t *ro
     }
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q8_0>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q8_0>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 34 * g;
     const float d = kcu_h(b);
     uint32_t w[8];
@@ -134,7 +148,7 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q8_0>(const uint8_t *ro
     for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)((w[j / 4] >> (8 * (j % 4))) & 0xFF) * d;
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_K>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_K>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 144 * (g / 8);
     const int j = (int)(g % 8), c = j / 2;
     const float d = kcu_h(b), dmin = kcu_h(b + 2);
@@ -149,7 +163,7 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_K>(const uint8_t *ro
     for (int l = 0; l < 32; l++) y[l] = d1 * (float)((w[l / 4] >> (8 * (l % 4) + shift)) & 0xF) - m1;
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_K>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_K>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 176 * (g / 8);
     const int j = (int)(g % 8), c = j / 2;
     const float d = kcu_h(b), dmin = kcu_h(b + 2);
@@ -170,7 +184,7 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_K>(const uint8_t *ro
     }
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q6_K>(const uint8_t *row, int64_t g, float *y) {
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q6_K>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const uint8_t *b = row + 210 * (g / 8);
     const int j = (int)(g % 8), hf = j / 4, qd = j % 4;
     const float d = kcu_h(b + 208);
