@@ -36,27 +36,24 @@
 enum {
     KCU_F32 = 0, KCU_F16 = 1, KCU_Q4_0 = 2, KCU_Q4_1 = 3, KCU_Q5_0 = 6, KCU_Q5_1 = 7,
     KCU_Q8_0 = 8, KCU_Q4_K = 12, KCU_Q5_K = 13, KCU_Q6_K = 14, KCU_BF16 = 30,
-    /* not a ggml id: Q4_0 weights in the split layout below */
-    KCU_Q4_0S = 1002
+    /* not ggml ids: Q4_0 and Q8_0 weights in the split layout below */
+    KCU_Q4_0S = 1002, KCU_Q8_0S = 1008
 };
 
 /* Weight layouts of this backend (kiln_bk_tensor.layout, set by
- * weight_prepare). KCU_LAYOUT_Q4_0_SPLIT: each row of nb Q4_0 blocks is
- * stored as the nb 16-byte quant arrays, then the nb F16 scales (the same
- * 18 nb bytes): a lane reads a block's quants with one aligned 16-byte
- * load instead of staging the row through shared memory (decode products
- * 1.3-1.7x faster alone, bench/NOTES.md). Rows must start 16-byte aligned
- * (nb a multiple of 8). */
-enum { KCU_LAYOUT_GGUF = 0, KCU_LAYOUT_Q4_0_SPLIT = 1 };
+ * weight_prepare). KCU_LAYOUT_SPLIT (Q4_0, Q8_0): each row of nb blocks is
+ * stored as the nb quant arrays (16 or 32 bytes each), then the nb F16
+ * scales (the same bytes as the GGUF blocks): a lane reads a block's
+ * quants with aligned 16-byte loads instead of staging the row through
+ * shared memory (Q4_0 decode products 1.3-1.7x faster alone,
+ * bench/NOTES.md). Rows must start 16-byte aligned (nb a multiple of 8). */
+enum { KCU_LAYOUT_GGUF = 0, KCU_LAYOUT_SPLIT = 1 };
 
 /* The type the kernels decode: the ggml type, or its split-layout id. */
 static inline int32_t kcu_wtype(const kiln_bk_tensor *t) {
-    return t->type == KCU_Q4_0 && t->layout == KCU_LAYOUT_Q4_0_SPLIT ? (int32_t)KCU_Q4_0S : t->type;
+    if (t->layout != KCU_LAYOUT_SPLIT) return t->type;
+    return t->type == KCU_Q4_0 ? (int32_t)KCU_Q4_0S : t->type == KCU_Q8_0 ? (int32_t)KCU_Q8_0S : t->type;
 }
-
-/* Bytes of one block and elements per block of a type; 0 if unsupported. */
-int kcu_type_block_bytes(int32_t type);
-int kcu_type_block_elems(int32_t type);
 
 /* Host memory through the core's allocator (zeroed) and back. */
 void *kcu_calloc(size_t n);
@@ -285,8 +282,8 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
                        kiln_bk_tensor *dst);
 kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
                              const kiln_bk_tensor *x, kiln_bk_tensor *const *dst);
-/* iface weight_prepare: Q4_0 weights whose rows allow it go to the split
- * layout (KCU_LAYOUT_Q4_0_SPLIT); everything else stays as uploaded. */
+/* iface weight_prepare: Q4_0 and Q8_0 weights whose rows allow it go to
+ * the split layout (KCU_LAYOUT_SPLIT); everything else stays as uploaded. */
 kiln_status kcu_weight_prepare(kiln_bk_device *dev, const kiln_bk_tensor *w, int32_t *layout);
 kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                               const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,

@@ -468,11 +468,11 @@ static __device__ __forceinline__ int kcu_q4_0_dot(const uint4 q, const int4 xa,
     return s - 8 * sx;
 }
 
-/* Q4_0 in the split layout (KCU_LAYOUT_Q4_0_SPLIT) with int8 x: a warp per
+/* Q4_0 in the split layout (KCU_LAYOUT_SPLIT) with int8 x: a warp per
  * row, lane l takes whole blocks l, l + 32, ..., reading a block's quants
  * with one 16-byte load and its scale with one 2-byte load, U blocks in
  * flight (measured: U = 2, one warp per row, beat 1 and 4, two rows per
- * warp and half-warp rows; bench/q4_0_layout.cu). Per token each lane adds
+ * warp and half-warp rows; bench/decode_kernels.cu). Per token each lane adds
  * its blocks in order, then the warp's lanes are summed: the same order
  * whatever the number of tokens. */
 template <int U, int NT = KCU_MMV_MAX>
@@ -514,21 +514,73 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
 }
 
-/* Rearranges Q4_0 rows in place into the split layout: a block per row
- * reads the whole row into shared memory, then writes it back. */
-static __global__ void q4_0_split_kernel(uint8_t *w, uint64_t ws, int nb) {
+/* Q8_0 in the split layout: as mmv_q4_0s_kernel, a block's 32 quants in
+ * two 16-byte loads. */
+template <int U, int NT = KCU_MMV_MAX>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q8_0s_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_pick(set);
+    const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
+    if (row >= m.N) return;
+    const int nb = K / 32;
+    const uint8_t *wr = m.w + (uint64_t)row * m.ws;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int b0 = lane; b0 < nb; b0 += 32 * U) {
+        int4 q[U][2];
+        float d[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 32 * u;
+            if (b < nb) {
+                q[u][0] = __ldg((const int4 *)wr + 2 * b);
+                q[u][1] = __ldg((const int4 *)wr + 2 * b + 1);
+                d[u] = __half2float(__ldg((const __half *)(wr + 32 * nb) + b));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = b0 + 32 * u;
+            if (b >= nb) break;
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
+                const int4 xa = __ldg((const int4 *)xp), xb = __ldg((const int4 *)(xp + 16));
+                int sum = __dp4a(q[u][0].x, xa.x, 0);
+                sum = __dp4a(q[u][0].y, xa.y, sum);
+                sum = __dp4a(q[u][0].z, xa.z, sum);
+                sum = __dp4a(q[u][0].w, xa.w, sum);
+                sum = __dp4a(q[u][1].x, xb.x, sum);
+                sum = __dp4a(q[u][1].y, xb.y, sum);
+                sum = __dp4a(q[u][1].z, xb.z, sum);
+                sum = __dp4a(q[u][1].w, xb.w, sum);
+                acc[t] = fmaf(d[u] * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
+            }
+        }
+    }
+    kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
+}
+
+/* Rearranges rows of nb blocks of BB bytes (an F16 scale, then BB - 2
+ * bytes of quants) in place into the split layout: a block per row reads
+ * the whole row into shared memory, then writes it back. */
+template <int BB>
+static __global__ void split_layout_kernel(uint8_t *w, uint64_t ws, int nb) {
+    constexpr int QB = BB - 2, QW = QB / 4;
     extern __shared__ __align__(16) uint8_t row_sm[];
     uint8_t *row = w + (uint64_t)blockIdx.x * ws;
-    const int n16 = nb * 18 / 16;
+    const int n16 = nb * BB / 16;
     for (int i = threadIdx.x; i < n16; i += blockDim.x) ((uint4 *)row_sm)[i] = ((const uint4 *)row)[i];
     __syncthreads();
     for (int b = threadIdx.x; b < nb; b += blockDim.x) {
-        const uint16_t *src = (const uint16_t *)(row_sm + 18 * b);
-        uint32_t q[4];
+        const uint16_t *src = (const uint16_t *)(row_sm + BB * b);
+        uint32_t *dst = (uint32_t *)(row + QB * b);
 #pragma unroll
-        for (int i = 0; i < 4; i++) q[i] = (uint32_t)src[1 + 2 * i] | ((uint32_t)src[2 + 2 * i] << 16);
-        ((uint4 *)row)[b] = make_uint4(q[0], q[1], q[2], q[3]);
-        ((uint16_t *)(row + 16 * nb))[b] = src[0];
+        for (int i = 0; i < QW; i++) dst[i] = (uint32_t)src[1 + 2 * i] | ((uint32_t)src[2 + 2 * i] << 16);
+        ((uint16_t *)(row + QB * nb))[b] = src[0];
     }
 }
 
@@ -537,16 +589,21 @@ kiln_status kcu_weight_prepare(kiln_bk_device *dev, const kiln_bk_tensor *w, int
     kiln_status st;
     if ((st = kcu_use(dev))) return st;
     /* KILN_CUDA_MMV variants benchmark the kernels of the GGUF layout */
-    if (w->type != KCU_Q4_0 || dev->mmv_variant != 0 || dev->no_weight_layout) return KILN_OK;
+    if ((w->type != KCU_Q4_0 && w->type != KCU_Q8_0) || dev->mmv_variant != 0 || dev->no_weight_layout)
+        return KILN_OK;
+    const int bb = w->type == KCU_Q4_0 ? 18 : 34;
     const int64_t K = w->ne[0], N = w->ne[1], nb = K / 32;
     uint8_t *p = kcu_tensor_ptr(w);
-    if (K % 256 || w->row_stride != (uint64_t)nb * 18 || (uintptr_t)p % 16 || N <= 0 || N > 0x7fffffff ||
-        nb * 18 > 48 * 1024)
+    if (K % 256 || w->row_stride != (uint64_t)nb * bb || (uintptr_t)p % 16 || N <= 0 || N > 0x7fffffff ||
+        nb * bb > 48 * 1024)
         return KILN_OK;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: weight_prepare inside a graph");
-    kcu_launch(q4_0_split_kernel, (unsigned)N, 256, (size_t)nb * 18, dev->stream, p, w->row_stride, (int)nb);
-    KCU_LAUNCHED("weight_prepare (q4_0)");
-    *layout = KCU_LAYOUT_Q4_0_SPLIT;
+    if (w->type == KCU_Q4_0)
+        kcu_launch(split_layout_kernel<18>, (unsigned)N, 256, (size_t)nb * 18, dev->stream, p, w->row_stride, (int)nb);
+    else
+        kcu_launch(split_layout_kernel<34>, (unsigned)N, 256, (size_t)nb * 34, dev->stream, p, w->row_stride, (int)nb);
+    KCU_LAUNCHED("weight_prepare");
+    *layout = KCU_LAYOUT_SPLIT;
     return KILN_OK;
 }
 
@@ -751,7 +808,7 @@ kiln_status kcu_dequant_f16(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_
         kcu_launch(dequant_f16_kernel<T_>, grid, 256, 0, dev->stream, wp, w->row_stride, gpr, total, dst);   \
         break;
     switch (kcu_wtype(w)) {
-        DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_0S) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
+        DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_0S) DQ(KCU_Q8_0S) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
         DQ(KCU_Q4_K) DQ(KCU_Q5_K) DQ(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
     }
@@ -796,8 +853,8 @@ static bool mmv_can_share(const kiln_bk_device *dev, uint32_t n, const kiln_bk_t
     if (type == KCU_F16) {
         const uintptr_t xp = (uintptr_t)kcu_tensor_ptr(x);
         if (xp % 16 || x->row_stride % 16 || K % 8 || (dev->mmv_variant >= 1 && dev->mmv_variant <= 3)) return false;
-    } else if (type == KCU_Q4_0 && w[0]->layout == KCU_LAYOUT_Q4_0_SPLIT) {
-        /* only this kernel reads the layout (prepared rows are aligned) */
+    } else if ((type == KCU_Q4_0 || type == KCU_Q8_0) && w[0]->layout == KCU_LAYOUT_SPLIT) {
+        /* only these kernels read the layout (prepared rows are aligned) */
     } else if (type == KCU_Q4_0 || type == KCU_Q8_0) {
         if (dev->mmv_variant == 4 || dev->mmv_variant == 5 || (K / 32) % 8) return false;
     } else if (type == KCU_Q4_K) {
@@ -890,9 +947,12 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     const bool q4 = w[0]->type == KCU_Q4_0;
     /* one token: kernels with one accumulator (KILN_CUDA_MMV=13: not) */
     const bool one = nt == 1 && v != 13;
-    if (w[0]->layout == KCU_LAYOUT_Q4_0_SPLIT) {
+    if (w[0]->layout == KCU_LAYOUT_SPLIT && q4) {
         if (one) kcu_launch(mmv_q4_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_q4_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    } else if (w[0]->layout == KCU_LAYOUT_SPLIT) {
+        if (one) kcu_launch(mmv_q8_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        else kcu_launch(mmv_q8_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: 329-332 t/s vs 313 (four), 302 (one) */
         kcu_launch(mmv_q4k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (one && w[0]->type == KCU_Q6_K)
@@ -974,7 +1034,7 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
         kcu_launch(mmv_kernel<T_>, grid, KCU_MMV_WARPS * 32, smem, dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, K, nt); \
         break;
     switch (kcu_wtype(w)) {
-        MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_0S) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
+        MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_0S) MMV(KCU_Q8_0S) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
         MMV(KCU_Q4_K) MMV(KCU_Q5_K) MMV(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
     }

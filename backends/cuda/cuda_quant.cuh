@@ -79,7 +79,7 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0>(const uint8_t *ro
     }
 }
 
-/* Q4_0 in this backend's split layout (KCU_LAYOUT_Q4_0_SPLIT): the 16
+/* Q4_0 in this backend's split layout (KCU_LAYOUT_SPLIT): the 16
  * quant bytes of block g at 16 g, its scale at 16 ng + 2 g. */
 template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0S>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const float d = kcu_h(row + 16 * ng + 2 * g);
@@ -91,6 +91,15 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0S>(const uint8_t *r
         y[j] = (float)((b & 0xF) - 8) * d;
         y[j + 16] = (float)((b >> 4) - 8) * d;
     }
+}
+
+/* Q8_0 in the split layout: block g's 32 quants at 32 g, its scale at
+ * 32 ng + 2 g. */
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q8_0S>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
+    const float d = kcu_h(row + 32 * ng + 2 * g);
+    const int8_t *q = (const int8_t *)(row + 32 * g);
+#pragma unroll
+    for (int j = 0; j < 32; j++) y[j] = (float)q[j] * d;
 }
 
 template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_1>(const uint8_t *row, int64_t g, int64_t ng, float *y) {

@@ -2,9 +2,9 @@
 # test/device/ops.sh - the decode products alone, on CUDA and Vulkan, on a
 # GPU machine, given a tree built elsewhere (carry KILN_BUILD, default
 # build-device, made with `bash test/device/vulkan.sh --pack build-device`,
-# plus build-device/bench/{backend_ops,q4_0_layout}, and .gl/ for the
+# plus build-device/bench/{backend_ops,decode_kernels}, and .gl/ for the
 # Vulkan loader):
-#   1. bench/q4_0_layout (Q4_0 decode kernels over the GGUF layout and over
+#   1. bench/decode_kernels (Q4_0 decode kernels over the GGUF layout and over
 #      a layout with quants and scales apart), if built;
 #   2. bench/backend_ops on libkiln-cuda.so and libkiln-vulkan.so, one
 #      token and 8 (BENCH_TYPES, default f16,q4_0,q8_0,q4_k,q6_k);
@@ -25,9 +25,9 @@ nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ] && export VK_DRIVER_FILES=$nv_icd
 export KILN_BACKEND_PATH=$build
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$out/gpu.txt"
-if [ -x "$build/bench/q4_0_layout" ]; then
-    echo "== q4_0_layout"
-    "$build/bench/q4_0_layout" "${KILN_OPS_REPS:-200}" 2>&1 | tee "$out/layout.txt"
+if [ -x "$build/bench/decode_kernels" ]; then
+    echo "== decode_kernels"
+    "$build/bench/decode_kernels" "${KILN_OPS_REPS:-200}" 2>&1 | tee "$out/layout.txt"
 fi
 types=${BENCH_TYPES:-f16,q4_0,q8_0,q4_k,q6_k}
 for lib in cuda vulkan; do

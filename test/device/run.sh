@@ -6,7 +6,8 @@
 # Run from the repository root on the GPU machine:
 #   KILN_SHARED=devdata/shared bash test/device/run.sh [steps...]
 # steps (default: build ref life bench): build, attn, ref, life, san, bench, mem,
-# report (memory report vs cudaMemGetInfo), opsv (int8 decode kernel variants)
+# report (memory report vs cudaMemGetInfo), opsv (int8 decode kernel variants),
+# layout (Q4_0/Q8_0 in the backend's layout: greedy text vs CPU and GGUF layout)
 # (cudaMemGetInfo baseline and out-of-memory), ops (matmul timings on
 # synthetic 7B shapes), big (random 7B-shaped models; needs the generator),
 # pin (two GPUs: device pinning with GPU 0 nearly full), split (two GPUs:
@@ -212,6 +213,22 @@ if has bench; then
         build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 3 | tee -a "$OUT/bench.log"
     done
     note "bench: see above"
+fi
+
+if has layout; then  # weights in the backend's own layout (Q4_0, Q8_0): greedy text vs CPU and vs the GGUF layout
+    src=$KILN_SHARED/models/tiny-draft-f16.gguf
+    for t in q8_0 q4_0; do
+        f=/tmp/layout-$t.gguf
+        build/bin/kiln-quantize -q --pure "$src" "$f" "$t" >"$OUT/layout-$t.log" 2>&1 || { note "layout $t: no model"; continue; }
+        run_text() { local e=$1; shift; env "$e" build/bin/kiln-run -m "$f" -p "The quick brown fox" -n 64 --temp 0 "$@" 2>/dev/null; }
+        cpu=$(run_text KILN_X=0 --backend cpu)
+        cuda=$(run_text KILN_X=0 --backend cuda)
+        gguf=$(run_text KILN_CUDA_LAYOUT=0 --backend cuda)
+        printf 'cpu:  %s\ncuda: %s\ngguf: %s\n' "$cpu" "$cuda" "$gguf" | tee -a "$OUT/layout-$t.log"
+        if [ -n "$cuda" ] && [ "$cuda" = "$cpu" ] && [ "$cuda" = "$gguf" ]; then note "layout $t: greedy text cuda = cpu = cuda GGUF layout"
+        else note "layout $t: greedy texts DIFFER (see layout-$t.log)"; fi
+        rm -f "$f"
+    done
 fi
 
 if has big; then

@@ -1,6 +1,9 @@
 /*
- * bench/q4_0_layout.cu - does the Q4_0 decode product read faster from a
- * device layout with the quants of a row apart from its scales?
+ * bench/decode_kernels.cu - decode (one token) matrix-vector kernels alone,
+ * on the 7B shapes, weights out of L2.
+ *
+ * 1. Does the Q4_0 decode product read faster from a device layout with
+ *    the quants of a row apart from its scales?
  *
  * A GGUF Q4_0 block is 18 bytes (an F16 scale, then 16 bytes of nibbles), so
  * a lane cannot read a block's quants with one aligned 16-byte load; kiln's
@@ -11,8 +14,12 @@
  * 2.7+ TB/s. Measures both on the 7B decode shapes (one token, int8 x),
  * with enough weight copies cycled that L2 holds none of them, and checks
  * both against a float64 host product.
+ * 2. F16: kiln's kernel (two rows per warp) against one row per warp and
+ *    split-K (S warps of a block share a row, each over a contiguous
+ *    1/S of it, parts added in order through shared memory), for the
+ *    shapes where it stays under 2.3 TB/s (o, q/k/v, down).
  *
- *   nvcc -O3 -arch=sm_90a bench/q4_0_layout.cu -o build/bench/q4_0_layout
+ *   nvcc -O3 -arch=sm_90a bench/decode_kernels.cu -o build/bench/decode_kernels
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -221,6 +228,74 @@ __global__ void __launch_bounds__(WARPS * 32) f16k(const uint8_t *w, uint64_t ws
     }
 }
 
+/* F16, S warps per row (split-K), R rows per warp, U 16-byte loads per
+ * lane and row in flight. */
+template <int S, int R, int U>
+__global__ void __launch_bounds__(WARPS * 32) f16s(const uint8_t *w, uint64_t ws, const float *x, float *y, int N,
+                                                   int K) {
+    __shared__ float part[WARPS][R];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, p = warp % S;
+    const int row0 = (blockIdx.x * (WARPS / S) + warp / S) * R;
+    const int K8 = K / 8, i_lo = (int)((int64_t)K8 * p / S), i_hi = (int)((int64_t)K8 * (p + 1) / S);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.0f;
+    if (row0 < N)
+        for (int i0 = i_lo + lane; i0 < i_hi; i0 += 32 * U) {
+            uint4 wv[U][R];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const int i = i0 + 32 * u;
+                    wv[u][r] = i < i_hi && row0 + r < N ? __ldg((const uint4 *)(w + (uint64_t)(row0 + r) * ws) + i)
+                                                        : make_uint4(0, 0, 0, 0);
+                }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int i = i0 + 32 * u;
+                if (i >= i_hi) break;
+                const float4 a = __ldg((const float4 *)x + 2 * i), b = __ldg((const float4 *)x + 2 * i + 1);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const __half2 *h = (const __half2 *)&wv[u][r];
+                    const float2 f0 = __half22float2(h[0]), f1 = __half22float2(h[1]);
+                    const float2 f2 = __half22float2(h[2]), f3 = __half22float2(h[3]);
+                    float s = f0.x * a.x;
+                    s = fmaf(f0.y, a.y, s);
+                    s = fmaf(f1.x, a.z, s);
+                    s = fmaf(f1.y, a.w, s);
+                    s = fmaf(f2.x, b.x, s);
+                    s = fmaf(f2.y, b.y, s);
+                    s = fmaf(f3.x, b.z, s);
+                    s = fmaf(f3.y, b.w, s);
+                    acc[r] += s;
+                }
+            }
+        }
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    if (S == 1) {
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (lane == 0 && row0 + r < N) y[row0 + r] = acc[r];
+        return;
+    }
+    if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++) part[warp][r] = acc[r];
+    __syncthreads();
+    if (lane == 0 && p == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float v = part[warp][r];
+            for (int q = 1; q < S; q++) v += part[warp + q][r];
+            if (row0 + r < N) y[row0 + r] = v;
+        }
+}
+
+typedef void (*fkern)(const uint8_t *, uint64_t, const float *, float *, int, int);
+
 static uint64_t rng = 88172645463325252ull;
 static uint32_t rnd(void) {
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
@@ -292,11 +367,19 @@ int main(int argc, char **argv) {
         const uint64_t b16 = (uint64_t)K * N * 2;
         const int c16 = (int)(400e6 / b16) + 2;
         CK(cudaMalloc(&dw16, b16 * c16));
-        CK(cudaMemset(dw16, 0, b16 * c16));
+        {
+            std::vector<__half> hw((size_t)K * N);
+            for (auto &h : hw) h = __float2half(((int)(rnd() % 2001) - 1000) / 1000.0f);
+            for (int c = 0; c < c16; c++) CK(cudaMemcpy(dw16 + c * b16, hw.data(), b16, cudaMemcpyHostToDevice));
+        }
         CK(cudaMalloc(&dxq, K));
         CK(cudaMalloc(&dxd, nb * 4));
         CK(cudaMalloc(&dx, K * 4));
-        CK(cudaMemset(dx, 0, K * 4));
+        {
+            std::vector<float> hx(K);
+            for (auto &v : hx) v = ((int)(rnd() % 2001) - 1000) / 1000.0f;
+            CK(cudaMemcpy(dx, hx.data(), K * 4, cudaMemcpyHostToDevice));
+        }
         CK(cudaMalloc(&dy, N * 4));
         CK(cudaMemcpy(dxq, xq.data(), K, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dxd, xd.data(), nb * 4, cudaMemcpyHostToDevice));
@@ -331,17 +414,35 @@ int main(int argc, char **argv) {
             printf("| %s | %dx%d | %s | %.2f | %.0f | %.1e |\n", sh.what, K, N, k.name, us, bytes / us / 1e3,
                    err / mag);
         }
-        {
-            const unsigned grid = (N + 2 * WARPS - 1) / (2 * WARPS);
-            for (int i = 0; i < c16; i++) f16k<<<grid, WARPS * 32>>>(dw16 + i * b16, K * 2, dx, dy, N, K);
+        struct fv { const char *name; fkern k; int rows_per_block; } fs[] = {
+            {"f16 R2 U2 (now)", f16k, 2 * WARPS},          {"f16 S1 R1 U2", f16s<1, 1, 2>, WARPS},
+            {"f16 S1 R1 U4", f16s<1, 1, 4>, WARPS},        {"f16 S1 R2 U2", f16s<1, 2, 2>, 2 * WARPS},
+            {"f16 S2 R1 U2", f16s<2, 1, 2>, WARPS / 2},    {"f16 S2 R2 U2", f16s<2, 2, 2>, WARPS},
+            {"f16 S2 R1 U4", f16s<2, 1, 4>, WARPS / 2},    {"f16 S4 R1 U2", f16s<4, 1, 2>, 1},
+            {"f16 S4 R2 U2", f16s<4, 2, 2>, 2}};
+        std::vector<float> y0(N), y1(N);
+        for (const fv &f : fs) {
+            const unsigned grid = (N + f.rows_per_block - 1) / f.rows_per_block;
+            f.k<<<grid, WARPS * 32>>>(dw16, K * 2, dx, dy, N, K);
+            CK(cudaGetLastError());
+            for (int i = 0; i < c16; i++) f.k<<<grid, WARPS * 32>>>(dw16 + i * b16, K * 2, dx, dy, N, K);
             CK(cudaEventRecord(e0));
-            for (int i = 0; i < reps; i++) f16k<<<grid, WARPS * 32>>>(dw16 + (i % c16) * b16, K * 2, dx, dy, N, K);
+            for (int i = 0; i < reps; i++) f.k<<<grid, WARPS * 32>>>(dw16 + (i % c16) * b16, K * 2, dx, dy, N, K);
             CK(cudaEventRecord(e1));
             CK(cudaEventSynchronize(e1));
             float ms;
             CK(cudaEventElapsedTime(&ms, e0, e1));
             const double us = ms * 1e3 / reps;
-            printf("| %s | %dx%d | f16 R2 U2 (now) | %.2f | %.0f | |\n", sh.what, K, N, us, b16 / us / 1e3);
+            /* the last copy's result against the first kernel's */
+            CK(cudaMemcpy((&f == fs ? y0 : y1).data(), dy, N * 4, cudaMemcpyDeviceToHost));
+            double err = 0, mag = 0;
+            if (&f != fs)
+                for (int n = 0; n < N; n++) {
+                    err = fmax(err, fabs(y1[n] - y0[n]));
+                    mag = fmax(mag, fabs(y0[n]));
+                }
+            printf("| %s | %dx%d | %s | %.2f | %.0f | %.1e |\n", sh.what, K, N, f.name, us, b16 / us / 1e3,
+                   mag > 0 ? err / mag : 0.0);
         }
         cudaFree(dg);
         cudaFree(dsp);
