@@ -97,9 +97,10 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0S>(const uint8_t *r
  * 32 ng + 2 g. */
 template <> __device__ __forceinline__ void kcu_dq32<KCU_Q8_0S>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
     const float d = kcu_h(row + 32 * ng + 2 * g);
-    const int8_t *q = (const int8_t *)(row + 32 * g);
+    const uint4 a = *(const uint4 *)(row + 32 * g), b = *(const uint4 *)(row + 32 * g + 16);
+    const uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
-    for (int j = 0; j < 32; j++) y[j] = (float)q[j] * d;
+    for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)((w[j / 4] >> (8 * (j % 4))) & 0xFF) * d;
 }
 
 template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_1>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
