@@ -926,15 +926,14 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     const int nt = (int)x->ne[1], K = (int)w[0]->ne[0], v = dev->mmv_variant;
     unsigned grid = 0;
     if (w[0]->type == KCU_F16) {
-        /* one token (the decode step): one row per warp, one accumulator
-         * (alone, weights out of L2: 1.03-1.23x the two-row kernel on every
-         * 7B shape, bench/decode_kernels.cu); batches: 2 rows per warp share
-         * their x loads. A lane visits its 16-byte pieces in the same order
-         * in both, so a token's bits do not depend on the batch. */
-        const bool one = nt == 1 && v != 13;
-        const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * (one ? 1 : 2), &grid);
-        if (one)
-            kcu_launch(mmv_f16_kernel<2, 1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
+        /* 2 rows per warp, 2 load steps in flight: measured best on H100
+         * (one row per warp is 1.03-1.23x faster alone, bench/decode_kernels.cu,
+         * but 1% slower in the whole step: bench/NOTES.md) */
+        const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * 2, &grid);
+        /* one token (the decode step): a kernel with one accumulator per
+         * row (fewer registers, more warps in flight; the same sums) */
+        if (nt == 1 && v != 13)
+            kcu_launch(mmv_f16_kernel<2, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
                        (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
         else
             kcu_launch(mmv_f16_kernel<2, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
