@@ -36,23 +36,27 @@
 enum {
     KCU_F32 = 0, KCU_F16 = 1, KCU_Q4_0 = 2, KCU_Q4_1 = 3, KCU_Q5_0 = 6, KCU_Q5_1 = 7,
     KCU_Q8_0 = 8, KCU_Q4_K = 12, KCU_Q5_K = 13, KCU_Q6_K = 14, KCU_BF16 = 30,
-    /* not ggml ids: Q4_0 and Q8_0 weights in the split layout below */
-    KCU_Q4_0S = 1002, KCU_Q8_0S = 1008
+    /* not ggml ids: Q4_0, Q8_0 and Q6_K weights in the split layout below */
+    KCU_Q4_0S = 1002, KCU_Q8_0S = 1008, KCU_Q6_KS = 1014
 };
 
 /* Weight layouts of this backend (kiln_bk_tensor.layout, set by
- * weight_prepare). KCU_LAYOUT_SPLIT (Q4_0, Q8_0): each row of nb blocks is
- * stored as the nb quant arrays (16 or 32 bytes each), then the nb F16
- * scales (the same bytes as the GGUF blocks): a lane reads a block's
- * quants with aligned 16-byte loads instead of staging the row through
- * shared memory (Q4_0 decode products 1.3-1.7x faster alone,
+ * weight_prepare). KCU_LAYOUT_SPLIT (Q4_0, Q8_0, Q6_K): each row of nb
+ * blocks is stored as the nb blocks without their F16 scale d (Q4_0's and
+ * Q8_0's 16 or 32 quant bytes, Q6_K's 208 bytes of ql, qh and scales, in
+ * block order), then the nb d (the same bytes as the GGUF blocks): a lane
+ * reads a block with aligned 16-byte loads instead of staging the row
+ * through shared memory (Q4_0 decode products 1.3-1.7x faster alone,
  * bench/NOTES.md). Rows must start 16-byte aligned (nb a multiple of 8). */
 enum { KCU_LAYOUT_GGUF = 0, KCU_LAYOUT_SPLIT = 1 };
 
 /* The type the kernels decode: the ggml type, or its split-layout id. */
 static inline int32_t kcu_wtype(const kiln_bk_tensor *t) {
     if (t->layout != KCU_LAYOUT_SPLIT) return t->type;
-    return t->type == KCU_Q4_0 ? (int32_t)KCU_Q4_0S : t->type == KCU_Q8_0 ? (int32_t)KCU_Q8_0S : t->type;
+    return t->type == KCU_Q4_0   ? (int32_t)KCU_Q4_0S
+           : t->type == KCU_Q8_0 ? (int32_t)KCU_Q8_0S
+           : t->type == KCU_Q6_K ? (int32_t)KCU_Q6_KS
+                                 : t->type;
 }
 
 /* Host memory through the core's allocator (zeroed) and back. */
@@ -282,8 +286,8 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
                        kiln_bk_tensor *dst);
 kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
                              const kiln_bk_tensor *x, kiln_bk_tensor *const *dst);
-/* iface weight_prepare: Q4_0 and Q8_0 weights whose rows allow it go to
- * the split layout (KCU_LAYOUT_SPLIT); everything else stays as uploaded. */
+/* iface weight_prepare: Q4_0, Q8_0 and Q6_K weights whose rows allow it
+ * go to the split layout (KCU_LAYOUT_SPLIT); the rest stays as uploaded. */
 kiln_status kcu_weight_prepare(kiln_bk_device *dev, const kiln_bk_tensor *w, int32_t *layout);
 kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                               const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,

@@ -564,12 +564,13 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
 }
 
-/* Rearranges rows of nb blocks of BB bytes (an F16 scale, then BB - 2
- * bytes of quants) in place into the split layout: a block per row reads
- * the whole row into shared memory, then writes it back. */
-template <int BB>
+/* Rearranges rows of nb blocks of BB bytes in place into the split layout:
+ * each block's BB - 2 bytes other than its F16 scale (at byte DOFF of the
+ * block), in order, at (BB - 2) b, then the nb scales. A block per row
+ * reads the whole row into shared memory, then writes it back. */
+template <int BB, int DOFF>
 static __global__ void split_layout_kernel(uint8_t *w, uint64_t ws, int nb) {
-    constexpr int QB = BB - 2, QW = QB / 4;
+    constexpr int QB = BB - 2, QW = QB / 4, D16 = DOFF / 2;
     extern __shared__ __align__(16) uint8_t row_sm[];
     uint8_t *row = w + (uint64_t)blockIdx.x * ws;
     const int n16 = nb * BB / 16;
@@ -579,8 +580,11 @@ static __global__ void split_layout_kernel(uint8_t *w, uint64_t ws, int nb) {
         const uint16_t *src = (const uint16_t *)(row_sm + BB * b);
         uint32_t *dst = (uint32_t *)(row + QB * b);
 #pragma unroll
-        for (int i = 0; i < QW; i++) dst[i] = (uint32_t)src[1 + 2 * i] | ((uint32_t)src[2 + 2 * i] << 16);
-        ((uint16_t *)(row + QB * nb))[b] = src[0];
+        for (int i = 0; i < QW; i++) {
+            const int h0 = 2 * i < D16 ? 2 * i : 2 * i + 1, h1 = 2 * i + 1 < D16 ? 2 * i + 1 : 2 * i + 2;
+            dst[i] = (uint32_t)src[h0] | ((uint32_t)src[h1] << 16);
+        }
+        ((uint16_t *)(row + QB * nb))[b] = src[D16];
     }
 }
 
@@ -589,19 +593,24 @@ kiln_status kcu_weight_prepare(kiln_bk_device *dev, const kiln_bk_tensor *w, int
     kiln_status st;
     if ((st = kcu_use(dev))) return st;
     /* KILN_CUDA_MMV variants benchmark the kernels of the GGUF layout */
-    if ((w->type != KCU_Q4_0 && w->type != KCU_Q8_0) || dev->mmv_variant != 0 || dev->no_weight_layout)
+    if ((w->type != KCU_Q4_0 && w->type != KCU_Q8_0 && w->type != KCU_Q6_K) || dev->mmv_variant != 0 ||
+        dev->no_weight_layout)
         return KILN_OK;
-    const int bb = w->type == KCU_Q4_0 ? 18 : 34;
-    const int64_t K = w->ne[0], N = w->ne[1], nb = K / 32;
+    const int bb = w->type == KCU_Q4_0 ? 18 : w->type == KCU_Q8_0 ? 34 : 210;
+    const int64_t K = w->ne[0], N = w->ne[1], nb = K / (w->type == KCU_Q6_K ? 256 : 32);
     uint8_t *p = kcu_tensor_ptr(w);
-    if (K % 256 || w->row_stride != (uint64_t)nb * bb || (uintptr_t)p % 16 || N <= 0 || N > 0x7fffffff ||
-        nb * bb > 48 * 1024)
+    /* rows 16-byte aligned: nb a multiple of 8 */
+    if (K % 256 || nb % 8 || w->row_stride != (uint64_t)nb * bb || (uintptr_t)p % 16 || N <= 0 ||
+        N > 0x7fffffff || nb * bb > 48 * 1024)
         return KILN_OK;
     if (dev->graph_mode) return kcu_error(KILN_E_INTERNAL, "cuda backend: weight_prepare inside a graph");
+    const size_t smem = (size_t)nb * bb;
     if (w->type == KCU_Q4_0)
-        kcu_launch(split_layout_kernel<18>, (unsigned)N, 256, (size_t)nb * 18, dev->stream, p, w->row_stride, (int)nb);
+        kcu_launch(split_layout_kernel<18, 0>, (unsigned)N, 256, smem, dev->stream, p, w->row_stride, (int)nb);
+    else if (w->type == KCU_Q8_0)
+        kcu_launch(split_layout_kernel<34, 0>, (unsigned)N, 256, smem, dev->stream, p, w->row_stride, (int)nb);
     else
-        kcu_launch(split_layout_kernel<34>, (unsigned)N, 256, (size_t)nb * 34, dev->stream, p, w->row_stride, (int)nb);
+        kcu_launch(split_layout_kernel<210, 208>, (unsigned)N, 256, smem, dev->stream, p, w->row_stride, (int)nb);
     KCU_LAUNCHED("weight_prepare");
     *layout = KCU_LAYOUT_SPLIT;
     return KILN_OK;
@@ -762,6 +771,83 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
 }
 
+/* Q6_K in the split layout: a block's 208 bytes of quants and scales at
+ * 208 b (16-byte aligned), its d after the row's blocks. The same lanes,
+ * values and sums as mmv_q6k_q8_kernel (so the same bits), read straight
+ * from global memory: three 16-byte loads (ql, ql + 32, qh) and one 8-byte
+ * load (the half's scales) per lane and block, U blocks in flight. */
+template <int U, int NT = KCU_MMV_MAX>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q6ks_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_pick(set);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
+    if (row >= m.N) return;
+    const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256, nb32 = K / 32;
+    const uint8_t *wr = m.w + (uint64_t)row * m.ws;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
+    for (int c0 = 0; c0 < nb; c0 += 8 * U) {
+        uint4 qa[U], qb[U], qh[U];
+        uint2 scv[U];
+        float d[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = c0 + bl + 8 * u;
+            if (b < nb) {
+                const uint8_t *blk = wr + 208 * b;
+                qa[u] = __ldg((const uint4 *)(blk + 64 * hf + l0));
+                qb[u] = __ldg((const uint4 *)(blk + 64 * hf + 32 + l0));
+                qh[u] = __ldg((const uint4 *)(blk + 128 + 32 * hf + l0));
+                scv[u] = __ldg((const uint2 *)(blk + 192 + 8 * hf));
+                d[u] = __half2float(__ldg((const __half *)(wr + 208 * nb) + b));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int b = c0 + bl + 8 * u;
+            if (b >= nb) break;
+            const uint32_t av[4] = {qa[u].x, qa[u].y, qa[u].z, qa[u].w};
+            const uint32_t bv[4] = {qb[u].x, qb[u].y, qb[u].z, qb[u].w};
+            const uint32_t hv[4] = {qh[u].x, qh[u].y, qh[u].z, qh[u].w};
+            int w[4][4]; /* [group][word]: 4 signed quants per word */
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t a = av[i], bq = bv[i], h = hv[i];
+                w[0][i] = (int)__vsub4((a & 0x0F0F0F0Fu) | ((h & 0x03030303u) << 4), 0x20202020u);
+                w[1][i] = (int)__vsub4((bq & 0x0F0F0F0Fu) | (((h >> 2) & 0x03030303u) << 4), 0x20202020u);
+                w[2][i] = (int)__vsub4(((a >> 4) & 0x0F0F0F0Fu) | (((h >> 4) & 0x03030303u) << 4), 0x20202020u);
+                w[3][i] = (int)__vsub4(((bq >> 4) & 0x0F0F0F0Fu) | (((h >> 6) & 0x03030303u) << 4), 0x20202020u);
+            }
+            /* sc[(s & 1) + 2 g] of the half's 8 scale bytes */
+            float ds[4];
+#pragma unroll
+            for (int g = 0; g < 4; g++) {
+                const int k = (s & 1) + 2 * g;
+                const uint32_t word = k < 4 ? scv[u].x : scv[u].y;
+                ds[g] = d[u] * (float)(int8_t)((word >> (8 * (k & 3))) & 0xFF);
+            }
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                if (t >= nt) break;
+                const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 128 * hf + l0;
+                const float *xdp = xd + (uint64_t)t * nb32 + 8 * b + 4 * hf;
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+                    const int4 xv = __ldg((const int4 *)(xp + 32 * g));
+                    int dot = __dp4a(w[g][0], xv.x, 0);
+                    dot = __dp4a(w[g][1], xv.y, dot);
+                    dot = __dp4a(w[g][2], xv.z, dot);
+                    dot = __dp4a(w[g][3], xv.w, dot);
+                    acc[t] = fmaf(__ldg(xdp + g) * ds[g], (float)dot, acc[t]);
+                }
+            }
+        }
+    }
+    kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
+}
+
 /* Rows of w to dense F16, one group per thread. */
 template <int T>
 static __global__ void dequant_f16_kernel(const uint8_t *w, uint64_t ws, int64_t groups_per_row, int64_t n_groups,
@@ -808,7 +894,7 @@ kiln_status kcu_dequant_f16(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_
         kcu_launch(dequant_f16_kernel<T_>, grid, 256, 0, dev->stream, wp, w->row_stride, gpr, total, dst);   \
         break;
     switch (kcu_wtype(w)) {
-        DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_0S) DQ(KCU_Q8_0S) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
+        DQ(KCU_F32) DQ(KCU_F16) DQ(KCU_BF16) DQ(KCU_Q4_0) DQ(KCU_Q4_0S) DQ(KCU_Q8_0S) DQ(KCU_Q6_KS) DQ(KCU_Q4_1) DQ(KCU_Q5_0) DQ(KCU_Q5_1) DQ(KCU_Q8_0)
         DQ(KCU_Q4_K) DQ(KCU_Q5_K) DQ(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
     }
@@ -853,7 +939,7 @@ static bool mmv_can_share(const kiln_bk_device *dev, uint32_t n, const kiln_bk_t
     if (type == KCU_F16) {
         const uintptr_t xp = (uintptr_t)kcu_tensor_ptr(x);
         if (xp % 16 || x->row_stride % 16 || K % 8 || (dev->mmv_variant >= 1 && dev->mmv_variant <= 3)) return false;
-    } else if ((type == KCU_Q4_0 || type == KCU_Q8_0) && w[0]->layout == KCU_LAYOUT_SPLIT) {
+    } else if ((type == KCU_Q4_0 || type == KCU_Q8_0 || type == KCU_Q6_K) && w[0]->layout == KCU_LAYOUT_SPLIT) {
         /* only these kernels read the layout (prepared rows are aligned) */
     } else if (type == KCU_Q4_0 || type == KCU_Q8_0) {
         if (dev->mmv_variant == 4 || dev->mmv_variant == 5 || (K / 32) % 8) return false;
@@ -952,6 +1038,9 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     if (w[0]->layout == KCU_LAYOUT_SPLIT && q4) {
         if (one) kcu_launch(mmv_q4_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_q4_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+    } else if (w[0]->layout == KCU_LAYOUT_SPLIT && w[0]->type == KCU_Q6_K) {
+        if (one) kcu_launch(mmv_q6ks_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        else kcu_launch(mmv_q6ks_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (w[0]->layout == KCU_LAYOUT_SPLIT) {
         if (one) kcu_launch(mmv_q8_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_q8_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
@@ -1036,7 +1125,7 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
         kcu_launch(mmv_kernel<T_>, grid, KCU_MMV_WARPS * 32, smem, dev->stream, wp, w->row_stride, xp, xs, yp, ys, N, K, nt); \
         break;
     switch (kcu_wtype(w)) {
-        MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_0S) MMV(KCU_Q8_0S) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
+        MMV(KCU_F32) MMV(KCU_F16) MMV(KCU_BF16) MMV(KCU_Q4_0) MMV(KCU_Q4_0S) MMV(KCU_Q8_0S) MMV(KCU_Q6_KS) MMV(KCU_Q4_1) MMV(KCU_Q5_0) MMV(KCU_Q5_1) MMV(KCU_Q8_0)
         MMV(KCU_Q4_K) MMV(KCU_Q5_K) MMV(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda matmul: weight type %d", w->type);
     }

@@ -90,7 +90,7 @@ kiln_status kcu_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const
                                                            groups);                                              \
         break;
     switch (kcu_wtype(table)) {
-        GR(KCU_F32) GR(KCU_F16) GR(KCU_BF16) GR(KCU_Q4_0) GR(KCU_Q4_0S) GR(KCU_Q8_0S) GR(KCU_Q4_1) GR(KCU_Q5_0) GR(KCU_Q5_1) GR(KCU_Q8_0)
+        GR(KCU_F32) GR(KCU_F16) GR(KCU_BF16) GR(KCU_Q4_0) GR(KCU_Q4_0S) GR(KCU_Q8_0S) GR(KCU_Q6_KS) GR(KCU_Q4_1) GR(KCU_Q5_0) GR(KCU_Q5_1) GR(KCU_Q8_0)
         GR(KCU_Q4_K) GR(KCU_Q5_K) GR(KCU_Q6_K)
     default: return kcu_error(KILN_E_UNSUPPORTED, "cuda get_rows: type %d", table->type);
     }

@@ -194,10 +194,10 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q5_K>(const uint8_t *ro
     }
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q6_K>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
-    const uint8_t *b = row + 210 * (g / 8);
-    const int j = (int)(g % 8), hf = j / 4, qd = j % 4;
-    const float d = kcu_h(b + 208);
+/* Group j (0..7) of a Q6_K block's 208 bytes of ql, qh and scales at b,
+ * with its d. */
+static __device__ __forceinline__ void kcu_q6k_group(const uint8_t *b, float d, int j, float *y) {
+    const int hf = j / 4, qd = j % 4;
     const uint8_t *ql = b + 64 * hf + (qd & 1) * 32;
     const uint8_t *qh = b + 128 + 32 * hf;
     const int8_t *sc = (const int8_t *)(b + 192 + 8 * hf);
@@ -215,6 +215,17 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q6_K>(const uint8_t *ro
         const int hi = (wh[l / 4] >> (8 * (l % 4) + hshift)) & 3;
         y[l] = (l < 16 ? s0 : s1) * (float)((lo | (hi << 4)) - 32);
     }
+}
+
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q6_K>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
+    const uint8_t *b = row + 210 * (g / 8);
+    kcu_q6k_group(b, kcu_h(b + 208), (int)(g % 8), y);
+}
+
+/* Q6_K in the split layout: block k's 208 bytes at 208 k, its d at
+ * 208 nb + 2 k (nb = ng / 8 blocks per row). */
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q6_KS>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
+    kcu_q6k_group(row + 208 * (g / 8), kcu_h(row + 208 * (ng / 8) + 2 * (g / 8)), (int)(g % 8), y);
 }
 
 #endif

@@ -234,6 +234,19 @@ if has layout; then  # weights in the backend's own layout (Q4_0, Q8_0): greedy 
         else note "layout $t: greedy texts of the two CUDA layouts DIFFER (see layout-$t.log)"; fi
         rm -f "$f"
     done
+    # rows long enough for every type's layout (the tiny models' 256 and
+    # 768 are too short for Q6_K's): random llama-1b weights, 4 layers;
+    # Q6_K keeps its arithmetic and order, so its texts must match exactly
+    for t in q6_k q4_k_m q8_0 q4_0; do
+        f=/tmp/layout-1b-$t.gguf
+        build/bin/kiln-gen-model --shape llama-1b --type "$t" --layers 4 --vocab "$KILN_SHARED/vocab/vocab-llama-spm.gguf" \
+            -o "$f" -q >"$OUT/layout-1b-$t.log" 2>&1 || { note "layout 1b $t: no model"; continue; }
+        a=$(build/bin/kiln-run --backend cuda -m "$f" -p "Hello" -n 32 --temp 0 2>/dev/null)
+        b=$(KILN_CUDA_LAYOUT=0 build/bin/kiln-run --backend cuda -m "$f" -p "Hello" -n 32 --temp 0 2>/dev/null)
+        if [ -n "$a" ] && [ "$a" = "$b" ]; then note "layout 1b $t: greedy text the same in both CUDA layouts"
+        else note "layout 1b $t: greedy texts DIFFER"; printf '%s\n---\n%s\n' "$a" "$b" >>"$OUT/layout-1b-$t.log"; fi
+        rm -f "$f"
+    done
 fi
 
 if has big; then
