@@ -244,7 +244,12 @@ if has layout; then  # weights in the backend's own layout (Q4_0, Q8_0): greedy 
         a=$(build/bin/kiln-run --backend cuda -m "$f" -p "Hello" -n 32 --temp 0 2>/dev/null)
         b=$(KILN_CUDA_LAYOUT=0 build/bin/kiln-run --backend cuda -m "$f" -p "Hello" -n 32 --temp 0 2>/dev/null)
         if [ -n "$a" ] && [ "$a" = "$b" ]; then note "layout 1b $t: greedy text the same in both CUDA layouts"
-        else note "layout 1b $t: greedy texts DIFFER"; printf '%s\n---\n%s\n' "$a" "$b" >>"$OUT/layout-1b-$t.log"; fi
+        else
+            # Q6_K must match; Q4_0/Q8_0 rows add their blocks in another
+            # float order in the two layouts, so a near-tie may flip
+            case $t in q6_k|q4_k_m) what="DIFFER (a bug: same arithmetic)";; *) what="differ (float order differs: check where)";; esac
+            note "layout 1b $t: greedy texts $what"; printf '%s\n---\n%s\n' "$a" "$b" >>"$OUT/layout-1b-$t.log"
+        fi
         rm -f "$f"
     done
 fi
