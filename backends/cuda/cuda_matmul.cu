@@ -1015,10 +1015,14 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
         /* 2 rows per warp, 2 load steps in flight: measured best on H100
          * (one row per warp is 1.03-1.23x faster alone, bench/decode_kernels.cu,
          * but 1% slower in the whole step: bench/NOTES.md) */
-        const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * 2, &grid);
+        /* KILN_CUDA_MMV=14: one row per warp for one token (same bits) */
+        const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * (nt == 1 && v == 14 ? 1 : 2), &grid);
         /* one token (the decode step): a kernel with one accumulator per
          * row (fewer registers, more warps in flight; the same sums) */
-        if (nt == 1 && v != 13)
+        if (nt == 1 && v == 14)
+            kcu_launch(mmv_f16_kernel<2, 1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
+                       (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
+        else if (nt == 1 && v != 13)
             kcu_launch(mmv_f16_kernel<2, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set,
                        (const float *)kcu_tensor_ptr(x), x->row_stride / 4, K, nt);
         else
