@@ -15,7 +15,10 @@
 #                error
 #   greedy       kiln-run's greedy text equals the CPU backend's
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
-#                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU)
+#                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU), with
+#                every fusion on, with the weights kept in the GGUF layout
+#                (KILN_VK_LAYOUT=0: no split Q4_0), and its split-layout
+#                case without subgroups (the portable row-group kernel)
 #   attn         test_backend_attn against the CPU backend: the tiled
 #                prefill attention (attn_tile.glsl; on lavapipe its form
 #                without matrix cores, which is also what
@@ -107,6 +110,14 @@ if want coopmat; then ctest test_vulkan_ops KILN_VK_COOPMAT_EMULATE=1; fi
 # every fusion on, including the quantization in the producers (off by
 # default: slower on the H100; its bits are still checked)
 if want coopmat; then ctest test_vulkan_ops KILN_VK_NO_FUSED=0; fi
+# weight_prepare keeping every weight in the GGUF layout (Q4_0 is split
+# into quants and scales otherwise: vk_layout.c)
+if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi
+# the split Q4_0 layout through mm.glsl without subgroup shuffles (the
+# default run takes mmsg_ and mmv_)
+if want coopmat; then
+    ctest test_vulkan_ops KILN_VK_NO_SUBGROUP=1 KILN_TEST_SKIP=test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_matmul_multi,test_fused_rope_kv_store,test_fused_quant_producers,test_mmv_unroll_bits
+fi
 if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_EAGER=1
