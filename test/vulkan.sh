@@ -14,6 +14,10 @@
 #                (when installed), synchronization validation on, reports no
 #                error
 #   greedy       kiln-run's greedy text equals the CPU backend's
+#   layout       kiln-run's greedy text on tiny-target-q4_0 (its Q4_0
+#                weights split by weight_prepare at load) equals that with
+#                KILN_VK_LAYOUT=0 (GGUF layout): the kernels give the same
+#                bits either way
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
 #                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU), with
 #                every fusion on, with the weights kept in the GGUF layout
@@ -89,6 +93,20 @@ if [ -f "$f16" ]; then
     else bad greedy "rc=$rc: '$(cat "$tmp/vk")' vs cpu '$(cat "$tmp/cpu")' $(tail -n 2 "$tmp/err")"; fi
 else
     skipped greedy "../shared not found"
+fi
+
+# The split Q4_0 layout through a model load (lib/model.c calls
+# weight_prepare) against the GGUF layout: the same text.
+q40=${KILN_SHARED:-../shared}/models/tiny-target-q4_0.gguf
+if ! want layout; then :
+elif [ -f "$q40" ]; then
+    "$run" -m "$q40" -p "In the beginning" -n 24 --temp 0 --backend vulkan > "$tmp/split" 2> "$tmp/err"; rc=$?
+    KILN_VK_LAYOUT=0 "$run" -m "$q40" -p "In the beginning" -n 24 --temp 0 --backend vulkan > "$tmp/gguf" 2>> "$tmp/err"
+    rc2=$?
+    if [ "$rc" -eq 0 ] && [ "$rc2" -eq 0 ] && [ -s "$tmp/split" ] && cmp -s "$tmp/split" "$tmp/gguf"; then ok layout
+    else bad layout "rc=$rc/$rc2: '$(cat "$tmp/split")' vs GGUF layout '$(cat "$tmp/gguf")' $(tail -n 2 "$tmp/err")"; fi
+else
+    skipped layout "../shared not found"
 fi
 
 # A C test under KILN_BACKEND=vulkan: its own kt line decides.
