@@ -9,12 +9,17 @@
  * rope (NORM and NEOX, with frequency factors), kv_store + attention over a
  * paged cache with GQA; the fused entries (add_rms_norm, matmul_multi,
  * rope_kv_store) and the activations quantized by the operations that
- * produce them bit for bit against the separate operations. The two backends do the same arithmetic (the same
+ * produce them bit for bit against the separate operations. Weights go
+ * through the plugin's weight_prepare after their upload, as a model load
+ * does (Q4_0 rows of whole 256-element groups: the split layout, unless
+ * KILN_VK_LAYOUT=0), and the split layout gives the GGUF layout's bits in
+ * every kernel. The two backends do the same arithmetic (the same
  * activation quantization and integer block sums), so results may differ
  * only by the order of float additions. Skipped when libkiln-vulkan.so or
  * a Vulkan device is missing (KILN_BACKEND_PATH names the plugin folder).
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,6 +85,32 @@ static kiln_bk_tensor tensor(kiln_bk_buffer *b, int32_t type, int64_t ne0, int64
     return t;
 }
 
+/* The plugin's weight_prepare on a weight just uploaded (as a model load
+ * calls it: once per tensor); returns the layout to put in the tensor.
+ * Q4_0 rows of whole 256-element groups on 16-byte boundaries must be
+ * split (layout 1) unless KILN_VK_LAYOUT=0; everything else keeps the
+ * GGUF layout. */
+static int32_t vk_prepare(kiln_bk_buffer *b, int32_t type, int64_t K, int64_t N, uint64_t offset) {
+    if (vk->struct_size < offsetof(kiln_backend_iface, weight_prepare) + sizeof vk->weight_prepare ||
+        !vk->weight_prepare)
+        return 0;
+    kiln_bk_tensor t;
+    memset(&t, 0, sizeof t);
+    t.buf = b;
+    t.offset = offset;
+    t.type = type;
+    t.ne[0] = K;
+    t.ne[1] = N;
+    t.row_stride = kiln_type_row_size(type, K);
+    int32_t layout = -1;
+    KT_CHECK_OK(vk->weight_prepare(dvk, &t, &layout));
+    const char *env = getenv("KILN_VK_LAYOUT");
+    const int want = type == KILN_TYPE_Q4_0 && K % 256 == 0 && offset % 16 == 0 && !(env && strcmp(env, "0") == 0);
+    KT_CHECKF(layout == want, "weight_prepare %s K=%lld offset %llu: layout %d, expected %d", kiln_type_name(type),
+              (long long)K, (unsigned long long)offset, (int)layout, want);
+    return layout;
+}
+
 /* Downloads n floats of both and returns max |a - b| / max(1, max |a|). */
 static double compare(pair p, uint64_t offset, size_t n, const char *what) {
     float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
@@ -123,12 +154,14 @@ static void test_matmul_and_get_rows(void) {
         pair out = alloc_pair(sizeof(float) * K * MMAX, KILN_BK_BUF_WEIGHTS);
         upload(w, wq, row * N);
         upload(xa, x, sizeof(float) * K * MMAX);
+        const int32_t lay = vk_prepare(w.v, type, K, N, 0);
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
             const int64_t M = Ms[mi];
             kiln_bk_tensor tw = tensor(w.c, type, K, N, 0), tx = tensor(xa.c, KILN_TYPE_F32, K, M, 0);
             kiln_bk_tensor td = tensor(out.c, KILN_TYPE_F32, N, M, 0);
             KT_CHECK_OK(cpu->matmul(dcpu, &tw, &tx, &td));
             tw.buf = w.v, tx.buf = xa.v, td.buf = out.v;
+            tw.layout = lay;
             KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &td));
             char what[64];
             snprintf(what, sizeof what, "matmul %s M=%lld", kiln_type_name(type), (long long)M);
@@ -153,6 +186,7 @@ static void test_matmul_and_get_rows(void) {
         kiln_bk_tensor tt = tensor(w.c, type, K, N, 0), td = tensor(out.c, KILN_TYPE_F32, K, 4, 0);
         KT_CHECK_OK(cpu->get_rows(dcpu, &tt, ids, &td));
         tt.buf = w.v, td.buf = out.v;
+        tt.layout = lay;
         KT_CHECK_OK(vk->get_rows(dvk, &tt, ids, &td));
         char what[64];
         snprintf(what, sizeof what, "get_rows %s", kiln_type_name(type));
@@ -189,12 +223,14 @@ static void test_matmul_float_tails(void) {
         memcpy(wb + 4, wq, row * N);
         upload(w, wb, row * N + 4);
         upload(xa, x, sizeof x);
+        const int32_t lay = vk_prepare(w.v, type, K, N, 4);
         for (size_t mi = 0; mi < 4; mi++) {
             const int64_t m = ms[mi];
             kiln_bk_tensor tw = tensor(w.c, type, K, N, 4), tx = tensor(xa.c, KILN_TYPE_F32, K, m, 0);
             kiln_bk_tensor td = tensor(out.c, KILN_TYPE_F32, N, m, 0);
             KT_CHECK_OK(cpu->matmul(dcpu, &tw, &tx, &td));
             tw.buf = w.v, tx.buf = xa.v, td.buf = out.v;
+            tw.layout = lay;
             KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &td));
             char what[64];
             snprintf(what, sizeof what, "matmul %s K=100 M=%lld", kiln_type_name(type), (long long)m);
@@ -370,6 +406,9 @@ static void test_fused_matmul_multi(void) {
         }
         for (int mixed = 0; mixed < 2; mixed++) {
             kiln_bk_buffer *wb = vk_buf(wsize, mixed ? wq2 : wq), *xb = vk_buf(sizeof(float) * K * MMAX, x);
+            int32_t lay[3];
+            for (int p = 0; p < 3; p++)
+                lay[p] = vk_prepare(wb, mixed && p == 2 ? type2 : type, K, Ns[p], p == 0 ? 0 : p == 1 ? o1 : o2);
             for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
                 const int64_t M = Ms[mi];
                 for (uint32_t n = 2; n <= 3; n++) {
@@ -379,6 +418,7 @@ static void test_fused_matmul_multi(void) {
                     for (int p = 0; p < 3; p++) {
                         const int32_t t = mixed && p == 2 ? type2 : type;
                         tw[p] = tensor(wb, t, K, Ns[p], p == 0 ? 0 : p == 1 ? o1 : o2);
+                        tw[p].layout = lay[p];
                         td[p] = tensor(d1, KILN_TYPE_F32, Ns[p], M, doff);
                         doff += sizeof(float) * (uint64_t)(Ns[p] * M);
                     }
@@ -482,6 +522,7 @@ static void test_fused_quant_producers(void) {
             for (int64_t i = 0; i < K * (2 * MM + 1); i++) in[i] = frand() * 2.0f;
             for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
             kiln_bk_buffer *wb = vk_buf(row * N, wq), *ib = vk_buf(sizeof(float) * K * (2 * MM + 1), in);
+            const int32_t lay = vk_prepare(wb, type, K, N, 0);
             for (int64_t M = 1; M <= MM; M += MM - 1)
                 for (int prod = 0; prod < 4; prod++) { /* rms_norm, add_rms_norm, swiglu, attention */
                     kiln_bk_buffer *hb = vk_buf(sizeof(float) * K * MM * 2, NULL), *href = vk_buf(sizeof(float) * K * MM, NULL);
@@ -492,6 +533,7 @@ static void test_fused_quant_producers(void) {
                     kiln_bk_tensor h = tensor(hb, KILN_TYPE_F32, K, M, 0);
                     kiln_bk_tensor sum = tensor(hb, KILN_TYPE_F32, K, M, sizeof(float) * K * MM);
                     kiln_bk_tensor hr = tensor(href, KILN_TYPE_F32, K, M, 0), tw = tensor(wb, type, K, N, 0);
+                    tw.layout = lay;
                     kiln_bk_tensor d[3];
                     for (int i = 0; i < 3; i++) d[i] = tensor(db, KILN_TYPE_F32, N, M, sizeof(float) * N * MM * i);
                     /* attention: K / 64 heads of 64 over one KV head, 4 + t positions for token t */
@@ -564,6 +606,8 @@ static void test_mmv_unroll_bits(void) {
         uint8_t *wq = malloc(row * N);
         for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
         kiln_bk_buffer *wb = vk_buf(row * N, wq), *xb = vk_buf(sizeof(float) * K * MM, x);
+        /* two tensors of one buffer, prepared one by one (as a model's) */
+        const int32_t lay0 = vk_prepare(wb, type, K, 40, 0), lay1 = vk_prepare(wb, type, K, N - 40, 40 * row);
         float *zero = calloc((size_t)N * MM * 2, sizeof(float));
         kiln_bk_buffer *d1 = vk_buf(sizeof(float) * N * MM * 2, zero), *db2 = vk_buf(sizeof(float) * N * MM * 2, zero);
         free(zero);
@@ -571,6 +615,8 @@ static void test_mmv_unroll_bits(void) {
         for (int64_t M = 1; M <= MM; M += 4) {
             /* two products: rows [0, 40) and [40, 67) of the matrix */
             kiln_bk_tensor w0 = tensor(wb, type, K, 40, 0), w1 = tensor(wb, type, K, N - 40, 40 * row);
+            w0.layout = lay0;
+            w1.layout = lay1;
             kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
             kiln_bk_tensor o0 = tensor(d1, KILN_TYPE_F32, 40, M, 0), o1 = tensor(d1, KILN_TYPE_F32, N - 40, M, 4 * 40 * MM);
             KT_CHECK_OK(vk->matmul(dvk, &w0, &tx, &o0));
@@ -599,6 +645,127 @@ static void test_mmv_unroll_bits(void) {
     vk->device_close(d2);
 }
 
+/* Q4_0 in the split layout (weight_prepare) against the same weights in
+ * the GGUF layout, bit for bit (the kernels do the same float operations
+ * in the same order): the rearranged bytes against the host's
+ * rearrangement, matmul with 1 to 150 rows (the decode, tiled or
+ * matrix-core kernels, and the row-group kernels of a handle opened with
+ * KILN_VK_NO_MMV), matmul_multi, get_rows. Only rows of whole 256-element
+ * groups on 16-byte boundaries are split; a layout the tensor cannot have
+ * is refused. */
+static void test_q4_0_split_layout(void) {
+    const int64_t K = 768, N = 133, nb = K / 32;
+    static const int64_t Ms[] = {1, 3, 9, 16, 17, 70, 150};
+    enum { MMAX = 150 };
+    const uint64_t row = kiln_type_row_size(KILN_TYPE_Q4_0, K), wbytes = row * N;
+    float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * MMAX);
+    for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
+    for (int64_t i = 0; i < K * MMAX; i++) x[i] = frand() * 2.0f;
+    uint8_t *wq = malloc(wbytes), *ws = malloc(wbytes), *got = malloc(wbytes);
+    for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q4_0, wf + r * K, wq + r * row, K));
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            memcpy(ws + r * row + 16 * b, wq + r * row + 18 * b + 2, 16);
+            memcpy(ws + r * row + 16 * nb + 2 * b, wq + r * row + 18 * b, 2);
+        }
+    kiln_bk_buffer *wg = NULL, *wsb = NULL, *wodd = NULL;
+    KT_CHECK_OK(vk->buffer_alloc(dvk, wbytes, KILN_BK_BUF_WEIGHTS, &wg));
+    KT_CHECK_OK(vk->buffer_alloc(dvk, wbytes, KILN_BK_BUF_WEIGHTS, &wsb));
+    KT_CHECK_OK(vk->buffer_alloc(dvk, wbytes + 16, KILN_BK_BUF_WEIGHTS, &wodd));
+    if (!wg || !wsb || !wodd) return;
+    KT_CHECK_OK(vk->buffer_upload(dvk, wg, 0, wq, wbytes));
+    KT_CHECK_OK(vk->buffer_upload(dvk, wsb, 0, wq, wbytes));
+    KT_CHECK_OK(vk->buffer_upload(dvk, wodd, 8, wq, wbytes));
+    const int32_t lay = vk_prepare(wsb, KILN_TYPE_Q4_0, K, N, 0);
+    (void)vk_prepare(wodd, KILN_TYPE_Q4_0, K, N, 8);    /* rows 8 bytes off 16: GGUF */
+    (void)vk_prepare(wodd, KILN_TYPE_Q4_0, 320, 10, 0); /* K % 256 != 0: GGUF */
+    KT_CHECK_OK(vk->synchronize(dvk));
+    KT_CHECK_OK(vk->buffer_download(dvk, wsb, 0, got, wbytes));
+    KT_CHECKF(memcmp(got, lay ? ws : wq, wbytes) == 0, "weight_prepare: the rearranged bytes differ");
+    /* layouts the tensor cannot have: refused, never misread */
+    {
+        kiln_bk_buffer *xb = vk_buf(sizeof(float) * K, x), *db = vk_buf(sizeof(float) * N, NULL);
+        kiln_bk_tensor tw = tensor(wsb, KILN_TYPE_Q4_0, K, N, 0), tx = tensor(xb, KILN_TYPE_F32, K, 1, 0);
+        kiln_bk_tensor td = tensor(db, KILN_TYPE_F32, N, 1, 0);
+        tw.layout = 7;
+        KT_CHECK(vk->matmul(dvk, &tw, &tx, &td) == KILN_E_INVALID_ARG);
+        kiln_bk_tensor t320 = tensor(wodd, KILN_TYPE_Q4_0, 320, 10, 0), tx320 = tensor(xb, KILN_TYPE_F32, 320, 1, 0);
+        kiln_bk_tensor td10 = tensor(db, KILN_TYPE_F32, 10, 1, 0);
+        t320.layout = 1;
+        KT_CHECK(vk->matmul(dvk, &t320, &tx320, &td10) == KILN_E_INVALID_ARG);
+        kiln_bk_tensor tf = tensor(xb, KILN_TYPE_F32, K, 1, 0);
+        tf.layout = 1;
+        KT_CHECK(vk->matmul(dvk, &tw, &tf, &td) == KILN_E_INVALID_ARG);
+        vk->buffer_free(xb);
+        vk->buffer_free(db);
+    }
+    /* a handle whose few-row products take the row-group kernels (mm/mmsg) */
+    setenv("KILN_VK_NO_MMV", "1", 1);
+    kiln_bk_device *dnm = NULL;
+    kiln_bk_open_params op = {sizeof op, 0, KILN_LOG_ERROR, vk_log, NULL};
+    KT_CHECK_OK(vk->device_open(0, &op, &dnm));
+    unsetenv("KILN_VK_NO_MMV");
+    float *zero = calloc((size_t)N * MMAX, sizeof(float));
+    kiln_bk_buffer *xb = vk_buf(sizeof(float) * K * MMAX, x);
+    kiln_bk_buffer *d1 = vk_buf(sizeof(float) * N * MMAX, zero), *d2 = vk_buf(sizeof(float) * N * MMAX, zero);
+    KT_CHECK_OK(vk->synchronize(dvk));
+    for (int h = 0; h < 2 && dnm; h++) {
+        kiln_bk_device *d = h == 0 ? dvk : dnm;
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+            const int64_t M = Ms[mi];
+            if (h == 1 && M > 4) break; /* batches: as on the first handle */
+            kiln_bk_tensor tg = tensor(wg, KILN_TYPE_Q4_0, K, N, 0), ts = tensor(wsb, KILN_TYPE_Q4_0, K, N, 0);
+            ts.layout = lay;
+            kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
+            kiln_bk_tensor o1 = tensor(d1, KILN_TYPE_F32, N, M, 0), o2 = tensor(d2, KILN_TYPE_F32, N, M, 0);
+            KT_CHECK_OK(vk->matmul(d, &tg, &tx, &o1));
+            KT_CHECK_OK(vk->matmul(d, &ts, &tx, &o2));
+            KT_CHECK_OK(vk->synchronize(d));
+            KT_CHECKF(vk_same(d1, d2, 0, sizeof(float) * N * M), "split q4_0 matmul M=%lld%s: bits differ",
+                      (long long)M, h ? " (KILN_VK_NO_MMV)" : "");
+        }
+    }
+    /* matmul_multi: rows [0, 64) and [64, 133) as two products (one dispatch) */
+    for (int64_t M = 1; M <= 3; M += 2) {
+        kiln_bk_tensor g0 = tensor(wg, KILN_TYPE_Q4_0, K, 64, 0), g1 = tensor(wg, KILN_TYPE_Q4_0, K, N - 64, 64 * row);
+        kiln_bk_tensor s0 = tensor(wsb, KILN_TYPE_Q4_0, K, 64, 0), s1 = tensor(wsb, KILN_TYPE_Q4_0, K, N - 64, 64 * row);
+        s0.layout = s1.layout = lay;
+        kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
+        kiln_bk_tensor a0 = tensor(d1, KILN_TYPE_F32, 64, M, 0), a1 = tensor(d1, KILN_TYPE_F32, N - 64, M, 4 * 64 * M);
+        kiln_bk_tensor b0 = tensor(d2, KILN_TYPE_F32, 64, M, 0), b1 = tensor(d2, KILN_TYPE_F32, N - 64, M, 4 * 64 * M);
+        const kiln_bk_tensor *wgp[2] = {&g0, &g1}, *wsp[2] = {&s0, &s1};
+        kiln_bk_tensor *ap[2] = {&a0, &a1}, *bp[2] = {&b0, &b1};
+        KT_CHECK_OK(vk->matmul_multi(dvk, 2, wgp, &tx, ap));
+        KT_CHECK_OK(vk->matmul_multi(dvk, 2, wsp, &tx, bp));
+        KT_CHECK_OK(vk->synchronize(dvk));
+        KT_CHECKF(vk_same(d1, d2, 0, sizeof(float) * N * M), "split q4_0 matmul_multi M=%lld: bits differ", (long long)M);
+    }
+    /* get_rows */
+    {
+        const int32_t ids[] = {5, 0, 36, 5, 132};
+        kiln_bk_tensor tg = tensor(wg, KILN_TYPE_Q4_0, K, N, 0), ts = tensor(wsb, KILN_TYPE_Q4_0, K, N, 0);
+        ts.layout = lay;
+        kiln_bk_tensor o1 = tensor(d1, KILN_TYPE_F32, K, 5, 0), o2 = tensor(d2, KILN_TYPE_F32, K, 5, 0);
+        KT_CHECK_OK(vk->get_rows(dvk, &tg, ids, &o1));
+        KT_CHECK_OK(vk->get_rows(dvk, &ts, ids, &o2));
+        KT_CHECK_OK(vk->synchronize(dvk));
+        KT_CHECKF(vk_same(d1, d2, 0, sizeof(float) * K * 5), "split q4_0 get_rows: bits differ");
+    }
+    if (dnm) vk->device_close(dnm);
+    vk->buffer_free(xb);
+    vk->buffer_free(d1);
+    vk->buffer_free(d2);
+    vk->buffer_free(wg);
+    vk->buffer_free(wsb);
+    vk->buffer_free(wodd);
+    free(zero);
+    free(wq);
+    free(ws);
+    free(got);
+    free(wf);
+    free(x);
+}
+
 /* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few
  * allocations of its own past exit; they are not kiln's. */
 const char *__lsan_default_suppressions(void);
@@ -624,6 +791,7 @@ int main(void) {
     KT_RUN(test_fused_rope_kv_store);
     KT_RUN(test_fused_quant_producers);
     KT_RUN(test_mmv_unroll_bits);
+    KT_RUN(test_q4_0_split_layout);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");
     vk->device_close(dvk);
     cpu->device_close(dcpu);

@@ -14,8 +14,15 @@
 #                (when installed), synchronization validation on, reports no
 #                error
 #   greedy       kiln-run's greedy text equals the CPU backend's
+#   layout       kiln-run's greedy text on tiny-target-q4_0 (its Q4_0
+#                weights split by weight_prepare at load) equals that with
+#                KILN_VK_LAYOUT=0 (GGUF layout): the kernels give the same
+#                bits either way
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
-#                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU)
+#                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU), with
+#                every fusion on, with the weights kept in the GGUF layout
+#                (KILN_VK_LAYOUT=0: no split Q4_0), and its split-layout
+#                case without subgroups (the portable row-group kernel)
 #   attn         test_backend_attn against the CPU backend: the tiled
 #                prefill attention (attn_tile.glsl; on lavapipe its form
 #                without matrix cores, which is also what
@@ -88,6 +95,20 @@ else
     skipped greedy "../shared not found"
 fi
 
+# The split Q4_0 layout through a model load (lib/model.c calls
+# weight_prepare) against the GGUF layout: the same text.
+q40=${KILN_SHARED:-../shared}/models/tiny-target-q4_0.gguf
+if ! want layout; then :
+elif [ -f "$q40" ]; then
+    "$run" -m "$q40" -p "In the beginning" -n 24 --temp 0 --backend vulkan > "$tmp/split" 2> "$tmp/err"; rc=$?
+    KILN_VK_LAYOUT=0 "$run" -m "$q40" -p "In the beginning" -n 24 --temp 0 --backend vulkan > "$tmp/gguf" 2>> "$tmp/err"
+    rc2=$?
+    if [ "$rc" -eq 0 ] && [ "$rc2" -eq 0 ] && [ -s "$tmp/split" ] && cmp -s "$tmp/split" "$tmp/gguf"; then ok layout
+    else bad layout "rc=$rc/$rc2: '$(cat "$tmp/split")' vs GGUF layout '$(cat "$tmp/gguf")' $(tail -n 2 "$tmp/err")"; fi
+else
+    skipped layout "../shared not found"
+fi
+
 # A C test under KILN_BACKEND=vulkan: its own kt line decides.
 ctest() {
     local name=$1; shift
@@ -107,6 +128,14 @@ if want coopmat; then ctest test_vulkan_ops KILN_VK_COOPMAT_EMULATE=1; fi
 # every fusion on, including the quantization in the producers (off by
 # default: slower on the H100; its bits are still checked)
 if want coopmat; then ctest test_vulkan_ops KILN_VK_NO_FUSED=0; fi
+# weight_prepare keeping every weight in the GGUF layout (Q4_0 is split
+# into quants and scales otherwise: vk_layout.c)
+if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi
+# the split Q4_0 layout through mm.glsl without subgroup shuffles (the
+# default run takes mmsg_ and mmv_)
+if want coopmat; then
+    ctest test_vulkan_ops KILN_VK_NO_SUBGROUP=1 KILN_TEST_SKIP=test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_matmul_multi,test_fused_rope_kv_store,test_fused_quant_producers,test_mmv_unroll_bits
+fi
 if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_EAGER=1

@@ -403,6 +403,9 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         dev->no_fused = dev->no_fused_mask == 0x1eu;
     }
     dev->mmv_unroll = getenv("KILN_VK_MMV_UNROLL") && atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
+    /* KILN_VK_LAYOUT=0: weights keep the GGUF layout (vk_layout.c), to compare */
+    const char *lay = getenv("KILN_VK_LAYOUT");
+    dev->no_weight_layout = lay && strcmp(lay, "0") == 0;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);

@@ -7,6 +7,7 @@
  * command recording and submission, the staging ring), vk_memory.c (the
  * sub-allocator over VkDeviceMemory, buffers, the transient pool),
  * vk_pipeline.c (shader modules and pipelines), vk_ops.c (the operations),
+ * vk_layout.c (weight_prepare: the backend's own weight layouts),
  * vk_backend.c (the iface).
  *
  * Objects:
@@ -51,11 +52,24 @@
 #define KILN_VK_T_Q6_K 14
 #define KILN_VK_T_BF16 30
 
+/* Weight layouts (kiln_bk_tensor.layout, weight_prepare in vk_layout.c).
+ * Q4_0_SPLIT: each row of nb Q4_0 blocks is stored as the nb 16-byte
+ * nibble arrays, then the nb F16 scales (the same 18 nb bytes), for rows
+ * of K % 256 == 0 starting on 16-byte boundaries: the decode kernel reads
+ * a block's nibbles with one 16-byte load. */
+#define KILN_VK_LAYOUT_GGUF 0
+#define KILN_VK_LAYOUT_Q4_0_SPLIT 1
+
 /* Block geometry of a type; false for a type the backend does not handle. */
 bool kiln_vk_type_geometry(int32_t type, uint32_t *block_elems, uint32_t *block_bytes);
 const char *kiln_vk_type_name(int32_t type);
 
 /* ---- pipelines ---- */
+
+/* Kernels per weight-type group: the 11 types (kiln_vk_type_slot), then
+ * Q4_0 in the split layout (the *_q4_0s shaders, types.glsl T_Q4_0S). */
+#define KILN_VK_N_SLOTS 12
+#define KILN_VK_SLOT_Q4_0S 11
 
 enum {
     KILN_VK_P_QUANT_ACT,
@@ -65,23 +79,27 @@ enum {
     KILN_VK_P_KV_STORE,
     KILN_VK_P_ATTENTION,
     KILN_VK_P_MM_FIRST,                      /* mm_TYPE, in kiln_vk_type_slot order */
-    KILN_VK_P_MMSG_FIRST = KILN_VK_P_MM_FIRST + 11,
-    KILN_VK_P_GETROWS_FIRST = KILN_VK_P_MMSG_FIRST + 11,
-    KILN_VK_P_MMT_FIRST = KILN_VK_P_GETROWS_FIRST + 11, /* tiled matmul for batches */
-    KILN_VK_P_MMV_FIRST = KILN_VK_P_MMT_FIRST + 11,    /* matrix-vector (decode), subgroup arithmetic */
-    KILN_VK_P_MMC_FIRST = KILN_VK_P_MMV_FIRST + 11,    /* batches on matrix cores (NV cooperative matrix) */
-    KILN_VK_P_MMCE_FIRST = KILN_VK_P_MMC_FIRST + 11,   /* mmc emulated without matrix cores (tests) */
-    KILN_VK_P_MMC1_FIRST = KILN_VK_P_MMCE_FIRST + 11,  /* the previous matrix-core kernel (KILN_VK_MMC_OLD) */
-    KILN_VK_P_MMVM_FIRST = KILN_VK_P_MMC1_FIRST + 11,  /* mmv of up to 3 products of one x (matmul_multi) */
-    KILN_VK_P_ADD_RMS_NORM = KILN_VK_P_MMVM_FIRST + 11, /* residual add + norm (add_rms_norm) */
+    KILN_VK_P_MMSG_FIRST = KILN_VK_P_MM_FIRST + KILN_VK_N_SLOTS,
+    KILN_VK_P_GETROWS_FIRST = KILN_VK_P_MMSG_FIRST + KILN_VK_N_SLOTS,
+    KILN_VK_P_MMT_FIRST = KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS, /* tiled matmul for batches */
+    KILN_VK_P_MMV_FIRST = KILN_VK_P_MMT_FIRST + KILN_VK_N_SLOTS,    /* matrix-vector (decode), subgroup arithmetic */
+    KILN_VK_P_MMC_FIRST = KILN_VK_P_MMV_FIRST + KILN_VK_N_SLOTS,    /* batches on matrix cores (NV cooperative matrix) */
+    KILN_VK_P_MMCE_FIRST = KILN_VK_P_MMC_FIRST + KILN_VK_N_SLOTS,   /* mmc emulated without matrix cores (tests) */
+    KILN_VK_P_MMC1_FIRST = KILN_VK_P_MMCE_FIRST + KILN_VK_N_SLOTS,  /* the previous matrix-core kernel (KILN_VK_MMC_OLD) */
+    KILN_VK_P_MMVM_FIRST = KILN_VK_P_MMC1_FIRST + KILN_VK_N_SLOTS,  /* mmv of up to 3 products of one x (matmul_multi) */
+    KILN_VK_P_ADD_RMS_NORM = KILN_VK_P_MMVM_FIRST + KILN_VK_N_SLOTS, /* residual add + norm (add_rms_norm) */
     KILN_VK_P_ROPE_KV,                                 /* rope q, rope k, store k and v (rope_kv_store) */
     KILN_VK_P_MMV1_FIRST,                              /* mmv for one activation row (KILN_VK_MMV_UNROLL) */
-    KILN_VK_P_MMVM1_FIRST = KILN_VK_P_MMV1_FIRST + 11, /* mmvm for one activation row (KILN_VK_MMV_UNROLL) */
-    KILN_VK_P_ATTN_TILE_FIRST = KILN_VK_P_MMVM1_FIRST + 11, /* prefill attention: mc_64, mc_128, mce_64, mce_128 */
-    KILN_VK_P_COUNT = KILN_VK_P_ATTN_TILE_FIRST + 4
+    KILN_VK_P_MMVM1_FIRST = KILN_VK_P_MMV1_FIRST + KILN_VK_N_SLOTS, /* mmvm for one activation row (KILN_VK_MMV_UNROLL) */
+    KILN_VK_P_ATTN_TILE_FIRST = KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS, /* prefill attention: mc_64, mc_128, mce_64, mce_128 */
+    KILN_VK_P_Q4_0_SPLIT = KILN_VK_P_ATTN_TILE_FIRST + 4, /* weight_prepare: Q4_0 rows to the split layout */
+    KILN_VK_P_COUNT
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
+/* The slot of a weight tensor's kernels: its type's, or KILN_VK_SLOT_Q4_0S
+ * for Q4_0 in the split layout; -1 if none. */
+int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
 #define KILN_VK_MAX_BINDINGS 6
 #define KILN_VK_PUSH_BYTES 128
@@ -275,6 +293,7 @@ struct kiln_bk_device {
     bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store run the separate ops */
     uint32_t no_fused_mask;  /* KILN_VK_NO_FUSED=MASK: which fusions are off (vk_device.c) */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
+    bool no_weight_layout;   /* KILN_VK_LAYOUT=0: weight_prepare keeps every weight in the GGUF layout */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
@@ -400,6 +419,14 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
 kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                                   const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
                                   kiln_bk_buffer *v_cache, uint32_t kv_dim);
+/* ---- vk_layout.c ---- */
+/* iface weight_prepare: Q4_0 weights whose rows allow it go to the split
+ * layout (KILN_VK_LAYOUT_Q4_0_SPLIT); everything else stays as uploaded. */
+kiln_status kiln_vk_weight_prepare(kiln_bk_device *dev, const kiln_bk_tensor *w, int32_t *layout);
+/* Whether w->layout is one the kernels can read for this tensor (its
+ * rows as weight_prepare requires them); an error naming op otherwise. */
+kiln_status kiln_vk_layout_check(const kiln_bk_tensor *w, const char *op);
+
 /* Forget the quantized activations if [offset, +size) of buf overlaps them. */
 void kiln_vk_act_written(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size);
 

@@ -59,13 +59,13 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION) return (1u << 3) | (1u << 5);
     if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
-    if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + 11) return 1u << 1;
+    if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS) return 1u << 1;
     /* and the quantized activations (act_produce) */
     if (which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ADD_RMS_NORM) return (1u << 2) | (1u << 4) | (1u << 5);
     if (which == KILN_VK_P_ROPE_KV) return (1u << 0) | (1u << 2) | (1u << 3);
-    if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + 11) return 1u << 2;
-    if (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + 11) return 1u << 2;
+    if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + KILN_VK_N_SLOTS) return 1u << 2;
+    if (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS) return 1u << 2;
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
         (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST))
         return 1u << 2; /* every matmul: D */
@@ -226,6 +226,8 @@ static kiln_status tensor_check(const kiln_bk_tensor *t, int32_t type, const cha
         return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s rows are not %u-byte aligned", op, what, align);
     if (ext > UINT32_MAX || (t->ne[1] > 1 && t->row_stride > UINT32_MAX))
         return kiln_error(KILN_E_UNSUPPORTED, "vulkan %s: %s spans more than 4 GiB", op, what);
+    kiln_status st = kiln_vk_layout_check(t, op); /* a layout its kernels can read (vk_layout.c) */
+    if (st) return st;
     *extent = ext;
     return KILN_OK;
 }
@@ -386,7 +388,7 @@ kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, c
         if (ids[r] < 0 || ids[r] >= table->ne[1])
             return kiln_error(KILN_E_INVALID_ARG, "vulkan get_rows: id %d (row %lld) outside [0, %lld)", ids[r],
                               (long long)r, (long long)table->ne[1]);
-    const int slot = kiln_vk_type_slot(table->type);
+    const int slot = kiln_vk_weight_slot(table);
     const uint64_t rows = (uint64_t)dst->ne[1];
     kiln_vk_slice s;
     if ((st = kiln_vk_ring_alloc(dev, rows * sizeof(int32_t), &s))) return st;
@@ -695,7 +697,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* a driver that rejects the kernel: the previous matrix-core kernel
          * for this handle if it builds, else the portable path from now on */
         VkPipeline pipe;
-        const int ws = kiln_vk_type_slot(w->type);
+        const int ws = kiln_vk_weight_slot(w);
         if (kiln_vk_pipeline(dev->sh, mmc_first + ws, &pipe) != KILN_OK && !mmc_old && dev->sh->coopmat &&
             kiln_vk_pipeline(dev->sh, KILN_VK_P_MMC1_FIRST + ws, &pipe) == KILN_OK) {
             kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the cooperative matrix kernel cannot be built: "
@@ -730,7 +732,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     pc.K = (uint32_t)K;
     pc.N = (uint32_t)N;
     pc.M = (uint32_t)M;
-    const int slot = kiln_vk_type_slot(w->type);
+    const int slot = kiln_vk_weight_slot(w);
     const uint64_t max_x = dev->sh->max_groups[0];
     if (use_mmc) {
         /* batches on matrix cores: 128 x 128 tiles (the previous kernel 64 x
@@ -1141,7 +1143,8 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
             return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: w %lldx%lld, x %lldx%lld, dst %lldx%lld",
                               (long long)w[i]->ne[0], (long long)w[i]->ne[1], (long long)K, (long long)M,
                               (long long)dst[i]->ne[0], (long long)dst[i]->ne[1]);
-        fuse = fuse && w[i]->ne[1] > 0 && w[i]->type == w[0]->type && w[i]->buf == w[0]->buf &&
+        /* one kernel reads them all: one type in one layout */
+        fuse = fuse && w[i]->ne[1] > 0 && kiln_vk_weight_slot(w[i]) == kiln_vk_weight_slot(w[0]) && w[i]->buf == w[0]->buf &&
                dst[i]->buf == dst[0]->buf;
     }
     /* the spans the two shared bindings cover */
@@ -1216,7 +1219,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     const int first = dev->mmv_unroll && M == 1 ? KILN_VK_P_MMVM1_FIRST : KILN_VK_P_MMVM_FIRST;
-    return kiln_vk_dispatch(dev, first + kiln_vk_type_slot(w[0]->type), b, 3, &pc, sizeof pc,
+    return kiln_vk_dispatch(dev, first + kiln_vk_weight_slot(w[0]), b, 3, &pc, sizeof pc,
                             (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }
 

@@ -47,6 +47,8 @@ extern const uint32_t kiln_vk_spv_mm_q5_k[];
 extern const size_t kiln_vk_spv_mm_q5_k_size;
 extern const uint32_t kiln_vk_spv_mm_q6_k[];
 extern const size_t kiln_vk_spv_mm_q6_k_size;
+extern const uint32_t kiln_vk_spv_mm_q4_0s[];
+extern const size_t kiln_vk_spv_mm_q4_0s_size;
 extern const uint32_t kiln_vk_spv_mmsg_f32[];
 extern const size_t kiln_vk_spv_mmsg_f32_size;
 extern const uint32_t kiln_vk_spv_mmsg_f16[];
@@ -69,6 +71,8 @@ extern const uint32_t kiln_vk_spv_mmsg_q5_k[];
 extern const size_t kiln_vk_spv_mmsg_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmsg_q6_k[];
 extern const size_t kiln_vk_spv_mmsg_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmsg_q4_0s[];
+extern const size_t kiln_vk_spv_mmsg_q4_0s_size;
 extern const uint32_t kiln_vk_spv_getrows_f32[];
 extern const size_t kiln_vk_spv_getrows_f32_size;
 extern const uint32_t kiln_vk_spv_getrows_f16[];
@@ -91,6 +95,8 @@ extern const uint32_t kiln_vk_spv_getrows_q5_k[];
 extern const size_t kiln_vk_spv_getrows_q5_k_size;
 extern const uint32_t kiln_vk_spv_getrows_q6_k[];
 extern const size_t kiln_vk_spv_getrows_q6_k_size;
+extern const uint32_t kiln_vk_spv_getrows_q4_0s[];
+extern const size_t kiln_vk_spv_getrows_q4_0s_size;
 extern const uint32_t kiln_vk_spv_mmt_f32[];
 extern const size_t kiln_vk_spv_mmt_f32_size;
 extern const uint32_t kiln_vk_spv_mmt_f16[];
@@ -113,6 +119,8 @@ extern const uint32_t kiln_vk_spv_mmt_q5_k[];
 extern const size_t kiln_vk_spv_mmt_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmt_q6_k[];
 extern const size_t kiln_vk_spv_mmt_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmt_q4_0s[];
+extern const size_t kiln_vk_spv_mmt_q4_0s_size;
 
 extern const uint32_t kiln_vk_spv_mmv_f32[];
 extern const size_t kiln_vk_spv_mmv_f32_size;
@@ -136,6 +144,8 @@ extern const uint32_t kiln_vk_spv_mmv_q5_k[];
 extern const size_t kiln_vk_spv_mmv_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmv_q6_k[];
 extern const size_t kiln_vk_spv_mmv_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmv_q4_0s[];
+extern const size_t kiln_vk_spv_mmv_q4_0s_size;
 
 extern const uint32_t kiln_vk_spv_mmc_f32[];
 extern const size_t kiln_vk_spv_mmc_f32_size;
@@ -159,6 +169,8 @@ extern const uint32_t kiln_vk_spv_mmc_q5_k[];
 extern const size_t kiln_vk_spv_mmc_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmc_q6_k[];
 extern const size_t kiln_vk_spv_mmc_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmc_q4_0s[];
+extern const size_t kiln_vk_spv_mmc_q4_0s_size;
 
 extern const uint32_t kiln_vk_spv_mmv1_f32[];
 extern const size_t kiln_vk_spv_mmv1_f32_size;
@@ -182,6 +194,8 @@ extern const uint32_t kiln_vk_spv_mmv1_q5_k[];
 extern const size_t kiln_vk_spv_mmv1_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmv1_q6_k[];
 extern const size_t kiln_vk_spv_mmv1_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmv1_q4_0s[];
+extern const size_t kiln_vk_spv_mmv1_q4_0s_size;
 extern const uint32_t kiln_vk_spv_mmvm1_f32[];
 extern const size_t kiln_vk_spv_mmvm1_f32_size;
 extern const uint32_t kiln_vk_spv_mmvm1_f16[];
@@ -204,6 +218,8 @@ extern const uint32_t kiln_vk_spv_mmvm1_q5_k[];
 extern const size_t kiln_vk_spv_mmvm1_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmvm1_q6_k[];
 extern const size_t kiln_vk_spv_mmvm1_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q4_0s[];
+extern const size_t kiln_vk_spv_mmvm1_q4_0s_size;
 extern const uint32_t kiln_vk_spv_add_rms_norm[];
 extern const size_t kiln_vk_spv_add_rms_norm_size;
 extern const uint32_t kiln_vk_spv_rope_kv[];
@@ -230,6 +246,8 @@ extern const uint32_t kiln_vk_spv_mmvm_q5_k[];
 extern const size_t kiln_vk_spv_mmvm_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmvm_q6_k[];
 extern const size_t kiln_vk_spv_mmvm_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmvm_q4_0s[];
+extern const size_t kiln_vk_spv_mmvm_q4_0s_size;
 
 extern const uint32_t kiln_vk_spv_mmce_f32[];
 extern const size_t kiln_vk_spv_mmce_f32_size;
@@ -253,6 +271,8 @@ extern const uint32_t kiln_vk_spv_mmce_q5_k[];
 extern const size_t kiln_vk_spv_mmce_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmce_q6_k[];
 extern const size_t kiln_vk_spv_mmce_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmce_q4_0s[];
+extern const size_t kiln_vk_spv_mmce_q4_0s_size;
 extern const uint32_t kiln_vk_spv_mmc1_f32[];
 extern const size_t kiln_vk_spv_mmc1_f32_size;
 extern const uint32_t kiln_vk_spv_mmc1_f16[];
@@ -275,6 +295,8 @@ extern const uint32_t kiln_vk_spv_mmc1_q5_k[];
 extern const size_t kiln_vk_spv_mmc1_q5_k_size;
 extern const uint32_t kiln_vk_spv_mmc1_q6_k[];
 extern const size_t kiln_vk_spv_mmc1_q6_k_size;
+extern const uint32_t kiln_vk_spv_mmc1_q4_0s[];
+extern const size_t kiln_vk_spv_mmc1_q4_0s_size;
 extern const uint32_t kiln_vk_spv_attn_mc_64[];
 extern const size_t kiln_vk_spv_attn_mc_64_size;
 extern const uint32_t kiln_vk_spv_attn_mc_128[];
@@ -283,6 +305,8 @@ extern const uint32_t kiln_vk_spv_attn_mce_64[];
 extern const size_t kiln_vk_spv_attn_mce_64_size;
 extern const uint32_t kiln_vk_spv_attn_mce_128[];
 extern const size_t kiln_vk_spv_attn_mce_128_size;
+extern const uint32_t kiln_vk_spv_q4_0_split[];
+extern const size_t kiln_vk_spv_q4_0_split_size;
 
 static const struct {
     const char *name;
@@ -306,6 +330,7 @@ static const struct {
     {"mm_q4_k", kiln_vk_spv_mm_q4_k, &kiln_vk_spv_mm_q4_k_size},
     {"mm_q5_k", kiln_vk_spv_mm_q5_k, &kiln_vk_spv_mm_q5_k_size},
     {"mm_q6_k", kiln_vk_spv_mm_q6_k, &kiln_vk_spv_mm_q6_k_size},
+    {"mm_q4_0s", kiln_vk_spv_mm_q4_0s, &kiln_vk_spv_mm_q4_0s_size}, /* Q4_0, split layout */
     {"mmsg_f32", kiln_vk_spv_mmsg_f32, &kiln_vk_spv_mmsg_f32_size},
     {"mmsg_f16", kiln_vk_spv_mmsg_f16, &kiln_vk_spv_mmsg_f16_size},
     {"mmsg_bf16", kiln_vk_spv_mmsg_bf16, &kiln_vk_spv_mmsg_bf16_size},
@@ -317,6 +342,7 @@ static const struct {
     {"mmsg_q4_k", kiln_vk_spv_mmsg_q4_k, &kiln_vk_spv_mmsg_q4_k_size},
     {"mmsg_q5_k", kiln_vk_spv_mmsg_q5_k, &kiln_vk_spv_mmsg_q5_k_size},
     {"mmsg_q6_k", kiln_vk_spv_mmsg_q6_k, &kiln_vk_spv_mmsg_q6_k_size},
+    {"mmsg_q4_0s", kiln_vk_spv_mmsg_q4_0s, &kiln_vk_spv_mmsg_q4_0s_size}, /* Q4_0, split layout */
     {"getrows_f32", kiln_vk_spv_getrows_f32, &kiln_vk_spv_getrows_f32_size},
     {"getrows_f16", kiln_vk_spv_getrows_f16, &kiln_vk_spv_getrows_f16_size},
     {"getrows_bf16", kiln_vk_spv_getrows_bf16, &kiln_vk_spv_getrows_bf16_size},
@@ -328,6 +354,7 @@ static const struct {
     {"getrows_q4_k", kiln_vk_spv_getrows_q4_k, &kiln_vk_spv_getrows_q4_k_size},
     {"getrows_q5_k", kiln_vk_spv_getrows_q5_k, &kiln_vk_spv_getrows_q5_k_size},
     {"getrows_q6_k", kiln_vk_spv_getrows_q6_k, &kiln_vk_spv_getrows_q6_k_size},
+    {"getrows_q4_0s", kiln_vk_spv_getrows_q4_0s, &kiln_vk_spv_getrows_q4_0s_size}, /* Q4_0, split layout */
     {"mmt_f32", kiln_vk_spv_mmt_f32, &kiln_vk_spv_mmt_f32_size},
     {"mmt_f16", kiln_vk_spv_mmt_f16, &kiln_vk_spv_mmt_f16_size},
     {"mmt_bf16", kiln_vk_spv_mmt_bf16, &kiln_vk_spv_mmt_bf16_size},
@@ -339,6 +366,7 @@ static const struct {
     {"mmt_q4_k", kiln_vk_spv_mmt_q4_k, &kiln_vk_spv_mmt_q4_k_size},
     {"mmt_q5_k", kiln_vk_spv_mmt_q5_k, &kiln_vk_spv_mmt_q5_k_size},
     {"mmt_q6_k", kiln_vk_spv_mmt_q6_k, &kiln_vk_spv_mmt_q6_k_size},
+    {"mmt_q4_0s", kiln_vk_spv_mmt_q4_0s, &kiln_vk_spv_mmt_q4_0s_size}, /* Q4_0, split layout */
     {"mmv_f32", kiln_vk_spv_mmv_f32, &kiln_vk_spv_mmv_f32_size},
     {"mmv_f16", kiln_vk_spv_mmv_f16, &kiln_vk_spv_mmv_f16_size},
     {"mmv_bf16", kiln_vk_spv_mmv_bf16, &kiln_vk_spv_mmv_bf16_size},
@@ -350,6 +378,7 @@ static const struct {
     {"mmv_q4_k", kiln_vk_spv_mmv_q4_k, &kiln_vk_spv_mmv_q4_k_size},
     {"mmv_q5_k", kiln_vk_spv_mmv_q5_k, &kiln_vk_spv_mmv_q5_k_size},
     {"mmv_q6_k", kiln_vk_spv_mmv_q6_k, &kiln_vk_spv_mmv_q6_k_size},
+    {"mmv_q4_0s", kiln_vk_spv_mmv_q4_0s, &kiln_vk_spv_mmv_q4_0s_size}, /* Q4_0, split layout */
     {"mmc_f32", kiln_vk_spv_mmc_f32, &kiln_vk_spv_mmc_f32_size},
     {"mmc_f16", kiln_vk_spv_mmc_f16, &kiln_vk_spv_mmc_f16_size},
     {"mmc_bf16", kiln_vk_spv_mmc_bf16, &kiln_vk_spv_mmc_bf16_size},
@@ -361,6 +390,7 @@ static const struct {
     {"mmc_q4_k", kiln_vk_spv_mmc_q4_k, &kiln_vk_spv_mmc_q4_k_size},
     {"mmc_q5_k", kiln_vk_spv_mmc_q5_k, &kiln_vk_spv_mmc_q5_k_size},
     {"mmc_q6_k", kiln_vk_spv_mmc_q6_k, &kiln_vk_spv_mmc_q6_k_size},
+    {"mmc_q4_0s", kiln_vk_spv_mmc_q4_0s, &kiln_vk_spv_mmc_q4_0s_size}, /* Q4_0, split layout */
     {"mmce_f32", kiln_vk_spv_mmce_f32, &kiln_vk_spv_mmce_f32_size},
     {"mmce_f16", kiln_vk_spv_mmce_f16, &kiln_vk_spv_mmce_f16_size},
     {"mmce_bf16", kiln_vk_spv_mmce_bf16, &kiln_vk_spv_mmce_bf16_size},
@@ -372,6 +402,7 @@ static const struct {
     {"mmce_q4_k", kiln_vk_spv_mmce_q4_k, &kiln_vk_spv_mmce_q4_k_size},
     {"mmce_q5_k", kiln_vk_spv_mmce_q5_k, &kiln_vk_spv_mmce_q5_k_size},
     {"mmce_q6_k", kiln_vk_spv_mmce_q6_k, &kiln_vk_spv_mmce_q6_k_size},
+    {"mmce_q4_0s", kiln_vk_spv_mmce_q4_0s, &kiln_vk_spv_mmce_q4_0s_size}, /* Q4_0, split layout */
     {"mmc1_f32", kiln_vk_spv_mmc1_f32, &kiln_vk_spv_mmc1_f32_size},
     {"mmc1_f16", kiln_vk_spv_mmc1_f16, &kiln_vk_spv_mmc1_f16_size},
     {"mmc1_bf16", kiln_vk_spv_mmc1_bf16, &kiln_vk_spv_mmc1_bf16_size},
@@ -383,6 +414,7 @@ static const struct {
     {"mmc1_q4_k", kiln_vk_spv_mmc1_q4_k, &kiln_vk_spv_mmc1_q4_k_size},
     {"mmc1_q5_k", kiln_vk_spv_mmc1_q5_k, &kiln_vk_spv_mmc1_q5_k_size},
     {"mmc1_q6_k", kiln_vk_spv_mmc1_q6_k, &kiln_vk_spv_mmc1_q6_k_size},
+    {"mmc1_q4_0s", kiln_vk_spv_mmc1_q4_0s, &kiln_vk_spv_mmc1_q4_0s_size}, /* Q4_0, split layout */
     {"mmvm_f32", kiln_vk_spv_mmvm_f32, &kiln_vk_spv_mmvm_f32_size},
     {"mmvm_f16", kiln_vk_spv_mmvm_f16, &kiln_vk_spv_mmvm_f16_size},
     {"mmvm_bf16", kiln_vk_spv_mmvm_bf16, &kiln_vk_spv_mmvm_bf16_size},
@@ -394,6 +426,7 @@ static const struct {
     {"mmvm_q4_k", kiln_vk_spv_mmvm_q4_k, &kiln_vk_spv_mmvm_q4_k_size},
     {"mmvm_q5_k", kiln_vk_spv_mmvm_q5_k, &kiln_vk_spv_mmvm_q5_k_size},
     {"mmvm_q6_k", kiln_vk_spv_mmvm_q6_k, &kiln_vk_spv_mmvm_q6_k_size},
+    {"mmvm_q4_0s", kiln_vk_spv_mmvm_q4_0s, &kiln_vk_spv_mmvm_q4_0s_size}, /* Q4_0, split layout */
     {"add_rms_norm", kiln_vk_spv_add_rms_norm, &kiln_vk_spv_add_rms_norm_size},
     {"rope_kv", kiln_vk_spv_rope_kv, &kiln_vk_spv_rope_kv_size},
     {"mmv1_f32", kiln_vk_spv_mmv1_f32, &kiln_vk_spv_mmv1_f32_size},
@@ -407,6 +440,7 @@ static const struct {
     {"mmv1_q4_k", kiln_vk_spv_mmv1_q4_k, &kiln_vk_spv_mmv1_q4_k_size},
     {"mmv1_q5_k", kiln_vk_spv_mmv1_q5_k, &kiln_vk_spv_mmv1_q5_k_size},
     {"mmv1_q6_k", kiln_vk_spv_mmv1_q6_k, &kiln_vk_spv_mmv1_q6_k_size},
+    {"mmv1_q4_0s", kiln_vk_spv_mmv1_q4_0s, &kiln_vk_spv_mmv1_q4_0s_size}, /* Q4_0, split layout */
     {"mmvm1_f32", kiln_vk_spv_mmvm1_f32, &kiln_vk_spv_mmvm1_f32_size},
     {"mmvm1_f16", kiln_vk_spv_mmvm1_f16, &kiln_vk_spv_mmvm1_f16_size},
     {"mmvm1_bf16", kiln_vk_spv_mmvm1_bf16, &kiln_vk_spv_mmvm1_bf16_size},
@@ -418,10 +452,12 @@ static const struct {
     {"mmvm1_q4_k", kiln_vk_spv_mmvm1_q4_k, &kiln_vk_spv_mmvm1_q4_k_size},
     {"mmvm1_q5_k", kiln_vk_spv_mmvm1_q5_k, &kiln_vk_spv_mmvm1_q5_k_size},
     {"mmvm1_q6_k", kiln_vk_spv_mmvm1_q6_k, &kiln_vk_spv_mmvm1_q6_k_size},
+    {"mmvm1_q4_0s", kiln_vk_spv_mmvm1_q4_0s, &kiln_vk_spv_mmvm1_q4_0s_size}, /* Q4_0, split layout */
     {"attn_mc_64", kiln_vk_spv_attn_mc_64, &kiln_vk_spv_attn_mc_64_size},
     {"attn_mc_128", kiln_vk_spv_attn_mc_128, &kiln_vk_spv_attn_mc_128_size},
     {"attn_mce_64", kiln_vk_spv_attn_mce_64, &kiln_vk_spv_attn_mce_64_size},
-    {"attn_mce_128", kiln_vk_spv_attn_mce_128, &kiln_vk_spv_attn_mce_128_size}
+    {"attn_mce_128", kiln_vk_spv_attn_mce_128, &kiln_vk_spv_attn_mce_128_size},
+    {"q4_0_split", kiln_vk_spv_q4_0_split, &kiln_vk_spv_q4_0_split_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {

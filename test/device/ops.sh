@@ -7,7 +7,8 @@
 #   1. bench/decode_kernels (Q4_0 decode kernels over the GGUF layout and over
 #      a layout with quants and scales apart), if built;
 #   2. bench/backend_ops on libkiln-cuda.so and libkiln-vulkan.so, one
-#      token and 8 (BENCH_TYPES, default f16,q4_0,q8_0,q4_k,q6_k);
+#      token and 8 (BENCH_TYPES, default f16,q4_0,q8_0,q4_k,q6_k); Vulkan
+#      Q4_0 again with KILN_VK_LAYOUT=0 (the GGUF layout, not split);
 #   3. with SHAPE:TYPE arguments (kiln-gen-model shapes), the per-kernel
 #      profile of a few Vulkan decode steps (KILN_VK_PROFILE=1) and the
 #      CUDA step's profile (KILN_CUDA_PROFILE=1).
@@ -36,6 +37,11 @@ for lib in cuda vulkan; do
     BENCH_TYPES=$types BENCH_NS=${BENCH_NS:-,1,8,} "$build/bench/backend_ops" "$build/libkiln-$lib.so" \
         "${KILN_OPS_REPS:-50}" 2>&1 | tee "$out/ops-$lib.txt"
 done
+if [ -f "$build/libkiln-vulkan.so" ]; then
+    echo "== backend_ops vulkan q4_0, KILN_VK_LAYOUT=0 (GGUF layout)"
+    KILN_VK_LAYOUT=0 BENCH_TYPES=q4_0 BENCH_NS=${BENCH_NS:-,1,8,} "$build/bench/backend_ops" \
+        "$build/libkiln-vulkan.so" "${KILN_OPS_REPS:-50}" 2>&1 | tee "$out/ops-vulkan-gguf.txt"
+fi
 for m in "$@"; do
     shape=${m%%:*}; type=${m##*:}; f=/tmp/$shape-$type.gguf
     vocab=${KILN_SHARED:-../shared}/vocab/vocab-llama-spm.gguf

@@ -14,7 +14,8 @@
 #      was built, for the ratio, and tg128 with KILN_VK_NO_FUSED=1 (the
 #      decode step's separate operations: before/after the fusions) and
 #      with KILN_VK_MMV_UNROLL=1 (one-row decode kernels, more loads in
-#      flight); then
+#      flight), and pp512/tg128 with KILN_VK_LAYOUT=0 (Q4_0 weights kept in
+#      the GGUF layout: before/after the split layout); then
 #      KILN_VK_PROFILE=1 (per-kernel times, graphs off) into
 #      profile-NAME.txt; where the matrix-core kernel ran, pp512 and the
 #      profile again with the previous one (KILN_VK_MMC_OLD=1) into
@@ -137,6 +138,9 @@ for m in "$@"; do
     echo "== kiln-bench vulkan $name, KILN_VK_MMV_UNROLL=1 (one-row decode kernels, 4 chunks' loads at once)"
     KILN_VK_MMV_UNROLL=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 0 -n 128 -r 3 2>&1 \
         | tee "$out/bench-vulkan-unroll-$name.txt"
+    echo "== kiln-bench vulkan $name, KILN_VK_LAYOUT=0 (weights in the GGUF layout: no split Q4_0)"
+    KILN_VK_LAYOUT=0 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 128 -r 3 2>&1 \
+        | tee "$out/bench-vulkan-gguf-$name.txt"
     if [ -f "$build/libkiln-cuda.so" ]; then
         echo "== kiln-bench cuda $name"
         "$build/bin/kiln-bench" --backend cuda -m "$m" -p 512 -n 128 -r 3 2>&1 | tee "$out/bench-cuda-$name.txt"

@@ -18,6 +18,7 @@ layout(push_constant) uniform P {
 } p;
 
 #define KILN_BYTES
+#define ROW_K p.n /* types.glsl: split Q4_0 rows find their scales after K/2 bytes */
 #include "common.glsl"
 #include "types.glsl"
 

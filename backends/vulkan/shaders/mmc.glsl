@@ -61,6 +61,7 @@ layout(push_constant) uniform P {
 /* types.glsl's dot products read A (not used here): the same binding as X */
 layout(binding = 1) readonly buffer AB { uint A[]; };
 #define KILN_BYTES
+#define KILN_W4 /* types.glsl: split Q4_0 blocks as one 16-byte load */
 #include "common.glsl"
 #include "types.glsl"
 
@@ -121,7 +122,8 @@ uvec4 pack8(float v[8]) {
  * decode in front of them. Q4_0, Q4_K and Q6_K (the usual prefill weights)
  * fetch the aligned words that hold the part's bytes; the other formats
  * decode at fetch time (types.glsl's wvals8/wscale), F16 weights on 16-byte
- * boundaries are one 16-byte load. */
+ * boundaries are one 16-byte load. Q4_0 in the split layout (T_Q4_0S)
+ * fetches its scale's word and two aligned words of nibbles. */
 struct WRaw { uvec4 a, b; };
 
 /* bytes o & 3 .. + 3 of the two words lo, hi (o's word and the next) */
@@ -166,6 +168,12 @@ WRaw fetch_w(uint c, uint n, uint e0) {
     uint b = row + 18u * c, q = (b + 2u + (e0 & 15u)) >> 2;
     r.a = uvec4(W[b >> 2], W[q], W[q + 1u], W[q + 2u]);
     r.b = uvec4(0u);
+#elif WTYPE == T_Q4_0S
+    /* the word holding d, the part's 8 bytes of nibbles (two aligned
+     * words: the split rows start on 16-byte boundaries) */
+    uint s = row + (p.K >> 1) + 2u * c, q = (row >> 2) + 4u * c + ((e0 & 15u) >> 2);
+    r.a = uvec4(W[s >> 2], W[q], W[q + 1u], 0u);
+    r.b = uvec4(0u);
 #elif WTYPE == T_Q4_K
     /* d/dmin, the 12 scale bytes, the part's 8 bytes of nibbles (blocks
      * are 144 bytes on 4-byte boundaries, as types.glsl reads them) */
@@ -190,7 +198,7 @@ WRaw fetch_w(uint c, uint n, uint e0) {
 /* the fetched part as eight F16 (the arithmetic of types.glsl's wvals8 and
  * wscale, so the values are those of the other formats' path) */
 uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
-#if WTYPE == T_Q4_0 || WTYPE == T_Q4_K || WTYPE == T_Q6_K
+#if WTYPE == T_Q4_0 || WTYPE == T_Q4_0S || WTYPE == T_Q4_K || WTYPE == T_Q6_K
     uint row = wrow(n);
     float v[8];
 #if WTYPE == T_Q4_0
@@ -200,6 +208,13 @@ uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
     uint sh = e0 >= 16u ? 4u : 0u;
     [[unroll]] for (uint i = 0u; i < 8u; i++)
         v[i] = d * float(int((ub(i < 4u ? lo : hi, i & 3u) >> sh) & 0xfu) - 8);
+#elif WTYPE == T_Q4_0S
+    /* Q4_0's operations on the split layout's words */
+    uint s = row + (p.K >> 1) + 2u * c;
+    float d = h2f((r.a.x >> (8u * (s & 2u))) & 0xffffu);
+    uint sh = e0 >= 16u ? 4u : 0u;
+    [[unroll]] for (uint i = 0u; i < 8u; i++)
+        v[i] = d * float(int((ub(i < 4u ? r.a.y : r.a.z, i & 3u) >> sh) & 0xfu) - 8);
 #elif WTYPE == T_Q4_K
     uint j = c & 7u;
     /* kiln_q4k_scale_min over the scale words r.a.y (bytes 0-3), r.a.z (4-7), r.a.w (8-11) */

@@ -76,6 +76,7 @@ layout(push_constant) uniform P {
 #endif
 
 #define KILN_BYTES
+#define KILN_W4 /* types.glsl: split Q4_0 blocks as one 16-byte load */
 #include "common.glsl"
 #include "types.glsl"
 

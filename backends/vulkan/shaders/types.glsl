@@ -35,6 +35,12 @@
 #define T_Q5_K 13
 #define T_Q6_K 14
 #define T_BF16 30
+/* not a ggml id: Q4_0 in this backend's split layout (vk_layout.c). A row
+ * of nb = K/32 blocks holds the blocks' 16-byte nibble arrays (block c's
+ * at byte 16c of the row), then their F16 scales (block c's at byte
+ * 16nb + 2c); rows start on 16-byte boundaries. The arithmetic is Q4_0's,
+ * operation for operation, so both layouts give the same bits. */
+#define T_Q4_0S 102
 
 #if WTYPE == T_F32
 #define BLK_BYTES 4u
@@ -42,7 +48,7 @@
 #elif WTYPE == T_F16 || WTYPE == T_BF16
 #define BLK_BYTES 2u
 #define BLK_ELEMS 1u
-#elif WTYPE == T_Q4_0
+#elif WTYPE == T_Q4_0 || WTYPE == T_Q4_0S
 #define BLK_BYTES 18u
 #define BLK_ELEMS 32u
 #elif WTYPE == T_Q4_1
@@ -71,6 +77,26 @@
 #endif
 
 float af(uint i) { return uintBitsToFloat(A[i]); }
+
+#if WTYPE == T_Q4_0S
+/* The scales' place depends on the row's length: K, from the including
+ * shader's push constants (ROW_K names it where it is not p.K). */
+#ifndef ROW_K
+#define ROW_K p.K
+#endif
+/* the 16 nibble bytes of block c of the row at byte `row`: one 16-byte
+ * load where the shader declares W4 (KILN_W4), else four aligned words */
+uvec4 q4s_qs(uint row, uint c) {
+#ifdef KILN_W4
+    return W4[(row >> 4) + c];
+#else
+    uint o = (row >> 2) + 4u * c;
+    return uvec4(W[o], W[o + 1u], W[o + 2u], W[o + 3u]);
+#endif
+}
+/* the scale of block c (byte 16 K/32 + 2c = K/2 + 2c of the row) */
+float q4s_d(uint row, uint c, uint K) { return h2f(w_u16(row + (K >> 1) + 2u * c)); }
+#endif
 
 #if WTYPE == T_Q4_K || WTYPE == T_Q5_K
 /* 6-bit scale and min of sub-block j of the block at byte b (kiln_q4k_scale_min) */
@@ -166,6 +192,14 @@ void deq32(uint row, uint c, inout float v[32]) {
     float d = h2f(w_u16(b + 208u));
     float s0 = float(sb(w_u8(b + 192u + 2u * j), 0u)), s1 = float(sb(w_u8(b + 193u + 2u * j), 0u));
     for (uint l = 0u; l < 32u; l++) v[l] = d * (l < 16u ? s0 : s1) * float(int(q6_val(b, j, l)) - 32);
+#elif WTYPE == T_Q4_0S
+    float d = q4s_d(row, c, ROW_K);
+    uvec4 q = q4s_qs(row, c);
+    for (uint j = 0u; j < 16u; j++) {
+        uint b = ub(q[j >> 2], j & 3u);
+        v[j] = float(int(b & 0xfu) - 8) * d;
+        v[j + 16u] = float(int(b >> 4) - 8) * d;
+    }
 #endif
 }
 
@@ -314,6 +348,21 @@ float dot32(uint row, uint c, uint a, uint K) {
     float d = h2f(w_u16(b + 208u));
     precise float r = (d * ad) * float(sc0 * s0 + sc1 * s1);
     return r;
+#elif WTYPE == T_Q4_0S
+    /* Q4_0's integer sum (exact in any order) and its float operations */
+    uint aq = a + 8u * c;
+    float ad = af(a + K / 4u + c);
+    float d = q4s_d(row, c, K);
+    uvec4 q = q4s_qs(row, c);
+    int sum = 0;
+    for (uint i = 0u; i < 4u; i++) {
+        uint lo4 = q[i] & 0x0f0f0f0fu, hi4 = (q[i] >> 4) & 0x0f0f0f0fu;
+        uint alo = A[aq + i], ahi = A[aq + 4u + i];
+        for (uint k = 0u; k < 4u; k++)
+            sum += (int(ub(lo4, k)) - 8) * sb(alo, k) + (int(ub(hi4, k)) - 8) * sb(ahi, k);
+    }
+    precise float r = float(sum) * (d * ad);
+    return r;
 #endif
 }
 
@@ -406,6 +455,11 @@ void wvals8(uint row, uint c, uint e0, inout float v[8]) {
         int q = int(((ub(lw, i & 3u) >> lsh) & 0xfu) | (((ub(hw, i & 3u) >> hsh) & 3u) << 4)) - 32;
         v[i] = float(s * q);
     }
+#elif WTYPE == T_Q4_0S
+    /* bytes (e0 % 16) .. + 7 of the block's nibbles: two aligned words */
+    uint o = (row >> 2) + 4u * c + ((e0 & 15u) >> 2), sh = e0 >= 16u ? 4u : 0u;
+    uint q4a = W[o], q4b = W[o + 1u];
+    for (uint i = 0u; i < 8u; i++) v[i] = float(int((ub(i < 4u ? q4a : q4b, i & 3u) >> sh) & 0xfu) - 8);
 #endif
 }
 
@@ -422,6 +476,8 @@ vec3 wscale(uint row, uint c) {
     return vec3(h2f(w_u16(b)), h2f(w_u16(b + 2u)), float(mn));
 #elif WTYPE == T_Q6_K
     return vec3(h2f(w_u16(row + BLK_BYTES * (c >> 3) + 208u)), 0.0, 0.0);
+#elif WTYPE == T_Q4_0S
+    return vec3(q4s_d(row, c, ROW_K), 0.0, 0.0);
 #else
     return vec3(h2f(w_u16(row + BLK_BYTES * c)), 0.0, 0.0);
 #endif
