@@ -390,6 +390,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->attn_no_mc = getenv("KILN_VK_ATTN_PORTABLE") != NULL;
     dev->attn_eager = getenv("KILN_VK_ATTN_EAGER") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
+    dev->barrier_full = getenv("KILN_VK_BARRIER_FULL") != NULL;
     {   /* KILN_VK_NO_FUSED=1 (or any non-number): every fusion off; a number
          * > 1: a mask of the ones to turn off (2 the quantization in the
          * producers, 4 matmul_multi, 8 add_rms_norm, 16 rope_kv_store).
@@ -493,6 +494,19 @@ void kiln_vk_barrier_cmd(VkCommandBuffer cmd) {
                        VK_ACCESS_TRANSFER_WRITE_BIT;
     const VkPipelineStageFlags stages = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
     vkCmdPipelineBarrier(cmd, stages | VK_PIPELINE_STAGE_HOST_BIT, stages, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+/* Between two dispatches: the only writers since the last full barrier
+ * are compute shaders (copies and host writes are bracketed by full
+ * barriers: record_copy, kiln_vk_begin), so compute-to-compute ordering is
+ * all a later dispatch needs; a barrier that also names the transfer and
+ * host stages may make a driver drain and flush more than that. */
+void kiln_vk_barrier_compute(VkCommandBuffer cmd) {
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+    mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+    mb.dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT;
+    vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0,
+                         NULL, 0, NULL);
 }
 
 static kiln_status wait_pending(kiln_bk_device *dev) {

@@ -290,6 +290,8 @@ struct kiln_bk_device {
     bool attn_eager;         /* KILN_VK_ATTN_EAGER: attn_tile rescales whenever a row's max grows (tests) */
     bool attn_no_mc;         /* KILN_VK_ATTN_PORTABLE, or the matrix-core attention did not build: attn_mce */
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
+    bool barrier_full;       /* KILN_VK_BARRIER_FULL: between dispatches the full barrier
+                                (all stages), not the compute-only one */
     bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store run the separate ops */
     uint32_t no_fused_mask;  /* KILN_VK_NO_FUSED=MASK: which fusions are off (vk_device.c) */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
@@ -338,6 +340,8 @@ kiln_status kiln_vk_finish(kiln_bk_device *dev);
 /* A full memory barrier after a recorded command (compute and transfer). */
 void kiln_vk_barrier(kiln_bk_device *dev);
 void kiln_vk_barrier_cmd(VkCommandBuffer cmd);
+/* compute-to-compute only (between dispatches; see vk_device.c) */
+void kiln_vk_barrier_compute(VkCommandBuffer cmd);
 /* `size` bytes of the staging ring (aligned); may finish() the handle to
  * make room, which invalidates earlier slices. */
 kiln_status kiln_vk_ring_alloc(kiln_bk_device *dev, uint64_t size, kiln_vk_slice *out);

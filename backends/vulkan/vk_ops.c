@@ -93,7 +93,8 @@ static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, 
         }
     }
     if (need) {
-        kiln_vk_barrier_cmd(cmd);
+        if (dev->barrier_full) kiln_vk_barrier_cmd(cmd);
+        else kiln_vk_barrier_compute(cmd);
         dev->n_pend = 0;
         if (dev->graph_mode == 1) dev->rec_barriers++;
     }
