@@ -713,6 +713,40 @@ static __device__ __forceinline__ uint32_t kcu_sm_u32(const uint8_t *p) { /* 2-b
     return (uint32_t)q[0] | ((uint32_t)q[1] << 16);
 }
 
+/* A lane's part of one Q6_K block (both Q6_K kernels, so both give the
+ * same bits): words a (ql), bq (ql + 32) and h (qh) of its 16 positions,
+ * ds[g] = d * sc of its four groups; adds each token's sums into acc. */
+template <int NT>
+static __device__ __forceinline__ void kcu_q6k_lane_block(const uint32_t a4[4], const uint32_t b4[4], const uint32_t h4[4],
+                                                          const float ds[4], const int8_t *xq, const float *xd, int K,
+                                                          int b, int hf, int l0, int nt, float *acc) {
+    int w[4][4]; /* [group][word]: 4 signed quants per word */
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const uint32_t a = a4[i], bq = b4[i], h = h4[i];
+        w[0][i] = (int)__vsub4((a & 0x0F0F0F0Fu) | ((h & 0x03030303u) << 4), 0x20202020u);
+        w[1][i] = (int)__vsub4((bq & 0x0F0F0F0Fu) | (((h >> 2) & 0x03030303u) << 4), 0x20202020u);
+        w[2][i] = (int)__vsub4(((a >> 4) & 0x0F0F0F0Fu) | (((h >> 4) & 0x03030303u) << 4), 0x20202020u);
+        w[3][i] = (int)__vsub4(((bq >> 4) & 0x0F0F0F0Fu) | (((h >> 6) & 0x03030303u) << 4), 0x20202020u);
+    }
+    const int nb32 = K / 32;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t >= nt) break;
+        const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 128 * hf + l0;
+        const float *xdp = xd + (uint64_t)t * nb32 + 8 * b + 4 * hf;
+#pragma unroll
+        for (int g = 0; g < 4; g++) {
+            const int4 xv = __ldg((const int4 *)(xp + 32 * g));
+            int dot = __dp4a(w[g][0], xv.x, 0);
+            dot = __dp4a(w[g][1], xv.y, dot);
+            dot = __dp4a(w[g][2], xv.z, dot);
+            dot = __dp4a(w[g][3], xv.w, dot);
+            acc[t] = fmaf(__ldg(xdp + g) * ds[g], (float)dot, acc[t]);
+        }
+    }
+}
+
 template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q6k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
@@ -722,7 +756,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
     if (row >= m.N) return;
-    const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256, nb32 = K / 32;
+    const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256;
     const uint4 *wr = (const uint4 *)(m.w + (uint64_t)row * m.ws);
     uint8_t *my = sm[warp];
     float acc[NT];
@@ -738,34 +772,17 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             const float d = __half2float(__ushort_as_half(*(const uint16_t *)(blk + 208)));
             const int8_t *sc = (const int8_t *)(blk + 192 + 8 * hf + (s & 1));
             const uint8_t *ql = blk + 64 * hf + l0, *qh = blk + 128 + 32 * hf + l0;
-            int w[4][4]; /* [group][word]: 4 signed quants per word */
+            uint32_t a4[4], b4[4], h4[4];
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                const uint32_t a = kcu_sm_u32(ql + 4 * i), bq = kcu_sm_u32(ql + 32 + 4 * i);
-                const uint32_t h = kcu_sm_u32(qh + 4 * i);
-                w[0][i] = (int)__vsub4((a & 0x0F0F0F0Fu) | ((h & 0x03030303u) << 4), 0x20202020u);
-                w[1][i] = (int)__vsub4((bq & 0x0F0F0F0Fu) | (((h >> 2) & 0x03030303u) << 4), 0x20202020u);
-                w[2][i] = (int)__vsub4(((a >> 4) & 0x0F0F0F0Fu) | (((h >> 4) & 0x03030303u) << 4), 0x20202020u);
-                w[3][i] = (int)__vsub4(((bq >> 4) & 0x0F0F0F0Fu) | (((h >> 6) & 0x03030303u) << 4), 0x20202020u);
+                a4[i] = kcu_sm_u32(ql + 4 * i);
+                b4[i] = kcu_sm_u32(ql + 32 + 4 * i);
+                h4[i] = kcu_sm_u32(qh + 4 * i);
             }
             float ds[4];
 #pragma unroll
             for (int g = 0; g < 4; g++) ds[g] = d * (float)sc[2 * g];
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (t >= nt) break;
-                const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 128 * hf + l0;
-                const float *xdp = xd + (uint64_t)t * nb32 + 8 * b + 4 * hf;
-#pragma unroll
-                for (int g = 0; g < 4; g++) {
-                    const int4 xv = __ldg((const int4 *)(xp + 32 * g));
-                    int dot = __dp4a(w[g][0], xv.x, 0);
-                    dot = __dp4a(w[g][1], xv.y, dot);
-                    dot = __dp4a(w[g][2], xv.z, dot);
-                    dot = __dp4a(w[g][3], xv.w, dot);
-                    acc[t] = fmaf(__ldg(xdp + g) * ds[g], (float)dot, acc[t]);
-                }
-            }
+            kcu_q6k_lane_block<NT>(a4, b4, h4, ds, xq, xd, K, b, hf, l0, nt, acc);
         }
     }
     kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
@@ -783,7 +800,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     const kcu_mm_one m = kcu_mm_pick(set);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
     if (row >= m.N) return;
-    const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256, nb32 = K / 32;
+    const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256;
     const uint8_t *wr = m.w + (uint64_t)row * m.ws;
     float acc[NT];
 #pragma unroll
@@ -811,15 +828,6 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
             const uint32_t av[4] = {qa[u].x, qa[u].y, qa[u].z, qa[u].w};
             const uint32_t bv[4] = {qb[u].x, qb[u].y, qb[u].z, qb[u].w};
             const uint32_t hv[4] = {qh[u].x, qh[u].y, qh[u].z, qh[u].w};
-            int w[4][4]; /* [group][word]: 4 signed quants per word */
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const uint32_t a = av[i], bq = bv[i], h = hv[i];
-                w[0][i] = (int)__vsub4((a & 0x0F0F0F0Fu) | ((h & 0x03030303u) << 4), 0x20202020u);
-                w[1][i] = (int)__vsub4((bq & 0x0F0F0F0Fu) | (((h >> 2) & 0x03030303u) << 4), 0x20202020u);
-                w[2][i] = (int)__vsub4(((a >> 4) & 0x0F0F0F0Fu) | (((h >> 4) & 0x03030303u) << 4), 0x20202020u);
-                w[3][i] = (int)__vsub4(((bq >> 4) & 0x0F0F0F0Fu) | (((h >> 6) & 0x03030303u) << 4), 0x20202020u);
-            }
             /* sc[(s & 1) + 2 g] of the half's 8 scale bytes */
             float ds[4];
 #pragma unroll
@@ -828,21 +836,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
                 const uint32_t word = k < 4 ? scv[u].x : scv[u].y;
                 ds[g] = d[u] * (float)(int8_t)((word >> (8 * (k & 3))) & 0xFF);
             }
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (t >= nt) break;
-                const int8_t *xp = xq + (uint64_t)t * K + 256 * b + 128 * hf + l0;
-                const float *xdp = xd + (uint64_t)t * nb32 + 8 * b + 4 * hf;
-#pragma unroll
-                for (int g = 0; g < 4; g++) {
-                    const int4 xv = __ldg((const int4 *)(xp + 32 * g));
-                    int dot = __dp4a(w[g][0], xv.x, 0);
-                    dot = __dp4a(w[g][1], xv.y, dot);
-                    dot = __dp4a(w[g][2], xv.z, dot);
-                    dot = __dp4a(w[g][3], xv.w, dot);
-                    acc[t] = fmaf(__ldg(xdp + g) * ds[g], (float)dot, acc[t]);
-                }
-            }
+            kcu_q6k_lane_block<NT>(av, bv, hv, ds, xq, xd, K, b, hf, l0, nt, acc);
         }
     }
     kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
