@@ -1057,7 +1057,12 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
         if (one) kcu_launch(mmv_q4_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_q4_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (w[0]->layout == KCU_LAYOUT_SPLIT && w[0]->type == KCU_Q6_K) {
-        if (one) kcu_launch(mmv_q6ks_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        /* rows of a multiple of 16 blocks: two per lane step; others (K =
+         * 14336: 56 blocks) one, so that no lane step is half empty (the
+         * same blocks in the same order per lane either way) */
+        const bool u2 = (K / 256) % 16 == 0;
+        if (one && u2) kcu_launch(mmv_q6ks_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        else if (one) kcu_launch(mmv_q6ks_q8_kernel<1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_q6ks_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (w[0]->layout == KCU_LAYOUT_SPLIT) {
         if (one) kcu_launch(mmv_q8_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
