@@ -254,37 +254,33 @@ static kiln_status reset_layout(kiln_model_split *sp, kiln_weight *w, void *user
     return KILN_OK;
 }
 
-/* Weights already prepared (by offset in the split's copy: tied tensors
- * share their bytes and must be rearranged once). */
+/* Weights already prepared, by offset in the split's copy: tied tensors
+ * share their bytes and must be rearranged once. */
 typedef struct prepared {
-    uint64_t *offset;
-    int32_t *layout;
+    struct { uint64_t offset; int32_t layout; } *done;
     uint32_t n, cap;
 } prepared;
 
 static kiln_status prepare_weight(kiln_model_split *sp, kiln_weight *w, void *user) {
     prepared *p = user;
     for (uint32_t i = 0; i < p->n; i++)
-        if (p->offset[i] == w->offset) {
-            w->layout = p->layout[i];
+        if (p->done[i].offset == w->offset) {
+            w->layout = p->done[i].layout;
             return KILN_OK;
         }
     if (p->n == p->cap) {
         const uint32_t cap = p->cap ? 2 * p->cap : 64;
-        uint64_t *o = kiln_realloc(p->offset, cap * sizeof *o);
-        if (!o) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
-        p->offset = o;
-        int32_t *l = kiln_realloc(p->layout, cap * sizeof *l);
-        if (!l) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
-        p->layout = l;
+        void *d = kiln_realloc(p->done, cap * sizeof *p->done);
+        if (!d) return kiln_error(KILN_E_OOM_HOST, "model: out of memory");
+        p->done = d;
         p->cap = cap;
     }
     int32_t layout = 0;
     kiln_status st = sp->bk->weight_prepare(sp->dev, w, &layout);
     if (st) return st;
     w->layout = layout;
-    p->offset[p->n] = w->offset;
-    p->layout[p->n++] = layout;
+    p->done[p->n].offset = w->offset;
+    p->done[p->n++].layout = layout;
     return KILN_OK;
 }
 
@@ -314,8 +310,7 @@ kiln_status kiln_model_split_upload(kiln_model *m, uint32_t s) {
         prepared p = {0};
         st = for_split_weights(m, s, prepare_weight, &p);
         if (st == KILN_OK) st = sp->bk->synchronize(sp->dev);
-        kiln_free(p.offset);
-        kiln_free(p.layout);
+        kiln_free(p.done);
         if (st) {
             (void)for_split_weights(m, s, reset_layout, NULL);
             kiln_model_rebind_split(m, s, old);

@@ -454,8 +454,8 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 /* One Q4_0 block's integer dot product from its 16 quant bytes (element j
  * in the low nibble of byte j, element 16 + j in the high one) and its 32
  * int8 x: sum (q - 8) x = sum q x - 8 sum x, exact in int32. */
-static __device__ __forceinline__ int kcu_q4_0_dot(const uint4 q, const int4 xa, const int4 xb) {
-    const uint32_t qw[4] = {q.x, q.y, q.z, q.w};
+static __device__ __forceinline__ int kcu_q4_0_dot(const int4 q, const int4 xa, const int4 xb) {
+    const uint32_t qw[4] = {(uint32_t)q.x, (uint32_t)q.y, (uint32_t)q.z, (uint32_t)q.w};
     const int xl[4] = {xa.x, xa.y, xa.z, xa.w}, xh[4] = {xb.x, xb.y, xb.z, xb.w};
     int s = 0, sx = 0;
 #pragma unroll
@@ -468,58 +468,31 @@ static __device__ __forceinline__ int kcu_q4_0_dot(const uint4 q, const int4 xa,
     return s - 8 * sx;
 }
 
-/* Q4_0 in the split layout (KCU_LAYOUT_SPLIT) with int8 x: a warp per
- * row, lane l takes whole blocks l, l + 32, ..., reading a block's quants
- * with one 16-byte load and its scale with one 2-byte load, U blocks in
- * flight (measured: U = 2, one warp per row, beat 1 and 4, two rows per
- * warp and half-warp rows; bench/decode_kernels.cu). Per token each lane adds
- * its blocks in order, then the warp's lanes are summed: the same order
- * whatever the number of tokens. */
-template <int U, int NT = KCU_MMV_MAX>
-static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_q4_0s_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
-    const kcu_mm_one m = kcu_mm_pick(set);
-    const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
-    if (row >= m.N) return;
-    const int nb = K / 32;
-    const uint8_t *wr = m.w + (uint64_t)row * m.ws;
-    float acc[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) acc[t] = 0.0f;
-    for (int b0 = lane; b0 < nb; b0 += 32 * U) {
-        uint4 q[U];
-        float d[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int b = b0 + 32 * u;
-            if (b < nb) {
-                q[u] = __ldg((const uint4 *)wr + b);
-                d[u] = __half2float(__ldg((const __half *)(wr + 16 * nb) + b));
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int b = b0 + 32 * u;
-            if (b >= nb) break;
-#pragma unroll
-            for (int t = 0; t < NT; t++) {
-                if (t >= nt) break;
-                const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
-                const int4 xa = __ldg((const int4 *)xp), xb = __ldg((const int4 *)(xp + 16));
-                acc[t] = fmaf(d[u] * __ldg(xd + (uint64_t)t * nb + b), (float)kcu_q4_0_dot(q[u], xa, xb), acc[t]);
-            }
-        }
-    }
-    kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
+/* Q8_0's block dot product: 32 signed quants against 32 int8 x. */
+static __device__ __forceinline__ int kcu_q8_0_dot(const int4 q0, const int4 q1, const int4 xa, const int4 xb) {
+    int sum = __dp4a(q0.x, xa.x, 0);
+    sum = __dp4a(q0.y, xa.y, sum);
+    sum = __dp4a(q0.z, xa.z, sum);
+    sum = __dp4a(q0.w, xa.w, sum);
+    sum = __dp4a(q1.x, xb.x, sum);
+    sum = __dp4a(q1.y, xb.y, sum);
+    sum = __dp4a(q1.z, xb.z, sum);
+    return __dp4a(q1.w, xb.w, sum);
 }
 
-/* Q8_0 in the split layout: as mmv_q4_0s_kernel, a block's 32 quants in
- * two 16-byte loads. */
-template <int U, int NT = KCU_MMV_MAX>
+/* Q4_0 or Q8_0 (T) in the split layout (KCU_LAYOUT_SPLIT) with int8 x: a
+ * warp per row, lane l takes whole blocks l, l + 32, ..., reading a
+ * block's quants with one (Q4_0) or two (Q8_0) 16-byte loads and its scale
+ * with one 2-byte load, U blocks in flight (measured for Q4_0: U = 2, one
+ * warp per row, beat 1 and 4, two rows per warp and half-warp rows;
+ * bench/decode_kernels.cu). Per token each lane adds its blocks in order,
+ * then the warp's lanes are summed: the same order whatever the number of
+ * tokens. */
+template <int T, int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_q8_0s_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    mmv_split_q8x_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
     kcu_pdl_wait();
+    constexpr int Q16 = T == KCU_Q4_0 ? 1 : 2; /* 16-byte quant loads per block */
     const kcu_mm_one m = kcu_mm_pick(set);
     const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= m.N) return;
@@ -529,15 +502,15 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = 0.0f;
     for (int b0 = lane; b0 < nb; b0 += 32 * U) {
-        int4 q[U][2];
+        int4 q[U][Q16];
         float d[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int b = b0 + 32 * u;
             if (b < nb) {
-                q[u][0] = __ldg((const int4 *)wr + 2 * b);
-                q[u][1] = __ldg((const int4 *)wr + 2 * b + 1);
-                d[u] = __half2float(__ldg((const __half *)(wr + 32 * nb) + b));
+#pragma unroll
+                for (int k = 0; k < Q16; k++) q[u][k] = __ldg((const int4 *)wr + Q16 * b + k);
+                d[u] = __half2float(__ldg((const __half *)(wr + 16 * Q16 * nb) + b));
             }
         }
 #pragma unroll
@@ -549,14 +522,8 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
                 if (t >= nt) break;
                 const int8_t *xp = xq + (uint64_t)t * K + 32 * b;
                 const int4 xa = __ldg((const int4 *)xp), xb = __ldg((const int4 *)(xp + 16));
-                int sum = __dp4a(q[u][0].x, xa.x, 0);
-                sum = __dp4a(q[u][0].y, xa.y, sum);
-                sum = __dp4a(q[u][0].z, xa.z, sum);
-                sum = __dp4a(q[u][0].w, xa.w, sum);
-                sum = __dp4a(q[u][1].x, xb.x, sum);
-                sum = __dp4a(q[u][1].y, xb.y, sum);
-                sum = __dp4a(q[u][1].z, xb.z, sum);
-                sum = __dp4a(q[u][1].w, xb.w, sum);
+                const int sum = T == KCU_Q4_0 ? kcu_q4_0_dot(q[u][0], xa, xb)
+                                              : kcu_q8_0_dot(q[u][0], q[u][Q16 - 1], xa, xb);
                 acc[t] = fmaf(d[u] * __ldg(xd + (uint64_t)t * nb + b), (float)sum, acc[t]);
             }
         }
@@ -1054,8 +1021,9 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     /* one token: kernels with one accumulator (KILN_CUDA_MMV=13: not) */
     const bool one = nt == 1 && v != 13;
     if (w[0]->layout == KCU_LAYOUT_SPLIT && q4) {
-        if (one) kcu_launch(mmv_q4_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-        else kcu_launch(mmv_q4_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        if (one)
+            kcu_launch(mmv_split_q8x_kernel<KCU_Q4_0, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        else kcu_launch(mmv_split_q8x_kernel<KCU_Q4_0, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (w[0]->layout == KCU_LAYOUT_SPLIT && w[0]->type == KCU_Q6_K) {
         /* rows of a multiple of 16 blocks: two per lane step; others (K =
          * 14336: 56 blocks) one, so that no lane step is half empty (the
@@ -1065,8 +1033,9 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
         else if (one) kcu_launch(mmv_q6ks_q8_kernel<1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_q6ks_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (w[0]->layout == KCU_LAYOUT_SPLIT) {
-        if (one) kcu_launch(mmv_q8_0s_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
-        else kcu_launch(mmv_q8_0s_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        if (one)
+            kcu_launch(mmv_split_q8x_kernel<KCU_Q8_0, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
+        else kcu_launch(mmv_split_q8x_kernel<KCU_Q8_0, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (one && w[0]->type == KCU_Q4_K) /* two blocks per lane step: 329-332 t/s vs 313 (four), 302 (one) */
         kcu_launch(mmv_q4k_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     else if (one && w[0]->type == KCU_Q6_K)
