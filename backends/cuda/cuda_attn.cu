@@ -31,6 +31,8 @@
 
 #include "cuda_internal.cuh"
 
+KCU_PDL_EARLY_DEFINE(kcu_attn_set_pdl_early)
+
 /* positions per split: decode steps (at most 8 tokens) use short splits
  * (many blocks in flight, each a short chain of loads), prefill longer ones
  * (less scratch and folding). A row's result depends on the split length,
@@ -46,6 +48,7 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
     attn_split_kernel(const float *q, uint64_t qs, const __half *kc, const __half *vc, int kv_dim,
                       const int32_t *attn_table, const int32_t *attn_n_kv, const int32_t *block_tables,
                       int block_size, int group, float scale, float *part, int n_splits, int t0, int split_len) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     constexpr int D = DPL * 32;
     const int t = t0 + blockIdx.x, h = blockIdx.y, split = blockIdx.z;
@@ -239,6 +242,7 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
 
 static __global__ void attn_fold_kernel(const float *part, const int32_t *attn_n_kv, int n_splits, int D, float *dst,
                                         uint64_t ds, int t0, int8_t *xq, float *xd, int split_len) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int t = t0 + blockIdx.x, h = blockIdx.y;
     const int n_kv = attn_n_kv[t];
@@ -308,6 +312,7 @@ kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const ki
     if (!small && chunk < 8) chunk = 8; /* a prefill tile has up to 8 tokens */
     if (chunk > ub->n_tokens) chunk = ub->n_tokens;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    if (dev->skip & KCU_SKIP_ATTN) return KILN_OK;
     int8_t *xq;
     float *xd;
     if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, (int64_t)qw, ub->n_tokens, &xq, &xd)))

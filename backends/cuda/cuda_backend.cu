@@ -27,7 +27,7 @@
 /* ------------------------------------------------------------------------ */
 
 static const kiln_bk_host *g_host;
-int kcu_pdl_mode = 1;
+int kcu_pdl_mode = 2;
 
 kiln_status kcu_error(kiln_status st, const char *fmt, ...) {
     char msg[512];
@@ -301,6 +301,12 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
         dev->profile = pr && *pr && strcmp(pr, "0") != 0;
         const char *at = getenv("KILN_CUDA_ATTN");
         dev->attn_tile_only = at && strcmp(at, "tile") == 0;
+        const char *sk = getenv("KILN_CUDA_SKIP");
+        dev->skip = sk ? (uint32_t)atoi(sk) : 0;
+        const char *sy = getenv("KILN_CUDA_SYNC");
+        dev->spin_sync = sy && strcmp(sy, "spin") == 0;
+        const char *pf = getenv("KILN_CUDA_PREFETCH");
+        dev->prefetch_bytes = (uint64_t)(pf && *pf ? atoi(pf) : KCU_PREFETCH_MIB_DEFAULT) << 20;
     }
     kiln_status st = KILN_OK;
     cudaError_t e;
@@ -311,6 +317,15 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
         goto fail;
     }
     cudaDeviceGetAttribute(&dev->sm_count, cudaDevAttrMultiProcessorCount, index);
+    {
+        /* the kernels' early-launch level, in each kernel file's constant memory of this device */
+        const int early = kcu_pdl_mode >= 2 ? kcu_pdl_mode - 1 : 0;
+        if ((e = kcu_ops_set_pdl_early(early)) != cudaSuccess || (e = kcu_matmul_set_pdl_early(early)) != cudaSuccess ||
+            (e = kcu_attn_set_pdl_early(early)) != cudaSuccess) {
+            st = kcu_cuda_error(e, "cuda backend: kernel settings");
+            goto fail;
+        }
+    }
     if ((st = stage_reserve(dev, KCU_STAGE_MIN))) goto fail;
     if (dev->profile && (cudaEventCreate(&dev->ev0) != cudaSuccess || cudaEventCreate(&dev->ev1) != cudaSuccess ||
                          cudaEventCreate(&dev->ev2) != cudaSuccess)) {
@@ -644,6 +659,12 @@ static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *sr
                                   dev->stream),
                   "download");
         if (dev->profile && dev->ev_pending) cudaEventRecord(dev->ev2, dev->stream);
+        if (dev->spin_sync) { /* experiment: no sleeping wake-up */
+            cudaError_t e;
+            while ((e = cudaStreamQuery(dev->stream)) == cudaErrorNotReady) {
+            }
+            KCU_CHECK(e, "download: synchronize");
+        }
         KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
         const double t1 = dev->profile ? kcu_now_ms() : 0.0;
         memcpy(dst, dev->stage_host + used, n);

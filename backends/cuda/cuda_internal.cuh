@@ -138,6 +138,9 @@ struct kiln_bk_device {
     int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
     bool no_weight_layout;   /* KILN_CUDA_LAYOUT=0: weights keep the GGUF layout */
     bool attn_tile_only;     /* KILN_CUDA_ATTN=tile: prefill attention on CUDA cores only */
+    uint32_t skip;           /* KILN_CUDA_SKIP: kernels not launched, to time the rest (benchmarks; wrong results) */
+    bool spin_sync;          /* KILN_CUDA_SYNC=spin: wait for a step's logits by polling the stream */
+    uint64_t prefetch_bytes; /* KILN_CUDA_PREFETCH (MiB): weight bytes a decode product asks the L2 for before it waits */
     kiln_log_fn log_fn;
     void *log_user;
     int32_t log_level;
@@ -189,22 +192,51 @@ struct kiln_bk_device {
  * hiding most of the gap between the many small kernels of a decode step.
  * Correctness rests on every kernel calling kcu_pdl_wait() before it reads
  * or writes global memory (it returns once the previous grid has finished
- * and its writes are visible), and on allowing the next launch at once. */
-#ifndef KCU_PDL_EARLY
-#define KCU_PDL_EARLY 0 /* 1: dependents may launch as soon as a grid starts */
-#endif
+ * and its writes are visible). */
 static __device__ __forceinline__ void kcu_pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
-#if KCU_PDL_EARLY
-    asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
 #endif
 }
 
 /* KILN_CUDA_PDL=0 turns programmatic dependent launch off (comparison);
  * read at the first device_open. */
 extern int kcu_pdl_mode;
+
+/* Early launch of the next kernel. The small kernels of a decode step
+ * (norms, rope, attention, swiglu, embedding rows) call kcu_pdl_trigger()
+ * as they start, so the product after them is scheduled at once and its
+ * blocks prefetch their weights into the L2 (kcu_mm_prefetch) while the
+ * small kernels run; the product still waits (kcu_pdl_wait) for their
+ * results. Safe for any kernel that calls kcu_pdl_wait() before touching
+ * memory a kernel ahead writes or reads: a grid completes only after its
+ * own wait returned, so waiting on the previous grid waits on all before
+ * it. The setting lives in each kernel file's constant memory
+ * (KCU_PDL_EARLY_DEFINE); KILN_CUDA_PDL=1 keeps the launch at a grid's
+ * end (comparison), 2 (the default) triggers early in the small kernels,
+ * 3 also in the products. */
+/* KILN_CUDA_SKIP bits (timing experiments only: results are garbage) */
+enum { KCU_SKIP_NORM = 1, KCU_SKIP_ROPE = 2, KCU_SKIP_ATTN = 4, KCU_SKIP_SWIGLU = 8, KCU_SKIP_MMV = 16 };
+
+/* KILN_CUDA_PREFETCH's default: at most this many MiB of a decode product's
+ * weights are prefetched (the H100's L2 holds 50 MB) */
+#define KCU_PREFETCH_MIB_DEFAULT 24
+#define KCU_PDL_EARLY_DEFINE(setter)                                          \
+    static __constant__ int kcu_pdl_early_c;                                  \
+    cudaError_t setter(int early) { return cudaMemcpyToSymbol(kcu_pdl_early_c, &early, sizeof early); }
+/* level 1: the small kernels; 2: also the products (KILN_CUDA_PDL=3) */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define kcu_pdl_trigger_at(level)                                                          \
+    do {                                                                                   \
+        if (kcu_pdl_early_c >= (level)) asm volatile("griddepcontrol.launch_dependents;" :::); \
+    } while (0)
+#else
+#define kcu_pdl_trigger_at(level) ((void)kcu_pdl_early_c)
+#endif
+#define kcu_pdl_trigger() kcu_pdl_trigger_at(1)
+cudaError_t kcu_ops_set_pdl_early(int early);
+cudaError_t kcu_matmul_set_pdl_early(int early);
+cudaError_t kcu_attn_set_pdl_early(int early);
 
 template <typename... KArgs, typename... Args>
 static inline cudaError_t kcu_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,

@@ -20,6 +20,8 @@
 
 #include "cuda_quant.cuh"
 
+KCU_PDL_EARLY_DEFINE(kcu_matmul_set_pdl_early)
+
 #define KCU_MMV_MAX 8
 #define KCU_MMV_CHUNKED_MAX 16 /* 9..16 rows: the decode kernels, 8 rows at a time */
 #define KCU_MMV_WARPS 8
@@ -118,6 +120,8 @@ struct kcu_mm_set {
     uint64_t ws[KCU_MULTI_MAX], ys[KCU_MULTI_MAX];
     int N[KCU_MULTI_MAX];
     unsigned blk_end[KCU_MULTI_MAX];
+    unsigned pf_blk[KCU_MULTI_MAX]; /* blocks [0, pf_blk[i]) of product i prefetch their rows */
+    int rows_per_block;
 };
 
 /* This block's product: its weights, output and rows, and the block's
@@ -129,25 +133,50 @@ struct kcu_mm_one {
     uint64_t ws, ys;
     int N;
     unsigned blk;
+    bool prefetch;           /* blk < the set's pf_blk of this product */
 };
 static __device__ __forceinline__ kcu_mm_one kcu_mm_pick(const kcu_mm_set &s) {
     const unsigned b = blockIdx.x;
     kcu_mm_one o;
     if (b < s.blk_end[0]) {
-        o = {s.w[0], s.y[0], s.ws[0], s.ys[0], s.N[0], b};
+        o = {s.w[0], s.y[0], s.ws[0], s.ys[0], s.N[0], b, b < s.pf_blk[0]};
     } else if (b < s.blk_end[1]) {
-        o = {s.w[1], s.y[1], s.ws[1], s.ys[1], s.N[1], b - s.blk_end[0]};
+        o = {s.w[1], s.y[1], s.ws[1], s.ys[1], s.N[1], b - s.blk_end[0], b - s.blk_end[0] < s.pf_blk[1]};
     } else {
-        o = {s.w[2], s.y[2], s.ws[2], s.ys[2], s.N[2], b - s.blk_end[1]};
+        o = {s.w[2], s.y[2], s.ws[2], s.ys[2], s.N[2], b - s.blk_end[1], b - s.blk_end[1] < s.pf_blk[2]};
     }
     return o;
+}
+
+/* Before waiting for the kernel ahead (kcu_pdl_wait): asks the L2 for this
+ * block's weight rows with one bulk prefetch (Hopper). The weights do not
+ * depend on the kernels ahead, and a product is launched while the small
+ * kernels before it (norm, rope, attention, swiglu) still run, when they
+ * allow it (kcu_pdl_trigger): its weights then stream in while the memory
+ * would otherwise idle. The host caps the bytes per product (pf_blk) below
+ * what the L2 holds. */
+static __device__ __forceinline__ void kcu_mm_prefetch(const kcu_mm_set &s, const kcu_mm_one &m) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!m.prefetch || threadIdx.x != 0) return;
+    const int r0 = (int)m.blk * s.rows_per_block, n = min(s.rows_per_block, m.N - r0);
+    if (n <= 0) return;
+    uint64_t a = (uint64_t)(uintptr_t)(m.w + (uint64_t)r0 * m.ws);
+    const uint64_t e = (a + (uint64_t)n * m.ws) & ~(uint64_t)15; /* within the rows: whole 16-byte units */
+    a = (a + 15) & ~(uint64_t)15;
+    for (; a < e; a += 65536) {
+        const uint32_t len = (uint32_t)min(e - a, (uint64_t)65536);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(len) : "memory");
+    }
+#endif
 }
 
 template <int U, int R, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_f16_kernel(const kcu_mm_set set, const float *x, uint64_t xs, int K, int nt) {
-    kcu_pdl_wait();
     const kcu_mm_one m = kcu_mm_pick(set);
+    kcu_mm_prefetch(set, m);
+    kcu_pdl_trigger_at(2);
+    kcu_pdl_wait();
     const uint8_t *w = m.w;
     float *y = m.y;
     const uint64_t ws = m.ws, ys = m.ys;
@@ -273,6 +302,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
  * dp4a and x traffic drops 4x. Per token the same blocks are summed in the
  * same order whatever the number of tokens. */
 static __global__ void quant_x_q8_kernel(const float *x, uint64_t xs, int K, int8_t *xq, float *xd) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int lane = threadIdx.x & 31, b = blockIdx.x * 4 + (threadIdx.x >> 5), t = blockIdx.y;
     if (b >= K / 32) return;
@@ -397,8 +427,10 @@ static __device__ __forceinline__ int kcu_stage_chunk(const uint4 *wr, int c0, i
 template <int T, int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q8x_staged_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
     const kcu_mm_one m = kcu_mm_pick(set);
+    kcu_mm_prefetch(set, m);
+    kcu_pdl_trigger_at(2);
+    kcu_pdl_wait();
     const uint8_t *w = m.w;
     float *y = m.y;
     const uint64_t ws = m.ws, ys = m.ys;
@@ -491,9 +523,11 @@ static __device__ __forceinline__ int kcu_q8_0_dot(const int4 q0, const int4 q1,
 template <int T, int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_split_q8x_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
     constexpr int Q16 = T == KCU_Q4_0 ? 1 : 2; /* 16-byte quant loads per block */
     const kcu_mm_one m = kcu_mm_pick(set);
+    kcu_mm_prefetch(set, m);
+    kcu_pdl_trigger_at(2);
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= m.N) return;
     const int nb = K / 32;
@@ -600,8 +634,10 @@ static __device__ __forceinline__ int kcu_byte12(uint32_t s0, uint32_t s1, uint3
 template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q4k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
     const kcu_mm_one m = kcu_mm_pick(set);
+    kcu_mm_prefetch(set, m);
+    kcu_pdl_trigger_at(2);
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= m.N) return;
     const int bi = lane >> 3, c = (lane >> 1) & 3, hh = lane & 1, nb = K / 256, nb32 = K / 32;
@@ -717,8 +753,10 @@ static __device__ __forceinline__ void kcu_q6k_lane_block(const uint32_t a4[4], 
 template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q6k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
     const kcu_mm_one m = kcu_mm_pick(set);
+    kcu_mm_prefetch(set, m);
+    kcu_pdl_trigger_at(2);
+    kcu_pdl_wait();
     constexpr int BB = 210;
     __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
@@ -763,8 +801,10 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q6ks_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    kcu_pdl_wait();
     const kcu_mm_one m = kcu_mm_pick(set);
+    kcu_mm_prefetch(set, m);
+    kcu_pdl_trigger_at(2);
+    kcu_pdl_wait();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
     if (row >= m.N) return;
     const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256;
@@ -891,11 +931,13 @@ static kiln_status cublas_status(cublasStatus_t s, const char *what) {
 }
 
 /* The set for products w[0..n) over one x: rows_per_block rows per block. */
-static kcu_mm_set mm_set(uint32_t n, const kiln_bk_tensor *const *w, kiln_bk_tensor *const *dst, int rows_per_block,
-                         unsigned *grid) {
+static kcu_mm_set mm_set(const kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                         kiln_bk_tensor *const *dst, int rows_per_block, unsigned *grid) {
     kcu_mm_set set;
     memset(&set, 0, sizeof set);
+    set.rows_per_block = rows_per_block;
     unsigned end = 0;
+    uint64_t pf_left = dev->prefetch_bytes; /* the launch's first blocks are resident first */
     for (uint32_t i = 0; i < KCU_MULTI_MAX; i++) {
         if (i < n) {
             set.w[i] = kcu_tensor_ptr(w[i]);
@@ -903,7 +945,12 @@ static kcu_mm_set mm_set(uint32_t n, const kiln_bk_tensor *const *w, kiln_bk_ten
             set.ws[i] = w[i]->row_stride;
             set.ys[i] = dst[i]->row_stride / 4;
             set.N[i] = (int)w[i]->ne[1];
-            end += (unsigned)((set.N[i] + rows_per_block - 1) / rows_per_block);
+            const unsigned nblk = (unsigned)((set.N[i] + rows_per_block - 1) / rows_per_block);
+            const uint64_t blk_bytes = (uint64_t)rows_per_block * w[i]->row_stride;
+            const uint64_t pf = blk_bytes ? pf_left / blk_bytes : 0;
+            set.pf_blk[i] = pf < nblk ? (unsigned)pf : nblk;
+            pf_left -= set.pf_blk[i] * blk_bytes;
+            end += nblk;
         }
         set.blk_end[i] = end;
     }
@@ -997,7 +1044,7 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
          * (one row per warp is 1.03-1.23x faster alone, bench/decode_kernels.cu,
          * but 1% slower in the whole step: bench/NOTES.md) */
         /* KILN_CUDA_MMV=14: one row per warp for one token (same bits) */
-        const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS * (nt == 1 && v == 14 ? 1 : 2), &grid);
+        const kcu_mm_set set = mm_set(dev, n, w, dst, KCU_FAST_WARPS * (nt == 1 && v == 14 ? 1 : 2), &grid);
         /* one token (the decode step): a kernel with one accumulator per
          * row (fewer registers, more warps in flight; the same sums) */
         if (nt == 1 && v == 14)
@@ -1016,7 +1063,7 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     float *xd;
     kiln_status st = mmv_int8_x(dev, x, &xq, &xd);
     if (st) return st;
-    const kcu_mm_set set = mm_set(n, w, dst, KCU_FAST_WARPS, &grid);
+    const kcu_mm_set set = mm_set(dev, n, w, dst, KCU_FAST_WARPS, &grid);
     const bool q4 = w[0]->type == KCU_Q4_0;
     /* one token: kernels with one accumulator (KILN_CUDA_MMV=13: not) */
     const bool one = nt == 1 && v != 13;
@@ -1094,7 +1141,7 @@ static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, cons
     if (x16 && w->type == KCU_F16 && (uintptr_t)wp % 16 == 0 && w->row_stride % 16 == 0 && K % 8 == 0) {
         /* KILN_CUDA_MMV=1..3: other (U, R) for comparison */
         unsigned g = 0;
-        const kcu_mm_set set = mm_set(1, &w, &dst, KCU_FAST_WARPS * (v == 3 ? 2 : 1), &g);
+        const kcu_mm_set set = mm_set(dev, 1, &w, &dst, KCU_FAST_WARPS * (v == 3 ? 2 : 1), &g);
         if (v == 1) kcu_launch(mmv_f16_kernel<4, 1>, g, KCU_FAST_WARPS * 32, 0, dev->stream, set, xp, xs, (int)K, nt);
         else if (v == 2) kcu_launch(mmv_f16_kernel<8, 1>, g, KCU_FAST_WARPS * 32, 0, dev->stream, set, xp, xs, (int)K, nt);
         else kcu_launch(mmv_f16_kernel<4, 2>, g, KCU_FAST_WARPS * 32, 0, dev->stream, set, xp, xs, (int)K, nt);
@@ -1224,6 +1271,7 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
     memset(&args, 0, sizeof args);
     args.w = *w, args.x = *x, args.d = *dst;
     if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
+    if ((dev->skip & KCU_SKIP_MMV) && x->ne[1] <= KCU_MMV_MAX) return KILN_OK;
     const bool int8_path = x->ne[1] <= KCU_MMV_MAX &&
                            (w->type == KCU_Q4_0 || w->type == KCU_Q8_0 || w->type == KCU_Q4_K ||
                             w->type == KCU_Q6_K) &&
@@ -1314,6 +1362,7 @@ kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tens
     args.x = *x;
     args.n = n;
     if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
+    if (dev->skip & KCU_SKIP_MMV) return KILN_OK;
     return mmv_shared(dev, n, w, x, dst);
 }
 

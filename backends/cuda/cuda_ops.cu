@@ -12,6 +12,8 @@
 
 #include "cuda_quant.cuh"
 
+KCU_PDL_EARLY_DEFINE(kcu_ops_set_pdl_early)
+
 /* ------------------------------------------------------------------------ */
 /* get_rows                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -19,6 +21,7 @@
 template <int T>
 static __global__ void get_rows_kernel(const uint8_t *table, uint64_t rs, const int32_t *ids, float *dst,
                                        uint64_t ds, int64_t groups) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int64_t r = blockIdx.y;
     const uint8_t *row = table + (uint64_t)ids[r] * rs;
@@ -34,6 +37,7 @@ static __global__ void get_rows_kernel(const uint8_t *table, uint64_t rs, const 
 /* Float tables whose rows are not a multiple of 32. */
 static __global__ void get_rows_f32_kernel(const uint8_t *table, uint64_t rs, const int32_t *ids, float *dst,
                                            uint64_t ds, int64_t n, int type) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int64_t r = blockIdx.y;
     const uint8_t *row = table + (uint64_t)ids[r] * rs;
@@ -121,6 +125,7 @@ static __device__ __forceinline__ double kcu_block_sum(double s) {
 
 static __global__ void rms_norm_kernel(const float *x, uint64_t xs, const float *w, float *y, uint64_t ys, int64_t n,
                                        float eps, int8_t *xq, float *xd) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const float *xr = x + blockIdx.x * xs;
     float *yr = y + blockIdx.x * ys;
@@ -170,6 +175,7 @@ kiln_status kcu_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const kil
 static __global__ void add_rms_norm_kernel(const float *a, uint64_t as, const float *b, uint64_t bs, float *sum,
                                            uint64_t ss, const float *w, float *y, uint64_t ys, int64_t n, float eps,
                                            int8_t *xq, float *xd) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const float *ar = a + blockIdx.x * as, *br = b + blockIdx.x * bs;
     float *sr = sum + blockIdx.x * ss, *yr = y + blockIdx.x * ys;
@@ -196,6 +202,7 @@ template <int VPT>
 static __global__ void add_rms_norm_reg_kernel(const float *a, uint64_t as, const float *b, uint64_t bs, float *sum,
                                                uint64_t ss, const float *w, float *y, uint64_t ys, int64_t n, float eps,
                                                int8_t *xq, float *xd) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const float *ar = a + blockIdx.x * as, *br = b + blockIdx.x * bs;
     float *sr = sum + blockIdx.x * ss, *yr = y + blockIdx.x * ys;
@@ -248,6 +255,7 @@ kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const
     memset(&args, 0, sizeof args);
     args.a = *a, args.b = *b, args.s = *sum, args.w = *w, args.d = *dst, args.eps = eps;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    if (dev->skip & KCU_SKIP_NORM) return KILN_OK;
     int8_t *xq;
     float *xd;
     if ((st = kcu_xq_produce(dev, kcu_tensor_ptr(dst), dst->row_stride, n, rows, &xq, &xd))) return st;
@@ -274,6 +282,7 @@ kiln_status kcu_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const
 
 static __global__ void add_kernel(const float *a, uint64_t as, const float *b, uint64_t bs, float *y, uint64_t ys,
                                   int64_t n, int64_t rows) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int64_t total = n * rows;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -321,6 +330,7 @@ kiln_status kcu_add(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_
  * (and ggml) builds it. */
 static __global__ void rope_kernel(float *x, uint64_t xs, const int32_t *pos, int n_head, int head_dim, int half,
                                    int neox, float theta_scale, float freq_scale, const float *ff) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int t = blockIdx.x;
     const float p = (float)pos[t];
@@ -400,6 +410,7 @@ static __global__ void rope_kv_store_kernel(float *q, uint64_t qs, float *k, uin
                                             const int32_t *cell, int n_head, int n_head_kv, int head_dim, int half,
                                             int neox, float theta_scale, float freq_scale, const float *ff,
                                             int kv_dim) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int t = blockIdx.x;
     const float p = (float)pos[t];
@@ -483,6 +494,7 @@ kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_te
     args.a.freq_factors = args.b.freq_factors = NULL;
     args.ff = ff, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    if (dev->skip & KCU_SKIP_ROPE) return KILN_OK;
     const float theta_scale = powf(a.freq_base, -2.0f / (float)a.n_rot);
     const int items = (int)(a.n_head + b.n_head) * half + (int)kv_dim;
     kcu_launch(rope_kv_store_kernel, (unsigned)q->ne[1], (unsigned)(items >= 1024 ? 1024 : (items + 31) / 32 * 32), 0,
@@ -500,6 +512,7 @@ kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_te
 
 static __global__ void swiglu_kernel(const float *g, uint64_t gs, const float *u, uint64_t us, float *y, uint64_t ys,
                                      int64_t n, int64_t rows, int8_t *xq, float *xd) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int64_t total = n * rows;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -525,6 +538,7 @@ kiln_status kcu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const ki
     memset(&args, 0, sizeof args);
     args.a = *gate, args.b = *up, args.c = *dst;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
+    if (dev->skip & KCU_SKIP_SWIGLU) return KILN_OK;
     const int64_t blocks = (total + 255) / 256;
     int8_t *xq;
     float *xd;
@@ -542,6 +556,7 @@ kiln_status kcu_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, const ki
 
 static __global__ void kv_store_kernel(const float *k, uint64_t ks, const float *v, uint64_t vs, __half *kc,
                                        __half *vc, const int32_t *cell, int kv_dim) {
+    kcu_pdl_trigger();
     kcu_pdl_wait();
     const int t = blockIdx.x;
     const uint64_t c = (uint64_t)cell[t] * (uint64_t)kv_dim;

@@ -269,9 +269,9 @@ if has big; then
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
           build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -s 8 -r 2 2>&1 | tail -n 1
           KILN_CUDA_PROFILE=1 build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -r 1 2>&1 | grep "cuda profile"
-          for e in ${KILN_BIG_ENV:-}; do  # settings to compare, e.g. KILN_CUDA_LAYOUT=0
+          for e in ${KILN_BIG_ENV:-}; do  # settings to compare, e.g. KILN_CUDA_LAYOUT=0 (a,b: both)
               echo "$e"
-              env "$e" build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+              env ${e//,/ } build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
           done
           for v in ${KILN_BIG_MMV:-}; do  # decode kernel variants to compare (KILN_CUDA_MMV)
               echo "KILN_CUDA_MMV=$v"
