@@ -379,8 +379,10 @@ static void cuda_device_close(kiln_bk_device *dev) {
         if (dev->prof_dl_n)
             kcu_log(dev, KILN_LOG_ERROR,
                     "cuda profile: per download after a replay: graph end to copy end on the GPU %.3f ms, "
-                    "host copy out of the staging %.3f ms",
-                    dev->prof_copy_gpu_ms / dev->prof_dl_n, dev->prof_after_sync_ms / dev->prof_dl_n);
+                    "host copy out of the staging %.3f ms; host time from the launch to the logits minus the GPU's "
+                    "time for the same (submission and wake-up latency) %.3f ms",
+                    dev->prof_copy_gpu_ms / dev->prof_dl_n, dev->prof_after_sync_ms / dev->prof_dl_n,
+                    dev->prof_latency_ms / dev->prof_dl_n);
         if (dev->ev0) cudaEventDestroy(dev->ev0);
         if (dev->ev1) cudaEventDestroy(dev->ev1);
         if (dev->ev2) cudaEventDestroy(dev->ev2);
@@ -672,6 +674,8 @@ static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *sr
             float ms = 0;
             cudaEventElapsedTime(&ms, dev->ev1, dev->ev2);
             dev->prof_copy_gpu_ms += ms;
+            cudaEventElapsedTime(&ms, dev->ev0, dev->ev2);
+            dev->prof_latency_ms += t1 - dev->prof_t_launch - ms;
             dev->prof_after_sync_ms += kcu_now_ms() - t1;
             dev->prof_dl_n++;
         }
@@ -1010,6 +1014,7 @@ static kiln_status cuda_graph_end(kiln_bk_device *dev, int32_t *redo) {
                     dev->prof_n++;
                 }
                 dev->prof_last_end = now;
+                dev->prof_t_launch = now;
                 cudaEventRecord(dev->ev0, dev->stream);
             }
             const double tl = dev->profile ? kcu_now_ms() : 0.0;

@@ -176,6 +176,7 @@ struct kiln_bk_device {
     bool profile;
     cudaEvent_t ev0, ev1, ev2; /* ev2: after a profiled download's copy */
     double prof_copy_gpu_ms, prof_after_sync_ms; uint64_t prof_dl_n;
+    double prof_t_launch, prof_latency_ms; /* host time at a replay's launch; host minus GPU time to its logits */
     bool ev_pending;
     double prof_gpu_ms, prof_wall_ms, prof_last_end;
     double prof_issue_t0, prof_issue_ms; /* host time from graph_begin to a replay's launch */
