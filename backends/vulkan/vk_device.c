@@ -260,6 +260,13 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     sh->max_shared = lim->maxComputeSharedMemorySize;
     sh->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : (1ull << 31);
     for (int i = 0; i < 3; i++) sh->max_groups[i] = lim->maxComputeWorkGroupCount[i];
+    sh->timestamp_period = lim->timestampPeriod;
+    {
+        VkQueueFamilyProperties fam[32];
+        uint32_t nf = 32;
+        vkGetPhysicalDeviceQueueFamilyProperties(sh->phys, &nf, fam);
+        sh->timestamp_bits = sh->queue_family < nf && lim->timestampComputeAndGraphics ? fam[sh->queue_family].timestampValidBits : 0;
+    }
     const VkSubgroupFeatureFlags need = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_SHUFFLE_BIT;
     sh->subgroup_arith = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) && (sg.supportedOperations & need) == need &&
                          sg.subgroupSize >= 8 && sg.subgroupSize <= 128 && !getenv("KILN_VK_NO_SUBGROUP");
@@ -387,6 +394,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
     dev->mmc_old = getenv("KILN_VK_MMC_OLD") != NULL;
     dev->attn_old = getenv("KILN_VK_ATTN_OLD") != NULL;
+    dev->attn_dec_old = getenv("KILN_VK_ATTN_DEC_OLD") != NULL;
     dev->attn_no_mc = getenv("KILN_VK_ATTN_PORTABLE") != NULL;
     dev->attn_eager = getenv("KILN_VK_ATTN_EAGER") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;
@@ -412,6 +420,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_free(dev);
         return st;
     }
+    dev->timestamps = getenv("KILN_VK_TIMESTAMPS") != NULL && !dev->profile && dev->sh->timestamp_bits > 0;
     VkDevice d = dev->sh->device;
     VkCommandPoolCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
     pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
@@ -452,9 +461,23 @@ static void profile_report(const kiln_bk_device *dev) {
                     (unsigned long long)dev->prof_n[i], dev->prof_ms[i], dev->prof_ms[i] / (double)dev->prof_n[i]);
 }
 
+/* KILN_VK_TIMESTAMPS: where a replayed step's GPU time goes. */
+static void timestamps_report(const kiln_bk_device *dev) {
+    if (!dev->ts_steps) return;
+    fprintf(stderr, "kiln vulkan timestamps (handle %p): %llu replayed steps, %.3f ms of GPU time each (first to last "
+            "dispatch's end)\n", (const void *)dev, (unsigned long long)dev->ts_steps,
+            dev->ts_step_ms / (double)dev->ts_steps);
+    for (int i = 0; i < KILN_VK_P_COUNT; i++)
+        if (dev->ts_calls[i])
+            fprintf(stderr, "  %-16s %6.1f per step %8.3f ms per step %8.2f us each\n", kiln_vk_pipeline_name(i),
+                    (double)dev->ts_calls[i] / (double)dev->ts_steps, dev->ts_ms[i] / (double)dev->ts_steps,
+                    dev->ts_ms[i] * 1e3 / (double)dev->ts_calls[i]);
+}
+
 void kiln_vk_device_close(kiln_bk_device *dev) {
     if (!dev) return;
     if (dev->profile) profile_report(dev);
+    if (dev->timestamps) timestamps_report(dev);
     if ((dev->profile || getenv("KILN_VK_STATS")) && dev->n_graph_records + dev->n_graph_redos)
         fprintf(stderr, "kiln vulkan graphs (handle %p): %llu recorded, %llu replayed, %llu redone\n", (const void *)dev,
                 (unsigned long long)dev->n_graph_records, (unsigned long long)dev->n_graph_replays,

@@ -41,6 +41,8 @@ static uint64_t mem_gen(const kiln_vk_shared *sh) { return __atomic_load_n(&sh->
 
 static void graph_free(kiln_bk_device *dev, kiln_vk_graph *g) {
     if (g->cmd) vkFreeCommandBuffers(dev->sh->device, dev->cmd_pool, 1, &g->cmd);
+    if (g->ts_pool) vkDestroyQueryPool(dev->sh->device, g->ts_pool, NULL);
+    kiln_free(g->ts_which);
     kiln_vk_buffer_free(g->stage);
     memset(g, 0, sizeof *g);
 }
@@ -89,6 +91,30 @@ kiln_status kiln_vk_graph_stage(kiln_bk_device *dev, uint64_t size, kiln_vk_slic
     out->buf = g && g->stage ? g->stage : dev->ring;
     out->offset = 0;
     out->ptr = dev->stage_scratch;
+    return KILN_OK;
+}
+
+/* KILN_VK_TIMESTAMPS: after a replay, waits for it and adds its
+ * dispatches' times (consecutive timestamps) to the handle's totals. */
+static kiln_status timestamps_collect(kiln_bk_device *dev, const kiln_vk_graph *g) {
+    if (!g->ts_pool || g->ts_n == 0) return KILN_OK;
+    kiln_status st = kiln_vk_finish(dev);
+    if (st != KILN_OK) return st;
+    uint64_t *t = kiln_malloc(((size_t)g->ts_n + 1) * sizeof *t);
+    if (!t) return KILN_OK;
+    if (vkGetQueryPoolResults(dev->sh->device, g->ts_pool, 0, g->ts_n + 1, ((size_t)g->ts_n + 1) * sizeof *t, t,
+                              sizeof *t, VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) == VK_SUCCESS) {
+        const uint64_t mask = dev->sh->timestamp_bits >= 64 ? ~0ull : (1ull << dev->sh->timestamp_bits) - 1;
+        const double ms_per_tick = dev->sh->timestamp_period * 1e-6;
+        for (uint32_t i = 0; i < g->ts_n; i++) {
+            const double ms = (double)((t[i + 1] - t[i]) & mask) * ms_per_tick;
+            dev->ts_ms[g->ts_which[i]] += ms;
+            dev->ts_calls[g->ts_which[i]]++;
+        }
+        dev->ts_step_ms += (double)((t[g->ts_n] - t[0]) & mask) * ms_per_tick;
+        dev->ts_steps++;
+    }
+    kiln_free(t);
     return KILN_OK;
 }
 
@@ -162,6 +188,18 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     }
     /* orders the step after earlier submissions; host writes (the stage) visible */
     kiln_vk_barrier_cmd(g->cmd);
+    if (dev->timestamps) { /* profiling only: without the pool the step is not timed */
+        VkQueryPoolCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
+        qi.queryType = VK_QUERY_TYPE_TIMESTAMP;
+        qi.queryCount = KILN_VK_TS_MAX;
+        g->ts_which = kiln_calloc(KILN_VK_TS_MAX, sizeof *g->ts_which);
+        if (g->ts_which && vkCreateQueryPool(dev->sh->device, &qi, NULL, &g->ts_pool) == VK_SUCCESS) {
+            vkCmdResetQueryPool(g->cmd, g->ts_pool, 0, KILN_VK_TS_MAX);
+            vkCmdWriteTimestamp(g->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, g->ts_pool, 0);
+        } else {
+            g->ts_pool = VK_NULL_HANDLE;
+        }
+    }
     dev->n_pend = 0;
     dev->rec_dispatches = dev->rec_barriers = 0;
     dev->graph_mode = 1;
@@ -220,5 +258,6 @@ kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo) {
     }
     kiln_status st = submit(dev, dev->graphs[i].cmd);
     if (st != KILN_OK) kiln_vk_graphs_forget(dev);
+    else if (dev->timestamps) st = timestamps_collect(dev, &dev->graphs[i]);
     return st;
 }

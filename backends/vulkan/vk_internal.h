@@ -93,6 +93,7 @@ enum {
     KILN_VK_P_MMVM1_FIRST = KILN_VK_P_MMV1_FIRST + KILN_VK_N_SLOTS, /* mmvm for one activation row (KILN_VK_MMV_UNROLL) */
     KILN_VK_P_ATTN_TILE_FIRST = KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS, /* prefill attention: mc_64, mc_128, mce_64, mce_128 */
     KILN_VK_P_Q4_0_SPLIT = KILN_VK_P_ATTN_TILE_FIRST + 4, /* weight_prepare: Q4_0 rows to the split layout */
+    KILN_VK_P_ATTN_DEC,                                /* attention.comp for subgroup devices (decode steps) */
     KILN_VK_P_COUNT
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
@@ -176,6 +177,8 @@ struct kiln_vk_shared {
     uint32_t max_shared;          /* maxComputeSharedMemorySize */
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
+    float timestamp_period;       /* ns per timestamp tick */
+    uint32_t timestamp_bits;      /* valid bits of the queue's timestamps (0: none) */
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
     bool subgroup_add;            /* subgroup arithmetic in compute (mmv_ kernels) */
     bool coopmat;                 /* VK_NV_cooperative_matrix enabled (mmc_ kernels for batches) */
@@ -253,7 +256,12 @@ typedef struct kiln_vk_graph {
     uint64_t key, hash;
     VkCommandBuffer cmd;     /* recorded once, submitted at every replay */
     kiln_bk_buffer *stage;   /* host-visible: the step's host inputs */
+    /* KILN_VK_TIMESTAMPS: a timestamp after each recorded dispatch */
+    VkQueryPool ts_pool;
+    uint16_t *ts_which;      /* the pipeline of dispatch i (ends at timestamp i + 1) */
+    uint32_t ts_n;
 } kiln_vk_graph;
+#define KILN_VK_TS_MAX 4096  /* timestamps per recorded graph */
 
 /* A binding recorded since the last barrier of the command buffer being
  * recorded (hazard tracking, kiln_vk_dispatch). */
@@ -286,6 +294,7 @@ struct kiln_bk_device {
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
+    bool attn_dec_old;       /* KILN_VK_ATTN_DEC_OLD: small ubatches on attention.comp, not attn_dec.comp (comparisons) */
     bool attn_old;           /* KILN_VK_ATTN_OLD: prefill attention on attention.comp too (comparisons) */
     bool attn_eager;         /* KILN_VK_ATTN_EAGER: attn_tile rescales whenever a row's max grows (tests) */
     bool attn_no_mc;         /* KILN_VK_ATTN_PORTABLE, or the matrix-core attention did not build: attn_mce */
@@ -318,6 +327,13 @@ struct kiln_bk_device {
     uint32_t max_dispatches, max_barriers;    /* of the largest graph recorded (KILN_VK_STATS) */
     double prof_ms[KILN_VK_P_COUNT];
     uint64_t prof_n[KILN_VK_P_COUNT];
+    /* KILN_VK_TIMESTAMPS: GPU time of each replayed dispatch, from the
+     * timestamps around it (its barrier included), per pipeline */
+    bool timestamps;
+    double ts_ms[KILN_VK_P_COUNT];
+    uint64_t ts_calls[KILN_VK_P_COUNT];
+    uint64_t ts_steps;
+    double ts_step_ms;
 };
 
 /* ---- vk_support.c ---- */

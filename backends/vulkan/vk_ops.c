@@ -57,7 +57,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_QUANT_ACT) return 1u << 1;
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
-    if (which == KILN_VK_P_ATTENTION) return (1u << 3) | (1u << 5);
+    if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5);
     if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS) return 1u << 1;
     /* and the quantized activations (act_produce) */
@@ -160,6 +160,11 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     vkCmdDispatch(cmd, gx, gy, gz);
     if (in_graph) {
         dev->rec_dispatches++;
+        kiln_vk_graph *g = &dev->graph_new;
+        if (g->ts_pool && g->ts_n + 1 < KILN_VK_TS_MAX) {
+            g->ts_which[g->ts_n++] = (uint16_t)which;
+            vkCmdWriteTimestamp(cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, g->ts_pool, g->ts_n);
+        }
         return KILN_OK;
     }
     dev->n_ops++;
@@ -1065,7 +1070,12 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     const uint32_t modes = (uint64_t)dst->ne[0] != qw ? 0u : a.head_dim % 32 ? 0x6u : 0x1eu;
     if ((st = act_produce(dev, dst, de, modes, &b[5], &pc.qmode, &pc.q_words, "attention"))) return st;
     pc.row_k = (uint32_t)qw;
-    st = kiln_vk_dispatch(dev, KILN_VK_P_ATTENTION, b, 6, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
+    /* subgroup devices: attn_dec.comp (a row's bits depend only on its
+     * own positions there too, so decode and verify rows agree) */
+    const bool dec = dev->sh->subgroup_add && dev->sh->subgroup_size >= 8 && dev->sh->subgroup_size <= 32 &&
+                     !dev->attn_dec_old;
+    st = kiln_vk_dispatch(dev, dec ? KILN_VK_P_ATTN_DEC : KILN_VK_P_ATTENTION, b, 6, &pc, sizeof pc, a.n_head,
+                          ub->n_tokens, 1);
     if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
     return st;
 }

@@ -307,6 +307,8 @@ extern const uint32_t kiln_vk_spv_attn_mce_128[];
 extern const size_t kiln_vk_spv_attn_mce_128_size;
 extern const uint32_t kiln_vk_spv_q4_0_split[];
 extern const size_t kiln_vk_spv_q4_0_split_size;
+extern const uint32_t kiln_vk_spv_attn_dec[];
+extern const size_t kiln_vk_spv_attn_dec_size;
 
 static const struct {
     const char *name;
@@ -457,7 +459,8 @@ static const struct {
     {"attn_mc_128", kiln_vk_spv_attn_mc_128, &kiln_vk_spv_attn_mc_128_size},
     {"attn_mce_64", kiln_vk_spv_attn_mce_64, &kiln_vk_spv_attn_mce_64_size},
     {"attn_mce_128", kiln_vk_spv_attn_mce_128, &kiln_vk_spv_attn_mce_128_size},
-    {"q4_0_split", kiln_vk_spv_q4_0_split, &kiln_vk_spv_q4_0_split_size}
+    {"q4_0_split", kiln_vk_spv_q4_0_split, &kiln_vk_spv_q4_0_split_size},
+    {"attn_dec", kiln_vk_spv_attn_dec, &kiln_vk_spv_attn_dec_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {
@@ -521,6 +524,12 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
             ci.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
             ci.stage.module = mod;
             ci.stage.pName = "main";
+            /* specialization constant 0: the subgroup size (attn_dec.comp
+             * sizes arrays by it; shaders without it ignore it) */
+            const uint32_t spec_data[1] = {sh->subgroup_size};
+            const VkSpecializationMapEntry spec_entry = {0, 0, sizeof spec_data[0]};
+            const VkSpecializationInfo spec = {1, &spec_entry, sizeof spec_data, spec_data};
+            ci.stage.pSpecializationInfo = &spec;
             ci.layout = sh->layout;
             r = vkCreateComputePipelines(sh->device, VK_NULL_HANDLE, 1, &ci, NULL, &sh->pipelines[which]);
             vkDestroyShaderModule(sh->device, mod, NULL);

@@ -31,14 +31,43 @@ layout(push_constant) uniform P {
 
 shared float red[256];
 
+/* Rows of up to 256 * RN elements (a decode step's 4096) keep the
+ * invocation's elements in registers, every load issued before the first
+ * use: one round of memory latency instead of one per element in turn
+ * (15.7 us per dispatch on the H100 before, bench/NOTES.md). The same
+ * elements in the same order per invocation, so the same bits. */
+#define RN 16u
+
 void main() {
     uint r = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
     uint a = p.a_off + r * p.a_stride, b = p.b_off + r * p.b_stride, s = p.s_off + r * p.s_stride;
+    uint d = p.d_off + r * p.d_stride;
     precise float acc = 0.0; /* as rms_norm.comp */
-    for (uint i = tid; i < p.n; i += 256u) {
-        float v = Av[a + i] + Bv[b + i];
-        S[s + i] = v;
-        acc += v * v;
+    const bool regs = p.n <= 256u * RN;
+    float sv[RN], wv[RN];
+    if (regs) {
+        float av[RN], bv[RN];
+        for (uint k = 0u; k < RN; k++) {
+            uint i = tid + 256u * k;
+            av[k] = i < p.n ? Av[a + i] : 0.0;
+            bv[k] = i < p.n ? Bv[b + i] : 0.0;
+            wv[k] = i < p.n ? Wt[p.w_off + i] : 0.0;
+        }
+        for (uint k = 0u; k < RN; k++) {
+            uint i = tid + 256u * k;
+            if (i < p.n) {
+                float v = av[k] + bv[k];
+                sv[k] = v;
+                S[s + i] = v;
+                acc += v * v;
+            }
+        }
+    } else {
+        for (uint i = tid; i < p.n; i += 256u) {
+            float v = Av[a + i] + Bv[b + i];
+            S[s + i] = v;
+            acc += v * v;
+        }
     }
     red[tid] = acc;
     barrier();
@@ -47,8 +76,14 @@ void main() {
         barrier();
     }
     float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
-    uint d = p.d_off + r * p.d_stride;
-    for (uint i = tid; i < p.n; i += 256u) D[d + i] = (S[s + i] * scale) * Wt[p.w_off + i];
+    if (regs) {
+        for (uint k = 0u; k < RN; k++) {
+            uint i = tid + 256u * k;
+            if (i < p.n) D[d + i] = (sv[k] * scale) * wv[k];
+        }
+    } else {
+        for (uint i = tid; i < p.n; i += 256u) D[d + i] = (S[s + i] * scale) * Wt[p.w_off + i];
+    }
     if (p.qmode == 0u) return;
     /* element c0 + tid was written by this invocation above */
     for (uint c0 = 0u; c0 < p.n; c0 += 256u)
