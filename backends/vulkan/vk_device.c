@@ -262,6 +262,11 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     for (int i = 0; i < 3; i++) sh->max_groups[i] = lim->maxComputeWorkGroupCount[i];
     sh->timestamp_period = lim->timestampPeriod;
     {
+        const char *mr = getenv("KILN_VK_MMV_ROWS");
+        const long rows = mr ? strtol(mr, NULL, 10) : 0;
+        sh->mmv_rows = rows >= 1 && rows <= 4 ? (uint32_t)rows : 2u;
+    }
+    {
         VkQueueFamilyProperties fam[32];
         uint32_t nf = 32;
         vkGetPhysicalDeviceQueueFamilyProperties(sh->phys, &nf, fam);
@@ -402,13 +407,13 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     {   /* KILN_VK_NO_FUSED=1 (or any non-number): every fusion off; a number
          * > 1: a mask of the ones to turn off (2 the quantization in the
          * producers, 4 matmul_multi, 8 add_rms_norm, 16 rope_kv_store).
-         * Default: 2, the quantization in the producers off — on the H100
-         * it cost more than the quant_act dispatches it saves (Q4_0 tg128
-         * 152 with it, 157 without; Q4_K_M 104 / 107); KILN_VK_NO_FUSED=0
-         * turns everything on. */
+         * Default: all on. (The quantization in the producers was off by
+         * default until add_rms_norm and rms_norm quantized a row with two
+         * barriers instead of a tree per 256 elements: on the H100 Q4_0
+         * tg128 219 -> 236 with it, F16 129 -> 132, Q4_K_M 133 -> 137.) */
         const char *nf = getenv("KILN_VK_NO_FUSED");
-        const long m = nf ? strtol(nf, NULL, 10) : 2;
-        dev->no_fused_mask = nf && !*nf ? 2u : m > 1 ? (uint32_t)m : m == 0 && nf && nf[0] == '0' ? 0u : 0x1eu;
+        const long m = nf ? strtol(nf, NULL, 10) : 0;
+        dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0x1eu;
         dev->no_fused = dev->no_fused_mask == 0x1eu;
     }
     dev->mmv_unroll = getenv("KILN_VK_MMV_UNROLL") && atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;

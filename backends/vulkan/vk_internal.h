@@ -177,6 +177,7 @@ struct kiln_vk_shared {
     uint32_t max_shared;          /* maxComputeSharedMemorySize */
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
+    uint32_t mmv_rows;            /* KILN_VK_MMV_ROWS (1..4, default 2): weight rows per subgroup pass of mmv.glsl */
     float timestamp_period;       /* ns per timestamp tick */
     uint32_t timestamp_bits;      /* valid bits of the queue's timestamps (0: none) */
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */

@@ -524,11 +524,13 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
             ci.stage.stage = VK_SHADER_STAGE_COMPUTE_BIT;
             ci.stage.module = mod;
             ci.stage.pName = "main";
-            /* specialization constant 0: the subgroup size (attn_dec.comp
-             * sizes arrays by it; shaders without it ignore it) */
-            const uint32_t spec_data[1] = {sh->subgroup_size};
-            const VkSpecializationMapEntry spec_entry = {0, 0, sizeof spec_data[0]};
-            const VkSpecializationInfo spec = {1, &spec_entry, sizeof spec_data, spec_data};
+            /* specialization constants (shaders without them ignore
+             * them): 0 the subgroup size (attn_dec.comp sizes arrays by
+             * it), 1 mmv.glsl's weight rows per subgroup pass */
+            const uint32_t spec_data[2] = {sh->subgroup_size, sh->mmv_rows};
+            const VkSpecializationMapEntry spec_entry[2] = {{0, 0, sizeof spec_data[0]},
+                                                            {1, sizeof spec_data[0], sizeof spec_data[1]}};
+            const VkSpecializationInfo spec = {2, spec_entry, sizeof spec_data, spec_data};
             ci.stage.pSpecializationInfo = &spec;
             ci.layout = sh->layout;
             r = vkCreateComputePipelines(sh->device, VK_NULL_HANDLE, 1, &ci, NULL, &sh->pipelines[which]);

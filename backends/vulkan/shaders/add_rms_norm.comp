@@ -27,6 +27,7 @@ layout(push_constant) uniform P {
 } p;
 
 #include "common.glsl"
+#define KILN_QUANT_ROW_REGS
 #include "quant_chunk.glsl"
 
 shared float red[256];
@@ -79,12 +80,19 @@ void main() {
     if (regs) {
         for (uint k = 0u; k < RN; k++) {
             uint i = tid + 256u * k;
-            if (i < p.n) D[d + i] = (sv[k] * scale) * wv[k];
+            if (i < p.n) {
+                sv[k] = (sv[k] * scale) * wv[k];
+                D[d + i] = sv[k];
+            }
         }
     } else {
         for (uint i = tid; i < p.n; i += 256u) D[d + i] = (S[s + i] * scale) * Wt[p.w_off + i];
     }
     if (p.qmode == 0u) return;
+    if (regs && p.n % (p.qmode == 5u ? 256u : 32u) == 0u) {
+        quant_row_regs(sv, tid, r * p.q_stride, p.n, p.qmode);
+        return;
+    }
     /* element c0 + tid was written by this invocation above */
     for (uint c0 = 0u; c0 < p.n; c0 += 256u)
         quant_chunk(c0 + tid < p.n ? D[d + c0 + tid] : 0.0, tid, c0, r * p.q_stride, p.n, p.qmode);

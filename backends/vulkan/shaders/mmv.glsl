@@ -41,7 +41,9 @@
 #ifndef MT
 #define MT 8u /* activation rows per workgroup row (mmv1_, mmvm1_: 1, fewer registers) */
 #endif
-#define ROWS 2u
+/* weight rows per subgroup pass: specialization constant 1, the handle's
+ * KILN_VK_MMV_ROWS (vk_ops.c; constant 0 is the subgroup size) */
+layout(constant_id = 1) const uint ROWS = 2u;
 layout(local_size_x = 128) in;
 
 layout(binding = 0) readonly buffer WB { uint W[]; };

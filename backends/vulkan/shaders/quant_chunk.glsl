@@ -80,4 +80,96 @@ void quant_chunk(float v, uint t, uint c0, uint a, uint K, uint mode) {
     barrier(); /* the shared arrays are free for the next chunk */
 }
 
+#ifdef KILN_QUANT_ROW_REGS
+/* (A workgroup of 256 that holds a whole row of up to 4096 elements in
+ * registers: add_rms_norm.comp, rms_norm.comp; it declares KILN_QUANT_ROW_REGS.) */
+/* The activations quantized for the next matmul from the row held in
+ * registers (element tid + 256 k in v[k]), as quant_chunk.glsl would,
+ * with two barriers for the whole row instead of a reduction tree of
+ * barriers per 256 elements: one invocation per 32-element block takes its
+ * maximum (first index on ties) serially from shared memory; for Q8_K the
+ * eight blocks' maxima of a super-block are then combined in block order,
+ * which picks the same element as the tree. Same formulas, same bytes. */
+/* element i at i + i / 32: the block owners' serial reads, 32 elements
+ * apart otherwise, would all hit one shared-memory bank */
+shared float qrow[256u * 16u + 128u];
+shared float qb_max[128];
+shared uint qb_idx[128];
+
+void quant_row_regs(float v[16], uint tid, uint a, uint K, uint mode) { /* K <= 4096 */
+    if (mode == 1u || mode == 2u) {
+        for (uint k = 0u; k < 16u; k++) {
+            uint i = tid + 256u * k;
+            if (i < K) AQ[a + i] = floatBitsToUint(mode == 1u ? h2f(f2h(v[k])) : bf2f(f2bf(v[k])));
+        }
+        return;
+    }
+    for (uint k = 0u; k < 16u; k++) {
+        uint i = tid + 256u * k;
+        if (i < K) qrow[i + (i >> 5)] = v[k];
+    }
+    barrier();
+    uint nb = K / 32u, b = tid, e0 = 32u * tid, pe = 33u * tid; /* the block's first element, padded */
+    float amax = 0.0;
+    uint ai = 0u;
+    if (b < nb)
+        for (uint k = 0u; k < 32u; k++) {
+            float x = abs(qrow[pe + k]);
+            if (x > amax) {
+                amax = x;
+                ai = k;
+            }
+        }
+    if (mode != 5u) {
+        if (b >= nb) return;
+        float id = amax != 0.0 ? 127.0 / amax : 0.0;
+        int sum = 0;
+        for (uint w = 0u; w < 8u; w++) {
+            uint word = 0u;
+            for (uint k = 0u; k < 4u; k++) {
+                int q = clamp(int(roundEven(qrow[pe + 4u * w + k] * id)), -127, 127);
+                sum += q;
+                word |= (uint(q) & 0xffu) << (8u * k);
+            }
+            AQ[a + e0 / 4u + w] = word;
+        }
+        float dd = amax / 127.0;
+        AQ[a + K / 4u + b] = floatBitsToUint(h2f(f2h(dd)));
+        if (mode == 4u) AQ[a + K / 4u + K / 32u + b] = floatBitsToUint(h2f(f2h(dd * float(sum))));
+        return;
+    }
+    if (b < nb) {
+        qb_max[b] = amax;
+        qb_idx[b] = e0 + ai;
+    }
+    barrier();
+    if (b >= nb) return;
+    uint sb = b / 8u, j0 = 8u * sb;
+    float best = qb_max[j0];
+    uint bi = qb_idx[j0];
+    for (uint j = j0 + 1u; j < j0 + 8u; j++)
+        if (qb_max[j] > best) {
+            best = qb_max[j];
+            bi = qb_idx[j];
+        }
+    float mx = best != 0.0 ? qrow[bi + (bi >> 5)] : 0.0;
+    float inv = best != 0.0 ? -127.0 / mx : 0.0;
+    int s16[2] = int[2](0, 0);
+    for (uint w = 0u; w < 8u; w++) {
+        uint word = 0u;
+        for (uint k = 0u; k < 4u; k++) {
+            int q = best != 0.0 ? clamp(int(roundEven(min(max(inv * qrow[pe + 4u * w + k], -128.0), 127.0))), -128, 127) : 0;
+            s16[w / 4u] += q;
+            word |= (uint(q) & 0xffu) << (8u * k);
+        }
+        AQ[a + e0 / 4u + w] = word;
+    }
+    uint in_sb = (e0 - 256u * sb) / 16u; /* the block's first 16-group in its super-block */
+    AQ[a + K / 4u + K / 256u + 16u * sb + in_sb] = uint(s16[0]);
+    AQ[a + K / 4u + K / 256u + 16u * sb + in_sb + 1u] = uint(s16[1]);
+    if (b == j0) AQ[a + K / 4u + sb] = best != 0.0 ? floatBitsToUint(1.0 / (-127.0 / mx)) : 0u;
+}
+
+#endif
+
 #endif

@@ -21,17 +21,33 @@ layout(push_constant) uniform P {
 } p;
 
 #include "common.glsl"
+#define KILN_QUANT_ROW_REGS
 #include "quant_chunk.glsl"
 
 shared float red[256];
 
+/* Rows of up to 4096 elements are held in registers, every load issued
+ * before the first use (the same sums in the same order: the same bits),
+ * and quantized with quant_row_regs (as add_rms_norm.comp). */
 void main() {
     uint r = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
     uint x = p.x_off + r * p.x_stride;
     /* precise: no fused multiply-add (as the CPU rounds, and the same bits
      * as add_rms_norm.comp's) */
     precise float s = 0.0;
-    for (uint i = tid; i < p.n; i += 256u) s += X[x + i] * X[x + i];
+    const bool regs = p.n <= 4096u;
+    float xv[16], wv[16];
+    if (regs) {
+        for (uint k = 0u; k < 16u; k++) {
+            uint i = tid + 256u * k;
+            xv[k] = i < p.n ? X[x + i] : 0.0;
+            wv[k] = i < p.n ? Wt[p.w_off + i] : 0.0;
+        }
+        for (uint k = 0u; k < 16u; k++)
+            if (tid + 256u * k < p.n) s += xv[k] * xv[k];
+    } else {
+        for (uint i = tid; i < p.n; i += 256u) s += X[x + i] * X[x + i];
+    }
     red[tid] = s;
     barrier();
     for (uint k = 128u; k > 0u; k >>= 1) {
@@ -40,8 +56,22 @@ void main() {
     }
     float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
     uint d = p.d_off + r * p.d_stride;
-    for (uint i = tid; i < p.n; i += 256u) D[d + i] = (X[x + i] * scale) * Wt[p.w_off + i];
+    if (regs) {
+        for (uint k = 0u; k < 16u; k++) {
+            uint i = tid + 256u * k;
+            if (i < p.n) {
+                xv[k] = (xv[k] * scale) * wv[k];
+                D[d + i] = xv[k];
+            }
+        }
+    } else {
+        for (uint i = tid; i < p.n; i += 256u) D[d + i] = (X[x + i] * scale) * Wt[p.w_off + i];
+    }
     if (p.qmode == 0u) return;
+    if (regs && p.n % (p.qmode == 5u ? 256u : 32u) == 0u) {
+        quant_row_regs(xv, tid, r * p.a_stride, p.n, p.qmode);
+        return;
+    }
     /* element c0 + tid was written by this invocation above */
     for (uint c0 = 0u; c0 < p.n; c0 += 256u)
         quant_chunk(c0 + tid < p.n ? D[d + c0 + tid] : 0.0, tid, c0, r * p.a_stride, p.n, p.qmode);
