@@ -580,9 +580,9 @@ static void test_fused_quant_producers(void) {
         }
 }
 
-/* KILN_VK_MMV_UNROLL=1 (a handle opened with it: one row through the
- * one-row kernels, mmv1_/mmvm1_, and the decode kernels issue four chunks'
- * loads at once) gives the same bits as without, through
+/* The unrolled decode kernels (the default: one row through the one-row
+ * kernels, mmv1_/mmvm1_, which issue four chunks' loads at once) give the
+ * same bits as a handle opened with KILN_VK_MMV_UNROLL=0, through
  * matmul and matmul_multi, for every type; K = 4352: the unrolled loop
  * and a remainder with 8- to 32-wide subgroups. */
 static void test_mmv_unroll_bits(void) {
@@ -591,7 +591,7 @@ static void test_mmv_unroll_bits(void) {
                                     KILN_TYPE_Q4_K, KILN_TYPE_Q5_K, KILN_TYPE_Q6_K};
     const int64_t K = 4352, N = 67;
     enum { MM = 9 };
-    setenv("KILN_VK_MMV_UNROLL", "1", 1);
+    setenv("KILN_VK_MMV_UNROLL", "0", 1); /* the default is on: the other handle without it */
     kiln_bk_device *d2 = NULL;
     kiln_bk_open_params op = {sizeof op, 0, KILN_LOG_ERROR, vk_log, NULL};
     KT_CHECK_OK(vk->device_open(0, &op, &d2));

@@ -264,7 +264,7 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     {
         const char *mr = getenv("KILN_VK_MMV_ROWS");
         const long rows = mr ? strtol(mr, NULL, 10) : 0;
-        sh->mmv_rows = rows >= 1 && rows <= 4 ? (uint32_t)rows : 2u;
+        sh->mmv_rows = rows >= 1 && rows <= 4 ? (uint32_t)rows : 0u;
     }
     {
         VkQueueFamilyProperties fam[32];
@@ -416,7 +416,8 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0x1eu;
         dev->no_fused = dev->no_fused_mask == 0x1eu;
     }
-    dev->mmv_unroll = getenv("KILN_VK_MMV_UNROLL") && atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
+    /* on by default (H100: Q4_0 tg128 229 -> 241, Q4_K_M 136 -> 140); =0 off */
+    dev->mmv_unroll = !getenv("KILN_VK_MMV_UNROLL") || atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
     /* KILN_VK_LAYOUT=0: weights keep the GGUF layout (vk_layout.c), to compare */
     const char *lay = getenv("KILN_VK_LAYOUT");
     dev->no_weight_layout = lay && strcmp(lay, "0") == 0;

@@ -133,6 +133,11 @@ struct kiln_vk_chunk {
 };
 
 typedef struct kiln_vk_shared kiln_vk_shared;
+/* mmv.glsl's weight rows per subgroup pass (specialization constant 1)
+ * for a weight slot: KILN_VK_MMV_ROWS, else 2 for Q4_0 and 1 for the rest
+ * (measured on the H100 with the unrolled one-row kernels: Q4_0 tg128
+ * 241 with 2 vs 228 with 1; F16 136 vs 131, Q4_K_M 152 vs 140 with 1). */
+uint32_t kiln_vk_mmv_rows(const kiln_vk_shared *sh, int slot);
 struct kiln_vk_pool;
 
 struct kiln_bk_buffer {
@@ -177,7 +182,7 @@ struct kiln_vk_shared {
     uint32_t max_shared;          /* maxComputeSharedMemorySize */
     uint64_t max_alloc;           /* maxMemoryAllocationSize */
     uint32_t max_groups[3];
-    uint32_t mmv_rows;            /* KILN_VK_MMV_ROWS (1..4, default 2): weight rows per subgroup pass of mmv.glsl */
+    uint32_t mmv_rows;            /* KILN_VK_MMV_ROWS (1..4; 0: per type, kiln_vk_mmv_rows) */
     float timestamp_period;       /* ns per timestamp tick */
     uint32_t timestamp_bits;      /* valid bits of the queue's timestamps (0: none) */
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */

@@ -762,7 +762,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
          * implementation (each workgroup costs more than its arithmetic) */
         const kiln_vk_shared *sh = dev->sh;
         const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-        uint64_t gx = div_up(div_up((uint64_t)N, sh->mmv_rows), sgs_per_wg ? sgs_per_wg : 1);
+        uint64_t gx = div_up(div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), sgs_per_wg ? sgs_per_wg : 1);
         if (sh->is_cpu && gx > 32) gx = 32;
         if (gx > max_x) gx = max_x;
         pc.n_base = dev->mmv_unroll; /* mmv.glsl: `unroll` */
@@ -1219,7 +1219,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
         pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
         pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
         pc.N[i] = (uint32_t)w[j]->ne[1];
-        if (i < n) groups += div_up((uint64_t)pc.N[i], dev->sh->mmv_rows);
+        if (i < n) groups += div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(dev->sh, kiln_vk_weight_slot(w[0])));
         pc.g_end[i] = (uint32_t)groups;
     }
     /* as matmul's decode kernel sizes its grid, for all products' rows */

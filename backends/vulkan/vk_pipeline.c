@@ -507,6 +507,20 @@ void kiln_vk_pipelines_destroy(kiln_vk_shared *sh) {
         }
 }
 
+uint32_t kiln_vk_mmv_rows(const kiln_vk_shared *sh, int slot) {
+    if (sh->mmv_rows) return sh->mmv_rows;
+    return slot == kiln_vk_type_slot(KILN_VK_T_Q4_0) || slot == KILN_VK_SLOT_Q4_0S ? 2u : 1u;
+}
+
+/* The weight slot of a decode kernel's pipeline (mmv, mmvm, mmv1, mmvm1), -1 otherwise. */
+static int mmv_slot(int which) {
+    static const int first[4] = {KILN_VK_P_MMV_FIRST, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMV1_FIRST,
+                                 KILN_VK_P_MMVM1_FIRST};
+    for (int i = 0; i < 4; i++)
+        if (which >= first[i] && which < first[i] + KILN_VK_N_SLOTS) return which - first[i];
+    return -1;
+}
+
 kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
     if (which < 0 || which >= KILN_VK_P_COUNT)
         return kiln_error(KILN_E_INTERNAL, "vulkan backend: no pipeline %d", which);
@@ -527,7 +541,8 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
             /* specialization constants (shaders without them ignore
              * them): 0 the subgroup size (attn_dec.comp sizes arrays by
              * it), 1 mmv.glsl's weight rows per subgroup pass */
-            const uint32_t spec_data[2] = {sh->subgroup_size, sh->mmv_rows};
+            const int slot = mmv_slot(which);
+            const uint32_t spec_data[2] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u};
             const VkSpecializationMapEntry spec_entry[2] = {{0, 0, sizeof spec_data[0]},
                                                             {1, sizeof spec_data[0], sizeof spec_data[1]}};
             const VkSpecializationInfo spec = {2, spec_entry, sizeof spec_data, spec_data};
