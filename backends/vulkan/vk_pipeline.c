@@ -540,12 +540,15 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
             ci.stage.pName = "main";
             /* specialization constants (shaders without them ignore
              * them): 0 the subgroup size (attn_dec.comp sizes arrays by
-             * it), 1 mmv.glsl's weight rows per subgroup pass */
+             * it), 1 mmv.glsl's weight rows per subgroup pass, 2 eight
+             * subgroups' invocations (attn_dec.comp's workgroup) */
             const int slot = mmv_slot(which);
-            const uint32_t spec_data[2] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u};
-            const VkSpecializationMapEntry spec_entry[2] = {{0, 0, sizeof spec_data[0]},
-                                                            {1, sizeof spec_data[0], sizeof spec_data[1]}};
-            const VkSpecializationInfo spec = {2, spec_entry, sizeof spec_data, spec_data};
+            const uint32_t spec_data[3] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
+                                           8u * sh->subgroup_size};
+            const VkSpecializationMapEntry spec_entry[3] = {{0, 0, sizeof spec_data[0]},
+                                                            {1, sizeof spec_data[0], sizeof spec_data[1]},
+                                                            {2, 2 * sizeof spec_data[0], sizeof spec_data[2]}};
+            const VkSpecializationInfo spec = {3, spec_entry, sizeof spec_data, spec_data};
             ci.stage.pSpecializationInfo = &spec;
             ci.layout = sh->layout;
             r = vkCreateComputePipelines(sh->device, VK_NULL_HANDLE, 1, &ci, NULL, &sh->pipelines[which]);

@@ -2,8 +2,8 @@
  * attn_dec.comp - attention.comp's operation (same bindings, push
  * constants, causal rows, zeros for a row that attends to nothing,
  * quantized output for the next matmul) laid out for decode steps on GPUs
- * with subgroup arithmetic: a workgroup of 128 invocations per (row,
- * head); each subgroup takes positions sg, sg + n_sg, ... two at a time
+ * with subgroup arithmetic: a workgroup of eight subgroups per (row,
+ * head); each subgroup takes positions sg, sg + n_sg, ... four at a time
  * with their loads issued together, its lanes splitting the head's
  * dimensions in pairs (a position's score is one subgroupAdd, no
  * barriers), with an online softmax of its own; the subgroups' states are
@@ -16,8 +16,12 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 128) in;
+#extension GL_EXT_control_flow_attributes : require
+/* specialization constants: 0 the subgroup size, 2 the workgroup size
+ * (eight subgroups) */
+layout(local_size_x_id = 2) in;
 layout(constant_id = 0) const uint SG = 32u;
+layout(constant_id = 2) const uint WG = 256u;
 
 #define MAXD 256u
 
@@ -39,7 +43,8 @@ layout(push_constant) uniform P {
 #include "common.glsl"
 
 shared float qs[MAXD];
-#define NSG (128u / SG)  /* subgroups per workgroup */
+#define NSG (WG / SG)  /* subgroups per workgroup: 8 */
+#define UP 4u            /* positions per subgroup step */
 #define PL (MAXD / 2u / SG) /* dimension pairs per lane, at most */
 shared float sg_m[NSG], sg_l[NSG];
 shared float sg_o[NSG * MAXD];
@@ -49,7 +54,7 @@ void main() {
     uint D_ = p.head_dim, D2 = p.head_dim / 2u;
     uint hk = h / (p.n_head / p.n_head_kv);
     uint qo = p.q_off + t * p.q_stride + h * D_;
-    for (uint i = tid; i < D_; i += 128u) qs[i] = Q[qo + i];
+    for (uint i = tid; i < D_; i += WG) qs[i] = Q[qo + i];
     uint nkv = uint(U[p.nkv_off + t]);
     uint tab = uint(U[p.tab_off + t]);
     barrier();
@@ -62,39 +67,35 @@ void main() {
     }
     float m = -1e30, l = 0.0;
     uint hoff = hk * D_;
-    for (uint pa = sg; pa < nkv; pa += 2u * NSG) {
-        uint pb = pa + NSG;
-        bool two = pb < nkv;
-        uint ca = uint(U[p.bt_off + tab + pa / p.block_size]) * p.block_size + pa % p.block_size;
-        uint cb = two ? uint(U[p.bt_off + tab + pb / p.block_size]) * p.block_size + pb % p.block_size : ca;
-        uint ka = (ca * p.kv_dim + hoff) >> 1, kb = (cb * p.kv_dim + hoff) >> 1;
-        vec2 kva[PL], kvb[PL], vva[PL], vvb[PL];
-        for (uint i = 0u; i < PL; i++) {
-            uint j = lane + SG * i;
-            bool in_ = j < D2;
-            kva[i] = in_ ? unpackHalf2x16(KCache[ka + j]) : vec2(0.0);
-            kvb[i] = in_ ? unpackHalf2x16(KCache[kb + j]) : vec2(0.0);
-            vva[i] = in_ ? unpackHalf2x16(VCache[ka + j]) : vec2(0.0);
-            vvb[i] = in_ ? unpackHalf2x16(VCache[kb + j]) : vec2(0.0);
+    for (uint p0 = sg; p0 < nkv; p0 += UP * NSG) {
+        /* positions p0 + NSG * u: their cells, then all their K and V */
+        uint cb[UP];
+        [[unroll]] for (uint u = 0u; u < UP; u++) {
+            uint pu = min(p0 + NSG * u, nkv - 1u);
+            uint cell = uint(U[p.bt_off + tab + pu / p.block_size]) * p.block_size + pu % p.block_size;
+            cb[u] = (cell * p.kv_dim + hoff) >> 1;
         }
-        float sa = 0.0, sb = 0.0;
-        for (uint i = 0u; i < PL; i++) {
-            sa += qv[i].x * kva[i].x + qv[i].y * kva[i].y;
-            sb += qv[i].x * kvb[i].x + qv[i].y * kvb[i].y;
+        vec2 kv[UP][PL], vv[UP][PL];
+        [[unroll]] for (uint u = 0u; u < UP; u++)
+            [[unroll]] for (uint i = 0u; i < PL; i++) {
+                uint j = lane + SG * i;
+                bool in_ = j < D2;
+                kv[u][i] = in_ ? unpackHalf2x16(KCache[cb[u] + j]) : vec2(0.0);
+                vv[u][i] = in_ ? unpackHalf2x16(VCache[cb[u] + j]) : vec2(0.0);
+            }
+        float sc[UP];
+        [[unroll]] for (uint u = 0u; u < UP; u++) {
+            float su = 0.0;
+            [[unroll]] for (uint i = 0u; i < PL; i++) su += qv[i].x * kv[u][i].x + qv[i].y * kv[u][i].y;
+            sc[u] = subgroupAdd(su) * p.scale;
         }
-        sa = subgroupAdd(sa) * p.scale;
-        sb = subgroupAdd(sb) * p.scale;
-        float mn = max(m, sa);
-        float corr = exp(m - mn), e = exp(sa - mn);
-        l = l * corr + e;
-        for (uint i = 0u; i < PL; i++) o[i] = o[i] * corr + e * vva[i];
-        m = mn;
-        if (two) {
-            mn = max(m, sb);
-            corr = exp(m - mn);
-            e = exp(sb - mn);
+        /* in position order, the online softmax of this subgroup */
+        [[unroll]] for (uint u = 0u; u < UP; u++) {
+            if (p0 + NSG * u >= nkv) break;
+            float mn = max(m, sc[u]);
+            float corr = exp(m - mn), e = exp(sc[u] - mn);
             l = l * corr + e;
-            for (uint i = 0u; i < PL; i++) o[i] = o[i] * corr + e * vvb[i];
+            [[unroll]] for (uint i = 0u; i < PL; i++) o[i] = o[i] * corr + e * vv[u][i];
             m = mn;
         }
     }
@@ -118,7 +119,7 @@ void main() {
     for (uint s = 0u; s < NSG; s++) L += sg_l[s] * exp(sg_m[s] - M);
     barrier(); /* qs is rewritten below */
     uint od = p.d_off + t * p.d_stride + h * D_;
-    for (uint d = tid; d < D_; d += 128u) {
+    for (uint d = tid; d < D_; d += WG) {
         float a = 0.0;
         for (uint s = 0u; s < NSG; s++) a += sg_o[s * MAXD + d] * exp(sg_m[s] - M);
         float v = L > 0.0 ? a / L : 0.0;
@@ -129,7 +130,7 @@ void main() {
     barrier();
     uint a = t * p.a_stride, e0 = h * D_; /* the head's first element in the row */
     if (p.qmode <= 2u) {
-        for (uint d = tid; d < D_; d += 128u)
+        for (uint d = tid; d < D_; d += WG)
             AQ[a + e0 + d] = floatBitsToUint(p.qmode == 1u ? h2f(f2h(qs[d])) : bf2f(f2bf(qs[d])));
         return;
     }
