@@ -8,6 +8,7 @@
 # build-device, from `bash test/device/vulkan.sh --pack build-device`) and
 # .gl/ for the loader, as test/device/vulkan.sh takes them:
 #   KILN_SHARED=$PWD/devdata/vk/shared bash test/device/vkprof.sh mistral-7b:q4_0
+# KILN_VKPROF_CUDA=1 also runs kiln-bench on CUDA (the ratio on one machine).
 # KILN_VKPROF_TESTS=1 first runs test_backend_attn and test_vulkan_ops and,
 # with $KILN_SHARED, test_reference and test_draft on Vulkan.
 set -u
@@ -38,6 +39,9 @@ for spec in "$@"; do
     [ -f "$f" ] || { echo "no model $spec"; continue; }
     echo "== $spec"
     "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+    if [ -n "${KILN_VKPROF_CUDA:-}" ] && [ -f "$build/libkiln-cuda.so" ]; then
+        "$build/bin/kiln-bench" --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+    fi
     for e in ${KILN_VKPROF_ENV:-}; do
         echo "$e"; env ${e//,/ } "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 3 2>&1 | tail -n 1
     done
