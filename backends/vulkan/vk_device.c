@@ -199,6 +199,19 @@ static void shared_destroy(kiln_vk_shared *sh) {
  * memory model (the shaders' scope semantics), on 32-wide subgroups (the
  * kernel's eight subgroups of a 256-invocation workgroup).
  * KILN_VK_NO_COOPMAT=1 keeps the portable tiled kernel. */
+/* Packed 4x8-bit integer dot products in shaders (VK_KHR_shader_integer_dot_product,
+ * core in Vulkan 1.3): the Q4_0 decode kernels' byte products in one
+ * instruction per four (the *_idot variants). KILN_VK_NO_IDOT=1: not used. */
+static bool idot_usable(VkPhysicalDevice pd) {
+    if (getenv("KILN_VK_NO_IDOT") || !has_device_ext(pd, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME)) return false;
+    VkPhysicalDeviceShaderIntegerDotProductFeatures idf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+    f2.pNext = &idf;
+    vkGetPhysicalDeviceFeatures2(pd, &f2);
+    return idf.shaderIntegerDotProduct == VK_TRUE;
+}
+
 static bool coopmat_usable(VkInstance inst, VkPhysicalDevice pd, uint32_t subgroup_size, uint32_t max_shared) {
     if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || max_shared < 40960 /* mmc.glsl's shared memory */ ||
         !has_device_ext(pd, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME))
@@ -285,12 +298,14 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     qci.queueFamilyIndex = sh->queue_family;
     qci.queueCount = 1;
     qci.pQueuePriorities = &prio;
-    const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME};
+    const char *exts[3];
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
     dci.queueCreateInfoCount = 1;
     dci.pQueueCreateInfos = &qci;
-    dci.enabledExtensionCount = 1;
     dci.ppEnabledExtensionNames = exts;
+    VkPhysicalDeviceShaderIntegerDotProductFeatures idf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
+    idf.shaderIntegerDotProduct = VK_TRUE;
     VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
     cmf.cooperativeMatrix = VK_TRUE;
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
@@ -301,15 +316,32 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     const bool mmc_fits = lim->maxComputeWorkGroupInvocations >= 256 && lim->maxComputeWorkGroupSize[0] >= 256;
     sh->coopmat = mmc_fits && coopmat_usable(inst, sh->phys, sg.subgroupSize, lim->maxComputeSharedMemorySize);
     sh->coopmat_emulate = mmc_fits && !sh->coopmat && getenv("KILN_VK_COOPMAT_EMULATE") && !getenv("KILN_VK_NO_COOPMAT");
-    if (sh->coopmat) {
-        dci.enabledExtensionCount = 2;
-        dci.pNext = &f12;
-    }
-    VkResult r = vkCreateDevice(sh->phys, &dci, NULL, &sh->device);
-    if (r != VK_SUCCESS && sh->coopmat) { /* without the matrix cores, then */
-        sh->coopmat = false;
-        dci.enabledExtensionCount = 1;
-        dci.pNext = NULL;
+    sh->idot = sh->subgroup_add && idot_usable(sh->phys);
+    /* with what the device offers; failing that without the integer dot
+     * products, then without the matrix cores too */
+    VkResult r = VK_ERROR_INITIALIZATION_FAILED;
+    for (int attempt = 0; attempt < 3 && r != VK_SUCCESS; attempt++) {
+        if (attempt == 1 && !sh->idot) continue;
+        if (attempt >= 1) sh->idot = false;
+        if (attempt == 2) {
+            if (!sh->coopmat && attempt > 0) break;
+            sh->coopmat = false;
+        }
+        uint32_t n_ext = 0;
+        void *chain = NULL;
+        exts[n_ext++] = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;
+        if (sh->coopmat) {
+            exts[n_ext++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+            f12.pNext = &cmf;
+            chain = &f12;
+        }
+        if (sh->idot) {
+            exts[n_ext++] = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+            idf.pNext = chain;
+            chain = &idf;
+        }
+        dci.enabledExtensionCount = n_ext;
+        dci.pNext = chain;
         r = vkCreateDevice(sh->phys, &dci, NULL, &sh->device);
     }
     if (r != VK_SUCCESS) {

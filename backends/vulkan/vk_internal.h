@@ -94,6 +94,8 @@ enum {
     KILN_VK_P_ATTN_TILE_FIRST = KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS, /* prefill attention: mc_64, mc_128, mce_64, mce_128 */
     KILN_VK_P_Q4_0_SPLIT = KILN_VK_P_ATTN_TILE_FIRST + 4, /* weight_prepare: Q4_0 rows to the split layout */
     KILN_VK_P_ATTN_DEC,                                /* attention.comp for subgroup devices (decode steps) */
+    KILN_VK_P_MMV1_Q4_0S_IDOT,                         /* mmv1_q4_0s with integer dot products (sh->idot) */
+    KILN_VK_P_MMVM1_Q4_0S_IDOT,                        /* mmvm1_q4_0s with integer dot products (sh->idot) */
     KILN_VK_P_COUNT
 };
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
@@ -188,6 +190,7 @@ struct kiln_vk_shared {
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
     bool subgroup_add;            /* subgroup arithmetic in compute (mmv_ kernels) */
     bool coopmat;                 /* VK_NV_cooperative_matrix enabled (mmc_ kernels for batches) */
+    bool idot;                    /* VK_KHR_shader_integer_dot_product enabled (the *_idot decode kernels) */
     bool coopmat_emulate;         /* KILN_VK_COOPMAT_EMULATE: mmce_ kernels (mmc's staging, plain products) */
     uint32_t subgroup_size;
     bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */

@@ -309,6 +309,10 @@ extern const uint32_t kiln_vk_spv_q4_0_split[];
 extern const size_t kiln_vk_spv_q4_0_split_size;
 extern const uint32_t kiln_vk_spv_attn_dec[];
 extern const size_t kiln_vk_spv_attn_dec_size;
+extern const uint32_t kiln_vk_spv_mmv1_q4_0s_idot[];
+extern const size_t kiln_vk_spv_mmv1_q4_0s_idot_size;
+extern const uint32_t kiln_vk_spv_mmvm1_q4_0s_idot[];
+extern const size_t kiln_vk_spv_mmvm1_q4_0s_idot_size;
 
 static const struct {
     const char *name;
@@ -460,7 +464,9 @@ static const struct {
     {"attn_mce_64", kiln_vk_spv_attn_mce_64, &kiln_vk_spv_attn_mce_64_size},
     {"attn_mce_128", kiln_vk_spv_attn_mce_128, &kiln_vk_spv_attn_mce_128_size},
     {"q4_0_split", kiln_vk_spv_q4_0_split, &kiln_vk_spv_q4_0_split_size},
-    {"attn_dec", kiln_vk_spv_attn_dec, &kiln_vk_spv_attn_dec_size}
+    {"attn_dec", kiln_vk_spv_attn_dec, &kiln_vk_spv_attn_dec_size},
+    {"mmv1_q4_0s_idot", kiln_vk_spv_mmv1_q4_0s_idot, &kiln_vk_spv_mmv1_q4_0s_idot_size},
+    {"mmvm1_q4_0s_idot", kiln_vk_spv_mmvm1_q4_0s_idot, &kiln_vk_spv_mmvm1_q4_0s_idot_size}
 };
 
 const char *kiln_vk_pipeline_name(int which) {
@@ -518,6 +524,7 @@ static int mmv_slot(int which) {
                                  KILN_VK_P_MMVM1_FIRST};
     for (int i = 0; i < 4; i++)
         if (which >= first[i] && which < first[i] + KILN_VK_N_SLOTS) return which - first[i];
+    if (which == KILN_VK_P_MMV1_Q4_0S_IDOT || which == KILN_VK_P_MMVM1_Q4_0S_IDOT) return KILN_VK_SLOT_Q4_0S;
     return -1;
 }
 

@@ -42,6 +42,15 @@
  * operation for operation, so both layouts give the same bits. */
 #define T_Q4_0S 102
 
+#ifdef KILN_IDOT
+/* OpSDotKHR on packed 4x8-bit vectors (SPV_KHR_integer_dot_product;
+ * format 0 = PackedVectorFormat4x8Bit): the sum of the four signed byte
+ * products of a and b */
+#extension GL_EXT_spirv_intrinsics : require
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4450)
+int kiln_sdot4(int a, int b, spirv_literal int fmt);
+#endif
+
 #if WTYPE == T_F32
 #define BLK_BYTES 4u
 #define BLK_ELEMS 1u
@@ -355,12 +364,23 @@ float dot32(uint row, uint c, uint a, uint K) {
     float d = q4s_d(row, c, K);
     uvec4 q = q4s_qs(row, c);
     int sum = 0;
+#ifdef KILN_IDOT
+    /* sum (q - 8) x = sum q x - 8 sum x, four byte products per instruction */
+    int sx = 0;
+    for (uint i = 0u; i < 4u; i++) {
+        int alo = int(A[aq + i]), ahi = int(A[aq + 4u + i]);
+        sum += kiln_sdot4(int(q[i] & 0x0f0f0f0fu), alo, 0) + kiln_sdot4(int((q[i] >> 4) & 0x0f0f0f0fu), ahi, 0);
+        sx += kiln_sdot4(0x01010101, alo, 0) + kiln_sdot4(0x01010101, ahi, 0);
+    }
+    sum -= 8 * sx;
+#else
     for (uint i = 0u; i < 4u; i++) {
         uint lo4 = q[i] & 0x0f0f0f0fu, hi4 = (q[i] >> 4) & 0x0f0f0f0fu;
         uint alo = A[aq + i], ahi = A[aq + 4u + i];
         for (uint k = 0u; k < 4u; k++)
             sum += (int(ub(lo4, k)) - 8) * sb(alo, k) + (int(ub(hi4, k)) - 8) * sb(ahi, k);
     }
+#endif
     precise float r = float(sum) * (d * ad);
     return r;
 #endif
