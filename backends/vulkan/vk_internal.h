@@ -94,10 +94,17 @@ enum {
     KILN_VK_P_ATTN_TILE_FIRST = KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS, /* prefill attention: mc_64, mc_128, mce_64, mce_128 */
     KILN_VK_P_Q4_0_SPLIT = KILN_VK_P_ATTN_TILE_FIRST + 4, /* weight_prepare: Q4_0 rows to the split layout */
     KILN_VK_P_ATTN_DEC,                                /* attention.comp for subgroup devices (decode steps) */
-    KILN_VK_P_MMV1_Q4_0S_IDOT,                         /* mmv1_q4_0s with integer dot products (sh->idot) */
-    KILN_VK_P_MMVM1_Q4_0S_IDOT,                        /* mmvm1_q4_0s with integer dot products (sh->idot) */
-    KILN_VK_P_COUNT
+    KILN_VK_P_MMV1_IDOT_FIRST,                         /* mmv1_ with integer dot products (sh->idot), kiln_vk_idot_index order */
+    KILN_VK_P_MMVM1_IDOT_FIRST = KILN_VK_P_MMV1_IDOT_FIRST + 4, /* mmvm1_ with integer dot products */
+    KILN_VK_P_IDOT_END = KILN_VK_P_MMVM1_IDOT_FIRST + 4,
+    KILN_VK_P_COUNT = KILN_VK_P_IDOT_END
 };
+/* The weight slots whose one-row decode kernels have an integer dot
+ * product variant (split Q4_0, Q8_0, Q4_K, Q6_K): their index 0..3 in the
+ * *_IDOT families, -1 for the others. */
+int kiln_vk_idot_index(int slot);
+/* The slot of idot family index i. */
+int kiln_vk_idot_slot(int i);
 /* Index 0..10 of a supported type in the per-type pipeline groups, -1 if none. */
 int kiln_vk_type_slot(int32_t type);
 /* The slot of a weight tensor's kernels: its type's, or KILN_VK_SLOT_Q4_0S

@@ -66,7 +66,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_ROPE_KV) return (1u << 0) | (1u << 2) | (1u << 3);
     if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + KILN_VK_N_SLOTS) return 1u << 2;
     if (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS) return 1u << 2;
-    if (which == KILN_VK_P_MMV1_Q4_0S_IDOT || which == KILN_VK_P_MMVM1_Q4_0S_IDOT) return 1u << 2;
+    if (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_IDOT_END) return 1u << 2;
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
         (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST))
         return 1u << 2; /* every matmul: D */
@@ -773,10 +773,10 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
                     pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
         /* KILN_VK_MMV_UNROLL: one row through the kernel built for one row */
         const int mmv_first = dev->mmv_unroll && M == 1 ? KILN_VK_P_MMV1_FIRST : KILN_VK_P_MMV_FIRST;
-        /* split Q4_0 with integer dot products where the device has them (same bits) */
-        const int pipe = mmv_first == KILN_VK_P_MMV1_FIRST && slot == KILN_VK_SLOT_Q4_0S && sh->idot
-                             ? KILN_VK_P_MMV1_Q4_0S_IDOT
-                             : mmv_first + slot;
+        /* integer dot products where the device and the type have them (same bits) */
+        const int ii = kiln_vk_idot_index(slot);
+        const int pipe = mmv_first == KILN_VK_P_MMV1_FIRST && ii >= 0 && sh->idot ? KILN_VK_P_MMV1_IDOT_FIRST + ii
+                                                                                    : mmv_first + slot;
         return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
     }
     if (M > KILN_VK_MM_MC && !dev->no_tiled) {
@@ -1234,9 +1234,9 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     const int first = dev->mmv_unroll && M == 1 ? KILN_VK_P_MMVM1_FIRST : KILN_VK_P_MMVM_FIRST;
     const int wslot = kiln_vk_weight_slot(w[0]);
-    const int pipe = first == KILN_VK_P_MMVM1_FIRST && wslot == KILN_VK_SLOT_Q4_0S && sh->idot
-                         ? KILN_VK_P_MMVM1_Q4_0S_IDOT
-                         : first + wslot;
+    const int ii = kiln_vk_idot_index(wslot);
+    const int pipe = first == KILN_VK_P_MMVM1_FIRST && ii >= 0 && sh->idot ? KILN_VK_P_MMVM1_IDOT_FIRST + ii
+                                                                          : first + wslot;
     return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc,
                             (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }

@@ -309,10 +309,10 @@ extern const uint32_t kiln_vk_spv_q4_0_split[];
 extern const size_t kiln_vk_spv_q4_0_split_size;
 extern const uint32_t kiln_vk_spv_attn_dec[];
 extern const size_t kiln_vk_spv_attn_dec_size;
-extern const uint32_t kiln_vk_spv_mmv1_q4_0s_idot[];
-extern const size_t kiln_vk_spv_mmv1_q4_0s_idot_size;
-extern const uint32_t kiln_vk_spv_mmvm1_q4_0s_idot[];
-extern const size_t kiln_vk_spv_mmvm1_q4_0s_idot_size;
+#define IDOT_DECL(n) extern const uint32_t kiln_vk_spv_##n[]; extern const size_t kiln_vk_spv_##n##_size;
+IDOT_DECL(mmv1_q4_0s_idot) IDOT_DECL(mmv1_q8_0_idot) IDOT_DECL(mmv1_q4_k_idot) IDOT_DECL(mmv1_q6_k_idot)
+IDOT_DECL(mmvm1_q4_0s_idot) IDOT_DECL(mmvm1_q8_0_idot) IDOT_DECL(mmvm1_q4_k_idot) IDOT_DECL(mmvm1_q6_k_idot)
+#undef IDOT_DECL
 
 static const struct {
     const char *name;
@@ -465,8 +465,10 @@ static const struct {
     {"attn_mce_128", kiln_vk_spv_attn_mce_128, &kiln_vk_spv_attn_mce_128_size},
     {"q4_0_split", kiln_vk_spv_q4_0_split, &kiln_vk_spv_q4_0_split_size},
     {"attn_dec", kiln_vk_spv_attn_dec, &kiln_vk_spv_attn_dec_size},
-    {"mmv1_q4_0s_idot", kiln_vk_spv_mmv1_q4_0s_idot, &kiln_vk_spv_mmv1_q4_0s_idot_size},
-    {"mmvm1_q4_0s_idot", kiln_vk_spv_mmvm1_q4_0s_idot, &kiln_vk_spv_mmvm1_q4_0s_idot_size}
+#define IDOT_ENTRY(n) {#n, kiln_vk_spv_##n, &kiln_vk_spv_##n##_size}
+    IDOT_ENTRY(mmv1_q4_0s_idot), IDOT_ENTRY(mmv1_q8_0_idot), IDOT_ENTRY(mmv1_q4_k_idot), IDOT_ENTRY(mmv1_q6_k_idot),
+    IDOT_ENTRY(mmvm1_q4_0s_idot), IDOT_ENTRY(mmvm1_q8_0_idot), IDOT_ENTRY(mmvm1_q4_k_idot), IDOT_ENTRY(mmvm1_q6_k_idot)
+#undef IDOT_ENTRY
 };
 
 const char *kiln_vk_pipeline_name(int which) {
@@ -524,7 +526,20 @@ static int mmv_slot(int which) {
                                  KILN_VK_P_MMVM1_FIRST};
     for (int i = 0; i < 4; i++)
         if (which >= first[i] && which < first[i] + KILN_VK_N_SLOTS) return which - first[i];
-    if (which == KILN_VK_P_MMV1_Q4_0S_IDOT || which == KILN_VK_P_MMVM1_Q4_0S_IDOT) return KILN_VK_SLOT_Q4_0S;
+    if (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_IDOT_END)
+        return kiln_vk_idot_slot((which - KILN_VK_P_MMV1_IDOT_FIRST) % 4);
+    return -1;
+}
+
+int kiln_vk_idot_slot(int i) {
+    static const int32_t types[4] = {-1, KILN_VK_T_Q8_0, KILN_VK_T_Q4_K, KILN_VK_T_Q6_K};
+    if (i < 0 || i >= 4) return -1;
+    return i == 0 ? KILN_VK_SLOT_Q4_0S : kiln_vk_type_slot(types[i]);
+}
+
+int kiln_vk_idot_index(int slot) {
+    for (int i = 0; i < 4; i++)
+        if (slot >= 0 && kiln_vk_idot_slot(i) == slot) return i;
     return -1;
 }
 

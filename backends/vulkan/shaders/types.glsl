@@ -255,7 +255,11 @@ float dot32(uint row, uint c, uint a, uint K) {
 #if WTYPE == T_Q8_0
     for (uint i = 0u; i < 8u; i++) {
         uint w4 = w_u32_2(b + 2u + 4u * i), a4 = A[aq + i];
+#ifdef KILN_IDOT
+        sum += kiln_sdot4(int(w4), int(a4), 0);
+#else
         sum += sb(w4, 0u) * sb(a4, 0u) + sb(w4, 1u) * sb(a4, 1u) + sb(w4, 2u) * sb(a4, 2u) + sb(w4, 3u) * sb(a4, 3u);
+#endif
     }
     precise float r = float(sum) * (d * ad);
     return r;
@@ -322,6 +326,9 @@ float dot32(uint row, uint c, uint a, uint K) {
 #if WTYPE == T_Q5_K
         uint h4 = W[(qh >> 2) + i];
 #endif
+#if defined(KILN_IDOT) && WTYPE == T_Q4_K
+        sum += kiln_sdot4(int((q4 >> sh) & 0x0f0f0f0fu), int(a4), 0);
+#else
         for (uint k = 0u; k < 4u; k++) {
             int q = int((ub(q4, k) >> sh) & 0xfu);
 #if WTYPE == T_Q5_K
@@ -329,6 +336,7 @@ float dot32(uint row, uint c, uint a, uint K) {
 #endif
             sum += q * sb(a4, k);
         }
+#endif
     }
     float d = h2f(w_u16(b)), dmin = h2f(w_u16(b + 2u));
     precise float r = ad * (d * float(int(sc) * sum) - dmin * float(int(mn) * bsum));
@@ -346,10 +354,16 @@ float dot32(uint row, uint c, uint a, uint K) {
     for (uint i = 0u; i < 8u; i++) {
         uint l4 = w_u32_2(ql + 4u * i), h4 = w_u32_2(qh + 4u * i), a4 = A[aq + i];
         int p4 = 0;
+#ifdef KILN_IDOT
+        /* the four 6-bit values as bytes, minus 32 each: sum q x - 32 sum x */
+        uint q6 = ((l4 >> lsh) & 0x0f0f0f0fu) | (((h4 >> hsh) & 0x03030303u) << 4);
+        p4 = kiln_sdot4(int(q6), int(a4), 0) - 32 * kiln_sdot4(0x01010101, int(a4), 0);
+#else
         for (uint k = 0u; k < 4u; k++) {
             int q = int(((ub(l4, k) >> lsh) & 0xfu) | (((ub(h4, k) >> hsh) & 3u) << 4)) - 32;
             p4 += q * sb(a4, k);
         }
+#endif
         if (i < 4u) s0 += p4; else s1 += p4;
     }
     uint sc2 = w_u16(b + 192u + 2u * j);
