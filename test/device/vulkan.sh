@@ -13,8 +13,9 @@
 #      MODEL given, and the same with --backend cuda when libkiln-cuda.so
 #      was built, for the ratio, and tg128 with KILN_VK_NO_FUSED=1 (the
 #      decode step's separate operations: before/after the fusions) and
-#      with KILN_VK_MMV_UNROLL=1 (one-row decode kernels, more loads in
-#      flight), and pp512/tg128 with KILN_VK_LAYOUT=0 (Q4_0 weights kept in
+#      with KILN_VK_MMV_UNROLL=0 (the 8-row decode kernels instead of the
+#      default one-row ones) and KILN_VK_NO_IDOT=1 (no integer dot
+#      products), and pp512/tg128 with KILN_VK_LAYOUT=0 (Q4_0 weights kept in
 #      the GGUF layout: before/after the split layout); then
 #      KILN_VK_PROFILE=1 (per-kernel times, graphs off) into
 #      profile-NAME.txt; where the matrix-core kernel ran, pp512 and the
@@ -135,9 +136,12 @@ for m in "$@"; do
     echo "== kiln-bench vulkan $name, KILN_VK_NO_FUSED=1 (decode with the separate operations)"
     KILN_VK_NO_FUSED=1 KILN_VK_STATS=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 0 -n 128 -r 3 2>&1 \
         | tee "$out/bench-vulkan-nofused-$name.txt"
-    echo "== kiln-bench vulkan $name, KILN_VK_MMV_UNROLL=1 (one-row decode kernels, 4 chunks' loads at once)"
-    KILN_VK_MMV_UNROLL=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 0 -n 128 -r 3 2>&1 \
-        | tee "$out/bench-vulkan-unroll-$name.txt"
+    echo "== kiln-bench vulkan $name, KILN_VK_MMV_UNROLL=0 (the 8-row decode kernels)"
+    KILN_VK_MMV_UNROLL=0 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 0 -n 128 -r 3 2>&1 \
+        | tee "$out/bench-vulkan-unroll0-$name.txt"
+    echo "== kiln-bench vulkan $name, KILN_VK_NO_IDOT=1 (no integer dot products)"
+    KILN_VK_NO_IDOT=1 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 0 -n 128 -r 3 2>&1 \
+        | tee "$out/bench-vulkan-noidot-$name.txt"
     echo "== kiln-bench vulkan $name, KILN_VK_LAYOUT=0 (weights in the GGUF layout: no split Q4_0)"
     KILN_VK_LAYOUT=0 "$build/bin/kiln-bench" --backend vulkan -m "$m" -p 512 -n 128 -r 3 2>&1 \
         | tee "$out/bench-vulkan-gguf-$name.txt"
