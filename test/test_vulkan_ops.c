@@ -94,14 +94,7 @@ static int32_t vk_prepare(kiln_bk_buffer *b, int32_t type, int64_t K, int64_t N,
     if (vk->struct_size < offsetof(kiln_backend_iface, weight_prepare) + sizeof vk->weight_prepare ||
         !vk->weight_prepare)
         return 0;
-    kiln_bk_tensor t;
-    memset(&t, 0, sizeof t);
-    t.buf = b;
-    t.offset = offset;
-    t.type = type;
-    t.ne[0] = K;
-    t.ne[1] = N;
-    t.row_stride = kiln_type_row_size(type, K);
+    kiln_bk_tensor t = tensor(b, type, K, N, offset);
     int32_t layout = -1;
     KT_CHECK_OK(vk->weight_prepare(dvk, &t, &layout));
     const char *env = getenv("KILN_VK_LAYOUT");

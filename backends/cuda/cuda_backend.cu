@@ -661,13 +661,13 @@ static kiln_status buffer_download(kiln_bk_device *dev, const kiln_bk_buffer *sr
                                   dev->stream),
                   "download");
         if (dev->profile && dev->ev_pending) cudaEventRecord(dev->ev2, dev->stream);
-        if (dev->spin_sync) { /* experiment: no sleeping wake-up */
-            cudaError_t e;
-            while ((e = cudaStreamQuery(dev->stream)) == cudaErrorNotReady) {
+        cudaError_t se;
+        if (dev->spin_sync) /* experiment: no sleeping wake-up */
+            while ((se = cudaStreamQuery(dev->stream)) == cudaErrorNotReady) {
             }
-            KCU_CHECK(e, "download: synchronize");
-        }
-        KCU_CHECK(cudaStreamSynchronize(dev->stream), "download: synchronize");
+        else
+            se = cudaStreamSynchronize(dev->stream);
+        KCU_CHECK(se, "download: synchronize");
         const double t1 = dev->profile ? kcu_now_ms() : 0.0;
         memcpy(dst, dev->stage_host + used, n);
         if (dev->profile && dev->ev_pending) {

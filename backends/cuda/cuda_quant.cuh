@@ -66,11 +66,10 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_BF16>(const uint8_t *ro
     for (int i = 0; i < 32; i++) y[i] = __uint_as_float((uint32_t)p[i] << 16);
 }
 
-template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
-    const uint8_t *b = row + 18 * g;
-    const float d = kcu_h(b);
-    uint32_t w[4];
-    kcu_load16(b + 2, w);
+/* A Q4_0 block's 32 values from its 16 quant bytes (w, element j in the
+ * low nibble of byte j, 16 + j in the high one) and its scale: one place
+ * for both layouts, so they dequantize to the same bits. */
+static __device__ __forceinline__ void kcu_q4_0_values(const uint32_t w[4], float d, float *y) {
 #pragma unroll
     for (int j = 0; j < 16; j++) {
         const int q = (w[j / 4] >> (8 * (j % 4))) & 0xFF;
@@ -79,18 +78,19 @@ template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0>(const uint8_t *ro
     }
 }
 
+template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
+    const uint8_t *b = row + 18 * g;
+    uint32_t w[4];
+    kcu_load16(b + 2, w);
+    kcu_q4_0_values(w, kcu_h(b), y);
+}
+
 /* Q4_0 in this backend's split layout (KCU_LAYOUT_SPLIT): the 16
  * quant bytes of block g at 16 g, its scale at 16 ng + 2 g. */
 template <> __device__ __forceinline__ void kcu_dq32<KCU_Q4_0S>(const uint8_t *row, int64_t g, int64_t ng, float *y) {
-    const float d = kcu_h(row + 16 * ng + 2 * g);
     const uint4 q = *(const uint4 *)(row + 16 * g);
     const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const int b = (w[j / 4] >> (8 * (j % 4))) & 0xFF;
-        y[j] = (float)((b & 0xF) - 8) * d;
-        y[j + 16] = (float)((b >> 4) - 8) * d;
-    }
+    kcu_q4_0_values(w, kcu_h(row + 16 * ng + 2 * g), y);
 }
 
 /* Q8_0 in the split layout: block g's 32 quants at 32 g, its scale at

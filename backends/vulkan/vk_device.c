@@ -321,12 +321,10 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
      * products, then without the matrix cores too */
     VkResult r = VK_ERROR_INITIALIZATION_FAILED;
     for (int attempt = 0; attempt < 3 && r != VK_SUCCESS; attempt++) {
-        if (attempt == 1 && !sh->idot) continue;
+        if (attempt == 1 && !sh->idot) continue; /* nothing to drop */
+        if (attempt == 2 && !sh->coopmat) break;
         if (attempt >= 1) sh->idot = false;
-        if (attempt == 2) {
-            if (!sh->coopmat && attempt > 0) break;
-            sh->coopmat = false;
-        }
+        if (attempt == 2) sh->coopmat = false;
         uint32_t n_ext = 0;
         void *chain = NULL;
         exts[n_ext++] = VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME;

@@ -20,26 +20,7 @@
 #version 450
 layout(local_size_x = 64) in;
 
-#define MAXD 256u
-
-layout(binding = 0) readonly buffer QB { float Q[]; };
-layout(binding = 1) readonly buffer KC { uint KCache[]; };
-layout(binding = 2) readonly buffer VC { uint VCache[]; };
-layout(binding = 3) writeonly buffer DB { float D[]; };
-layout(binding = 4) readonly buffer UB { int U[]; };
-layout(binding = 5) buffer AQB { uint AQ[]; };
-
-layout(push_constant) uniform P {
-    uint q_off, q_stride, d_off, d_stride;
-    uint n_head, n_head_kv, head_dim, kv_dim;
-    float scale;
-    uint block_size, tab_off, nkv_off, bt_off;
-    uint qmode, a_stride, row_k;  /* row_k: elements of a dst row (n_head * head_dim) */
-} p;
-
-#include "common.glsl"
-
-shared float qs[MAXD];
+#include "attn_io.glsl"
 shared float ps[64];
 shared uint cells[64];
 shared float red[64];
@@ -113,32 +94,5 @@ void main() {
             qs[d] = v; /* for the quantization below; qs is no longer read */
         }
     }
-    if (p.qmode == 0u) return;
-    barrier();
-    uint a = t * p.a_stride, e0 = h * D_; /* the head's first element in the row */
-    if (p.qmode <= 2u) {
-        for (uint d = tid; d < D_; d += 64u)
-            AQ[a + e0 + d] = floatBitsToUint(p.qmode == 1u ? h2f(f2h(qs[d])) : bf2f(f2bf(qs[d])));
-        return;
-    }
-    /* one invocation per 32-block: its maximum, then quant_act's roundings */
-    uint b0 = 32u * tid;
-    if (b0 >= D_) return;
-    float amax = 0.0;
-    for (uint k = 0u; k < 32u; k++) amax = max(amax, abs(qs[b0 + k]));
-    float id = amax != 0.0 ? 127.0 / amax : 0.0;
-    int sum = 0;
-    for (uint w = 0u; w < 8u; w++) {
-        uint word = 0u;
-        for (uint k = 0u; k < 4u; k++) {
-            int q = clamp(int(roundEven(qs[b0 + 4u * w + k] * id)), -127, 127);
-            sum += q;
-            word |= (uint(q) & 0xffu) << (8u * k);
-        }
-        AQ[a + (e0 + b0) / 4u + w] = word;
-    }
-    uint blk = (e0 + b0) / 32u;
-    float dd = amax / 127.0;
-    AQ[a + p.row_k / 4u + blk] = floatBitsToUint(h2f(f2h(dd)));
-    if (p.qmode == 4u) AQ[a + p.row_k / 4u + p.row_k / 32u + blk] = floatBitsToUint(h2f(f2h(dd * float(sum))));
+    attn_quant_out(t, h, D_, tid, 64u);
 }
