@@ -212,8 +212,9 @@ static bool idot_usable(VkPhysicalDevice pd) {
     return idf.shaderIntegerDotProduct == VK_TRUE;
 }
 
-static bool coopmat_usable(VkInstance inst, VkPhysicalDevice pd, uint32_t subgroup_size, uint32_t max_shared) {
-    if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || max_shared < 40960 /* mmc.glsl's shared memory */ ||
+static bool coopmat_usable(VkInstance inst, VkPhysicalDevice pd, uint32_t subgroup_size, uint32_t max_shared,
+                           uint32_t mmc_shared) {
+    if (getenv("KILN_VK_NO_COOPMAT") || subgroup_size != 32 || max_shared < mmc_shared ||
         !has_device_ext(pd, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME))
         return false;
     VkPhysicalDeviceCooperativeMatrixFeaturesNV cmf = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
@@ -280,6 +281,34 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         sh->mmv_rows = rows >= 1 && rows <= 4 ? (uint32_t)rows : 0u;
     }
     {
+        /* KILN_VK_MMC_TILE=BMxBN: mmc.glsl's tile (BM a multiple of 64, BN
+         * of 32, at most eight subgroups): for comparisons on a device */
+        const char *t = getenv("KILN_VK_MMC_TILE");
+        unsigned bm = 0, bn = 0;
+        if (!t || sscanf(t, "%ux%u", &bm, &bn) != 2 || bm == 0 || bm % 64 || bn == 0 || bn % 32 ||
+            (bm / 64) * (bn / 32) > 8)
+            bm = bn = 128;
+        sh->mmc_bm = bm;
+        sh->mmc_bn = bn;
+        const char *sk = getenv("KILN_VK_MMC_SKIP");
+        sh->mmc_skip = sk ? (uint32_t)strtoul(sk, NULL, 0) & 15u : 0u;
+        const char *rv = getenv("KILN_VK_MMC_ROWVEC");
+        const unsigned long rvn = rv ? strtoul(rv, NULL, 10) : 5;
+        sh->mmc_rowvec = rvn >= 4 && rvn <= 8 ? (uint32_t)rvn : 5u;
+        /* two chunks of K per stage in one tile (one latency per 64
+         * elements, 36 KiB), the workgroups over the same weight rows side
+         * by side: 7-10% on a 7B pp512 (H100, bench/NOTES.md); the previous
+         * kernel's settings are KILN_VK_MMC_KC=1 KILN_VK_MMC_STAGES=2
+         * KILN_VK_MMC_MFIRST=0 */
+        const char *kc = getenv("KILN_VK_MMC_KC");
+        sh->mmc_kc = kc && strcmp(kc, "1") == 0 ? 1u : 2u;
+        const char *stg = getenv("KILN_VK_MMC_STAGES");
+        sh->mmc_stages = stg && strcmp(stg, "2") == 0 ? 2u : 1u;
+        if (!getenv("KILN_VK_MMC_ROWVEC")) sh->mmc_rowvec = 4u * sh->mmc_kc + 1u;
+        const char *mf = getenv("KILN_VK_MMC_MFIRST");
+        sh->mmc_mfirst = mf && strcmp(mf, "0") == 0 ? 0u : 1u;
+    }
+    {
         VkQueueFamilyProperties fam[32];
         uint32_t nf = 32;
         vkGetPhysicalDeviceQueueFamilyProperties(sh->phys, &nf, fam);
@@ -298,7 +327,7 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     qci.queueFamilyIndex = sh->queue_family;
     qci.queueCount = 1;
     qci.pQueuePriorities = &prio;
-    const char *exts[3];
+    const char *exts[4];
     VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO};
     dci.queueCreateInfoCount = 1;
     dci.pQueueCreateInfos = &qci;
@@ -312,11 +341,23 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     f12.pNext = &cmf;
     f12.shaderFloat16 = VK_TRUE;
     f12.vulkanMemoryModel = VK_TRUE;
-    /* mmc.glsl's workgroup is 256 invocations (Vulkan guarantees only 128) */
-    const bool mmc_fits = lim->maxComputeWorkGroupInvocations >= 256 && lim->maxComputeWorkGroupSize[0] >= 256;
-    sh->coopmat = mmc_fits && coopmat_usable(inst, sh->phys, sg.subgroupSize, lim->maxComputeSharedMemorySize);
+    /* mmc.glsl's workgroup: 256 invocations for its usual tile (Vulkan
+     * guarantees only 128); its shared memory: each stage of both tiles in
+     * rows of mmc_rowvec 16-byte vectors (36 KiB as it is set by default) */
+    const uint32_t mmc_wg = 32u * (sh->mmc_bm / 64u) * (sh->mmc_bn / 32u);
+    const bool mmc_fits = lim->maxComputeWorkGroupInvocations >= mmc_wg && lim->maxComputeWorkGroupSize[0] >= mmc_wg;
+    sh->coopmat = mmc_fits && coopmat_usable(inst, sh->phys, sg.subgroupSize, lim->maxComputeSharedMemorySize,
+                                             16u * sh->mmc_stages * sh->mmc_rowvec * (sh->mmc_bm + sh->mmc_bn));
     sh->coopmat_emulate = mmc_fits && !sh->coopmat && getenv("KILN_VK_COOPMAT_EMULATE") && !getenv("KILN_VK_NO_COOPMAT");
     sh->idot = sh->subgroup_add && idot_usable(sh->phys);
+    /* KILN_VK_PIPELINE_STATS=1: the driver's statistics of each pipeline
+     * built (registers, shared memory, spills) on stderr, where the device
+     * offers VK_KHR_pipeline_executable_properties (kernel tuning) */
+    VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR pef = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR};
+    pef.pipelineExecutableInfo = VK_TRUE;
+    sh->pipeline_stats = getenv("KILN_VK_PIPELINE_STATS") &&
+                         has_device_ext(sh->phys, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
     /* with what the device offers; failing that without the integer dot
      * products, then without the matrix cores too */
     VkResult r = VK_ERROR_INITIALIZATION_FAILED;
@@ -338,6 +379,11 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
             idf.pNext = chain;
             chain = &idf;
         }
+        if (sh->pipeline_stats) {
+            exts[n_ext++] = VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME;
+            pef.pNext = chain;
+            chain = &pef;
+        }
         dci.enabledExtensionCount = n_ext;
         dci.pNext = chain;
         r = vkCreateDevice(sh->phys, &dci, NULL, &sh->device);
@@ -349,6 +395,13 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         return st;
     }
     vkGetDeviceQueue(sh->device, sh->queue_family, 0, &sh->queue);
+    if (sh->pipeline_stats) {
+        sh->get_exec_props = (PFN_vkGetPipelineExecutablePropertiesKHR)vkGetDeviceProcAddr(
+            sh->device, "vkGetPipelineExecutablePropertiesKHR");
+        sh->get_exec_stats = (PFN_vkGetPipelineExecutableStatisticsKHR)vkGetDeviceProcAddr(
+            sh->device, "vkGetPipelineExecutableStatisticsKHR");
+        sh->pipeline_stats = sh->get_exec_props && sh->get_exec_stats;
+    }
     sh->push_descriptor = (PFN_vkCmdPushDescriptorSetKHR)vkGetDeviceProcAddr(sh->device, "vkCmdPushDescriptorSetKHR");
     if (!sh->push_descriptor) {
         shared_destroy(sh);

@@ -199,6 +199,15 @@ struct kiln_vk_shared {
     bool coopmat;                 /* VK_NV_cooperative_matrix enabled (mmc_ kernels for batches) */
     bool idot;                    /* VK_KHR_shader_integer_dot_product enabled (the *_idot decode kernels) */
     bool coopmat_emulate;         /* KILN_VK_COOPMAT_EMULATE: mmce_ kernels (mmc's staging, plain products) */
+    uint32_t mmc_bm, mmc_bn;      /* mmc.glsl's tile (KILN_VK_MMC_TILE, default 128 x 128): its specialization */
+    uint32_t mmc_rowvec;          /* mmc.glsl's staged row in 16-byte vectors (5; KILN_VK_MMC_ROWVEC) */
+    uint32_t mmc_stages;          /* mmc.glsl's tile stages in shared memory (2; KILN_VK_MMC_STAGES) */
+    uint32_t mmc_kc;              /* mmc.glsl's 32-element chunks per stage (1; KILN_VK_MMC_KC) */
+    uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
+    uint32_t mmc_skip;
+    bool pipeline_stats;          /* KILN_VK_PIPELINE_STATS: driver statistics of each pipeline on stderr */
+    PFN_vkGetPipelineExecutablePropertiesKHR get_exec_props;
+    PFN_vkGetPipelineExecutableStatisticsKHR get_exec_stats;            /* KILN_VK_MMC_SKIP: parts of mmc.glsl's K loop left out (timing only) */
     uint32_t subgroup_size;
     bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */
     bool keep_open;               /* a CPU device: kept after its last handle closes */

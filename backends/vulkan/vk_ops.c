@@ -526,8 +526,7 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
 
 #define KILN_VK_MM_MC 4 /* activation rows per workgroup (mm.glsl MC) */
 #define KILN_VK_MMT_TILE 64 /* weight and activation rows per workgroup (mmt.glsl BN, BM) */
-#define KILN_VK_MMC_BM 128 /* activation rows per workgroup (mmc.glsl BM) */
-#define KILN_VK_MMC_BN 128 /* weight rows per workgroup (mmc.glsl BN, mmc1.glsl BN) */
+#define KILN_VK_MMC_BN 128 /* weight rows per workgroup (mmc1.glsl BN; mmc.glsl's: sh->mmc_bn) */
 #define KILN_VK_MMC1_BM 64 /* activation rows per workgroup of the previous kernel (mmc1.glsl BM) */
 /* Activation rows that take the matrix-vector kernel (mmv.glsl) where the
  * device has subgroup arithmetic: decode steps and speculative verify
@@ -744,15 +743,19 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* batches on matrix cores: 128 x 128 tiles (the previous kernel 64 x
          * 128), F16 x F16 -> F32; F16 weights on 16-byte boundaries, whole
          * chunks, are read as 16-byte vectors */
-        const uint32_t gy = div_up((uint64_t)M, mmc_old ? KILN_VK_MMC1_BM : KILN_VK_MMC_BM);
+        const uint32_t bm = mmc_old ? KILN_VK_MMC1_BM : dev->sh->mmc_bm, bn = mmc_old ? KILN_VK_MMC_BN : dev->sh->mmc_bn;
+        const uint32_t gy = div_up((uint64_t)M, bm);
         pc.passes = w->type == KILN_VK_T_F16 && K % 32 == 0 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 &&
                     b[0].offset % 16 == 0;
-        const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMC_BN);
-        for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
-            uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
-            pc.n_base = (uint32_t)(g0 * KILN_VK_MMC_BN);
+        const uint64_t groups_n = div_up((uint64_t)N, bn);
+        /* mmc.glsl's MFIRST: the weight tiles along y */
+        const bool mfirst = !mmc_old && dev->sh->mmc_mfirst;
+        const uint64_t max_n = mfirst ? dev->sh->max_groups[1] : max_x;
+        for (uint64_t g0 = 0; g0 < groups_n; g0 += max_n) {
+            uint64_t gx = groups_n - g0 < max_n ? groups_n - g0 : max_n;
+            pc.n_base = (uint32_t)(g0 * bn);
             if ((st = kiln_vk_dispatch(dev, mmc_first + slot, b, 3, &pc, (mmc_old ? 10 : 11) * sizeof(uint32_t),
-                                       (uint32_t)gx, gy, 1)))
+                                       mfirst ? gy : (uint32_t)gx, mfirst ? (uint32_t)gx : gy, 1)))
                 return st;
         }
         return KILN_OK;

@@ -9,6 +9,7 @@
  * every later call reuse it; a model that never meets a weight type never
  * compiles its kernels.
  */
+#include <stdio.h>
 #include <string.h>
 
 #include "vk_internal.h"
@@ -543,6 +544,31 @@ int kiln_vk_idot_index(int slot) {
     return -1;
 }
 
+/* KILN_VK_PIPELINE_STATS: what the driver reports of a pipeline's compiled
+ * form (NVIDIA: registers, shared memory, local memory), one line each. */
+static void pipeline_stats_print(kiln_vk_shared *sh, VkPipeline pipe, const char *name) {
+    VkPipelineInfoKHR pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_INFO_KHR, .pipeline = pipe};
+    uint32_t ne = 0;
+    if (sh->get_exec_props(sh->device, &pi, &ne, NULL) != VK_SUCCESS || ne == 0) return;
+    VkPipelineExecutableInfoKHR ei = {.sType = VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INFO_KHR, .pipeline = pipe};
+    VkPipelineExecutableStatisticKHR st[32];
+    uint32_t n = 32;
+    for (uint32_t i = 0; i < n; i++) st[i] = (VkPipelineExecutableStatisticKHR){.sType = VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_STATISTIC_KHR};
+    VkResult r = sh->get_exec_stats(sh->device, &ei, &n, st);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE) return;
+    fprintf(stderr, "kiln vulkan pipeline %s:", name);
+    for (uint32_t i = 0; i < n; i++) {
+        fprintf(stderr, " %s=", st[i].name);
+        switch (st[i].format) {
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR: fprintf(stderr, "%u", (unsigned)st[i].value.b32); break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR: fprintf(stderr, "%lld", (long long)st[i].value.i64); break;
+        case VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR: fprintf(stderr, "%llu", (unsigned long long)st[i].value.u64); break;
+        default: fprintf(stderr, "%g", st[i].value.f64); break;
+        }
+    }
+    fprintf(stderr, "\n");
+}
+
 kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
     if (which < 0 || which >= KILN_VK_P_COUNT)
         return kiln_error(KILN_E_INTERNAL, "vulkan backend: no pipeline %d", which);
@@ -563,19 +589,25 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
             /* specialization constants (shaders without them ignore
              * them): 0 the subgroup size (attn_dec.comp sizes arrays by
              * it), 1 mmv.glsl's weight rows per subgroup pass, 2 eight
-             * subgroups' invocations (attn_dec.comp's workgroup) */
+             * subgroups' invocations (attn_dec.comp's workgroup), 3-5
+             * mmc.glsl's tile and workgroup size, 6 its KILN_VK_MMC_SKIP, 7 its
+             * staged row in 16-byte vectors, 8 its stages, 9 its
+             * chunks per stage, 10 its workgroup order */
             const int slot = mmv_slot(which);
-            const uint32_t spec_data[3] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
-                                           8u * sh->subgroup_size};
-            const VkSpecializationMapEntry spec_entry[3] = {{0, 0, sizeof spec_data[0]},
-                                                            {1, sizeof spec_data[0], sizeof spec_data[1]},
-                                                            {2, 2 * sizeof spec_data[0], sizeof spec_data[2]}};
-            const VkSpecializationInfo spec = {3, spec_entry, sizeof spec_data, spec_data};
+            const uint32_t spec_data[11] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
+                                           8u * sh->subgroup_size, sh->mmc_bm, sh->mmc_bn,
+                                           32u * (sh->mmc_bm / 64u) * (sh->mmc_bn / 32u), sh->mmc_skip,
+                                           sh->mmc_rowvec, sh->mmc_stages, sh->mmc_kc, sh->mmc_mfirst};
+            VkSpecializationMapEntry spec_entry[11];
+            for (uint32_t i = 0; i < 11; i++) spec_entry[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
+            const VkSpecializationInfo spec = {11, spec_entry, sizeof spec_data, spec_data};
             ci.stage.pSpecializationInfo = &spec;
             ci.layout = sh->layout;
+            if (sh->pipeline_stats) ci.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
             r = vkCreateComputePipelines(sh->device, VK_NULL_HANDLE, 1, &ci, NULL, &sh->pipelines[which]);
             vkDestroyShaderModule(sh->device, mod, NULL);
             if (r != VK_SUCCESS) sh->pipelines[which] = VK_NULL_HANDLE;
+            else if (sh->pipeline_stats) pipeline_stats_print(sh, sh->pipelines[which], shaders[which].name);
         }
         if (r != VK_SUCCESS) {
             st = kiln_vk_result(r, "creating a compute pipeline");

@@ -6,7 +6,8 @@
  * has no GL_KHR_cooperative_matrix; the NV extension is what NVIDIA's
  * driver offers beside KHR.) Used only where the device reports the
  * extension and the 16x16x16 F16/F32 subgroup shape, its subgroups are 32
- * wide and a workgroup may have 40 KiB of shared memory (vk_device.c);
+ * wide and a workgroup may have the shared memory its settings need
+ * (vk_device.c);
  * mmt.glsl is the portable path, mmc1.glsl the previous form of this one
  * (KILN_VK_MMC_OLD=1).
  *
@@ -15,21 +16,28 @@
  * 32-element chunks, so they are read as 16-byte vectors with no bounds
  * on K. A workgroup of 256 (eight subgroups of 32) computes BM = 128
  * activation rows x BN = 128 weight rows; subgroup s owns 64 x 32 of it
- * (4 x 2 accumulators kept over the whole K loop, rows 64 (s / 4),
- * columns 32 (s % 4)): per 16-wide step of K six fragment loads feed eight
- * products. Per 32-element chunk of K each invocation loads two 8-element
- * parts of each operand (consecutive invocations read consecutive 16
- * bytes of a row), into registers, for the next chunk while the matrix
- * cores work on the current one; the parts go to the other half of a
- * double-buffered shared tile after the products, so there is one barrier
- * per chunk. Tiles are As[m][k] (A, row-major) and Bs[n][k] (the weights
- * as they are, which is B, K x N, column-major), rows padded to 80 bytes
- * (fragment loads of eight rows hit distinct banks). Rows past M and
- * weight rows past N are clamped to the last one (their results are never
- * stored), float weight elements past K are zeros (the activations are
- * too); each 16 x 16 result goes through a per-subgroup patch of shared
- * memory (in the A tile, after the K loop) so that only rows < M and
- * columns < N are written. 40 KiB of shared memory.
+ * (4 x 2 accumulators kept over the whole K loop): per 16-wide step of K
+ * six fragment loads feed eight products. The K loop goes by stages of KC
+ * 32-element chunks (2 by default): each invocation loads its parts of
+ * the next stage (16 bytes each, consecutive invocations reading
+ * consecutive 16 bytes of a row) into registers while the matrix cores
+ * work on the current one, then stores them into the tile (STAGES 1: one
+ * tile, two barriers per stage; STAGES 2: two halves, one barrier).
+ * Workgroup x walks the activation tiles (MFIRST), so the workgroups over
+ * the same weight rows run side by side. Tiles are As[m][k] (A,
+ * row-major) and Bs[n][k] (the weights as they are, which is B, K x N,
+ * column-major), rows padded by one vector (fragment loads of eight rows
+ * hit distinct banks). Rows past M and weight rows past N are clamped to
+ * the last one (their results are never stored), chunks past K are zeros,
+ * float weight elements past K are zeros (the activations are too); each
+ * 16 x 16 result goes through a per-subgroup patch of shared memory (in
+ * the A tile, after the K loop) so that only rows < M and columns < N are
+ * written. 36 KiB of shared memory as set by default.
+ *
+ * What bounds it (H100, KILN_VK_MMC_SKIP ablations, bench/NOTES.md): the
+ * loads into the tiles, not the matrix cores; with no global loads,
+ * stores or barriers the products and fragment loads alone run at ~300
+ * TFLOP/s, cuBLAS's whole product at ~540.
  */
 #extension GL_EXT_control_flow_attributes : require
 #ifndef MMC_EMULATE
@@ -39,10 +47,21 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #endif
 
-#define BN 128u
-#define BM 128u
-#define WG 256u /* invocations: eight subgroups of 32 */
-layout(local_size_x = 256) in;
+/* The tile is set when the pipeline is built (specialization constants 3
+ * and 4, the workgroup size 5; vk_pipeline.c): BM activation rows x BN
+ * weight rows, subgroups of 64 x 32 (BM a multiple of 64, BN of 32), so
+ * BM / 64 x BN / 32 subgroups of 32 invocations. 128 x 128 (eight
+ * subgroups) unless KILN_VK_MMC_TILE says otherwise. */
+layout(constant_id = 3) const uint BM = 128u;
+layout(constant_id = 4) const uint BN = 128u;
+layout(local_size_x_id = 5) in;
+#define WG gl_WorkGroupSize.x
+const uint NSUB_N = BN / 32u; /* subgroups along N */
+layout(constant_id = 9) const uint KC = 1u; /* 32-element chunks per stage (below) */
+/* KILN_VK_MMC_SKIP (specialization constant 6; timing only, the results
+ * are wrong): 1 leaves out the K loop's global loads, 2 the fragment loads
+ * after the first chunk, 4 the products, 8 the shared stores and barriers */
+layout(constant_id = 6) const uint SKIP = 0u;
 
 layout(binding = 0) readonly buffer WB { uint W[]; };
 layout(binding = 0) readonly buffer WB4 { uvec4 W4[]; };
@@ -80,17 +99,22 @@ layout(binding = 1) readonly buffer AB { uint A[]; };
  * uvec4 arrays (element and stride in vectors), and a part is stored with
  * one 16-byte write. */
 #ifdef MMC_EMULATE
-#define SK8 4u   /* vectors per staged row: 32 elements */
+#define SK8 (4u * KC) /* vectors per staged row: 32 KC elements */
 uint pack2(float a, float b) { return packHalf2x16(vec2(a, b)); }
 #else
-#define SK8 5u   /* vectors per staged row: 32 + 8 elements, 80 bytes */
+/* vectors per staged row: 32 + 8 elements, 80 bytes (specialization
+ * constant 7, KILN_VK_MMC_ROWVEC: for comparisons) */
+layout(constant_id = 7) const uint SK8 = 5u;
 #define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
 #define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
 uint pack2(float a, float b) { return packFloat2x16(f16vec2(float16_t(a), float16_t(b))); }
 #endif
-/* two halves of each tile: the chunk being multiplied, the next one */
-shared uvec4 As[2u * BM * SK8];
-shared uvec4 Bs[2u * BN * SK8];
+/* STAGES (specialization constant 8, KILN_VK_MMC_STAGES): 2, two halves
+ * of each tile, the chunk being multiplied and the next one; 1, one tile
+ * and a second barrier per chunk, half the shared memory */
+layout(constant_id = 8) const uint STAGES = 2u;
+shared uvec4 As[STAGES * BM * SK8 < 64u * (BM / 64u) * NSUB_N ? 64u * (BM / 64u) * NSUB_N : STAGES * BM * SK8];
+shared uvec4 Bs[STAGES * BN * SK8];
 /* 40 KiB in all (the host checks the device's limit); the results leave
  * through As after the K loop */
 
@@ -112,9 +136,19 @@ uvec4 pack8(float v[8]) {
     return uvec4(pack2(v[0], v[1]), pack2(v[2], v[3]), pack2(v[4], v[5]), pack2(v[6], v[7]));
 }
 
-/* Per invocation and chunk: parts t = tid and tid + 256 of each 128-row
- * tile; part t is row t / 4, elements 8 (t % 4) .. + 7 of the chunk. */
-#define PARTS 2u
+/* KC (specialization constant 9, KILN_VK_MMC_KC): 32-element chunks of K
+ * per stage of the loop (1 or 2; a staged row holds 4 KC vectors and the
+ * padding). Per invocation and stage: parts t = tid + WG j of each tile
+ * (PA of the activations', PB of the weights'); part t is row t / (4 KC),
+ * vector v = t % (4 KC): chunk v / 4 of the stage, elements 8 (v % 4) ..
+ * + 7 of it. */
+const uint PA = 4u * KC * BM / WG;
+const uint PB = 4u * KC * BN / WG;
+/* MFIRST (specialization constant 10, KILN_VK_MMC_MFIRST): workgroup x
+ * walks the activation tiles, y the weight tiles, so that the workgroups
+ * over the same weight rows run side by side (their weights come from the
+ * L2 once) */
+layout(constant_id = 10) const uint MFIRST = 0u;
 
 /* A weight part is fetched (global loads only, into registers) before the
  * current chunk's products and decoded to F16 after them, so that the
@@ -254,84 +288,120 @@ uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
 #endif
 }
 
-void load_parts(uint c, uint m0, uint n0, uint tid, inout uvec4 xr[PARTS], inout WRaw wr[PARTS]) {
-    [[unroll]] for (uint j = 0u; j < PARTS; j++) {
-        uint t = tid + WG * j, r = t >> 2, q = t & 3u;
-        xr[j] = X4[p.x_off + min(m0 + r, p.M - 1u) * p.x_stride + 4u * c + q];
+void load_parts(uint st, uint nchunks, uint m0, uint n0, uint tid, inout uvec4 xr[PA], inout WRaw wr[PB]) {
+    [[unroll]] for (uint j = 0u; j < PA; j++) {
+        uint t = tid + WG * j, r = t / (4u * KC), v = t % (4u * KC), c = KC * st + v / 4u;
+        xr[j] = c < nchunks ? X4[p.x_off + min(m0 + r, p.M - 1u) * p.x_stride + 4u * c + (v & 3u)] : uvec4(0u);
     }
-    [[unroll]] for (uint j = 0u; j < PARTS; j++) {
-        uint t = tid + WG * j;
-        wr[j] = fetch_w(c, n0 + (t >> 2), 8u * (t & 3u));
+    [[unroll]] for (uint j = 0u; j < PB; j++) {
+        uint t = tid + WG * j, v = t % (4u * KC), c = KC * st + v / 4u;
+        if (c < nchunks) wr[j] = fetch_w(c, n0 + t / (4u * KC), 8u * (v & 3u));
     }
 }
 
-/* chunk c's parts into tile half h */
-void store_parts(uint h, uint c, uint n0, uint tid, uvec4 xr[PARTS], WRaw wr[PARTS]) {
-    uint base = h * BM * SK8; /* BM == BN */
-    [[unroll]] for (uint j = 0u; j < PARTS; j++) {
-        uint t = tid + WG * j, i = base + (t >> 2) * SK8 + (t & 3u);
-        As[i] = xr[j];
-        Bs[i] = decode_w(c, n0 + (t >> 2), 8u * (t & 3u), wr[j]);
+/* stage st's parts into tile half h (chunks past K: zeros) */
+void store_parts(uint h, uint st, uint nchunks, uint n0, uint tid, uvec4 xr[PA], WRaw wr[PB]) {
+    [[unroll]] for (uint j = 0u; j < PA; j++) {
+        uint t = tid + WG * j;
+        As[h * BM * SK8 + (t / (4u * KC)) * SK8 + t % (4u * KC)] = xr[j];
+    }
+    [[unroll]] for (uint j = 0u; j < PB; j++) {
+        uint t = tid + WG * j, v = t % (4u * KC), c = KC * st + v / 4u;
+        Bs[h * BN * SK8 + (t / (4u * KC)) * SK8 + v] =
+            c < nchunks ? decode_w(c, n0 + t / (4u * KC), 8u * (v & 3u), wr[j]) : uvec4(0u);
     }
 }
+
+/* One chunk's products from the tile halves at cur_a (As) and cur_b (Bs)
+ * into acc. */
+#ifdef MMC_EMULATE
+/* loops kept (lavapipe's LLVM takes minutes over the unrolled form) */
+#define MMC_PRODUCTS(cur_a, cur_b)                                                   \
+    [[dont_unroll]] for (uint i = 0u; i < 64u; i++) {                                \
+        uint t = tid + WG * i, r = t / BN, col = t % BN;                             \
+        float s = 0.0;                                                               \
+        [[dont_unroll]] for (uint e = 0u; e < 4u * KC; e++) {                        \
+            uvec4 a = As[(cur_a) + r * SK8 + e], b = Bs[(cur_b) + col * SK8 + e];    \
+            [[unroll]] for (uint h = 0u; h < 4u; h++) {                              \
+                vec2 av = unpackHalf2x16(a[h]), bv = unpackHalf2x16(b[h]);           \
+                s += av.x * bv.x + av.y * bv.y;                                      \
+            }                                                                        \
+        }                                                                            \
+        acc[i] += s;                                                                 \
+    }
+#else
+/* per 16 elements (2 vectors) the two B fragments held, one A fragment at
+ * a time (registers: the accumulators take 64 per invocation already) */
+#define MMC_PRODUCTS(cur_a, cur_b)                                                                   \
+    if ((SKIP & 2u) != 0u) {                                                                         \
+        [[unroll]] for (uint kk = 0u; kk < 4u * KC; kk += 2u)                                        \
+            [[unroll]] for (uint i = 0u; i < 4u; i++)                                                \
+                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(fa[i], fb[j], acc[i][j]); \
+    } else                                                                                           \
+    [[unroll]] for (uint kk = 0u; kk < 4u * KC; kk += 2u) {                                          \
+        CM16 b[2];                                                                                   \
+        [[unroll]] for (uint j = 0u; j < 2u; j++)                                                    \
+            coopMatLoadNV(b[j], Bs, (cur_b) + (sn + 16u * j) * SK8 + kk, SK8, true);                  \
+        [[unroll]] for (uint i = 0u; i < 4u; i++) {                                                  \
+            CM16 a;                                                                                  \
+            coopMatLoadNV(a, As, (cur_a) + (sm + 16u * i) * SK8 + kk, SK8, false);                    \
+            [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a, b[j], acc[i][j]); \
+        }                                                                                            \
+    }
+#endif
 
 void main() {
     const uint tid = gl_LocalInvocationID.x;
-    const uint n0 = p.n_base + gl_WorkGroupID.x * BN;
-    const uint m0 = gl_WorkGroupID.y * BM;
-    const uint nchunks = (p.K + 31u) / 32u;
+    const uint n0 = p.n_base + (MFIRST != 0u ? gl_WorkGroupID.y : gl_WorkGroupID.x) * BN;
+    const uint m0 = (MFIRST != 0u ? gl_WorkGroupID.x : gl_WorkGroupID.y) * BM;
+    const uint nchunks = (p.K + 31u) / 32u, nst = (nchunks + KC - 1u) / KC;
 #ifdef MMC_EMULATE
-    float acc[64]; /* outputs tid + 256 i of the 128 x 128 tile */
+    float acc[64]; /* outputs tid + WG i of the BM x BN tile */
     [[dont_unroll]] for (uint i = 0u; i < 64u; i++) acc[i] = 0.0;
 #else
     const uint sg = gl_SubgroupID;                /* 0..7 */
-    const uint sm = (sg >> 2) * 64u, sn = (sg & 3u) * 32u;
+    const uint sm = (sg / NSUB_N) * 64u, sn = (sg % NSUB_N) * 32u;
     CM32 acc[4][2];
     [[unroll]] for (uint i = 0u; i < 4u; i++)
         [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = CM32(0.0);
 #endif
-    uvec4 xr[PARTS];
-    WRaw wr[PARTS];
-    load_parts(0u, m0, n0, tid, xr, wr);
-    store_parts(0u, 0u, n0, tid, xr, wr);
+    uvec4 xr[PA];
+    WRaw wr[PB];
+    load_parts(0u, nchunks, m0, n0, tid, xr, wr);
+    store_parts(0u, 0u, nchunks, n0, tid, xr, wr);
     barrier();
-    for (uint c = 0u; c < nchunks; c++) {
-        const uint cur = (c & 1u) * BM * SK8;
+#ifndef MMC_EMULATE
+    CM16 fa[4], fb[2]; /* SKIP & 2: the first chunk's fragments, reused */
+    if ((SKIP & 2u) != 0u) {
+        [[unroll]] for (uint i = 0u; i < 4u; i++) coopMatLoadNV(fa[i], As, (sm + 16u * i) * SK8, SK8, false);
+        [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(fb[j], Bs, (sn + 16u * j) * SK8, SK8, true);
+    }
+#endif
+    for (uint c = 0u; c < nst; c++) {
+        const uint h = c & 1u;
         /* the next chunk's loads are in flight during this chunk's products;
          * no branch around them (the last iteration loads and stores its own
-         * chunk again into the unused half), so the compiler sees one block */
-        const uint next = min(c + 1u, nchunks - 1u);
-        load_parts(next, m0, n0, tid, xr, wr);
-#ifdef MMC_EMULATE
-        /* loops kept (lavapipe's LLVM takes minutes over the unrolled form) */
-        [[dont_unroll]] for (uint i = 0u; i < 64u; i++) {
-            uint t = tid + WG * i, r = t / BN, col = t % BN;
-            float s = 0.0;
-            [[dont_unroll]] for (uint e = 0u; e < 4u; e++) {
-                uvec4 a = As[cur + r * SK8 + e], b = Bs[cur + col * SK8 + e];
-                [[unroll]] for (uint h = 0u; h < 4u; h++) {
-                    vec2 av = unpackHalf2x16(a[h]), bv = unpackHalf2x16(b[h]);
-                    s += av.x * bv.x + av.y * bv.y;
-                }
+         * chunk again into the unused half), so the compiler sees one block.
+         * (Fetching two chunks ahead, with two sets of registers, measured
+         * 6% slower on the H100.) */
+        const uint next = min(c + 1u, nst - 1u);
+        if ((SKIP & 1u) == 0u) load_parts(next, nchunks, m0, n0, tid, xr, wr);
+        if (STAGES == 1u) {
+            /* one tile: the products, then the next chunk over it */
+            if ((SKIP & 4u) == 0u) MMC_PRODUCTS(0u, 0u);
+            if ((SKIP & 8u) == 0u) {
+                barrier();
+                store_parts(0u, next, nchunks, n0, tid, xr, wr);
+                barrier();
             }
-            acc[i] += s;
-        }
-#else
-        [[unroll]] for (uint kk = 0u; kk < 4u; kk += 2u) { /* 16 elements = 2 vectors */
-            /* the two B fragments held, one A fragment at a time (registers:
-             * the accumulators take 64 per invocation already) */
-            CM16 b[2];
-            [[unroll]] for (uint j = 0u; j < 2u; j++) coopMatLoadNV(b[j], Bs, cur + (sn + 16u * j) * SK8 + kk, SK8, true);
-            [[unroll]] for (uint i = 0u; i < 4u; i++) {
-                CM16 a;
-                coopMatLoadNV(a, As, cur + (sm + 16u * i) * SK8 + kk, SK8, false);
-                [[unroll]] for (uint j = 0u; j < 2u; j++) acc[i][j] = coopMatMulAddNV(a, b[j], acc[i][j]);
+        } else {
+            if ((SKIP & 4u) == 0u) MMC_PRODUCTS(h * BM * SK8, h * BN * SK8);
+            /* the other half was last read before the previous barrier */
+            if ((SKIP & 8u) == 0u) {
+                store_parts(h ^ 1u, next, nchunks, n0, tid, xr, wr);
+                barrier();
             }
         }
-#endif
-        /* the other half was last read before the previous barrier */
-        store_parts((c + 1u) & 1u, next, n0, tid, xr, wr);
-        barrier();
     }
 #ifdef MMC_EMULATE
     [[dont_unroll]] for (uint i = 0u; i < 64u; i++) {

@@ -1,0 +1,44 @@
+#!/bin/bash
+# test/device/vkpp.sh SHAPE:TYPE... - where a Vulkan prefill goes on the
+# device: bench/backend_ops' 512-token products (TFLOP/s per 7B shape) on
+# Vulkan and CUDA, again under each setting of $KILN_VKPP_ENV (e.g.
+# "KILN_VK_MMC_OLD=1", a,b for both), then per SHAPE:TYPE kiln-bench pp512
+# (plain, under each setting, and on CUDA with KILN_VKPP_CUDA=1) and the
+# per-kernel profile of one pp512 (KILN_VK_PROFILE=1: every dispatch timed
+# alone). Given a tree built elsewhere, as test/device/vkprof.sh takes it
+# (KILN_BUILD, default build-device, plus build-device/bench/backend_ops):
+#   KILN_SHARED=$PWD/devdata/vk/shared bash test/device/vkpp.sh mistral-7b:q4_0
+set -u
+cd "$(dirname "$0")/../.."
+build=${KILN_BUILD:-build-device}
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then export VK_DRIVER_FILES=$nv_icd; fi
+export KILN_BACKEND_PATH=$PWD/$build
+types=${BENCH_TYPES:-f16,q4_0,q4_k}
+ops() { BENCH_TYPES=$types BENCH_NS=,512, "$build/bench/backend_ops" "$build/libkiln-$1.so" "${KILN_OPS_REPS:-20}" 2>&1 |
+        grep -v "decode vs"; }
+if [ -x "$build/bench/backend_ops" ]; then
+    echo "== backend_ops vulkan"; ops vulkan
+    [ -n "${KILN_VKPP_CUDA:-}" ] && { echo "== backend_ops cuda"; ops cuda; }
+    for e in ${KILN_VKPP_ENV:-}; do echo "== backend_ops vulkan $e"; env ${e//,/ } bash -c "$(declare -f ops); build=$build types=$types ops vulkan"; done
+fi
+vocab=${KILN_SHARED:-devdata/shared}/vocab/vocab-llama-spm.gguf
+for spec in "$@"; do
+    shape=${spec%%:*}; type=${spec##*:}; f=/tmp/$shape-$type.gguf
+    [ -f "$f" ] || "$build/bin/kiln-gen-model" --shape "$shape" --type "$type" --vocab "$vocab" -o "$f" -q >/dev/null 2>&1
+    [ -f "$f" ] || { echo "no model $spec"; continue; }
+    echo "== $spec"
+    "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
+    if [ -n "${KILN_VKPP_CUDA:-}" ] && [ -f "$build/libkiln-cuda.so" ]; then
+        "$build/bin/kiln-bench" --backend cuda -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
+    fi
+    for e in ${KILN_VKPP_ENV:-}; do
+        echo "$e"; env ${e//,/ } "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
+    done
+    KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 1 2>&1 | grep -A40 "profile"
+    rm -f "$f"
+done
