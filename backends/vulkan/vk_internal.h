@@ -97,7 +97,8 @@ enum {
     KILN_VK_P_MMV1_IDOT_FIRST,                         /* mmv1_ with integer dot products (sh->idot), kiln_vk_idot_index order */
     KILN_VK_P_MMVM1_IDOT_FIRST = KILN_VK_P_MMV1_IDOT_FIRST + 4, /* mmvm1_ with integer dot products */
     KILN_VK_P_IDOT_END = KILN_VK_P_MMVM1_IDOT_FIRST + 4,
-    KILN_VK_P_COUNT = KILN_VK_P_IDOT_END
+    KILN_VK_P_MMCW_FIRST = KILN_VK_P_IDOT_END,         /* mmc, warp-specialized (KILN_VK_MMC_WS) */
+    KILN_VK_P_COUNT = KILN_VK_P_MMCW_FIRST + KILN_VK_N_SLOTS
 };
 /* The weight slots whose one-row decode kernels have an integer dot
  * product variant (split Q4_0, Q8_0, Q4_K, Q6_K): their index 0..3 in the
@@ -204,6 +205,7 @@ struct kiln_vk_shared {
     uint32_t mmc_stages;          /* mmc.glsl's tile stages in shared memory (2; KILN_VK_MMC_STAGES) */
     uint32_t mmc_kc;              /* mmc.glsl's 32-element chunks per stage (1; KILN_VK_MMC_KC) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
+    bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */
     uint32_t mmc_skip;
     bool pipeline_stats;          /* KILN_VK_PIPELINE_STATS: driver statistics of each pipeline on stderr */
     PFN_vkGetPipelineExecutablePropertiesKHR get_exec_props;

@@ -697,7 +697,9 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     /* KILN_VK_MMC_OLD: the previous matrix-core kernel (F32 activations
      * converted per tile), to compare both in one run */
     bool mmc_old = use_mmc && dev->sh->coopmat && dev->mmc_old;
-    int mmc_first = mmc_old ? KILN_VK_P_MMC1_FIRST : dev->sh->coopmat ? KILN_VK_P_MMC_FIRST : KILN_VK_P_MMCE_FIRST;
+    int mmc_first = mmc_old ? KILN_VK_P_MMC1_FIRST
+                    : dev->sh->coopmat ? (dev->sh->mmc_ws ? KILN_VK_P_MMCW_FIRST : KILN_VK_P_MMC_FIRST)
+                                       : KILN_VK_P_MMCE_FIRST;
     if (use_mmc) {
         /* a driver that rejects the kernel: the previous matrix-core kernel
          * for this handle if it builds, else the portable path from now on */

@@ -313,6 +313,8 @@ extern const size_t kiln_vk_spv_attn_dec_size;
 #define IDOT_DECL(n) extern const uint32_t kiln_vk_spv_##n[]; extern const size_t kiln_vk_spv_##n##_size;
 IDOT_DECL(mmv1_q4_0s_idot) IDOT_DECL(mmv1_q8_0_idot) IDOT_DECL(mmv1_q4_k_idot) IDOT_DECL(mmv1_q6_k_idot)
 IDOT_DECL(mmvm1_q4_0s_idot) IDOT_DECL(mmvm1_q8_0_idot) IDOT_DECL(mmvm1_q4_k_idot) IDOT_DECL(mmvm1_q6_k_idot)
+IDOT_DECL(mmcw_f32) IDOT_DECL(mmcw_f16) IDOT_DECL(mmcw_bf16) IDOT_DECL(mmcw_q4_0) IDOT_DECL(mmcw_q4_1) IDOT_DECL(mmcw_q5_0)
+IDOT_DECL(mmcw_q5_1) IDOT_DECL(mmcw_q8_0) IDOT_DECL(mmcw_q4_k) IDOT_DECL(mmcw_q5_k) IDOT_DECL(mmcw_q6_k) IDOT_DECL(mmcw_q4_0s)
 #undef IDOT_DECL
 
 static const struct {
@@ -468,7 +470,10 @@ static const struct {
     {"attn_dec", kiln_vk_spv_attn_dec, &kiln_vk_spv_attn_dec_size},
 #define IDOT_ENTRY(n) {#n, kiln_vk_spv_##n, &kiln_vk_spv_##n##_size}
     IDOT_ENTRY(mmv1_q4_0s_idot), IDOT_ENTRY(mmv1_q8_0_idot), IDOT_ENTRY(mmv1_q4_k_idot), IDOT_ENTRY(mmv1_q6_k_idot),
-    IDOT_ENTRY(mmvm1_q4_0s_idot), IDOT_ENTRY(mmvm1_q8_0_idot), IDOT_ENTRY(mmvm1_q4_k_idot), IDOT_ENTRY(mmvm1_q6_k_idot)
+    IDOT_ENTRY(mmvm1_q4_0s_idot), IDOT_ENTRY(mmvm1_q8_0_idot), IDOT_ENTRY(mmvm1_q4_k_idot), IDOT_ENTRY(mmvm1_q6_k_idot),
+    IDOT_ENTRY(mmcw_f32), IDOT_ENTRY(mmcw_f16), IDOT_ENTRY(mmcw_bf16), IDOT_ENTRY(mmcw_q4_0), IDOT_ENTRY(mmcw_q4_1),
+    IDOT_ENTRY(mmcw_q5_0), IDOT_ENTRY(mmcw_q5_1), IDOT_ENTRY(mmcw_q8_0), IDOT_ENTRY(mmcw_q4_k), IDOT_ENTRY(mmcw_q5_k),
+    IDOT_ENTRY(mmcw_q6_k), IDOT_ENTRY(mmcw_q4_0s)
 #undef IDOT_ENTRY
 };
 

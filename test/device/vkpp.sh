@@ -5,7 +5,8 @@
 # "KILN_VK_MMC_OLD=1", a,b for both), then per SHAPE:TYPE kiln-bench pp512
 # (plain, under each setting, and on CUDA with KILN_VKPP_CUDA=1) and the
 # per-kernel profile of one pp512 (KILN_VK_PROFILE=1: every dispatch timed
-# alone). Given a tree built elsewhere, as test/device/vkprof.sh takes it
+# alone; KILN_VKPP_KEEP=1 leaves the generated models in /tmp for
+# test/device/vkprof.sh). Given a tree built elsewhere, as test/device/vkprof.sh takes it
 # (KILN_BUILD, default build-device, plus build-device/bench/backend_ops):
 #   KILN_SHARED=$PWD/devdata/vk/shared bash test/device/vkpp.sh mistral-7b:q4_0
 set -u
@@ -40,5 +41,5 @@ for spec in "$@"; do
         echo "$e"; env ${e//,/ } "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
     done
     KILN_VK_PROFILE=1 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 1 2>&1 | grep -A40 "profile"
-    rm -f "$f"
+    [ -n "${KILN_VKPP_KEEP:-}" ] || rm -f "$f"
 done

@@ -113,8 +113,10 @@ uint pack2(float a, float b) { return packFloat2x16(f16vec2(float16_t(a), float1
  * of each tile, the chunk being multiplied and the next one; 1, one tile
  * and a second barrier per chunk, half the shared memory */
 layout(constant_id = 8) const uint STAGES = 2u;
+#ifndef MMC_WS
 shared uvec4 As[STAGES * BM * SK8 < 64u * (BM / 64u) * NSUB_N ? 64u * (BM / 64u) * NSUB_N : STAGES * BM * SK8];
 shared uvec4 Bs[STAGES * BN * SK8];
+#endif
 /* 40 KiB in all (the host checks the device's limit); the results leave
  * through As after the K loop */
 
@@ -288,6 +290,9 @@ uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
 #endif
 }
 
+#ifdef MMC_WS
+#include "mmcw_main.glsl"
+#else
 void load_parts(uint st, uint nchunks, uint m0, uint n0, uint tid, inout uvec4 xr[PA], inout WRaw wr[PB]) {
     [[unroll]] for (uint j = 0u; j < PA; j++) {
         uint t = tid + WG * j, r = t / (4u * KC), v = t % (4u * KC), c = KC * st + v / 4u;
@@ -429,3 +434,4 @@ void main() {
         }
 #endif
 }
+#endif /* MMC_WS */
