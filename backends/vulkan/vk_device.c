@@ -291,7 +291,7 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         sh->mmc_bm = bm;
         sh->mmc_bn = bn;
         const char *sk = getenv("KILN_VK_MMC_SKIP");
-        sh->mmc_skip = sk ? (uint32_t)strtoul(sk, NULL, 0) & 15u : 0u;
+        sh->mmc_skip = sk ? (uint32_t)strtoul(sk, NULL, 0) & 31u : 0u;
         const char *rv = getenv("KILN_VK_MMC_ROWVEC");
         const unsigned long rvn = rv ? strtoul(rv, NULL, 10) : 5;
         sh->mmc_rowvec = rvn >= 4 && rvn <= 8 ? (uint32_t)rvn : 5u;

@@ -60,7 +60,8 @@ const uint NSUB_N = BN / 32u; /* subgroups along N */
 layout(constant_id = 9) const uint KC = 1u; /* 32-element chunks per stage (below) */
 /* KILN_VK_MMC_SKIP (specialization constant 6; timing only, the results
  * are wrong): 1 leaves out the K loop's global loads, 2 the fragment loads
- * after the first chunk, 4 the products, 8 the shared stores and barriers */
+ * after the first chunk, 4 the products, 8 the shared stores and barriers;
+ * 16 (results right) decodes Q4_0 in F32 as the other formats do */
 layout(constant_id = 6) const uint SKIP = 0u;
 
 layout(binding = 0) readonly buffer WB { uint W[]; };
@@ -233,7 +234,39 @@ WRaw fetch_w(uint c, uint n, uint e0) {
 
 /* the fetched part as eight F16 (the arithmetic of types.glsl's wvals8 and
  * wscale, so the values are those of the other formats' path) */
+#if (WTYPE == T_Q4_0 || WTYPE == T_Q4_0S) && !defined(MMC_EMULATE)
+/* Four nibbles of a word (already shifted to bits 0-3 of each byte) times
+ * d as two F16 pairs, in packed F16 arithmetic: 0x6400 | n is the half
+ * 1024 + n, minus 1032 gives n - 8 exactly, and one F16 multiply by d
+ * rounds the exact product once, as the F32 product rounded to F16 does:
+ * the same bits in ~3 instructions per pair instead of ~12. */
+uvec2 q4_pairs(uint q, f16vec2 d2) {
+    const uint lo = (q & 0xfu) | ((q & 0xf00u) << 8) | 0x64006400u;
+    const uint hi = ((q >> 16) & 0xfu) | ((q >> 8) & 0xf0000u) | 0x64006400u;
+    const f16vec2 off = f16vec2(float16_t(1032.0));
+    return uvec2(packFloat2x16((unpackFloat2x16(lo) - off) * d2), packFloat2x16((unpackFloat2x16(hi) - off) * d2));
+}
+#endif
+
 uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
+#if (WTYPE == T_Q4_0 || WTYPE == T_Q4_0S) && !defined(MMC_EMULATE)
+    if ((SKIP & 16u) == 0u) { /* KILN_VK_MMC_SKIP bit 16: the float path below, for comparison */
+        uint row = wrow(n), sh = e0 >= 16u ? 4u : 0u, lo, hi, dw;
+#if WTYPE == T_Q4_0
+        uint b = row + 18u * c, o = b + 2u + (e0 & 15u);
+        lo = funnel(r.a.y, r.a.z, o);
+        hi = funnel(r.a.z, r.a.w, o);
+        dw = r.a.x >> (8u * (b & 2u));
+#else
+        uint s = row + (p.K >> 1) + 2u * c;
+        lo = r.a.y;
+        hi = r.a.z;
+        dw = r.a.x >> (8u * (s & 2u));
+#endif
+        const f16vec2 d2 = f16vec2(unpackFloat2x16(dw).x);
+        return uvec4(q4_pairs((lo >> sh) & 0x0f0f0f0fu, d2), q4_pairs((hi >> sh) & 0x0f0f0f0fu, d2));
+    }
+#endif
 #if WTYPE == T_Q4_0 || WTYPE == T_Q4_0S || WTYPE == T_Q4_K || WTYPE == T_Q6_K
     uint row = wrow(n);
     float v[8];
