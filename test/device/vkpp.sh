@@ -12,13 +12,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 build=${KILN_BUILD:-build-device}
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-fi
-nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then export VK_DRIVER_FILES=$nv_icd; fi
-export KILN_BACKEND_PATH=$PWD/$build
+. test/device/vk_common.sh
 types=${BENCH_TYPES:-f16,q4_0,q4_k}
 ops() { BENCH_TYPES=$types BENCH_NS=,512, "$build/bench/backend_ops" "$build/libkiln-$1.so" "${KILN_OPS_REPS:-20}" 2>&1 |
         grep -v "decode vs"; }
@@ -27,11 +21,8 @@ if [ -x "$build/bench/backend_ops" ]; then
     [ -n "${KILN_VKPP_CUDA:-}" ] && { echo "== backend_ops cuda"; ops cuda; }
     for e in ${KILN_VKPP_ENV:-}; do echo "== backend_ops vulkan $e"; env ${e//,/ } bash -c "$(declare -f ops); build=$build types=$types ops vulkan"; done
 fi
-vocab=${KILN_SHARED:-devdata/shared}/vocab/vocab-llama-spm.gguf
 for spec in "$@"; do
-    shape=${spec%%:*}; type=${spec##*:}; f=/tmp/$shape-$type.gguf
-    [ -f "$f" ] || "$build/bin/kiln-gen-model" --shape "$shape" --type "$type" --vocab "$vocab" -o "$f" -q >/dev/null 2>&1
-    [ -f "$f" ] || { echo "no model $spec"; continue; }
+    f=$(vk_model "$spec") || { echo "no model $spec"; continue; }
     echo "== $spec"
     "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
     if [ -n "${KILN_VKPP_CUDA:-}" ] && [ -f "$build/libkiln-cuda.so" ]; then

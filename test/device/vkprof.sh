@@ -14,13 +14,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 build=${KILN_BUILD:-build-device}
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-fi
-nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then export VK_DRIVER_FILES=$nv_icd; fi
-export KILN_BACKEND_PATH=$PWD/$build
+. test/device/vk_common.sh
 shared=${KILN_SHARED:-}
 if [ -n "${KILN_VKPROF_TESTS:-}" ]; then
     echo "== test_backend_attn (vulkan)"; KILN_ATTN_BACKEND=vulkan "$build/test/test_backend_attn" 2>&1 | tail -n 1
@@ -32,11 +26,8 @@ if [ -n "${KILN_VKPROF_TESTS:-}" ]; then
         KILN_BACKEND=vulkan KILN_SHARED=$shared "$build/test/test_draft" 2>&1 | tail -n 1
     fi
 fi
-vocab=${shared:-devdata/shared}/vocab/vocab-llama-spm.gguf
 for spec in "$@"; do
-    shape=${spec%%:*}; type=${spec##*:}; f=/tmp/$shape-$type.gguf
-    [ -f "$f" ] || "$build/bin/kiln-gen-model" --shape "$shape" --type "$type" --vocab "$vocab" -o "$f" -q >/dev/null 2>&1
-    [ -f "$f" ] || { echo "no model $spec"; continue; }
+    f=$(vk_model "$spec") || { echo "no model $spec"; continue; }
     echo "== $spec"
     "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
     if [ -n "${KILN_VKPROF_CUDA:-}" ] && [ -f "$build/libkiln-cuda.so" ]; then

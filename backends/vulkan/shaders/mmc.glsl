@@ -323,6 +323,25 @@ uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
 #endif
 }
 
+#ifndef MMC_EMULATE
+/* Accumulator accv (output rows row0 .. + 15, columns col0 .. + 15)
+ * through the subgroup's own 16 x 16 F32 patch of As at pbase (64
+ * vectors; the caller's loop has ended all reads of the tiles), stored
+ * where it lies within M x N: no workgroup barrier. */
+#define MMC_STORE_ACC(accv, pbase, row0, col0)                                                           \
+    {                                                                                                    \
+        coopMatStoreNV(accv, As, pbase, 4u, false);                                                      \
+        subgroupMemoryBarrierShared();                                                                   \
+        subgroupBarrier();                                                                               \
+        [[unroll]] for (uint q = 0u; q < 8u; q++) {                                                      \
+            uint t = gl_SubgroupInvocationID + 32u * q, m = (row0) + (t >> 4), n = (col0) + (t & 15u);   \
+            if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = uintBitsToFloat(As[(pbase) + (t >> 2)][t & 3u]); \
+        }                                                                                                \
+        subgroupMemoryBarrierShared();                                                                   \
+        subgroupBarrier();                                                                               \
+    }
+#endif
+
 #ifdef MMC_WS
 #include "mmcw_main.glsl"
 #else
@@ -448,23 +467,8 @@ void main() {
         if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = acc[i];
     }
 #else
-    /* each accumulator through the subgroup's own 16 x 16 F32 patch of As
-     * (64 vectors; the loop's last barrier ended all reads of the tiles):
-     * no workgroup barrier */
-    const uint lane = gl_SubgroupInvocationID, pbase = 64u * sg;
     [[unroll]] for (uint i = 0u; i < 4u; i++)
-        [[unroll]] for (uint j = 0u; j < 2u; j++) {
-            coopMatStoreNV(acc[i][j], As, pbase, 4u, false);
-            subgroupMemoryBarrierShared();
-            subgroupBarrier();
-            [[unroll]] for (uint q = 0u; q < 8u; q++) {
-                uint t = lane + 32u * q, r = t >> 4, col = t & 15u;
-                uint m = m0 + sm + 16u * i + r, n = n0 + sn + 16u * j + col;
-                if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = uintBitsToFloat(As[pbase + (t >> 2)][t & 3u]);
-            }
-            subgroupMemoryBarrierShared();
-            subgroupBarrier();
-        }
+        [[unroll]] for (uint j = 0u; j < 2u; j++) MMC_STORE_ACC(acc[i][j], 64u * sg, m0 + sm + 16u * i, n0 + sn + 16u * j);
 #endif
 }
 #endif /* MMC_WS */

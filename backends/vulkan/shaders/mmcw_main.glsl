@@ -117,21 +117,8 @@ void main() {
         }
         barrier();
     }
-    /* each accumulator through the subgroup's own 16 x 16 F32 patch of As
-     * (the loop's last barrier ended all reads of the tile; the movers
-     * have stopped) */
-    const uint lane = gl_SubgroupInvocationID, pbase = 64u * sg;
+    /* each accumulator through the subgroup's own patch of As (the loop's
+     * last barrier ended all reads of the tile; the movers have stopped) */
     [[unroll]] for (uint i = 0u; i < 4u; i++)
-        [[unroll]] for (uint j = 0u; j < 4u; j++) {
-            coopMatStoreNV(acc[i][j], As, pbase, 4u, false);
-            subgroupMemoryBarrierShared();
-            subgroupBarrier();
-            [[unroll]] for (uint q = 0u; q < 8u; q++) {
-                uint t = lane + 32u * q, r = t >> 4, col = t & 15u;
-                uint m = m0 + sm + 16u * i + r, n = n0 + sn + 16u * j + col;
-                if (m < p.M && n < p.N) D[p.d_off + m * p.d_stride + n] = uintBitsToFloat(As[pbase + (t >> 2)][t & 3u]);
-            }
-            subgroupMemoryBarrierShared();
-            subgroupBarrier();
-        }
+        [[unroll]] for (uint j = 0u; j < 4u; j++) MMC_STORE_ACC(acc[i][j], 64u * sg, m0 + sm + 16u * i, n0 + sn + 16u * j);
 }
