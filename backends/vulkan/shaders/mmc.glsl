@@ -103,8 +103,9 @@ layout(binding = 1) readonly buffer AB { uint A[]; };
 #define SK8 (4u * KC) /* vectors per staged row: 32 KC elements */
 uint pack2(float a, float b) { return packHalf2x16(vec2(a, b)); }
 #else
-/* vectors per staged row: 32 + 8 elements, 80 bytes (specialization
- * constant 7, KILN_VK_MMC_ROWVEC: for comparisons) */
+/* vectors per staged row: 4 KC of elements and one of padding
+ * (specialization constant 7: the host sets 4 KC + 1; KILN_VK_MMC_ROWVEC
+ * overrides it for comparisons) */
 layout(constant_id = 7) const uint SK8 = 5u;
 #define CM16 fcoopmatNV<16, gl_ScopeSubgroup, 16, 16>
 #define CM32 fcoopmatNV<32, gl_ScopeSubgroup, 16, 16>
@@ -118,8 +119,9 @@ layout(constant_id = 8) const uint STAGES = 2u;
 shared uvec4 As[STAGES * BM * SK8 < 64u * (BM / 64u) * NSUB_N ? 64u * (BM / 64u) * NSUB_N : STAGES * BM * SK8];
 shared uvec4 Bs[STAGES * BN * SK8];
 #endif
-/* 40 KiB in all (the host checks the device's limit); the results leave
- * through As after the K loop */
+/* (the host checks the device's limit for the settings); the results
+ * leave through As after the K loop. The defaults above are the shader's;
+ * the host's (vk_device.c) are KC 2, STAGES 1, MFIRST 1. */
 
 /* weight element e of the row at byte `row` (float formats), 0 past K */
 float wfloat(uint row, uint e) {
@@ -232,8 +234,6 @@ WRaw fetch_w(uint c, uint n, uint e0) {
     return r;
 }
 
-/* the fetched part as eight F16 (the arithmetic of types.glsl's wvals8 and
- * wscale, so the values are those of the other formats' path) */
 #if (WTYPE == T_Q4_0 || WTYPE == T_Q4_0S) && !defined(MMC_EMULATE)
 /* Four nibbles of a word (already shifted to bits 0-3 of each byte) times
  * d as two F16 pairs, in packed F16 arithmetic: 0x6400 | n is the half
@@ -248,6 +248,8 @@ uvec2 q4_pairs(uint q, f16vec2 d2) {
 }
 #endif
 
+/* the fetched part as eight F16 (the arithmetic of types.glsl's wvals8 and
+ * wscale, so the values are those of the other formats' path) */
 uvec4 decode_w(uint c, uint n, uint e0, WRaw r) {
 #if (WTYPE == T_Q4_0 || WTYPE == T_Q4_0S) && !defined(MMC_EMULATE)
     if ((SKIP & 16u) == 0u) { /* KILN_VK_MMC_SKIP bit 16: the float path below, for comparison */
