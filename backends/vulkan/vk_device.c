@@ -281,8 +281,10 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         sh->mmv_rows = rows >= 1 && rows <= 4 ? (uint32_t)rows : 0u;
     }
     {
-        /* KILN_VK_MMC_TILE=BMxBN: mmc.glsl's tile (BM a multiple of 64, BN
-         * of 32, at most eight subgroups): for comparisons on a device */
+        /* mmc.glsl's settings (specialization constants; vk_pipeline.c).
+         * KILN_VK_MMC_TILE=BMxBN: its tile (BM a multiple of 64, BN of 32,
+         * at most eight subgroups); it and the others below are for
+         * comparisons on a device */
         const char *t = getenv("KILN_VK_MMC_TILE");
         unsigned bm = 0, bn = 0;
         if (!t || sscanf(t, "%ux%u", &bm, &bn) != 2 || bm == 0 || bm % 64 || bn == 0 || bn % 32 ||
@@ -359,6 +361,13 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
     pef.pipelineExecutableInfo = VK_TRUE;
     sh->pipeline_stats = getenv("KILN_VK_PIPELINE_STATS") &&
                          has_device_ext(sh->phys, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
+    if (sh->pipeline_stats) {
+        VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR have = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR};
+        VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &have};
+        vkGetPhysicalDeviceFeatures2(sh->phys, &f2);
+        sh->pipeline_stats = have.pipelineExecutableInfo == VK_TRUE;
+    }
     /* with what the device offers; failing that without the integer dot
      * products, then without the matrix cores too */
     VkResult r = VK_ERROR_INITIALIZATION_FAILED;
