@@ -307,7 +307,11 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         const char *stg = getenv("KILN_VK_MMC_STAGES");
         sh->mmc_stages = stg && strcmp(stg, "2") == 0 ? 2u : 1u;
         if (!getenv("KILN_VK_MMC_ROWVEC")) sh->mmc_rowvec = 4u * sh->mmc_kc + 1u;
-        sh->mmc_ws = getenv("KILN_VK_MMC_WS") && strcmp(getenv("KILN_VK_MMC_WS"), "0") != 0 && bm == 128 && bn == 128;
+        /* KILN_VK_MMC_WS=1: mmcw_main.glsl, whose two roles reach the same
+         * barriers from different loops; only on NVIDIA's driver (vendor
+         * 0x10de), whose barrier counts subgroups, where it was tested */
+        sh->mmc_ws = getenv("KILN_VK_MMC_WS") && strcmp(getenv("KILN_VK_MMC_WS"), "0") != 0 && bm == 128 &&
+                     bn == 128 && pr.properties.vendorID == 0x10deu;
         const char *mf = getenv("KILN_VK_MMC_MFIRST");
         sh->mmc_mfirst = mf && strcmp(mf, "0") == 0 ? 0u : 1u;
     }
