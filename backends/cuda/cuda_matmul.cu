@@ -170,13 +170,21 @@ static __device__ __forceinline__ void kcu_mm_prefetch(const kcu_mm_set &s, cons
 #endif
 }
 
+/* A decode product's start: its block's product and rows, their prefetch,
+ * the early launch of the kernel after it (KILN_CUDA_PDL=3), then the wait
+ * for the kernel ahead. */
+static __device__ __forceinline__ kcu_mm_one kcu_mm_start(const kcu_mm_set &s) {
+    const kcu_mm_one m = kcu_mm_pick(s);
+    kcu_mm_prefetch(s, m);
+    kcu_pdl_trigger_at(2);
+    kcu_pdl_wait();
+    return m;
+}
+
 template <int U, int R, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_f16_kernel(const kcu_mm_set set, const float *x, uint64_t xs, int K, int nt) {
-    const kcu_mm_one m = kcu_mm_pick(set);
-    kcu_mm_prefetch(set, m);
-    kcu_pdl_trigger_at(2);
-    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_start(set);
     const uint8_t *w = m.w;
     float *y = m.y;
     const uint64_t ws = m.ws, ys = m.ys;
@@ -427,10 +435,7 @@ static __device__ __forceinline__ int kcu_stage_chunk(const uint4 *wr, int c0, i
 template <int T, int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q8x_staged_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    const kcu_mm_one m = kcu_mm_pick(set);
-    kcu_mm_prefetch(set, m);
-    kcu_pdl_trigger_at(2);
-    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_start(set);
     const uint8_t *w = m.w;
     float *y = m.y;
     const uint64_t ws = m.ws, ys = m.ys;
@@ -524,10 +529,7 @@ template <int T, int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_split_q8x_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
     constexpr int Q16 = T == KCU_Q4_0 ? 1 : 2; /* 16-byte quant loads per block */
-    const kcu_mm_one m = kcu_mm_pick(set);
-    kcu_mm_prefetch(set, m);
-    kcu_pdl_trigger_at(2);
-    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_start(set);
     const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= m.N) return;
     const int nb = K / 32;
@@ -634,10 +636,7 @@ static __device__ __forceinline__ int kcu_byte12(uint32_t s0, uint32_t s1, uint3
 template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q4k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    const kcu_mm_one m = kcu_mm_pick(set);
-    kcu_mm_prefetch(set, m);
-    kcu_pdl_trigger_at(2);
-    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_start(set);
     const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= m.N) return;
     const int bi = lane >> 3, c = (lane >> 1) & 3, hh = lane & 1, nb = K / 256, nb32 = K / 32;
@@ -753,10 +752,7 @@ static __device__ __forceinline__ void kcu_q6k_lane_block(const uint32_t a4[4], 
 template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q6k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    const kcu_mm_one m = kcu_mm_pick(set);
-    kcu_mm_prefetch(set, m);
-    kcu_pdl_trigger_at(2);
-    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_start(set);
     constexpr int BB = 210;
     __shared__ __align__(16) uint8_t sm[KCU_FAST_WARPS][8 * U * BB];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
@@ -801,10 +797,7 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
 template <int U, int NT = KCU_MMV_MAX>
 static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
     mmv_q6ks_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    const kcu_mm_one m = kcu_mm_pick(set);
-    kcu_mm_prefetch(set, m);
-    kcu_pdl_trigger_at(2);
-    kcu_pdl_wait();
+    const kcu_mm_one m = kcu_mm_start(set);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
     if (row >= m.N) return;
     const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256;

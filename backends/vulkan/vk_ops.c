@@ -665,6 +665,16 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
     return KILN_OK;
 }
 
+/* The decode kernel of weight slot `slot` for M activation rows, from the
+ * family `first` (mmv, mmvm): one row goes through the family built for
+ * one row (KILN_VK_MMV_UNROLL), with integer dot products where the device
+ * and the type have them (the same bits). */
+static int mmv_pipeline(const kiln_bk_device *dev, int64_t M, int slot, int first, int first1, int idot_first) {
+    if (!dev->mmv_unroll || M != 1) return first + slot;
+    const int ii = kiln_vk_idot_index(slot);
+    return ii >= 0 && dev->sh->idot ? idot_first + ii : first1 + slot;
+}
+
 kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                            kiln_bk_tensor *dst) {
     kiln_status st;
@@ -776,12 +786,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* F16 rows and activations on 16-byte boundaries: 16-byte loads */
         pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
                     pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
-        /* KILN_VK_MMV_UNROLL: one row through the kernel built for one row */
-        const int mmv_first = dev->mmv_unroll && M == 1 ? KILN_VK_P_MMV1_FIRST : KILN_VK_P_MMV_FIRST;
-        /* integer dot products where the device and the type have them (same bits) */
-        const int ii = kiln_vk_idot_index(slot);
-        const int pipe = mmv_first == KILN_VK_P_MMV1_FIRST && ii >= 0 && sh->idot ? KILN_VK_P_MMV1_IDOT_FIRST + ii
-                                                                                    : mmv_first + slot;
+        const int pipe = mmv_pipeline(dev, M, slot, KILN_VK_P_MMV_FIRST, KILN_VK_P_MMV1_FIRST, KILN_VK_P_MMV1_IDOT_FIRST);
         return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
     }
     if (M > KILN_VK_MM_MC && !dev->no_tiled) {
@@ -1220,6 +1225,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     pc.unroll = dev->mmv_unroll;
     const bool avec = K % 8 == 0 && pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[1].offset % 16 == 0;
     pc.vec = avec ? wvec : 0;
+    const int wslot = kiln_vk_weight_slot(w[0]);
     uint64_t groups = 0;
     for (uint32_t i = 0; i < 3; i++) {
         const uint32_t j = i < n ? i : n - 1;
@@ -1228,7 +1234,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
         pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
         pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
         pc.N[i] = (uint32_t)w[j]->ne[1];
-        if (i < n) groups += div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(dev->sh, kiln_vk_weight_slot(w[0])));
+        if (i < n) groups += div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(dev->sh, wslot));
         pc.g_end[i] = (uint32_t)groups;
     }
     /* as matmul's decode kernel sizes its grid, for all products' rows */
@@ -1237,11 +1243,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     uint64_t gx = div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    const int first = dev->mmv_unroll && M == 1 ? KILN_VK_P_MMVM1_FIRST : KILN_VK_P_MMVM_FIRST;
-    const int wslot = kiln_vk_weight_slot(w[0]);
-    const int ii = kiln_vk_idot_index(wslot);
-    const int pipe = first == KILN_VK_P_MMVM1_FIRST && ii >= 0 && sh->idot ? KILN_VK_P_MMVM1_IDOT_FIRST + ii
-                                                                          : first + wslot;
+    const int pipe = mmv_pipeline(dev, M, wslot, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMVM1_FIRST, KILN_VK_P_MMVM1_IDOT_FIRST);
     return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc,
                             (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }

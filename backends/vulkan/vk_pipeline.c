@@ -308,14 +308,14 @@ extern const uint32_t kiln_vk_spv_attn_mce_128[];
 extern const size_t kiln_vk_spv_attn_mce_128_size;
 extern const uint32_t kiln_vk_spv_q4_0_split[];
 extern const size_t kiln_vk_spv_q4_0_split_size;
-extern const uint32_t kiln_vk_spv_attn_dec[];
-extern const size_t kiln_vk_spv_attn_dec_size;
-#define IDOT_DECL(n) extern const uint32_t kiln_vk_spv_##n[]; extern const size_t kiln_vk_spv_##n##_size;
-IDOT_DECL(mmv1_q4_0s_idot) IDOT_DECL(mmv1_q8_0_idot) IDOT_DECL(mmv1_q4_k_idot) IDOT_DECL(mmv1_q6_k_idot)
-IDOT_DECL(mmvm1_q4_0s_idot) IDOT_DECL(mmvm1_q8_0_idot) IDOT_DECL(mmvm1_q4_k_idot) IDOT_DECL(mmvm1_q6_k_idot)
-IDOT_DECL(mmcw_f32) IDOT_DECL(mmcw_f16) IDOT_DECL(mmcw_bf16) IDOT_DECL(mmcw_q4_0) IDOT_DECL(mmcw_q4_1) IDOT_DECL(mmcw_q5_0)
-IDOT_DECL(mmcw_q5_1) IDOT_DECL(mmcw_q8_0) IDOT_DECL(mmcw_q4_k) IDOT_DECL(mmcw_q5_k) IDOT_DECL(mmcw_q6_k) IDOT_DECL(mmcw_q4_0s)
-#undef IDOT_DECL
+/* the later shaders, through one declaration and one table entry each */
+#define SPV_DECL(n) extern const uint32_t kiln_vk_spv_##n[]; extern const size_t kiln_vk_spv_##n##_size;
+SPV_DECL(attn_dec)
+SPV_DECL(mmv1_q4_0s_idot) SPV_DECL(mmv1_q8_0_idot) SPV_DECL(mmv1_q4_k_idot) SPV_DECL(mmv1_q6_k_idot)
+SPV_DECL(mmvm1_q4_0s_idot) SPV_DECL(mmvm1_q8_0_idot) SPV_DECL(mmvm1_q4_k_idot) SPV_DECL(mmvm1_q6_k_idot)
+SPV_DECL(mmcw_f32) SPV_DECL(mmcw_f16) SPV_DECL(mmcw_bf16) SPV_DECL(mmcw_q4_0) SPV_DECL(mmcw_q4_1) SPV_DECL(mmcw_q5_0)
+SPV_DECL(mmcw_q5_1) SPV_DECL(mmcw_q8_0) SPV_DECL(mmcw_q4_k) SPV_DECL(mmcw_q5_k) SPV_DECL(mmcw_q6_k) SPV_DECL(mmcw_q4_0s)
+#undef SPV_DECL
 
 static const struct {
     const char *name;
@@ -467,14 +467,14 @@ static const struct {
     {"attn_mce_64", kiln_vk_spv_attn_mce_64, &kiln_vk_spv_attn_mce_64_size},
     {"attn_mce_128", kiln_vk_spv_attn_mce_128, &kiln_vk_spv_attn_mce_128_size},
     {"q4_0_split", kiln_vk_spv_q4_0_split, &kiln_vk_spv_q4_0_split_size},
-    {"attn_dec", kiln_vk_spv_attn_dec, &kiln_vk_spv_attn_dec_size},
-#define IDOT_ENTRY(n) {#n, kiln_vk_spv_##n, &kiln_vk_spv_##n##_size}
-    IDOT_ENTRY(mmv1_q4_0s_idot), IDOT_ENTRY(mmv1_q8_0_idot), IDOT_ENTRY(mmv1_q4_k_idot), IDOT_ENTRY(mmv1_q6_k_idot),
-    IDOT_ENTRY(mmvm1_q4_0s_idot), IDOT_ENTRY(mmvm1_q8_0_idot), IDOT_ENTRY(mmvm1_q4_k_idot), IDOT_ENTRY(mmvm1_q6_k_idot),
-    IDOT_ENTRY(mmcw_f32), IDOT_ENTRY(mmcw_f16), IDOT_ENTRY(mmcw_bf16), IDOT_ENTRY(mmcw_q4_0), IDOT_ENTRY(mmcw_q4_1),
-    IDOT_ENTRY(mmcw_q5_0), IDOT_ENTRY(mmcw_q5_1), IDOT_ENTRY(mmcw_q8_0), IDOT_ENTRY(mmcw_q4_k), IDOT_ENTRY(mmcw_q5_k),
-    IDOT_ENTRY(mmcw_q6_k), IDOT_ENTRY(mmcw_q4_0s)
-#undef IDOT_ENTRY
+#define SPV_ENTRY(n) {#n, kiln_vk_spv_##n, &kiln_vk_spv_##n##_size}
+    SPV_ENTRY(attn_dec),
+    SPV_ENTRY(mmv1_q4_0s_idot), SPV_ENTRY(mmv1_q8_0_idot), SPV_ENTRY(mmv1_q4_k_idot), SPV_ENTRY(mmv1_q6_k_idot),
+    SPV_ENTRY(mmvm1_q4_0s_idot), SPV_ENTRY(mmvm1_q8_0_idot), SPV_ENTRY(mmvm1_q4_k_idot), SPV_ENTRY(mmvm1_q6_k_idot),
+    SPV_ENTRY(mmcw_f32), SPV_ENTRY(mmcw_f16), SPV_ENTRY(mmcw_bf16), SPV_ENTRY(mmcw_q4_0), SPV_ENTRY(mmcw_q4_1),
+    SPV_ENTRY(mmcw_q5_0), SPV_ENTRY(mmcw_q5_1), SPV_ENTRY(mmcw_q8_0), SPV_ENTRY(mmcw_q4_k), SPV_ENTRY(mmcw_q5_k),
+    SPV_ENTRY(mmcw_q6_k), SPV_ENTRY(mmcw_q4_0s)
+#undef SPV_ENTRY
 };
 
 const char *kiln_vk_pipeline_name(int which) {

@@ -47,21 +47,11 @@ void attn_quant_out(uint t, uint h, uint D_, uint tid, uint nthreads) {
     if (b0 >= D_) return;
     float amax = 0.0;
     for (uint k = 0u; k < 32u; k++) amax = max(amax, abs(qs[b0 + k]));
-    float id = amax != 0.0 ? 127.0 / amax : 0.0;
-    int sum = 0;
-    for (uint w = 0u; w < 8u; w++) {
-        uint word = 0u;
-        for (uint k = 0u; k < 4u; k++) {
-            int q = clamp(int(roundEven(qs[b0 + 4u * w + k] * id)), -127, 127);
-            sum += q;
-            word |= (uint(q) & 0xffu) << (8u * k);
-        }
-        AQ[a + (e0 + b0) / 4u + w] = word;
-    }
     uint blk = (e0 + b0) / 32u;
-    float dd = amax / 127.0;
-    AQ[a + p.row_k / 4u + blk] = floatBitsToUint(h2f(f2h(dd)));
-    if (p.qmode == 4u) AQ[a + p.row_k / 4u + p.row_k / 32u + blk] = floatBitsToUint(h2f(f2h(dd * float(sum))));
+#define ATTN_Q8_X(k) qs[b0 + (k)]
+    KILN_Q8_BLOCK_STORE(ATTN_Q8_X, amax, a + (e0 + b0) / 4u, a + p.row_k / 4u + blk, p.qmode == 4u,
+                        a + p.row_k / 4u + p.row_k / 32u + blk)
+#undef ATTN_Q8_X
 }
 
 #endif

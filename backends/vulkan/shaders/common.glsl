@@ -64,6 +64,30 @@ uint f2bf(float f) {
     return (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
 }
 
+/* quant_act.comp's Q8_0/Q8_1 block, for the operations that quantize their
+ * own output (attn_io.glsl, quant_chunk.glsl): the 32 values X(0..31),
+ * whose largest magnitude is amax, as eight words of bytes at AQ[qw ..],
+ * the scale at AQ[dw] and, when q81 (Q8_1), the scaled sum at AQ[sw]. A
+ * macro: X reads the including shader's storage (a shared row) and AQ is
+ * its word buffer. */
+#define KILN_Q8_BLOCK_STORE(X, amax, qw, dw, q81, sw)                                     \
+    {                                                                                    \
+        const float q8_id = (amax) != 0.0 ? 127.0 / (amax) : 0.0;                          \
+        int q8_sum = 0;                                                                  \
+        for (uint q8_w = 0u; q8_w < 8u; q8_w++) {                                        \
+            uint q8_word = 0u;                                                           \
+            for (uint q8_k = 0u; q8_k < 4u; q8_k++) {                                    \
+                int q8_q = clamp(int(roundEven(X(4u * q8_w + q8_k) * q8_id)), -127, 127);  \
+                q8_sum += q8_q;                                                          \
+                q8_word |= (uint(q8_q) & 0xffu) << (8u * q8_k);                          \
+            }                                                                            \
+            AQ[(qw) + q8_w] = q8_word;                                                   \
+        }                                                                                \
+        const float q8_d = (amax) / 127.0;                                               \
+        AQ[dw] = floatBitsToUint(h2f(f2h(q8_d)));                                        \
+        if (q81) AQ[sw] = floatBitsToUint(h2f(f2h(q8_d * float(q8_sum))));               \
+    }
+
 /* signed byte j (0..3) of a word */
 int sb(uint w, uint j) { return bitfieldExtract(int(w), int(j * 8u), 8); }
 /* unsigned byte j of a word */

@@ -122,20 +122,9 @@ void quant_row_regs(float v[16], uint tid, uint a, uint K, uint mode) { /* K <= 
         }
     if (mode != 5u) {
         if (b >= nb) return;
-        float id = amax != 0.0 ? 127.0 / amax : 0.0;
-        int sum = 0;
-        for (uint w = 0u; w < 8u; w++) {
-            uint word = 0u;
-            for (uint k = 0u; k < 4u; k++) {
-                int q = clamp(int(roundEven(qrow[pe + 4u * w + k] * id)), -127, 127);
-                sum += q;
-                word |= (uint(q) & 0xffu) << (8u * k);
-            }
-            AQ[a + e0 / 4u + w] = word;
-        }
-        float dd = amax / 127.0;
-        AQ[a + K / 4u + b] = floatBitsToUint(h2f(f2h(dd)));
-        if (mode == 4u) AQ[a + K / 4u + K / 32u + b] = floatBitsToUint(h2f(f2h(dd * float(sum))));
+#define QROW_Q8_X(k) qrow[pe + (k)]
+        KILN_Q8_BLOCK_STORE(QROW_Q8_X, amax, a + e0 / 4u, a + K / 4u + b, mode == 4u, a + K / 4u + K / 32u + b)
+#undef QROW_Q8_X
         return;
     }
     if (b < nb) {
