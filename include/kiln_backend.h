@@ -282,6 +282,18 @@ typedef struct kiln_backend_iface {
      * once. On failure the bytes may be half rearranged: the core frees the
      * buffer. Absent: weights keep the GGUF layout. */
     kiln_status (*weight_prepare)(kiln_bk_device *dev, const kiln_bk_tensor *w, int32_t *layout);
+
+    /* OPTIONAL: rope_kv_store(q, k, v, rq, rk, k_cache, v_cache, kv_dim),
+     * then attention(q, k_cache, v_cache, attn, dst), with those
+     * operations' arithmetic and checks (so the same bits), in one launch
+     * where the backend can (a decode step's single token: the token's own
+     * K/V row is taken from registers while it is being stored). Afterwards
+     * q and k hold either their roped values or their inputs (the core
+     * reads neither again). Absent: the core calls the two. */
+    kiln_status (*rope_kv_attention)(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k,
+                                     const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
+                                     kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim,
+                                     const kiln_bk_attn *attn, kiln_bk_tensor *dst);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

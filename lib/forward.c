@@ -98,6 +98,7 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
     const bool fused = KILN_BK_HAS(bk, add_rms_norm);
     const bool multi = KILN_BK_HAS(bk, matmul_multi);
     const bool rope_store = KILN_BK_HAS(bk, rope_kv_store);
+    const bool rope_attn = KILN_BK_HAS(bk, rope_kv_attention);
     for (uint32_t il = g->l0; il < g->l1; il++) {
         const kiln_layer_weights *L = &m->layers[il];
         if (il == g->l0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
@@ -118,14 +119,18 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             CHECK(bk->rms_norm(dev, &qh, &L->q_norm, hp->rms_eps, &qh));
             CHECK(bk->rms_norm(dev, &kh, &L->k_norm, hp->rms_eps, &kh));
         }
-        if (rope_store) {
-            CHECK(bk->rope_kv_store(dev, &q, &k, &v, &rq, &rk, kv->k[il], kv->v[il], (uint32_t)KV));
+        if (rope_attn) {
+            CHECK(bk->rope_kv_attention(dev, &q, &k, &v, &rq, &rk, kv->k[il], kv->v[il], (uint32_t)KV, &at, &a));
         } else {
-            CHECK(bk->rope(dev, &q, &rq));
-            CHECK(bk->rope(dev, &k, &rk));
-            CHECK(bk->kv_store(dev, &k, &v, kv->k[il], kv->v[il], (uint32_t)KV));
+            if (rope_store) {
+                CHECK(bk->rope_kv_store(dev, &q, &k, &v, &rq, &rk, kv->k[il], kv->v[il], (uint32_t)KV));
+            } else {
+                CHECK(bk->rope(dev, &q, &rq));
+                CHECK(bk->rope(dev, &k, &rk));
+                CHECK(bk->kv_store(dev, &k, &v, kv->k[il], kv->v[il], (uint32_t)KV));
+            }
+            CHECK(bk->attention(dev, &q, kv->k[il], kv->v[il], &at, &a));
         }
-        CHECK(bk->attention(dev, &q, kv->k[il], kv->v[il], &at, &a));
         CHECK(bk->matmul(dev, &L->wo, &a, &h));
         if (fused) {
             CHECK(bk->add_rms_norm(dev, &x, &h, &x, &L->ffn_norm, hp->rms_eps, &h));

@@ -1108,6 +1108,7 @@ static const kiln_backend_iface cuda_iface = {
     kcu_matmul_multi,
     kcu_rope_kv_store,
     kcu_weight_prepare,
+    NULL, /* rope_kv_attention: the core calls rope_kv_store, then attention */
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

@@ -55,6 +55,7 @@ static const kiln_backend_iface vk_iface = {
     .add_rms_norm = kiln_vk_add_rms_norm, /* vk_ops.c */
     .matmul_multi = kiln_vk_matmul_multi,
     .rope_kv_store = kiln_vk_rope_kv_store,
+    .rope_kv_attention = kiln_vk_rope_kv_attention,
     .weight_prepare = kiln_vk_weight_prepare, /* vk_layout.c */
 };
 

@@ -98,7 +98,8 @@ enum {
     KILN_VK_P_MMVM1_IDOT_FIRST = KILN_VK_P_MMV1_IDOT_FIRST + 4, /* mmvm1_ with integer dot products */
     KILN_VK_P_IDOT_END = KILN_VK_P_MMVM1_IDOT_FIRST + 4,
     KILN_VK_P_MMCW_FIRST = KILN_VK_P_IDOT_END,         /* mmc, warp-specialized (KILN_VK_MMC_WS) */
-    KILN_VK_P_COUNT = KILN_VK_P_MMCW_FIRST + KILN_VK_N_SLOTS
+    KILN_VK_P_ATTN_DEC_ROPE = KILN_VK_P_MMCW_FIRST + KILN_VK_N_SLOTS, /* rope_kv + attn_dec of one token (rope_kv_attention) */
+    KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
  * product variant (split Q4_0, Q8_0, Q4_K, Q6_K): their index 0..3 in the
@@ -112,7 +113,7 @@ int kiln_vk_type_slot(int32_t type);
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
-#define KILN_VK_MAX_BINDINGS 6
+#define KILN_VK_MAX_BINDINGS 7
 #define KILN_VK_PUSH_BYTES 128
 
 /* ---- memory ---- */
@@ -328,7 +329,7 @@ struct kiln_bk_device {
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     bool barrier_full;       /* KILN_VK_BARRIER_FULL: between dispatches the full barrier
                                 (all stages), not the compute-only one */
-    bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store run the separate ops */
+    bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store, rope_kv_attention run the separate ops */
     uint32_t no_fused_mask;  /* KILN_VK_NO_FUSED=MASK: which fusions are off (vk_device.c) */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
     bool no_weight_layout;   /* KILN_VK_LAYOUT=0: weight_prepare keeps every weight in the GGUF layout */
@@ -466,6 +467,10 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
 kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                                   const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
                                   kiln_bk_buffer *v_cache, uint32_t kv_dim);
+kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k,
+                                      const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
+                                      kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim,
+                                      const kiln_bk_attn *attn, kiln_bk_tensor *dst);
 /* ---- vk_layout.c ---- */
 /* iface weight_prepare: Q4_0 weights whose rows allow it go to the split
  * layout (KILN_VK_LAYOUT_Q4_0_SPLIT); everything else stays as uploaded. */

@@ -58,6 +58,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5);
+    if (which == KILN_VK_P_ATTN_DEC_ROPE) return (1u << 1) | (1u << 2) | (1u << 3) | (1u << 5);
     if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS) return 1u << 1;
     /* and the quantized activations (act_produce) */
@@ -979,38 +980,69 @@ kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const
 
 #define KILN_VK_ATTN_MAX_HEAD_DIM 256 /* attention.comp MAXD */
 
-kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
-                              const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
+/* attention's checks: *a the parameters (zeros for fields the caller's
+ * struct lacks), *qe and *de the extents of q and dst, *need the bytes of
+ * each cache its cells span; *noop when the ubatch has no tokens. */
+static kiln_status attn_check(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
+                              const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, const kiln_bk_tensor *dst,
+                              kiln_bk_attn *a, uint64_t *qe, uint64_t *de, uint64_t *need, bool *noop) {
     kiln_status st;
-    uint64_t qe, de;
+    *noop = true;
     if (!dev || !k_cache || !v_cache || !attn)
         return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: NULL device, cache or parameters");
-    if ((st = need_ubatch(dev, "attention")) || (st = tensor_check(q, KILN_VK_T_F32, "attention", "q", &qe)) ||
-        (st = tensor_check(dst, KILN_VK_T_F32, "attention", "dst", &de)))
+    if ((st = need_ubatch(dev, "attention")) || (st = tensor_check(q, KILN_VK_T_F32, "attention", "q", qe)) ||
+        (st = tensor_check(dst, KILN_VK_T_F32, "attention", "dst", de)))
         return st;
-    kiln_bk_attn a;
-    memset(&a, 0, sizeof a);
-    memcpy(&a, attn, attn->struct_size < sizeof a ? attn->struct_size : sizeof a);
+    memset(a, 0, sizeof *a);
+    memcpy(a, attn, attn->struct_size < sizeof *a ? attn->struct_size : sizeof *a);
     const kiln_vk_ubatch *ub = &dev->ub;
-    if (a.n_head == 0 || a.n_head_kv == 0 || a.n_head % a.n_head_kv || a.head_dim == 0)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: %u heads, %u kv heads, head_dim %u", a.n_head,
-                          a.n_head_kv, a.head_dim);
-    const uint64_t qw = (uint64_t)a.n_head * a.head_dim;
+    if (a->n_head == 0 || a->n_head_kv == 0 || a->n_head % a->n_head_kv || a->head_dim == 0)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: %u heads, %u kv heads, head_dim %u", a->n_head,
+                          a->n_head_kv, a->head_dim);
+    const uint64_t qw = (uint64_t)a->n_head * a->head_dim;
     if ((uint64_t)q->ne[0] < qw || dst->ne[0] != q->ne[0] || q->ne[1] != ub->n_tokens || dst->ne[1] != q->ne[1])
         return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: q %lldx%lld, dst %lldx%lld for %u heads of %u, %u tokens",
                           (long long)q->ne[0], (long long)q->ne[1], (long long)dst->ne[0], (long long)dst->ne[1],
-                          a.n_head, a.head_dim, ub->n_tokens);
+                          a->n_head, a->head_dim, ub->n_tokens);
     if (ub->n_tokens == 0) return KILN_OK;
     if (!ub->has_attn) return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: the ubatch has no block tables");
-    if (a.head_dim > KILN_VK_ATTN_MAX_HEAD_DIM || a.head_dim % 2)
-        return kiln_error(KILN_E_UNSUPPORTED, "vulkan attention: head_dim %u (even, at most %d)", a.head_dim,
+    if (a->head_dim > KILN_VK_ATTN_MAX_HEAD_DIM || a->head_dim % 2)
+        return kiln_error(KILN_E_UNSUPPORTED, "vulkan attention: head_dim %u (even, at most %d)", a->head_dim,
                           KILN_VK_ATTN_MAX_HEAD_DIM);
-    const uint32_t kv_dim = a.n_head_kv * a.head_dim;
-    uint64_t need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
-    if (k_cache->size < need || v_cache->size < need)
+    const uint32_t kv_dim = a->n_head_kv * a->head_dim;
+    *need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
+    if (k_cache->size < *need || v_cache->size < *need)
         return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: caches of %llu/%llu bytes, %u cells need %llu",
                           (unsigned long long)k_cache->size, (unsigned long long)v_cache->size, ub->n_cells,
-                          (unsigned long long)need);
+                          (unsigned long long)*need);
+    *noop = false;
+    return KILN_OK;
+}
+
+/* attn_dec.comp for small ubatches on subgroup devices (a row's bits
+ * depend only on its own positions there too, so decode and verify rows
+ * agree) */
+static bool attn_dec_usable(const kiln_bk_device *dev) {
+    return dev->sh->subgroup_add && dev->sh->subgroup_size >= 8 && dev->sh->subgroup_size <= 32 && !dev->attn_dec_old;
+}
+
+/* The dst modes attention can quantize its output to for the next matmul:
+ * where a head holds whole blocks (F16/BF16 rounding; Q8_0/Q8_1 with
+ * head_dim % 32 == 0) and the heads fill the row. */
+static uint32_t attn_out_modes(const kiln_bk_attn *a, const kiln_bk_tensor *dst) {
+    return (uint64_t)dst->ne[0] != (uint64_t)a->n_head * a->head_dim ? 0u : a->head_dim % 32 ? 0x6u : 0x1eu;
+}
+
+kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
+                              const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t qe, de, need;
+    bool noop;
+    kiln_bk_attn a;
+    if ((st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe, &de, &need, &noop)) || noop) return st;
+    const kiln_vk_ubatch *ub = &dev->ub;
+    const uint64_t qw = (uint64_t)a.n_head * a.head_dim;
+    const uint32_t kv_dim = a.n_head_kv * a.head_dim;
     kiln_vk_bind b[6];
     struct {
         uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
@@ -1077,18 +1109,11 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     pc.nkv_off = 2 * ub->n_tokens;
     pc.bt_off = 3 * ub->n_tokens;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    /* the output quantized for the next matmul where a head holds whole
-     * blocks (F16/BF16 rounding; Q8_0/Q8_1 with head_dim % 32 == 0) and the
-     * heads fill the row */
-    const uint32_t modes = (uint64_t)dst->ne[0] != qw ? 0u : a.head_dim % 32 ? 0x6u : 0x1eu;
-    if ((st = act_produce(dev, dst, de, modes, &b[5], &pc.qmode, &pc.q_words, "attention"))) return st;
+    if ((st = act_produce(dev, dst, de, attn_out_modes(&a, dst), &b[5], &pc.qmode, &pc.q_words, "attention")))
+        return st;
     pc.row_k = (uint32_t)qw;
-    /* subgroup devices: attn_dec.comp (a row's bits depend only on its
-     * own positions there too, so decode and verify rows agree) */
-    const bool dec = dev->sh->subgroup_add && dev->sh->subgroup_size >= 8 && dev->sh->subgroup_size <= 32 &&
-                     !dev->attn_dec_old;
-    st = kiln_vk_dispatch(dev, dec ? KILN_VK_P_ATTN_DEC : KILN_VK_P_ATTENTION, b, 6, &pc, sizeof pc, a.n_head,
-                          ub->n_tokens, 1);
+    st = kiln_vk_dispatch(dev, attn_dec_usable(dev) ? KILN_VK_P_ATTN_DEC : KILN_VK_P_ATTENTION, b, 6, &pc, sizeof pc,
+                          a.n_head, ub->n_tokens, 1);
     if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
     return st;
 }
@@ -1253,6 +1278,43 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
 /* rope(q), rope(k), kv_store(k, v) in one dispatch (rope_kv.comp) where q,
  * k and v are rows of one buffer and both ropes use one table; otherwise
  * the three operations. Every check runs before anything is recorded. */
+/* Whether rope_kv.comp's work can be done in one dispatch: q, k and v in
+ * one buffer (their bytes [*lo, *hi) of it, addressable in 32-bit words)
+ * and both ropes with one table. */
+static bool rope_kv_fusable(const kiln_bk_tensor *q, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                            const kiln_bk_rope *r1, const kiln_bk_rope *r2, uint64_t qe, uint64_t ke, uint64_t ve,
+                            uint32_t kv_dim, uint64_t *lo, uint64_t *hi) {
+    const uint32_t half = r1->n_rot / 2;
+    bool fuse = q->buf == k->buf && v->buf == k->buf && r1->mode == r2->mode && r1->head_dim == r2->head_dim &&
+                r1->n_rot == r2->n_rot && r1->freq_base == r2->freq_base && r1->freq_scale == r2->freq_scale &&
+                !r1->freq_factors == !r2->freq_factors &&
+                (!r1->freq_factors || r1->freq_factors == r2->freq_factors ||
+                 memcmp(r1->freq_factors, r2->freq_factors, half * sizeof(float)) == 0) &&
+                r1->n_rot > 0 && r1->n_head > 0 && r1->head_dim % 2 == 0 &&
+                r1->head_dim <= KILN_VK_ROPE_KV_MAX_HEAD_DIM && (uint64_t)r2->n_head * r2->head_dim == kv_dim;
+    *lo = UINT64_MAX;
+    *hi = 0;
+    const kiln_bk_tensor *t3[3] = {q, k, v};
+    const uint64_t e3[3] = {qe, ke, ve};
+    for (int i = 0; i < 3 && fuse; i++) {
+        if (t3[i]->offset < *lo) *lo = t3[i]->offset;
+        if (t3[i]->offset + e3[i] > *hi) *hi = t3[i]->offset + e3[i];
+    }
+    return fuse && *hi - *lo <= UINT32_MAX - 64;
+}
+
+/* The rope table and the ubatch tables in the ring (*b binds the latter);
+ * a ring reset by the second (full ring) drops the first: stage both again. */
+static kiln_status rope_kv_stage(kiln_bk_device *dev, const kiln_bk_rope *r, uint64_t *toff,
+                                 const kiln_bk_buffer **tbuf, kiln_vk_bind *b, const char *op) {
+    kiln_status st;
+    for (int tries = 0; tries < 2; tries++) {
+        if ((st = rope_table(dev, r, toff, tbuf)) || (st = ubatch_bind(dev, b, op))) return st;
+        if (dev->rope.ring_epoch == dev->ring_epoch) return KILN_OK;
+    }
+    return kiln_error(KILN_E_INTERNAL, "vulkan %s: the staging ring cannot hold the ubatch's tables", op);
+}
+
 kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                                   const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
                                   kiln_bk_buffer *v_cache, uint32_t kv_dim) {
@@ -1263,37 +1325,18 @@ kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_b
     if ((st = rope_check(dev, q, rq, &r1, &qe)) || (st = rope_check(dev, k, rk, &r2, &ke)) ||
         (st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke2, &ve, &need, &noop)))
         return st;
+    uint64_t lo, hi;
+    const bool fuse = !noop && !(dev->no_fused_mask & 16u) &&
+                      rope_kv_fusable(q, k, v, &r1, &r2, qe, ke, ve, kv_dim, &lo, &hi);
     const uint32_t half = r1.n_rot / 2;
-    bool fuse = !noop && !(dev->no_fused_mask & 16u) && q->buf == k->buf && v->buf == k->buf && r1.mode == r2.mode && r1.head_dim == r2.head_dim &&
-                r1.n_rot == r2.n_rot && r1.freq_base == r2.freq_base && r1.freq_scale == r2.freq_scale &&
-                !r1.freq_factors == !r2.freq_factors &&
-                (!r1.freq_factors || r1.freq_factors == r2.freq_factors ||
-                 memcmp(r1.freq_factors, r2.freq_factors, half * sizeof(float)) == 0) &&
-                r1.n_rot > 0 && r1.n_head > 0 && r1.head_dim % 2 == 0 && r1.head_dim <= KILN_VK_ROPE_KV_MAX_HEAD_DIM &&
-                (uint64_t)r2.n_head * r2.head_dim == kv_dim;
-    uint64_t lo = UINT64_MAX, hi = 0;
-    const kiln_bk_tensor *t3[3] = {q, k, v};
-    const uint64_t e3[3] = {qe, ke, ve};
-    for (int i = 0; i < 3 && fuse; i++) {
-        if (t3[i]->offset < lo) lo = t3[i]->offset;
-        if (t3[i]->offset + e3[i] > hi) hi = t3[i]->offset + e3[i];
-    }
-    if (fuse) fuse = hi - lo <= UINT32_MAX - 64;
     if (!fuse) {
         if ((st = kiln_vk_rope(dev, q, rq)) || (st = kiln_vk_rope(dev, k, rk))) return st;
         return kiln_vk_kv_store(dev, k, v, k_cache, v_cache, kv_dim);
     }
-    /* the rope table and the ubatch tables in the ring; a ring reset by
-     * the second (full ring) drops the first: stage both again */
     uint64_t toff = 0;
     const kiln_bk_buffer *tbuf = NULL;
     kiln_vk_bind b[5];
-    for (int tries = 0; tries < 2; tries++) {
-        if ((st = rope_table(dev, &r1, &toff, &tbuf)) || (st = ubatch_bind(dev, &b[4], "rope_kv_store"))) return st;
-        if (dev->rope.ring_epoch == dev->ring_epoch) break;
-    }
-    if (dev->rope.ring_epoch != dev->ring_epoch)
-        return kiln_error(KILN_E_INTERNAL, "vulkan rope_kv_store: the staging ring cannot hold the ubatch's tables");
+    if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_store"))) return st;
     const uint32_t rows = dev->ub.n_tokens;
     struct {
         uint32_t q_off, q_stride, k_off, k_stride, v_off, v_stride;
@@ -1326,4 +1369,82 @@ kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_b
     kiln_vk_act_written(dev, k_cache, 0, need);
     kiln_vk_act_written(dev, v_cache, 0, need);
     return kiln_vk_dispatch(dev, KILN_VK_P_ROPE_KV, b, 5, &pc, sizeof pc, pc.q_groups + r2.n_head, rows, 1);
+}
+
+/* rope_kv_store + attention. A single token on a subgroup device (a decode
+ * step) in one dispatch of attn_dec_rope.comp: each workgroup ropes its
+ * head of q and its KV head of k itself, the group's first head stores k
+ * and v, and the token's own row is read from shared memory (the same F16
+ * values), so nothing waits for a store in the same dispatch. Several
+ * tokens (a verify batch may attend to its own new rows, stored by other
+ * workgroups) and everything else: the two operations. */
+kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k,
+                                      const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
+                                      kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim,
+                                      const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
+    kiln_status st;
+    kiln_bk_rope r1, r2;
+    kiln_bk_attn a;
+    uint64_t qe, ke, ke2, ve, need, qe2, de, need2, lo, hi;
+    bool noop, noop2;
+    if ((st = rope_check(dev, q, rq, &r1, &qe)) || (st = rope_check(dev, k, rk, &r2, &ke)) ||
+        (st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke2, &ve, &need, &noop)) ||
+        (st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe2, &de, &need2, &noop2)))
+        return st;
+    const kiln_vk_ubatch *ub = &dev->ub;
+    const bool fuse = !noop && !noop2 && ub->n_tokens == 1 && !(dev->no_fused_mask & 32u) && attn_dec_usable(dev) &&
+                      rope_kv_fusable(q, k, v, &r1, &r2, qe, ke, ve, kv_dim, &lo, &hi) &&
+                      r1.n_head == a.n_head && r1.head_dim == a.head_dim && r2.n_head == a.n_head_kv &&
+                      need == need2 && (uint64_t)r1.n_head * r1.head_dim == (uint64_t)q->ne[0];
+    if (!fuse) {
+        if ((st = kiln_vk_rope_kv_store(dev, q, k, v, rq, rk, k_cache, v_cache, kv_dim))) return st;
+        return kiln_vk_attention(dev, q, k_cache, v_cache, attn, dst);
+    }
+    struct {
+        uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
+        float scale;
+        uint32_t block_size, tab_off, nkv_off, bt_off;
+        uint32_t qmode, q_words, row_k;
+        uint32_t k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
+    } pc;
+    uint64_t toff = 0;
+    const kiln_bk_buffer *tbuf = NULL;
+    kiln_vk_bind b[7];
+    uint32_t rem;
+    if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_attention")) ||
+        (st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_attention")) ||
+        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[1], NULL, "rope_kv_attention")) ||
+        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[2], NULL, "rope_kv_attention")) ||
+        (st = bind_f32(dev, dst, de, &b[3], &pc.d_off, &pc.d_stride, "rope_kv_attention")) ||
+        (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)ub->n_tokens * r1.n_rot * sizeof(float), &b[6], NULL,
+                                 "rope_kv_attention")))
+        return st;
+    pc.q_off = (uint32_t)((rem + (q->offset - lo)) / 4);
+    pc.k_off = (uint32_t)((rem + (k->offset - lo)) / 4);
+    pc.v_off = (uint32_t)((rem + (v->offset - lo)) / 4);
+    pc.q_stride = (uint32_t)(q->row_stride / 4);
+    pc.k_stride = (uint32_t)(k->row_stride / 4);
+    pc.v_stride = (uint32_t)(v->row_stride / 4);
+    pc.n_head = a.n_head;
+    pc.n_head_kv = a.n_head_kv;
+    pc.head_dim = a.head_dim;
+    pc.kv_dim = kv_dim;
+    pc.scale = a.scale;
+    pc.block_size = ub->block_size ? ub->block_size : 1;
+    pc.tab_off = ub->n_tokens;
+    pc.nkv_off = 2 * ub->n_tokens;
+    pc.bt_off = 3 * ub->n_tokens;
+    pc.n_rot = r1.n_rot;
+    pc.mode = (uint32_t)r1.mode;
+    pc.t_off = 0;
+    pc.cell_off = 0;
+    kiln_vk_act_written(dev, k_cache, 0, need);
+    kiln_vk_act_written(dev, v_cache, 0, need);
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    if ((st = act_produce(dev, dst, de, attn_out_modes(&a, dst), &b[5], &pc.qmode, &pc.q_words, "rope_kv_attention")))
+        return st;
+    pc.row_k = (uint32_t)((uint64_t)a.n_head * a.head_dim);
+    st = kiln_vk_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 7, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
+    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    return st;
 }

@@ -315,6 +315,7 @@ SPV_DECL(mmv1_q4_0s_idot) SPV_DECL(mmv1_q8_0_idot) SPV_DECL(mmv1_q4_k_idot) SPV_
 SPV_DECL(mmvm1_q4_0s_idot) SPV_DECL(mmvm1_q8_0_idot) SPV_DECL(mmvm1_q4_k_idot) SPV_DECL(mmvm1_q6_k_idot)
 SPV_DECL(mmcw_f32) SPV_DECL(mmcw_f16) SPV_DECL(mmcw_bf16) SPV_DECL(mmcw_q4_0) SPV_DECL(mmcw_q4_1) SPV_DECL(mmcw_q5_0)
 SPV_DECL(mmcw_q5_1) SPV_DECL(mmcw_q8_0) SPV_DECL(mmcw_q4_k) SPV_DECL(mmcw_q5_k) SPV_DECL(mmcw_q6_k) SPV_DECL(mmcw_q4_0s)
+SPV_DECL(attn_dec_rope)
 #undef SPV_DECL
 
 static const struct {
@@ -473,7 +474,8 @@ static const struct {
     SPV_ENTRY(mmvm1_q4_0s_idot), SPV_ENTRY(mmvm1_q8_0_idot), SPV_ENTRY(mmvm1_q4_k_idot), SPV_ENTRY(mmvm1_q6_k_idot),
     SPV_ENTRY(mmcw_f32), SPV_ENTRY(mmcw_f16), SPV_ENTRY(mmcw_bf16), SPV_ENTRY(mmcw_q4_0), SPV_ENTRY(mmcw_q4_1),
     SPV_ENTRY(mmcw_q5_0), SPV_ENTRY(mmcw_q5_1), SPV_ENTRY(mmcw_q8_0), SPV_ENTRY(mmcw_q4_k), SPV_ENTRY(mmcw_q5_k),
-    SPV_ENTRY(mmcw_q6_k), SPV_ENTRY(mmcw_q4_0s)
+    SPV_ENTRY(mmcw_q6_k), SPV_ENTRY(mmcw_q4_0s),
+    SPV_ENTRY(attn_dec_rope)
 #undef SPV_ENTRY
 };
 

@@ -9,12 +9,23 @@
 
 #define MAXD 256u
 
+/* KILN_ATTN_DEC_ROPE (attn_dec_rope.comp): binding 0 holds q, k and v
+ * (rows of one buffer), the caches are written, binding 6 is rope_kv.comp's
+ * table of cosines and sines, and the push constants go on with rope_kv's. */
+#ifdef KILN_ATTN_DEC_ROPE
+#define KILN_ATTN_KV_ACCESS
+#else
+#define KILN_ATTN_KV_ACCESS readonly
+#endif
 layout(binding = 0) readonly buffer QB { float Q[]; };
-layout(binding = 1) readonly buffer KC { uint KCache[]; };
-layout(binding = 2) readonly buffer VC { uint VCache[]; };
+layout(binding = 1) KILN_ATTN_KV_ACCESS buffer KC { uint KCache[]; };
+layout(binding = 2) KILN_ATTN_KV_ACCESS buffer VC { uint VCache[]; };
 layout(binding = 3) writeonly buffer DB { float D[]; };
 layout(binding = 4) readonly buffer UB { int U[]; };
 layout(binding = 5) buffer AQB { uint AQ[]; };
+#ifdef KILN_ATTN_DEC_ROPE
+layout(binding = 6) readonly buffer TB { float T[]; };
+#endif
 
 layout(push_constant) uniform P {
     uint q_off, q_stride, d_off, d_stride;
@@ -22,6 +33,9 @@ layout(push_constant) uniform P {
     float scale;
     uint block_size, tab_off, nkv_off, bt_off;
     uint qmode, a_stride, row_k;  /* row_k: elements of a dst row (n_head * head_dim) */
+#ifdef KILN_ATTN_DEC_ROPE
+    uint k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
+#endif
 } p;
 
 #include "common.glsl"
