@@ -497,6 +497,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->mmc_old = getenv("KILN_VK_MMC_OLD") != NULL;
     dev->attn_old = getenv("KILN_VK_ATTN_OLD") != NULL;
     dev->attn_dec_old = getenv("KILN_VK_ATTN_DEC_OLD") != NULL;
+    dev->stage_near = getenv("KILN_VK_STAGE_NEAR") != NULL;
     dev->attn_no_mc = getenv("KILN_VK_ATTN_PORTABLE") != NULL;
     dev->attn_eager = getenv("KILN_VK_ATTN_EAGER") != NULL;
     dev->barrier_all = getenv("KILN_VK_BARRIER_ALL") != NULL;

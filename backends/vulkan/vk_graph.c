@@ -174,7 +174,16 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     ai.commandBufferCount = 1;
     VkResult r = vkAllocateCommandBuffers(dev->sh->device, &ai, &g->cmd);
     if (r != VK_SUCCESS) g->cmd = VK_NULL_HANDLE;
-    if (r != VK_SUCCESS || kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST, KILN_VK_STAGE_BYTES, &g->stage) != KILN_OK) {
+    /* KILN_VK_STAGE_NEAR=1: the stage in device memory the host maps (a
+     * BAR) where the device has it. Every replay's kernels read these
+     * tables (block tables, rope table, ids); on the H100 that took 0.05-0.1
+     * ms of GPU time off a 7B decode step, but the step's wall time grew by
+     * ~0.4 ms (the host's staging into that memory), so system memory stays
+     * the default (bench/NOTES.md, session 8) */
+    kiln_status sst = KILN_E_UNSUPPORTED;
+    if (r == VK_SUCCESS && dev->stage_near) sst = kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST_NEAR, KILN_VK_STAGE_BYTES, &g->stage);
+    if (r == VK_SUCCESS && sst != KILN_OK) sst = kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST, KILN_VK_STAGE_BYTES, &g->stage);
+    if (r != VK_SUCCESS || sst != KILN_OK) {
         graph_free(dev, g);
         dev->graph_mode = 3;
         return KILN_OK;

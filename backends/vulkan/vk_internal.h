@@ -113,13 +113,16 @@ int kiln_vk_type_slot(int32_t type);
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
-#define KILN_VK_MAX_BINDINGS 7
+#define KILN_VK_MAX_BINDINGS 9
 #define KILN_VK_PUSH_BYTES 128
 
 /* ---- memory ---- */
 
 #define KILN_VK_MEM_DEVICE 0  /* device-local: weights, KV, transient */
 #define KILN_VK_MEM_HOST 1    /* host-visible, coherent: staging, ring */
+#define KILN_VK_MEM_HOST_NEAR 2 /* host-visible, coherent, device-local where the device has such memory
+                                   (a BAR): the small tables a recorded step reads (graph stages) */
+#define KILN_VK_MEM_KINDS 3
 
 typedef struct kiln_vk_block kiln_vk_block;
 typedef struct kiln_vk_chunk kiln_vk_chunk;
@@ -137,6 +140,7 @@ struct kiln_vk_chunk {
     VkBuffer buf;
     uint64_t size, used;
     uint8_t *map;            /* host kind: persistently mapped */
+    bool device_local;       /* its memory type is device-local (counted as device memory) */
     int kind;                /* KILN_VK_MEM_* */
     bool dedicated;          /* made for one large buffer; freed with it */
     kiln_vk_block *blocks;
@@ -215,7 +219,7 @@ struct kiln_vk_shared {
     bool is_cpu;                  /* a CPU implementation: fewer, larger workgroups */
     bool keep_open;               /* a CPU device: kept after its last handle closes */
     char name[128];
-    kiln_vk_chunk *chunks[2];
+    kiln_vk_chunk *chunks[KILN_VK_MEM_KINDS];
     uint64_t mem_gen;             /* bumped (atomically) whenever a chunk is destroyed */
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
@@ -322,6 +326,7 @@ struct kiln_bk_device {
     bool no_tiled;           /* KILN_VK_NO_TILED: batches use the row-group matmul too (tests) */
     bool no_mmv;             /* KILN_VK_NO_MMV: decode uses the row-group kernels (mm/mmsg) */
     bool mmc_old;            /* KILN_VK_MMC_OLD: batches on matrix cores use mmc1.glsl (comparisons) */
+    bool stage_near;         /* KILN_VK_STAGE_NEAR: graph stages in device memory the host maps (vk_graph.c) */
     bool attn_dec_old;       /* KILN_VK_ATTN_DEC_OLD: small ubatches on attention.comp, not attn_dec.comp (comparisons) */
     bool attn_old;           /* KILN_VK_ATTN_OLD: prefill attention on attention.comp too (comparisons) */
     bool attn_eager;         /* KILN_VK_ATTN_EAGER: attn_tile rescales whenever a row's max grows (tests) */

@@ -87,10 +87,10 @@ static kiln_status chunk_create(kiln_vk_shared *sh, int kind, uint64_t size, boo
     vkGetBufferMemoryRequirements(sh->device, c->buf, &req);
     VkPhysicalDeviceMemoryProperties mp;
     vkGetPhysicalDeviceMemoryProperties(sh->phys, &mp);
-    int t = kind == KILN_VK_MEM_DEVICE
-                ? find_type(&mp, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0)
-                : find_type(&mp, req.memoryTypeBits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT,
-                            VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
+    const VkMemoryPropertyFlags hvc = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    int t = kind == KILN_VK_MEM_DEVICE ? find_type(&mp, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, 0)
+            : kind == KILN_VK_MEM_HOST ? find_type(&mp, req.memoryTypeBits, hvc, VK_MEMORY_PROPERTY_HOST_CACHED_BIT)
+                                       : find_type(&mp, req.memoryTypeBits, hvc, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
     if (t < 0 && kind == KILN_VK_MEM_DEVICE) t = find_type(&mp, req.memoryTypeBits, 0, 0);
     if (t < 0) {
         chunk_destroy(sh, c);
@@ -100,6 +100,7 @@ static kiln_status chunk_create(kiln_vk_shared *sh, int kind, uint64_t size, boo
     VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
     ai.allocationSize = req.size;
     ai.memoryTypeIndex = (uint32_t)t;
+    c->device_local = (mp.memoryTypes[t].propertyFlags & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) != 0;
     r = vkAllocateMemory(sh->device, &ai, NULL, &c->mem);
     if (r != VK_SUCCESS) {
         c->mem = VK_NULL_HANDLE;
@@ -222,7 +223,7 @@ void kiln_vk_mem_free(kiln_vk_shared *sh, kiln_bk_buffer *buf) {
 }
 
 void kiln_vk_mem_release_all(kiln_vk_shared *sh) {
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < KILN_VK_MEM_KINDS; k++) {
         while (sh->chunks[k]) {
             kiln_vk_chunk *c = sh->chunks[k];
             sh->chunks[k] = c->next;
@@ -246,7 +247,7 @@ kiln_status kiln_vk_buffer_new(kiln_bk_device *dev, int kind, uint64_t size, kil
     }
     kiln_vk_shared_ref(dev->sh); /* a buffer keeps its device alive */
     b->size = size;
-    b->usage = kind == KILN_VK_MEM_HOST ? KILN_BK_BUF_STAGING : KILN_BK_BUF_WEIGHTS;
+    b->usage = kind == KILN_VK_MEM_DEVICE ? KILN_BK_BUF_WEIGHTS : KILN_BK_BUF_STAGING;
     *out = b;
     return KILN_OK;
 }
@@ -425,12 +426,16 @@ kiln_status kiln_vk_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stats) {
     s.n_frees = pool->n_frees;
     s.n_device_allocs = pool->n_device_allocs;
     /* the handle's own buffers outside the pool: activation scratch (device),
-     * ring and recorded graphs' stages (host-visible; a recording's command
-     * buffer is the driver's host memory) */
+     * ring (host-visible) and recorded graphs' stages (host-visible, in
+     * device memory where the device maps it; a recording's command buffer
+     * is the driver's host memory) */
     s.bytes_internal = dev->act ? dev->act->capacity : 0;
     s.bytes_internal_host = dev->ring ? dev->ring->capacity : 0;
-    for (int i = 0; i < dev->n_graphs; i++)
-        if (dev->graphs[i].stage) s.bytes_internal_host += dev->graphs[i].stage->capacity;
+    for (int i = 0; i < dev->n_graphs; i++) {
+        const kiln_bk_buffer *st = dev->graphs[i].stage;
+        if (st && st->chunk->device_local) s.bytes_internal += st->capacity;
+        else if (st) s.bytes_internal_host += st->capacity;
+    }
     uint32_t caller = stats->struct_size;
     memcpy(stats, &s, caller < sizeof s ? caller : sizeof s);
     stats->struct_size = caller;

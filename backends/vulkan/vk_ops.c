@@ -58,7 +58,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5);
-    if (which == KILN_VK_P_ATTN_DEC_ROPE) return (1u << 1) | (1u << 2) | (1u << 3) | (1u << 5);
+    if (which == KILN_VK_P_ATTN_DEC_ROPE) return (1u << 3) | (1u << 5) | (1u << 7) | (1u << 8);
     if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS) return 1u << 1;
     /* and the quantized activations (act_produce) */
@@ -1303,6 +1303,19 @@ static bool rope_kv_fusable(const kiln_bk_tensor *q, const kiln_bk_tensor *k, co
     return fuse && *hi - *lo <= UINT32_MAX - 64;
 }
 
+/* Where q, k and v start in a binding of their buffer from byte lo (rem:
+ * the binding's offset to lo), and their row strides, in 32-bit words. */
+static void qkv_words(const kiln_bk_tensor *q, const kiln_bk_tensor *k, const kiln_bk_tensor *v, uint64_t lo,
+                      uint32_t rem, uint32_t *q_off, uint32_t *q_stride, uint32_t *k_off, uint32_t *k_stride,
+                      uint32_t *v_off, uint32_t *v_stride) {
+    *q_off = (uint32_t)((rem + (q->offset - lo)) / 4);
+    *k_off = (uint32_t)((rem + (k->offset - lo)) / 4);
+    *v_off = (uint32_t)((rem + (v->offset - lo)) / 4);
+    *q_stride = (uint32_t)(q->row_stride / 4);
+    *k_stride = (uint32_t)(k->row_stride / 4);
+    *v_stride = (uint32_t)(v->row_stride / 4);
+}
+
 /* The rope table and the ubatch tables in the ring (*b binds the latter);
  * a ring reset by the second (full ring) drops the first: stage both again. */
 static kiln_status rope_kv_stage(kiln_bk_device *dev, const kiln_bk_rope *r, uint64_t *toff,
@@ -1350,12 +1363,7 @@ kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_b
         (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[2], NULL, "rope_kv_store")) ||
         (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[3], NULL, "rope_kv_store")))
         return st;
-    pc.q_off = (uint32_t)((rem + (q->offset - lo)) / 4);
-    pc.k_off = (uint32_t)((rem + (k->offset - lo)) / 4);
-    pc.v_off = (uint32_t)((rem + (v->offset - lo)) / 4);
-    pc.q_stride = (uint32_t)(q->row_stride / 4);
-    pc.k_stride = (uint32_t)(k->row_stride / 4);
-    pc.v_stride = (uint32_t)(v->row_stride / 4);
+    qkv_words(q, k, v, lo, rem, &pc.q_off, &pc.q_stride, &pc.k_off, &pc.k_stride, &pc.v_off, &pc.v_stride);
     pc.n_head = r1.n_head;
     pc.head_dim = r1.head_dim;
     pc.n_rot = r1.n_rot;
@@ -1392,7 +1400,7 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
         (st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe2, &de, &need2, &noop2)))
         return st;
     const kiln_vk_ubatch *ub = &dev->ub;
-    const bool fuse = !noop && !noop2 && ub->n_tokens == 1 && !(dev->no_fused_mask & 32u) && attn_dec_usable(dev) &&
+    const bool fuse = !noop && !noop2 && ub->n_tokens == 1 && ub->n_cells >= 2 && !(dev->no_fused_mask & 32u) && attn_dec_usable(dev) &&
                       rope_kv_fusable(q, k, v, &r1, &r2, qe, ke, ve, kv_dim, &lo, &hi) &&
                       r1.n_head == a.n_head && r1.head_dim == a.head_dim && r2.n_head == a.n_head_kv &&
                       need == need2 && (uint64_t)r1.n_head * r1.head_dim == (uint64_t)q->ne[0];
@@ -1409,7 +1417,7 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     } pc;
     uint64_t toff = 0;
     const kiln_bk_buffer *tbuf = NULL;
-    kiln_vk_bind b[7];
+    kiln_vk_bind b[9];
     uint32_t rem;
     if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_attention")) ||
         (st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_attention")) ||
@@ -1419,12 +1427,9 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
         (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)ub->n_tokens * r1.n_rot * sizeof(float), &b[6], NULL,
                                  "rope_kv_attention")))
         return st;
-    pc.q_off = (uint32_t)((rem + (q->offset - lo)) / 4);
-    pc.k_off = (uint32_t)((rem + (k->offset - lo)) / 4);
-    pc.v_off = (uint32_t)((rem + (v->offset - lo)) / 4);
-    pc.q_stride = (uint32_t)(q->row_stride / 4);
-    pc.k_stride = (uint32_t)(k->row_stride / 4);
-    pc.v_stride = (uint32_t)(v->row_stride / 4);
+    b[7] = b[1];
+    b[8] = b[2];
+    qkv_words(q, k, v, lo, rem, &pc.q_off, &pc.q_stride, &pc.k_off, &pc.k_stride, &pc.v_off, &pc.v_stride);
     pc.n_head = a.n_head;
     pc.n_head_kv = a.n_head_kv;
     pc.head_dim = a.head_dim;
@@ -1444,7 +1449,7 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     if ((st = act_produce(dev, dst, de, attn_out_modes(&a, dst), &b[5], &pc.qmode, &pc.q_words, "rope_kv_attention")))
         return st;
     pc.row_k = (uint32_t)((uint64_t)a.n_head * a.head_dim);
-    st = kiln_vk_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 7, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
+    st = kiln_vk_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 9, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
     if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
     return st;
 }

@@ -9,6 +9,7 @@
 # .gl/ for the loader, as test/device/vulkan.sh takes them:
 #   KILN_SHARED=$PWD/devdata/vk/shared bash test/device/vkprof.sh mistral-7b:q4_0
 # KILN_VKPROF_CUDA=1 also runs kiln-bench on CUDA (the ratio on one machine).
+# KILN_VKPROF_ENV_TS=1 also takes the timestamps under each setting.
 # KILN_VKPROF_TESTS=1 first runs test_backend_attn and test_vulkan_ops and,
 # with $KILN_SHARED, test_reference and test_draft on Vulkan.
 set -u
@@ -35,6 +36,10 @@ for spec in "$@"; do
     fi
     for e in ${KILN_VKPROF_ENV:-}; do
         echo "$e"; env ${e//,/ } "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 3 2>&1 | tail -n 1
+        if [ -n "${KILN_VKPROF_ENV_TS:-}" ]; then
+            env ${e//,/ } KILN_VK_TIMESTAMPS=1 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 1 2>&1 |
+                grep -A40 "timestamps"
+        fi
     done
     KILN_VK_TIMESTAMPS=1 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 1 2>&1 | grep -A40 "timestamps"
     rm -f "$f"

@@ -46,45 +46,67 @@ void main() {
     uint D_ = p.head_dim, D2 = p.head_dim / 2u;
     uint hk = h / (p.n_head / p.n_head_kv);
     uint qo = p.q_off + t * p.q_stride + h * D_;
-    for (uint i = tid; i < D_; i += WG) qs[i] = Q[qo + i];
     uint nkv = uint(U[p.nkv_off + t]);
     uint tab = uint(U[p.tab_off + t]);
 #ifdef KILN_ATTN_DEC_ROPE
+    /* rope_kv.comp's work for this head, every global load of it issued
+     * before the first use (one round of latency): invocation e rotates
+     * pair e of q and of k (e < n_rot / 2), copies element e past the
+     * rotated part, and rounds v's pair e to F16 */
     const uint own_cell = uint(U[p.cell_off + t]);
-    uint kb = p.k_off + t * p.k_stride + hk * D_;
-    for (uint i = tid; i < D_; i += WG) s_k[i] = Q[kb + i];
-    barrier();
-    /* rope_kv.comp's rotation of q (in place in X there) and of k */
     uint half_ = p.n_rot / 2u;
-    for (uint i = tid; i < half_; i += WG) {
-        uint ja = p.mode == 2u ? i : 2u * i;
-        uint jb = p.mode == 2u ? i + half_ : 2u * i + 1u;
-        float c = T[p.t_off + t * p.n_rot + i], s = T[p.t_off + t * p.n_rot + half_ + i];
-        float x0 = qs[ja], x1 = qs[jb];
-        precise float y0 = x0 * c - x1 * s;
-        precise float y1 = x0 * s + x1 * c;
-        qs[ja] = y0;
-        qs[jb] = y1;
-        x0 = s_k[ja];
-        x1 = s_k[jb];
-        precise float z0 = x0 * c - x1 * s;
-        precise float z1 = x0 * s + x1 * c;
-        s_k[ja] = z0;
-        s_k[jb] = z1;
+    uint kb = p.k_off + t * p.k_stride + hk * D_, vb = p.v_off + t * p.v_stride + hk * D_;
+    for (uint e = tid; e < D_; e += WG) {
+        bool rot = e < half_, tail = e >= p.n_rot, vp = 2u * e < D_;
+        uint ja = p.mode == 2u ? e : 2u * e;
+        uint jb = p.mode == 2u ? e + half_ : 2u * e + 1u;
+        float q0 = 0.0, q1 = 0.0, k0 = 0.0, k1 = 0.0, c = 0.0, sn = 0.0, qt = 0.0, kt = 0.0, v0 = 0.0, v1 = 0.0;
+        if (rot) {
+            q0 = Q[qo + ja];
+            q1 = Q[qo + jb];
+            k0 = Q[kb + ja];
+            k1 = Q[kb + jb];
+            c = T[p.t_off + t * p.n_rot + e];
+            sn = T[p.t_off + t * p.n_rot + half_ + e];
+        }
+        if (tail) {
+            qt = Q[qo + e];
+            kt = Q[kb + e];
+        }
+        if (vp) {
+            v0 = Q[vb + 2u * e];
+            v1 = Q[vb + 2u * e + 1u];
+        }
+        if (rot) {
+            precise float y0 = q0 * c - q1 * sn;
+            precise float y1 = q0 * sn + q1 * c;
+            qs[ja] = y0;
+            qs[jb] = y1;
+            precise float z0 = k0 * c - k1 * sn;
+            precise float z1 = k0 * sn + k1 * c;
+            s_k[ja] = z0;
+            s_k[jb] = z1;
+        }
+        if (tail) {
+            qs[e] = qt;
+            s_k[e] = kt;
+        }
+        if (vp) s_vp[e] = f2h(v0) | (f2h(v1) << 16); /* kv_store.comp's rounding */
     }
     barrier();
-    /* the row as F16 pairs (kv_store.comp's rounding), stored once per KV head */
-    uint vb = p.v_off + t * p.v_stride + hk * D_, ow = (own_cell * p.kv_dim + hk * D_) >> 1;
+    /* k as F16 pairs; the group's first head stores the row */
+    uint ow = (own_cell * p.kv_dim + hk * D_) >> 1;
+    bool store = h % (p.n_head / p.n_head_kv) == 0u;
     for (uint i = tid; 2u * i < D_; i += WG) {
         uint kw = f2h(s_k[2u * i]) | (f2h(s_k[2u * i + 1u]) << 16);
-        uint vw = f2h(Q[vb + 2u * i]) | (f2h(Q[vb + 2u * i + 1u]) << 16);
         s_kp[i] = kw;
-        s_vp[i] = vw;
-        if (h % (p.n_head / p.n_head_kv) == 0u) {
-            KCache[ow + i] = kw;
-            VCache[ow + i] = vw;
+        if (store) {
+            KCacheW[ow + i] = kw;
+            VCacheW[ow + i] = s_vp[i];
         }
     }
+#else
+    for (uint i = tid; i < D_; i += WG) qs[i] = Q[qo + i];
 #endif
     barrier();
     uint sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
@@ -107,27 +129,29 @@ void main() {
         [[unroll]] for (uint u = 0u; u < UP; u++) {
             uint pu = min(p0 + NSG * u, nkv - 1u);
             uint cell = uint(U[p.bt_off + tab + pu / p.block_size]) * p.block_size + pu % p.block_size;
-            cb[u] = (cell * p.kv_dim + hoff) >> 1;
 #ifdef KILN_ATTN_DEC_ROPE
+            /* the row being stored: its values from shared memory, and the
+             * load (kept, so that the four positions' loads stay one batch)
+             * from another cell, which nothing writes in this dispatch */
             own[u] = cell == own_cell;
+            if (own[u]) cell = own_cell == 0u ? 1u : 0u;
 #else
             own[u] = false;
 #endif
+            cb[u] = (cell * p.kv_dim + hoff) >> 1;
         }
         vec2 kv[UP][PL], vv[UP][PL];
         [[unroll]] for (uint u = 0u; u < UP; u++)
             [[unroll]] for (uint i = 0u; i < PL; i++) {
                 uint j = lane + SG * i;
                 bool in_ = j < D2;
+                uint kw = in_ ? KCache[cb[u] + j] : 0u, vw = in_ ? VCache[cb[u] + j] : 0u;
 #ifdef KILN_ATTN_DEC_ROPE
-                if (own[u]) { /* the row being stored: the same F16 values */
-                    kv[u][i] = in_ ? unpackHalf2x16(s_kp[j]) : vec2(0.0);
-                    vv[u][i] = in_ ? unpackHalf2x16(s_vp[j]) : vec2(0.0);
-                    continue;
-                }
+                kw = own[u] && in_ ? s_kp[j] : kw; /* the same F16 values the cell gets */
+                vw = own[u] && in_ ? s_vp[j] : vw;
 #endif
-                kv[u][i] = in_ ? unpackHalf2x16(KCache[cb[u] + j]) : vec2(0.0);
-                vv[u][i] = in_ ? unpackHalf2x16(VCache[cb[u] + j]) : vec2(0.0);
+                kv[u][i] = unpackHalf2x16(kw);
+                vv[u][i] = unpackHalf2x16(vw);
             }
         float sc[UP];
         [[unroll]] for (uint u = 0u; u < UP; u++) {

@@ -10,21 +10,21 @@
 #define MAXD 256u
 
 /* KILN_ATTN_DEC_ROPE (attn_dec_rope.comp): binding 0 holds q, k and v
- * (rows of one buffer), the caches are written, binding 6 is rope_kv.comp's
- * table of cosines and sines, and the push constants go on with rope_kv's. */
-#ifdef KILN_ATTN_DEC_ROPE
-#define KILN_ATTN_KV_ACCESS
-#else
-#define KILN_ATTN_KV_ACCESS readonly
-#endif
+ * (rows of one buffer), binding 6 is rope_kv.comp's table of cosines and
+ * sines, 7 and 8 the caches written, and the push constants go on with
+ * rope_kv's. */
 layout(binding = 0) readonly buffer QB { float Q[]; };
-layout(binding = 1) KILN_ATTN_KV_ACCESS buffer KC { uint KCache[]; };
-layout(binding = 2) KILN_ATTN_KV_ACCESS buffer VC { uint VCache[]; };
+layout(binding = 1) readonly buffer KC { uint KCache[]; };
+layout(binding = 2) readonly buffer VC { uint VCache[]; };
 layout(binding = 3) writeonly buffer DB { float D[]; };
 layout(binding = 4) readonly buffer UB { int U[]; };
 layout(binding = 5) buffer AQB { uint AQ[]; };
 #ifdef KILN_ATTN_DEC_ROPE
 layout(binding = 6) readonly buffer TB { float T[]; };
+/* the caches again, for the one row stored (no invocation reads it): the
+ * reads above stay on read-only bindings */
+layout(binding = 7) writeonly buffer KCW { uint KCacheW[]; };
+layout(binding = 8) writeonly buffer VCW { uint VCacheW[]; };
 #endif
 
 layout(push_constant) uniform P {
