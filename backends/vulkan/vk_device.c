@@ -513,7 +513,6 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         const char *nf = getenv("KILN_VK_NO_FUSED");
         const long m = nf ? strtol(nf, NULL, 10) : 0;
         dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0x3eu;
-        dev->no_fused = dev->no_fused_mask == 0x3eu;
     }
     /* on by default (H100: Q4_0 tg128 229 -> 241, Q4_K_M 136 -> 140); =0 off */
     dev->mmv_unroll = !getenv("KILN_VK_MMV_UNROLL") || atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;

@@ -334,7 +334,6 @@ struct kiln_bk_device {
     bool barrier_all;        /* KILN_VK_BARRIER_ALL: a barrier between any two dispatches */
     bool barrier_full;       /* KILN_VK_BARRIER_FULL: between dispatches the full barrier
                                 (all stages), not the compute-only one */
-    bool no_fused;           /* KILN_VK_NO_FUSED: add_rms_norm, matmul_multi, rope_kv_store, rope_kv_attention run the separate ops */
     uint32_t no_fused_mask;  /* KILN_VK_NO_FUSED=MASK: which fusions are off (vk_device.c) */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
     bool no_weight_layout;   /* KILN_VK_LAYOUT=0: weight_prepare keeps every weight in the GGUF layout */

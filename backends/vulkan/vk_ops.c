@@ -1033,6 +1033,43 @@ static uint32_t attn_out_modes(const kiln_bk_attn *a, const kiln_bk_tensor *dst)
     return (uint64_t)dst->ne[0] != (uint64_t)a->n_head * a->head_dim ? 0u : a->head_dim % 32 ? 0x6u : 0x1eu;
 }
 
+/* attn_io.glsl's push constants (attention.comp, attn_dec.glsl); the rope
+ * variant's go on after them. */
+typedef struct attn_push {
+    uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
+    float scale;
+    uint32_t block_size, tab_off, nkv_off, bt_off;
+    uint32_t qmode, q_words, row_k;
+} attn_push;
+
+/* The fields that come from the parameters and the ubatch (the caller
+ * sets the offsets and strides of its bindings). */
+static void attn_push_fill(attn_push *pc, const kiln_bk_attn *a, const kiln_vk_ubatch *ub) {
+    pc->n_head = a->n_head;
+    pc->n_head_kv = a->n_head_kv;
+    pc->head_dim = a->head_dim;
+    pc->kv_dim = a->n_head_kv * a->head_dim;
+    pc->scale = a->scale;
+    pc->block_size = ub->block_size ? ub->block_size : 1;
+    pc->tab_off = ub->n_tokens;
+    pc->nkv_off = 2 * ub->n_tokens;
+    pc->bt_off = 3 * ub->n_tokens;
+    pc->row_k = a->n_head * a->head_dim;
+}
+
+/* Dispatches an attention pipeline (a workgroup per head and token) whose
+ * push constants `push` (size bytes) begin with *pc: its output dst is
+ * also quantized, into binding 5, where the next matmul wants it so. */
+static kiln_status attn_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b, uint32_t n_binds, attn_push *pc,
+                                 const void *push, uint32_t size, const kiln_bk_attn *a, const kiln_bk_tensor *dst,
+                                 uint64_t de, const char *op) {
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    kiln_status st = act_produce(dev, dst, de, attn_out_modes(a, dst), &b[5], &pc->qmode, &pc->q_words, op);
+    if (st == KILN_OK) st = kiln_vk_dispatch(dev, which, b, n_binds, push, size, a->n_head, dev->ub.n_tokens, 1);
+    if (st == KILN_OK) act_produced(dev, dst, de, pc->qmode);
+    return st;
+}
+
 kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
                               const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
     kiln_status st;
@@ -1041,15 +1078,9 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     kiln_bk_attn a;
     if ((st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe, &de, &need, &noop)) || noop) return st;
     const kiln_vk_ubatch *ub = &dev->ub;
-    const uint64_t qw = (uint64_t)a.n_head * a.head_dim;
     const uint32_t kv_dim = a.n_head_kv * a.head_dim;
     kiln_vk_bind b[6];
-    struct {
-        uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
-        float scale;
-        uint32_t block_size, tab_off, nkv_off, bt_off;
-        uint32_t qmode, q_words, row_k;
-    } pc;
+    attn_push pc;
     if ((st = ubatch_bind(dev, &b[4], "attention")) ||
         (st = bind_f32(dev, q, qe, &b[0], &pc.q_off, &pc.q_stride, "attention")) ||
         (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[1], NULL, "attention")) ||
@@ -1099,23 +1130,9 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
         kiln_vk_act_written(dev, dst->buf, dst->offset, de);
         return kiln_vk_dispatch(dev, tile_pipe, b, 5, &tc, sizeof tc, ub->n_tiles, a.n_head, 1);
     }
-    pc.n_head = a.n_head;
-    pc.n_head_kv = a.n_head_kv;
-    pc.head_dim = a.head_dim;
-    pc.kv_dim = kv_dim;
-    pc.scale = a.scale;
-    pc.block_size = ub->block_size ? ub->block_size : 1;
-    pc.tab_off = ub->n_tokens;
-    pc.nkv_off = 2 * ub->n_tokens;
-    pc.bt_off = 3 * ub->n_tokens;
-    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, attn_out_modes(&a, dst), &b[5], &pc.qmode, &pc.q_words, "attention")))
-        return st;
-    pc.row_k = (uint32_t)qw;
-    st = kiln_vk_dispatch(dev, attn_dec_usable(dev) ? KILN_VK_P_ATTN_DEC : KILN_VK_P_ATTENTION, b, 6, &pc, sizeof pc,
-                          a.n_head, ub->n_tokens, 1);
-    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
-    return st;
+    attn_push_fill(&pc, &a, ub);
+    return attn_dispatch(dev, attn_dec_usable(dev) ? KILN_VK_P_ATTN_DEC : KILN_VK_P_ATTENTION, b, 6, &pc, &pc,
+                         sizeof pc, &a, dst, de, "attention");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1393,7 +1410,7 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     kiln_status st;
     kiln_bk_rope r1, r2;
     kiln_bk_attn a;
-    uint64_t qe, ke, ke2, ve, need, qe2, de, need2, lo, hi;
+    uint64_t qe, ke, ke2, ve, need, qe2, de, need2, lo, hi; /* need2 == need where fused: same kv_dim */
     bool noop, noop2;
     if ((st = rope_check(dev, q, rq, &r1, &qe)) || (st = rope_check(dev, k, rk, &r2, &ke)) ||
         (st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke2, &ve, &need, &noop)) ||
@@ -1403,16 +1420,13 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     const bool fuse = !noop && !noop2 && ub->n_tokens == 1 && ub->n_cells >= 2 && !(dev->no_fused_mask & 32u) && attn_dec_usable(dev) &&
                       rope_kv_fusable(q, k, v, &r1, &r2, qe, ke, ve, kv_dim, &lo, &hi) &&
                       r1.n_head == a.n_head && r1.head_dim == a.head_dim && r2.n_head == a.n_head_kv &&
-                      need == need2 && (uint64_t)r1.n_head * r1.head_dim == (uint64_t)q->ne[0];
+                      (uint64_t)r1.n_head * r1.head_dim == (uint64_t)q->ne[0];
     if (!fuse) {
         if ((st = kiln_vk_rope_kv_store(dev, q, k, v, rq, rk, k_cache, v_cache, kv_dim))) return st;
         return kiln_vk_attention(dev, q, k_cache, v_cache, attn, dst);
     }
     struct {
-        uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
-        float scale;
-        uint32_t block_size, tab_off, nkv_off, bt_off;
-        uint32_t qmode, q_words, row_k;
+        attn_push h;
         uint32_t k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
     } pc;
     uint64_t toff = 0;
@@ -1423,33 +1437,19 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
         (st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_attention")) ||
         (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[1], NULL, "rope_kv_attention")) ||
         (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[2], NULL, "rope_kv_attention")) ||
-        (st = bind_f32(dev, dst, de, &b[3], &pc.d_off, &pc.d_stride, "rope_kv_attention")) ||
+        (st = bind_f32(dev, dst, de, &b[3], &pc.h.d_off, &pc.h.d_stride, "rope_kv_attention")) ||
         (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)ub->n_tokens * r1.n_rot * sizeof(float), &b[6], NULL,
                                  "rope_kv_attention")))
         return st;
     b[7] = b[1];
     b[8] = b[2];
-    qkv_words(q, k, v, lo, rem, &pc.q_off, &pc.q_stride, &pc.k_off, &pc.k_stride, &pc.v_off, &pc.v_stride);
-    pc.n_head = a.n_head;
-    pc.n_head_kv = a.n_head_kv;
-    pc.head_dim = a.head_dim;
-    pc.kv_dim = kv_dim;
-    pc.scale = a.scale;
-    pc.block_size = ub->block_size ? ub->block_size : 1;
-    pc.tab_off = ub->n_tokens;
-    pc.nkv_off = 2 * ub->n_tokens;
-    pc.bt_off = 3 * ub->n_tokens;
+    qkv_words(q, k, v, lo, rem, &pc.h.q_off, &pc.h.q_stride, &pc.k_off, &pc.k_stride, &pc.v_off, &pc.v_stride);
+    attn_push_fill(&pc.h, &a, ub);
     pc.n_rot = r1.n_rot;
     pc.mode = (uint32_t)r1.mode;
     pc.t_off = 0;
     pc.cell_off = 0;
     kiln_vk_act_written(dev, k_cache, 0, need);
     kiln_vk_act_written(dev, v_cache, 0, need);
-    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, attn_out_modes(&a, dst), &b[5], &pc.qmode, &pc.q_words, "rope_kv_attention")))
-        return st;
-    pc.row_k = (uint32_t)((uint64_t)a.n_head * a.head_dim);
-    st = kiln_vk_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 9, &pc, sizeof pc, a.n_head, ub->n_tokens, 1);
-    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
-    return st;
+    return attn_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 9, &pc.h, &pc, sizeof pc, &a, dst, de, "rope_kv_attention");
 }

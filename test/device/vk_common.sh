@@ -18,3 +18,15 @@ vk_model() {
         --vocab "${KILN_SHARED:-devdata/shared}/vocab/vocab-llama-spm.gguf" -o "$f" -q >/dev/null 2>&1
     [ -f "$f" ] && echo "$f"
 }
+
+# vk_bench FILE CUDA LINES ARGS...: kiln-bench ARGS on Vulkan and, where
+# CUDA is non-empty and the CUDA plugin was carried, on CUDA (the ratio
+# from one machine start); the last LINES lines of each.
+vk_bench() {
+    local f=$1 cuda=$2 lines=$3
+    shift 3
+    "$build/bin/kiln-bench" --backend vulkan -m "$f" "$@" 2>&1 | tail -n "$lines"
+    if [ -n "$cuda" ] && [ -f "$build/libkiln-cuda.so" ]; then
+        "$build/bin/kiln-bench" --backend cuda -m "$f" "$@" 2>&1 | tail -n "$lines"
+    fi
+}

@@ -24,10 +24,7 @@ fi
 for spec in "$@"; do
     f=$(vk_model "$spec") || { echo "no model $spec"; continue; }
     echo "== $spec"
-    "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
-    if [ -n "${KILN_VKPP_CUDA:-}" ] && [ -f "$build/libkiln-cuda.so" ]; then
-        "$build/bin/kiln-bench" --backend cuda -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
-    fi
+    vk_bench "$f" "${KILN_VKPP_CUDA:-}" 1 -p 512 -n 0 -r 3
     for e in ${KILN_VKPP_ENV:-}; do
         echo "$e"; env ${e//,/ } "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 0 -r 3 2>&1 | tail -n 1
     done

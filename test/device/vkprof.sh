@@ -27,20 +27,19 @@ if [ -n "${KILN_VKPROF_TESTS:-}" ]; then
         KILN_BACKEND=vulkan KILN_SHARED=$shared "$build/test/test_draft" 2>&1 | tail -n 1
     fi
 fi
+# timestamps [VAR=VALUE...]: the per-pipeline GPU times of $f's decode step
+timestamps() {
+    env "$@" KILN_VK_TIMESTAMPS=1 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 1 2>&1 |
+        grep -A40 "timestamps"
+}
 for spec in "$@"; do
     f=$(vk_model "$spec") || { echo "no model $spec"; continue; }
     echo "== $spec"
-    "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
-    if [ -n "${KILN_VKPROF_CUDA:-}" ] && [ -f "$build/libkiln-cuda.so" ]; then
-        "$build/bin/kiln-bench" --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
-    fi
+    vk_bench "$f" "${KILN_VKPROF_CUDA:-}" 2 -p 512 -n 128 -r 3
     for e in ${KILN_VKPROF_ENV:-}; do
         echo "$e"; env ${e//,/ } "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 3 2>&1 | tail -n 1
-        if [ -n "${KILN_VKPROF_ENV_TS:-}" ]; then
-            env ${e//,/ } KILN_VK_TIMESTAMPS=1 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 1 2>&1 |
-                grep -A40 "timestamps"
-        fi
+        [ -z "${KILN_VKPROF_ENV_TS:-}" ] || timestamps ${e//,/ }
     done
-    KILN_VK_TIMESTAMPS=1 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 -n 128 -r 1 2>&1 | grep -A40 "timestamps"
+    timestamps
     rm -f "$f"
 done
