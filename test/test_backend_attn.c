@@ -11,6 +11,7 @@
  * 1e-3 relative; the decode kernels compute in F32.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +127,141 @@ static void test_decode(void) {
     KT_CHECK(run_case(64, 1, 1, 40, 0) < 1e-4);
 }
 
+static kiln_bk_buffer *gbuf(uint64_t size, const void *data) {
+    kiln_bk_buffer *b = NULL;
+    KT_CHECK_OK(gpu->buffer_alloc(dgpu, size, KILN_BK_BUF_TRANSIENT, &b));
+    if (b && data) KT_CHECK_OK(gpu->buffer_upload(dgpu, b, 0, data, size));
+    return b;
+}
+
+/* Whether [off, off + size) of two GPU buffers holds the same bytes. */
+static int gsame(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, uint64_t size) {
+    uint8_t *ha = malloc(size), *hb = malloc(size);
+    KT_CHECK_OK(gpu->buffer_download(dgpu, a, off, ha, size));
+    KT_CHECK_OK(gpu->buffer_download(dgpu, b, off, hb, size));
+    const int same = memcmp(ha, hb, size) == 0;
+    free(ha);
+    free(hb);
+    return same;
+}
+
+static kiln_bk_tensor gtensor(kiln_bk_buffer *b, int32_t type, int64_t ne0, int64_t ne1, uint64_t offset) {
+    kiln_bk_tensor t;
+    memset(&t, 0, sizeof t);
+    t.buf = b;
+    t.offset = offset;
+    t.type = type;
+    t.ne[0] = ne0;
+    t.ne[1] = ne1;
+    t.row_stride = kiln_type_row_size(type, ne0);
+    return t;
+}
+
+/* rope_kv_attention against rope_kv_store then attention on the same
+ * backend: the same attention output (and its quantized form read by the
+ * next Q8_0 product), the same caches, bit for bit. One token (the
+ * backends' single launch: its own row taken from where it is being
+ * stored, the cell holding garbage before) and three tokens of one
+ * sequence (a verify batch: the two operations); a short context, one of
+ * three 32-position splits (several blocks fold through the last one to
+ * finish) and a first token in cell 0; NORM and NEOX, frequency factors, a
+ * partial rotation, head sizes 64 and 128, GQA. Each case runs twice (the
+ * second time the product reads the producer's quantized rows). */
+static void test_rope_kv_attention(void) {
+    if (gpu->struct_size < offsetof(kiln_backend_iface, rope_kv_attention) + sizeof gpu->rope_kv_attention ||
+        !gpu->rope_kv_attention) {
+        printf("  no rope_kv_attention in this backend\n");
+        return;
+    }
+    enum { H = 8, HKV = 2, T = 3, NW = 24 };
+    static const struct { int bs, cells, last; int32_t blocks[5]; } ctx[3] = {
+        {4, 32, 13, {5, 2, 7, 1, 0}}, {16, 128, 69, {3, 0, 6, 1, 5}}, {4, 32, 0, {0, 1, 2, 3, 4}}};
+    for (int c = 0; c < 3; c++)
+        for (int D = 64; D <= 128; D += 64)
+            for (int tokens = 1; tokens <= T; tokens += T - 1)
+                for (int variant = 0; variant < 3; variant++) { /* 0 NORM, 1 NEOX + factors, 2 NORM partial */
+                    if (ctx[c].last + 1 < tokens) continue;
+                    const int Q = H * D, KVD = HKV * D, CELLS = ctx[c].cells, BS = ctx[c].bs;
+                    const uint64_t OK_ = (uint64_t)T * Q, OV = OK_ + (uint64_t)T * KVD, TOTAL = OV + (uint64_t)T * KVD;
+                    float *data = malloc(sizeof(float) * TOTAL), ff[64];
+                    for (uint64_t i = 0; i < TOTAL; i++) data[i] = frand() * 2.0f;
+                    for (int i = 0; i < D / 2; i++) ff[i] = 1.0f + 0.05f * (float)i;
+                    uint16_t *kvh = malloc((size_t)CELLS * KVD * 2);
+                    for (int i = 0; i < CELLS * KVD; i++) kvh[i] = kiln_fp32_to_fp16(frand());
+                    int32_t pos[T], cell[T], tab[T] = {0, 0, 0}, nkv[T];
+                    for (int t = 0; t < tokens; t++) {
+                        pos[t] = ctx[c].last - tokens + 1 + t;
+                        cell[t] = ctx[c].blocks[pos[t] / BS] * BS + pos[t] % BS;
+                        nkv[t] = pos[t] + 1;
+                    }
+                    kiln_bk_ubatch u = {sizeof u, (uint32_t)tokens, pos, cell, tab, nkv, ctx[c].blocks, 5,
+                                        (uint32_t)BS, (uint32_t)CELLS};
+                    KT_CHECK_OK(gpu->set_ubatch(dgpu, &u));
+                    kiln_bk_rope rq = {sizeof rq, variant == 1 ? KILN_ROPE_NEOX : KILN_ROPE_NORM, H, (uint32_t)D,
+                                       (uint32_t)(variant == 2 ? D / 2 : D), 10000.0f, 0.5f, variant == 1 ? ff : NULL};
+                    kiln_bk_rope rk = rq;
+                    rk.n_head = HKV;
+                    kiln_bk_attn at = {sizeof at, H, HKV, (uint32_t)D, 1.0f / sqrtf((float)D)};
+                    float *wf = malloc(sizeof(float) * Q * NW);
+                    const uint64_t row = kiln_type_row_size(KILN_TYPE_Q8_0, Q);
+                    uint8_t *wq = malloc(row * NW);
+                    for (int i = 0; i < Q * NW; i++) wf[i] = frand();
+                    for (int r = 0; r < NW; r++)
+                        KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q8_0, wf + (uint64_t)r * Q, wq + r * row, Q));
+                    kiln_bk_buffer *wb = gbuf(row * NW, wq);
+                    kiln_bk_tensor tw = gtensor(wb, KILN_TYPE_Q8_0, Q, NW, 0);
+                    if (gpu->struct_size >= offsetof(kiln_backend_iface, weight_prepare) + sizeof gpu->weight_prepare &&
+                        gpu->weight_prepare)
+                        KT_CHECK_OK(gpu->weight_prepare(dgpu, &tw, &tw.layout));
+                    kiln_bk_buffer *x[2], *kc[2], *vc[2], *ob[2], *pb[2];
+                    for (int way = 0; way < 2; way++) { /* 0: the two operations, 1: rope_kv_attention */
+                        x[way] = gbuf(sizeof(float) * TOTAL, data);
+                        kc[way] = gbuf((uint64_t)CELLS * KVD * 2, kvh);
+                        vc[way] = gbuf((uint64_t)CELLS * KVD * 2, kvh);
+                        ob[way] = gbuf(sizeof(float) * T * Q, NULL);
+                        pb[way] = gbuf(sizeof(float) * T * NW * 2, NULL);
+                        for (int pass = 0; pass < 2; pass++) {
+                            KT_CHECK_OK(gpu->buffer_upload(dgpu, x[way], 0, data, sizeof(float) * TOTAL));
+                            kiln_bk_tensor q = gtensor(x[way], KILN_TYPE_F32, Q, tokens, 0);
+                            kiln_bk_tensor k = gtensor(x[way], KILN_TYPE_F32, KVD, tokens, OK_ * 4);
+                            kiln_bk_tensor v = gtensor(x[way], KILN_TYPE_F32, KVD, tokens, OV * 4);
+                            kiln_bk_tensor o = gtensor(ob[way], KILN_TYPE_F32, Q, tokens, 0);
+                            kiln_bk_tensor pr = gtensor(pb[way], KILN_TYPE_F32, NW, tokens, sizeof(float) * T * NW * pass);
+                            if (way == 0) {
+                                KT_CHECK_OK(gpu->rope_kv_store(dgpu, &q, &k, &v, &rq, &rk, kc[0], vc[0], KVD));
+                                KT_CHECK_OK(gpu->attention(dgpu, &q, kc[0], vc[0], &at, &o));
+                            } else {
+                                KT_CHECK_OK(gpu->rope_kv_attention(dgpu, &q, &k, &v, &rq, &rk, kc[1], vc[1], KVD, &at, &o));
+                            }
+                            KT_CHECK_OK(gpu->matmul(dgpu, &tw, &o, &pr));
+                        }
+                    }
+                    KT_CHECKF(gsame(ob[0], ob[1], 0, sizeof(float) * tokens * Q),
+                              "rope_kv_attention context %d D %d tokens %d variant %d: outputs differ", c, D, tokens,
+                              variant);
+                    KT_CHECKF(gsame(kc[0], kc[1], 0, (uint64_t)CELLS * KVD * 2) &&
+                                  gsame(vc[0], vc[1], 0, (uint64_t)CELLS * KVD * 2),
+                              "rope_kv_attention context %d D %d tokens %d variant %d: caches differ", c, D, tokens,
+                              variant);
+                    KT_CHECKF(gsame(pb[0], pb[1], 0, sizeof(float) * tokens * NW) &&
+                                  gsame(pb[0], pb[1], sizeof(float) * T * NW, sizeof(float) * tokens * NW),
+                              "rope_kv_attention context %d D %d tokens %d variant %d: the next products differ", c, D,
+                              tokens, variant);
+                    for (int way = 0; way < 2; way++) {
+                        gpu->buffer_free(x[way]);
+                        gpu->buffer_free(kc[way]);
+                        gpu->buffer_free(vc[way]);
+                        gpu->buffer_free(ob[way]);
+                        gpu->buffer_free(pb[way]);
+                    }
+                    gpu->buffer_free(wb);
+                    free(wf);
+                    free(wq);
+                    free(kvh);
+                    free(data);
+                }
+}
+
 int main(void) {
     if (!getenv("KILN_BACKEND_PATH")) setenv("KILN_BACKEND_PATH", getenv("KILN_BUILD") ? getenv("KILN_BUILD") : "build", 0);
     const char *name = getenv("KILN_ATTN_BACKEND") ? getenv("KILN_ATTN_BACKEND") : "cuda";
@@ -140,6 +276,7 @@ int main(void) {
     }
     KT_RUN(test_prefill);
     KT_RUN(test_decode);
+    KT_RUN(test_rope_kv_attention);
     gpu->device_close(dgpu);
     cpu->device_close(dcpu);
     return kt_finish();

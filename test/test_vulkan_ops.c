@@ -495,94 +495,6 @@ static void test_fused_rope_kv_store(void) {
     free(data);
 }
 
-/* rope_kv_attention against rope_kv_store then attention: the same
- * attention output (and its quantized form read by the next matmul), the
- * same caches, bit for bit; one token (the single dispatch: its own row
- * from shared memory, the cell holding garbage before) and three tokens
- * of one sequence (a verify batch: the two operations); NORM and NEOX,
- * frequency factors, a partial rotation, head sizes 64 and 128, GQA. */
-static void test_fused_rope_kv_attention(void) {
-    enum { H = 8, HKV = 2, T = 3, BS = 4, CELLS = 32, NW = 24 };
-    int32_t blocks[4] = {5, 2, 7, 1};
-    for (int D = 64; D <= 128; D += 64)
-        for (int tokens = 1; tokens <= T; tokens += T - 1)
-            for (int variant = 0; variant < 3; variant++) { /* 0 NORM, 1 NEOX + factors, 2 NORM partial */
-                const int Q = H * D, KVD = HKV * D;
-                const uint64_t OK_ = (uint64_t)T * Q, OV = OK_ + (uint64_t)T * KVD, TOTAL = OV + (uint64_t)T * KVD;
-                float *data = malloc(sizeof(float) * TOTAL), ff[64];
-                for (uint64_t i = 0; i < TOTAL; i++) data[i] = frand() * 2.0f;
-                for (int i = 0; i < D / 2; i++) ff[i] = 1.0f + 0.05f * (float)i;
-                uint16_t *kvh = malloc((size_t)CELLS * KVD * 2);
-                for (int i = 0; i < CELLS * KVD; i++) kvh[i] = kiln_fp32_to_fp16(frand());
-                /* tokens at positions 13 - tokens + 1 .. 13 of one sequence */
-                int32_t pos[T], cell[T], tab[T] = {0, 0, 0}, nkv[T];
-                for (int t = 0; t < tokens; t++) {
-                    pos[t] = 13 - tokens + 1 + t;
-                    cell[t] = blocks[pos[t] / BS] * BS + pos[t] % BS;
-                    nkv[t] = pos[t] + 1;
-                }
-                kiln_bk_ubatch u = {sizeof u, (uint32_t)tokens, pos, cell, tab, nkv, blocks, 4, BS, CELLS};
-                KT_CHECK_OK(vk->set_ubatch(dvk, &u));
-                kiln_bk_rope rq = {sizeof rq, variant == 1 ? KILN_ROPE_NEOX : KILN_ROPE_NORM, H, (uint32_t)D,
-                                   (uint32_t)(variant == 2 ? D / 2 : D), 10000.0f, 0.5f, variant == 1 ? ff : NULL};
-                kiln_bk_rope rk = rq;
-                rk.n_head = HKV;
-                kiln_bk_attn at = {sizeof at, H, HKV, (uint32_t)D, 1.0f / sqrtf((float)D)};
-                /* a Q8_0 product reads the output: the second pass has it quantized by the producer */
-                float *wf = malloc(sizeof(float) * Q * NW);
-                const uint64_t row = kiln_type_row_size(KILN_TYPE_Q8_0, Q);
-                uint8_t *wq = malloc(row * NW);
-                for (int i = 0; i < Q * NW; i++) wf[i] = frand();
-                for (int r = 0; r < NW; r++) KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q8_0, wf + (uint64_t)r * Q, wq + r * row, Q));
-                kiln_bk_buffer *wb = vk_buf(row * NW, wq);
-                kiln_bk_tensor tw = tensor(wb, KILN_TYPE_Q8_0, Q, NW, 0);
-                tw.layout = vk_prepare(wb, KILN_TYPE_Q8_0, Q, NW, 0);
-                kiln_bk_buffer *x[2], *kc[2], *vc[2], *ob[2], *pb[2];
-                for (int way = 0; way < 2; way++) { /* 0: the two operations, 1: rope_kv_attention */
-                    x[way] = vk_buf(sizeof(float) * TOTAL, data);
-                    kc[way] = vk_buf((uint64_t)CELLS * KVD * 2, kvh);
-                    vc[way] = vk_buf((uint64_t)CELLS * KVD * 2, kvh);
-                    ob[way] = vk_buf(sizeof(float) * T * Q, NULL);
-                    pb[way] = vk_buf(sizeof(float) * T * NW * 2, NULL);
-                    for (int pass = 0; pass < 2; pass++) {
-                        KT_CHECK_OK(vk->buffer_upload(dvk, x[way], 0, data, sizeof(float) * TOTAL));
-                        kiln_bk_tensor q = tensor(x[way], KILN_TYPE_F32, Q, tokens, 0);
-                        kiln_bk_tensor k = tensor(x[way], KILN_TYPE_F32, KVD, tokens, OK_ * 4);
-                        kiln_bk_tensor v = tensor(x[way], KILN_TYPE_F32, KVD, tokens, OV * 4);
-                        kiln_bk_tensor o = tensor(ob[way], KILN_TYPE_F32, Q, tokens, 0);
-                        kiln_bk_tensor pr = tensor(pb[way], KILN_TYPE_F32, NW, tokens, sizeof(float) * T * NW * pass);
-                        if (way == 0) {
-                            KT_CHECK_OK(vk->rope_kv_store(dvk, &q, &k, &v, &rq, &rk, kc[0], vc[0], KVD));
-                            KT_CHECK_OK(vk->attention(dvk, &q, kc[0], vc[0], &at, &o));
-                        } else {
-                            KT_CHECK_OK(vk->rope_kv_attention(dvk, &q, &k, &v, &rq, &rk, kc[1], vc[1], KVD, &at, &o));
-                        }
-                        KT_CHECK_OK(vk->matmul(dvk, &tw, &o, &pr));
-                    }
-                }
-                KT_CHECKF(vk_same(ob[0], ob[1], 0, sizeof(float) * tokens * Q),
-                          "rope_kv_attention D %d tokens %d variant %d: outputs differ", D, tokens, variant);
-                KT_CHECKF(vk_same(kc[0], kc[1], 0, (uint64_t)CELLS * KVD * 2) &&
-                              vk_same(vc[0], vc[1], 0, (uint64_t)CELLS * KVD * 2),
-                          "rope_kv_attention D %d tokens %d variant %d: caches differ", D, tokens, variant);
-                KT_CHECKF(vk_same(pb[0], pb[1], 0, sizeof(float) * tokens * NW) &&
-                              vk_same(pb[0], pb[1], sizeof(float) * T * NW, sizeof(float) * tokens * NW),
-                          "rope_kv_attention D %d tokens %d variant %d: the next products differ", D, tokens, variant);
-                for (int way = 0; way < 2; way++) {
-                    vk->buffer_free(x[way]);
-                    vk->buffer_free(kc[way]);
-                    vk->buffer_free(vc[way]);
-                    vk->buffer_free(ob[way]);
-                    vk->buffer_free(pb[way]);
-                }
-                vk->buffer_free(wb);
-                free(wf);
-                free(wq);
-                free(kvh);
-                free(data);
-            }
-}
-
 /* The producers of a matmul's activations (rms_norm, add_rms_norm,
  * swiglu, attention: F16, BF16, Q8_0, Q8_1 only) quantize them themselves once a matmul has read those rows
  * quantized (no quant_act dispatch): the products equal those of the same
@@ -871,7 +783,6 @@ int main(void) {
     KT_RUN(test_fused_add_rms_norm);
     KT_RUN(test_fused_matmul_multi);
     KT_RUN(test_fused_rope_kv_store);
-    KT_RUN(test_fused_rope_kv_attention);
     KT_RUN(test_fused_quant_producers);
     KT_RUN(test_mmv_unroll_bits);
     KT_RUN(test_q4_0_split_layout);

@@ -301,6 +301,9 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
         dev->profile = pr && *pr && strcmp(pr, "0") != 0;
         const char *at = getenv("KILN_CUDA_ATTN");
         dev->attn_tile_only = at && strcmp(at, "tile") == 0;
+        dev->attn_steps = at && strcmp(at, "steps") == 0;
+        const char *ai = getenv("KILN_CUDA_ATTN_IDLE");
+        dev->attn_idle_wait = ai && strcmp(ai, "wait") == 0;
         const char *sk = getenv("KILN_CUDA_SKIP");
         dev->skip = sk ? (uint32_t)atoi(sk) : 0;
         const char *sy = getenv("KILN_CUDA_SYNC");
@@ -536,7 +539,7 @@ static kiln_status cuda_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stat
     s.n_device_allocs = dev->pool.n_device_allocs;
     /* the handle's own memory outside buffers and the pool */
     s.bytes_internal = (dev->cublas ? dev->cublas_bytes : 0) + (dev->cublas_ws ? dev->cublas_ws_size : 0) +
-                       (dev->stage_dev ? dev->stage_cap : 0) + (dev->ub_dev ? dev->ub_dev_cap : 0);
+                       (dev->stage_dev ? dev->stage_cap : 0) + (dev->ub_dev ? dev->ub_dev_cap + KCU_ATTN_COUNTERS * sizeof(int32_t) : 0);
     for (int i = 0; i < dev->n_graphs; i++) s.bytes_internal += dev->graphs[i].device_bytes;
     s.bytes_internal_host = dev->stage_host ? dev->stage_cap : 0;
     uint32_t caller_size = stats->struct_size;
@@ -743,6 +746,7 @@ static void ub_free(kiln_bk_device *dev) {
     if (dev->ub_dev) cudaFree(dev->ub_dev);
     dev->ub_dev = NULL;
     dev->ub_dev_cap = 0;
+    dev->attn_count = NULL;
     kcu_free(dev->ub.tiles_host);
     memset(&dev->ub, 0, sizeof dev->ub);
 }
@@ -839,13 +843,19 @@ static kiln_status set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
     size_t need = ((size_t)4 * n + nb + 2 * n_tiles + 2 * n_tiles64 + 1) * sizeof(int32_t);
     if (need > dev->ub_dev_cap) {
         int32_t *d = NULL;
-        size_t cap = need * 2;
-        cudaError_t e = cudaMalloc((void **)&d, cap);
+        size_t cap = (need * 2 + 255) & ~(size_t)255;
+        cudaError_t e = cudaMalloc((void **)&d, cap + KCU_ATTN_COUNTERS * sizeof(int32_t));
         if (e != cudaSuccess) return kcu_cuda_error(e, "ubatch tables");
-        KCU_CHECK(cudaStreamSynchronize(dev->stream), "set_ubatch: synchronize");
+        e = cudaMemsetAsync((uint8_t *)d + cap, 0, KCU_ATTN_COUNTERS * sizeof(int32_t), dev->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(dev->stream);
+        if (e != cudaSuccess) {
+            cudaFree(d);
+            return kcu_cuda_error(e, "set_ubatch: ubatch tables");
+        }
         if (dev->ub_dev) cudaFree(dev->ub_dev);
         dev->ub_dev = d;
         dev->ub_dev_cap = cap;
+        dev->attn_count = (int32_t *)((uint8_t *)d + cap);
         graphs_clear(dev);
     }
     /* the pinned source of the previous copies must be free to overwrite */
@@ -1108,7 +1118,7 @@ static const kiln_backend_iface cuda_iface = {
     kcu_matmul_multi,
     kcu_rope_kv_store,
     kcu_weight_prepare,
-    NULL, /* rope_kv_attention: the core calls rope_kv_store, then attention */
+    kcu_rope_kv_attention,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

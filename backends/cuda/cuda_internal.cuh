@@ -111,6 +111,10 @@ struct kcu_ubatch {
     int32_t *tiles64;
 };
 
+/* (head) counters of the single-token decode attention kernel, after the
+ * ubatch tables in their allocation: zeroed once, left zero by the kernel */
+#define KCU_ATTN_COUNTERS 1024
+
 #define KCU_MAX_GRAPHS 8
 
 struct kcu_graph {
@@ -138,6 +142,8 @@ struct kiln_bk_device {
     int mmv_variant;         /* KILN_CUDA_MMV: decode kernel variant (benchmarks) */
     bool no_weight_layout;   /* KILN_CUDA_LAYOUT=0: weights keep the GGUF layout */
     bool attn_tile_only;     /* KILN_CUDA_ATTN=tile: prefill attention on CUDA cores only */
+    bool attn_steps;         /* KILN_CUDA_ATTN=steps: rope_kv_attention as rope_kv_store + attention (comparison) */
+    bool attn_idle_wait;     /* KILN_CUDA_ATTN_IDLE=wait: blocks past a token's splits wait on the kernel ahead */
     uint32_t skip;           /* KILN_CUDA_SKIP: kernels not launched, to time the rest (benchmarks; wrong results) */
     bool spin_sync;          /* KILN_CUDA_SYNC=spin: wait for a step's logits by polling the stream */
     uint64_t prefetch_bytes; /* KILN_CUDA_PREFETCH (MiB): weight bytes a decode product asks the L2 for before it waits */
@@ -154,7 +160,8 @@ struct kiln_bk_device {
 
     struct kcu_ubatch ub;
     int32_t *ub_dev;         /* the tables' device array */
-    size_t ub_dev_cap;
+    size_t ub_dev_cap;       /* its bytes for tables; KCU_ATTN_COUNTERS counters follow */
+    int32_t *attn_count;     /* rope_kv_attention's per-head counters of finished splits (zero between kernels) */
 
 
     /* int8 copy of the x of the last matmul, reused by the next matmul on
@@ -327,6 +334,29 @@ kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_te
                               kiln_bk_buffer *v_cache, uint32_t kv_dim);
 kiln_status kcu_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
                           const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst);
+/* iface rope_kv_attention: one kernel for a single token (cuda_attn.cu),
+ * else kcu_rope_kv_store then kcu_attention. */
+kiln_status kcu_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                                  const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                                  kiln_bk_buffer *v_cache, uint32_t kv_dim, const kiln_bk_attn *attn,
+                                  kiln_bk_tensor *dst);
+
+/* rope_kv_store's arguments checked and resolved (cuda_ops.cu). fused:
+ * the case one kernel covers (the same rotation of q and k, k's heads
+ * exactly kv_dim wide); otherwise the caller ropes and stores in steps,
+ * whose own checks apply. ff: the frequency factors staged on the device. */
+#define KCU_ROPE_HALF_MAX 128 /* head_dim <= 256 */
+struct kcu_rope_plan {
+    bool fused, neox;
+    int n_head, n_head_kv, head_dim, half;
+    float theta_scale, freq_scale;
+    const void *ff;
+    kiln_bk_rope a, b; /* q's and k's parameters, freq_factors NULL (hashed by value) */
+};
+kiln_status kcu_rope_kv_plan(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_tensor *k,
+                             const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
+                             const kiln_bk_buffer *k_cache, const kiln_bk_buffer *v_cache, uint32_t kv_dim,
+                             struct kcu_rope_plan *plan);
 /* ---- cuda_attn_mma.cu ---- */
 /* Whether the tensor-core prefill kernel handles heads of this size. */
 bool kcu_attn_mma_supported(uint32_t head_dim);

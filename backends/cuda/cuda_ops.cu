@@ -404,7 +404,6 @@ kiln_status kcu_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope 
  * token: threads take q's pairs, then k's (writing the rotated pair to k and,
  * rounded to F16, to the cache), then v's elements. The same arithmetic as
  * rope_kernel and kv_store_kernel, so the same bits. */
-#define KCU_ROPE_HALF_MAX 128 /* head_dim <= 256 */
 static __global__ void rope_kv_store_kernel(float *q, uint64_t qs, float *k, uint64_t ks, const float *v,
                                             uint64_t vs, __half *kc, __half *vc, const int32_t *pos,
                                             const int32_t *cell, int n_head, int n_head_kv, int head_dim, int half,
@@ -457,23 +456,21 @@ static __global__ void rope_kv_store_kernel(float *q, uint64_t qs, float *k, uin
             if (j % head_dim >= rot) kc[c + j] = __float2half_rn(k[(uint64_t)t * ks + j]);
 }
 
-kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
-                              const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
-                              kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+kiln_status kcu_rope_kv_plan(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_tensor *k,
+                             const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
+                             const kiln_bk_buffer *k_cache, const kiln_bk_buffer *v_cache, uint32_t kv_dim,
+                             struct kcu_rope_plan *plan) {
     kiln_status st;
-    if ((st = kcu_use(dev))) return st;
+    memset(plan, 0, sizeof *plan);
     kiln_bk_rope a, b;
     if ((st = rope_args(dev, q, rq, &a)) || (st = rope_args(dev, k, rk, &b))) return st;
-    /* the fused kernel covers the forward pass's case: the same rotation
+    /* the fused kernels cover the forward pass's case: the same rotation
      * for q and k, k's heads exactly kv_dim wide; anything else in steps */
     const bool same = a.mode == b.mode && a.n_rot == b.n_rot && a.head_dim == b.head_dim &&
                       a.freq_base == b.freq_base && a.freq_scale == b.freq_scale &&
                       a.freq_factors == b.freq_factors && (uint64_t)b.n_head * b.head_dim == kv_dim &&
                       a.n_rot / 2 <= KCU_ROPE_HALF_MAX;
-    if (!same || a.n_rot == 0 || a.n_head == 0 || !v || v->ne[1] != k->ne[1] || q->ne[1] == 0) {
-        if ((st = kcu_rope(dev, q, rq)) || (st = kcu_rope(dev, k, rk))) return st;
-        return kcu_kv_store(dev, k, v, k_cache, v_cache, kv_dim);
-    }
+    if (!same || a.n_rot == 0 || a.n_head == 0 || !v || v->ne[1] != k->ne[1] || q->ne[1] == 0) return KILN_OK;
     if ((st = kcu_tensor_check(v, KCU_F32, "kv_store", "v"))) return st;
     if (!k_cache || !v_cache) return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: cache buffer is NULL");
     const struct kcu_ubatch *ub = &dev->ub;
@@ -485,23 +482,46 @@ kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_te
     if (k_cache->size < need || v_cache->size < need)
         return kcu_error(KILN_E_INVALID_ARG, "cuda kv_store: caches of %llu bytes, %u cells need %llu",
                          (unsigned long long)k_cache->size, ub->n_cells, (unsigned long long)need);
-    const int half = (int)a.n_rot / 2;
-    const void *ff = NULL;
-    if (a.freq_factors && (st = kcu_stage(dev, a.freq_factors, (size_t)half * sizeof(float), &ff))) return st;
+    plan->half = (int)a.n_rot / 2;
+    if (a.freq_factors && (st = kcu_stage(dev, a.freq_factors, (size_t)plan->half * sizeof(float), &plan->ff)))
+        return st;
+    plan->fused = true;
+    plan->n_head = (int)a.n_head;
+    plan->n_head_kv = (int)b.n_head;
+    plan->head_dim = (int)a.head_dim;
+    plan->neox = a.mode == KILN_ROPE_NEOX;
+    plan->theta_scale = powf(a.freq_base, -2.0f / (float)a.n_rot);
+    plan->freq_scale = a.freq_scale;
+    plan->a = a;
+    plan->b = b;
+    plan->a.freq_factors = plan->b.freq_factors = NULL; /* hashed by value: ff is the staged copy */
+    return KILN_OK;
+}
+
+kiln_status kcu_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
+                              const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
+                              kiln_bk_buffer *v_cache, uint32_t kv_dim) {
+    kiln_status st;
+    if ((st = kcu_use(dev))) return st;
+    struct kcu_rope_plan rp;
+    if ((st = kcu_rope_kv_plan(dev, q, k, v, rq, rk, k_cache, v_cache, kv_dim, &rp))) return st;
+    if (!rp.fused) {
+        if ((st = kcu_rope(dev, q, rq)) || (st = kcu_rope(dev, k, rk))) return st;
+        return kcu_kv_store(dev, k, v, k_cache, v_cache, kv_dim);
+    }
     struct { kiln_bk_tensor q, k, v; kiln_bk_rope a, b; const void *ff, *kc, *vc; uint32_t d; } args;
     memset(&args, 0, sizeof args);
-    args.q = *q, args.k = *k, args.v = *v, args.a = a, args.b = b;
-    args.a.freq_factors = args.b.freq_factors = NULL;
-    args.ff = ff, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
+    args.q = *q, args.k = *k, args.v = *v, args.a = rp.a, args.b = rp.b;
+    args.ff = rp.ff, args.kc = k_cache->ptr, args.vc = v_cache->ptr, args.d = kv_dim;
     if (!kcu_op(dev, &args, sizeof args)) return KILN_OK;
     if (dev->skip & KCU_SKIP_ROPE) return KILN_OK;
-    const float theta_scale = powf(a.freq_base, -2.0f / (float)a.n_rot);
-    const int items = (int)(a.n_head + b.n_head) * half + (int)kv_dim;
+    const struct kcu_ubatch *ub = &dev->ub;
+    const int items = (rp.n_head + rp.n_head_kv) * rp.half + (int)kv_dim;
     kcu_launch(rope_kv_store_kernel, (unsigned)q->ne[1], (unsigned)(items >= 1024 ? 1024 : (items + 31) / 32 * 32), 0,
                dev->stream, (float *)kcu_tensor_ptr(q), q->row_stride / 4, (float *)kcu_tensor_ptr(k),
                k->row_stride / 4, (const float *)kcu_tensor_ptr(v), v->row_stride / 4, (__half *)k_cache->ptr,
-               (__half *)v_cache->ptr, ub->pos, ub->kv_cell, (int)a.n_head, (int)b.n_head, (int)a.head_dim, half,
-               a.mode == KILN_ROPE_NEOX, theta_scale, a.freq_scale, (const float *)ff, (int)kv_dim);
+               (__half *)v_cache->ptr, ub->pos, ub->kv_cell, rp.n_head, rp.n_head_kv, rp.head_dim, rp.half, (int)rp.neox,
+               rp.theta_scale, rp.freq_scale, (const float *)rp.ff, (int)kv_dim);
     KCU_LAUNCHED("rope_kv_store");
     return KILN_OK;
 }

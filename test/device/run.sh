@@ -58,6 +58,7 @@ if has attn; then  # attention kernels against the CPU backend (tensor-core pref
     grep "rel diff" "$OUT/attn-mma.log"
     run_suite attn-tile KILN_CUDA_ATTN=tile bash test/run.sh build/test/test_backend_attn
     grep "rel diff" "$OUT/attn-tile.log"
+    run_suite attn-steps KILN_CUDA_ATTN=steps KILN_CUDA_ATTN_IDLE=wait bash test/run.sh build/test/test_backend_attn
 fi
 
 if has ref; then
@@ -272,6 +273,8 @@ if has big; then
           for e in ${KILN_BIG_ENV:-}; do  # settings to compare, e.g. KILN_CUDA_LAYOUT=0 (a,b: both)
               echo "$e"
               env ${e//,/ } build/bin/kiln-bench --backend cuda -m "$f" -p 512 -n 128 -r 3 2>&1 | tail -n 2
+              [ -z "${KILN_BIG_ENV_DEPTH:-}" ] ||
+                  env ${e//,/ } build/bin/kiln-bench --backend cuda -m "$f" -p 0 -n 128 -d 4096 -r 2 2>&1 | tail -n 1
           done
           for v in ${KILN_BIG_MMV:-}; do  # decode kernel variants to compare (KILN_CUDA_MMV)
               echo "KILN_CUDA_MMV=$v"
