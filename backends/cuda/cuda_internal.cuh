@@ -224,7 +224,11 @@ extern int kcu_pdl_mode;
  * end (comparison), 2 (the default) triggers early in the small kernels,
  * 3 also in the products. */
 /* KILN_CUDA_SKIP bits (timing experiments only: results are garbage) */
-enum { KCU_SKIP_NORM = 1, KCU_SKIP_ROPE = 2, KCU_SKIP_ATTN = 4, KCU_SKIP_SWIGLU = 8, KCU_SKIP_MMV = 16 };
+enum { KCU_SKIP_NORM = 1, KCU_SKIP_ROPE = 2, KCU_SKIP_ATTN = 4, KCU_SKIP_SWIGLU = 8, KCU_SKIP_MMV = 16,
+       /* one class of decode product: square (o), matmul_multi of 3 (q/k/v) and 2 (gate/up), more rows
+        * than columns (down), over 4x more columns than rows (the output) */
+       KCU_SKIP_MMV_SQUARE = 32, KCU_SKIP_MMV_MULTI3 = 64, KCU_SKIP_MMV_MULTI2 = 128, KCU_SKIP_MMV_TALL = 256,
+       KCU_SKIP_MMV_WIDE = 512 };
 
 /* KILN_CUDA_PREFETCH's default: at most this many MiB of a decode product's
  * weights are prefetched (the H100's L2 holds 50 MB) */

@@ -1264,7 +1264,10 @@ kiln_status kcu_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_
     memset(&args, 0, sizeof args);
     args.w = *w, args.x = *x, args.d = *dst;
     if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
-    if ((dev->skip & KCU_SKIP_MMV) && x->ne[1] <= KCU_MMV_MAX) return KILN_OK;
+    if (x->ne[1] <= KCU_MMV_MAX && ((dev->skip & KCU_SKIP_MMV) || ((dev->skip & KCU_SKIP_MMV_SQUARE) && w->ne[0] == w->ne[1]) ||
+                                    ((dev->skip & KCU_SKIP_MMV_TALL) && w->ne[0] > w->ne[1]) ||
+                                    ((dev->skip & KCU_SKIP_MMV_WIDE) && w->ne[1] > 4 * w->ne[0])))
+        return KILN_OK;
     const bool int8_path = x->ne[1] <= KCU_MMV_MAX &&
                            (w->type == KCU_Q4_0 || w->type == KCU_Q8_0 || w->type == KCU_Q4_K ||
                             w->type == KCU_Q6_K) &&
@@ -1355,7 +1358,9 @@ kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tens
     args.x = *x;
     args.n = n;
     if (!kcu_op_matmul(dev, &args, sizeof args)) return KILN_OK;
-    if (dev->skip & KCU_SKIP_MMV) return KILN_OK;
+    if ((dev->skip & KCU_SKIP_MMV) || ((dev->skip & KCU_SKIP_MMV_MULTI3) && n == 3) ||
+        ((dev->skip & KCU_SKIP_MMV_MULTI2) && n == 2))
+        return KILN_OK;
     return mmv_shared(dev, n, w, x, dst);
 }
 
