@@ -125,9 +125,6 @@ ctest() {
 # with plain products in place of the cooperative matrix calls (lavapipe
 # has none); on a GPU with them test/device/vulkan.sh runs the real one
 if want coopmat; then ctest test_vulkan_ops KILN_VK_COOPMAT_EMULATE=1; fi
-# every fusion on, including the quantization in the producers (off by
-# default: slower on the H100; its bits are still checked)
-if want coopmat; then ctest test_vulkan_ops KILN_VK_NO_FUSED=0; fi
 # weight_prepare keeping every weight in the GGUF layout (Q4_0 is split
 # into quants and scales otherwise: vk_layout.c)
 if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi
