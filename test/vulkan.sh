@@ -137,6 +137,9 @@ if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_EAGER=1
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_OLD=1
+    # decode attention in splits of 32 positions from any context (the
+    # default splits 256 in contexts of 1024 cells and more)
+    ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_SPLIT=32 KILN_VK_ATTN_SPLIT_MIN=0
 fi
 if want reference; then ctest test_reference; fi
 if [[ " ${KILN_VK_TESTS:-} " == *" lifecycle-only "* ]]; then ctest test_lifecycle; fi

@@ -281,6 +281,13 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         sh->mmv_rows = rows >= 1 && rows <= 4 ? (uint32_t)rows : 0u;
     }
     {
+        /* attn_dec.glsl's positions per subgroup step, loads issued
+         * together (KILN_VK_ATTN_UP: comparisons; the same bits) */
+        const char *up = getenv("KILN_VK_ATTN_UP");
+        const long upn = up ? strtol(up, NULL, 10) : 0;
+        sh->attn_up = upn >= 1 && upn <= 32 ? (uint32_t)upn : KILN_VK_ATTN_UP_DEFAULT;
+    }
+    {
         /* mmc.glsl's settings (specialization constants; vk_pipeline.c).
          * KILN_VK_MMC_TILE=BMxBN: its tile (BM a multiple of 64, BN of 32,
          * at most eight subgroups); it and the others below are for
@@ -496,6 +503,16 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     dev->no_mmv = getenv("KILN_VK_NO_MMV") != NULL;
     dev->mmc_old = getenv("KILN_VK_MMC_OLD") != NULL;
     dev->attn_old = getenv("KILN_VK_ATTN_OLD") != NULL;
+    {
+        /* decode attention over a long context in splits (attn_dec.glsl,
+         * attn_fold.comp): positions per split, 0 never; the context size
+         * from which it splits */
+        const char *sp = getenv("KILN_VK_ATTN_SPLIT"), *sm = getenv("KILN_VK_ATTN_SPLIT_MIN");
+        const long spn = sp ? strtol(sp, NULL, 10) : KILN_VK_ATTN_SPLIT_DEFAULT;
+        const long smn = sm ? strtol(sm, NULL, 10) : KILN_VK_ATTN_SPLIT_MIN_DEFAULT;
+        dev->attn_split = spn >= 0 && spn <= (1l << 20) ? (uint32_t)spn : KILN_VK_ATTN_SPLIT_DEFAULT;
+        dev->attn_split_min = smn >= 0 && smn <= (1l << 30) ? (uint32_t)smn : KILN_VK_ATTN_SPLIT_MIN_DEFAULT;
+    }
     dev->attn_dec_old = getenv("KILN_VK_ATTN_DEC_OLD") != NULL;
     dev->stage_near = getenv("KILN_VK_STAGE_NEAR") != NULL;
     dev->attn_no_mc = getenv("KILN_VK_ATTN_PORTABLE") != NULL;
@@ -595,6 +612,7 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
         kiln_vk_pool_close(dev);
         kiln_vk_buffer_free(dev->ring);
         kiln_vk_buffer_free(dev->act);
+        kiln_vk_buffer_free(dev->attn_part);
         VkDevice d = dev->sh->device;
         if (dev->fence) vkDestroyFence(d, dev->fence, NULL);
         if (dev->cmd_pool) vkDestroyCommandPool(d, dev->cmd_pool, NULL); /* frees dev->cmd */

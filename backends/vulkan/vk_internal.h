@@ -99,6 +99,7 @@ enum {
     KILN_VK_P_IDOT_END = KILN_VK_P_MMVM1_IDOT_FIRST + 4,
     KILN_VK_P_MMCW_FIRST = KILN_VK_P_IDOT_END,         /* mmc, warp-specialized (KILN_VK_MMC_WS) */
     KILN_VK_P_ATTN_DEC_ROPE = KILN_VK_P_MMCW_FIRST + KILN_VK_N_SLOTS, /* rope_kv + attn_dec of one token (rope_kv_attention) */
+    KILN_VK_P_ATTN_FOLD,                               /* attn_dec's splits of a long context folded (attn_fold.comp) */
     KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
@@ -113,7 +114,10 @@ int kiln_vk_type_slot(int32_t type);
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
-#define KILN_VK_MAX_BINDINGS 9
+#define KILN_VK_MAX_BINDINGS 10
+#define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
+#define KILN_VK_ATTN_SPLIT_DEFAULT 256u      /* decode attention: positions per split ... */
+#define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
 #define KILN_VK_PUSH_BYTES 128
 
 /* ---- memory ---- */
@@ -209,6 +213,7 @@ struct kiln_vk_shared {
     uint32_t mmc_rowvec;          /* mmc.glsl's staged row in 16-byte vectors (5; KILN_VK_MMC_ROWVEC) */
     uint32_t mmc_stages;          /* mmc.glsl's tile stages in shared memory (2; KILN_VK_MMC_STAGES) */
     uint32_t mmc_kc;              /* mmc.glsl's 32-element chunks per stage (1; KILN_VK_MMC_KC) */
+    uint32_t attn_up;             /* attn_dec.glsl's positions per subgroup step (KILN_VK_ATTN_UP) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
     bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */
     uint32_t mmc_skip;
@@ -317,6 +322,9 @@ struct kiln_bk_device {
     uint64_t ring_used;
     uint64_t ring_epoch;     /* bumped by every reset */
     kiln_bk_buffer *act;     /* quantized activations (device) */
+    kiln_bk_buffer *attn_part; /* decode attention's split results (device; grows like act, bumps act_gen) */
+    uint32_t attn_split;     /* positions per split of decode attention (KILN_VK_ATTN_SPLIT; 0: never) */
+    uint32_t attn_split_min; /* ... in contexts of at least this many cells (KILN_VK_ATTN_SPLIT_MIN) */
     kiln_vk_act_cache act_cache;
     kiln_vk_act_want act_want[KILN_VK_ACT_WANTS];
     uint32_t act_want_next;  /* the entry replaced next */

@@ -57,8 +57,9 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_QUANT_ACT) return 1u << 1;
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
-    if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5);
-    if (which == KILN_VK_P_ATTN_DEC_ROPE) return (1u << 3) | (1u << 5) | (1u << 7) | (1u << 8);
+    if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_FOLD) return (1u << 3) | (1u << 5);
+    if (which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5) | (1u << 9);
+    if (which == KILN_VK_P_ATTN_DEC_ROPE) return (1u << 3) | (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9);
     if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS) return 1u << 1;
     /* and the quantized activations (act_produce) */
@@ -1040,6 +1041,7 @@ typedef struct attn_push {
     float scale;
     uint32_t block_size, tab_off, nkv_off, bt_off;
     uint32_t qmode, q_words, row_k;
+    uint32_t split_len, n_splits, p_off; /* a long context's decode in splits (attn_dec_split) */
 } attn_push;
 
 /* The fields that come from the parameters and the ubatch (the caller
@@ -1055,6 +1057,7 @@ static void attn_push_fill(attn_push *pc, const kiln_bk_attn *a, const kiln_vk_u
     pc->nkv_off = 2 * ub->n_tokens;
     pc->bt_off = 3 * ub->n_tokens;
     pc->row_k = a->n_head * a->head_dim;
+    pc->split_len = pc->n_splits = pc->p_off = 0;
 }
 
 /* Dispatches an attention pipeline (a workgroup per head and token) whose
@@ -1070,6 +1073,56 @@ static kiln_status attn_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b
     return st;
 }
 
+#define KILN_VK_ATTN_SPLITS_MAX 64   /* splits of a row at most (longer splits in larger contexts) */
+#define KILN_VK_ATTN_SPLIT_TOKENS 32 /* ubatches that may split: decode steps and verify batches */
+
+/* Decode attention over a long context (attn_dec.glsl, attn_dec_rope.comp
+ * as `which`): with the handle's split setting and a context of at least
+ * attn_split_min cells, a workgroup per (head, token, split of split_len
+ * positions) leaves its state in the handle's split scratch (binding 9)
+ * and attn_fold.comp folds them into dst; otherwise one workgroup per
+ * (head, token) walks every position. The choice and the split length
+ * depend only on the context (for ubatches of up to 32 tokens), so a verify
+ * batch's rows keep the bits of decode steps. b has
+ * 10 entries, those past n_binds are filled here. */
+static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b, uint32_t n_binds,
+                                     attn_push *pc, const void *push, uint32_t size, const kiln_bk_attn *a,
+                                     const kiln_bk_tensor *dst, uint64_t de, const char *op) {
+    const kiln_vk_ubatch *ub = &dev->ub;
+    /* at most KILN_VK_ATTN_SPLITS_MAX splits (longer ones in larger
+     * contexts), so the scratch stays small: n_tokens x n_head x 64 x
+     * (head_dim + 2) floats, 1 MiB for a 7B decode step */
+    uint32_t sl = dev->attn_split;
+    if (sl && div_up(ub->n_cells, sl) > KILN_VK_ATTN_SPLITS_MAX)
+        sl = div_up(div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
+    /* the shaders name binding 9 either way: dst's (written anyway) when
+     * not splitting; 6..8 where unused, q's */
+    for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
+    b[9] = b[3];
+    if (!sl || ub->n_tokens > KILN_VK_ATTN_SPLIT_TOKENS || ub->n_cells < dev->attn_split_min || ub->n_cells <= sl)
+        return attn_dispatch(dev, which, b, 10, pc, push, size, a, dst, de, op);
+    kiln_status st;
+    const uint32_t ns = div_up(ub->n_cells, sl);
+    const uint64_t bytes = (uint64_t)ub->n_tokens * a->n_head * ns * (a->head_dim + 2) * sizeof(float);
+    if (!dev->attn_part || dev->attn_part->size < bytes) {
+        /* the old scratch may be read by recorded work: finish it first */
+        if (dev->attn_part && (st = kiln_vk_finish(dev))) return st;
+        kiln_bk_buffer *nb = NULL;
+        if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))) return st;
+        kiln_vk_buffer_free(dev->attn_part);
+        dev->attn_part = nb;
+        dev->act_gen++; /* recorded graphs name the old one */
+    }
+    if ((st = kiln_vk_bind_range(dev, dev->attn_part, 0, bytes, &b[9], NULL, op))) return st;
+    pc->split_len = sl;
+    pc->n_splits = ns;
+    pc->p_off = 0;
+    pc->qmode = 0;
+    b[5] = b[3]; /* the quantized output is the fold's (act_produce binds it there) */
+    if ((st = kiln_vk_dispatch(dev, which, b, 10, push, size, a->n_head, ub->n_tokens, ns))) return st;
+    return attn_dispatch(dev, KILN_VK_P_ATTN_FOLD, b, 10, pc, push, size, a, dst, de, op);
+}
+
 kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
                               const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
     kiln_status st;
@@ -1079,7 +1132,7 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     if ((st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe, &de, &need, &noop)) || noop) return st;
     const kiln_vk_ubatch *ub = &dev->ub;
     const uint32_t kv_dim = a.n_head_kv * a.head_dim;
-    kiln_vk_bind b[6];
+    kiln_vk_bind b[10];
     attn_push pc;
     if ((st = ubatch_bind(dev, &b[4], "attention")) ||
         (st = bind_f32(dev, q, qe, &b[0], &pc.q_off, &pc.q_stride, "attention")) ||
@@ -1131,8 +1184,9 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
         return kiln_vk_dispatch(dev, tile_pipe, b, 5, &tc, sizeof tc, ub->n_tiles, a.n_head, 1);
     }
     attn_push_fill(&pc, &a, ub);
-    return attn_dispatch(dev, attn_dec_usable(dev) ? KILN_VK_P_ATTN_DEC : KILN_VK_P_ATTENTION, b, 6, &pc, &pc,
-                         sizeof pc, &a, dst, de, "attention");
+    if (attn_dec_usable(dev))
+        return attn_dec_dispatch(dev, KILN_VK_P_ATTN_DEC, b, 6, &pc, &pc, sizeof pc, &a, dst, de, "attention");
+    return attn_dispatch(dev, KILN_VK_P_ATTENTION, b, 6, &pc, &pc, sizeof pc, &a, dst, de, "attention");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1431,7 +1485,7 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     } pc;
     uint64_t toff = 0;
     const kiln_bk_buffer *tbuf = NULL;
-    kiln_vk_bind b[9];
+    kiln_vk_bind b[10];
     uint32_t rem;
     if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_attention")) ||
         (st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_attention")) ||
@@ -1451,5 +1505,6 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     pc.cell_off = 0;
     kiln_vk_act_written(dev, k_cache, 0, need);
     kiln_vk_act_written(dev, v_cache, 0, need);
-    return attn_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 9, &pc.h, &pc, sizeof pc, &a, dst, de, "rope_kv_attention");
+    return attn_dec_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 9, &pc.h, &pc, sizeof pc, &a, dst, de,
+                             "rope_kv_attention");
 }

@@ -316,6 +316,7 @@ SPV_DECL(mmvm1_q4_0s_idot) SPV_DECL(mmvm1_q8_0_idot) SPV_DECL(mmvm1_q4_k_idot) S
 SPV_DECL(mmcw_f32) SPV_DECL(mmcw_f16) SPV_DECL(mmcw_bf16) SPV_DECL(mmcw_q4_0) SPV_DECL(mmcw_q4_1) SPV_DECL(mmcw_q5_0)
 SPV_DECL(mmcw_q5_1) SPV_DECL(mmcw_q8_0) SPV_DECL(mmcw_q4_k) SPV_DECL(mmcw_q5_k) SPV_DECL(mmcw_q6_k) SPV_DECL(mmcw_q4_0s)
 SPV_DECL(attn_dec_rope)
+SPV_DECL(attn_fold)
 #undef SPV_DECL
 
 static const struct {
@@ -475,7 +476,8 @@ static const struct {
     SPV_ENTRY(mmcw_f32), SPV_ENTRY(mmcw_f16), SPV_ENTRY(mmcw_bf16), SPV_ENTRY(mmcw_q4_0), SPV_ENTRY(mmcw_q4_1),
     SPV_ENTRY(mmcw_q5_0), SPV_ENTRY(mmcw_q5_1), SPV_ENTRY(mmcw_q8_0), SPV_ENTRY(mmcw_q4_k), SPV_ENTRY(mmcw_q5_k),
     SPV_ENTRY(mmcw_q6_k), SPV_ENTRY(mmcw_q4_0s),
-    SPV_ENTRY(attn_dec_rope)
+    SPV_ENTRY(attn_dec_rope),
+    SPV_ENTRY(attn_fold)
 #undef SPV_ENTRY
 };
 
@@ -599,15 +601,17 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
              * subgroups' invocations (attn_dec.comp's workgroup), 3-5
              * mmc.glsl's tile and workgroup size, 6 its KILN_VK_MMC_SKIP, 7 its
              * staged row in 16-byte vectors, 8 its stages, 9 its
-             * chunks per stage, 10 its workgroup order */
+             * chunks per stage, 10 its workgroup order, 11 attn_dec.glsl's
+             * positions per subgroup step */
             const int slot = mmv_slot(which);
-            const uint32_t spec_data[11] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
+            const uint32_t spec_data[12] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
                                            8u * sh->subgroup_size, sh->mmc_bm, sh->mmc_bn,
                                            32u * (sh->mmc_bm / 64u) * (sh->mmc_bn / 32u), sh->mmc_skip,
-                                           sh->mmc_rowvec, sh->mmc_stages, sh->mmc_kc, sh->mmc_mfirst};
-            VkSpecializationMapEntry spec_entry[11];
-            for (uint32_t i = 0; i < 11; i++) spec_entry[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
-            const VkSpecializationInfo spec = {11, spec_entry, sizeof spec_data, spec_data};
+                                           sh->mmc_rowvec, sh->mmc_stages, sh->mmc_kc, sh->mmc_mfirst,
+                                           sh->attn_up};
+            VkSpecializationMapEntry spec_entry[12];
+            for (uint32_t i = 0; i < 12; i++) spec_entry[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
+            const VkSpecializationInfo spec = {12, spec_entry, sizeof spec_data, spec_data};
             ci.stage.pSpecializationInfo = &spec;
             ci.layout = sh->layout;
             if (sh->pipeline_stats) ci.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;

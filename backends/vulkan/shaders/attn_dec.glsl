@@ -32,7 +32,10 @@ layout(constant_id = 2) const uint WG = 256u;
 
 #include "attn_io.glsl"
 #define NSG (WG / SG)  /* subgroups per workgroup: 8 */
-#define UP 4u            /* positions per subgroup step */
+/* positions per subgroup step, their loads issued together: specialization
+ * constant 11 (KILN_VK_ATTN_UP); the softmax still takes them one at a
+ * time in position order, so any value gives the same bits */
+layout(constant_id = 11) const uint UP = 4u;
 #define PL (MAXD / 2u / SG) /* dimension pairs per lane, at most */
 shared float sg_m[NSG], sg_l[NSG];
 shared float sg_o[NSG * MAXD];
@@ -48,6 +51,15 @@ void main() {
     uint qo = p.q_off + t * p.q_stride + h * D_;
     uint nkv = uint(U[p.nkv_off + t]);
     uint tab = uint(U[p.tab_off + t]);
+    /* positions [pb, pe): the split's (a long context's decode, launched
+     * over the whole cache: splits past nkv leave, split 0 stays, which
+     * stores the row with ROPE), or all of them */
+    uint split = gl_WorkGroupID.z, pb = 0u, pe = nkv;
+    if (p.split_len != 0u) {
+        pb = split * p.split_len;
+        pe = min(nkv, pb + p.split_len);
+        if (pb >= nkv && split != 0u) return; /* the whole workgroup */
+    }
 #ifdef KILN_ATTN_DEC_ROPE
     /* rope_kv.comp's work for this head, every global load of it issued
      * before the first use (one round of latency): invocation e rotates
@@ -96,7 +108,7 @@ void main() {
     barrier();
     /* k as F16 pairs; the group's first head stores the row */
     uint ow = (own_cell * p.kv_dim + hk * D_) >> 1;
-    bool store = h % (p.n_head / p.n_head_kv) == 0u;
+    bool store = h % (p.n_head / p.n_head_kv) == 0u && split == 0u;
     for (uint i = tid; 2u * i < D_; i += WG) {
         uint kw = f2h(s_k[2u * i]) | (f2h(s_k[2u * i + 1u]) << 16);
         s_kp[i] = kw;
@@ -122,12 +134,12 @@ void main() {
     float m = -1e30;
     precise float l = 0.0;
     uint hoff = hk * D_;
-    for (uint p0 = sg; p0 < nkv; p0 += UP * NSG) {
+    for (uint p0 = pb + sg; p0 < pe; p0 += UP * NSG) {
         /* positions p0 + NSG * u: their cells, then all their K and V */
         uint cb[UP];
         bool own[UP];
         [[unroll]] for (uint u = 0u; u < UP; u++) {
-            uint pu = min(p0 + NSG * u, nkv - 1u);
+            uint pu = min(p0 + NSG * u, pe - 1u);
             uint cell = uint(U[p.bt_off + tab + pu / p.block_size]) * p.block_size + pu % p.block_size;
 #ifdef KILN_ATTN_DEC_ROPE
             /* the row being stored: its values from shared memory, and the
@@ -140,32 +152,35 @@ void main() {
 #endif
             cb[u] = (cell * p.kv_dim + hoff) >> 1;
         }
-        vec2 kv[UP][PL], vv[UP][PL];
+        /* as packed F16 pairs: half the registers of unpacked ones */
+        uint kw[UP][PL], vw[UP][PL];
         [[unroll]] for (uint u = 0u; u < UP; u++)
             [[unroll]] for (uint i = 0u; i < PL; i++) {
                 uint j = lane + SG * i;
                 bool in_ = j < D2;
-                uint kw = in_ ? KCache[cb[u] + j] : 0u, vw = in_ ? VCache[cb[u] + j] : 0u;
+                kw[u][i] = in_ ? KCache[cb[u] + j] : 0u;
+                vw[u][i] = in_ ? VCache[cb[u] + j] : 0u;
 #ifdef KILN_ATTN_DEC_ROPE
-                kw = own[u] && in_ ? s_kp[j] : kw; /* the same F16 values the cell gets */
-                vw = own[u] && in_ ? s_vp[j] : vw;
+                kw[u][i] = own[u] && in_ ? s_kp[j] : kw[u][i]; /* the same F16 values the cell gets */
+                vw[u][i] = own[u] && in_ ? s_vp[j] : vw[u][i];
 #endif
-                kv[u][i] = unpackHalf2x16(kw);
-                vv[u][i] = unpackHalf2x16(vw);
             }
         float sc[UP];
         [[unroll]] for (uint u = 0u; u < UP; u++) {
             precise float su = 0.0;
-            [[unroll]] for (uint i = 0u; i < PL; i++) su += qv[i].x * kv[u][i].x + qv[i].y * kv[u][i].y;
+            [[unroll]] for (uint i = 0u; i < PL; i++) {
+                vec2 k2 = unpackHalf2x16(kw[u][i]);
+                su += qv[i].x * k2.x + qv[i].y * k2.y;
+            }
             sc[u] = subgroupAdd(su) * p.scale;
         }
         /* in position order, the online softmax of this subgroup */
         [[unroll]] for (uint u = 0u; u < UP; u++) {
-            if (p0 + NSG * u >= nkv) break;
+            if (p0 + NSG * u >= pe) break;
             float mn = max(m, sc[u]);
             float corr = exp(m - mn), e = exp(sc[u] - mn);
             l = l * corr + e;
-            [[unroll]] for (uint i = 0u; i < PL; i++) o[i] = o[i] * corr + e * vv[u][i];
+            [[unroll]] for (uint i = 0u; i < PL; i++) o[i] = o[i] * corr + e * unpackHalf2x16(vw[u][i]);
             m = mn;
         }
     }
@@ -187,6 +202,20 @@ void main() {
     for (uint s = 0u; s < NSG; s++) M = max(M, sg_m[s]);
     precise float L = 0.0;
     for (uint s = 0u; s < NSG; s++) L += sg_l[s] * exp(sg_m[s] - M);
+    if (p.split_len != 0u) { /* the split's state for attn_fold.comp */
+        if (pb >= nkv) return; /* split 0 of a row that attends to nothing */
+        uint po = p.p_off + ((t * p.n_head + h) * p.n_splits + split) * (D_ + 2u);
+        for (uint d = tid; d < D_; d += WG) {
+            precise float a = 0.0;
+            for (uint s = 0u; s < NSG; s++) a += sg_o[s * MAXD + d] * exp(sg_m[s] - M);
+            Part[po + 2u + d] = a;
+        }
+        if (tid == 0u) {
+            Part[po] = M;
+            Part[po + 1u] = L;
+        }
+        return;
+    }
     barrier(); /* qs is rewritten below */
     uint od = p.d_off + t * p.d_stride + h * D_;
     for (uint d = tid; d < D_; d += WG) {

@@ -19,6 +19,10 @@ layout(binding = 2) readonly buffer VC { uint VCache[]; };
 layout(binding = 3) writeonly buffer DB { float D[]; };
 layout(binding = 4) readonly buffer UB { int U[]; };
 layout(binding = 5) buffer AQB { uint AQ[]; };
+/* a long context's decode attention in splits (attn_dec.glsl with
+ * p.split_len != 0): each split's (max, sum, unnormalised output) here,
+ * folded by attn_fold.comp */
+layout(binding = 9) buffer PB { float Part[]; };
 #ifdef KILN_ATTN_DEC_ROPE
 layout(binding = 6) readonly buffer TB { float T[]; };
 /* the caches again, for the one row stored (no invocation reads it): the
@@ -33,6 +37,7 @@ layout(push_constant) uniform P {
     float scale;
     uint block_size, tab_off, nkv_off, bt_off;
     uint qmode, a_stride, row_k;  /* row_k: elements of a dst row (n_head * head_dim) */
+    uint split_len, n_splits, p_off; /* splits of split_len positions (0: none), Part's first word */
 #ifdef KILN_ATTN_DEC_ROPE
     uint k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
 #endif
