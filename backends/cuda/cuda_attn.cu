@@ -148,20 +148,65 @@ static __global__ void __launch_bounds__(KCU_ATTN_WARPS * 32)
 /* Folds the ns splits' partial results p (each (M, L, O[D]), ns of them
  * D + 2 floats apart) of one (token, head) into its output row o, in split
  * order; xq/xd (or NULL): the row's int8 form for the next product. The
- * loads go to the L2 (other blocks of the same grid may have written p). */
+ * whole block calls it (it has barriers); the loads go to the L2 (other
+ * blocks of the same grid may have written p). The splits' weights
+ * exp(M_s - M) are computed once per split into shared memory, a chunk at
+ * a time, and each thread's sums over the splits issue their loads in
+ * batches: with a long context (128 splits at 4096 positions) the fold was
+ * a chain of dependent L2 round trips per split (bench/NOTES.md). */
+#define KCU_FOLD_CHUNK 256
+#define KCU_FOLD_DPT 4 /* head_dim / blockDim at most: 256 / 64 */
 static __device__ __forceinline__ void attn_fold_row(const float *p, int ns, int D, float *o, int h, int64_t K,
                                                      int8_t *xq, float *xd) {
-    float M = -INFINITY;
-    for (int s = 0; s < ns; s++) M = fmaxf(M, __ldcg(p + (uint64_t)s * (D + 2)));
-    float L = 0.0f;
-    for (int s = 0; s < ns; s++) L += __ldcg(p + (uint64_t)s * (D + 2) + 1) * expf(__ldcg(p + (uint64_t)s * (D + 2)) - M);
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        float a = 0.0f;
-        for (int s = 0; s < ns; s++)
-            a += __ldcg(p + (uint64_t)s * (D + 2) + 2 + d) * expf(__ldcg(p + (uint64_t)s * (D + 2)) - M);
-        const float v = ns > 0 && L > 0.0f ? a / L : 0.0f;
+    __shared__ float sw[KCU_FOLD_CHUNK], sls[KCU_FOLD_CHUNK], sred[32];
+    __shared__ float s_m, s_l;
+    const int nt = blockDim.x, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    float M = -INFINITY; /* the largest of the splits' maxima: exact in any order */
+    for (int s = threadIdx.x; s < ns; s += nt) M = fmaxf(M, __ldcg(p + (uint64_t)s * (D + 2)));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    if (lane == 0) sred[wid] = M;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float mm = -INFINITY;
+        for (int w = 0; w < nt / 32; w++) mm = fmaxf(mm, sred[w]);
+        s_m = mm;
+    }
+    __syncthreads();
+    M = s_m;
+    float a[KCU_FOLD_DPT], L = 0.0f;
+#pragma unroll
+    for (int k = 0; k < KCU_FOLD_DPT; k++) a[k] = 0.0f;
+    for (int c0 = 0; c0 < ns; c0 += KCU_FOLD_CHUNK) {
+        const int cn = min(KCU_FOLD_CHUNK, ns - c0);
+        for (int i = threadIdx.x; i < cn; i += nt) {
+            const float *ps = p + (uint64_t)(c0 + i) * (D + 2);
+            sw[i] = expf(__ldcg(ps) - M);
+            sls[i] = __ldcg(ps + 1);
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) /* in split order */
+            for (int i = 0; i < cn; i++) L = fmaf(sls[i], sw[i], L);
+#pragma unroll
+        for (int k = 0; k < KCU_FOLD_DPT; k++) {
+            const int d = threadIdx.x + k * nt;
+            if (d >= D) break;
+            const float *pd = p + (uint64_t)c0 * (D + 2) + 2 + d;
+#pragma unroll 16
+            for (int i = 0; i < cn; i++) a[k] = fmaf(__ldcg(pd + (uint64_t)i * (D + 2)), sw[i], a[k]);
+        }
+        __syncthreads(); /* sw is rewritten by the next chunk */
+    }
+    if (threadIdx.x == 0) s_l = L;
+    __syncthreads();
+    L = s_l;
+#pragma unroll
+    for (int k = 0; k < KCU_FOLD_DPT; k++) {
+        const int d = threadIdx.x + k * nt;
+        if (d >= D) break; /* D % 32 == 0: whole warps */
+        const float v = ns > 0 && L > 0.0f ? a[k] / L : 0.0f;
         o[d] = v;
-        if (xq) /* D % 32 == 0: a warp holds one block of the row */
+        if (xq) /* a warp holds one block of the row */
             kcu_q8_store(v, (int64_t)h * D + d, xq, xd);
     }
 }
