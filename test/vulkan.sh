@@ -125,6 +125,10 @@ ctest() {
 # with plain products in place of the cooperative matrix calls (lavapipe
 # has none); on a GPU with them test/device/vulkan.sh runs the real one
 if want coopmat; then ctest test_vulkan_ops KILN_VK_COOPMAT_EMULATE=1; fi
+# several activation rows through the float decode kernels (the integer
+# dot product ones otherwise, where the device has them): their bits
+# against the one-row integer kernels'
+if want coopmat; then ctest test_vulkan_ops KILN_VK_NO_IDOT8=1; fi
 # weight_prepare keeping every weight in the GGUF layout (Q4_0 is split
 # into quants and scales otherwise: vk_layout.c)
 if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi

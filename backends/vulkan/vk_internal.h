@@ -100,7 +100,10 @@ enum {
     KILN_VK_P_MMCW_FIRST = KILN_VK_P_IDOT_END,         /* mmc, warp-specialized (KILN_VK_MMC_WS) */
     KILN_VK_P_ATTN_DEC_ROPE = KILN_VK_P_MMCW_FIRST + KILN_VK_N_SLOTS, /* rope_kv + attn_dec of one token (rope_kv_attention) */
     KILN_VK_P_ATTN_FOLD,                               /* attn_dec's splits of a long context folded (attn_fold.comp) */
-    KILN_VK_P_COUNT
+    KILN_VK_P_MMV_IDOT_FIRST,                          /* mmv_ (up to 8 rows) with integer dot products, idot order */
+    KILN_VK_P_MMVM_IDOT_FIRST = KILN_VK_P_MMV_IDOT_FIRST + 4, /* mmvm_ with integer dot products */
+    KILN_VK_P_IDOT8_END = KILN_VK_P_MMVM_IDOT_FIRST + 4,
+    KILN_VK_P_COUNT = KILN_VK_P_IDOT8_END
 };
 /* The weight slots whose one-row decode kernels have an integer dot
  * product variant (split Q4_0, Q8_0, Q4_K, Q6_K): their index 0..3 in the
@@ -344,6 +347,7 @@ struct kiln_bk_device {
                                 (all stages), not the compute-only one */
     uint32_t no_fused_mask;  /* KILN_VK_NO_FUSED=MASK: which fusions are off (vk_device.c) */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
+    bool no_idot8;           /* KILN_VK_NO_IDOT8=1: several rows take mmv_ without integer dot products */
     bool no_weight_layout;   /* KILN_VK_LAYOUT=0: weight_prepare keeps every weight in the GGUF layout */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */

@@ -69,6 +69,7 @@ static uint32_t written_bindings(int which) {
     if (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + KILN_VK_N_SLOTS) return 1u << 2;
     if (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS) return 1u << 2;
     if (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_IDOT_END) return 1u << 2;
+    if (which >= KILN_VK_P_MMV_IDOT_FIRST && which < KILN_VK_P_IDOT8_END) return 1u << 2;
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
         (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST))
         return 1u << 2; /* every matmul: D */
@@ -670,11 +671,14 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
 /* The decode kernel of weight slot `slot` for M activation rows, from the
  * family `first` (mmv, mmvm): one row goes through the family built for
  * one row (KILN_VK_MMV_UNROLL), with integer dot products where the device
- * and the type have them (the same bits). */
-static int mmv_pipeline(const kiln_bk_device *dev, int64_t M, int slot, int first, int first1, int idot_first) {
-    if (!dev->mmv_unroll || M != 1) return first + slot;
+ * and the type have them (the same bits), and so do several rows (batched
+ * decode, verify batches: idot8_first; KILN_VK_NO_IDOT8=1 not). */
+static int mmv_pipeline(const kiln_bk_device *dev, int64_t M, int slot, int first, int first1, int idot_first,
+                        int idot8_first) {
     const int ii = kiln_vk_idot_index(slot);
-    return ii >= 0 && dev->sh->idot ? idot_first + ii : first1 + slot;
+    const bool idot = ii >= 0 && dev->sh->idot;
+    if (!dev->mmv_unroll || M != 1) return idot && M > 1 && !dev->no_idot8 ? idot8_first + ii : first + slot;
+    return idot ? idot_first + ii : first1 + slot;
 }
 
 kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
@@ -788,7 +792,8 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* F16 rows and activations on 16-byte boundaries: 16-byte loads */
         pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
                     pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
-        const int pipe = mmv_pipeline(dev, M, slot, KILN_VK_P_MMV_FIRST, KILN_VK_P_MMV1_FIRST, KILN_VK_P_MMV1_IDOT_FIRST);
+        const int pipe = mmv_pipeline(dev, M, slot, KILN_VK_P_MMV_FIRST, KILN_VK_P_MMV1_FIRST, KILN_VK_P_MMV1_IDOT_FIRST,
+                                      KILN_VK_P_MMV_IDOT_FIRST);
         return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
     }
     if (M > KILN_VK_MM_MC && !dev->no_tiled) {
@@ -1339,7 +1344,8 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     uint64_t gx = div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    const int pipe = mmv_pipeline(dev, M, wslot, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMVM1_FIRST, KILN_VK_P_MMVM1_IDOT_FIRST);
+    const int pipe = mmv_pipeline(dev, M, wslot, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMVM1_FIRST, KILN_VK_P_MMVM1_IDOT_FIRST,
+                                  KILN_VK_P_MMVM_IDOT_FIRST);
     return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc,
                             (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }

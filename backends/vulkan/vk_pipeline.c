@@ -317,6 +317,8 @@ SPV_DECL(mmcw_f32) SPV_DECL(mmcw_f16) SPV_DECL(mmcw_bf16) SPV_DECL(mmcw_q4_0) SP
 SPV_DECL(mmcw_q5_1) SPV_DECL(mmcw_q8_0) SPV_DECL(mmcw_q4_k) SPV_DECL(mmcw_q5_k) SPV_DECL(mmcw_q6_k) SPV_DECL(mmcw_q4_0s)
 SPV_DECL(attn_dec_rope)
 SPV_DECL(attn_fold)
+SPV_DECL(mmv_q4_0s_idot) SPV_DECL(mmv_q8_0_idot) SPV_DECL(mmv_q4_k_idot) SPV_DECL(mmv_q6_k_idot)
+SPV_DECL(mmvm_q4_0s_idot) SPV_DECL(mmvm_q8_0_idot) SPV_DECL(mmvm_q4_k_idot) SPV_DECL(mmvm_q6_k_idot)
 #undef SPV_DECL
 
 static const struct {
@@ -477,7 +479,9 @@ static const struct {
     SPV_ENTRY(mmcw_q5_0), SPV_ENTRY(mmcw_q5_1), SPV_ENTRY(mmcw_q8_0), SPV_ENTRY(mmcw_q4_k), SPV_ENTRY(mmcw_q5_k),
     SPV_ENTRY(mmcw_q6_k), SPV_ENTRY(mmcw_q4_0s),
     SPV_ENTRY(attn_dec_rope),
-    SPV_ENTRY(attn_fold)
+    SPV_ENTRY(attn_fold),
+    SPV_ENTRY(mmv_q4_0s_idot), SPV_ENTRY(mmv_q8_0_idot), SPV_ENTRY(mmv_q4_k_idot), SPV_ENTRY(mmv_q6_k_idot),
+    SPV_ENTRY(mmvm_q4_0s_idot), SPV_ENTRY(mmvm_q8_0_idot), SPV_ENTRY(mmvm_q4_k_idot), SPV_ENTRY(mmvm_q6_k_idot)
 #undef SPV_ENTRY
 };
 
@@ -538,6 +542,8 @@ static int mmv_slot(int which) {
         if (which >= first[i] && which < first[i] + KILN_VK_N_SLOTS) return which - first[i];
     if (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_IDOT_END)
         return kiln_vk_idot_slot((which - KILN_VK_P_MMV1_IDOT_FIRST) % 4);
+    if (which >= KILN_VK_P_MMV_IDOT_FIRST && which < KILN_VK_P_IDOT8_END)
+        return kiln_vk_idot_slot((which - KILN_VK_P_MMV_IDOT_FIRST) % 4);
     return -1;
 }
 
