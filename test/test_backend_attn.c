@@ -18,6 +18,7 @@
 #include "backend.h"
 #include "kiln_backend.h"
 #include "kt.h"
+#include "kt_bk.h"
 #include "quant.h"
 
 static const kiln_backend_iface *cpu, *gpu;
@@ -127,36 +128,6 @@ static void test_decode(void) {
     KT_CHECK(run_case(64, 1, 1, 40, 0) < 1e-4);
 }
 
-static kiln_bk_buffer *gbuf(uint64_t size, const void *data) {
-    kiln_bk_buffer *b = NULL;
-    KT_CHECK_OK(gpu->buffer_alloc(dgpu, size, KILN_BK_BUF_TRANSIENT, &b));
-    if (b && data) KT_CHECK_OK(gpu->buffer_upload(dgpu, b, 0, data, size));
-    return b;
-}
-
-/* Whether [off, off + size) of two GPU buffers holds the same bytes. */
-static int gsame(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, uint64_t size) {
-    uint8_t *ha = malloc(size), *hb = malloc(size);
-    KT_CHECK_OK(gpu->buffer_download(dgpu, a, off, ha, size));
-    KT_CHECK_OK(gpu->buffer_download(dgpu, b, off, hb, size));
-    const int same = memcmp(ha, hb, size) == 0;
-    free(ha);
-    free(hb);
-    return same;
-}
-
-static kiln_bk_tensor gtensor(kiln_bk_buffer *b, int32_t type, int64_t ne0, int64_t ne1, uint64_t offset) {
-    kiln_bk_tensor t;
-    memset(&t, 0, sizeof t);
-    t.buf = b;
-    t.offset = offset;
-    t.type = type;
-    t.ne[0] = ne0;
-    t.ne[1] = ne1;
-    t.row_stride = kiln_type_row_size(type, ne0);
-    return t;
-}
-
 /* rope_kv_attention against rope_kv_store then attention on the same
  * backend: the same attention output (and its quantized form read by the
  * next Q8_0 product), the same caches, bit for bit. One token (the
@@ -208,25 +179,25 @@ static void test_rope_kv_attention(void) {
                     for (int i = 0; i < Q * NW; i++) wf[i] = frand();
                     for (int r = 0; r < NW; r++)
                         KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q8_0, wf + (uint64_t)r * Q, wq + r * row, Q));
-                    kiln_bk_buffer *wb = gbuf(row * NW, wq);
-                    kiln_bk_tensor tw = gtensor(wb, KILN_TYPE_Q8_0, Q, NW, 0);
+                    kiln_bk_buffer *wb = kt_bk_buf(gpu, dgpu, row * NW, wq);
+                    kiln_bk_tensor tw = kt_bk_tensor(wb, KILN_TYPE_Q8_0, Q, NW, 0);
                     if (gpu->struct_size >= offsetof(kiln_backend_iface, weight_prepare) + sizeof gpu->weight_prepare &&
                         gpu->weight_prepare)
                         KT_CHECK_OK(gpu->weight_prepare(dgpu, &tw, &tw.layout));
                     kiln_bk_buffer *x[2], *kc[2], *vc[2], *ob[2], *pb[2];
                     for (int way = 0; way < 2; way++) { /* 0: the two operations, 1: rope_kv_attention */
-                        x[way] = gbuf(sizeof(float) * TOTAL, data);
-                        kc[way] = gbuf((uint64_t)CELLS * KVD * 2, kvh);
-                        vc[way] = gbuf((uint64_t)CELLS * KVD * 2, kvh);
-                        ob[way] = gbuf(sizeof(float) * T * Q, NULL);
-                        pb[way] = gbuf(sizeof(float) * T * NW * 2, NULL);
+                        x[way] = kt_bk_buf(gpu, dgpu, sizeof(float) * TOTAL, data);
+                        kc[way] = kt_bk_buf(gpu, dgpu, (uint64_t)CELLS * KVD * 2, kvh);
+                        vc[way] = kt_bk_buf(gpu, dgpu, (uint64_t)CELLS * KVD * 2, kvh);
+                        ob[way] = kt_bk_buf(gpu, dgpu, sizeof(float) * T * Q, NULL);
+                        pb[way] = kt_bk_buf(gpu, dgpu, sizeof(float) * T * NW * 2, NULL);
                         for (int pass = 0; pass < 2; pass++) {
                             KT_CHECK_OK(gpu->buffer_upload(dgpu, x[way], 0, data, sizeof(float) * TOTAL));
-                            kiln_bk_tensor q = gtensor(x[way], KILN_TYPE_F32, Q, tokens, 0);
-                            kiln_bk_tensor k = gtensor(x[way], KILN_TYPE_F32, KVD, tokens, OK_ * 4);
-                            kiln_bk_tensor v = gtensor(x[way], KILN_TYPE_F32, KVD, tokens, OV * 4);
-                            kiln_bk_tensor o = gtensor(ob[way], KILN_TYPE_F32, Q, tokens, 0);
-                            kiln_bk_tensor pr = gtensor(pb[way], KILN_TYPE_F32, NW, tokens, sizeof(float) * T * NW * pass);
+                            kiln_bk_tensor q = kt_bk_tensor(x[way], KILN_TYPE_F32, Q, tokens, 0);
+                            kiln_bk_tensor k = kt_bk_tensor(x[way], KILN_TYPE_F32, KVD, tokens, OK_ * 4);
+                            kiln_bk_tensor v = kt_bk_tensor(x[way], KILN_TYPE_F32, KVD, tokens, OV * 4);
+                            kiln_bk_tensor o = kt_bk_tensor(ob[way], KILN_TYPE_F32, Q, tokens, 0);
+                            kiln_bk_tensor pr = kt_bk_tensor(pb[way], KILN_TYPE_F32, NW, tokens, sizeof(float) * T * NW * pass);
                             if (way == 0) {
                                 KT_CHECK_OK(gpu->rope_kv_store(dgpu, &q, &k, &v, &rq, &rk, kc[0], vc[0], KVD));
                                 KT_CHECK_OK(gpu->attention(dgpu, &q, kc[0], vc[0], &at, &o));
@@ -236,15 +207,15 @@ static void test_rope_kv_attention(void) {
                             KT_CHECK_OK(gpu->matmul(dgpu, &tw, &o, &pr));
                         }
                     }
-                    KT_CHECKF(gsame(ob[0], ob[1], 0, sizeof(float) * tokens * Q),
+                    KT_CHECKF(kt_bk_same(gpu, dgpu, ob[0], ob[1], 0, sizeof(float) * tokens * Q),
                               "rope_kv_attention context %d D %d tokens %d variant %d: outputs differ", c, D, tokens,
                               variant);
-                    KT_CHECKF(gsame(kc[0], kc[1], 0, (uint64_t)CELLS * KVD * 2) &&
-                                  gsame(vc[0], vc[1], 0, (uint64_t)CELLS * KVD * 2),
+                    KT_CHECKF(kt_bk_same(gpu, dgpu, kc[0], kc[1], 0, (uint64_t)CELLS * KVD * 2) &&
+                                  kt_bk_same(gpu, dgpu, vc[0], vc[1], 0, (uint64_t)CELLS * KVD * 2),
                               "rope_kv_attention context %d D %d tokens %d variant %d: caches differ", c, D, tokens,
                               variant);
-                    KT_CHECKF(gsame(pb[0], pb[1], 0, sizeof(float) * tokens * NW) &&
-                                  gsame(pb[0], pb[1], sizeof(float) * T * NW, sizeof(float) * tokens * NW),
+                    KT_CHECKF(kt_bk_same(gpu, dgpu, pb[0], pb[1], 0, sizeof(float) * tokens * NW) &&
+                                  kt_bk_same(gpu, dgpu, pb[0], pb[1], sizeof(float) * T * NW, sizeof(float) * tokens * NW),
                               "rope_kv_attention context %d D %d tokens %d variant %d: the next products differ", c, D,
                               tokens, variant);
                     for (int way = 0; way < 2; way++) {

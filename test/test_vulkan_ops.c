@@ -26,6 +26,7 @@
 #include "backend.h"
 #include "kiln_backend.h"
 #include "kt.h"
+#include "kt_bk.h"
 #include "quant.h"
 
 static const kiln_backend_iface *cpu, *vk;
@@ -73,18 +74,6 @@ static void free_pair(pair p) {
     vk->buffer_free(p.v);
 }
 
-static kiln_bk_tensor tensor(kiln_bk_buffer *b, int32_t type, int64_t ne0, int64_t ne1, uint64_t offset) {
-    kiln_bk_tensor t;
-    memset(&t, 0, sizeof t);
-    t.buf = b;
-    t.offset = offset;
-    t.type = type;
-    t.ne[0] = ne0;
-    t.ne[1] = ne1;
-    t.row_stride = kiln_type_row_size(type, ne0);
-    return t;
-}
-
 /* The plugin's weight_prepare on a weight just uploaded (as a model load
  * calls it: once per tensor); returns the layout to put in the tensor.
  * Q4_0 rows of whole 256-element groups on 16-byte boundaries must be
@@ -94,7 +83,7 @@ static int32_t vk_prepare(kiln_bk_buffer *b, int32_t type, int64_t K, int64_t N,
     if (vk->struct_size < offsetof(kiln_backend_iface, weight_prepare) + sizeof vk->weight_prepare ||
         !vk->weight_prepare)
         return 0;
-    kiln_bk_tensor t = tensor(b, type, K, N, offset);
+    kiln_bk_tensor t = kt_bk_tensor(b, type, K, N, offset);
     int32_t layout = -1;
     KT_CHECK_OK(vk->weight_prepare(dvk, &t, &layout));
     const char *env = getenv("KILN_VK_LAYOUT");
@@ -150,8 +139,8 @@ static void test_matmul_and_get_rows(void) {
         const int32_t lay = vk_prepare(w.v, type, K, N, 0);
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
             const int64_t M = Ms[mi];
-            kiln_bk_tensor tw = tensor(w.c, type, K, N, 0), tx = tensor(xa.c, KILN_TYPE_F32, K, M, 0);
-            kiln_bk_tensor td = tensor(out.c, KILN_TYPE_F32, N, M, 0);
+            kiln_bk_tensor tw = kt_bk_tensor(w.c, type, K, N, 0), tx = kt_bk_tensor(xa.c, KILN_TYPE_F32, K, M, 0);
+            kiln_bk_tensor td = kt_bk_tensor(out.c, KILN_TYPE_F32, N, M, 0);
             KT_CHECK_OK(cpu->matmul(dcpu, &tw, &tx, &td));
             tw.buf = w.v, tx.buf = xa.v, td.buf = out.v;
             tw.layout = lay;
@@ -176,7 +165,7 @@ static void test_matmul_and_get_rows(void) {
         }
         /* get_rows: rows 5, 0, 36, 5 of the quantized table */
         const int32_t ids[] = {5, 0, 36, 5};
-        kiln_bk_tensor tt = tensor(w.c, type, K, N, 0), td = tensor(out.c, KILN_TYPE_F32, K, 4, 0);
+        kiln_bk_tensor tt = kt_bk_tensor(w.c, type, K, N, 0), td = kt_bk_tensor(out.c, KILN_TYPE_F32, K, 4, 0);
         KT_CHECK_OK(cpu->get_rows(dcpu, &tt, ids, &td));
         tt.buf = w.v, td.buf = out.v;
         tt.layout = lay;
@@ -220,8 +209,8 @@ static void test_matmul_float_tails(void) {
         const int32_t lay = vk_prepare(w.v, type, K, N, 4);
         for (size_t mi = 0; mi < 4; mi++) {
             const int64_t m = ms[mi];
-            kiln_bk_tensor tw = tensor(w.c, type, K, N, 4), tx = tensor(xa.c, KILN_TYPE_F32, K, m, 0);
-            kiln_bk_tensor td = tensor(out.c, KILN_TYPE_F32, N, m, 0);
+            kiln_bk_tensor tw = kt_bk_tensor(w.c, type, K, N, 4), tx = kt_bk_tensor(xa.c, KILN_TYPE_F32, K, m, 0);
+            kiln_bk_tensor td = kt_bk_tensor(out.c, KILN_TYPE_F32, N, m, 0);
             KT_CHECK_OK(cpu->matmul(dcpu, &tw, &tx, &td));
             tw.buf = w.v, tx.buf = xa.v, td.buf = out.v;
             tw.layout = lay;
@@ -252,9 +241,9 @@ static void test_row_ops_and_attention(void) {
     const uint64_t A = 0, B = T * E, Wt = 2 * T * E, O = 3 * T * E;
     pair buf = alloc_pair(sizeof(float) * (O + T * E), KILN_BK_BUF_TRANSIENT);
     upload(buf, x, sizeof(float) * O);
-    kiln_bk_tensor a = tensor(buf.c, KILN_TYPE_F32, E, T, A * 4), b = tensor(buf.c, KILN_TYPE_F32, E, T, B * 4);
-    kiln_bk_tensor w = tensor(buf.c, KILN_TYPE_F32, E, 1, Wt * 4), o = tensor(buf.c, KILN_TYPE_F32, E, T, O * 4);
-    kiln_bk_tensor b1 = tensor(buf.c, KILN_TYPE_F32, E, 1, B * 4);
+    kiln_bk_tensor a = kt_bk_tensor(buf.c, KILN_TYPE_F32, E, T, A * 4), b = kt_bk_tensor(buf.c, KILN_TYPE_F32, E, T, B * 4);
+    kiln_bk_tensor w = kt_bk_tensor(buf.c, KILN_TYPE_F32, E, 1, Wt * 4), o = kt_bk_tensor(buf.c, KILN_TYPE_F32, E, T, O * 4);
+    kiln_bk_tensor b1 = kt_bk_tensor(buf.c, KILN_TYPE_F32, E, 1, B * 4);
 #define BOTH(call_cpu, call_vk)                                                         \
     do {                                                                                \
         KT_CHECK_OK(call_cpu);                                                          \
@@ -288,7 +277,7 @@ static void test_row_ops_and_attention(void) {
     uint16_t *zero = calloc(CELLS * KVD, 2);
     upload(kc, zero, (uint64_t)CELLS * KVD * 2);
     upload(vc, zero, (uint64_t)CELLS * KVD * 2);
-    kiln_bk_tensor k = tensor(buf.c, KILN_TYPE_F32, KVD, T, A * 4), v = tensor(buf.c, KILN_TYPE_F32, KVD, T, B * 4);
+    kiln_bk_tensor k = kt_bk_tensor(buf.c, KILN_TYPE_F32, KVD, T, A * 4), v = kt_bk_tensor(buf.c, KILN_TYPE_F32, KVD, T, B * 4);
     KT_CHECK_OK(cpu->kv_store(dcpu, &k, &v, kc.c, vc.c, KVD));
     k.buf = v.buf = buf.v;
     KT_CHECK_OK(vk->kv_store(dvk, &k, &v, kc.v, vc.v, KVD));
@@ -297,7 +286,7 @@ static void test_row_ops_and_attention(void) {
     KT_CHECK_OK(vk->buffer_download(dvk, kc.v, 0, h2, (uint64_t)CELLS * KVD * 2));
     KT_CHECK(memcmp(h1, h2, (size_t)CELLS * KVD * 2) == 0);
     kiln_bk_attn at = {sizeof at, H, HKV, D, 0.125f};
-    kiln_bk_tensor q = tensor(buf.c, KILN_TYPE_F32, E, T, Wt * 4);
+    kiln_bk_tensor q = kt_bk_tensor(buf.c, KILN_TYPE_F32, E, T, Wt * 4);
     /* all 32 cells hold something: fill the caches from random rows first */
     for (int i = 0; i < CELLS * KVD; i++) zero[i] = kiln_fp32_to_fp16(frand());
     upload(kc, zero, (uint64_t)CELLS * KVD * 2);
@@ -321,22 +310,11 @@ static void test_row_ops_and_attention(void) {
 /* the fused entries give the separate operations' bits                     */
 /* ------------------------------------------------------------------------ */
 
-static kiln_bk_buffer *vk_buf(uint64_t size, const void *data) {
-    kiln_bk_buffer *b = NULL;
-    KT_CHECK_OK(vk->buffer_alloc(dvk, size, KILN_BK_BUF_TRANSIENT, &b));
-    if (b && data) KT_CHECK_OK(vk->buffer_upload(dvk, b, 0, data, size));
-    return b;
-}
+static kiln_bk_buffer *vk_buf(uint64_t size, const void *data) { return kt_bk_buf(vk, dvk, size, data); }
 
 /* Whether [off, off + size) of two Vulkan buffers holds the same bytes. */
 static int vk_same(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, uint64_t size) {
-    uint8_t *ha = malloc(size), *hb = malloc(size);
-    KT_CHECK_OK(vk->buffer_download(dvk, a, off, ha, size));
-    KT_CHECK_OK(vk->buffer_download(dvk, b, off, hb, size));
-    int same = memcmp(ha, hb, size) == 0;
-    free(ha);
-    free(hb);
-    return same;
+    return kt_bk_same(vk, dvk, a, b, off, size);
 }
 
 /* add_rms_norm as the core calls it (sum aliases a, dst another row block)
@@ -349,10 +327,10 @@ static void test_fused_add_rms_norm(void) {
     for (int rows = 1; rows <= T; rows += T - 1)
         for (int apart = 0; apart < 2; apart++) {
             kiln_bk_buffer *b1 = vk_buf(sizeof(float) * TOTAL, data), *b2 = vk_buf(sizeof(float) * TOTAL, data);
-            kiln_bk_tensor x = tensor(b1, KILN_TYPE_F32, E, rows, X * 4), h = tensor(b1, KILN_TYPE_F32, E, rows, Hh * 4);
-            kiln_bk_tensor w = tensor(b1, KILN_TYPE_F32, E, 1, Wt * 4);
-            kiln_bk_tensor sum = apart ? tensor(b1, KILN_TYPE_F32, E, rows, S * 4) : x;
-            kiln_bk_tensor dst = apart ? tensor(b1, KILN_TYPE_F32, E, rows, D * 4) : h;
+            kiln_bk_tensor x = kt_bk_tensor(b1, KILN_TYPE_F32, E, rows, X * 4), h = kt_bk_tensor(b1, KILN_TYPE_F32, E, rows, Hh * 4);
+            kiln_bk_tensor w = kt_bk_tensor(b1, KILN_TYPE_F32, E, 1, Wt * 4);
+            kiln_bk_tensor sum = apart ? kt_bk_tensor(b1, KILN_TYPE_F32, E, rows, S * 4) : x;
+            kiln_bk_tensor dst = apart ? kt_bk_tensor(b1, KILN_TYPE_F32, E, rows, D * 4) : h;
             KT_CHECK_OK(vk->add(dvk, &x, &h, &sum));
             KT_CHECK_OK(vk->rms_norm(dvk, &sum, &w, 1e-5f, &dst));
             x.buf = h.buf = w.buf = sum.buf = dst.buf = b2;
@@ -411,12 +389,12 @@ static void test_fused_matmul_multi(void) {
                     uint64_t doff = 0;
                     for (int p = 0; p < 3; p++) {
                         const int32_t t = mixed && p == 2 ? type2 : type;
-                        tw[p] = tensor(wb, t, K, Ns[p], p == 0 ? 0 : p == 1 ? o1 : o2);
+                        tw[p] = kt_bk_tensor(wb, t, K, Ns[p], p == 0 ? 0 : p == 1 ? o1 : o2);
                         tw[p].layout = lay[p];
-                        td[p] = tensor(d1, KILN_TYPE_F32, Ns[p], M, doff);
+                        td[p] = kt_bk_tensor(d1, KILN_TYPE_F32, Ns[p], M, doff);
                         doff += sizeof(float) * (uint64_t)(Ns[p] * M);
                     }
-                    kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
+                    kiln_bk_tensor tx = kt_bk_tensor(xb, KILN_TYPE_F32, K, M, 0);
                     uint8_t zero[256] = {0};
                     for (uint64_t o = 0; o < DSZ; o += sizeof zero) {
                         const uint64_t c = DSZ - o < sizeof zero ? DSZ - o : sizeof zero;
@@ -470,9 +448,9 @@ static void test_fused_rope_kv_store(void) {
                                    variant == 0 ? ff : NULL};
                 kiln_bk_rope rk = rq;
                 rk.n_head = HKV;
-                kiln_bk_tensor q = tensor(b1, KILN_TYPE_F32, Q, tokens, OQ * 4);
-                kiln_bk_tensor k = tensor(b1, KILN_TYPE_F32, KVD, tokens, OK_ * 4);
-                kiln_bk_tensor v = tensor(b1, KILN_TYPE_F32, KVD, tokens, OV * 4);
+                kiln_bk_tensor q = kt_bk_tensor(b1, KILN_TYPE_F32, Q, tokens, OQ * 4);
+                kiln_bk_tensor k = kt_bk_tensor(b1, KILN_TYPE_F32, KVD, tokens, OK_ * 4);
+                kiln_bk_tensor v = kt_bk_tensor(b1, KILN_TYPE_F32, KVD, tokens, OV * 4);
                 KT_CHECK_OK(vk->rope(dvk, &q, &rq));
                 KT_CHECK_OK(vk->rope(dvk, &k, &rk));
                 KT_CHECK_OK(vk->kv_store(dvk, &k, &v, kc1, vc1, KVD));
@@ -521,15 +499,15 @@ static void test_fused_quant_producers(void) {
                 for (int prod = 0; prod < 4; prod++) { /* rms_norm, add_rms_norm, swiglu, attention */
                     kiln_bk_buffer *hb = vk_buf(sizeof(float) * K * MM * 2, NULL), *href = vk_buf(sizeof(float) * K * MM, NULL);
                     kiln_bk_buffer *db = vk_buf(sizeof(float) * N * MM * 3, NULL);
-                    kiln_bk_tensor a = tensor(ib, KILN_TYPE_F32, K, M, 0);
-                    kiln_bk_tensor b = tensor(ib, KILN_TYPE_F32, K, M, sizeof(float) * K * MM);
-                    kiln_bk_tensor nw = tensor(ib, KILN_TYPE_F32, K, 1, sizeof(float) * K * 2 * MM);
-                    kiln_bk_tensor h = tensor(hb, KILN_TYPE_F32, K, M, 0);
-                    kiln_bk_tensor sum = tensor(hb, KILN_TYPE_F32, K, M, sizeof(float) * K * MM);
-                    kiln_bk_tensor hr = tensor(href, KILN_TYPE_F32, K, M, 0), tw = tensor(wb, type, K, N, 0);
+                    kiln_bk_tensor a = kt_bk_tensor(ib, KILN_TYPE_F32, K, M, 0);
+                    kiln_bk_tensor b = kt_bk_tensor(ib, KILN_TYPE_F32, K, M, sizeof(float) * K * MM);
+                    kiln_bk_tensor nw = kt_bk_tensor(ib, KILN_TYPE_F32, K, 1, sizeof(float) * K * 2 * MM);
+                    kiln_bk_tensor h = kt_bk_tensor(hb, KILN_TYPE_F32, K, M, 0);
+                    kiln_bk_tensor sum = kt_bk_tensor(hb, KILN_TYPE_F32, K, M, sizeof(float) * K * MM);
+                    kiln_bk_tensor hr = kt_bk_tensor(href, KILN_TYPE_F32, K, M, 0), tw = kt_bk_tensor(wb, type, K, N, 0);
                     tw.layout = lay;
                     kiln_bk_tensor d[3];
-                    for (int i = 0; i < 3; i++) d[i] = tensor(db, KILN_TYPE_F32, N, M, sizeof(float) * N * MM * i);
+                    for (int i = 0; i < 3; i++) d[i] = kt_bk_tensor(db, KILN_TYPE_F32, N, M, sizeof(float) * N * MM * i);
                     /* attention: K / 64 heads of 64 over one KV head, 4 + t positions for token t */
                     enum { CELLS = 16, HD = 64 };
                     int32_t pos[MM], cell[MM], tab[MM] = {0}, nkv[MM], blocks[4] = {0, 1, 2, 3};
@@ -608,11 +586,11 @@ static void test_mmv_unroll_bits(void) {
         KT_CHECK_OK(vk->synchronize(dvk));
         for (int64_t M = 1; M <= MM; M += 4) {
             /* two products: rows [0, 40) and [40, 67) of the matrix */
-            kiln_bk_tensor w0 = tensor(wb, type, K, 40, 0), w1 = tensor(wb, type, K, N - 40, 40 * row);
+            kiln_bk_tensor w0 = kt_bk_tensor(wb, type, K, 40, 0), w1 = kt_bk_tensor(wb, type, K, N - 40, 40 * row);
             w0.layout = lay0;
             w1.layout = lay1;
-            kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
-            kiln_bk_tensor o0 = tensor(d1, KILN_TYPE_F32, 40, M, 0), o1 = tensor(d1, KILN_TYPE_F32, N - 40, M, 4 * 40 * MM);
+            kiln_bk_tensor tx = kt_bk_tensor(xb, KILN_TYPE_F32, K, M, 0);
+            kiln_bk_tensor o0 = kt_bk_tensor(d1, KILN_TYPE_F32, 40, M, 0), o1 = kt_bk_tensor(d1, KILN_TYPE_F32, N - 40, M, 4 * 40 * MM);
             KT_CHECK_OK(vk->matmul(dvk, &w0, &tx, &o0));
             KT_CHECK_OK(vk->matmul(dvk, &w1, &tx, &o1));
             KT_CHECK_OK(vk->synchronize(dvk));
@@ -679,15 +657,15 @@ static void test_q4_0_split_layout(void) {
     /* layouts the tensor cannot have: refused, never misread */
     {
         kiln_bk_buffer *xb = vk_buf(sizeof(float) * K, x), *db = vk_buf(sizeof(float) * N, NULL);
-        kiln_bk_tensor tw = tensor(wsb, KILN_TYPE_Q4_0, K, N, 0), tx = tensor(xb, KILN_TYPE_F32, K, 1, 0);
-        kiln_bk_tensor td = tensor(db, KILN_TYPE_F32, N, 1, 0);
+        kiln_bk_tensor tw = kt_bk_tensor(wsb, KILN_TYPE_Q4_0, K, N, 0), tx = kt_bk_tensor(xb, KILN_TYPE_F32, K, 1, 0);
+        kiln_bk_tensor td = kt_bk_tensor(db, KILN_TYPE_F32, N, 1, 0);
         tw.layout = 7;
         KT_CHECK(vk->matmul(dvk, &tw, &tx, &td) == KILN_E_INVALID_ARG);
-        kiln_bk_tensor t320 = tensor(wodd, KILN_TYPE_Q4_0, 320, 10, 0), tx320 = tensor(xb, KILN_TYPE_F32, 320, 1, 0);
-        kiln_bk_tensor td10 = tensor(db, KILN_TYPE_F32, 10, 1, 0);
+        kiln_bk_tensor t320 = kt_bk_tensor(wodd, KILN_TYPE_Q4_0, 320, 10, 0), tx320 = kt_bk_tensor(xb, KILN_TYPE_F32, 320, 1, 0);
+        kiln_bk_tensor td10 = kt_bk_tensor(db, KILN_TYPE_F32, 10, 1, 0);
         t320.layout = 1;
         KT_CHECK(vk->matmul(dvk, &t320, &tx320, &td10) == KILN_E_INVALID_ARG);
-        kiln_bk_tensor tf = tensor(xb, KILN_TYPE_F32, K, 1, 0);
+        kiln_bk_tensor tf = kt_bk_tensor(xb, KILN_TYPE_F32, K, 1, 0);
         tf.layout = 1;
         KT_CHECK(vk->matmul(dvk, &tw, &tf, &td) == KILN_E_INVALID_ARG);
         vk->buffer_free(xb);
@@ -708,10 +686,10 @@ static void test_q4_0_split_layout(void) {
         for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
             const int64_t M = Ms[mi];
             if (h == 1 && M > 4) break; /* batches: as on the first handle */
-            kiln_bk_tensor tg = tensor(wg, KILN_TYPE_Q4_0, K, N, 0), ts = tensor(wsb, KILN_TYPE_Q4_0, K, N, 0);
+            kiln_bk_tensor tg = kt_bk_tensor(wg, KILN_TYPE_Q4_0, K, N, 0), ts = kt_bk_tensor(wsb, KILN_TYPE_Q4_0, K, N, 0);
             ts.layout = lay;
-            kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
-            kiln_bk_tensor o1 = tensor(d1, KILN_TYPE_F32, N, M, 0), o2 = tensor(d2, KILN_TYPE_F32, N, M, 0);
+            kiln_bk_tensor tx = kt_bk_tensor(xb, KILN_TYPE_F32, K, M, 0);
+            kiln_bk_tensor o1 = kt_bk_tensor(d1, KILN_TYPE_F32, N, M, 0), o2 = kt_bk_tensor(d2, KILN_TYPE_F32, N, M, 0);
             KT_CHECK_OK(vk->matmul(d, &tg, &tx, &o1));
             KT_CHECK_OK(vk->matmul(d, &ts, &tx, &o2));
             KT_CHECK_OK(vk->synchronize(d));
@@ -721,12 +699,12 @@ static void test_q4_0_split_layout(void) {
     }
     /* matmul_multi: rows [0, 64) and [64, 133) as two products (one dispatch) */
     for (int64_t M = 1; M <= 3; M += 2) {
-        kiln_bk_tensor g0 = tensor(wg, KILN_TYPE_Q4_0, K, 64, 0), g1 = tensor(wg, KILN_TYPE_Q4_0, K, N - 64, 64 * row);
-        kiln_bk_tensor s0 = tensor(wsb, KILN_TYPE_Q4_0, K, 64, 0), s1 = tensor(wsb, KILN_TYPE_Q4_0, K, N - 64, 64 * row);
+        kiln_bk_tensor g0 = kt_bk_tensor(wg, KILN_TYPE_Q4_0, K, 64, 0), g1 = kt_bk_tensor(wg, KILN_TYPE_Q4_0, K, N - 64, 64 * row);
+        kiln_bk_tensor s0 = kt_bk_tensor(wsb, KILN_TYPE_Q4_0, K, 64, 0), s1 = kt_bk_tensor(wsb, KILN_TYPE_Q4_0, K, N - 64, 64 * row);
         s0.layout = s1.layout = lay;
-        kiln_bk_tensor tx = tensor(xb, KILN_TYPE_F32, K, M, 0);
-        kiln_bk_tensor a0 = tensor(d1, KILN_TYPE_F32, 64, M, 0), a1 = tensor(d1, KILN_TYPE_F32, N - 64, M, 4 * 64 * M);
-        kiln_bk_tensor b0 = tensor(d2, KILN_TYPE_F32, 64, M, 0), b1 = tensor(d2, KILN_TYPE_F32, N - 64, M, 4 * 64 * M);
+        kiln_bk_tensor tx = kt_bk_tensor(xb, KILN_TYPE_F32, K, M, 0);
+        kiln_bk_tensor a0 = kt_bk_tensor(d1, KILN_TYPE_F32, 64, M, 0), a1 = kt_bk_tensor(d1, KILN_TYPE_F32, N - 64, M, 4 * 64 * M);
+        kiln_bk_tensor b0 = kt_bk_tensor(d2, KILN_TYPE_F32, 64, M, 0), b1 = kt_bk_tensor(d2, KILN_TYPE_F32, N - 64, M, 4 * 64 * M);
         const kiln_bk_tensor *wgp[2] = {&g0, &g1}, *wsp[2] = {&s0, &s1};
         kiln_bk_tensor *ap[2] = {&a0, &a1}, *bp[2] = {&b0, &b1};
         KT_CHECK_OK(vk->matmul_multi(dvk, 2, wgp, &tx, ap));
@@ -737,9 +715,9 @@ static void test_q4_0_split_layout(void) {
     /* get_rows */
     {
         const int32_t ids[] = {5, 0, 36, 5, 132};
-        kiln_bk_tensor tg = tensor(wg, KILN_TYPE_Q4_0, K, N, 0), ts = tensor(wsb, KILN_TYPE_Q4_0, K, N, 0);
+        kiln_bk_tensor tg = kt_bk_tensor(wg, KILN_TYPE_Q4_0, K, N, 0), ts = kt_bk_tensor(wsb, KILN_TYPE_Q4_0, K, N, 0);
         ts.layout = lay;
-        kiln_bk_tensor o1 = tensor(d1, KILN_TYPE_F32, K, 5, 0), o2 = tensor(d2, KILN_TYPE_F32, K, 5, 0);
+        kiln_bk_tensor o1 = kt_bk_tensor(d1, KILN_TYPE_F32, K, 5, 0), o2 = kt_bk_tensor(d2, KILN_TYPE_F32, K, 5, 0);
         KT_CHECK_OK(vk->get_rows(dvk, &tg, ids, &o1));
         KT_CHECK_OK(vk->get_rows(dvk, &ts, ids, &o2));
         KT_CHECK_OK(vk->synchronize(dvk));

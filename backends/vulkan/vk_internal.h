@@ -6,7 +6,7 @@
  * vk_device.c (instance, device enumeration, the shared VkDevice, handles,
  * command recording and submission, the staging ring), vk_memory.c (the
  * sub-allocator over VkDeviceMemory, buffers, the transient pool),
- * vk_pipeline.c (shader modules and pipelines), vk_ops.c (the operations),
+ * vk_pipeline.c (shader modules and pipelines), vk_ops.c and vk_attn.c (the operations),
  * vk_layout.c (weight_prepare: the backend's own weight layouts),
  * vk_backend.c (the iface).
  *
@@ -352,7 +352,7 @@ struct kiln_bk_device {
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */
-    uint64_t act_gen;        /* bumped when `act` is reallocated (graphs reference it) */
+    uint64_t act_gen;        /* bumped when `act` or `attn_part` is reallocated (graphs reference them) */
     /* graphs (vk_graph.c): mode 0 none, 1 recording, 2 replaying, 3 open
      * but executing eagerly (profiling, or no memory for a recording) */
     int graph_mode;
@@ -438,7 +438,7 @@ const char *kiln_vk_pipeline_name(int which);
 /* The pipeline, created on first use and kept for the shared device's life. */
 kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out);
 
-/* ---- vk_ops.c ---- */
+/* ---- vk_ops.c (the operations; rope, KV store and attention in vk_attn.c) ---- */
 /* A storage binding: the tensor's buffer from `offset` for `size` bytes. */
 typedef struct kiln_vk_bind {
     const kiln_bk_buffer *buf;
@@ -457,6 +457,33 @@ kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, u
  * a graph: into the recording, or (replaying) only hashed. */
 kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind *binds, uint32_t n_binds,
                              const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz);
+
+/* Helpers the operations' files share (vk_ops.c). tensor_check: as the CPU
+ * backend's check, a readable 2-D view of `type` (any type the shaders
+ * know if type < 0) inside its buffer, *extent the bytes from its offset
+ * to the end of its last row. bind_f32: binds an F32 tensor, *off its
+ * first element and *stride its rows in words. ubatch_bind: the ubatch
+ * tables in the ring, bound from word 0. act_produce / act_produced: for
+ * an operation writing dst that can also quantize it (bit m of `modes`:
+ * format m) for a matmul that read those rows so lately, the scratch to
+ * quantize into (*qb, *qmode, *q_stride; else *qmode = 0 and *qb binds dst
+ * again), then its record after the dispatch. */
+kiln_status kiln_vk_tensor_check(const kiln_bk_tensor *t, int32_t type, const char *op, const char *what,
+                                 uint64_t *extent);
+kiln_status kiln_vk_bind_f32(kiln_bk_device *dev, const kiln_bk_tensor *t, uint64_t extent, kiln_vk_bind *b,
+                             uint32_t *off, uint32_t *stride, const char *op);
+kiln_status kiln_vk_need_ubatch(const kiln_bk_device *dev, const char *op);
+kiln_status kiln_vk_ubatch_bind(kiln_bk_device *dev, kiln_vk_bind *b, const char *op);
+#define KILN_VK_QMODES_ALL 0x3eu /* F16, BF16, Q8_0, Q8_1, Q8_K (act_mode 1..5) */
+kiln_status kiln_vk_act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t modes,
+                                kiln_vk_bind *qb, uint32_t *qmode, uint32_t *q_stride, const char *op);
+void kiln_vk_act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t qmode);
+static inline uint32_t kiln_vk_div_up(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
+/* A handle-owned device scratch (*buf: dev->act, dev->attn_part) of at
+ * least `bytes`: grown (doubling where it can) after the recorded work
+ * that may read the old one finished; bumps dev->act_gen, so recorded
+ * graphs that name the old buffer are re-recorded. */
+kiln_status kiln_vk_scratch_reserve(kiln_bk_device *dev, kiln_bk_buffer **buf, uint64_t bytes);
 
 kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub);
 kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const int32_t *ids,

@@ -189,12 +189,6 @@ void kiln_vk_act_written(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_
     if (offset < c->offset + c->extent && c->offset < offset + size) c->valid = false;
 }
 
-static uint32_t div_up(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
-
-static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t modes,
-                               kiln_vk_bind *qb, uint32_t *qmode, uint32_t *q_stride, const char *op);
-#define KILN_VK_QMODES_ALL 0x3eu /* F16, BF16, Q8_0, Q8_1, Q8_K (act_mode 1..5) */
-static void act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t qmode);
 
 /* ------------------------------------------------------------------------ */
 /* tensor checks                                                            */
@@ -204,7 +198,7 @@ static void act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_
  * shaders know if type < 0), inside its buffer; *extent = bytes from
  * offset to the end of the last row. Offsets and strides must be 4-byte
  * aligned for F32 (word addressing) and 2-byte aligned otherwise. */
-static kiln_status tensor_check(const kiln_bk_tensor *t, int32_t type, const char *op, const char *what,
+kiln_status kiln_vk_tensor_check(const kiln_bk_tensor *t, int32_t type, const char *op, const char *what,
                                 uint64_t *extent) {
     if (!t || !t->buf) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: %s is NULL", op, what);
     if (type >= 0 && t->type != type)
@@ -243,7 +237,7 @@ static kiln_status tensor_check(const kiln_bk_tensor *t, int32_t type, const cha
 }
 
 /* Binds an F32 tensor; *off = its first element (words), *stride in words. */
-static kiln_status bind_f32(kiln_bk_device *dev, const kiln_bk_tensor *t, uint64_t extent, kiln_vk_bind *b,
+kiln_status kiln_vk_bind_f32(kiln_bk_device *dev, const kiln_bk_tensor *t, uint64_t extent, kiln_vk_bind *b,
                             uint32_t *off, uint32_t *stride, const char *op) {
     uint32_t rem = 0;
     kiln_status st = kiln_vk_bind_range(dev, t->buf, t->offset, extent, b, &rem, op);
@@ -252,7 +246,7 @@ static kiln_status bind_f32(kiln_bk_device *dev, const kiln_bk_tensor *t, uint64
     return st;
 }
 
-static kiln_status need_ubatch(const kiln_bk_device *dev, const char *op) {
+kiln_status kiln_vk_need_ubatch(const kiln_bk_device *dev, const char *op) {
     if (!dev->ub.set) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: no ubatch was set", op);
     return KILN_OK;
 }
@@ -362,7 +356,7 @@ kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ubp) {
 
 /* The ubatch tables (kv_cell, attn_table, attn_n_kv, block tables, tiles)
  * in the ring; *b binds them, in this order, from word 0. */
-static kiln_status ubatch_bind(kiln_bk_device *dev, kiln_vk_bind *b, const char *op) {
+kiln_status kiln_vk_ubatch_bind(kiln_bk_device *dev, kiln_vk_bind *b, const char *op) {
     kiln_vk_ubatch *ub = &dev->ub;
     uint64_t bytes = (3ull * ub->n_tokens + ub->n_block_entries + 3ull * ub->n_tiles) * sizeof(int32_t);
     if (ub->ring_epoch != dev->ring_epoch) {
@@ -386,8 +380,8 @@ kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, c
     kiln_status st;
     uint64_t te, de;
     if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan get_rows: device is NULL");
-    if ((st = tensor_check(table, -1, "get_rows", "table", &te)) ||
-        (st = tensor_check(dst, KILN_VK_T_F32, "get_rows", "dst", &de)))
+    if ((st = kiln_vk_tensor_check(table, -1, "get_rows", "table", &te)) ||
+        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "get_rows", "dst", &de)))
         return st;
     if (dst->ne[0] != table->ne[0])
         return kiln_error(KILN_E_INVALID_ARG, "vulkan get_rows: dst rows of %lld, table rows of %lld",
@@ -407,7 +401,7 @@ kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, c
     uint32_t t_rem;
     struct { uint32_t t_off, t_stride, d_off, d_stride, n, rows, ids_off; } pc;
     if ((st = kiln_vk_bind_range(dev, table->buf, table->offset, te, &b[0], &t_rem, "get_rows")) ||
-        (st = bind_f32(dev, dst, de, &b[1], &pc.d_off, &pc.d_stride, "get_rows")) ||
+        (st = kiln_vk_bind_f32(dev, dst, de, &b[1], &pc.d_off, &pc.d_stride, "get_rows")) ||
         (st = kiln_vk_bind_range(dev, s.buf, s.offset, rows * sizeof(int32_t), &b[2], NULL, "get_rows")))
         return st;
     b[3] = b[0];
@@ -418,7 +412,7 @@ kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, c
     pc.ids_off = 0;
     uint32_t be, bb;
     kiln_vk_type_geometry(table->type, &be, &bb);
-    uint32_t gx = be == 1 ? div_up(pc.n, 64) : div_up(pc.n / 32, 64);
+    uint32_t gx = be == 1 ? kiln_vk_div_up(pc.n, 64) : kiln_vk_div_up(pc.n / 32, 64);
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
     return kiln_vk_dispatch(dev, KILN_VK_P_GETROWS_FIRST + slot, b, 4, &pc, sizeof pc, gx, pc.rows, 1);
 }
@@ -428,9 +422,9 @@ kiln_status kiln_vk_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const
     kiln_status st;
     uint64_t xe, we, de;
     if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm: device is NULL");
-    if ((st = tensor_check(x, KILN_VK_T_F32, "rms_norm", "x", &xe)) ||
-        (st = tensor_check(w, KILN_VK_T_F32, "rms_norm", "w", &we)) ||
-        (st = tensor_check(dst, KILN_VK_T_F32, "rms_norm", "dst", &de)))
+    if ((st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "rms_norm", "x", &xe)) ||
+        (st = kiln_vk_tensor_check(w, KILN_VK_T_F32, "rms_norm", "w", &we)) ||
+        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "rms_norm", "dst", &de)))
         return st;
     if (w->ne[0] != x->ne[0] || w->ne[1] < 1 || dst->ne[0] != x->ne[0] || dst->ne[1] != x->ne[1])
         return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm: shapes x %lldx%lld, w %lldx%lld, dst %lldx%lld",
@@ -441,17 +435,17 @@ kiln_status kiln_vk_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *x, const
     struct { uint32_t x_off, x_stride, w_off, d_off, d_stride, n, rows; float eps; uint32_t qmode, q_stride; } pc;
     uint32_t dummy;
     kiln_vk_bind b[4];
-    if ((st = bind_f32(dev, x, xe, &b[0], &pc.x_off, &pc.x_stride, "rms_norm")) ||
-        (st = bind_f32(dev, w, we, &b[1], &pc.w_off, &dummy, "rms_norm")) ||
-        (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "rms_norm")))
+    if ((st = kiln_vk_bind_f32(dev, x, xe, &b[0], &pc.x_off, &pc.x_stride, "rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, w, we, &b[1], &pc.w_off, &dummy, "rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "rms_norm")))
         return st;
     pc.n = (uint32_t)x->ne[0];
     pc.rows = (uint32_t)x->ne[1];
     pc.eps = eps;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[3], &pc.qmode, &pc.q_stride, "rms_norm"))) return st;
+    if ((st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[3], &pc.qmode, &pc.q_stride, "rms_norm"))) return st;
     st = kiln_vk_dispatch(dev, KILN_VK_P_RMS_NORM, b, 4, &pc, sizeof pc, pc.rows, 1, 1);
-    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
     return st;
 }
 
@@ -460,9 +454,9 @@ static kiln_status binary(kiln_bk_device *dev, const kiln_bk_tensor *a, const ki
     kiln_status st;
     uint64_t ae, be, de;
     if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: device is NULL", op);
-    if ((st = tensor_check(a, KILN_VK_T_F32, op, mode ? "gate" : "a", &ae)) ||
-        (st = tensor_check(bt, KILN_VK_T_F32, op, mode ? "up" : "b", &be)) ||
-        (st = tensor_check(dst, KILN_VK_T_F32, op, "dst", &de)))
+    if ((st = kiln_vk_tensor_check(a, KILN_VK_T_F32, op, mode ? "gate" : "a", &ae)) ||
+        (st = kiln_vk_tensor_check(bt, KILN_VK_T_F32, op, mode ? "up" : "b", &be)) ||
+        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, op, "dst", &de)))
         return st;
     bool shapes = bt->ne[0] == a->ne[0] && dst->ne[0] == a->ne[0] && dst->ne[1] == a->ne[1] &&
                   (bt->ne[1] == a->ne[1] || (mode == 0 && bt->ne[1] == 1));
@@ -473,18 +467,18 @@ static kiln_status binary(kiln_bk_device *dev, const kiln_bk_tensor *a, const ki
     if (a->ne[0] == 0 || a->ne[1] == 0) return KILN_OK;
     struct { uint32_t a_off, a_stride, b_off, b_stride, d_off, d_stride, n, rows, mode, qmode, q_stride; } pc;
     kiln_vk_bind b[4];
-    if ((st = bind_f32(dev, a, ae, &b[0], &pc.a_off, &pc.a_stride, op)) ||
-        (st = bind_f32(dev, bt, be, &b[1], &pc.b_off, &pc.b_stride, op)) ||
-        (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, op)))
+    if ((st = kiln_vk_bind_f32(dev, a, ae, &b[0], &pc.a_off, &pc.a_stride, op)) ||
+        (st = kiln_vk_bind_f32(dev, bt, be, &b[1], &pc.b_off, &pc.b_stride, op)) ||
+        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, op)))
         return st;
     if (bt->ne[1] == 1) pc.b_stride = 0;
     pc.n = (uint32_t)a->ne[0];
     pc.rows = (uint32_t)a->ne[1];
     pc.mode = mode;
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[3], &pc.qmode, &pc.q_stride, op))) return st;
-    st = kiln_vk_dispatch(dev, KILN_VK_P_BINARY, b, 4, &pc, sizeof pc, div_up(pc.n, 256), pc.rows, 1);
-    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    if ((st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[3], &pc.qmode, &pc.q_stride, op))) return st;
+    st = kiln_vk_dispatch(dev, KILN_VK_P_BINARY, b, 4, &pc, sizeof pc, kiln_vk_div_up(pc.n, 256), pc.rows, 1);
+    if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
     return st;
 }
 
@@ -539,21 +533,25 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
 #define KILN_VK_MMV_MT 8     /* activation rows per workgroup row (mmv.glsl MT) */
 #define KILN_VK_MMV_WG 128   /* invocations per workgroup (mmv.glsl local_size_x) */
 
-/* The handle's activation scratch (dev->act), at least `bytes`. */
-static kiln_status act_scratch(kiln_bk_device *dev, uint64_t bytes) {
+kiln_status kiln_vk_scratch_reserve(kiln_bk_device *dev, kiln_bk_buffer **buf, uint64_t bytes) {
     kiln_status st;
-    if (dev->act && dev->act->size >= bytes) return KILN_OK;
+    if (*buf && (*buf)->size >= bytes) return KILN_OK;
     /* the old scratch may be read by recorded work: finish it first */
-    if (dev->act && (st = kiln_vk_finish(dev))) return st;
+    if (*buf && (st = kiln_vk_finish(dev))) return st;
     kiln_bk_buffer *nb = NULL;
-    uint64_t want = dev->act && dev->act->size * 2 > bytes ? dev->act->size * 2 : bytes;
+    uint64_t want = *buf && (*buf)->size * 2 > bytes ? (*buf)->size * 2 : bytes;
     if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, want, &nb)) &&
         (want == bytes || (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))))
         return st;
-    kiln_vk_buffer_free(dev->act);
-    dev->act = nb;
+    kiln_vk_buffer_free(*buf);
+    *buf = nb;
     dev->act_gen++; /* recorded graphs name the old one */
     return KILN_OK;
+}
+
+/* The handle's activation scratch (dev->act), at least `bytes`. */
+static kiln_status act_scratch(kiln_bk_device *dev, uint64_t bytes) {
+    return kiln_vk_scratch_reserve(dev, &dev->act, bytes);
 }
 
 static bool act_want_is(const kiln_vk_act_want *e, const kiln_bk_tensor *t) {
@@ -584,7 +582,7 @@ static void act_want_note(kiln_bk_device *dev, const kiln_bk_tensor *x, uint32_t
  * binds the scratch to quantize them into (the dispatch's last binding),
  * *q_stride its row words; otherwise *qmode = 0 and *qb binds dst again
  * (the shader does not touch it). Call act_produced after the dispatch. */
-static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t modes,
+kiln_status kiln_vk_act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t modes,
                                kiln_vk_bind *qb, uint32_t *qmode, uint32_t *q_stride, const char *op) {
     kiln_status st;
     *qmode = 0;
@@ -606,7 +604,7 @@ static kiln_status act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, u
 }
 
 /* After the dispatch act_produce prepared: the scratch holds dst's rows. */
-static void act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t qmode) {
+void kiln_vk_act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64_t de, uint32_t qmode) {
     if (!qmode) return;
     kiln_vk_act_cache *c = &dev->act_cache;
     c->valid = true;
@@ -639,7 +637,7 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
         struct { uint32_t x_off, x_stride, a_off, a_stride, K, M, mode; } qc;
         kiln_vk_bind qb[2];
         uint32_t rem;
-        if ((st = bind_f32(dev, x, xe, &qb[0], &qc.x_off, &qc.x_stride, "matmul")) ||
+        if ((st = kiln_vk_bind_f32(dev, x, xe, &qb[0], &qc.x_off, &qc.x_stride, "matmul")) ||
             (st = kiln_vk_bind_range(dev, dev->act, 0, bytes, &qb[1], &rem, "matmul")))
             return st;
         qc.a_off = 0;
@@ -649,7 +647,7 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
         qc.mode = mode;
         /* one invocation per element (F16/BF16) or packed pair (mode 6),
          * else a workgroup per 256 */
-        uint32_t gx = mode == 6 ? div_up(row_words, 64) : mode <= 2 ? div_up((uint64_t)K, 64) : div_up((uint64_t)K, 256);
+        uint32_t gx = mode == 6 ? kiln_vk_div_up(row_words, 64) : mode <= 2 ? kiln_vk_div_up((uint64_t)K, 64) : kiln_vk_div_up((uint64_t)K, 256);
         if ((st = kiln_vk_dispatch(dev, KILN_VK_P_QUANT_ACT, qb, 2, &qc, sizeof qc, gx, (uint32_t)M, 1)))
             return st;
         c->valid = true;
@@ -686,8 +684,8 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     kiln_status st;
     uint64_t we, xe, de;
     if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul: device is NULL");
-    if ((st = tensor_check(w, -1, "matmul", "w", &we)) || (st = tensor_check(x, KILN_VK_T_F32, "matmul", "x", &xe)) ||
-        (st = tensor_check(dst, KILN_VK_T_F32, "matmul", "dst", &de)))
+    if ((st = kiln_vk_tensor_check(w, -1, "matmul", "w", &we)) || (st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul", "x", &xe)) ||
+        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "matmul", "dst", &de)))
         return st;
     const int64_t K = w->ne[0], N = w->ne[1], M = x->ne[1];
     if (x->ne[0] != K || dst->ne[0] != N || dst->ne[1] != M)
@@ -740,7 +738,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     const uint32_t amode = use_mmc && !mmc_old ? 6 : mode;
     if (amode == 0 || mmc_old) {
         /* the F32 rows as they are (the previous matrix-core kernel converts them per tile) */
-        if ((st = bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul"))) return st;
+        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul"))) return st;
     } else {
         if ((st = quantize_act(dev, x, xe, amode, &b[1], &pc.a_off, &pc.a_stride))) return st;
         /* mmc.glsl reads 16-byte vectors (the scratch starts aligned) */
@@ -748,7 +746,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     }
     uint32_t w_rem;
     if ((st = kiln_vk_bind_range(dev, w->buf, w->offset, we, &b[0], &w_rem, "matmul")) ||
-        (st = bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "matmul")))
+        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "matmul")))
         return st;
     pc.w_off = w_rem;
     pc.w_stride = (uint32_t)w->row_stride;
@@ -762,10 +760,10 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
          * 128), F16 x F16 -> F32; F16 weights on 16-byte boundaries, whole
          * chunks, are read as 16-byte vectors */
         const uint32_t bm = mmc_old ? KILN_VK_MMC1_BM : dev->sh->mmc_bm, bn = mmc_old ? KILN_VK_MMC_BN : dev->sh->mmc_bn;
-        const uint32_t gy = div_up((uint64_t)M, bm);
+        const uint32_t gy = kiln_vk_div_up((uint64_t)M, bm);
         pc.passes = w->type == KILN_VK_T_F16 && K % 32 == 0 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 &&
                     b[0].offset % 16 == 0;
-        const uint64_t groups_n = div_up((uint64_t)N, bn);
+        const uint64_t groups_n = kiln_vk_div_up((uint64_t)N, bn);
         /* mmc.glsl's MFIRST: the weight tiles along y */
         const bool mfirst = !mmc_old && dev->sh->mmc_mfirst;
         const uint64_t max_n = mfirst ? dev->sh->max_groups[1] : max_x;
@@ -784,7 +782,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
          * implementation (each workgroup costs more than its arithmetic) */
         const kiln_vk_shared *sh = dev->sh;
         const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-        uint64_t gx = div_up(div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), sgs_per_wg ? sgs_per_wg : 1);
+        uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), sgs_per_wg ? sgs_per_wg : 1);
         if (sh->is_cpu && gx > 32) gx = 32;
         if (gx > max_x) gx = max_x;
         pc.n_base = dev->mmv_unroll; /* mmv.glsl: `unroll` */
@@ -794,12 +792,12 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
                     pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
         const int pipe = mmv_pipeline(dev, M, slot, KILN_VK_P_MMV_FIRST, KILN_VK_P_MMV1_FIRST, KILN_VK_P_MMV1_IDOT_FIRST,
                                       KILN_VK_P_MMV_IDOT_FIRST);
-        return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
+        return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
     }
     if (M > KILN_VK_MM_MC && !dev->no_tiled) {
         /* batches: 64 x 64 tiles through shared memory */
-        const uint32_t gy = div_up((uint64_t)M, KILN_VK_MMT_TILE);
-        const uint64_t groups_n = div_up((uint64_t)N, KILN_VK_MMT_TILE);
+        const uint32_t gy = kiln_vk_div_up((uint64_t)M, KILN_VK_MMT_TILE);
+        const uint64_t groups_n = kiln_vk_div_up((uint64_t)N, KILN_VK_MMT_TILE);
         for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
             uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
             pc.n_base = (uint32_t)(g0 * KILN_VK_MMT_TILE);
@@ -812,386 +810,18 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     /* a few activation rows (decode, drafts): 8 invocations per weight row,
      * every weight read once per group of 4 activation rows */
     const int pipe = (dev->sh->subgroup_arith ? KILN_VK_P_MMSG_FIRST : KILN_VK_P_MM_FIRST) + slot;
-    const uint64_t row_groups = div_up((uint64_t)N, 8);
+    const uint64_t row_groups = kiln_vk_div_up((uint64_t)N, 8);
     /* a CPU implementation pays per workgroup: about 32 of them */
     pc.passes = dev->sh->is_cpu ? (uint32_t)(row_groups + 31) / 32 : 1;
     if (pc.passes == 0) pc.passes = 1;
-    const uint64_t groups_n = div_up(row_groups, pc.passes);
-    const uint32_t gy = div_up((uint64_t)M, KILN_VK_MM_MC);
+    const uint64_t groups_n = kiln_vk_div_up(row_groups, pc.passes);
+    const uint32_t gy = kiln_vk_div_up((uint64_t)M, KILN_VK_MM_MC);
     for (uint64_t g0 = 0; g0 < groups_n; g0 += max_x) {
         uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
         pc.n_base = (uint32_t)(g0 * 8 * pc.passes);
         if ((st = kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, gy, 1))) return st;
     }
     return KILN_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* rope                                                                     */
-/* ------------------------------------------------------------------------ */
-
-#define KILN_VK_ROPE_MAX_PAIRS 1024
-
-/* The cos/sin table of the current ubatch in the ring, built exactly as
- * the CPU backend builds it (backends/cpu/cpu_ops.c), reused by q and k. */
-static kiln_status rope_table(kiln_bk_device *dev, const kiln_bk_rope *r, uint64_t *offset,
-                              const kiln_bk_buffer **buf) {
-    kiln_vk_rope_cache *c = &dev->rope;
-    const size_t half = r->n_rot / 2;
-    bool same = c->valid && c->ub_gen == dev->ub.gen && c->ring_epoch == dev->ring_epoch && c->n_rot == r->n_rot &&
-                c->freq_base == r->freq_base && c->freq_scale == r->freq_scale &&
-                c->has_factors == (r->freq_factors != NULL) &&
-                (!r->freq_factors || memcmp(c->factors, r->freq_factors, half * sizeof(float)) == 0);
-    if (same) {
-        *offset = c->ring_offset;
-        *buf = c->ring_buf;
-        return KILN_OK;
-    }
-    const size_t n = dev->ub.n_tokens, need = n * r->n_rot;
-    kiln_vk_slice s;
-    kiln_status st = kiln_vk_ring_alloc(dev, need * sizeof(float), &s);
-    if (st != KILN_OK) return st;
-    float *table = (float *)s.ptr;
-    const float theta_scale = powf(r->freq_base, -2.0f / (float)r->n_rot);
-    for (size_t t = 0; t < n; t++) {
-        float *cs = table + t * r->n_rot, *sn = cs + half;
-        float theta = (float)dev->ub.data[t];
-        for (size_t i = 0; i < half; i++) {
-            const float ff = r->freq_factors ? r->freq_factors[i] : 1.0f;
-            const float th = r->freq_scale * (theta / ff);
-            cs[i] = cosf(th);
-            sn[i] = sinf(th);
-            theta *= theta_scale;
-        }
-    }
-    c->valid = true;
-    c->ub_gen = dev->ub.gen;
-    c->ring_epoch = dev->ring_epoch;
-    c->ring_offset = s.offset;
-    c->ring_buf = s.buf;
-    c->n_rot = r->n_rot;
-    c->freq_base = r->freq_base;
-    c->freq_scale = r->freq_scale;
-    c->has_factors = r->freq_factors != NULL;
-    if (r->freq_factors) memcpy(c->factors, r->freq_factors, half * sizeof(float));
-    *offset = s.offset;
-    *buf = s.buf;
-    return KILN_OK;
-}
-
-/* rope's checks; *r: the parameters (defaults for fields the caller's
- * struct lacks), *xe: x's extent. */
-static kiln_status rope_check(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_rope *rope, kiln_bk_rope *r_out,
-                              uint64_t *xe) {
-    kiln_status st;
-    if (!dev || !rope) return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: NULL device or parameters");
-    if ((st = need_ubatch(dev, "rope")) || (st = tensor_check(x, KILN_VK_T_F32, "rope", "x", xe))) return st;
-    kiln_bk_rope r;
-    memset(&r, 0, sizeof r);
-    memcpy(&r, rope, rope->struct_size < sizeof r ? rope->struct_size : sizeof r);
-    if (rope->struct_size < offsetof(kiln_bk_rope, freq_scale) + sizeof(float)) r.freq_scale = 1.0f;
-    if (r.mode != KILN_ROPE_NORM && r.mode != KILN_ROPE_NEOX)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: unknown mode %d", r.mode);
-    if (r.n_rot % 2 || r.n_rot > r.head_dim || r.n_rot > 2 * KILN_VK_ROPE_MAX_PAIRS)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: n_rot %u with head_dim %u", r.n_rot, r.head_dim);
-    if ((uint64_t)r.n_head * r.head_dim > (uint64_t)x->ne[0])
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: %u heads of %u do not fit rows of %lld", r.n_head,
-                          r.head_dim, (long long)x->ne[0]);
-    if (x->ne[1] != (int64_t)dev->ub.n_tokens)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan rope: %lld rows for a ubatch of %u tokens", (long long)x->ne[1],
-                          dev->ub.n_tokens);
-    *r_out = r;
-    return KILN_OK;
-}
-
-kiln_status kiln_vk_rope(kiln_bk_device *dev, kiln_bk_tensor *x, const kiln_bk_rope *rope) {
-    kiln_status st;
-    uint64_t xe;
-    kiln_bk_rope r;
-    if ((st = rope_check(dev, x, rope, &r, &xe))) return st;
-    if (r.n_rot == 0 || x->ne[1] == 0 || r.n_head == 0) return KILN_OK;
-    uint64_t toff;
-    const kiln_bk_buffer *tbuf;
-    if ((st = rope_table(dev, &r, &toff, &tbuf))) return st;
-    struct { uint32_t x_off, x_stride, n_head, head_dim, n_rot, mode, t_off, rows; } pc;
-    kiln_vk_bind b[2];
-    if ((st = bind_f32(dev, x, xe, &b[0], &pc.x_off, &pc.x_stride, "rope")) ||
-        (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)x->ne[1] * r.n_rot * sizeof(float), &b[1], NULL,
-                                 "rope")))
-        return st;
-    pc.n_head = r.n_head;
-    pc.head_dim = r.head_dim;
-    pc.n_rot = r.n_rot;
-    pc.mode = (uint32_t)r.mode;
-    pc.t_off = 0;
-    pc.rows = (uint32_t)x->ne[1];
-    kiln_vk_act_written(dev, x->buf, x->offset, xe);
-    return kiln_vk_dispatch(dev, KILN_VK_P_ROPE, b, 2, &pc, sizeof pc, div_up((uint64_t)r.n_head * (r.n_rot / 2), 64),
-                            pc.rows, 1);
-}
-
-/* ------------------------------------------------------------------------ */
-/* kv_store, attention                                                      */
-/* ------------------------------------------------------------------------ */
-
-/* kv_store's checks: *ke, *ve the extents of k and v, *need the bytes of
- * each cache the ubatch's cells span; *noop when there is nothing to store. */
-static kiln_status kv_store_check(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
-                                  const kiln_bk_buffer *k_cache, const kiln_bk_buffer *v_cache, uint32_t kv_dim,
-                                  uint64_t *ke, uint64_t *ve, uint64_t *need, bool *noop) {
-    kiln_status st;
-    *noop = true;
-    if (!dev || !k_cache || !v_cache) return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: NULL device or cache");
-    if ((st = need_ubatch(dev, "kv_store")) || (st = tensor_check(k, KILN_VK_T_F32, "kv_store", "k", ke)) ||
-        (st = tensor_check(v, KILN_VK_T_F32, "kv_store", "v", ve)))
-        return st;
-    const kiln_vk_ubatch *ub = &dev->ub;
-    if (k->ne[0] != kv_dim || v->ne[0] != kv_dim || k->ne[1] != ub->n_tokens || v->ne[1] != ub->n_tokens)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: k %lldx%lld, v %lldx%lld for kv_dim %u, %u tokens",
-                          (long long)k->ne[0], (long long)k->ne[1], (long long)v->ne[0], (long long)v->ne[1], kv_dim,
-                          ub->n_tokens);
-    if (ub->n_tokens == 0 || kv_dim == 0) return KILN_OK;
-    if (!ub->has_kv_cell) return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: the ubatch has no kv cells");
-    if (kv_dim % 2) return kiln_error(KILN_E_UNSUPPORTED, "vulkan kv_store: odd kv_dim %u", kv_dim);
-    *need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
-    if (k_cache->size < *need || v_cache->size < *need)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan kv_store: caches of %llu/%llu bytes, %u cells need %llu",
-                          (unsigned long long)k_cache->size, (unsigned long long)v_cache->size, ub->n_cells,
-                          (unsigned long long)*need);
-    *noop = false;
-    return KILN_OK;
-}
-
-kiln_status kiln_vk_kv_store(kiln_bk_device *dev, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
-                             kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim) {
-    kiln_status st;
-    uint64_t ke, ve, need;
-    bool noop;
-    if ((st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke, &ve, &need, &noop)) || noop) return st;
-    const kiln_vk_ubatch *ub = &dev->ub;
-    kiln_vk_bind b[5];
-    struct { uint32_t k_off, k_stride, v_off, v_stride, kv_dim, rows, cell_off; } pc;
-    if ((st = ubatch_bind(dev, &b[4], "kv_store")) || (st = bind_f32(dev, k, ke, &b[0], &pc.k_off, &pc.k_stride, "kv_store")) ||
-        (st = bind_f32(dev, v, ve, &b[1], &pc.v_off, &pc.v_stride, "kv_store")) ||
-        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[2], NULL, "kv_store")) ||
-        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[3], NULL, "kv_store")))
-        return st;
-    pc.kv_dim = kv_dim;
-    pc.rows = ub->n_tokens;
-    pc.cell_off = 0;
-    kiln_vk_act_written(dev, k_cache, 0, need);
-    kiln_vk_act_written(dev, v_cache, 0, need);
-    return kiln_vk_dispatch(dev, KILN_VK_P_KV_STORE, b, 5, &pc, sizeof pc, div_up(kv_dim / 2, 64), pc.rows, 1);
-}
-
-#define KILN_VK_ATTN_MAX_HEAD_DIM 256 /* attention.comp MAXD */
-
-/* attention's checks: *a the parameters (zeros for fields the caller's
- * struct lacks), *qe and *de the extents of q and dst, *need the bytes of
- * each cache its cells span; *noop when the ubatch has no tokens. */
-static kiln_status attn_check(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
-                              const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, const kiln_bk_tensor *dst,
-                              kiln_bk_attn *a, uint64_t *qe, uint64_t *de, uint64_t *need, bool *noop) {
-    kiln_status st;
-    *noop = true;
-    if (!dev || !k_cache || !v_cache || !attn)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: NULL device, cache or parameters");
-    if ((st = need_ubatch(dev, "attention")) || (st = tensor_check(q, KILN_VK_T_F32, "attention", "q", qe)) ||
-        (st = tensor_check(dst, KILN_VK_T_F32, "attention", "dst", de)))
-        return st;
-    memset(a, 0, sizeof *a);
-    memcpy(a, attn, attn->struct_size < sizeof *a ? attn->struct_size : sizeof *a);
-    const kiln_vk_ubatch *ub = &dev->ub;
-    if (a->n_head == 0 || a->n_head_kv == 0 || a->n_head % a->n_head_kv || a->head_dim == 0)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: %u heads, %u kv heads, head_dim %u", a->n_head,
-                          a->n_head_kv, a->head_dim);
-    const uint64_t qw = (uint64_t)a->n_head * a->head_dim;
-    if ((uint64_t)q->ne[0] < qw || dst->ne[0] != q->ne[0] || q->ne[1] != ub->n_tokens || dst->ne[1] != q->ne[1])
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: q %lldx%lld, dst %lldx%lld for %u heads of %u, %u tokens",
-                          (long long)q->ne[0], (long long)q->ne[1], (long long)dst->ne[0], (long long)dst->ne[1],
-                          a->n_head, a->head_dim, ub->n_tokens);
-    if (ub->n_tokens == 0) return KILN_OK;
-    if (!ub->has_attn) return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: the ubatch has no block tables");
-    if (a->head_dim > KILN_VK_ATTN_MAX_HEAD_DIM || a->head_dim % 2)
-        return kiln_error(KILN_E_UNSUPPORTED, "vulkan attention: head_dim %u (even, at most %d)", a->head_dim,
-                          KILN_VK_ATTN_MAX_HEAD_DIM);
-    const uint32_t kv_dim = a->n_head_kv * a->head_dim;
-    *need = (uint64_t)ub->n_cells * kv_dim * sizeof(uint16_t);
-    if (k_cache->size < *need || v_cache->size < *need)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan attention: caches of %llu/%llu bytes, %u cells need %llu",
-                          (unsigned long long)k_cache->size, (unsigned long long)v_cache->size, ub->n_cells,
-                          (unsigned long long)*need);
-    *noop = false;
-    return KILN_OK;
-}
-
-/* attn_dec.comp for small ubatches on subgroup devices (a row's bits
- * depend only on its own positions there too, so decode and verify rows
- * agree) */
-static bool attn_dec_usable(const kiln_bk_device *dev) {
-    return dev->sh->subgroup_add && dev->sh->subgroup_size >= 8 && dev->sh->subgroup_size <= 32 && !dev->attn_dec_old;
-}
-
-/* The dst modes attention can quantize its output to for the next matmul:
- * where a head holds whole blocks (F16/BF16 rounding; Q8_0/Q8_1 with
- * head_dim % 32 == 0) and the heads fill the row. */
-static uint32_t attn_out_modes(const kiln_bk_attn *a, const kiln_bk_tensor *dst) {
-    return (uint64_t)dst->ne[0] != (uint64_t)a->n_head * a->head_dim ? 0u : a->head_dim % 32 ? 0x6u : 0x1eu;
-}
-
-/* attn_io.glsl's push constants (attention.comp, attn_dec.glsl); the rope
- * variant's go on after them. */
-typedef struct attn_push {
-    uint32_t q_off, q_stride, d_off, d_stride, n_head, n_head_kv, head_dim, kv_dim;
-    float scale;
-    uint32_t block_size, tab_off, nkv_off, bt_off;
-    uint32_t qmode, q_words, row_k;
-    uint32_t split_len, n_splits, p_off; /* a long context's decode in splits (attn_dec_split) */
-} attn_push;
-
-/* The fields that come from the parameters and the ubatch (the caller
- * sets the offsets and strides of its bindings). */
-static void attn_push_fill(attn_push *pc, const kiln_bk_attn *a, const kiln_vk_ubatch *ub) {
-    pc->n_head = a->n_head;
-    pc->n_head_kv = a->n_head_kv;
-    pc->head_dim = a->head_dim;
-    pc->kv_dim = a->n_head_kv * a->head_dim;
-    pc->scale = a->scale;
-    pc->block_size = ub->block_size ? ub->block_size : 1;
-    pc->tab_off = ub->n_tokens;
-    pc->nkv_off = 2 * ub->n_tokens;
-    pc->bt_off = 3 * ub->n_tokens;
-    pc->row_k = a->n_head * a->head_dim;
-    pc->split_len = pc->n_splits = pc->p_off = 0;
-}
-
-/* Dispatches an attention pipeline (a workgroup per head and token) whose
- * push constants `push` (size bytes) begin with *pc: its output dst is
- * also quantized, into binding 5, where the next matmul wants it so. */
-static kiln_status attn_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b, uint32_t n_binds, attn_push *pc,
-                                 const void *push, uint32_t size, const kiln_bk_attn *a, const kiln_bk_tensor *dst,
-                                 uint64_t de, const char *op) {
-    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    kiln_status st = act_produce(dev, dst, de, attn_out_modes(a, dst), &b[5], &pc->qmode, &pc->q_words, op);
-    if (st == KILN_OK) st = kiln_vk_dispatch(dev, which, b, n_binds, push, size, a->n_head, dev->ub.n_tokens, 1);
-    if (st == KILN_OK) act_produced(dev, dst, de, pc->qmode);
-    return st;
-}
-
-#define KILN_VK_ATTN_SPLITS_MAX 64   /* splits of a row at most (longer splits in larger contexts) */
-#define KILN_VK_ATTN_SPLIT_TOKENS 32 /* ubatches that may split: decode steps and verify batches */
-
-/* Decode attention over a long context (attn_dec.glsl, attn_dec_rope.comp
- * as `which`): with the handle's split setting and a context of at least
- * attn_split_min cells, a workgroup per (head, token, split of split_len
- * positions) leaves its state in the handle's split scratch (binding 9)
- * and attn_fold.comp folds them into dst; otherwise one workgroup per
- * (head, token) walks every position. The choice and the split length
- * depend only on the context (for ubatches of up to 32 tokens), so a verify
- * batch's rows keep the bits of decode steps. b has
- * 10 entries, those past n_binds are filled here. */
-static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b, uint32_t n_binds,
-                                     attn_push *pc, const void *push, uint32_t size, const kiln_bk_attn *a,
-                                     const kiln_bk_tensor *dst, uint64_t de, const char *op) {
-    const kiln_vk_ubatch *ub = &dev->ub;
-    /* at most KILN_VK_ATTN_SPLITS_MAX splits (longer ones in larger
-     * contexts), so the scratch stays small: n_tokens x n_head x 64 x
-     * (head_dim + 2) floats, 1 MiB for a 7B decode step */
-    uint32_t sl = dev->attn_split;
-    if (sl && div_up(ub->n_cells, sl) > KILN_VK_ATTN_SPLITS_MAX)
-        sl = div_up(div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
-    /* the shaders name binding 9 either way: dst's (written anyway) when
-     * not splitting; 6..8 where unused, q's */
-    for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
-    b[9] = b[3];
-    if (!sl || ub->n_tokens > KILN_VK_ATTN_SPLIT_TOKENS || ub->n_cells < dev->attn_split_min || ub->n_cells <= sl)
-        return attn_dispatch(dev, which, b, 10, pc, push, size, a, dst, de, op);
-    kiln_status st;
-    const uint32_t ns = div_up(ub->n_cells, sl);
-    const uint64_t bytes = (uint64_t)ub->n_tokens * a->n_head * ns * (a->head_dim + 2) * sizeof(float);
-    if (!dev->attn_part || dev->attn_part->size < bytes) {
-        /* the old scratch may be read by recorded work: finish it first */
-        if (dev->attn_part && (st = kiln_vk_finish(dev))) return st;
-        kiln_bk_buffer *nb = NULL;
-        if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, bytes, &nb))) return st;
-        kiln_vk_buffer_free(dev->attn_part);
-        dev->attn_part = nb;
-        dev->act_gen++; /* recorded graphs name the old one */
-    }
-    if ((st = kiln_vk_bind_range(dev, dev->attn_part, 0, bytes, &b[9], NULL, op))) return st;
-    pc->split_len = sl;
-    pc->n_splits = ns;
-    pc->p_off = 0;
-    pc->qmode = 0;
-    b[5] = b[3]; /* the quantized output is the fold's (act_produce binds it there) */
-    if ((st = kiln_vk_dispatch(dev, which, b, 10, push, size, a->n_head, ub->n_tokens, ns))) return st;
-    return attn_dispatch(dev, KILN_VK_P_ATTN_FOLD, b, 10, pc, push, size, a, dst, de, op);
-}
-
-kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
-                              const kiln_bk_buffer *v_cache, const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
-    kiln_status st;
-    uint64_t qe, de, need;
-    bool noop;
-    kiln_bk_attn a;
-    if ((st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe, &de, &need, &noop)) || noop) return st;
-    const kiln_vk_ubatch *ub = &dev->ub;
-    const uint32_t kv_dim = a.n_head_kv * a.head_dim;
-    kiln_vk_bind b[10];
-    attn_push pc;
-    if ((st = ubatch_bind(dev, &b[4], "attention")) ||
-        (st = bind_f32(dev, q, qe, &b[0], &pc.q_off, &pc.q_stride, "attention")) ||
-        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[1], NULL, "attention")) ||
-        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[2], NULL, "attention")) ||
-        (st = bind_f32(dev, dst, de, &b[3], &pc.d_off, &pc.d_stride, "attention")))
-        return st;
-    /* prefill: tiles of up to 64 tokens (attn_tile.glsl) where the head
-     * size has a kernel, the caches are bound from their first byte
-     * (16-byte rows) and the shared memory fits */
-    int tile_pipe = -1;
-    const uint32_t tile_shared = (a.head_dim == 128 ? 17 * 64 * 16 : 9 * 64 * 16) + 4 * 192 * 16 + 128 * 4 + 16;
-    if (ub->n_tiles > 0 && !dev->attn_old && (a.head_dim == 64 || a.head_dim == 128) && b[1].lo == b[1].offset &&
-        b[2].lo == b[2].offset && dev->sh->max_shared >= tile_shared) {
-        const int d = a.head_dim == 128 ? 1 : 0;
-        VkPipeline pipe;
-        tile_pipe = KILN_VK_P_ATTN_TILE_FIRST + 2 + d; /* without matrix cores */
-        if (dev->sh->coopmat && !dev->attn_no_mc) {
-            if (kiln_vk_pipeline(dev->sh, KILN_VK_P_ATTN_TILE_FIRST + d, &pipe) == KILN_OK) {
-                tile_pipe = KILN_VK_P_ATTN_TILE_FIRST + d;
-            } else {
-                kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: the matrix-core attention kernel cannot be "
-                         "built: prefill attention without matrix cores for this handle");
-                dev->attn_no_mc = true;
-            }
-        }
-    }
-    if (tile_pipe >= 0) {
-        struct {
-            uint32_t q_off, q_stride, d_off, d_stride, group, kv_dim;
-            float scale;
-            uint32_t block_size, nkv_off, bt_off, tab_off, tiles_off;
-            float lazy;
-        } tc;
-        tc.q_off = pc.q_off;
-        tc.q_stride = pc.q_stride;
-        tc.d_off = pc.d_off;
-        tc.d_stride = pc.d_stride;
-        tc.group = a.n_head / a.n_head_kv;
-        tc.kv_dim = kv_dim;
-        tc.scale = a.scale;
-        tc.block_size = ub->block_size ? ub->block_size : 1;
-        tc.nkv_off = 2 * ub->n_tokens;
-        tc.bt_off = 3 * ub->n_tokens;
-        tc.tab_off = ub->n_tokens;
-        tc.tiles_off = 3 * ub->n_tokens + ub->n_block_entries;
-        tc.lazy = dev->attn_eager ? 0.0f : 8.0f;
-        kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-        return kiln_vk_dispatch(dev, tile_pipe, b, 5, &tc, sizeof tc, ub->n_tiles, a.n_head, 1);
-    }
-    attn_push_fill(&pc, &a, ub);
-    if (attn_dec_usable(dev))
-        return attn_dec_dispatch(dev, KILN_VK_P_ATTN_DEC, b, 6, &pc, &pc, sizeof pc, &a, dst, de, "attention");
-    return attn_dispatch(dev, KILN_VK_P_ATTENTION, b, 6, &pc, &pc, sizeof pc, &a, dst, de, "attention");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1203,11 +833,11 @@ kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, c
     kiln_status st;
     uint64_t ae, be, se, we, de;
     if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: device is NULL");
-    if ((st = tensor_check(a, KILN_VK_T_F32, "add_rms_norm", "a", &ae)) ||
-        (st = tensor_check(b, KILN_VK_T_F32, "add_rms_norm", "b", &be)) ||
-        (st = tensor_check(sum, KILN_VK_T_F32, "add_rms_norm", "sum", &se)) ||
-        (st = tensor_check(w, KILN_VK_T_F32, "add_rms_norm", "w", &we)) ||
-        (st = tensor_check(dst, KILN_VK_T_F32, "add_rms_norm", "dst", &de)))
+    if ((st = kiln_vk_tensor_check(a, KILN_VK_T_F32, "add_rms_norm", "a", &ae)) ||
+        (st = kiln_vk_tensor_check(b, KILN_VK_T_F32, "add_rms_norm", "b", &be)) ||
+        (st = kiln_vk_tensor_check(sum, KILN_VK_T_F32, "add_rms_norm", "sum", &se)) ||
+        (st = kiln_vk_tensor_check(w, KILN_VK_T_F32, "add_rms_norm", "w", &we)) ||
+        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "add_rms_norm", "dst", &de)))
         return st;
     const int64_t n = a->ne[0], rows = a->ne[1];
     if (b->ne[0] != n || b->ne[1] != rows || sum->ne[0] != n || sum->ne[1] != rows || w->ne[0] != n || w->ne[1] < 1 ||
@@ -1229,20 +859,20 @@ kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, c
     } pc;
     uint32_t dummy;
     kiln_vk_bind bd[6];
-    if ((st = bind_f32(dev, a, ae, &bd[0], &pc.a_off, &pc.a_stride, "add_rms_norm")) ||
-        (st = bind_f32(dev, b, be, &bd[1], &pc.b_off, &pc.b_stride, "add_rms_norm")) ||
-        (st = bind_f32(dev, sum, se, &bd[2], &pc.s_off, &pc.s_stride, "add_rms_norm")) ||
-        (st = bind_f32(dev, w, we, &bd[3], &pc.w_off, &dummy, "add_rms_norm")) ||
-        (st = bind_f32(dev, dst, de, &bd[4], &pc.d_off, &pc.d_stride, "add_rms_norm")))
+    if ((st = kiln_vk_bind_f32(dev, a, ae, &bd[0], &pc.a_off, &pc.a_stride, "add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, b, be, &bd[1], &pc.b_off, &pc.b_stride, "add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, sum, se, &bd[2], &pc.s_off, &pc.s_stride, "add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, w, we, &bd[3], &pc.w_off, &dummy, "add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, dst, de, &bd[4], &pc.d_off, &pc.d_stride, "add_rms_norm")))
         return st;
     pc.n = (uint32_t)n;
     pc.rows = (uint32_t)rows;
     pc.eps = eps;
     kiln_vk_act_written(dev, sum->buf, sum->offset, se);
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &bd[5], &pc.qmode, &pc.q_stride, "add_rms_norm"))) return st;
+    if ((st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &bd[5], &pc.qmode, &pc.q_stride, "add_rms_norm"))) return st;
     st = kiln_vk_dispatch(dev, KILN_VK_P_ADD_RMS_NORM, bd, 6, &pc, sizeof pc, pc.rows, 1, 1);
-    if (st == KILN_OK) act_produced(dev, dst, de, pc.qmode);
+    if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
     return st;
 }
 
@@ -1256,13 +886,13 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     if (n < 1 || n > 3 || !w || !dst)
         return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: %u products (1..3) or NULL arrays", n);
     uint64_t we[3], de[3], xe;
-    if ((st = tensor_check(x, KILN_VK_T_F32, "matmul_multi", "x", &xe))) return st;
+    if ((st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul_multi", "x", &xe))) return st;
     const int64_t K = x->ne[0], M = x->ne[1];
     bool fuse = n > 1 && M >= 1 && M <= KILN_VK_MMV_MAX && K > 0 && dev->sh->subgroup_add && !dev->no_mmv &&
                 !(dev->no_fused_mask & 4u);
     for (uint32_t i = 0; i < n; i++) {
-        if ((st = tensor_check(w[i], -1, "matmul_multi", "w", &we[i])) ||
-            (st = tensor_check(dst[i], KILN_VK_T_F32, "matmul_multi", "dst", &de[i])))
+        if ((st = kiln_vk_tensor_check(w[i], -1, "matmul_multi", "w", &we[i])) ||
+            (st = kiln_vk_tensor_check(dst[i], KILN_VK_T_F32, "matmul_multi", "dst", &de[i])))
             return st;
         if (w[i]->ne[0] != K || dst[i]->ne[0] != w[i]->ne[1] || dst[i]->ne[1] != M)
             return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: w %lldx%lld, x %lldx%lld, dst %lldx%lld",
@@ -1315,7 +945,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     } pc;
     memset(&pc, 0, sizeof pc);
     if (mode == 0) {
-        if ((st = bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_multi"))) return st;
+        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_multi"))) return st;
     } else if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) {
         return st;
     }
@@ -1335,182 +965,17 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
         pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
         pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
         pc.N[i] = (uint32_t)w[j]->ne[1];
-        if (i < n) groups += div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(dev->sh, wslot));
+        if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(dev->sh, wslot));
         pc.g_end[i] = (uint32_t)groups;
     }
     /* as matmul's decode kernel sizes its grid, for all products' rows */
     const kiln_vk_shared *sh = dev->sh;
     const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-    uint64_t gx = div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
+    uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     const int pipe = mmv_pipeline(dev, M, wslot, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMVM1_FIRST, KILN_VK_P_MMVM1_IDOT_FIRST,
                                   KILN_VK_P_MMVM_IDOT_FIRST);
     return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc,
-                            (uint32_t)gx, div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
-}
-
-#define KILN_VK_ROPE_KV_MAX_HEAD_DIM 256 /* rope_kv.comp MAXD */
-
-/* rope(q), rope(k), kv_store(k, v) in one dispatch (rope_kv.comp) where q,
- * k and v are rows of one buffer and both ropes use one table; otherwise
- * the three operations. Every check runs before anything is recorded. */
-/* Whether rope_kv.comp's work can be done in one dispatch: q, k and v in
- * one buffer (their bytes [*lo, *hi) of it, addressable in 32-bit words)
- * and both ropes with one table. */
-static bool rope_kv_fusable(const kiln_bk_tensor *q, const kiln_bk_tensor *k, const kiln_bk_tensor *v,
-                            const kiln_bk_rope *r1, const kiln_bk_rope *r2, uint64_t qe, uint64_t ke, uint64_t ve,
-                            uint32_t kv_dim, uint64_t *lo, uint64_t *hi) {
-    const uint32_t half = r1->n_rot / 2;
-    bool fuse = q->buf == k->buf && v->buf == k->buf && r1->mode == r2->mode && r1->head_dim == r2->head_dim &&
-                r1->n_rot == r2->n_rot && r1->freq_base == r2->freq_base && r1->freq_scale == r2->freq_scale &&
-                !r1->freq_factors == !r2->freq_factors &&
-                (!r1->freq_factors || r1->freq_factors == r2->freq_factors ||
-                 memcmp(r1->freq_factors, r2->freq_factors, half * sizeof(float)) == 0) &&
-                r1->n_rot > 0 && r1->n_head > 0 && r1->head_dim % 2 == 0 &&
-                r1->head_dim <= KILN_VK_ROPE_KV_MAX_HEAD_DIM && (uint64_t)r2->n_head * r2->head_dim == kv_dim;
-    *lo = UINT64_MAX;
-    *hi = 0;
-    const kiln_bk_tensor *t3[3] = {q, k, v};
-    const uint64_t e3[3] = {qe, ke, ve};
-    for (int i = 0; i < 3 && fuse; i++) {
-        if (t3[i]->offset < *lo) *lo = t3[i]->offset;
-        if (t3[i]->offset + e3[i] > *hi) *hi = t3[i]->offset + e3[i];
-    }
-    return fuse && *hi - *lo <= UINT32_MAX - 64;
-}
-
-/* Where q, k and v start in a binding of their buffer from byte lo (rem:
- * the binding's offset to lo), and their row strides, in 32-bit words. */
-static void qkv_words(const kiln_bk_tensor *q, const kiln_bk_tensor *k, const kiln_bk_tensor *v, uint64_t lo,
-                      uint32_t rem, uint32_t *q_off, uint32_t *q_stride, uint32_t *k_off, uint32_t *k_stride,
-                      uint32_t *v_off, uint32_t *v_stride) {
-    *q_off = (uint32_t)((rem + (q->offset - lo)) / 4);
-    *k_off = (uint32_t)((rem + (k->offset - lo)) / 4);
-    *v_off = (uint32_t)((rem + (v->offset - lo)) / 4);
-    *q_stride = (uint32_t)(q->row_stride / 4);
-    *k_stride = (uint32_t)(k->row_stride / 4);
-    *v_stride = (uint32_t)(v->row_stride / 4);
-}
-
-/* The rope table and the ubatch tables in the ring (*b binds the latter);
- * a ring reset by the second (full ring) drops the first: stage both again. */
-static kiln_status rope_kv_stage(kiln_bk_device *dev, const kiln_bk_rope *r, uint64_t *toff,
-                                 const kiln_bk_buffer **tbuf, kiln_vk_bind *b, const char *op) {
-    kiln_status st;
-    for (int tries = 0; tries < 2; tries++) {
-        if ((st = rope_table(dev, r, toff, tbuf)) || (st = ubatch_bind(dev, b, op))) return st;
-        if (dev->rope.ring_epoch == dev->ring_epoch) return KILN_OK;
-    }
-    return kiln_error(KILN_E_INTERNAL, "vulkan %s: the staging ring cannot hold the ubatch's tables", op);
-}
-
-kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
-                                  const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
-                                  kiln_bk_buffer *v_cache, uint32_t kv_dim) {
-    kiln_status st;
-    kiln_bk_rope r1, r2;
-    uint64_t qe, ke, ke2, ve, need;
-    bool noop;
-    if ((st = rope_check(dev, q, rq, &r1, &qe)) || (st = rope_check(dev, k, rk, &r2, &ke)) ||
-        (st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke2, &ve, &need, &noop)))
-        return st;
-    uint64_t lo, hi;
-    const bool fuse = !noop && !(dev->no_fused_mask & 16u) &&
-                      rope_kv_fusable(q, k, v, &r1, &r2, qe, ke, ve, kv_dim, &lo, &hi);
-    const uint32_t half = r1.n_rot / 2;
-    if (!fuse) {
-        if ((st = kiln_vk_rope(dev, q, rq)) || (st = kiln_vk_rope(dev, k, rk))) return st;
-        return kiln_vk_kv_store(dev, k, v, k_cache, v_cache, kv_dim);
-    }
-    uint64_t toff = 0;
-    const kiln_bk_buffer *tbuf = NULL;
-    kiln_vk_bind b[5];
-    if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_store"))) return st;
-    const uint32_t rows = dev->ub.n_tokens;
-    struct {
-        uint32_t q_off, q_stride, k_off, k_stride, v_off, v_stride;
-        uint32_t n_head, head_dim, n_rot, mode, t_off, q_groups;
-        uint32_t kv_dim, cell_off;
-    } pc;
-    uint32_t rem;
-    if ((st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_store")) ||
-        (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)rows * r1.n_rot * sizeof(float), &b[1], NULL,
-                                 "rope_kv_store")) ||
-        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[2], NULL, "rope_kv_store")) ||
-        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[3], NULL, "rope_kv_store")))
-        return st;
-    qkv_words(q, k, v, lo, rem, &pc.q_off, &pc.q_stride, &pc.k_off, &pc.k_stride, &pc.v_off, &pc.v_stride);
-    pc.n_head = r1.n_head;
-    pc.head_dim = r1.head_dim;
-    pc.n_rot = r1.n_rot;
-    pc.mode = (uint32_t)r1.mode;
-    pc.t_off = 0;
-    pc.q_groups = div_up((uint64_t)r1.n_head * half, 64);
-    pc.kv_dim = kv_dim;
-    pc.cell_off = 0;
-    kiln_vk_act_written(dev, q->buf, q->offset, qe);
-    kiln_vk_act_written(dev, k->buf, k->offset, ke);
-    kiln_vk_act_written(dev, k_cache, 0, need);
-    kiln_vk_act_written(dev, v_cache, 0, need);
-    return kiln_vk_dispatch(dev, KILN_VK_P_ROPE_KV, b, 5, &pc, sizeof pc, pc.q_groups + r2.n_head, rows, 1);
-}
-
-/* rope_kv_store + attention. A single token on a subgroup device (a decode
- * step) in one dispatch of attn_dec_rope.comp: each workgroup ropes its
- * head of q and its KV head of k itself, the group's first head stores k
- * and v, and the token's own row is read from shared memory (the same F16
- * values), so nothing waits for a store in the same dispatch. Several
- * tokens (a verify batch may attend to its own new rows, stored by other
- * workgroups) and everything else: the two operations. */
-kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k,
-                                      const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
-                                      kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim,
-                                      const kiln_bk_attn *attn, kiln_bk_tensor *dst) {
-    kiln_status st;
-    kiln_bk_rope r1, r2;
-    kiln_bk_attn a;
-    uint64_t qe, ke, ke2, ve, need, qe2, de, need2, lo, hi; /* need2 == need where fused: same kv_dim */
-    bool noop, noop2;
-    if ((st = rope_check(dev, q, rq, &r1, &qe)) || (st = rope_check(dev, k, rk, &r2, &ke)) ||
-        (st = kv_store_check(dev, k, v, k_cache, v_cache, kv_dim, &ke2, &ve, &need, &noop)) ||
-        (st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe2, &de, &need2, &noop2)))
-        return st;
-    const kiln_vk_ubatch *ub = &dev->ub;
-    const bool fuse = !noop && !noop2 && ub->n_tokens == 1 && ub->n_cells >= 2 && !(dev->no_fused_mask & 32u) && attn_dec_usable(dev) &&
-                      rope_kv_fusable(q, k, v, &r1, &r2, qe, ke, ve, kv_dim, &lo, &hi) &&
-                      r1.n_head == a.n_head && r1.head_dim == a.head_dim && r2.n_head == a.n_head_kv &&
-                      (uint64_t)r1.n_head * r1.head_dim == (uint64_t)q->ne[0];
-    if (!fuse) {
-        if ((st = kiln_vk_rope_kv_store(dev, q, k, v, rq, rk, k_cache, v_cache, kv_dim))) return st;
-        return kiln_vk_attention(dev, q, k_cache, v_cache, attn, dst);
-    }
-    struct {
-        attn_push h;
-        uint32_t k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
-    } pc;
-    uint64_t toff = 0;
-    const kiln_bk_buffer *tbuf = NULL;
-    kiln_vk_bind b[10];
-    uint32_t rem;
-    if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_attention")) ||
-        (st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_attention")) ||
-        (st = kiln_vk_bind_range(dev, k_cache, 0, need, &b[1], NULL, "rope_kv_attention")) ||
-        (st = kiln_vk_bind_range(dev, v_cache, 0, need, &b[2], NULL, "rope_kv_attention")) ||
-        (st = bind_f32(dev, dst, de, &b[3], &pc.h.d_off, &pc.h.d_stride, "rope_kv_attention")) ||
-        (st = kiln_vk_bind_range(dev, tbuf, toff, (uint64_t)ub->n_tokens * r1.n_rot * sizeof(float), &b[6], NULL,
-                                 "rope_kv_attention")))
-        return st;
-    b[7] = b[1];
-    b[8] = b[2];
-    qkv_words(q, k, v, lo, rem, &pc.h.q_off, &pc.h.q_stride, &pc.k_off, &pc.k_stride, &pc.v_off, &pc.v_stride);
-    attn_push_fill(&pc.h, &a, ub);
-    pc.n_rot = r1.n_rot;
-    pc.mode = (uint32_t)r1.mode;
-    pc.t_off = 0;
-    pc.cell_off = 0;
-    kiln_vk_act_written(dev, k_cache, 0, need);
-    kiln_vk_act_written(dev, v_cache, 0, need);
-    return attn_dec_dispatch(dev, KILN_VK_P_ATTN_DEC_ROPE, b, 9, &pc.h, &pc, sizeof pc, &a, dst, de,
-                             "rope_kv_attention");
+                            (uint32_t)gx, kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }
