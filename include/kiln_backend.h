@@ -294,6 +294,15 @@ typedef struct kiln_backend_iface {
                                      const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
                                      kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim,
                                      const kiln_bk_attn *attn, kiln_bk_tensor *dst);
+
+    /* OPTIONAL: matmul(w, x, dst), then add_rms_norm(a, dst, sum, nw, eps,
+     * dst), with those operations' arithmetic and checks (so the same
+     * bits), in one launch where the backend can (a decode step's o and
+     * down products and the norm after each); where dst overlaps x, a or
+     * sum the result is the two calls'. Absent: the core calls the two. */
+    kiln_status (*matmul_add_rms_norm)(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                                       const kiln_bk_tensor *a, kiln_bk_tensor *sum, const kiln_bk_tensor *nw,
+                                       float eps, kiln_bk_tensor *dst);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

@@ -99,6 +99,7 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
     const bool multi = KILN_BK_HAS(bk, matmul_multi);
     const bool rope_store = KILN_BK_HAS(bk, rope_kv_store);
     const bool rope_attn = KILN_BK_HAS(bk, rope_kv_attention);
+    const bool mm_norm = fused && KILN_BK_HAS(bk, matmul_add_rms_norm);
     for (uint32_t il = g->l0; il < g->l1; il++) {
         const kiln_layer_weights *L = &m->layers[il];
         if (il == g->l0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
@@ -131,10 +132,13 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             }
             CHECK(bk->attention(dev, &q, kv->k[il], kv->v[il], &at, &a));
         }
-        CHECK(bk->matmul(dev, &L->wo, &a, &h));
-        if (fused) {
+        if (mm_norm) {
+            CHECK(bk->matmul_add_rms_norm(dev, &L->wo, &a, &x, &x, &L->ffn_norm, hp->rms_eps, &h));
+        } else if (fused) {
+            CHECK(bk->matmul(dev, &L->wo, &a, &h));
             CHECK(bk->add_rms_norm(dev, &x, &h, &x, &L->ffn_norm, hp->rms_eps, &h));
         } else {
+            CHECK(bk->matmul(dev, &L->wo, &a, &h));
             CHECK(bk->add(dev, &x, &h, &x));
             CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
         }
@@ -147,11 +151,16 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             CHECK(bk->matmul(dev, &L->w_up, &h, &u));
         }
         CHECK(bk->swiglu(dev, &gt, &u, &gt));
-        CHECK(bk->matmul(dev, &L->w_down, &gt, &h));
-        if (fused && il + 1 < g->l1) /* and the next layer's attention norm */
-            CHECK(bk->add_rms_norm(dev, &x, &h, &x, &m->layers[il + 1].attn_norm, hp->rms_eps, &h));
-        else
-            CHECK(bk->add(dev, &x, &h, &x));
+        if (mm_norm && il + 1 < g->l1) { /* and the next layer's attention norm */
+            CHECK(bk->matmul_add_rms_norm(dev, &L->w_down, &gt, &x, &x, &m->layers[il + 1].attn_norm, hp->rms_eps,
+                                          &h));
+        } else {
+            CHECK(bk->matmul(dev, &L->w_down, &gt, &h));
+            if (fused && il + 1 < g->l1)
+                CHECK(bk->add_rms_norm(dev, &x, &h, &x, &m->layers[il + 1].attn_norm, hp->rms_eps, &h));
+            else
+                CHECK(bk->add(dev, &x, &h, &x));
+        }
     }
     if (g->last && n_out > 0) {
         CHECK(bk->get_rows(dev, &x, g->out_idx, &xo));

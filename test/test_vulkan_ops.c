@@ -552,6 +552,79 @@ static void test_fused_quant_producers(void) {
         }
 }
 
+/* matmul_add_rms_norm (o and down of a decode step: one dispatch for split
+ * Q4_0 and F16 weights with up to 4096 rows, the two operations otherwise)
+ * against matmul then add_rms_norm, bit for bit: the result, the residual
+ * sum (in place, as the core calls it) and a product that reads the result
+ * (quantized by the fused dispatch on the second pass). */
+static void test_fused_matmul_add_rms_norm(void) {
+    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_F16, KILN_TYPE_Q4_K, KILN_TYPE_F32};
+    static const int64_t Ns[] = {512, 4096, 4352};
+    enum { K = 512, N2 = 40 };
+    if (vk->struct_size < offsetof(kiln_backend_iface, matmul_add_rms_norm) + sizeof vk->matmul_add_rms_norm ||
+        !vk->matmul_add_rms_norm) {
+        KT_CHECKF(0, "the Vulkan plugin has no matmul_add_rms_norm");
+        return;
+    }
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
+            const int32_t type = types[ti];
+            const int64_t N = Ns[ni];
+            if (ni == 2 && type != KILN_TYPE_Q4_0) continue; /* over 4096 rows: the two operations */
+            const uint64_t row = kiln_type_row_size(type, K), row2 = kiln_type_row_size(KILN_TYPE_Q4_0, N);
+            float *wf = malloc(sizeof(float) * K * N), *in = malloc(sizeof(float) * (K + 2 * N));
+            float *w2f = malloc(sizeof(float) * N * N2);
+            uint8_t *wq = malloc(row * N), *w2q = malloc(row2 * N2);
+            for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
+            for (int64_t i = 0; i < N * N2; i++) w2f[i] = frand();
+            for (int64_t i = 0; i < K + 2 * N; i++) in[i] = frand() * 2.0f;
+            for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
+            for (int64_t r = 0; r < N2; r++)
+                KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q4_0, w2f + r * N, w2q + r * row2, N));
+            kiln_bk_buffer *wb = vk_buf(row * N, wq), *w2b = vk_buf(row2 * N2, w2q);
+            kiln_bk_tensor tw = kt_bk_tensor(wb, type, K, N, 0), tw2 = kt_bk_tensor(w2b, KILN_TYPE_Q4_0, N, N2, 0);
+            tw.layout = vk_prepare(wb, type, K, N, 0);
+            tw2.layout = vk_prepare(w2b, KILN_TYPE_Q4_0, N, N2, 0);
+            /* per path: x (K), the residual (N, summed in place), norm weights (N), the result (N), the next product */
+            kiln_bk_buffer *b[2], *o[2];
+            for (int path = 0; path < 2; path++) {
+                b[path] = vk_buf(sizeof(float) * (K + 3 * N), NULL);
+                KT_CHECK_OK(vk->buffer_upload(dvk, b[path], 0, in, sizeof(float) * (K + 2 * N)));
+                o[path] = vk_buf(sizeof(float) * N2, NULL);
+            }
+            for (int pass = 0; pass < 2; pass++)
+                for (int path = 0; path < 2; path++) {
+                    kiln_bk_tensor x = kt_bk_tensor(b[path], KILN_TYPE_F32, K, 1, 0);
+                    kiln_bk_tensor a = kt_bk_tensor(b[path], KILN_TYPE_F32, N, 1, sizeof(float) * K);
+                    kiln_bk_tensor nw = kt_bk_tensor(b[path], KILN_TYPE_F32, N, 1, sizeof(float) * (K + N));
+                    kiln_bk_tensor h = kt_bk_tensor(b[path], KILN_TYPE_F32, N, 1, sizeof(float) * (K + 2 * N));
+                    kiln_bk_tensor od = kt_bk_tensor(o[path], KILN_TYPE_F32, N2, 1, 0);
+                    if (path == 0) {
+                        KT_CHECK_OK(vk->matmul(dvk, &tw, &x, &h));
+                        KT_CHECK_OK(vk->add_rms_norm(dvk, &a, &h, &a, &nw, 1e-5f, &h));
+                    } else {
+                        KT_CHECK_OK(vk->matmul_add_rms_norm(dvk, &tw, &x, &a, &a, &nw, 1e-5f, &h));
+                    }
+                    KT_CHECK_OK(vk->matmul(dvk, &tw2, &h, &od));
+                }
+            KT_CHECKF(vk_same(b[0], b[1], 0, sizeof(float) * (K + 3 * N)),
+                      "matmul_add_rms_norm %s N=%lld: the result or the sum differs", kiln_type_name(type), (long long)N);
+            KT_CHECKF(vk_same(o[0], o[1], 0, sizeof(float) * N2),
+                      "matmul_add_rms_norm %s N=%lld: the next product differs", kiln_type_name(type), (long long)N);
+            for (int path = 0; path < 2; path++) {
+                vk->buffer_free(b[path]);
+                vk->buffer_free(o[path]);
+            }
+            vk->buffer_free(wb);
+            vk->buffer_free(w2b);
+            free(wf);
+            free(w2f);
+            free(in);
+            free(wq);
+            free(w2q);
+        }
+}
+
 /* The unrolled decode kernels (the default: one row through the one-row
  * kernels, mmv1_/mmvm1_, which issue four chunks' loads at once) give the
  * same bits as a handle opened with KILN_VK_MMV_UNROLL=0, through
@@ -762,6 +835,7 @@ int main(void) {
     KT_RUN(test_fused_matmul_multi);
     KT_RUN(test_fused_rope_kv_store);
     KT_RUN(test_fused_quant_producers);
+    KT_RUN(test_fused_matmul_add_rms_norm);
     KT_RUN(test_mmv_unroll_bits);
     KT_RUN(test_q4_0_split_layout);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");

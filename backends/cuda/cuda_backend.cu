@@ -1119,6 +1119,7 @@ static const kiln_backend_iface cuda_iface = {
     kcu_rope_kv_store,
     kcu_weight_prepare,
     kcu_rope_kv_attention,
+    NULL, /* matmul_add_rms_norm: the core's matmul, then add_rms_norm */
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

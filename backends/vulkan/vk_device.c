@@ -522,14 +522,14 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     {   /* KILN_VK_NO_FUSED=1 (or any non-number): every fusion off; a number
          * > 1: a mask of the ones to turn off (2 the quantization in the
          * producers, 4 matmul_multi, 8 add_rms_norm, 16 rope_kv_store, 32
-         * rope_kv_attention's single dispatch).
+         * rope_kv_attention's single dispatch, 64 matmul_add_rms_norm's).
          * Default: all on. (The quantization in the producers was off by
          * default until add_rms_norm and rms_norm quantized a row with two
          * barriers instead of a tree per 256 elements: on the H100 Q4_0
          * tg128 219 -> 236 with it, F16 129 -> 132, Q4_K_M 133 -> 137.) */
         const char *nf = getenv("KILN_VK_NO_FUSED");
         const long m = nf ? strtol(nf, NULL, 10) : 0;
-        dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0x3eu;
+        dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0x7eu;
     }
     /* on by default (H100: Q4_0 tg128 229 -> 241, Q4_K_M 136 -> 140); =0 off */
     dev->mmv_unroll = !getenv("KILN_VK_MMV_UNROLL") || atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
@@ -542,7 +542,24 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_free(dev);
         return st;
     }
-    dev->timestamps = getenv("KILN_VK_TIMESTAMPS") != NULL && !dev->profile && dev->sh->timestamp_bits > 0;
+    dev->norm_dbg = getenv("KILN_VK_NORM_DBG") ? (uint32_t)atoi(getenv("KILN_VK_NORM_DBG")) : 0u;
+    const char *skip = getenv("KILN_VK_SKIP");
+    dev->skip = skip ? (uint32_t)strtoul(skip, NULL, 0) : 0u;
+    if (dev->skip)
+        kiln_log(&dev->log, KILN_LOG_WARN, "vulkan backend: KILN_VK_SKIP=%u leaves kernels out: results are wrong",
+                 dev->skip);
+    const char *ts = getenv("KILN_VK_TIMESTAMPS");
+    dev->timestamps = ts != NULL && !dev->profile && dev->sh->timestamp_bits > 0;
+    if (dev->timestamps && strcmp(ts, "2") == 0) { /* profiling only: without the arrays, per pipeline only */
+        dev->ts_at_ms = kiln_calloc(KILN_VK_TS_MAX, sizeof *dev->ts_at_ms);
+        dev->ts_at_which = kiln_calloc(KILN_VK_TS_MAX, sizeof *dev->ts_at_which);
+        if (!dev->ts_at_ms || !dev->ts_at_which) {
+            kiln_free(dev->ts_at_ms);
+            kiln_free(dev->ts_at_which);
+            dev->ts_at_ms = NULL;
+            dev->ts_at_which = NULL;
+        }
+    }
     VkDevice d = dev->sh->device;
     VkCommandPoolCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO};
     pci.flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT;
@@ -561,6 +578,13 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     }
     if (r != VK_SUCCESS) {
         st = kiln_vk_result(r, "device_open: command pool, buffer or fence");
+        kiln_vk_device_close(dev);
+        return st;
+    }
+    /* matmul_add_rms_norm's counter: zero before any dispatch counts on it */
+    static const uint32_t zeros[4];
+    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
+        (st = kiln_vk_upload(dev, dev->norm_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
         kiln_vk_device_close(dev);
         return st;
     }
@@ -594,6 +618,14 @@ static void timestamps_report(const kiln_bk_device *dev) {
             fprintf(stderr, "  %-16s %6.1f per step %8.3f ms per step %8.2f us each\n", kiln_vk_pipeline_name(i),
                     (double)dev->ts_calls[i] / (double)dev->ts_steps, dev->ts_ms[i] / (double)dev->ts_steps,
                     dev->ts_ms[i] * 1e3 / (double)dev->ts_calls[i]);
+    if (!dev->ts_at_steps) return;
+    /* the first 24 dispatches (a decode step's first layers) and the last 8 */
+    fprintf(stderr, "  by place, over the last %llu replays of a step of %u dispatches:\n",
+            (unsigned long long)dev->ts_at_steps, dev->ts_at_n);
+    for (uint32_t i = 0; i < dev->ts_at_n; i++)
+        if (i < 24 || i + 8 >= dev->ts_at_n)
+            fprintf(stderr, "  %4u %-16s %8.2f us\n", i, kiln_vk_pipeline_name(dev->ts_at_which[i]),
+                    dev->ts_at_ms[i] * 1e3 / (double)dev->ts_at_steps);
 }
 
 void kiln_vk_device_close(kiln_bk_device *dev) {
@@ -614,6 +646,7 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
         kiln_vk_buffer_free(dev->ring);
         kiln_vk_buffer_free(dev->act);
         kiln_vk_buffer_free(dev->attn_part);
+        kiln_vk_buffer_free(dev->norm_cnt);
         VkDevice d = dev->sh->device;
         if (dev->fence) vkDestroyFence(d, dev->fence, NULL);
         if (dev->cmd_pool) vkDestroyCommandPool(d, dev->cmd_pool, NULL); /* frees dev->cmd */
@@ -621,6 +654,8 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
     }
     kiln_free(dev->ub.data);
     kiln_free(dev->rope.host);
+    kiln_free(dev->ts_at_ms);
+    kiln_free(dev->ts_at_which);
     kiln_free(dev);
 }
 

@@ -113,6 +113,16 @@ static kiln_status timestamps_collect(kiln_bk_device *dev, const kiln_vk_graph *
         }
         dev->ts_step_ms += (double)((t[g->ts_n] - t[0]) & mask) * ms_per_tick;
         dev->ts_steps++;
+        if (dev->ts_at_ms) {
+            if (dev->ts_at_n != g->ts_n || memcmp(dev->ts_at_which, g->ts_which, g->ts_n * sizeof *g->ts_which)) {
+                memcpy(dev->ts_at_which, g->ts_which, g->ts_n * sizeof *g->ts_which);
+                memset(dev->ts_at_ms, 0, KILN_VK_TS_MAX * sizeof *dev->ts_at_ms);
+                dev->ts_at_n = g->ts_n;
+                dev->ts_at_steps = 0;
+            }
+            for (uint32_t i = 0; i < g->ts_n; i++) dev->ts_at_ms[i] += (double)((t[i + 1] - t[i]) & mask) * ms_per_tick;
+            dev->ts_at_steps++;
+        }
     }
     kiln_free(t);
     return KILN_OK;

@@ -103,7 +103,12 @@ enum {
     KILN_VK_P_MMV_IDOT_FIRST,                          /* mmv_ (up to 8 rows) with integer dot products, idot order */
     KILN_VK_P_MMVM_IDOT_FIRST = KILN_VK_P_MMV_IDOT_FIRST + 4, /* mmvm_ with integer dot products */
     KILN_VK_P_IDOT8_END = KILN_VK_P_MMVM_IDOT_FIRST + 4,
-    KILN_VK_P_COUNT = KILN_VK_P_IDOT8_END
+    /* mmv1_ + add_rms_norm by the last workgroup (matmul_add_rms_norm), for
+     * the weight types where it measured faster on the H100 */
+    KILN_VK_P_MMV1N_F16 = KILN_VK_P_IDOT8_END,
+    KILN_VK_P_MMV1N_Q4_0S,
+    KILN_VK_P_MMV1N_Q4_0S_IDOT,
+    KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
  * product variant (split Q4_0, Q8_0, Q4_K, Q6_K): their index 0..3 in the
@@ -374,10 +379,21 @@ struct kiln_bk_device {
     /* KILN_VK_TIMESTAMPS: GPU time of each replayed dispatch, from the
      * timestamps around it (its barrier included), per pipeline */
     bool timestamps;
+    /* matmul_add_rms_norm's workgroup counter (mmv.glsl KILN_NORM): 0
+     * between dispatches, zeroed once at device_open */
+    kiln_bk_buffer *norm_cnt;
+    uint32_t norm_dbg; /* KILN_VK_NORM_DBG (profiling only, results wrong): 1 no norm, 2 no quantization */
+    uint32_t skip; /* KILN_VK_SKIP (profiling only): kernel classes left out, vk_ops.c skip_class; 1024 no barriers */
     double ts_ms[KILN_VK_P_COUNT];
     uint64_t ts_calls[KILN_VK_P_COUNT];
     uint64_t ts_steps;
     double ts_step_ms;
+    /* KILN_VK_TIMESTAMPS=2: also each dispatch of the step by its place
+     * (the last shape of step replayed; a new shape starts over) */
+    double *ts_at_ms;
+    uint16_t *ts_at_which;
+    uint32_t ts_at_n;
+    uint64_t ts_at_steps;
 };
 
 /* ---- vk_support.c ---- */
@@ -510,6 +526,9 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
 kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                                   const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
                                   kiln_bk_buffer *v_cache, uint32_t kv_dim);
+kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                                        const kiln_bk_tensor *a, kiln_bk_tensor *sum, const kiln_bk_tensor *nw,
+                                        float eps, kiln_bk_tensor *dst);
 kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k,
                                       const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
                                       kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim,

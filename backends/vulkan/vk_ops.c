@@ -70,10 +70,30 @@ static uint32_t written_bindings(int which) {
     if (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS) return 1u << 2;
     if (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_IDOT_END) return 1u << 2;
     if (which >= KILN_VK_P_MMV_IDOT_FIRST && which < KILN_VK_P_IDOT8_END) return 1u << 2;
+    if (which >= KILN_VK_P_MMV1N_F16 && which <= KILN_VK_P_MMV1N_Q4_0S_IDOT)
+        return (1u << 2) | (1u << 4) | (1u << 6) | (1u << 7); /* D, S, AQ, the counter */
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
         (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST))
         return 1u << 2; /* every matmul: D */
     return (1u << KILN_VK_MAX_BINDINGS) - 1;
+}
+
+/* KILN_VK_SKIP (profiling only, results wrong): the class bits of a
+ * pipeline whose dispatches are left out, to time the rest of a step. */
+static uint32_t skip_class(int which) {
+    if (which == KILN_VK_P_ADD_RMS_NORM || which == KILN_VK_P_RMS_NORM) return 1u;
+    if (which == KILN_VK_P_BINARY) return 2u;
+    if (which == KILN_VK_P_ATTN_DEC_ROPE || which == KILN_VK_P_ATTN_DEC || which == KILN_VK_P_ATTN_FOLD ||
+        which == KILN_VK_P_ROPE_KV || which == KILN_VK_P_ATTENTION || which == KILN_VK_P_KV_STORE)
+        return 4u;
+    if ((which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST) ||
+        (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_MMVM1_IDOT_FIRST) ||
+        (which >= KILN_VK_P_MMV1N_F16 && which <= KILN_VK_P_MMV1N_Q4_0S_IDOT))
+        return 8u; /* one product, one row: o, down, output */
+    if ((which >= KILN_VK_P_MMVM1_FIRST && which < KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS) ||
+        (which >= KILN_VK_P_MMVM1_IDOT_FIRST && which < KILN_VK_P_IDOT_END))
+        return 16u; /* q/k/v, gate/up */
+    return 0u;
 }
 
 /* Only the barriers that are needed: one before a dispatch that reads or
@@ -84,6 +104,7 @@ static uint32_t written_bindings(int which) {
 static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, const kiln_vk_bind *binds,
                            uint32_t n_binds) {
     const uint32_t wmask = written_bindings(which);
+    if (dev->skip & 1024u) return; /* KILN_VK_SKIP: no barriers (profiling only) */
     bool need = dev->barrier_all ? dev->n_pend > 0 : dev->n_pend + n_binds > KILN_VK_MAX_PENDING;
     for (uint32_t i = 0; i < n_binds && !need; i++) {
         const VkBuffer vb = binds[i].buf->chunk->buf;
@@ -118,6 +139,7 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     if (gx > sh->max_groups[0] || gy > sh->max_groups[1] || gz > sh->max_groups[2])
         return kiln_error(KILN_E_UNSUPPORTED, "vulkan backend: %u x %u x %u workgroups exceed the device's limits",
                           gx, gy, gz);
+    if (dev->skip && (skip_class(which) & dev->skip)) return KILN_OK;
     VkCommandBuffer cmd = dev->cmd;
     const bool in_graph = dev->graph_mode == 1 || dev->graph_mode == 2;
     if (in_graph) {
@@ -872,6 +894,98 @@ kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, c
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
     if ((st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &bd[5], &pc.qmode, &pc.q_stride, "add_rms_norm"))) return st;
     st = kiln_vk_dispatch(dev, KILN_VK_P_ADD_RMS_NORM, bd, 6, &pc, sizeof pc, pc.rows, 1, 1);
+    if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
+    return st;
+}
+
+static bool bytes_overlap(const kiln_bk_tensor *a, uint64_t ae, const kiln_bk_tensor *b, uint64_t be) {
+    return a->buf == b->buf && a->offset < b->offset + be && b->offset < a->offset + ae;
+}
+
+/* matmul, then add_rms_norm of its result: one dispatch (mmv1n_TYPE,
+ * mmv.glsl KILN_NORM) for a decode row of at most 4096 results whose
+ * output overlaps neither the residual nor its sum (the last workgroup
+ * reads both after every product row is written); otherwise the two
+ * operations. The same bits either way. Only split Q4_0 and F16 weights:
+ * on the H100 (Mistral-7B shape, tg128) Q4_0 282.7 -> 300.5 t/s, F16
+ * 145.4 -> 147.2, but Q4_K_M 197.8 -> 172.7 (its Q6_K kernel with the
+ * epilogue: 128 registers, half the workgroups per SM). KILN_VK_NO_FUSED
+ * bit 64: never fused. */
+kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                                        const kiln_bk_tensor *a, kiln_bk_tensor *sum, const kiln_bk_tensor *nw,
+                                        float eps, kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t we, xe, ae, se, nwe, de;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_add_rms_norm: device is NULL");
+    if ((st = kiln_vk_tensor_check(w, -1, "matmul_add_rms_norm", "w", &we)) ||
+        (st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul_add_rms_norm", "x", &xe)) ||
+        (st = kiln_vk_tensor_check(a, KILN_VK_T_F32, "matmul_add_rms_norm", "a", &ae)) ||
+        (st = kiln_vk_tensor_check(sum, KILN_VK_T_F32, "matmul_add_rms_norm", "sum", &se)) ||
+        (st = kiln_vk_tensor_check(nw, KILN_VK_T_F32, "matmul_add_rms_norm", "nw", &nwe)) ||
+        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "matmul_add_rms_norm", "dst", &de)))
+        return st;
+    const int64_t K = w->ne[0], N = w->ne[1], M = x->ne[1];
+    const int slot = kiln_vk_weight_slot(w);
+    const kiln_vk_shared *sh = dev->sh;
+    const uint32_t mode = act_mode(w->type);
+    const int pipe = slot == KILN_VK_SLOT_Q4_0S ? (sh->idot ? KILN_VK_P_MMV1N_Q4_0S_IDOT : KILN_VK_P_MMV1N_Q4_0S)
+                     : w->type == KILN_VK_T_F16 ? KILN_VK_P_MMV1N_F16 : -1;
+    const bool fuse = !(dev->no_fused_mask & (64u | 8u)) && dev->norm_cnt && M == 1 && N >= 1 && N <= 4096 && K > 0 &&
+                      x->ne[0] == K && dst->ne[0] == N && dst->ne[1] == M && a->ne[0] == N && a->ne[1] == M &&
+                      sum->ne[0] == N && sum->ne[1] == M && nw->ne[0] == N && nw->ne[1] >= 1 && eps >= 0.0f &&
+                      pipe >= 0 && sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll && !(mode >= 3 && K % 32) &&
+                      !bytes_overlap(dst, de, a, ae) && !bytes_overlap(dst, de, sum, se) &&
+                      !bytes_overlap(dst, de, x, xe) && !bytes_overlap(dst, de, nw, nwe);
+    if (!fuse) {
+        if ((st = kiln_vk_matmul(dev, w, x, dst))) return st;
+        return kiln_vk_add_rms_norm(dev, a, dst, sum, nw, eps, dst);
+    }
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    kiln_vk_act_written(dev, sum->buf, sum->offset, se);
+    /* x's quantized row and dst's (written by the last workgroup, after
+     * every read of x) share the scratch: grow it once, first */
+    const kiln_bk_buffer *old_act = dev->act;
+    const uint64_t x_words = mode ? act_row_words(mode, (uint64_t)K) : 0; /* dst's: at most N (F16, BF16) */
+    if ((st = act_scratch(dev, 4 * (x_words > (uint64_t)N ? x_words : (uint64_t)N)))) return st;
+    if (dev->act != old_act) dev->act_cache.valid = false;
+    struct {
+        uint32_t w_off, w_stride, a_off, a_stride, d_off, d_stride, K, N, M, unroll, vec, m_base;
+        uint32_t r_off, s_off, nw_off, qmode;
+        float eps;
+        uint32_t dbg;
+    } pc;
+    memset(&pc, 0, sizeof pc);
+    kiln_vk_bind b[8];
+    uint32_t w_rem, dummy;
+    if (mode == 0) {
+        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_add_rms_norm"))) return st;
+    } else if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) {
+        return st;
+    }
+    if ((st = kiln_vk_bind_range(dev, w->buf, w->offset, we, &b[0], &w_rem, "matmul_add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "matmul_add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, a, ae, &b[3], &pc.r_off, &dummy, "matmul_add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, sum, se, &b[4], &pc.s_off, &dummy, "matmul_add_rms_norm")) ||
+        (st = kiln_vk_bind_f32(dev, nw, nwe, &b[5], &pc.nw_off, &dummy, "matmul_add_rms_norm")) ||
+        (st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[6], &pc.qmode, &dummy, "matmul_add_rms_norm")) ||
+        (st = kiln_vk_bind_range(dev, dev->norm_cnt, 0, dev->norm_cnt->size, &b[7], NULL, "matmul_add_rms_norm")))
+        return st;
+    pc.w_off = w_rem;
+    pc.w_stride = (uint32_t)w->row_stride;
+    pc.K = (uint32_t)K;
+    pc.N = (uint32_t)N;
+    pc.M = 1;
+    pc.unroll = 1;
+    pc.vec = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
+             pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
+    pc.eps = eps;
+    pc.dbg = dev->norm_dbg;
+    /* as matmul's decode dispatch */
+    const uint64_t sgs_per_wg = 256 / (sh->subgroup_size ? sh->subgroup_size : 32); /* mmv.glsl: 256 wide with KILN_NORM */
+    uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), sgs_per_wg ? sgs_per_wg : 1);
+    if (sh->is_cpu && gx > 32) gx = 32;
+    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    st = kiln_vk_dispatch(dev, pipe, b, 8, &pc, sizeof pc, (uint32_t)gx, 1, 1);
     if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
     return st;
 }

@@ -319,6 +319,7 @@ SPV_DECL(attn_dec_rope)
 SPV_DECL(attn_fold)
 SPV_DECL(mmv_q4_0s_idot) SPV_DECL(mmv_q8_0_idot) SPV_DECL(mmv_q4_k_idot) SPV_DECL(mmv_q6_k_idot)
 SPV_DECL(mmvm_q4_0s_idot) SPV_DECL(mmvm_q8_0_idot) SPV_DECL(mmvm_q4_k_idot) SPV_DECL(mmvm_q6_k_idot)
+SPV_DECL(mmv1n_f16) SPV_DECL(mmv1n_q4_0s) SPV_DECL(mmv1n_q4_0s_idot)
 #undef SPV_DECL
 
 static const struct {
@@ -481,7 +482,8 @@ static const struct {
     SPV_ENTRY(attn_dec_rope),
     SPV_ENTRY(attn_fold),
     SPV_ENTRY(mmv_q4_0s_idot), SPV_ENTRY(mmv_q8_0_idot), SPV_ENTRY(mmv_q4_k_idot), SPV_ENTRY(mmv_q6_k_idot),
-    SPV_ENTRY(mmvm_q4_0s_idot), SPV_ENTRY(mmvm_q8_0_idot), SPV_ENTRY(mmvm_q4_k_idot), SPV_ENTRY(mmvm_q6_k_idot)
+    SPV_ENTRY(mmvm_q4_0s_idot), SPV_ENTRY(mmvm_q8_0_idot), SPV_ENTRY(mmvm_q4_k_idot), SPV_ENTRY(mmvm_q6_k_idot),
+    SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot)
 #undef SPV_ENTRY
 };
 
@@ -544,6 +546,8 @@ static int mmv_slot(int which) {
         return kiln_vk_idot_slot((which - KILN_VK_P_MMV1_IDOT_FIRST) % 4);
     if (which >= KILN_VK_P_MMV_IDOT_FIRST && which < KILN_VK_P_IDOT8_END)
         return kiln_vk_idot_slot((which - KILN_VK_P_MMV_IDOT_FIRST) % 4);
+    if (which == KILN_VK_P_MMV1N_F16) return kiln_vk_type_slot(KILN_VK_T_F16);
+    if (which == KILN_VK_P_MMV1N_Q4_0S || which == KILN_VK_P_MMV1N_Q4_0S_IDOT) return KILN_VK_SLOT_Q4_0S;
     return -1;
 }
 

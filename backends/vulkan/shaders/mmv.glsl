@@ -33,6 +33,16 @@
  * before it adds any of them, for more loads in flight; the sums are added
  * in the same order, so the bits do not change. (One row only: unrolled
  * over the rows too the kernel takes minutes to compile on lavapipe.)
+ *
+ * KILN_NORM (mmv1n_TYPE.comp, matmul_add_rms_norm; one activation row of
+ * at most 4096 results): after its rows, each workgroup counts itself
+ * done on a counter (binding 7); the last one adds the residual R to the
+ * product and normalizes the row into D (and S, and the quantized
+ * activations of the next product, AQ) with add_rms_norm.comp's
+ * arithmetic, so the bits equal the two dispatches'. It resets the counter
+ * for the next dispatch. One dispatch, one barrier fewer per norm: on the
+ * H100 a dependent dispatch's drain and ramp cost more than the norm's
+ * own work (bench/NOTES.md, session 10).
  */
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -44,13 +54,27 @@
 /* weight rows per subgroup pass: specialization constant 1, the handle's
  * KILN_VK_MMV_ROWS (vk_ops.c; constant 0 is the subgroup size) */
 layout(constant_id = 1) const uint ROWS = 2u;
+#ifdef KILN_NORM
+layout(local_size_x = 256) in; /* add_rms_norm.comp's width for the last workgroup's norm */
+#else
 layout(local_size_x = 128) in;
+#endif
 
 layout(binding = 0) readonly buffer WB { uint W[]; };
 layout(binding = 0) readonly buffer WB4 { uvec4 W4[]; };
 layout(binding = 1) readonly buffer AB { uint A[]; };
 layout(binding = 1) readonly buffer AB4 { vec4 A4[]; };
+#ifdef KILN_NORM
+/* written by every workgroup, read back by the last: coherent */
+layout(binding = 2) coherent buffer DB { float D[]; };
+layout(binding = 3) readonly buffer RB { float R[]; };  /* the residual (add_rms_norm's a) */
+layout(binding = 4) buffer SB { float S[]; };           /* R + the product (may alias R) */
+layout(binding = 5) readonly buffer NWB { float NW[]; };/* the norm's weights */
+layout(binding = 6) buffer QB { uint AQ[]; };           /* quantized for the next product (qmode) */
+layout(binding = 7) coherent buffer CB { uint CNT[]; }; /* workgroups done, 0 between dispatches */
+#else
 layout(binding = 2) writeonly buffer DB { float D[]; };
+#endif
 
 #ifdef MULTI
 layout(push_constant) uniform P {
@@ -74,6 +98,12 @@ layout(push_constant) uniform P {
     uint unroll;            /* see above (n_base of the other kernels) */
     uint vec;               /* F16: rows and activations 16-byte aligned, K % 8 == 0 */
     uint m_base;            /* first activation row of this dispatch */
+#ifdef KILN_NORM
+    uint r_off, s_off, nw_off; /* words */
+    uint qmode;             /* add_rms_norm.comp's */
+    float eps;
+    uint dbg;               /* KILN_VK_NORM_DBG (profiling only): 1 no norm, 2 no quantization */
+#endif
 } p;
 #endif
 
@@ -81,6 +111,58 @@ layout(push_constant) uniform P {
 #define KILN_W4 /* types.glsl: split Q4_0 blocks as one 16-byte load */
 #include "common.glsl"
 #include "types.glsl"
+
+#ifdef KILN_NORM
+#define KILN_QUANT_BLOCKS_ONLY
+#define KILN_QUANT_ROW_REGS
+#include "quant_chunk.glsl"
+shared float n_red[256];
+shared bool n_last;
+
+/* add_rms_norm.comp's registers path for the row of N <= 4096 results at
+ * D[d_off], with its invocations (this variant's workgroup is 256 wide):
+ * the same elements per invocation, every load issued first, the same
+ * tree and quantization, so the same bits. */
+void norm_row(uint tid) {
+    const uint n = p.N, d = p.d_off;
+    precise float acc = 0.0; /* as add_rms_norm.comp */
+    float sv[16], wv[16];
+    {
+        float av[16], bv[16];
+        for (uint k = 0u; k < 16u; k++) {
+            uint i = tid + 256u * k;
+            av[k] = i < n ? R[p.r_off + i] : 0.0;
+            bv[k] = i < n ? D[d + i] : 0.0;
+            wv[k] = i < n ? NW[p.nw_off + i] : 0.0;
+        }
+        for (uint k = 0u; k < 16u; k++) {
+            uint i = tid + 256u * k;
+            if (i < n) {
+                float v = av[k] + bv[k];
+                sv[k] = v;
+                S[p.s_off + i] = v;
+                acc += v * v;
+            }
+        }
+    }
+    n_red[tid] = acc;
+    barrier();
+    for (uint k = 128u; k > 0u; k >>= 1) {
+        if (tid < k) n_red[tid] += n_red[tid + k];
+        barrier();
+    }
+    float scale = 1.0 / sqrt(n_red[0] / float(n) + p.eps);
+    for (uint k = 0u; k < 16u; k++) {
+        uint i = tid + 256u * k;
+        if (i < n) {
+            sv[k] = (sv[k] * scale) * wv[k];
+            D[d + i] = sv[k];
+        }
+    }
+    if (p.qmode == 0u || (p.dbg & 2u) != 0u) return;
+    quant_row_regs(sv, tid, 0u, n, p.qmode); /* the host picks modes whose blocks divide N */
+}
+#endif
 
 void main() {
     const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
@@ -179,4 +261,16 @@ void main() {
             }
         }
     }
+#ifdef KILN_NORM
+    /* every row of this workgroup is in D: visible before it counts */
+    memoryBarrierBuffer();
+    barrier();
+    if (gl_LocalInvocationIndex == 0u)
+        n_last = atomicAdd(CNT[0], 1u) == gl_NumWorkGroups.x * gl_NumWorkGroups.y - 1u;
+    barrier();
+    if (!n_last || (p.dbg & 1u) != 0u) return;
+    memoryBarrierBuffer();
+    if (gl_LocalInvocationIndex == 0u) CNT[0] = 0u; /* every other workgroup has counted */
+    norm_row(gl_LocalInvocationIndex);
+#endif
 }

@@ -16,6 +16,7 @@
 #ifndef KILN_QUANT_CHUNK_GLSL
 #define KILN_QUANT_CHUNK_GLSL
 
+#ifndef KILN_QUANT_BLOCKS_ONLY
 shared float qc_abs[256];
 shared uint qc_idx[256];
 shared float qc_v[256];
@@ -80,7 +81,9 @@ void quant_chunk(float v, uint t, uint c0, uint a, uint K, uint mode) {
     barrier(); /* the shared arrays are free for the next chunk */
 }
 
-#ifdef KILN_QUANT_ROW_REGS
+#endif
+
+#if defined(KILN_QUANT_ROW_REGS) || defined(KILN_QUANT_BLOCKS_ONLY)
 /* (A workgroup of 256 that holds a whole row of up to 4096 elements in
  * registers: add_rms_norm.comp, rms_norm.comp; it declares KILN_QUANT_ROW_REGS.) */
 /* The activations quantized for the next matmul from the row held in
@@ -93,28 +96,20 @@ void quant_chunk(float v, uint t, uint c0, uint a, uint K, uint mode) {
 /* element i at i + i / 32: the block owners' serial reads, 32 elements
  * apart otherwise, would all hit one shared-memory bank */
 shared float qrow[256u * 16u + 128u];
+#define QROW_AT(i) qrow[(i) + ((i) >> 5)]
 shared float qb_max[128];
 shared uint qb_idx[128];
 
-void quant_row_regs(float v[16], uint tid, uint a, uint K, uint mode) { /* K <= 4096 */
-    if (mode == 1u || mode == 2u) {
-        for (uint k = 0u; k < 16u; k++) {
-            uint i = tid + 256u * k;
-            if (i < K) AQ[a + i] = floatBitsToUint(mode == 1u ? h2f(f2h(v[k])) : bf2f(f2bf(v[k])));
-        }
-        return;
-    }
-    for (uint k = 0u; k < 16u; k++) {
-        uint i = tid + 256u * k;
-        if (i < K) qrow[i + (i >> 5)] = v[k];
-    }
-    barrier();
-    uint nb = K / 32u, b = tid, e0 = 32u * tid, pe = 33u * tid; /* the block's first element, padded */
+/* The blocks of a row staged in qrow (element i at i + i / 32) quantized, invocation tid owning block tid: a workgroup of at least
+ * K / 32 invocations. Called from uniform control flow after the barrier
+ * that ends the staging. */
+void quant_row_blocks(uint tid, uint a, uint K, uint mode) { /* K <= 4096 */
+    uint nb = K / 32u, b = tid, e0 = 32u * tid; /* the block's first element */
     float amax = 0.0;
     uint ai = 0u;
     if (b < nb)
         for (uint k = 0u; k < 32u; k++) {
-            float x = abs(qrow[pe + k]);
+            float x = abs(QROW_AT(e0 + k));
             if (x > amax) {
                 amax = x;
                 ai = k;
@@ -122,7 +117,7 @@ void quant_row_regs(float v[16], uint tid, uint a, uint K, uint mode) { /* K <= 
         }
     if (mode != 5u) {
         if (b >= nb) return;
-#define QROW_Q8_X(k) qrow[pe + (k)]
+#define QROW_Q8_X(k) QROW_AT(e0 + (k))
         KILN_Q8_BLOCK_STORE(QROW_Q8_X, amax, a + e0 / 4u, a + K / 4u + b, mode == 4u, a + K / 4u + K / 32u + b)
 #undef QROW_Q8_X
         return;
@@ -141,13 +136,13 @@ void quant_row_regs(float v[16], uint tid, uint a, uint K, uint mode) { /* K <= 
             best = qb_max[j];
             bi = qb_idx[j];
         }
-    float mx = best != 0.0 ? qrow[bi + (bi >> 5)] : 0.0;
+    float mx = best != 0.0 ? QROW_AT(bi) : 0.0;
     float inv = best != 0.0 ? -127.0 / mx : 0.0;
     int s16[2] = int[2](0, 0);
     for (uint w = 0u; w < 8u; w++) {
         uint word = 0u;
         for (uint k = 0u; k < 4u; k++) {
-            int q = best != 0.0 ? clamp(int(roundEven(min(max(inv * qrow[pe + 4u * w + k], -128.0), 127.0))), -128, 127) : 0;
+            int q = best != 0.0 ? clamp(int(roundEven(min(max(inv * QROW_AT(e0 + 4u * w + k), -128.0), 127.0))), -128, 127) : 0;
             s16[w / 4u] += q;
             word |= (uint(q) & 0xffu) << (8u * k);
         }
@@ -158,6 +153,24 @@ void quant_row_regs(float v[16], uint tid, uint a, uint K, uint mode) { /* K <= 
     AQ[a + K / 4u + K / 256u + 16u * sb + in_sb + 1u] = uint(s16[1]);
     if (b == j0) AQ[a + K / 4u + sb] = best != 0.0 ? floatBitsToUint(1.0 / (-127.0 / mx)) : 0u;
 }
+
+#ifdef KILN_QUANT_ROW_REGS
+void quant_row_regs(float v[16], uint tid, uint a, uint K, uint mode) { /* K <= 4096 */
+    if (mode == 1u || mode == 2u) {
+        for (uint k = 0u; k < 16u; k++) {
+            uint i = tid + 256u * k;
+            if (i < K) AQ[a + i] = floatBitsToUint(mode == 1u ? h2f(f2h(v[k])) : bf2f(f2bf(v[k])));
+        }
+        return;
+    }
+    for (uint k = 0u; k < 16u; k++) {
+        uint i = tid + 256u * k;
+        if (i < K) qrow[i + (i >> 5)] = v[k];
+    }
+    barrier();
+    quant_row_blocks(tid, a, K, mode);
+}
+#endif
 
 #endif
 
