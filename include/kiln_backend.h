@@ -303,6 +303,15 @@ typedef struct kiln_backend_iface {
     kiln_status (*matmul_add_rms_norm)(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                                        const kiln_bk_tensor *a, kiln_bk_tensor *sum, const kiln_bk_tensor *nw,
                                        float eps, kiln_bk_tensor *dst);
+
+    /* OPTIONAL: matmul_multi(2, {w_gate, w_up}, x, {dst, up}), then
+     * swiglu(dst, up, dst), with those operations' arithmetic and checks
+     * (so the same bits), in one launch where the backend can (a decode
+     * step's gate and up products); `up` is scratch for the up product
+     * where the backend computes it apart (its contents afterwards are
+     * unspecified). Absent: the core calls the two. */
+    kiln_status (*matmul_swiglu)(kiln_bk_device *dev, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
+                                 const kiln_bk_tensor *x, kiln_bk_tensor *up, kiln_bk_tensor *dst);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

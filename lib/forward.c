@@ -100,6 +100,7 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
     const bool rope_store = KILN_BK_HAS(bk, rope_kv_store);
     const bool rope_attn = KILN_BK_HAS(bk, rope_kv_attention);
     const bool mm_norm = fused && KILN_BK_HAS(bk, matmul_add_rms_norm);
+    const bool mm_swiglu = KILN_BK_HAS(bk, matmul_swiglu);
     for (uint32_t il = g->l0; il < g->l1; il++) {
         const kiln_layer_weights *L = &m->layers[il];
         if (il == g->l0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
@@ -142,15 +143,19 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             CHECK(bk->add(dev, &x, &h, &x));
             CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
         }
-        if (multi) {
-            const kiln_bk_tensor *w2[2] = {&L->w_gate, &L->w_up};
-            kiln_bk_tensor *d2[2] = {&gt, &u};
-            CHECK(bk->matmul_multi(dev, 2, w2, &h, d2));
+        if (mm_swiglu) {
+            CHECK(bk->matmul_swiglu(dev, &L->w_gate, &L->w_up, &h, &u, &gt));
         } else {
-            CHECK(bk->matmul(dev, &L->w_gate, &h, &gt));
-            CHECK(bk->matmul(dev, &L->w_up, &h, &u));
+            if (multi) {
+                const kiln_bk_tensor *w2[2] = {&L->w_gate, &L->w_up};
+                kiln_bk_tensor *d2[2] = {&gt, &u};
+                CHECK(bk->matmul_multi(dev, 2, w2, &h, d2));
+            } else {
+                CHECK(bk->matmul(dev, &L->w_gate, &h, &gt));
+                CHECK(bk->matmul(dev, &L->w_up, &h, &u));
+            }
+            CHECK(bk->swiglu(dev, &gt, &u, &gt));
         }
-        CHECK(bk->swiglu(dev, &gt, &u, &gt));
         if (mm_norm && il + 1 < g->l1) { /* and the next layer's attention norm */
             CHECK(bk->matmul_add_rms_norm(dev, &L->w_down, &gt, &x, &x, &m->layers[il + 1].attn_norm, hp->rms_eps,
                                           &h));

@@ -625,6 +625,77 @@ static void test_fused_matmul_add_rms_norm(void) {
         }
 }
 
+/* matmul_swiglu (gate and up of a decode step: one dispatch for split
+ * Q4_0 and F16 weights) against matmul_multi then swiglu, bit for bit: the
+ * result and a product that reads it (quantized by the fused dispatch on
+ * the second pass, in Q8_0, Q8_1 and F16 for Q4_0, Q4_1 and F16 weights). */
+static void test_fused_matmul_swiglu(void) {
+    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_F16, KILN_TYPE_Q4_K};
+    static const int32_t next_types[] = {KILN_TYPE_Q4_0, KILN_TYPE_Q4_1, KILN_TYPE_F16};
+    enum { K = 512, F = 1024, N2 = 40 };
+    if (vk->struct_size < offsetof(kiln_backend_iface, matmul_swiglu) + sizeof vk->matmul_swiglu ||
+        !vk->matmul_swiglu) {
+        KT_CHECKF(0, "the Vulkan plugin has no matmul_swiglu");
+        return;
+    }
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t ni = 0; ni < sizeof next_types / sizeof next_types[0]; ni++) {
+            const int32_t type = types[ti], t2 = next_types[ni];
+            const uint64_t row = kiln_type_row_size(type, K), row2 = kiln_type_row_size(t2, F);
+            float *wf = malloc(sizeof(float) * K * 2 * F), *x = malloc(sizeof(float) * K);
+            float *w2f = malloc(sizeof(float) * F * N2);
+            uint8_t *wq = malloc(row * 2 * F), *w2q = malloc(row2 * N2);
+            for (int64_t i = 0; i < (int64_t)K * 2 * F; i++) wf[i] = frand();
+            for (int64_t i = 0; i < (int64_t)F * N2; i++) w2f[i] = frand();
+            for (int64_t i = 0; i < K; i++) x[i] = frand() * 2.0f;
+            for (int64_t r = 0; r < 2 * F; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
+            for (int64_t r = 0; r < N2; r++) KT_CHECK_OK(kiln_quantize_row(t2, w2f + r * F, w2q + r * row2, F));
+            /* gate then up in one buffer, as a model's weights */
+            kiln_bk_buffer *wb = vk_buf(row * 2 * F, wq), *w2b = vk_buf(row2 * N2, w2q), *xb = vk_buf(sizeof(float) * K, x);
+            kiln_bk_tensor tg = kt_bk_tensor(wb, type, K, F, 0), tu = kt_bk_tensor(wb, type, K, F, row * F);
+            kiln_bk_tensor tw2 = kt_bk_tensor(w2b, t2, F, N2, 0), tx = kt_bk_tensor(xb, KILN_TYPE_F32, K, 1, 0);
+            tg.layout = vk_prepare(wb, type, K, F, 0);
+            tu.layout = vk_prepare(wb, type, K, F, row * F);
+            tw2.layout = vk_prepare(w2b, t2, F, N2, 0);
+            kiln_bk_buffer *g[2], *o[2];
+            for (int path = 0; path < 2; path++) {
+                g[path] = vk_buf(sizeof(float) * 2 * F, NULL);
+                o[path] = vk_buf(sizeof(float) * N2, NULL);
+            }
+            for (int pass = 0; pass < 2; pass++)
+                for (int path = 0; path < 2; path++) {
+                    kiln_bk_tensor gt = kt_bk_tensor(g[path], KILN_TYPE_F32, F, 1, 0);
+                    kiln_bk_tensor u = kt_bk_tensor(g[path], KILN_TYPE_F32, F, 1, sizeof(float) * F);
+                    kiln_bk_tensor od = kt_bk_tensor(o[path], KILN_TYPE_F32, N2, 1, 0);
+                    if (path == 0) {
+                        const kiln_bk_tensor *w2[2] = {&tg, &tu};
+                        kiln_bk_tensor *d2[2] = {&gt, &u};
+                        KT_CHECK_OK(vk->matmul_multi(dvk, 2, w2, &tx, d2));
+                        KT_CHECK_OK(vk->swiglu(dvk, &gt, &u, &gt));
+                    } else {
+                        KT_CHECK_OK(vk->matmul_swiglu(dvk, &tg, &tu, &tx, &u, &gt));
+                    }
+                    KT_CHECK_OK(vk->matmul(dvk, &tw2, &gt, &od));
+                }
+            KT_CHECKF(vk_same(g[0], g[1], 0, sizeof(float) * F), "matmul_swiglu %s: the result differs",
+                      kiln_type_name(type));
+            KT_CHECKF(vk_same(o[0], o[1], 0, sizeof(float) * N2), "matmul_swiglu %s, then %s: the next product differs",
+                      kiln_type_name(type), kiln_type_name(t2));
+            for (int path = 0; path < 2; path++) {
+                vk->buffer_free(g[path]);
+                vk->buffer_free(o[path]);
+            }
+            vk->buffer_free(wb);
+            vk->buffer_free(w2b);
+            vk->buffer_free(xb);
+            free(wf);
+            free(w2f);
+            free(x);
+            free(wq);
+            free(w2q);
+        }
+}
+
 /* The unrolled decode kernels (the default: one row through the one-row
  * kernels, mmv1_/mmvm1_, which issue four chunks' loads at once) give the
  * same bits as a handle opened with KILN_VK_MMV_UNROLL=0, through
@@ -836,6 +907,7 @@ int main(void) {
     KT_RUN(test_fused_rope_kv_store);
     KT_RUN(test_fused_quant_producers);
     KT_RUN(test_fused_matmul_add_rms_norm);
+    KT_RUN(test_fused_matmul_swiglu);
     KT_RUN(test_mmv_unroll_bits);
     KT_RUN(test_q4_0_split_layout);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");

@@ -57,6 +57,7 @@ static const kiln_backend_iface vk_iface = {
     .rope_kv_store = kiln_vk_rope_kv_store,
     .rope_kv_attention = kiln_vk_rope_kv_attention,
     .matmul_add_rms_norm = kiln_vk_matmul_add_rms_norm, /* vk_ops.c */
+    .matmul_swiglu = kiln_vk_matmul_swiglu,             /* vk_ops.c */
     .weight_prepare = kiln_vk_weight_prepare, /* vk_layout.c */
 };
 

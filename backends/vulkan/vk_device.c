@@ -286,6 +286,15 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         const char *up = getenv("KILN_VK_ATTN_UP");
         const long upn = up ? strtol(up, NULL, 10) : 0;
         sh->attn_up = upn >= 1 && upn <= 32 ? (uint32_t)upn : KILN_VK_ATTN_UP_DEFAULT;
+        /* matmul_swiglu's workgroup (comparisons; the same bits). H100,
+         * Mistral-7B Q4_0 tg128 with 128 / 256 / 512 / 1024: 255 / 289 /
+         * 305 / 296 (unfused 288-295) */
+        const char *sw = getenv("KILN_VK_SWIGLU_WG");
+        const long swn = sw ? strtol(sw, NULL, 10) : 512;
+        const uint32_t wmax = lim->maxComputeWorkGroupSize[0] < lim->maxComputeWorkGroupInvocations
+                                  ? lim->maxComputeWorkGroupSize[0] : lim->maxComputeWorkGroupInvocations;
+        sh->swiglu_wg = swn >= 32 && swn <= 1024 && swn % 32 == 0 && (uint32_t)swn <= wmax ? (uint32_t)swn
+                        : wmax >= 256 ? 256u : 32u;
     }
     {
         /* mmc.glsl's settings (specialization constants; vk_pipeline.c).
@@ -522,14 +531,15 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     {   /* KILN_VK_NO_FUSED=1 (or any non-number): every fusion off; a number
          * > 1: a mask of the ones to turn off (2 the quantization in the
          * producers, 4 matmul_multi, 8 add_rms_norm, 16 rope_kv_store, 32
-         * rope_kv_attention's single dispatch, 64 matmul_add_rms_norm's).
+         * rope_kv_attention's single dispatch, 64 matmul_add_rms_norm's, 128
+         * matmul_swiglu's).
          * Default: all on. (The quantization in the producers was off by
          * default until add_rms_norm and rms_norm quantized a row with two
          * barriers instead of a tree per 256 elements: on the H100 Q4_0
          * tg128 219 -> 236 with it, F16 129 -> 132, Q4_K_M 133 -> 137.) */
         const char *nf = getenv("KILN_VK_NO_FUSED");
         const long m = nf ? strtol(nf, NULL, 10) : 0;
-        dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0x7eu;
+        dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0xfeu;
     }
     /* on by default (H100: Q4_0 tg128 229 -> 241, Q4_K_M 136 -> 140); =0 off */
     dev->mmv_unroll = !getenv("KILN_VK_MMV_UNROLL") || atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;

@@ -108,6 +108,10 @@ enum {
     KILN_VK_P_MMV1N_F16 = KILN_VK_P_IDOT8_END,
     KILN_VK_P_MMV1N_Q4_0S,
     KILN_VK_P_MMV1N_Q4_0S_IDOT,
+    /* mmvm1_ of gate and up with swiglu and its quantization (matmul_swiglu) */
+    KILN_VK_P_MMVM1S_F16,
+    KILN_VK_P_MMVM1S_Q4_0S,
+    KILN_VK_P_MMVM1S_Q4_0S_IDOT,
     KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
@@ -222,6 +226,7 @@ struct kiln_vk_shared {
     uint32_t mmc_stages;          /* mmc.glsl's tile stages in shared memory (2; KILN_VK_MMC_STAGES) */
     uint32_t mmc_kc;              /* mmc.glsl's 32-element chunks per stage (1; KILN_VK_MMC_KC) */
     uint32_t attn_up;             /* attn_dec.glsl's positions per subgroup step (KILN_VK_ATTN_UP) */
+    uint32_t swiglu_wg;           /* mmv.glsl KILN_SWIGLU's workgroup width (KILN_VK_SWIGLU_WG, 512) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
     bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */
     uint32_t mmc_skip;
@@ -282,6 +287,7 @@ typedef struct kiln_vk_act_cache {
     uint64_t offset, extent, row_stride;
     int64_t k, m;
     uint32_t mode;
+    uint32_t q_off; /* words into the scratch where the quantized rows start (0 but after matmul_swiglu) */
 } kiln_vk_act_cache;
 
 /* Activations a matmul quantized lately (format `mode`): the operation
@@ -526,6 +532,8 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
 kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                                   const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
                                   kiln_bk_buffer *v_cache, uint32_t kv_dim);
+kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
+                                  const kiln_bk_tensor *x, kiln_bk_tensor *up, kiln_bk_tensor *dst);
 kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                                         const kiln_bk_tensor *a, kiln_bk_tensor *sum, const kiln_bk_tensor *nw,
                                         float eps, kiln_bk_tensor *dst);

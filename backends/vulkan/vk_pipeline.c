@@ -320,6 +320,7 @@ SPV_DECL(attn_fold)
 SPV_DECL(mmv_q4_0s_idot) SPV_DECL(mmv_q8_0_idot) SPV_DECL(mmv_q4_k_idot) SPV_DECL(mmv_q6_k_idot)
 SPV_DECL(mmvm_q4_0s_idot) SPV_DECL(mmvm_q8_0_idot) SPV_DECL(mmvm_q4_k_idot) SPV_DECL(mmvm_q6_k_idot)
 SPV_DECL(mmv1n_f16) SPV_DECL(mmv1n_q4_0s) SPV_DECL(mmv1n_q4_0s_idot)
+SPV_DECL(mmvm1s_f16) SPV_DECL(mmvm1s_q4_0s) SPV_DECL(mmvm1s_q4_0s_idot)
 #undef SPV_DECL
 
 static const struct {
@@ -483,7 +484,8 @@ static const struct {
     SPV_ENTRY(attn_fold),
     SPV_ENTRY(mmv_q4_0s_idot), SPV_ENTRY(mmv_q8_0_idot), SPV_ENTRY(mmv_q4_k_idot), SPV_ENTRY(mmv_q6_k_idot),
     SPV_ENTRY(mmvm_q4_0s_idot), SPV_ENTRY(mmvm_q8_0_idot), SPV_ENTRY(mmvm_q4_k_idot), SPV_ENTRY(mmvm_q6_k_idot),
-    SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot)
+    SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot),
+    SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot)
 #undef SPV_ENTRY
 };
 
@@ -546,8 +548,10 @@ static int mmv_slot(int which) {
         return kiln_vk_idot_slot((which - KILN_VK_P_MMV1_IDOT_FIRST) % 4);
     if (which >= KILN_VK_P_MMV_IDOT_FIRST && which < KILN_VK_P_IDOT8_END)
         return kiln_vk_idot_slot((which - KILN_VK_P_MMV_IDOT_FIRST) % 4);
-    if (which == KILN_VK_P_MMV1N_F16) return kiln_vk_type_slot(KILN_VK_T_F16);
-    if (which == KILN_VK_P_MMV1N_Q4_0S || which == KILN_VK_P_MMV1N_Q4_0S_IDOT) return KILN_VK_SLOT_Q4_0S;
+    if (which == KILN_VK_P_MMV1N_F16 || which == KILN_VK_P_MMVM1S_F16) return kiln_vk_type_slot(KILN_VK_T_F16);
+    if (which == KILN_VK_P_MMV1N_Q4_0S || which == KILN_VK_P_MMV1N_Q4_0S_IDOT || which == KILN_VK_P_MMVM1S_Q4_0S ||
+        which == KILN_VK_P_MMVM1S_Q4_0S_IDOT)
+        return KILN_VK_SLOT_Q4_0S;
     return -1;
 }
 
@@ -612,16 +616,17 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
              * mmc.glsl's tile and workgroup size, 6 its KILN_VK_MMC_SKIP, 7 its
              * staged row in 16-byte vectors, 8 its stages, 9 its
              * chunks per stage, 10 its workgroup order, 11 attn_dec.glsl's
-             * positions per subgroup step */
+             * positions per subgroup step, 12 mmv.glsl KILN_SWIGLU's
+             * workgroup width */
             const int slot = mmv_slot(which);
-            const uint32_t spec_data[12] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
+            const uint32_t spec_data[13] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
                                            8u * sh->subgroup_size, sh->mmc_bm, sh->mmc_bn,
                                            32u * (sh->mmc_bm / 64u) * (sh->mmc_bn / 32u), sh->mmc_skip,
                                            sh->mmc_rowvec, sh->mmc_stages, sh->mmc_kc, sh->mmc_mfirst,
-                                           sh->attn_up};
-            VkSpecializationMapEntry spec_entry[12];
-            for (uint32_t i = 0; i < 12; i++) spec_entry[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
-            const VkSpecializationInfo spec = {12, spec_entry, sizeof spec_data, spec_data};
+                                           sh->attn_up, sh->swiglu_wg};
+            VkSpecializationMapEntry spec_entry[13];
+            for (uint32_t i = 0; i < 13; i++) spec_entry[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
+            const VkSpecializationInfo spec = {13, spec_entry, sizeof spec_data, spec_data};
             ci.stage.pSpecializationInfo = &spec;
             ci.layout = sh->layout;
             if (sh->pipeline_stats) ci.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;

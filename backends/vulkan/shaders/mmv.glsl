@@ -34,6 +34,16 @@
  * in the same order, so the bits do not change. (One row only: unrolled
  * over the rows too the kernel takes minutes to compile on lavapipe.)
  *
+ * KILN_SWIGLU (mmvm1s_TYPE.comp, matmul_swiglu; MULTI, one activation
+ * row): a subgroup takes row n of gate (product 0) and of up (product 1)
+ * as its two rows and writes silu(gate) * up (binary.comp's formula) to
+ * product 0's result; a workgroup (512 wide by default: two row pairs per
+ * subgroup) owns 32 consecutive rows, so that it
+ * also quantizes them as one block for the down product (qmode 1-4, with
+ * quant_act's formulas; AQ, binding 3). The products' rows get the
+ * arithmetic of mmvm1_ (a row's sum does not depend on which rows share
+ * its subgroup), so the bits equal matmul_multi then swiglu.
+ *
  * KILN_NORM (mmv1n_TYPE.comp, matmul_add_rms_norm; one activation row of
  * at most 4096 results): after its rows, each workgroup counts itself
  * done on a counter (binding 7); the last one adds the residual R to the
@@ -54,8 +64,12 @@
 /* weight rows per subgroup pass: specialization constant 1, the handle's
  * KILN_VK_MMV_ROWS (vk_ops.c; constant 0 is the subgroup size) */
 layout(constant_id = 1) const uint ROWS = 2u;
-#ifdef KILN_NORM
+#if defined(KILN_NORM)
 layout(local_size_x = 256) in; /* add_rms_norm.comp's width for the last workgroup's norm */
+#elif defined(KILN_SWIGLU)
+/* 32 rows per workgroup: specialization constant 12 (the handle's
+ * KILN_VK_SWIGLU_WG) invocations, a multiple of 32 up to 1024 */
+layout(local_size_x_id = 12) in;
 #else
 layout(local_size_x = 128) in;
 #endif
@@ -75,6 +89,12 @@ layout(binding = 7) coherent buffer CB { uint CNT[]; }; /* workgroups done, 0 be
 #else
 layout(binding = 2) writeonly buffer DB { float D[]; };
 #endif
+#ifdef KILN_SWIGLU
+layout(binding = 3) buffer QB { uint AQ[]; }; /* the result quantized for the down product (qmode) */
+#define NR 2u /* gate's and up's row */
+#else
+#define NR ROWS
+#endif
 
 #ifdef MULTI
 layout(push_constant) uniform P {
@@ -88,6 +108,9 @@ layout(push_constant) uniform P {
     uint d_off[3], d_stride[3]; /* words */
     uint N[3];
     uint unroll;
+#ifdef KILN_SWIGLU
+    uint qmode, q_off;      /* the quantized result's format and first word in AQ */
+#endif
 } p;
 #else
 layout(push_constant) uniform P {
@@ -111,6 +134,30 @@ layout(push_constant) uniform P {
 #define KILN_W4 /* types.glsl: split Q4_0 blocks as one 16-byte load */
 #include "common.glsl"
 #include "types.glsl"
+
+#ifdef KILN_SWIGLU
+shared float sw_out[32];
+/* The workgroup's block of 32 results (sw_out) quantized as quant_act
+ * would (block maximum, then KILN_Q8_BLOCK_STORE; element-wise for F16 and
+ * BF16); mode 3/4 needs N % 32 == 0 (the host's act_produce checks). */
+void swiglu_quant(uint blk) {
+    const uint t = gl_LocalInvocationIndex, F = p.N[0], e0 = 32u * blk, a = p.q_off;
+    if (p.qmode == 1u || p.qmode == 2u) {
+        if (t < 32u && e0 + t < F)
+            AQ[a + e0 + t] = floatBitsToUint(p.qmode == 1u ? h2f(f2h(sw_out[t])) : bf2f(f2bf(sw_out[t])));
+        return;
+    }
+    if (t != 0u) return;
+    float amax = 0.0;
+    for (uint k = 0u; k < 32u; k++) {
+        float x = abs(sw_out[k]);
+        if (x > amax) amax = x;
+    }
+#define SW_X(k) sw_out[(k)]
+    KILN_Q8_BLOCK_STORE(SW_X, amax, a + e0 / 4u, a + F / 4u + blk, p.qmode == 4u, a + F / 4u + F / 32u + blk)
+#undef SW_X
+}
+#endif
 
 #ifdef KILN_NORM
 #define KILN_QUANT_BLOCKS_ONLY
@@ -176,9 +223,17 @@ void main() {
     const uint w_off = p.w_off, w_stride = p.w_stride, d_off = p.d_off, d_stride = p.d_stride, N = p.N;
 #endif
     const uint stride = gl_NumWorkGroups.x * gl_NumSubgroups;
+#ifdef KILN_SWIGLU
+    /* blocks of 32 rows per workgroup, uniform for its barriers */
+    const uint nblk = (p.N[0] + 31u) / 32u;
+    for (uint blk = gl_WorkGroupID.x; blk < nblk; blk += gl_NumWorkGroups.x) {
+    for (uint g = 32u * blk + gl_SubgroupID; g < min(32u * blk + 32u, p.N[0]); g += gl_NumSubgroups) {
+#else
     /* g is the same for the whole subgroup: subgroupAdd sees every lane */
     for (uint gg = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; gg < groups; gg += stride) {
-#ifdef MULTI
+#endif
+#if defined(KILN_SWIGLU)
+#elif defined(MULTI)
         const uint pi = gg < p.g_end[0] ? 0u : gg < p.g_end[1] ? 1u : 2u;
         const uint g = gg - (pi == 0u ? 0u : p.g_end[pi - 1u]);
         const uint w_off = p.w_off[pi], w_stride = p.w_stride[pi], d_off = p.d_off[pi], d_stride = p.d_stride[pi];
@@ -186,13 +241,20 @@ void main() {
 #else
         const uint g = gg;
 #endif
-        float acc[ROWS][MT];
-        [[unroll]] for (uint r = 0u; r < ROWS; r++)
+        float acc[NR][MT];
+        [[unroll]] for (uint r = 0u; r < NR; r++)
             [[unroll]] for (uint j = 0u; j < MT; j++) acc[r][j] = 0.0;
-        uint rowb[ROWS];
+        uint rowb[NR];
+#ifdef KILN_SWIGLU
+        rowb[0] = p.w_off[0] + g * p.w_stride[0];
+        rowb[1] = p.w_off[1] + g * p.w_stride[1];
+#else
         [[unroll]] for (uint r = 0u; r < ROWS; r++) rowb[r] = w_off + min(g * ROWS + r, N - 1u) * w_stride;
+#endif
 #if WTYPE == T_F16
-#ifdef MULTI
+#if defined(KILN_SWIGLU)
+        if ((p.vec & 3u) == 3u) {
+#elif defined(MULTI)
         if (((p.vec >> pi) & 1u) != 0u) {
 #else
         if (p.vec != 0u) {
@@ -201,22 +263,22 @@ void main() {
             uint v = lane;
             if (p.unroll != 0u && mc == 1u)
                 for (; v + 3u * S < nv; v += 4u * S) {
-                    uvec4 q[4][ROWS];
+                    uvec4 q[4][NR];
                     vec4 x[4][2];
                     const uint a = (p.a_off + m0 * p.a_stride) / 4u + 2u * v;
                     [[unroll]] for (uint u = 0u; u < 4u; u++) {
-                        [[unroll]] for (uint r = 0u; r < ROWS; r++) q[u][r] = W4[rowb[r] / 16u + v + u * S];
+                        [[unroll]] for (uint r = 0u; r < NR; r++) q[u][r] = W4[rowb[r] / 16u + v + u * S];
                         x[u][0] = A4[a + 2u * u * S];
                         x[u][1] = A4[a + 2u * u * S + 1u];
                     }
                     [[unroll]] for (uint u = 0u; u < 4u; u++)
-                        [[unroll]] for (uint r = 0u; r < ROWS; r++)
+                        [[unroll]] for (uint r = 0u; r < NR; r++)
                             acc[r][0] += dot(vec4(unpackHalf2x16(q[u][r].x), unpackHalf2x16(q[u][r].y)), x[u][0]) +
                                          dot(vec4(unpackHalf2x16(q[u][r].z), unpackHalf2x16(q[u][r].w)), x[u][1]);
                 }
             for (; v < nv; v += S) {
-                vec2 w[ROWS][4];
-                [[unroll]] for (uint r = 0u; r < ROWS; r++) {
+                vec2 w[NR][4];
+                [[unroll]] for (uint r = 0u; r < NR; r++) {
                     uvec4 q = W4[rowb[r] / 16u + v];
                     w[r][0] = unpackHalf2x16(q.x);
                     w[r][1] = unpackHalf2x16(q.y);
@@ -228,7 +290,7 @@ void main() {
                     if (j >= mc) break;
                     uint a = (p.a_off + (m0 + j) * p.a_stride) / 4u + 2u * v;
                     vec4 x0 = A4[a], x1 = A4[a + 1u];
-                    [[unroll]] for (uint r = 0u; r < ROWS; r++)
+                    [[unroll]] for (uint r = 0u; r < NR; r++)
                         acc[r][j] += dot(vec4(w[r][0], w[r][1]), x0) + dot(vec4(w[r][2], w[r][3]), x1);
                 }
             }
@@ -239,19 +301,32 @@ void main() {
         if (p.unroll != 0u && mc == 1u)
             for (; c + 3u * S < nchunks; c += 4u * S) {
                 const uint a = p.a_off + m0 * p.a_stride;
-                float t[4][ROWS];
+                float t[4][NR];
                 [[unroll]] for (uint u = 0u; u < 4u; u++)
-                    [[unroll]] for (uint r = 0u; r < ROWS; r++) t[u][r] = dot32(rowb[r], c + u * S, a, p.K);
+                    [[unroll]] for (uint r = 0u; r < NR; r++) t[u][r] = dot32(rowb[r], c + u * S, a, p.K);
                 [[unroll]] for (uint u = 0u; u < 4u; u++)
-                    [[unroll]] for (uint r = 0u; r < ROWS; r++) acc[r][0] += t[u][r];
+                    [[unroll]] for (uint r = 0u; r < NR; r++) acc[r][0] += t[u][r];
             }
         for (; c < nchunks; c += S)
             [[unroll]] for (uint j = 0u; j < MT; j++) {
                 if (j >= mc) break;
                 uint a = p.a_off + (m0 + j) * p.a_stride;
-                [[unroll]] for (uint r = 0u; r < ROWS; r++) acc[r][j] += dot32(rowb[r], c, a, p.K);
+                [[unroll]] for (uint r = 0u; r < NR; r++) acc[r][j] += dot32(rowb[r], c, a, p.K);
             }
         }
+#ifdef KILN_SWIGLU
+        const float sg = subgroupAdd(acc[0][0]), su = subgroupAdd(acc[1][0]);
+        if (lane == 0u) {
+            const float v = sg / (1.0 + exp(-sg)) * su; /* binary.comp's swiglu */
+            D[p.d_off[0] + g] = v;
+            sw_out[g - 32u * blk] = v;
+        }
+    }
+    barrier();
+    if (p.qmode != 0u) swiglu_quant(blk);
+    barrier(); /* sw_out is free for the next block */
+    }
+#else
         [[unroll]] for (uint r = 0u; r < ROWS; r++) {
             uint n = g * ROWS + r;
             [[unroll]] for (uint j = 0u; j < MT; j++) {
@@ -261,6 +336,7 @@ void main() {
             }
         }
     }
+#endif
 #ifdef KILN_NORM
     /* every row of this workgroup is in D: visible before it counts */
     memoryBarrierBuffer();

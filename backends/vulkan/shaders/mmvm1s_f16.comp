@@ -1,0 +1,7 @@
+/* mmvm1_f16.comp with silu(gate) * up and its quantization in the product (matmul_swiglu, see mmv.glsl KILN_SWIGLU) */
+#version 450
+#define WTYPE 1
+#define MULTI
+#define MT 1u
+#define KILN_SWIGLU
+#include "mmv.glsl"
