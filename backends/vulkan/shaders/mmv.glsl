@@ -132,6 +132,8 @@ layout(push_constant) uniform P {
 
 #define KILN_BYTES
 #define KILN_W4 /* types.glsl: split Q4_0 blocks as one 16-byte load */
+layout(binding = 1) readonly buffer ABU4 { uvec4 AU4[]; };
+#define KILN_AU4 /* types.glsl: Q4_K blocks and their int8 activations as 16-byte loads */
 #include "common.glsl"
 #include "types.glsl"
 
