@@ -560,6 +560,8 @@ static void test_fused_quant_producers(void) {
 static void test_fused_matmul_add_rms_norm(void) {
     static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_F16, KILN_TYPE_Q4_K, KILN_TYPE_F32};
     static const int64_t Ns[] = {512, 4096, 4352};
+    /* the next product's activations: Q8_0, Q8_1, Q8_K, F16 */
+    static const int32_t next_types[] = {KILN_TYPE_Q4_0, KILN_TYPE_Q4_1, KILN_TYPE_Q4_K, KILN_TYPE_F16};
     enum { K = 512, N2 = 40 };
     if (vk->struct_size < offsetof(kiln_backend_iface, matmul_add_rms_norm) + sizeof vk->matmul_add_rms_norm ||
         !vk->matmul_add_rms_norm) {
@@ -567,11 +569,13 @@ static void test_fused_matmul_add_rms_norm(void) {
         return;
     }
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
-        for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++) {
-            const int32_t type = types[ti];
+        for (size_t ni = 0; ni < sizeof Ns / sizeof Ns[0]; ni++)
+            for (size_t xi = 0; xi < sizeof next_types / sizeof next_types[0]; xi++) {
+            const int32_t type = types[ti], t2 = next_types[xi];
             const int64_t N = Ns[ni];
             if (ni == 2 && type != KILN_TYPE_Q4_0) continue; /* over 4096 rows: the two operations */
-            const uint64_t row = kiln_type_row_size(type, K), row2 = kiln_type_row_size(KILN_TYPE_Q4_0, N);
+            if (xi > 0 && type != KILN_TYPE_Q4_0 && type != KILN_TYPE_F16) continue; /* not fused */
+            const uint64_t row = kiln_type_row_size(type, K), row2 = kiln_type_row_size(t2, N);
             float *wf = malloc(sizeof(float) * K * N), *in = malloc(sizeof(float) * (K + 2 * N));
             float *w2f = malloc(sizeof(float) * N * N2);
             uint8_t *wq = malloc(row * N), *w2q = malloc(row2 * N2);
@@ -580,11 +584,11 @@ static void test_fused_matmul_add_rms_norm(void) {
             for (int64_t i = 0; i < K + 2 * N; i++) in[i] = frand() * 2.0f;
             for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
             for (int64_t r = 0; r < N2; r++)
-                KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q4_0, w2f + r * N, w2q + r * row2, N));
+                KT_CHECK_OK(kiln_quantize_row(t2, w2f + r * N, w2q + r * row2, N));
             kiln_bk_buffer *wb = vk_buf(row * N, wq), *w2b = vk_buf(row2 * N2, w2q);
             kiln_bk_tensor tw = kt_bk_tensor(wb, type, K, N, 0), tw2 = kt_bk_tensor(w2b, KILN_TYPE_Q4_0, N, N2, 0);
             tw.layout = vk_prepare(wb, type, K, N, 0);
-            tw2.layout = vk_prepare(w2b, KILN_TYPE_Q4_0, N, N2, 0);
+            tw2.layout = vk_prepare(w2b, t2, N, N2, 0);
             /* per path: x (K), the residual (N, summed in place), norm weights (N), the result (N), the next product */
             kiln_bk_buffer *b[2], *o[2];
             for (int path = 0; path < 2; path++) {
@@ -610,7 +614,8 @@ static void test_fused_matmul_add_rms_norm(void) {
             KT_CHECKF(vk_same(b[0], b[1], 0, sizeof(float) * (K + 3 * N)),
                       "matmul_add_rms_norm %s N=%lld: the result or the sum differs", kiln_type_name(type), (long long)N);
             KT_CHECKF(vk_same(o[0], o[1], 0, sizeof(float) * N2),
-                      "matmul_add_rms_norm %s N=%lld: the next product differs", kiln_type_name(type), (long long)N);
+                      "matmul_add_rms_norm %s N=%lld, then %s: the next product differs", kiln_type_name(type),
+                      (long long)N, kiln_type_name(t2));
             for (int path = 0; path < 2; path++) {
                 vk->buffer_free(b[path]);
                 vk->buffer_free(o[path]);
