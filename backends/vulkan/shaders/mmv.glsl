@@ -133,7 +133,12 @@ layout(push_constant) uniform P {
 #define KILN_BYTES
 #define KILN_W4 /* types.glsl: split Q4_0 blocks as one 16-byte load */
 layout(binding = 1) readonly buffer ABU4 { uvec4 AU4[]; };
-#define KILN_AU4 /* types.glsl: Q4_K blocks and their int8 activations as 16-byte loads */
+/* types.glsl: Q4_K blocks and the int8 activations of Q4_K and Q6_K as
+ * 16-byte loads where aligned (not split Q4_0's: H100 Q4_0 tg128 307-311
+ * -> 259-261 t/s with them); specialization constant 13 = 0
+ * (KILN_VK_NO_AU4, comparisons) keeps the word loads: the same bits */
+layout(constant_id = 13) const uint AU4_ON = 1u;
+#define KILN_AU4
 #include "common.glsl"
 #include "types.glsl"
 

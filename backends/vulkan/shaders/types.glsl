@@ -325,7 +325,7 @@ float dot32(uint row, uint c, uint a, uint K) {
      * blocks from an aligned binding; the scratch's rows for K % 1024 ==
      * 0): the block's head (d, dmin, scales), its 32 bytes and x's as
      * 16-byte loads, 5 instead of about 25; the same integers and floats */
-    if ((b & 15u) == 0u && (aq & 3u) == 0u) {
+    if (AU4_ON != 0u && (b & 15u) == 0u && (aq & 3u) == 0u) {
         const uvec4 hd = W4[b >> 4], q0 = W4[(qs >> 4)], q1 = W4[(qs >> 4) + 1u];
         const uvec4 a0 = AU4[aq >> 2], a1 = AU4[(aq >> 2) + 1u];
         const uint y = 8u * (j & 3u);
@@ -382,6 +382,29 @@ float dot32(uint row, uint c, uint a, uint K) {
     uint ql = b + 64u * h + ((qq & 1u) != 0u ? 32u : 0u), qh = b + 128u + 32u * h;
     uint lsh = qq >= 2u ? 4u : 0u, hsh = 2u * qq;
     int s0 = 0, s1 = 0;
+#if defined(KILN_IDOT) && defined(KILN_AU4)
+    /* ql and qh lie at the same offset mod 16 (the block's): nine word
+     * loads each cover their 32 bytes whether or not they start on a word
+     * (w_u32_2 took two loads per word then), x's 32 bytes as two 16-byte
+     * loads where aligned; the same integers */
+    if (AU4_ON != 0u && (aq & 3u) == 0u) {
+        const uint r = (ql & 2u) * 8u, l0 = ql >> 2, h0 = qh >> 2;
+        uint lw[9], hw[9];
+        [[unroll]] for (uint i = 0u; i < 9u; i++) {
+            lw[i] = W[l0 + i];
+            hw[i] = W[h0 + i];
+        }
+        const uvec4 a0 = AU4[aq >> 2], a1 = AU4[(aq >> 2) + 1u];
+        [[unroll]] for (uint i = 0u; i < 8u; i++) {
+            const uint l4 = r == 0u ? lw[i] : (lw[i] >> 16) | (lw[i + 1u] << 16);
+            const uint h4 = r == 0u ? hw[i] : (hw[i] >> 16) | (hw[i + 1u] << 16);
+            const uint a4 = i < 4u ? a0[i] : a1[i - 4u];
+            const uint q6 = ((l4 >> lsh) & 0x0f0f0f0fu) | (((h4 >> hsh) & 0x03030303u) << 4);
+            const int p4 = kiln_sdot4(int(q6), int(a4), 0) - 32 * kiln_sdot4(0x01010101, int(a4), 0);
+            if (i < 4u) s0 += p4; else s1 += p4;
+        }
+    } else
+#endif
     for (uint i = 0u; i < 8u; i++) {
         uint l4 = w_u32_2(ql + 4u * i), h4 = w_u32_2(qh + 4u * i), a4 = A[aq + i];
         int p4 = 0;
