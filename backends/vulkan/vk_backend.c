@@ -52,12 +52,12 @@ static const kiln_backend_iface vk_iface = {
     .set_host = kiln_vk_set_host,
     .graph_begin = kiln_vk_graph_begin, /* vk_graph.c */
     .graph_end = kiln_vk_graph_end,
-    .add_rms_norm = kiln_vk_add_rms_norm, /* vk_ops.c */
+    .add_rms_norm = kiln_vk_add_rms_norm, /* vk_fused.c */
     .matmul_multi = kiln_vk_matmul_multi,
     .rope_kv_store = kiln_vk_rope_kv_store,
     .rope_kv_attention = kiln_vk_rope_kv_attention,
-    .matmul_add_rms_norm = kiln_vk_matmul_add_rms_norm, /* vk_ops.c */
-    .matmul_swiglu = kiln_vk_matmul_swiglu,             /* vk_ops.c */
+    .matmul_add_rms_norm = kiln_vk_matmul_add_rms_norm, /* vk_fused.c */
+    .matmul_swiglu = kiln_vk_matmul_swiglu,             /* vk_fused.c */
     .weight_prepare = kiln_vk_weight_prepare, /* vk_layout.c */
 };
 

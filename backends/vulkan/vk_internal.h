@@ -6,7 +6,7 @@
  * vk_device.c (instance, device enumeration, the shared VkDevice, handles,
  * command recording and submission, the staging ring), vk_memory.c (the
  * sub-allocator over VkDeviceMemory, buffers, the transient pool),
- * vk_pipeline.c (shader modules and pipelines), vk_ops.c and vk_attn.c (the operations),
+ * vk_pipeline.c (shader modules and pipelines), vk_ops.c, vk_attn.c and vk_fused.c (the operations),
  * vk_layout.c (weight_prepare: the backend's own weight layouts),
  * vk_backend.c (the iface).
  *
@@ -461,7 +461,7 @@ const char *kiln_vk_pipeline_name(int which);
 /* The pipeline, created on first use and kept for the shared device's life. */
 kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out);
 
-/* ---- vk_ops.c (the operations; rope, KV store and attention in vk_attn.c) ---- */
+/* ---- vk_ops.c (the operations; rope, KV store and attention in vk_attn.c, fused entries in vk_fused.c) ---- */
 /* A storage binding: the tensor's buffer from `offset` for `size` bytes. */
 typedef struct kiln_vk_bind {
     const kiln_bk_buffer *buf;
@@ -507,6 +507,30 @@ static inline uint32_t kiln_vk_div_up(uint64_t a, uint64_t b) { return (uint32_t
  * that may read the old one finished; bumps dev->act_gen, so recorded
  * graphs that name the old buffer are re-recorded. */
 kiln_status kiln_vk_scratch_reserve(kiln_bk_device *dev, kiln_bk_buffer **buf, uint64_t bytes);
+/* The activation format a weight type's kernels read (0 F32, 1 F16,
+ * 2 BF16, 3 Q8_0, 4 Q8_1, 5 Q8_K, 6 F16 pairs for the matrix cores) and a
+ * row's words in it. */
+uint32_t kiln_vk_act_mode(int32_t type);
+uint64_t kiln_vk_act_row_words(uint32_t mode, uint64_t k);
+/* The handle's activation scratch (dev->act), at least `bytes`. */
+kiln_status kiln_vk_act_scratch(kiln_bk_device *dev, uint64_t bytes);
+/* Whether an act_want entry names tensor t's rows. */
+bool kiln_vk_act_want_is(const kiln_vk_act_want *e, const kiln_bk_tensor *t);
+/* x in format `mode` in the scratch (one quant_act dispatch unless the act
+ * cache holds it): *b binds it, *a_off and *a_stride (words) address it. */
+kiln_status kiln_vk_quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, uint64_t xe, uint32_t mode,
+                                 kiln_vk_bind *b, uint32_t *a_off, uint32_t *a_stride);
+/* The decode kernel of weight slot `slot` for M rows from the families
+ * `first` (several rows), `first1` (one row), `idot_first`, `idot8_first`. */
+int kiln_vk_mmv_pipeline(const kiln_bk_device *dev, int64_t M, int slot, int first, int first1, int idot_first,
+                         int idot8_first);
+/* Activation rows that take the matrix-vector kernel (mmv.glsl) where the
+ * device has subgroup arithmetic: decode steps and speculative verify
+ * batches (n_draft 8 + 1), so that a verified token gets the bits of a
+ * token decoded alone. */
+#define KILN_VK_MMV_MAX 16
+#define KILN_VK_MMV_MT 8     /* activation rows per workgroup row (mmv.glsl MT) */
+#define KILN_VK_MMV_WG 128   /* invocations per workgroup (mmv.glsl local_size_x) */
 
 kiln_status kiln_vk_set_ubatch(kiln_bk_device *dev, const kiln_bk_ubatch *ub);
 kiln_status kiln_vk_get_rows(kiln_bk_device *dev, const kiln_bk_tensor *table, const int32_t *ids,

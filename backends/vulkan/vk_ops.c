@@ -523,7 +523,7 @@ kiln_status kiln_vk_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *gate, cons
  * they are, 1 F16-rounded, 2 BF16-rounded, 3 Q8_0, 4 Q8_1, 5 Q8_K; and 6,
  * for the matrix cores whatever the weights: F16 packed in pairs, rows
  * padded to whole 32-element chunks (quant_act.comp). */
-static uint32_t act_mode(int32_t type) {
+uint32_t kiln_vk_act_mode(int32_t type) {
     switch (type) {
     case KILN_VK_T_F32: return 0;
     case KILN_VK_T_F16: return 1;
@@ -534,7 +534,7 @@ static uint32_t act_mode(int32_t type) {
     }
 }
 
-static uint64_t act_row_words(uint32_t mode, uint64_t k) {
+uint64_t kiln_vk_act_row_words(uint32_t mode, uint64_t k) {
     switch (mode) {
     case 1: case 2: return k;
     case 3: return k / 4 + k / 32;
@@ -549,13 +549,6 @@ static uint64_t act_row_words(uint32_t mode, uint64_t k) {
 #define KILN_VK_MMT_TILE 64 /* weight and activation rows per workgroup (mmt.glsl BN, BM) */
 #define KILN_VK_MMC_BN 128 /* weight rows per workgroup (mmc1.glsl BN; mmc.glsl's: sh->mmc_bn) */
 #define KILN_VK_MMC1_BM 64 /* activation rows per workgroup of the previous kernel (mmc1.glsl BM) */
-/* Activation rows that take the matrix-vector kernel (mmv.glsl) where the
- * device has subgroup arithmetic: decode steps and speculative verify
- * batches (n_draft 8 + 1), so that a verified token gets the bits of a
- * token decoded alone. */
-#define KILN_VK_MMV_MAX 16
-#define KILN_VK_MMV_MT 8     /* activation rows per workgroup row (mmv.glsl MT) */
-#define KILN_VK_MMV_WG 128   /* invocations per workgroup (mmv.glsl local_size_x) */
 
 kiln_status kiln_vk_scratch_reserve(kiln_bk_device *dev, kiln_bk_buffer **buf, uint64_t bytes) {
     kiln_status st;
@@ -574,11 +567,11 @@ kiln_status kiln_vk_scratch_reserve(kiln_bk_device *dev, kiln_bk_buffer **buf, u
 }
 
 /* The handle's activation scratch (dev->act), at least `bytes`. */
-static kiln_status act_scratch(kiln_bk_device *dev, uint64_t bytes) {
+kiln_status kiln_vk_act_scratch(kiln_bk_device *dev, uint64_t bytes) {
     return kiln_vk_scratch_reserve(dev, &dev->act, bytes);
 }
 
-static bool act_want_is(const kiln_vk_act_want *e, const kiln_bk_tensor *t) {
+bool kiln_vk_act_want_is(const kiln_vk_act_want *e, const kiln_bk_tensor *t) {
     return e->mode && e->buf == t->buf && e->offset == t->offset && e->row_stride == t->row_stride &&
            e->k == t->ne[0] && e->m == t->ne[1];
 }
@@ -586,7 +579,7 @@ static bool act_want_is(const kiln_vk_act_want *e, const kiln_bk_tensor *t) {
 /* Remembers that a matmul read x in format `mode` (act_want). */
 static void act_want_note(kiln_bk_device *dev, const kiln_bk_tensor *x, uint32_t mode) {
     for (uint32_t i = 0; i < KILN_VK_ACT_WANTS; i++)
-        if (act_want_is(&dev->act_want[i], x)) {
+        if (kiln_vk_act_want_is(&dev->act_want[i], x)) {
             dev->act_want[i].mode = mode;
             return;
         }
@@ -614,11 +607,11 @@ kiln_status kiln_vk_act_produce(kiln_bk_device *dev, const kiln_bk_tensor *dst, 
     const int64_t K = dst->ne[0], M = dst->ne[1];
     for (uint32_t i = 0; i < KILN_VK_ACT_WANTS && !(dev->no_fused_mask & 2u); i++) {
         const uint32_t mode = dev->act_want[i].mode;
-        if (!act_want_is(&dev->act_want[i], dst) || !((modes >> mode) & 1u) || (mode >= 3 && K % (mode == 5 ? 256 : 32)))
+        if (!kiln_vk_act_want_is(&dev->act_want[i], dst) || !((modes >> mode) & 1u) || (mode >= 3 && K % (mode == 5 ? 256 : 32)))
             continue;
-        const uint64_t row_words = act_row_words(mode, (uint64_t)K);
+        const uint64_t row_words = kiln_vk_act_row_words(mode, (uint64_t)K);
         const uint64_t bytes = (uint64_t)M * row_words * 4;
-        if ((st = act_scratch(dev, bytes))) return st;
+        if ((st = kiln_vk_act_scratch(dev, bytes))) return st;
         dev->act_cache.valid = false; /* overwritten */
         *qmode = mode;
         *q_stride = (uint32_t)row_words;
@@ -642,15 +635,15 @@ void kiln_vk_act_produced(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint64
     c->q_off = 0;
 }
 
-/* The activations x in format `mode` (act_mode) in the handle's scratch,
+/* The activations x in format `mode` (kiln_vk_act_mode) in the handle's scratch,
  * quantized by one quant_act dispatch unless the scratch already holds
  * them (act_cache: q, k and v, or gate and up, share one); *b binds them,
  * *a_off and *a_stride (words) address them. */
-static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, uint64_t xe, uint32_t mode,
+kiln_status kiln_vk_quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, uint64_t xe, uint32_t mode,
                                 kiln_vk_bind *b, uint32_t *a_off, uint32_t *a_stride) {
     kiln_status st;
     const int64_t K = x->ne[0], M = x->ne[1];
-    const uint64_t row_words = act_row_words(mode, (uint64_t)K);
+    const uint64_t row_words = kiln_vk_act_row_words(mode, (uint64_t)K);
     const uint64_t bytes = (uint64_t)M * row_words * 4;
     kiln_vk_act_cache *c = &dev->act_cache;
     if (mode <= 5) act_want_note(dev, x, mode); /* not the matrix cores' F16 pairs */
@@ -658,7 +651,7 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
                c->k == K && c->m == M && c->mode == mode;
     if (!hit) {
         c->valid = false;
-        if ((st = act_scratch(dev, bytes))) return st;
+        if ((st = kiln_vk_act_scratch(dev, bytes))) return st;
         struct { uint32_t x_off, x_stride, a_off, a_stride, K, M, mode; } qc;
         kiln_vk_bind qb[2];
         uint32_t rem;
@@ -697,7 +690,7 @@ static kiln_status quantize_act(kiln_bk_device *dev, const kiln_bk_tensor *x, ui
  * one row (KILN_VK_MMV_UNROLL), with integer dot products where the device
  * and the type have them (the same bits), and so do several rows (batched
  * decode, verify batches: idot8_first; KILN_VK_NO_IDOT8=1 not). */
-static int mmv_pipeline(const kiln_bk_device *dev, int64_t M, int slot, int first, int first1, int idot_first,
+int kiln_vk_mmv_pipeline(const kiln_bk_device *dev, int64_t M, int slot, int first, int first1, int idot_first,
                         int idot8_first) {
     const int ii = kiln_vk_idot_index(slot);
     const bool idot = ii >= 0 && dev->sh->idot;
@@ -719,7 +712,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
                           (long long)K, (long long)N, (long long)x->ne[0], (long long)M, (long long)dst->ne[0],
                           (long long)dst->ne[1]);
     if (N == 0 || M == 0) return KILN_OK;
-    const uint32_t mode = act_mode(w->type);
+    const uint32_t mode = kiln_vk_act_mode(w->type);
     if (mode >= 3 && K % 32) /* not reachable: tensor_check saw whole blocks */
         return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul: K %lld", (long long)K);
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
@@ -766,7 +759,7 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* the F32 rows as they are (the previous matrix-core kernel converts them per tile) */
         if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul"))) return st;
     } else {
-        if ((st = quantize_act(dev, x, xe, amode, &b[1], &pc.a_off, &pc.a_stride))) return st;
+        if ((st = kiln_vk_quantize_act(dev, x, xe, amode, &b[1], &pc.a_off, &pc.a_stride))) return st;
         /* mmc.glsl reads 16-byte vectors (the scratch starts aligned) */
         if (amode == 6) pc.a_stride /= 4;
     }
@@ -816,8 +809,8 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         /* F16 rows and activations on 16-byte boundaries: 16-byte loads */
         pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
                     pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
-        const int pipe = mmv_pipeline(dev, M, slot, KILN_VK_P_MMV_FIRST, KILN_VK_P_MMV1_FIRST, KILN_VK_P_MMV1_IDOT_FIRST,
-                                      KILN_VK_P_MMV_IDOT_FIRST);
+        const int pipe = kiln_vk_mmv_pipeline(dev, M, slot, KILN_VK_P_MMV_FIRST, KILN_VK_P_MMV1_FIRST,
+                                              KILN_VK_P_MMV1_IDOT_FIRST, KILN_VK_P_MMV_IDOT_FIRST);
         return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
     }
     if (M > KILN_VK_MM_MC && !dev->no_tiled) {
@@ -848,369 +841,4 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         if ((st = kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, gy, 1))) return st;
     }
     return KILN_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* fused entries (decode): add_rms_norm, matmul_multi, rope_kv_store        */
-/* ------------------------------------------------------------------------ */
-
-kiln_status kiln_vk_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *a, const kiln_bk_tensor *b,
-                                 kiln_bk_tensor *sum, const kiln_bk_tensor *w, float eps, kiln_bk_tensor *dst) {
-    kiln_status st;
-    uint64_t ae, be, se, we, de;
-    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: device is NULL");
-    if ((st = kiln_vk_tensor_check(a, KILN_VK_T_F32, "add_rms_norm", "a", &ae)) ||
-        (st = kiln_vk_tensor_check(b, KILN_VK_T_F32, "add_rms_norm", "b", &be)) ||
-        (st = kiln_vk_tensor_check(sum, KILN_VK_T_F32, "add_rms_norm", "sum", &se)) ||
-        (st = kiln_vk_tensor_check(w, KILN_VK_T_F32, "add_rms_norm", "w", &we)) ||
-        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "add_rms_norm", "dst", &de)))
-        return st;
-    const int64_t n = a->ne[0], rows = a->ne[1];
-    if (b->ne[0] != n || b->ne[1] != rows || sum->ne[0] != n || sum->ne[1] != rows || w->ne[0] != n || w->ne[1] < 1 ||
-        dst->ne[0] != n || dst->ne[1] != rows)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: shapes a %lldx%lld, b %lldx%lld, sum %lldx%lld, "
-                          "w %lldx%lld, dst %lldx%lld", (long long)n, (long long)rows, (long long)b->ne[0],
-                          (long long)b->ne[1], (long long)sum->ne[0], (long long)sum->ne[1], (long long)w->ne[0],
-                          (long long)w->ne[1], (long long)dst->ne[0], (long long)dst->ne[1]);
-    if (!(eps >= 0.0f)) return kiln_error(KILN_E_INVALID_ARG, "vulkan add_rms_norm: eps %g", (double)eps);
-    if (n == 0 || rows == 0) return KILN_OK;
-    if (dev->no_fused_mask & 8u) {
-        if ((st = kiln_vk_add(dev, a, b, sum))) return st;
-        return kiln_vk_rms_norm(dev, sum, w, eps, dst);
-    }
-    struct {
-        uint32_t a_off, a_stride, b_off, b_stride, s_off, s_stride, w_off, d_off, d_stride, n, rows;
-        float eps;
-        uint32_t qmode, q_stride;
-    } pc;
-    uint32_t dummy;
-    kiln_vk_bind bd[6];
-    if ((st = kiln_vk_bind_f32(dev, a, ae, &bd[0], &pc.a_off, &pc.a_stride, "add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, b, be, &bd[1], &pc.b_off, &pc.b_stride, "add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, sum, se, &bd[2], &pc.s_off, &pc.s_stride, "add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, w, we, &bd[3], &pc.w_off, &dummy, "add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, dst, de, &bd[4], &pc.d_off, &pc.d_stride, "add_rms_norm")))
-        return st;
-    pc.n = (uint32_t)n;
-    pc.rows = (uint32_t)rows;
-    pc.eps = eps;
-    kiln_vk_act_written(dev, sum->buf, sum->offset, se);
-    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    if ((st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &bd[5], &pc.qmode, &pc.q_stride, "add_rms_norm"))) return st;
-    st = kiln_vk_dispatch(dev, KILN_VK_P_ADD_RMS_NORM, bd, 6, &pc, sizeof pc, pc.rows, 1, 1);
-    if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
-    return st;
-}
-
-static bool bytes_overlap(const kiln_bk_tensor *a, uint64_t ae, const kiln_bk_tensor *b, uint64_t be) {
-    return a->buf == b->buf && a->offset < b->offset + be && b->offset < a->offset + ae;
-}
-
-/* matmul, then add_rms_norm of its result: one dispatch (mmv1n_TYPE,
- * mmv.glsl KILN_NORM) for a decode row of at most 4096 results whose
- * output overlaps neither the residual nor its sum (the last workgroup
- * reads both after every product row is written); otherwise the two
- * operations. The same bits either way. Only split Q4_0 and F16 weights:
- * on the H100 (Mistral-7B shape, tg128) Q4_0 282.7 -> 300.5 t/s, F16
- * 145.4 -> 147.2, but Q4_K_M 197.8 -> 172.7 (its Q6_K kernel with the
- * epilogue: 128 registers, half the workgroups per SM). KILN_VK_NO_FUSED
- * bit 64: never fused. */
-kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
-                                        const kiln_bk_tensor *a, kiln_bk_tensor *sum, const kiln_bk_tensor *nw,
-                                        float eps, kiln_bk_tensor *dst) {
-    kiln_status st;
-    uint64_t we, xe, ae, se, nwe, de;
-    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_add_rms_norm: device is NULL");
-    if ((st = kiln_vk_tensor_check(w, -1, "matmul_add_rms_norm", "w", &we)) ||
-        (st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul_add_rms_norm", "x", &xe)) ||
-        (st = kiln_vk_tensor_check(a, KILN_VK_T_F32, "matmul_add_rms_norm", "a", &ae)) ||
-        (st = kiln_vk_tensor_check(sum, KILN_VK_T_F32, "matmul_add_rms_norm", "sum", &se)) ||
-        (st = kiln_vk_tensor_check(nw, KILN_VK_T_F32, "matmul_add_rms_norm", "nw", &nwe)) ||
-        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "matmul_add_rms_norm", "dst", &de)))
-        return st;
-    const int64_t K = w->ne[0], N = w->ne[1], M = x->ne[1];
-    const int slot = kiln_vk_weight_slot(w);
-    const kiln_vk_shared *sh = dev->sh;
-    const uint32_t mode = act_mode(w->type);
-    const int pipe = slot == KILN_VK_SLOT_Q4_0S ? (sh->idot ? KILN_VK_P_MMV1N_Q4_0S_IDOT : KILN_VK_P_MMV1N_Q4_0S)
-                     : w->type == KILN_VK_T_F16 ? KILN_VK_P_MMV1N_F16 : -1;
-    const bool fuse = !(dev->no_fused_mask & (64u | 8u)) && dev->norm_cnt && M == 1 && N >= 1 && N <= 4096 && K > 0 &&
-                      x->ne[0] == K && dst->ne[0] == N && dst->ne[1] == M && a->ne[0] == N && a->ne[1] == M &&
-                      sum->ne[0] == N && sum->ne[1] == M && nw->ne[0] == N && nw->ne[1] >= 1 && eps >= 0.0f &&
-                      pipe >= 0 && sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll && !(mode >= 3 && K % 32) &&
-                      !bytes_overlap(dst, de, a, ae) && !bytes_overlap(dst, de, sum, se) &&
-                      !bytes_overlap(dst, de, x, xe) && !bytes_overlap(dst, de, nw, nwe);
-    if (!fuse) {
-        if ((st = kiln_vk_matmul(dev, w, x, dst))) return st;
-        return kiln_vk_add_rms_norm(dev, a, dst, sum, nw, eps, dst);
-    }
-    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    kiln_vk_act_written(dev, sum->buf, sum->offset, se);
-    /* x's quantized row and dst's (written by the last workgroup, after
-     * every read of x) share the scratch: grow it once, first */
-    const kiln_bk_buffer *old_act = dev->act;
-    const uint64_t x_words = mode ? act_row_words(mode, (uint64_t)K) : 0; /* dst's: at most N (F16, BF16) */
-    if ((st = act_scratch(dev, 4 * (x_words > (uint64_t)N ? x_words : (uint64_t)N)))) return st;
-    if (dev->act != old_act) dev->act_cache.valid = false;
-    struct {
-        uint32_t w_off, w_stride, a_off, a_stride, d_off, d_stride, K, N, M, unroll, vec, m_base;
-        uint32_t r_off, s_off, nw_off, qmode;
-        float eps;
-        uint32_t dbg;
-    } pc;
-    memset(&pc, 0, sizeof pc);
-    kiln_vk_bind b[8];
-    uint32_t w_rem, dummy;
-    if (mode == 0) {
-        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_add_rms_norm"))) return st;
-    } else if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) {
-        return st;
-    }
-    if ((st = kiln_vk_bind_range(dev, w->buf, w->offset, we, &b[0], &w_rem, "matmul_add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off, &pc.d_stride, "matmul_add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, a, ae, &b[3], &pc.r_off, &dummy, "matmul_add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, sum, se, &b[4], &pc.s_off, &dummy, "matmul_add_rms_norm")) ||
-        (st = kiln_vk_bind_f32(dev, nw, nwe, &b[5], &pc.nw_off, &dummy, "matmul_add_rms_norm")) ||
-        (st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[6], &pc.qmode, &dummy, "matmul_add_rms_norm")) ||
-        (st = kiln_vk_bind_range(dev, dev->norm_cnt, 0, dev->norm_cnt->size, &b[7], NULL, "matmul_add_rms_norm")))
-        return st;
-    pc.w_off = w_rem;
-    pc.w_stride = (uint32_t)w->row_stride;
-    pc.K = (uint32_t)K;
-    pc.N = (uint32_t)N;
-    pc.M = 1;
-    pc.unroll = 1;
-    pc.vec = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
-             pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
-    pc.eps = eps;
-    pc.dbg = dev->norm_dbg;
-    /* as matmul's decode dispatch */
-    const uint64_t sgs_per_wg = 256 / (sh->subgroup_size ? sh->subgroup_size : 32); /* mmv.glsl: 256 wide with KILN_NORM */
-    uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), sgs_per_wg ? sgs_per_wg : 1);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    st = kiln_vk_dispatch(dev, pipe, b, 8, &pc, sizeof pc, (uint32_t)gx, 1, 1);
-    if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
-    return st;
-}
-
-/* matmul_swiglu's quantized result: every workgroup writes its block
- * while others still read x's quantized row from the scratch, so the
- * result goes after it, at word *q_off (the act cache remembers where).
- * The format as act_produce picks it, of those the kernel writes (F16,
- * BF16, Q8_0, Q8_1: a block is 32 rows of one workgroup). Reserves the
- * scratch for both before anything binds it. */
-static kiln_status swiglu_act_plan(kiln_bk_device *dev, const kiln_bk_tensor *dst, uint32_t x_mode, int64_t K,
-                                   uint32_t *qmode, uint32_t *q_off, uint64_t *q_bytes) {
-    const int64_t F = dst->ne[0];
-    *qmode = 0;
-    *q_bytes = 0;
-    const uint64_t x_words = x_mode ? act_row_words(x_mode, (uint64_t)K) : 0;
-    *q_off = (uint32_t)((x_words + 63) / 64 * 64); /* 256-byte aligned */
-    for (uint32_t i = 0; i < KILN_VK_ACT_WANTS && !(dev->no_fused_mask & 2u); i++) {
-        const uint32_t mode = dev->act_want[i].mode;
-        if (!act_want_is(&dev->act_want[i], dst) || mode < 1 || mode > 4 || (mode >= 3 && F % 32)) continue;
-        *qmode = mode;
-        *q_bytes = act_row_words(mode, (uint64_t)F) * 4;
-        break;
-    }
-    const kiln_bk_buffer *old = dev->act;
-    kiln_status st = act_scratch(dev, (uint64_t)*q_off * 4 + *q_bytes + (x_words ? 0 : 4));
-    if (st == KILN_OK && dev->act != old) dev->act_cache.valid = false;
-    return st;
-}
-
-/* matmul_multi(gate, up), then swiglu into dst: one dispatch (mmvm1s_TYPE,
- * mmv.glsl KILN_SWIGLU) for one decode row of split Q4_0 or F16 weights in
- * one buffer, 32-row blocks; otherwise the two operations, with `up` for
- * up's product. The same bits either way. H100, Mistral-7B tg128: Q4_0
- * 288-295 -> 305 t/s, F16 about +1%. KILN_VK_NO_FUSED bit 128: never
- * fused. */
-kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
-                                  const kiln_bk_tensor *x, kiln_bk_tensor *up, kiln_bk_tensor *dst) {
-    kiln_status st;
-    uint64_t gwe, uwe, xe, ue, de;
-    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_swiglu: device is NULL");
-    if ((st = kiln_vk_tensor_check(w_gate, -1, "matmul_swiglu", "w_gate", &gwe)) ||
-        (st = kiln_vk_tensor_check(w_up, -1, "matmul_swiglu", "w_up", &uwe)) ||
-        (st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul_swiglu", "x", &xe)) ||
-        (st = kiln_vk_tensor_check(up, KILN_VK_T_F32, "matmul_swiglu", "up", &ue)) ||
-        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "matmul_swiglu", "dst", &de)))
-        return st;
-    const int64_t K = x->ne[0], M = x->ne[1], F = w_gate->ne[1];
-    const int slot = kiln_vk_weight_slot(w_gate);
-    const kiln_vk_shared *sh = dev->sh;
-    const int pipe = slot == KILN_VK_SLOT_Q4_0S ? (sh->idot ? KILN_VK_P_MMVM1S_Q4_0S_IDOT : KILN_VK_P_MMVM1S_Q4_0S)
-                     : w_gate->type == KILN_VK_T_F16 ? KILN_VK_P_MMVM1S_F16 : -1;
-    const uint64_t wlo = w_gate->offset < w_up->offset ? w_gate->offset : w_up->offset;
-    const uint64_t ghi = w_gate->offset + gwe, uhi = w_up->offset + uwe, whi = ghi > uhi ? ghi : uhi;
-    bool fuse = !(dev->no_fused_mask & 128u) && pipe >= 0 && M == 1 && F > 0 && K > 0 && w_gate->ne[0] == K &&
-                w_up->ne[0] == K && w_up->ne[1] == F && dst->ne[0] == F && dst->ne[1] == M && up->ne[0] == F &&
-                up->ne[1] == M && kiln_vk_weight_slot(w_up) == slot && w_up->buf == w_gate->buf &&
-                whi - wlo <= UINT32_MAX - 64 && sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll &&
-                !bytes_overlap(dst, de, x, xe);
-    kiln_vk_bind b[4];
-    uint32_t w_rem = 0;
-    if (fuse && (st = kiln_vk_bind_range(dev, w_gate->buf, wlo, whi - wlo, &b[0], &w_rem, "matmul_swiglu"))) fuse = false;
-    uint32_t wvec = 3;
-    for (int i = 0; i < 2 && fuse && w_gate->type == KILN_VK_T_F16; i++) {
-        const kiln_bk_tensor *w = i ? w_up : w_gate;
-        kiln_vk_bind own;
-        uint32_t rem;
-        /* matmul's 16-byte loads for both rows, as matmul_multi takes them */
-        fuse = kiln_vk_bind_range(dev, w->buf, w->offset, i ? uwe : gwe, &own, &rem, "matmul_swiglu") == KILN_OK &&
-               rem % 16 == 0 && w->row_stride % 16 == 0 && own.offset % 16 == 0 && b[0].offset % 16 == 0 &&
-               (w_rem + (w->offset - wlo)) % 16 == 0 && K % 8 == 0;
-    }
-    if (!fuse) {
-        const kiln_bk_tensor *w2[2] = {w_gate, w_up};
-        kiln_bk_tensor *d2[2] = {dst, up};
-        if ((st = kiln_vk_matmul_multi(dev, 2, w2, x, d2))) return st;
-        return kiln_vk_swiglu(dev, dst, up, dst);
-    }
-    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    const uint32_t mode = act_mode(w_gate->type);
-    struct {
-        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
-        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
-        uint32_t unroll, qmode, q_off;
-    } pc;
-    memset(&pc, 0, sizeof pc);
-    uint32_t dummy;
-    uint64_t q_bytes;
-    if ((st = swiglu_act_plan(dev, dst, mode, K, &pc.qmode, &pc.q_off, &q_bytes))) return st;
-    if (mode == 0) {
-        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_swiglu"))) return st;
-    } else if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) {
-        return st;
-    }
-    if ((st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off[0], &dummy, "matmul_swiglu"))) return st;
-    pc.K = (uint32_t)K;
-    pc.M = 1;
-    pc.n_prod = 2;
-    pc.unroll = 1;
-    pc.vec = wvec;
-    pc.w_off[0] = (uint32_t)(w_rem + (w_gate->offset - wlo));
-    pc.w_off[1] = (uint32_t)(w_rem + (w_up->offset - wlo));
-    pc.w_stride[0] = (uint32_t)w_gate->row_stride;
-    pc.w_stride[1] = (uint32_t)w_up->row_stride;
-    pc.N[0] = pc.N[1] = (uint32_t)F;
-    /* the whole scratch: x's row at 0 (or dst again when x is F32 and there is no result to quantize) */
-    if ((st = pc.qmode ? kiln_vk_bind_range(dev, dev->act, 0, (uint64_t)pc.q_off * 4 + q_bytes, &b[3], NULL, "matmul_swiglu")
-                       : kiln_vk_bind_range(dev, dst->buf, dst->offset, de, &b[3], NULL, "matmul_swiglu")))
-        return st;
-    uint64_t gx = kiln_vk_div_up((uint64_t)F, 32);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    if (pc.qmode) dev->act_cache.valid = false; /* the scratch is written */
-    st = kiln_vk_dispatch(dev, pipe, b, 4, &pc, sizeof pc, (uint32_t)gx, 1, 1);
-    if (st == KILN_OK && pc.qmode) {
-        kiln_vk_act_produced(dev, dst, de, pc.qmode);
-        dev->act_cache.q_off = pc.q_off;
-    }
-    return st;
-}
-
-/* matmul_multi in one matrix-vector dispatch (mmvm_TYPE): decode batches
- * on a device with the mmv kernels, every weight of one type in one
- * buffer, every result in one buffer. Anything else: matmul n times. */
-kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
-                                 const kiln_bk_tensor *x, kiln_bk_tensor *const *dst) {
-    kiln_status st;
-    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: device is NULL");
-    if (n < 1 || n > 3 || !w || !dst)
-        return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: %u products (1..3) or NULL arrays", n);
-    uint64_t we[3], de[3], xe;
-    if ((st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul_multi", "x", &xe))) return st;
-    const int64_t K = x->ne[0], M = x->ne[1];
-    bool fuse = n > 1 && M >= 1 && M <= KILN_VK_MMV_MAX && K > 0 && dev->sh->subgroup_add && !dev->no_mmv &&
-                !(dev->no_fused_mask & 4u);
-    for (uint32_t i = 0; i < n; i++) {
-        if ((st = kiln_vk_tensor_check(w[i], -1, "matmul_multi", "w", &we[i])) ||
-            (st = kiln_vk_tensor_check(dst[i], KILN_VK_T_F32, "matmul_multi", "dst", &de[i])))
-            return st;
-        if (w[i]->ne[0] != K || dst[i]->ne[0] != w[i]->ne[1] || dst[i]->ne[1] != M)
-            return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_multi: w %lldx%lld, x %lldx%lld, dst %lldx%lld",
-                              (long long)w[i]->ne[0], (long long)w[i]->ne[1], (long long)K, (long long)M,
-                              (long long)dst[i]->ne[0], (long long)dst[i]->ne[1]);
-        /* one kernel reads them all: one type in one layout */
-        fuse = fuse && w[i]->ne[1] > 0 && kiln_vk_weight_slot(w[i]) == kiln_vk_weight_slot(w[0]) && w[i]->buf == w[0]->buf &&
-               dst[i]->buf == dst[0]->buf;
-    }
-    /* the spans the two shared bindings cover */
-    uint64_t wlo = UINT64_MAX, whi = 0, dlo = UINT64_MAX, dhi = 0;
-    for (uint32_t i = 0; i < n && fuse; i++) {
-        if (w[i]->offset < wlo) wlo = w[i]->offset;
-        if (w[i]->offset + we[i] > whi) whi = w[i]->offset + we[i];
-        if (dst[i]->offset < dlo) dlo = dst[i]->offset;
-        if (dst[i]->offset + de[i] > dhi) dhi = dst[i]->offset + de[i];
-    }
-    if (fuse) fuse = whi - wlo <= UINT32_MAX - 64 && dhi - dlo <= UINT32_MAX - 64;
-    /* The F16 kernel's 16-byte loads where matmul would take them for that
-     * product alone (the weight's own binding aligned), so that each
-     * product gets matmul's bits; they need the shared binding aligned. */
-    kiln_vk_bind b[3];
-    uint32_t w_rem = 0, d_rem = 0, wvec = 0;
-    if (fuse && ((st = kiln_vk_bind_range(dev, w[0]->buf, wlo, whi - wlo, &b[0], &w_rem, "matmul_multi")) ||
-                 (st = kiln_vk_bind_range(dev, dst[0]->buf, dlo, dhi - dlo, &b[2], &d_rem, "matmul_multi"))))
-        fuse = false;
-    for (uint32_t i = 0; i < n && fuse && w[0]->type == KILN_VK_T_F16; i++) {
-        kiln_vk_bind own;
-        uint32_t rem;
-        if (kiln_vk_bind_range(dev, w[i]->buf, w[i]->offset, we[i], &own, &rem, "matmul_multi")) {
-            fuse = false;
-            break;
-        }
-        if (rem % 16 == 0 && w[i]->row_stride % 16 == 0 && own.offset % 16 == 0) {
-            wvec |= 1u << i;
-            if (b[0].offset % 16 || (w_rem + (w[i]->offset - wlo)) % 16) fuse = false;
-        }
-    }
-    if (!fuse) {
-        for (uint32_t i = 0; i < n; i++)
-            if ((st = kiln_vk_matmul(dev, w[i], x, dst[i]))) return st;
-        return KILN_OK;
-    }
-    const uint32_t mode = act_mode(w[0]->type);
-    for (uint32_t i = 0; i < n; i++) kiln_vk_act_written(dev, dst[i]->buf, dst[i]->offset, de[i]);
-    struct {
-        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
-        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
-        uint32_t unroll;
-    } pc;
-    memset(&pc, 0, sizeof pc);
-    if (mode == 0) {
-        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_multi"))) return st;
-    } else if ((st = quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) {
-        return st;
-    }
-    pc.K = (uint32_t)K;
-    pc.M = (uint32_t)M;
-    pc.m_base = 0;
-    pc.n_prod = n;
-    pc.unroll = dev->mmv_unroll;
-    const bool avec = K % 8 == 0 && pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[1].offset % 16 == 0;
-    pc.vec = avec ? wvec : 0;
-    const int wslot = kiln_vk_weight_slot(w[0]);
-    uint64_t groups = 0;
-    for (uint32_t i = 0; i < 3; i++) {
-        const uint32_t j = i < n ? i : n - 1;
-        pc.w_off[i] = (uint32_t)(w_rem + (w[j]->offset - wlo));
-        pc.w_stride[i] = (uint32_t)w[j]->row_stride;
-        pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
-        pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
-        pc.N[i] = (uint32_t)w[j]->ne[1];
-        if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(dev->sh, wslot));
-        pc.g_end[i] = (uint32_t)groups;
-    }
-    /* as matmul's decode kernel sizes its grid, for all products' rows */
-    const kiln_vk_shared *sh = dev->sh;
-    const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-    uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    const int pipe = mmv_pipeline(dev, M, wslot, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMVM1_FIRST, KILN_VK_P_MMVM1_IDOT_FIRST,
-                                  KILN_VK_P_MMVM_IDOT_FIRST);
-    return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc,
-                            (uint32_t)gx, kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }
