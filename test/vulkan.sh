@@ -18,6 +18,12 @@
 #                weights split by weight_prepare at load) equals that with
 #                KILN_VK_LAYOUT=0 (GGUF layout): the kernels give the same
 #                bits either way
+#   sync         kiln-run's greedy text on tiny-target f16 / q4_0 / q4_k_m
+#                with KILN_VK_SYNC=1 (a recorded step's dependent
+#                dispatches ordered by counters, no barriers) equals the
+#                default's, and a short decode in that mode under the
+#                validation layer (without synchronization validation,
+#                which cannot see the counters) reports no error
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
 #                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU), with
 #                every fusion on, with the weights kept in the GGUF layout
@@ -109,6 +115,28 @@ else
     skipped layout "../shared not found"
 fi
 
+# Recorded steps ordered by counters instead of barriers (sync.glsl): the
+# same text as with barriers (test_vulkan_ops' test_sync_steps compares
+# the bits and takes the give-up path)
+if want sync; then
+    sdir=${KILN_SHARED:-../shared}/models
+    if [ -f "$sdir/tiny-target-q4_0.gguf" ]; then
+        sync_bad=""
+        for m in f16 q4_0 q4_k_m; do
+            "$run" -m "$sdir/tiny-target-$m.gguf" -p "In the beginning" -n 24 --temp 0 --backend vulkan \
+                > "$tmp/sync0" 2> "$tmp/err" || sync_bad="$sync_bad $m:rc"
+            KILN_VK_SYNC=1 KILN_VK_STATS=1 "$run" -m "$sdir/tiny-target-$m.gguf" -p "In the beginning" -n 24 \
+                --temp 0 --backend vulkan > "$tmp/sync1" 2> "$tmp/err1" || sync_bad="$sync_bad $m:rc-sync"
+            cmp -s "$tmp/sync0" "$tmp/sync1" || sync_bad="$sync_bad $m:text"
+            grep -q " [1-9][0-9]* waits on counters" "$tmp/err1" || sync_bad="$sync_bad $m:no-waits"
+        done
+        if [ -z "$sync_bad" ]; then ok sync
+        else bad sync "$sync_bad: '$(cat "$tmp/sync1")' vs '$(cat "$tmp/sync0")' $(tail -n 2 "$tmp/err1")"; fi
+    else
+        skipped sync "../shared not found"
+    fi
+fi
+
 # A C test under KILN_BACKEND=vulkan: its own kt line decides.
 ctest() {
     local name=$1; shift
@@ -189,6 +217,11 @@ if want validation; then
             -n 8 --temp 0 --backend vulkan > "$tmp/val" 2>&1; rc=$?
         if [ "$rc" -eq 0 ] && ! grep -q -i -e "validation error" -e "VUID-" -e "SYNC-HAZARD" "$tmp/val"; then ok validation
         else bad validation "rc=$rc: $(grep -i -m 5 -e 'validation' -e 'VUID' "$tmp/val")"; fi
+        # KILN_VK_SYNC=1: the counters' binding and push constants
+        KILN_VK_SYNC=1 VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation VK_LOADER_LAYERS_ENABLE='*validation*' \
+            "$run" -m "$model" -p "In the beginning" -n 8 --temp 0 --backend vulkan > "$tmp/val" 2>&1; rc=$?
+        if [ "$rc" -eq 0 ] && ! grep -q -i -e "validation error" -e "VUID-" "$tmp/val"; then ok "validation (KILN_VK_SYNC=1)"
+        else bad "validation (KILN_VK_SYNC=1)" "rc=$rc: $(grep -i -m 5 -e 'validation' -e 'VUID' "$tmp/val")"; fi
     else
         skipped validation "VK_LAYER_KHRONOS_validation not installed (Debian: vulkan-validationlayers)"
     fi

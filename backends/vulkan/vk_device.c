@@ -553,6 +553,14 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_free(dev);
         return st;
     }
+    {   /* KILN_VK_SYNC=1: a recorded step's dependent dispatches ordered by
+         * counters (sync.glsl) instead of barriers; =0 off; =2 (tests) the
+         * first wait of a recording is for a count never reached, so that
+         * it gives up */
+        const char *sy = getenv("KILN_VK_SYNC");
+        dev->sync_on = sy && atoi(sy) != 0 && !dev->barrier_all;
+        dev->sync_giveup = sy && atoi(sy) == 2;
+    }
     dev->norm_dbg = getenv("KILN_VK_NORM_DBG") ? (uint32_t)atoi(getenv("KILN_VK_NORM_DBG")) : 0u;
     const char *skip = getenv("KILN_VK_SKIP");
     dev->skip = skip ? (uint32_t)strtoul(skip, NULL, 0) : 0u;
@@ -598,6 +606,22 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         (st = kiln_vk_upload(dev, dev->norm_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
         kiln_vk_device_close(dev);
         return st;
+    }
+    /* sync.glsl's counters, bound to every pipeline that includes it
+     * (eager dispatches neither wait nor count), zeroed at the start of
+     * each recorded step that uses them. Host-visible, so that the host
+     * sees a wait that gave up (word 0) once the step's fence is signalled;
+     * the mode needs them in device memory (counters in system memory
+     * would put every poll across the bus). */
+    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST_NEAR, 4u * KILN_VK_SYNC_WORDS, &dev->sync_buf))) {
+        kiln_vk_device_close(dev);
+        return st;
+    }
+    memset(kiln_vk_sync_words(dev), 0, 4u * KILN_VK_SYNC_WORDS);
+    if (dev->sync_on && !dev->sync_buf->chunk->device_local) {
+        kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: KILN_VK_SYNC ignored: the device has no host-visible "
+                 "device memory for the counters");
+        dev->sync_on = false;
     }
     kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: device %d open: %s%s%s", index, dev->sh->name,
              dev->sh->subgroup_arith ? " (subgroup arithmetic)" : "",
@@ -648,8 +672,8 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
                 (unsigned long long)dev->n_graph_records, (unsigned long long)dev->n_graph_replays,
                 (unsigned long long)dev->n_graph_redos);
     if ((dev->profile || getenv("KILN_VK_STATS")) && dev->max_dispatches)
-        fprintf(stderr, "kiln vulkan graphs (handle %p): the largest recorded %u dispatches, %u barriers\n",
-                (const void *)dev, dev->max_dispatches, dev->max_barriers);
+        fprintf(stderr, "kiln vulkan graphs (handle %p): the largest recorded %u dispatches, %u barriers, %u waits on counters\n",
+                (const void *)dev, dev->max_dispatches, dev->max_barriers, dev->max_syncs);
     if (dev->sh) {
         (void)kiln_vk_finish(dev);
         kiln_vk_graphs_close(dev);
@@ -658,6 +682,7 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
         kiln_vk_buffer_free(dev->act);
         kiln_vk_buffer_free(dev->attn_part);
         kiln_vk_buffer_free(dev->norm_cnt);
+        kiln_vk_buffer_free(dev->sync_buf);
         VkDevice d = dev->sh->device;
         if (dev->fence) vkDestroyFence(d, dev->fence, NULL);
         if (dev->cmd_pool) vkDestroyCommandPool(d, dev->cmd_pool, NULL); /* frees dev->cmd */
@@ -701,6 +726,10 @@ void kiln_vk_barrier_compute(VkCommandBuffer cmd) {
                          NULL, 0, NULL);
 }
 
+uint32_t *kiln_vk_sync_words(kiln_bk_device *dev) {
+    return (uint32_t *)(dev->sync_buf->chunk->map + dev->sync_buf->blk->offset);
+}
+
 static kiln_status wait_pending(kiln_bk_device *dev) {
     if (!dev->pending) return KILN_OK;
     VkResult r = vkWaitForFences(dev->sh->device, 1, &dev->fence, VK_TRUE, UINT64_MAX);
@@ -709,7 +738,19 @@ static kiln_status wait_pending(kiln_bk_device *dev) {
     vkResetCommandBuffer(dev->cmd, 0);
     dev->ring_used = 0;
     dev->ring_epoch++;
-    return r == VK_SUCCESS ? KILN_OK : kiln_vk_result(r, "vkWaitForFences");
+    if (r != VK_SUCCESS) return kiln_vk_result(r, "vkWaitForFences");
+    uint32_t *sw = dev->sync_on ? kiln_vk_sync_words(dev) : NULL;
+    if (sw && __atomic_load_n(&sw[0], __ATOMIC_ACQUIRE) != 0) {
+        /* a workgroup stopped waiting for a counter (sync.glsl): what the
+         * step computed cannot be trusted. Its recordings go; from now on
+         * steps are recorded with barriers */
+        sw[0] = 0;
+        dev->sync_on = false;
+        dev->sync_failed = true;
+        return kiln_error(KILN_E_BACKEND, "vulkan backend: a recorded step's wait on a counter gave up "
+                          "(KILN_VK_SYNC): its results are not valid; barriers from now on");
+    }
+    return KILN_OK;
 }
 
 kiln_status kiln_vk_begin(kiln_bk_device *dev) {

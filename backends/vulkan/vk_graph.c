@@ -156,7 +156,8 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
         dev->graph_mode = 3;
         return KILN_OK;
     }
-    if (mem_gen(dev->sh) != dev->graph_mem_gen || dev->act_gen != dev->graph_act_gen) {
+    if (mem_gen(dev->sh) != dev->graph_mem_gen || dev->act_gen != dev->graph_act_gen || dev->sync_failed) {
+        dev->sync_failed = false;
         kiln_vk_graphs_forget(dev);
         dev->graph_mem_gen = mem_gen(dev->sh);
         dev->graph_act_gen = dev->act_gen;
@@ -207,6 +208,14 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     }
     /* orders the step after earlier submissions; host writes (the stage) visible */
     kiln_vk_barrier_cmd(g->cmd);
+    if (dev->sync_on) { /* sync.glsl's counters start each replay at zero */
+        vkCmdFillBuffer(g->cmd, dev->sync_buf->chunk->buf, dev->sync_buf->blk->offset, 4u * KILN_VK_SYNC_WORDS, 0);
+        kiln_vk_barrier_cmd(g->cmd);
+    }
+    dev->sync_seg = 1;
+    dev->sync_seg_wgs = dev->sync_target = dev->sync_wait = 0;
+    dev->sync_ok = true;
+    dev->rec_syncs = 0;
     if (dev->timestamps) { /* profiling only: without the pool the step is not timed */
         VkQueryPoolCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
         qi.queryType = VK_QUERY_TYPE_TIMESTAMP;
@@ -251,6 +260,7 @@ kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo) {
         if (dev->rec_dispatches > dev->max_dispatches) {
             dev->max_dispatches = dev->rec_dispatches;
             dev->max_barriers = dev->rec_barriers;
+            dev->max_syncs = dev->rec_syncs;
         }
         if (dev->n_graphs == KILN_VK_MAX_GRAPHS) { /* the oldest goes */
             graph_free(dev, &dev->graphs[0]);

@@ -126,7 +126,11 @@ int kiln_vk_type_slot(int32_t type);
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
-#define KILN_VK_MAX_BINDINGS 10
+#define KILN_VK_MAX_BINDINGS 11
+/* sync.glsl's counters: the last binding of the pipelines that include it */
+#define KILN_VK_SYNC_BINDING 10
+#define KILN_VK_SYNC_WORDS 1024u /* word 0 the error flag, then a counter per segment of a recorded step */
+#define KILN_VK_SYNC_PUSH_OFFSET 116u /* sync.glsl KILN_SYNC_PC: wait, target, signal */
 #define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
 #define KILN_VK_ATTN_SPLIT_DEFAULT 256u      /* decode attention: positions per split ... */
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
@@ -389,6 +393,20 @@ struct kiln_bk_device {
     /* matmul_add_rms_norm's workgroup counter (mmv.glsl KILN_NORM): 0
      * between dispatches, zeroed once at device_open */
     kiln_bk_buffer *norm_cnt;
+    /* KILN_VK_SYNC (sync.glsl): a recorded step's dependent dispatches
+     * ordered by counters in sync_buf instead of barriers. sync_seg is the
+     * segment (counter) the dispatches recorded now add to, sync_seg_wgs
+     * their workgroups so far; sync_wait/_target what every dispatch of
+     * the segment waits for (target 0: a barrier came before); sync_ok
+     * false once a dispatch that does not count was recorded in the
+     * segment (the next dependent dispatch then takes a barrier) */
+    kiln_bk_buffer *sync_buf;
+    bool sync_on;
+    bool sync_failed; /* a wait gave up: the recordings with waits are to be dropped */
+    bool sync_giveup; /* KILN_VK_SYNC=2 (tests): the first wait of a recording never ends */
+    bool sync_ok;
+    uint32_t sync_seg, sync_seg_wgs, sync_wait, sync_target;
+    uint32_t rec_syncs, max_syncs; /* of the graph being recorded / the largest: barriers replaced */
     uint32_t norm_dbg; /* KILN_VK_NORM_DBG (profiling only, results wrong): 1 no norm, 2 no quantization */
     uint32_t skip; /* KILN_VK_SKIP (profiling only): kernel classes left out, vk_ops.c skip_class; 1024 no barriers */
     double ts_ms[KILN_VK_P_COUNT];
@@ -473,6 +491,8 @@ typedef struct kiln_vk_bind {
  * *rem is where `offset` lands inside the binding (bytes). */
 kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size,
                                kiln_vk_bind *out, uint32_t *rem, const char *op);
+/* sync.glsl's counters as the host maps them (word 0: a wait gave up). */
+uint32_t *kiln_vk_sync_words(kiln_bk_device *dev);
 /* Records a dispatch of pipeline `which` with n bindings and push constants
  * (groups split into several dispatches where they exceed the device's
  * limit along x is the caller's business), after a barrier where it

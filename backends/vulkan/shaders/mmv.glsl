@@ -96,6 +96,7 @@ layout(binding = 3) buffer QB { uint AQ[]; }; /* the result quantized for the do
 #define NR ROWS
 #endif
 
+#include "sync.glsl"
 #ifdef MULTI
 layout(push_constant) uniform P {
     uint a_off, a_stride;   /* words */
@@ -111,6 +112,7 @@ layout(push_constant) uniform P {
 #ifdef KILN_SWIGLU
     uint qmode, q_off;      /* the quantized result's format and first word in AQ */
 #endif
+    KILN_SYNC_PC
 } p;
 #else
 layout(push_constant) uniform P {
@@ -127,6 +129,7 @@ layout(push_constant) uniform P {
     float eps;
     uint dbg;               /* KILN_VK_NORM_DBG (profiling only): 1 no norm, 2 no quantization */
 #endif
+    KILN_SYNC_PC
 } p;
 #endif
 
@@ -218,7 +221,7 @@ void norm_row(uint tid) {
 }
 #endif
 
-void main() {
+void kiln_main() {
     const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
     const uint nchunks = (p.K + 31u) / 32u;
     const uint m0 = p.m_base + gl_WorkGroupID.y * MT;
@@ -357,3 +360,4 @@ void main() {
     norm_row(gl_LocalInvocationIndex);
 #endif
 }
+KILN_SYNC_MAIN
