@@ -21,7 +21,9 @@
 #   sync         kiln-run's greedy text on tiny-target f16 / q4_0 / q4_k_m
 #                with KILN_VK_SYNC=1 (a recorded step's dependent
 #                dispatches ordered by counters, no barriers) equals the
-#                default's, and a short decode in that mode under the
+#                default's (also with KILN_VK_SYNC_PREFETCH=4, and
+#                test_vulkan_ops' test_sync_steps with it), and a short
+#                decode in that mode under the
 #                validation layer (without synchronization validation,
 #                which cannot see the counters) reports no error
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
@@ -129,6 +131,10 @@ if want sync; then
                 --temp 0 --backend vulkan > "$tmp/sync1" 2> "$tmp/err1" || sync_bad="$sync_bad $m:rc-sync"
             cmp -s "$tmp/sync0" "$tmp/sync1" || sync_bad="$sync_bad $m:text"
             grep -q " [1-9][0-9]* waits on counters" "$tmp/err1" || sync_bad="$sync_bad $m:no-waits"
+            # the decode kernels touching their first weights before they wait
+            KILN_VK_SYNC=1 KILN_VK_SYNC_PREFETCH=4 "$run" -m "$sdir/tiny-target-$m.gguf" -p "In the beginning" \
+                -n 24 --temp 0 --backend vulkan > "$tmp/sync1" 2> "$tmp/err1" || sync_bad="$sync_bad $m:rc-prefetch"
+            cmp -s "$tmp/sync0" "$tmp/sync1" || sync_bad="$sync_bad $m:text-prefetch"
         done
         if [ -z "$sync_bad" ]; then ok sync
         else bad sync "$sync_bad: '$(cat "$tmp/sync1")' vs '$(cat "$tmp/sync0")' $(tail -n 2 "$tmp/err1")"; fi
@@ -164,6 +170,10 @@ if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi
 # default run takes mmsg_ and mmv_)
 if want coopmat; then
     ctest test_vulkan_ops KILN_VK_NO_SUBGROUP=1 KILN_TEST_SKIP=test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_matmul_multi,test_fused_rope_kv_store,test_fused_quant_producers,test_mmv_unroll_bits
+fi
+# test_sync_steps with the weights touched before each wait
+if want sync; then
+    ctest test_vulkan_ops KILN_VK_SYNC_PREFETCH=4 KILN_TEST_SKIP=test_matmul_and_get_rows,test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_matmul_multi,test_fused_rope_kv_store,test_fused_quant_producers,test_fused_matmul_add_rms_norm,test_fused_matmul_swiglu,test_mmv_unroll_bits,test_q4_0_split_layout
 fi
 if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan

@@ -30,6 +30,13 @@
 /* word 0: a wait gave up; word s > 0: workgroups done in segment s */
 layout(binding = 10) coherent volatile buffer KSB { uint KSYNC[]; };
 
+/* What a workgroup may do before it waits (the including shader defines
+ * it before including this file): work that reads nothing the segment
+ * writes, e.g. touching its first weights (mmv.glsl) */
+#ifndef KILN_SYNC_BEFORE_WAIT
+#define KILN_SYNC_BEFORE_WAIT
+#endif
+
 #define KILN_SYNC_PC layout(offset = 116) uint sync_wait; uint sync_target; uint sync_sig;
 /* polls: KILN_SYNC_SPIN squared (two loops: lavapipe's compiler ends any
  * one loop after 65535 turns) */
@@ -39,6 +46,7 @@ layout(binding = 10) coherent volatile buffer KSB { uint KSYNC[]; };
 #define KILN_SYNC_MAIN                                                           \
     void main() {                                                                \
         if (p.sync_target != 0u) { /* the same for the whole dispatch */        \
+            KILN_SYNC_BEFORE_WAIT                                                \
             if (gl_LocalInvocationIndex == 0u) {                                 \
                 bool ks_done = false;                                            \
                 for (uint ks_o = 0u; ks_o < KILN_SYNC_SPIN && !ks_done; ks_o++)  \
