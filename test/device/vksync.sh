@@ -15,7 +15,10 @@
 # Given a tree built elsewhere (KILN_BUILD, default build-device, from
 # `bash test/device/vulkan.sh --pack build-device`) and .gl/ for the loader:
 #   KILN_SHARED=$PWD/devdata/vk/shared bash test/device/vksync.sh mistral-7b:q4_0
-# KILN_VKSYNC_PREFETCH="2 4 8" sets the prefetch settings compared.
+# KILN_VKSYNC_PREFETCH="2 4 8" sets the prefetch settings compared;
+# KILN_VKSYNC_ENV (default "KILN_VK_NO_FUSED=64 KILN_VK_NO_FUSED=192": the
+# fused norm, then also the fused swiglu, off) more settings with the
+# counters (a,b for two variables at once).
 set -u
 cd "$(dirname "$0")/../.."
 build=${KILN_BUILD:-build-device}
@@ -47,6 +50,11 @@ for spec in "${specs[@]}"; do
         for pf in ${KILN_VKSYNC_PREFETCH:-2 4 8}; do
             echo "  + PREFETCH=$pf $(KILN_VK_SYNC=1 KILN_VK_SYNC_PREFETCH=$pf tg -n 128 -r 3)"
         done
+    done
+    # with counters a dependent dispatch may cost little: do the fusions
+    # that save one (the norm, swiglu) still pay?
+    for e in ${KILN_VKSYNC_ENV-KILN_VK_NO_FUSED=64 KILN_VK_NO_FUSED=192}; do
+        echo "  + $e $(env ${e//,/ } KILN_VK_SYNC=1 tg -n 128 -r 3)"
     done
     echo "== $spec: tg128 at 4096 positions, 8 sequences"
     echo "barriers d4096   $(KILN_VK_SYNC=0 tg -n 128 -r 2 -d 4096)"
