@@ -287,15 +287,15 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         const long upn = up ? strtol(up, NULL, 10) : 0;
         sh->attn_up = upn >= 1 && upn <= 32 ? (uint32_t)upn : KILN_VK_ATTN_UP_DEFAULT;
         sh->no_au4 = getenv("KILN_VK_NO_AU4") != NULL;
-        /* matmul_swiglu's workgroup (comparisons; the same bits). H100,
-         * Mistral-7B Q4_0 tg128 with 128 / 256 / 512 / 1024: 255 / 289 /
-         * 305 / 296 (unfused 288-295) */
         /* KILN_VK_SYNC_PREFETCH=N (0..16, default 0): with KILN_VK_SYNC,
          * the decode kernels touch N 16-byte pieces per lane of their
          * first weight rows before they wait (comparisons; the same bits) */
         const char *pf = getenv("KILN_VK_SYNC_PREFETCH");
         const long pfn = pf ? strtol(pf, NULL, 10) : 0;
         sh->sync_prefetch = pfn >= 0 && pfn <= 16 ? (uint32_t)pfn : 0u;
+        /* matmul_swiglu's workgroup (comparisons; the same bits). H100,
+         * Mistral-7B Q4_0 tg128 with 128 / 256 / 512 / 1024: 255 / 289 /
+         * 305 / 296 (unfused 288-295) */
         const char *sw = getenv("KILN_VK_SWIGLU_WG");
         const long swn = sw ? strtol(sw, NULL, 10) : 512;
         const uint32_t wmax = lim->maxComputeWorkGroupSize[0] < lim->maxComputeWorkGroupInvocations
