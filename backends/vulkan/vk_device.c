@@ -566,6 +566,11 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         const char *sy = getenv("KILN_VK_SYNC");
         dev->sync_on = sy && atoi(sy) != 0 && !dev->barrier_all;
         dev->sync_giveup = sy && atoi(sy) == 2;
+        /* KILN_VK_SYNC_SEGMENTS=N (tests): a recording uses at most N
+         * counters, then barriers (the path of a step longer than 1023) */
+        const char *sg = getenv("KILN_VK_SYNC_SEGMENTS");
+        const long sgn = sg ? strtol(sg, NULL, 10) : 0;
+        dev->sync_words = sgn >= 1 && sgn < (long)KILN_VK_SYNC_WORDS ? (uint32_t)sgn + 1 : KILN_VK_SYNC_WORDS;
     }
     dev->norm_dbg = getenv("KILN_VK_NORM_DBG") ? (uint32_t)atoi(getenv("KILN_VK_NORM_DBG")) : 0u;
     const char *skip = getenv("KILN_VK_SKIP");
@@ -606,28 +611,34 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_vk_device_close(dev);
         return st;
     }
+    /* sync.glsl's counters, bound to every pipeline that includes it
+     * (eager dispatches and steps without the mode neither wait nor
+     * count), zeroed at the start of each recorded step that uses them.
+     * With KILN_VK_SYNC in device memory the host maps, so that the host
+     * sees a wait that gave up (word 0) once the step's fence is signalled
+     * (counters in system memory would put every poll across the bus);
+     * where the device has none, the mode is off. */
+    static const uint32_t zw[KILN_VK_SYNC_WORDS];
+    if (dev->sync_on) {
+        if (kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST_NEAR, sizeof zw, &dev->sync_buf) != KILN_OK ||
+            !dev->sync_buf->chunk->device_local || !dev->sync_buf->chunk->map) {
+            kiln_vk_buffer_free(dev->sync_buf);
+            dev->sync_buf = NULL;
+            dev->sync_on = false;
+            kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: KILN_VK_SYNC ignored: no host-visible device memory "
+                     "for the counters");
+        } else {
+            memset(kiln_vk_sync_words(dev), 0, sizeof zw);
+        }
+    }
     /* matmul_add_rms_norm's counter: zero before any dispatch counts on it */
     static const uint32_t zeros[4];
-    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
+    if ((!dev->sync_buf && ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zw, &dev->sync_buf)) ||
+                            (st = kiln_vk_upload(dev, dev->sync_buf, 0, zw, sizeof zw)))) ||
+        (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
         (st = kiln_vk_upload(dev, dev->norm_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
         kiln_vk_device_close(dev);
         return st;
-    }
-    /* sync.glsl's counters, bound to every pipeline that includes it
-     * (eager dispatches neither wait nor count), zeroed at the start of
-     * each recorded step that uses them. Host-visible, so that the host
-     * sees a wait that gave up (word 0) once the step's fence is signalled;
-     * the mode needs them in device memory (counters in system memory
-     * would put every poll across the bus). */
-    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST_NEAR, 4u * KILN_VK_SYNC_WORDS, &dev->sync_buf))) {
-        kiln_vk_device_close(dev);
-        return st;
-    }
-    memset(kiln_vk_sync_words(dev), 0, 4u * KILN_VK_SYNC_WORDS);
-    if (dev->sync_on && !dev->sync_buf->chunk->device_local) {
-        kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: KILN_VK_SYNC ignored: the device has no host-visible "
-                 "device memory for the counters");
-        dev->sync_on = false;
     }
     kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: device %d open: %s%s%s", index, dev->sh->name,
              dev->sh->subgroup_arith ? " (subgroup arithmetic)" : "",
@@ -749,14 +760,23 @@ static kiln_status wait_pending(kiln_bk_device *dev) {
     if (sw && __atomic_load_n(&sw[0], __ATOMIC_ACQUIRE) != 0) {
         /* a workgroup stopped waiting for a counter (sync.glsl): what the
          * step computed cannot be trusted. Its recordings go; from now on
-         * steps are recorded with barriers */
+         * steps are recorded with barriers; the next download says so
+         * (whoever waited here, it is what reads the step's results) */
         sw[0] = 0;
         dev->sync_on = false;
         dev->sync_failed = true;
-        return kiln_error(KILN_E_BACKEND, "vulkan backend: a recorded step's wait on a counter gave up "
-                          "(KILN_VK_SYNC): its results are not valid; barriers from now on");
+        dev->sync_error = true;
     }
     return KILN_OK;
+}
+
+/* After the work a download reads has finished: whether a recorded step
+ * since the last download gave up a wait (KILN_VK_SYNC), once. */
+static kiln_status sync_error_take(kiln_bk_device *dev) {
+    if (!dev->sync_error) return KILN_OK;
+    dev->sync_error = false;
+    return kiln_error(KILN_E_BACKEND, "vulkan backend: a recorded step's wait on a counter gave up (KILN_VK_SYNC): "
+                      "its results are not valid; barriers from now on");
 }
 
 kiln_status kiln_vk_begin(kiln_bk_device *dev) {
@@ -883,9 +903,13 @@ kiln_status kiln_vk_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uin
         return kiln_error(KILN_E_INVALID_ARG,
                           "vulkan backend: buffer_download: [%llu, +%llu) outside a %llu-byte buffer",
                           (unsigned long long)offset, (unsigned long long)size, (unsigned long long)src->size);
-    if (size == 0) return kiln_vk_finish(dev);
+    if (size == 0) {
+        kiln_status st = kiln_vk_finish(dev);
+        return st != KILN_OK ? st : sync_error_take(dev);
+    }
     if (src->chunk->map) {
         kiln_status st = kiln_vk_finish(dev);
+        if (st == KILN_OK) st = sync_error_take(dev);
         if (st != KILN_OK) return st;
         memcpy(dst, src->chunk->map + src->blk->offset + offset, size);
         return KILN_OK;
@@ -897,7 +921,7 @@ kiln_status kiln_vk_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uin
         if (st == KILN_OK) st = kiln_vk_begin(dev);
         if (st != KILN_OK) return st;
         record_copy(dev, src, offset + done, s.buf, s.offset, n);
-        if ((st = kiln_vk_finish(dev)) != KILN_OK) return st;
+        if ((st = kiln_vk_finish(dev)) != KILN_OK || (st = sync_error_take(dev)) != KILN_OK) return st;
         memcpy((uint8_t *)dst + done, s.ptr, n);
         done += n;
     }

@@ -215,6 +215,7 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     dev->sync_seg = 1;
     dev->sync_seg_wgs = dev->sync_target = dev->sync_wait = 0;
     dev->sync_ok = true;
+    dev->sync_full = false;
     dev->rec_syncs = 0;
     if (dev->timestamps) { /* profiling only: without the pool the step is not timed */
         VkQueryPoolCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};

@@ -405,6 +405,9 @@ struct kiln_bk_device {
     kiln_bk_buffer *sync_buf;
     bool sync_on;
     bool sync_failed; /* a wait gave up: the recordings with waits are to be dropped */
+    bool sync_error;  /* ... and the next download has not said so yet */
+    bool sync_full;   /* the recording used every counter: barriers for the rest of it */
+    uint32_t sync_words; /* counters a recording may use + 1 (KILN_VK_SYNC_WORDS; tests: KILN_VK_SYNC_SEGMENTS) */
     bool sync_giveup; /* KILN_VK_SYNC=2 (tests): the first wait of a recording never ends */
     bool sync_ok;
     uint32_t sync_seg, sync_seg_wgs, sync_wait, sync_target;

@@ -173,7 +173,10 @@ kiln_status kiln_vk_mem_alloc(kiln_vk_shared *sh, int kind, uint64_t size, kiln_
     if (size > UINT64_MAX - a)
         return kiln_error(KILN_E_OOM_DEVICE, "vulkan: %llu bytes is too large", (unsigned long long)size);
     uint64_t need = size == 0 ? a : (size + a - 1) / a * a;
-    bool dedicated = need >= KILN_VK_CHUNK / 2;
+    /* device memory the host maps (a BAR) is scarce on some devices and its
+     * buffers are small (graph stages, sync.glsl's counters): small chunks */
+    const uint64_t chunk_bytes = kind == KILN_VK_MEM_HOST_NEAR ? (4ull << 20) : KILN_VK_CHUNK;
+    bool dedicated = need >= chunk_bytes / 2;
     kiln_status st = KILN_OK;
     kiln_vk_chunk *owner = NULL;
     kiln_vk_block *b = NULL;
@@ -186,7 +189,7 @@ kiln_status kiln_vk_mem_alloc(kiln_vk_shared *sh, int kind, uint64_t size, kiln_
         }
     if (st == KILN_OK && !b) {
         kiln_vk_chunk *c = NULL;
-        st = chunk_create(sh, kind, dedicated ? need : KILN_VK_CHUNK, dedicated, &c);
+        st = chunk_create(sh, kind, dedicated ? need : chunk_bytes, dedicated, &c);
         if (st == KILN_OK && (st = chunk_take(c, need, &b)) != KILN_OK) chunk_destroy(sh, c);
         if (st == KILN_OK) {
             c->prev = NULL;

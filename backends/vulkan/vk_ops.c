@@ -139,7 +139,11 @@ static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, 
             need = pp->buf == vb && lo < pp->hi && pp->lo < hi && (pp->write || w);
         }
     }
-    if (need && sync_here && dev->sync_ok && dev->sync_seg_wgs > 0 && dev->sync_seg + 1 < KILN_VK_SYNC_WORDS) {
+    /* a dispatch that does not wait must not run in a segment that waits:
+     * what it conflicts with may lie in the segment before (already off
+     * the pending list) */
+    if (dev->sync_on && dev->graph_mode == 1 && !sync_here && dev->sync_target != 0) need = true;
+    if (need && sync_here && dev->sync_ok && dev->sync_seg_wgs > 0 && dev->sync_seg + 1 < dev->sync_words) {
         dev->sync_wait = dev->sync_seg;
         dev->sync_target = dev->sync_giveup && dev->rec_syncs == 0 ? UINT32_MAX : dev->sync_seg_wgs;
         dev->sync_seg++;
@@ -151,17 +155,21 @@ static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, 
         else kiln_vk_barrier_compute(cmd);
         dev->n_pend = 0;
         if (dev->graph_mode == 1) dev->rec_barriers++;
-        /* everything before has finished: a fresh segment, nothing to wait for */
-        if (dev->sync_seg_wgs > 0 && dev->sync_seg + 1 < KILN_VK_SYNC_WORDS) dev->sync_seg++;
+        /* everything before has finished: a fresh segment (its counter
+         * unused), nothing to wait for; none left: barriers from here on */
+        if (dev->sync_seg_wgs > 0) {
+            if (dev->sync_seg + 1 < dev->sync_words) dev->sync_seg++;
+            else dev->sync_full = true;
+        }
         dev->sync_seg_wgs = dev->sync_target = dev->sync_wait = 0;
-        dev->sync_ok = true;
+        dev->sync_ok = !dev->sync_full;
     }
-    if (sync_here && dev->sync_seg + 1 < KILN_VK_SYNC_WORDS) {
+    if (sync_here && !dev->sync_full) {
         sync[0] = dev->sync_wait;
         sync[1] = dev->sync_target;
         sync[2] = dev->sync_seg;
         dev->sync_seg_wgs += wgs;
-    } else if (dev->graph_mode == 1 && !sync_here) {
+    } else if (dev->graph_mode == 1) {
         dev->sync_ok = false; /* this one does not count: the next dependent one takes a barrier */
     }
     for (uint32_t i = 0; i < n_binds; i++) {
