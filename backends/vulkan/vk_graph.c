@@ -249,6 +249,15 @@ kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo) {
     const bool moved = mem_gen(dev->sh) != dev->graph_mem_gen || dev->act_gen != dev->graph_act_gen;
     if (mode == 1) {
         kiln_vk_graph *g = &dev->graph_new;
+        if (dev->sync_on && !dev->graph_failed) {
+            /* sync.glsl's give-up flag, read by the host after the fence:
+             * a fence orders device accesses only */
+            VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER};
+            mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
+            mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
+            vkCmdPipelineBarrier(g->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0,
+                                 NULL, 0, NULL);
+        }
         VkResult r = vkEndCommandBuffer(g->cmd);
         if (dev->graph_failed || moved || r != VK_SUCCESS) {
             /* nothing recorded ran: the caller issues the operations again */
