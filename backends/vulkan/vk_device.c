@@ -625,6 +625,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
             kiln_vk_buffer_free(dev->sync_buf);
             dev->sync_buf = NULL;
             dev->sync_on = false;
+            kiln_error_clear(); /* not this call's failure: the mode is off, the handle opens */
             kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: KILN_VK_SYNC ignored: no host-visible device memory "
                      "for the counters");
         } else {

@@ -208,7 +208,8 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     }
     /* orders the step after earlier submissions; host writes (the stage) visible */
     kiln_vk_barrier_cmd(g->cmd);
-    if (dev->sync_on) { /* sync.glsl's counters start each replay at zero */
+    dev->rec_sync = dev->sync_on; /* for the whole recording, whatever a wait finds meanwhile */
+    if (dev->rec_sync) { /* sync.glsl's counters start each replay at zero */
         vkCmdFillBuffer(g->cmd, dev->sync_buf->chunk->buf, dev->sync_buf->blk->offset, 4u * KILN_VK_SYNC_WORDS, 0);
         kiln_vk_barrier_cmd(g->cmd);
     }
@@ -249,7 +250,7 @@ kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo) {
     const bool moved = mem_gen(dev->sh) != dev->graph_mem_gen || dev->act_gen != dev->graph_act_gen;
     if (mode == 1) {
         kiln_vk_graph *g = &dev->graph_new;
-        if (dev->sync_on && !dev->graph_failed) {
+        if (dev->rec_sync && !dev->graph_failed) {
             /* sync.glsl's give-up flag, read by the host after the fence:
              * a fence orders device accesses only */
             VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER};

@@ -404,6 +404,7 @@ struct kiln_bk_device {
      * segment (the next dependent dispatch then takes a barrier) */
     kiln_bk_buffer *sync_buf;
     bool sync_on;
+    bool rec_sync;    /* the recording being made uses the counters (sync_on at its graph_begin) */
     bool sync_failed; /* a wait gave up: the recordings with waits are to be dropped */
     bool sync_error;  /* ... and the next download has not said so yet */
     bool sync_full;   /* the recording used every counter: barriers for the rest of it */

@@ -6,9 +6,11 @@
  * or one dedicated chunk for a buffer of at least half that), each with one
  * VkBuffer spanning it; a kiln buffer is a block of a chunk (first fit,
  * neighbours merged when freed). A chunk whose blocks are all free goes
- * back to the device at once. Two kinds: device-local (weights, KV,
- * transient) and host-visible coherent (staging, the ring), the latter
- * mapped for its life. All under the shared device's mem_lock.
+ * back to the device at once. Kinds: device-local (weights, KV,
+ * transient), host-visible coherent (staging, the ring) and host-visible
+ * device-local where the device has it (KILN_VK_STAGE_NEAR's graph
+ * stages, KILN_VK_SYNC's counters; 4 MiB chunks), the host-visible ones
+ * mapped for their life. All under the shared device's mem_lock.
  *
  * Out of device memory (vkAllocateMemory) is KILN_E_OOM_DEVICE; a failed
  * call keeps nothing it allocated.

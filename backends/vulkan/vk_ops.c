@@ -124,7 +124,7 @@ static bool sync_capable(int which) {
 static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, const kiln_vk_bind *binds,
                            uint32_t n_binds, uint32_t wgs, uint32_t sync[3]) {
     const uint32_t wmask = written_bindings(which);
-    const bool sync_here = dev->sync_on && dev->graph_mode == 1 && sync_capable(which);
+    const bool sync_here = dev->rec_sync && dev->graph_mode == 1 && sync_capable(which);
     sync[0] = sync[1] = sync[2] = 0;
     if (dev->skip & 1024u) return; /* KILN_VK_SKIP: no barriers (profiling only) */
     bool need = dev->barrier_all ? dev->n_pend > 0 : dev->n_pend + n_binds > KILN_VK_MAX_PENDING;
@@ -142,7 +142,7 @@ static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, 
     /* a dispatch that does not wait must not run in a segment that waits:
      * what it conflicts with may lie in the segment before (already off
      * the pending list) */
-    if (dev->sync_on && dev->graph_mode == 1 && !sync_here && dev->sync_target != 0) need = true;
+    if (dev->rec_sync && dev->graph_mode == 1 && !sync_here && dev->sync_target != 0) need = true;
     if (need && sync_here && dev->sync_ok && dev->sync_seg_wgs > 0 && dev->sync_seg + 1 < dev->sync_words) {
         dev->sync_wait = dev->sync_seg;
         dev->sync_target = dev->sync_giveup && dev->rec_syncs == 0 ? UINT32_MAX : dev->sync_seg_wgs;

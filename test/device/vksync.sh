@@ -54,7 +54,7 @@ for spec in "${specs[@]}"; do
     # with counters a dependent dispatch may cost little: do the fusions
     # that save one (the norm, swiglu) still pay?
     for e in ${KILN_VKSYNC_ENV-KILN_VK_NO_FUSED=64 KILN_VK_NO_FUSED=192}; do
-        echo "  + $e $(env ${e//,/ } KILN_VK_SYNC=1 tg -n 128 -r 3)"
+        echo "  + $e $(export ${e//,/ } KILN_VK_SYNC=1; tg -n 128 -r 3)"
     done
     echo "== $spec: tg128 at 4096 positions, 8 sequences"
     echo "barriers d4096   $(KILN_VK_SYNC=0 tg -n 128 -r 2 -d 4096)"

@@ -22,7 +22,9 @@
  * Every shader that includes it (before its push constants): they end with
  * KILN_SYNC_PC (the last 12 bytes of the 128-byte range; the host pushes
  * them with every dispatch: zeros without the mode), its main() is named
- * kiln_main() and KILN_SYNC_MAIN follows it.
+ * kiln_main() and KILN_SYNC_MAIN follows it. (attention.comp gets the
+ * declarations through attn_io.glsl but keeps its own main(): it is not
+ * one of the pipelines vk_ops.c sync_capable lists, so it never waits.)
  */
 #ifndef KILN_SYNC_GLSL
 #define KILN_SYNC_GLSL
