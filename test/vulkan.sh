@@ -23,7 +23,8 @@
 #                dispatches ordered by counters, no barriers) equals the
 #                default's (also with KILN_VK_SYNC_PREFETCH=4, and
 #                test_vulkan_ops' test_sync_steps with it and with 3
-#                counters per recording), and a short
+#                counters per recording; test_kv and test_lifecycle in
+#                the mode), and a short
 #                decode in that mode under the
 #                validation layer (without synchronization validation,
 #                which cannot see the counters) reports no error
@@ -178,6 +179,9 @@ if want sync; then
     only_sync=test_matmul_and_get_rows,test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_matmul_multi,test_fused_rope_kv_store,test_fused_quant_producers,test_fused_matmul_add_rms_norm,test_fused_matmul_swiglu,test_mmv_unroll_bits,test_q4_0_split_layout
     ctest test_vulkan_ops KILN_VK_SYNC_PREFETCH=4 KILN_TEST_SKIP=$only_sync
     ctest test_vulkan_ops KILN_VK_SYNC_SEGMENTS=3 KILN_TEST_SKIP=$only_sync
+    # decode, verify batches, suspend/resume and purges with the mode
+    ctest test_kv KILN_VK_SYNC=1
+    ctest test_lifecycle KILN_VK_SYNC=1
 fi
 if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan

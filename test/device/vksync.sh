@@ -5,6 +5,8 @@
 #   1. test_vulkan_ops (test_sync_steps compares recorded steps without
 #      barriers with eager dispatches bit for bit, and takes the give-up
 #      path), with KILN_VK_SYNC_PREFETCH=4 for its touch before the wait;
+#      test_kv, test_lifecycle and test_backend_attn with KILN_VK_SYNC=1
+#      (the models they find under $KILN_SHARED);
 #   2. per model (default mistral-7b:q4_0 mistral-7b:q4_k_m, generated
 #      with kiln-gen-model into /tmp; a .gguf path is used as it is): the greedy text of 96 tokens with
 #      and without the mode (a stale read would change it), then tg128
@@ -26,6 +28,10 @@ build=${KILN_BUILD:-build-device}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader 2>/dev/null
 echo "== test_vulkan_ops"
 KILN_VK_SYNC_PREFETCH=4 timeout 300 "$build/test/test_vulkan_ops" 2>&1 | grep -E "FAIL|sync|^kt:"
+for t in test_kv test_lifecycle test_backend_attn; do
+    echo "== $t, KILN_VK_SYNC=1"
+    KILN_VK_SYNC=1 KILN_BACKEND=vulkan KILN_ATTN_BACKEND=vulkan timeout 300 "$build/test/$t" 2>&1 | grep -E "FAIL|^kt:"
+done
 
 tg() { # tg ARGS...: kiln-bench's last line on Vulkan under the caller's environment
     timeout 180 "$build/bin/kiln-bench" --backend vulkan -m "$f" -p 0 "$@" 2>&1 | tail -n 1
