@@ -1058,9 +1058,10 @@ static void test_sync_steps(void) {
             /* the handle's first recording gives up (its first step may run
              * eagerly while the activation scratch grows); after that, none.
              * Without the decode kernels (no subgroup arithmetic,
-             * KILN_VK_NO_MMV) no dispatch waits on a counter at all. */
-            const int waits = vk_subgroup && !getenv("KILN_VK_NO_MMV");
-            KT_CHECKF(gave_up == (mode == 2 && ti == 0 && waits), "KILN_VK_SYNC=%d %s: %d steps gave up", mode,
+             * KILN_VK_NO_MMV) only the norms may wait on a counter, and
+             * whether any does depends on the kernels the chain gets. */
+            const int most = mode == 2 && ti == 0, least = most && vk_subgroup && !getenv("KILN_VK_NO_MMV");
+            KT_CHECKF(gave_up >= least && gave_up <= most, "KILN_VK_SYNC=%d %s: %d steps gave up", mode,
                       kiln_type_name(type), gave_up);
             sc_close(&ref);
             sc_close(&syn);
