@@ -500,6 +500,11 @@ void kiln_vk_shared_put(kiln_vk_shared *sh) {
 /* handles                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* sync.glsl's counters as the host maps them (word 0: a wait gave up). */
+static uint32_t *sync_words(kiln_bk_device *dev) {
+    return (uint32_t *)(dev->sync_buf->chunk->map + dev->sync_buf->blk->offset);
+}
+
 kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params, kiln_bk_device **out) {
     if (!out) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: device_open: out is NULL");
     *out = NULL;
@@ -629,7 +634,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
             kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: KILN_VK_SYNC ignored: no host-visible device memory "
                      "for the counters");
         } else {
-            memset(kiln_vk_sync_words(dev), 0, sizeof zw);
+            memset(sync_words(dev), 0, sizeof zw);
         }
     }
     /* matmul_add_rms_norm's counter: zero before any dispatch counts on it */
@@ -744,10 +749,6 @@ void kiln_vk_barrier_compute(VkCommandBuffer cmd) {
                          NULL, 0, NULL);
 }
 
-uint32_t *kiln_vk_sync_words(kiln_bk_device *dev) {
-    return (uint32_t *)(dev->sync_buf->chunk->map + dev->sync_buf->blk->offset);
-}
-
 static kiln_status wait_pending(kiln_bk_device *dev) {
     if (!dev->pending) return KILN_OK;
     VkResult r = vkWaitForFences(dev->sh->device, 1, &dev->fence, VK_TRUE, UINT64_MAX);
@@ -757,7 +758,7 @@ static kiln_status wait_pending(kiln_bk_device *dev) {
     dev->ring_used = 0;
     dev->ring_epoch++;
     if (r != VK_SUCCESS) return kiln_vk_result(r, "vkWaitForFences");
-    uint32_t *sw = dev->sync_on ? kiln_vk_sync_words(dev) : NULL;
+    uint32_t *sw = dev->sync_on ? sync_words(dev) : NULL;
     if (sw && __atomic_load_n(&sw[0], __ATOMIC_ACQUIRE) != 0) {
         /* a workgroup stopped waiting for a counter (sync.glsl): what the
          * step computed cannot be trusted. Its recordings go; from now on

@@ -497,8 +497,6 @@ typedef struct kiln_vk_bind {
  * *rem is where `offset` lands inside the binding (bytes). */
 kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, uint64_t offset, uint64_t size,
                                kiln_vk_bind *out, uint32_t *rem, const char *op);
-/* sync.glsl's counters as the host maps them (word 0: a wait gave up). */
-uint32_t *kiln_vk_sync_words(kiln_bk_device *dev);
 /* Records a dispatch of pipeline `which` with n bindings and push constants
  * (groups split into several dispatches where they exceed the device's
  * limit along x is the caller's business), after a barrier where it

@@ -122,9 +122,9 @@ static bool sync_capable(int which) {
  * from here on wait for the segment before theirs; sync[] gets the
  * dispatch's wait, target and signal (all 0: none). */
 static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, const kiln_vk_bind *binds,
-                           uint32_t n_binds, uint32_t wgs, uint32_t sync[3]) {
+                           uint32_t n_binds, uint32_t wgs, bool capable, uint32_t sync[3]) {
     const uint32_t wmask = written_bindings(which);
-    const bool sync_here = dev->rec_sync && dev->graph_mode == 1 && sync_capable(which);
+    const bool sync_here = dev->rec_sync && dev->graph_mode == 1 && capable;
     sync[0] = sync[1] = sync[2] = 0;
     if (dev->skip & 1024u) return; /* KILN_VK_SKIP: no barriers (profiling only) */
     bool need = dev->barrier_all ? dev->n_pend > 0 : dev->n_pend + n_binds > KILN_VK_MAX_PENDING;
@@ -215,7 +215,8 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     }
     if (st == KILN_OK && !in_graph) st = kiln_vk_begin(dev);
     if (st != KILN_OK) return st;
-    if (n_binds > KILN_VK_SYNC_BINDING || (sync_capable(which) && push_size > KILN_VK_SYNC_PUSH_OFFSET))
+    const bool capable = sync_capable(which); /* its shader includes sync.glsl */
+    if (n_binds > KILN_VK_SYNC_BINDING || (capable && push_size > KILN_VK_SYNC_PUSH_OFFSET))
         return kiln_error(KILN_E_INTERNAL, "vulkan backend: dispatch with %u bindings, %u bytes of push constants",
                           n_binds, push_size);
     VkDescriptorBufferInfo bi[KILN_VK_MAX_BINDINGS];
@@ -232,9 +233,9 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
         w[i].pBufferInfo = &bi[i];
     }
     uint32_t sync[3];
-    hazard_barrier(dev, cmd, which, binds, n_binds, gx * gy * gz, sync);
+    hazard_barrier(dev, cmd, which, binds, n_binds, gx * gy * gz, capable, sync);
     uint32_t n_w = n_binds;
-    if (sync_capable(which)) { /* sync.glsl's binding: counters (zeros: no wait, no count) */
+    if (capable) { /* sync.glsl's binding: counters (zeros: no wait, no count) */
         bi[n_w].buffer = dev->sync_buf->chunk->buf;
         bi[n_w].offset = dev->sync_buf->blk->offset;
         bi[n_w].range = 4u * KILN_VK_SYNC_WORDS;
@@ -248,7 +249,7 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
     sh->push_descriptor(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_w, w);
     vkCmdPushConstants(cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
-    if (sync_capable(which))
+    if (capable)
         vkCmdPushConstants(cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, KILN_VK_SYNC_PUSH_OFFSET, sizeof sync, sync);
     vkCmdDispatch(cmd, gx, gy, gz);
     if (in_graph) {
