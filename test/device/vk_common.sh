@@ -1,13 +1,19 @@
 # test/device/vk_common.sh - sourced by the Vulkan device scripts
 # (vkprof.sh, vkpp.sh) from the repository root, with $build set:
-# installs the carried Vulkan loader (.gl/*.deb) where the machine lacks
-# one, points the loader at NVIDIA's driver and kiln at $build's plugins.
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1' && ls .gl/*.deb >/dev/null 2>&1; then
+# unpacks the carried loaders (.gl/*.deb, the device README's list), points
+# the loader at NVIDIA's driver and kiln at $build's plugins.
+# The device README: unpack the carried loaders in every run (a machine
+# may have libvulkan but not libglvnd, which NVIDIA's ICD needs).
+if ls .gl/*.deb >/dev/null 2>&1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
 fi
 nv_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nv_icd" ]; then export VK_DRIVER_FILES=$nv_icd; fi
+[ -f "$nv_icd" ] || nv_icd=$(find /usr/local/nvidia /usr/share/vulkan /etc/vulkan -name 'nvidia_icd*.json' 2>/dev/null | head -n 1)
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -n "$nv_icd" ] && [ -f "$nv_icd" ]; then export VK_DRIVER_FILES=$nv_icd; fi
+[ -f /usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json ] &&
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+echo "vk_common: loader $(ldconfig -p | grep -c 'libvulkan.so.1') ICD ${VK_DRIVER_FILES:-none}"
 export KILN_BACKEND_PATH=$PWD/$build
 
 # vk_model SHAPE:TYPE: the path of a kiln-gen-model file of that shape and
