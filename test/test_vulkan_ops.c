@@ -32,7 +32,6 @@
 static const kiln_backend_iface *cpu, *vk;
 static kiln_bk_device *dcpu, *dvk;
 static int vk_coopmat; /* the device said it multiplies batches on matrix cores */
-static int vk_subgroup; /* the device said it has subgroup arithmetic (the decode kernels mmv.glsl) */
 
 /* Whether a matmul of m activation rows may go to the matrix cores: past
  * 16 rows, or past 4 when the matrix-vector kernel is switched off. */
@@ -45,7 +44,6 @@ static void vk_log(int32_t level, const char *msg, void *user) {
     (void)level;
     (void)user;
     if (strstr(msg, "cooperative matrices")) vk_coopmat = 1;
-    if (strstr(msg, "subgroup arithmetic")) vk_subgroup = 1;
     if (getenv("KILN_VK_OPS_VERBOSE")) printf("  [vulkan] %s\n", msg);
 }
 
@@ -889,190 +887,6 @@ static void test_q4_0_split_layout(void) {
     free(x);
 }
 
-/* ---- KILN_VK_SYNC: a recorded step ordered by counters (sync.glsl) ---- */
-
-/* One decode-shaped chain of dependent operations on device d, each one
- * reading what the one before wrote: rms_norm, matmul_swiglu,
- * matmul_add_rms_norm, matmul_multi of two products, add, matmul, then
- * get_rows (a pipeline without the counters: a barrier where its segment
- * waits) of the q and k rows and an rms_norm of what it gathered. */
-typedef struct {
-    kiln_bk_device *d;
-    kiln_bk_buffer *w, *io; /* weights; x, norm weights, activations, results */
-    kiln_bk_tensor wg, wu, wd, wq, wk, wo;
-} sync_chain;
-
-enum { SC_E = 512, SC_F = 1024, SC_N = 64 };
-/* io's floats: x, nw1, nw2, h, a (2F: gate and up), s, h2, q, k, out, g (2 rows) */
-#define SC_X 0
-#define SC_NW1 (SC_X + SC_E)
-#define SC_NW2 (SC_NW1 + SC_E)
-#define SC_H (SC_NW2 + SC_E)
-#define SC_A (SC_H + SC_E)
-#define SC_S (SC_A + 2 * SC_F)
-#define SC_H2 (SC_S + SC_E)
-#define SC_Q (SC_H2 + SC_E)
-#define SC_K (SC_Q + SC_E)
-#define SC_OUT (SC_K + SC_E)
-#define SC_G (SC_OUT + SC_N)
-#define SC_TOTAL (SC_G + 2 * SC_E)
-
-static int32_t sc_prepare(kiln_bk_device *d, kiln_bk_tensor *t) {
-    int32_t layout = 0;
-    if (vk->weight_prepare) KT_CHECK_OK(vk->weight_prepare(d, t, &layout));
-    return layout;
-}
-
-static void sc_open(sync_chain *c, kiln_bk_device *d, int32_t type, const uint8_t *wq, const float *io) {
-    const uint64_t rE = kiln_type_row_size(type, SC_E), rF = kiln_type_row_size(type, SC_F);
-    c->d = d;
-    c->w = kt_bk_buf(vk, d, rE * (2 * SC_F + 2 * SC_E + SC_N) + rF * SC_E, wq);
-    c->io = kt_bk_buf(vk, d, sizeof(float) * SC_TOTAL, io);
-    uint64_t off = 0;
-    c->wg = kt_bk_tensor(c->w, type, SC_E, SC_F, off), off += rE * SC_F;
-    c->wu = kt_bk_tensor(c->w, type, SC_E, SC_F, off), off += rE * SC_F;
-    c->wq = kt_bk_tensor(c->w, type, SC_E, SC_E, off), off += rE * SC_E;
-    c->wk = kt_bk_tensor(c->w, type, SC_E, SC_E, off), off += rE * SC_E;
-    c->wo = kt_bk_tensor(c->w, type, SC_E, SC_N, off), off += rE * SC_N;
-    c->wd = kt_bk_tensor(c->w, type, SC_F, SC_E, off);
-    kiln_bk_tensor *all[] = {&c->wg, &c->wu, &c->wq, &c->wk, &c->wo, &c->wd};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) all[i]->layout = sc_prepare(d, all[i]);
-}
-
-static kiln_bk_tensor sc_row(const sync_chain *c, uint64_t at, int64_t n) {
-    return kt_bk_tensor(c->io, KILN_TYPE_F32, n, 1, sizeof(float) * at);
-}
-
-static kiln_status sc_ops(sync_chain *c) {
-    kiln_bk_tensor x = sc_row(c, SC_X, SC_E), nw1 = sc_row(c, SC_NW1, SC_E), nw2 = sc_row(c, SC_NW2, SC_E);
-    kiln_bk_tensor h = sc_row(c, SC_H, SC_E), g = sc_row(c, SC_A, SC_F), u = sc_row(c, SC_A + SC_F, SC_F);
-    kiln_bk_tensor s = sc_row(c, SC_S, SC_E), h2 = sc_row(c, SC_H2, SC_E), q = sc_row(c, SC_Q, SC_E);
-    kiln_bk_tensor k = sc_row(c, SC_K, SC_E), out = sc_row(c, SC_OUT, SC_N);
-    const kiln_bk_tensor *w2[2] = {&c->wq, &c->wk};
-    kiln_bk_tensor *d2[2] = {&q, &k};
-    kiln_status st;
-    if ((st = vk->rms_norm(c->d, &x, &nw1, 1e-5f, &h)) || (st = vk->matmul_swiglu(c->d, &c->wg, &c->wu, &h, &u, &g)) ||
-        (st = vk->matmul_add_rms_norm(c->d, &c->wd, &g, &x, &s, &nw2, 1e-5f, &h2)) ||
-        (st = vk->matmul_multi(c->d, 2, w2, &h2, d2)) || (st = vk->add(c->d, &q, &k, &q)) ||
-        (st = vk->matmul(c->d, &c->wo, &q, &out)))
-        return st;
-    static const int32_t ids[2] = {1, 0};
-    kiln_bk_tensor table = kt_bk_tensor(c->io, KILN_TYPE_F32, SC_E, 2, sizeof(float) * SC_Q);
-    kiln_bk_tensor g2 = kt_bk_tensor(c->io, KILN_TYPE_F32, SC_E, 2, sizeof(float) * SC_G);
-    kiln_bk_tensor g0 = sc_row(c, SC_G, SC_E), g1 = sc_row(c, SC_G + SC_E, SC_E);
-    if ((st = vk->get_rows(c->d, &table, ids, &g2)) || (st = vk->rms_norm(c->d, &g0, &nw2, 1e-5f, &g1))) return st;
-    return KILN_OK;
-}
-
-/* The chain twice: the second pass rewrites what the first wrote, as the
- * layers of a step rewrite the same activations. */
-static kiln_status sc_ops2(sync_chain *c) {
-    kiln_status st = sc_ops(c);
-    return st != KILN_OK ? st : sc_ops(c);
-}
-
-/* The chain as a recorded (or replayed) step, as lib/forward.c runs one. */
-static kiln_status sc_step(sync_chain *c) {
-    kiln_status st = vk->graph_begin(c->d, 7);
-    if (st != KILN_OK) return st;
-    kiln_status ops = sc_ops2(c);
-    int32_t redo = 0;
-    st = vk->graph_end(c->d, &redo);
-    if (ops != KILN_OK) return ops;
-    if (st == KILN_OK && redo) st = sc_ops2(c);
-    return st;
-}
-
-static void sc_close(sync_chain *c) {
-    vk->buffer_free(c->w);
-    vk->buffer_free(c->io);
-}
-
-/* Downloads io from both chains; whether every float is the same bits. */
-static int sc_same(sync_chain *a, sync_chain *b, kiln_status *st_b) {
-    float *ha = malloc(sizeof(float) * SC_TOTAL), *hb = malloc(sizeof(float) * SC_TOTAL);
-    KT_CHECK_OK(vk->buffer_download(a->d, a->io, 0, ha, sizeof(float) * SC_TOTAL));
-    *st_b = vk->buffer_download(b->d, b->io, 0, hb, sizeof(float) * SC_TOTAL);
-    const int same = *st_b == KILN_OK && memcmp(ha, hb, sizeof(float) * SC_TOTAL) == 0;
-    free(ha);
-    free(hb);
-    return same;
-}
-
-/* KILN_VK_SYNC=1: a handle's recorded steps without barriers between
- * dependent dispatches give the bits of eager dispatches (recorded, then
- * replayed with new inputs); KILN_VK_SYNC=2: the first wait never ends,
- * gives up, and the download after the step returns KILN_E_BACKEND; the
- * next steps (recorded again, with barriers) are right. Q4_0 and F16 take
- * the fused decode kernels, Q4_K the separate ones. */
-static void test_sync_steps(void) {
-    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_F16, KILN_TYPE_Q4_K};
-    if (vk->struct_size < offsetof(kiln_backend_iface, matmul_swiglu) + sizeof vk->matmul_swiglu ||
-        !vk->matmul_swiglu || !vk->graph_begin) {
-        KT_CHECKF(0, "the Vulkan plugin lacks an entry the test needs");
-        return;
-    }
-    for (int mode = 1; mode <= 2; mode++) {
-        kiln_bk_open_params op = {sizeof op, 0, KILN_LOG_INFO, vk_log, NULL};
-        setenv("KILN_VK_SYNC", mode == 1 ? "1" : "2", 1);
-        kiln_bk_device *ds = NULL;
-        const kiln_status ost = vk->device_open(0, &op, &ds);
-        unsetenv("KILN_VK_SYNC");
-        KT_CHECK_OK(ost);
-        if (!ds) return;
-        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
-            const int32_t type = types[ti];
-            const uint64_t rE = kiln_type_row_size(type, SC_E), rF = kiln_type_row_size(type, SC_F);
-            /* gate, up, q, k, o: rows of SC_E; then down: rows of SC_F */
-            const int64_t wrows = 2 * SC_F + 2 * SC_E + SC_N;
-            const uint64_t wbytes = rE * wrows + rF * SC_E;
-            float *wf = malloc(sizeof(float) * SC_F * SC_E), *io = calloc(SC_TOTAL, sizeof(float));
-            uint8_t *wq = calloc(1, wbytes);
-            for (int64_t i = 0; i < (int64_t)SC_F * SC_E; i++) wf[i] = frand();
-            for (int64_t r = 0; r < wrows; r++)
-                KT_CHECK_OK(kiln_quantize_row(type, wf + (r % SC_F) * SC_E, wq + r * rE, SC_E));
-            for (int64_t r = 0; r < SC_E; r++)
-                KT_CHECK_OK(kiln_quantize_row(type, wf + r * SC_F, wq + rE * wrows + r * rF, SC_F));
-            for (int i = 0; i < SC_TOTAL; i++) io[i] = i < SC_H ? frand() * 2.0f : 0.0f;
-            sync_chain ref, syn;
-            sc_open(&ref, dvk, type, wq, io);
-            sc_open(&syn, ds, type, wq, io);
-            int gave_up = 0;
-            for (int step = 0; step < 4; step++) {
-                if (step > 0) { /* a new x: the replay reads it */
-                    for (int i = 0; i < SC_E; i++) io[SC_X + i] = frand() * 2.0f;
-                    KT_CHECK_OK(vk->buffer_upload(dvk, ref.io, 0, io, sizeof(float) * SC_E));
-                    KT_CHECK_OK(vk->buffer_upload(ds, syn.io, 0, io, sizeof(float) * SC_E));
-                }
-                KT_CHECK_OK(sc_ops2(&ref));
-                KT_CHECK_OK(sc_step(&syn));
-                kiln_status st = KILN_OK;
-                const int same = sc_same(&ref, &syn, &st);
-                if (mode == 2 && st == KILN_E_BACKEND) {
-                    gave_up++; /* reported, not silent; the next steps take barriers */
-                    continue;
-                }
-                KT_CHECKF(same, "KILN_VK_SYNC=%d %s step %d: the recorded step differs from eager dispatches "
-                          "(status %d)", mode, kiln_type_name(type), step, (int)st);
-            }
-            /* the handle's first recording gives up (its first step may run
-             * eagerly while the activation scratch grows); after that, none.
-             * Without the decode kernels (no subgroup arithmetic,
-             * KILN_VK_NO_MMV) only the norms may wait on a counter, and
-             * whether any does depends on the kernels the chain gets. */
-            const int most = mode == 2 && ti == 0, least = most && vk_subgroup && !getenv("KILN_VK_NO_MMV");
-            KT_CHECKF(gave_up >= least && gave_up <= most, "KILN_VK_SYNC=%d %s: %d steps gave up", mode,
-                      kiln_type_name(type), gave_up);
-            sc_close(&ref);
-            sc_close(&syn);
-            free(wf);
-            free(io);
-            free(wq);
-        }
-        vk->device_close(ds);
-    }
-}
-
 /* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few
  * allocations of its own past exit; they are not kiln's. */
 const char *__lsan_default_suppressions(void);
@@ -1101,7 +915,6 @@ int main(void) {
     KT_RUN(test_fused_matmul_swiglu);
     KT_RUN(test_mmv_unroll_bits);
     KT_RUN(test_q4_0_split_layout);
-    KT_RUN(test_sync_steps);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");
     vk->device_close(dvk);
     cpu->device_close(dcpu);

@@ -18,16 +18,6 @@
 #                weights split by weight_prepare at load) equals that with
 #                KILN_VK_LAYOUT=0 (GGUF layout): the kernels give the same
 #                bits either way
-#   sync         kiln-run's greedy text on tiny-target f16 / q4_0 / q4_k_m
-#                with KILN_VK_SYNC=1 (a recorded step's dependent
-#                dispatches ordered by counters, no barriers) equals the
-#                default's (also with KILN_VK_SYNC_PREFETCH=4, and
-#                test_vulkan_ops' test_sync_steps with it and with 3
-#                counters per recording; test_kv and test_lifecycle in
-#                the mode), and a short
-#                decode in that mode under the
-#                validation layer (without synchronization validation,
-#                which cannot see the counters) reports no error
 #   coopmat      test_vulkan_ops with the matrix-core batch kernel emulated
 #                (KILN_VK_COOPMAT_EMULATE=1; the real one needs a GPU), with
 #                every fusion on, with the weights kept in the GGUF layout
@@ -119,32 +109,6 @@ else
     skipped layout "../shared not found"
 fi
 
-# Recorded steps ordered by counters instead of barriers (sync.glsl): the
-# same text as with barriers (test_vulkan_ops' test_sync_steps compares
-# the bits and takes the give-up path)
-if want sync; then
-    sdir=${KILN_SHARED:-../shared}/models
-    if [ -f "$sdir/tiny-target-q4_0.gguf" ]; then
-        sync_bad=""
-        for m in f16 q4_0 q4_k_m; do
-            "$run" -m "$sdir/tiny-target-$m.gguf" -p "In the beginning" -n 24 --temp 0 --backend vulkan \
-                > "$tmp/sync0" 2> "$tmp/err" || sync_bad="$sync_bad $m:rc"
-            KILN_VK_SYNC=1 KILN_VK_STATS=1 "$run" -m "$sdir/tiny-target-$m.gguf" -p "In the beginning" -n 24 \
-                --temp 0 --backend vulkan > "$tmp/sync1" 2> "$tmp/err1" || sync_bad="$sync_bad $m:rc-sync"
-            cmp -s "$tmp/sync0" "$tmp/sync1" || sync_bad="$sync_bad $m:text"
-            grep -q " [1-9][0-9]* waits on counters" "$tmp/err1" || sync_bad="$sync_bad $m:no-waits"
-            # the decode kernels touching their first weights before they wait
-            KILN_VK_SYNC=1 KILN_VK_SYNC_PREFETCH=4 "$run" -m "$sdir/tiny-target-$m.gguf" -p "In the beginning" \
-                -n 24 --temp 0 --backend vulkan > "$tmp/sync1" 2> "$tmp/err1" || sync_bad="$sync_bad $m:rc-prefetch"
-            cmp -s "$tmp/sync0" "$tmp/sync1" || sync_bad="$sync_bad $m:text-prefetch"
-        done
-        if [ -z "$sync_bad" ]; then ok sync
-        else bad sync "$sync_bad: '$(cat "$tmp/sync1")' vs '$(cat "$tmp/sync0")' $(tail -n 2 "$tmp/err1")"; fi
-    else
-        skipped sync "../shared not found"
-    fi
-fi
-
 # A C test under KILN_BACKEND=vulkan: its own kt line decides.
 ctest() {
     local name=$1; shift
@@ -172,16 +136,6 @@ if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi
 # default run takes mmsg_ and mmv_)
 if want coopmat; then
     ctest test_vulkan_ops KILN_VK_NO_SUBGROUP=1 KILN_TEST_SKIP=test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_matmul_multi,test_fused_rope_kv_store,test_fused_quant_producers,test_mmv_unroll_bits
-fi
-# test_sync_steps with the weights touched before each wait, and with
-# only 3 counters per recording (then barriers: a step longer than 1023)
-if want sync; then
-    only_sync=test_matmul_and_get_rows,test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_matmul_multi,test_fused_rope_kv_store,test_fused_quant_producers,test_fused_matmul_add_rms_norm,test_fused_matmul_swiglu,test_mmv_unroll_bits,test_q4_0_split_layout
-    ctest test_vulkan_ops KILN_VK_SYNC_PREFETCH=4 KILN_TEST_SKIP=$only_sync
-    ctest test_vulkan_ops KILN_VK_SYNC_SEGMENTS=3 KILN_TEST_SKIP=$only_sync
-    # decode, verify batches, suspend/resume and purges with the mode
-    ctest test_kv KILN_VK_SYNC=1
-    ctest test_lifecycle KILN_VK_SYNC=1
 fi
 if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan
@@ -235,11 +189,6 @@ if want validation; then
             -n 8 --temp 0 --backend vulkan > "$tmp/val" 2>&1; rc=$?
         if [ "$rc" -eq 0 ] && ! grep -q -i -e "validation error" -e "VUID-" -e "SYNC-HAZARD" "$tmp/val"; then ok validation
         else bad validation "rc=$rc: $(grep -i -m 5 -e 'validation' -e 'VUID' "$tmp/val")"; fi
-        # KILN_VK_SYNC=1: the counters' binding and push constants
-        KILN_VK_SYNC=1 VK_INSTANCE_LAYERS=VK_LAYER_KHRONOS_validation VK_LOADER_LAYERS_ENABLE='*validation*' \
-            "$run" -m "$model" -p "In the beginning" -n 8 --temp 0 --backend vulkan > "$tmp/val" 2>&1; rc=$?
-        if [ "$rc" -eq 0 ] && ! grep -q -i -e "validation error" -e "VUID-" "$tmp/val"; then ok "validation (KILN_VK_SYNC=1)"
-        else bad "validation (KILN_VK_SYNC=1)" "rc=$rc: $(grep -i -m 5 -e 'validation' -e 'VUID' "$tmp/val")"; fi
     else
         skipped validation "VK_LAYER_KHRONOS_validation not installed (Debian: vulkan-validationlayers)"
     fi

@@ -287,12 +287,6 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         const long upn = up ? strtol(up, NULL, 10) : 0;
         sh->attn_up = upn >= 1 && upn <= 32 ? (uint32_t)upn : KILN_VK_ATTN_UP_DEFAULT;
         sh->no_au4 = getenv("KILN_VK_NO_AU4") != NULL;
-        /* KILN_VK_SYNC_PREFETCH=N (0..16, default 0): with KILN_VK_SYNC,
-         * the decode kernels touch N 16-byte pieces per lane of their
-         * first weight rows before they wait (comparisons; the same bits) */
-        const char *pf = getenv("KILN_VK_SYNC_PREFETCH");
-        const long pfn = pf ? strtol(pf, NULL, 10) : 0;
-        sh->sync_prefetch = pfn >= 0 && pfn <= 16 ? (uint32_t)pfn : 0u;
         /* matmul_swiglu's workgroup (comparisons; the same bits). H100,
          * Mistral-7B Q4_0 tg128 with 128 / 256 / 512 / 1024: 255 / 289 /
          * 305 / 296 (unfused 288-295) */
@@ -500,11 +494,6 @@ void kiln_vk_shared_put(kiln_vk_shared *sh) {
 /* handles                                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* sync.glsl's counters as the host maps them (word 0: a wait gave up). */
-static uint32_t *sync_words(kiln_bk_device *dev) {
-    return (uint32_t *)(dev->sync_buf->chunk->map + dev->sync_buf->blk->offset);
-}
-
 kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params, kiln_bk_device **out) {
     if (!out) return kiln_error(KILN_E_INVALID_ARG, "vulkan backend: device_open: out is NULL");
     *out = NULL;
@@ -564,19 +553,6 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_free(dev);
         return st;
     }
-    {   /* KILN_VK_SYNC=1: a recorded step's dependent dispatches ordered by
-         * counters (sync.glsl) instead of barriers; =0 off; =2 (tests) the
-         * first wait of a recording is for a count never reached, so that
-         * it gives up */
-        const char *sy = getenv("KILN_VK_SYNC");
-        dev->sync_on = sy && atoi(sy) != 0 && !dev->barrier_all;
-        dev->sync_giveup = sy && atoi(sy) == 2;
-        /* KILN_VK_SYNC_SEGMENTS=N (tests): a recording uses at most N
-         * counters, then barriers (the path of a step longer than 1023) */
-        const char *sg = getenv("KILN_VK_SYNC_SEGMENTS");
-        const long sgn = sg ? strtol(sg, NULL, 10) : 0;
-        dev->sync_words = sgn >= 1 && sgn < (long)KILN_VK_SYNC_WORDS ? (uint32_t)sgn + 1 : KILN_VK_SYNC_WORDS;
-    }
     dev->norm_dbg = getenv("KILN_VK_NORM_DBG") ? (uint32_t)atoi(getenv("KILN_VK_NORM_DBG")) : 0u;
     const char *skip = getenv("KILN_VK_SKIP");
     dev->skip = skip ? (uint32_t)strtoul(skip, NULL, 0) : 0u;
@@ -616,32 +592,9 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_vk_device_close(dev);
         return st;
     }
-    /* sync.glsl's counters, bound to every pipeline that includes it
-     * (eager dispatches and steps without the mode neither wait nor
-     * count), zeroed at the start of each recorded step that uses them.
-     * With KILN_VK_SYNC in device memory the host maps, so that the host
-     * sees a wait that gave up (word 0) once the step's fence is signalled
-     * (counters in system memory would put every poll across the bus);
-     * where the device has none, the mode is off. */
-    static const uint32_t zw[KILN_VK_SYNC_WORDS];
-    if (dev->sync_on) {
-        if (kiln_vk_buffer_new(dev, KILN_VK_MEM_HOST_NEAR, sizeof zw, &dev->sync_buf) != KILN_OK ||
-            !dev->sync_buf->chunk->device_local || !dev->sync_buf->chunk->map) {
-            kiln_vk_buffer_free(dev->sync_buf);
-            dev->sync_buf = NULL;
-            dev->sync_on = false;
-            kiln_error_clear(); /* not this call's failure: the mode is off, the handle opens */
-            kiln_log(&dev->log, KILN_LOG_INFO, "vulkan backend: KILN_VK_SYNC ignored: no host-visible device memory "
-                     "for the counters");
-        } else {
-            memset(sync_words(dev), 0, sizeof zw);
-        }
-    }
     /* matmul_add_rms_norm's counter: zero before any dispatch counts on it */
     static const uint32_t zeros[4];
-    if ((!dev->sync_buf && ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zw, &dev->sync_buf)) ||
-                            (st = kiln_vk_upload(dev, dev->sync_buf, 0, zw, sizeof zw)))) ||
-        (st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
+    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
         (st = kiln_vk_upload(dev, dev->norm_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
         kiln_vk_device_close(dev);
         return st;
@@ -695,8 +648,8 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
                 (unsigned long long)dev->n_graph_records, (unsigned long long)dev->n_graph_replays,
                 (unsigned long long)dev->n_graph_redos);
     if ((dev->profile || getenv("KILN_VK_STATS")) && dev->max_dispatches)
-        fprintf(stderr, "kiln vulkan graphs (handle %p): the largest recorded %u dispatches, %u barriers, %u waits on counters\n",
-                (const void *)dev, dev->max_dispatches, dev->max_barriers, dev->max_syncs);
+        fprintf(stderr, "kiln vulkan graphs (handle %p): the largest recorded %u dispatches, %u barriers\n",
+                (const void *)dev, dev->max_dispatches, dev->max_barriers);
     if (dev->sh) {
         (void)kiln_vk_finish(dev);
         kiln_vk_graphs_close(dev);
@@ -705,7 +658,6 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
         kiln_vk_buffer_free(dev->act);
         kiln_vk_buffer_free(dev->attn_part);
         kiln_vk_buffer_free(dev->norm_cnt);
-        kiln_vk_buffer_free(dev->sync_buf);
         VkDevice d = dev->sh->device;
         if (dev->fence) vkDestroyFence(d, dev->fence, NULL);
         if (dev->cmd_pool) vkDestroyCommandPool(d, dev->cmd_pool, NULL); /* frees dev->cmd */
@@ -757,28 +709,7 @@ static kiln_status wait_pending(kiln_bk_device *dev) {
     vkResetCommandBuffer(dev->cmd, 0);
     dev->ring_used = 0;
     dev->ring_epoch++;
-    if (r != VK_SUCCESS) return kiln_vk_result(r, "vkWaitForFences");
-    uint32_t *sw = dev->sync_on ? sync_words(dev) : NULL;
-    if (sw && __atomic_load_n(&sw[0], __ATOMIC_ACQUIRE) != 0) {
-        /* a workgroup stopped waiting for a counter (sync.glsl): what the
-         * step computed cannot be trusted. Its recordings go; from now on
-         * steps are recorded with barriers; the next download says so
-         * (whoever waited here, it is what reads the step's results) */
-        sw[0] = 0;
-        dev->sync_on = false;
-        dev->sync_failed = true;
-        dev->sync_error = true;
-    }
-    return KILN_OK;
-}
-
-/* After the work a download reads has finished: whether a recorded step
- * since the last download gave up a wait (KILN_VK_SYNC), once. */
-static kiln_status sync_error_take(kiln_bk_device *dev) {
-    if (!dev->sync_error) return KILN_OK;
-    dev->sync_error = false;
-    return kiln_error(KILN_E_BACKEND, "vulkan backend: a recorded step's wait on a counter gave up (KILN_VK_SYNC): "
-                      "its results are not valid; barriers from now on");
+    return r == VK_SUCCESS ? KILN_OK : kiln_vk_result(r, "vkWaitForFences");
 }
 
 kiln_status kiln_vk_begin(kiln_bk_device *dev) {
@@ -905,13 +836,9 @@ kiln_status kiln_vk_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uin
         return kiln_error(KILN_E_INVALID_ARG,
                           "vulkan backend: buffer_download: [%llu, +%llu) outside a %llu-byte buffer",
                           (unsigned long long)offset, (unsigned long long)size, (unsigned long long)src->size);
-    if (size == 0) {
-        kiln_status st = kiln_vk_finish(dev);
-        return st != KILN_OK ? st : sync_error_take(dev);
-    }
+    if (size == 0) return kiln_vk_finish(dev);
     if (src->chunk->map) {
         kiln_status st = kiln_vk_finish(dev);
-        if (st == KILN_OK) st = sync_error_take(dev);
         if (st != KILN_OK) return st;
         memcpy(dst, src->chunk->map + src->blk->offset + offset, size);
         return KILN_OK;
@@ -923,7 +850,7 @@ kiln_status kiln_vk_download(kiln_bk_device *dev, const kiln_bk_buffer *src, uin
         if (st == KILN_OK) st = kiln_vk_begin(dev);
         if (st != KILN_OK) return st;
         record_copy(dev, src, offset + done, s.buf, s.offset, n);
-        if ((st = kiln_vk_finish(dev)) != KILN_OK || (st = sync_error_take(dev)) != KILN_OK) return st;
+        if ((st = kiln_vk_finish(dev)) != KILN_OK) return st;
         memcpy((uint8_t *)dst + done, s.ptr, n);
         done += n;
     }

@@ -156,8 +156,7 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
         dev->graph_mode = 3;
         return KILN_OK;
     }
-    if (mem_gen(dev->sh) != dev->graph_mem_gen || dev->act_gen != dev->graph_act_gen || dev->sync_failed) {
-        dev->sync_failed = false;
+    if (mem_gen(dev->sh) != dev->graph_mem_gen || dev->act_gen != dev->graph_act_gen) {
         kiln_vk_graphs_forget(dev);
         dev->graph_mem_gen = mem_gen(dev->sh);
         dev->graph_act_gen = dev->act_gen;
@@ -208,16 +207,6 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     }
     /* orders the step after earlier submissions; host writes (the stage) visible */
     kiln_vk_barrier_cmd(g->cmd);
-    dev->rec_sync = dev->sync_on; /* for the whole recording, whatever a wait finds meanwhile */
-    if (dev->rec_sync) { /* sync.glsl's counters start each replay at zero */
-        vkCmdFillBuffer(g->cmd, dev->sync_buf->chunk->buf, dev->sync_buf->blk->offset, 4u * KILN_VK_SYNC_WORDS, 0);
-        kiln_vk_barrier_cmd(g->cmd);
-    }
-    dev->sync_seg = 1;
-    dev->sync_seg_wgs = dev->sync_target = dev->sync_wait = 0;
-    dev->sync_ok = true;
-    dev->sync_full = false;
-    dev->rec_syncs = 0;
     if (dev->timestamps) { /* profiling only: without the pool the step is not timed */
         VkQueryPoolCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO};
         qi.queryType = VK_QUERY_TYPE_TIMESTAMP;
@@ -250,15 +239,6 @@ kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo) {
     const bool moved = mem_gen(dev->sh) != dev->graph_mem_gen || dev->act_gen != dev->graph_act_gen;
     if (mode == 1) {
         kiln_vk_graph *g = &dev->graph_new;
-        if (dev->rec_sync && !dev->graph_failed) {
-            /* sync.glsl's give-up flag, read by the host after the fence:
-             * a fence orders device accesses only */
-            VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER};
-            mb.srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT;
-            mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
-            vkCmdPipelineBarrier(g->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0,
-                                 NULL, 0, NULL);
-        }
         VkResult r = vkEndCommandBuffer(g->cmd);
         if (dev->graph_failed || moved || r != VK_SUCCESS) {
             /* nothing recorded ran: the caller issues the operations again */
@@ -271,7 +251,6 @@ kiln_status kiln_vk_graph_end(kiln_bk_device *dev, int32_t *redo) {
         if (dev->rec_dispatches > dev->max_dispatches) {
             dev->max_dispatches = dev->rec_dispatches;
             dev->max_barriers = dev->rec_barriers;
-            dev->max_syncs = dev->rec_syncs;
         }
         if (dev->n_graphs == KILN_VK_MAX_GRAPHS) { /* the oldest goes */
             graph_free(dev, &dev->graphs[0]);

@@ -126,11 +126,7 @@ int kiln_vk_type_slot(int32_t type);
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
-#define KILN_VK_MAX_BINDINGS 11
-/* sync.glsl's counters: the last binding of the pipelines that include it */
-#define KILN_VK_SYNC_BINDING 10
-#define KILN_VK_SYNC_WORDS 1024u /* word 0 the error flag, then a counter per segment of a recorded step */
-#define KILN_VK_SYNC_PUSH_OFFSET 116u /* sync.glsl KILN_SYNC_PC: wait, target, signal */
+#define KILN_VK_MAX_BINDINGS 10
 #define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
 #define KILN_VK_ATTN_SPLIT_DEFAULT 256u      /* decode attention: positions per split ... */
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
@@ -231,8 +227,6 @@ struct kiln_vk_shared {
     uint32_t mmc_kc;              /* mmc.glsl's 32-element chunks per stage (1; KILN_VK_MMC_KC) */
     uint32_t attn_up;             /* attn_dec.glsl's positions per subgroup step (KILN_VK_ATTN_UP) */
     uint32_t swiglu_wg;           /* mmv.glsl KILN_SWIGLU's workgroup width (KILN_VK_SWIGLU_WG, 512) */
-    uint32_t sync_prefetch;       /* mmv.glsl: 16-byte weight pieces per lane touched before a
-                                     KILN_VK_SYNC wait (KILN_VK_SYNC_PREFETCH, 0 off) */
     bool no_au4;                  /* KILN_VK_NO_AU4: mmv.glsl's word loads only (specialization constant 13) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
     bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */
@@ -395,24 +389,6 @@ struct kiln_bk_device {
     /* matmul_add_rms_norm's workgroup counter (mmv.glsl KILN_NORM): 0
      * between dispatches, zeroed once at device_open */
     kiln_bk_buffer *norm_cnt;
-    /* KILN_VK_SYNC (sync.glsl): a recorded step's dependent dispatches
-     * ordered by counters in sync_buf instead of barriers. sync_seg is the
-     * segment (counter) the dispatches recorded now add to, sync_seg_wgs
-     * their workgroups so far; sync_wait/_target what every dispatch of
-     * the segment waits for (target 0: a barrier came before); sync_ok
-     * false once a dispatch that does not count was recorded in the
-     * segment (the next dependent dispatch then takes a barrier) */
-    kiln_bk_buffer *sync_buf;
-    bool sync_on;
-    bool rec_sync;    /* the recording being made uses the counters (sync_on at its graph_begin) */
-    bool sync_failed; /* a wait gave up: the recordings with waits are to be dropped */
-    bool sync_error;  /* ... and the next download has not said so yet */
-    bool sync_full;   /* the recording used every counter: barriers for the rest of it */
-    uint32_t sync_words; /* counters a recording may use + 1 (KILN_VK_SYNC_WORDS; tests: KILN_VK_SYNC_SEGMENTS) */
-    bool sync_giveup; /* KILN_VK_SYNC=2 (tests): the first wait of a recording never ends */
-    bool sync_ok;
-    uint32_t sync_seg, sync_seg_wgs, sync_wait, sync_target;
-    uint32_t rec_syncs, max_syncs; /* of the graph being recorded / the largest: barriers replaced */
     uint32_t norm_dbg; /* KILN_VK_NORM_DBG (profiling only, results wrong): 1 no norm, 2 no quantization */
     uint32_t skip; /* KILN_VK_SKIP (profiling only): kernel classes left out, vk_ops.c skip_class; 1024 no barriers */
     double ts_ms[KILN_VK_P_COUNT];

@@ -6,11 +6,9 @@
  * or one dedicated chunk for a buffer of at least half that), each with one
  * VkBuffer spanning it; a kiln buffer is a block of a chunk (first fit,
  * neighbours merged when freed). A chunk whose blocks are all free goes
- * back to the device at once. Kinds: device-local (weights, KV,
- * transient), host-visible coherent (staging, the ring) and host-visible
- * device-local where the device has it (KILN_VK_STAGE_NEAR's graph
- * stages, KILN_VK_SYNC's counters; 4 MiB chunks), the host-visible ones
- * mapped for their life. All under the shared device's mem_lock.
+ * back to the device at once. Two kinds: device-local (weights, KV,
+ * transient) and host-visible coherent (staging, the ring), the latter
+ * mapped for its life. All under the shared device's mem_lock.
  *
  * Out of device memory (vkAllocateMemory) is KILN_E_OOM_DEVICE; a failed
  * call keeps nothing it allocated.
@@ -175,10 +173,7 @@ kiln_status kiln_vk_mem_alloc(kiln_vk_shared *sh, int kind, uint64_t size, kiln_
     if (size > UINT64_MAX - a)
         return kiln_error(KILN_E_OOM_DEVICE, "vulkan: %llu bytes is too large", (unsigned long long)size);
     uint64_t need = size == 0 ? a : (size + a - 1) / a * a;
-    /* device memory the host maps (a BAR) is scarce on some devices and its
-     * buffers are small (graph stages, sync.glsl's counters): small chunks */
-    const uint64_t chunk_bytes = kind == KILN_VK_MEM_HOST_NEAR ? (4ull << 20) : KILN_VK_CHUNK;
-    bool dedicated = need >= chunk_bytes / 2;
+    bool dedicated = need >= KILN_VK_CHUNK / 2;
     kiln_status st = KILN_OK;
     kiln_vk_chunk *owner = NULL;
     kiln_vk_block *b = NULL;
@@ -191,7 +186,7 @@ kiln_status kiln_vk_mem_alloc(kiln_vk_shared *sh, int kind, uint64_t size, kiln_
         }
     if (st == KILN_OK && !b) {
         kiln_vk_chunk *c = NULL;
-        st = chunk_create(sh, kind, dedicated ? need : chunk_bytes, dedicated, &c);
+        st = chunk_create(sh, kind, dedicated ? need : KILN_VK_CHUNK, dedicated, &c);
         if (st == KILN_OK && (st = chunk_take(c, need, &b)) != KILN_OK) chunk_destroy(sh, c);
         if (st == KILN_OK) {
             c->prev = NULL;
@@ -437,10 +432,6 @@ kiln_status kiln_vk_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stats) {
     s.bytes_internal = (dev->act ? dev->act->capacity : 0) + (dev->attn_part ? dev->attn_part->capacity : 0) +
                        (dev->norm_cnt ? dev->norm_cnt->capacity : 0);
     s.bytes_internal_host = dev->ring ? dev->ring->capacity : 0;
-    if (dev->sync_buf) { /* device memory the host maps where the device has it */
-        if (dev->sync_buf->chunk->device_local) s.bytes_internal += dev->sync_buf->capacity;
-        else s.bytes_internal_host += dev->sync_buf->capacity;
-    }
     for (int i = 0; i < dev->n_graphs; i++) {
         const kiln_bk_buffer *st = dev->graphs[i].stage;
         if (st && st->chunk->device_local) s.bytes_internal += st->capacity;

@@ -98,34 +98,14 @@ static uint32_t skip_class(int which) {
     return 0u;
 }
 
-/* Pipelines whose shaders include sync.glsl (wait, run, count). */
-static bool sync_capable(int which) {
-    return which == KILN_VK_P_ADD_RMS_NORM || which == KILN_VK_P_RMS_NORM || which == KILN_VK_P_BINARY ||
-           which == KILN_VK_P_QUANT_ACT || which == KILN_VK_P_ATTN_DEC || which == KILN_VK_P_ATTN_DEC_ROPE ||
-           which == KILN_VK_P_ATTN_FOLD ||
-           (which >= KILN_VK_P_MMV_FIRST && which < KILN_VK_P_MMV_FIRST + KILN_VK_N_SLOTS) ||
-           (which >= KILN_VK_P_MMVM_FIRST && which < KILN_VK_P_MMVM_FIRST + KILN_VK_N_SLOTS) ||
-           (which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS) ||
-           (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_IDOT_END) ||
-           (which >= KILN_VK_P_MMV_IDOT_FIRST && which < KILN_VK_P_IDOT8_END) ||
-           (which >= KILN_VK_P_MMV1N_F16 && which <= KILN_VK_P_MMVM1S_Q4_0S_IDOT);
-}
-
 /* Only the barriers that are needed: one before a dispatch that reads or
  * writes what a dispatch since the last barrier wrote, or writes what one
  * read (q, k and v, or gate and up, or the two ropes run side by side).
  * Ranges are the operands' own bytes (reads 16 more): a shader touches
  * nothing else of its bindings. */
-/* KILN_VK_SYNC (sync.glsl): while a step is recorded, where every dispatch
- * since the last barrier counts itself done and the next one waits (a
- * sync-capable pipeline), the barrier is replaced: the dispatches recorded
- * from here on wait for the segment before theirs; sync[] gets the
- * dispatch's wait, target and signal (all 0: none). */
 static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, const kiln_vk_bind *binds,
-                           uint32_t n_binds, uint32_t wgs, bool capable, uint32_t sync[3]) {
+                           uint32_t n_binds) {
     const uint32_t wmask = written_bindings(which);
-    const bool sync_here = dev->rec_sync && dev->graph_mode == 1 && capable;
-    sync[0] = sync[1] = sync[2] = 0;
     if (dev->skip & 1024u) return; /* KILN_VK_SKIP: no barriers (profiling only) */
     bool need = dev->barrier_all ? dev->n_pend > 0 : dev->n_pend + n_binds > KILN_VK_MAX_PENDING;
     for (uint32_t i = 0; i < n_binds && !need; i++) {
@@ -139,38 +119,11 @@ static void hazard_barrier(kiln_bk_device *dev, VkCommandBuffer cmd, int which, 
             need = pp->buf == vb && lo < pp->hi && pp->lo < hi && (pp->write || w);
         }
     }
-    /* a dispatch that does not wait must not run in a segment that waits:
-     * what it conflicts with may lie in the segment before (already off
-     * the pending list) */
-    if (dev->rec_sync && dev->graph_mode == 1 && !sync_here && dev->sync_target != 0) need = true;
-    if (need && sync_here && dev->sync_ok && dev->sync_seg_wgs > 0 && dev->sync_seg + 1 < dev->sync_words) {
-        dev->sync_wait = dev->sync_seg;
-        dev->sync_target = dev->sync_giveup && dev->rec_syncs == 0 ? UINT32_MAX : dev->sync_seg_wgs;
-        dev->sync_seg++;
-        dev->sync_seg_wgs = 0;
-        dev->n_pend = 0;
-        dev->rec_syncs++;
-    } else if (need) {
+    if (need) {
         if (dev->barrier_full) kiln_vk_barrier_cmd(cmd);
         else kiln_vk_barrier_compute(cmd);
         dev->n_pend = 0;
         if (dev->graph_mode == 1) dev->rec_barriers++;
-        /* everything before has finished: a fresh segment (its counter
-         * unused), nothing to wait for; none left: barriers from here on */
-        if (dev->sync_seg_wgs > 0) {
-            if (dev->sync_seg + 1 < dev->sync_words) dev->sync_seg++;
-            else dev->sync_full = true;
-        }
-        dev->sync_seg_wgs = dev->sync_target = dev->sync_wait = 0;
-        dev->sync_ok = !dev->sync_full;
-    }
-    if (sync_here && !dev->sync_full) {
-        sync[0] = dev->sync_wait;
-        sync[1] = dev->sync_target;
-        sync[2] = dev->sync_seg;
-        dev->sync_seg_wgs += wgs;
-    } else if (dev->graph_mode == 1) {
-        dev->sync_ok = false; /* this one does not count: the next dependent one takes a barrier */
     }
     for (uint32_t i = 0; i < n_binds; i++) {
         kiln_vk_pending *pp = &dev->pend[dev->n_pend++];
@@ -215,10 +168,6 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
     }
     if (st == KILN_OK && !in_graph) st = kiln_vk_begin(dev);
     if (st != KILN_OK) return st;
-    const bool capable = sync_capable(which); /* its shader includes sync.glsl */
-    if (n_binds > KILN_VK_SYNC_BINDING || (capable && push_size > KILN_VK_SYNC_PUSH_OFFSET))
-        return kiln_error(KILN_E_INTERNAL, "vulkan backend: dispatch with %u bindings, %u bytes of push constants",
-                          n_binds, push_size);
     VkDescriptorBufferInfo bi[KILN_VK_MAX_BINDINGS];
     VkWriteDescriptorSet w[KILN_VK_MAX_BINDINGS];
     memset(w, 0, sizeof w);
@@ -232,25 +181,10 @@ kiln_status kiln_vk_dispatch(kiln_bk_device *dev, int which, const kiln_vk_bind 
         w[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
         w[i].pBufferInfo = &bi[i];
     }
-    uint32_t sync[3];
-    hazard_barrier(dev, cmd, which, binds, n_binds, gx * gy * gz, capable, sync);
-    uint32_t n_w = n_binds;
-    if (capable) { /* sync.glsl's binding: counters (zeros: no wait, no count) */
-        bi[n_w].buffer = dev->sync_buf->chunk->buf;
-        bi[n_w].offset = dev->sync_buf->blk->offset;
-        bi[n_w].range = 4u * KILN_VK_SYNC_WORDS;
-        w[n_w].sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET;
-        w[n_w].dstBinding = KILN_VK_SYNC_BINDING;
-        w[n_w].descriptorCount = 1;
-        w[n_w].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-        w[n_w].pBufferInfo = &bi[n_w];
-        n_w++;
-    }
+    hazard_barrier(dev, cmd, which, binds, n_binds);
     vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-    sh->push_descriptor(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_w, w);
+    sh->push_descriptor(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, sh->layout, 0, n_binds, w);
     vkCmdPushConstants(cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, push_size, push);
-    if (capable)
-        vkCmdPushConstants(cmd, sh->layout, VK_SHADER_STAGE_COMPUTE_BIT, KILN_VK_SYNC_PUSH_OFFSET, sizeof sync, sync);
     vkCmdDispatch(cmd, gx, gy, gz);
     if (in_graph) {
         dev->rec_dispatches++;

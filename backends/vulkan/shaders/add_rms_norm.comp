@@ -20,12 +20,10 @@ layout(binding = 3) readonly buffer WB { float Wt[]; };
 layout(binding = 4) buffer DB { float D[]; };
 layout(binding = 5) buffer QB { uint AQ[]; };
 
-#include "sync.glsl"
 layout(push_constant) uniform P {
     uint a_off, a_stride, b_off, b_stride, s_off, s_stride, w_off, d_off, d_stride, n, rows;
     float eps;
     uint qmode, q_stride;
-    KILN_SYNC_PC
 } p;
 
 #include "common.glsl"
@@ -41,7 +39,7 @@ shared float red[256];
  * elements in the same order per invocation, so the same bits. */
 #define RN 16u
 
-void kiln_main() {
+void main() {
     uint r = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
     uint a = p.a_off + r * p.a_stride, b = p.b_off + r * p.b_stride, s = p.s_off + r * p.s_stride;
     uint d = p.d_off + r * p.d_stride;
@@ -99,4 +97,3 @@ void kiln_main() {
     for (uint c0 = 0u; c0 < p.n; c0 += 256u)
         quant_chunk(c0 + tid < p.n ? D[d + c0 + tid] : 0.0, tid, c0, r * p.q_stride, p.n, p.qmode);
 }
-KILN_SYNC_MAIN

@@ -44,7 +44,7 @@ shared float s_k[MAXD];
 shared uint s_kp[MAXD / 2u], s_vp[MAXD / 2u];
 #endif
 
-void kiln_main() {
+void main() {
     uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
     uint D_ = p.head_dim, D2 = p.head_dim / 2u;
     uint hk = h / (p.n_head / p.n_head_kv);
@@ -227,4 +227,3 @@ void kiln_main() {
     }
     attn_quant_out(t, h, D_, tid, WG);
 }
-KILN_SYNC_MAIN

@@ -12,7 +12,7 @@ layout(local_size_x = 128) in;
 
 #include "attn_io.glsl"
 
-void kiln_main() {
+void main() {
     uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
     uint D_ = p.head_dim;
     uint nkv = uint(U[p.nkv_off + t]);
@@ -32,4 +32,3 @@ void kiln_main() {
     }
     attn_quant_out(t, h, D_, tid, 128u);
 }
-KILN_SYNC_MAIN

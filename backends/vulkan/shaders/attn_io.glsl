@@ -31,7 +31,6 @@ layout(binding = 7) writeonly buffer KCW { uint KCacheW[]; };
 layout(binding = 8) writeonly buffer VCW { uint VCacheW[]; };
 #endif
 
-#include "sync.glsl"
 layout(push_constant) uniform P {
     uint q_off, q_stride, d_off, d_stride;
     uint n_head, n_head_kv, head_dim, kv_dim;
@@ -42,7 +41,6 @@ layout(push_constant) uniform P {
 #ifdef KILN_ATTN_DEC_ROPE
     uint k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
 #endif
-    KILN_SYNC_PC
 } p;
 
 #include "common.glsl"

@@ -14,17 +14,15 @@ layout(binding = 1) readonly buffer BB { float Bv[]; };
 layout(binding = 2) writeonly buffer DB { float D[]; };
 layout(binding = 3) buffer QB { uint AQ[]; };
 
-#include "sync.glsl"
 layout(push_constant) uniform P {
     uint a_off, a_stride, b_off, b_stride, d_off, d_stride, n, rows, mode;
     uint qmode, q_stride;
-    KILN_SYNC_PC
 } p;
 
 #include "common.glsl"
 #include "quant_chunk.glsl"
 
-void kiln_main() {
+void main() {
     uint r = gl_WorkGroupID.y, i = gl_GlobalInvocationID.x;
     float v = 0.0;
     if (i < p.n) {
@@ -35,4 +33,3 @@ void kiln_main() {
     }
     if (p.qmode != 0u) quant_chunk(v, gl_LocalInvocationID.x, 256u * gl_WorkGroupID.x, r * p.q_stride, p.n, p.qmode);
 }
-KILN_SYNC_MAIN

@@ -96,9 +96,6 @@ layout(binding = 3) buffer QB { uint AQ[]; }; /* the result quantized for the do
 #define NR ROWS
 #endif
 
-/* KILN_VK_SYNC: the weights are not written by the dispatches waited for */
-#define KILN_SYNC_BEFORE_WAIT mmv_touch_weights();
-#include "sync.glsl"
 #ifdef MULTI
 layout(push_constant) uniform P {
     uint a_off, a_stride;   /* words */
@@ -114,7 +111,6 @@ layout(push_constant) uniform P {
 #ifdef KILN_SWIGLU
     uint qmode, q_off;      /* the quantized result's format and first word in AQ */
 #endif
-    KILN_SYNC_PC
 } p;
 #else
 layout(push_constant) uniform P {
@@ -131,7 +127,6 @@ layout(push_constant) uniform P {
     float eps;
     uint dbg;               /* KILN_VK_NORM_DBG (profiling only): 1 no norm, 2 no quantization */
 #endif
-    KILN_SYNC_PC
 } p;
 #endif
 
@@ -223,56 +218,7 @@ void norm_row(uint tid) {
 }
 #endif
 
-/* Specialization constant 14 (KILN_VK_SYNC_PREFETCH, 0 off): with
- * KILN_VK_SYNC, before a workgroup waits for the dispatches ahead, each
- * lane loads the 16-byte pieces lane, lane + S, ... (this many) of the
- * weight rows its subgroup takes first, so that the memory works while
- * the dispatch ahead finishes (CUDA's decode kernels prefetch their
- * weights before griddepcontrol.wait the same way). The values are
- * dropped: the products read them again, from the cache; no bit changes. */
-layout(constant_id = 14) const uint PREFETCH = 0u;
-void mmv_touch_weights() {
-    if (PREFETCH == 0u) return;
-    const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
-    const uint row_bytes = (p.K + BLK_ELEMS - 1u) / BLK_ELEMS * BLK_BYTES;
-    uint first[2], n = 0u;
-#if defined(KILN_SWIGLU)
-    const uint g = 32u * gl_WorkGroupID.x + gl_SubgroupID;
-    if (g < p.N[0]) {
-        first[0] = p.w_off[0] + g * p.w_stride[0];
-        first[1] = p.w_off[1] + g * p.w_stride[1];
-        n = 2u;
-    }
-#elif defined(MULTI)
-    const uint gg = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID;
-    if (gg < p.g_end[p.n_prod - 1u]) {
-        const uint pi = gg < p.g_end[0] ? 0u : gg < p.g_end[1] ? 1u : 2u;
-        const uint g = gg - (pi == 0u ? 0u : p.g_end[pi - 1u]);
-        first[0] = p.w_off[pi] + min(g * ROWS, p.N[pi] - 1u) * p.w_stride[pi];
-        first[1] = p.w_off[pi] + min(g * ROWS + 1u, p.N[pi] - 1u) * p.w_stride[pi];
-        n = 2u;
-    }
-#else
-    const uint g = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID;
-    if (g * ROWS < p.N) {
-        first[0] = p.w_off + g * ROWS * p.w_stride;
-        first[1] = p.w_off + min(g * ROWS + 1u, p.N - 1u) * p.w_stride;
-        n = 2u;
-    }
-#endif
-    uint acc = 0u;
-    for (uint r = 0u; r < n; r++) {
-        const uint v0 = first[r] >> 4, v_end = (first[r] + row_bytes + 15u) >> 4; /* the row's 16-byte pieces */
-        for (uint u = 0u; u < PREFETCH; u++) {
-            const uint v = v0 + lane + u * S;
-            if (v < v_end) acc ^= W4[v].x;
-        }
-    }
-    /* keeps the loads (an OR of 0 changes nothing, whatever acc is) */
-    if (acc == 0x9e3779b9u) atomicOr(KSYNC[0], 0u);
-}
-
-void kiln_main() {
+void main() {
     const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
     const uint nchunks = (p.K + 31u) / 32u;
     const uint m0 = p.m_base + gl_WorkGroupID.y * MT;
@@ -411,4 +357,3 @@ void kiln_main() {
     norm_row(gl_LocalInvocationIndex);
 #endif
 }
-KILN_SYNC_MAIN

@@ -19,12 +19,10 @@ layout(local_size_x = 64) in;
 layout(binding = 0) readonly buffer XB { float X[]; };
 layout(binding = 1) writeonly buffer AB { uint A[]; };
 
-#include "sync.glsl"
 layout(push_constant) uniform P {
     uint x_off, x_stride;   /* words */
     uint a_off, a_stride;   /* words */
     uint K, M, mode;
-    KILN_SYNC_PC
 } p;
 
 #include "common.glsl"
@@ -33,7 +31,7 @@ shared float s_abs[64];
 shared uint s_idx[64];
 shared int s_sum[64];
 
-void kiln_main() {
+void main() {
     uint r = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
     uint x = p.x_off + r * p.x_stride;
     uint a = p.a_off + r * p.a_stride;
@@ -121,4 +119,3 @@ void kiln_main() {
         }
     }
 }
-KILN_SYNC_MAIN

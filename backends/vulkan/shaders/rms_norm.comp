@@ -14,12 +14,10 @@ layout(binding = 1) readonly buffer WB { float Wt[]; };
 layout(binding = 2) buffer DB { float D[]; };
 layout(binding = 3) buffer QB { uint AQ[]; };
 
-#include "sync.glsl"
 layout(push_constant) uniform P {
     uint x_off, x_stride, w_off, d_off, d_stride, n, rows;
     float eps;
     uint qmode, a_stride;
-    KILN_SYNC_PC
 } p;
 
 #include "common.glsl"
@@ -31,7 +29,7 @@ shared float red[256];
 /* Rows of up to 4096 elements are held in registers, every load issued
  * before the first use (the same sums in the same order: the same bits),
  * and quantized with quant_row_regs (as add_rms_norm.comp). */
-void kiln_main() {
+void main() {
     uint r = gl_WorkGroupID.x, tid = gl_LocalInvocationID.x;
     uint x = p.x_off + r * p.x_stride;
     /* precise: no fused multiply-add (as the CPU rounds, and the same bits
@@ -78,4 +76,3 @@ void kiln_main() {
     for (uint c0 = 0u; c0 < p.n; c0 += 256u)
         quant_chunk(c0 + tid < p.n ? D[d + c0 + tid] : 0.0, tid, c0, r * p.a_stride, p.n, p.qmode);
 }
-KILN_SYNC_MAIN
