@@ -312,17 +312,6 @@ typedef struct kiln_backend_iface {
      * unspecified). Absent: the core calls the two. */
     kiln_status (*matmul_swiglu)(kiln_bk_device *dev, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
                                  const kiln_bk_tensor *x, kiln_bk_tensor *up, kiln_bk_tensor *dst);
-
-    /* OPTIONAL: a hint that the next operation the core issues reads the
-     * n weights w[0..n-1] (side by side, as one product of them), given
-     * right after an operation that leaves memory idle while it ends (a
-     * decode step's attention, a product's last blocks). The backend may
-     * start moving their first bytes closer to its compute units (a GPU's
-     * L2) beside the work already issued. It never changes a result, and
-     * does nothing where the backend has no use for it. Errors: a NULL
-     * weight or one outside its buffer (KILN_E_INVALID_ARG), out of device
-     * memory for the backend's own bookkeeping. Absent: nothing. */
-    kiln_status (*prefetch)(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

@@ -101,7 +101,6 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
     const bool rope_attn = KILN_BK_HAS(bk, rope_kv_attention);
     const bool mm_norm = fused && KILN_BK_HAS(bk, matmul_add_rms_norm);
     const bool mm_swiglu = KILN_BK_HAS(bk, matmul_swiglu);
-    const bool pf = KILN_BK_HAS(bk, prefetch);
     for (uint32_t il = g->l0; il < g->l1; il++) {
         const kiln_layer_weights *L = &m->layers[il];
         if (il == g->l0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
@@ -134,10 +133,6 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             }
             CHECK(bk->attention(dev, &q, kv->k[il], kv->v[il], &at, &a));
         }
-        /* the hints: each names the weights of the product after the
-         * operation just issued (attention, o, gate/up, down) */
-        const kiln_bk_tensor *pf_o[1] = {&L->wo}, *pf_ffn[2] = {&L->w_gate, &L->w_up}, *pf_down[1] = {&L->w_down};
-        if (pf) CHECK(bk->prefetch(dev, 1, pf_o));
         if (mm_norm) {
             CHECK(bk->matmul_add_rms_norm(dev, &L->wo, &a, &x, &x, &L->ffn_norm, hp->rms_eps, &h));
         } else if (fused) {
@@ -148,7 +143,6 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             CHECK(bk->add(dev, &x, &h, &x));
             CHECK(bk->rms_norm(dev, &x, &L->ffn_norm, hp->rms_eps, &h));
         }
-        if (pf) CHECK(bk->prefetch(dev, 2, pf_ffn));
         if (mm_swiglu) {
             CHECK(bk->matmul_swiglu(dev, &L->w_gate, &L->w_up, &h, &u, &gt));
         } else {
@@ -162,7 +156,6 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             }
             CHECK(bk->swiglu(dev, &gt, &u, &gt));
         }
-        if (pf) CHECK(bk->prefetch(dev, 1, pf_down));
         if (mm_norm && il + 1 < g->l1) { /* and the next layer's attention norm */
             CHECK(bk->matmul_add_rms_norm(dev, &L->w_down, &gt, &x, &x, &m->layers[il + 1].attn_norm, hp->rms_eps,
                                           &h));
@@ -172,11 +165,6 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
                 CHECK(bk->add_rms_norm(dev, &x, &h, &x, &m->layers[il + 1].attn_norm, hp->rms_eps, &h));
             else
                 CHECK(bk->add(dev, &x, &h, &x));
-        }
-        if (pf && il + 1 < g->l1) {
-            const kiln_layer_weights *N = &m->layers[il + 1];
-            const kiln_bk_tensor *pf_qkv[3] = {&N->wq, &N->wk, &N->wv};
-            CHECK(bk->prefetch(dev, 3, pf_qkv));
         }
     }
     if (g->last && n_out > 0) {

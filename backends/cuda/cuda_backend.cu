@@ -1121,7 +1121,6 @@ static const kiln_backend_iface cuda_iface = {
     kcu_rope_kv_attention,
     NULL, /* matmul_add_rms_norm: the core's matmul, then add_rms_norm */
     NULL, /* matmul_swiglu: the core's matmul_multi, then swiglu */
-    NULL, /* prefetch: the products prefetch their own weights (KILN_CUDA_PREFETCH) */
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

@@ -59,7 +59,6 @@ static const kiln_backend_iface vk_iface = {
     .matmul_add_rms_norm = kiln_vk_matmul_add_rms_norm, /* vk_fused.c */
     .matmul_swiglu = kiln_vk_matmul_swiglu,             /* vk_fused.c */
     .weight_prepare = kiln_vk_weight_prepare, /* vk_layout.c */
-    .prefetch = kiln_vk_prefetch,             /* vk_ops.c */
 };
 
 KILN_API const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

@@ -545,12 +545,6 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     /* on by default (H100: Q4_0 tg128 229 -> 241, Q4_K_M 136 -> 140); =0 off */
     dev->mmv_unroll = !getenv("KILN_VK_MMV_UNROLL") || atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
     dev->no_idot8 = getenv("KILN_VK_NO_IDOT8") != NULL;
-    {   /* KILN_VK_PREFETCH=MiB: bytes of the weights named by each prefetch
-         * hint read into the L2 beside the work before them (touch.comp) */
-        const char *pf = getenv("KILN_VK_PREFETCH");
-        const long mib = pf ? strtol(pf, NULL, 10) : KILN_VK_PREFETCH_DEFAULT_MIB;
-        dev->prefetch_bytes = (uint64_t)(mib >= 0 && mib <= 4096 ? mib : KILN_VK_PREFETCH_DEFAULT_MIB) << 20;
-    }
     /* KILN_VK_LAYOUT=0: weights keep the GGUF layout (vk_layout.c), to compare */
     const char *lay = getenv("KILN_VK_LAYOUT");
     dev->no_weight_layout = lay && strcmp(lay, "0") == 0;
@@ -663,7 +657,6 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
         kiln_vk_buffer_free(dev->ring);
         kiln_vk_buffer_free(dev->act);
         kiln_vk_buffer_free(dev->attn_part);
-        kiln_vk_buffer_free(dev->touch_sink);
         kiln_vk_buffer_free(dev->norm_cnt);
         VkDevice d = dev->sh->device;
         if (dev->fence) vkDestroyFence(d, dev->fence, NULL);

@@ -148,7 +148,6 @@ kiln_status kiln_vk_graph_begin(kiln_bk_device *dev, uint64_t key) {
     kiln_status st = kiln_vk_finish(dev);
     if (st != KILN_OK) return st;
     dev->act_cache.valid = false;   /* record and replay start from the same state */
-    dev->touch_i = 0;
     dev->graph_failed = false;
     dev->graph_key = key;
     dev->stage_used = 0;

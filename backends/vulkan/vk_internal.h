@@ -112,7 +112,6 @@ enum {
     KILN_VK_P_MMVM1S_F16,
     KILN_VK_P_MMVM1S_Q4_0S,
     KILN_VK_P_MMVM1S_Q4_0S_IDOT,
-    KILN_VK_P_TOUCH, /* the prefetch hint: a weight's first bytes read into the L2 (touch.comp) */
     KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
@@ -131,7 +130,6 @@ int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 #define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
 #define KILN_VK_ATTN_SPLIT_DEFAULT 256u      /* decode attention: positions per split ... */
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
-#define KILN_VK_PREFETCH_DEFAULT_MIB 0 /* the prefetch hint: MiB per call read into the L2 (0: ignored) */
 #define KILN_VK_PUSH_BYTES 128
 
 /* ---- memory ---- */
@@ -340,9 +338,6 @@ struct kiln_bk_device {
     uint64_t ring_epoch;     /* bumped by every reset */
     kiln_bk_buffer *act;     /* quantized activations (device) */
     kiln_bk_buffer *attn_part; /* decode attention's split results (device; grows like act, bumps act_gen) */
-    kiln_bk_buffer *touch_sink; /* touch.comp's sink: 16 bytes per prefetch of a step (device) */
-    uint32_t touch_i;          /* the next prefetch's 16 bytes of the sink (0 at each step's start) */
-    uint64_t prefetch_bytes;   /* KILN_VK_PREFETCH (MiB): bytes read per prefetch call, 0 none */
     uint32_t attn_split;     /* positions per split of decode attention (KILN_VK_ATTN_SPLIT; 0: never) */
     uint32_t attn_split_min; /* ... in contexts of at least this many cells (KILN_VK_ATTN_SPLIT_MIN) */
     kiln_vk_act_cache act_cache;
@@ -562,7 +557,6 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
 kiln_status kiln_vk_rope_kv_store(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k, const kiln_bk_tensor *v,
                                   const kiln_bk_rope *rq, const kiln_bk_rope *rk, kiln_bk_buffer *k_cache,
                                   kiln_bk_buffer *v_cache, uint32_t kv_dim);
-kiln_status kiln_vk_prefetch(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w); /* vk_ops.c */
 kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
                                   const kiln_bk_tensor *x, kiln_bk_tensor *up, kiln_bk_tensor *dst);
 kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,

@@ -54,7 +54,7 @@ kiln_status kiln_vk_bind_range(kiln_bk_device *dev, const kiln_bk_buffer *buf, u
 /* The bindings a pipeline writes (bit i: binding i), from the shaders'
  * declarations; anything not listed is taken to write all of them. */
 static uint32_t written_bindings(int which) {
-    if (which == KILN_VK_P_QUANT_ACT || which == KILN_VK_P_TOUCH) return 1u << 1;
+    if (which == KILN_VK_P_QUANT_ACT) return 1u << 1;
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_FOLD) return (1u << 3) | (1u << 5);
@@ -839,51 +839,6 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
         uint64_t gx = groups_n - g0 < max_x ? groups_n - g0 : max_x;
         pc.n_base = (uint32_t)(g0 * 8 * pc.passes);
         if ((st = kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, (uint32_t)gx, gy, 1))) return st;
-    }
-    return KILN_OK;
-}
-
-/* ------------------------------------------------------------------------ */
-/* prefetch                                                                 */
-/* ------------------------------------------------------------------------ */
-
-#define KILN_VK_TOUCH_SINK 4096u /* bytes: 256 prefetches per step, 16 bytes each */
-#define KILN_VK_TOUCH_MAX_TOKENS 8u /* ubatches the hint is followed for: decode steps (products read by memory) */
-
-/* The iface's prefetch hint (touch.comp): with KILN_VK_PREFETCH=MiB, the
- * first bytes of each of the n weights (an equal share of that budget
- * each: they are read side by side) are read into the L2 by one dispatch,
- * recorded with no barrier before it (it writes only its own 16 bytes of
- * the sink), so it runs beside the work just issued. Only for ubatches of
- * up to 8 tokens: prefill's products are bound by arithmetic, not memory.
- * At most the device's storage-buffer range of a weight is read. */
-kiln_status kiln_vk_prefetch(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w) {
-    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan prefetch: device is NULL");
-    if (n && !w) return kiln_error(KILN_E_INVALID_ARG, "vulkan prefetch: NULL weights");
-    if (!dev->prefetch_bytes || n == 0 || dev->ub.n_tokens == 0 || dev->ub.n_tokens > KILN_VK_TOUCH_MAX_TOKENS)
-        return KILN_OK;
-    kiln_status st;
-    if ((st = kiln_vk_scratch_reserve(dev, &dev->touch_sink, KILN_VK_TOUCH_SINK))) return st;
-    const uint64_t share = dev->prefetch_bytes / n;
-    for (uint32_t i = 0; i < n; i++) {
-        const kiln_bk_tensor *t = w[i];
-        uint64_t extent;
-        if (!t) return kiln_error(KILN_E_INVALID_ARG, "vulkan prefetch: weight %u is NULL", i);
-        if ((st = kiln_vk_tensor_check(t, -1, "prefetch", "w", &extent))) return st;
-        uint64_t bytes = extent < share ? extent : share;
-        if (bytes > dev->sh->max_range - 64) bytes = dev->sh->max_range - 64;
-        bytes &= ~(uint64_t)15;
-        if (bytes == 0 || bytes / 16 > UINT32_MAX) continue;
-        kiln_vk_bind b[2];
-        const uint64_t slot = (uint64_t)(dev->touch_i++ % (KILN_VK_TOUCH_SINK / 16)) * 16;
-        if ((st = kiln_vk_bind_range(dev, t->buf, t->offset, bytes, &b[0], NULL, "prefetch")) ||
-            (st = kiln_vk_bind_range(dev, dev->touch_sink, slot, 16, &b[1], NULL, "prefetch")))
-            return st;
-        /* from the binding's aligned start: the bytes before the tensor
-         * are a weight's too, and as good to have in the L2 */
-        struct { uint32_t n16, magic; } pc = {(uint32_t)(bytes / 16), 0x6b696c6eu};
-        const uint32_t groups = kiln_vk_div_up(pc.n16, 256u * 4u) < 1024u ? kiln_vk_div_up(pc.n16, 256u * 4u) : 1024u;
-        if ((st = kiln_vk_dispatch(dev, KILN_VK_P_TOUCH, b, 2, &pc, sizeof pc, groups, 1, 1))) return st;
     }
     return KILN_OK;
 }

@@ -321,7 +321,6 @@ SPV_DECL(mmv_q4_0s_idot) SPV_DECL(mmv_q8_0_idot) SPV_DECL(mmv_q4_k_idot) SPV_DEC
 SPV_DECL(mmvm_q4_0s_idot) SPV_DECL(mmvm_q8_0_idot) SPV_DECL(mmvm_q4_k_idot) SPV_DECL(mmvm_q6_k_idot)
 SPV_DECL(mmv1n_f16) SPV_DECL(mmv1n_q4_0s) SPV_DECL(mmv1n_q4_0s_idot)
 SPV_DECL(mmvm1s_f16) SPV_DECL(mmvm1s_q4_0s) SPV_DECL(mmvm1s_q4_0s_idot)
-SPV_DECL(touch)
 #undef SPV_DECL
 
 static const struct {
@@ -486,8 +485,7 @@ static const struct {
     SPV_ENTRY(mmv_q4_0s_idot), SPV_ENTRY(mmv_q8_0_idot), SPV_ENTRY(mmv_q4_k_idot), SPV_ENTRY(mmv_q6_k_idot),
     SPV_ENTRY(mmvm_q4_0s_idot), SPV_ENTRY(mmvm_q8_0_idot), SPV_ENTRY(mmvm_q4_k_idot), SPV_ENTRY(mmvm_q6_k_idot),
     SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot),
-    SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot),
-    SPV_ENTRY(touch)
+    SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot)
 #undef SPV_ENTRY
 };
 
