@@ -169,11 +169,7 @@ static kiln_status swiglu_act_plan(kiln_bk_device *dev, const kiln_bk_tensor *ds
     *q_off = (uint32_t)((x_words + 63) / 64 * 64); /* 256-byte aligned */
     for (uint32_t i = 0; i < KILN_VK_ACT_WANTS && !(dev->no_fused_mask & 2u); i++) {
         const uint32_t mode = dev->act_want[i].mode;
-        /* Q8_K: by the counters (one per 256 results), with a power-of-two workgroup */
-        const bool q8k = mode == 5 && F % 256 == 0 && F / 256 <= KILN_VK_SWIGLU_CNT_WORDS &&
-                         (dev->sh->swiglu_wg & (dev->sh->swiglu_wg - 1)) == 0 && !(dev->no_fused_mask & 512u);
-        if (!kiln_vk_act_want_is(&dev->act_want[i], dst) || mode < 1 || (mode > 4 && !q8k) || (mode >= 3 && F % 32))
-            continue;
+        if (!kiln_vk_act_want_is(&dev->act_want[i], dst) || mode < 1 || mode > 4 || (mode >= 3 && F % 32)) continue;
         *qmode = mode;
         *q_bytes = kiln_vk_act_row_words(mode, (uint64_t)F) * 4;
         break;
@@ -185,13 +181,11 @@ static kiln_status swiglu_act_plan(kiln_bk_device *dev, const kiln_bk_tensor *ds
 }
 
 /* matmul_multi(gate, up), then swiglu into dst: one dispatch (mmvm1s_TYPE,
- * mmv.glsl KILN_SWIGLU) for one decode row of split Q4_0, F16 or (with
- * integer dot products) Q4_K weights in one buffer, 32-row blocks, the
- * result also quantized for the down product (Q8_K by the last block of
- * each 256, found by a counter); otherwise the two operations, with `up`
- * for up's product. The same bits either way. H100, Mistral-7B tg128:
- * Q4_0 288-295 -> 305 t/s, F16 about +1%. KILN_VK_NO_FUSED bit 128: never
- * fused; bit 512: not for Q4_K, and no Q8_K results. */
+ * mmv.glsl KILN_SWIGLU) for one decode row of split Q4_0 or F16 weights in
+ * one buffer, 32-row blocks; otherwise the two operations, with `up` for
+ * up's product. The same bits either way. H100, Mistral-7B tg128: Q4_0
+ * 288-295 -> 305 t/s, F16 about +1%. KILN_VK_NO_FUSED bit 128: never
+ * fused. */
 kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
                                   const kiln_bk_tensor *x, kiln_bk_tensor *up, kiln_bk_tensor *dst) {
     kiln_status st;
@@ -207,10 +201,7 @@ kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_g
     const int slot = kiln_vk_weight_slot(w_gate);
     const kiln_vk_shared *sh = dev->sh;
     const int pipe = slot == KILN_VK_SLOT_Q4_0S ? (sh->idot ? KILN_VK_P_MMVM1S_Q4_0S_IDOT : KILN_VK_P_MMVM1S_Q4_0S)
-                     : w_gate->type == KILN_VK_T_F16                     ? KILN_VK_P_MMVM1S_F16
-                     : w_gate->type == KILN_VK_T_Q4_K && sh->idot && K % 256 == 0 && !(dev->no_fused_mask & 512u)
-                         ? KILN_VK_P_MMVM1S_Q4_K_IDOT
-                         : -1;
+                     : w_gate->type == KILN_VK_T_F16 ? KILN_VK_P_MMVM1S_F16 : -1;
     const uint64_t wlo = w_gate->offset < w_up->offset ? w_gate->offset : w_up->offset;
     const uint64_t ghi = w_gate->offset + gwe, uhi = w_up->offset + uwe, whi = ghi > uhi ? ghi : uhi;
     bool fuse = !(dev->no_fused_mask & 128u) && pipe >= 0 && M == 1 && F > 0 && K > 0 && w_gate->ne[0] == K &&
@@ -218,7 +209,7 @@ kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_g
                 up->ne[1] == M && kiln_vk_weight_slot(w_up) == slot && w_up->buf == w_gate->buf &&
                 whi - wlo <= UINT32_MAX - 64 && sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll &&
                 !bytes_overlap(dst, de, x, xe);
-    kiln_vk_bind b[5];
+    kiln_vk_bind b[4];
     uint32_t w_rem = 0;
     if (fuse && (st = kiln_vk_bind_range(dev, w_gate->buf, wlo, whi - wlo, &b[0], &w_rem, "matmul_swiglu"))) fuse = false;
     uint32_t wvec = 3;
@@ -272,10 +263,7 @@ kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_g
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     if (pc.qmode) dev->act_cache.valid = false; /* the scratch is written */
-    if ((st = kiln_vk_bind_range(dev, dev->norm_cnt, KILN_VK_SWIGLU_CNT_OFF, KILN_VK_SWIGLU_CNT_WORDS * 4u, &b[4],
-                                 NULL, "matmul_swiglu")))
-        return st;
-    st = kiln_vk_dispatch(dev, pipe, b, 5, &pc, sizeof pc, (uint32_t)gx, 1, 1);
+    st = kiln_vk_dispatch(dev, pipe, b, 4, &pc, sizeof pc, (uint32_t)gx, 1, 1);
     if (st == KILN_OK && pc.qmode) {
         kiln_vk_act_produced(dev, dst, de, pc.qmode);
         dev->act_cache.q_off = pc.q_off;

@@ -112,7 +112,6 @@ enum {
     KILN_VK_P_MMVM1S_F16,
     KILN_VK_P_MMVM1S_Q4_0S,
     KILN_VK_P_MMVM1S_Q4_0S_IDOT,
-    KILN_VK_P_MMVM1S_Q4_K_IDOT, /* Q4_K with integer dot products, Q8_K results by counters */
     KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
@@ -133,8 +132,6 @@ int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
 #define KILN_VK_ATTN_CNT_OFF 256u     /* bytes: attention's Q8_K counters in norm_cnt (an aligned binding offset) */
 #define KILN_VK_ATTN_CNT_WORDS 2048u  /* one per (row, 256 outputs): 32 rows of 16384 */
-#define KILN_VK_SWIGLU_CNT_OFF (KILN_VK_ATTN_CNT_OFF + 4u * KILN_VK_ATTN_CNT_WORDS) /* bytes: matmul_swiglu's */
-#define KILN_VK_SWIGLU_CNT_WORDS 512u /* one per 256 results: 131072 */
 #define KILN_VK_PUSH_BYTES 128
 
 /* ---- memory ---- */
@@ -394,8 +391,7 @@ struct kiln_bk_device {
     /* matmul_add_rms_norm's workgroup counter (mmv.glsl KILN_NORM): 0
      * between dispatches, zeroed once at device_open */
     kiln_bk_buffer *norm_cnt; /* counters, zero between dispatches: matmul_add_rms_norm's in [0, 16),
-                                 attention's Q8_K blocks from KILN_VK_ATTN_CNT_OFF, matmul_swiglu's
-                                 from KILN_VK_SWIGLU_CNT_OFF */
+                                 attention's Q8_K blocks from KILN_VK_ATTN_CNT_OFF */
     uint32_t norm_dbg; /* KILN_VK_NORM_DBG (profiling only, results wrong): 1 no norm, 2 no quantization */
     uint32_t skip; /* KILN_VK_SKIP (profiling only): kernel classes left out, vk_ops.c skip_class; 1024 no barriers */
     double ts_ms[KILN_VK_P_COUNT];

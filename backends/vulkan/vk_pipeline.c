@@ -320,7 +320,7 @@ SPV_DECL(attn_fold)
 SPV_DECL(mmv_q4_0s_idot) SPV_DECL(mmv_q8_0_idot) SPV_DECL(mmv_q4_k_idot) SPV_DECL(mmv_q6_k_idot)
 SPV_DECL(mmvm_q4_0s_idot) SPV_DECL(mmvm_q8_0_idot) SPV_DECL(mmvm_q4_k_idot) SPV_DECL(mmvm_q6_k_idot)
 SPV_DECL(mmv1n_f16) SPV_DECL(mmv1n_q4_0s) SPV_DECL(mmv1n_q4_0s_idot)
-SPV_DECL(mmvm1s_f16) SPV_DECL(mmvm1s_q4_0s) SPV_DECL(mmvm1s_q4_0s_idot) SPV_DECL(mmvm1s_q4_k_idot)
+SPV_DECL(mmvm1s_f16) SPV_DECL(mmvm1s_q4_0s) SPV_DECL(mmvm1s_q4_0s_idot)
 #undef SPV_DECL
 
 static const struct {
@@ -485,7 +485,7 @@ static const struct {
     SPV_ENTRY(mmv_q4_0s_idot), SPV_ENTRY(mmv_q8_0_idot), SPV_ENTRY(mmv_q4_k_idot), SPV_ENTRY(mmv_q6_k_idot),
     SPV_ENTRY(mmvm_q4_0s_idot), SPV_ENTRY(mmvm_q8_0_idot), SPV_ENTRY(mmvm_q4_k_idot), SPV_ENTRY(mmvm_q6_k_idot),
     SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot),
-    SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot), SPV_ENTRY(mmvm1s_q4_k_idot)
+    SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot)
 #undef SPV_ENTRY
 };
 
@@ -552,7 +552,6 @@ static int mmv_slot(int which) {
     if (which == KILN_VK_P_MMV1N_Q4_0S || which == KILN_VK_P_MMV1N_Q4_0S_IDOT || which == KILN_VK_P_MMVM1S_Q4_0S ||
         which == KILN_VK_P_MMVM1S_Q4_0S_IDOT)
         return KILN_VK_SLOT_Q4_0S;
-    if (which == KILN_VK_P_MMVM1S_Q4_K_IDOT) return kiln_vk_type_slot(KILN_VK_T_Q4_K);
     return -1;
 }
 

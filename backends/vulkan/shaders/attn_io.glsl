@@ -51,14 +51,59 @@ layout(push_constant) uniform P {
 #include "common.glsl"
 
 shared float qs[MAXD];
-#include "q8k_block.glsl"
+shared float qk_v[256], qk_abs[256];
+shared uint qk_idx[256];
+shared int qk_q[256];
+shared bool qk_last;
+
+/* Q8_K (qmode 5) of super-block `blk` of row t's output, as quant_act.comp
+ * mode 5 writes it (the same maxima, first index on ties, roundings and
+ * sums, so the same bytes), by `nthreads` invocations (a power of two, at
+ * most 256): from D, which every head of the block has written. */
+void attn_q8k_block(uint t, uint blk, uint tid, uint nthreads) {
+    uint a = t * p.a_stride, K = p.row_k, x = p.d_off + t * p.d_stride + 256u * blk;
+    for (uint i = tid; i < 256u; i += nthreads) qk_v[i] = D[x + i];
+    barrier();
+    float best = -1.0;
+    uint bi = 0u;
+    for (uint i = tid; i < 256u; i += nthreads) /* increasing i: the first index on ties */
+        if (abs(qk_v[i]) > best) { best = abs(qk_v[i]); bi = i; }
+    qk_abs[tid] = best;
+    qk_idx[tid] = bi;
+    barrier();
+    for (uint s = nthreads / 2u; s > 0u; s >>= 1) {
+        if (tid < s) {
+            uint o = tid + s;
+            if (qk_abs[o] > qk_abs[tid] || (qk_abs[o] == qk_abs[tid] && qk_idx[o] < qk_idx[tid])) {
+                qk_abs[tid] = qk_abs[o];
+                qk_idx[tid] = qk_idx[o];
+            }
+        }
+        barrier();
+    }
+    float amax = qk_abs[0], mx = qk_v[qk_idx[0]];
+    float inv = amax != 0.0 ? -127.0 / mx : 0.0;
+    for (uint i = tid; i < 256u; i += nthreads)
+        qk_q[i] = amax != 0.0 ? clamp(int(roundEven(min(max(inv * qk_v[i], -128.0), 127.0))), -128, 127) : 0;
+    barrier();
+    for (uint w = tid; w < 64u; w += nthreads)
+        AQ[a + 64u * blk + w] = (uint(qk_q[4u * w]) & 0xffu) | ((uint(qk_q[4u * w + 1u]) & 0xffu) << 8) |
+                                ((uint(qk_q[4u * w + 2u]) & 0xffu) << 16) | ((uint(qk_q[4u * w + 3u]) & 0xffu) << 24);
+    for (uint j = tid; j < 16u; j += nthreads) {
+        int sum = 0;
+        for (uint k = 0u; k < 16u; k++) sum += qk_q[16u * j + k];
+        AQ[a + K / 4u + K / 256u + 16u * blk + j] = uint(sum);
+    }
+    /* written as quant_act.comp writes it (1 / inv can round differently) */
+    if (tid == 0u) AQ[a + K / 4u + blk] = amax != 0.0 ? floatBitsToUint(1.0 / (-127.0 / mx)) : 0u;
+    barrier(); /* the shared arrays are reused for the next block */
+}
 
 /* After the head's output (head_dim values, qs[d]) was written to D by
  * this workgroup of `nthreads` invocations (tid): the same values in
  * format p.qmode (1/2: F16/BF16 rounding; 3/4: Q8_0/Q8_1 blocks of 32,
- * which lie within a head; 5: Q8_K, by the last head of each 256-element
- * block) into AQ, as quant_act.comp writes them. Called from uniform
- * control flow (it has barriers). */
+ * which lie within a head) into AQ, as quant_act.comp writes them. Called
+ * from uniform control flow (it has a barrier). */
 void attn_quant_out(uint t, uint h, uint D_, uint tid, uint nthreads) {
     if (p.qmode == 0u) return;
     if (p.qmode == 5u) {
@@ -77,9 +122,7 @@ void attn_quant_out(uint t, uint h, uint D_, uint tid, uint nthreads) {
             if (qk_last) {
                 memoryBarrierBuffer();
                 if (tid == 0u) CNT[c] = 0u; /* every other head has counted */
-                uint x = p.d_off + t * p.d_stride + 256u * blk;
-                for (uint i = tid; i < 256u; i += nthreads) qk_v[i] = D[x + i];
-                q8k_block_store(tid, nthreads, t * p.a_stride, p.row_k, blk);
+                attn_q8k_block(t, blk, tid, nthreads);
             }
             barrier();
         }

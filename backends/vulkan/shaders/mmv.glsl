@@ -86,16 +86,11 @@ layout(binding = 4) buffer SB { float S[]; };           /* R + the product (may 
 layout(binding = 5) readonly buffer NWB { float NW[]; };/* the norm's weights */
 layout(binding = 6) buffer QB { uint AQ[]; };           /* quantized for the next product (qmode) */
 layout(binding = 7) coherent buffer CB { uint CNT[]; }; /* workgroups done, 0 between dispatches */
-#elif defined(KILN_SWIGLU)
-/* qmode 5: the last workgroup of a 256-row super-block reads it back */
-layout(binding = 2) coherent buffer DB { float D[]; };
 #else
 layout(binding = 2) writeonly buffer DB { float D[]; };
 #endif
 #ifdef KILN_SWIGLU
 layout(binding = 3) buffer QB { uint AQ[]; }; /* the result quantized for the down product (qmode) */
-/* qmode 5: 32-row blocks done per super-block, 0 between dispatches */
-layout(binding = 4) coherent buffer CB { uint CNT[]; };
 #define NR 2u /* gate's and up's row */
 #else
 #define NR ROWS
@@ -148,30 +143,12 @@ layout(constant_id = 13) const uint AU4_ON = 1u;
 #include "types.glsl"
 
 #ifdef KILN_SWIGLU
-#include "q8k_block.glsl"
 shared float sw_out[32];
 /* The workgroup's block of 32 results (sw_out) quantized as quant_act
  * would (block maximum, then KILN_Q8_BLOCK_STORE; element-wise for F16 and
- * BF16); mode 3/4 needs N % 32 == 0 (the host's act_produce checks). Mode
- * 5 (Q8_K, N % 256 == 0, a power-of-two workgroup): the block counts
- * itself into its super-block's counter once its rows are in D, and the
- * workgroup of the eighth quantizes the super-block (q8k_block.glsl). */
+ * BF16); mode 3/4 needs N % 32 == 0 (the host's act_produce checks). */
 void swiglu_quant(uint blk) {
     const uint t = gl_LocalInvocationIndex, F = p.N[0], e0 = 32u * blk, a = p.q_off;
-    if (p.qmode == 5u) {
-        memoryBarrierBuffer();
-        barrier();
-        const uint sb = blk / 8u;
-        if (t == 0u) qk_last = atomicAdd(CNT[sb], 1u) == 7u;
-        barrier();
-        if (qk_last) {
-            memoryBarrierBuffer();
-            if (t == 0u) CNT[sb] = 0u; /* the other seven have counted */
-            for (uint i = t; i < 256u; i += gl_WorkGroupSize.x) qk_v[i] = D[p.d_off[0] + 256u * sb + i];
-            q8k_block_store(t, gl_WorkGroupSize.x, a, F, sb);
-        }
-        return;
-    }
     if (p.qmode == 1u || p.qmode == 2u) {
         if (t < 32u && e0 + t < F)
             AQ[a + e0 + t] = floatBitsToUint(p.qmode == 1u ? h2f(f2h(sw_out[t])) : bf2f(f2bf(sw_out[t])));
