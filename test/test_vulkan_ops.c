@@ -474,7 +474,7 @@ static void test_fused_rope_kv_store(void) {
 }
 
 /* The producers of a matmul's activations (rms_norm, add_rms_norm,
- * swiglu, attention) quantize them themselves once a matmul has read those rows
+ * swiglu, attention: F16, BF16, Q8_0, Q8_1 only) quantize them themselves once a matmul has read those rows
  * quantized (no quant_act dispatch): the products equal those of the same
  * rows uploaded into another buffer (quantized by quant_act), bit for bit,
  * for every activation format (F16, BF16, Q8_0, Q8_1, Q8_K), rows that

@@ -216,30 +216,11 @@ static bool attn_dec_usable(const kiln_bk_device *dev) {
     return dev->sh->subgroup_add && dev->sh->subgroup_size >= 8 && dev->sh->subgroup_size <= 32 && !dev->attn_dec_old;
 }
 
-/* The dst modes attention can quantize its output to for the next matmul,
- * where the heads fill the row: F16/BF16 rounding; Q8_0/Q8_1 where a head
- * holds whole blocks (head_dim % 32 == 0); Q8_K, whose 256-element blocks
- * span heads, where head_dim divides 256 or 256 divides it and the
- * counters (attn_io.glsl attn_quant_out: the last head of a block
- * quantizes it) cover the ubatch. */
-static uint32_t attn_out_modes(const kiln_bk_device *dev, const kiln_bk_attn *a, const kiln_bk_tensor *dst) {
-    const uint64_t row = (uint64_t)a->n_head * a->head_dim;
-    if ((uint64_t)dst->ne[0] != row) return 0u;
-    if (a->head_dim % 32) return 0x6u;
-    const bool q8k = !(dev->no_fused_mask & 256u) && row % 256 == 0 &&
-                     (256 % a->head_dim == 0 || a->head_dim % 256 == 0) &&
-                     (uint64_t)dev->ub.n_tokens * (row / 256) <= KILN_VK_ATTN_CNT_WORDS;
-    return q8k ? 0x3eu : 0x1eu;
-}
-
-/* Bindings 6..10 of an attention pipeline whose first n_binds are set:
- * those it does not use name q's (6..8) and dst's (9) buffers, 10 is the
- * Q8_K counters (the shaders name them all). */
-static kiln_status attn_fill_binds(kiln_bk_device *dev, kiln_vk_bind *b, uint32_t n_binds, const char *op) {
-    for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
-    if (n_binds < 10) b[9] = b[3];
-    return kiln_vk_bind_range(dev, dev->norm_cnt, KILN_VK_ATTN_CNT_OFF, KILN_VK_ATTN_CNT_WORDS * 4u, &b[10], NULL,
-                              op);
+/* The dst modes attention can quantize its output to for the next matmul:
+ * where a head holds whole blocks (F16/BF16 rounding; Q8_0/Q8_1 with
+ * head_dim % 32 == 0) and the heads fill the row. */
+static uint32_t attn_out_modes(const kiln_bk_attn *a, const kiln_bk_tensor *dst) {
+    return (uint64_t)dst->ne[0] != (uint64_t)a->n_head * a->head_dim ? 0u : a->head_dim % 32 ? 0x6u : 0x1eu;
 }
 
 /* attn_io.glsl's push constants (attention.comp, attn_dec.glsl); the rope
@@ -275,10 +256,8 @@ static kiln_status attn_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b
                                  const void *push, uint32_t size, const kiln_bk_attn *a, const kiln_bk_tensor *dst,
                                  uint64_t de, const char *op) {
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-    kiln_status st = attn_fill_binds(dev, b, n_binds, op);
-    if (st == KILN_OK)
-        st = kiln_vk_act_produce(dev, dst, de, attn_out_modes(dev, a, dst), &b[5], &pc->qmode, &pc->q_words, op);
-    if (st == KILN_OK) st = kiln_vk_dispatch(dev, which, b, 11, push, size, a->n_head, dev->ub.n_tokens, 1);
+    kiln_status st = kiln_vk_act_produce(dev, dst, de, attn_out_modes(a, dst), &b[5], &pc->qmode, &pc->q_words, op);
+    if (st == KILN_OK) st = kiln_vk_dispatch(dev, which, b, n_binds, push, size, a->n_head, dev->ub.n_tokens, 1);
     if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc->qmode);
     return st;
 }
@@ -294,7 +273,7 @@ static kiln_status attn_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b
  * (head, token) walks every position. The choice and the split length
  * depend only on the context (for ubatches of up to 32 tokens), so a verify
  * batch's rows keep the bits of decode steps. b has
- * 11 entries, those past n_binds are filled here. */
+ * 10 entries, those past n_binds are filled here. */
 static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b, uint32_t n_binds,
                                      attn_push *pc, const void *push, uint32_t size, const kiln_bk_attn *a,
                                      const kiln_bk_tensor *dst, uint64_t de, const char *op) {
@@ -307,10 +286,11 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
         sl = kiln_vk_div_up(kiln_vk_div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
     /* the shaders name binding 9 either way: dst's (written anyway) when
      * not splitting; 6..8 where unused, q's */
-    kiln_status st;
-    if ((st = attn_fill_binds(dev, b, n_binds, op))) return st;
+    for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
+    b[9] = b[3];
     if (!sl || ub->n_tokens > KILN_VK_ATTN_SPLIT_TOKENS || ub->n_cells < dev->attn_split_min || ub->n_cells <= sl)
         return attn_dispatch(dev, which, b, 10, pc, push, size, a, dst, de, op);
+    kiln_status st;
     const uint32_t ns = kiln_vk_div_up(ub->n_cells, sl);
     const uint64_t bytes = (uint64_t)ub->n_tokens * a->n_head * ns * (a->head_dim + 2) * sizeof(float);
     if ((st = kiln_vk_scratch_reserve(dev, &dev->attn_part, bytes))) return st;
@@ -320,7 +300,7 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
     pc->p_off = 0;
     pc->qmode = 0;
     b[5] = b[3]; /* the quantized output is the fold's (act_produce binds it there) */
-    if ((st = kiln_vk_dispatch(dev, which, b, 11, push, size, a->n_head, ub->n_tokens, ns))) return st;
+    if ((st = kiln_vk_dispatch(dev, which, b, 10, push, size, a->n_head, ub->n_tokens, ns))) return st;
     return attn_dispatch(dev, KILN_VK_P_ATTN_FOLD, b, 10, pc, push, size, a, dst, de, op);
 }
 
@@ -333,7 +313,7 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     if ((st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe, &de, &need, &noop)) || noop) return st;
     const kiln_vk_ubatch *ub = &dev->ub;
     const uint32_t kv_dim = a.n_head_kv * a.head_dim;
-    kiln_vk_bind b[11];
+    kiln_vk_bind b[10];
     attn_push pc;
     if ((st = kiln_vk_ubatch_bind(dev, &b[4], "attention")) ||
         (st = kiln_vk_bind_f32(dev, q, qe, &b[0], &pc.q_off, &pc.q_stride, "attention")) ||
@@ -532,7 +512,7 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     } pc;
     uint64_t toff = 0;
     const kiln_bk_buffer *tbuf = NULL;
-    kiln_vk_bind b[11];
+    kiln_vk_bind b[10];
     uint32_t rem;
     if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_attention")) ||
         (st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_attention")) ||

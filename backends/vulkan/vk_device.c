@@ -533,7 +533,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
          * > 1: a mask of the ones to turn off (2 the quantization in the
          * producers, 4 matmul_multi, 8 add_rms_norm, 16 rope_kv_store, 32
          * rope_kv_attention's single dispatch, 64 matmul_add_rms_norm's, 128
-         * matmul_swiglu's, 256 attention's Q8_K output).
+         * matmul_swiglu's).
          * Default: all on. (The quantization in the producers was off by
          * default until add_rms_norm and rms_norm quantized a row with two
          * barriers instead of a tree per 256 elements: on the H100 Q4_0
@@ -592,9 +592,8 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_vk_device_close(dev);
         return st;
     }
-    /* matmul_add_rms_norm's counter and attention's: zero before any
-     * dispatch counts on them */
-    static const uint32_t zeros[KILN_VK_ATTN_CNT_OFF / 4 + KILN_VK_ATTN_CNT_WORDS];
+    /* matmul_add_rms_norm's counter: zero before any dispatch counts on it */
+    static const uint32_t zeros[4];
     if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
         (st = kiln_vk_upload(dev, dev->norm_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
         kiln_vk_device_close(dev);

@@ -126,12 +126,10 @@ int kiln_vk_type_slot(int32_t type);
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
-#define KILN_VK_MAX_BINDINGS 11
+#define KILN_VK_MAX_BINDINGS 10
 #define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
 #define KILN_VK_ATTN_SPLIT_DEFAULT 256u      /* decode attention: positions per split ... */
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
-#define KILN_VK_ATTN_CNT_OFF 256u     /* bytes: attention's Q8_K counters in norm_cnt (an aligned binding offset) */
-#define KILN_VK_ATTN_CNT_WORDS 2048u  /* one per (row, 256 outputs): 32 rows of 16384 */
 #define KILN_VK_PUSH_BYTES 128
 
 /* ---- memory ---- */
@@ -390,8 +388,7 @@ struct kiln_bk_device {
     bool timestamps;
     /* matmul_add_rms_norm's workgroup counter (mmv.glsl KILN_NORM): 0
      * between dispatches, zeroed once at device_open */
-    kiln_bk_buffer *norm_cnt; /* counters, zero between dispatches: matmul_add_rms_norm's in [0, 16),
-                                 attention's Q8_K blocks from KILN_VK_ATTN_CNT_OFF */
+    kiln_bk_buffer *norm_cnt;
     uint32_t norm_dbg; /* KILN_VK_NORM_DBG (profiling only, results wrong): 1 no norm, 2 no quantization */
     uint32_t skip; /* KILN_VK_SKIP (profiling only): kernel classes left out, vk_ops.c skip_class; 1024 no barriers */
     double ts_ms[KILN_VK_P_COUNT];

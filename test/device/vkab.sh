@@ -2,7 +2,7 @@
 # test/device/vkab.sh SHAPE:TYPE... - an A/B of Vulkan settings on the
 # device, in one call: for each model (kiln-gen-model into /tmp), the
 # greedy text of 64 tokens and the recorded step's dispatches under each
-# setting of $KILN_VKAB (default "KILN_VK_NO_FUSED=0 KILN_VK_NO_FUSED=256";
+# setting of $KILN_VKAB (default "KILN_VK_NO_FUSED=0 KILN_VK_NO_FUSED=128";
 # a,b for two variables at once), then tg128 (3 repetitions) under each,
 # alternating, in two rounds, and CUDA's tg128 for the ratio.
 # KILN_VKAB_TESTS=1 first runs test_vulkan_ops, test_backend_attn,
@@ -11,12 +11,16 @@
 # Given a tree built elsewhere (KILN_BUILD, default build-device, from
 # `bash test/device/vulkan.sh --pack build-device`) and .gl/ for the loader:
 #   KILN_SHARED=$PWD/devdata/vk/shared KILN_VKAB_TESTS=1 bash test/device/vkab.sh mistral-7b:q4_k_m
+# Two builds in one call (a change's A/B where no setting turns it off):
+# pack the old tree too (its libkiln*.so and bin/kiln-bench, kiln-run) and
+# run both with KILN_BACKEND_PATH=$PWD/BUILD BUILD/bin/kiln-bench (session
+# 12's attention A/B in bench/NOTES.md).
 set -u
 cd "$(dirname "$0")/../.."
 build=${KILN_BUILD:-build-device}
 . test/device/vk_common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
-sets=${KILN_VKAB:-KILN_VK_NO_FUSED=0 KILN_VK_NO_FUSED=256}
+sets=${KILN_VKAB:-KILN_VK_NO_FUSED=0 KILN_VK_NO_FUSED=128}
 if [ -n "${KILN_VKAB_TESTS:-}" ]; then
     echo "== test_vulkan_ops: $("$build/test/test_vulkan_ops" 2>&1 | grep -E '^FAIL|^kt:' | tr '\n' ' ')"
     echo "== test_backend_attn: $(KILN_ATTN_BACKEND=vulkan "$build/test/test_backend_attn" 2>&1 | tail -n 1)"
