@@ -312,6 +312,30 @@ typedef struct kiln_backend_iface {
      * unspecified). Absent: the core calls the two. */
     kiln_status (*matmul_swiglu)(kiln_bk_device *dev, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
                                  const kiln_bk_tensor *x, kiln_bk_tensor *up, kiln_bk_tensor *dst);
+
+    /* OPTIONAL, the four together: a layer's residual stream with each norm
+     * done by the products after it, instead of after the product before
+     * it (a decode step: the norm costs each product a prologue rather than
+     * a dependent launch of its own). prenorm_fused(w, n_rows) returns
+     * nonzero where the three below take their one-launch form for weight w
+     * and n_rows activation rows; the core uses them for a layer only where
+     * every product of the layer does. Each has the separate operations'
+     * arithmetic and checks (so the same bits) and falls back to them:
+     * - matmul_add: sum = a + matmul(w, x) (sum may be a itself); tmp, of
+     *   sum's shape, is scratch for the product where it is computed apart.
+     * - rms_norm_matmul_multi: h = rms_norm(x) * nw, then matmul_multi(n,
+     *   w, h, dst); h is scratch (its contents afterwards are unspecified).
+     * - rms_norm_matmul_swiglu: h = rms_norm(x) * nw, then matmul_swiglu(
+     *   w_gate, w_up, h, up, dst); h as above. */
+    int32_t (*prenorm_fused)(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t n_rows);
+    kiln_status (*matmul_add)(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                              const kiln_bk_tensor *a, kiln_bk_tensor *tmp, kiln_bk_tensor *sum);
+    kiln_status (*rms_norm_matmul_multi)(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *nw,
+                                         float eps, kiln_bk_tensor *h, uint32_t n, const kiln_bk_tensor *const *w,
+                                         kiln_bk_tensor *const *dst);
+    kiln_status (*rms_norm_matmul_swiglu)(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *nw,
+                                          float eps, kiln_bk_tensor *h, const kiln_bk_tensor *w_gate,
+                                          const kiln_bk_tensor *w_up, kiln_bk_tensor *up, kiln_bk_tensor *dst);
 } kiln_backend_iface;
 
 /* Services of the core for plugins (see set_host). */

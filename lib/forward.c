@@ -64,6 +64,16 @@ typedef struct segment {
     uint32_t n, n_out;
 } segment;
 
+/* Whether the backend fuses every product of layer L with the norm
+ * before it (prenorm_fused): q, k, v, o, gate, up and down. */
+static bool prenorm_layer(const kiln_backend_iface *bk, kiln_bk_device *dev, const kiln_layer_weights *L,
+                          uint32_t n) {
+    const kiln_bk_tensor *ws[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    for (int i = 0; i < 7; i++)
+        if (!bk->prenorm_fused(dev, ws[i], (int64_t)n)) return false;
+    return true;
+}
+
 /* Enqueues the operations of one segment on its device: the embedding
  * lookup on the first, its layers, the output rows on the last. */
 static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
@@ -101,10 +111,23 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
     const bool rope_attn = KILN_BK_HAS(bk, rope_kv_attention);
     const bool mm_norm = fused && KILN_BK_HAS(bk, matmul_add_rms_norm);
     const bool mm_swiglu = KILN_BK_HAS(bk, matmul_swiglu);
+    /* the norm in the products after it, for the layers whose every
+     * product the backend fuses so (prenorm_layer) */
+    const bool prenorm = KILN_BK_HAS(bk, prenorm_fused) && KILN_BK_HAS(bk, matmul_add) &&
+                         KILN_BK_HAS(bk, rms_norm_matmul_multi) && KILN_BK_HAS(bk, rms_norm_matmul_swiglu);
+    bool h_ready = false; /* h holds this layer's attention norm of x */
     for (uint32_t il = g->l0; il < g->l1; il++) {
         const kiln_layer_weights *L = &m->layers[il];
-        if (il == g->l0 || !fused) CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
-        if (multi) { /* the three products of h in as few launches as the backend can */
+        const bool pre = prenorm && prenorm_layer(bk, dev, L, n);
+        if (pre) {
+            const kiln_bk_tensor *w3[3] = {&L->wq, &L->wk, &L->wv};
+            kiln_bk_tensor *d3[3] = {&q, &k, &v};
+            CHECK(bk->rms_norm_matmul_multi(dev, &x, &L->attn_norm, hp->rms_eps, &h, 3, w3, d3));
+        } else if (!h_ready) {
+            CHECK(bk->rms_norm(dev, &x, &L->attn_norm, hp->rms_eps, &h));
+        }
+        if (pre) {
+        } else if (multi) { /* the three products of h in as few launches as the backend can */
             const kiln_bk_tensor *w3[3] = {&L->wq, &L->wk, &L->wv};
             kiln_bk_tensor *d3[3] = {&q, &k, &v};
             CHECK(bk->matmul_multi(dev, 3, w3, &h, d3));
@@ -133,6 +156,13 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             }
             CHECK(bk->attention(dev, &q, kv->k[il], kv->v[il], &at, &a));
         }
+        if (pre) {
+            CHECK(bk->matmul_add(dev, &L->wo, &a, &x, &h, &x));
+            CHECK(bk->rms_norm_matmul_swiglu(dev, &x, &L->ffn_norm, hp->rms_eps, &h, &L->w_gate, &L->w_up, &u, &gt));
+            CHECK(bk->matmul_add(dev, &L->w_down, &gt, &x, &h, &x));
+            h_ready = false;
+            continue;
+        }
         if (mm_norm) {
             CHECK(bk->matmul_add_rms_norm(dev, &L->wo, &a, &x, &x, &L->ffn_norm, hp->rms_eps, &h));
         } else if (fused) {
@@ -156,16 +186,19 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             }
             CHECK(bk->swiglu(dev, &gt, &u, &gt));
         }
-        if (mm_norm && il + 1 < g->l1) { /* and the next layer's attention norm */
+        /* and the next layer's attention norm, unless that layer does it itself */
+        const bool norm_next = fused && il + 1 < g->l1 && !(prenorm && prenorm_layer(bk, dev, &m->layers[il + 1], n));
+        if (mm_norm && norm_next) {
             CHECK(bk->matmul_add_rms_norm(dev, &L->w_down, &gt, &x, &x, &m->layers[il + 1].attn_norm, hp->rms_eps,
                                           &h));
         } else {
             CHECK(bk->matmul(dev, &L->w_down, &gt, &h));
-            if (fused && il + 1 < g->l1)
+            if (norm_next)
                 CHECK(bk->add_rms_norm(dev, &x, &h, &x, &m->layers[il + 1].attn_norm, hp->rms_eps, &h));
             else
                 CHECK(bk->add(dev, &x, &h, &x));
         }
+        h_ready = norm_next;
     }
     if (g->last && n_out > 0) {
         CHECK(bk->get_rows(dev, &x, g->out_idx, &xo));

@@ -701,6 +701,118 @@ static void test_fused_matmul_swiglu(void) {
         }
 }
 
+/* The norm in the products after it (prenorm_fused, matmul_add,
+ * rms_norm_matmul_multi, rms_norm_matmul_swiglu: one dispatch each for a
+ * decode row of split Q4_0 weights, the separate operations otherwise) as
+ * the core calls them for a layer, against rms_norm, matmul_multi, matmul,
+ * add, matmul_swiglu, bit for bit: q/k/v, the swiglu result and the
+ * residual row after the layer, twice (the second pass with the
+ * activations the first left), for an embedding of 512 and 4096 (the
+ * largest the fused form takes) and 4352 (the separate operations). */
+static void test_fused_prenorm(void) {
+    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_F16, KILN_TYPE_Q4_K};
+    static const int64_t Es[] = {512, 4096, 4352};
+    enum { F = 1024 };
+    if (vk->struct_size < offsetof(kiln_backend_iface, rms_norm_matmul_swiglu) + sizeof vk->rms_norm_matmul_swiglu ||
+        !vk->prenorm_fused || !vk->matmul_add || !vk->rms_norm_matmul_multi || !vk->rms_norm_matmul_swiglu) {
+        KT_CHECKF(0, "the Vulkan plugin has no prenorm entries");
+        return;
+    }
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (size_t ei = 0; ei < sizeof Es / sizeof Es[0]; ei++) {
+            const int32_t type = types[ti];
+            const int64_t E = Es[ei], KV = E / 4;
+            if (type != KILN_TYPE_Q4_0 && ei != 0) continue;
+            /* q, k, v, o, gate, up (K = E), down (K = F), one after the other */
+            const int64_t Ks[7] = {E, E, E, E, E, E, F}, Ns[7] = {E, KV, KV, E, F, F, E};
+            uint64_t off[8] = {0};
+            for (int i = 0; i < 7; i++) off[i + 1] = off[i] + (kiln_type_row_size(type, Ks[i]) * Ns[i] + 255) / 256 * 256;
+            uint8_t *wq = calloc(1, off[7]);
+            float *wf = malloc(sizeof(float) * (size_t)(E > F ? E : F) * (size_t)(E > F ? E : F));
+            for (int i = 0; i < 7; i++) {
+                const uint64_t row = kiln_type_row_size(type, Ks[i]);
+                for (int64_t j = 0; j < Ks[i] * Ns[i]; j++) wf[j] = frand();
+                for (int64_t r = 0; r < Ns[i]; r++)
+                    KT_CHECK_OK(kiln_quantize_row(type, wf + r * Ks[i], wq + off[i] + r * row, Ks[i]));
+            }
+            kiln_bk_buffer *wb = vk_buf(off[7], wq);
+            kiln_bk_tensor tw[7];
+            for (int i = 0; i < 7; i++) {
+                tw[i] = kt_bk_tensor(wb, type, Ks[i], Ns[i], off[i]);
+                tw[i].layout = vk_prepare(wb, type, Ks[i], Ns[i], off[i]);
+            }
+            const int fused = vk->prenorm_fused(dvk, &tw[0], 1) != 0;
+            KT_CHECKF(fused == (type == KILN_TYPE_Q4_0) || getenv("KILN_VK_NO_FUSED"),
+                      "prenorm_fused %s: %d", kiln_type_name(type), fused);
+            KT_CHECKF(vk->prenorm_fused(dvk, &tw[0], 2) == 0, "prenorm_fused for 2 rows");
+            /* floats: x (E), two norm weights (E each), attention out (E), h (E), q k v (E + 2 KV), tmp (E), gt up (2F) */
+            const uint64_t o_nw = E, o_nw2 = 2 * E, o_a = 3 * E, o_h = 4 * E, o_q = 5 * E, o_k = o_q + E,
+                           o_v = o_k + KV, o_t = o_v + KV, o_g = o_t + E, o_u = o_g + F, total = o_u + F;
+            float *in = malloc(sizeof(float) * total);
+            for (uint64_t i = 0; i < total; i++) in[i] = frand() * 2.0f;
+            kiln_bk_buffer *b[2];
+            for (int path = 0; path < 2; path++) b[path] = vk_buf(sizeof(float) * total, in);
+            for (int pass = 0; pass < 2; pass++)
+                for (int path = 0; path < 2; path++) {
+                    kiln_bk_buffer *bb = b[path];
+                    kiln_bk_tensor x = kt_bk_tensor(bb, KILN_TYPE_F32, E, 1, 0);
+                    kiln_bk_tensor nw = kt_bk_tensor(bb, KILN_TYPE_F32, E, 1, 4 * o_nw);
+                    kiln_bk_tensor nw2 = kt_bk_tensor(bb, KILN_TYPE_F32, E, 1, 4 * o_nw2);
+                    kiln_bk_tensor a = kt_bk_tensor(bb, KILN_TYPE_F32, E, 1, 4 * o_a);
+                    kiln_bk_tensor h = kt_bk_tensor(bb, KILN_TYPE_F32, E, 1, 4 * o_h);
+                    kiln_bk_tensor q = kt_bk_tensor(bb, KILN_TYPE_F32, E, 1, 4 * o_q);
+                    kiln_bk_tensor k = kt_bk_tensor(bb, KILN_TYPE_F32, KV, 1, 4 * o_k);
+                    kiln_bk_tensor v = kt_bk_tensor(bb, KILN_TYPE_F32, KV, 1, 4 * o_v);
+                    kiln_bk_tensor t = kt_bk_tensor(bb, KILN_TYPE_F32, E, 1, 4 * o_t);
+                    kiln_bk_tensor gt = kt_bk_tensor(bb, KILN_TYPE_F32, F, 1, 4 * o_g);
+                    kiln_bk_tensor u = kt_bk_tensor(bb, KILN_TYPE_F32, F, 1, 4 * o_u);
+                    const kiln_bk_tensor *w3[3] = {&tw[0], &tw[1], &tw[2]};
+                    kiln_bk_tensor *d3[3] = {&q, &k, &v};
+                    if (path == 0) {
+                        KT_CHECK_OK(vk->rms_norm(dvk, &x, &nw, 1e-5f, &h));
+                        KT_CHECK_OK(vk->matmul_multi(dvk, 3, w3, &h, d3));
+                        KT_CHECK_OK(vk->matmul(dvk, &tw[3], &a, &t));
+                        KT_CHECK_OK(vk->add(dvk, &x, &t, &x));
+                        KT_CHECK_OK(vk->rms_norm(dvk, &x, &nw2, 1e-5f, &h));
+                        KT_CHECK_OK(vk->matmul_swiglu(dvk, &tw[4], &tw[5], &h, &u, &gt));
+                        KT_CHECK_OK(vk->matmul(dvk, &tw[6], &gt, &t));
+                        KT_CHECK_OK(vk->add(dvk, &x, &t, &x));
+                    } else {
+                        KT_CHECK_OK(vk->rms_norm_matmul_multi(dvk, &x, &nw, 1e-5f, &h, 3, w3, d3));
+                        KT_CHECK_OK(vk->matmul_add(dvk, &tw[3], &a, &x, &t, &x));
+                        KT_CHECK_OK(vk->rms_norm_matmul_swiglu(dvk, &x, &nw2, 1e-5f, &h, &tw[4], &tw[5], &u, &gt));
+                        KT_CHECK_OK(vk->matmul_add(dvk, &tw[6], &gt, &x, &t, &x));
+                    }
+                }
+            KT_CHECKF(vk_same(b[0], b[1], 4 * o_q, 4 * (E + 2 * KV)), "prenorm %s E=%lld: q/k/v differ",
+                      kiln_type_name(type), (long long)E);
+            KT_CHECKF(vk_same(b[0], b[1], 4 * o_g, 4 * F), "prenorm %s E=%lld: the swiglu result differs",
+                      kiln_type_name(type), (long long)E);
+            KT_CHECKF(vk_same(b[0], b[1], 0, 4 * E), "prenorm %s E=%lld: the residual row differs",
+                      kiln_type_name(type), (long long)E);
+            /* bad input: a status, nothing run */
+            {
+                kiln_bk_tensor x = kt_bk_tensor(b[1], KILN_TYPE_F32, E, 1, 0);
+                kiln_bk_tensor nw = kt_bk_tensor(b[1], KILN_TYPE_F32, E + 32, 1, 4 * o_nw);
+                kiln_bk_tensor h = kt_bk_tensor(b[1], KILN_TYPE_F32, E, 1, 4 * o_h);
+                kiln_bk_tensor q = kt_bk_tensor(b[1], KILN_TYPE_F32, E, 1, 4 * o_q);
+                const kiln_bk_tensor *w1[1] = {&tw[0]};
+                kiln_bk_tensor *d1[1] = {&q};
+                KT_CHECKF(vk->rms_norm_matmul_multi(dvk, &x, &nw, 1e-5f, &h, 1, w1, d1) == KILN_E_INVALID_ARG,
+                          "rms_norm_matmul_multi with a norm of another length");
+                KT_CHECKF(vk->rms_norm_matmul_multi(dvk, &x, &nw, 1e-5f, &h, 4, w1, d1) == KILN_E_INVALID_ARG,
+                          "rms_norm_matmul_multi with 4 products");
+                KT_CHECKF(vk->matmul_add(dvk, &tw[0], &x, &q, &h, &nw) == KILN_E_INVALID_ARG,
+                          "matmul_add with a sum of another length");
+            }
+            for (int path = 0; path < 2; path++) vk->buffer_free(b[path]);
+            vk->buffer_free(wb);
+            free(in);
+            free(wf);
+            free(wq);
+        }
+}
+
 /* The unrolled decode kernels (the default: one row through the one-row
  * kernels, mmv1_/mmvm1_, which issue four chunks' loads at once) give the
  * same bits as a handle opened with KILN_VK_MMV_UNROLL=0, through
@@ -913,6 +1025,7 @@ int main(void) {
     KT_RUN(test_fused_quant_producers);
     KT_RUN(test_fused_matmul_add_rms_norm);
     KT_RUN(test_fused_matmul_swiglu);
+    KT_RUN(test_fused_prenorm);
     KT_RUN(test_mmv_unroll_bits);
     KT_RUN(test_q4_0_split_layout);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");

@@ -1121,6 +1121,10 @@ static const kiln_backend_iface cuda_iface = {
     kcu_rope_kv_attention,
     NULL, /* matmul_add_rms_norm: the core's matmul, then add_rms_norm */
     NULL, /* matmul_swiglu: the core's matmul_multi, then swiglu */
+    NULL, /* prenorm_fused, matmul_add, rms_norm_matmul_multi, rms_norm_matmul_swiglu: */
+    NULL, /* the norm stays after the product before it (PDL hides a launch there) */
+    NULL,
+    NULL,
 };
 
 extern "C" __attribute__((visibility("default"))) const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

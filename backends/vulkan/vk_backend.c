@@ -59,6 +59,10 @@ static const kiln_backend_iface vk_iface = {
     .matmul_add_rms_norm = kiln_vk_matmul_add_rms_norm, /* vk_fused.c */
     .matmul_swiglu = kiln_vk_matmul_swiglu,             /* vk_fused.c */
     .weight_prepare = kiln_vk_weight_prepare, /* vk_layout.c */
+    .prenorm_fused = kiln_vk_prenorm_fused,   /* vk_fused.c */
+    .matmul_add = kiln_vk_matmul_add,
+    .rms_norm_matmul_multi = kiln_vk_rms_norm_matmul_multi,
+    .rms_norm_matmul_swiglu = kiln_vk_rms_norm_matmul_swiglu,
 };
 
 KILN_API const kiln_backend_iface *kiln_backend_entry(uint32_t abi_version) {

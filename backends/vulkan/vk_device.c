@@ -533,14 +533,15 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
          * > 1: a mask of the ones to turn off (2 the quantization in the
          * producers, 4 matmul_multi, 8 add_rms_norm, 16 rope_kv_store, 32
          * rope_kv_attention's single dispatch, 64 matmul_add_rms_norm's, 128
-         * matmul_swiglu's).
+         * matmul_swiglu's, 1024 the norm in the products after it:
+         * prenorm_fused says no).
          * Default: all on. (The quantization in the producers was off by
          * default until add_rms_norm and rms_norm quantized a row with two
          * barriers instead of a tree per 256 elements: on the H100 Q4_0
          * tg128 219 -> 236 with it, F16 129 -> 132, Q4_K_M 133 -> 137.) */
         const char *nf = getenv("KILN_VK_NO_FUSED");
         const long m = nf ? strtol(nf, NULL, 10) : 0;
-        dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0xfeu;
+        dev->no_fused_mask = !nf || !*nf ? 0u : m > 1 ? (uint32_t)m : m == 0 && nf[0] == '0' ? 0u : 0x4feu;
     }
     /* on by default (H100: Q4_0 tg128 229 -> 241, Q4_K_M 136 -> 140); =0 off */
     dev->mmv_unroll = !getenv("KILN_VK_MMV_UNROLL") || atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;

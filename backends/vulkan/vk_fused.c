@@ -374,3 +374,266 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc,
                             (uint32_t)gx, kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }
+
+/* ------------------------------------------------------------------------ */
+/* the norm in the products after it: matmul_add, rms_norm_matmul_multi,    */
+/* rms_norm_matmul_swiglu (mmv.glsl KILN_RESADD, KILN_PRENORM)              */
+/* ------------------------------------------------------------------------ */
+
+/* Where the three take their one-dispatch form: a decode row of split Q4_0
+ * weights on a device with the one-row decode kernels. KILN_VK_NO_FUSED
+ * bit 1024: never (the core then keeps the norm in the product before). */
+static bool prenorm_weight(const kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t n_rows) {
+    return dev && w && n_rows == 1 && !(dev->no_fused_mask & 1024u) && kiln_vk_weight_slot(w) == KILN_VK_SLOT_Q4_0S &&
+           dev->sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll;
+}
+
+int32_t kiln_vk_prenorm_fused(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t n_rows) {
+    return prenorm_weight(dev, w, n_rows) ? 1 : 0;
+}
+
+/* sum = a + matmul(w, x): one dispatch (mmv1r_TYPE) for a decode row,
+ * else matmul into tmp, then add. The same bits either way. */
+kiln_status kiln_vk_matmul_add(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                               const kiln_bk_tensor *a, kiln_bk_tensor *tmp, kiln_bk_tensor *sum) {
+    kiln_status st;
+    uint64_t we, xe, ae, te, se;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_add: device is NULL");
+    if ((st = kiln_vk_tensor_check(w, -1, "matmul_add", "w", &we)) ||
+        (st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul_add", "x", &xe)) ||
+        (st = kiln_vk_tensor_check(a, KILN_VK_T_F32, "matmul_add", "a", &ae)) ||
+        (st = kiln_vk_tensor_check(tmp, KILN_VK_T_F32, "matmul_add", "tmp", &te)) ||
+        (st = kiln_vk_tensor_check(sum, KILN_VK_T_F32, "matmul_add", "sum", &se)))
+        return st;
+    const int64_t K = w->ne[0], N = w->ne[1], M = x->ne[1];
+    if (x->ne[0] != K || a->ne[0] != N || a->ne[1] != M || sum->ne[0] != N || sum->ne[1] != M || tmp->ne[0] != N ||
+        tmp->ne[1] != M)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan matmul_add: w %lldx%lld, x %lldx%lld, a %lldx%lld, "
+                          "tmp %lldx%lld, sum %lldx%lld", (long long)K, (long long)N, (long long)x->ne[0],
+                          (long long)M, (long long)a->ne[0], (long long)a->ne[1], (long long)tmp->ne[0],
+                          (long long)tmp->ne[1], (long long)sum->ne[0], (long long)sum->ne[1]);
+    const bool fuse = prenorm_weight(dev, w, M) && N > 0 && K > 0 && K % 32 == 0 && !bytes_overlap(sum, se, x, xe) &&
+                      (!bytes_overlap(sum, se, a, ae) || (sum->offset == a->offset && sum->row_stride == a->row_stride));
+    if (!fuse) {
+        if ((st = kiln_vk_matmul(dev, w, x, tmp))) return st;
+        return kiln_vk_add(dev, a, tmp, sum);
+    }
+    const kiln_vk_shared *sh = dev->sh;
+    kiln_vk_act_written(dev, sum->buf, sum->offset, se);
+    struct {
+        uint32_t w_off, w_stride, a_off, a_stride, d_off, d_stride, K, N, M, unroll, vec, m_base;
+        uint32_t r_off;
+    } pc;
+    memset(&pc, 0, sizeof pc);
+    kiln_vk_bind b[4];
+    uint32_t w_rem, dummy;
+    if ((st = kiln_vk_quantize_act(dev, x, xe, kiln_vk_act_mode(w->type), &b[1], &pc.a_off, &pc.a_stride)) ||
+        (st = kiln_vk_bind_range(dev, w->buf, w->offset, we, &b[0], &w_rem, "matmul_add")) ||
+        (st = kiln_vk_bind_f32(dev, sum, se, &b[2], &pc.d_off, &pc.d_stride, "matmul_add")) ||
+        (st = kiln_vk_bind_f32(dev, a, ae, &b[3], &pc.r_off, &dummy, "matmul_add")))
+        return st;
+    pc.w_off = w_rem;
+    pc.w_stride = (uint32_t)w->row_stride;
+    pc.K = (uint32_t)K;
+    pc.N = (uint32_t)N;
+    pc.M = 1;
+    pc.unroll = 1;
+    const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
+    uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S)),
+                                 sgs_per_wg ? sgs_per_wg : 1);
+    if (sh->is_cpu && gx > 32) gx = 32;
+    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMV1R_Q4_0S_IDOT : KILN_VK_P_MMV1R_Q4_0S, b, 4, &pc, sizeof pc,
+                            (uint32_t)gx, 1, 1);
+}
+
+/* The residual row x (K <= 4096 elements, a multiple of 32) and the norm
+ * weights bound for a KILN_PRENORM kernel: b[4], b[5] and their words. */
+static kiln_status prenorm_bind(kiln_bk_device *dev, const kiln_bk_tensor *x, uint64_t xe, const kiln_bk_tensor *nw,
+                                uint64_t nwe, kiln_vk_bind *b, uint32_t *x_off, uint32_t *nw_off, const char *op) {
+    kiln_status st;
+    uint32_t dummy;
+    if ((st = kiln_vk_bind_f32(dev, x, xe, &b[4], x_off, &dummy, op)) ||
+        (st = kiln_vk_bind_f32(dev, nw, nwe, &b[5], nw_off, &dummy, op)))
+        return st;
+    b[1] = b[4]; /* the kernels read their activations from shared memory: any binding */
+    return KILN_OK;
+}
+
+/* The checks of the norm's operands, and whether the products may take
+ * the fused form for them (one row of at most 4096, blocks of 32). */
+static kiln_status prenorm_check(const kiln_bk_tensor *x, const kiln_bk_tensor *nw, float eps, kiln_bk_tensor *h,
+                                 uint64_t *xe, uint64_t *nwe, uint64_t *he, const char *op) {
+    kiln_status st;
+    if ((st = kiln_vk_tensor_check(x, KILN_VK_T_F32, op, "x", xe)) ||
+        (st = kiln_vk_tensor_check(nw, KILN_VK_T_F32, op, "nw", nwe)) ||
+        (st = kiln_vk_tensor_check(h, KILN_VK_T_F32, op, "h", he)))
+        return st;
+    if (nw->ne[0] != x->ne[0] || nw->ne[1] < 1 || h->ne[0] != x->ne[0] || h->ne[1] != x->ne[1])
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: x %lldx%lld, nw %lldx%lld, h %lldx%lld", op,
+                          (long long)x->ne[0], (long long)x->ne[1], (long long)nw->ne[0], (long long)nw->ne[1],
+                          (long long)h->ne[0], (long long)h->ne[1]);
+    if (!(eps >= 0.0f)) return kiln_error(KILN_E_INVALID_ARG, "vulkan %s: eps %g", op, (double)eps);
+    return KILN_OK;
+}
+
+static bool prenorm_row(const kiln_bk_tensor *x) {
+    return x->ne[1] == 1 && x->ne[0] > 0 && x->ne[0] <= 4096 && x->ne[0] % 32 == 0;
+}
+
+/* h = rms_norm(x) * nw, then matmul_multi(n, w, h, dst): one dispatch
+ * (mmvm1p_TYPE) for a decode row of split Q4_0 weights in one buffer, every
+ * result in one buffer; otherwise the two operations. The same bits. */
+kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *nw,
+                                          float eps, kiln_bk_tensor *h, uint32_t n, const kiln_bk_tensor *const *w,
+                                          kiln_bk_tensor *const *dst) {
+    kiln_status st;
+    uint64_t xe, nwe, he, we[3], de[3];
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_multi: device is NULL");
+    if (n < 1 || n > 3 || !w || !dst)
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_multi: %u products (1..3) or NULL arrays", n);
+    if ((st = prenorm_check(x, nw, eps, h, &xe, &nwe, &he, "rms_norm_matmul_multi"))) return st;
+    const int64_t K = x->ne[0];
+    bool fuse = prenorm_row(x);
+    for (uint32_t i = 0; i < n; i++) {
+        if ((st = kiln_vk_tensor_check(w[i], -1, "rms_norm_matmul_multi", "w", &we[i])) ||
+            (st = kiln_vk_tensor_check(dst[i], KILN_VK_T_F32, "rms_norm_matmul_multi", "dst", &de[i])))
+            return st;
+        if (w[i]->ne[0] != K || dst[i]->ne[0] != w[i]->ne[1] || dst[i]->ne[1] != x->ne[1])
+            return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_multi: w %lldx%lld, x %lldx%lld, "
+                              "dst %lldx%lld", (long long)w[i]->ne[0], (long long)w[i]->ne[1], (long long)K,
+                              (long long)x->ne[1], (long long)dst[i]->ne[0], (long long)dst[i]->ne[1]);
+        fuse = fuse && prenorm_weight(dev, w[i], x->ne[1]) && w[i]->ne[1] > 0 && w[i]->buf == w[0]->buf &&
+               dst[i]->buf == dst[0]->buf && !bytes_overlap(dst[i], de[i], x, xe) &&
+               !bytes_overlap(dst[i], de[i], nw, nwe);
+    }
+    uint64_t wlo = UINT64_MAX, whi = 0, dlo = UINT64_MAX, dhi = 0;
+    for (uint32_t i = 0; i < n && fuse; i++) {
+        if (w[i]->offset < wlo) wlo = w[i]->offset;
+        if (w[i]->offset + we[i] > whi) whi = w[i]->offset + we[i];
+        if (dst[i]->offset < dlo) dlo = dst[i]->offset;
+        if (dst[i]->offset + de[i] > dhi) dhi = dst[i]->offset + de[i];
+    }
+    if (fuse) fuse = whi - wlo <= UINT32_MAX - 64 && dhi - dlo <= UINT32_MAX - 64;
+    kiln_vk_bind b[6];
+    uint32_t w_rem = 0, d_rem = 0;
+    if (fuse && (kiln_vk_bind_range(dev, w[0]->buf, wlo, whi - wlo, &b[0], &w_rem, "rms_norm_matmul_multi") ||
+                 kiln_vk_bind_range(dev, dst[0]->buf, dlo, dhi - dlo, &b[2], &d_rem, "rms_norm_matmul_multi")))
+        fuse = false;
+    if (!fuse) {
+        if ((st = kiln_vk_rms_norm(dev, x, nw, eps, h))) return st;
+        return kiln_vk_matmul_multi(dev, n, w, h, dst);
+    }
+    for (uint32_t i = 0; i < n; i++) kiln_vk_act_written(dev, dst[i]->buf, dst[i]->offset, de[i]);
+    struct {
+        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
+        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
+        uint32_t unroll, x_off, nw_off;
+        float eps;
+    } pc;
+    memset(&pc, 0, sizeof pc);
+    if ((st = prenorm_bind(dev, x, xe, nw, nwe, b, &pc.x_off, &pc.nw_off, "rms_norm_matmul_multi"))) return st;
+    b[3] = b[4]; /* not declared by the kernel */
+    const kiln_vk_shared *sh = dev->sh;
+    pc.K = (uint32_t)K;
+    pc.M = 1;
+    pc.n_prod = n;
+    pc.unroll = 1;
+    pc.eps = eps;
+    uint64_t groups = 0;
+    for (uint32_t i = 0; i < 3; i++) {
+        const uint32_t j = i < n ? i : n - 1;
+        pc.w_off[i] = (uint32_t)(w_rem + (w[j]->offset - wlo));
+        pc.w_stride[i] = (uint32_t)w[j]->row_stride;
+        pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
+        pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
+        pc.N[i] = (uint32_t)w[j]->ne[1];
+        if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S));
+        pc.g_end[i] = (uint32_t)groups;
+    }
+    /* the workgroup is sh->swiglu_wg wide (specialization constant 12) */
+    const uint64_t sgs_per_wg = sh->swiglu_wg / (sh->subgroup_size ? sh->subgroup_size : 32);
+    uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
+    if (sh->is_cpu && gx > 32) gx = 32;
+    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1P_Q4_0S_IDOT : KILN_VK_P_MMVM1P_Q4_0S, b, 6, &pc,
+                            sizeof pc, (uint32_t)gx, 1, 1);
+}
+
+/* h = rms_norm(x) * nw, then matmul_swiglu(w_gate, w_up, h, up, dst): one
+ * dispatch (mmvm1sp_TYPE) where matmul_swiglu would take one and the row
+ * fits; otherwise the two operations. The same bits. */
+kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *nw,
+                                           float eps, kiln_bk_tensor *h, const kiln_bk_tensor *w_gate,
+                                           const kiln_bk_tensor *w_up, kiln_bk_tensor *up, kiln_bk_tensor *dst) {
+    kiln_status st;
+    uint64_t xe, nwe, he, gwe, uwe, ue, de;
+    if (!dev) return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_swiglu: device is NULL");
+    if ((st = prenorm_check(x, nw, eps, h, &xe, &nwe, &he, "rms_norm_matmul_swiglu")) ||
+        (st = kiln_vk_tensor_check(w_gate, -1, "rms_norm_matmul_swiglu", "w_gate", &gwe)) ||
+        (st = kiln_vk_tensor_check(w_up, -1, "rms_norm_matmul_swiglu", "w_up", &uwe)) ||
+        (st = kiln_vk_tensor_check(up, KILN_VK_T_F32, "rms_norm_matmul_swiglu", "up", &ue)) ||
+        (st = kiln_vk_tensor_check(dst, KILN_VK_T_F32, "rms_norm_matmul_swiglu", "dst", &de)))
+        return st;
+    const int64_t K = x->ne[0], F = w_gate->ne[1];
+    if (w_gate->ne[0] != K || w_up->ne[0] != K || w_up->ne[1] != F || dst->ne[0] != F || dst->ne[1] != x->ne[1] ||
+        up->ne[0] != F || up->ne[1] != x->ne[1])
+        return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_swiglu: w_gate %lldx%lld, w_up %lldx%lld, "
+                          "x %lldx%lld, dst %lldx%lld", (long long)w_gate->ne[0], (long long)F,
+                          (long long)w_up->ne[0], (long long)w_up->ne[1], (long long)K, (long long)x->ne[1],
+                          (long long)dst->ne[0], (long long)dst->ne[1]);
+    const uint64_t wlo = w_gate->offset < w_up->offset ? w_gate->offset : w_up->offset;
+    const uint64_t ghi = w_gate->offset + gwe, uhi = w_up->offset + uwe, whi = ghi > uhi ? ghi : uhi;
+    bool fuse = prenorm_row(x) && prenorm_weight(dev, w_gate, 1) && prenorm_weight(dev, w_up, 1) && F > 0 &&
+                w_up->buf == w_gate->buf && whi - wlo <= UINT32_MAX - 64 && !(dev->no_fused_mask & 128u) &&
+                !bytes_overlap(dst, de, x, xe) && !bytes_overlap(dst, de, nw, nwe);
+    kiln_vk_bind b[6];
+    uint32_t w_rem = 0;
+    if (fuse && kiln_vk_bind_range(dev, w_gate->buf, wlo, whi - wlo, &b[0], &w_rem, "rms_norm_matmul_swiglu"))
+        fuse = false;
+    if (!fuse) {
+        if ((st = kiln_vk_rms_norm(dev, x, nw, eps, h))) return st;
+        return kiln_vk_matmul_swiglu(dev, w_gate, w_up, h, up, dst);
+    }
+    kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+    struct {
+        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
+        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
+        uint32_t unroll, qmode, q_off, x_off, nw_off;
+        float eps;
+    } pc;
+    memset(&pc, 0, sizeof pc);
+    uint32_t dummy;
+    uint64_t q_bytes;
+    /* nothing of x in the scratch: the quantized result from word 0 */
+    if ((st = swiglu_act_plan(dev, dst, 0, K, &pc.qmode, &pc.q_off, &q_bytes)) ||
+        (st = prenorm_bind(dev, x, xe, nw, nwe, b, &pc.x_off, &pc.nw_off, "rms_norm_matmul_swiglu")) ||
+        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off[0], &dummy, "rms_norm_matmul_swiglu")))
+        return st;
+    pc.K = (uint32_t)K;
+    pc.M = 1;
+    pc.n_prod = 2;
+    pc.unroll = 1;
+    pc.eps = eps;
+    pc.w_off[0] = (uint32_t)(w_rem + (w_gate->offset - wlo));
+    pc.w_off[1] = (uint32_t)(w_rem + (w_up->offset - wlo));
+    pc.w_stride[0] = (uint32_t)w_gate->row_stride;
+    pc.w_stride[1] = (uint32_t)w_up->row_stride;
+    pc.N[0] = pc.N[1] = (uint32_t)F;
+    if ((st = pc.qmode ? kiln_vk_bind_range(dev, dev->act, 0, (uint64_t)pc.q_off * 4 + q_bytes, &b[3], NULL,
+                                            "rms_norm_matmul_swiglu")
+                       : kiln_vk_bind_range(dev, dst->buf, dst->offset, de, &b[3], NULL, "rms_norm_matmul_swiglu")))
+        return st;
+    const kiln_vk_shared *sh = dev->sh;
+    uint64_t gx = kiln_vk_div_up((uint64_t)F, 32);
+    if (sh->is_cpu && gx > 32) gx = 32;
+    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    if (pc.qmode) dev->act_cache.valid = false; /* the scratch is written */
+    st = kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1SP_Q4_0S_IDOT : KILN_VK_P_MMVM1SP_Q4_0S, b, 6, &pc, sizeof pc,
+                          (uint32_t)gx, 1, 1);
+    if (st == KILN_OK && pc.qmode) {
+        kiln_vk_act_produced(dev, dst, de, pc.qmode);
+        dev->act_cache.q_off = pc.q_off;
+    }
+    return st;
+}

@@ -112,6 +112,15 @@ enum {
     KILN_VK_P_MMVM1S_F16,
     KILN_VK_P_MMVM1S_Q4_0S,
     KILN_VK_P_MMVM1S_Q4_0S_IDOT,
+    /* the residual stream's fusions around a norm done by each workgroup
+     * of the products after it (matmul_add, rms_norm_matmul_multi,
+     * rms_norm_matmul_swiglu; vk_prenorm.c), split Q4_0 weights */
+    KILN_VK_P_MMV1R_Q4_0S,
+    KILN_VK_P_MMV1R_Q4_0S_IDOT,
+    KILN_VK_P_MMVM1P_Q4_0S,
+    KILN_VK_P_MMVM1P_Q4_0S_IDOT,
+    KILN_VK_P_MMVM1SP_Q4_0S,
+    KILN_VK_P_MMVM1SP_Q4_0S_IDOT,
     KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
@@ -562,6 +571,15 @@ kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_g
 kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                                         const kiln_bk_tensor *a, kiln_bk_tensor *sum, const kiln_bk_tensor *nw,
                                         float eps, kiln_bk_tensor *dst);
+int32_t kiln_vk_prenorm_fused(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t n_rows);
+kiln_status kiln_vk_matmul_add(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
+                               const kiln_bk_tensor *a, kiln_bk_tensor *tmp, kiln_bk_tensor *sum);
+kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *nw,
+                                          float eps, kiln_bk_tensor *h, uint32_t n, const kiln_bk_tensor *const *w,
+                                          kiln_bk_tensor *const *dst);
+kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *x, const kiln_bk_tensor *nw,
+                                           float eps, kiln_bk_tensor *h, const kiln_bk_tensor *w_gate,
+                                           const kiln_bk_tensor *w_up, kiln_bk_tensor *up, kiln_bk_tensor *dst);
 kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, kiln_bk_tensor *k,
                                       const kiln_bk_tensor *v, const kiln_bk_rope *rq, const kiln_bk_rope *rk,
                                       kiln_bk_buffer *k_cache, kiln_bk_buffer *v_cache, uint32_t kv_dim,

@@ -321,6 +321,8 @@ SPV_DECL(mmv_q4_0s_idot) SPV_DECL(mmv_q8_0_idot) SPV_DECL(mmv_q4_k_idot) SPV_DEC
 SPV_DECL(mmvm_q4_0s_idot) SPV_DECL(mmvm_q8_0_idot) SPV_DECL(mmvm_q4_k_idot) SPV_DECL(mmvm_q6_k_idot)
 SPV_DECL(mmv1n_f16) SPV_DECL(mmv1n_q4_0s) SPV_DECL(mmv1n_q4_0s_idot)
 SPV_DECL(mmvm1s_f16) SPV_DECL(mmvm1s_q4_0s) SPV_DECL(mmvm1s_q4_0s_idot)
+SPV_DECL(mmv1r_q4_0s) SPV_DECL(mmv1r_q4_0s_idot) SPV_DECL(mmvm1p_q4_0s) SPV_DECL(mmvm1p_q4_0s_idot)
+SPV_DECL(mmvm1sp_q4_0s) SPV_DECL(mmvm1sp_q4_0s_idot)
 #undef SPV_DECL
 
 static const struct {
@@ -485,7 +487,9 @@ static const struct {
     SPV_ENTRY(mmv_q4_0s_idot), SPV_ENTRY(mmv_q8_0_idot), SPV_ENTRY(mmv_q4_k_idot), SPV_ENTRY(mmv_q6_k_idot),
     SPV_ENTRY(mmvm_q4_0s_idot), SPV_ENTRY(mmvm_q8_0_idot), SPV_ENTRY(mmvm_q4_k_idot), SPV_ENTRY(mmvm_q6_k_idot),
     SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot),
-    SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot)
+    SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot),
+    SPV_ENTRY(mmv1r_q4_0s), SPV_ENTRY(mmv1r_q4_0s_idot), SPV_ENTRY(mmvm1p_q4_0s), SPV_ENTRY(mmvm1p_q4_0s_idot),
+    SPV_ENTRY(mmvm1sp_q4_0s), SPV_ENTRY(mmvm1sp_q4_0s_idot)
 #undef SPV_ENTRY
 };
 
@@ -550,7 +554,7 @@ static int mmv_slot(int which) {
         return kiln_vk_idot_slot((which - KILN_VK_P_MMV_IDOT_FIRST) % 4);
     if (which == KILN_VK_P_MMV1N_F16 || which == KILN_VK_P_MMVM1S_F16) return kiln_vk_type_slot(KILN_VK_T_F16);
     if (which == KILN_VK_P_MMV1N_Q4_0S || which == KILN_VK_P_MMV1N_Q4_0S_IDOT || which == KILN_VK_P_MMVM1S_Q4_0S ||
-        which == KILN_VK_P_MMVM1S_Q4_0S_IDOT)
+        which == KILN_VK_P_MMVM1S_Q4_0S_IDOT || (which >= KILN_VK_P_MMV1R_Q4_0S && which <= KILN_VK_P_MMVM1SP_Q4_0S_IDOT))
         return KILN_VK_SLOT_Q4_0S;
     return -1;
 }
@@ -617,7 +621,7 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
              * staged row in 16-byte vectors, 8 its stages, 9 its
              * chunks per stage, 10 its workgroup order, 11 attn_dec.glsl's
              * positions per subgroup step, 12 mmv.glsl KILN_SWIGLU's
-             * workgroup width, 13 mmv.glsl's 16-byte activation loads */
+             * and KILN_PRENORM's workgroup width, 13 mmv.glsl's 16-byte activation loads */
             const int slot = mmv_slot(which);
             const uint32_t spec_data[14] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
                                            8u * sh->subgroup_size, sh->mmc_bm, sh->mmc_bn,

@@ -53,6 +53,21 @@
  * for the next dispatch. One dispatch, one barrier fewer per norm: on the
  * H100 a dependent dispatch's drain and ramp cost more than the norm's
  * own work (bench/NOTES.md, session 10).
+ *
+ * KILN_PRENORM (mmvm1p_TYPE.comp rms_norm_matmul_multi, mmvm1sp_TYPE.comp
+ * rms_norm_matmul_swiglu; MULTI, one activation row of K <= 4096, split
+ * Q4_0 weights): the norm before the products is done by every
+ * workgroup for itself, from the residual row X (binding 4) and the norm
+ * weights NW (binding 5), into shared memory, quantized as the products
+ * read it (Q8_0); the products then read their activations from there.
+ * No workgroup waits for another, so the norm costs each product a short
+ * prologue instead of a serial tail (KILN_NORM) or a dependent dispatch.
+ * add_rms_norm.comp's arithmetic (its 256 partial sums and tree) and
+ * quant_act's, so the bits equal rms_norm then the products.
+ *
+ * KILN_RESADD (mmv1r_TYPE.comp, matmul_add; one activation row): each
+ * result is written with the residual R (binding 3) added, as binary.comp
+ * adds: the residual row of the next KILN_PRENORM product.
  */
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -66,7 +81,7 @@
 layout(constant_id = 1) const uint ROWS = 2u;
 #if defined(KILN_NORM)
 layout(local_size_x = 256) in; /* add_rms_norm.comp's width for the last workgroup's norm */
-#elif defined(KILN_SWIGLU)
+#elif defined(KILN_SWIGLU) || defined(KILN_PRENORM)
 /* 32 rows per workgroup: specialization constant 12 (the handle's
  * KILN_VK_SWIGLU_WG) invocations, a multiple of 32 up to 1024 */
 layout(local_size_x_id = 12) in;
@@ -95,6 +110,19 @@ layout(binding = 3) buffer QB { uint AQ[]; }; /* the result quantized for the do
 #else
 #define NR ROWS
 #endif
+#ifdef KILN_RESADD
+layout(binding = 3) readonly buffer RB { float R[]; }; /* the residual (may alias D: read, then written, by one lane) */
+#endif
+#ifdef KILN_PRENORM
+layout(binding = 4) readonly buffer XB { float X[]; };   /* the residual row, not normalized */
+layout(binding = 5) readonly buffer NWB { float NW[]; }; /* the norm's weights */
+shared float pn_red[256];
+shared float pn_max[1024];
+/* the normalized row quantized (Q8_0, quant_act's layout): K/4 words of
+ * bytes, then K/32 block scales; the products read it at a = 0 */
+shared uint pn_aq[1024u + 128u];
+#define KILN_ACT_SHARED pn_aq
+#endif
 
 #ifdef MULTI
 layout(push_constant) uniform P {
@@ -111,6 +139,10 @@ layout(push_constant) uniform P {
 #ifdef KILN_SWIGLU
     uint qmode, q_off;      /* the quantized result's format and first word in AQ */
 #endif
+#ifdef KILN_PRENORM
+    uint x_off, nw_off;     /* words */
+    float eps;
+#endif
 } p;
 #else
 layout(push_constant) uniform P {
@@ -126,6 +158,9 @@ layout(push_constant) uniform P {
     uint qmode;             /* add_rms_norm.comp's */
     float eps;
     uint dbg;               /* KILN_VK_NORM_DBG (profiling only): 1 no norm, 2 no quantization */
+#endif
+#ifdef KILN_RESADD
+    uint r_off;             /* words */
 #endif
 } p;
 #endif
@@ -218,8 +253,69 @@ void norm_row(uint tid) {
 }
 #endif
 
+#ifdef KILN_PRENORM
+/* rms_norm of X's row of K (<= 4096, a multiple of 32) elements times NW,
+ * quantized into pn_aq. The sum of squares as add_rms_norm.comp sums it
+ * (256 partial sums, element i in sum i % 256 in order of i, then its
+ * tree), with whatever width this workgroup has; the blocks as quant_act
+ * quantizes them (Q8_0: the block's largest magnitude, 127 / it, round to
+ * even), four invocations per block. Called from uniform control flow. */
+void prenorm() {
+    const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x, n = p.K;
+    for (uint vt = tid; vt < 256u; vt += WG) {
+        float xv[16];
+        [[unroll]] for (uint k = 0u; k < 16u; k++) {
+            uint i = vt + 256u * k;
+            xv[k] = i < n ? X[p.x_off + i] : 0.0;
+        }
+        precise float acc = 0.0; /* as add_rms_norm.comp */
+        [[unroll]] for (uint k = 0u; k < 16u; k++)
+            if (vt + 256u * k < n) acc += xv[k] * xv[k];
+        pn_red[vt] = acc;
+    }
+    barrier();
+    for (uint k = 128u; k > 0u; k >>= 1) {
+        for (uint vt = tid; vt < k; vt += WG) pn_red[vt] += pn_red[vt + k];
+        barrier();
+    }
+    const float scale = 1.0 / sqrt(pn_red[0] / float(n) + p.eps);
+    const uint nb = n / 32u;
+    for (uint t0 = 0u; t0 < 4u * nb; t0 += WG) {
+        const uint t = t0 + tid, blk = t >> 2, part = t & 3u;
+        const bool live = t < 4u * nb;
+        float y[8];
+        float m = 0.0;
+        [[unroll]] for (uint k = 0u; k < 8u; k++) {
+            uint i = 32u * blk + 8u * part + k;
+            y[k] = live ? (X[p.x_off + i] * scale) * NW[p.nw_off + i] : 0.0;
+            m = max(m, abs(y[k]));
+        }
+        pn_max[tid] = m;
+        barrier();
+        const uint l = tid & ~3u;
+        const float amax = max(max(pn_max[l], pn_max[l + 1u]), max(pn_max[l + 2u], pn_max[l + 3u]));
+        if (live) {
+            const float id = amax != 0.0 ? 127.0 / amax : 0.0; /* KILN_Q8_BLOCK_STORE's */
+            [[unroll]] for (uint w = 0u; w < 2u; w++) {
+                uint word = 0u;
+                [[unroll]] for (uint k = 0u; k < 4u; k++) {
+                    int q = clamp(int(roundEven(y[4u * w + k] * id)), -127, 127);
+                    word |= (uint(q) & 0xffu) << (8u * k);
+                }
+                pn_aq[8u * blk + 2u * part + w] = word;
+            }
+            if (part == 0u) pn_aq[n / 4u + blk] = floatBitsToUint(h2f(f2h(amax / 127.0)));
+        }
+        barrier();
+    }
+}
+#endif
+
 void main() {
     const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
+#ifdef KILN_PRENORM
+    prenorm();
+#endif
     const uint nchunks = (p.K + 31u) / 32u;
     const uint m0 = p.m_base + gl_WorkGroupID.y * MT;
     const uint mc = min(MT, p.M - m0);
@@ -339,7 +435,11 @@ void main() {
             [[unroll]] for (uint j = 0u; j < MT; j++) {
                 if (j >= mc) break;
                 float s = subgroupAdd(acc[r][j]);
+#ifdef KILN_RESADD
+                if (lane == 0u && n < N) D[d_off + n] = R[p.r_off + n] + s; /* one row (MT 1) */
+#else
                 if (lane == 0u && n < N) D[d_off + (m0 + j) * d_stride + n] = s;
+#endif
             }
         }
     }
