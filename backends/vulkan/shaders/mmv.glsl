@@ -81,7 +81,11 @@
 layout(constant_id = 1) const uint ROWS = 2u;
 #if defined(KILN_NORM)
 layout(local_size_x = 256) in; /* add_rms_norm.comp's width for the last workgroup's norm */
-#elif defined(KILN_SWIGLU) || defined(KILN_PRENORM)
+#elif defined(KILN_PRENORM)
+/* specialization constant 14 (the handle's KILN_VK_PRENORM_WG)
+ * invocations, a multiple of 32 up to 1024 */
+layout(local_size_x_id = 14) in;
+#elif defined(KILN_SWIGLU)
 /* 32 rows per workgroup: specialization constant 12 (the handle's
  * KILN_VK_SWIGLU_WG) invocations, a multiple of 32 up to 1024 */
 layout(local_size_x_id = 12) in;
@@ -118,6 +122,7 @@ layout(binding = 4) readonly buffer XB { float X[]; };   /* the residual row, no
 layout(binding = 5) readonly buffer NWB { float NW[]; }; /* the norm's weights */
 shared float pn_red[256];
 shared float pn_max[1024];
+shared float pn_x[4096]; /* X's row, read once from memory */
 /* the normalized row quantized (Q8_0, quant_act's layout): K/4 words of
  * bytes, then K/32 block scales; the products read it at a = 0 */
 shared uint pn_aq[1024u + 128u];
@@ -267,6 +272,7 @@ void prenorm() {
         [[unroll]] for (uint k = 0u; k < 16u; k++) {
             uint i = vt + 256u * k;
             xv[k] = i < n ? X[p.x_off + i] : 0.0;
+            pn_x[i] = xv[k];
         }
         precise float acc = 0.0; /* as add_rms_norm.comp */
         [[unroll]] for (uint k = 0u; k < 16u; k++)
@@ -287,7 +293,7 @@ void prenorm() {
         float m = 0.0;
         [[unroll]] for (uint k = 0u; k < 8u; k++) {
             uint i = 32u * blk + 8u * part + k;
-            y[k] = live ? (X[p.x_off + i] * scale) * NW[p.nw_off + i] : 0.0;
+            y[k] = live ? (pn_x[i] * scale) * NW[p.nw_off + i] : 0.0;
             m = max(m, abs(y[k]));
         }
         pn_max[tid] = m;
