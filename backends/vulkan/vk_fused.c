@@ -385,7 +385,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
  * bit 1024: never (the core then keeps the norm in the product before). */
 static bool prenorm_weight(const kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t n_rows) {
     return dev && w && n_rows == 1 && !(dev->no_fused_mask & 1024u) && kiln_vk_weight_slot(w) == KILN_VK_SLOT_Q4_0S &&
-           dev->sh->subgroup_add && dev->sh->wg256 && !dev->no_mmv && dev->mmv_unroll;
+           dev->sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll;
 }
 
 int32_t kiln_vk_prenorm_fused(kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t n_rows) {
@@ -551,9 +551,10 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
         if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S));
         pc.g_end[i] = (uint32_t)groups;
     }
-    /* the workgroup is 256 wide (mmv.glsl KILN_PRENORM) */
-    const uint64_t sgs_per_wg = 256 / (sh->subgroup_size ? sh->subgroup_size : 32);
+    /* the workgroup is sh->prenorm_wg wide (specialization constant 14) */
+    const uint64_t sgs_per_wg = sh->prenorm_wg / (sh->subgroup_size ? sh->subgroup_size : 32);
     uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
+    if (sh->prenorm_groups && gx > sh->prenorm_groups) gx = sh->prenorm_groups;
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1P_Q4_0S_IDOT : KILN_VK_P_MMVM1P_Q4_0S, b, 6, &pc,
@@ -626,6 +627,7 @@ kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_te
         return st;
     const kiln_vk_shared *sh = dev->sh;
     uint64_t gx = kiln_vk_div_up((uint64_t)F, 32);
+    if (sh->prenorm_groups && gx > sh->prenorm_groups) gx = sh->prenorm_groups;
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     if (pc.qmode) dev->act_cache.valid = false; /* the scratch is written */

@@ -227,7 +227,6 @@ struct kiln_vk_shared {
     uint32_t timestamp_bits;      /* valid bits of the queue's timestamps (0: none) */
     bool subgroup_arith;          /* subgroup shuffles in compute (mmsg_ kernels) */
     bool subgroup_add;            /* subgroup arithmetic in compute (mmv_ kernels) */
-    bool wg256;                   /* workgroups of 256 invocations (mmv.glsl KILN_PRENORM) */
     bool coopmat;                 /* VK_NV_cooperative_matrix enabled (mmc_ kernels for batches) */
     bool idot;                    /* VK_KHR_shader_integer_dot_product enabled (the *_idot decode kernels) */
     bool coopmat_emulate;         /* KILN_VK_COOPMAT_EMULATE: mmce_ kernels (mmc's staging, plain products) */
@@ -237,6 +236,8 @@ struct kiln_vk_shared {
     uint32_t mmc_kc;              /* mmc.glsl's 32-element chunks per stage (1; KILN_VK_MMC_KC) */
     uint32_t attn_up;             /* attn_dec.glsl's positions per subgroup step (KILN_VK_ATTN_UP) */
     uint32_t swiglu_wg;           /* mmv.glsl KILN_SWIGLU's workgroup width (KILN_VK_SWIGLU_WG, 512) */
+    uint32_t prenorm_wg;          /* mmv.glsl KILN_PRENORM's workgroup width (KILN_VK_PRENORM_WG, 256) */
+    uint32_t prenorm_groups;      /* at most this many KILN_PRENORM workgroups, 0 no cap (KILN_VK_PRENORM_GROUPS) */
     bool no_au4;                  /* KILN_VK_NO_AU4: mmv.glsl's word loads only (specialization constant 13) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
     bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */

@@ -621,16 +621,17 @@ kiln_status kiln_vk_pipeline(kiln_vk_shared *sh, int which, VkPipeline *out) {
              * staged row in 16-byte vectors, 8 its stages, 9 its
              * chunks per stage, 10 its workgroup order, 11 attn_dec.glsl's
              * positions per subgroup step, 12 mmv.glsl KILN_SWIGLU's
-             * workgroup width, 13 mmv.glsl's 16-byte activation loads */
+             * workgroup width, 13 mmv.glsl's 16-byte activation loads,
+             * 14 mmv.glsl KILN_PRENORM's workgroup width */
             const int slot = mmv_slot(which);
-            const uint32_t spec_data[14] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
+            const uint32_t spec_data[15] = {sh->subgroup_size, slot >= 0 ? kiln_vk_mmv_rows(sh, slot) : 2u,
                                            8u * sh->subgroup_size, sh->mmc_bm, sh->mmc_bn,
                                            32u * (sh->mmc_bm / 64u) * (sh->mmc_bn / 32u), sh->mmc_skip,
                                            sh->mmc_rowvec, sh->mmc_stages, sh->mmc_kc, sh->mmc_mfirst,
-                                           sh->attn_up, sh->swiglu_wg, sh->no_au4 ? 0u : 1u};
-            VkSpecializationMapEntry spec_entry[14];
-            for (uint32_t i = 0; i < 14; i++) spec_entry[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
-            const VkSpecializationInfo spec = {14, spec_entry, sizeof spec_data, spec_data};
+                                           sh->attn_up, sh->swiglu_wg, sh->no_au4 ? 0u : 1u, sh->prenorm_wg};
+            VkSpecializationMapEntry spec_entry[15];
+            for (uint32_t i = 0; i < 15; i++) spec_entry[i] = (VkSpecializationMapEntry){i, 4 * i, 4};
+            const VkSpecializationInfo spec = {15, spec_entry, sizeof spec_data, spec_data};
             ci.stage.pSpecializationInfo = &spec;
             ci.layout = sh->layout;
             if (sh->pipeline_stats) ci.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;

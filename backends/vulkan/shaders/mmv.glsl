@@ -72,9 +72,6 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 #extension GL_EXT_control_flow_attributes : require
-#ifdef KILN_PRENORM
-#extension GL_KHR_shader_subgroup_shuffle : require
-#endif
 
 #ifndef MT
 #define MT 8u /* activation rows per workgroup row (mmv1_, mmvm1_: 1, fewer registers) */
@@ -85,7 +82,9 @@ layout(constant_id = 1) const uint ROWS = 2u;
 #if defined(KILN_NORM)
 layout(local_size_x = 256) in; /* add_rms_norm.comp's width for the last workgroup's norm */
 #elif defined(KILN_PRENORM)
-layout(local_size_x = 256) in; /* add_rms_norm.comp's width: its elements per invocation */
+/* specialization constant 14 (the handle's KILN_VK_PRENORM_WG)
+ * invocations, a multiple of 32 up to 1024 */
+layout(local_size_x_id = 14) in;
 #elif defined(KILN_SWIGLU)
 /* 32 rows per workgroup: specialization constant 12 (the handle's
  * KILN_VK_SWIGLU_WG) invocations, a multiple of 32 up to 1024 */
@@ -122,7 +121,8 @@ layout(binding = 3) readonly buffer RB { float R[]; }; /* the residual (may alia
 layout(binding = 4) readonly buffer XB { float X[]; };   /* the residual row, not normalized */
 layout(binding = 5) readonly buffer NWB { float NW[]; }; /* the norm's weights */
 shared float pn_red[256];
-shared float pn_max[512]; /* the blocks' maxima by 8 elements */
+shared float pn_max[1024];
+shared float pn_x[4096]; /* X's row, read once from memory */
 /* the normalized row quantized (Q8_0, quant_act's layout): K/4 words of
  * bytes, then K/32 block scales; the products read it at a = 0 */
 shared uint pn_aq[1024u + 128u];
@@ -260,61 +260,60 @@ void norm_row(uint tid) {
 
 #ifdef KILN_PRENORM
 /* rms_norm of X's row of K (<= 4096, a multiple of 32) elements times NW,
- * quantized into pn_aq. Invocation t holds elements t + 256 k (k < 16) in
- * registers, as add_rms_norm.comp's do: the same partial sums, in order of
- * k, and its tree, so the same scale. Those of one k and 32 neighbouring
- * invocations are one block: its largest magnitude by maxima over 8 lanes
- * (shuffles) and four of those through shared memory, then quant_act's
- * Q8_0 (127 / it, round to even); the bytes packed by ORs over 4 lanes.
- * Every load (X and NW) is issued before the first use. Invocation t is
- * numbered by subgroup and lane (subgroups of 8 or more, all full), so
- * that lanes t ^ 1..7 are its neighbours. Called from uniform control
- * flow by all 256 invocations. */
-float pn_max8(float v) {
-    v = max(v, subgroupShuffleXor(v, 1u));
-    v = max(v, subgroupShuffleXor(v, 2u));
-    return max(v, subgroupShuffleXor(v, 4u));
-}
-uint pn_or4(uint v) {
-    v |= subgroupShuffleXor(v, 1u);
-    return v | subgroupShuffleXor(v, 2u);
-}
+ * quantized into pn_aq. The sum of squares as add_rms_norm.comp sums it
+ * (256 partial sums, element i in sum i % 256 in order of i, then its
+ * tree), with whatever width this workgroup has; the blocks as quant_act
+ * quantizes them (Q8_0: the block's largest magnitude, 127 / it, round to
+ * even), four invocations per block. Called from uniform control flow. */
 void prenorm() {
-    const uint t = gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID, n = p.K;
-    float xv[16], wv[16];
-    [[unroll]] for (uint k = 0u; k < 16u; k++) {
-        uint i = t + 256u * k;
-        xv[k] = i < n ? X[p.x_off + i] : 0.0;
-        wv[k] = i < n ? NW[p.nw_off + i] : 0.0;
+    const uint tid = gl_LocalInvocationIndex, WG = gl_WorkGroupSize.x, n = p.K;
+    for (uint vt = tid; vt < 256u; vt += WG) {
+        float xv[16];
+        [[unroll]] for (uint k = 0u; k < 16u; k++) {
+            uint i = vt + 256u * k;
+            xv[k] = i < n ? X[p.x_off + i] : 0.0;
+            pn_x[i] = xv[k];
+        }
+        precise float acc = 0.0; /* as add_rms_norm.comp */
+        [[unroll]] for (uint k = 0u; k < 16u; k++)
+            if (vt + 256u * k < n) acc += xv[k] * xv[k];
+        pn_red[vt] = acc;
     }
-    precise float acc = 0.0; /* as add_rms_norm.comp */
-    [[unroll]] for (uint k = 0u; k < 16u; k++)
-        if (t + 256u * k < n) acc += xv[k] * xv[k];
-    pn_red[t] = acc;
     barrier();
     for (uint k = 128u; k > 0u; k >>= 1) {
-        if (t < k) pn_red[t] += pn_red[t + k];
+        for (uint vt = tid; vt < k; vt += WG) pn_red[vt] += pn_red[vt + k];
         barrier();
     }
     const float scale = 1.0 / sqrt(pn_red[0] / float(n) + p.eps);
-    [[unroll]] for (uint k = 0u; k < 16u; k++) {
-        xv[k] = (xv[k] * scale) * wv[k]; /* add_rms_norm.comp's */
-        const float m = pn_max8(abs(xv[k]));
-        if ((t & 7u) == 0u) pn_max[32u * k + (t >> 3)] = m;
-    }
-    barrier();
-    [[unroll]] for (uint k = 0u; k < 16u; k++) {
-        const uint i = t + 256u * k;
-        if (i >= n) break; /* uniform per 32 invocations: n % 32 == 0 */
-        const uint l = 32u * k + ((t >> 3) & ~3u);
+    const uint nb = n / 32u;
+    for (uint t0 = 0u; t0 < 4u * nb; t0 += WG) {
+        const uint t = t0 + tid, blk = t >> 2, part = t & 3u;
+        const bool live = t < 4u * nb;
+        float y[8];
+        float m = 0.0;
+        [[unroll]] for (uint k = 0u; k < 8u; k++) {
+            uint i = 32u * blk + 8u * part + k;
+            y[k] = live ? (pn_x[i] * scale) * NW[p.nw_off + i] : 0.0;
+            m = max(m, abs(y[k]));
+        }
+        pn_max[tid] = m;
+        barrier();
+        const uint l = tid & ~3u;
         const float amax = max(max(pn_max[l], pn_max[l + 1u]), max(pn_max[l + 2u], pn_max[l + 3u]));
-        const float id = amax != 0.0 ? 127.0 / amax : 0.0; /* KILN_Q8_BLOCK_STORE's */
-        const int q = clamp(int(roundEven(xv[k] * id)), -127, 127);
-        const uint word = pn_or4((uint(q) & 0xffu) << (8u * (t & 3u)));
-        if ((t & 3u) == 0u) pn_aq[i >> 2] = word;
-        if ((t & 31u) == 0u) pn_aq[n / 4u + (i >> 5)] = floatBitsToUint(h2f(f2h(amax / 127.0)));
+        if (live) {
+            const float id = amax != 0.0 ? 127.0 / amax : 0.0; /* KILN_Q8_BLOCK_STORE's */
+            [[unroll]] for (uint w = 0u; w < 2u; w++) {
+                uint word = 0u;
+                [[unroll]] for (uint k = 0u; k < 4u; k++) {
+                    int q = clamp(int(roundEven(y[4u * w + k] * id)), -127, 127);
+                    word |= (uint(q) & 0xffu) << (8u * k);
+                }
+                pn_aq[8u * blk + 2u * part + w] = word;
+            }
+            if (part == 0u) pn_aq[n / 4u + blk] = floatBitsToUint(h2f(f2h(amax / 127.0)));
+        }
+        barrier();
     }
-    barrier();
 }
 #endif
 
