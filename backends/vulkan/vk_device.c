@@ -297,17 +297,12 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         sh->swiglu_wg = swn >= 32 && swn <= 1024 && swn % 32 == 0 && (uint32_t)swn <= wmax ? (uint32_t)swn
                         : wmax >= 256 ? 256u : 32u;
         /* the norm-in-the-products kernels' workgroup (KILN_VK_PRENORM_WG,
-         * comparisons; the same bits) and at most how many workgroups
-         * (KILN_VK_PRENORM_GROUPS, 0: one per 32 rows or row group; each
-         * normalizes the row once). H100, Mistral-7B Q4_0 tg128 with 512 /
-         * 256 wide: 308.3 / 317.3 */
+         * comparisons; the same bits). H100, Mistral-7B Q4_0 tg128 with
+         * 128 / 256 / 512 wide: 204.5 / 317.3 / 308.3 */
         const char *pw = getenv("KILN_VK_PRENORM_WG");
         const long pwn = pw ? strtol(pw, NULL, 10) : 256;
         sh->prenorm_wg = pwn >= 32 && pwn <= 1024 && pwn % 32 == 0 && (uint32_t)pwn <= wmax ? (uint32_t)pwn
                          : wmax >= 256 ? 256u : 32u;
-        const char *pg = getenv("KILN_VK_PRENORM_GROUPS");
-        const long pgn = pg ? strtol(pg, NULL, 10) : 0;
-        sh->prenorm_groups = pgn > 0 && pgn < 65536 ? (uint32_t)pgn : 0u;
     }
     {
         /* mmc.glsl's settings (specialization constants; vk_pipeline.c).

@@ -554,7 +554,6 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
     /* the workgroup is sh->prenorm_wg wide (specialization constant 14) */
     const uint64_t sgs_per_wg = sh->prenorm_wg / (sh->subgroup_size ? sh->subgroup_size : 32);
     uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
-    if (sh->prenorm_groups && gx > sh->prenorm_groups) gx = sh->prenorm_groups;
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1P_Q4_0S_IDOT : KILN_VK_P_MMVM1P_Q4_0S, b, 6, &pc,
@@ -627,7 +626,6 @@ kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_te
         return st;
     const kiln_vk_shared *sh = dev->sh;
     uint64_t gx = kiln_vk_div_up((uint64_t)F, 32);
-    if (sh->prenorm_groups && gx > sh->prenorm_groups) gx = sh->prenorm_groups;
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     if (pc.qmode) dev->act_cache.valid = false; /* the scratch is written */

@@ -237,7 +237,6 @@ struct kiln_vk_shared {
     uint32_t attn_up;             /* attn_dec.glsl's positions per subgroup step (KILN_VK_ATTN_UP) */
     uint32_t swiglu_wg;           /* mmv.glsl KILN_SWIGLU's workgroup width (KILN_VK_SWIGLU_WG, 512) */
     uint32_t prenorm_wg;          /* mmv.glsl KILN_PRENORM's workgroup width (KILN_VK_PRENORM_WG, 256) */
-    uint32_t prenorm_groups;      /* at most this many KILN_PRENORM workgroups, 0 no cap (KILN_VK_PRENORM_GROUPS) */
     bool no_au4;                  /* KILN_VK_NO_AU4: mmv.glsl's word loads only (specialization constant 13) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
     bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */

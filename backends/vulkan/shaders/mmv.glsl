@@ -122,7 +122,6 @@ layout(binding = 4) readonly buffer XB { float X[]; };   /* the residual row, no
 layout(binding = 5) readonly buffer NWB { float NW[]; }; /* the norm's weights */
 shared float pn_red[256];
 shared float pn_max[1024];
-shared float pn_x[4096]; /* X's row, read once from memory */
 /* the normalized row quantized (Q8_0, quant_act's layout): K/4 words of
  * bytes, then K/32 block scales; the products read it at a = 0 */
 shared uint pn_aq[1024u + 128u];
@@ -272,7 +271,6 @@ void prenorm() {
         [[unroll]] for (uint k = 0u; k < 16u; k++) {
             uint i = vt + 256u * k;
             xv[k] = i < n ? X[p.x_off + i] : 0.0;
-            pn_x[i] = xv[k];
         }
         precise float acc = 0.0; /* as add_rms_norm.comp */
         [[unroll]] for (uint k = 0u; k < 16u; k++)
@@ -293,7 +291,10 @@ void prenorm() {
         float m = 0.0;
         [[unroll]] for (uint k = 0u; k < 8u; k++) {
             uint i = 32u * blk + 8u * part + k;
-            y[k] = live ? (pn_x[i] * scale) * NW[p.nw_off + i] : 0.0;
+            /* X from memory again (the L2): 16 KiB of shared memory for
+             * the row, or its elements kept in registers, made both
+             * products slower on the H100 (bench/NOTES.md) */
+            y[k] = live ? (X[p.x_off + i] * scale) * NW[p.nw_off + i] : 0.0;
             m = max(m, abs(y[k]));
         }
         pn_max[tid] = m;
