@@ -76,7 +76,7 @@ void main() {
         if (tid < k) red[tid] += red[tid + k];
         barrier();
     }
-    float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
+    precise float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps); /* no contraction: the same bits in every norm shader */
     if (regs) {
         for (uint k = 0u; k < RN; k++) {
             uint i = tid + 256u * k;
