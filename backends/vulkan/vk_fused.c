@@ -380,22 +380,11 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
 /* rms_norm_matmul_swiglu (mmv.glsl KILN_RESADD, KILN_PRENORM)              */
 /* ------------------------------------------------------------------------ */
 
-/* The KILN_RESADD (multi false) or KILN_PRENORM (multi true) kernel for
- * a weight slot, -1 where there is none: split Q4_0, Q4_K, Q6_K. */
-static int prenorm_pipe(const kiln_vk_shared *sh, int slot, bool multi) {
-    const int idot = sh->idot ? 1 : 0;
-    if (slot == KILN_VK_SLOT_Q4_0S) return (multi ? KILN_VK_P_MMVM1P_Q4_0S : KILN_VK_P_MMV1R_Q4_0S) + idot;
-    if (slot == kiln_vk_type_slot(KILN_VK_T_Q4_K)) return (multi ? KILN_VK_P_MMVM1P_Q4_K : KILN_VK_P_MMV1R_Q4_K) + idot;
-    if (slot == kiln_vk_type_slot(KILN_VK_T_Q6_K)) return (multi ? KILN_VK_P_MMVM1P_Q6_K : KILN_VK_P_MMV1R_Q6_K) + idot;
-    return -1;
-}
-
-/* Where the three take their one-dispatch form: a decode row of split
- * Q4_0, Q4_K or Q6_K weights on a device with the one-row decode kernels.
- * KILN_VK_NO_FUSED bit 1024: never (the core then keeps the norm in the
- * product before). */
+/* Where the three take their one-dispatch form: a decode row of split Q4_0
+ * weights on a device with the one-row decode kernels. KILN_VK_NO_FUSED
+ * bit 1024: never (the core then keeps the norm in the product before). */
 static bool prenorm_weight(const kiln_bk_device *dev, const kiln_bk_tensor *w, int64_t n_rows) {
-    return dev && w && n_rows == 1 && !(dev->no_fused_mask & 1024u) && prenorm_pipe(dev->sh, kiln_vk_weight_slot(w), false) >= 0 &&
+    return dev && w && n_rows == 1 && !(dev->no_fused_mask & 1024u) && kiln_vk_weight_slot(w) == KILN_VK_SLOT_Q4_0S &&
            dev->sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll;
 }
 
@@ -450,11 +439,11 @@ kiln_status kiln_vk_matmul_add(kiln_bk_device *dev, const kiln_bk_tensor *w, con
     pc.M = 1;
     pc.unroll = 1;
     const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-    uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, kiln_vk_weight_slot(w))),
+    uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S)),
                                  sgs_per_wg ? sgs_per_wg : 1);
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    return kiln_vk_dispatch(dev, prenorm_pipe(sh, kiln_vk_weight_slot(w), false), b, 4, &pc, sizeof pc,
+    return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMV1R_Q4_0S_IDOT : KILN_VK_P_MMV1R_Q4_0S, b, 4, &pc, sizeof pc,
                             (uint32_t)gx, 1, 1);
 }
 
@@ -488,13 +477,8 @@ static kiln_status prenorm_check(const kiln_bk_tensor *x, const kiln_bk_tensor *
     return KILN_OK;
 }
 
-/* A row the KILN_PRENORM kernels normalize for weight slot `slot`: one,
- * of at most 4096 elements in whole blocks; Q8_K's prologue takes 16
- * invocations per 256 elements. */
-static bool prenorm_row(const kiln_bk_device *dev, const kiln_bk_tensor *x, int slot) {
-    const bool q8k = slot != KILN_VK_SLOT_Q4_0S;
-    return x->ne[1] == 1 && x->ne[0] > 0 && x->ne[0] <= 4096 && x->ne[0] % (q8k ? 256 : 32) == 0 &&
-           (!q8k || dev->sh->prenorm_wg >= (uint32_t)x->ne[0] / 16);
+static bool prenorm_row(const kiln_bk_tensor *x) {
+    return x->ne[1] == 1 && x->ne[0] > 0 && x->ne[0] <= 4096 && x->ne[0] % 32 == 0;
 }
 
 /* h = rms_norm(x) * nw, then matmul_multi(n, w, h, dst): one dispatch
@@ -510,8 +494,7 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
         return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_multi: %u products (1..3) or NULL arrays", n);
     if ((st = prenorm_check(x, nw, eps, h, &xe, &nwe, &he, "rms_norm_matmul_multi"))) return st;
     const int64_t K = x->ne[0];
-    const int slot = kiln_vk_weight_slot(w[0]);
-    bool fuse = prenorm_row(dev, x, slot), mixed = false;
+    bool fuse = prenorm_row(x);
     for (uint32_t i = 0; i < n; i++) {
         if ((st = kiln_vk_tensor_check(w[i], -1, "rms_norm_matmul_multi", "w", &we[i])) ||
             (st = kiln_vk_tensor_check(dst[i], KILN_VK_T_F32, "rms_norm_matmul_multi", "dst", &de[i])))
@@ -520,27 +503,9 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
             return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_multi: w %lldx%lld, x %lldx%lld, "
                               "dst %lldx%lld", (long long)w[i]->ne[0], (long long)w[i]->ne[1], (long long)K,
                               (long long)x->ne[1], (long long)dst[i]->ne[0], (long long)dst[i]->ne[1]);
-        fuse = fuse && prenorm_weight(dev, w[i], x->ne[1]) && prenorm_row(dev, x, kiln_vk_weight_slot(w[i])) &&
-               w[i]->ne[1] > 0 && w[i]->buf == w[0]->buf && dst[i]->buf == dst[0]->buf &&
-               !bytes_overlap(dst[i], de[i], x, xe) && !bytes_overlap(dst[i], de[i], nw, nwe);
-        mixed = mixed || kiln_vk_weight_slot(w[i]) != slot;
-    }
-    if (fuse && mixed) { /* (Q4_K_M's q and k, and a Q6_K v): one dispatch per slot, each with the norm */
-        bool seen[3] = {false, false, false};
-        for (uint32_t i = 0; i < n; i++) {
-            if (seen[i]) continue;
-            const kiln_bk_tensor *ws[3];
-            kiln_bk_tensor *ds[3];
-            uint32_t m = 0;
-            for (uint32_t j = i; j < n; j++)
-                if (!seen[j] && kiln_vk_weight_slot(w[j]) == kiln_vk_weight_slot(w[i])) {
-                    seen[j] = true;
-                    ws[m] = w[j];
-                    ds[m++] = dst[j];
-                }
-            if ((st = kiln_vk_rms_norm_matmul_multi(dev, x, nw, eps, h, m, ws, ds))) return st;
-        }
-        return KILN_OK;
+        fuse = fuse && prenorm_weight(dev, w[i], x->ne[1]) && w[i]->ne[1] > 0 && w[i]->buf == w[0]->buf &&
+               dst[i]->buf == dst[0]->buf && !bytes_overlap(dst[i], de[i], x, xe) &&
+               !bytes_overlap(dst[i], de[i], nw, nwe);
     }
     uint64_t wlo = UINT64_MAX, whi = 0, dlo = UINT64_MAX, dhi = 0;
     for (uint32_t i = 0; i < n && fuse; i++) {
@@ -583,7 +548,7 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
         pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
         pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
         pc.N[i] = (uint32_t)w[j]->ne[1];
-        if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(sh, slot));
+        if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S));
         pc.g_end[i] = (uint32_t)groups;
     }
     /* the workgroup is sh->prenorm_wg wide (specialization constant 14) */
@@ -591,7 +556,8 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
     uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    return kiln_vk_dispatch(dev, prenorm_pipe(sh, slot, true), b, 6, &pc, sizeof pc, (uint32_t)gx, 1, 1);
+    return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1P_Q4_0S_IDOT : KILN_VK_P_MMVM1P_Q4_0S, b, 6, &pc,
+                            sizeof pc, (uint32_t)gx, 1, 1);
 }
 
 /* h = rms_norm(x) * nw, then matmul_swiglu(w_gate, w_up, h, up, dst): one
@@ -618,16 +584,7 @@ kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_te
                           (long long)dst->ne[0], (long long)dst->ne[1]);
     const uint64_t wlo = w_gate->offset < w_up->offset ? w_gate->offset : w_up->offset;
     const uint64_t ghi = w_gate->offset + gwe, uhi = w_up->offset + uwe, whi = ghi > uhi ? ghi : uhi;
-    const int slot = kiln_vk_weight_slot(w_gate);
-    if (slot != KILN_VK_SLOT_Q4_0S && slot == kiln_vk_weight_slot(w_up) && prenorm_weight(dev, w_gate, x->ne[1]) &&
-        prenorm_row(dev, x, slot)) {
-        /* no swiglu kernel for these types: the products with the norm, then swiglu (matmul_swiglu's own form) */
-        const kiln_bk_tensor *w2[2] = {w_gate, w_up};
-        kiln_bk_tensor *d2[2] = {dst, up};
-        if ((st = kiln_vk_rms_norm_matmul_multi(dev, x, nw, eps, h, 2, w2, d2))) return st;
-        return kiln_vk_swiglu(dev, dst, up, dst);
-    }
-    bool fuse = prenorm_row(dev, x, slot) && prenorm_weight(dev, w_gate, 1) && prenorm_weight(dev, w_up, 1) && F > 0 &&
+    bool fuse = prenorm_row(x) && prenorm_weight(dev, w_gate, 1) && prenorm_weight(dev, w_up, 1) && F > 0 &&
                 w_up->buf == w_gate->buf && whi - wlo <= UINT32_MAX - 64 && !(dev->no_fused_mask & 128u) &&
                 !bytes_overlap(dst, de, x, xe) && !bytes_overlap(dst, de, nw, nwe);
     kiln_vk_bind b[6];

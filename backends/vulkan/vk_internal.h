@@ -121,14 +121,6 @@ enum {
     KILN_VK_P_MMVM1P_Q4_0S_IDOT,
     KILN_VK_P_MMVM1SP_Q4_0S,
     KILN_VK_P_MMVM1SP_Q4_0S_IDOT,
-    KILN_VK_P_MMV1R_Q4_K, /* the same for Q4_K and Q6_K (Q8_K activations; no swiglu kernel) */
-    KILN_VK_P_MMV1R_Q4_K_IDOT,
-    KILN_VK_P_MMV1R_Q6_K,
-    KILN_VK_P_MMV1R_Q6_K_IDOT,
-    KILN_VK_P_MMVM1P_Q4_K,
-    KILN_VK_P_MMVM1P_Q4_K_IDOT,
-    KILN_VK_P_MMVM1P_Q6_K,
-    KILN_VK_P_MMVM1P_Q6_K_IDOT,
     KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot

@@ -74,7 +74,6 @@ static uint32_t written_bindings(int which) {
     if (which >= KILN_VK_P_MMV1N_F16 && which <= KILN_VK_P_MMV1N_Q4_0S_IDOT)
         return (1u << 2) | (1u << 4) | (1u << 6) | (1u << 7); /* D, S, AQ, the counter */
     if (which >= KILN_VK_P_MMV1R_Q4_0S && which <= KILN_VK_P_MMVM1P_Q4_0S_IDOT) return 1u << 2;
-    if (which >= KILN_VK_P_MMV1R_Q4_K && which <= KILN_VK_P_MMVM1P_Q6_K_IDOT) return 1u << 2;
     if (which >= KILN_VK_P_MMVM1SP_Q4_0S && which <= KILN_VK_P_MMVM1SP_Q4_0S_IDOT) return (1u << 2) | (1u << 3);
     if ((which >= KILN_VK_P_MM_FIRST && which < KILN_VK_P_GETROWS_FIRST) ||
         (which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST))
@@ -93,14 +92,12 @@ static uint32_t skip_class(int which) {
     if ((which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST) ||
         (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_MMVM1_IDOT_FIRST) ||
         (which >= KILN_VK_P_MMV1N_F16 && which <= KILN_VK_P_MMV1N_Q4_0S_IDOT) ||
-        (which >= KILN_VK_P_MMV1R_Q4_0S && which <= KILN_VK_P_MMV1R_Q4_0S_IDOT) ||
-        (which >= KILN_VK_P_MMV1R_Q4_K && which <= KILN_VK_P_MMV1R_Q6_K_IDOT))
+        (which >= KILN_VK_P_MMV1R_Q4_0S && which <= KILN_VK_P_MMV1R_Q4_0S_IDOT))
         return 8u; /* one product, one row: o, down, output */
     if ((which >= KILN_VK_P_MMVM1_FIRST && which < KILN_VK_P_MMVM1_FIRST + KILN_VK_N_SLOTS) ||
         (which >= KILN_VK_P_MMVM1_IDOT_FIRST && which < KILN_VK_P_IDOT_END) ||
         (which >= KILN_VK_P_MMVM1S_F16 && which <= KILN_VK_P_MMVM1S_Q4_0S_IDOT) ||
-        (which >= KILN_VK_P_MMVM1P_Q4_0S && which <= KILN_VK_P_MMVM1SP_Q4_0S_IDOT) ||
-        (which >= KILN_VK_P_MMVM1P_Q4_K && which <= KILN_VK_P_MMVM1P_Q6_K_IDOT))
+        (which >= KILN_VK_P_MMVM1P_Q4_0S && which <= KILN_VK_P_MMVM1SP_Q4_0S_IDOT))
         return 16u; /* q/k/v, gate/up */
     return 0u;
 }

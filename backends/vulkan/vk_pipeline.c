@@ -323,8 +323,6 @@ SPV_DECL(mmv1n_f16) SPV_DECL(mmv1n_q4_0s) SPV_DECL(mmv1n_q4_0s_idot)
 SPV_DECL(mmvm1s_f16) SPV_DECL(mmvm1s_q4_0s) SPV_DECL(mmvm1s_q4_0s_idot)
 SPV_DECL(mmv1r_q4_0s) SPV_DECL(mmv1r_q4_0s_idot) SPV_DECL(mmvm1p_q4_0s) SPV_DECL(mmvm1p_q4_0s_idot)
 SPV_DECL(mmvm1sp_q4_0s) SPV_DECL(mmvm1sp_q4_0s_idot)
-SPV_DECL(mmv1r_q4_k) SPV_DECL(mmv1r_q4_k_idot) SPV_DECL(mmv1r_q6_k) SPV_DECL(mmv1r_q6_k_idot)
-SPV_DECL(mmvm1p_q4_k) SPV_DECL(mmvm1p_q4_k_idot) SPV_DECL(mmvm1p_q6_k) SPV_DECL(mmvm1p_q6_k_idot)
 #undef SPV_DECL
 
 static const struct {
@@ -491,9 +489,7 @@ static const struct {
     SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot),
     SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot),
     SPV_ENTRY(mmv1r_q4_0s), SPV_ENTRY(mmv1r_q4_0s_idot), SPV_ENTRY(mmvm1p_q4_0s), SPV_ENTRY(mmvm1p_q4_0s_idot),
-    SPV_ENTRY(mmvm1sp_q4_0s), SPV_ENTRY(mmvm1sp_q4_0s_idot),
-    SPV_ENTRY(mmv1r_q4_k), SPV_ENTRY(mmv1r_q4_k_idot), SPV_ENTRY(mmv1r_q6_k), SPV_ENTRY(mmv1r_q6_k_idot),
-    SPV_ENTRY(mmvm1p_q4_k), SPV_ENTRY(mmvm1p_q4_k_idot), SPV_ENTRY(mmvm1p_q6_k), SPV_ENTRY(mmvm1p_q6_k_idot)
+    SPV_ENTRY(mmvm1sp_q4_0s), SPV_ENTRY(mmvm1sp_q4_0s_idot)
 #undef SPV_ENTRY
 };
 
@@ -560,8 +556,6 @@ static int mmv_slot(int which) {
     if (which == KILN_VK_P_MMV1N_Q4_0S || which == KILN_VK_P_MMV1N_Q4_0S_IDOT || which == KILN_VK_P_MMVM1S_Q4_0S ||
         which == KILN_VK_P_MMVM1S_Q4_0S_IDOT || (which >= KILN_VK_P_MMV1R_Q4_0S && which <= KILN_VK_P_MMVM1SP_Q4_0S_IDOT))
         return KILN_VK_SLOT_Q4_0S;
-    if (which >= KILN_VK_P_MMV1R_Q4_K && which <= KILN_VK_P_MMVM1P_Q6_K_IDOT)
-        return kiln_vk_type_slot(((which - KILN_VK_P_MMV1R_Q4_K) / 2) % 2 ? KILN_VK_T_Q6_K : KILN_VK_T_Q4_K);
     return -1;
 }
 

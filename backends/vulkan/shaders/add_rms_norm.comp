@@ -76,7 +76,7 @@ void main() {
         if (tid < k) red[tid] += red[tid + k];
         barrier();
     }
-    precise float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps); /* no contraction: the same bits in every norm shader */
+    float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
     if (regs) {
         for (uint k = 0u; k < RN; k++) {
             uint i = tid + 256u * k;

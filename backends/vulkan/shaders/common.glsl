@@ -88,16 +88,6 @@ uint f2bf(float f) {
         if (q81) AQ[sw] = floatBitsToUint(h2f(f2h(q8_d * float(q8_sum))));               \
     }
 
-/* Q8_K's block scale from the block's largest-magnitude element mx, as
- * the CPU's quantizer computes it (1 / (-127 / mx)); precise, so that no
- * shader's compiler rewrites the two divisions (every quantizer of Q8_K
- * calls this, and their bytes must be equal) */
-float q8k_scale(float mx) {
-    precise float inv = -127.0 / mx;
-    precise float d = 1.0 / inv;
-    return d;
-}
-
 /* signed byte j (0..3) of a word */
 int sb(uint w, uint j) { return bitfieldExtract(int(w), int(j * 8u), 8); }
 /* unsigned byte j of a word */

@@ -122,18 +122,9 @@ layout(binding = 4) readonly buffer XB { float X[]; };   /* the residual row, no
 layout(binding = 5) readonly buffer NWB { float NW[]; }; /* the norm's weights */
 shared float pn_red[256];
 shared float pn_max[1024];
-#if WTYPE == 12 || WTYPE == 14 /* Q4_K, Q6_K: Q8_K activations */
-#define PN_Q8K
-/* the normalized row quantized as quant_act's Q8_K: K/4 words of bytes,
- * K/256 block scales, 16 sums of 16 per block; the products read it at 0 */
-shared uint pn_aq[1024u + 16u + 256u];
-shared float pn_bmax[16], pn_bmx[16]; /* per block: the largest magnitude, its signed value */
-shared uint pn_bidx[256];             /* per invocation: the index of its largest magnitude */
-#else
 /* the normalized row quantized (Q8_0, quant_act's layout): K/4 words of
  * bytes, then K/32 block scales; the products read it at a = 0 */
 shared uint pn_aq[1024u + 128u];
-#endif
 #define KILN_ACT_SHARED pn_aq
 #endif
 
@@ -253,7 +244,7 @@ void norm_row(uint tid) {
         if (tid < k) n_red[tid] += n_red[tid + k];
         barrier();
     }
-    precise float scale = 1.0 / sqrt(n_red[0] / float(n) + p.eps);
+    float scale = 1.0 / sqrt(n_red[0] / float(n) + p.eps);
     for (uint k = 0u; k < 16u; k++) {
         uint i = tid + 256u * k;
         if (i < n) {
@@ -291,68 +282,7 @@ void prenorm() {
         for (uint vt = tid; vt < k; vt += WG) pn_red[vt] += pn_red[vt + k];
         barrier();
     }
-    precise const float scale = 1.0 / sqrt(pn_red[0] / float(n) + p.eps); /* as rms_norm.comp */
-#ifdef PN_Q8K
-    /* Q8_K (quant_act mode 5, the same bytes): 16 invocations per block
-     * of 256, 16 consecutive elements each (needs 16 x K/256 <= the
-     * workgroup: 256 for K = 4096). The block's largest magnitude at its
-     * first index, inv = -127 / that element, q = round(inv x) clamped to
-     * [-128, 127], d = 1 / inv, sums of 16. The elements are computed
-     * again (from the L2) rather than kept in registers. */
-    {
-        const uint nb = n / 256u, b = tid >> 4, j = tid & 15u, e0 = 256u * b + 16u * j;
-        const bool live = b < nb;
-        float best = 0.0;
-        uint bi = 0u;
-        if (live)
-            for (uint k = 0u; k < 16u; k++) {
-                const float v = (X[p.x_off + e0 + k] * scale) * NW[p.nw_off + e0 + k];
-                if (abs(v) > best) {
-                    best = abs(v);
-                    bi = k;
-                }
-            }
-        if (live) {
-            pn_max[tid] = best;
-            pn_bidx[tid] = 16u * j + bi;
-        }
-        barrier();
-        if (live && j == 0u) {
-            float bb = pn_max[tid];
-            uint ii = pn_bidx[tid];
-            for (uint m = 1u; m < 16u; m++)
-                if (pn_max[tid + m] > bb) {
-                    bb = pn_max[tid + m];
-                    ii = pn_bidx[tid + m];
-                }
-            pn_bmax[b] = bb;
-            pn_bmx[b] = (X[p.x_off + 256u * b + ii] * scale) * NW[p.nw_off + 256u * b + ii];
-        }
-        barrier();
-        if (live) {
-            const float amax = pn_bmax[b], mx = pn_bmx[b];
-            int sum = 0;
-            for (uint w = 0u; w < 4u; w++) {
-                uint word = 0u;
-                for (uint k = 0u; k < 4u; k++) {
-                    const float v = (X[p.x_off + e0 + 4u * w + k] * scale) * NW[p.nw_off + e0 + 4u * w + k];
-                    int q = 0;
-                    if (amax != 0.0) {
-                        precise float inv = -127.0 / mx; /* precise: the same bits in every quantizer (no rewrite of the divisions) */
-                        q = clamp(int(roundEven(min(max(inv * v, -128.0), 127.0))), -128, 127);
-                    }
-                    sum += q;
-                    word |= (uint(q) & 0xffu) << (8u * k);
-                }
-                pn_aq[e0 / 4u + w] = word;
-            }
-            pn_aq[n / 4u + n / 256u + 16u * b + j] = uint(sum);
-            if (j == 0u) pn_aq[n / 4u + b] = amax != 0.0 ? floatBitsToUint(q8k_scale(mx)) : 0u;
-        }
-        barrier();
-    }
-    return;
-#endif
+    const float scale = 1.0 / sqrt(pn_red[0] / float(n) + p.eps);
     const uint nb = n / 32u;
     for (uint t0 = 0u; t0 < 4u * nb; t0 += WG) {
         const uint t = t0 + tid, blk = t >> 2, part = t & 3u;

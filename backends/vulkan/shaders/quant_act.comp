@@ -85,7 +85,7 @@ void main() {
         }
     } else if (amax != 0.0) {
         float mx = X[x + 256u * gl_WorkGroupID.x + s_idx[lead]];
-        precise float inv = -127.0 / mx; /* precise: the same bits in every quantizer (no rewrite of the divisions) */
+        float inv = -127.0 / mx;
         for (uint k = 0u; k < 4u; k++) {
             int q = clamp(int(roundEven(min(max(inv * v[k], -128.0), 127.0))), -128, 127);
             sum += q;
@@ -104,7 +104,7 @@ void main() {
                 uint(s_sum[tid] + s_sum[tid + 1u] + s_sum[tid + 2u] + s_sum[tid + 3u]);
         if (tid == 0u) {
             float mx = X[x + 256u * blk + s_idx[0]];
-            A[a + p.K / 4u + blk] = amax != 0.0 ? floatBitsToUint(q8k_scale(mx)) : 0u;
+            A[a + p.K / 4u + blk] = amax != 0.0 ? floatBitsToUint(1.0 / (-127.0 / mx)) : 0u;
         }
         return;
     }

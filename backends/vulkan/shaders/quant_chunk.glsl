@@ -52,7 +52,7 @@ void quant_chunk(float v, uint t, uint c0, uint a, uint K, uint mode) {
         q = clamp(int(roundEven(v * id)), -127, 127);
     } else if (amax != 0.0) {
         mx = qc_v[qc_idx[lead]];
-        precise float inv = -127.0 / mx; /* precise: the same bits in every quantizer (no rewrite of the divisions) */
+        float inv = -127.0 / mx;
         q = clamp(int(roundEven(min(max(inv * v, -128.0), 127.0))), -128, 127);
     }
     qc_q[t] = live ? q : 0;
@@ -67,7 +67,7 @@ void quant_chunk(float v, uint t, uint c0, uint a, uint K, uint mode) {
             for (uint k = 0u; k < 16u; k++) s += qc_q[t + k];
             AQ[a + K / 4u + K / 256u + 16u * blk + t / 16u] = uint(s);
         }
-        if (t == 0u) AQ[a + K / 4u + blk] = amax != 0.0 ? floatBitsToUint(q8k_scale(mx)) : 0u;
+        if (t == 0u) AQ[a + K / 4u + blk] = amax != 0.0 ? floatBitsToUint(1.0 / (-127.0 / mx)) : 0u;
     } else if ((t & 31u) == 0u && live) {
         const uint blk = (c0 + t) / 32u;
         float d = amax / 127.0;
@@ -137,7 +137,7 @@ void quant_row_blocks(uint tid, uint a, uint K, uint mode) { /* K <= 4096 */
             bi = qb_idx[j];
         }
     float mx = best != 0.0 ? QROW_AT(bi) : 0.0;
-    precise float inv = best != 0.0 ? -127.0 / mx : 0.0; /* precise: as quant_act.comp */
+    float inv = best != 0.0 ? -127.0 / mx : 0.0;
     int s16[2] = int[2](0, 0);
     for (uint w = 0u; w < 8u; w++) {
         uint word = 0u;
@@ -151,7 +151,7 @@ void quant_row_blocks(uint tid, uint a, uint K, uint mode) { /* K <= 4096 */
     uint in_sb = (e0 - 256u * sb) / 16u; /* the block's first 16-group in its super-block */
     AQ[a + K / 4u + K / 256u + 16u * sb + in_sb] = uint(s16[0]);
     AQ[a + K / 4u + K / 256u + 16u * sb + in_sb + 1u] = uint(s16[1]);
-    if (b == j0) AQ[a + K / 4u + sb] = best != 0.0 ? floatBitsToUint(q8k_scale(mx)) : 0u;
+    if (b == j0) AQ[a + K / 4u + sb] = best != 0.0 ? floatBitsToUint(1.0 / (-127.0 / mx)) : 0u;
 }
 
 #ifdef KILN_QUANT_ROW_REGS

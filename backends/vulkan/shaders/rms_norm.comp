@@ -54,7 +54,7 @@ void main() {
         if (tid < k) red[tid] += red[tid + k];
         barrier();
     }
-    precise float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps); /* no contraction: the same bits in every norm shader */
+    float scale = 1.0 / sqrt(red[0] / float(p.n) + p.eps);
     uint d = p.d_off + r * p.d_stride;
     if (regs) {
         for (uint k = 0u; k < 16u; k++) {

@@ -87,19 +87,6 @@ int kiln_sdot4(int a, int b, spirv_literal int fmt);
 
 float af(uint i) { return uintBitsToFloat(A[i]); }
 
-/* The quantized activations of the decode kernels' integer paths (split
- * Q4_0, Q4_K, Q6_K): from the binding A, or from the shared array that
- * mmv.glsl KILN_PRENORM names KILN_ACT_SHARED (words; ACT_U4: 16 bytes at
- * word 4 i4). */
-#ifdef KILN_ACT_SHARED
-#define ACT_W(i) KILN_ACT_SHARED[i]
-#define ACT_U4(i4) uvec4(KILN_ACT_SHARED[4u * (i4)], KILN_ACT_SHARED[4u * (i4) + 1u], \
-                         KILN_ACT_SHARED[4u * (i4) + 2u], KILN_ACT_SHARED[4u * (i4) + 3u])
-#else
-#define ACT_W(i) A[i]
-#define ACT_U4(i4) AU4[i4]
-#endif
-
 #if WTYPE == T_Q4_0S
 /* The scales' place depends on the row's length: K, from the including
  * shader's push constants (ROW_K names it where it is not p.K). */
@@ -320,9 +307,9 @@ float dot32(uint row, uint c, uint a, uint K) {
     uint blk = c >> 3, j = c & 7u;
     uint b = row + BLK_BYTES * blk;
     uint aq = a + 8u * c;
-    float ad = uintBitsToFloat(ACT_W(a + K / 4u + blk));
+    float ad = af(a + K / 4u + blk);
     uint bs = a + K / 4u + K / 256u + 2u * c; /* bsums of the two 16s */
-    int bsum = int(ACT_W(bs)) + int(ACT_W(bs + 1u));
+    int bsum = int(A[bs]) + int(A[bs + 1u]);
     uint sc, mn;
     q4k_sm(b, j, sc, mn);
 #if WTYPE == T_Q4_K
@@ -340,7 +327,7 @@ float dot32(uint row, uint c, uint a, uint K) {
      * 16-byte loads, 5 instead of about 25; the same integers and floats */
     if (AU4_ON != 0u && (b & 15u) == 0u && (aq & 3u) == 0u) {
         const uvec4 hd = W4[b >> 4], q0 = W4[(qs >> 4)], q1 = W4[(qs >> 4) + 1u];
-        const uvec4 a0 = ACT_U4(aq >> 2), a1 = ACT_U4((aq >> 2) + 1u);
+        const uvec4 a0 = AU4[aq >> 2], a1 = AU4[(aq >> 2) + 1u];
         const uint y = 8u * (j & 3u);
         uint sc4, mn4;
         if (j < 4u) {
@@ -366,7 +353,7 @@ float dot32(uint row, uint c, uint a, uint K) {
 #endif
     for (uint i = 0u; i < 8u; i++) {
         uint q4 = W[(qs >> 2) + i];     /* qs is 4-byte aligned: blocks are 144/176 bytes */
-        uint a4 = ACT_W(aq + i);
+        uint a4 = A[aq + i];
 #if WTYPE == T_Q5_K
         uint h4 = W[(qh >> 2) + i];
 #endif
@@ -389,7 +376,7 @@ float dot32(uint row, uint c, uint a, uint K) {
     uint blk = c >> 3, j = c & 7u;
     uint b = row + BLK_BYTES * blk;
     uint aq = a + 8u * c;
-    float ad = uintBitsToFloat(ACT_W(a + K / 4u + blk));
+    float ad = af(a + K / 4u + blk);
     uint h = j >> 2, qq = j & 3u;
     /* whole words: 4 values per load (b is even: rows of 210-byte blocks) */
     uint ql = b + 64u * h + ((qq & 1u) != 0u ? 32u : 0u), qh = b + 128u + 32u * h;
@@ -407,7 +394,7 @@ float dot32(uint row, uint c, uint a, uint K) {
             lw[i] = W[l0 + i];
             hw[i] = W[h0 + i];
         }
-        const uvec4 a0 = ACT_U4(aq >> 2), a1 = ACT_U4((aq >> 2) + 1u);
+        const uvec4 a0 = AU4[aq >> 2], a1 = AU4[(aq >> 2) + 1u];
         [[unroll]] for (uint i = 0u; i < 8u; i++) {
             const uint l4 = r == 0u ? lw[i] : (lw[i] >> 16) | (lw[i + 1u] << 16);
             const uint h4 = r == 0u ? hw[i] : (hw[i] >> 16) | (hw[i + 1u] << 16);
@@ -419,7 +406,7 @@ float dot32(uint row, uint c, uint a, uint K) {
     } else
 #endif
     for (uint i = 0u; i < 8u; i++) {
-        uint l4 = w_u32_2(ql + 4u * i), h4 = w_u32_2(qh + 4u * i), a4 = ACT_W(aq + i);
+        uint l4 = w_u32_2(ql + 4u * i), h4 = w_u32_2(qh + 4u * i), a4 = A[aq + i];
         int p4 = 0;
 #ifdef KILN_IDOT
         /* the four 6-bit values as bytes, minus 32 each: sum q x - 32 sum x */
@@ -441,7 +428,12 @@ float dot32(uint row, uint c, uint a, uint K) {
 #elif WTYPE == T_Q4_0S
     /* Q4_0's integer sum (exact in any order) and its float operations */
     uint aq = a + 8u * c;
-    float ad = uintBitsToFloat(ACT_W(a + K / 4u + c));
+#ifdef KILN_ACT_SHARED /* mmv.glsl KILN_PRENORM: the activations in shared memory */
+#define Q4S_A(i) KILN_ACT_SHARED[i]
+#else
+#define Q4S_A(i) A[i]
+#endif
+    float ad = uintBitsToFloat(Q4S_A(a + K / 4u + c));
     float d = q4s_d(row, c, K);
     uvec4 q = q4s_qs(row, c);
     int sum = 0;
@@ -449,7 +441,7 @@ float dot32(uint row, uint c, uint a, uint K) {
     /* sum (q - 8) x = sum q x - 8 sum x, four byte products per instruction */
     int sx = 0;
     for (uint i = 0u; i < 4u; i++) {
-        int alo = int(ACT_W(aq + i)), ahi = int(ACT_W(aq + 4u + i));
+        int alo = int(Q4S_A(aq + i)), ahi = int(Q4S_A(aq + 4u + i));
         sum += kiln_sdot4(int(q[i] & 0x0f0f0f0fu), alo, 0) + kiln_sdot4(int((q[i] >> 4) & 0x0f0f0f0fu), ahi, 0);
         sx += kiln_sdot4(0x01010101, alo, 0) + kiln_sdot4(0x01010101, ahi, 0);
     }
@@ -457,13 +449,14 @@ float dot32(uint row, uint c, uint a, uint K) {
 #else
     for (uint i = 0u; i < 4u; i++) {
         uint lo4 = q[i] & 0x0f0f0f0fu, hi4 = (q[i] >> 4) & 0x0f0f0f0fu;
-        uint alo = ACT_W(aq + i), ahi = ACT_W(aq + 4u + i);
+        uint alo = Q4S_A(aq + i), ahi = Q4S_A(aq + 4u + i);
         for (uint k = 0u; k < 4u; k++)
             sum += (int(ub(lo4, k)) - 8) * sb(alo, k) + (int(ub(hi4, k)) - 8) * sb(ahi, k);
     }
 #endif
     precise float r = float(sum) * (d * ad);
     return r;
+#undef Q4S_A
 #endif
 }
 

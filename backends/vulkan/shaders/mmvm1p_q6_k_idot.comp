@@ -1,8 +1,0 @@
-/* mmvm1_q6_k_idot.comp with the norm of its activations in each workgroup (rms_norm_matmul_multi, see mmv.glsl KILN_PRENORM) */
-#version 450
-#define WTYPE 14
-#define MULTI
-#define MT 1u
-#define KILN_IDOT
-#define KILN_PRENORM
-#include "mmv.glsl"
