@@ -116,9 +116,11 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
     const bool prenorm = KILN_BK_HAS(bk, prenorm_fused) && KILN_BK_HAS(bk, matmul_add) &&
                          KILN_BK_HAS(bk, rms_norm_matmul_multi) && KILN_BK_HAS(bk, rms_norm_matmul_swiglu);
     bool h_ready = false; /* h holds this layer's attention norm of x */
-    for (uint32_t il = g->l0; il < g->l1; il++) {
+    /* this layer and the next take that form (asked once per layer) */
+    bool pre = prenorm && g->l0 < g->l1 && prenorm_layer(bk, dev, &m->layers[g->l0], n), pre_next = false;
+    for (uint32_t il = g->l0; il < g->l1; il++, pre = pre_next) {
         const kiln_layer_weights *L = &m->layers[il];
-        const bool pre = prenorm && prenorm_layer(bk, dev, L, n);
+        pre_next = prenorm && il + 1 < g->l1 && prenorm_layer(bk, dev, &m->layers[il + 1], n);
         if (pre) {
             const kiln_bk_tensor *w3[3] = {&L->wq, &L->wk, &L->wv};
             kiln_bk_tensor *d3[3] = {&q, &k, &v};
@@ -187,7 +189,7 @@ static kiln_status segment_ops(const segment *g, uint64_t o_lo) {
             CHECK(bk->swiglu(dev, &gt, &u, &gt));
         }
         /* and the next layer's attention norm, unless that layer does it itself */
-        const bool norm_next = fused && il + 1 < g->l1 && !(prenorm && prenorm_layer(bk, dev, &m->layers[il + 1], n));
+        const bool norm_next = fused && il + 1 < g->l1 && !pre_next;
         if (mm_norm && norm_next) {
             CHECK(bk->matmul_add_rms_norm(dev, &L->w_down, &gt, &x, &x, &m->layers[il + 1].attn_norm, hp->rms_eps,
                                           &h));

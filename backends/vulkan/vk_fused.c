@@ -66,6 +66,63 @@ static bool bytes_overlap(const kiln_bk_tensor *a, uint64_t ae, const kiln_bk_te
     return a->buf == b->buf && a->offset < b->offset + be && b->offset < a->offset + ae;
 }
 
+/* A decode dispatch's workgroups along x: `groups` row groups of one
+ * subgroup each, `width` invocations per workgroup; about 32 on a CPU
+ * implementation (each workgroup costs more than its arithmetic), at most
+ * the device's limit (the kernels walk the rest with a grid stride). */
+static uint32_t decode_grid(const kiln_vk_shared *sh, uint64_t groups, uint32_t width) {
+    const uint64_t sgs_per_wg = width / (sh->subgroup_size ? sh->subgroup_size : 32);
+    uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
+    if (sh->is_cpu && gx > 32) gx = 32;
+    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    return (uint32_t)gx;
+}
+
+/* The push constants every MULTI decode kernel (mmv.glsl) starts with;
+ * the fused ones append theirs. */
+typedef struct mmvm_push {
+    uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
+    uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
+    uint32_t unroll;
+} mmvm_push;
+
+/* The spans of n weights and of their results, each in one buffer, that
+ * a MULTI kernel's two shared bindings cover; false if either is too long
+ * for the kernel's 32-bit offsets. */
+static bool multi_spans(uint32_t n, const kiln_bk_tensor *const *w, const uint64_t *we, kiln_bk_tensor *const *dst,
+                        const uint64_t *de, uint64_t *wlo, uint64_t *whi, uint64_t *dlo, uint64_t *dhi) {
+    *wlo = *dlo = UINT64_MAX;
+    *whi = *dhi = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (w[i]->offset < *wlo) *wlo = w[i]->offset;
+        if (w[i]->offset + we[i] > *whi) *whi = w[i]->offset + we[i];
+        if (dst[i]->offset < *dlo) *dlo = dst[i]->offset;
+        if (dst[i]->offset + de[i] > *dhi) *dhi = dst[i]->offset + de[i];
+    }
+    return *whi - *wlo <= UINT32_MAX - 64 && *dhi - *dlo <= UINT32_MAX - 64;
+}
+
+/* Each product's place in the shared bindings (w_rem, d_rem: where wlo
+ * and dlo land in them) and its row groups of weight slot `slot`; unused
+ * entries repeat the last product. Returns the row groups of all. */
+static uint64_t multi_products(mmvm_push *m, const kiln_vk_shared *sh, int slot, uint32_t n,
+                               const kiln_bk_tensor *const *w, kiln_bk_tensor *const *dst, uint64_t wlo,
+                               uint32_t w_rem, uint64_t dlo, uint32_t d_rem) {
+    uint64_t groups = 0;
+    m->n_prod = n;
+    for (uint32_t i = 0; i < 3; i++) {
+        const uint32_t j = i < n ? i : n - 1;
+        m->w_off[i] = (uint32_t)(w_rem + (w[j]->offset - wlo));
+        m->w_stride[i] = (uint32_t)w[j]->row_stride;
+        m->d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
+        m->d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
+        m->N[i] = (uint32_t)w[j]->ne[1];
+        if (i < n) groups += kiln_vk_div_up((uint64_t)m->N[i], kiln_vk_mmv_rows(sh, slot));
+        m->g_end[i] = (uint32_t)groups;
+    }
+    return groups;
+}
+
 /* matmul, then add_rms_norm of its result: one dispatch (mmv1n_TYPE,
  * mmv.glsl KILN_NORM) for a decode row of at most 4096 results whose
  * output overlaps neither the residual nor its sum (the last workgroup
@@ -144,12 +201,9 @@ kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tenso
              pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
     pc.eps = eps;
     pc.dbg = dev->norm_dbg;
-    /* as matmul's decode dispatch */
-    const uint64_t sgs_per_wg = 256 / (sh->subgroup_size ? sh->subgroup_size : 32); /* mmv.glsl: 256 wide with KILN_NORM */
-    uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), sgs_per_wg ? sgs_per_wg : 1);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    st = kiln_vk_dispatch(dev, pipe, b, 8, &pc, sizeof pc, (uint32_t)gx, 1, 1);
+    /* as matmul's decode dispatch; mmv.glsl is 256 wide with KILN_NORM */
+    const uint32_t gx = decode_grid(sh, kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), 256);
+    st = kiln_vk_dispatch(dev, pipe, b, 8, &pc, sizeof pc, gx, 1, 1);
     if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
     return st;
 }
@@ -177,6 +231,46 @@ static kiln_status swiglu_act_plan(kiln_bk_device *dev, const kiln_bk_tensor *ds
     const kiln_bk_buffer *old = dev->act;
     kiln_status st = kiln_vk_act_scratch(dev, (uint64_t)*q_off * 4 + *q_bytes + (x_words ? 0 : 4));
     if (st == KILN_OK && dev->act != old) dev->act_cache.valid = false;
+    return st;
+}
+
+/* The products of a swiglu kernel (KILN_SWIGLU): gate as product 0, up
+ * as product 1, both in the weight binding from wlo (at w_rem). */
+static void swiglu_products(mmvm_push *m, int64_t K, const kiln_bk_tensor *w_gate, const kiln_bk_tensor *w_up,
+                            uint64_t wlo, uint32_t w_rem) {
+    m->K = (uint32_t)K;
+    m->M = 1;
+    m->n_prod = 2;
+    m->unroll = 1;
+    m->w_off[0] = (uint32_t)(w_rem + (w_gate->offset - wlo));
+    m->w_off[1] = (uint32_t)(w_rem + (w_up->offset - wlo));
+    m->w_stride[0] = (uint32_t)w_gate->row_stride;
+    m->w_stride[1] = (uint32_t)w_up->row_stride;
+    m->N[0] = m->N[1] = (uint32_t)w_gate->ne[1];
+}
+
+/* The rest of a swiglu kernel's dispatch, given its other bindings and
+ * push constants (whose quantized result is qmode, at word q_off of the
+ * scratch, q_bytes long; swiglu_act_plan): binding 3 (the scratch, or dst
+ * again when nothing is quantized), a workgroup per 32 rows, and the act
+ * cache told what the scratch holds afterwards. */
+static kiln_status swiglu_dispatch(kiln_bk_device *dev, int pipe, kiln_vk_bind *b, uint32_t n_binds, const void *push,
+                                   uint32_t push_size, uint32_t qmode, uint32_t q_off, uint64_t q_bytes,
+                                   const kiln_bk_tensor *dst, uint64_t de, const char *op) {
+    kiln_status st;
+    if ((st = qmode ? kiln_vk_bind_range(dev, dev->act, 0, (uint64_t)q_off * 4 + q_bytes, &b[3], NULL, op)
+                    : kiln_vk_bind_range(dev, dst->buf, dst->offset, de, &b[3], NULL, op)))
+        return st;
+    const kiln_vk_shared *sh = dev->sh;
+    uint64_t gx = kiln_vk_div_up((uint64_t)dst->ne[0], 32);
+    if (sh->is_cpu && gx > 32) gx = 32;
+    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    if (qmode) dev->act_cache.valid = false; /* the scratch is written */
+    st = kiln_vk_dispatch(dev, pipe, b, n_binds, push, push_size, (uint32_t)gx, 1, 1);
+    if (st == KILN_OK && qmode) {
+        kiln_vk_act_produced(dev, dst, de, qmode);
+        dev->act_cache.q_off = q_off;
+    }
     return st;
 }
 
@@ -231,44 +325,23 @@ kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_g
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
     const uint32_t mode = kiln_vk_act_mode(w_gate->type);
     struct {
-        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
-        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
-        uint32_t unroll, qmode, q_off;
+        mmvm_push m;
+        uint32_t qmode, q_off;
     } pc;
     memset(&pc, 0, sizeof pc);
     uint32_t dummy;
     uint64_t q_bytes;
     if ((st = swiglu_act_plan(dev, dst, mode, K, &pc.qmode, &pc.q_off, &q_bytes))) return st;
     if (mode == 0) {
-        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_swiglu"))) return st;
-    } else if ((st = kiln_vk_quantize_act(dev, x, xe, mode, &b[1], &pc.a_off, &pc.a_stride))) {
+        if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.m.a_off, &pc.m.a_stride, "matmul_swiglu"))) return st;
+    } else if ((st = kiln_vk_quantize_act(dev, x, xe, mode, &b[1], &pc.m.a_off, &pc.m.a_stride))) {
         return st;
     }
-    if ((st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off[0], &dummy, "matmul_swiglu"))) return st;
-    pc.K = (uint32_t)K;
-    pc.M = 1;
-    pc.n_prod = 2;
-    pc.unroll = 1;
-    pc.vec = wvec;
-    pc.w_off[0] = (uint32_t)(w_rem + (w_gate->offset - wlo));
-    pc.w_off[1] = (uint32_t)(w_rem + (w_up->offset - wlo));
-    pc.w_stride[0] = (uint32_t)w_gate->row_stride;
-    pc.w_stride[1] = (uint32_t)w_up->row_stride;
-    pc.N[0] = pc.N[1] = (uint32_t)F;
-    /* the whole scratch: x's row at 0 (or dst again when x is F32 and there is no result to quantize) */
-    if ((st = pc.qmode ? kiln_vk_bind_range(dev, dev->act, 0, (uint64_t)pc.q_off * 4 + q_bytes, &b[3], NULL, "matmul_swiglu")
-                       : kiln_vk_bind_range(dev, dst->buf, dst->offset, de, &b[3], NULL, "matmul_swiglu")))
-        return st;
-    uint64_t gx = kiln_vk_div_up((uint64_t)F, 32);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    if (pc.qmode) dev->act_cache.valid = false; /* the scratch is written */
-    st = kiln_vk_dispatch(dev, pipe, b, 4, &pc, sizeof pc, (uint32_t)gx, 1, 1);
-    if (st == KILN_OK && pc.qmode) {
-        kiln_vk_act_produced(dev, dst, de, pc.qmode);
-        dev->act_cache.q_off = pc.q_off;
-    }
-    return st;
+    if ((st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.m.d_off[0], &dummy, "matmul_swiglu"))) return st;
+    swiglu_products(&pc.m, K, w_gate, w_up, wlo, w_rem);
+    pc.m.vec = wvec;
+    /* binding 3, the whole scratch: x's row at 0 */
+    return swiglu_dispatch(dev, pipe, b, 4, &pc, sizeof pc, pc.qmode, pc.q_off, q_bytes, dst, de, "matmul_swiglu");
 }
 
 /* matmul_multi in one matrix-vector dispatch (mmvm_TYPE): decode batches
@@ -298,14 +371,8 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
                dst[i]->buf == dst[0]->buf;
     }
     /* the spans the two shared bindings cover */
-    uint64_t wlo = UINT64_MAX, whi = 0, dlo = UINT64_MAX, dhi = 0;
-    for (uint32_t i = 0; i < n && fuse; i++) {
-        if (w[i]->offset < wlo) wlo = w[i]->offset;
-        if (w[i]->offset + we[i] > whi) whi = w[i]->offset + we[i];
-        if (dst[i]->offset < dlo) dlo = dst[i]->offset;
-        if (dst[i]->offset + de[i] > dhi) dhi = dst[i]->offset + de[i];
-    }
-    if (fuse) fuse = whi - wlo <= UINT32_MAX - 64 && dhi - dlo <= UINT32_MAX - 64;
+    uint64_t wlo, whi, dlo, dhi;
+    fuse = fuse && multi_spans(n, w, we, dst, de, &wlo, &whi, &dlo, &dhi);
     /* The F16 kernel's 16-byte loads where matmul would take them for that
      * product alone (the weight's own binding aligned), so that each
      * product gets matmul's bits; they need the shared binding aligned. */
@@ -333,11 +400,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     }
     const uint32_t mode = kiln_vk_act_mode(w[0]->type);
     for (uint32_t i = 0; i < n; i++) kiln_vk_act_written(dev, dst[i]->buf, dst[i]->offset, de[i]);
-    struct {
-        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
-        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
-        uint32_t unroll;
-    } pc;
+    mmvm_push pc;
     memset(&pc, 0, sizeof pc);
     if (mode == 0) {
         if ((st = kiln_vk_bind_f32(dev, x, xe, &b[1], &pc.a_off, &pc.a_stride, "matmul_multi"))) return st;
@@ -347,32 +410,16 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     pc.K = (uint32_t)K;
     pc.M = (uint32_t)M;
     pc.m_base = 0;
-    pc.n_prod = n;
     pc.unroll = dev->mmv_unroll;
     const bool avec = K % 8 == 0 && pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[1].offset % 16 == 0;
     pc.vec = avec ? wvec : 0;
     const int wslot = kiln_vk_weight_slot(w[0]);
-    uint64_t groups = 0;
-    for (uint32_t i = 0; i < 3; i++) {
-        const uint32_t j = i < n ? i : n - 1;
-        pc.w_off[i] = (uint32_t)(w_rem + (w[j]->offset - wlo));
-        pc.w_stride[i] = (uint32_t)w[j]->row_stride;
-        pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
-        pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
-        pc.N[i] = (uint32_t)w[j]->ne[1];
-        if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(dev->sh, wslot));
-        pc.g_end[i] = (uint32_t)groups;
-    }
+    const uint64_t groups = multi_products(&pc, dev->sh, wslot, n, w, dst, wlo, w_rem, dlo, d_rem);
     /* as matmul's decode kernel sizes its grid, for all products' rows */
-    const kiln_vk_shared *sh = dev->sh;
-    const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-    uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     const int pipe = kiln_vk_mmv_pipeline(dev, M, wslot, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMVM1_FIRST,
                                           KILN_VK_P_MMVM1_IDOT_FIRST, KILN_VK_P_MMVM_IDOT_FIRST);
-    return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc,
-                            (uint32_t)gx, kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
+    return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, decode_grid(dev->sh, groups, KILN_VK_MMV_WG),
+                            kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -438,13 +485,10 @@ kiln_status kiln_vk_matmul_add(kiln_bk_device *dev, const kiln_bk_tensor *w, con
     pc.N = (uint32_t)N;
     pc.M = 1;
     pc.unroll = 1;
-    const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-    uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S)),
-                                 sgs_per_wg ? sgs_per_wg : 1);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
+    const uint32_t gx = decode_grid(sh, kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S)),
+                                    KILN_VK_MMV_WG);
     return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMV1R_Q4_0S_IDOT : KILN_VK_P_MMV1R_Q4_0S, b, 4, &pc, sizeof pc,
-                            (uint32_t)gx, 1, 1);
+                            gx, 1, 1);
 }
 
 /* The residual row x (K <= 4096 elements, a multiple of 32) and the norm
@@ -507,14 +551,8 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
                dst[i]->buf == dst[0]->buf && !bytes_overlap(dst[i], de[i], x, xe) &&
                !bytes_overlap(dst[i], de[i], nw, nwe);
     }
-    uint64_t wlo = UINT64_MAX, whi = 0, dlo = UINT64_MAX, dhi = 0;
-    for (uint32_t i = 0; i < n && fuse; i++) {
-        if (w[i]->offset < wlo) wlo = w[i]->offset;
-        if (w[i]->offset + we[i] > whi) whi = w[i]->offset + we[i];
-        if (dst[i]->offset < dlo) dlo = dst[i]->offset;
-        if (dst[i]->offset + de[i] > dhi) dhi = dst[i]->offset + de[i];
-    }
-    if (fuse) fuse = whi - wlo <= UINT32_MAX - 64 && dhi - dlo <= UINT32_MAX - 64;
+    uint64_t wlo, whi, dlo, dhi;
+    fuse = fuse && multi_spans(n, w, we, dst, de, &wlo, &whi, &dlo, &dhi);
     kiln_vk_bind b[6];
     uint32_t w_rem = 0, d_rem = 0;
     if (fuse && (kiln_vk_bind_range(dev, w[0]->buf, wlo, whi - wlo, &b[0], &w_rem, "rms_norm_matmul_multi") ||
@@ -526,38 +564,22 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
     }
     for (uint32_t i = 0; i < n; i++) kiln_vk_act_written(dev, dst[i]->buf, dst[i]->offset, de[i]);
     struct {
-        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
-        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
-        uint32_t unroll, x_off, nw_off;
+        mmvm_push m;
+        uint32_t x_off, nw_off;
         float eps;
     } pc;
     memset(&pc, 0, sizeof pc);
     if ((st = prenorm_bind(dev, x, xe, nw, nwe, b, &pc.x_off, &pc.nw_off, "rms_norm_matmul_multi"))) return st;
     b[3] = b[4]; /* not declared by the kernel */
     const kiln_vk_shared *sh = dev->sh;
-    pc.K = (uint32_t)K;
-    pc.M = 1;
-    pc.n_prod = n;
-    pc.unroll = 1;
+    pc.m.K = (uint32_t)K;
+    pc.m.M = 1;
+    pc.m.unroll = 1;
     pc.eps = eps;
-    uint64_t groups = 0;
-    for (uint32_t i = 0; i < 3; i++) {
-        const uint32_t j = i < n ? i : n - 1;
-        pc.w_off[i] = (uint32_t)(w_rem + (w[j]->offset - wlo));
-        pc.w_stride[i] = (uint32_t)w[j]->row_stride;
-        pc.d_off[i] = (uint32_t)((d_rem + (dst[j]->offset - dlo)) / 4);
-        pc.d_stride[i] = (uint32_t)(dst[j]->row_stride / 4);
-        pc.N[i] = (uint32_t)w[j]->ne[1];
-        if (i < n) groups += kiln_vk_div_up((uint64_t)pc.N[i], kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S));
-        pc.g_end[i] = (uint32_t)groups;
-    }
+    const uint64_t groups = multi_products(&pc.m, sh, KILN_VK_SLOT_Q4_0S, n, w, dst, wlo, w_rem, dlo, d_rem);
     /* the workgroup is sh->prenorm_wg wide (specialization constant 14) */
-    const uint64_t sgs_per_wg = sh->prenorm_wg / (sh->subgroup_size ? sh->subgroup_size : 32);
-    uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1P_Q4_0S_IDOT : KILN_VK_P_MMVM1P_Q4_0S, b, 6, &pc,
-                            sizeof pc, (uint32_t)gx, 1, 1);
+                            sizeof pc, decode_grid(sh, groups, sh->prenorm_wg), 1, 1);
 }
 
 /* h = rms_norm(x) * nw, then matmul_swiglu(w_gate, w_up, h, up, dst): one
@@ -597,9 +619,8 @@ kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_te
     }
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
     struct {
-        uint32_t a_off, a_stride, K, M, vec, m_base, n_prod;
-        uint32_t g_end[3], w_off[3], w_stride[3], d_off[3], d_stride[3], N[3];
-        uint32_t unroll, qmode, q_off, x_off, nw_off;
+        mmvm_push m;
+        uint32_t qmode, q_off, x_off, nw_off;
         float eps;
     } pc;
     memset(&pc, 0, sizeof pc);
@@ -608,32 +629,11 @@ kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_te
     /* nothing of x in the scratch: the quantized result from word 0 */
     if ((st = swiglu_act_plan(dev, dst, 0, K, &pc.qmode, &pc.q_off, &q_bytes)) ||
         (st = prenorm_bind(dev, x, xe, nw, nwe, b, &pc.x_off, &pc.nw_off, "rms_norm_matmul_swiglu")) ||
-        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.d_off[0], &dummy, "rms_norm_matmul_swiglu")))
+        (st = kiln_vk_bind_f32(dev, dst, de, &b[2], &pc.m.d_off[0], &dummy, "rms_norm_matmul_swiglu")))
         return st;
-    pc.K = (uint32_t)K;
-    pc.M = 1;
-    pc.n_prod = 2;
-    pc.unroll = 1;
+    swiglu_products(&pc.m, K, w_gate, w_up, wlo, w_rem);
     pc.eps = eps;
-    pc.w_off[0] = (uint32_t)(w_rem + (w_gate->offset - wlo));
-    pc.w_off[1] = (uint32_t)(w_rem + (w_up->offset - wlo));
-    pc.w_stride[0] = (uint32_t)w_gate->row_stride;
-    pc.w_stride[1] = (uint32_t)w_up->row_stride;
-    pc.N[0] = pc.N[1] = (uint32_t)F;
-    if ((st = pc.qmode ? kiln_vk_bind_range(dev, dev->act, 0, (uint64_t)pc.q_off * 4 + q_bytes, &b[3], NULL,
-                                            "rms_norm_matmul_swiglu")
-                       : kiln_vk_bind_range(dev, dst->buf, dst->offset, de, &b[3], NULL, "rms_norm_matmul_swiglu")))
-        return st;
-    const kiln_vk_shared *sh = dev->sh;
-    uint64_t gx = kiln_vk_div_up((uint64_t)F, 32);
-    if (sh->is_cpu && gx > 32) gx = 32;
-    if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
-    if (pc.qmode) dev->act_cache.valid = false; /* the scratch is written */
-    st = kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1SP_Q4_0S_IDOT : KILN_VK_P_MMVM1SP_Q4_0S, b, 6, &pc, sizeof pc,
-                          (uint32_t)gx, 1, 1);
-    if (st == KILN_OK && pc.qmode) {
-        kiln_vk_act_produced(dev, dst, de, pc.qmode);
-        dev->act_cache.q_off = pc.q_off;
-    }
-    return st;
+    const int pipe = dev->sh->idot ? KILN_VK_P_MMVM1SP_Q4_0S_IDOT : KILN_VK_P_MMVM1SP_Q4_0S;
+    return swiglu_dispatch(dev, pipe, b, 6, &pc, sizeof pc, pc.qmode, pc.q_off, q_bytes, dst, de,
+                           "rms_norm_matmul_swiglu");
 }
