@@ -122,8 +122,10 @@ layout(binding = 4) readonly buffer XB { float X[]; };   /* the residual row, no
 layout(binding = 5) readonly buffer NWB { float NW[]; }; /* the norm's weights */
 shared float pn_red[256];
 shared float pn_max[1024];
-/* the normalized row quantized (Q8_0, quant_act's layout): K/4 words of
- * bytes, then K/32 block scales; the products read it at a = 0 */
+/* the normalized row quantized (Q8_0): K/4 words of bytes, word j of
+ * block c at j K/32 + c (not quant_act's 8 c + j: lanes on neighbouring
+ * blocks read neighbouring banks, not one bank in four), then the K/32
+ * block scales; the products read it at a = 0 */
 shared uint pn_aq[1024u + 128u];
 #define KILN_ACT_SHARED pn_aq
 #endif
@@ -309,7 +311,7 @@ void prenorm() {
                     int q = clamp(int(roundEven(y[4u * w + k] * id)), -127, 127);
                     word |= (uint(q) & 0xffu) << (8u * k);
                 }
-                pn_aq[8u * blk + 2u * part + w] = word;
+                pn_aq[(2u * part + w) * nb + blk] = word; /* word j of block blk at j K/32 + blk (types.glsl) */
             }
             if (part == 0u) pn_aq[n / 4u + blk] = floatBitsToUint(h2f(f2h(amax / 127.0)));
         }

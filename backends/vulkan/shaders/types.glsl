@@ -427,11 +427,15 @@ float dot32(uint row, uint c, uint a, uint K) {
     return r;
 #elif WTYPE == T_Q4_0S
     /* Q4_0's integer sum (exact in any order) and its float operations */
-    uint aq = a + 8u * c;
-#ifdef KILN_ACT_SHARED /* mmv.glsl KILN_PRENORM: the activations in shared memory */
+#ifdef KILN_ACT_SHARED
+    /* mmv.glsl KILN_PRENORM: the activations in shared memory, word j of
+     * block c at a + j K/32 + c, so that the lanes (on neighbouring
+     * blocks) read neighbouring banks; the scales as in A */
 #define Q4S_A(i) KILN_ACT_SHARED[i]
+#define Q4S_AW(j) KILN_ACT_SHARED[a + (j) * (K / 32u) + c]
 #else
 #define Q4S_A(i) A[i]
+#define Q4S_AW(j) A[a + 8u * c + (j)]
 #endif
     float ad = uintBitsToFloat(Q4S_A(a + K / 4u + c));
     float d = q4s_d(row, c, K);
@@ -441,7 +445,7 @@ float dot32(uint row, uint c, uint a, uint K) {
     /* sum (q - 8) x = sum q x - 8 sum x, four byte products per instruction */
     int sx = 0;
     for (uint i = 0u; i < 4u; i++) {
-        int alo = int(Q4S_A(aq + i)), ahi = int(Q4S_A(aq + 4u + i));
+        int alo = int(Q4S_AW(i)), ahi = int(Q4S_AW(4u + i));
         sum += kiln_sdot4(int(q[i] & 0x0f0f0f0fu), alo, 0) + kiln_sdot4(int((q[i] >> 4) & 0x0f0f0f0fu), ahi, 0);
         sx += kiln_sdot4(0x01010101, alo, 0) + kiln_sdot4(0x01010101, ahi, 0);
     }
@@ -449,7 +453,7 @@ float dot32(uint row, uint c, uint a, uint K) {
 #else
     for (uint i = 0u; i < 4u; i++) {
         uint lo4 = q[i] & 0x0f0f0f0fu, hi4 = (q[i] >> 4) & 0x0f0f0f0fu;
-        uint alo = Q4S_A(aq + i), ahi = Q4S_A(aq + 4u + i);
+        uint alo = Q4S_AW(i), ahi = Q4S_AW(4u + i);
         for (uint k = 0u; k < 4u; k++)
             sum += (int(ub(lo4, k)) - 8) * sb(alo, k) + (int(ub(hi4, k)) - 8) * sb(ahi, k);
     }
@@ -457,6 +461,7 @@ float dot32(uint row, uint c, uint a, uint K) {
     precise float r = float(sum) * (d * ad);
     return r;
 #undef Q4S_A
+#undef Q4S_AW
 #endif
 }
 
