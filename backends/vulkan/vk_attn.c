@@ -288,8 +288,12 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
      * not splitting; 6..8 where unused, q's */
     for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
     b[9] = b[3];
-    if (!sl || ub->n_tokens > KILN_VK_ATTN_SPLIT_TOKENS || ub->n_cells < dev->attn_split_min || ub->n_cells <= sl)
+    if (!sl || ub->n_tokens > KILN_VK_ATTN_SPLIT_TOKENS || ub->n_cells < dev->attn_split_min || ub->n_cells <= sl) {
+        /* without splits, the variant that loads its first K/V before its
+         * prologue (the same bits; attn_dec.glsl KILN_ATTN_DEC_EARLY) */
+        if (which == KILN_VK_P_ATTN_DEC_ROPE && dev->sh->attn_early) which = KILN_VK_P_ATTN_DEC_ROPE1;
         return attn_dispatch(dev, which, b, 10, pc, push, size, a, dst, de, op);
+    }
     kiln_status st;
     const uint32_t ns = kiln_vk_div_up(ub->n_cells, sl);
     const uint64_t bytes = (uint64_t)ub->n_tokens * a->n_head * ns * (a->head_dim + 2) * sizeof(float);

@@ -286,6 +286,10 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         const char *up = getenv("KILN_VK_ATTN_UP");
         const long upn = up ? strtol(up, NULL, 10) : 0;
         sh->attn_up = upn >= 1 && upn <= 32 ? (uint32_t)upn : KILN_VK_ATTN_UP_DEFAULT;
+        /* attn_dec_rope1 (its first positions' K and V loaded before the
+         * q/rope prologue) where there are no splits; KILN_VK_ATTN_EARLY=0
+         * not (comparisons; the same bits) */
+        sh->attn_early = !getenv("KILN_VK_ATTN_EARLY") || atoi(getenv("KILN_VK_ATTN_EARLY")) != 0;
         sh->no_au4 = getenv("KILN_VK_NO_AU4") != NULL;
         /* matmul_swiglu's workgroup (comparisons; the same bits). H100,
          * Mistral-7B Q4_0 tg128 with 128 / 256 / 512 / 1024: 255 / 289 /

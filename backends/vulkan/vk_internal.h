@@ -121,6 +121,8 @@ enum {
     KILN_VK_P_MMVM1P_Q4_0S_IDOT,
     KILN_VK_P_MMVM1SP_Q4_0S,
     KILN_VK_P_MMVM1SP_Q4_0S_IDOT,
+    /* attn_dec_rope with its first K/V loads before the prologue (contexts without splits) */
+    KILN_VK_P_ATTN_DEC_ROPE1,
     KILN_VK_P_COUNT
 };
 /* The weight slots whose one-row decode kernels have an integer dot
@@ -237,6 +239,7 @@ struct kiln_vk_shared {
     uint32_t attn_up;             /* attn_dec.glsl's positions per subgroup step (KILN_VK_ATTN_UP) */
     uint32_t swiglu_wg;           /* mmv.glsl KILN_SWIGLU's workgroup width (KILN_VK_SWIGLU_WG, 512) */
     uint32_t prenorm_wg;          /* mmv.glsl KILN_PRENORM's workgroup width (KILN_VK_PRENORM_WG, 256) */
+    bool attn_early;              /* attn_dec_rope1 where it applies (KILN_VK_ATTN_EARLY, 1) */
     bool no_au4;                  /* KILN_VK_NO_AU4: mmv.glsl's word loads only (specialization constant 13) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
     bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */

@@ -59,7 +59,7 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_FOLD) return (1u << 3) | (1u << 5);
     if (which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5) | (1u << 9);
-    if (which == KILN_VK_P_ATTN_DEC_ROPE) return (1u << 3) | (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9);
+    if (which == KILN_VK_P_ATTN_DEC_ROPE || which == KILN_VK_P_ATTN_DEC_ROPE1) return (1u << 3) | (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9);
     if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS) return 1u << 1;
     /* and the quantized activations (act_produce) */
@@ -86,7 +86,7 @@ static uint32_t written_bindings(int which) {
 static uint32_t skip_class(int which) {
     if (which == KILN_VK_P_ADD_RMS_NORM || which == KILN_VK_P_RMS_NORM) return 1u;
     if (which == KILN_VK_P_BINARY) return 2u;
-    if (which == KILN_VK_P_ATTN_DEC_ROPE || which == KILN_VK_P_ATTN_DEC || which == KILN_VK_P_ATTN_FOLD ||
+    if (which == KILN_VK_P_ATTN_DEC_ROPE || which == KILN_VK_P_ATTN_DEC_ROPE1 || which == KILN_VK_P_ATTN_DEC || which == KILN_VK_P_ATTN_FOLD ||
         which == KILN_VK_P_ROPE_KV || which == KILN_VK_P_ATTENTION || which == KILN_VK_P_KV_STORE)
         return 4u;
     if ((which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST) ||

@@ -323,6 +323,7 @@ SPV_DECL(mmv1n_f16) SPV_DECL(mmv1n_q4_0s) SPV_DECL(mmv1n_q4_0s_idot)
 SPV_DECL(mmvm1s_f16) SPV_DECL(mmvm1s_q4_0s) SPV_DECL(mmvm1s_q4_0s_idot)
 SPV_DECL(mmv1r_q4_0s) SPV_DECL(mmv1r_q4_0s_idot) SPV_DECL(mmvm1p_q4_0s) SPV_DECL(mmvm1p_q4_0s_idot)
 SPV_DECL(mmvm1sp_q4_0s) SPV_DECL(mmvm1sp_q4_0s_idot)
+SPV_DECL(attn_dec_rope1)
 #undef SPV_DECL
 
 static const struct {
@@ -489,7 +490,8 @@ static const struct {
     SPV_ENTRY(mmv1n_f16), SPV_ENTRY(mmv1n_q4_0s), SPV_ENTRY(mmv1n_q4_0s_idot),
     SPV_ENTRY(mmvm1s_f16), SPV_ENTRY(mmvm1s_q4_0s), SPV_ENTRY(mmvm1s_q4_0s_idot),
     SPV_ENTRY(mmv1r_q4_0s), SPV_ENTRY(mmv1r_q4_0s_idot), SPV_ENTRY(mmvm1p_q4_0s), SPV_ENTRY(mmvm1p_q4_0s_idot),
-    SPV_ENTRY(mmvm1sp_q4_0s), SPV_ENTRY(mmvm1sp_q4_0s_idot)
+    SPV_ENTRY(mmvm1sp_q4_0s), SPV_ENTRY(mmvm1sp_q4_0s_idot),
+    SPV_ENTRY(attn_dec_rope1)
 #undef SPV_ENTRY
 };
 

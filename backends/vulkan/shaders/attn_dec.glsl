@@ -14,7 +14,8 @@
  * device's subgroup size, 8..32) sizes the per-lane arrays.
  *
  * Included by attn_dec.comp and, with KILN_ATTN_DEC_ROPE defined, by
- * attn_dec_rope.comp (rope_kv_attention, a single token): the workgroup
+ * attn_dec_rope.comp and attn_dec_rope1.comp (rope_kv_attention, a single
+ * token; the second with KILN_ATTN_DEC_EARLY): the workgroup
  * first does rope_kv.comp's work for its head (rope of q; rope of its KV
  * head's k, stored with v as F16 into the token's cell by the group's first
  * head), with the same arithmetic, and takes the token's own K/V row from
@@ -36,6 +37,16 @@ layout(constant_id = 2) const uint WG = 256u;
  * constant 11 (KILN_VK_ATTN_UP); the softmax still takes them one at a
  * time in position order, so any value gives the same bits */
 layout(constant_id = 11) const uint UP = 4u;
+/* KILN_ATTN_DEC_EARLY (attn_dec_rope1.comp, a context without splits):
+ * the subgroup's first positions' K and V loaded before the q (and rope)
+ * prologue, not in the loop like every later step's. 16 more registers
+ * on the H100 (80): where a long context's splits fill the device, fewer
+ * workgroups per SM cost more than the overlap gains (bench/NOTES.md) */
+#ifdef KILN_ATTN_DEC_EARLY
+#define EARLY 1u
+#else
+#define EARLY 0u
+#endif
 #define PL (MAXD / 2u / SG) /* dimension pairs per lane, at most */
 shared float sg_m[NSG], sg_l[NSG];
 shared float sg_o[NSG * MAXD];
@@ -43,6 +54,34 @@ shared float sg_o[NSG * MAXD];
 shared float s_k[MAXD];
 shared uint s_kp[MAXD / 2u], s_vp[MAXD / 2u];
 #endif
+
+/* The word of the cache row of position pu of the token's sequence (table
+ * at tab) where this KV head's values start. With ROPE the token's own
+ * cell, whose row this dispatch stores, is read from shared memory
+ * instead (*own); its load goes to another cell, which nothing writes in
+ * this dispatch, so that a step's loads stay one batch. */
+uint kv_base(uint pu, uint tab, uint own_cell, uint hoff, out bool own) {
+    uint cell = uint(U[p.bt_off + tab + pu / p.block_size]) * p.block_size + pu % p.block_size;
+#ifdef KILN_ATTN_DEC_ROPE
+    own = cell == own_cell;
+    if (own) cell = own_cell == 0u ? 1u : 0u;
+#else
+    own = false;
+#endif
+    return (cell * p.kv_dim + hoff) >> 1;
+}
+
+/* positions P0 + NSG * u (u < UP, the last one repeated past pe): their
+ * K and V as packed F16 pairs (half the registers of unpacked ones) */
+#define KV_LOAD(P0)                                                                        \
+    [[unroll]] for (uint u = 0u; u < UP; u++) {                                            \
+        const uint cbu = kv_base(min((P0) + NSG * u, pe - 1u), tab, own_cell, hoff, own[u]); \
+        [[unroll]] for (uint i = 0u; i < PL; i++) {                                        \
+            const uint j = lane + SG * i;                                                  \
+            kw[u][i] = j < D2 ? KCache[cbu + j] : 0u;                                      \
+            vw[u][i] = j < D2 ? VCache[cbu + j] : 0u;                                      \
+        }                                                                                  \
+    }
 
 void main() {
     uint h = gl_WorkGroupID.x, t = gl_WorkGroupID.y, tid = gl_LocalInvocationID.x;
@@ -60,12 +99,25 @@ void main() {
         pe = min(nkv, pb + p.split_len);
         if (pb >= nkv && split != 0u) return; /* the whole workgroup */
     }
+    uint sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
+    uint hoff = hk * D_;
+#ifdef KILN_ATTN_DEC_ROPE
+    const uint own_cell = uint(U[p.cell_off + t]);
+#else
+    const uint own_cell = 0u;
+#endif
+    /* the subgroup's first positions' K and V, loaded before the q (and
+     * rope) prologue below so that their latency overlaps its barriers
+     * (EARLY; the same values in the same order: the same bits) */
+    uint kw[UP][PL], vw[UP][PL];
+    bool own[UP];
+    uint p0 = pb + sg;
+    if (EARLY != 0u && p0 < pe) KV_LOAD(p0)
 #ifdef KILN_ATTN_DEC_ROPE
     /* rope_kv.comp's work for this head, every global load of it issued
      * before the first use (one round of latency): invocation e rotates
      * pair e of q and of k (e < n_rot / 2), copies element e past the
      * rotated part, and rounds v's pair e to F16 */
-    const uint own_cell = uint(U[p.cell_off + t]);
     uint half_ = p.n_rot / 2u;
     uint kb = p.k_off + t * p.k_stride + hk * D_, vb = p.v_off + t * p.v_stride + hk * D_;
     for (uint e = tid; e < D_; e += WG) {
@@ -121,7 +173,6 @@ void main() {
     for (uint i = tid; i < D_; i += WG) qs[i] = Q[qo + i];
 #endif
     barrier();
-    uint sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
     /* precise: no contraction into FMAs that the compiler would choose per
      * variant (attn_dec_rope.comp's bits must equal this one's) */
     vec2 qv[PL];
@@ -133,38 +184,17 @@ void main() {
     }
     float m = -1e30;
     precise float l = 0.0;
-    uint hoff = hk * D_;
-    for (uint p0 = pb + sg; p0 < pe; p0 += UP * NSG) {
-        /* positions p0 + NSG * u: their cells, then all their K and V */
-        uint cb[UP];
-        bool own[UP];
-        [[unroll]] for (uint u = 0u; u < UP; u++) {
-            uint pu = min(p0 + NSG * u, pe - 1u);
-            uint cell = uint(U[p.bt_off + tab + pu / p.block_size]) * p.block_size + pu % p.block_size;
+    /* positions p0 + NSG * u, their K and V in kw, vw (KV_LOAD) */
+    for (; p0 < pe; p0 += UP * NSG) {
+        if (EARLY == 0u || p0 != pb + sg) KV_LOAD(p0)
 #ifdef KILN_ATTN_DEC_ROPE
-            /* the row being stored: its values from shared memory, and the
-             * load (kept, so that the four positions' loads stay one batch)
-             * from another cell, which nothing writes in this dispatch */
-            own[u] = cell == own_cell;
-            if (own[u]) cell = own_cell == 0u ? 1u : 0u;
-#else
-            own[u] = false;
-#endif
-            cb[u] = (cell * p.kv_dim + hoff) >> 1;
-        }
-        /* as packed F16 pairs: half the registers of unpacked ones */
-        uint kw[UP][PL], vw[UP][PL];
         [[unroll]] for (uint u = 0u; u < UP; u++)
             [[unroll]] for (uint i = 0u; i < PL; i++) {
                 uint j = lane + SG * i;
-                bool in_ = j < D2;
-                kw[u][i] = in_ ? KCache[cb[u] + j] : 0u;
-                vw[u][i] = in_ ? VCache[cb[u] + j] : 0u;
-#ifdef KILN_ATTN_DEC_ROPE
-                kw[u][i] = own[u] && in_ ? s_kp[j] : kw[u][i]; /* the same F16 values the cell gets */
-                vw[u][i] = own[u] && in_ ? s_vp[j] : vw[u][i];
-#endif
+                kw[u][i] = own[u] && j < D2 ? s_kp[j] : kw[u][i]; /* the same F16 values the cell gets */
+                vw[u][i] = own[u] && j < D2 ? s_vp[j] : vw[u][i];
             }
+#endif
         float sc[UP];
         [[unroll]] for (uint u = 0u; u < UP; u++) {
             precise float su = 0.0;
