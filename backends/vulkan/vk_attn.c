@@ -231,6 +231,7 @@ typedef struct attn_push {
     uint32_t block_size, tab_off, nkv_off, bt_off;
     uint32_t qmode, q_words, row_k;
     uint32_t split_len, n_splits, p_off; /* a long context's decode in splits (attn_dec_split) */
+    uint32_t cnt_off; /* != 0: the last split folds, counting from this word of binding 10 */
 } attn_push;
 
 /* The fields that come from the parameters and the ubatch (the caller
@@ -246,7 +247,7 @@ static void attn_push_fill(attn_push *pc, const kiln_bk_attn *a, const kiln_vk_u
     pc->nkv_off = 2 * ub->n_tokens;
     pc->bt_off = 3 * ub->n_tokens;
     pc->row_k = a->n_head * a->head_dim;
-    pc->split_len = pc->n_splits = pc->p_off = 0;
+    pc->split_len = pc->n_splits = pc->p_off = pc->cnt_off = 0;
 }
 
 /* Dispatches an attention pipeline (a workgroup per head and token) whose
@@ -269,15 +270,18 @@ static kiln_status attn_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b
  * as `which`): with the handle's split setting and a context of at least
  * attn_split_min cells, a workgroup per (head, token, split of split_len
  * positions) leaves its state in the handle's split scratch (binding 9)
- * and attn_fold.comp folds them into dst; otherwise one workgroup per
+ * and the row's last split to finish folds them into dst, counting on
+ * the handle's counters (binding 10; KILN_VK_ATTN_FOLD_APART: a second
+ * dispatch, attn_fold.comp, the same bits); otherwise one workgroup per
  * (head, token) walks every position. The choice and the split length
  * depend only on the context (for ubatches of up to 32 tokens), so a verify
  * batch's rows keep the bits of decode steps. b has
- * 10 entries, those past n_binds are filled here. */
+ * 11 entries, those past n_binds are filled here. */
 static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b, uint32_t n_binds,
                                      attn_push *pc, const void *push, uint32_t size, const kiln_bk_attn *a,
                                      const kiln_bk_tensor *dst, uint64_t de, const char *op) {
     const kiln_vk_ubatch *ub = &dev->ub;
+    kiln_status st;
     /* at most KILN_VK_ATTN_SPLITS_MAX splits (longer ones in larger
      * contexts), so the scratch stays small: n_tokens x n_head x 64 x
      * (head_dim + 2) floats, 1 MiB for a 7B decode step */
@@ -285,16 +289,16 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
     if (sl && kiln_vk_div_up(ub->n_cells, sl) > KILN_VK_ATTN_SPLITS_MAX)
         sl = kiln_vk_div_up(kiln_vk_div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
     /* the shaders name binding 9 either way: dst's (written anyway) when
-     * not splitting; 6..8 where unused, q's */
+     * not splitting; 6..8 where unused, q's; 10 the counters */
     for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
     b[9] = b[3];
+    if ((st = kiln_vk_bind_range(dev, dev->norm_cnt, 0, dev->norm_cnt->size, &b[10], NULL, op))) return st;
     if (!sl || ub->n_tokens > KILN_VK_ATTN_SPLIT_TOKENS || ub->n_cells < dev->attn_split_min || ub->n_cells <= sl) {
         /* without splits, the variant that loads its first K/V before its
          * prologue (the same bits; attn_dec.glsl KILN_ATTN_DEC_EARLY) */
         if (which == KILN_VK_P_ATTN_DEC_ROPE && dev->sh->attn_early) which = KILN_VK_P_ATTN_DEC_ROPE1;
-        return attn_dispatch(dev, which, b, 10, pc, push, size, a, dst, de, op);
+        return attn_dispatch(dev, which, b, 11, pc, push, size, a, dst, de, op);
     }
-    kiln_status st;
     const uint32_t ns = kiln_vk_div_up(ub->n_cells, sl);
     const uint64_t bytes = (uint64_t)ub->n_tokens * a->n_head * ns * (a->head_dim + 2) * sizeof(float);
     if ((st = kiln_vk_scratch_reserve(dev, &dev->attn_part, bytes))) return st;
@@ -302,9 +306,20 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
     pc->split_len = sl;
     pc->n_splits = ns;
     pc->p_off = 0;
+    if (!dev->attn_fold_apart && (uint64_t)ub->n_tokens * a->n_head <= KILN_VK_ATTN_CNT_N) {
+        /* one dispatch: its output quantized where attn_dispatch would */
+        pc->cnt_off = KILN_VK_ATTN_CNT_OFF;
+        kiln_vk_act_written(dev, dst->buf, dst->offset, de);
+        if ((st = kiln_vk_act_produce(dev, dst, de, attn_out_modes(a, dst), &b[5], &pc->qmode, &pc->q_words, op)) ||
+            (st = kiln_vk_dispatch(dev, which, b, 11, push, size, a->n_head, ub->n_tokens, ns)))
+            return st;
+        kiln_vk_act_produced(dev, dst, de, pc->qmode);
+        return KILN_OK;
+    }
+    pc->cnt_off = 0;
     pc->qmode = 0;
     b[5] = b[3]; /* the quantized output is the fold's (act_produce binds it there) */
-    if ((st = kiln_vk_dispatch(dev, which, b, 10, push, size, a->n_head, ub->n_tokens, ns))) return st;
+    if ((st = kiln_vk_dispatch(dev, which, b, 11, push, size, a->n_head, ub->n_tokens, ns))) return st;
     return attn_dispatch(dev, KILN_VK_P_ATTN_FOLD, b, 10, pc, push, size, a, dst, de, op);
 }
 
@@ -317,7 +332,7 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     if ((st = attn_check(dev, q, k_cache, v_cache, attn, dst, &a, &qe, &de, &need, &noop)) || noop) return st;
     const kiln_vk_ubatch *ub = &dev->ub;
     const uint32_t kv_dim = a.n_head_kv * a.head_dim;
-    kiln_vk_bind b[10];
+    kiln_vk_bind b[11];
     attn_push pc;
     if ((st = kiln_vk_ubatch_bind(dev, &b[4], "attention")) ||
         (st = kiln_vk_bind_f32(dev, q, qe, &b[0], &pc.q_off, &pc.q_stride, "attention")) ||
@@ -516,7 +531,7 @@ kiln_status kiln_vk_rope_kv_attention(kiln_bk_device *dev, kiln_bk_tensor *q, ki
     } pc;
     uint64_t toff = 0;
     const kiln_bk_buffer *tbuf = NULL;
-    kiln_vk_bind b[10];
+    kiln_vk_bind b[11];
     uint32_t rem;
     if ((st = rope_kv_stage(dev, &r1, &toff, &tbuf, &b[4], "rope_kv_attention")) ||
         (st = kiln_vk_bind_range(dev, q->buf, lo, hi - lo, &b[0], &rem, "rope_kv_attention")) ||

@@ -535,6 +535,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         dev->attn_split_min = smn >= 0 && smn <= (1l << 30) ? (uint32_t)smn : KILN_VK_ATTN_SPLIT_MIN_DEFAULT;
     }
     dev->attn_dec_old = getenv("KILN_VK_ATTN_DEC_OLD") != NULL;
+    dev->attn_fold_apart = getenv("KILN_VK_ATTN_FOLD_APART") != NULL;
     dev->stage_near = getenv("KILN_VK_STAGE_NEAR") != NULL;
     dev->attn_no_mc = getenv("KILN_VK_ATTN_PORTABLE") != NULL;
     dev->attn_eager = getenv("KILN_VK_ATTN_EAGER") != NULL;
@@ -604,8 +605,9 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         kiln_vk_device_close(dev);
         return st;
     }
-    /* matmul_add_rms_norm's counter: zero before any dispatch counts on it */
-    static const uint32_t zeros[4];
+    /* the workgroup counters (matmul_add_rms_norm's, attention's): zero
+     * before any dispatch counts on them */
+    static const uint32_t zeros[KILN_VK_ATTN_CNT_OFF + KILN_VK_ATTN_CNT_N];
     if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
         (st = kiln_vk_upload(dev, dev->norm_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
         kiln_vk_device_close(dev);

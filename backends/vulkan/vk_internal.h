@@ -137,11 +137,13 @@ int kiln_vk_type_slot(int32_t type);
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 
-#define KILN_VK_MAX_BINDINGS 10
+#define KILN_VK_MAX_BINDINGS 11
 #define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
 #define KILN_VK_ATTN_SPLIT_DEFAULT 256u      /* decode attention: positions per split ... */
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
 #define KILN_VK_PUSH_BYTES 128
+#define KILN_VK_ATTN_CNT_OFF 16u    /* norm_cnt's word where decode attention's split counters start ... */
+#define KILN_VK_ATTN_CNT_N 8192u    /* ... and how many (rows x heads of a split dispatch at most) */
 
 /* ---- memory ---- */
 
@@ -353,6 +355,7 @@ struct kiln_bk_device {
     kiln_bk_buffer *attn_part; /* decode attention's split results (device; grows like act, bumps act_gen) */
     uint32_t attn_split;     /* positions per split of decode attention (KILN_VK_ATTN_SPLIT; 0: never) */
     uint32_t attn_split_min; /* ... in contexts of at least this many cells (KILN_VK_ATTN_SPLIT_MIN) */
+    bool attn_fold_apart;    /* KILN_VK_ATTN_FOLD_APART: the splits folded by attn_fold.comp, not the last split (comparisons) */
     kiln_vk_act_cache act_cache;
     kiln_vk_act_want act_want[KILN_VK_ACT_WANTS];
     uint32_t act_want_next;  /* the entry replaced next */
@@ -399,8 +402,10 @@ struct kiln_bk_device {
     /* KILN_VK_TIMESTAMPS: GPU time of each replayed dispatch, from the
      * timestamps around it (its barrier included), per pipeline */
     bool timestamps;
-    /* matmul_add_rms_norm's workgroup counter (mmv.glsl KILN_NORM): 0
-     * between dispatches, zeroed once at device_open */
+    /* workgroup counters, 0 between dispatches, zeroed once at
+     * device_open: word 0 matmul_add_rms_norm's (mmv.glsl KILN_NORM), from
+     * KILN_VK_ATTN_CNT_OFF decode attention's splits per (row, head)
+     * (attn_dec.glsl) */
     kiln_bk_buffer *norm_cnt;
     uint32_t norm_dbg; /* KILN_VK_NORM_DBG (profiling only, results wrong): 1 no norm, 2 no quantization */
     uint32_t skip; /* KILN_VK_SKIP (profiling only): kernel classes left out, vk_ops.c skip_class; 1024 no barriers */

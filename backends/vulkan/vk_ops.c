@@ -58,8 +58,9 @@ static uint32_t written_bindings(int which) {
     if (which == KILN_VK_P_ROPE) return 1u << 0;
     if (which == KILN_VK_P_KV_STORE) return (1u << 2) | (1u << 3);
     if (which == KILN_VK_P_ATTENTION || which == KILN_VK_P_ATTN_FOLD) return (1u << 3) | (1u << 5);
-    if (which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5) | (1u << 9);
-    if (which == KILN_VK_P_ATTN_DEC_ROPE || which == KILN_VK_P_ATTN_DEC_ROPE1) return (1u << 3) | (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9);
+    if (which == KILN_VK_P_ATTN_DEC) return (1u << 3) | (1u << 5) | (1u << 9) | (1u << 10);
+    if (which == KILN_VK_P_ATTN_DEC_ROPE || which == KILN_VK_P_ATTN_DEC_ROPE1)
+        return (1u << 3) | (1u << 5) | (1u << 7) | (1u << 8) | (1u << 9) | (1u << 10);
     if (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4) return 1u << 3;
     if (which >= KILN_VK_P_GETROWS_FIRST && which < KILN_VK_P_GETROWS_FIRST + KILN_VK_N_SLOTS) return 1u << 1;
     /* and the quantized activations (act_produce) */

@@ -32,6 +32,11 @@ layout(constant_id = 0) const uint SG = 32u;
 layout(constant_id = 2) const uint WG = 256u;
 
 #include "attn_io.glsl"
+/* splits counted in, per (row, head), from word p.cnt_off: the last split
+ * of a row to finish folds it (attn_fold_row) and sets its count back to
+ * 0 for the next dispatch */
+layout(binding = 10) coherent buffer CB { uint CNT[]; };
+shared bool fold_last;
 #define NSG (WG / SG)  /* subgroups per workgroup: 8 */
 /* positions per subgroup step, their loads issued together: specialization
  * constant 11 (KILN_VK_ATTN_UP); the softmax still takes them one at a
@@ -232,18 +237,34 @@ void main() {
     for (uint s = 0u; s < NSG; s++) M = max(M, sg_m[s]);
     precise float L = 0.0;
     for (uint s = 0u; s < NSG; s++) L += sg_l[s] * exp(sg_m[s] - M);
-    if (p.split_len != 0u) { /* the split's state for attn_fold.comp */
-        if (pb >= nkv) return; /* split 0 of a row that attends to nothing */
-        uint po = p.p_off + ((t * p.n_head + h) * p.n_splits + split) * (D_ + 2u);
-        for (uint d = tid; d < D_; d += WG) {
-            precise float a = 0.0;
-            for (uint s = 0u; s < NSG; s++) a += sg_o[s * MAXD + d] * exp(sg_m[s] - M);
-            Part[po + 2u + d] = a;
+    if (p.split_len != 0u) { /* the split's state, then the fold */
+        const uint ns = (nkv + p.split_len - 1u) / p.split_len;
+        if (pb < nkv) { /* not split 0 of a row that attends to nothing */
+            uint po = p.p_off + ((t * p.n_head + h) * p.n_splits + split) * (D_ + 2u);
+            for (uint d = tid; d < D_; d += WG) {
+                precise float a = 0.0;
+                for (uint s = 0u; s < NSG; s++) a += sg_o[s * MAXD + d] * exp(sg_m[s] - M);
+                Part[po + 2u + d] = a;
+            }
+            if (tid == 0u) {
+                Part[po] = M;
+                Part[po + 1u] = L;
+            }
         }
-        if (tid == 0u) {
-            Part[po] = M;
-            Part[po + 1u] = L;
+        if (p.cnt_off == 0u) return; /* attn_fold.comp folds */
+        if (ns > 0u) {
+            /* this split's state visible before it counts; the last of
+             * the row's ns splits (every other one has counted) folds */
+            memoryBarrierBuffer();
+            barrier();
+            if (tid == 0u) fold_last = atomicAdd(CNT[p.cnt_off + t * p.n_head + h], 1u) == ns - 1u;
+            barrier();
+            if (!fold_last) return;
+            memoryBarrierBuffer();
+            if (tid == 0u) CNT[p.cnt_off + t * p.n_head + h] = 0u;
         }
+        barrier(); /* qs is rewritten by the fold */
+        attn_fold_row(t, h, D_, ns, tid, WG);
         return;
     }
     barrier(); /* qs is rewritten below */

@@ -21,8 +21,10 @@ layout(binding = 4) readonly buffer UB { int U[]; };
 layout(binding = 5) buffer AQB { uint AQ[]; };
 /* a long context's decode attention in splits (attn_dec.glsl with
  * p.split_len != 0): each split's (max, sum, unnormalised output) here,
- * folded by attn_fold.comp */
-layout(binding = 9) buffer PB { float Part[]; };
+ * folded by attn_fold.comp or by the row's last split to finish
+ * (p.cnt_off != 0; written by other workgroups of the dispatch:
+ * coherent) */
+layout(binding = 9) coherent buffer PB { float Part[]; };
 #ifdef KILN_ATTN_DEC_ROPE
 layout(binding = 6) readonly buffer TB { float T[]; };
 /* the caches again, for the one row stored (no invocation reads it): the
@@ -38,6 +40,7 @@ layout(push_constant) uniform P {
     uint block_size, tab_off, nkv_off, bt_off;
     uint qmode, a_stride, row_k;  /* row_k: elements of a dst row (n_head * head_dim) */
     uint split_len, n_splits, p_off; /* splits of split_len positions (0: none), Part's first word */
+    uint cnt_off;                 /* != 0: the last split folds, counting at this word of binding 10 (attn_dec.glsl) */
 #ifdef KILN_ATTN_DEC_ROPE
     uint k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
 #endif
@@ -71,6 +74,29 @@ void attn_quant_out(uint t, uint h, uint D_, uint tid, uint nthreads) {
     KILN_Q8_BLOCK_STORE(ATTN_Q8_X, amax, a + (e0 + b0) / 4u, a + p.row_k / 4u + blk, p.qmode == 4u,
                         a + p.row_k / 4u + p.row_k / 32u + blk)
 #undef ATTN_Q8_X
+}
+
+/* attn_fold.comp's work for row t, head h, by this workgroup of `nthreads`
+ * invocations (tid): the row's ns splits in Part (ns = 0: a row that
+ * attends to nothing, zeros) folded in split order into the head's output
+ * in D, then quantized for the next matmul. The arithmetic depends only
+ * on the splits, not on the workgroup, so both callers give the same
+ * bits. Called from uniform control flow. */
+void attn_fold_row(uint t, uint h, uint D_, uint ns, uint tid, uint nthreads) {
+    uint po = p.p_off + (t * p.n_head + h) * p.n_splits * (D_ + 2u);
+    float M = -1e30;
+    for (uint s = 0u; s < ns; s++) M = max(M, Part[po + s * (D_ + 2u)]);
+    precise float L = 0.0;
+    for (uint s = 0u; s < ns; s++) L += Part[po + s * (D_ + 2u) + 1u] * exp(Part[po + s * (D_ + 2u)] - M);
+    uint od = p.d_off + t * p.d_stride + h * D_;
+    for (uint d = tid; d < D_; d += nthreads) {
+        precise float a = 0.0;
+        for (uint s = 0u; s < ns; s++) a += Part[po + s * (D_ + 2u) + 2u + d] * exp(Part[po + s * (D_ + 2u)] - M);
+        float v = L > 0.0 ? a / L : 0.0;
+        D[od + d] = v;
+        qs[d] = v; /* for the quantization below */
+    }
+    attn_quant_out(t, h, D_, tid, nthreads);
 }
 
 #endif
