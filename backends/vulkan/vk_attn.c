@@ -232,6 +232,7 @@ typedef struct attn_push {
     uint32_t qmode, q_words, row_k;
     uint32_t split_len, n_splits, p_off; /* a long context's decode in splits (attn_dec_split) */
     uint32_t cnt_off; /* != 0: the last split folds, counting from this word of binding 10 */
+    uint32_t split_min; /* splits of split_min..split_len positions by the row's n_kv (attn_split_len) */
 } attn_push;
 
 /* The fields that come from the parameters and the ubatch (the caller
@@ -247,7 +248,7 @@ static void attn_push_fill(attn_push *pc, const kiln_bk_attn *a, const kiln_vk_u
     pc->nkv_off = 2 * ub->n_tokens;
     pc->bt_off = 3 * ub->n_tokens;
     pc->row_k = a->n_head * a->head_dim;
-    pc->split_len = pc->n_splits = pc->p_off = pc->cnt_off = 0;
+    pc->split_len = pc->n_splits = pc->p_off = pc->cnt_off = pc->split_min = 0;
 }
 
 /* Dispatches an attention pipeline (a workgroup per head and token) whose
@@ -288,6 +289,12 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
     uint32_t sl = dev->attn_split;
     if (sl && kiln_vk_div_up(ub->n_cells, sl) > KILN_VK_ATTN_SPLITS_MAX)
         sl = kiln_vk_div_up(kiln_vk_div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
+    /* a row's splits are between sl_min and sl long by its n_kv (about 16
+     * of them, attn_split_len); the grid has enough for sl_min */
+    uint32_t sl_min = dev->attn_split_short < sl ? dev->attn_split_short : sl;
+    if (sl_min && kiln_vk_div_up(ub->n_cells, sl_min) > KILN_VK_ATTN_SPLITS_MAX)
+        sl_min = kiln_vk_div_up(kiln_vk_div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
+    if (sl_min > sl) sl_min = sl;
     /* the shaders name binding 9 either way: dst's (written anyway) when
      * not splitting; 6..8 where unused, q's; 10 the counters */
     for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
@@ -299,11 +306,12 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
         if (which == KILN_VK_P_ATTN_DEC_ROPE && dev->sh->attn_early) which = KILN_VK_P_ATTN_DEC_ROPE1;
         return attn_dispatch(dev, which, b, 11, pc, push, size, a, dst, de, op);
     }
-    const uint32_t ns = kiln_vk_div_up(ub->n_cells, sl);
+    const uint32_t ns = kiln_vk_div_up(ub->n_cells, sl_min);
     const uint64_t bytes = (uint64_t)ub->n_tokens * a->n_head * ns * (a->head_dim + 2) * sizeof(float);
     if ((st = kiln_vk_scratch_reserve(dev, &dev->attn_part, bytes))) return st;
     if ((st = kiln_vk_bind_range(dev, dev->attn_part, 0, bytes, &b[9], NULL, op))) return st;
     pc->split_len = sl;
+    pc->split_min = sl_min;
     pc->n_splits = ns;
     pc->p_off = 0;
     if (!dev->attn_fold_apart && (uint64_t)ub->n_tokens * a->n_head <= KILN_VK_ATTN_CNT_N) {

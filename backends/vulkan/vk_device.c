@@ -533,6 +533,13 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
         const long smn = sm ? strtol(sm, NULL, 10) : KILN_VK_ATTN_SPLIT_MIN_DEFAULT;
         dev->attn_split = spn >= 0 && spn <= (1l << 20) ? (uint32_t)spn : KILN_VK_ATTN_SPLIT_DEFAULT;
         dev->attn_split_min = smn >= 0 && smn <= (1l << 30) ? (uint32_t)smn : KILN_VK_ATTN_SPLIT_MIN_DEFAULT;
+        /* a row's splits: about 16 by its length, of at least this many
+         * positions (KILN_VK_ATTN_SPLIT_SHORT; = KILN_VK_ATTN_SPLIT: always
+         * that long, as before) and at most KILN_VK_ATTN_SPLIT */
+        const char *ss = getenv("KILN_VK_ATTN_SPLIT_SHORT");
+        const long ssn = ss ? strtol(ss, NULL, 10) : KILN_VK_ATTN_SPLIT_SHORT_DEFAULT;
+        dev->attn_split_short = ssn >= 32 && ssn <= (1l << 20) && ssn % 32 == 0 ? (uint32_t)ssn
+                                : KILN_VK_ATTN_SPLIT_SHORT_DEFAULT;
     }
     dev->attn_dec_old = getenv("KILN_VK_ATTN_DEC_OLD") != NULL;
     dev->attn_fold_apart = getenv("KILN_VK_ATTN_FOLD_APART") != NULL;

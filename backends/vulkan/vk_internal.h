@@ -141,6 +141,7 @@ int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 #define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
 #define KILN_VK_ATTN_SPLIT_DEFAULT 256u      /* decode attention: positions per split ... */
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
+#define KILN_VK_ATTN_SPLIT_SHORT_DEFAULT 128u /* ... and splits of at least this many positions */
 #define KILN_VK_PUSH_BYTES 128
 #define KILN_VK_ATTN_CNT_OFF 16u    /* norm_cnt's word where decode attention's split counters start ... */
 #define KILN_VK_ATTN_CNT_N 8192u    /* ... and how many (rows x heads of a split dispatch at most) */
@@ -355,6 +356,7 @@ struct kiln_bk_device {
     kiln_bk_buffer *attn_part; /* decode attention's split results (device; grows like act, bumps act_gen) */
     uint32_t attn_split;     /* positions per split of decode attention (KILN_VK_ATTN_SPLIT; 0: never) */
     uint32_t attn_split_min; /* ... in contexts of at least this many cells (KILN_VK_ATTN_SPLIT_MIN) */
+    uint32_t attn_split_short; /* ... and at least this many positions (KILN_VK_ATTN_SPLIT_SHORT; attn_split_len) */
     bool attn_fold_apart;    /* KILN_VK_ATTN_FOLD_APART: the splits folded by attn_fold.comp, not the last split (comparisons) */
     kiln_vk_act_cache act_cache;
     kiln_vk_act_want act_want[KILN_VK_ACT_WANTS];

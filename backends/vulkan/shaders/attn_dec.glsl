@@ -99,9 +99,10 @@ void main() {
      * over the whole cache: splits past nkv leave, split 0 stays, which
      * stores the row with ROPE), or all of them */
     uint split = gl_WorkGroupID.z, pb = 0u, pe = nkv;
-    if (p.split_len != 0u) {
-        pb = split * p.split_len;
-        pe = min(nkv, pb + p.split_len);
+    const uint sl = p.split_len != 0u ? attn_split_len(nkv) : 0u;
+    if (sl != 0u) {
+        pb = split * sl;
+        pe = min(nkv, pb + sl);
         if (pb >= nkv && split != 0u) return; /* the whole workgroup */
     }
     uint sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
@@ -237,8 +238,8 @@ void main() {
     for (uint s = 0u; s < NSG; s++) M = max(M, sg_m[s]);
     precise float L = 0.0;
     for (uint s = 0u; s < NSG; s++) L += sg_l[s] * exp(sg_m[s] - M);
-    if (p.split_len != 0u) { /* the split's state, then the fold */
-        const uint ns = (nkv + p.split_len - 1u) / p.split_len;
+    if (sl != 0u) { /* the split's state, then the fold */
+        const uint ns = (nkv + sl - 1u) / sl;
         if (pb < nkv) { /* not split 0 of a row that attends to nothing */
             uint po = p.p_off + ((t * p.n_head + h) * p.n_splits + split) * (D_ + 2u);
             for (uint d = tid; d < D_; d += WG) {

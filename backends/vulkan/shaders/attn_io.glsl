@@ -41,6 +41,7 @@ layout(push_constant) uniform P {
     uint qmode, a_stride, row_k;  /* row_k: elements of a dst row (n_head * head_dim) */
     uint split_len, n_splits, p_off; /* splits of split_len positions (0: none), Part's first word */
     uint cnt_off;                 /* != 0: the last split folds, counting at this word of binding 10 (attn_dec.glsl) */
+    uint split_min;               /* splits of at least this many positions (attn_split_len) */
 #ifdef KILN_ATTN_DEC_ROPE
     uint k_off, k_stride, v_off, v_stride, n_rot, mode, t_off, cell_off;
 #endif
@@ -74,6 +75,16 @@ void attn_quant_out(uint t, uint h, uint D_, uint tid, uint nthreads) {
     KILN_Q8_BLOCK_STORE(ATTN_Q8_X, amax, a + (e0 + b0) / 4u, a + p.row_k / 4u + blk, p.qmode == 4u,
                         a + p.row_k / 4u + p.row_k / 32u + blk)
 #undef ATTN_Q8_X
+}
+
+/* The split length of a row that attends to nkv positions: about 16
+ * splits, of between p.split_min and p.split_len positions (multiples of
+ * 32; the host launches enough splits for p.split_min). A short context's
+ * subgroups then walk short chains and a long one's splits stay few (H100,
+ * bench/NOTES.md session 14). It depends only on nkv, so a verify batch's
+ * rows keep the bits of decode steps. */
+uint attn_split_len(uint nkv) {
+    return clamp(((nkv + 15u) / 16u + 31u) / 32u * 32u, p.split_min, p.split_len);
 }
 
 /* attn_fold.comp's work for row t, head h, by this workgroup of `nthreads`
