@@ -142,8 +142,12 @@ if want attn; then
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_EAGER=1
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_OLD=1
     # decode attention in splits of 32 positions from any context (the
-    # default splits 256 in contexts of 1024 cells and more)
+    # default splits in contexts of 1024 cells and more), folded by the
+    # row's last split and by attn_fold.comp
     ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_SPLIT=32 KILN_VK_ATTN_SPLIT_MIN=0
+    ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_SPLIT=32 KILN_VK_ATTN_SPLIT_MIN=0 KILN_VK_ATTN_FOLD_APART=1
+    # and splits whose length follows each row's (32 to 256 positions)
+    ctest test_backend_attn KILN_ATTN_BACKEND=vulkan KILN_VK_ATTN_SPLIT=256 KILN_VK_ATTN_SPLIT_SHORT=32 KILN_VK_ATTN_SPLIT_MIN=0
 fi
 if want reference; then ctest test_reference; fi
 if [[ " ${KILN_VK_TESTS:-} " == *" lifecycle-only "* ]]; then ctest test_lifecycle; fi
