@@ -251,21 +251,30 @@ static void attn_push_fill(attn_push *pc, const kiln_bk_attn *a, const kiln_vk_u
     pc->split_len = pc->n_splits = pc->p_off = pc->cnt_off = pc->split_min = 0;
 }
 
-/* Dispatches an attention pipeline (a workgroup per head and token) whose
- * push constants `push` (size bytes) begin with *pc: its output dst is
- * also quantized, into binding 5, where the next matmul wants it so. */
+/* Dispatches an attention pipeline (a workgroup per head, token and of
+ * `splits` splits) whose push constants `push` (size bytes) begin with
+ * *pc: its output dst is also quantized, into binding 5, where the next
+ * matmul wants it so. */
 static kiln_status attn_dispatch(kiln_bk_device *dev, int which, kiln_vk_bind *b, uint32_t n_binds, attn_push *pc,
                                  const void *push, uint32_t size, const kiln_bk_attn *a, const kiln_bk_tensor *dst,
-                                 uint64_t de, const char *op) {
+                                 uint64_t de, uint32_t splits, const char *op) {
     kiln_vk_act_written(dev, dst->buf, dst->offset, de);
     kiln_status st = kiln_vk_act_produce(dev, dst, de, attn_out_modes(a, dst), &b[5], &pc->qmode, &pc->q_words, op);
-    if (st == KILN_OK) st = kiln_vk_dispatch(dev, which, b, n_binds, push, size, a->n_head, dev->ub.n_tokens, 1);
+    if (st == KILN_OK) st = kiln_vk_dispatch(dev, which, b, n_binds, push, size, a->n_head, dev->ub.n_tokens, splits);
     if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc->qmode);
     return st;
 }
 
 #define KILN_VK_ATTN_SPLITS_MAX 64   /* splits of a row at most (longer splits in larger contexts) */
 #define KILN_VK_ATTN_SPLIT_TOKENS 32 /* ubatches that may split: decode steps and verify batches */
+
+/* Splits of len positions (0: none), longer (a multiple of 32) where the
+ * n_cells of the cache would take more than KILN_VK_ATTN_SPLITS_MAX. */
+static uint32_t split_cap(uint32_t len, uint32_t n_cells) {
+    if (len && kiln_vk_div_up(n_cells, len) > KILN_VK_ATTN_SPLITS_MAX)
+        len = kiln_vk_div_up(kiln_vk_div_up(n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
+    return len;
+}
 
 /* Decode attention over a long context (attn_dec.glsl, attn_dec_rope.comp
  * as `which`): with the handle's split setting and a context of at least
@@ -286,25 +295,21 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
     /* at most KILN_VK_ATTN_SPLITS_MAX splits (longer ones in larger
      * contexts), so the scratch stays small: n_tokens x n_head x 64 x
      * (head_dim + 2) floats, 1 MiB for a 7B decode step */
-    uint32_t sl = dev->attn_split;
-    if (sl && kiln_vk_div_up(ub->n_cells, sl) > KILN_VK_ATTN_SPLITS_MAX)
-        sl = kiln_vk_div_up(kiln_vk_div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
+    const uint32_t sl = split_cap(dev->attn_split, ub->n_cells);
     /* a row's splits are between sl_min and sl long by its n_kv (about 16
      * of them, attn_split_len); the grid has enough for sl_min */
-    uint32_t sl_min = dev->attn_split_short < sl ? dev->attn_split_short : sl;
-    if (sl_min && kiln_vk_div_up(ub->n_cells, sl_min) > KILN_VK_ATTN_SPLITS_MAX)
-        sl_min = kiln_vk_div_up(kiln_vk_div_up(ub->n_cells, KILN_VK_ATTN_SPLITS_MAX), 32) * 32;
+    uint32_t sl_min = split_cap(dev->attn_split_short < sl ? dev->attn_split_short : sl, ub->n_cells);
     if (sl_min > sl) sl_min = sl;
     /* the shaders name binding 9 either way: dst's (written anyway) when
      * not splitting; 6..8 where unused, q's; 10 the counters */
     for (uint32_t i = n_binds; i < 9; i++) b[i] = b[0];
     b[9] = b[3];
-    if ((st = kiln_vk_bind_range(dev, dev->norm_cnt, 0, dev->norm_cnt->size, &b[10], NULL, op))) return st;
+    if ((st = kiln_vk_bind_range(dev, dev->wg_cnt, 0, dev->wg_cnt->size, &b[10], NULL, op))) return st;
     if (!sl || ub->n_tokens > KILN_VK_ATTN_SPLIT_TOKENS || ub->n_cells < dev->attn_split_min || ub->n_cells <= sl) {
         /* without splits, the variant that loads its first K/V before its
          * prologue (the same bits; attn_dec.glsl KILN_ATTN_DEC_EARLY) */
         if (which == KILN_VK_P_ATTN_DEC_ROPE && dev->sh->attn_early) which = KILN_VK_P_ATTN_DEC_ROPE1;
-        return attn_dispatch(dev, which, b, 11, pc, push, size, a, dst, de, op);
+        return attn_dispatch(dev, which, b, 11, pc, push, size, a, dst, de, 1, op);
     }
     const uint32_t ns = kiln_vk_div_up(ub->n_cells, sl_min);
     const uint64_t bytes = (uint64_t)ub->n_tokens * a->n_head * ns * (a->head_dim + 2) * sizeof(float);
@@ -315,20 +320,14 @@ static kiln_status attn_dec_dispatch(kiln_bk_device *dev, int which, kiln_vk_bin
     pc->n_splits = ns;
     pc->p_off = 0;
     if (!dev->attn_fold_apart && (uint64_t)ub->n_tokens * a->n_head <= KILN_VK_ATTN_CNT_N) {
-        /* one dispatch: its output quantized where attn_dispatch would */
-        pc->cnt_off = KILN_VK_ATTN_CNT_OFF;
-        kiln_vk_act_written(dev, dst->buf, dst->offset, de);
-        if ((st = kiln_vk_act_produce(dev, dst, de, attn_out_modes(a, dst), &b[5], &pc->qmode, &pc->q_words, op)) ||
-            (st = kiln_vk_dispatch(dev, which, b, 11, push, size, a->n_head, ub->n_tokens, ns)))
-            return st;
-        kiln_vk_act_produced(dev, dst, de, pc->qmode);
-        return KILN_OK;
+        pc->cnt_off = KILN_VK_ATTN_CNT_OFF; /* one dispatch: the last split folds */
+        return attn_dispatch(dev, which, b, 11, pc, push, size, a, dst, de, ns, op);
     }
     pc->cnt_off = 0;
     pc->qmode = 0;
     b[5] = b[3]; /* the quantized output is the fold's (act_produce binds it there) */
     if ((st = kiln_vk_dispatch(dev, which, b, 11, push, size, a->n_head, ub->n_tokens, ns))) return st;
-    return attn_dispatch(dev, KILN_VK_P_ATTN_FOLD, b, 10, pc, push, size, a, dst, de, op);
+    return attn_dispatch(dev, KILN_VK_P_ATTN_FOLD, b, 10, pc, push, size, a, dst, de, 1, op);
 }
 
 kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, const kiln_bk_buffer *k_cache,
@@ -394,7 +393,7 @@ kiln_status kiln_vk_attention(kiln_bk_device *dev, const kiln_bk_tensor *q, cons
     attn_push_fill(&pc, &a, ub);
     if (attn_dec_usable(dev))
         return attn_dec_dispatch(dev, KILN_VK_P_ATTN_DEC, b, 6, &pc, &pc, sizeof pc, &a, dst, de, "attention");
-    return attn_dispatch(dev, KILN_VK_P_ATTENTION, b, 6, &pc, &pc, sizeof pc, &a, dst, de, "attention");
+    return attn_dispatch(dev, KILN_VK_P_ATTENTION, b, 6, &pc, &pc, sizeof pc, &a, dst, de, 1, "attention");
 }
 
 

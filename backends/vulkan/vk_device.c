@@ -615,8 +615,8 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     /* the workgroup counters (matmul_add_rms_norm's, attention's): zero
      * before any dispatch counts on them */
     static const uint32_t zeros[KILN_VK_ATTN_CNT_OFF + KILN_VK_ATTN_CNT_N];
-    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->norm_cnt)) ||
-        (st = kiln_vk_upload(dev, dev->norm_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
+    if ((st = kiln_vk_buffer_new(dev, KILN_VK_MEM_DEVICE, sizeof zeros, &dev->wg_cnt)) ||
+        (st = kiln_vk_upload(dev, dev->wg_cnt, 0, zeros, sizeof zeros)) || (st = kiln_vk_finish(dev))) {
         kiln_vk_device_close(dev);
         return st;
     }
@@ -678,7 +678,7 @@ void kiln_vk_device_close(kiln_bk_device *dev) {
         kiln_vk_buffer_free(dev->ring);
         kiln_vk_buffer_free(dev->act);
         kiln_vk_buffer_free(dev->attn_part);
-        kiln_vk_buffer_free(dev->norm_cnt);
+        kiln_vk_buffer_free(dev->wg_cnt);
         VkDevice d = dev->sh->device;
         if (dev->fence) vkDestroyFence(d, dev->fence, NULL);
         if (dev->cmd_pool) vkDestroyCommandPool(d, dev->cmd_pool, NULL); /* frees dev->cmd */

@@ -151,7 +151,7 @@ kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tenso
     const uint32_t mode = kiln_vk_act_mode(w->type);
     const int pipe = slot == KILN_VK_SLOT_Q4_0S ? (sh->idot ? KILN_VK_P_MMV1N_Q4_0S_IDOT : KILN_VK_P_MMV1N_Q4_0S)
                      : w->type == KILN_VK_T_F16 ? KILN_VK_P_MMV1N_F16 : -1;
-    const bool fuse = !(dev->no_fused_mask & (64u | 8u)) && dev->norm_cnt && M == 1 && N >= 1 && N <= 4096 && K > 0 &&
+    const bool fuse = !(dev->no_fused_mask & (64u | 8u)) && dev->wg_cnt && M == 1 && N >= 1 && N <= 4096 && K > 0 &&
                       x->ne[0] == K && dst->ne[0] == N && dst->ne[1] == M && a->ne[0] == N && a->ne[1] == M &&
                       sum->ne[0] == N && sum->ne[1] == M && nw->ne[0] == N && nw->ne[1] >= 1 && eps >= 0.0f &&
                       pipe >= 0 && sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll && !(mode >= 3 && K % 32) &&
@@ -189,7 +189,7 @@ kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tenso
         (st = kiln_vk_bind_f32(dev, sum, se, &b[4], &pc.s_off, &dummy, "matmul_add_rms_norm")) ||
         (st = kiln_vk_bind_f32(dev, nw, nwe, &b[5], &pc.nw_off, &dummy, "matmul_add_rms_norm")) ||
         (st = kiln_vk_act_produce(dev, dst, de, KILN_VK_QMODES_ALL, &b[6], &pc.qmode, &dummy, "matmul_add_rms_norm")) ||
-        (st = kiln_vk_bind_range(dev, dev->norm_cnt, 0, dev->norm_cnt->size, &b[7], NULL, "matmul_add_rms_norm")))
+        (st = kiln_vk_bind_range(dev, dev->wg_cnt, 0, dev->wg_cnt->size, &b[7], NULL, "matmul_add_rms_norm")))
         return st;
     pc.w_off = w_rem;
     pc.w_stride = (uint32_t)w->row_stride;

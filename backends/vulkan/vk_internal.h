@@ -143,7 +143,7 @@ int kiln_vk_weight_slot(const kiln_bk_tensor *w);
 #define KILN_VK_ATTN_SPLIT_MIN_DEFAULT 1024u /* ... in contexts of at least this many cells */
 #define KILN_VK_ATTN_SPLIT_SHORT_DEFAULT 128u /* ... and splits of at least this many positions */
 #define KILN_VK_PUSH_BYTES 128
-#define KILN_VK_ATTN_CNT_OFF 16u    /* norm_cnt's word where decode attention's split counters start ... */
+#define KILN_VK_ATTN_CNT_OFF 16u    /* wg_cnt's word where decode attention's split counters start ... */
 #define KILN_VK_ATTN_CNT_N 8192u    /* ... and how many (rows x heads of a split dispatch at most) */
 
 /* ---- memory ---- */
@@ -408,7 +408,7 @@ struct kiln_bk_device {
      * device_open: word 0 matmul_add_rms_norm's (mmv.glsl KILN_NORM), from
      * KILN_VK_ATTN_CNT_OFF decode attention's splits per (row, head)
      * (attn_dec.glsl) */
-    kiln_bk_buffer *norm_cnt;
+    kiln_bk_buffer *wg_cnt;
     uint32_t norm_dbg; /* KILN_VK_NORM_DBG (profiling only, results wrong): 1 no norm, 2 no quantization */
     uint32_t skip; /* KILN_VK_SKIP (profiling only): kernel classes left out, vk_ops.c skip_class; 1024 no barriers */
     double ts_ms[KILN_VK_P_COUNT];

@@ -430,7 +430,7 @@ kiln_status kiln_vk_pool_stats(kiln_bk_device *dev, kiln_bk_pool_stats *stats) {
      * device memory where the device maps it; a recording's command buffer
      * is the driver's host memory) */
     s.bytes_internal = (dev->act ? dev->act->capacity : 0) + (dev->attn_part ? dev->attn_part->capacity : 0) +
-                       (dev->norm_cnt ? dev->norm_cnt->capacity : 0);
+                       (dev->wg_cnt ? dev->wg_cnt->capacity : 0);
     s.bytes_internal_host = dev->ring ? dev->ring->capacity : 0;
     for (int i = 0; i < dev->n_graphs; i++) {
         const kiln_bk_buffer *st = dev->graphs[i].stage;
