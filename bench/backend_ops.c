@@ -6,6 +6,9 @@
  * for prefill, to compare with the memory-bandwidth and tensor-core floors.
  *
  *   build/bench/backend_ops build/libkiln-cuda.so [reps]
+ *
+ * BENCH_TYPES=f16,q4_0 and BENCH_NS=,1,512, (commas around each) keep
+ * some types and token counts; BENCH_SHAPES=4096x32000,... other K x N.
  */
 #include <dlfcn.h>
 #include <stddef.h>
@@ -65,14 +68,30 @@ int main(int argc, char **argv) {
     kiln_bk_device *dev = NULL;
     kiln_bk_open_params op = {sizeof op, 0, 0, NULL, NULL};
     if (bk->device_open(0, &op, &dev)) return 1;
-    const int64_t shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}, {4096, 32000}}; /* K, N */
+    /* K, N: Mistral-7B's, or BENCH_SHAPES="KxN,KxN,..." (at most 16) */
+    int64_t shapes[16][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}, {4096, 32000}};
+    size_t n_shapes = 4;
+    const char *sl = getenv("BENCH_SHAPES");
+    if (sl) {
+        n_shapes = 0;
+        for (const char *c = sl; *c && n_shapes < 16;) {
+            long long k, n;
+            int used = 0;
+            if (sscanf(c, "%lldx%lld%n", &k, &n, &used) != 2 || k <= 0 || n <= 0 || k % 256) break;
+            shapes[n_shapes][0] = k;
+            shapes[n_shapes][1] = n;
+            n_shapes++;
+            c += used;
+            if (*c == ',') c++;
+        }
+    }
     const int ns[] = {1, 8, 512};
     printf("| type | K x N | tokens | us/op | weight GB/s | TFLOP/s |\n|---|---|---:|---:|---:|---:|\n");
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const struct type *t = &types[ti];
         const char *only = getenv("BENCH_TYPES");
         if (only && !strstr(only, t->name)) continue;
-        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        for (size_t si = 0; si < n_shapes; si++) {
             const int64_t K = shapes[si][0], N = shapes[si][1];
             const size_t row = (size_t)(K / t->block_elems) * t->block_bytes, wbytes = row * N;
             uint8_t *host = malloc(wbytes);

@@ -631,12 +631,14 @@ static void test_fused_matmul_add_rms_norm(void) {
 }
 
 /* matmul_swiglu (gate and up of a decode step: one dispatch for split
- * Q4_0 and F16 weights) against matmul_multi then swiglu, bit for bit: the
- * result and a product that reads it (quantized by the fused dispatch on
- * the second pass, in Q8_0, Q8_1 and F16 for Q4_0, Q4_1 and F16 weights). */
+ * Q4_0 and F16 weights, the two operations for the others) against
+ * matmul_multi then swiglu, bit for bit: the result and a product that
+ * reads it (quantized by the fused dispatch on the second pass, in Q8_0,
+ * Q8_1 and F16 for Q4_0, Q4_1 and F16 weights; by quant_act in Q8_K for
+ * the K-quants). */
 static void test_fused_matmul_swiglu(void) {
-    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_F16, KILN_TYPE_Q4_K};
-    static const int32_t next_types[] = {KILN_TYPE_Q4_0, KILN_TYPE_Q4_1, KILN_TYPE_F16};
+    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_F16, KILN_TYPE_Q4_K, KILN_TYPE_Q6_K};
+    static const int32_t next_types[] = {KILN_TYPE_Q4_0, KILN_TYPE_Q4_1, KILN_TYPE_F16, KILN_TYPE_Q4_K, KILN_TYPE_Q6_K};
     enum { K = 512, F = 1024, N2 = 40 };
     if (vk->struct_size < offsetof(kiln_backend_iface, matmul_swiglu) + sizeof vk->matmul_swiglu ||
         !vk->matmul_swiglu) {

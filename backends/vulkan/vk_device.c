@@ -335,11 +335,16 @@ static kiln_status shared_create(VkInstance inst, int32_t index, kiln_vk_shared 
         const char *stg = getenv("KILN_VK_MMC_STAGES");
         sh->mmc_stages = stg && strcmp(stg, "2") == 0 ? 2u : 1u;
         if (!getenv("KILN_VK_MMC_ROWVEC")) sh->mmc_rowvec = 4u * sh->mmc_kc + 1u;
-        /* KILN_VK_MMC_WS=1: mmcw_main.glsl, whose two roles reach the same
-         * barriers from different loops; only on NVIDIA's driver (vendor
-         * 0x10de), whose barrier counts subgroups, where it was tested */
-        sh->mmc_ws = getenv("KILN_VK_MMC_WS") && strcmp(getenv("KILN_VK_MMC_WS"), "0") != 0 && bm == 128 &&
-                     bn == 128 && pr.properties.vendorID == 0x10deu;
+        /* mmcw_main.glsl, whose two roles reach the same barriers from
+         * different loops: only on NVIDIA's driver (vendor 0x10de), whose
+         * barrier counts subgroups, where test_vulkan_ops checks it. By
+         * default for float weights only (F16 pp512 on the H100 5177 ->
+         * 7068; Q4_0 8144 -> 7179, its four moving subgroups decode what
+         * eight did: bench/NOTES.md, session 15); KILN_VK_MMC_WS=1 for
+         * every type, =0 for none */
+        const char *ws = getenv("KILN_VK_MMC_WS");
+        const uint32_t ws_mode = !ws ? 1u : strcmp(ws, "0") == 0 ? 0u : 2u;
+        sh->mmc_ws = bm == 128 && bn == 128 && pr.properties.vendorID == 0x10deu ? ws_mode : 0u;
         const char *mf = getenv("KILN_VK_MMC_MFIRST");
         sh->mmc_mfirst = mf && strcmp(mf, "0") == 0 ? 0u : 1u;
     }

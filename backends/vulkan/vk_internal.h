@@ -245,7 +245,7 @@ struct kiln_vk_shared {
     bool attn_early;              /* attn_dec_rope1 where it applies (KILN_VK_ATTN_EARLY, 1) */
     bool no_au4;                  /* KILN_VK_NO_AU4: mmv.glsl's word loads only (specialization constant 13) */
     uint32_t mmc_mfirst;          /* mmc.glsl's workgroups: x over activation tiles (KILN_VK_MMC_MFIRST) */
-    bool mmc_ws;                  /* KILN_VK_MMC_WS: batches through mmcw_main.glsl (warp-specialized) */
+    uint32_t mmc_ws;              /* batches through mmcw_main.glsl (warp-specialized): 0 never, 1 float weights, 2 all (KILN_VK_MMC_WS) */
     uint32_t mmc_skip;
     bool pipeline_stats;          /* KILN_VK_PIPELINE_STATS: driver statistics of each pipeline on stderr */
     PFN_vkGetPipelineExecutablePropertiesKHR get_exec_props;

@@ -88,8 +88,14 @@ static uint32_t skip_class(int which) {
     if (which == KILN_VK_P_ADD_RMS_NORM || which == KILN_VK_P_RMS_NORM) return 1u;
     if (which == KILN_VK_P_BINARY) return 2u;
     if (which == KILN_VK_P_ATTN_DEC_ROPE || which == KILN_VK_P_ATTN_DEC_ROPE1 || which == KILN_VK_P_ATTN_DEC || which == KILN_VK_P_ATTN_FOLD ||
-        which == KILN_VK_P_ROPE_KV || which == KILN_VK_P_ATTENTION || which == KILN_VK_P_KV_STORE)
+        which == KILN_VK_P_ROPE_KV || which == KILN_VK_P_ATTENTION || which == KILN_VK_P_KV_STORE ||
+        (which >= KILN_VK_P_ATTN_TILE_FIRST && which < KILN_VK_P_ATTN_TILE_FIRST + 4))
         return 4u;
+    if (which == KILN_VK_P_QUANT_ACT) return 32u;
+    if ((which >= KILN_VK_P_MMT_FIRST && which < KILN_VK_P_MMT_FIRST + KILN_VK_N_SLOTS) ||
+        (which >= KILN_VK_P_MMC_FIRST && which < KILN_VK_P_MMVM_FIRST) ||
+        (which >= KILN_VK_P_MMCW_FIRST && which < KILN_VK_P_MMCW_FIRST + KILN_VK_N_SLOTS))
+        return 64u; /* batch products (prefill) */
     if ((which >= KILN_VK_P_MMV1_FIRST && which < KILN_VK_P_MMVM1_FIRST) ||
         (which >= KILN_VK_P_MMV1_IDOT_FIRST && which < KILN_VK_P_MMVM1_IDOT_FIRST) ||
         (which >= KILN_VK_P_MMV1N_F16 && which <= KILN_VK_P_MMV1N_Q4_0S_IDOT) ||
@@ -735,8 +741,10 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     /* KILN_VK_MMC_OLD: the previous matrix-core kernel (F32 activations
      * converted per tile), to compare both in one run */
     bool mmc_old = use_mmc && dev->sh->coopmat && dev->mmc_old;
+    const bool float_w = w->type == KILN_VK_T_F16 || w->type == KILN_VK_T_BF16 || w->type == KILN_VK_T_F32;
+    const bool mmc_ws = dev->sh->mmc_ws == 2u || (dev->sh->mmc_ws == 1u && float_w);
     int mmc_first = mmc_old ? KILN_VK_P_MMC1_FIRST
-                    : dev->sh->coopmat ? (dev->sh->mmc_ws ? KILN_VK_P_MMCW_FIRST : KILN_VK_P_MMC_FIRST)
+                    : dev->sh->coopmat ? (mmc_ws ? KILN_VK_P_MMCW_FIRST : KILN_VK_P_MMC_FIRST)
                                        : KILN_VK_P_MMCE_FIRST;
     if (use_mmc) {
         /* a driver that rejects the kernel: the previous matrix-core kernel
