@@ -741,8 +741,9 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
     /* KILN_VK_MMC_OLD: the previous matrix-core kernel (F32 activations
      * converted per tile), to compare both in one run */
     bool mmc_old = use_mmc && dev->sh->coopmat && dev->mmc_old;
-    const bool float_w = w->type == KILN_VK_T_F16 || w->type == KILN_VK_T_BF16 || w->type == KILN_VK_T_F32;
-    const bool mmc_ws = dev->sh->mmc_ws == 2u || (dev->sh->mmc_ws == 1u && float_w);
+    /* float weights (F32, F16, BF16) are the types whose activations are
+     * dotted as they are or rounded: act modes 0-2 */
+    const bool mmc_ws = dev->sh->mmc_ws == 2u || (dev->sh->mmc_ws == 1u && mode <= 2u);
     int mmc_first = mmc_old ? KILN_VK_P_MMC1_FIRST
                     : dev->sh->coopmat ? (mmc_ws ? KILN_VK_P_MMCW_FIRST : KILN_VK_P_MMC_FIRST)
                                        : KILN_VK_P_MMCE_FIRST;
