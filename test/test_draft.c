@@ -22,8 +22,11 @@
 #define N_PREDICT 64
 
 /* The F16 target; where ../shared is only partly there (a GPU machine with
- * a few models copied), the bundled Q4_K_M target serves as well. */
+ * a few models copied), the bundled Q4_K_M target serves as well.
+ * KILN_DRAFT_TARGET=FILE: another target of the same vocabulary (a Q4_0
+ * one: the Vulkan backend's split and KQ-order kernels in verify batches). */
 static const char *target_path(void) {
+    if (getenv("KILN_DRAFT_TARGET") && *getenv("KILN_DRAFT_TARGET")) return getenv("KILN_DRAFT_TARGET");
     const char *p = kt_shared("models/tiny-target-f16.gguf");
     if (!p && getenv("KILN_SHARED") && access("models/tiny-target-q4_k_m.gguf", R_OK) == 0)
         p = "models/tiny-target-q4_k_m.gguf";

@@ -74,11 +74,21 @@ static void free_pair(pair p) {
     vk->buffer_free(p.v);
 }
 
+/* Whether the plugin sums a split weight of K x N in KQ order (layout 2,
+ * vk_layout.c): long, few rows (K >= 8192, 2048 <= N <= K / 2) by
+ * default, every split weight with KILN_VK_KQ=2, none with =0 or without
+ * subgroup arithmetic. */
+static int kq_expected(int64_t K, int64_t N) {
+    const char *kq = getenv("KILN_VK_KQ");
+    if ((kq && atoi(kq) == 0) || getenv("KILN_VK_NO_SUBGROUP")) return 0;
+    return (kq && atoi(kq) == 2) || (K >= 8192 && N >= 2048 && N <= K / 2);
+}
+
 /* The plugin's weight_prepare on a weight just uploaded (as a model load
  * calls it: once per tensor); returns the layout to put in the tensor.
  * Q4_0 rows of whole 256-element groups on 16-byte boundaries must be
- * split (layout 1) unless KILN_VK_LAYOUT=0; everything else keeps the
- * GGUF layout. */
+ * split (layout 1, or 2 where kq_expected) unless KILN_VK_LAYOUT=0;
+ * everything else keeps the GGUF layout. */
 static int32_t vk_prepare(kiln_bk_buffer *b, int32_t type, int64_t K, int64_t N, uint64_t offset) {
     if (vk->struct_size < offsetof(kiln_backend_iface, weight_prepare) + sizeof vk->weight_prepare ||
         !vk->weight_prepare)
@@ -87,7 +97,8 @@ static int32_t vk_prepare(kiln_bk_buffer *b, int32_t type, int64_t K, int64_t N,
     int32_t layout = -1;
     KT_CHECK_OK(vk->weight_prepare(dvk, &t, &layout));
     const char *env = getenv("KILN_VK_LAYOUT");
-    const int want = type == KILN_TYPE_Q4_0 && K % 256 == 0 && offset % 16 == 0 && !(env && strcmp(env, "0") == 0);
+    int want = type == KILN_TYPE_Q4_0 && K % 256 == 0 && offset % 16 == 0 && !(env && strcmp(env, "0") == 0);
+    if (want && kq_expected(K, N)) want = 2;
     KT_CHECKF(layout == want, "weight_prepare %s K=%lld offset %llu: layout %d, expected %d", kiln_type_name(type),
               (long long)K, (unsigned long long)offset, (int)layout, want);
     return layout;
@@ -315,6 +326,22 @@ static kiln_bk_buffer *vk_buf(uint64_t size, const void *data) { return kt_bk_bu
 /* Whether [off, off + size) of two Vulkan buffers holds the same bytes. */
 static int vk_same(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, uint64_t size) {
     return kt_bk_same(vk, dvk, a, b, off, size);
+}
+
+/* max |a - b| / max(1, max |a|) over n floats at byte off of two Vulkan buffers. */
+static double vk_rel(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, size_t n) {
+    float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+    KT_CHECK_OK(vk->buffer_download(dvk, a, off, x, n * sizeof(float)));
+    KT_CHECK_OK(vk->buffer_download(dvk, b, off, y, n * sizeof(float)));
+    double md = 0, mx = 1;
+    for (size_t i = 0; i < n; i++) {
+        const double d = fabs((double)x[i] - (double)y[i]);
+        if (!(d <= md)) md = d;
+        if (fabs(x[i]) > mx) mx = fabs(x[i]);
+    }
+    free(x);
+    free(y);
+    return md / mx;
 }
 
 /* add_rms_norm as the core calls it (sum aliases a, dst another row block)
@@ -959,8 +986,12 @@ static void test_q4_0_split_layout(void) {
             KT_CHECK_OK(vk->matmul(d, &tg, &tx, &o1));
             KT_CHECK_OK(vk->matmul(d, &ts, &tx, &o2));
             KT_CHECK_OK(vk->synchronize(d));
-            KT_CHECKF(vk_same(d1, d2, 0, sizeof(float) * N * M), "split q4_0 matmul M=%lld%s: bits differ",
-                      (long long)M, h ? " (KILN_VK_NO_MMV)" : "");
+            /* KQ order (KILN_VK_KQ=2): the decode kernels add in another order */
+            if (lay == 2 && h == 0 && M <= 16)
+                KT_CHECKF(vk_rel(d1, d2, 0, (size_t)(N * M)) < 2e-4, "split q4_0 (KQ) matmul M=%lld: too far", (long long)M);
+            else
+                KT_CHECKF(vk_same(d1, d2, 0, sizeof(float) * N * M), "split q4_0 matmul M=%lld%s: bits differ",
+                          (long long)M, h ? " (KILN_VK_NO_MMV)" : "");
         }
     }
     /* matmul_multi: rows [0, 64) and [64, 133) as two products (one dispatch) */
@@ -976,7 +1007,11 @@ static void test_q4_0_split_layout(void) {
         KT_CHECK_OK(vk->matmul_multi(dvk, 2, wgp, &tx, ap));
         KT_CHECK_OK(vk->matmul_multi(dvk, 2, wsp, &tx, bp));
         KT_CHECK_OK(vk->synchronize(dvk));
-        KT_CHECKF(vk_same(d1, d2, 0, sizeof(float) * N * M), "split q4_0 matmul_multi M=%lld: bits differ", (long long)M);
+        if (lay == 2)
+            KT_CHECKF(vk_rel(d1, d2, 0, (size_t)(N * M)) < 2e-4, "split q4_0 (KQ) matmul_multi M=%lld: too far", (long long)M);
+        else
+            KT_CHECKF(vk_same(d1, d2, 0, sizeof(float) * N * M), "split q4_0 matmul_multi M=%lld: bits differ",
+                      (long long)M);
     }
     /* get_rows */
     {
@@ -1002,6 +1037,88 @@ static void test_q4_0_split_layout(void) {
     free(got);
     free(wf);
     free(x);
+}
+
+/* Long, few rows (K 8192 x N 2048, a down product's shape): weight_prepare
+ * puts them in KQ order (mmv.glsl), and every decode kernel keeps it: a
+ * token's row has the same bits decoded alone (matmul, matmul_add,
+ * matmul_add_rms_norm) and in batches of 2 to 9 (verify batches), and
+ * matmul_add / matmul_add_rms_norm equal their separate operations; all
+ * within the CPU's tolerance. */
+static void test_kq_order(void) {
+    const int64_t K = 8192, N = 2048;
+    enum { MM = 9 };
+    const uint64_t row = kiln_type_row_size(KILN_TYPE_Q4_0, K);
+    float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * MM), *in = malloc(sizeof(float) * 2 * N);
+    uint8_t *wq = malloc(row * N);
+    for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
+    for (int64_t i = 0; i < K * MM; i++) x[i] = frand() * 2.0f;
+    for (int64_t i = 0; i < 2 * N; i++) in[i] = frand() * 2.0f;
+    for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q4_0, wf + r * K, wq + r * row, K));
+    pair w = alloc_pair(row * N, KILN_BK_BUF_WEIGHTS), xa = alloc_pair(sizeof(float) * K * MM, KILN_BK_BUF_WEIGHTS);
+    pair out = alloc_pair(sizeof(float) * N * MM, KILN_BK_BUF_WEIGHTS);
+    upload(w, wq, row * N);
+    upload(xa, x, sizeof(float) * K * MM);
+    const int32_t lay = vk_prepare(w.v, KILN_TYPE_Q4_0, K, N, 0);
+    /* decode: each token alone, into `alone` (floats [MM][N]) */
+    float *alone = malloc(sizeof(float) * N * MM), *got = malloc(sizeof(float) * N * MM);
+    kiln_bk_tensor tw = kt_bk_tensor(w.v, KILN_TYPE_Q4_0, K, N, 0);
+    tw.layout = lay;
+    for (int64_t j = 0; j < MM; j++) {
+        kiln_bk_tensor tx = kt_bk_tensor(xa.v, KILN_TYPE_F32, K, 1, sizeof(float) * K * j);
+        kiln_bk_tensor td = kt_bk_tensor(out.v, KILN_TYPE_F32, N, 1, sizeof(float) * N * j);
+        KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &td));
+    }
+    KT_CHECK_OK(vk->buffer_download(dvk, out.v, 0, alone, sizeof(float) * N * MM));
+    {
+        kiln_bk_tensor cw = kt_bk_tensor(w.c, KILN_TYPE_Q4_0, K, N, 0), cx = kt_bk_tensor(xa.c, KILN_TYPE_F32, K, MM, 0);
+        kiln_bk_tensor cd = kt_bk_tensor(out.c, KILN_TYPE_F32, N, MM, 0);
+        KT_CHECK_OK(cpu->matmul(dcpu, &cw, &cx, &cd));
+        const double rel = compare(out, 0, (size_t)(N * MM), "kq matmul decode");
+        KT_CHECKF(rel < 2e-4, "KQ order, decode rows: relative difference %.3g", rel);
+    }
+    /* verify batches of 2 to 9 tokens: each token's bits as decoded alone */
+    for (int64_t M = 2; M <= MM; M += (M < 3 ? 1 : 3)) {
+        kiln_bk_tensor tx = kt_bk_tensor(xa.v, KILN_TYPE_F32, K, M, 0), td = kt_bk_tensor(out.v, KILN_TYPE_F32, N, M, 0);
+        KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &td));
+        KT_CHECK_OK(vk->buffer_download(dvk, out.v, 0, got, sizeof(float) * N * M));
+        KT_CHECKF(memcmp(got, alone, sizeof(float) * N * M) == 0, "KQ order: a batch of %lld rows differs from decode",
+                  (long long)M);
+    }
+    /* matmul_add and matmul_add_rms_norm against the separate operations:
+     * per path a (N, summed in place), nw (N), h (N) */
+    kiln_bk_buffer *b[2];
+    for (int path = 0; path < 2; path++) {
+        b[path] = vk_buf(sizeof(float) * 3 * N, NULL);
+        KT_CHECK_OK(vk->buffer_upload(dvk, b[path], 0, in, sizeof(float) * 2 * N));
+    }
+    for (int path = 0; path < 2; path++) {
+        kiln_bk_tensor tx = kt_bk_tensor(xa.v, KILN_TYPE_F32, K, 1, sizeof(float) * K);
+        kiln_bk_tensor a = kt_bk_tensor(b[path], KILN_TYPE_F32, N, 1, 0);
+        kiln_bk_tensor nw = kt_bk_tensor(b[path], KILN_TYPE_F32, N, 1, sizeof(float) * N);
+        kiln_bk_tensor h = kt_bk_tensor(b[path], KILN_TYPE_F32, N, 1, sizeof(float) * 2 * N);
+        if (path == 0) {
+            KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &h));
+            KT_CHECK_OK(vk->add(dvk, &a, &h, &a));
+            KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &h));
+            KT_CHECK_OK(vk->add_rms_norm(dvk, &a, &h, &a, &nw, 1e-5f, &h));
+        } else {
+            KT_CHECK_OK(vk->matmul_add(dvk, &tw, &tx, &a, &h, &a));
+            KT_CHECK_OK(vk->matmul_add_rms_norm(dvk, &tw, &tx, &a, &a, &nw, 1e-5f, &h));
+        }
+    }
+    KT_CHECKF(vk_same(b[0], b[1], 0, sizeof(float) * 3 * N), "KQ order: matmul_add / matmul_add_rms_norm differ from "
+              "the separate operations");
+    for (int path = 0; path < 2; path++) vk->buffer_free(b[path]);
+    free_pair(w);
+    free_pair(xa);
+    free_pair(out);
+    free(wf);
+    free(x);
+    free(in);
+    free(wq);
+    free(alone);
+    free(got);
 }
 
 /* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few
@@ -1033,6 +1150,7 @@ int main(void) {
     KT_RUN(test_fused_prenorm);
     KT_RUN(test_mmv_unroll_bits);
     KT_RUN(test_q4_0_split_layout);
+    KT_RUN(test_kq_order);
     printf("vulkan matmul for batches: %s\n", vk_coopmat ? "cooperative matrices (NV)" : "portable tiled kernel");
     vk->device_close(dvk);
     cpu->device_close(dcpu);

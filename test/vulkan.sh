@@ -132,6 +132,12 @@ if want coopmat; then ctest test_vulkan_ops KILN_VK_NO_IDOT8=1; fi
 # weight_prepare keeping every weight in the GGUF layout (Q4_0 is split
 # into quants and scales otherwise: vk_layout.c)
 if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi
+# every split Q4_0 weight summed in KQ order (by default only long, few
+# rows: vk_layout.c): decode against verify rows, the fused entries against
+# their separate forms, the split layout within tolerance of the GGUF one
+if want coopmat; then
+    ctest test_vulkan_ops KILN_VK_KQ=2 KILN_TEST_SKIP=test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_rope_kv_store,test_fused_quant_producers
+fi
 # the split Q4_0 layout through mm.glsl without subgroup shuffles (the
 # default run takes mmsg_ and mmv_)
 if want coopmat; then

@@ -573,6 +573,10 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     /* KILN_VK_LAYOUT=0: weights keep the GGUF layout (vk_layout.c), to compare */
     const char *lay = getenv("KILN_VK_LAYOUT");
     dev->no_weight_layout = lay && strcmp(lay, "0") == 0;
+    /* KILN_VK_KQ: 0 no weight in KQ order (comparisons), 2 every split
+     * weight (tests: the fused entries' separate forms); default 1 */
+    const char *kq = getenv("KILN_VK_KQ");
+    dev->kq_mode = kq && *kq ? (uint32_t)(atoi(kq) == 0 ? 0 : atoi(kq) == 2 ? 2 : 1) : 1u;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);

@@ -70,9 +70,8 @@ static bool bytes_overlap(const kiln_bk_tensor *a, uint64_t ae, const kiln_bk_te
  * subgroup each, `width` invocations per workgroup; about 32 on a CPU
  * implementation (each workgroup costs more than its arithmetic), at most
  * the device's limit (the kernels walk the rest with a grid stride). */
-static uint32_t decode_grid(const kiln_vk_shared *sh, uint64_t groups, uint32_t width) {
-    const uint64_t sgs_per_wg = width / (sh->subgroup_size ? sh->subgroup_size : 32);
-    uint64_t gx = kiln_vk_div_up(groups, sgs_per_wg ? sgs_per_wg : 1);
+static uint32_t decode_grid(const kiln_vk_shared *sh, uint64_t groups, uint32_t width, bool kq) {
+    uint64_t gx = kiln_vk_div_up(groups, kiln_vk_mmv_groups_per_wg(sh, width, kq));
     if (sh->is_cpu && gx > 32) gx = 32;
     if (gx > sh->max_groups[0]) gx = sh->max_groups[0];
     return (uint32_t)gx;
@@ -196,13 +195,13 @@ kiln_status kiln_vk_matmul_add_rms_norm(kiln_bk_device *dev, const kiln_bk_tenso
     pc.K = (uint32_t)K;
     pc.N = (uint32_t)N;
     pc.M = 1;
-    pc.unroll = 1;
+    pc.unroll = 1u | (kiln_vk_kq(w) ? 2u : 0u); /* mmv.glsl: bit 1 the KQ order */
     pc.vec = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&
              pc.a_off % 4 == 0 && pc.a_stride % 4 == 0 && b[0].offset % 16 == 0 && b[1].offset % 16 == 0;
     pc.eps = eps;
     pc.dbg = dev->norm_dbg;
     /* as matmul's decode dispatch; mmv.glsl is 256 wide with KILN_NORM */
-    const uint32_t gx = decode_grid(sh, kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), 256);
+    const uint32_t gx = decode_grid(sh, kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), 256, kiln_vk_kq(w));
     st = kiln_vk_dispatch(dev, pipe, b, 8, &pc, sizeof pc, gx, 1, 1);
     if (st == KILN_OK) kiln_vk_act_produced(dev, dst, de, pc.qmode);
     return st;
@@ -301,6 +300,7 @@ kiln_status kiln_vk_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_tensor *w_g
     bool fuse = !(dev->no_fused_mask & 128u) && pipe >= 0 && M == 1 && F > 0 && K > 0 && w_gate->ne[0] == K &&
                 w_up->ne[0] == K && w_up->ne[1] == F && dst->ne[0] == F && dst->ne[1] == M && up->ne[0] == F &&
                 up->ne[1] == M && kiln_vk_weight_slot(w_up) == slot && w_up->buf == w_gate->buf &&
+                !kiln_vk_kq(w_gate) && !kiln_vk_kq(w_up) &&
                 whi - wlo <= UINT32_MAX - 64 && sh->subgroup_add && !dev->no_mmv && dev->mmv_unroll &&
                 !bytes_overlap(dst, de, x, xe);
     kiln_vk_bind b[4];
@@ -368,7 +368,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
                               (long long)dst[i]->ne[0], (long long)dst[i]->ne[1]);
         /* one kernel reads them all: one type in one layout */
         fuse = fuse && w[i]->ne[1] > 0 && kiln_vk_weight_slot(w[i]) == kiln_vk_weight_slot(w[0]) && w[i]->buf == w[0]->buf &&
-               dst[i]->buf == dst[0]->buf;
+               dst[i]->buf == dst[0]->buf && !kiln_vk_kq(w[i]); /* KQ order: matmul's kernels only */
     }
     /* the spans the two shared bindings cover */
     uint64_t wlo, whi, dlo, dhi;
@@ -418,7 +418,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     /* as matmul's decode kernel sizes its grid, for all products' rows */
     const int pipe = kiln_vk_mmv_pipeline(dev, M, wslot, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMVM1_FIRST,
                                           KILN_VK_P_MMVM1_IDOT_FIRST, KILN_VK_P_MMVM_IDOT_FIRST);
-    return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, decode_grid(dev->sh, groups, KILN_VK_MMV_WG),
+    return kiln_vk_dispatch(dev, pipe, b, 3, &pc, sizeof pc, decode_grid(dev->sh, groups, KILN_VK_MMV_WG, false),
                             kiln_vk_div_up((uint64_t)M, KILN_VK_MMV_MT), 1);
 }
 
@@ -484,9 +484,9 @@ kiln_status kiln_vk_matmul_add(kiln_bk_device *dev, const kiln_bk_tensor *w, con
     pc.K = (uint32_t)K;
     pc.N = (uint32_t)N;
     pc.M = 1;
-    pc.unroll = 1;
+    pc.unroll = 1u | (kiln_vk_kq(w) ? 2u : 0u); /* mmv.glsl: bit 1 the KQ order */
     const uint32_t gx = decode_grid(sh, kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, KILN_VK_SLOT_Q4_0S)),
-                                    KILN_VK_MMV_WG);
+                                    KILN_VK_MMV_WG, kiln_vk_kq(w));
     return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMV1R_Q4_0S_IDOT : KILN_VK_P_MMV1R_Q4_0S, b, 4, &pc, sizeof pc,
                             gx, 1, 1);
 }
@@ -547,7 +547,7 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
             return kiln_error(KILN_E_INVALID_ARG, "vulkan rms_norm_matmul_multi: w %lldx%lld, x %lldx%lld, "
                               "dst %lldx%lld", (long long)w[i]->ne[0], (long long)w[i]->ne[1], (long long)K,
                               (long long)x->ne[1], (long long)dst[i]->ne[0], (long long)dst[i]->ne[1]);
-        fuse = fuse && prenorm_weight(dev, w[i], x->ne[1]) && w[i]->ne[1] > 0 && w[i]->buf == w[0]->buf &&
+        fuse = fuse && prenorm_weight(dev, w[i], x->ne[1]) && !kiln_vk_kq(w[i]) && w[i]->ne[1] > 0 && w[i]->buf == w[0]->buf &&
                dst[i]->buf == dst[0]->buf && !bytes_overlap(dst[i], de[i], x, xe) &&
                !bytes_overlap(dst[i], de[i], nw, nwe);
     }
@@ -579,7 +579,7 @@ kiln_status kiln_vk_rms_norm_matmul_multi(kiln_bk_device *dev, const kiln_bk_ten
     const uint64_t groups = multi_products(&pc.m, sh, KILN_VK_SLOT_Q4_0S, n, w, dst, wlo, w_rem, dlo, d_rem);
     /* the workgroup is sh->prenorm_wg wide (specialization constant 14) */
     return kiln_vk_dispatch(dev, sh->idot ? KILN_VK_P_MMVM1P_Q4_0S_IDOT : KILN_VK_P_MMVM1P_Q4_0S, b, 6, &pc,
-                            sizeof pc, decode_grid(sh, groups, sh->prenorm_wg), 1, 1);
+                            sizeof pc, decode_grid(sh, groups, sh->prenorm_wg, false), 1, 1);
 }
 
 /* h = rms_norm(x) * nw, then matmul_swiglu(w_gate, w_up, h, up, dst): one
@@ -606,7 +606,8 @@ kiln_status kiln_vk_rms_norm_matmul_swiglu(kiln_bk_device *dev, const kiln_bk_te
                           (long long)dst->ne[0], (long long)dst->ne[1]);
     const uint64_t wlo = w_gate->offset < w_up->offset ? w_gate->offset : w_up->offset;
     const uint64_t ghi = w_gate->offset + gwe, uhi = w_up->offset + uwe, whi = ghi > uhi ? ghi : uhi;
-    bool fuse = prenorm_row(x) && prenorm_weight(dev, w_gate, 1) && prenorm_weight(dev, w_up, 1) && F > 0 &&
+    bool fuse = prenorm_row(x) && prenorm_weight(dev, w_gate, 1) && prenorm_weight(dev, w_up, 1) && !kiln_vk_kq(w_gate) &&
+                !kiln_vk_kq(w_up) && F > 0 &&
                 w_up->buf == w_gate->buf && whi - wlo <= UINT32_MAX - 64 && !(dev->no_fused_mask & 128u) &&
                 !bytes_overlap(dst, de, x, xe) && !bytes_overlap(dst, de, nw, nwe);
     kiln_vk_bind b[6];

@@ -59,6 +59,12 @@
  * a block's nibbles with one 16-byte load. */
 #define KILN_VK_LAYOUT_GGUF 0
 #define KILN_VK_LAYOUT_Q4_0_SPLIT 1
+/* Q4_0_SPLIT_KQ: the same bytes as Q4_0_SPLIT; the decode kernels sum its
+ * rows in KQ order (mmv.glsl), which only the kernels of one product
+ * (matmul, matmul_add, matmul_add_rms_norm) have: the fused multi-product
+ * entries take their separate form for it. Chosen by weight_prepare for
+ * long, few rows (vk_layout.c). */
+#define KILN_VK_LAYOUT_Q4_0_SPLIT_KQ 2
 
 /* Block geometry of a type; false for a type the backend does not handle. */
 bool kiln_vk_type_geometry(int32_t type, uint32_t *block_elems, uint32_t *block_bytes);
@@ -136,6 +142,8 @@ int kiln_vk_type_slot(int32_t type);
 /* The slot of a weight tensor's kernels: its type's, or KILN_VK_SLOT_Q4_0S
  * for Q4_0 in the split layout; -1 if none. */
 int kiln_vk_weight_slot(const kiln_bk_tensor *w);
+/* Whether w's rows are summed in KQ order (layout Q4_0_SPLIT_KQ). */
+static inline bool kiln_vk_kq(const kiln_bk_tensor *w) { return w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT_KQ; }
 
 #define KILN_VK_MAX_BINDINGS 11
 #define KILN_VK_ATTN_UP_DEFAULT 4u /* attn_dec.glsl: positions per subgroup step */
@@ -183,6 +191,9 @@ typedef struct kiln_vk_shared kiln_vk_shared;
  * (measured on the H100 with the unrolled one-row kernels: Q4_0 tg128
  * 241 with 2 vs 228 with 1; F16 136 vs 131, Q4_K_M 152 vs 140 with 1). */
 uint32_t kiln_vk_mmv_rows(const kiln_vk_shared *sh, int slot);
+/* Row groups a decode kernel `width` invocations wide walks per pass of a
+ * workgroup: one per subgroup, or in KQ order (mmv.glsl) one per four. */
+uint32_t kiln_vk_mmv_groups_per_wg(const kiln_vk_shared *sh, uint32_t width, bool kq);
 struct kiln_vk_pool;
 
 struct kiln_bk_buffer {
@@ -379,6 +390,7 @@ struct kiln_bk_device {
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
     bool no_idot8;           /* KILN_VK_NO_IDOT8=1: several rows take mmv_ without integer dot products */
     bool no_weight_layout;   /* KILN_VK_LAYOUT=0: weight_prepare keeps every weight in the GGUF layout */
+    uint32_t kq_mode;        /* KILN_VK_KQ: 0 no weight in KQ order, 1 long rows (default), 2 every split weight */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
     uint32_t n_pend;         /* bindings since the last barrier */
     bool profile;            /* KILN_VK_PROFILE: time each dispatch (waits after each) */

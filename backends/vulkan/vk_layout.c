@@ -43,14 +43,31 @@ static bool split_rows_ok(const kiln_bk_tensor *w) {
     return abs_offset(w) % 16 == 0;
 }
 
+/* Whether a split weight's rows are summed in KQ order (mmv.glsl): long,
+ * few rows, K >= 8192 and 2048 <= N <= K / 2 (a 7B model's down product,
+ * 14336 x 4096; not q/k/v, o, gate/up or the output, which their fused
+ * kernels or a wide grid serve). On the H100 the down product's 2048
+ * subgroups (two rows each) are one wave, each lane walking 14 chunks in
+ * dependent rounds of loads; in KQ order four subgroups share a row pair.
+ * KILN_VK_KQ=0: never; =2: every split weight (tests). Needs subgroups of
+ * 4 to 128 invocations (mmv.glsl's kq_part). */
+static bool kq_rows(const kiln_bk_device *dev, const kiln_bk_tensor *w) {
+    const kiln_vk_shared *sh = dev->sh;
+    const int64_t K = w->ne[0], N = w->ne[1];
+    if (dev->kq_mode == 0 || !sh->subgroup_add || sh->subgroup_size < 4 || sh->subgroup_size > 128) return false;
+    return dev->kq_mode == 2 || (K >= 8192 && N >= 2048 && N <= K / 2);
+}
+
 int kiln_vk_weight_slot(const kiln_bk_tensor *w) {
-    if (w->type == KILN_VK_T_Q4_0 && w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT) return KILN_VK_SLOT_Q4_0S;
+    if (w->type == KILN_VK_T_Q4_0 && (w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT || w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT_KQ))
+        return KILN_VK_SLOT_Q4_0S;
     return kiln_vk_type_slot(w->type);
 }
 
 kiln_status kiln_vk_layout_check(const kiln_bk_tensor *w, const char *op) {
     if (w->layout == KILN_VK_LAYOUT_GGUF) return KILN_OK;
-    if (w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT && w->type == KILN_VK_T_Q4_0) {
+    if ((w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT || w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT_KQ) &&
+        w->type == KILN_VK_T_Q4_0) {
         /* empty views read nothing; any other must be rows as prepared
          * (a view of some rows of a prepared tensor is) */
         if (w->ne[0] == 0 || w->ne[1] == 0 || split_rows_ok(w)) return KILN_OK;
@@ -94,6 +111,6 @@ kiln_status kiln_vk_weight_prepare(kiln_bk_device *dev, const kiln_bk_tensor *w,
         if ((st = kiln_vk_dispatch(dev, KILN_VK_P_Q4_0_SPLIT, &b, 1, &pc, sizeof pc, (uint32_t)gx, 1, 1)))
             return st; /* the core frees the buffer: half-split rows are never read */
     }
-    *layout = KILN_VK_LAYOUT_Q4_0_SPLIT;
+    *layout = kq_rows(dev, w) ? KILN_VK_LAYOUT_Q4_0_SPLIT_KQ : KILN_VK_LAYOUT_Q4_0_SPLIT;
     return KILN_OK;
 }

@@ -814,11 +814,11 @@ kiln_status kiln_vk_matmul(kiln_bk_device *dev, const kiln_bk_tensor *w, const k
          * workgroups for every row pair at once on a GPU, about 32 on a CPU
          * implementation (each workgroup costs more than its arithmetic) */
         const kiln_vk_shared *sh = dev->sh;
-        const uint64_t sgs_per_wg = KILN_VK_MMV_WG / (sh->subgroup_size ? sh->subgroup_size : 32);
-        uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)), sgs_per_wg ? sgs_per_wg : 1);
+        uint64_t gx = kiln_vk_div_up(kiln_vk_div_up((uint64_t)N, kiln_vk_mmv_rows(sh, slot)),
+                                     kiln_vk_mmv_groups_per_wg(sh, KILN_VK_MMV_WG, kiln_vk_kq(w)));
         if (sh->is_cpu && gx > 32) gx = 32;
         if (gx > max_x) gx = max_x;
-        pc.n_base = dev->mmv_unroll; /* mmv.glsl: `unroll` */
+        pc.n_base = dev->mmv_unroll | (kiln_vk_kq(w) ? 2u : 0u); /* mmv.glsl: `unroll`, bit 1 the KQ order */
         pc.m_base = 0;
         /* F16 rows and activations on 16-byte boundaries: 16-byte loads */
         pc.passes = w->type == KILN_VK_T_F16 && pc.w_off % 16 == 0 && pc.w_stride % 16 == 0 && K % 8 == 0 &&

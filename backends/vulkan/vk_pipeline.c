@@ -544,6 +544,12 @@ uint32_t kiln_vk_mmv_rows(const kiln_vk_shared *sh, int slot) {
     return slot == kiln_vk_type_slot(KILN_VK_T_Q4_0) || slot == KILN_VK_SLOT_Q4_0S ? 2u : 1u;
 }
 
+uint32_t kiln_vk_mmv_groups_per_wg(const kiln_vk_shared *sh, uint32_t width, bool kq) {
+    uint32_t ns = width / (sh->subgroup_size ? sh->subgroup_size : 32);
+    if (ns == 0) ns = 1;
+    return kq ? ns / (ns < 4 ? ns : 4) : ns;
+}
+
 /* The weight slot of a decode kernel's pipeline (mmv, mmvm, mmv1, mmvm1), -1 otherwise. */
 static int mmv_slot(int which) {
     static const int first[4] = {KILN_VK_P_MMV_FIRST, KILN_VK_P_MMVM_FIRST, KILN_VK_P_MMV1_FIRST,

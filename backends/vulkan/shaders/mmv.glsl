@@ -68,6 +68,19 @@
  * KILN_RESADD (mmv1r_TYPE.comp, matmul_add; one activation row): each
  * result is written with the residual R (binding 3) added, as binary.comp
  * adds: the residual row of the next KILN_PRENORM product.
+ *
+ * KQ order (split Q4_0 weights in layout KILN_VK_LAYOUT_Q4_0_SPLIT_KQ, bit
+ * 1 of `unroll`; the kernels of one product, not MULTI): a row's chunks
+ * fall in four classes, chunk c in class (c / S) % 4 (S-wide stretches
+ * dealt round), and the row's sum is ((t0 + t1) + t2) + t3, t_m the
+ * subgroupAdd of the lanes' sums over class m (each lane over its chunks
+ * of the class in order). Four subgroups of a workgroup take a row group's
+ * four classes side by side (fewer subgroups: one after the other), so a
+ * long row (the down product, K 14336) is walked by four times the
+ * subgroups: the step's products run in one wave, and a lane's chain of
+ * dependent rounds of loads is what bounds it. Every kernel of such a
+ * weight sums in this order, whatever its rows per dispatch, so decode
+ * and verify rows keep equal bits.
  */
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
@@ -156,7 +169,7 @@ layout(push_constant) uniform P {
     uint a_off, a_stride;   /* words */
     uint d_off, d_stride;   /* words */
     uint K, N, M;
-    uint unroll;            /* see above (n_base of the other kernels) */
+    uint unroll;            /* bit 0: see above; bit 1: KQ order (n_base of the other kernels) */
     uint vec;               /* F16: rows and activations 16-byte aligned, K % 8 == 0 */
     uint m_base;            /* first activation row of this dispatch */
 #ifdef KILN_NORM
@@ -320,6 +333,76 @@ void prenorm() {
 }
 #endif
 
+#if !defined(MULTI) && WTYPE == T_Q4_0S
+#define KILN_KQ
+#define KQ 4u
+/* the classes' sums of the workgroup's row groups: [group][class][row][token];
+ * at most 32 subgroups a workgroup (subgroups of 4 or more invocations) */
+shared float kq_part[(gl_WorkGroupSize.x / 4u) * ROWS * MT];
+
+/* The rows of this dispatch in KQ order (see the top), results written as
+ * the other path writes them. Called from uniform control flow. */
+void kq_rows(uint m0, uint mc, uint nchunks) {
+    const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID, NS = gl_NumSubgroups;
+    const uint cs = min(NS, KQ);      /* classes side by side */
+    const uint gpw = NS / cs;         /* row groups per workgroup pass (NS a power of two) */
+    const uint q = gl_SubgroupID / cs, m1 = gl_SubgroupID % cs;
+    const uint groups = (p.N + ROWS - 1u) / ROWS, per = ROWS * MT;
+    for (uint g0 = gl_WorkGroupID.x * gpw; g0 < groups; g0 += gl_NumWorkGroups.x * gpw) {
+        const uint g = g0 + q;
+        if (g < groups) { /* the same for the whole subgroup */
+            uint rowb[ROWS];
+            [[unroll]] for (uint r = 0u; r < ROWS; r++) rowb[r] = p.w_off + min(g * ROWS + r, p.N - 1u) * p.w_stride;
+            for (uint m = m1; m < KQ; m += cs) {
+                float acc[ROWS][MT];
+                [[unroll]] for (uint r = 0u; r < ROWS; r++)
+                    [[unroll]] for (uint j = 0u; j < MT; j++) acc[r][j] = 0.0;
+                uint c = m * S + lane;
+                if ((p.unroll & 1u) != 0u && mc == 1u)
+                    for (; c + 12u * S < nchunks; c += 16u * S) {
+                        const uint a = p.a_off + m0 * p.a_stride;
+                        float t[4][ROWS];
+                        [[unroll]] for (uint u = 0u; u < 4u; u++)
+                            [[unroll]] for (uint r = 0u; r < ROWS; r++) t[u][r] = dot32(rowb[r], c + 4u * u * S, a, p.K);
+                        [[unroll]] for (uint u = 0u; u < 4u; u++)
+                            [[unroll]] for (uint r = 0u; r < ROWS; r++) acc[r][0] += t[u][r];
+                    }
+                for (; c < nchunks; c += 4u * S)
+                    [[unroll]] for (uint j = 0u; j < MT; j++) {
+                        if (j >= mc) break;
+                        uint a = p.a_off + (m0 + j) * p.a_stride;
+                        [[unroll]] for (uint r = 0u; r < ROWS; r++) acc[r][j] += dot32(rowb[r], c, a, p.K);
+                    }
+                [[unroll]] for (uint r = 0u; r < ROWS; r++)
+                    [[unroll]] for (uint j = 0u; j < MT; j++) {
+                        if (j >= mc) break;
+                        float s = subgroupAdd(acc[r][j]);
+                        if (lane == 0u) kq_part[(q * KQ + m) * per + r * MT + j] = s;
+                    }
+            }
+        }
+        barrier();
+        const uint t = gl_LocalInvocationIndex;
+        if (t < gpw * per) {
+            const uint qq = t / per, rj = t % per, r = rj / MT, j = rj % MT;
+            const uint n = (g0 + qq) * ROWS + r, b = qq * KQ * per + rj;
+            if (g0 + qq < groups && j < mc && n < p.N) {
+                precise float s = kq_part[b];
+                s += kq_part[b + per];
+                s += kq_part[b + 2u * per];
+                s += kq_part[b + 3u * per];
+#ifdef KILN_RESADD
+                D[p.d_off + n] = R[p.r_off + n] + s; /* one row (MT 1) */
+#else
+                D[p.d_off + (m0 + j) * p.d_stride + n] = s;
+#endif
+            }
+        }
+        barrier(); /* kq_part is free for the next pass */
+    }
+}
+#endif
+
 void main() {
     const uint S = gl_SubgroupSize, lane = gl_SubgroupInvocationID;
 #ifdef KILN_PRENORM
@@ -341,6 +424,9 @@ void main() {
     for (uint blk = gl_WorkGroupID.x; blk < nblk; blk += gl_NumWorkGroups.x) {
     for (uint g = 32u * blk + gl_SubgroupID; g < min(32u * blk + 32u, p.N[0]); g += gl_NumSubgroups) {
 #else
+#ifdef KILN_KQ
+    if ((p.unroll & 2u) != 0u) kq_rows(m0, mc, nchunks); else
+#endif
     /* g is the same for the whole subgroup: subgroupAdd sees every lane */
     for (uint gg = gl_WorkGroupID.x * gl_NumSubgroups + gl_SubgroupID; gg < groups; gg += stride) {
 #endif
@@ -373,7 +459,7 @@ void main() {
 #endif
             const uint nv = p.K / 8u;
             uint v = lane;
-            if (p.unroll != 0u && mc == 1u)
+            if ((p.unroll & 1u) != 0u && mc == 1u)
                 for (; v + 3u * S < nv; v += 4u * S) {
                     uvec4 q[4][NR];
                     vec4 x[4][2];
@@ -410,7 +496,7 @@ void main() {
 #endif
         {
         uint c = lane;
-        if (p.unroll != 0u && mc == 1u)
+        if ((p.unroll & 1u) != 0u && mc == 1u)
             for (; c + 3u * S < nchunks; c += 4u * S) {
                 const uint a = p.a_off + m0 * p.a_stride;
                 float t[4][NR];
