@@ -97,7 +97,8 @@ static int32_t vk_prepare(kiln_bk_buffer *b, int32_t type, int64_t K, int64_t N,
     int32_t layout = -1;
     KT_CHECK_OK(vk->weight_prepare(dvk, &t, &layout));
     const char *env = getenv("KILN_VK_LAYOUT");
-    int want = type == KILN_TYPE_Q4_0 && K % 256 == 0 && offset % 16 == 0 && !(env && strcmp(env, "0") == 0);
+    const int layouts = !(env && strcmp(env, "0") == 0);
+    int want = layouts && type == KILN_TYPE_Q4_0 && K % 256 == 0 && offset % 16 == 0;
     if (want && kq_expected(K, N)) want = 2;
     KT_CHECKF(layout == want, "weight_prepare %s K=%lld offset %llu: layout %d, expected %d", kiln_type_name(type),
               (long long)K, (unsigned long long)offset, (int)layout, want);
@@ -613,7 +614,7 @@ static void test_fused_matmul_add_rms_norm(void) {
             for (int64_t r = 0; r < N2; r++)
                 KT_CHECK_OK(kiln_quantize_row(t2, w2f + r * N, w2q + r * row2, N));
             kiln_bk_buffer *wb = vk_buf(row * N, wq), *w2b = vk_buf(row2 * N2, w2q);
-            kiln_bk_tensor tw = kt_bk_tensor(wb, type, K, N, 0), tw2 = kt_bk_tensor(w2b, KILN_TYPE_Q4_0, N, N2, 0);
+            kiln_bk_tensor tw = kt_bk_tensor(wb, type, K, N, 0), tw2 = kt_bk_tensor(w2b, t2, N, N2, 0);
             tw.layout = vk_prepare(wb, type, K, N, 0);
             tw2.layout = vk_prepare(w2b, t2, N, N2, 0);
             /* per path: x (K), the residual (N, summed in place), norm weights (N), the result (N), the next product */
@@ -1040,29 +1041,36 @@ static void test_q4_0_split_layout(void) {
 }
 
 /* Long, few rows (K 8192 x N 2048, a down product's shape): weight_prepare
- * puts them in KQ order (mmv.glsl), and every decode kernel keeps it: a
- * token's row has the same bits decoded alone (matmul, matmul_add,
- * matmul_add_rms_norm) and in batches of 2 to 9 (verify batches), and
- * matmul_add / matmul_add_rms_norm equal their separate operations; all
- * within the CPU's tolerance. */
+ * puts split Q4_0 in KQ order (mmv.glsl; Q6_K, whose kernels have no KQ
+ * order, keeps the GGUF layout and serves as the check without it), and
+ * every decode kernel keeps the weight's order: a token's row has the same bits decoded
+ * alone (matmul, matmul_add, matmul_add_rms_norm) and in batches of 2 to 9
+ * (verify batches), and matmul_add / matmul_add_rms_norm equal their
+ * separate operations; all within the CPU's tolerance. */
+static void test_kq_type(int32_t type);
 static void test_kq_order(void) {
+    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_Q6_K};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) test_kq_type(types[ti]);
+}
+
+static void test_kq_type(int32_t type) {
     const int64_t K = 8192, N = 2048;
     enum { MM = 9 };
-    const uint64_t row = kiln_type_row_size(KILN_TYPE_Q4_0, K);
+    const uint64_t row = kiln_type_row_size(type, K);
     float *wf = malloc(sizeof(float) * K * N), *x = malloc(sizeof(float) * K * MM), *in = malloc(sizeof(float) * 2 * N);
     uint8_t *wq = malloc(row * N);
     for (int64_t i = 0; i < K * N; i++) wf[i] = frand();
     for (int64_t i = 0; i < K * MM; i++) x[i] = frand() * 2.0f;
     for (int64_t i = 0; i < 2 * N; i++) in[i] = frand() * 2.0f;
-    for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(KILN_TYPE_Q4_0, wf + r * K, wq + r * row, K));
+    for (int64_t r = 0; r < N; r++) KT_CHECK_OK(kiln_quantize_row(type, wf + r * K, wq + r * row, K));
     pair w = alloc_pair(row * N, KILN_BK_BUF_WEIGHTS), xa = alloc_pair(sizeof(float) * K * MM, KILN_BK_BUF_WEIGHTS);
     pair out = alloc_pair(sizeof(float) * N * MM, KILN_BK_BUF_WEIGHTS);
     upload(w, wq, row * N);
     upload(xa, x, sizeof(float) * K * MM);
-    const int32_t lay = vk_prepare(w.v, KILN_TYPE_Q4_0, K, N, 0);
+    const int32_t lay = vk_prepare(w.v, type, K, N, 0);
     /* decode: each token alone, into `alone` (floats [MM][N]) */
     float *alone = malloc(sizeof(float) * N * MM), *got = malloc(sizeof(float) * N * MM);
-    kiln_bk_tensor tw = kt_bk_tensor(w.v, KILN_TYPE_Q4_0, K, N, 0);
+    kiln_bk_tensor tw = kt_bk_tensor(w.v, type, K, N, 0);
     tw.layout = lay;
     for (int64_t j = 0; j < MM; j++) {
         kiln_bk_tensor tx = kt_bk_tensor(xa.v, KILN_TYPE_F32, K, 1, sizeof(float) * K * j);
@@ -1071,19 +1079,19 @@ static void test_kq_order(void) {
     }
     KT_CHECK_OK(vk->buffer_download(dvk, out.v, 0, alone, sizeof(float) * N * MM));
     {
-        kiln_bk_tensor cw = kt_bk_tensor(w.c, KILN_TYPE_Q4_0, K, N, 0), cx = kt_bk_tensor(xa.c, KILN_TYPE_F32, K, MM, 0);
+        kiln_bk_tensor cw = kt_bk_tensor(w.c, type, K, N, 0), cx = kt_bk_tensor(xa.c, KILN_TYPE_F32, K, MM, 0);
         kiln_bk_tensor cd = kt_bk_tensor(out.c, KILN_TYPE_F32, N, MM, 0);
         KT_CHECK_OK(cpu->matmul(dcpu, &cw, &cx, &cd));
-        const double rel = compare(out, 0, (size_t)(N * MM), "kq matmul decode");
-        KT_CHECKF(rel < 2e-4, "KQ order, decode rows: relative difference %.3g", rel);
+        const double rel = compare(out, 0, (size_t)(N * MM), kiln_type_name(type));
+        KT_CHECKF(rel < 2e-4, "KQ order %s, decode rows: relative difference %.3g", kiln_type_name(type), rel);
     }
     /* verify batches of 2 to 9 tokens: each token's bits as decoded alone */
     for (int64_t M = 2; M <= MM; M += (M < 3 ? 1 : 3)) {
         kiln_bk_tensor tx = kt_bk_tensor(xa.v, KILN_TYPE_F32, K, M, 0), td = kt_bk_tensor(out.v, KILN_TYPE_F32, N, M, 0);
         KT_CHECK_OK(vk->matmul(dvk, &tw, &tx, &td));
         KT_CHECK_OK(vk->buffer_download(dvk, out.v, 0, got, sizeof(float) * N * M));
-        KT_CHECKF(memcmp(got, alone, sizeof(float) * N * M) == 0, "KQ order: a batch of %lld rows differs from decode",
-                  (long long)M);
+        KT_CHECKF(memcmp(got, alone, sizeof(float) * N * M) == 0, "KQ order %s: a batch of %lld rows differs from decode",
+                  kiln_type_name(type), (long long)M);
     }
     /* matmul_add and matmul_add_rms_norm against the separate operations:
      * per path a (N, summed in place), nw (N), h (N) */
@@ -1107,8 +1115,8 @@ static void test_kq_order(void) {
             KT_CHECK_OK(vk->matmul_add_rms_norm(dvk, &tw, &tx, &a, &a, &nw, 1e-5f, &h));
         }
     }
-    KT_CHECKF(vk_same(b[0], b[1], 0, sizeof(float) * 3 * N), "KQ order: matmul_add / matmul_add_rms_norm differ from "
-              "the separate operations");
+    KT_CHECKF(vk_same(b[0], b[1], 0, sizeof(float) * 3 * N), "KQ order %s: matmul_add / matmul_add_rms_norm differ from "
+              "the separate operations", kiln_type_name(type));
     for (int path = 0; path < 2; path++) vk->buffer_free(b[path]);
     free_pair(w);
     free_pair(xa);
