@@ -8,7 +8,8 @@
  *   build/bench/backend_ops build/libkiln-cuda.so [reps]
  *
  * BENCH_TYPES=f16,q4_0 and BENCH_NS=,1,512, (commas around each) keep
- * some types and token counts; BENCH_SHAPES=4096x32000,... other K x N.
+ * some types and token counts; BENCH_SHAPES=4096x32000,... other K x N;
+ * BENCH_SLEEP_MS=N idles N ms after each shape.
  */
 #include <dlfcn.h>
 #include <stddef.h>
@@ -151,6 +152,11 @@ int main(int argc, char **argv) {
             bk->buffer_free(wb);
             bk->buffer_free(xb);
             bk->buffer_free(yb);
+            if (getenv("BENCH_SLEEP_MS")) { /* idle between shapes (clock and power transients) */
+                const long ms = atol(getenv("BENCH_SLEEP_MS"));
+                struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+                nanosleep(&ts, NULL);
+            }
         }
     }
     bk->device_close(dev);
