@@ -105,20 +105,25 @@ static int32_t vk_prepare(kiln_bk_buffer *b, int32_t type, int64_t K, int64_t N,
     return layout;
 }
 
-/* Downloads n floats of both and returns max |a - b| / max(1, max |a|). */
-static double compare(pair p, uint64_t offset, size_t n, const char *what) {
-    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
-    KT_CHECK_OK(cpu->buffer_download(dcpu, p.c, offset, a, n * sizeof(float)));
-    KT_CHECK_OK(vk->buffer_download(dvk, p.v, offset, b, n * sizeof(float)));
+/* max |a - b| / max(1, max |a|) over n floats; NaN counts. */
+static double rel_diff(const float *a, const float *b, size_t n) {
     double md = 0, mx = 1;
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - (double)b[i]);
         if (!(d <= md)) md = d; /* NaN counts */
         if (fabs(a[i]) > mx) mx = fabs(a[i]);
     }
+    return md / mx;
+}
+
+/* Downloads n floats of both and returns their rel_diff. */
+static double compare(pair p, uint64_t offset, size_t n, const char *what) {
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    KT_CHECK_OK(cpu->buffer_download(dcpu, p.c, offset, a, n * sizeof(float)));
+    KT_CHECK_OK(vk->buffer_download(dvk, p.v, offset, b, n * sizeof(float)));
+    double rel = rel_diff(a, b, n);
     free(a);
     free(b);
-    double rel = md / mx;
     if (getenv("KILN_VK_OPS_VERBOSE")) printf("  %-28s rel diff %.3g\n", what, rel);
     return rel;
 }
@@ -329,20 +334,15 @@ static int vk_same(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, uint64_t 
     return kt_bk_same(vk, dvk, a, b, off, size);
 }
 
-/* max |a - b| / max(1, max |a|) over n floats at byte off of two Vulkan buffers. */
+/* rel_diff of n floats at byte off of two Vulkan buffers. */
 static double vk_rel(kiln_bk_buffer *a, kiln_bk_buffer *b, uint64_t off, size_t n) {
     float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
     KT_CHECK_OK(vk->buffer_download(dvk, a, off, x, n * sizeof(float)));
     KT_CHECK_OK(vk->buffer_download(dvk, b, off, y, n * sizeof(float)));
-    double md = 0, mx = 1;
-    for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)x[i] - (double)y[i]);
-        if (!(d <= md)) md = d;
-        if (fabs(x[i]) > mx) mx = fabs(x[i]);
-    }
+    const double rel = rel_diff(x, y, n);
     free(x);
     free(y);
-    return md / mx;
+    return rel;
 }
 
 /* add_rms_norm as the core calls it (sum aliases a, dst another row block)
@@ -1043,16 +1043,10 @@ static void test_q4_0_split_layout(void) {
 /* Long, few rows (K 8192 x N 2048, a down product's shape): weight_prepare
  * puts split Q4_0 in KQ order (mmv.glsl; Q6_K, whose kernels have no KQ
  * order, keeps the GGUF layout and serves as the check without it), and
- * every decode kernel keeps the weight's order: a token's row has the same bits decoded
- * alone (matmul, matmul_add, matmul_add_rms_norm) and in batches of 2 to 9
- * (verify batches), and matmul_add / matmul_add_rms_norm equal their
+ * every decode kernel keeps the weight's order: a token's row has the same
+ * bits decoded alone (matmul, matmul_add, matmul_add_rms_norm) and in
+ * batches of 2 to 9 (verify batches), and matmul_add / matmul_add_rms_norm equal their
  * separate operations; all within the CPU's tolerance. */
-static void test_kq_type(int32_t type);
-static void test_kq_order(void) {
-    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_Q6_K};
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) test_kq_type(types[ti]);
-}
-
 static void test_kq_type(int32_t type) {
     const int64_t K = 8192, N = 2048;
     enum { MM = 9 };
@@ -1127,6 +1121,12 @@ static void test_kq_type(int32_t type) {
     free(wq);
     free(alone);
     free(got);
+}
+
+/* test_kq_type for a type in KQ order and one without. */
+static void test_kq_order(void) {
+    static const int32_t types[] = {KILN_TYPE_Q4_0, KILN_TYPE_Q6_K};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) test_kq_type(types[ti]);
 }
 
 /* Under LeakSanitizer: lavapipe (Mesa's CPU Vulkan driver) keeps a few

@@ -576,7 +576,8 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     /* KILN_VK_KQ: 0 no weight in KQ order (comparisons), 2 every split
      * weight (tests: the fused entries' separate forms); default 1 */
     const char *kq = getenv("KILN_VK_KQ");
-    dev->kq_mode = kq && *kq ? (uint32_t)(atoi(kq) == 0 ? 0 : atoi(kq) == 2 ? 2 : 1) : 1u;
+    const int kqn = kq && *kq ? atoi(kq) : 1;
+    dev->kq_mode = kqn == 0 ? 0u : kqn == 2 ? 2u : 1u;
     kiln_status st = kiln_vk_shared_get(index, &dev->sh);
     if (st != KILN_OK) {
         kiln_free(dev);

@@ -58,16 +58,19 @@ static bool kq_rows(const kiln_bk_device *dev, const kiln_bk_tensor *w) {
     return dev->kq_mode == 2 || (K >= 8192 && N >= 2048 && N <= K / 2);
 }
 
+/* Q4_0 in the split bytes (either summation order). */
+static bool split_q4_0(const kiln_bk_tensor *w) {
+    return w->type == KILN_VK_T_Q4_0 &&
+           (w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT || w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT_KQ);
+}
+
 int kiln_vk_weight_slot(const kiln_bk_tensor *w) {
-    if (w->type == KILN_VK_T_Q4_0 && (w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT || w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT_KQ))
-        return KILN_VK_SLOT_Q4_0S;
-    return kiln_vk_type_slot(w->type);
+    return split_q4_0(w) ? KILN_VK_SLOT_Q4_0S : kiln_vk_type_slot(w->type);
 }
 
 kiln_status kiln_vk_layout_check(const kiln_bk_tensor *w, const char *op) {
     if (w->layout == KILN_VK_LAYOUT_GGUF) return KILN_OK;
-    if ((w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT || w->layout == KILN_VK_LAYOUT_Q4_0_SPLIT_KQ) &&
-        w->type == KILN_VK_T_Q4_0) {
+    if (split_q4_0(w)) {
         /* empty views read nothing; any other must be rows as prepared
          * (a view of some rows of a prepared tensor is) */
         if (w->ne[0] == 0 || w->ne[1] == 0 || split_rows_ok(w)) return KILN_OK;
