@@ -302,6 +302,8 @@ static kiln_status cuda_device_open(int32_t index, const kiln_bk_open_params *pa
         const char *at = getenv("KILN_CUDA_ATTN");
         dev->attn_tile_only = at && strcmp(at, "tile") == 0;
         dev->attn_steps = at && strcmp(at, "steps") == 0;
+        const char *mx = getenv("KILN_CUDA_MIXED");
+        dev->no_mixed = mx && strcmp(mx, "0") == 0;
         const char *ai = getenv("KILN_CUDA_ATTN_IDLE");
         dev->attn_idle_wait = ai && strcmp(ai, "wait") == 0;
         const char *sk = getenv("KILN_CUDA_SKIP");

@@ -143,6 +143,7 @@ struct kiln_bk_device {
     bool no_weight_layout;   /* KILN_CUDA_LAYOUT=0: weights keep the GGUF layout */
     bool attn_tile_only;     /* KILN_CUDA_ATTN=tile: prefill attention on CUDA cores only */
     bool attn_steps;         /* KILN_CUDA_ATTN=steps: rope_kv_attention as rope_kv_store + attention (comparison) */
+    bool no_mixed;           /* KILN_CUDA_MIXED=0: Q4_K_M's q/k/v as separate launches (comparison) */
     bool attn_idle_wait;     /* KILN_CUDA_ATTN_IDLE=wait: blocks past a token's splits wait on the kernel ahead */
     uint32_t skip;           /* KILN_CUDA_SKIP: kernels not launched, to time the rest (benchmarks; wrong results) */
     bool spin_sync;          /* KILN_CUDA_SYNC=spin: wait for a step's logits by polling the stream */

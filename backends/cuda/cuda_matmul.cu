@@ -633,10 +633,8 @@ static __device__ __forceinline__ int kcu_byte12(uint32_t s0, uint32_t s1, uint3
  * 16-byte loads and no staging: the block's header (d, dmin, scales) and the
  * lane's quants, U blocks per lane in flight. Per sub-block:
  *   sum_i (d sc q_i - dmin m) x_i = xd (d sc dot(q, xq) - dmin m sum(xq)). */
-template <int U, int NT = KCU_MMV_MAX>
-static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_q4k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    const kcu_mm_one m = kcu_mm_start(set);
+template <int U, int NT>
+static __device__ __forceinline__ void q4k_rows(const kcu_mm_one &m, const int8_t *xq, const float *xd, int K, int nt) {
     const int lane = threadIdx.x & 31, row = m.blk * KCU_FAST_WARPS + (threadIdx.x >> 5);
     if (row >= m.N) return;
     const int bi = lane >> 3, c = (lane >> 1) & 3, hh = lane & 1, nb = K / 256, nb32 = K / 32;
@@ -700,6 +698,12 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
         }
     }
     kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
+}
+
+template <int U, int NT = KCU_MMV_MAX>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4k_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    q4k_rows<U, NT>(kcu_mm_start(set), xq, xd, K, nt);
 }
 
 /* Q6_K with int8 x. Blocks of 210 bytes are only 2-byte aligned, so the
@@ -794,10 +798,8 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
  * values and sums as mmv_q6k_q8_kernel (so the same bits), read straight
  * from global memory: three 16-byte loads (ql, ql + 32, qh) and one 8-byte
  * load (the half's scales) per lane and block, U blocks in flight. */
-template <int U, int NT = KCU_MMV_MAX>
-static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
-    mmv_q6ks_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
-    const kcu_mm_one m = kcu_mm_start(set);
+template <int U, int NT>
+static __device__ __forceinline__ void q6ks_rows(const kcu_mm_one &m, const int8_t *xq, const float *xd, int K, int nt) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, row = m.blk * KCU_FAST_WARPS + warp;
     if (row >= m.N) return;
     const int s = lane & 3, bl = lane >> 2, hf = s >> 1, l0 = 16 * (s & 1), nb = K / 256;
@@ -840,6 +842,26 @@ static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
         }
     }
     kcu_mmv_store<1, NT>(acc, m.y, m.ys, row, m.N, nt, lane);
+}
+
+template <int U, int NT = KCU_MMV_MAX>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q6ks_q8_kernel(const kcu_mm_set set, const int8_t *xq, const float *xd, int K, int nt) {
+    q6ks_rows<U, NT>(kcu_mm_start(set), xq, xd, K, nt);
+}
+
+/* Q4_K products followed by split Q6_K ones over one x in one launch (the
+ * q, k and v of Q4_K_M's layers whose v is Q6_K): the blocks of products
+ * [0, first6) run the Q4_K kernel's rows, the others the Q6_K kernel's,
+ * the same code as apart, so the same bits. Two launches fewer per such
+ * layer: each costs about 4 us of a decode step (bench/NOTES.md, session
+ * 17). */
+template <int U4, int U6, int NT = KCU_MMV_MAX>
+static __global__ void __launch_bounds__(KCU_FAST_WARPS * 32)
+    mmv_q4k_q6ks_kernel(const kcu_mm_set set, int first6, const int8_t *xq, const float *xd, int K, int nt) {
+    const kcu_mm_one m = kcu_mm_start(set);
+    if (blockIdx.x < set.blk_end[first6 - 1]) q4k_rows<U4, NT>(m, xq, xd, K, nt);
+    else q6ks_rows<U6, NT>(m, xq, xd, K, nt);
 }
 
 /* Rows of w to dense F16. A lane decodes one 32-element group (64 bytes of
@@ -1097,6 +1119,40 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
     return int8_launched(dev, n, w, x, dst);
 }
 
+/* Where the products w[0..n) over x are Q4_K ones followed by split Q6_K
+ * ones, each run sharing a launch by itself (mmv_can_share): the index of
+ * the first Q6_K product, for mmv_q4k_q6ks_kernel; 0 otherwise. */
+static uint32_t mixed_q4k_q6ks(const kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                               const kiln_bk_tensor *x) {
+    uint32_t first6 = 0;
+    while (first6 < n && w[first6]->type == KCU_Q4_K) first6++;
+    if (first6 == 0 || first6 == n || dev->mmv_variant != 0 || dev->no_mixed) return 0;
+    for (uint32_t i = first6; i < n; i++)
+        if (w[i]->type != KCU_Q6_K || w[i]->layout != KCU_LAYOUT_SPLIT || w[i]->ne[0] != w[0]->ne[0]) return 0;
+    return mmv_can_share(dev, first6, w, x) && mmv_can_share(dev, n - first6, w + first6, x) ? first6 : 0;
+}
+
+/* Products that mixed_q4k_q6ks() accepted, in one launch (the kernel
+ * variants mmv_shared takes for each type apart). */
+static kiln_status mmv_mixed(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
+                             const kiln_bk_tensor *x, kiln_bk_tensor *const *dst, uint32_t first6) {
+    const int nt = (int)x->ne[1], K = (int)w[0]->ne[0];
+    int8_t *xq;
+    float *xd;
+    kiln_status st = mmv_int8_x(dev, x, &xq, &xd);
+    if (st) return st;
+    unsigned grid = 0;
+    const kcu_mm_set set = mm_set(dev, n, w, dst, KCU_FAST_WARPS, &grid);
+    const bool u2 = (K / 256) % 16 == 0; /* mmv_shared's Q6_K lane steps */
+    if (nt == 1 && u2)
+        kcu_launch(mmv_q4k_q6ks_kernel<2, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, (int)first6, xq, xd, K, nt);
+    else if (nt == 1)
+        kcu_launch(mmv_q4k_q6ks_kernel<2, 1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, (int)first6, xq, xd, K, nt);
+    else
+        kcu_launch(mmv_q4k_q6ks_kernel<4, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, (int)first6, xq, xd, K, nt);
+    return int8_launched(dev, n, w, x, dst);
+}
+
 static kiln_status matmul_mmv(kiln_bk_device *dev, const kiln_bk_tensor *w, const kiln_bk_tensor *x,
                               kiln_bk_tensor *dst) {
     if (mmv_can_share(dev, 1, &w, x)) return mmv_shared(dev, 1, &w, x, &dst);
@@ -1318,6 +1374,9 @@ kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tens
         return st;
     }
     bool shared = n > 1 && x->ne[1] > 0 && x->ne[1] <= KCU_MMV_MAX && mmv_can_share(dev, n, w, x);
+    /* or Q4_K products then split Q6_K ones (Q4_K_M's q, k and v) */
+    uint32_t first6 = !shared && n > 1 && x->ne[1] > 0 && x->ne[1] <= KCU_MMV_MAX ? mixed_q4k_q6ks(dev, n, w, x) : 0;
+    shared = shared || first6;
     for (uint32_t i = 0; shared && i < n; i++) {
         if ((st = kcu_tensor_check(w[i], -1, "matmul_multi", "w")) ||
             (st = kcu_tensor_check(dst[i], KCU_F32, "matmul_multi", "dst")))
@@ -1361,6 +1420,6 @@ kiln_status kcu_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_tens
     if ((dev->skip & KCU_SKIP_MMV) || ((dev->skip & KCU_SKIP_MMV_MULTI3) && n == 3) ||
         ((dev->skip & KCU_SKIP_MMV_MULTI2) && n == 2))
         return KILN_OK;
-    return mmv_shared(dev, n, w, x, dst);
+    return first6 ? mmv_mixed(dev, n, w, x, dst, first6) : mmv_shared(dev, n, w, x, dst);
 }
 

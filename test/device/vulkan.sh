@@ -44,7 +44,7 @@ if [ "${1:-}" = "--pack" ]; then
     cp -P "$src"/libkiln.so* "$dst/"
     for f in "$src"/libkiln-*.so; do [ -f "$f" ] && cp "$f" "$dst/"; done
     cp "$src"/bin/kiln-run "$src"/bin/kiln-bench "$src"/bin/kiln-gen-model "$dst/bin/"
-    for t in test_reference test_lifecycle test_kv test_draft test_proof test_vulkan_ops test_split test_backend_attn; do
+    for t in test_reference test_lifecycle test_kv test_draft test_proof test_vulkan_ops test_split test_backend_attn test_cuda_ops; do
         cp "$src/test/$t" "$dst/test/"; done
     strip "$dst"/bin/* "$dst"/test/* "$dst"/libkiln.so.*.*.* 2>/dev/null
     du -sh "$dst"; exit 0
