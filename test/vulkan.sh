@@ -138,6 +138,11 @@ if want coopmat; then ctest test_vulkan_ops KILN_VK_LAYOUT=0; fi
 if want coopmat; then
     ctest test_vulkan_ops KILN_VK_KQ=2 KILN_TEST_SKIP=test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_rope_kv_store,test_fused_quant_producers
 fi
+# Q4_K and Q6_K products of one x in one dispatch (by default one each:
+# vk_fused.c): the multi-product kernels against matmul
+if want coopmat; then
+    ctest test_vulkan_ops KILN_VK_MULTI_KQUANT=1 KILN_TEST_SKIP=test_matmul_and_get_rows,test_matmul_float_tails,test_row_ops_and_attention,test_fused_add_rms_norm,test_fused_rope_kv_store,test_fused_quant_producers,test_fused_matmul_add_rms_norm,test_fused_prenorm,test_q4_0_split_layout,test_kq_order
+fi
 # the split Q4_0 layout through mm.glsl without subgroup shuffles (the
 # default run takes mmsg_ and mmv_)
 if want coopmat; then

@@ -570,6 +570,7 @@ kiln_status kiln_vk_device_open(int32_t index, const kiln_bk_open_params *params
     /* on by default (H100: Q4_0 tg128 229 -> 241, Q4_K_M 136 -> 140); =0 off */
     dev->mmv_unroll = !getenv("KILN_VK_MMV_UNROLL") || atoi(getenv("KILN_VK_MMV_UNROLL")) != 0;
     dev->no_idot8 = getenv("KILN_VK_NO_IDOT8") != NULL;
+    dev->multi_kquant = getenv("KILN_VK_MULTI_KQUANT") != NULL;
     /* KILN_VK_LAYOUT=0: weights keep the GGUF layout (vk_layout.c), to compare */
     const char *lay = getenv("KILN_VK_LAYOUT");
     dev->no_weight_layout = lay && strcmp(lay, "0") == 0;

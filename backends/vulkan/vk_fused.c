@@ -356,8 +356,14 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     uint64_t we[3], de[3], xe;
     if ((st = kiln_vk_tensor_check(x, KILN_VK_T_F32, "matmul_multi", "x", &xe))) return st;
     const int64_t K = x->ne[0], M = x->ne[1];
+    /* Q4_K and Q6_K weights: one dispatch per product (the same bits
+     * either way); on the H100 that did better (Mistral-7B Q4_K_M tg128
+     * 238.6-239.7 -> 241.9-244.1 t/s, three rounds in one call,
+     * bench/NOTES.md session 17). KILN_VK_MULTI_KQUANT=1: one dispatch. */
+    const bool kquant = !dev->multi_kquant && w && n > 0 && w[0] &&
+                        (w[0]->type == KILN_VK_T_Q4_K || w[0]->type == KILN_VK_T_Q6_K);
     bool fuse = n > 1 && M >= 1 && M <= KILN_VK_MMV_MAX && K > 0 && dev->sh->subgroup_add && !dev->no_mmv &&
-                !(dev->no_fused_mask & 4u);
+                !(dev->no_fused_mask & 4u) && !kquant;
     for (uint32_t i = 0; i < n; i++) {
         if ((st = kiln_vk_tensor_check(w[i], -1, "matmul_multi", "w", &we[i])) ||
             (st = kiln_vk_tensor_check(dst[i], KILN_VK_T_F32, "matmul_multi", "dst", &de[i])))

@@ -389,6 +389,7 @@ struct kiln_bk_device {
     uint32_t no_fused_mask;  /* KILN_VK_NO_FUSED=MASK: which fusions are off (vk_device.c) */
     uint32_t mmv_unroll;     /* KILN_VK_MMV_UNROLL=1: mmv.glsl issues 4 chunks' loads at once (same bits) */
     bool no_idot8;           /* KILN_VK_NO_IDOT8=1: several rows take mmv_ without integer dot products */
+    bool multi_kquant;       /* KILN_VK_MULTI_KQUANT=1: matmul_multi of Q4_K/Q6_K weights in one dispatch */
     bool no_weight_layout;   /* KILN_VK_LAYOUT=0: weight_prepare keeps every weight in the GGUF layout */
     uint32_t kq_mode;        /* KILN_VK_KQ: 0 no weight in KQ order, 1 long rows (default), 2 every split weight */
     kiln_vk_pending pend[KILN_VK_MAX_PENDING];
