@@ -1049,6 +1049,14 @@ static kiln_status int8_launched(kiln_bk_device *dev, uint32_t n, const kiln_bk_
     return KILN_OK;
 }
 
+/* The one-token split Q6_K kernel's blocks per lane step: two for rows of
+ * a multiple of 16 blocks, else (K = 14336: 56 blocks) one, so that no lane
+ * step is half empty (the same blocks in the same order per lane either
+ * way). */
+static bool q6ks_two_per_step(int K) {
+    return (K / 256) % 16 == 0;
+}
+
 /* Products that mmv_can_share() accepted, in one launch. */
 static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_tensor *const *w,
                               const kiln_bk_tensor *x, kiln_bk_tensor *const *dst) {
@@ -1087,10 +1095,7 @@ static kiln_status mmv_shared(kiln_bk_device *dev, uint32_t n, const kiln_bk_ten
             kcu_launch(mmv_split_q8x_kernel<KCU_Q4_0, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_split_q8x_kernel<KCU_Q4_0, 2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
     } else if (w[0]->layout == KCU_LAYOUT_SPLIT && w[0]->type == KCU_Q6_K) {
-        /* rows of a multiple of 16 blocks: two per lane step; others (K =
-         * 14336: 56 blocks) one, so that no lane step is half empty (the
-         * same blocks in the same order per lane either way) */
-        const bool u2 = (K / 256) % 16 == 0;
+        const bool u2 = q6ks_two_per_step(K);
         if (one && u2) kcu_launch(mmv_q6ks_q8_kernel<2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else if (one) kcu_launch(mmv_q6ks_q8_kernel<1, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
         else kcu_launch(mmv_q6ks_q8_kernel<2>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, xq, xd, K, nt);
@@ -1143,7 +1148,7 @@ static kiln_status mmv_mixed(kiln_bk_device *dev, uint32_t n, const kiln_bk_tens
     if (st) return st;
     unsigned grid = 0;
     const kcu_mm_set set = mm_set(dev, n, w, dst, KCU_FAST_WARPS, &grid);
-    const bool u2 = (K / 256) % 16 == 0; /* mmv_shared's Q6_K lane steps */
+    const bool u2 = q6ks_two_per_step(K);
     if (nt == 1 && u2)
         kcu_launch(mmv_q4k_q6ks_kernel<2, 2, 1>, grid, KCU_FAST_WARPS * 32, 0, dev->stream, set, (int)first6, xq, xd, K, nt);
     else if (nt == 1)

@@ -360,8 +360,7 @@ kiln_status kiln_vk_matmul_multi(kiln_bk_device *dev, uint32_t n, const kiln_bk_
      * either way); on the H100 that did better (Mistral-7B Q4_K_M tg128
      * 238.6-239.7 -> 241.9-244.1 t/s, three rounds in one call,
      * bench/NOTES.md session 17). KILN_VK_MULTI_KQUANT=1: one dispatch. */
-    const bool kquant = !dev->multi_kquant && w && n > 0 && w[0] &&
-                        (w[0]->type == KILN_VK_T_Q4_K || w[0]->type == KILN_VK_T_Q6_K);
+    const bool kquant = !dev->multi_kquant && w[0] && (w[0]->type == KILN_VK_T_Q4_K || w[0]->type == KILN_VK_T_Q6_K);
     bool fuse = n > 1 && M >= 1 && M <= KILN_VK_MMV_MAX && K > 0 && dev->sh->subgroup_add && !dev->no_mmv &&
                 !(dev->no_fused_mask & 4u) && !kquant;
     for (uint32_t i = 0; i < n; i++) {
